@@ -1,0 +1,73 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+// Dependencies are pinned exactly: the local mirror carries specific versions and CI builds from a
+// clean clone, so "from:" could drift to a different mirrored patch release between machines.
+let package = Package(
+    name: "Berth",
+    products: [
+        .executable(name: "berth", targets: ["berth"]),
+        .executable(name: "berth-agent", targets: ["berth-agent"]),
+        .executable(name: "berth-spawn", targets: ["berth-spawn"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-protobuf.git", exact: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
+    ],
+    targets: [
+        // Everything Swift cannot (or must not) do itself: fork+exec with a clean child, raw clone,
+        // pivot_root, pidfd_*, ioctls (variadic in C, so unreachable from Swift).
+        .target(name: "CIsolation", cSettings: [.define("_GNU_SOURCE")]),
+        .systemLibrary(name: "CLibcap", providers: [.apt(["libcap-dev"])]),
+        // Kernel mechanism only. Deliberately Foundation-free: berth-spawn links it and stays
+        // resident as the per-VPS monitor, so every MiB it maps is paid once per running VPS.
+        .target(name: "Isolation", dependencies: ["CIsolation", "CLibcap"]),
+        .target(
+            name: "Wire",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            exclude: ["Protos"]
+        ),
+        .target(
+            name: "NodeAgent",
+            dependencies: [
+                "Isolation", "Wire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "berth",
+            dependencies: [
+                "Wire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "berth-agent",
+            dependencies: [
+                "NodeAgent",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(name: "berth-spawn", dependencies: ["Isolation", "CIsolation"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire"]),
+        .testTarget(name: "IsolationTests", dependencies: ["Isolation"]),
+        .testTarget(name: "NodeAgentTests", dependencies: ["NodeAgent", "Isolation", "Wire"]),
+    ],
+    // Swift 5 language mode: NIO channel handlers and the syscall layer share mutable state
+    // across the event loop by design; full Swift 6 isolation checking comes in a later pass.
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,82 @@
+#ifndef BERTH_CISOLATION_H
+#define BERTH_CISOLATION_H
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/// Stage at which berth_spawn failed, reported with errno (0 = success).
+enum berth_spawn_stage {
+    BERTH_SPAWN_OK = 0,
+    BERTH_SPAWN_FORK = 1,
+    BERTH_SPAWN_SETSID = 2,
+    BERTH_SPAWN_DUP = 3,
+    BERTH_SPAWN_EXEC = 4,
+    BERTH_SPAWN_PIDFD = 5,
+};
+
+/// fork+exec for a multi-threaded parent. `fds[i]` becomes fd i in the child (for i < nfds); every
+/// other fd is closed; every signal handler is reset and the mask cleared; nothing but async-signal
+/// safe calls happen between vfork and execve. On success returns the pid and stores a pidfd in
+/// *pidfd (or -1 when the kernel has no pidfd_open). On failure returns -1 with *stage/*err set.
+pid_t berth_spawn(const char *path, char *const argv[], char *const envp[],
+                  const int *fds, int nfds, int new_session,
+                  int *pidfd, int *stage, int *err);
+
+/// clone(2) without a new stack: behaves like fork() but with namespace flags. Only for
+/// single-threaded callers (berth-spawn).
+pid_t berth_clone_fork(unsigned long flags);
+
+int berth_pivot_root(const char *new_root, const char *put_old);
+int berth_pidfd_open(pid_t pid, unsigned int flags);
+int berth_pidfd_send_signal(int pidfd, int sig);
+int berth_close_range(unsigned int first, unsigned int last, unsigned int flags);
+int berth_set_nondumpable(void);
+int berth_set_pdeathsig(int sig);
+int berth_set_child_subreaper(void);
+int berth_tiocsctty(int fd);
+int berth_set_winsize(int fd, unsigned short rows, unsigned short cols);
+int berth_get_winsize(int fd, unsigned short *rows, unsigned short *cols);
+/// Opens a fresh pty master from the devpts instance `ptmx_path` (non-blocking, CLOEXEC), unlocks
+/// it, and writes the slave's number to *pts_number.
+int berth_open_pty_master(const char *ptmx_path, int *pts_number);
+/// Opens the slave of an already opened master without a path lookup (TIOCGPTPEER).
+int berth_open_pty_peer(int master_fd, int flags);
+
+/// openat2 with RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS: paths are resolved as if `root_fd` were
+/// "/", so symlinks planted inside a VPS root can never lead outside it.
+int berth_open_in_root(int root_fd, const char *path, int flags, mode_t mode);
+
+/// openat2 with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS: for mount targets, which must be real
+/// directories or files below `dir_fd`, never a symlink of any kind.
+int berth_open_beneath_nofollow(int dir_fd, const char *path, int flags, mode_t mode);
+
+/// Attaches `image` to a free loop device with autoclear (the device frees itself on the last
+/// umount). Writes "/dev/loopN" to devpath and returns an fd of the loop device.
+int berth_loop_attach(const char *image, int read_only, char *devpath, size_t devpath_len);
+
+/// ext4 online grow is an ioctl too: resizes the loop device after the backing file grew.
+int berth_loop_set_capacity(int loop_fd);
+
+#endif
+
+/// Installs the baseline seccomp filter: kexec_load, kexec_file_load, open_by_handle_at,
+/// init_module, finit_module, delete_module fail with EPERM (LXC's common.seccomp list), and
+/// any non-native syscall ABI (x32, i386) fails with ENOSYS so the list cannot be bypassed.
+/// Must be called while the caller still holds CAP_SYS_ADMIN or after PR_SET_NO_NEW_PRIVS.
+int berth_install_baseline_seccomp(void);
+
+/// f_type of statfs(path), or 0 when it fails (statfs is not in Swift's Glibc module).
+long berth_fs_magic(const char *path);
+
+/* GNU extensions that Swift's Glibc module does not export (it is built without _GNU_SOURCE). */
+int berth_setns(int fd, int nstype);
+int berth_unshare(int flags);
+/// Blocks SIGCHLD and returns a non-blocking, close-on-exec signalfd that reports it.
+int berth_sigchld_fd(void);
+/// Empties a signalfd (each record is 128 bytes).
+void berth_drain_signalfd(int fd);
+int berth_execvpe(const char *file, char *const argv[], char *const envp[]);
+int berth_accept_cloexec(int fd);
+int berth_pipe_cloexec(int fds[2]);
+/// A non-blocking, close-on-exec eventfd (for waking poll loops).
+int berth_eventfd(void);

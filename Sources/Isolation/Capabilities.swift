@@ -1,0 +1,50 @@
+import CLibcap
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Capability policy for a VPS without a user namespace (security.md §2, "Ours"): what every
+/// runtime drops, plus what is host-global or bypasses a limit on a mainline kernel.
+public enum Capabilities {
+    public static let baselineDrop = [
+        "cap_sys_module", "cap_sys_rawio", "cap_sys_time", "cap_mac_admin", "cap_mac_override",
+        "cap_sys_nice",            // SCHED_FIFO escapes cpu limits
+        "cap_sys_resource",        // ignores disk quota hard limits
+        "cap_sys_ptrace",          // eases attacks on the exec helper
+        "cap_dac_read_search",     // open_by_handle_at ("shocker")
+        "cap_sys_admin",           // host root without a user namespace
+        "cap_sys_pacct", "cap_syslog", "cap_audit_control", "cap_audit_read", "cap_wake_alarm",
+        "cap_block_suspend", "cap_perfmon", "cap_bpf", "cap_checkpoint_restore",
+    ]
+
+    /// Removes `names` from the bounding, effective, permitted and inheritable sets and clears
+    /// the ambient set. Unknown names (older kernels/libcap) are an error: a silently kept
+    /// capability is worse than a failed start.
+    public static func drop(_ names: [String]) throws(IsolationError) {
+        var values: [cap_value_t] = []
+        for name in names {
+            var value: cap_value_t = 0
+            if cap_from_name(name, &value) != 0 {
+                throw IsolationError(.invalidSpec, "unknown capability \(name)")
+            }
+            // A capability newer than the running kernel does not exist to drop.
+            if value > cap_max_bits() - 1 { continue }
+            values.append(value)
+        }
+        for value in values {
+            if cap_drop_bound(value) != 0 { throw IsolationError.sys("drop \(String(cString: cap_to_name(value))) from bounding set") }
+        }
+        _ = cap_reset_ambient()
+        if values.isEmpty { return }
+        guard let caps = cap_get_proc() else { throw IsolationError.sys("cap_get_proc") }
+        defer { cap_free(UnsafeMutableRawPointer(caps)) }
+        try values.withUnsafeBufferPointer { (buffer) throws(IsolationError) in
+            for flag in [CAP_EFFECTIVE, CAP_PERMITTED, CAP_INHERITABLE] {
+                if cap_set_flag(caps, flag, Int32(buffer.count), buffer.baseAddress, CAP_CLEAR) != 0 {
+                    throw IsolationError.sys("cap_set_flag")
+                }
+            }
+        }
+        if cap_set_proc(caps) != 0 { throw IsolationError.sys("cap_set_proc") }
+    }
+}

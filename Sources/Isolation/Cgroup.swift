@@ -1,0 +1,108 @@
+import CIsolation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A VPS's resource limits in one model (cgroup-v2 units where they exist, OpenVZ units where
+/// operators think in them). nil = no limit. Each driver converts for its hierarchy.
+public struct CgroupLimits: Equatable, Sendable {
+    public var memoryBytes: UInt64?
+    public var swapBytes: UInt64?
+    public var pids: UInt32?
+    /// OpenVZ cpuunits: relative weight, default 1000.
+    public var cpuUnits: UInt32?
+    /// % of one CPU (200 = two CPUs).
+    public var cpuLimitPercent: UInt32?
+    /// CPU list in cpuset syntax ("0-1,3").
+    public var cpus: String?
+
+    public init(memoryBytes: UInt64? = nil, swapBytes: UInt64? = nil, pids: UInt32? = nil,
+                cpuUnits: UInt32? = nil, cpuLimitPercent: UInt32? = nil, cpus: String? = nil) {
+        self.memoryBytes = memoryBytes
+        self.swapBytes = swapBytes
+        self.pids = pids
+        self.cpuUnits = cpuUnits
+        self.cpuLimitPercent = cpuLimitPercent
+        self.cpus = cpus
+    }
+
+    public static let defaultCpuUnits: UInt32 = 1000
+    public static let cfsPeriodMicroseconds: UInt64 = 100_000
+
+    /// cgroup v2 cpu.weight (1..10000, default 100) from cpuunits (default 1000).
+    public static func cpuWeight(units: UInt32) -> UInt32 { min(10_000, max(1, units / 10)) }
+    /// cgroup v1 cpu.shares (2..262144, default 1024) from cpuunits, keeping ratios exact.
+    public static func cpuShares(units: UInt32) -> UInt64 { min(262_144, max(2, UInt64(units) * 1024 / 1000)) }
+    /// CFS quota in µs per 100 ms period.
+    public static func cfsQuota(percent: UInt32) -> UInt64 { UInt64(percent) * cfsPeriodMicroseconds / 100 }
+}
+
+/// Usage counters in the beancounter shape (held, peak, limit, failcount) — the subset this
+/// layer reads today.
+public struct CgroupUsage: Equatable, Sendable {
+    public var memoryBytes: UInt64 = 0
+    public var memoryPeakBytes: UInt64 = 0
+    public var memoryFailcount: UInt64 = 0
+    public var pids: UInt64 = 0
+    public var cpuNanoseconds: UInt64 = 0
+    public init() {}
+}
+
+/// One VPS cgroup across whatever hierarchies the host has. Detect the mode once with
+/// `CgroupMode.detect()` and build the matching driver.
+public protocol CgroupDriver: Sendable {
+    var modeName: String { get }
+    /// Creates the VPS's cgroup(s) under the berth parent; existing ones are kept.
+    func create(_ name: String) throws(IsolationError)
+    func apply(_ name: String, _ limits: CgroupLimits) throws(IsolationError)
+    /// The cgroup.procs files a process writes "0" into to join the VPS's cgroup(s).
+    func procsFiles(_ name: String) -> [String]
+    func pids(_ name: String) -> [Int32]
+    /// SIGKILLs every process in the cgroup and returns when the kill has been issued to all.
+    func killAll(_ name: String) throws(IsolationError)
+    /// Removes the cgroup(s); the caller has made sure no process is left.
+    func destroy(_ name: String) throws(IsolationError)
+    func exists(_ name: String) -> Bool
+    func usage(_ name: String) -> CgroupUsage
+    /// Names of VPS cgroups currently present (for leftover detection).
+    func list() -> [String]
+}
+
+public enum CgroupMode: Equatable, Sendable {
+    case v1(root: String)
+    case v2(root: String)
+
+    static let cgroup2Magic: Int = 0x6367_7270
+
+    /// Unified (v2) if /sys/fs/cgroup itself is a cgroup2 mount; otherwise the v1 hierarchies.
+    /// A hybrid host's cgroup2 mount under unified/ is ignored: it holds no useful controller.
+    public static func detect(root: String = "/sys/fs/cgroup") -> CgroupMode {
+        if berth_fs_magic(root) == cgroup2Magic { return .v2(root: root) }
+        return .v1(root: root)
+    }
+
+    public func driver(parent: String = "berth") -> any CgroupDriver {
+        switch self {
+        case .v1(let root): return CgroupV1Driver(root: root, parent: parent)
+        case .v2(let root): return CgroupV2Driver(root: root, parent: parent)
+        }
+    }
+}
+
+/// rmdir with a few retries: a cgroup stays busy for a moment after its last task exited.
+func removeCgroupDirectory(_ path: String) throws(IsolationError) {
+    for attempt in 0..<50 {
+        if rmdir(path) == 0 || errno == ENOENT { return }
+        if errno != EBUSY || attempt == 49 { throw IsolationError.sys("rmdir \(path)") }
+        usleep(20_000)
+    }
+}
+
+func readNumber(_ path: String) -> UInt64? {
+    guard let text = FileIO.read(path) else { return nil }
+    return UInt64(text.split(whereSeparator: { $0 == "\n" || $0 == " " }).first ?? "")
+}
+
+func readPidList(_ path: String) -> [Int32] {
+    (FileIO.read(path) ?? "").split(separator: "\n").compactMap { Int32($0) }
+}

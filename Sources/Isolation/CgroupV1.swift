@@ -1,0 +1,161 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// cgroup v1: one directory per controller hierarchy, `<root>/<controller>/<parent>/<name>`.
+public struct CgroupV1Driver: CgroupDriver {
+    public let root: String
+    public let parent: String
+    public var modeName: String { "v1" }
+
+    /// Hierarchies a VPS joins. cpuacct and named "systemd" are joined too so accounting and a
+    /// distro's own init see a consistent placement.
+    public static let controllers = ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd"]
+
+    /// Devices a VPS may open: the OCI default set plus its own ptys. mknod stays allowed
+    /// ("m") so package scripts work, but opening anything else fails.
+    public static let deviceAllowlist = [
+        "c *:* m", "b *:* m",
+        "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+        "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm",
+    ]
+
+    public init(root: String, parent: String) {
+        self.root = root
+        self.parent = parent
+    }
+
+    var present: [String] { Self.controllers.filter { FileIO.isDirectory("\(root)/\($0)") } }
+
+    func path(_ controller: String, _ name: String) -> String { "\(root)/\(controller)/\(parent)/\(name)" }
+
+    public func create(_ name: String) throws(IsolationError) {
+        for controller in present {
+            let parentPath = "\(root)/\(controller)/\(parent)"
+            if !FileIO.isDirectory(parentPath) {
+                try FileIO.makeDirectories(parentPath)
+                if controller == "cpuset" { try inheritCpuset(parentPath) }
+            }
+            let dir = path(controller, name)
+            if mkdir(dir, 0o755) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir \(dir)") }
+            if controller == "cpuset" { try inheritCpuset(dir) }
+        }
+        if present.contains("devices") {
+            let dir = path("devices", name)
+            try FileIO.write("\(dir)/devices.deny", "a")
+            for rule in Self.deviceAllowlist { try FileIO.write("\(dir)/devices.allow", rule) }
+        }
+        if present.contains("memory"), FileIO.exists(path("memory", name) + "/memory.use_hierarchy") {
+            // Best effort: only settable before children exist and on old kernels.
+            try? FileIO.write(path("memory", name) + "/memory.use_hierarchy", "1")
+        }
+    }
+
+    /// A new v1 cpuset is empty and refuses tasks until cpus and mems are copied from its parent.
+    private func inheritCpuset(_ dir: String) throws(IsolationError) {
+        let up = FileIO.directory(of: dir)
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let current = (FileIO.read("\(dir)/\(file)") ?? "").trimmingNewlines
+            if current.isEmpty {
+                try FileIO.write("\(dir)/\(file)", (FileIO.read("\(up)/\(file)") ?? "").trimmingNewlines)
+            }
+        }
+    }
+
+    public func apply(_ name: String, _ limits: CgroupLimits) throws(IsolationError) {
+        let memory = path("memory", name)
+        if present.contains("memory") {
+            let unlimited = "-1"
+            let memText = limits.memoryBytes.map(String.init) ?? unlimited
+            let memswFile = memory + "/memory.memsw.limit_in_bytes"
+            let memsw: String
+            if let mem = limits.memoryBytes { memsw = String(mem + (limits.swapBytes ?? 0)) } else { memsw = unlimited }
+            // memsw must stay >= limit: raise in the order that keeps that true.
+            if FileIO.exists(memswFile) {
+                let currentMem = readNumber(memory + "/memory.limit_in_bytes") ?? .max
+                let newMem = limits.memoryBytes ?? .max
+                if newMem > currentMem {
+                    try FileIO.write(memswFile, memsw)
+                    try FileIO.write(memory + "/memory.limit_in_bytes", memText)
+                } else {
+                    try FileIO.write(memory + "/memory.limit_in_bytes", memText)
+                    try FileIO.write(memswFile, memsw)
+                }
+            } else {
+                try FileIO.write(memory + "/memory.limit_in_bytes", memText)
+            }
+        }
+        if present.contains("pids") {
+            try FileIO.write(path("pids", name) + "/pids.max", limits.pids.map(String.init) ?? "max")
+        }
+        if present.contains("cpu") {
+            let cpu = path("cpu", name)
+            try FileIO.write(cpu + "/cpu.shares", String(CgroupLimits.cpuShares(units: limits.cpuUnits ?? CgroupLimits.defaultCpuUnits)))
+            try FileIO.write(cpu + "/cpu.cfs_period_us", String(CgroupLimits.cfsPeriodMicroseconds))
+            try FileIO.write(cpu + "/cpu.cfs_quota_us", limits.cpuLimitPercent.map { String(CgroupLimits.cfsQuota(percent: $0)) } ?? "-1")
+        }
+        if present.contains("cpuset") {
+            let cpus = limits.cpus ?? (FileIO.read("\(root)/cpuset/\(parent)/cpuset.cpus") ?? "").trimmingNewlines
+            try FileIO.write(path("cpuset", name) + "/cpuset.cpus", cpus)
+        }
+    }
+
+    public func procsFiles(_ name: String) -> [String] { present.map { path($0, name) + "/cgroup.procs" } }
+
+    public func pids(_ name: String) -> [Int32] {
+        let source = present.contains("pids") ? "pids" : (present.first ?? "pids")
+        return readPidList(path(source, name) + "/cgroup.procs")
+    }
+
+    /// v1 has no cgroup.kill: freeze, kill what is frozen (nothing can fork meanwhile), thaw.
+    public func killAll(_ name: String) throws(IsolationError) {
+        let freezer = path("freezer", name)
+        let canFreeze = present.contains("freezer") && FileIO.exists(freezer)
+        for _ in 0..<10 {
+            if canFreeze { try? FileIO.write(freezer + "/freezer.state", "FROZEN") }
+            let victims = pids(name)
+            for pid in victims { kill(pid, SIGKILL) }
+            if canFreeze { try? FileIO.write(freezer + "/freezer.state", "THAWED") }
+            if victims.isEmpty { return }
+            usleep(5_000)
+            if pids(name).isEmpty { return }
+        }
+    }
+
+    public func destroy(_ name: String) throws(IsolationError) {
+        for controller in present where FileIO.exists(path(controller, name)) {
+            try removeCgroupDirectory(path(controller, name))
+        }
+    }
+
+    public func exists(_ name: String) -> Bool { present.contains { FileIO.isDirectory(path($0, name)) } }
+
+    public func usage(_ name: String) -> CgroupUsage {
+        var usage = CgroupUsage()
+        let memory = path("memory", name)
+        usage.memoryBytes = readNumber(memory + "/memory.usage_in_bytes") ?? 0
+        usage.memoryPeakBytes = readNumber(memory + "/memory.max_usage_in_bytes") ?? 0
+        usage.memoryFailcount = readNumber(memory + "/memory.failcnt") ?? 0
+        usage.pids = readNumber(path("pids", name) + "/pids.current") ?? 0
+        usage.cpuNanoseconds = readNumber(path("cpuacct", name) + "/cpuacct.usage") ?? 0
+        return usage
+    }
+
+    public func list() -> [String] {
+        var names = Set<String>()
+        for controller in present {
+            for entry in FileIO.listDirectory("\(root)/\(controller)/\(parent)") where FileIO.isDirectory("\(root)/\(controller)/\(parent)/\(entry)") {
+                names.insert(entry)
+            }
+        }
+        return names.sorted()
+    }
+}
+
+extension String {
+    var trimmingNewlines: String {
+        var s = Substring(self)
+        while let last = s.last, last == "\n" || last == " " { s = s.dropLast() }
+        return String(s)
+    }
+}

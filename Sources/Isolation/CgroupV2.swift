@@ -1,0 +1,103 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// cgroup v2: one tree, `<root>/<parent>/<name>`. Controllers are enabled in the parent's
+/// subtree_control (never in the leaf: the no-internal-processes rule).
+public struct CgroupV2Driver: CgroupDriver {
+    public let root: String
+    public let parent: String
+    public var modeName: String { "v2" }
+
+    public static let wantedControllers = ["cpu", "cpuset", "memory", "pids", "io"]
+
+    public init(root: String, parent: String) {
+        self.root = root
+        self.parent = parent
+    }
+
+    func path(_ name: String) -> String { "\(root)/\(parent)/\(name)" }
+
+    public func create(_ name: String) throws(IsolationError) {
+        let parentPath = "\(root)/\(parent)"
+        try FileIO.makeDirectories(parentPath)
+        try enableControllers(at: root)
+        try enableControllers(at: parentPath)
+        let dir = path(name)
+        if mkdir(dir, 0o755) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir \(dir)") }
+    }
+
+    /// Enables in `dir`'s subtree_control every wanted controller that `dir` itself offers.
+    private func enableControllers(at dir: String) throws(IsolationError) {
+        let available = Set((FileIO.read(dir + "/cgroup.controllers") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init))
+        let enabled = Set((FileIO.read(dir + "/cgroup.subtree_control") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init))
+        let missing = Self.wantedControllers.filter { available.contains($0) && !enabled.contains($0) }
+        if missing.isEmpty { return }
+        try FileIO.write(dir + "/cgroup.subtree_control", missing.map { "+" + $0 }.joined(separator: " "))
+    }
+
+    public func apply(_ name: String, _ limits: CgroupLimits) throws(IsolationError) {
+        let dir = path(name)
+        try writeIfPresent(dir + "/memory.max", limits.memoryBytes.map(String.init) ?? "max")
+        // VSwap: swap.max is the swap on top of memory.max (v1's memsw is the sum).
+        try writeIfPresent(dir + "/memory.swap.max", limits.memoryBytes == nil ? "max" : String(limits.swapBytes ?? 0))
+        try writeIfPresent(dir + "/pids.max", limits.pids.map(String.init) ?? "max")
+        try writeIfPresent(dir + "/cpu.weight", String(CgroupLimits.cpuWeight(units: limits.cpuUnits ?? CgroupLimits.defaultCpuUnits)))
+        try writeIfPresent(dir + "/cpu.max", (limits.cpuLimitPercent.map { String(CgroupLimits.cfsQuota(percent: $0)) } ?? "max") + " \(CgroupLimits.cfsPeriodMicroseconds)")
+        try writeIfPresent(dir + "/cpuset.cpus", limits.cpus ?? "")
+    }
+
+    /// A controller the host does not offer leaves no file: that knob is reported by the caller
+    /// as unsupported rather than failing the whole start.
+    private func writeIfPresent(_ file: String, _ value: String) throws(IsolationError) {
+        guard FileIO.exists(file) else { return }
+        try FileIO.write(file, value)
+    }
+
+    public func procsFiles(_ name: String) -> [String] { [path(name) + "/cgroup.procs"] }
+
+    public func pids(_ name: String) -> [Int32] { readPidList(path(name) + "/cgroup.procs") }
+
+    public func killAll(_ name: String) throws(IsolationError) {
+        let killFile = path(name) + "/cgroup.kill"
+        if FileIO.exists(killFile) {
+            try FileIO.write(killFile, "1")
+            return
+        }
+        for _ in 0..<10 {
+            let victims = pids(name)
+            if victims.isEmpty { return }
+            for pid in victims { kill(pid, SIGKILL) }
+            usleep(5_000)
+        }
+    }
+
+    public func destroy(_ name: String) throws(IsolationError) {
+        if FileIO.exists(path(name)) { try removeCgroupDirectory(path(name)) }
+    }
+
+    public func exists(_ name: String) -> Bool { FileIO.isDirectory(path(name)) }
+
+    public func usage(_ name: String) -> CgroupUsage {
+        var usage = CgroupUsage()
+        let dir = path(name)
+        usage.memoryBytes = readNumber(dir + "/memory.current") ?? 0
+        usage.memoryPeakBytes = readNumber(dir + "/memory.peak") ?? 0
+        usage.memoryFailcount = Self.keyed(dir + "/memory.events", "max") ?? 0
+        usage.pids = readNumber(dir + "/pids.current") ?? 0
+        usage.cpuNanoseconds = (Self.keyed(dir + "/cpu.stat", "usage_usec") ?? 0) * 1000
+        return usage
+    }
+
+    static func keyed(_ file: String, _ key: String) -> UInt64? {
+        for line in (FileIO.read(file) ?? "").split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2 && parts[0] == key { return UInt64(parts[1]) }
+        }
+        return nil
+    }
+
+    public func list() -> [String] {
+        FileIO.listDirectory("\(root)/\(parent)").filter { FileIO.isDirectory("\(root)/\(parent)/\($0)") }
+    }
+}

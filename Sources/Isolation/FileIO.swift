@@ -1,0 +1,110 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Small Foundation-free file helpers for cgroupfs, procfs and run files.
+public enum FileIO {
+    /// Whole file as a String, or nil when it cannot be opened.
+    public static func read(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return nil }
+        defer { close(fd) }
+        return readAll(fd: fd).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    public static func readAll(fd: Int32) -> [UInt8]? {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 8192)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n == 0 { return out }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return nil
+            }
+            out.append(contentsOf: buffer[0..<n])
+        }
+    }
+
+    /// Writes `text` to an existing file in one write(2) call, as cgroupfs requires.
+    public static func write(_ path: String, _ text: String) throws(IsolationError) {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        if fd < 0 { throw IsolationError.sys("open \(path)") }
+        defer { close(fd) }
+        try writeAll(fd: fd, Array(text.utf8), stage: "write \(text) to \(path)")
+    }
+
+    /// Creates or replaces a file atomically: temp file, fsync, rename, fsync of the directory.
+    public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600) throws(IsolationError) {
+        let temp = path + ".tmp"
+        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode)
+        if fd < 0 { throw IsolationError.sys("create \(temp)") }
+        do {
+            try writeAll(fd: fd, bytes, stage: "write \(temp)")
+            try check("fsync \(temp)") { fsync(fd) }
+        } catch {
+            close(fd)
+            unlink(temp)
+            throw error
+        }
+        close(fd)
+        try check("rename \(temp)") { rename(temp, path) }
+        let dir = directory(of: path)
+        let dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dirfd >= 0 {
+            fsync(dirfd)
+            close(dirfd)
+        }
+    }
+
+    public static func writeAll(fd: Int32, _ bytes: [UInt8], stage: @autoclosure () -> String) throws(IsolationError) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw IsolationError.sys(stage())
+            }
+            offset += n
+        }
+    }
+
+    public static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0
+    }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// mkdir -p; existing directories are fine.
+    public static func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(IsolationError) {
+        var current = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            current += "/" + component
+            if mkdir(current, mode) != 0 && errno != EEXIST {
+                throw IsolationError.sys("mkdir \(current)")
+            }
+        }
+    }
+
+    public static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
+    public static func listDirectory(_ path: String) -> [String] {
+        guard let dir = opendir(path) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+}

@@ -1,0 +1,118 @@
+import CIsolation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Builds the VPS's filesystem view inside its new mount namespace and pivots into it.
+/// Runs in the single-threaded child of berth-spawn, before exec of the VPS init.
+public enum Rootfs {
+    /// Docker's masked paths: read as empty.
+    public static let maskedFiles = ["proc/kcore", "proc/keys", "proc/latency_stats", "proc/timer_list",
+                                     "proc/timer_stats", "proc/sched_debug", "proc/interrupts"]
+    public static let maskedDirectories = ["proc/acpi", "proc/asound", "proc/scsi", "sys/firmware",
+                                           "sys/devices/virtual/powercap"]
+    /// Docker's read-only paths. /proc/sys/net is made writable again on top: those sysctls belong
+    /// to the VPS's own network namespace (LXC's "proc:mixed").
+    public static let readOnlyPaths = ["proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger"]
+
+    struct Device {
+        let name: String
+        let major: UInt32
+        let minor: UInt32
+    }
+
+    static let devices = [
+        Device(name: "null", major: 1, minor: 3), Device(name: "zero", major: 1, minor: 5),
+        Device(name: "full", major: 1, minor: 7), Device(name: "random", major: 1, minor: 8),
+        Device(name: "urandom", major: 1, minor: 9), Device(name: "tty", major: 5, minor: 0),
+    ]
+
+    /// `consoleSlave`: host path of the pty slave that becomes /dev/console.
+    public static func enter(root: String, hostname: String, consoleSlave: String) throws(IsolationError) {
+        try check("make / private") { mount("", "/", nil, UInt(MS_REC | MS_PRIVATE), nil) }
+        let rootFD = try check("open root \(root)") { open(root, O_PATH | O_DIRECTORY | O_CLOEXEC) }
+        defer { close(rootFD) }
+
+        try mountAt(rootFD, "proc", source: "proc", type: "proc", flags: MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        try mountAt(rootFD, "sys", source: "sysfs", type: "sysfs", flags: MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        try mountAt(rootFD, "dev", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NOEXEC, data: "mode=755,size=1024k")
+        try populateDev(rootFD: rootFD, consoleSlave: consoleSlave)
+
+        for path in maskedFiles where FileIO.exists("\(root)/\(path)") {
+            try check("mask /\(path)") { mount("/dev/null", "\(root)/\(path)", nil, UInt(MS_BIND), nil) }
+        }
+        for path in maskedDirectories where FileIO.isDirectory("\(root)/\(path)") {
+            try check("mask /\(path)") { mount("tmpfs", "\(root)/\(path)", "tmpfs", UInt(MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC), "size=0") }
+        }
+        for path in readOnlyPaths where FileIO.exists("\(root)/\(path)") {
+            try bindReadOnly("\(root)/\(path)")
+        }
+        if FileIO.isDirectory("\(root)/proc/sys/net") {
+            try check("bind /proc/sys/net") { mount("\(root)/proc/sys/net", "\(root)/proc/sys/net", nil, UInt(MS_BIND), nil) }
+            try check("remount /proc/sys/net rw") {
+                mount("", "\(root)/proc/sys/net", nil, UInt(MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC), nil)
+            }
+        }
+
+        try check("sethostname") { sethostname(hostname, hostname.utf8.count) }
+        // pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves
+        // only the VPS root (runc's trick: no put_old directory inside the VPS).
+        try check("chdir \(root)") { fchdir(rootFD) }
+        try check("pivot_root") { berth_pivot_root(".", ".") }
+        try check("detach old root") { umount2(".", Int32(MNT_DETACH)) }
+        try check("chdir /") { chdir("/") }
+    }
+
+    /// Mounts onto `rootFD/relative` resolved without following any symlink: a VPS that turned
+    /// /proc or /dev into a symlink gets a clear error, never a mount somewhere on the host.
+    static func mountAt(_ rootFD: Int32, _ relative: String, source: String, type: String, flags: Int, data: String? = nil) throws(IsolationError) {
+        if mkdirat(rootFD, relative, 0o755) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir /\(relative) in VPS root") }
+        let target = berth_open_beneath_nofollow(rootFD, relative, O_PATH | O_DIRECTORY, 0)
+        if target < 0 { throw IsolationError.sys("open /\(relative) in VPS root (must be a real directory)") }
+        defer { close(target) }
+        try check("mount \(type) on /\(relative)") {
+            mount(source, "/proc/self/fd/\(target)", type, UInt(flags), data)
+        }
+    }
+
+    static func bindReadOnly(_ path: String) throws(IsolationError) {
+        try check("bind \(path)") { mount(path, path, nil, UInt(MS_BIND | MS_REC), nil) }
+        try check("remount \(path) read-only") {
+            mount("", path, nil, UInt(MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC), nil)
+        }
+    }
+
+    static func populateDev(rootFD: Int32, consoleSlave: String) throws(IsolationError) {
+        let devFD = berth_open_beneath_nofollow(rootFD, "dev", O_PATH | O_DIRECTORY, 0)
+        if devFD < 0 { throw IsolationError.sys("open /dev in VPS root") }
+        defer { close(devFD) }
+        let oldMask = umask(0)
+        defer { umask(oldMask) }
+        for device in devices {
+            try check("mknod /dev/\(device.name)") {
+                mknodat(devFD, device.name, S_IFCHR | 0o666, makedev(device.major, device.minor))
+            }
+        }
+        for dir in ["pts", "shm", "mqueue"] {
+            try check("mkdir /dev/\(dir)") { mkdirat(devFD, dir, dir == "shm" ? 0o1777 : 0o755) }
+        }
+        try mountAt(devFD, "pts", source: "devpts", type: "devpts", flags: MS_NOSUID | MS_NOEXEC,
+                    data: "newinstance,ptmxmode=0666,mode=0620,gid=5")
+        try mountAt(devFD, "shm", source: "shm", type: "tmpfs", flags: MS_NOSUID | MS_NODEV, data: "mode=1777")
+        try mountAt(devFD, "mqueue", source: "mqueue", type: "mqueue", flags: MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        let links = [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                     ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
+        for (name, target) in links {
+            try check("symlink /dev/\(name)") { symlinkat(target, devFD, name) }
+        }
+        let console = try check("create /dev/console") { openat(devFD, "console", O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600) }
+        defer { close(console) }
+        try check("bind console") { mount(consoleSlave, "/proc/self/fd/\(console)", nil, UInt(MS_BIND), nil) }
+    }
+}
+
+@inline(__always) func makedev(_ major: UInt32, _ minor: UInt32) -> dev_t {
+    // glibc's gnu_dev_makedev encoding.
+    let ma = UInt64(major), mi = UInt64(minor)
+    return dev_t((mi & 0xff) | ((ma & 0xfff) << 8) | ((mi & ~0xff) << 12) | ((ma & ~0xfff) << 32))
+}

@@ -1,0 +1,218 @@
+import CIsolation
+import Foundation
+import Isolation
+import Logging
+import NIOCore
+import NIOPosix
+import Wire
+
+/// The agent's RPC surface: decodes nothing itself (Wire did), checks who is calling, and maps
+/// each call onto the VPS manager. Exec and console calls stream through `ServerStream`.
+public struct AgentService: WireService {
+    let manager: VPSManager
+    let group: EventLoopGroup
+    let logger: Logger
+
+    public init(manager: VPSManager, group: EventLoopGroup, logger: Logger) {
+        self.manager = manager
+        self.group = group
+        self.logger = logger
+    }
+
+    public func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
+        // The Unix socket is root-only (mode 0600 and SO_PEERCRED); checked again per call so a
+        // future transport cannot skip it.
+        guard case .unixUser(let uid, _) = stream.peer, uid == 0 else {
+            throw AgentError(.permissionDenied, "only root may manage VPSs on this node")
+        }
+        var response = Berth_V1_Response()
+        switch request.call {
+        case .create(let create):
+            response.status = try await manager.create(create) { stream.progress($0) }
+        case .start(let r):
+            response.status = try await manager.start(r.name)
+        case .stop(let r):
+            try await manager.stop(r.name, timeout: r.timeoutSeconds, kill: r.kill)
+            response.status = try await manager.status(r.name)
+        case .restart(let r):
+            response.status = try await manager.restart(r.name)
+        case .destroy(let r):
+            try await manager.destroy(r.name, force: r.force)
+            response.ok = Berth_V1_Empty()
+        case .status(let r):
+            response.status = try await manager.status(r.name)
+        case .list(let r):
+            response.list = await manager.list(all: r.all, selector: r.selector)
+        case .set(let r):
+            response.set = try await manager.set(r)
+        case .exec(let r):
+            response.exec = try await exec(r, stream: stream)
+        case .console(let r):
+            try await console(r, stream: stream)
+            response.ok = Berth_V1_Empty()
+        case .templateBuild(let r):
+            guard r.kind == "busybox" else {
+                throw AgentError.invalid("template", "'\(r.kind)' cannot be built here (buildable: busybox; any rootfs tarball can be imported)")
+            }
+            stream.progress("building busybox template")
+            response.template = Self.wire(try await manager.templates.buildBusybox(name: r.name.isEmpty ? "busybox" : r.name))
+        case .templateImport(let r):
+            response.template = Self.wire(try await manager.templates.importTarball(name: r.name, path: r.tarballPath) { stream.progress($0) })
+        case .templateRemove(let r):
+            try manager.templates.remove(r.name)
+            response.ok = Berth_V1_Empty()
+        case .templateList:
+            var list = Berth_V1_TemplateList()
+            list.templates = manager.templates.list().map(Self.wire)
+            response.templates = list
+        case nil:
+            throw AgentError(.invalidArgument, "the request names no call (is the client newer than this agent?)")
+        }
+        return response
+    }
+
+    static func wire(_ info: TemplateInfo) -> Berth_V1_TemplateInfo {
+        var wire = Berth_V1_TemplateInfo()
+        wire.name = info.name
+        wire.source = info.source
+        wire.sizeBytes = info.sizeBytes
+        wire.createdUnix = Int64(info.createdAt.timeIntervalSince1970)
+        wire.stopSignal = String(info.stopSignal)
+        return wire
+    }
+
+    // MARK: - exec
+
+    func exec(_ request: Berth_V1_ExecRequest, stream: ServerStream) async throws -> Berth_V1_ExecResult {
+        guard !request.argv.isEmpty else { throw AgentError.invalid("command", "no command given") }
+        let target = try await manager.joinTarget(request.name)
+        var environment = SpawnSpec.defaultEnvironment.filter { !$0.hasPrefix("container=") }
+        for (key, value) in request.env.sorted(by: { $0.key < $1.key }) {
+            guard !key.isEmpty, !key.contains("=") else { throw AgentError.invalid("env", "'\(key)' is not a variable name") }
+            environment.removeAll { $0.hasPrefix(key + "=") }
+            environment.append(key + "=" + value)
+        }
+        var argv = [manager.paths.spawnBinary, "exec", "--init-pid", String(target.run.initPid),
+                    "--init-start", String(target.run.initStart)]
+        for file in target.cgroupFiles { argv += ["--cgroup", file] }
+        for cap in Capabilities.baselineDrop { argv += ["--drop", cap] }
+        for variable in environment { argv += ["--env", variable] }
+        if request.tty { argv += ["--tty", String(request.rows == 0 ? 24 : request.rows), String(request.cols == 0 ? 80 : request.cols)] }
+        argv.append("--")
+        argv += request.argv
+
+        var stdinPipe: [Int32] = [0, 0], stdoutPipe: [Int32] = [0, 0], stderrPipe: [Int32] = [0, 0], resizePipe: [Int32] = [0, 0]
+        for index in 0..<4 {
+            let ok: Bool
+            switch index {
+            case 0: ok = berth_pipe_cloexec(&stdinPipe) == 0
+            case 1: ok = berth_pipe_cloexec(&stdoutPipe) == 0
+            case 2: ok = berth_pipe_cloexec(&stderrPipe) == 0
+            default: ok = berth_pipe_cloexec(&resizePipe) == 0
+            }
+            if !ok { throw AgentError(.kernel, "pipe failed", stage: "pipe", errno: errno) }
+        }
+        var fds = [stdinPipe[0], stdoutPipe[1], request.tty ? stdoutPipe[1] : stderrPipe[1]]
+        if request.tty { fds.append(resizePipe[0]) }
+        let child: (pid: Int32, pidfd: Int32)
+        do {
+            child = try Subprocess.spawn(argv, fds: fds, environment: [])
+        } catch {
+            (stdinPipe + stdoutPipe + stderrPipe + resizePipe).forEach { close($0) }
+            throw AgentError(.kernel, "cannot run \(manager.paths.spawnBinary): \(error)", stage: "spawn")
+        }
+        [stdinPipe[0], stdoutPipe[1], stderrPipe[1], resizePipe[0]].forEach { close($0) }
+        if !request.tty { close(resizePipe[1]) }
+        let resizeFD = request.tty ? resizePipe[1] : -1
+
+        let stdinChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdinPipe[1]) { channel in
+            channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+        }
+        let stdoutChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: stdoutPipe[0]) { channel in
+            channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+        }
+        let stderrChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: stderrPipe[0]) { channel in
+            channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+        }
+
+        return try await withThrowingTaskGroup(of: Int32?.self) { group in
+            // Client → command: stdin bytes, end of stdin, terminal size changes.
+            group.addTask {
+                try await stdinChannel.executeThenClose { _, outbound in
+                    var stdinOpen = true
+                    for await input in stream.input {
+                        switch input {
+                        case .data(.stdin, let bytes) where stdinOpen:
+                            try? await outbound.write(bytes)
+                        case .end(.stdin):
+                            stdinOpen = false
+                            outbound.finish()
+                        case .data(.resize, let bytes) where resizeFD >= 0:
+                            try? FileIO.writeAll(fd: resizeFD, Array(bytes.readableBytesView) + [10], stage: "resize")
+                        default:
+                            break
+                        }
+                    }
+                }
+                if resizeFD >= 0 { close(resizeFD) }
+                return nil
+            }
+            group.addTask {
+                try await stdoutChannel.executeThenClose { inbound, _ in
+                    for try await chunk in inbound { try await stream.send(.stdout, chunk) }
+                }
+                try? await stream.sendEnd(.stdout)
+                return nil
+            }
+            group.addTask {
+                try await stderrChannel.executeThenClose { inbound, _ in
+                    for try await chunk in inbound { try await stream.send(.stderr, chunk) }
+                }
+                try? await stream.sendEnd(.stderr)
+                return nil
+            }
+            let status = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd) ?? 0
+            // Output still in flight is delivered before the result: wait for both readers.
+            var finishedReaders = 0
+            while finishedReaders < 2 {
+                guard let next = try await group.next() else { break }
+                if next == nil { finishedReaders += 1 }
+                if finishedReaders == 2 { break }
+            }
+            group.cancelAll()
+            var result = Berth_V1_ExecResult()
+            result.exitCode = InitExit(status: status).shellCode
+            return result
+        }
+    }
+
+    // MARK: - console
+
+    /// Attaches the caller to the monitor's console socket until the client ends its input
+    /// (detach) or the VPS stops.
+    func console(_ request: Berth_V1_ConsoleRequest, stream: ServerStream) async throws {
+        let path = try await manager.consoleSocket(request.name)
+        let socket = try await ClientBootstrap(group: group).connect(unixDomainSocketPath: path) { channel in
+            channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+        }
+        try await socket.executeThenClose { inbound, outbound in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for try await chunk in inbound { try await stream.send(.stdout, chunk) }
+                }
+                group.addTask {
+                    for await input in stream.input {
+                        switch input {
+                        case .data(.stdin, let bytes): try await outbound.write(bytes)
+                        case .end(.stdin): return
+                        default: break
+                        }
+                    }
+                }
+                // Whichever side ends first (detach or VPS stop) ends the session.
+                _ = try await group.next()
+                group.cancelAll()
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+import CIsolation
+import Foundation
+import Isolation
+
+/// Reports process exits to async waiters. One thread polls every watched pidfd; this works
+/// for the agent's own children and for monitors adopted after an agent restart alike, and
+/// never calls waitpid(-1), so it cannot steal another part of the process's children.
+public final class ProcessWatcher: @unchecked Sendable {
+    struct Watch {
+        let pid: Int32
+        let pidfd: Int32
+        let continuation: CheckedContinuation<Int32?, Never>
+    }
+
+    let lock = NSLock()
+    var watches: [Watch] = []
+    let wakeFD: Int32
+    var thread: Thread?
+
+    public static let shared = ProcessWatcher()
+
+    init() {
+        wakeFD = berth_eventfd()
+        let thread = Thread { [unowned self] in self.loop() }
+        thread.name = "berth-process-watcher"
+        thread.start()
+        self.thread = thread
+    }
+
+    /// Waits for `pid` (identified by `pidfd`, which this call closes) to exit. Returns the
+    /// wait status for a child of the agent, nil for an adopted process.
+    public func waitForExit(pid: Int32, pidfd: Int32) async -> Int32? {
+        await withCheckedContinuation { continuation in
+            lock.lock()
+            watches.append(Watch(pid: pid, pidfd: pidfd, continuation: continuation))
+            lock.unlock()
+            var one: UInt64 = 1
+            _ = write(wakeFD, &one, 8)
+        }
+    }
+
+    private func loop() {
+        while true {
+            lock.lock()
+            let current = watches
+            lock.unlock()
+            var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
+            fds += current.map { pollfd(fd: $0.pidfd, events: Int16(POLLIN), revents: 0) }
+            if poll(&fds, nfds_t(fds.count), -1) < 0 { continue }
+            if fds[0].revents != 0 {
+                var value: UInt64 = 0
+                _ = read(wakeFD, &value, 8)
+            }
+            var finished: [Watch] = []
+            for (index, watch) in current.enumerated() where fds[index + 1].revents != 0 {
+                finished.append(watch)
+            }
+            if finished.isEmpty { continue }
+            lock.lock()
+            watches.removeAll { w in finished.contains { $0.pidfd == w.pidfd } }
+            lock.unlock()
+            for watch in finished {
+                var status: Int32 = 0
+                let reaped = waitpid(watch.pid, &status, WNOHANG)
+                close(watch.pidfd)
+                watch.continuation.resume(returning: reaped == watch.pid ? status : nil)
+            }
+        }
+    }
+}
+
+/// A finished helper process.
+public struct ProcessResult: Sendable {
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
+    public var exitCode: Int32 { InitExit(status: status).shellCode }
+}
+
+/// Runs host tools (mke2fs, tar, berth-spawn) through the C spawn shim: the agent never forks
+/// by itself, and the child gets exactly the fds it is given.
+public enum Subprocess {
+    public struct SpawnFailure: Error, CustomStringConvertible {
+        public let path: String
+        public let stage: Int32
+        public let errno: Int32
+        public var description: String { "cannot run \(path): \(errnoName(errno))" }
+    }
+
+    /// Starts `argv` with `fds[i]` as fd i. Returns pid and pidfd.
+    public static func spawn(_ argv: [String], fds: [Int32], environment: [String] = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+                             newSession: Bool = false) throws -> (pid: Int32, pidfd: Int32) {
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let cEnv = environment.map { strdup($0) } + [nil]
+        defer {
+            cArgv.forEach { free($0) }
+            cEnv.forEach { free($0) }
+        }
+        var pidfd: Int32 = -1, stage: Int32 = 0, err: Int32 = 0
+        let pid = fds.withUnsafeBufferPointer {
+            berth_spawn(argv[0], cArgv, cEnv, $0.baseAddress, Int32(fds.count), newSession ? 1 : 0, &pidfd, &stage, &err)
+        }
+        if pid < 0 { throw SpawnFailure(path: argv[0], stage: stage, errno: err) }
+        if pidfd < 0 { throw SpawnFailure(path: argv[0], stage: Int32(BERTH_SPAWN_PIDFD.rawValue), errno: ENOSYS) }
+        return (pid, pidfd)
+    }
+
+    /// Runs to completion with stdin from /dev/null, capturing stdout and stderr.
+    public static func run(_ argv: [String], input: [UInt8]? = nil) async throws -> ProcessResult {
+        let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        var outPipe: [Int32] = [0, 0], errPipe: [Int32] = [0, 0], inPipe: [Int32] = [-1, -1]
+        guard berth_pipe_cloexec(&outPipe) == 0, berth_pipe_cloexec(&errPipe) == 0 else {
+            throw SpawnFailure(path: argv[0], stage: 0, errno: errno)
+        }
+        if input != nil { _ = berth_pipe_cloexec(&inPipe) }
+        let child: (pid: Int32, pidfd: Int32)
+        do {
+            child = try spawn(argv, fds: [input != nil ? inPipe[0] : devnull, outPipe[1], errPipe[1]])
+        } catch {
+            [devnull, outPipe[0], outPipe[1], errPipe[0], errPipe[1], inPipe[0], inPipe[1]].filter { $0 >= 0 }.forEach { close($0) }
+            throw error
+        }
+        close(devnull); close(outPipe[1]); close(errPipe[1])
+        if let input {
+            close(inPipe[0])
+            let writer = inPipe[1]
+            Thread.detachNewThread {
+                try? FileIO.writeAll(fd: writer, input, stage: "stdin")
+                close(writer)
+            }
+        }
+        // Drain both pipes on their own threads so a chatty child cannot fill one and block.
+        let (outFD, errFD) = (outPipe[0], errPipe[0])
+        async let out = readToEnd(outFD)
+        async let err = readToEnd(errFD)
+        let status = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd) ?? 0
+        return ProcessResult(status: status, stdout: await out, stderr: await err)
+    }
+
+    static func readToEnd(_ fd: Int32) async -> String {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                let bytes = FileIO.readAll(fd: fd) ?? []
+                close(fd)
+                continuation.resume(returning: String(decoding: bytes, as: UTF8.self))
+            }
+        }
+    }
+}

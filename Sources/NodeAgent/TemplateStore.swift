@@ -1,0 +1,197 @@
+import Foundation
+import Isolation
+import Wire
+
+/// Template metadata, `templates/NAME/template.json`; the tree itself is `templates/NAME/rootfs`.
+public struct TemplateInfo: Codable, Equatable, Sendable {
+    public var name: String
+    public var source: String
+    public var createdAt: Date
+    /// Signal that asks the template's init for a clean poweroff.
+    public var stopSignal: Int32
+    public var sizeBytes: UInt64
+}
+
+/// Template caches under the data directory: built locally (busybox) or imported tarballs.
+public final class TemplateStore: @unchecked Sendable {
+    public let root: String
+    let lock = NSLock()
+
+    public init(dataDir: String) { root = dataDir + "/templates" }
+
+    public func rootfs(_ name: String) -> String { root + "/" + name + "/rootfs" }
+    func metadataPath(_ name: String) -> String { root + "/" + name + "/template.json" }
+
+    public func info(_ name: String) -> TemplateInfo? {
+        guard let data = FileManager.default.contents(atPath: metadataPath(name)) else { return nil }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return try? decoder.decode(TemplateInfo.self, from: data)
+    }
+
+    public func list() -> [TemplateInfo] {
+        FileIO.listDirectory(root).compactMap(info)
+    }
+
+    public func remove(_ name: String) throws {
+        _ = try Validation.name(name, field: "template")
+        guard info(name) != nil else { throw AgentError(.notFound, "template \(name) does not exist", field: "template") }
+        try FileManager.default.removeItem(atPath: root + "/" + name)
+    }
+
+    /// busybox-static's single binary plus one symlink per applet, a SysV-style inittab and rcS.
+    public func buildBusybox(name: String = "busybox", busybox: String = "/bin/busybox") async throws -> TemplateInfo {
+        _ = try Validation.name(name, field: "template")
+        guard let binary = FileManager.default.contents(atPath: busybox) else {
+            throw AgentError(.notFound, "\(busybox) not found: install Debian's busybox-static package", field: "template")
+        }
+        // A dynamically linked busybox would need the host's libc inside every VPS.
+        if binary.prefix(65536).range(of: Data("ld-linux".utf8)) != nil {
+            throw AgentError(.invalidArgument, "\(busybox) is dynamically linked: install Debian's busybox-static package", field: "template")
+        }
+        let staging = root + "/.build-\(name)-\(getpid())"
+        let fm = FileManager.default
+        try? fm.removeItem(atPath: staging)
+        defer { try? fm.removeItem(atPath: staging) }
+        let tree = staging + "/rootfs"
+        for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "etc/init.d", "proc", "sys", "dev", "tmp", "root", "run", "var/log", "home", "mnt"] {
+            try fm.createDirectory(atPath: tree + "/" + dir, withIntermediateDirectories: true)
+        }
+        chmod(tree + "/tmp", 0o1777)
+        chmod(tree + "/root", 0o700)
+        try binary.write(to: URL(fileURLWithPath: tree + "/bin/busybox"))
+        chmod(tree + "/bin/busybox", 0o755)
+        let listing = try await Subprocess.run([busybox, "--list-full"])
+        guard listing.status == 0 else { throw AgentError(.internalError, "\(busybox) --list-full failed: \(listing.stderr)") }
+        for applet in listing.stdout.split(separator: "\n") where applet != "bin/busybox" && !applet.contains("..") {
+            try? fm.createSymbolicLink(atPath: tree + "/" + applet, withDestinationPath: "/bin/busybox")
+        }
+        let files: [(String, String, Int)] = [
+            ("etc/inittab", Self.busyboxInittab, 0o644),
+            ("etc/init.d/rcS", Self.busyboxRcS, 0o755),
+            ("etc/init.d/rcK", Self.busyboxRcK, 0o755),
+            ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n", 0o644),
+            ("etc/group", "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n", 0o644),
+            ("etc/shadow", "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n", 0o600),
+            ("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
+            ("etc/profile", "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PS1='\\u@\\h:\\w\\$ '\n", 0o644),
+            ("etc/os-release", "NAME=\"Berth busybox\"\nID=busybox\nPRETTY_NAME=\"Berth busybox template\"\n", 0o644),
+        ]
+        for (path, text, mode) in files {
+            try Data(text.utf8).write(to: URL(fileURLWithPath: tree + "/" + path))
+            chmod(tree + "/" + path, mode_t(mode))
+        }
+        let version = listing.stdout.isEmpty ? "" : (try? await Subprocess.run([busybox]))?.stdout.split(separator: "\n").first.map(String.init) ?? ""
+        let info = TemplateInfo(name: name, source: "busybox-static: \(version)", createdAt: Self.now(),
+                                stopSignal: SIGUSR2, sizeBytes: Self.treeSize(tree))
+        try install(staging: staging, info: info)
+        return info
+    }
+
+    /// Imports a rootfs tarball (.tar, .tar.gz/.tgz, .tar.xz) after validating every entry.
+    public func importTarball(name: String, path: String, progress: (String) -> Void = { _ in }) async throws -> TemplateInfo {
+        _ = try Validation.name(name, field: "template")
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw AgentError(.notFound, "tarball \(path) does not exist on this node", field: "tarball")
+        }
+        let staging = root + "/.import-\(name)-\(getpid())"
+        let fm = FileManager.default
+        try? fm.removeItem(atPath: staging)
+        try fm.createDirectory(atPath: staging + "/rootfs", withIntermediateDirectories: true)
+        defer { try? fm.removeItem(atPath: staging) }
+        var tarPath = path
+        let lower = path.lowercased()
+        if let tool = lower.hasSuffix(".gz") || lower.hasSuffix(".tgz") ? "gzip" : lower.hasSuffix(".xz") ? "xz" : nil {
+            progress("decompressing")
+            tarPath = staging + "/image.tar"
+            let out = try await Subprocess.run(["/bin/sh", "-c", "exec \(tool) -dc -- \"$1\" > \"$2\"", "sh", path, tarPath])
+            guard out.status == 0 else { throw AgentError.invalid("tarball", "cannot decompress \(path): \(out.stderr.trimmed)") }
+        }
+        progress("validating")
+        guard let bytes = FileManager.default.contents(atPath: tarPath) else { throw AgentError.invalid("tarball", "cannot read \(tarPath)") }
+        _ = try TarValidator.validate(Array(bytes))
+        progress("unpacking")
+        let untar = try await Subprocess.run(["/bin/tar", "-x", "--numeric-owner", "-p", "-f", tarPath, "-C", staging + "/rootfs"])
+        guard untar.status == 0 else { throw AgentError.invalid("tarball", "unpacking failed: \(untar.stderr.trimmed)") }
+        if tarPath != path { try? fm.removeItem(atPath: tarPath) }
+        let tree = staging + "/rootfs"
+        let initTarget = (try? fm.destinationOfSymbolicLink(atPath: tree + "/sbin/init")) ?? ""
+        guard fm.fileExists(atPath: tree + "/sbin/init") || !initTarget.isEmpty else {
+            throw AgentError.invalid("tarball", "the archive has no /sbin/init: a VPS needs an init to boot")
+        }
+        let stopSignal: Int32 = initTarget.contains("systemd") ? 37 /* SIGRTMIN+3 */ : initTarget.contains("busybox") ? SIGUSR2 : SIGPWR
+        let info = TemplateInfo(name: name, source: "import: \(path)", createdAt: Self.now(), stopSignal: stopSignal, sizeBytes: Self.treeSize(tree))
+        try install(staging: staging, info: info)
+        return info
+    }
+
+    /// Moves a finished staging tree into place; the previous template (if any) goes only then.
+    private func install(staging: String, info: TemplateInfo) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        try encoder.encode(info).write(to: URL(fileURLWithPath: staging + "/template.json"))
+        lock.lock()
+        defer { lock.unlock() }
+        let target = root + "/" + info.name
+        let fm = FileManager.default
+        if fm.fileExists(atPath: target) {
+            let old = root + "/.old-\(info.name)-\(getpid())"
+            try fm.moveItem(atPath: target, toPath: old)
+            try fm.moveItem(atPath: staging, toPath: target)
+            try? fm.removeItem(atPath: old)
+        } else {
+            try fm.moveItem(atPath: staging, toPath: target)
+        }
+    }
+
+    static func now() -> Date { Date(timeIntervalSince1970: Double(Int(Date().timeIntervalSince1970))) }
+
+    static func treeSize(_ path: String) -> UInt64 {
+        var total: UInt64 = 0
+        guard let walker = FileManager.default.enumerator(atPath: path) else { return 0 }
+        while let entry = walker.nextObject() as? String {
+            var st = stat()
+            if lstat(path + "/" + entry, &st) == 0 { total += UInt64(st.st_blocks) * 512 }
+        }
+        return total
+    }
+
+    static let busyboxInittab = """
+    # Berth busybox template. Fields: id:runlevels:action:process (busybox ignores the first two).
+    ::sysinit:/etc/init.d/rcS
+    # The console shell waits for Enter, so output produced before attaching stays readable.
+    ::askfirst:-/bin/sh
+    ::ctrlaltdel:/sbin/reboot
+    ::shutdown:/etc/init.d/rcK
+
+    """
+
+    static let busyboxRcS = """
+    #!/bin/sh
+    # System start-up: run by init (sysinit) on every boot of the VPS.
+    export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    rm -rf /run/* /tmp/* 2>/dev/null
+    ip link set lo up 2>/dev/null
+    for script in /etc/init.d/S[0-9][0-9]*; do
+        [ -x "$script" ] && "$script" start
+    done
+    echo "$(date +%s) $(hostname)" > /run/boot-complete
+    echo "rcS: $(hostname) is up"
+
+    """
+
+    static let busyboxRcK = """
+    #!/bin/sh
+    # System shutdown: stop services in reverse order.
+    for script in $(ls -r /etc/init.d/S[0-9][0-9]* 2>/dev/null); do
+        [ -x "$script" ] && "$script" stop
+    done
+    sync
+
+    """
+}
+
+extension String {
+    var trimmed: String { trimmingCharacters(in: .whitespacesAndNewlines) }
+}

@@ -1,0 +1,142 @@
+import Foundation
+import Isolation
+import Wire
+
+/// A VPS's checkpointed configuration: the single source of truth for start, restart, agent
+/// restarts and host reboots. Stored as `vps/NAME/config.json`.
+public struct VPSConfig: Codable, Equatable, Sendable {
+    public static let currentSchema = 1
+
+    public struct Limits: Codable, Equatable, Sendable {
+        public var memoryBytes: UInt64?
+        public var swapBytes: UInt64?
+        public var pids: UInt32?
+        public var cpuUnits: UInt32?
+        public var cpuLimitPercent: UInt32?
+        public var cpus: String?
+        public var files: UInt64?
+        public var diskBytes: UInt64
+        public var diskInodes: UInt64?
+
+        public init(diskBytes: UInt64 = VPSConfig.defaultDiskBytes) { self.diskBytes = diskBytes }
+
+        var cgroup: CgroupLimits {
+            CgroupLimits(memoryBytes: memoryBytes, swapBytes: swapBytes, pids: pids, cpuUnits: cpuUnits,
+                         cpuLimitPercent: cpuLimitPercent, cpus: cpus)
+        }
+
+        static let keys: Set<String> = ["memoryBytes", "swapBytes", "pids", "cpuUnits", "cpuLimitPercent", "cpus", "files", "diskBytes", "diskInodes"]
+    }
+
+    public enum DesiredState: String, Codable, Sendable { case running, stopped }
+
+    public var schemaVersion: Int
+    public var name: String
+    public var template: String
+    public var hostname: String
+    public var limits: Limits
+    public var labels: [String: String]
+    public var onboot: Bool
+    public var desiredState: DesiredState
+    public var createdAt: Date
+    /// Signal that asks this VPS's init for a clean shutdown (from the template).
+    public var stopSignal: Int32
+
+    public static let defaultDiskBytes: UInt64 = 2 << 30
+    static let keys: Set<String> = ["schemaVersion", "name", "template", "hostname", "limits", "labels", "onboot", "desiredState", "createdAt", "stopSignal"]
+
+    public init(name: String, template: String, hostname: String, limits: Limits = Limits(), labels: [String: String] = [:],
+                onboot: Bool = false, stopSignal: Int32) {
+        schemaVersion = Self.currentSchema
+        self.name = name
+        self.template = template
+        self.hostname = hostname
+        self.limits = limits
+        self.labels = labels
+        self.onboot = onboot
+        desiredState = .stopped
+        createdAt = Date(timeIntervalSince1970: Double(Int(Date().timeIntervalSince1970)))
+        self.stopSignal = stopSignal
+    }
+
+    public func encoded() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        return try encoder.encode(self)
+    }
+
+    /// Decodes a config file, rejecting anything a hand edit could have broken: invalid JSON,
+    /// unknown or missing fields, a newer schema, a name that does not match its directory.
+    public static func decode(_ data: Data, expectedName: String, path: String) throws -> VPSConfig {
+        func corrupt(_ why: String) -> AgentError {
+            AgentError(.corruptState, "\(path): \(why); fix or remove the file (the VPS is left untouched)")
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw corrupt("not a JSON object")
+        }
+        let unknown = Set(object.keys).subtracting(keys)
+        if !unknown.isEmpty { throw corrupt("unknown field(s) \(unknown.sorted().joined(separator: ", "))") }
+        if let limits = object["limits"] as? [String: Any] {
+            let unknownLimits = Set(limits.keys).subtracting(Limits.keys)
+            if !unknownLimits.isEmpty { throw corrupt("unknown field(s) limits.\(unknownLimits.sorted().joined(separator: ", limits."))") }
+        }
+        if let version = object["schemaVersion"] as? Int, version > currentSchema {
+            throw corrupt("schema version \(version) is newer than this agent understands (\(currentSchema))")
+        }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        let config: VPSConfig
+        do {
+            config = try decoder.decode(VPSConfig.self, from: data)
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw corrupt("missing field \(key.stringValue)")
+        } catch let DecodingError.typeMismatch(_, context) {
+            throw corrupt("wrong type at \(context.codingPath.map(\.stringValue).joined(separator: "."))")
+        } catch let DecodingError.dataCorrupted(context) {
+            throw corrupt("bad value at \(context.codingPath.map(\.stringValue).joined(separator: ".")): \(context.debugDescription)")
+        } catch {
+            throw corrupt("\(error)")
+        }
+        guard config.name == expectedName else { throw corrupt("name '\(config.name)' does not match its directory '\(expectedName)'") }
+        do {
+            _ = try Validation.name(config.name)
+            _ = try Validation.hostname(config.hostname)
+            for (key, value) in config.labels { try Validation.label(key: key, value: value) }
+        } catch let error as AgentError {
+            throw corrupt(error.description)
+        }
+        return config
+    }
+}
+
+/// Where a node keeps its VPSs: `vps/NAME/{config.json,disk.img,root/}`.
+public struct ConfigStore: Sendable {
+    public let vpsRoot: String
+
+    public init(dataDir: String) { vpsRoot = dataDir + "/vps" }
+
+    public func directory(_ name: String) -> String { vpsRoot + "/" + name }
+    public func configPath(_ name: String) -> String { directory(name) + "/config.json" }
+    public func diskPath(_ name: String) -> String { directory(name) + "/disk.img" }
+    public func rootPath(_ name: String) -> String { directory(name) + "/root" }
+
+    public func names() -> [String] {
+        FileIO.listDirectory(vpsRoot).filter { FileIO.exists(configPath($0)) }
+    }
+
+    public func load(_ name: String) throws -> VPSConfig {
+        guard let data = FileManager.default.contents(atPath: configPath(name)) else {
+            throw AgentError(.corruptState, "\(configPath(name)) cannot be read")
+        }
+        return try VPSConfig.decode(data, expectedName: name, path: configPath(name))
+    }
+
+    public func save(_ config: VPSConfig) throws {
+        do {
+            try FileIO.writeAtomically(configPath(config.name), Array(try config.encoded()), mode: 0o600)
+        } catch let error as IsolationError {
+            throw AgentError.kernel("saving the config of \(config.name)", error)
+        }
+    }
+}

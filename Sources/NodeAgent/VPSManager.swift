@@ -1,0 +1,571 @@
+import CIsolation
+import Foundation
+import Isolation
+import Logging
+import Wire
+
+public enum VPSState: String, Sendable {
+    case stopped, starting, running, stopping, failed
+}
+
+/// Where the agent keeps things and what it runs.
+public struct AgentPaths: Sendable {
+    public var dataDir: String
+    public var runDir: String
+    /// The berth-spawn helper binary.
+    public var spawnBinary: String
+
+    public init(dataDir: String, runDir: String, spawnBinary: String) {
+        self.dataDir = dataDir
+        self.runDir = runDir
+        self.spawnBinary = spawnBinary
+    }
+}
+
+final class VPSRecord {
+    var config: VPSConfig
+    var state: VPSState = .stopped
+    var run: RunState?
+    var lastExit = ""
+    /// Bumped on every start so a late exit notice of an earlier run is ignored.
+    var generation = 0
+
+    init(config: VPSConfig) { self.config = config }
+}
+
+/// Owns the node's VPSs: the lifecycle state machine over the checkpointed configs, the
+/// cgroups, and the berth-spawn monitors. All state changes are serialised by the actor;
+/// `starting`/`stopping` mark a VPS busy while an operation awaits the kernel.
+public actor VPSManager {
+    public let paths: AgentPaths
+    public let nodeName: String
+    let store: ConfigStore
+    public let templates: TemplateStore
+    let cgroups: any CgroupDriver
+    let logger: Logger
+    var records: [String: VPSRecord] = [:]
+    /// VPS directories whose config could not be loaded, with the reason.
+    var broken: [String: String] = [:]
+    var creating: Set<String> = []
+    let onlineCPUs: Int
+
+    public init(paths: AgentPaths, nodeName: String, cgroups: any CgroupDriver, logger: Logger) throws {
+        self.paths = paths
+        self.nodeName = nodeName
+        self.cgroups = cgroups
+        self.logger = logger
+        store = ConfigStore(dataDir: paths.dataDir)
+        templates = TemplateStore(dataDir: paths.dataDir)
+        onlineCPUs = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        for dir in [paths.dataDir, store.vpsRoot, templates.root] {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        }
+        try FileManager.default.createDirectory(atPath: paths.runDir, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+    }
+
+    func runDir(_ name: String) -> String { paths.runDir + "/" + name }
+
+    // MARK: - Recovery
+
+    /// Re-adopts running VPSs, notices the ones that exited while no agent ran, cleans their
+    /// leftovers, and — on the first agent start after a host boot — starts `onboot` VPSs.
+    public func recover() async {
+        for name in store.names() {
+            let config: VPSConfig
+            do {
+                config = try store.load(name)
+            } catch {
+                broken[name] = "\(error)"
+                logger.error("cannot load VPS config", metadata: ["vps": "\(name)", "error": "\(error)"])
+                continue
+            }
+            let record = VPSRecord(config: config)
+            records[name] = record
+            if let run = RunState.read(runDir: runDir(name)), run.monitorAlive {
+                record.run = run
+                record.state = .running
+                let pidfd = berth_pidfd_open(run.monitorPid, 0)
+                if pidfd >= 0 { watchMonitor(name, record: record, pid: run.monitorPid, pidfd: pidfd) }
+                logger.info("re-adopted running VPS", metadata: ["vps": "\(name)", "pid": "\(run.initPid)"])
+            } else {
+                record.lastExit = exitReason(name) ?? ""
+                cleanupAfterExit(name)
+                if config.desiredState == .running {
+                    logger.notice("VPS stopped while the agent was down", metadata: ["vps": "\(name)", "reason": "\(record.lastExit)"])
+                }
+            }
+        }
+        if hostBootedSinceLastAgent() {
+            for record in records.values where record.config.onboot && record.state == .stopped {
+                do {
+                    _ = try await start(record.config.name)
+                    logger.info("started onboot VPS", metadata: ["vps": "\(record.config.name)"])
+                } catch {
+                    logger.error("onboot start failed", metadata: ["vps": "\(record.config.name)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// /run is empty after a host boot: a boot-id marker there tells a restart from a reboot.
+    func hostBootedSinceLastAgent() -> Bool {
+        let bootID = (FileIO.read("/proc/sys/kernel/random/boot_id") ?? "").trimmed
+        let marker = paths.runDir + "/agent.boot-id"
+        let previous = (FileIO.read(marker) ?? "").trimmed
+        try? FileIO.writeAtomically(marker, Array((bootID + "\n").utf8), mode: 0o644)
+        return previous != bootID
+    }
+
+    // MARK: - Queries
+
+    func record(_ name: String) throws -> VPSRecord {
+        if let message = broken[name] { throw AgentError(.corruptState, message) }
+        guard let record = records[name] else { throw AgentError.notFound(name) }
+        return record
+    }
+
+    public func status(_ name: String) throws -> Berth_V1_VpsStatus {
+        _ = try Validation.name(name)
+        return makeStatus(try record(name))
+    }
+
+    public func list(all: Bool, selector: [String: String]) -> Berth_V1_VpsList {
+        var list = Berth_V1_VpsList()
+        for name in records.keys.sorted() {
+            let record = records[name]!
+            if !all && record.state == .stopped { continue }
+            if !selector.allSatisfy({ record.config.labels[$0.key] == $0.value }) { continue }
+            list.vpses.append(makeStatus(record))
+        }
+        if all && selector.isEmpty {
+            for (name, message) in broken.sorted(by: { $0.key < $1.key }) {
+                var status = Berth_V1_VpsStatus()
+                status.name = name
+                status.state = VPSState.failed.rawValue
+                status.node = nodeName
+                status.lastExit = message
+                list.vpses.append(status)
+            }
+        }
+        list.vpses.sort { $0.name < $1.name }
+        return list
+    }
+
+    func makeStatus(_ record: VPSRecord) -> Berth_V1_VpsStatus {
+        let config = record.config
+        var status = Berth_V1_VpsStatus()
+        status.name = config.name
+        status.state = record.state.rawValue
+        status.hostname = config.hostname
+        status.template = config.template
+        status.node = nodeName
+        status.labels = config.labels
+        status.onboot = config.onboot
+        status.lastExit = record.lastExit
+        status.limits = Self.wireLimits(config.limits)
+        if record.state == .running || record.state == .stopping {
+            // The init pid changes on an in-VPS reboot: the monitor's state file is current.
+            if let run = RunState.read(runDir: runDir(config.name)) { record.run = run }
+            status.pid = record.run?.initPid ?? 0
+            status.startedAtUnix = record.run?.bootedAt ?? 0
+        }
+        return status
+    }
+
+    static func wireLimits(_ limits: VPSConfig.Limits) -> Berth_V1_Limits {
+        var wire = Berth_V1_Limits()
+        wire.memoryBytes = limits.memoryBytes ?? 0
+        wire.swapBytes = limits.swapBytes ?? 0
+        wire.pids = limits.pids ?? 0
+        wire.cpuUnits = limits.cpuUnits ?? 0
+        wire.cpuLimitPct = limits.cpuLimitPercent ?? 0
+        wire.cpus = limits.cpus ?? ""
+        wire.files = limits.files ?? 0
+        wire.diskBytes = limits.diskBytes
+        wire.diskInodes = limits.diskInodes ?? 0
+        return wire
+    }
+
+    // MARK: - Create / destroy
+
+    public func create(_ request: Berth_V1_CreateRequest, progress: @Sendable (String) -> Void = { _ in }) async throws -> Berth_V1_VpsStatus {
+        let name = try Validation.name(request.name)
+        guard !request.template.isEmpty else { throw AgentError.invalid("template", "is required") }
+        _ = try Validation.name(request.template, field: "template")
+        guard let template = templates.info(request.template) else {
+            throw AgentError(.notFound, "template \(request.template) does not exist (see 'berth template list')", field: "template")
+        }
+        let hostname = try Validation.hostname(request.hostname.isEmpty ? name : request.hostname)
+        try rejectUnsupported(ips: request.ips, nameservers: request.nameservers, net: request.net)
+        for (key, value) in request.labels { try Validation.label(key: key, value: value) }
+        var limits = VPSConfig.Limits()
+        try applyLimits(request.limits, to: &limits, creating: true)
+        let minimum = template.sizeBytes + template.sizeBytes / 4 + (16 << 20)
+        if limits.diskBytes < minimum {
+            throw AgentError.invalid("disk", "\(ByteSize.format(limits.diskBytes)) is too small for template \(template.name) (needs at least \(minimum >> 20)M)")
+        }
+        guard records[name] == nil, broken[name] == nil, !creating.contains(name),
+              !FileManager.default.fileExists(atPath: store.directory(name)) else {
+            throw AgentError(.alreadyExists, "VPS \(name) already exists", field: "name")
+        }
+        creating.insert(name)
+        defer { creating.remove(name) }
+
+        let config = VPSConfig(name: name, template: template.name, hostname: hostname, limits: limits,
+                               labels: request.labels, onboot: request.onboot, stopSignal: template.stopSignal)
+        let dir = store.directory(name)
+        do {
+            try FileManager.default.createDirectory(atPath: store.rootPath(name), withIntermediateDirectories: true)
+            chmod(dir, 0o700)
+            progress("creating \(ByteSize.format(limits.diskBytes)) disk from template \(template.name)")
+            var mkfs = ["/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", String("berth-\(name)".prefix(16)),
+                        "-E", "root_owner=0:0", "-d", templates.rootfs(template.name)]
+            if let inodes = limits.diskInodes { mkfs += ["-N", String(inodes)] }
+            mkfs += [store.diskPath(name), "\(limits.diskBytes / 1024)k"]
+            let result = try await Subprocess.run(mkfs)
+            guard result.status == 0 else {
+                throw AgentError(.kernel, "creating the disk image failed: \(result.stderr.trimmed)", stage: "mke2fs")
+            }
+            try store.save(config)
+        } catch {
+            try? FileManager.default.removeItem(atPath: dir)
+            throw error
+        }
+        let record = VPSRecord(config: config)
+        records[name] = record
+        logger.info("created VPS", metadata: ["vps": "\(name)", "template": "\(template.name)"])
+        return makeStatus(record)
+    }
+
+    func rejectUnsupported(ips: [String], nameservers: [String], net: String) throws {
+        if !ips.isEmpty { throw AgentError.unsupported("ip", "VPS networking is not available in this release yet; create the VPS without --ip") }
+        if !nameservers.isEmpty { throw AgentError.unsupported("nameserver", "VPS networking is not available in this release yet") }
+        if !net.isEmpty && net != "routed" { throw AgentError.unsupported("net", "'\(net)': bridged networking is not available in this release yet") }
+    }
+
+    /// Merges wire limits into the config's; zero means "unchanged" (or unlimited on create).
+    func applyLimits(_ wire: Berth_V1_Limits, to limits: inout VPSConfig.Limits, creating: Bool) throws {
+        if wire.memoryBytes > 0 {
+            guard wire.memoryBytes >= 16 << 20 else { throw AgentError.invalid("memory", "must be at least 16M") }
+            limits.memoryBytes = wire.memoryBytes
+        }
+        if wire.swapBytes > 0 {
+            guard limits.memoryBytes != nil else { throw AgentError.invalid("swap", "needs --memory: swap is granted on top of a memory limit") }
+            limits.swapBytes = wire.swapBytes
+        }
+        if wire.pids > 0 {
+            guard wire.pids >= 8 else { throw AgentError.invalid("pids", "must be at least 8 (init and a shell need a few)") }
+            limits.pids = wire.pids
+        }
+        if wire.cpuUnits > 0 {
+            guard (8...500_000).contains(wire.cpuUnits) else { throw AgentError.invalid("cpu-units", "must be between 8 and 500000") }
+            limits.cpuUnits = wire.cpuUnits
+        }
+        if wire.cpuLimitPct > 0 {
+            guard wire.cpuLimitPct <= UInt32(onlineCPUs * 100) else {
+                throw AgentError.invalid("cpu-limit", "\(wire.cpuLimitPct)% exceeds this node's \(onlineCPUs) CPUs (\(onlineCPUs * 100)%)")
+            }
+            limits.cpuLimitPercent = wire.cpuLimitPct
+        }
+        if !wire.cpus.isEmpty { limits.cpus = try Validation.cpus(wire.cpus, onlineCPUs: onlineCPUs) }
+        if wire.files > 0 {
+            guard wire.files >= 64, wire.files <= 1 << 20 else { throw AgentError.invalid("files", "must be between 64 and 1048576") }
+            limits.files = wire.files
+        }
+        if wire.diskBytes > 0 {
+            guard creating else { throw AgentError.unsupported("disk", "resizing a VPS disk is not available in this release yet") }
+            guard wire.diskBytes <= 16 << 40 else { throw AgentError.invalid("disk", "must be at most 16T") }
+            limits.diskBytes = wire.diskBytes
+        }
+        if wire.diskInodes > 0 {
+            guard creating else { throw AgentError.unsupported("disk-inodes", "changing the inode count is not available in this release yet") }
+            guard wire.diskInodes >= 1024, wire.diskInodes <= 1 << 32 else { throw AgentError.invalid("disk-inodes", "must be between 1024 and 4294967296") }
+            limits.diskInodes = wire.diskInodes
+        }
+        if wire.ioWeight > 0 || wire.ioBps > 0 || wire.ioIops > 0 {
+            throw AgentError.unsupported("io", "I/O limits (--io-weight, --io-bps, --io-iops) are not available in this release yet")
+        }
+    }
+
+    public func destroy(_ name: String, force: Bool) async throws {
+        _ = try Validation.name(name)
+        if let message = broken[name] {
+            guard force else { throw AgentError(.corruptState, "\(message); use --force to destroy it anyway") }
+        } else {
+            let record = try record(name)
+            switch record.state {
+            case .running, .stopping, .starting:
+                guard force else { throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); stop it first or use --force") }
+                if record.state == .running { try await stop(name, timeout: 0, kill: true) }
+            case .stopped, .failed: break
+            }
+        }
+        let root = store.rootPath(name)
+        if isMountPoint(root) {
+            throw AgentError(.conflict, "\(root) is still mounted; refusing to delete through a mounted VPS root")
+        }
+        do {
+            try FileManager.default.removeItem(atPath: store.directory(name))
+        } catch {
+            throw AgentError(.kernel, "removing \(store.directory(name)) failed: \(error.localizedDescription)")
+        }
+        try? FileManager.default.removeItem(atPath: runDir(name))
+        records[name] = nil
+        broken[name] = nil
+        logger.info("destroyed VPS", metadata: ["vps": "\(name)"])
+    }
+
+    // MARK: - Start / stop
+
+    public func start(_ name: String) async throws -> Berth_V1_VpsStatus {
+        _ = try Validation.name(name)
+        let record = try record(name)
+        switch record.state {
+        case .running: throw AgentError(.conflict, "VPS \(name) is already running")
+        case .starting, .stopping: throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); try again when it is done")
+        case .stopped, .failed: break
+        }
+        guard templates.info(record.config.template) != nil || FileManager.default.fileExists(atPath: store.diskPath(name)) else {
+            throw AgentError(.notFound, "the disk of VPS \(name) is missing")
+        }
+        record.state = .starting
+        record.generation += 1
+        do {
+            try await launch(record)
+        } catch {
+            record.state = .stopped
+            cleanupAfterExit(name)
+            throw error
+        }
+        record.state = .running
+        record.lastExit = ""
+        if record.config.desiredState != .running {
+            record.config.desiredState = .running
+            try? store.save(record.config)
+        }
+        logger.info("started VPS", metadata: ["vps": "\(name)", "pid": "\(record.run?.initPid ?? 0)"])
+        return makeStatus(record)
+    }
+
+    private func launch(_ record: VPSRecord) async throws {
+        let name = record.config.name
+        do {
+            try cgroups.create(name)
+            try cgroups.apply(name, record.config.limits.cgroup)
+        } catch {
+            throw AgentError.kernel("setting up the cgroup of \(name)", error)
+        }
+        let run = runDir(name)
+        try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
+        chmod(run, 0o700)
+        for file in [RunState.exitFile, RunState.stopRequestFile, RunState.stateFile] { unlink(run + "/" + file) }
+        var spec = SpawnSpec(name: name, diskImage: store.diskPath(name), rootPath: store.rootPath(name), runDir: run,
+                             hostname: record.config.hostname, cgroupProcsFiles: cgroups.procsFiles(name))
+        spec.openFilesLimit = record.config.limits.files
+
+        var specPipe: [Int32] = [0, 0], statusPipe: [Int32] = [0, 0]
+        guard berth_pipe_cloexec(&specPipe) == 0 else { throw AgentError(.kernel, "pipe failed", stage: "pipe", errno: errno) }
+        guard berth_pipe_cloexec(&statusPipe) == 0 else {
+            close(specPipe[0]); close(specPipe[1])
+            throw AgentError(.kernel, "pipe failed", stage: "pipe", errno: errno)
+        }
+        let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        let log = open(run + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        defer { close(devnull); if log >= 0 { close(log) } }
+        let child: (pid: Int32, pidfd: Int32)
+        do {
+            child = try Subprocess.spawn([paths.spawnBinary, "start"],
+                                         fds: [devnull, log >= 0 ? log : devnull, log >= 0 ? log : devnull, specPipe[0], statusPipe[1]],
+                                         environment: [], newSession: true)
+        } catch {
+            [specPipe[0], specPipe[1], statusPipe[0], statusPipe[1]].forEach { close($0) }
+            throw AgentError(.kernel, "cannot run \(paths.spawnBinary): \(error)", stage: "spawn")
+        }
+        close(specPipe[0])
+        close(statusPipe[1])
+        try? FileIO.writeAll(fd: specPipe[1], Array(spec.encode().utf8), stage: "spec")
+        close(specPipe[1])
+        let reply = await Subprocess.readToEnd(statusPipe[0]).trimmed
+        if reply.hasPrefix("ok ") {
+            guard let state = RunState.read(runDir: run) else {
+                throw AgentError(.kernel, "berth-spawn reported success but wrote no state file")
+            }
+            record.run = state
+            watchMonitor(name, record: record, pid: child.pid, pidfd: child.pidfd)
+            return
+        }
+        _ = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd)
+        let parts = reply.split(separator: "\t", maxSplits: 3, omittingEmptySubsequences: false).map(String.init)
+        if parts.count == 4 && parts[0] == "error" {
+            throw AgentError(.kernel, "starting \(name) failed: \(parts[3])", stage: parts[1], errno: Int32(parts[2]) ?? 0)
+        }
+        let logText = (FileIO.read(run + "/monitor.log") ?? "").trimmed
+        throw AgentError(.kernel, "starting \(name) failed: berth-spawn exited without a status\(logText.isEmpty ? "" : ": " + logText)", stage: "spawn")
+    }
+
+    private func watchMonitor(_ name: String, record: VPSRecord, pid: Int32, pidfd: Int32) {
+        let generation = record.generation
+        Task {
+            _ = await ProcessWatcher.shared.waitForExit(pid: pid, pidfd: pidfd)
+            await self.monitorExited(name, generation: generation)
+        }
+    }
+
+    private func monitorExited(_ name: String, generation: Int) {
+        guard let record = records[name], record.generation == generation else { return }
+        let reason = exitReason(name) ?? "monitor exited unexpectedly"
+        record.lastExit = reason
+        record.run = nil
+        cleanupAfterExit(name)
+        if record.state == .stopping { 
+            record.state = .stopped
+            return
+        }
+        // Stopped from inside (poweroff/halt) or crashed.
+        record.state = reason == "poweroff" ? .stopped : .failed
+        record.config.desiredState = .stopped
+        try? store.save(record.config)
+        logger.notice("VPS stopped by itself", metadata: ["vps": "\(name)", "reason": "\(reason)"])
+    }
+
+    func exitReason(_ name: String) -> String? {
+        guard let text = FileIO.read(runDir(name) + "/" + RunState.exitFile) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("reason=") { return String(line.dropFirst(7)) }
+        return nil
+    }
+
+    /// Removes what a stopped VPS leaves: stray processes, its cgroup, its run directory and a
+    /// root mount whose monitor died. Idempotent.
+    func cleanupAfterExit(_ name: String) {
+        if cgroups.exists(name) {
+            try? cgroups.killAll(name)
+            do { try cgroups.destroy(name) } catch {
+                logger.warning("cannot remove cgroup", metadata: ["vps": "\(name)", "error": "\(error)"])
+            }
+        }
+        let root = store.rootPath(name)
+        if isMountPoint(root) {
+            if umount2(root, 0) != 0 { umount2(root, Int32(MNT_DETACH)) }
+        }
+        try? FileManager.default.removeItem(atPath: runDir(name))
+    }
+
+    public func stop(_ name: String, timeout: UInt32, kill: Bool) async throws {
+        _ = try Validation.name(name)
+        let record = try record(name)
+        guard record.state == .running else {
+            throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue), not running")
+        }
+        record.state = .stopping
+        let run = runDir(name)
+        FileManager.default.createFile(atPath: run + "/" + RunState.stopRequestFile, contents: nil)
+        if kill {
+            try? cgroups.killAll(name)
+        } else if let state = RunState.read(runDir: run), state.initAlive {
+            Glibc.kill(state.initPid, record.config.stopSignal)
+        }
+        let grace = kill ? 5 : Double(timeout == 0 ? 30 : timeout)
+        if !(await waitUntilStopped(record, seconds: grace)) {
+            logger.notice("clean stop timed out, killing", metadata: ["vps": "\(name)"])
+            try? cgroups.killAll(name)
+            if !(await waitUntilStopped(record, seconds: 10)) {
+                record.state = .running
+                throw AgentError(.deadlineExceeded, "VPS \(name) did not stop even after SIGKILL")
+            }
+        }
+        record.config.desiredState = .stopped
+        try? store.save(record.config)
+        logger.info("stopped VPS", metadata: ["vps": "\(name)", "reason": "\(record.lastExit)"])
+    }
+
+    private func waitUntilStopped(_ record: VPSRecord, seconds: Double) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while record.state == .stopping && record.run != nil {
+            if Date() >= deadline { return false }
+            try? await Task.sleep(nanoseconds: 10_000_000)
+        }
+        return true
+    }
+
+    public func restart(_ name: String) async throws -> Berth_V1_VpsStatus {
+        let record = try record(name)
+        if record.state == .running { try await stop(name, timeout: 0, kill: false) }
+        return try await start(name)
+    }
+
+    // MARK: - Set
+
+    public func set(_ request: Berth_V1_SetRequest) async throws -> Berth_V1_SetResult {
+        let name = try Validation.name(request.name)
+        let record = try record(name)
+        if record.state == .starting || record.state == .stopping {
+            throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); try again when it is done")
+        }
+        try rejectUnsupported(ips: request.ipAdd + request.ipDel, nameservers: request.nameservers, net: "")
+        var config = record.config
+        var live: [String] = [], restart: [String] = []
+        let running = record.state == .running
+        try applyLimits(request.limits, to: &config.limits, creating: false)
+        if config.limits != record.config.limits {
+            let old = record.config.limits
+            let changed: [(String, Bool)] = [
+                ("memory", old.memoryBytes != config.limits.memoryBytes), ("swap", old.swapBytes != config.limits.swapBytes),
+                ("pids", old.pids != config.limits.pids), ("cpu-units", old.cpuUnits != config.limits.cpuUnits),
+                ("cpu-limit", old.cpuLimitPercent != config.limits.cpuLimitPercent), ("cpus", old.cpus != config.limits.cpus),
+            ]
+            let cgroupChanged = changed.filter(\.1).map(\.0)
+            if running && !cgroupChanged.isEmpty {
+                do {
+                    try cgroups.apply(name, config.limits.cgroup)
+                } catch {
+                    try? cgroups.apply(name, old.cgroup)
+                    throw AgentError.kernel("applying limits to \(name)", error)
+                }
+                live += cgroupChanged
+            }
+            if running && old.files != config.limits.files { restart.append("files") }
+        }
+        if !request.hostname.isEmpty && request.hostname != config.hostname {
+            config.hostname = try Validation.hostname(request.hostname)
+            if running { restart.append("hostname") }
+        }
+        for (key, value) in request.labels {
+            if value.isEmpty { config.labels[key] = nil } else {
+                try Validation.label(key: key, value: value)
+                config.labels[key] = value
+            }
+        }
+        if request.setOnboot { config.onboot = request.onboot }
+        try store.save(config)
+        record.config = config
+        var result = Berth_V1_SetResult()
+        result.status = makeStatus(record)
+        result.appliedLive = live
+        result.needsRestart = restart
+        return result
+    }
+
+    // MARK: - Joining a running VPS
+
+    /// What berth-spawn exec needs to join `name`.
+    func joinTarget(_ name: String) throws -> (run: RunState, cgroupFiles: [String]) {
+        _ = try Validation.name(name)
+        let record = try record(name)
+        guard record.state == .running, let run = RunState.read(runDir: runDir(name)), run.initAlive else {
+            throw AgentError(.conflict, "VPS \(name) is not running")
+        }
+        return (run, cgroups.procsFiles(name))
+    }
+
+    func consoleSocket(_ name: String) throws -> String {
+        _ = try joinTarget(name)
+        return runDir(name) + "/" + RunState.consoleSocket
+    }
+}
+
+func isMountPoint(_ path: String) -> Bool {
+    var own = stat(), parent = stat()
+    guard lstat(path, &own) == 0, lstat(path + "/..", &parent) == 0 else { return false }
+    return own.st_dev != parent.st_dev
+}

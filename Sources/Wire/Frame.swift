@@ -1,0 +1,102 @@
+import NIOCore
+
+/// Berth's frame types (Docs/wire.md). Raw values are on the wire: never renumber.
+public enum FrameType: UInt8, Sendable {
+    case hello = 1
+    case request = 2
+    case response = 3
+    case data = 4
+    case end = 5
+    case cancel = 6
+    case error = 7
+    case credit = 8
+    case ping = 9
+    case pong = 10
+    case progress = 11
+}
+
+/// One frame: `[u32 length][u8 type][u8 flags][u32 stream][payload]`, big-endian, where length
+/// counts everything after itself.
+public struct Frame: Sendable, Equatable {
+    public var type: FrameType
+    public var flags: UInt8
+    public var stream: UInt32
+    public var payload: ByteBuffer
+
+    public init(type: FrameType, flags: UInt8 = 0, stream: UInt32, payload: ByteBuffer = ByteBuffer()) {
+        self.type = type
+        self.flags = flags
+        self.stream = stream
+        self.payload = payload
+    }
+
+    public static let headerSize = 6  // type + flags + stream, after the length word
+    public static let defaultMaxPayload = 4 << 20
+
+    /// DATA/END channel numbers of exec and console streams.
+    public enum Channel: UInt8, Sendable {
+        case stdin = 0, stdout = 1, stderr = 2, resize = 3
+    }
+}
+
+public enum FrameParser {
+    /// Takes one complete frame off `buffer`, or returns nil (buffer untouched) when more bytes
+    /// are needed. The declared length is checked against `maxPayload` before anything is
+    /// buffered for it, so a peer cannot make us allocate by announcing a huge frame.
+    public static func parse(_ buffer: inout ByteBuffer, maxPayload: Int = Frame.defaultMaxPayload) throws(WireError) -> Frame? {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        guard length >= UInt32(Frame.headerSize) else {
+            throw WireError(.malformedFrame, "frame length \(length) is shorter than the \(Frame.headerSize)-byte header")
+        }
+        let payloadLength = Int(length) - Frame.headerSize
+        guard payloadLength <= maxPayload else {
+            throw WireError(.frameTooLarge, "frame of \(payloadLength) bytes exceeds the limit of \(maxPayload)")
+        }
+        guard buffer.readableBytes >= 4 + Int(length) else { return nil }
+        let start = buffer.readerIndex
+        let rawType = buffer.getInteger(at: start + 4, as: UInt8.self)!
+        guard let type = FrameType(rawValue: rawType) else {
+            throw WireError(.malformedFrame, "unknown frame type \(rawType)")
+        }
+        let flags = buffer.getInteger(at: start + 5, as: UInt8.self)!
+        let stream = buffer.getInteger(at: start + 6, as: UInt32.self)!
+        let payload = buffer.getSlice(at: start + 10, length: payloadLength)!
+        buffer.moveReaderIndex(forwardBy: 4 + Int(length))
+        return Frame(type: type, flags: flags, stream: stream, payload: payload)
+    }
+
+    public static func write(_ frame: Frame, into out: inout ByteBuffer) {
+        out.writeInteger(UInt32(Frame.headerSize + frame.payload.readableBytes))
+        out.writeInteger(frame.type.rawValue)
+        out.writeInteger(frame.flags)
+        out.writeInteger(frame.stream)
+        var payload = frame.payload
+        out.writeBuffer(&payload)
+    }
+}
+
+public final class FrameDecoder: ByteToMessageDecoder {
+    public typealias InboundOut = Frame
+    let maxPayload: Int
+
+    public init(maxPayload: Int = Frame.defaultMaxPayload) { self.maxPayload = maxPayload }
+
+    public func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let frame = try FrameParser.parse(&buffer, maxPayload: maxPayload) else { return .needMoreData }
+        context.fireChannelRead(wrapInboundOut(frame))
+        return .continue
+    }
+
+    public func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        while try decode(context: context, buffer: &buffer) == .continue {}
+        return .needMoreData
+    }
+}
+
+public final class FrameEncoder: MessageToByteEncoder {
+    public typealias OutboundIn = Frame
+    public init() {}
+    public func encode(data: Frame, out: inout ByteBuffer) throws {
+        FrameParser.write(data, into: &out)
+    }
+}

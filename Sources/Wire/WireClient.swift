@@ -1,0 +1,195 @@
+import NIOCore
+import NIOPosix
+import SwiftProtobuf
+
+/// What arrives on a client call's stream.
+public enum ClientEvent: Sendable {
+    case data(Frame.Channel, ByteBuffer)
+    case end(Frame.Channel)
+    case progress(Berth_V1_Progress)
+    case response(Berth_V1_Response)
+    case failure(WireError)
+}
+
+/// One call in flight: its events, and the input side for exec/console streams.
+public final class ClientCall: @unchecked Sendable {
+    public let id: UInt32
+    public let events: AsyncStream<ClientEvent>
+    let continuation: AsyncStream<ClientEvent>.Continuation
+    let channel: Channel
+
+    init(id: UInt32, channel: Channel) {
+        self.id = id
+        self.channel = channel
+        (events, continuation) = AsyncStream.makeStream(of: ClientEvent.self, bufferingPolicy: .unbounded)
+    }
+
+    public func send(_ channelNumber: Frame.Channel, _ bytes: [UInt8]) -> EventLoopFuture<Void> {
+        var payload = channel.allocator.buffer(capacity: bytes.count + 1)
+        payload.writeInteger(channelNumber.rawValue)
+        payload.writeBytes(bytes)
+        return channel.writeAndFlush(Frame(type: .data, stream: id, payload: payload))
+    }
+
+    public func sendEnd(_ channelNumber: Frame.Channel) {
+        var payload = channel.allocator.buffer(capacity: 1)
+        payload.writeInteger(channelNumber.rawValue)
+        channel.writeAndFlush(Frame(type: .end, stream: id, payload: payload), promise: nil)
+    }
+
+    public func cancel() {
+        channel.writeAndFlush(Frame(type: .cancel, stream: id), promise: nil)
+    }
+
+    /// Waits for the final response, passing progress to `onProgress`; stream bytes are dropped.
+    public func result(onProgress: (Berth_V1_Progress) -> Void = { _ in }) async throws -> Berth_V1_Response {
+        for await event in events {
+            switch event {
+            case .response(let response): return response
+            case .failure(let error): throw error
+            case .progress(let progress): onProgress(progress)
+            case .data, .end: continue
+            }
+        }
+        throw WireError(.unavailable, "the connection to the agent closed before the call finished")
+    }
+}
+
+final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Frame
+    var calls: [UInt32: ClientCall] = [:]
+    var hello: EventLoopPromise<Berth_V1_Hello>?
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        let bytes = Array(frame.payload.readableBytesView)
+        if frame.stream == 0 {
+            switch frame.type {
+            case .hello:
+                if let message = try? Berth_V1_Hello(serializedBytes: bytes) { hello?.succeed(message) }
+                else { hello?.fail(WireError(.malformedFrame, "malformed HELLO from the server")) }
+                hello = nil
+            case .error:
+                let error = (try? Berth_V1_ErrorReply(serializedBytes: bytes)).map(WireError.init(reply:))
+                    ?? WireError(.malformedFrame, "malformed ERROR from the server")
+                hello?.fail(error)
+                hello = nil
+                failAll(error)
+            default: break
+            }
+            return
+        }
+        guard let call = calls[frame.stream] else { return }
+        switch frame.type {
+        case .data, .end:
+            var payload = frame.payload
+            guard let raw = payload.readInteger(as: UInt8.self), let ch = Frame.Channel(rawValue: raw) else { return }
+            call.continuation.yield(frame.type == .data ? .data(ch, payload) : .end(ch))
+        case .progress:
+            if let p = try? Berth_V1_Progress(serializedBytes: bytes) { call.continuation.yield(.progress(p)) }
+        case .response:
+            do {
+                call.continuation.yield(.response(try Berth_V1_Response(serializedBytes: bytes)))
+            } catch {
+                call.continuation.yield(.failure(WireError(.malformedFrame, "malformed RESPONSE from the server")))
+            }
+            finish(frame.stream)
+        case .error:
+            let error = (try? Berth_V1_ErrorReply(serializedBytes: bytes)).map(WireError.init(reply:))
+                ?? WireError(.malformedFrame, "malformed ERROR from the server")
+            call.continuation.yield(.failure(error))
+            finish(frame.stream)
+        default: break
+        }
+    }
+
+    func finish(_ id: UInt32) {
+        calls[id]?.continuation.finish()
+        calls[id] = nil
+    }
+
+    func failAll(_ error: WireError) {
+        for call in calls.values {
+            call.continuation.yield(.failure(error))
+            call.continuation.finish()
+        }
+        calls.removeAll()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        hello?.fail(WireError(.unavailable, "the server closed the connection"))
+        hello = nil
+        failAll(WireError(.unavailable, "the connection to the server was closed"))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        let wire = (error as? WireError) ?? WireError(.unavailable, "connection error: \(error)")
+        failAll(wire)
+        context.close(promise: nil)
+    }
+}
+
+/// A client connection. Calls are multiplexed: each gets an odd stream id.
+public final class WireClient: @unchecked Sendable {
+    let channel: Channel
+    let handler: WireClientHandler
+    var nextStream: UInt32 = 1
+    public let serverSoftware: String
+
+    public static func connect(unixPath: String, group: EventLoopGroup) async throws -> WireClient {
+        let handler = WireClientHandler()
+        let channel: Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                        try channel.pipeline.syncOperations.addHandler(handler)
+                    }
+                }
+                .connect(unixDomainSocketPath: unixPath).get()
+        } catch {
+            throw WireError(.unavailable, "cannot reach the agent at \(unixPath): \(error) (is berth-agent running?)")
+        }
+        let promise = channel.eventLoop.makePromise(of: Berth_V1_Hello.self)
+        try await channel.eventLoop.submit {
+            handler.hello = promise
+            var hello = Berth_V1_Hello()
+            hello.minVersion = wireProtocolVersion
+            hello.maxVersion = wireProtocolVersion
+            hello.software = wireSoftware
+            let payload = ByteBuffer(bytes: try hello.serializedBytes() as [UInt8])
+            channel.writeAndFlush(Frame(type: .hello, stream: 0, payload: payload), promise: nil)
+        }.get()
+        let answer = try await promise.futureResult.get()
+        return WireClient(channel: channel, handler: handler, serverSoftware: answer.software)
+    }
+
+    init(channel: Channel, handler: WireClientHandler, serverSoftware: String) {
+        self.channel = channel
+        self.handler = handler
+        self.serverSoftware = serverSoftware
+    }
+
+    /// Starts a call; events (progress, stream bytes, the final response) arrive on the result.
+    public func start(_ request: Berth_V1_Request) async throws -> ClientCall {
+        let payload = ByteBuffer(bytes: try request.serializedBytes() as [UInt8])
+        return try await channel.eventLoop.submit { () -> ClientCall in
+            let id = self.nextStream
+            self.nextStream &+= 2
+            let call = ClientCall(id: id, channel: self.channel)
+            self.handler.calls[id] = call
+            self.channel.writeAndFlush(Frame(type: .request, stream: id, payload: payload), promise: nil)
+            return call
+        }.get()
+    }
+
+    public func call(_ request: Berth_V1_Request, onProgress: (Berth_V1_Progress) -> Void = { _ in }) async throws -> Berth_V1_Response {
+        try await start(request).result(onProgress: onProgress)
+    }
+
+    public func close() async {
+        try? await channel.close().get()
+    }
+}

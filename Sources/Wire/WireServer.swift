@@ -1,0 +1,278 @@
+import NIOCore
+import NIOPosix
+import SwiftProtobuf
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public let wireProtocolVersion: UInt32 = 1
+public let wireSoftware = "berth/0.1.0"
+
+/// Who is on the other end, as established by the transport (never by a payload field).
+public enum PeerIdentity: Sendable, Equatable {
+    case unixUser(uid: UInt32, pid: Int32)
+}
+
+/// What a request handler may read from and write to its stream.
+public enum StreamInput: Sendable {
+    case data(Frame.Channel, ByteBuffer)
+    case end(Frame.Channel)
+}
+
+public final class ServerStream: @unchecked Sendable {
+    public let id: UInt32
+    public let peer: PeerIdentity
+    public let input: AsyncStream<StreamInput>
+    let continuation: AsyncStream<StreamInput>.Continuation
+    let channel: Channel
+
+    init(id: UInt32, peer: PeerIdentity, channel: Channel) {
+        self.id = id
+        self.peer = peer
+        self.channel = channel
+        (input, continuation) = AsyncStream.makeStream(of: StreamInput.self, bufferingPolicy: .unbounded)
+    }
+
+    /// Sends stream bytes; suspends until NIO has written them, which is the back-pressure
+    /// that keeps a fast producer from buffering unboundedly in the agent.
+    public func send(_ channelNumber: Frame.Channel, _ bytes: ByteBuffer) async throws {
+        var payload = channel.allocator.buffer(capacity: bytes.readableBytes + 1)
+        payload.writeInteger(channelNumber.rawValue)
+        var copy = bytes
+        payload.writeBuffer(&copy)
+        try await channel.writeAndFlush(Frame(type: .data, stream: id, payload: payload)).get()
+    }
+
+    public func sendEnd(_ channelNumber: Frame.Channel) async throws {
+        var payload = channel.allocator.buffer(capacity: 1)
+        payload.writeInteger(channelNumber.rawValue)
+        try await channel.writeAndFlush(Frame(type: .end, stream: id, payload: payload)).get()
+    }
+
+    public func progress(_ step: String, done: UInt64 = 0, total: UInt64 = 0) {
+        var message = Berth_V1_Progress()
+        message.step = step
+        message.done = done
+        message.total = total
+        if let payload = try? ByteBuffer(bytes: message.serializedBytes() as [UInt8]) {
+            channel.writeAndFlush(Frame(type: .progress, stream: id, payload: payload), promise: nil)
+        }
+    }
+}
+
+public protocol WireService: Sendable {
+    func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response
+}
+
+/// Serves one connection: the hello exchange, then one task per request stream.
+final class WireServerHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Frame
+    typealias OutboundOut = Frame
+
+    let service: WireService
+    let peer: PeerIdentity
+    let maxStreams: Int
+    var helloDone = false
+    var streams: [UInt32: (ServerStream, Task<Void, Never>)] = [:]
+
+    init(service: WireService, peer: PeerIdentity, maxStreams: Int) {
+        self.service = service
+        self.peer = peer
+        self.maxStreams = maxStreams
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        if !helloDone {
+            handleHello(context: context, frame: frame)
+            return
+        }
+        switch frame.type {
+        case .request: startRequest(context: context, frame: frame)
+        case .data, .end:
+            guard let (stream, _) = streams[frame.stream] else { return }  // late input for a finished call
+            var payload = frame.payload
+            guard let raw = payload.readInteger(as: UInt8.self), let ch = Frame.Channel(rawValue: raw) else {
+                fail(context: context, WireError(.malformedFrame, "stream frame without a valid channel byte"))
+                return
+            }
+            stream.continuation.yield(frame.type == .data ? .data(ch, payload) : .end(ch))
+        case .cancel:
+            streams[frame.stream]?.1.cancel()
+        case .ping:
+            context.writeAndFlush(wrapOutboundOut(Frame(type: .pong, stream: frame.stream, payload: frame.payload)), promise: nil)
+        case .credit, .pong:
+            break
+        default:
+            fail(context: context, WireError(.protocolViolation, "unexpected \(frame.type) frame from a client"))
+        }
+    }
+
+    private func handleHello(context: ChannelHandlerContext, frame: Frame) {
+        guard frame.type == .hello, let hello = try? Berth_V1_Hello(serializedBytes: Array(frame.payload.readableBytesView)) else {
+            fail(context: context, WireError(.protocolViolation, "the first frame must be HELLO"))
+            return
+        }
+        guard hello.minVersion <= wireProtocolVersion && wireProtocolVersion <= hello.maxVersion else {
+            fail(context: context, WireError(.incompatibleVersion, "client speaks wire versions \(hello.minVersion)-\(hello.maxVersion); this server speaks \(wireProtocolVersion)"))
+            return
+        }
+        helloDone = true
+        var answer = Berth_V1_Hello()
+        answer.minVersion = wireProtocolVersion
+        answer.maxVersion = wireProtocolVersion
+        answer.chosenVersion = wireProtocolVersion
+        answer.software = wireSoftware
+        let payload = ByteBuffer(bytes: (try? answer.serializedBytes() as [UInt8]) ?? [])
+        context.writeAndFlush(wrapOutboundOut(Frame(type: .hello, stream: 0, payload: payload)), promise: nil)
+    }
+
+    private func startRequest(context: ChannelHandlerContext, frame: Frame) {
+        let id = frame.stream
+        guard id != 0, streams[id] == nil else {
+            fail(context: context, WireError(.protocolViolation, "request on stream \(id) which is reserved or in use"))
+            return
+        }
+        guard streams.count < maxStreams else {
+            sendError(context.channel, stream: id, WireError(.tooManyStreams, "more than \(maxStreams) concurrent calls on one connection"))
+            return
+        }
+        let request: Berth_V1_Request
+        do {
+            request = try Berth_V1_Request(serializedBytes: Array(frame.payload.readableBytesView))
+        } catch {
+            sendError(context.channel, stream: id, WireError(.malformedFrame, "request body is not a valid Request message"))
+            return
+        }
+        let channel = context.channel
+        let stream = ServerStream(id: id, peer: peer, channel: channel)
+        let service = self.service
+        let task = Task {
+            let result: Result<Berth_V1_Response, Error>
+            do {
+                if request.deadlineMs > 0 {
+                    result = .success(try await withDeadline(milliseconds: request.deadlineMs) {
+                        try await service.handle(request, stream: stream)
+                    })
+                } else {
+                    result = .success(try await service.handle(request, stream: stream))
+                }
+            } catch {
+                result = .failure(error)
+            }
+            switch result {
+            case .success(let response):
+                let payload = ByteBuffer(bytes: (try? response.serializedBytes() as [UInt8]) ?? [])
+                channel.writeAndFlush(Frame(type: .response, stream: id, payload: payload), promise: nil)
+            case .failure(let error):
+                Self.sendErrorStatic(channel, stream: id, Self.wireError(from: error))
+            }
+            stream.continuation.finish()
+            channel.eventLoop.execute { self.streams[id] = nil }
+        }
+        streams[id] = (stream, task)
+    }
+
+    static func wireError(from error: Error) -> WireError {
+        if let convertible = error as? WireErrorConvertible { return convertible.wireError }
+        if error is CancellationError { return WireError(.cancelled, "the call was cancelled") }
+        return WireError(.internalError, "internal error: \(error)")
+    }
+
+    func sendError(_ channel: Channel, stream: UInt32, _ error: WireError) {
+        Self.sendErrorStatic(channel, stream: stream, error)
+    }
+
+    static func sendErrorStatic(_ channel: Channel, stream: UInt32, _ error: WireError) {
+        let payload = ByteBuffer(bytes: (try? error.reply.serializedBytes() as [UInt8]) ?? [])
+        channel.writeAndFlush(Frame(type: .error, stream: stream, payload: payload), promise: nil)
+    }
+
+    /// A connection-level error: report it on stream 0 and close.
+    private func fail(context: ChannelHandlerContext, _ error: WireError) {
+        let payload = ByteBuffer(bytes: (try? error.reply.serializedBytes() as [UInt8]) ?? [])
+        context.writeAndFlush(wrapOutboundOut(Frame(type: .error, stream: 0, payload: payload))).whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        fail(context: context, Self.wireError(from: error))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        for (stream, task) in streams.values {
+            stream.continuation.finish()
+            task.cancel()
+        }
+        streams.removeAll()
+        context.fireChannelInactive()
+    }
+}
+
+/// Runs `body`, cancelling it and throwing deadline-exceeded once `milliseconds` have passed.
+public func withDeadline<T: Sendable>(milliseconds: UInt32, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(nanoseconds: UInt64(milliseconds) * 1_000_000)
+            throw WireError(.deadlineExceeded, "the call did not finish within its deadline of \(milliseconds) ms")
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}
+
+/// A Berth server on a Unix socket: mode 0600, and every peer's uid checked with SO_PEERCRED.
+public final class UnixWireServer: @unchecked Sendable {
+    public let path: String
+    let group: EventLoopGroup
+    let channel: Channel
+
+    public static func bind(path: String, service: WireService, group: EventLoopGroup,
+                            allowedUIDs: Set<UInt32> = [0], maxStreams: Int = 256) async throws -> UnixWireServer {
+        unlink(path)
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .childChannelInitializer { channel in
+                guard let provider = channel as? SocketOptionProvider else { return channel.close() }
+                let credentials: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(level: .socket, name: .init(rawValue: 17 /* SO_PEERCRED */))
+                return credentials.flatMap { peer in
+                    guard allowedUIDs.contains(peer.uid) else { return channel.close() }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                        try channel.pipeline.syncOperations.addHandler(
+                            WireServerHandler(service: service, peer: .unixUser(uid: peer.uid, pid: peer.pid), maxStreams: maxStreams))
+                    }
+                }
+            }
+        let channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+        if chmod(path, 0o600) != 0 {
+            try? await channel.close().get()
+            throw WireError(.kernel, "chmod 0600 \(path) failed", stage: "chmod", errno: errno)
+        }
+        return UnixWireServer(path: path, group: group, channel: channel)
+    }
+
+    init(path: String, group: EventLoopGroup, channel: Channel) {
+        self.path = path
+        self.group = group
+        self.channel = channel
+    }
+
+    public func close() async {
+        try? await channel.close().get()
+        unlink(path)
+    }
+
+    public var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
+}
+
+
+/// struct ucred of <sys/socket.h> (hidden behind _GNU_SOURCE in the Glibc module).
+struct PeerCredentials {
+    var pid: Int32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
+}

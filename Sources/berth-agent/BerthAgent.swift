@@ -1,0 +1,74 @@
+import ArgumentParser
+import Foundation
+import Isolation
+import Logging
+import NIOPosix
+import NodeAgent
+import ServiceLifecycle
+
+@main
+struct BerthAgent: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "berth-agent",
+        abstract: "The Berth node agent: owns this node's VPSs and serves the berth CLI.")
+
+    @Option(help: "Where VPS disks, configs and templates live.")
+    var dataDir = "/var/lib/berth"
+
+    @Option(help: "Runtime state (monitor pids, console sockets).")
+    var runDir = "/run/berth"
+
+    @Option(help: "The root-only Unix socket the CLI talks to.")
+    var socket = "/run/berth/agent.sock"
+
+    @Option(help: "This node's name (default: the host name).")
+    var name: String?
+
+    @Option(help: "Path of the berth-spawn helper (default: next to this binary).")
+    var spawn: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    @Option(help: "Agent configuration file (reserved for node settings; none are read yet).")
+    var config: String?
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level: '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
+        }
+        if let config { throw ValidationError("--config \(config): no agent settings exist yet in this release; run without --config") }
+    }
+
+    func run() async throws {
+        guard getuid() == 0 else {
+            FileHandle.standardError.write(Data("berth-agent: must run as root (it creates namespaces, cgroups and mounts)\n".utf8))
+            throw ExitCode(5)
+        }
+        let level = Logger.Level(rawValue: logLevel)!
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "berth-agent")
+        let spawnBinary = spawn ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+            .deletingLastPathComponent().appendingPathComponent("berth-spawn").path
+        guard FileManager.default.isExecutableFile(atPath: spawnBinary) else {
+            FileHandle.standardError.write(Data("berth-agent: helper \(spawnBinary) not found or not executable (use --spawn)\n".utf8))
+            throw ExitCode(2)
+        }
+        let mode = CgroupMode.detect()
+        let nodeName = name ?? ProcessInfo.processInfo.hostName
+        let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary),
+                                     nodeName: nodeName, cgroups: mode.driver(), logger: logger)
+        logger.info("starting", metadata: ["node": "\(nodeName)", "cgroup": "\(mode.driver().modeName)", "data": "\(dataDir)"])
+        let group = MultiThreadedEventLoopGroup.singleton
+        let server = AgentServer(manager: manager, socketPath: socket, group: group, logger: logger)
+        let services = ServiceGroup(configuration: .init(
+            services: [.init(service: server)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        try await services.run()
+    }
+}

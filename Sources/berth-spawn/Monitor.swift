@@ -1,0 +1,225 @@
+import CIsolation
+import Isolation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The per-VPS monitor: owns the mounted disk and the console, reaps init, turns an in-VPS
+/// reboot into a fresh boot, and cleans up when the VPS finally stops.
+final class Monitor {
+    let spec: SpawnSpec
+    var rootMounted = false
+    var consoleMaster: Int32 = -1
+    /// Kept open so the master never sees a hangup between boots or while init has no console.
+    var consoleSlaveFD: Int32 = -1
+    var consoleSlavePath = ""
+    var listener: Int32 = -1
+    var client: Int32 = -1
+    var ring: ConsoleRing
+    var initPid: Int32 = 0
+    var signalFD: Int32 = -1
+
+    init(spec: SpawnSpec) throws(IsolationError) {
+        self.spec = spec
+        ring = ConsoleRing(capacity: spec.consoleRingBytes)
+        // Block SIGCHLD (delivered through a signalfd) and ignore SIGPIPE from a vanished console client.
+        signal(SIGPIPE, SIG_IGN)
+        signalFD = berth_sigchld_fd()
+        if signalFD < 0 { throw IsolationError.sys("signalfd") }
+        do {
+            try mountDisk()
+            try openConsole()
+            try listenConsole()
+        } catch {
+            teardown(reason: "setup failed")
+            throw error
+        }
+    }
+
+    func mountDisk() throws(IsolationError) {
+        if isMountPoint(spec.rootPath) {
+            // A leftover of a crash: the agent only starts a VPS that is not running.
+            umount2(spec.rootPath, Int32(MNT_DETACH))
+        }
+        var device = [CChar](repeating: 0, count: 64)
+        let loopFD = berth_loop_attach(spec.diskImage, 0, &device, device.count)
+        if loopFD < 0 { throw IsolationError.sys("attach \(spec.diskImage) to a loop device") }
+        defer { close(loopFD) }
+        let path = String(cString: device)
+        try check("mount \(path) on \(spec.rootPath)") { mount(path, spec.rootPath, "ext4", 0, "") }
+        rootMounted = true
+    }
+
+    func openConsole() throws(IsolationError) {
+        var number: Int32 = 0
+        consoleMaster = berth_open_pty_master("/dev/ptmx", &number)
+        if consoleMaster < 0 { throw IsolationError.sys("open console pty") }
+        consoleSlavePath = "/dev/pts/\(number)"
+        consoleSlaveFD = berth_open_pty_peer(consoleMaster, O_RDWR | O_CLOEXEC)
+        if consoleSlaveFD < 0 { throw IsolationError.sys("open console pty peer") }
+        _ = berth_set_winsize(consoleMaster, 24, 80)
+        let flags = fcntl(consoleMaster, F_GETFL)
+        _ = fcntl(consoleMaster, F_SETFL, flags | O_NONBLOCK)
+    }
+
+    func listenConsole() throws(IsolationError) {
+        let path = spec.runDir + "/" + RunState.consoleSocket
+        unlink(path)
+        listener = try check("console socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw IsolationError(.invalidSpec, "console socket path too long: \(path)")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        let oldMask = umask(0o177)
+        defer { umask(oldMask) }
+        try check("bind \(path)") {
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+        }
+        try check("listen \(path)") { listen(listener, 4) }
+    }
+
+    func boot() throws(IsolationError) -> Int32 {
+        initPid = try cloneInit(spec: spec, consoleSlave: consoleSlavePath)
+        return initPid
+    }
+
+    func writeState() throws(IsolationError) {
+        let state = RunState(monitorPid: getpid(), monitorStart: HostProcess.startTime(pid: getpid()) ?? 0,
+                             initPid: initPid, initStart: HostProcess.startTime(pid: initPid) ?? 0,
+                             bootedAt: Int64(time(nil)))
+        try FileIO.writeAtomically(spec.runDir + "/" + RunState.stateFile, Array(state.encode().utf8), mode: 0o644)
+    }
+
+    /// The event loop: console bytes in and out, init's exit. Returns when the VPS has stopped.
+    func run() {
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        while true {
+            var fds = [pollfd(fd: consoleMaster, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: listener, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)]
+            if client >= 0 { fds.append(pollfd(fd: client, events: Int16(POLLIN), revents: 0)) }
+            if poll(&fds, nfds_t(fds.count), -1) < 0 {
+                if errno == EINTR { continue }
+                break
+            }
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                let n = buffer.withUnsafeMutableBytes { read(consoleMaster, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    ring.append(buffer[0..<n])
+                    if client >= 0 { sendToClient(Array(buffer[0..<n])) }
+                }
+            }
+            if fds[1].revents & Int16(POLLIN) != 0 { acceptClient() }
+            if fds.count > 3 && fds[3].revents != 0 {
+                let n = buffer.withUnsafeMutableBytes { read(client, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    _ = buffer.withUnsafeBytes { write(consoleMaster, $0.baseAddress, n) }
+                } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
+                    close(client)
+                    client = -1
+                }
+            }
+            if fds[2].revents & Int16(POLLIN) != 0 {
+                berth_drain_signalfd(signalFD)
+                var status: Int32 = 0
+                let reaped = waitpid(initPid, &status, WNOHANG)
+                guard reaped == initPid else { continue }
+                let exit = InitExit(status: status)
+                if exit.isRebootRequest && !FileIO.exists(spec.runDir + "/" + RunState.stopRequestFile) {
+                    ring.append(Array("\r\n[berth] VPS \(spec.name) is rebooting\r\n".utf8)[...])
+                    do {
+                        _ = try boot()
+                        try writeState()
+                        continue
+                    } catch {
+                        teardown(reason: "reboot failed: \(error.message)")
+                        return
+                    }
+                }
+                teardown(reason: exit.reason)
+                return
+            }
+        }
+        teardown(reason: "monitor failed")
+    }
+
+    func acceptClient() {
+        let fd = berth_accept_cloexec(listener)
+        guard fd >= 0 else { return }
+        // One operator at a time, like a serial console: a new attach takes it over.
+        if client >= 0 { close(client) }
+        client = fd
+        let history = ring.contents()
+        if !history.isEmpty { sendToClient(history) }
+    }
+
+    /// Console output must never block the monitor: a client that cannot keep up misses live
+    /// bytes (they stay in the ring) rather than stalling the VPS's console writes.
+    func sendToClient(_ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { send(client, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if n <= 0 {
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 && errno == EAGAIN { return }
+                close(client)
+                client = -1
+                return
+            }
+            offset += n
+        }
+    }
+
+    func teardown(reason: String) {
+        if client >= 0 { close(client); client = -1 }
+        if listener >= 0 {
+            close(listener)
+            listener = -1
+            unlink(spec.runDir + "/" + RunState.consoleSocket)
+        }
+        if rootMounted {
+            // A plain umount first: a lazy one would leave the loop device busy behind an
+            // operator's shell sitting in the root.
+            if umount2(spec.rootPath, 0) != 0 { umount2(spec.rootPath, Int32(MNT_DETACH)) }
+            rootMounted = false
+        }
+        unlink(spec.runDir + "/" + RunState.stateFile)
+        let record = "reason=\(reason)\ntime=\(time(nil))\n"
+        try? FileIO.writeAtomically(spec.runDir + "/" + RunState.exitFile, Array(record.utf8), mode: 0o644)
+    }
+}
+
+func isMountPoint(_ path: String) -> Bool {
+    var own = stat(), parent = stat()
+    guard stat(path, &own) == 0, stat(path + "/..", &parent) == 0 else { return false }
+    return own.st_dev != parent.st_dev
+}
+
+/// Bounded console history: the newest `capacity` bytes.
+struct ConsoleRing {
+    let capacity: Int
+    var storage: [UInt8] = []
+    var start = 0
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    mutating func append(_ bytes: ArraySlice<UInt8>) {
+        for byte in bytes.suffix(capacity) {
+            if storage.count < capacity {
+                storage.append(byte)
+            } else {
+                storage[start] = byte
+                start = (start + 1) % capacity
+            }
+        }
+    }
+
+    func contents() -> [UInt8] { Array(storage[start...] + storage[..<start]) }
+}

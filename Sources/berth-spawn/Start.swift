@@ -1,0 +1,112 @@
+import CIsolation
+import Isolation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Start handshake (agent ⇄ berth-spawn ⇄ VPS init):
+//
+//   agent                      berth-spawn (monitor)                 child (becomes VPS init)
+//     | spec on fd 3, EOF -------->|                                      |
+//     |                            | attach loop, mount disk.img          |
+//     |                            | open console pty, bind console.sock  |
+//     |                            | clone(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET) ---------->|
+//     |                            |                                      | join cgroup, unshare(NEWCGROUP)
+//     |                            |                                      | mounts, pivot_root, hostname
+//     |                            |                                      | seccomp, drop caps, close fds
+//     |                            |<-- error pipe: EOF (exec ok) or text  | execve(/sbin/init)
+//     |                            | write run/NAME/state                 |
+//     |<-- fd 4: "ok MONITOR INIT" |                                      |
+//     |                            | loop: console ring, reap init,       |
+//     |                            |       reboot = clone again           |
+//     |  (agent may exit/restart; the monitor and VPS keep running)      |
+//     |                            | on final exit: umount, write exit    |
+
+func report(_ line: String) {
+    let bytes = Array(line.utf8)
+    _ = bytes.withUnsafeBytes { write(4, $0.baseAddress, $0.count) }
+}
+
+func runStart() -> Never {
+    let specBytes = FileIO.readAll(fd: 3) ?? []
+    close(3)
+    var monitor: Monitor?
+    do {
+        let spec = try SpawnSpec.decode(String(decoding: specBytes, as: UTF8.self))
+        let m = try Monitor(spec: spec)
+        monitor = m
+        let initPid = try m.boot()
+        try m.writeState()
+        report("ok \(getpid()) \(initPid)\n")
+        close(4)
+        m.run()
+        exit(0)
+    } catch {
+        report("error\t\(error.stage)\t\(error.errno)\t\(error.message)\n")
+        monitor?.teardown(reason: "failed to start: \(error.message)")
+        exit(1)
+    }
+}
+
+/// Forks a child with the VPS namespaces that sets itself up and execs init. Returns its pid
+/// once the exec happened, or throws what the child reported.
+func cloneInit(spec: SpawnSpec, consoleSlave: String) throws(IsolationError) -> Int32 {
+    var errorPipe: [Int32] = [0, 0]
+    try check("pipe") { berth_pipe_cloexec(&errorPipe) }
+    let pid = berth_clone_fork(NamespaceFlag.vps)
+    if pid < 0 {
+        let err = errno
+        close(errorPipe[0]); close(errorPipe[1])
+        throw IsolationError.sys("clone VPS namespaces", errno: err)
+    }
+    if pid == 0 {
+        close(errorPipe[0])
+        do {
+            try becomeInit(spec: spec, consoleSlave: consoleSlave)
+        } catch {
+            let line = "\(error.stage)\t\(error.errno)\t\(error.message)"
+            _ = Array(line.utf8).withUnsafeBytes { write(errorPipe[1], $0.baseAddress, $0.count) }
+        }
+        _exit(127)
+    }
+    close(errorPipe[1])
+    let reply = FileIO.readAll(fd: errorPipe[0]) ?? []
+    close(errorPipe[0])
+    if reply.isEmpty { return pid }
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    let parts = String(decoding: reply, as: UTF8.self).split(separator: "\t", maxSplits: 2, omittingEmptySubsequences: false)
+    throw IsolationError(.childFailed, parts.count == 3 ? String(parts[2]) : "VPS init setup failed",
+                         stage: parts.first.map(String.init) ?? "", errno: parts.count > 1 ? Int32(parts[1]) ?? 0 : 0)
+}
+
+/// Runs in the cloned child: PID 1 of the new PID namespace, still on the host root.
+func becomeInit(spec: SpawnSpec, consoleSlave: String) throws(IsolationError) {
+    for file in spec.cgroupProcsFiles {
+        try FileIO.write(file, "0")
+    }
+    try check("unshare cgroup namespace") { berth_unshare(Int32(NamespaceFlag.cgroup)) }
+    try Rootfs.enter(root: spec.rootPath, hostname: spec.hostname, consoleSlave: consoleSlave)
+
+    // The console is init's controlling terminal and its stdio, like on a real machine.
+    try check("setsid") { setsid() }
+    let console = try check("open /dev/console") { open("/dev/console", O_RDWR | O_CLOEXEC) }
+    try check("make /dev/console the controlling tty") { berth_tiocsctty(console) }
+    for target in Int32(0)...2 { try check("dup console") { dup2(console, target) } }
+
+    if let files = spec.openFilesLimit {
+        var limit = rlimit(rlim_cur: rlim_t(files), rlim_max: rlim_t(files))
+        try check("set the open files limit") { setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) }
+    }
+    try check("install seccomp filter") { berth_install_baseline_seccomp() }
+    try Capabilities.drop(spec.dropCapabilities)
+    // Only stdio survives into the VPS: the error pipe is CLOEXEC and reports exec success by closing.
+    _ = berth_close_range(3, UInt32.max, UInt32(CLOSE_RANGE_CLOEXEC))
+
+    let argv = spec.initArgv.map { strdup($0) } + [nil]
+    let envp = spec.environment.map { strdup($0) } + [nil]
+    execve(spec.initArgv[0], argv, envp)
+    throw IsolationError.sys("exec \(spec.initArgv[0]) in the VPS")
+}
+
+let CLOSE_RANGE_CLOEXEC: Int32 = 4

@@ -1,0 +1,22 @@
+// berth-spawn: the single-threaded helper between the multi-threaded agent and a VPS.
+//
+//   berth-spawn start            spec on fd 3, one status line on fd 4; then stays as the monitor
+//   berth-spawn exec [options] -- CMD [ARG...]   joins a running VPS and runs CMD in it
+//
+// It never starts a thread: clone, setns and unshare are only safe in a single-threaded process.
+import Isolation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+switch arguments.first {
+case "start":
+    runStart()
+case "exec":
+    runExec(Array(arguments.dropFirst()))
+default:
+    let message = "usage: berth-spawn start | exec --init-pid PID --init-start T [--cgroup FILE]... [--tty ROWS COLS] [--env K=V]... [--drop CAP]... -- CMD [ARG...]\n(an internal helper of berth-agent, not meant to be run by hand)\n"
+    _ = message.withCString { write(2, $0, strlen($0)) }
+    exit(2)
+}

@@ -1,0 +1,104 @@
+import ArgumentParser
+import Foundation
+import NIOCore
+import NIOPosix
+import Wire
+
+@main
+struct Berth: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "berth",
+        abstract: "Run and manage VPSs: system containers with their own init, limits and isolation.",
+        subcommands: [TemplateCommand.self, Create.self, Start.self, Stop.self, Restart.self, Destroy.self,
+                      Status.self, List.self, Exec.self, Enter.self, Console.self, SetCommand.self])
+}
+
+/// Flags every command takes: which agent (or controller) to talk to.
+struct ConnectionOptions: ParsableArguments {
+    @Option(name: .customLong("agent"), help: "The node agent's Unix socket (env BERTH_AGENT).")
+    var agent: String?
+
+    @Option(help: "Cluster mode: the controller's HOST:PORT (env BERTH_CONTROLLER).")
+    var controller: String?
+
+    @Option(help: "Directory with ca.pem, cert.pem, key.pem for cluster mode (env BERTH_CONFIG).")
+    var configDir: String?
+
+    var socketPath: String {
+        agent ?? ProcessInfo.processInfo.environment["BERTH_AGENT"] ?? "/run/berth/agent.sock"
+    }
+
+    /// Runs `body` against the agent; wire errors become one stderr line and a documented exit code.
+    func withClient<T>(_ body: (WireClient) async throws -> T) async throws -> T {
+        if let controller = controller ?? ProcessInfo.processInfo.environment["BERTH_CONTROLLER"], !controller.isEmpty {
+            fail(WireError(.unavailable, "cluster mode (--controller \(controller)) is not available in this release yet; omit it to use the local agent"))
+        }
+        let client: WireClient
+        do {
+            client = try await WireClient.connect(unixPath: socketPath, group: MultiThreadedEventLoopGroup.singleton)
+        } catch let error as WireError {
+            fail(error)
+        }
+        do {
+            let result = try await body(client)
+            await client.close()
+            return result
+        } catch let error as WireError {
+            fail(error)
+        }
+    }
+}
+
+func fail(_ error: WireError) -> Never {
+    FileHandle.standardError.write(Data("berth: \(error.message)\n".utf8))
+    exit(error.exitCode)
+}
+
+func request(_ build: (inout Berth_V1_Request) -> Void) -> Berth_V1_Request {
+    var request = Berth_V1_Request()
+    build(&request)
+    return request
+}
+
+/// A progress line on stderr (only when it is a terminal, so scripts get clean output).
+func showProgress(_ progress: Berth_V1_Progress) {
+    guard isatty(2) != 0 else { return }
+    FileHandle.standardError.write(Data("… \(progress.step)\n".utf8))
+}
+
+extension Berth_V1_VpsStatus {
+    /// One script-friendly line: "NAME STATE key=value ...".
+    var line: String {
+        var parts = [name, state]
+        parts.append("pid=\(pid)")
+        parts.append("hostname=\(hostname)")
+        parts.append("template=\(template)")
+        parts.append("ips=\(ips.isEmpty ? "-" : ips.joined(separator: ","))")
+        parts.append("node=\(node)")
+        parts.append("onboot=\(onboot ? "yes" : "no")")
+        if !labels.isEmpty { parts.append("labels=" + labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")) }
+        if !lastExit.isEmpty && state != "running" { parts.append("last_exit=\"\(lastExit)\"") }
+        return parts.joined(separator: " ")
+    }
+
+    var json: [String: Any] {
+        var limits: [String: Any] = ["disk_bytes": self.limits.diskBytes]
+        if self.limits.memoryBytes > 0 { limits["memory_bytes"] = self.limits.memoryBytes }
+        if self.limits.swapBytes > 0 { limits["swap_bytes"] = self.limits.swapBytes }
+        if self.limits.pids > 0 { limits["pids"] = self.limits.pids }
+        if self.limits.cpuUnits > 0 { limits["cpu_units"] = self.limits.cpuUnits }
+        if self.limits.cpuLimitPct > 0 { limits["cpu_limit_pct"] = self.limits.cpuLimitPct }
+        if !self.limits.cpus.isEmpty { limits["cpus"] = self.limits.cpus }
+        if self.limits.files > 0 { limits["files"] = self.limits.files }
+        if self.limits.diskInodes > 0 { limits["disk_inodes"] = self.limits.diskInodes }
+        return ["name": name, "state": state, "hostname": hostname, "ips": ips, "template": template, "node": node,
+                "pid": pid, "labels": labels, "onboot": onboot, "limits": limits, "last_exit": lastExit,
+                "started_at": startedAtUnix]
+    }
+}
+
+func printJSON(_ value: Any) {
+    let data = (try? JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys])) ?? Data("null".utf8)
+    FileHandle.standardOutput.write(data)
+    FileHandle.standardOutput.write(Data("\n".utf8))
+}

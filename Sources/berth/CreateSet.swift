@@ -1,0 +1,198 @@
+import ArgumentParser
+import Foundation
+import Wire
+
+/// The resource and identity flags shared by create and set (DESIGN.md CLI contract).
+struct VPSSettings: ParsableArguments {
+    @Option(help: "Host name inside the VPS (default: the VPS name).") var hostname: String?
+    @Option(help: "Nameserver for /etc/resolv.conf; repeatable.") var nameserver: [String] = []
+    @Option(help: "Memory limit, e.g. 512M or 2G.") var memory: String?
+    @Option(help: "Swap on top of --memory (VSwap).") var swap: String?
+    @Option(help: "CPU count or list (e.g. 2 or 0-1,3).") var cpus: String?
+    @Option(help: "Relative CPU weight (OpenVZ cpuunits, default 1000).") var cpuUnits: String?
+    @Option(help: "CPU cap in % of one CPU (200 = two CPUs).") var cpuLimit: String?
+    @Option(help: "Maximum number of processes and threads.") var pids: String?
+    @Option(help: "Maximum open files per process.") var files: String?
+    @Option(help: "Disk size, e.g. 10G.") var disk: String?
+    @Option(help: "Inode count of the disk.") var diskInodes: String?
+    @Option(help: "Relative I/O weight.") var ioWeight: String?
+    @Option(help: "I/O bandwidth cap, e.g. 50M (per second).") var ioBps: String?
+    @Option(help: "I/O operations per second cap.") var ioIops: String?
+    @Option(help: "Label K=V; repeatable.") var label: [String] = []
+
+    func limits() -> Berth_V1_Limits {
+        var limits = Berth_V1_Limits()
+        do {
+            if let memory { limits.memoryBytes = try ByteSize.parse(memory, field: "memory") }
+            if let swap { limits.swapBytes = try ByteSize.parse(swap, field: "swap") }
+            if let disk { limits.diskBytes = try ByteSize.parse(disk, field: "disk") }
+            if let ioBps { limits.ioBps = try ByteSize.parse(ioBps, field: "io-bps") }
+            if let cpus { limits.cpus = cpus }
+            limits.cpuUnits = try count(cpuUnits, "cpu-units")
+            limits.cpuLimitPct = try count(cpuLimit, "cpu-limit")
+            limits.pids = try count(pids, "pids")
+            limits.ioWeight = try count(ioWeight, "io-weight")
+            limits.ioIops = try count(ioIops, "io-iops")
+            limits.files = UInt64(try count(files, "files"))
+            limits.diskInodes = UInt64(try count(diskInodes, "disk-inodes"))
+        } catch let error as WireError {
+            fail(error)
+        } catch {
+            fail(WireError(.invalidArgument, "\(error)"))
+        }
+        return limits
+    }
+
+    func count(_ text: String?, _ field: String) throws -> UInt32 {
+        guard let text else { return 0 }
+        guard let value = UInt32(text), value > 0 else {
+            throw WireError(.invalidArgument, "\(field): '\(text)' must be a whole number greater than zero", field: field)
+        }
+        return value
+    }
+
+    func labels() -> [String: String] {
+        var result: [String: String] = [:]
+        for item in label {
+            guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
+                fail(WireError(.invalidArgument, "label: '\(item)' is not KEY=VALUE", field: "label"))
+            }
+            result[String(item[..<eq])] = String(item[item.index(after: eq)...])
+        }
+        return result
+    }
+}
+
+struct Create: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create a VPS from a template (it stays stopped until 'berth start').")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "VPS name: lowercase letters, digits and '-', at most 63.") var name: String
+    @Option(help: "Template to create the VPS from (see 'berth template list').") var template: String
+    @Option(help: "IP address; repeatable.") var ip: [String] = []
+    @Option(help: "routed (default) or bridged:BRIDGE.") var net: String?
+    @Flag(help: "Start this VPS when the node boots.") var onboot = false
+    @Option(help: "Cluster mode: place on this node.") var node: String?
+    @OptionGroup var settings: VPSSettings
+
+    func run() async throws {
+        if node != nil { fail(WireError(.invalidArgument, "node: placement needs cluster mode (--controller), which is not available in this release yet", field: "node")) }
+        var create = Berth_V1_CreateRequest()
+        create.name = name
+        create.template = template
+        create.hostname = settings.hostname ?? ""
+        create.ips = ip
+        create.nameservers = settings.nameserver
+        create.limits = settings.limits()
+        create.net = net ?? ""
+        create.onboot = onboot
+        create.labels = settings.labels()
+        let response = try await connection.withClient {
+            try await $0.call(request { $0.create = create }, onProgress: showProgress)
+        }
+        print(response.status.line)
+    }
+}
+
+struct SetCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "set",
+        abstract: "Change a VPS's settings: saved to its config, applied live where the kernel allows.")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "VPS name.") var name: String
+    @Option(help: "Add an IP address; repeatable.") var ipAdd: [String] = []
+    @Option(help: "Remove an IP address; repeatable.") var ipDel: [String] = []
+    @Option(help: "Start on node boot: yes or no.") var onboot: String?
+    @OptionGroup var settings: VPSSettings
+
+    func run() async throws {
+        var set = Berth_V1_SetRequest()
+        set.name = name
+        set.limits = settings.limits()
+        set.hostname = settings.hostname ?? ""
+        set.ipAdd = ipAdd
+        set.ipDel = ipDel
+        set.nameservers = settings.nameserver
+        // "" removes a label: `--label tenant=`.
+        set.labels = settings.labels()
+        if let onboot {
+            guard let value = ["yes": true, "no": false, "true": true, "false": false][onboot.lowercased()] else {
+                fail(WireError(.invalidArgument, "onboot: '\(onboot)' must be yes or no", field: "onboot"))
+            }
+            set.setOnboot = true
+            set.onboot = value
+        }
+        let response = try await connection.withClient { try await $0.call(request { $0.set = set }) }
+        let result = response.set
+        print(result.status.line)
+        if !result.appliedLive.isEmpty { print("applied live: \(result.appliedLive.joined(separator: ", "))") }
+        if !result.needsRestart.isEmpty { print("takes effect at the next restart: \(result.needsRestart.joined(separator: ", "))") }
+    }
+}
+
+struct TemplateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "template", abstract: "Manage the templates VPSs are created from.",
+        subcommands: [ListTemplates.self, BuildTemplate.self, ImportTemplate.self, RemoveTemplate.self])
+
+    struct ListTemplates: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List templates.")
+        @OptionGroup var connection: ConnectionOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let response = try await connection.withClient { try await $0.call(request { $0.templateList = Berth_V1_Empty() }) }
+            let templates = response.templates.templates
+            if json {
+                printJSON(templates.map { ["name": $0.name, "source": $0.source, "size_bytes": $0.sizeBytes, "created": $0.createdUnix] as [String: Any] })
+                return
+            }
+            for t in templates { print("\(t.name)\t\(ByteSize.format(t.sizeBytes / 1024 * 1024))\t\(t.source)") }
+        }
+    }
+
+    struct BuildTemplate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "build", abstract: "Build a template on this node (busybox).")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "What to build: busybox.") var kind: String
+        @Option(help: "Template name (default: the kind).") var name: String?
+
+        func run() async throws {
+            let response = try await connection.withClient {
+                try await $0.call(request {
+                    $0.templateBuild.kind = kind
+                    $0.templateBuild.name = name ?? ""
+                }, onProgress: showProgress)
+            }
+            print("template \(response.template.name) built: \(response.template.source)")
+        }
+    }
+
+    struct ImportTemplate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "import", abstract: "Import a rootfs tarball (.tar, .tar.gz, .tar.xz) as a template.")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "Template name.") var name: String
+        @Argument(help: "Tarball path on this node.") var tarball: String
+
+        func run() async throws {
+            let path = URL(fileURLWithPath: tarball).standardizedFileURL.path
+            let response = try await connection.withClient {
+                try await $0.call(request {
+                    $0.templateImport.name = name
+                    $0.templateImport.tarballPath = path
+                }, onProgress: showProgress)
+            }
+            print("template \(response.template.name) imported")
+        }
+    }
+
+    struct RemoveTemplate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "remove", abstract: "Remove a template (existing VPSs keep their own disks).")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "Template name.") var name: String
+
+        func run() async throws {
+            _ = try await connection.withClient { try await $0.call(request { $0.templateRemove.name = name }) }
+            print("template \(name) removed")
+        }
+    }
+}

@@ -1,0 +1,107 @@
+import ArgumentParser
+import Foundation
+import Wire
+
+struct Start: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Boot a stopped VPS; returns once its init runs.")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "VPS name.") var name: String
+
+    func run() async throws {
+        let response = try await connection.withClient { try await $0.call(request { $0.start.name = name }) }
+        print(response.status.line)
+    }
+}
+
+struct Stop: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Shut a VPS down the distribution's way, then kill what is left.")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "VPS name.") var name: String
+    @Option(help: "Seconds to wait for a clean shutdown before killing (default 30).") var timeout: UInt32?
+    @Flag(help: "Kill every process of the VPS at once instead of a clean shutdown.") var kill = false
+
+    func run() async throws {
+        let response = try await connection.withClient {
+            try await $0.call(request {
+                $0.stop.name = name
+                $0.stop.timeoutSeconds = timeout ?? 0
+                $0.stop.kill = kill
+            })
+        }
+        print(response.status.line)
+    }
+}
+
+struct Restart: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop (if running) and start a VPS.")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "VPS name.") var name: String
+
+    func run() async throws {
+        let response = try await connection.withClient { try await $0.call(request { $0.restart.name = name }) }
+        print(response.status.line)
+    }
+}
+
+struct Destroy: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Delete a VPS and its disk. Refuses a running VPS unless --force.")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "VPS name.") var name: String
+    @Flag(help: "Kill the VPS first if it is running.") var force = false
+
+    func run() async throws {
+        _ = try await connection.withClient {
+            try await $0.call(request {
+                $0.destroy.name = name
+                $0.destroy.force = force
+            })
+        }
+        print("\(name) destroyed")
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "One line (or JSON) describing a VPS.")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "VPS name.") var name: String
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let response = try await connection.withClient { try await $0.call(request { $0.status.name = name }) }
+        if json { printJSON(response.status.json) } else { print(response.status.line) }
+    }
+}
+
+struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List running VPSs (--all: every VPS).")
+    @OptionGroup var connection: ConnectionOptions
+    @Flag(help: "Include stopped VPSs.") var all = false
+    @Flag(help: "Print a JSON array of status objects.") var json = false
+    @Option(help: "Only VPSs with this label (K=V); repeatable.") var selector: [String] = []
+
+    func run() async throws {
+        var labels: [String: String] = [:]
+        for item in selector {
+            guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
+                fail(WireError(.invalidArgument, "selector: '\(item)' is not KEY=VALUE", field: "selector"))
+            }
+            labels[String(item[..<eq])] = String(item[item.index(after: eq)...])
+        }
+        let response = try await connection.withClient {
+            try await $0.call(request {
+                $0.list.all = all
+                $0.list.selector = labels
+            })
+        }
+        let vpses = response.list.vpses
+        if json { printJSON(vpses.map(\.json)); return }
+        let rows = [["NAME", "STATE", "PID", "HOSTNAME", "TEMPLATE", "IPS"]] + vpses.map {
+            [$0.name, $0.state, $0.pid == 0 ? "-" : String($0.pid), $0.hostname, $0.template, $0.ips.isEmpty ? "-" : $0.ips.joined(separator: ",")]
+        }
+        let widths = (0..<6).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            print(row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
+                .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+        }
+    }
+}
