@@ -125,8 +125,12 @@ public struct AgentService: WireService {
         if !request.tty { close(resizePipe[1]) }
         let resizeFD = request.tty ? resizePipe[1] : -1
 
+        // Half-closure on: the client's end of stdin must close the pipe so the command sees EOF.
         let stdinChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdinPipe[1]) { channel in
-            channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+            channel.eventLoop.makeCompletedFuture {
+                try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel,
+                                                            configuration: .init(isOutboundHalfClosureEnabled: true))
+            }
         }
         let stdoutChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: stdoutPipe[0]) { channel in
             channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }

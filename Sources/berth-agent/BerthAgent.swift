@@ -27,6 +27,9 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Path of the berth-spawn helper (default: next to this binary).")
     var spawn: String?
 
+    @Option(help: "Parent cgroup of every VPS cgroup (one per node; tests use their own).")
+    var cgroupParent = "berth"
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -36,6 +39,9 @@ struct BerthAgent: AsyncParsableCommand {
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level: '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
+        }
+        if (try? Validation.name(cgroupParent, field: "cgroup-parent")) == nil {
+            throw ValidationError("--cgroup-parent: '\(cgroupParent)' must be lowercase letters, digits and '-'")
         }
         if let config { throw ValidationError("--config \(config): no agent settings exist yet in this release; run without --config") }
     }
@@ -61,7 +67,7 @@ struct BerthAgent: AsyncParsableCommand {
         let mode = CgroupMode.detect()
         let nodeName = name ?? ProcessInfo.processInfo.hostName
         let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary),
-                                     nodeName: nodeName, cgroups: mode.driver(), logger: logger)
+                                     nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger)
         logger.info("starting", metadata: ["node": "\(nodeName)", "cgroup": "\(mode.driver().modeName)", "data": "\(dataDir)"])
         let group = MultiThreadedEventLoopGroup.singleton
         let server = AgentServer(manager: manager, socketPath: socket, group: group, logger: logger)

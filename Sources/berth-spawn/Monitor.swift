@@ -202,24 +202,3 @@ func isMountPoint(_ path: String) -> Bool {
     return own.st_dev != parent.st_dev
 }
 
-/// Bounded console history: the newest `capacity` bytes.
-struct ConsoleRing {
-    let capacity: Int
-    var storage: [UInt8] = []
-    var start = 0
-
-    init(capacity: Int) { self.capacity = capacity }
-
-    mutating func append(_ bytes: ArraySlice<UInt8>) {
-        for byte in bytes.suffix(capacity) {
-            if storage.count < capacity {
-                storage.append(byte)
-            } else {
-                storage[start] = byte
-                start = (start + 1) % capacity
-            }
-        }
-    }
-
-    func contents() -> [UInt8] { Array(storage[start...] + storage[..<start]) }
-}

@@ -1,0 +1,57 @@
+# Berth: `make demo` and `make test` do all set-up on a fresh Debian 12 machine (as root).
+SHELL := /bin/bash
+export PATH := /opt/swift/usr/bin:$(PATH)
+SWIFT ?= swift
+BUILD := .build/debug
+RELEASE := .build/release
+
+.PHONY: all deps build test test-unit test-integration test-fuzz demo demo-stop bench proto clean-leftovers
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh
+
+# One debug build of every product and test target; every test tier reuses it.
+build: deps
+	$(SWIFT) build --build-tests
+
+test: build
+	@$(MAKE) --no-print-directory test-unit
+	@$(MAKE) --no-print-directory test-fuzz
+	@$(MAKE) --no-print-directory test-integration
+
+test-unit:
+	$(SWIFT) test --skip-build --parallel
+
+# Root + real kernel: boots real VPSs from the debug binaries.
+test-integration:
+	@BUILD=$(BUILD) ./Tests/integration/run.sh
+
+# libFuzzer on the frame decoder, bounded in time (see Docs/testing.md).
+test-fuzz:
+	@./Tests/fuzz/run.sh
+
+demo: build
+	@BUILD=$(BUILD) ./scripts/demo.sh
+
+demo-stop:
+	@BUILD=$(BUILD) ./scripts/demo.sh stop
+
+# Start/exec/density against crun on the same busybox rootfs (release build).
+bench: deps
+	@BERTH_BENCH=1 ./scripts/install-deps.sh
+	$(SWIFT) build -c release
+	@BUILD=$(RELEASE) ./Benchmarks/run.sh
+
+# Regenerates Sources/Wire/berth.pb.swift with Debian's protoc and a locally built plugin.
+proto:
+	@BERTH_PROTO=1 ./scripts/install-deps.sh
+	$(SWIFT) package resolve
+	$(SWIFT) build -c release --product protoc-gen-swift --package-path .build/checkouts/swift-protobuf --scratch-path .build-protoc
+	protoc --plugin=protoc-gen-swift=.build-protoc/release/protoc-gen-swift --swift_opt=Visibility=Public \
+	  --swift_out=Sources/Wire -I Sources/Wire/Protos Sources/Wire/Protos/berth.proto
+
+# Removes what a crashed test run left (its VPS cgroups, mounts, loop devices, processes).
+clean-leftovers:
+	@./Tests/integration/cleanup.sh

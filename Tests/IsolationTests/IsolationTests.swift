@@ -1,0 +1,214 @@
+import Foundation
+import Testing
+@testable import Isolation
+
+/// A throw-away directory standing in for a cgroupfs mount.
+final class FakeTree {
+    let root: String
+    init() {
+        root = NSTemporaryDirectory() + "berth-cgroup-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try! FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: root) }
+    func write(_ path: String, _ text: String) {
+        let full = root + "/" + path
+        try! FileManager.default.createDirectory(atPath: (full as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try! text.write(toFile: full, atomically: false, encoding: .utf8)
+    }
+    func read(_ path: String) -> String? { try? String(contentsOfFile: root + "/" + path, encoding: .utf8) }
+}
+
+@Suite struct CgroupV2Tests {
+    /// cgroupfs creates the control files of a new directory itself; the fake needs them made.
+    func prepareLeaf(_ tree: FakeTree, _ name: String) {
+        for file in ["memory.max", "memory.swap.max", "pids.max", "cpu.weight", "cpu.max", "cpuset.cpus", "cgroup.procs"] {
+            tree.write("berth/\(name)/\(file)", "")
+        }
+    }
+
+    @Test func createEnablesControllersOnEveryAncestorButNotTheLeaf() throws {
+        let tree = FakeTree()
+        tree.write("cgroup.controllers", "cpuset cpu io memory hugetlb pids rdma misc\n")
+        tree.write("cgroup.subtree_control", "memory\n")
+        tree.write("berth/cgroup.controllers", "cpuset cpu io memory pids\n")
+        tree.write("berth/cgroup.subtree_control", "")
+        let driver = CgroupV2Driver(root: tree.root, parent: "berth")
+        try driver.create("web1")
+        #expect(tree.read("cgroup.subtree_control") == "+cpu +cpuset +pids +io")
+        #expect(tree.read("berth/cgroup.subtree_control") == "+cpu +cpuset +memory +pids +io")
+        #expect(FileManager.default.fileExists(atPath: tree.root + "/berth/web1"))
+        #expect(tree.read("berth/web1/cgroup.subtree_control") == nil)
+        #expect(driver.procsFiles("web1") == [tree.root + "/berth/web1/cgroup.procs"])
+    }
+
+    @Test func appliesLimitsInV2Units() throws {
+        let tree = FakeTree()
+        prepareLeaf(tree, "web1")
+        let driver = CgroupV2Driver(root: tree.root, parent: "berth")
+        try driver.apply("web1", CgroupLimits(memoryBytes: 1 << 30, swapBytes: 512 << 20, pids: 300, cpuUnits: 2000,
+                                              cpuLimitPercent: 150, cpus: "0-1"))
+        #expect(tree.read("berth/web1/memory.max") == "1073741824")
+        #expect(tree.read("berth/web1/memory.swap.max") == "536870912")
+        #expect(tree.read("berth/web1/pids.max") == "300")
+        #expect(tree.read("berth/web1/cpu.weight") == "200")
+        #expect(tree.read("berth/web1/cpu.max") == "150000 100000")
+        #expect(tree.read("berth/web1/cpuset.cpus") == "0-1")
+    }
+
+    @Test func unlimitedIsMax() throws {
+        let tree = FakeTree()
+        prepareLeaf(tree, "v")
+        let driver = CgroupV2Driver(root: tree.root, parent: "berth")
+        try driver.apply("v", CgroupLimits())
+        #expect(tree.read("berth/v/memory.max") == "max")
+        #expect(tree.read("berth/v/memory.swap.max") == "max")
+        #expect(tree.read("berth/v/pids.max") == "max")
+        #expect(tree.read("berth/v/cpu.weight") == "100")
+        #expect(tree.read("berth/v/cpu.max") == "max 100000")
+    }
+
+    @Test func missingControllerFilesAreSkippedNotFatal() throws {
+        let tree = FakeTree()
+        tree.write("berth/v/cgroup.procs", "")
+        tree.write("berth/v/pids.max", "")
+        try CgroupV2Driver(root: tree.root, parent: "berth").apply("v", CgroupLimits(memoryBytes: 1 << 30, pids: 50))
+        #expect(tree.read("berth/v/pids.max") == "50")
+        #expect(tree.read("berth/v/memory.max") == nil)
+    }
+
+    @Test func usageReadsBeancounterFields() {
+        let tree = FakeTree()
+        tree.write("berth/v/memory.current", "4096\n")
+        tree.write("berth/v/memory.peak", "8192\n")
+        tree.write("berth/v/memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+        tree.write("berth/v/pids.current", "7\n")
+        tree.write("berth/v/cpu.stat", "usage_usec 1500\nuser_usec 1000\n")
+        let usage = CgroupV2Driver(root: tree.root, parent: "berth").usage("v")
+        #expect(usage.memoryBytes == 4096)
+        #expect(usage.memoryPeakBytes == 8192)
+        #expect(usage.memoryFailcount == 3)
+        #expect(usage.pids == 7)
+        #expect(usage.cpuNanoseconds == 1_500_000)
+    }
+
+    @Test func detectsModeFromTheFilesystemType() {
+        // A plain directory is not cgroup2: treated as v1 hierarchies.
+        let tree = FakeTree()
+        #expect(CgroupMode.detect(root: tree.root) == .v1(root: tree.root))
+    }
+}
+
+@Suite struct CgroupV1Tests {
+    @Test func createInheritsCpusetAndWritesTheDeviceAllowlist() throws {
+        let tree = FakeTree()
+        for controller in ["cpu", "cpuset", "memory", "devices", "pids"] { tree.write("\(controller)/.keep", "") }
+        tree.write("cpuset/cpuset.cpus", "0-1\n")
+        tree.write("cpuset/cpuset.mems", "0\n")
+        // Files the kernel would create in a new cgroup.
+        for file in ["cpuset/berth/v/cpuset.cpus", "cpuset/berth/v/cpuset.mems", "devices/berth/v/devices.deny",
+                     "devices/berth/v/devices.allow", "cpuset/berth/cpuset.cpus", "cpuset/berth/cpuset.mems"] {
+            tree.write(file, "")
+        }
+        let driver = CgroupV1Driver(root: tree.root, parent: "berth")
+        try driver.create("v")
+        #expect(tree.read("cpuset/berth/cpuset.cpus") == "0-1")
+        #expect(tree.read("cpuset/berth/v/cpuset.mems") == "0")
+        #expect(tree.read("devices/berth/v/devices.deny") == "a")
+        // Each rule is its own write; the fake file keeps the last one.
+        #expect(tree.read("devices/berth/v/devices.allow") == CgroupV1Driver.deviceAllowlist.last)
+        #expect(Set(driver.procsFiles("v").map { ($0 as NSString).pathComponents.dropLast(3).last! }) == ["cpu", "cpuset", "memory", "devices", "pids"])
+    }
+
+    @Test func convertsLimitsForV1() throws {
+        let tree = FakeTree()
+        for file in ["memory/berth/v/memory.limit_in_bytes", "memory/berth/v/memory.memsw.limit_in_bytes",
+                     "pids/berth/v/pids.max", "cpu/berth/v/cpu.shares", "cpu/berth/v/cpu.cfs_period_us", "cpu/berth/v/cpu.cfs_quota_us"] {
+            tree.write(file, "")
+        }
+        let driver = CgroupV1Driver(root: tree.root, parent: "berth")
+        try driver.apply("v", CgroupLimits(memoryBytes: 256 << 20, swapBytes: 128 << 20, pids: 64, cpuUnits: 2000, cpuLimitPercent: 50))
+        #expect(tree.read("memory/berth/v/memory.limit_in_bytes") == String(256 << 20))
+        #expect(tree.read("memory/berth/v/memory.memsw.limit_in_bytes") == String(384 << 20))
+        #expect(tree.read("pids/berth/v/pids.max") == "64")
+        #expect(tree.read("cpu/berth/v/cpu.shares") == "2048")
+        #expect(tree.read("cpu/berth/v/cpu.cfs_quota_us") == "50000")
+        try driver.apply("v", CgroupLimits())
+        #expect(tree.read("memory/berth/v/memory.limit_in_bytes") == "-1")
+        #expect(tree.read("cpu/berth/v/cpu.cfs_quota_us") == "-1")
+        #expect(tree.read("pids/berth/v/pids.max") == "max")
+    }
+
+    @Test func unitConversionsKeepRatios() {
+        #expect(CgroupLimits.cpuShares(units: 1000) == 1024)
+        #expect(CgroupLimits.cpuShares(units: 2000) == 2 * CgroupLimits.cpuShares(units: 1000))
+        #expect(CgroupLimits.cpuWeight(units: 1000) == 100)
+        #expect(CgroupLimits.cpuWeight(units: 1) == 1)
+        #expect(CgroupLimits.cpuWeight(units: 500_000) == 10_000)
+        #expect(CgroupLimits.cfsQuota(percent: 200) == 200_000)
+    }
+}
+
+@Suite struct SpawnProtocolTests {
+    @Test func specRoundTripsIncludingAwkwardValues() throws {
+        var spec = SpawnSpec(name: "web1", diskImage: "/var/lib/berth/vps/web1/disk.img", rootPath: "/r", runDir: "/run/berth/web1",
+                             hostname: "web1", cgroupProcsFiles: ["/sys/fs/cgroup/a/cgroup.procs", "/b"],
+                             initArgv: ["/sbin/init", "--with=equals", "line\nbreak", "50%"], environment: ["A=1", "PCT=%20"])
+        spec.openFilesLimit = 4096
+        let decoded = try SpawnSpec.decode(spec.encode())
+        #expect(decoded == spec)
+        #expect(!spec.encode().contains("line\nbreak"))
+    }
+
+    @Test(arguments: ["name=x\n", "garbage\n", "name=a\nname=b\n", "surprise=1\n",
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nring=1\n",
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=%zz\n"])
+    func rejectsBrokenSpecs(_ text: String) {
+        #expect(throws: IsolationError.self) { try SpawnSpec.decode(text) }
+    }
+
+    @Test func runStateRoundTrips() {
+        let state = RunState(monitorPid: 10, monitorStart: 20, initPid: 11, initStart: 21, bootedAt: 1_700_000_000)
+        #expect(RunState.decode(state.encode()) == state)
+        #expect(RunState.decode("monitor=1\n") == nil)
+    }
+
+    @Test func procStatStartTimeSurvivesHostileComm() {
+        let stat = "1234 (evil) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10"
+        #expect(HostProcess.parseStartTime(stat: stat) == 987654)
+        #expect(HostProcess.startTime(pid: getpid()) != nil)
+    }
+
+    @Test func initExitClassification() {
+        #expect(InitExit(status: 1).isRebootRequest)          // killed by SIGHUP
+        #expect(InitExit(status: 2).reason == "poweroff")      // killed by SIGINT
+        #expect(InitExit(status: 3 << 8) == .exited(3))
+        #expect(InitExit(status: 3 << 8).shellCode == 3)
+        #expect(InitExit(status: 9).shellCode == 137)
+    }
+
+    @Test func errorsCarryStageAndErrno() {
+        let error = IsolationError.sys("mount /proc", errno: EPERM)
+        #expect(error.stage == "mount /proc")
+        #expect(error.errno == EPERM)
+        #expect(error.message.contains("EPERM"))
+    }
+
+    @Test func consoleRingKeepsTheNewestBytes() {
+        var ring = ConsoleRing(capacity: 8)
+        ring.append(Array("abc".utf8)[...])
+        #expect(ring.contents() == Array("abc".utf8))
+        ring.append(Array("defghij".utf8)[...])
+        #expect(ring.contents() == Array("cdefghij".utf8))
+        ring.append(Array("0123456789XY".utf8)[...])
+        #expect(ring.contents() == Array("456789XY".utf8))
+    }
+
+    @Test func atomicWriteReplacesTheWholeFile() {
+        let path = NSTemporaryDirectory() + "berth-atomic-\(getpid())"
+        try? FileIO.writeAtomically(path, Array("one".utf8))
+        try? FileIO.writeAtomically(path, Array("two".utf8))
+        #expect(FileIO.read(path) == "two")
+        #expect(!FileManager.default.fileExists(atPath: path + ".tmp"))
+        unlink(path)
+    }
+}

@@ -1,0 +1,148 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+@testable import Wire
+
+/// A service that echoes: status calls return the requested name, exec streams stdin back.
+struct EchoService: WireService {
+    func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
+        var response = Berth_V1_Response()
+        switch request.call {
+        case .status(let r):
+            if r.name == "missing" { throw WireError(.notFound, "VPS missing does not exist", field: "name") }
+            if r.name == "slow" { try await Task.sleep(nanoseconds: 5_000_000_000) }
+            stream.progress("looking up", done: 1, total: 1)
+            response.status.name = r.name
+            response.status.state = "running"
+        case .exec:
+            for await input in stream.input {
+                switch input {
+                case .data(_, let bytes): try await stream.send(.stdout, bytes)
+                case .end: try await stream.sendEnd(.stdout)
+                }
+                if case .end = input { break }
+            }
+            response.exec.exitCode = 7
+        default:
+            throw WireError(.invalidArgument, "unsupported")
+        }
+        return response
+    }
+}
+
+@Suite(.serialized) struct ConnectionTests {
+    func withServer(_ body: (String) async throws -> Void) async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-wire-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("s.sock").path
+        let server = try await UnixWireServer.bind(path: path, service: EchoService(), group: MultiThreadedEventLoopGroup.singleton,
+                                                   allowedUIDs: [getuid()])
+        var mode = stat()
+        stat(path, &mode)
+        #expect(mode.st_mode & 0o777 == 0o600)
+        try await body(path)
+        await server.close()
+    }
+
+    @Test func unaryCallsProgressAndTypedErrors() async throws {
+        try await withServer { path in
+            let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
+            #expect(client.serverSoftware == wireSoftware)
+            var request = Berth_V1_Request()
+            request.status.name = "web1"
+            var steps: [String] = []
+            let response = try await client.call(request) { steps.append($0.step) }
+            #expect(response.status.name == "web1")
+            #expect(steps == ["looking up"])
+            request.status.name = "missing"
+            await #expect(throws: WireError(.notFound, "VPS missing does not exist", field: "name")) { try await client.call(request) }
+            await client.close()
+        }
+    }
+
+    @Test func multiplexesConcurrentCalls() async throws {
+        try await withServer { path in
+            let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
+            try await withThrowingTaskGroup(of: String.self) { group in
+                for i in 0..<50 {
+                    group.addTask {
+                        var request = Berth_V1_Request()
+                        request.status.name = "vps\(i)"
+                        return try await client.call(request).status.name
+                    }
+                }
+                var names = Set<String>()
+                for try await name in group { names.insert(name) }
+                #expect(names.count == 50)
+            }
+            await client.close()
+        }
+    }
+
+    @Test func deadlinesCancelTheWork() async throws {
+        try await withServer { path in
+            let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
+            var request = Berth_V1_Request()
+            request.status.name = "slow"
+            request.deadlineMs = 100
+            let start = Date()
+            do {
+                _ = try await client.call(request)
+                Issue.record("a slow call beat its deadline")
+            } catch let error as WireError {
+                #expect(error.code == .deadlineExceeded)
+            }
+            #expect(Date().timeIntervalSince(start) < 2)
+            await client.close()
+        }
+    }
+
+    @Test func streamsBytesBothWays() async throws {
+        try await withServer { path in
+            let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
+            var request = Berth_V1_Request()
+            request.exec.name = "v"
+            request.exec.argv = ["cat"]
+            let call = try await client.start(request)
+            _ = try await call.send(.stdin, Array("hello ".utf8)).get()
+            _ = try await call.send(.stdin, Array("world".utf8)).get()
+            call.sendEnd(.stdin)
+            var received: [UInt8] = []
+            var exit: Int32 = -1
+            for await event in call.events {
+                switch event {
+                case .data(.stdout, let bytes): received += Array(bytes.readableBytesView)
+                case .response(let r): exit = r.exec.exitCode
+                default: break
+                }
+            }
+            #expect(String(decoding: received, as: UTF8.self) == "hello world")
+            #expect(exit == 7)
+            await client.close()
+        }
+    }
+
+    @Test func rejectsPeersThatSkipHelloOrSpeakAnotherVersion() async throws {
+        try await withServer { path in
+            // A raw client that sends a request first gets a protocol-violation error and a close.
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connect(unixDomainSocketPath: path) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                        return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel)
+                    }
+                }
+            try await channel.executeThenClose { inbound, outbound in
+                try await outbound.write(Frame(type: .request, stream: 1))
+                var iterator = inbound.makeAsyncIterator()
+                let frame = try #require(try await iterator.next())
+                #expect(frame.type == .error)
+                let reply = try Berth_V1_ErrorReply(serializedBytes: Array(frame.payload.readableBytesView))
+                #expect(reply.code == WireError.Code.protocolViolation.rawValue)
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+import NIOCore
+import Testing
+@testable import Wire
+
+@Suite struct FrameTests {
+    @Test func roundTripsEveryFrameType() throws {
+        for type in [FrameType.hello, .request, .response, .data, .end, .cancel, .error, .credit, .ping, .pong, .progress] {
+            var out = ByteBuffer()
+            FrameParser.write(Frame(type: type, flags: 3, stream: 0xDEAD_BEEF, payload: ByteBuffer(bytes: [1, 2, 3])), into: &out)
+            let frame = try #require(try FrameParser.parse(&out))
+            #expect(frame.type == type)
+            #expect(frame.flags == 3)
+            #expect(frame.stream == 0xDEAD_BEEF)
+            #expect(Array(frame.payload.readableBytesView) == [1, 2, 3])
+            #expect(out.readableBytes == 0)
+        }
+    }
+
+    @Test func encodesTheDocumentedLayout() {
+        var out = ByteBuffer()
+        FrameParser.write(Frame(type: .request, flags: 0, stream: 5, payload: ByteBuffer(bytes: [0xAA])), into: &out)
+        // [u32 length = 6 + 1][type 2][flags 0][stream 5][payload]
+        #expect(Array(out.readableBytesView) == [0, 0, 0, 7, 2, 0, 0, 0, 0, 5, 0xAA])
+    }
+
+    @Test func waitsForPartialFramesWithoutConsuming() throws {
+        var whole = ByteBuffer()
+        FrameParser.write(Frame(type: .data, stream: 1, payload: ByteBuffer(bytes: Array(repeating: 7, count: 100))), into: &whole)
+        for cut in [0, 3, 4, 9, 10, 50, whole.readableBytes - 1] {
+            var partial = whole.getSlice(at: 0, length: cut)!
+            #expect(try FrameParser.parse(&partial) == nil)
+            #expect(partial.readableBytes == cut)
+        }
+    }
+
+    @Test func rejectsOversizeBeforeBuffering() {
+        var buffer = ByteBuffer(bytes: [0x7F, 0xFF, 0xFF, 0xFF, 2, 0])  // announces ~2 GiB, sends 6 bytes
+        #expect(throws: WireError.self) { try FrameParser.parse(&buffer, maxPayload: 1 << 20) }
+        do {
+            _ = try FrameParser.parse(&buffer, maxPayload: 1 << 20)
+        } catch {
+            #expect(error.code == .frameTooLarge)
+        }
+    }
+
+    @Test func rejectsShortLengthAndUnknownType() {
+        var short = ByteBuffer(bytes: [0, 0, 0, 2, 1, 0])
+        #expect(throws: WireError.self) { try FrameParser.parse(&short) }
+        var unknown = ByteBuffer(bytes: [0, 0, 0, 6, 99, 0, 0, 0, 0, 1])
+        #expect(throws: WireError.self) { try FrameParser.parse(&unknown) }
+    }
+
+    @Test func parsesBackToBackFrames() throws {
+        var out = ByteBuffer()
+        for i in 0..<5 { FrameParser.write(Frame(type: .ping, stream: UInt32(i)), into: &out) }
+        var seen: [UInt32] = []
+        while let frame = try FrameParser.parse(&out) { seen.append(frame.stream) }
+        #expect(seen == [0, 1, 2, 3, 4])
+    }
+}
+
+@Suite struct ByteSizeTests {
+    @Test(arguments: [("512", UInt64(512)), ("1K", 1024), ("1k", 1024), ("2M", 2 << 20), ("3G", 3 << 30),
+                      ("1T", 1 << 40), ("10GB", 10 << 30), ("10GiB", 10 << 30), (" 5M ", 5 << 20)])
+    func parsesSizes(_ text: String, _ bytes: UInt64) throws {
+        #expect(try ByteSize.parse(text, field: "memory") == bytes)
+    }
+
+    @Test(arguments: ["-1", "0", "1.5.G", "1.5G", "", "G", "12Q", "99999999999T", "0x10", "١٢"])
+    func rejectsBadSizes(_ text: String) {
+        #expect(throws: WireError.self) { try ByteSize.parse(text, field: "memory") }
+    }
+
+    @Test func errorNamesTheField() {
+        do {
+            _ = try ByteSize.parse("1.5.G", field: "swap")
+            Issue.record("accepted 1.5.G")
+        } catch {
+            #expect(error.field == "swap")
+            #expect(error.message.hasPrefix("swap:"))
+            #expect(error.exitCode == 2)
+        }
+    }
+
+    @Test func formats() {
+        #expect(ByteSize.format(2 << 30) == "2G")
+        #expect(ByteSize.format(1536) == "1536")
+        #expect(ByteSize.format(3 << 20) == "3M")
+    }
+}

@@ -1,0 +1,100 @@
+# Shared helpers of the integration tier: a private agent per run, unique names, cleanup.
+# Everything a run creates carries $RUN_ID, so a crashed run's leftovers are easy to find.
+
+RUN_ID=${RUN_ID:-bit$$}
+WORK=${WORK:-/tmp/berth-it-$RUN_ID}
+BUILD=${BUILD:-.build/debug}
+BUILD=$(cd "$BUILD" && pwd)
+BERTH="$BUILD/berth"
+export BERTH_AGENT="$WORK/run/agent.sock"
+CGROUP_PARENT="berth-$RUN_ID"
+AGENT_PID=""
+PASSED=0; FAILED=0; SKIPPED=0
+FAILED_NAMES=()
+
+agent_start() {
+    mkdir -p "$WORK"
+    "$BUILD/berth-agent" --data-dir "$WORK/data" --run-dir "$WORK/run" --socket "$BERTH_AGENT" \
+        --cgroup-parent "$CGROUP_PARENT" --name "node-$RUN_ID" >>"$WORK/agent.log" 2>&1 &
+    AGENT_PID=$!
+    echo "$AGENT_PID" >"$WORK/agent.pid"   # tests run in subshells: the pid lives in a file
+    for _ in $(seq 100); do [ -S "$BERTH_AGENT" ] && "$BERTH" list >/dev/null 2>&1 && return 0; sleep 0.05; done
+    echo "agent did not come up; log:" >&2; cat "$WORK/agent.log" >&2; return 1
+}
+
+agent_pid() { cat "$WORK/agent.pid" 2>/dev/null; }
+# Waits for the agent process to be gone (it may be a child of another subshell: no `wait`).
+agent_gone() { local p; p=$(agent_pid); for _ in $(seq 200); do alive "$p" || return 0; sleep 0.05; done; return 1; }
+agent_kill9() { local p; p=$(agent_pid); [ -n "$p" ] && kill -9 "$p" 2>/dev/null; agent_gone; rm -f "$WORK/agent.pid"; }
+agent_stop() {
+    local p; p=$(agent_pid)
+    [ -n "$p" ] || return 0
+    kill -TERM "$p" 2>/dev/null
+    agent_gone
+    rm -f "$WORK/agent.pid"
+}
+
+# run_test NAME FUNCTION: runs FUNCTION in a subshell with `set -e`; prints ok/FAIL.
+run_test() {
+    local name=$1 fn=$2 out rc
+    # ONLY=regex runs a subset (the first test creates the VPSs the others use).
+    if [ -n "${ONLY:-}" ] && ! [[ $fn =~ ^(t_create_start|$ONLY)$ ]]; then return; fi
+    out=$( (set -e; [ -n "${TRACE:-}" ] && set -x; "$fn") 2>&1 ); rc=$?
+    if [ $rc -eq 0 ]; then
+        PASSED=$((PASSED + 1)); echo "ok   - $name"
+    elif [ $rc -eq 77 ]; then
+        SKIPPED=$((SKIPPED + 1)); echo "skip - $name: $(echo "$out" | tail -1)"
+    else
+        FAILED=$((FAILED + 1)); FAILED_NAMES+=("$name"); echo "FAIL - $name"; echo "$out" | sed 's/^/       /' | tail -25
+    fi
+}
+
+skip() { echo "$*"; exit 77; }
+fail() { echo "assertion failed: $*" >&2; exit 1; }
+expect_eq() { [ "$1" = "$2" ] || fail "expected '$2', got '$1' ${3:-}"; }
+expect_contains() { case "$1" in *"$2"*) ;; *) fail "expected output to contain '$2', got: $1";; esac; }
+# expect_fail CODE CMD...: CMD must exit with CODE and say something on stderr.
+expect_fail() {
+    local code=$1; shift
+    local err rc
+    err=$("$@" 2>&1 >/dev/null) && rc=0 || rc=$?
+    [ $rc -eq "$code" ] || fail "'$*' exited $rc (wanted $code): $err"
+    [ -n "$err" ] || fail "'$*' failed silently"
+    echo "$err"
+}
+
+vps_name() { echo "$RUN_ID-$1"; }
+
+# Host-side traces of a VPS: cgroup dirs, mounts, loop devices, run files. (Processes are
+# checked by the tests themselves from the pids they saw while the VPS ran.)
+leftovers_of() {
+    local name=$1
+    find /sys/fs/cgroup -maxdepth 3 -type d -path "*/$CGROUP_PARENT/$name" 2>/dev/null
+    grep -F "$WORK/data/vps/$name/" /proc/self/mountinfo
+    losetup -a 2>/dev/null | grep -F "$WORK/data/vps/$name/"
+    ls "$WORK/run/$name" 2>/dev/null
+    true
+}
+
+cleanup_all() {
+    agent_stop
+    # VPS processes of this run: every pid in our cgroups, then the monitors.
+    for procs in /sys/fs/cgroup/*/"$CGROUP_PARENT"/*/cgroup.procs /sys/fs/cgroup/"$CGROUP_PARENT"/*/cgroup.procs; do
+        [ -f "$procs" ] && xargs -r kill -9 <"$procs" 2>/dev/null
+    done
+    for state in "$WORK"/run/*/state; do
+        [ -f "$state" ] && kill -9 "$(sed -n 's/^monitor=//p' "$state")" 2>/dev/null
+    done
+    sleep 0.2
+    grep -F "$WORK/" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+    losetup -a 2>/dev/null | grep -F "$WORK/" | cut -d: -f1 | while read -r l; do losetup -d "$l" 2>/dev/null; done
+    for dir in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
+        [ -d "$dir" ] || continue
+        find "$dir" -mindepth 1 -depth -type d -exec rmdir {} \; 2>/dev/null
+        rmdir "$dir" 2>/dev/null
+    done
+    rm -rf "$WORK"
+}
+
+# alive PID: a live process that is not a zombie (PID 1 of this machine reaps lazily).
+alive() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; [ "$(echo "$s" | sed "s/.*) //" | cut -d" " -f1)" != Z ]; }

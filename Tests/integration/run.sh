@@ -1,0 +1,351 @@
+#!/bin/bash
+# Integration tier: real VPSs on this kernel, driven through the berth CLI and a private agent.
+# Needs root. Each test prints ok/FAIL/skip; the last line is "N passed, N failed, N skipped".
+cd "$(dirname "$0")/../.." || exit 1
+source Tests/integration/lib.sh
+
+if [ "$(id -u)" != 0 ]; then
+    echo "skip - integration tier: needs root (it creates namespaces, cgroups, loop devices)"
+    echo "0 passed, 0 failed, 1 skipped"
+    exit 0
+fi
+for tool in mke2fs losetup; do command -v $tool >/dev/null || { echo "missing $tool: run make deps" >&2; exit 1; }; done
+[ -e /dev/loop-control ] || { echo "skip - integration tier: no /dev/loop-control on this host"; echo "0 passed, 0 failed, 1 skipped"; exit 0; }
+
+trap cleanup_all EXIT
+echo "integration run $RUN_ID (work dir $WORK, cgroup parent $CGROUP_PARENT, $(grep -c cgroup2 /proc/mounts) cgroup2 mount(s))"
+agent_start || exit 1
+"$BERTH" template build busybox >/dev/null || { echo "template build failed"; exit 1; }
+
+A=$(vps_name a); B=$(vps_name b)
+
+t_create_start() {
+    "$BERTH" create "$A" --template busybox --memory 256M --pids 200 --label role=web >/dev/null
+    "$BERTH" create "$B" --template busybox --hostname other-host >/dev/null
+    "$BERTH" start "$A" | grep -q "^$A running pid=[1-9]"
+    "$BERTH" start "$B" >/dev/null
+    expect_eq "$("$BERTH" status "$A" | cut -d' ' -f2)" running
+    local pid; pid=$("$BERTH" status "$A" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+    [ "$pid" -gt 1 ] && alive "$pid"
+    expect_eq "$(cat /proc/$pid/comm)" init
+}
+
+t_init_ran_startup_scripts() {
+    for _ in $(seq 50); do "$BERTH" exec "$A" -- test -f /run/boot-complete && break; sleep 0.1; done
+    expect_contains "$("$BERTH" exec "$A" -- cat /run/boot-complete)" "$A"
+    expect_contains "$("$BERTH" exec "$A" -- cat /proc/1/cmdline | tr '\0' ' ')" "init"
+}
+
+t_pid_isolation() {
+    local inside; inside=$("$BERTH" exec "$A" -- sh -c 'ls /proc | grep -c "^[0-9]"')
+    [ "$inside" -lt 10 ] || fail "VPS sees $inside processes"
+    # The host's agent and the other VPS's init are invisible and unreachable.
+    local other; other=$("$BERTH" status "$B" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+    "$BERTH" exec "$A" -- sh -c "kill -0 $(agent_pid) 2>/dev/null && exit 1; kill -0 $other 2>/dev/null && exit 1; exit 0"
+    expect_eq "$("$BERTH" exec "$A" -- sh -c 'cat /proc/1/comm')" init
+}
+
+t_mount_isolation() {
+    local mounts; mounts=$("$BERTH" exec "$A" -- cat /proc/self/mountinfo)
+    case "$mounts" in *"$WORK"*|*" /work "*|*/opt/swift*) fail "host mounts visible: $mounts";; esac
+    expect_contains "$("$BERTH" exec "$A" -- sh -c 'grep " / / " /proc/self/mountinfo')" ext4
+    # /sys is read-only, /proc/sys read-only, masked files empty.
+    "$BERTH" exec "$A" -- sh -c 'echo x > /sys/kernel/uevent_helper' 2>/dev/null && fail "/sys writable"
+    "$BERTH" exec "$A" -- sh -c 'echo "|/tmp/x" > /proc/sys/kernel/core_pattern' 2>/dev/null && fail "/proc/sys writable"
+    # Masked: the host has content there, the VPS reads nothing.
+    [ -s /proc/timer_list ] || [ "$(wc -c < /proc/timer_list)" -gt 0 ]
+    expect_eq "$("$BERTH" exec "$A" -- sh -c 'wc -c < /proc/timer_list')" 0
+    # The VPS's own network sysctls stay writable (its own namespace).
+    "$BERTH" exec "$A" -- sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward' 
+}
+
+t_uts_isolation() {
+    expect_eq "$("$BERTH" exec "$A" -- hostname)" "$A"
+    expect_eq "$("$BERTH" exec "$B" -- hostname)" other-host
+    [ "$(hostname)" != "$A" ]
+}
+
+t_ipc_and_abstract_sockets() {
+    command -v ipcmk >/dev/null || skip "ipcmk (util-linux) not installed"
+    local shm; shm=$(ipcmk -M 4096 | grep -o '[0-9]*$')
+    local seen; seen=$("$BERTH" exec "$A" -- sh -c 'tail -n +2 /proc/sysvipc/shm | wc -l')
+    ipcrm -m "$shm"
+    expect_eq "$seen" 0 "(SysV shm of the host visible in the VPS)"
+    # An abstract socket bound on the host is not in the VPS's socket table (per network namespace).
+    python3 -c 'import socket,time; s=socket.socket(socket.AF_UNIX); s.bind("\0berth-it-abstract"); s.listen(); time.sleep(3)' &
+    local py=$!
+    sleep 0.5
+    grep -q berth-it-abstract /proc/net/unix || { kill $py; fail "host abstract socket not bound"; }
+    "$BERTH" exec "$A" -- grep -q berth-it-abstract /proc/net/unix && { kill $py; fail "abstract socket visible in the VPS"; }
+    kill $py 2>/dev/null; wait $py 2>/dev/null || true
+}
+
+t_only_loopback() {
+    expect_eq "$("$BERTH" exec "$A" -- ls /sys/class/net)" lo
+}
+
+t_dev_and_caps() {
+    local devs; devs=$("$BERTH" exec "$A" -- ls /dev | tr '\n' ' ')
+    expect_eq "$devs" "console fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero "
+    # Dropped capabilities: no module loading, no mounts, no clock changes.
+    local bnd; bnd=$("$BERTH" exec "$A" -- sh -c 'grep CapBnd /proc/self/status' | awk '{print $2}')
+    (( (0x$bnd >> 16) & 1 )) && fail "CAP_SYS_MODULE kept"
+    (( (0x$bnd >> 21) & 1 )) && fail "CAP_SYS_ADMIN kept"
+    "$BERTH" exec "$A" -- mount -t tmpfs t /mnt 2>/dev/null && fail "mount succeeded inside the VPS"
+    # The device cgroup refuses devices off the allowlist even after mknod.
+    if [ -d /sys/fs/cgroup/devices ]; then
+        "$BERTH" exec "$A" -- sh -c 'mknod /tmp/mem c 1 1 && head -c1 /tmp/mem' 2>/dev/null && fail "/dev/mem readable"
+    fi
+    "$BERTH" exec "$A" -- grep -q '^Seccomp:.2' /proc/self/status
+}
+
+t_no_agent_fds_or_env() {
+    local fds; fds=$("$BERTH" exec "$A" -- sh -c 'ls /proc/1/fd | tr "\n" " "')
+    expect_eq "$fds" "0 1 2 "
+    local env; env=$("$BERTH" exec "$A" -- sh -c 'tr "\0" "\n" < /proc/1/environ' | sort | tr '\n' ' ')
+    case "$env" in *BERTH_AGENT*|*SSH*|*SWIFT*) fail "agent environment leaked: $env";; esac
+    expect_eq "$("$BERTH" exec "$A" -- readlink /proc/1/cwd)" /
+}
+
+t_exec_streams_and_exit_code() {
+    expect_eq "$(echo hello | "$BERTH" exec "$A" -- cat)" hello
+    local out err rc
+    out=$("$BERTH" exec "$A" -- sh -c 'echo out; echo err >&2; exit 42' 2>/tmp/berth-it-err-$RUN_ID) && rc=0 || rc=$?
+    err=$(cat /tmp/berth-it-err-$RUN_ID); rm -f /tmp/berth-it-err-$RUN_ID
+    expect_eq "$out" out; expect_eq "$err" err; expect_eq "$rc" 42
+    "$BERTH" exec "$A" -- /no/such/binary 2>/dev/null && fail "missing binary ran" || rc=$?
+    expect_eq "$rc" 127
+    # A larger stream arrives intact.
+    local sum; sum=$(head -c 3000000 /dev/urandom | tee /tmp/berth-it-blob-$RUN_ID | "$BERTH" exec "$A" -- md5sum | cut -d' ' -f1)
+    expect_eq "$sum" "$(md5sum < /tmp/berth-it-blob-$RUN_ID | cut -d' ' -f1)"
+    rm -f /tmp/berth-it-blob-$RUN_ID
+}
+
+t_enter_has_a_pty() {
+    local out; out=$(printf 'tty; exit 3\n' | "$BERTH" enter "$A" 2>&1) || true
+    expect_contains "$out" /dev/pts/
+}
+
+t_console_ring_buffer() {
+    # Output written while nobody was attached is replayed on attach; Ctrl-] detaches.
+    "$BERTH" exec "$A" -- sh -c 'echo console-marker-$$ > /dev/console'
+    local out; out=$( (sleep 1; printf '\035') | timeout 10 "$BERTH" console "$A" 2>/dev/null )
+    expect_contains "$out" console-marker-
+}
+
+t_file_survives_stop_start() {
+    "$BERTH" exec "$A" -- sh -c 'echo persistent > /root/keep'
+    "$BERTH" stop "$A" >/dev/null
+    expect_eq "$("$BERTH" status "$A" | cut -d' ' -f2)" stopped
+    "$BERTH" start "$A" >/dev/null
+    expect_eq "$("$BERTH" exec "$A" -- cat /root/keep)" persistent
+}
+
+t_reboot_and_poweroff_inside() {
+    local before after
+    before=$("$BERTH" status "$A" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+    "$BERTH" exec "$A" -- reboot
+    for _ in $(seq 100); do
+        after=$("$BERTH" status "$A" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["pid"])')
+        [ "$after" != "$before" ] && [ "$after" != 0 ] && break; sleep 0.1
+    done
+    [ "$after" != "$before" ] || fail "init pid unchanged after reboot"
+    expect_eq "$("$BERTH" status "$A" | cut -d' ' -f2)" running
+    [ "$(cut -d' ' -f1 /proc/uptime | cut -d. -f1)" -gt 5 ] || true   # the host did not reboot
+    for _ in $(seq 50); do "$BERTH" exec "$A" -- test -f /run/boot-complete 2>/dev/null && break; sleep 0.1; done
+    "$BERTH" exec "$A" -- poweroff
+    for _ in $(seq 100); do [ "$("$BERTH" status "$A" | cut -d' ' -f2)" = running ] || break; sleep 0.1; done
+    expect_eq "$("$BERTH" status "$A" | cut -d' ' -f2)" stopped
+    expect_contains "$("$BERTH" status "$A")" 'last_exit="poweroff"'
+    [ -z "$(leftovers_of "$A")" ] || fail "leftovers after poweroff: $(leftovers_of "$A")"
+    "$BERTH" start "$A" >/dev/null
+}
+
+t_stop_restart_destroy_leave_nothing() {
+    local C; C=$(vps_name c)
+    "$BERTH" create "$C" --template busybox >/dev/null
+    "$BERTH" start "$C" >/dev/null
+    local state monitor init
+    state="$WORK/run/$C/state"; monitor=$(sed -n 's/^monitor=//p' "$state"); init=$(sed -n 's/^init=//p' "$state")
+    "$BERTH" restart "$C" >/dev/null
+    alive "$init" && fail "old init $init survived restart"
+    [ -n "$(leftovers_of "$C")" ] || fail "running VPS has no cgroup/mount?"
+    state="$WORK/run/$C/state"; monitor=$(sed -n 's/^monitor=//p' "$state"); init=$(sed -n 's/^init=//p' "$state")
+    "$BERTH" stop "$C" --kill >/dev/null
+    alive "$init" && fail "init survived stop"
+    alive "$monitor" && fail "monitor survived stop"
+    [ -z "$(leftovers_of "$C")" ] || fail "leftovers after stop: $(leftovers_of "$C")"
+    "$BERTH" destroy "$C" >/dev/null
+    [ ! -e "$WORK/data/vps/$C" ] || fail "VPS directory left after destroy"
+    expect_fail 3 "$BERTH" status "$C" >/dev/null
+}
+
+t_agent_kill9_readopts() {
+    local init_a; init_a=$("$BERTH" status "$A" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+    local cgroups_before; cgroups_before=$(find /sys/fs/cgroup -maxdepth 3 -path "*$CGROUP_PARENT/*" -type d | wc -l)
+    agent_kill9
+    alive "$init_a" || fail "VPS died with the agent"
+    agent_start
+    expect_eq "$("$BERTH" status "$A" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')" "$init_a"
+    expect_eq "$("$BERTH" exec "$A" -- cat /root/keep)" persistent
+    expect_eq "$(find /sys/fs/cgroup -maxdepth 3 -path "*$CGROUP_PARENT/*" -type d | wc -l)" "$cgroups_before" "(cgroups duplicated)"
+    # A VPS that stops while no agent runs is noticed by the next agent.
+    agent_kill9
+    kill -9 "$init_a"
+    sleep 0.5
+    agent_start
+    expect_eq "$("$BERTH" status "$A" | cut -d' ' -f2)" stopped
+    [ -z "$(leftovers_of "$A")" ] || fail "leftovers after the offline exit: $(leftovers_of "$A")"
+    "$BERTH" start "$A" >/dev/null
+    # SIGTERM = graceful agent shutdown; the VPS keeps running.
+    agent_stop
+    "$BUILD/berth" list >/dev/null 2>&1 && fail "agent still answering"
+    agent_start
+    expect_eq "$("$BERTH" status "$A" | cut -d' ' -f2)" running
+}
+
+t_onboot_after_host_boot() {
+    local D; D=$(vps_name d)
+    "$BERTH" create "$D" --template busybox --onboot >/dev/null
+    # A restart of the agent alone must not start it ...
+    agent_stop; agent_start
+    expect_eq "$("$BERTH" status "$D" | cut -d' ' -f2)" stopped
+    # ... a first agent start after a host boot (a different boot id in /run) must.
+    echo "previous-boot" > "$WORK/run/agent.boot-id"
+    agent_stop; agent_start
+    expect_eq "$("$BERTH" status "$D" | cut -d' ' -f2)" running
+    "$BERTH" destroy "$D" --force >/dev/null
+}
+
+t_set_live() {
+    local out; out=$("$BERTH" set "$A" --memory 300M --pids 150 --label tier=gold --hostname renamed)
+    expect_contains "$out" "applied live: memory, pids"
+    expect_contains "$out" "next restart: hostname"
+    local limit
+    if [ -f "/sys/fs/cgroup/memory/$CGROUP_PARENT/$A/memory.limit_in_bytes" ]; then
+        limit=$(cat "/sys/fs/cgroup/memory/$CGROUP_PARENT/$A/memory.limit_in_bytes")
+    else
+        limit=$(cat "/sys/fs/cgroup/$CGROUP_PARENT/$A/memory.max")
+    fi
+    expect_eq "$limit" $((300 * 1024 * 1024))
+    expect_contains "$("$BERTH" list --selector tier=gold)" "$A"
+    grep -q '"memoryBytes" : 314572800' "$WORK/data/vps/$A/config.json"
+    "$BERTH" restart "$A" >/dev/null
+    expect_eq "$("$BERTH" exec "$A" -- hostname)" renamed
+}
+
+t_bad_input() {
+    expect_contains "$(expect_fail 2 "$BERTH" create Bad_Name --template busybox)" "name"
+    expect_contains "$(expect_fail 2 "$BERTH" create "-x" --template busybox 2>&1 || true)" ""
+    expect_contains "$(expect_fail 3 "$BERTH" create "$(vps_name e)" --template nope)" "template nope does not exist"
+    expect_contains "$(expect_fail 4 "$BERTH" create "$A" --template busybox)" "already exists"
+    expect_contains "$(expect_fail 4 "$BERTH" start "$A")" "already running"
+    expect_contains "$(expect_fail 4 "$BERTH" destroy "$A")" "--force"
+    expect_contains "$(expect_fail 2 "$BERTH" create "$(vps_name e)" --template busybox --memory 1.5.G)" "memory"
+    expect_contains "$(expect_fail 2 "$BERTH" create "$(vps_name e)" --template busybox --memory=-1)" "memory"
+    expect_contains "$(expect_fail 2 "$BERTH" create "$(vps_name e)" --template busybox --memory 99999999999T)" "too large"
+    expect_contains "$(expect_fail 2 "$BERTH" create "$(vps_name e)" --template busybox --cpus 0-999)" "cpus"
+    expect_contains "$(expect_fail 2 "$BERTH" create "$(vps_name e)" --template busybox --disk 1M)" "disk"
+    expect_contains "$(expect_fail 3 "$BERTH" start "$(vps_name nope)")" "does not exist"
+    [ ! -e "$WORK/data/vps/$(vps_name e)" ] || fail "a failed create left a directory"
+    "$BERTH" status "$A" | grep -q running
+}
+
+t_corrupt_config() {
+    local F; F=$(vps_name f)
+    "$BERTH" create "$F" --template busybox >/dev/null
+    local cfg="$WORK/data/vps/$F/config.json"
+    cp "$cfg" "$WORK/config.bak"
+    python3 - "$cfg" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); d["surprise"] = 1; json.dump(d, open(sys.argv[1], "w"))
+PY
+    agent_stop; agent_start
+    expect_contains "$(expect_fail 8 "$BERTH" start "$F")" "unknown field(s) surprise"
+    expect_contains "$("$BERTH" list --all)" "$F"
+    cmp -s <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("surprise"))' "$cfg") <(echo 1) || fail "the broken file was modified"
+    echo '{"schemaVersion": 1, "name": ' > "$cfg"
+    agent_stop; agent_start
+    expect_contains "$(expect_fail 8 "$BERTH" status "$F")" "not a JSON object"
+    cp "$WORK/config.bak" "$cfg"
+    agent_stop; agent_start
+    expect_eq "$("$BERTH" status "$F" | cut -d' ' -f2)" stopped
+    "$BERTH" destroy "$F" >/dev/null
+}
+
+t_template_import_rejects_escapes() {
+    local dir="$WORK/tars"; mkdir -p "$dir/root/sbin" "$dir/root/etc"
+    ln -sf /bin/busybox "$dir/root/sbin/init"
+    python3 - "$dir" <<'PY'
+import io, sys, tarfile
+d = sys.argv[1]
+def make(name, entries):
+    with tarfile.open(f"{d}/{name}.tar", "w") as t:
+        for e in entries:
+            t.addfile(e, io.BytesIO(b"x") if e.isfile() else None)
+def f(path):
+    i = tarfile.TarInfo(path); i.size = 1; return i
+def link(path, target):
+    i = tarfile.TarInfo(path); i.type = tarfile.SYMTYPE; i.linkname = target; return i
+init = link("sbin/init", "/bin/busybox")
+make("absolute", [init, f("/etc/evil")])
+make("dotdot", [init, f("etc/../../evil")])
+make("symlink-out", [init, link("etc/x", "../../../../etc/shadow")])
+make("through-link", [init, link("etc/d", "/tmp"), f("etc/d/evil")])
+make("good", [init, f("etc/hostname"), link("etc/rel", "../sbin/init")])
+PY
+    expect_contains "$(expect_fail 2 "$BERTH" template import bad "$dir/absolute.tar")" "absolute path"
+    expect_contains "$(expect_fail 2 "$BERTH" template import bad "$dir/dotdot.tar")" "'..'"
+    expect_contains "$(expect_fail 2 "$BERTH" template import bad "$dir/symlink-out.tar")" "outside"
+    expect_contains "$(expect_fail 2 "$BERTH" template import bad "$dir/through-link.tar")" "through the symlink"
+    "$BERTH" template list | grep -q '^bad' && fail "rejected template was installed"
+    [ ! -e /evil ] && [ ! -e /tmp/evil ] || fail "an escaping entry was written"
+    "$BERTH" template import good "$dir/good.tar" >/dev/null
+    "$BERTH" template list | grep -q '^good'
+    "$BERTH" template remove good >/dev/null
+}
+
+t_twenty_concurrent() {
+    local names=() n
+    for i in $(seq 1 20); do names+=("$(vps_name p$i)"); done
+    for n in "${names[@]}"; do "$BERTH" create "$n" --template busybox --disk 64M >/dev/null & done; wait
+    local pids=()
+    for n in "${names[@]}"; do "$BERTH" start "$n" >/dev/null & pids+=($!); done
+    for p in "${pids[@]}"; do wait "$p" || fail "a concurrent start failed"; done
+    expect_eq "$("$BERTH" list | grep -c "$RUN_ID-p")" 20
+    pids=()
+    for n in "${names[@]}"; do "$BERTH" stop "$n" --kill >/dev/null & pids+=($!); done
+    for p in "${pids[@]}"; do wait "$p" || fail "a concurrent stop failed"; done
+    pids=()
+    for n in "${names[@]}"; do "$BERTH" destroy "$n" >/dev/null & pids+=($!); done
+    for p in "${pids[@]}"; do wait "$p" || fail "a concurrent destroy failed"; done
+    for n in "${names[@]}"; do [ -z "$(leftovers_of "$n")" ] || fail "leftovers of $n: $(leftovers_of "$n")"; done
+}
+
+run_test "create and start two VPSs" t_create_start
+run_test "init ran the template's startup scripts" t_init_ran_startup_scripts
+run_test "PID namespace: only the VPS's processes" t_pid_isolation
+run_test "mount namespace: host mounts invisible, /sys and /proc/sys read-only, masked paths" t_mount_isolation
+run_test "UTS namespace: own hostname" t_uts_isolation
+run_test "IPC and abstract sockets not shared" t_ipc_and_abstract_sockets
+run_test "network namespace: only lo" t_only_loopback
+run_test "minimal /dev, dropped capabilities, device cgroup, seccomp" t_dev_and_caps
+run_test "no agent fd, environment or cwd leaks into the VPS" t_no_agent_fds_or_env
+run_test "exec streams stdio and returns the exit code" t_exec_streams_and_exit_code
+run_test "enter gets a pty inside the VPS" t_enter_has_a_pty
+run_test "console replays output from before attach" t_console_ring_buffer
+run_test "a file written inside survives stop/start" t_file_survives_stop_start
+run_test "reboot inside restarts the VPS, poweroff stops it" t_reboot_and_poweroff_inside
+run_test "stop/restart/destroy leave nothing behind" t_stop_restart_destroy_leave_nothing
+run_test "agent kill -9 and restart re-adopts running VPSs" t_agent_kill9_readopts
+run_test "onboot VPSs start on the first agent start after a host boot" t_onboot_after_host_boot
+run_test "set applies limits live and saves them" t_set_live
+run_test "bad input: clear errors, nothing changes" t_bad_input
+run_test "a hand-broken config is reported and left alone" t_corrupt_config
+run_test "template import rejects absolute, .., escaping symlinks" t_template_import_rejects_escapes
+run_test "20 VPSs started and stopped concurrently" t_twenty_concurrent
+
+echo
+[ ${#FAILED_NAMES[@]} -eq 0 ] || printf 'failed: %s\n' "${FAILED_NAMES[@]}"
+echo "integration: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+[ "$FAILED" -eq 0 ]
