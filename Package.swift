@@ -63,6 +63,12 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "berth-spawn", dependencies: ["Isolation", "CIsolation"]),
+        // libFuzzer driver: Tests/fuzz/run.sh builds it with -sanitize=fuzzer.
+        .target(name: "CFuzzDriver", path: "Tests/fuzz/CFuzzDriver"),
+        .executableTarget(
+            name: "fuzz-decoders",
+            dependencies: ["CFuzzDriver", "Wire", "Isolation", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Tests/fuzz/FuzzDecoders"),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "IsolationTests", dependencies: ["Isolation"]),
         .testTarget(name: "NodeAgentTests", dependencies: ["NodeAgent", "Isolation", "Wire"]),

@@ -32,10 +32,9 @@ public struct CgroupV1Driver: CgroupDriver {
     public func create(_ name: String) throws(IsolationError) {
         for controller in present {
             let parentPath = "\(root)/\(controller)/\(parent)"
-            if !FileIO.isDirectory(parentPath) {
-                try FileIO.makeDirectories(parentPath)
-                if controller == "cpuset" { try inheritCpuset(parentPath) }
-            }
+            if !FileIO.isDirectory(parentPath) { try FileIO.makeDirectories(parentPath) }
+            // Also for an existing parent: one left empty by a crash would refuse every task.
+            if controller == "cpuset" { try inheritCpuset(parentPath) }
             let dir = path(controller, name)
             if mkdir(dir, 0o755) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir \(dir)") }
             if controller == "cpuset" { try inheritCpuset(dir) }

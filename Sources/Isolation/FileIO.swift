@@ -28,7 +28,8 @@ public enum FileIO {
 
     /// Writes `text` to an existing file in one write(2) call, as cgroupfs requires.
     public static func write(_ path: String, _ text: String) throws(IsolationError) {
-        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        // O_TRUNC is a no-op on cgroupfs/procfs and keeps plain files (test trees) exact.
+        let fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
         if fd < 0 { throw IsolationError.sys("open \(path)") }
         defer { close(fd) }
         try writeAll(fd: fd, Array(text.utf8), stage: "write \(text) to \(path)")

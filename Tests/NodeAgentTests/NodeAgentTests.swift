@@ -1,0 +1,174 @@
+import Foundation
+import Testing
+@testable import NodeAgent
+import Wire
+
+@Suite struct ValidationTests {
+    @Test(arguments: ["web1", "a", "0", "a-b-c", String(repeating: "x", count: 63)])
+    func acceptsNames(_ name: String) throws {
+        #expect(try Validation.name(name) == name)
+    }
+
+    @Test(arguments: ["", "-a", "Web", "a_b", "a.b", "a b", "ä", "../x", String(repeating: "x", count: 64)])
+    func rejectsNames(_ name: String) {
+        #expect(throws: AgentError.self) { try Validation.name(name) }
+    }
+
+    @Test func nameErrorsSayWhichField() {
+        do {
+            _ = try Validation.name("Bad", field: "template")
+        } catch let error as AgentError {
+            #expect(error.wireError.field == "template")
+            #expect(error.wireError.code == .invalidArgument)
+            #expect(error.description.contains("lowercase"))
+        } catch {
+            Issue.record("unexpected \(error)")
+        }
+    }
+
+    @Test func hostnames() throws {
+        #expect(try Validation.hostname("web1.example.com") == "web1.example.com")
+        for bad in ["", "-a", "a-", "a..b", "a_b", String(repeating: "a", count: 64)] {
+            #expect(throws: AgentError.self) { try Validation.hostname(bad) }
+        }
+    }
+
+    @Test func cpus() throws {
+        #expect(try Validation.cpus("2", onlineCPUs: 4) == "0-1")
+        #expect(try Validation.cpus("1", onlineCPUs: 4) == "0")
+        #expect(try Validation.cpus("0-1,3", onlineCPUs: 4) == "0-1,3")
+        for bad in ["0", "5", "0-4", "3-1", "a", "1,,2", "-1"] {
+            #expect(throws: AgentError.self) { try Validation.cpus(bad, onlineCPUs: 4) }
+        }
+    }
+
+    @Test func labels() throws {
+        try Validation.label(key: "tenant", value: "acme")
+        try Validation.label(key: "example.com/zone", value: "a b")
+        #expect(throws: AgentError.self) { try Validation.label(key: "", value: "x") }
+        #expect(throws: AgentError.self) { try Validation.label(key: "k", value: "a=b") }
+        #expect(throws: AgentError.self) { try Validation.label(key: "k", value: "line\nbreak") }
+    }
+}
+
+@Suite struct VPSConfigTests {
+    func sample() -> VPSConfig {
+        var config = VPSConfig(name: "web1", template: "busybox", hostname: "web1", labels: ["tenant": "acme"], onboot: true, stopSignal: 12)
+        config.limits.memoryBytes = 1 << 30
+        return config
+    }
+
+    @Test func roundTrips() throws {
+        let config = sample()
+        let decoded = try VPSConfig.decode(try config.encoded(), expectedName: "web1", path: "config.json")
+        #expect(decoded == config)
+    }
+
+    func corruption(_ mutate: (inout [String: Any]) -> Void, expect fragment: String) throws {
+        var object = try JSONSerialization.jsonObject(with: try sample().encoded()) as! [String: Any]
+        mutate(&object)
+        let data = try JSONSerialization.data(withJSONObject: object)
+        do {
+            _ = try VPSConfig.decode(data, expectedName: "web1", path: "config.json")
+            Issue.record("accepted a config with \(fragment)")
+        } catch let error as AgentError {
+            #expect(error.wireError.code == .corruptState)
+            #expect(error.description.contains(fragment), "\(error.description)")
+        }
+    }
+
+    @Test func rejectsUnknownMissingAndMistypedFields() throws {
+        try corruption({ $0["surprise"] = 1 }, expect: "unknown field(s) surprise")
+        try corruption({ var l = $0["limits"] as! [String: Any]; l["turbo"] = true; $0["limits"] = l }, expect: "limits.turbo")
+        try corruption({ $0["hostname"] = nil }, expect: "missing field hostname")
+        try corruption({ $0["onboot"] = "yes" }, expect: "wrong type at onboot")
+        try corruption({ $0["schemaVersion"] = 99 }, expect: "schema version 99")
+        try corruption({ $0["name"] = "other" }, expect: "does not match")
+        try corruption({ $0["hostname"] = "bad_host" }, expect: "host name")
+        try corruption({ $0["desiredState"] = "flying" }, expect: "desiredState")
+    }
+
+    @Test func rejectsNonJSON() {
+        #expect(throws: AgentError.self) { try VPSConfig.decode(Data("{\"name\":".utf8), expectedName: "web1", path: "c") }
+        #expect(throws: AgentError.self) { try VPSConfig.decode(Data("[]".utf8), expectedName: "web1", path: "c") }
+    }
+}
+
+/// Builds tar archives in memory (ustar headers) for the validator.
+enum TarBuilder {
+    static func header(_ name: String, type: Character = "0", link: String = "", size: Int = 0) -> [UInt8] {
+        var h = [UInt8](repeating: 0, count: 512)
+        func put(_ text: String, _ at: Int, _ length: Int) {
+            for (i, b) in Array(text.utf8).prefix(length).enumerated() { h[at + i] = b }
+        }
+        put(name, 0, 100)
+        put("0000644", 100, 8)
+        put("0000000", 108, 8)
+        put("0000000", 116, 8)
+        put(String(String(size, radix: 8).reversed()).padding(toLength: 11, withPad: "0", startingAt: 0).reversed().map(String.init).joined(), 124, 12)
+        put("00000000000", 136, 12)
+        h[156] = UInt8(ascii: type.unicodeScalars.first!)
+        put(link, 157, 100)
+        put("ustar", 257, 6)
+        put("00", 263, 2)
+        for i in 148..<156 { h[i] = 32 }
+        let sum = h.reduce(0) { $0 + Int($1) }
+        put(String(String(sum, radix: 8).reversed()).padding(toLength: 6, withPad: "0", startingAt: 0).reversed().map(String.init).joined(), 148, 6)
+        h[154] = 0
+        return h
+    }
+
+    static func archive(_ entries: [(String, Character, String, [UInt8])]) -> [UInt8] {
+        var out: [UInt8] = []
+        for (name, type, link, data) in entries {
+            out += header(name, type: type, link: link, size: data.count)
+            out += data + [UInt8](repeating: 0, count: (512 - data.count % 512) % 512)
+        }
+        return out + [UInt8](repeating: 0, count: 1024)
+    }
+}
+
+@Suite struct TarValidatorTests {
+    @Test func acceptsANormalRootfs() throws {
+        let tar = TarBuilder.archive([("./", "5", "", []), ("./bin/busybox", "0", "", [1, 2, 3]), ("./sbin/init", "2", "/bin/busybox", []),
+                                      ("./etc/rel", "2", "../bin/busybox", []), ("./bin/sh", "1", "bin/busybox", [])])
+        let entries = try TarValidator.validate(tar)
+        #expect(entries.map(\.path) == ["", "bin/busybox", "sbin/init", "etc/rel", "bin/sh"])
+    }
+
+    @Test func rejectsEscapes() {
+        let cases: [([(String, Character, String, [UInt8])], String)] = [
+            ([("/etc/passwd", "0", "", [])], "absolute"),
+            ([("a/../../x", "0", "", [])], "'..'"),
+            ([("etc/x", "2", "../../etc/shadow", [])], "outside"),
+            ([("etc", "2", "/tmp", []), ("etc/evil", "0", "", [])], "through the symlink"),
+            ([("x", "1", "/etc/shadow", [])], "absolute"),
+            ([("x", "1", "../y", [])], "'..'"),
+        ]
+        for (entries, fragment) in cases {
+            do {
+                _ = try TarValidator.validate(TarBuilder.archive(entries))
+                Issue.record("accepted \(entries.map(\.0))")
+            } catch let error as AgentError {
+                #expect(error.description.contains(fragment), "\(error.description)")
+                #expect(error.wireError.field == "tarball")
+            } catch {
+                Issue.record("unexpected \(error)")
+            }
+        }
+    }
+
+    @Test func rejectsGarbageAndTruncation() {
+        #expect(throws: AgentError.self) { try TarValidator.validate([UInt8](repeating: 0x41, count: 2048)) }
+        var tar = TarBuilder.archive([("big", "0", "", [UInt8](repeating: 1, count: 2000))])
+        tar.removeLast(2000)
+        #expect(throws: AgentError.self) { try TarValidator.validate(tar) }
+        #expect(throws: AgentError.self) { try TarValidator.validate([UInt8](repeating: 0, count: 1024)) }
+    }
+
+    @Test func honoursGNULongNames() {
+        let long = String(repeating: "d/", count: 60) + "../../../../../../../../../../../../../../../../../../../../../../../../../../../../../../../x"
+        let tar = TarBuilder.archive([("././@LongLink", "L", "", Array(long.utf8) + [0]), ("short", "0", "", [])])
+        #expect(throws: AgentError.self) { try TarValidator.validate(tar) }
+    }
+}
