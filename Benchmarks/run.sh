@@ -1,0 +1,108 @@
+#!/bin/bash
+# Berth benchmarks against crun on the same busybox rootfs, measured side by side in one run.
+#   BUILD=.build/release Benchmarks/run.sh [ROUNDS] [DENSITY_N]
+# Uses the shared anchor scripts (../shared/anchors) for crun's rootfs/bundle and the timing
+# harness; they are run from there, never copied here. Prints three tables:
+#   1. start: `berth start` (returns with init running) vs `crun run -d`, wall and CPU
+#   2. exec:  `berth exec v true` vs `crun exec id true`
+#   3. density: N running busybox VPSs: memory per VPS all-in, agent RSS, agent idle CPU
+set -u
+cd "$(dirname "$0")/.." || exit 1
+ROUNDS=${1:-30}
+DENSITY=${2:-200}
+ANCHORS=${ANCHORS:-$(cd ../shared/anchors 2>/dev/null && pwd)}
+[ -n "$ANCHORS" ] && [ -f "$ANCHORS/bench-lib.sh" ] || { echo "needs the shared anchor scripts (../shared/anchors)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+BUILD=$(cd "${BUILD:-.build/release}" && pwd)
+export ANCHOR_WORK=${ANCHOR_WORK:-/tmp/berth-bench-anchors}
+# bench-lib re-execs this script in a private mount namespace (crun 1.8 vs hybrid cgroups).
+source "$ANCHORS/bench-lib.sh"
+need_root
+hide_unified_cgroup2 "$@"
+[ -x "$ROOTFS/bin/busybox" ] && [ -f "$BUNDLE/config.json" ] || "$ANCHORS/make-rootfs.sh" >/dev/null
+
+RUN_ID=bench$$
+W=/tmp/berth-bench-$RUN_ID
+export BERTH_AGENT=$W/run/agent.sock
+B="$BUILD/berth"
+mkdir -p "$W"
+cleanup() {
+    crun delete -f bench-crun-d >/dev/null 2>&1
+    [ -n "${AGENT:-}" ] && kill -TERM "$AGENT" 2>/dev/null
+    WORK=$W RUN_ID=$RUN_ID CGROUP_PARENT=berth-$RUN_ID BUILD=$BUILD bash -c 'source Tests/integration/lib.sh; CGROUP_PARENT=berth-'"$RUN_ID"'; cleanup_all' >/dev/null 2>&1
+}
+trap cleanup EXIT
+"$BUILD/berth-agent" --data-dir "$W/data" --run-dir "$W/run" --socket "$BERTH_AGENT" --cgroup-parent "berth-$RUN_ID" --log-level warning >"$W/agent.log" 2>&1 &
+AGENT=$!
+for _ in $(seq 100); do "$B" list >/dev/null 2>&1 && break; sleep 0.05; done
+"$B" template build busybox >/dev/null
+
+# A long-running copy of the anchor bundle for crun run -d / crun exec (init = sleep).
+DBUNDLE=$W/bundle-d
+mkdir -p "$DBUNDLE"
+python3 - "$BUNDLE/config.json" "$DBUNDLE/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["process"]["args"] = ["/bin/sleep", "3600"]
+json.dump(c, open(sys.argv[2], "w"))
+PY
+
+echo "host: $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); crun $(crun --version | sed -n 1p | cut -d' ' -f3); berth $BUILD"
+echo
+echo "== 1. start: returns with init running (the pair's stop/delete runs after, unmeasured columns)"
+"$B" create bv --template busybox --disk 64M >/dev/null
+BENCH_ROTATE=0 bench "$ROUNDS" \
+    "crun run -d (sleep as init)" "crun run -d --bundle $DBUNDLE bench-crun-d" \
+    "berth start (busybox init)" "$B start bv" \
+    "  (crun delete -f)" "crun delete -f bench-crun-d" \
+    "  (berth stop --kill)" "$B stop bv --kill"
+
+echo
+echo "== 2. exec: run /bin/true in a running container"
+crun run -d --bundle "$DBUNDLE" bench-crun-d >/dev/null 2>&1
+"$B" start bv >/dev/null
+bench "$ROUNDS" \
+    "crun exec true" "crun exec bench-crun-d /bin/true" \
+    "berth exec true" "$B exec bv -- /bin/true"
+crun delete -f bench-crun-d >/dev/null 2>&1
+"$B" stop bv --kill >/dev/null
+
+echo
+echo "== 3. density: $DENSITY running busybox VPSs"
+meminfo() { awk -v k="$1:" '$1==k {print $2}' /proc/meminfo; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+pss_kb() { awk '/^Pss:/ {s+=$2} END {print s+0}' "/proc/$1/smaps_rollup" 2>/dev/null; }
+sync; echo 2 > /proc/sys/vm/drop_caches
+sleep 1
+slab0=$(meminfo Slab); ks0=$(meminfo KernelStack); pt0=$(meminfo PageTables); agent0=$(rss_kb $AGENT)
+t0=$EPOCHREALTIME
+for i in $(seq 1 "$DENSITY"); do "$B" create "d$i" --template busybox --disk 64M >/dev/null || exit 1; done
+t1=$EPOCHREALTIME
+for i in $(seq 1 "$DENSITY"); do "$B" start "d$i" >/dev/null || exit 1; done
+t2=$EPOCHREALTIME
+sleep 3
+slab1=$(meminfo Slab); ks1=$(meminfo KernelStack); pt1=$(meminfo PageTables); agent1=$(rss_kb $AGENT)
+charged=0; monitors=0; monitor_rss=0
+for i in $(seq 1 "$DENSITY"); do
+    f=/sys/fs/cgroup/memory/berth-$RUN_ID/d$i/memory.usage_in_bytes
+    [ -f "$f" ] || f=/sys/fs/cgroup/berth-$RUN_ID/d$i/memory.current
+    charged=$((charged + $(cat "$f") / 1024))
+    m=$(sed -n 's/^monitor=//p' "$W/run/d$i/state")
+    monitors=$((monitors + $(pss_kb "$m"))); monitor_rss=$((monitor_rss + $(rss_kb "$m")))
+done
+read -r _ _ _ _ _ _ _ _ _ _ _ _ _ u0 s0 _ < "/proc/$AGENT/stat"
+sleep 10
+read -r _ _ _ _ _ _ _ _ _ _ _ _ _ u1 s1 _ < "/proc/$AGENT/stat"
+hz=$(getconf CLK_TCK)
+idle_pct=$(python3 -c "print(f'{($u1+$s1-$u0-$s0)/$hz/10*100:.2f}')")
+slab=$((slab1 - slab0)); ks=$((ks1 - ks0)); pt=$((pt1 - pt0))
+total=$((charged + monitors + slab + ks + pt))
+printf '%-44s %10s %12s\n' "figure" "total kB" "per VPS kB"
+for row in "cgroup-charged (VPS processes + their kernel objects):$charged" "monitor processes (PSS; RSS sum $monitor_rss kB):$monitors" \
+           "slab growth:$slab" "kernel stacks:$ks" "page tables:$pt" "all-in:$total"; do
+    printf '%-44s %10d %12d\n' "${row%%:*}" "${row##*:}" $(( ${row##*:} / DENSITY ))
+done
+echo "all-in per VPS: $(python3 -c "print(f'{$total/$DENSITY/1024:.2f}')") MiB (target <= 0.5 MiB)"
+echo "agent RSS: $((agent0 / 1024)) MiB idle before, $((agent1 / 1024)) MiB with $DENSITY VPSs; agent idle CPU over 10 s: ${idle_pct}% of one CPU (target < 1 %)"
+echo "create $DENSITY: $(python3 -c "print(f'{($t1-$t0)*1000/$DENSITY:.1f}')") ms/VPS; start $DENSITY sequentially: $(python3 -c "print(f'{($t2-$t1)*1000/$DENSITY:.1f}')") ms/VPS"
+echo
+echo "density figures: MemAvailable and Slab move with other work on this machine; run on a quiet host."
