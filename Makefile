@@ -41,7 +41,7 @@ demo-stop:
 # Start/exec/density against crun on the same busybox rootfs (release build).
 bench: deps
 	@BERTH_BENCH=1 ./scripts/install-deps.sh
-	$(SWIFT) build -c release
+	$(SWIFT) build -c release --static-swift-stdlib
 	@BUILD=$(RELEASE) ./Benchmarks/run.sh
 
 # Regenerates Sources/Wire/berth.pb.swift with Debian's protoc and a locally built plugin.

@@ -44,6 +44,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // The cluster control plane; today its pure scheduler (no I/O, unit-tested in memory).
+        .target(name: "Controller"),
         .executableTarget(
             name: "berth",
             dependencies: [
@@ -71,6 +73,7 @@ let package = Package(
             path: "Tests/fuzz/FuzzDecoders"),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "IsolationTests", dependencies: ["Isolation"]),
+        .testTarget(name: "ControllerTests", dependencies: ["Controller"]),
         .testTarget(name: "NodeAgentTests", dependencies: ["NodeAgent", "Isolation", "Wire"]),
     ],
     // Swift 5 language mode: NIO channel handlers and the syscall layer share mutable state

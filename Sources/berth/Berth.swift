@@ -1,5 +1,7 @@
 import ArgumentParser
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOCore
 import NIOPosix
 import Wire
@@ -25,12 +27,12 @@ struct ConnectionOptions: ParsableArguments {
     var configDir: String?
 
     var socketPath: String {
-        agent ?? ProcessInfo.processInfo.environment["BERTH_AGENT"] ?? "/run/berth/agent.sock"
+        agent ?? environment("BERTH_AGENT") ?? "/run/berth/agent.sock"
     }
 
     /// Runs `body` against the agent; wire errors become one stderr line and a documented exit code.
     func withClient<T>(_ body: (WireClient) async throws -> T) async throws -> T {
-        if let controller = controller ?? ProcessInfo.processInfo.environment["BERTH_CONTROLLER"], !controller.isEmpty {
+        if let controller = controller ?? environment("BERTH_CONTROLLER"), !controller.isEmpty {
             fail(WireError(.unavailable, "cluster mode (--controller \(controller)) is not available in this release yet; omit it to use the local agent"))
         }
         let client: WireClient
@@ -50,7 +52,7 @@ struct ConnectionOptions: ParsableArguments {
 }
 
 func fail(_ error: WireError) -> Never {
-    FileHandle.standardError.write(Data("berth: \(error.message)\n".utf8))
+    writeErr("berth: \(error.message)\n")
     exit(error.exitCode)
 }
 
@@ -63,7 +65,7 @@ func request(_ build: (inout Berth_V1_Request) -> Void) -> Berth_V1_Request {
 /// A progress line on stderr (only when it is a terminal, so scripts get clean output).
 func showProgress(_ progress: Berth_V1_Progress) {
     guard isatty(2) != 0 else { return }
-    FileHandle.standardError.write(Data("… \(progress.step)\n".utf8))
+    writeErr("… \(progress.step)\n")
 }
 
 extension Berth_V1_VpsStatus {
@@ -81,24 +83,19 @@ extension Berth_V1_VpsStatus {
         return parts.joined(separator: " ")
     }
 
-    var json: [String: Any] {
-        var limits: [String: Any] = ["disk_bytes": self.limits.diskBytes]
-        if self.limits.memoryBytes > 0 { limits["memory_bytes"] = self.limits.memoryBytes }
-        if self.limits.swapBytes > 0 { limits["swap_bytes"] = self.limits.swapBytes }
-        if self.limits.pids > 0 { limits["pids"] = self.limits.pids }
-        if self.limits.cpuUnits > 0 { limits["cpu_units"] = self.limits.cpuUnits }
-        if self.limits.cpuLimitPct > 0 { limits["cpu_limit_pct"] = self.limits.cpuLimitPct }
-        if !self.limits.cpus.isEmpty { limits["cpus"] = self.limits.cpus }
-        if self.limits.files > 0 { limits["files"] = self.limits.files }
-        if self.limits.diskInodes > 0 { limits["disk_inodes"] = self.limits.diskInodes }
-        return ["name": name, "state": state, "hostname": hostname, "ips": ips, "template": template, "node": node,
-                "pid": pid, "labels": labels, "onboot": onboot, "limits": limits, "last_exit": lastExit,
-                "started_at": startedAtUnix]
+    var json: JSON {
+        var limits: [String: JSON] = ["disk_bytes": .int(Int64(self.limits.diskBytes))]
+        if self.limits.memoryBytes > 0 { limits["memory_bytes"] = .int(Int64(self.limits.memoryBytes)) }
+        if self.limits.swapBytes > 0 { limits["swap_bytes"] = .int(Int64(self.limits.swapBytes)) }
+        if self.limits.pids > 0 { limits["pids"] = .int(Int64(self.limits.pids)) }
+        if self.limits.cpuUnits > 0 { limits["cpu_units"] = .int(Int64(self.limits.cpuUnits)) }
+        if self.limits.cpuLimitPct > 0 { limits["cpu_limit_pct"] = .int(Int64(self.limits.cpuLimitPct)) }
+        if !self.limits.cpus.isEmpty { limits["cpus"] = .string(self.limits.cpus) }
+        if self.limits.files > 0 { limits["files"] = .int(Int64(self.limits.files)) }
+        if self.limits.diskInodes > 0 { limits["disk_inodes"] = .int(Int64(self.limits.diskInodes)) }
+        return .object(["name": .string(name), "state": .string(state), "hostname": .string(hostname),
+                        "ips": .array(ips.map(JSON.string)), "template": .string(template), "node": .string(node),
+                        "pid": .int(Int64(pid)), "labels": .object(labels.mapValues(JSON.string)), "onboot": .bool(onboot),
+                        "limits": .object(limits), "last_exit": .string(lastExit), "started_at": .int(startedAtUnix)])
     }
-}
-
-func printJSON(_ value: Any) {
-    let data = (try? JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys])) ?? Data("null".utf8)
-    FileHandle.standardOutput.write(data)
-    FileHandle.standardOutput.write(Data("\n".utf8))
 }

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Foundation
 import Wire
 
 /// The resource and identity flags shared by create and set (DESIGN.md CLI contract).
@@ -143,7 +142,10 @@ struct TemplateCommand: AsyncParsableCommand {
             let response = try await connection.withClient { try await $0.call(request { $0.templateList = Berth_V1_Empty() }) }
             let templates = response.templates.templates
             if json {
-                printJSON(templates.map { ["name": $0.name, "source": $0.source, "size_bytes": $0.sizeBytes, "created": $0.createdUnix] as [String: Any] })
+                printJSON(.array(templates.map {
+                    .object(["name": .string($0.name), "source": .string($0.source), "size_bytes": .int(Int64($0.sizeBytes)),
+                             "created": .int($0.createdUnix)])
+                }))
                 return
             }
             for t in templates { print("\(t.name)\t\(ByteSize.format(t.sizeBytes / 1024 * 1024))\t\(t.source)") }
@@ -174,7 +176,7 @@ struct TemplateCommand: AsyncParsableCommand {
         @Argument(help: "Tarball path on this node.") var tarball: String
 
         func run() async throws {
-            let path = URL(fileURLWithPath: tarball).standardizedFileURL.path
+            let path = absolutePath(tarball)
             let response = try await connection.withClient {
                 try await $0.call(request {
                     $0.templateImport.name = name

@@ -1,6 +1,9 @@
 import ArgumentParser
-import Foundation
+import Dispatch
 import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
 import Wire
 
 struct Exec: AsyncParsableCommand {
@@ -21,7 +24,7 @@ struct Exec: AsyncParsableCommand {
             variables[String(item[..<eq])] = String(item[item.index(after: eq)...])
         }
         let code = try await runSession(connection: connection, name: name, argv: command, tty: tty, env: variables)
-        Foundation.exit(code)
+        Glibc.exit(code)
     }
 }
 
@@ -32,8 +35,8 @@ struct Enter: AsyncParsableCommand {
     @Option(help: "Shell to run.") var shell = "/bin/sh"
 
     func run() async throws {
-        let code = try await runSession(connection: connection, name: name, argv: [shell, "-l"], tty: true, env: ["TERM": ProcessInfo.processInfo.environment["TERM"] ?? "xterm"])
-        Foundation.exit(code)
+        let code = try await runSession(connection: connection, name: name, argv: [shell, "-l"], tty: true, env: ["TERM": environment("TERM") ?? "xterm"])
+        Glibc.exit(code)
     }
 }
 
@@ -47,7 +50,7 @@ struct Console: AsyncParsableCommand {
     func run() async throws {
         try await connection.withClient { client in
             let call = try await client.start(request { $0.console.name = name })
-            FileHandle.standardError.write(Data("berth: attached to the console of \(name); Ctrl-] detaches\r\n".utf8))
+            writeErr("berth: attached to the console of \(name); Ctrl-] detaches\r\n")
             let terminal = RawTerminal()
             defer { terminal.restore() }
             forwardStdin(call, detachByte: 0x1d)
@@ -60,7 +63,7 @@ struct Console: AsyncParsableCommand {
                 }
             }
         }
-        FileHandle.standardError.write(Data("\r\nberth: detached\r\n".utf8))
+        writeErr("\r\nberth: detached\r\n")
     }
 }
 
@@ -113,7 +116,8 @@ func writeAll(_ fd: Int32, _ buffer: ByteBuffer) {
 /// Copies our stdin to the call on a plain thread (blocking reads); the send futures give
 /// back-pressure. `detachByte` (console: Ctrl-]) ends the input instead of being sent.
 func forwardStdin(_ call: ClientCall, detachByte: UInt8?) {
-    Thread.detachNewThread {
+    // A dedicated thread: the reads block, which must not tie up the concurrency pool.
+    PosixThread.detach {
         var buffer = [UInt8](repeating: 0, count: 32768)
         while true {
             let n = read(0, &buffer, buffer.count)
@@ -168,5 +172,23 @@ final class RawTerminal {
     func restore() {
         if active { tcsetattr(0, TCSANOW, &saved) }
         active = false
+    }
+}
+
+/// A detached POSIX thread (Foundation's Thread is not linked into the CLI).
+enum PosixThread {
+    final class Box {
+        let body: () -> Void
+        init(_ body: @escaping () -> Void) { self.body = body }
+    }
+
+    static func detach(_ body: @escaping () -> Void) {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
+            return nil
+        }, box)
+        if rc == 0 { pthread_detach(thread) } else { Unmanaged<Box>.fromOpaque(box).release() }
     }
 }

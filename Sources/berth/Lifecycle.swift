@@ -1,5 +1,4 @@
 import ArgumentParser
-import Foundation
 import Wire
 
 struct Start: AsyncParsableCommand {
@@ -94,14 +93,15 @@ struct List: AsyncParsableCommand {
             })
         }
         let vpses = response.list.vpses
-        if json { printJSON(vpses.map(\.json)); return }
+        if json { printJSON(.array(vpses.map(\.json))); return }
         let rows = [["NAME", "STATE", "PID", "HOSTNAME", "TEMPLATE", "IPS"]] + vpses.map {
             [$0.name, $0.state, $0.pid == 0 ? "-" : String($0.pid), $0.hostname, $0.template, $0.ips.isEmpty ? "-" : $0.ips.joined(separator: ",")]
         }
         let widths = (0..<6).map { column in rows.map { $0[column].count }.max() ?? 0 }
         for row in rows {
-            print(row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
-                .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+            var line = row.enumerated().map { $0.element.padded(to: widths[$0.offset]) }.joined(separator: "  ")
+            while line.last == " " { line.removeLast() }
+            print(line)
         }
     }
 }

@@ -17,6 +17,7 @@ agent_start() {
     "$BUILD/berth-agent" --data-dir "$WORK/data" --run-dir "$WORK/run" --socket "$BERTH_AGENT" \
         --cgroup-parent "$CGROUP_PARENT" --name "node-$RUN_ID" >>"$WORK/agent.log" 2>&1 &
     AGENT_PID=$!
+    disown "$AGENT_PID" 2>/dev/null || true   # no "Killed" job notice when a test kill -9s it
     echo "$AGENT_PID" >"$WORK/agent.pid"   # tests run in subshells: the pid lives in a file
     for _ in $(seq 100); do [ -S "$BERTH_AGENT" ] && "$BERTH" list >/dev/null 2>&1 && return 0; sleep 0.05; done
     echo "agent did not come up; log:" >&2; cat "$WORK/agent.log" >&2; return 1

@@ -1,0 +1,160 @@
+/// Placement of VPSs on nodes: a pure function of a snapshot, no I/O, so it is tested with an
+/// in-memory harness and can be run by the controller on every request.
+public enum NodeState: String, Sendable {
+    case ready, cordoned, draining, down
+}
+
+public struct NodeSnapshot: Sendable, Equatable {
+    public var name: String
+    public var state: NodeState
+    public var labels: [String: String]
+    /// Allocatable capacity (already net of host reservations).
+    public var cpuMillis: UInt64
+    public var memoryBytes: UInt64
+    public var diskBytes: UInt64
+    /// What placed VPSs have committed.
+    public var usedCpuMillis: UInt64 = 0
+    public var usedMemoryBytes: UInt64 = 0
+    public var usedDiskBytes: UInt64 = 0
+    /// Anti-affinity groups that already have a member here.
+    public var groups: Set<String> = []
+
+    public init(name: String, state: NodeState = .ready, labels: [String: String] = [:],
+                cpuMillis: UInt64, memoryBytes: UInt64, diskBytes: UInt64) {
+        self.name = name
+        self.state = state
+        self.labels = labels
+        self.cpuMillis = cpuMillis
+        self.memoryBytes = memoryBytes
+        self.diskBytes = diskBytes
+    }
+}
+
+public struct PlacementRequest: Sendable, Equatable {
+    public var cpuMillis: UInt64
+    public var memoryBytes: UInt64
+    public var diskBytes: UInt64
+    /// Every constraint must equal the node's label.
+    public var constraints: [String: String]
+    public var antiAffinityGroup: String?
+
+    public init(cpuMillis: UInt64 = 0, memoryBytes: UInt64 = 0, diskBytes: UInt64 = 0,
+                constraints: [String: String] = [:], antiAffinityGroup: String? = nil) {
+        self.cpuMillis = cpuMillis
+        self.memoryBytes = memoryBytes
+        self.diskBytes = diskBytes
+        self.constraints = constraints
+        self.antiAffinityGroup = antiAffinityGroup
+    }
+}
+
+public struct SchedulerPolicy: Sendable, Equatable {
+    public enum Strategy: String, Sendable { case binpack, spread }
+    public var strategy: Strategy
+    /// Overcommit ratios: capacity × ratio is what may be committed (1.0 = none).
+    public var cpuOvercommit: Double
+    public var memoryOvercommit: Double
+    public var diskOvercommit: Double
+
+    public init(strategy: Strategy = .spread, cpuOvercommit: Double = 4.0, memoryOvercommit: Double = 1.0, diskOvercommit: Double = 1.0) {
+        self.strategy = strategy
+        self.cpuOvercommit = cpuOvercommit
+        self.memoryOvercommit = memoryOvercommit
+        self.diskOvercommit = diskOvercommit
+    }
+}
+
+/// Why nodes were filtered out, counted per reason, for "no node fits: …" messages.
+public enum Rejection: String, Sendable, CaseIterable, Comparable {
+    case down, cordoned, draining, constraint = "constraint mismatch", antiAffinity = "anti-affinity"
+    case cpu = "insufficient cpu", memory = "insufficient memory", disk = "insufficient disk"
+
+    public static func < (a: Rejection, b: Rejection) -> Bool { a.rawValue < b.rawValue }
+}
+
+public enum Placement: Sendable, Hashable {
+    case node(String)
+    case noFit([Rejection: Int])
+
+    /// "no node fits: 8 insufficient memory, 3 cordoned, 1 anti-affinity" (largest count first).
+    public var explanation: String {
+        switch self {
+        case .node(let name): return "placed on \(name)"
+        case .noFit(let counts):
+            if counts.isEmpty { return "no node fits: the cluster has no nodes" }
+            let parts = counts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.map { "\($0.value) \($0.key.rawValue)" }
+            return "no node fits: " + parts.joined(separator: ", ")
+        }
+    }
+}
+
+public struct Scheduler: Sendable {
+    public var policy: SchedulerPolicy
+
+    public init(policy: SchedulerPolicy = SchedulerPolicy()) { self.policy = policy }
+
+    /// The first reason `node` cannot take `request`, or nil when it fits.
+    public func rejection(of node: NodeSnapshot, for request: PlacementRequest) -> Rejection? {
+        switch node.state {
+        case .down: return .down
+        case .cordoned: return .cordoned
+        case .draining: return .draining
+        case .ready: break
+        }
+        for (key, value) in request.constraints where node.labels[key] != value { return .constraint }
+        if let group = request.antiAffinityGroup, node.groups.contains(group) { return .antiAffinity }
+        if !fits(node.usedCpuMillis, request.cpuMillis, node.cpuMillis, policy.cpuOvercommit) { return .cpu }
+        if !fits(node.usedMemoryBytes, request.memoryBytes, node.memoryBytes, policy.memoryOvercommit) { return .memory }
+        if !fits(node.usedDiskBytes, request.diskBytes, node.diskBytes, policy.diskOvercommit) { return .disk }
+        return nil
+    }
+
+    func fits(_ used: UInt64, _ wanted: UInt64, _ capacity: UInt64, _ ratio: Double) -> Bool {
+        let (sum, overflow) = used.addingReportingOverflow(wanted)
+        return !overflow && Double(sum) <= Double(capacity) * ratio
+    }
+
+    /// Share of the node's memory+cpu committed after placing `request` (0 = empty, 1 = full).
+    func load(_ node: NodeSnapshot, with request: PlacementRequest) -> Double {
+        let memory = node.memoryBytes == 0 ? 1 : Double(node.usedMemoryBytes + request.memoryBytes) / (Double(node.memoryBytes) * policy.memoryOvercommit)
+        let cpu = node.cpuMillis == 0 ? 1 : Double(node.usedCpuMillis + request.cpuMillis) / (Double(node.cpuMillis) * policy.cpuOvercommit)
+        return (memory + cpu) / 2
+    }
+
+    /// Picks a node: binpack prefers the fullest node that fits, spread the emptiest; ties go to
+    /// the lexically smallest name so placement is deterministic.
+    public func place(_ request: PlacementRequest, on nodes: [NodeSnapshot]) -> Placement {
+        var best: (name: String, score: Double)?
+        var rejections: [Rejection: Int] = [:]
+        for node in nodes {
+            if let reason = rejection(of: node, for: request) {
+                rejections[reason, default: 0] += 1
+                continue
+            }
+            let load = load(node, with: request)
+            let score = policy.strategy == .binpack ? load : -load
+            if best == nil || score > best!.score || (score == best!.score && node.name < best!.name) {
+                best = (node.name, score)
+            }
+        }
+        if let best { return .node(best.name) }
+        return .noFit(rejections)
+    }
+
+    /// Places a batch in order, committing each placement to the snapshot before the next.
+    public func placeAll(_ requests: [PlacementRequest], on nodes: [NodeSnapshot]) -> [Placement] {
+        var nodes = nodes
+        var index: [String: Int] = [:]
+        for (i, node) in nodes.enumerated() { index[node.name] = i }
+        return requests.map { request in
+            let placement = place(request, on: nodes)
+            if case .node(let name) = placement, let i = index[name] {
+                nodes[i].usedCpuMillis += request.cpuMillis
+                nodes[i].usedMemoryBytes += request.memoryBytes
+                nodes[i].usedDiskBytes += request.diskBytes
+                if let group = request.antiAffinityGroup { nodes[i].groups.insert(group) }
+            }
+            return placement
+        }
+    }
+}
