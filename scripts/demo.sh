@@ -8,7 +8,8 @@ BUILD=$(cd "${BUILD:-.build/debug}" && pwd)
 BERTH="$BUILD/berth"
 export BERTH_AGENT=/run/berth/agent.sock
 PIDFILE=/run/berth/demo-agent.pid
-say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+# say COMMAND [COMMENT]: shows what runs next, the way an operator would type it.
+say() { printf '\n\033[1m$ %s\033[0m  %s\n' "$1" "${2:-}"; }
 
 if [ "${1:-}" = stop ]; then
     for v in demo1 demo2; do "$BERTH" destroy "$v" --force 2>/dev/null || true; done
@@ -27,29 +28,29 @@ if ! "$BERTH" list >/dev/null 2>&1; then
 fi
 for v in demo1 demo2; do "$BERTH" destroy "$v" --force >/dev/null 2>&1 || true; done
 
-say berth template build busybox
+say "berth template build busybox"
 "$BERTH" template build busybox
-say berth create demo1 --template busybox --memory 256M --pids 200 --label tenant=acme
+say "berth create demo1 --template busybox --memory 256M --pids 200 --label tenant=acme"
 "$BERTH" create demo1 --template busybox --memory 256M --pids 200 --label tenant=acme
-say berth create demo2 --template busybox --hostname shop.example --cpu-units 500
+say "berth create demo2 --template busybox --hostname shop.example --cpu-units 500"
 "$BERTH" create demo2 --template busybox --hostname shop.example --cpu-units 500
-say berth start demo1 \&\& berth start demo2
+say "berth start demo1 && berth start demo2"
 "$BERTH" start demo1
 "$BERTH" start demo2
 sleep 0.3
-say berth list
+say "berth list"
 "$BERTH" list
-say berth exec demo1 -- ps            "# only demo1's own processes; its init is PID 1"
+say "berth exec demo1 -- ps" "# only demo1's own processes; its init is PID 1"
 "$BERTH" exec demo1 -- ps
-say berth exec demo2 -- hostname
+say "berth exec demo2 -- hostname"
 "$BERTH" exec demo2 -- hostname
-say berth exec demo1 -- ls /sys/class/net   "# its own network namespace"
+say "berth exec demo1 -- ls /sys/class/net" "# its own network namespace"
 "$BERTH" exec demo1 -- ls /sys/class/net
-say berth exec demo1 -- sh -c 'cat /run/boot-complete; mount | wc -l'   "# rcS ran; a private mount table"
+say "berth exec demo1 -- sh -c 'cat /run/boot-complete; mount | wc -l'" "# rcS ran; a private mount table"
 "$BERTH" exec demo1 -- sh -c 'cat /run/boot-complete; mount | wc -l'
-say berth exec demo2 -- mount -t tmpfs x /mnt   "# no CAP_SYS_ADMIN inside"
+say "berth exec demo2 -- mount -t tmpfs x /mnt" "# no CAP_SYS_ADMIN inside"
 "$BERTH" exec demo2 -- mount -t tmpfs x /mnt || true
-say berth status demo1 --json
+say "berth status demo1 --json"
 "$BERTH" status demo1 --json
 cat <<EOT
 

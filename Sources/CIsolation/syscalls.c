@@ -86,22 +86,21 @@ int berth_open_pty_peer(int master_fd, int flags) {
     return ioctl(master_fd, TIOCGPTPEER, flags | O_NOCTTY);
 }
 
-int berth_open_in_root(int root_fd, const char *path, int flags, mode_t mode) {
+static int open_with_resolve(int dir_fd, const char *path, int flags, mode_t mode, unsigned long long resolve) {
     struct open_how how;
     memset(&how, 0, sizeof how);
     how.flags = (unsigned long long)(flags | O_CLOEXEC);
     how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;
-    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
-    return (int)syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+    how.resolve = resolve;
+    return (int)syscall(SYS_openat2, dir_fd, path, &how, sizeof how);
+}
+
+int berth_open_in_root(int root_fd, const char *path, int flags, mode_t mode) {
+    return open_with_resolve(root_fd, path, flags, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV);
 }
 
 int berth_open_beneath_nofollow(int dir_fd, const char *path, int flags, mode_t mode) {
-    struct open_how how;
-    memset(&how, 0, sizeof how);
-    how.flags = (unsigned long long)(flags | O_CLOEXEC);
-    how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;
-    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-    return (int)syscall(SYS_openat2, dir_fd, path, &how, sizeof how);
+    return open_with_resolve(dir_fd, path, flags, mode, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
 }
 
 int berth_loop_attach(const char *image, int read_only, char *devpath, size_t devpath_len) {
