@@ -63,7 +63,7 @@ struct VPSSettings: ParsableArguments {
 }
 
 struct Create: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Create a VPS from a template (it stays stopped until 'berth start').")
+    static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a VPS from a template (it stays stopped until 'berth start').")
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name: lowercase letters, digits and '-', at most 63.") var name: String
     @Option(help: "Template to create the VPS from (see 'berth template list').") var template: String

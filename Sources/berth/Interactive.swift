@@ -8,7 +8,7 @@ import Wire
 
 struct Exec: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a command inside a running VPS; its exit code becomes berth's.",
+        commandName: "exec", abstract: "Run a command inside a running VPS; its exit code becomes berth's.",
         discussion: "stdin, stdout and stderr are streamed. Example: berth exec web1 -- apt-get install -y nginx")
     @OptionGroup var connection: ConnectionOptions
     @Flag(name: .shortAndLong, help: "Allocate a terminal inside the VPS.") var tty = false
@@ -29,7 +29,7 @@ struct Exec: AsyncParsableCommand {
 }
 
 struct Enter: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Open an interactive shell inside a running VPS.")
+    static let configuration = CommandConfiguration(commandName: "enter", abstract: "Open an interactive shell inside a running VPS.")
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name.") var name: String
     @Option(help: "Shell to run.") var shell = "/bin/sh"
@@ -42,7 +42,7 @@ struct Enter: AsyncParsableCommand {
 
 struct Console: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Attach to a VPS's console (/dev/console); Ctrl-] detaches.",
+        commandName: "console", abstract: "Attach to a VPS's console (/dev/console); Ctrl-] detaches.",
         discussion: "Output the VPS wrote while nobody was attached is replayed first (bounded buffer).")
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name.") var name: String

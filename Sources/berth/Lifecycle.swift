@@ -2,7 +2,7 @@ import ArgumentParser
 import Wire
 
 struct Start: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Boot a stopped VPS; returns once its init runs.")
+    static let configuration = CommandConfiguration(commandName: "start", abstract: "Boot a stopped VPS; returns once its init runs.")
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name.") var name: String
 
@@ -13,7 +13,7 @@ struct Start: AsyncParsableCommand {
 }
 
 struct Stop: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Shut a VPS down the distribution's way, then kill what is left.")
+    static let configuration = CommandConfiguration(commandName: "stop", abstract: "Shut a VPS down the distribution's way, then kill what is left.")
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name.") var name: String
     @Option(help: "Seconds to wait for a clean shutdown before killing (default 30).") var timeout: UInt32?
@@ -32,7 +32,7 @@ struct Stop: AsyncParsableCommand {
 }
 
 struct Restart: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Stop (if running) and start a VPS.")
+    static let configuration = CommandConfiguration(commandName: "restart", abstract: "Stop (if running) and start a VPS.")
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name.") var name: String
 
@@ -43,7 +43,7 @@ struct Restart: AsyncParsableCommand {
 }
 
 struct Destroy: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Delete a VPS and its disk. Refuses a running VPS unless --force.")
+    static let configuration = CommandConfiguration(commandName: "destroy", abstract: "Delete a VPS and its disk. Refuses a running VPS unless --force.")
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name.") var name: String
     @Flag(help: "Kill the VPS first if it is running.") var force = false
@@ -60,7 +60,7 @@ struct Destroy: AsyncParsableCommand {
 }
 
 struct Status: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "One line (or JSON) describing a VPS.")
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "One line (or JSON) describing a VPS.")
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name.") var name: String
     @Flag(help: "Print JSON.") var json = false
@@ -72,7 +72,7 @@ struct Status: AsyncParsableCommand {
 }
 
 struct List: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List running VPSs (--all: every VPS).")
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List running VPSs (--all: every VPS).")
     @OptionGroup var connection: ConnectionOptions
     @Flag(help: "Include stopped VPSs.") var all = false
     @Flag(help: "Print a JSON array of status objects.") var json = false
