@@ -37,14 +37,24 @@ public struct CgroupLimits: Equatable, Sendable {
     public static func cfsQuota(percent: UInt32) -> UInt64 { UInt64(percent) * cfsPeriodMicroseconds / 100 }
 }
 
-/// Usage counters in the beancounter shape (held, peak, limit, failcount) — the subset this
-/// layer reads today.
+/// Usage counters in the beancounter shape (held, peak, limit, failcount). A nil limit means
+/// unlimited; a peak of 0 means the kernel does not track it for that resource.
 public struct CgroupUsage: Equatable, Sendable {
     public var memoryBytes: UInt64 = 0
     public var memoryPeakBytes: UInt64 = 0
+    public var memoryLimitBytes: UInt64?
     public var memoryFailcount: UInt64 = 0
+    public var swapBytes: UInt64 = 0
+    public var swapPeakBytes: UInt64 = 0
+    public var swapLimitBytes: UInt64?
+    public var swapFailcount: UInt64 = 0
     public var pids: UInt64 = 0
+    public var pidsPeak: UInt64 = 0
+    public var pidsLimit: UInt64?
+    public var pidsFailcount: UInt64 = 0
     public var cpuNanoseconds: UInt64 = 0
+    public var cpuThrottledPeriods: UInt64 = 0
+    public var cpuThrottledNanoseconds: UInt64 = 0
     public init() {}
 }
 
@@ -96,6 +106,21 @@ func removeCgroupDirectory(_ path: String) throws(IsolationError) {
         if errno != EBUSY || attempt == 49 { throw IsolationError.sys("rmdir \(path)") }
         usleep(20_000)
     }
+}
+
+/// A limit file's value: "max" and v1's "unlimited" (a value near 2^63) read as nil.
+func readLimit(_ path: String) -> UInt64? {
+    guard let value = readNumber(path) else { return nil }
+    return value >= 1 << 62 ? nil : value
+}
+
+/// "key value" lines (memory.events, cpu.stat, pids.events).
+func readKeyed(_ file: String, _ key: String) -> UInt64? {
+    for line in (FileIO.read(file) ?? "").split(separator: "\n") {
+        let parts = line.split(separator: " ")
+        if parts.count == 2 && parts[0] == key { return UInt64(parts[1]) }
+    }
+    return nil
 }
 
 func readNumber(_ path: String) -> UInt64? {

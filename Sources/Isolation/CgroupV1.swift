@@ -134,9 +134,26 @@ public struct CgroupV1Driver: CgroupDriver {
         let memory = path("memory", name)
         usage.memoryBytes = readNumber(memory + "/memory.usage_in_bytes") ?? 0
         usage.memoryPeakBytes = readNumber(memory + "/memory.max_usage_in_bytes") ?? 0
+        usage.memoryLimitBytes = readLimit(memory + "/memory.limit_in_bytes")
         usage.memoryFailcount = readNumber(memory + "/memory.failcnt") ?? 0
-        usage.pids = readNumber(path("pids", name) + "/pids.current") ?? 0
+        // v1 accounts memory+swap together: swap is the difference.
+        if let memsw = readNumber(memory + "/memory.memsw.usage_in_bytes") {
+            usage.swapBytes = memsw > usage.memoryBytes ? memsw - usage.memoryBytes : 0
+            let peak = readNumber(memory + "/memory.memsw.max_usage_in_bytes") ?? 0
+            usage.swapPeakBytes = peak > usage.memoryPeakBytes ? peak - usage.memoryPeakBytes : 0
+            if let limit = readLimit(memory + "/memory.memsw.limit_in_bytes"), let memoryLimit = usage.memoryLimitBytes {
+                usage.swapLimitBytes = limit > memoryLimit ? limit - memoryLimit : 0
+            }
+            usage.swapFailcount = readNumber(memory + "/memory.memsw.failcnt") ?? 0
+        }
+        let pids = path("pids", name)
+        usage.pids = readNumber(pids + "/pids.current") ?? 0
+        usage.pidsPeak = readNumber(pids + "/pids.peak") ?? 0
+        usage.pidsLimit = readLimit(pids + "/pids.max")
+        usage.pidsFailcount = readKeyed(pids + "/pids.events", "max") ?? 0
         usage.cpuNanoseconds = readNumber(path("cpuacct", name) + "/cpuacct.usage") ?? 0
+        usage.cpuThrottledPeriods = readKeyed(path("cpu", name) + "/cpu.stat", "nr_throttled") ?? 0
+        usage.cpuThrottledNanoseconds = readKeyed(path("cpu", name) + "/cpu.stat", "throttled_time") ?? 0
         return usage
     }
 

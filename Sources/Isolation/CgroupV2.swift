@@ -83,18 +83,20 @@ public struct CgroupV2Driver: CgroupDriver {
         let dir = path(name)
         usage.memoryBytes = readNumber(dir + "/memory.current") ?? 0
         usage.memoryPeakBytes = readNumber(dir + "/memory.peak") ?? 0
-        usage.memoryFailcount = Self.keyed(dir + "/memory.events", "max") ?? 0
+        usage.memoryLimitBytes = readLimit(dir + "/memory.max")
+        usage.memoryFailcount = readKeyed(dir + "/memory.events", "max") ?? 0
+        usage.swapBytes = readNumber(dir + "/memory.swap.current") ?? 0
+        usage.swapPeakBytes = readNumber(dir + "/memory.swap.peak") ?? 0
+        usage.swapLimitBytes = readLimit(dir + "/memory.swap.max")
+        usage.swapFailcount = readKeyed(dir + "/memory.swap.events", "fail") ?? 0
         usage.pids = readNumber(dir + "/pids.current") ?? 0
-        usage.cpuNanoseconds = (Self.keyed(dir + "/cpu.stat", "usage_usec") ?? 0) * 1000
+        usage.pidsPeak = readNumber(dir + "/pids.peak") ?? 0
+        usage.pidsLimit = readLimit(dir + "/pids.max")
+        usage.pidsFailcount = readKeyed(dir + "/pids.events", "max") ?? 0
+        usage.cpuNanoseconds = (readKeyed(dir + "/cpu.stat", "usage_usec") ?? 0) * 1000
+        usage.cpuThrottledPeriods = readKeyed(dir + "/cpu.stat", "nr_throttled") ?? 0
+        usage.cpuThrottledNanoseconds = (readKeyed(dir + "/cpu.stat", "throttled_usec") ?? 0) * 1000
         return usage
-    }
-
-    static func keyed(_ file: String, _ key: String) -> UInt64? {
-        for line in (FileIO.read(file) ?? "").split(separator: "\n") {
-            let parts = line.split(separator: " ")
-            if parts.count == 2 && parts[0] == key { return UInt64(parts[1]) }
-        }
-        return nil
     }
 
     public func list() -> [String] {

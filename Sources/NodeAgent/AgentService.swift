@@ -45,6 +45,8 @@ public struct AgentService: WireService {
             response.list = await manager.list(all: r.all, selector: r.selector)
         case .set(let r):
             response.set = try await manager.set(r)
+        case .stats(let r):
+            response.stats = try await manager.stats(r.name)
         case .exec(let r):
             response.exec = try await exec(r, stream: stream)
         case .console(let r):
@@ -125,13 +127,9 @@ public struct AgentService: WireService {
         if !request.tty { close(resizePipe[1]) }
         let resizeFD = request.tty ? resizePipe[1] : -1
 
-        // Half-closure on: the client's end of stdin must close the pipe so the command sees EOF.
-        let stdinChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdinPipe[1]) { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel,
-                                                            configuration: .init(isOutboundHalfClosureEnabled: true))
-            }
-        }
+        // Stdin is written with plain channel writes, each awaited until it reached the pipe:
+        // closing the pipe (the client's end of stdin) must never drop bytes still queued in NIO.
+        let stdinChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdinPipe[1]).get()
         let stdoutChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: stdoutPipe[0]) { channel in
             channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
         }
@@ -142,22 +140,27 @@ public struct AgentService: WireService {
         return try await withThrowingTaskGroup(of: Int32?.self) { group in
             // Client → command: stdin bytes, end of stdin, terminal size changes.
             group.addTask {
-                try await stdinChannel.executeThenClose { _, outbound in
-                    var stdinOpen = true
-                    for await input in stream.input {
-                        switch input {
-                        case .data(.stdin, let bytes) where stdinOpen:
-                            try? await outbound.write(bytes)
-                        case .end(.stdin):
+                var stdinOpen = true
+                for await input in stream.input {
+                    switch input {
+                    case .data(.stdin, let bytes) where stdinOpen:
+                        do {
+                            try await stdinChannel.writeAndFlush(bytes).get()
+                        } catch {
+                            // The command closed its stdin: later input has nowhere to go.
                             stdinOpen = false
-                            outbound.finish()
-                        case .data(.resize, let bytes) where resizeFD >= 0:
-                            try? FileIO.writeAll(fd: resizeFD, Array(bytes.readableBytesView) + [10], stage: "resize")
-                        default:
-                            break
+                            stdinChannel.close(promise: nil)
                         }
+                    case .end(.stdin) where stdinOpen:
+                        stdinOpen = false
+                        try? await stdinChannel.close().get()
+                    case .data(.resize, let bytes) where resizeFD >= 0:
+                        try? FileIO.writeAll(fd: resizeFD, Array(bytes.readableBytesView) + [10], stage: "resize")
+                    default:
+                        break
                     }
                 }
+                if stdinOpen { stdinChannel.close(promise: nil) }
                 if resizeFD >= 0 { close(resizeFD) }
                 return nil
             }

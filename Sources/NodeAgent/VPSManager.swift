@@ -546,6 +546,51 @@ public actor VPSManager {
         return result
     }
 
+    // MARK: - Accounting
+
+    /// Beancounter-style counters from the VPS's cgroup and its mounted disk. A stopped VPS
+    /// reports its configured limits with nothing held; disk counters appear while it runs.
+    public func stats(_ name: String) throws -> Berth_V1_VpsStats {
+        _ = try Validation.name(name)
+        let record = try record(name)
+        let running = record.state == .running || record.state == .stopping
+        var usage = CgroupUsage()
+        let limits = record.config.limits
+        if running {
+            usage = cgroups.usage(name)
+        } else {
+            usage.memoryLimitBytes = limits.memoryBytes
+            usage.swapLimitBytes = limits.memoryBytes == nil ? nil : limits.swapBytes ?? 0
+            usage.pidsLimit = limits.pids.map(UInt64.init)
+        }
+        func counter(_ resource: String, _ held: UInt64, _ peak: UInt64, _ limit: UInt64?, _ failcnt: UInt64) -> Berth_V1_ResourceCounter {
+            var c = Berth_V1_ResourceCounter()
+            c.resource = resource
+            c.held = held
+            c.peak = peak
+            c.limit = limit ?? Berth_V1_ResourceCounter.unlimited
+            c.failcnt = failcnt
+            return c
+        }
+        var stats = Berth_V1_VpsStats()
+        stats.name = name
+        stats.cpuNanoseconds = usage.cpuNanoseconds
+        stats.counters = [
+            counter("memory", usage.memoryBytes, usage.memoryPeakBytes, usage.memoryLimitBytes, usage.memoryFailcount),
+            counter("swap", usage.swapBytes, usage.swapPeakBytes, usage.swapLimitBytes, usage.swapFailcount),
+            counter("pids", usage.pids, usage.pidsPeak, usage.pidsLimit, usage.pidsFailcount),
+            counter("cpu_throttled", usage.cpuThrottledPeriods, 0, limits.cpuLimitPercent.map(UInt64.init), usage.cpuThrottledPeriods),
+        ]
+        // The disk is the mounted image: its own filesystem's totals are the hard limits.
+        var fs = statvfs()
+        if running && isMountPoint(store.rootPath(name)) && statvfs(store.rootPath(name), &fs) == 0 {
+            let block = UInt64(fs.f_frsize)
+            stats.counters.append(counter("disk_bytes", UInt64(fs.f_blocks - fs.f_bfree) * block, 0, UInt64(fs.f_blocks) * block, 0))
+            stats.counters.append(counter("disk_inodes", UInt64(fs.f_files - fs.f_ffree), 0, UInt64(fs.f_files), 0))
+        }
+        return stats
+    }
+
     // MARK: - Joining a running VPS
 
     /// What berth-spawn exec needs to join `name`.

@@ -495,6 +495,47 @@ public nonisolated struct Berth_V1_TemplateList: Sendable {
   public init() {}
 }
 
+/// Beancounter-style accounting of one resource: what is held now, the highest value seen
+/// (0 = not tracked by the kernel), the limit (9223372036854775807 = unlimited, as in OpenVZ's
+/// /proc/user_beancounters) and how often the limit refused something.
+public nonisolated struct Berth_V1_ResourceCounter: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// "memory", "swap", "pids", "disk_blocks", "disk_inodes", "cpu_throttled"
+  public var resource: String = String()
+
+  public var held: UInt64 = 0
+
+  public var peak: UInt64 = 0
+
+  public var limit: UInt64 = 0
+
+  public var failcnt: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_VpsStats: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var counters: [Berth_V1_ResourceCounter] = []
+
+  /// cumulative CPU time of the VPS
+  public var cpuNanoseconds: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Berth_V1_Empty: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -627,6 +668,14 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .templateList(newValue)}
   }
 
+  public var stats: Berth_V1_NameRequest {
+    get {
+      if case .stats(let v)? = call {return v}
+      return Berth_V1_NameRequest()
+    }
+    set {call = .stats(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -644,6 +693,7 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case templateImport(Berth_V1_TemplateImportRequest)
     case templateRemove(Berth_V1_NameRequest)
     case templateList(Berth_V1_Empty)
+    case stats(Berth_V1_NameRequest)
 
   }
 
@@ -713,6 +763,14 @@ public nonisolated struct Berth_V1_Response: Sendable {
     set {result = .templates(newValue)}
   }
 
+  public var stats: Berth_V1_VpsStats {
+    get {
+      if case .stats(let v)? = result {return v}
+      return Berth_V1_VpsStats()
+    }
+    set {result = .stats(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -723,6 +781,7 @@ public nonisolated struct Berth_V1_Response: Sendable {
     case exec(Berth_V1_ExecResult)
     case template(Berth_V1_TemplateInfo)
     case templates(Berth_V1_TemplateList)
+    case stats(Berth_V1_VpsStats)
 
   }
 
@@ -1780,6 +1839,96 @@ nonisolated extension Berth_V1_TemplateList: SwiftProtobuf.Message, SwiftProtobu
   }
 }
 
+nonisolated extension Berth_V1_ResourceCounter: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ResourceCounter"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}resource\0\u{1}held\0\u{1}peak\0\u{1}limit\0\u{1}failcnt\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.resource) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.held) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.peak) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.limit) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.failcnt) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.resource.isEmpty {
+      try visitor.visitSingularStringField(value: self.resource, fieldNumber: 1)
+    }
+    if self.held != 0 {
+      try visitor.visitSingularUInt64Field(value: self.held, fieldNumber: 2)
+    }
+    if self.peak != 0 {
+      try visitor.visitSingularUInt64Field(value: self.peak, fieldNumber: 3)
+    }
+    if self.limit != 0 {
+      try visitor.visitSingularUInt64Field(value: self.limit, fieldNumber: 4)
+    }
+    if self.failcnt != 0 {
+      try visitor.visitSingularUInt64Field(value: self.failcnt, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_ResourceCounter, rhs: Berth_V1_ResourceCounter) -> Bool {
+    if lhs.resource != rhs.resource {return false}
+    if lhs.held != rhs.held {return false}
+    if lhs.peak != rhs.peak {return false}
+    if lhs.limit != rhs.limit {return false}
+    if lhs.failcnt != rhs.failcnt {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_VpsStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".VpsStats"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}counters\0\u{3}cpu_nanoseconds\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.counters) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.cpuNanoseconds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.counters.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.counters, fieldNumber: 2)
+    }
+    if self.cpuNanoseconds != 0 {
+      try visitor.visitSingularUInt64Field(value: self.cpuNanoseconds, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_VpsStats, rhs: Berth_V1_VpsStats) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.counters != rhs.counters {return false}
+    if lhs.cpuNanoseconds != rhs.cpuNanoseconds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Berth_V1_Empty: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Empty"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
@@ -1801,7 +1950,7 @@ nonisolated extension Berth_V1_Empty: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{2}\u{9}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{2}\u{9}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1992,6 +2141,19 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .templateList(v)
         }
       }()
+      case 24: try {
+        var v: Berth_V1_NameRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .stats(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .stats(v)
+        }
+      }()
       default: break
       }
     }
@@ -2062,6 +2224,10 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       guard case .templateList(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
     }()
+    case .stats?: try {
+      guard case .stats(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -2077,7 +2243,7 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2176,6 +2342,19 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
           self.result = .templates(v)
         }
       }()
+      case 17: try {
+        var v: Berth_V1_VpsStats?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .stats(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .stats(v)
+        }
+      }()
       default: break
       }
     }
@@ -2214,6 +2393,10 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
     case .templates?: try {
       guard case .templates(let v)? = self.result else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+    }()
+    case .stats?: try {
+      guard case .stats(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
     }()
     case nil: break
     }

@@ -97,11 +97,35 @@ struct List: AsyncParsableCommand {
         let rows = [["NAME", "STATE", "PID", "HOSTNAME", "TEMPLATE", "IPS"]] + vpses.map {
             [$0.name, $0.state, $0.pid == 0 ? "-" : String($0.pid), $0.hostname, $0.template, $0.ips.isEmpty ? "-" : $0.ips.joined(separator: ",")]
         }
-        let widths = (0..<6).map { column in rows.map { $0[column].count }.max() ?? 0 }
-        for row in rows {
-            var line = row.enumerated().map { $0.element.padded(to: widths[$0.offset]) }.joined(separator: "  ")
-            while line.last == " " { line.removeLast() }
-            print(line)
+        printTable(rows)
+    }
+}
+
+struct Stats: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stats",
+        abstract: "Resource accounting of a VPS: held, peak, limit and failcount per resource.",
+        discussion: "A peak of 0 means the kernel does not track it; JSON gives unlimited as 9223372036854775807 (OpenVZ's convention). cpu_throttled counts CFS periods in which --cpu-limit held the VPS back (its limit is the limit in %). Disk counters appear while the VPS runs.")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "VPS name.") var name: String
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let stats = try await connection.withClient { try await $0.call(request { $0.stats.name = name }) }.stats
+        if json {
+            var resources: [String: JSON] = [:]
+            for c in stats.counters {
+                resources[c.resource] = .object(["held": .int(Int64(c.held)), "peak": .int(Int64(c.peak)),
+                                                 "limit": .int(Int64(c.limit)), "failcnt": .int(Int64(c.failcnt))])
+            }
+            printJSON(.object(["name": .string(stats.name), "cpu_nanoseconds": .int(Int64(stats.cpuNanoseconds)),
+                               "resources": .object(resources)]))
+            return
         }
+        let rows = [["RESOURCE", "HELD", "PEAK", "LIMIT", "FAILCNT"]] + stats.counters.map {
+            [$0.resource, String($0.held), String($0.peak), $0.limit == Berth_V1_ResourceCounter.unlimited ? "unlimited" : String($0.limit), String($0.failcnt)]
+        }
+        printTable(rows)
+        print("cpu time: \(stats.cpuNanoseconds / 1_000_000) ms")
     }
 }

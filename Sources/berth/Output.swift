@@ -65,6 +65,17 @@ indirect enum JSON {
 
 func printJSON(_ value: JSON) { writeOut(value.render() + "\n") }
 
+/// Left-aligned columns separated by two spaces, no trailing blanks.
+func printTable(_ rows: [[String]]) {
+    let columns = rows.map(\.count).max() ?? 0
+    let widths = (0..<columns).map { column in rows.map { column < $0.count ? $0[column].count : 0 }.max() ?? 0 }
+    for row in rows {
+        var line = row.enumerated().map { $0.element.padded(to: widths[$0.offset]) }.joined(separator: "  ")
+        while line.last == " " { line.removeLast() }
+        writeOut(line + "\n")
+    }
+}
+
 extension String {
     func padded(to width: Int) -> String { self + String(repeating: " ", count: max(0, width - count)) }
 }

@@ -138,6 +138,31 @@ final class FakeTree {
         #expect(tree.read("pids/berth/v/pids.max") == "max")
     }
 
+    @Test func usageDerivesSwapAndReadsUnlimitedAsNil() {
+        let tree = FakeTree()
+        tree.write("memory/.keep", ""); tree.write("pids/.keep", ""); tree.write("cpu/.keep", ""); tree.write("cpuacct/.keep", "")
+        tree.write("memory/berth/v/memory.usage_in_bytes", "1000\n")
+        tree.write("memory/berth/v/memory.max_usage_in_bytes", "4000\n")
+        tree.write("memory/berth/v/memory.limit_in_bytes", "8192\n")
+        tree.write("memory/berth/v/memory.failcnt", "2\n")
+        tree.write("memory/berth/v/memory.memsw.usage_in_bytes", "1500\n")
+        tree.write("memory/berth/v/memory.memsw.limit_in_bytes", "12288\n")
+        tree.write("pids/berth/v/pids.current", "3\n")
+        tree.write("pids/berth/v/pids.max", "max\n")
+        tree.write("pids/berth/v/pids.events", "max 5\n")
+        tree.write("cpu/berth/v/cpu.stat", "nr_periods 10\nnr_throttled 4\nthrottled_time 900\n")
+        tree.write("cpuacct/berth/v/cpuacct.usage", "123456\n")
+        let usage = CgroupV1Driver(root: tree.root, parent: "berth").usage("v")
+        #expect(usage.memoryBytes == 1000 && usage.memoryPeakBytes == 4000 && usage.memoryLimitBytes == 8192 && usage.memoryFailcount == 2)
+        #expect(usage.swapBytes == 500)
+        #expect(usage.swapLimitBytes == 4096)
+        #expect(usage.pids == 3 && usage.pidsLimit == nil && usage.pidsFailcount == 5)
+        #expect(usage.cpuThrottledPeriods == 4 && usage.cpuThrottledNanoseconds == 900)
+        #expect(usage.cpuNanoseconds == 123456)
+        tree.write("memory/berth/v/memory.limit_in_bytes", "9223372036854771712\n")
+        #expect(CgroupV1Driver(root: tree.root, parent: "berth").usage("v").memoryLimitBytes == nil)
+    }
+
     @Test func unitConversionsKeepRatios() {
         #expect(CgroupLimits.cpuShares(units: 1000) == 1024)
         #expect(CgroupLimits.cpuShares(units: 2000) == 2 * CgroupLimits.cpuShares(units: 1000))
