@@ -142,6 +142,12 @@ func relay(master: Int32, childSignals: Int32, child: Int32, resizeFD: Int32) ->
     var stdinOpen = true
     var resizeOpen = resizeFD >= 0
     var resizeLine: [UInt8] = []
+    // When the operator's input ends (or the client goes away) we type ^D like a terminal would,
+    // so an idle shell exits instead of waiting forever on a pty nobody feeds. It is sent after
+    // the program next writes (its prompt: it is reading the terminal by then, in whatever mode
+    // it chose), or after half a second of silence; a ^D sent while the pty is switching out of
+    // canonical mode would be lost.
+    var eofPending = false
     func drainMaster() {
         while true {
             var pfd = pollfd(fd: master, events: Int16(POLLIN), revents: 0)
@@ -156,15 +162,24 @@ func relay(master: Int32, childSignals: Int32, child: Int32, resizeFD: Int32) ->
                    pollfd(fd: childSignals, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stdinOpen ? 0 : -1, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: resizeOpen ? resizeFD : -1, events: Int16(POLLIN), revents: 0)]
-        if poll(&fds, nfds_t(fds.count), -1) < 0 {
+        let ready = poll(&fds, nfds_t(fds.count), eofPending ? 500 : -1)
+        if ready < 0 {
             if errno == EINTR { continue }
             var status: Int32 = 0
             waitpid(child, &status, 0)
             return status
         }
+        var produced = false
         if fds[0].revents != 0 {
             let n = buffer.withUnsafeMutableBytes { read(master, $0.baseAddress, $0.count) }
-            if n > 0 { try? FileIO.writeAll(fd: 1, Array(buffer[0..<n]), stage: "stdout") }
+            if n > 0 {
+                try? FileIO.writeAll(fd: 1, Array(buffer[0..<n]), stage: "stdout")
+                produced = true
+            }
+        }
+        if eofPending && (produced || ready == 0) {
+            eofPending = false
+            try? FileIO.writeAll(fd: master, [0x04], stage: "pty")
         }
         if fds[2].revents != 0 {
             let n = buffer.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
@@ -172,6 +187,7 @@ func relay(master: Int32, childSignals: Int32, child: Int32, resizeFD: Int32) ->
                 try? FileIO.writeAll(fd: master, Array(buffer[0..<n]), stage: "pty")
             } else {
                 stdinOpen = false
+                eofPending = true
             }
         }
         if fds[3].revents != 0 {

@@ -129,6 +129,8 @@ t_exec_streams_and_exit_code() {
 t_enter_has_a_pty() {
     local out; out=$(printf 'tty; exit 3\n' | "$BERTH" enter "$A" 2>&1) || true
     expect_contains "$out" /dev/pts/
+    # When the operator's input ends, the shell gets end-of-file and the session closes.
+    timeout 10 "$BERTH" enter "$A" </dev/null >/dev/null 2>&1 || fail "enter did not end with its input"
 }
 
 t_console_ring_buffer() {
