@@ -12,14 +12,6 @@ public struct CgroupV1Driver: CgroupDriver {
     /// distro's own init see a consistent placement.
     public static let controllers = ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd"]
 
-    /// Devices a VPS may open: the OCI default set plus its own ptys. mknod stays allowed
-    /// ("m") so package scripts work, but opening anything else fails.
-    public static let deviceAllowlist = [
-        "c *:* m", "b *:* m",
-        "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
-        "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm",
-    ]
-
     public init(root: String, parent: String) {
         self.root = root
         self.parent = parent
@@ -42,7 +34,7 @@ public struct CgroupV1Driver: CgroupDriver {
         if present.contains("devices") {
             let dir = path("devices", name)
             try FileIO.write("\(dir)/devices.deny", "a")
-            for rule in Self.deviceAllowlist { try FileIO.write("\(dir)/devices.allow", rule) }
+            for rule in DeviceAllowlist.rules { try FileIO.write("\(dir)/devices.allow", rule) }
         }
         if present.contains("memory"), FileIO.exists(path("memory", name) + "/memory.use_hierarchy") {
             // Best effort: only settable before children exist and on old kernels.

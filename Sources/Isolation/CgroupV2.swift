@@ -11,9 +11,13 @@ public struct CgroupV2Driver: CgroupDriver {
 
     public static let wantedControllers = ["cpu", "cpuset", "memory", "pids", "io"]
 
-    public init(root: String, parent: String) {
+    /// Off only for unit tests on a fake tree (a plain directory cannot take a BPF program).
+    let attachDeviceFilter: Bool
+
+    public init(root: String, parent: String, attachDeviceFilter: Bool = true) {
         self.root = root
         self.parent = parent
+        self.attachDeviceFilter = attachDeviceFilter
     }
 
     func path(_ name: String) -> String { "\(root)/\(parent)/\(name)" }
@@ -25,6 +29,8 @@ public struct CgroupV2Driver: CgroupDriver {
         try enableControllers(at: parentPath)
         let dir = path(name)
         if mkdir(dir, 0o755) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir \(dir)") }
+        // v2 has no devices controller files: the allowlist is a BPF program on the cgroup.
+        if attachDeviceFilter { try DeviceAllowlist.attach(toCgroup: dir) }
     }
 
     /// Enables in `dir`'s subtree_control every wanted controller that `dir` itself offers.

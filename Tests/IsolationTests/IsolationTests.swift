@@ -32,7 +32,7 @@ final class FakeTree {
         tree.write("cgroup.subtree_control", "memory\n")
         tree.write("berth/cgroup.controllers", "cpuset cpu io memory pids\n")
         tree.write("berth/cgroup.subtree_control", "")
-        let driver = CgroupV2Driver(root: tree.root, parent: "berth")
+        let driver = CgroupV2Driver(root: tree.root, parent: "berth", attachDeviceFilter: false)
         try driver.create("web1")
         #expect(tree.read("cgroup.subtree_control") == "+cpu +cpuset +pids +io")
         #expect(tree.read("berth/cgroup.subtree_control") == "+cpu +cpuset +memory +pids +io")
@@ -115,7 +115,7 @@ final class FakeTree {
         #expect(tree.read("cpuset/berth/v/cpuset.mems") == "0")
         #expect(tree.read("devices/berth/v/devices.deny") == "a")
         // Each rule is its own write; the fake file keeps the last one.
-        #expect(tree.read("devices/berth/v/devices.allow") == CgroupV1Driver.deviceAllowlist.last)
+        #expect(tree.read("devices/berth/v/devices.allow") == DeviceAllowlist.rules.last)
         #expect(Set(driver.procsFiles("v").map { ($0 as NSString).pathComponents.dropLast(3).last! }) == ["cpu", "cpuset", "memory", "devices", "pids"])
     }
 

@@ -80,3 +80,17 @@ int berth_accept_cloexec(int fd);
 int berth_pipe_cloexec(int fds[2]);
 /// A non-blocking, close-on-exec eventfd (for waking poll loops).
 int berth_eventfd(void);
+
+/// One device rule of a VPS's allowlist: type 'a' (any), 'b' or 'c'; major/minor -1 = any;
+/// access bits 1 = mknod, 2 = read, 4 = write (the cgroup-v1 "c 1:3 rwm" rule, in numbers).
+struct berth_device_rule {
+    char type;
+    int major;
+    int minor;
+    unsigned access;
+};
+
+/// cgroup v2 has no devices.allow: builds a BPF_PROG_TYPE_CGROUP_DEVICE program that allows
+/// exactly `rules` and denies everything else, and attaches it to the cgroup directory
+/// `cgroup_fd`. Returns 0, or -1 with errno (EEXIST: the cgroup already has a device program).
+int berth_attach_device_filter(int cgroup_fd, const struct berth_device_rule *rules, int count);
