@@ -44,20 +44,31 @@ public struct CgroupV2Driver: CgroupDriver {
 
     public func apply(_ name: String, _ limits: CgroupLimits) throws(IsolationError) {
         let dir = path(name)
-        try writeIfPresent(dir + "/memory.max", limits.memoryBytes.map(String.init) ?? "max")
+        try set(dir, "memory.max", limits.memoryBytes.map(String.init), requested: limits.memoryBytes != nil, what: "--memory")
         // VSwap: swap.max is the swap on top of memory.max (v1's memsw is the sum).
-        try writeIfPresent(dir + "/memory.swap.max", limits.memoryBytes == nil ? "max" : String(limits.swapBytes ?? 0))
-        try writeIfPresent(dir + "/pids.max", limits.pids.map(String.init) ?? "max")
-        try writeIfPresent(dir + "/cpu.weight", String(CgroupLimits.cpuWeight(units: limits.cpuUnits ?? CgroupLimits.defaultCpuUnits)))
-        try writeIfPresent(dir + "/cpu.max", (limits.cpuLimitPercent.map { String(CgroupLimits.cfsQuota(percent: $0)) } ?? "max") + " \(CgroupLimits.cfsPeriodMicroseconds)")
-        try writeIfPresent(dir + "/cpuset.cpus", limits.cpus ?? "")
+        try set(dir, "memory.swap.max", limits.memoryBytes == nil ? nil : String(limits.swapBytes ?? 0),
+                requested: limits.swapBytes != nil, what: "--swap")
+        try set(dir, "pids.max", limits.pids.map(String.init), requested: limits.pids != nil, what: "--pids")
+        try set(dir, "cpu.weight", String(CgroupLimits.cpuWeight(units: limits.cpuUnits ?? CgroupLimits.defaultCpuUnits)),
+                requested: limits.cpuUnits != nil, what: "--cpu-units")
+        try set(dir, "cpu.max", (limits.cpuLimitPercent.map { String(CgroupLimits.cfsQuota(percent: $0)) } ?? "max") + " \(CgroupLimits.cfsPeriodMicroseconds)",
+                requested: limits.cpuLimitPercent != nil, what: "--cpu-limit")
+        try set(dir, "cpuset.cpus", limits.cpus ?? "", requested: limits.cpus != nil, what: "--cpus")
     }
 
-    /// A controller the host does not offer leaves no file: that knob is reported by the caller
-    /// as unsupported rather than failing the whole start.
-    private func writeIfPresent(_ file: String, _ value: String) throws(IsolationError) {
-        guard FileIO.exists(file) else { return }
-        try FileIO.write(file, value)
+    /// Writes `value` (nil = the kernel's "max") to a control file. A file that is missing means
+    /// the host does not offer that controller: fine for a default, an error for a limit the
+    /// operator asked for — a limit must never be dropped silently.
+    private func set(_ dir: String, _ file: String, _ value: String?, requested: Bool, what: String) throws(IsolationError) {
+        let full = dir + "/" + file
+        guard FileIO.exists(full) else {
+            if requested {
+                let controller = String(file.prefix { $0 != "." })
+                throw IsolationError(.unsupported, "\(what) needs the cgroup v2 \(controller) controller, which this host does not enable for \(root)/\(parent)")
+            }
+            return
+        }
+        try FileIO.write(full, value ?? "max")
     }
 
     public func procsFiles(_ name: String) -> [String] { [path(name) + "/cgroup.procs"] }

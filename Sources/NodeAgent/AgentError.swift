@@ -26,6 +26,8 @@ public struct AgentError: Error, CustomStringConvertible, WireErrorConvertible {
 
     /// A kernel-layer failure, with the context of the operation it broke.
     public static func kernel(_ context: String, _ error: IsolationError) -> AgentError {
-        AgentError(.kernel, "\(context): \(error.message)", stage: error.stage, errno: error.errno)
+        // A limit this host cannot enforce is the operator's input meeting the node's limits.
+        let code: WireError.Code = error.code == .unsupported ? .invalidArgument : .kernel
+        return AgentError(code, "\(context): \(error.message)", stage: error.stage, errno: error.errno)
     }
 }

@@ -30,6 +30,9 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Parent cgroup of every VPS cgroup (one per node; tests use their own).")
     var cgroupParent = "berth"
 
+    @Option(help: "Use the cgroup v2 driver on this cgroup2 mount instead of detecting the mode (hybrid hosts, tests).")
+    var cgroup2Root: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -64,7 +67,14 @@ struct BerthAgent: AsyncParsableCommand {
             FileHandle.standardError.write(Data("berth-agent: helper \(spawnBinary) not found or not executable (use --spawn)\n".utf8))
             throw ExitCode(2)
         }
-        let mode = CgroupMode.detect()
+        var mode = CgroupMode.detect()
+        if let cgroup2Root {
+            guard CgroupMode.detect(root: cgroup2Root) == .v2(root: cgroup2Root) else {
+                FileHandle.standardError.write(Data("berth-agent: --cgroup2-root \(cgroup2Root) is not a cgroup2 mount\n".utf8))
+                throw ExitCode(2)
+            }
+            mode = .v2(root: cgroup2Root)
+        }
         let nodeName = name ?? ProcessInfo.processInfo.hostName
         let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary),
                                      nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger)

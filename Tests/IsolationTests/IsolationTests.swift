@@ -67,13 +67,15 @@ final class FakeTree {
         #expect(tree.read("berth/v/cpu.max") == "max 100000")
     }
 
-    @Test func missingControllerFilesAreSkippedNotFatal() throws {
+    @Test func aMissingControllerIsFineForDefaultsButNotForARequestedLimit() throws {
         let tree = FakeTree()
         tree.write("berth/v/cgroup.procs", "")
         tree.write("berth/v/pids.max", "")
-        try CgroupV2Driver(root: tree.root, parent: "berth").apply("v", CgroupLimits(memoryBytes: 1 << 30, pids: 50))
+        let driver = CgroupV2Driver(root: tree.root, parent: "berth", attachDeviceFilter: false)
+        try driver.apply("v", CgroupLimits(pids: 50))
         #expect(tree.read("berth/v/pids.max") == "50")
         #expect(tree.read("berth/v/memory.max") == nil)
+        #expect(throws: IsolationError.self) { try driver.apply("v", CgroupLimits(memoryBytes: 1 << 30, pids: 50)) }
     }
 
     @Test func usageReadsBeancounterFields() {

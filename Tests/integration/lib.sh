@@ -15,7 +15,7 @@ FAILED_NAMES=()
 agent_start() {
     mkdir -p "$WORK"
     "$BUILD/berth-agent" --data-dir "$WORK/data" --run-dir "$WORK/run" --socket "$BERTH_AGENT" \
-        --cgroup-parent "$CGROUP_PARENT" --name "node-$RUN_ID" >>"$WORK/agent.log" 2>&1 &
+        --cgroup-parent "$CGROUP_PARENT" --name "node-$RUN_ID" ${AGENT_EXTRA:-} >>"$WORK/agent.log" 2>&1 &
     AGENT_PID=$!
     disown "$AGENT_PID" 2>/dev/null || true   # no "Killed" job notice when a test kill -9s it
     echo "$AGENT_PID" >"$WORK/agent.pid"   # tests run in subshells: the pid lives in a file

@@ -349,6 +349,41 @@ t_twenty_concurrent() {
     for n in "${names[@]}"; do [ -z "$(leftovers_of "$n")" ] || fail "leftovers of $n: $(leftovers_of "$n")"; done
 }
 
+# The cgroup v2 driver against this host's real cgroup2 mount: on a hybrid host that mount has
+# no resource controllers, but it has cgroup.procs, cgroup.kill and BPF device programs.
+t_v2_driver() {
+    [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] && skip "this host is cgroup v2: the main pass already used the v2 driver"
+    local mountpoint; mountpoint=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/self/mounts)
+    [ -n "$mountpoint" ] || skip "no cgroup2 mount on this host"
+    agent_stop
+    AGENT_EXTRA="--cgroup2-root $mountpoint" agent_start
+    local V; V=$(vps_name v2)
+    "$BERTH" create "$V" --template busybox --disk 64M >/dev/null
+    "$BERTH" start "$V" >/dev/null
+    local init; init=$("$BERTH" status "$V" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+    grep -qx "0::/$CGROUP_PARENT/$V" "/proc/$init/cgroup" || fail "init is not in its v2 cgroup: $(cat /proc/$init/cgroup)"
+    expect_eq "$("$BERTH" exec "$V" -- hostname)" "$V"
+    [ "$(wc -l < "$mountpoint/$CGROUP_PARENT/$V/cgroup.procs")" -ge 2 ] || fail "VPS processes missing from the cgroup"
+    # Only the BPF program guards devices here (no v1 devices cgroup is used).
+    expect_eq "$("$BERTH" exec "$V" -- sh -c 'head -c1 /dev/zero | wc -c')" 1
+    "$BERTH" exec "$V" -- sh -c 'mknod /tmp/kmsg c 1 11 && ( exec 3< /tmp/kmsg )' 2>/dev/null && fail "a non-allowlisted device opened"
+    # A limit the mount cannot enforce is refused with a reason, never silently dropped.
+    if [ ! -e "$mountpoint/$CGROUP_PARENT/$V/memory.max" ]; then
+        expect_contains "$(expect_fail 2 "$BERTH" set "$V" --memory 256M)" "memory controller"
+        grep -q memoryBytes "$WORK/data/vps/$V/config.json" && grep -q '"memoryBytes" : 268435456' "$WORK/data/vps/$V/config.json" && fail "refused limit was saved"
+    fi
+    # Restarting the agent re-adopts; kill uses cgroup.kill; nothing is left behind.
+    agent_stop
+    AGENT_EXTRA="--cgroup2-root $mountpoint" agent_start
+    expect_eq "$("$BERTH" status "$V" | cut -d' ' -f2)" running
+    "$BERTH" stop "$V" --kill >/dev/null
+    alive "$init" && fail "init survived the kill"
+    [ ! -d "$mountpoint/$CGROUP_PARENT/$V" ] || fail "v2 cgroup left after stop"
+    "$BERTH" destroy "$V" >/dev/null
+    agent_stop
+    agent_start
+}
+
 run_test "create and start two VPSs" t_create_start
 run_test "init ran the template's startup scripts" t_init_ran_startup_scripts
 run_test "PID namespace: only the VPS's processes" t_pid_isolation
@@ -372,6 +407,7 @@ run_test "bad input: clear errors, nothing changes" t_bad_input
 run_test "a hand-broken config is reported and left alone" t_corrupt_config
 run_test "template import rejects absolute, .., escaping symlinks" t_template_import_rejects_escapes
 run_test "20 VPSs started and stopped concurrently" t_twenty_concurrent
+run_test "cgroup v2 driver on this host's cgroup2 mount: lifecycle, exec, BPF devices, refusal, cleanup" t_v2_driver
 
 echo
 [ ${#FAILED_NAMES[@]} -eq 0 ] || printf 'failed: %s\n' "${FAILED_NAMES[@]}"
