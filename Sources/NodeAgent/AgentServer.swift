@@ -3,6 +3,7 @@ import Isolation
 import Logging
 import NIOCore
 import NIOPosix
+import Prometheus
 import ServiceLifecycle
 import Wire
 
@@ -13,12 +14,15 @@ public final class AgentServer: Service, @unchecked Sendable {
     let socketPath: String
     let group: EventLoopGroup
     let logger: Logger
+    let metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)?
 
-    public init(manager: VPSManager, socketPath: String, group: EventLoopGroup, logger: Logger) {
+    public init(manager: VPSManager, socketPath: String, group: EventLoopGroup, logger: Logger,
+                metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)? = nil) {
         self.manager = manager
         self.socketPath = socketPath
         self.group = group
         self.logger = logger
+        self.metrics = metrics
     }
 
     public func run() async throws {
@@ -27,11 +31,25 @@ public final class AgentServer: Service, @unchecked Sendable {
         let server = try await UnixWireServer.bind(
             path: socketPath, service: AgentService(manager: manager, group: group, logger: logger), group: group)
         logger.info("agent serving", metadata: ["socket": "\(socketPath)", "node": "\(manager.nodeName)"])
+        let metricsServer: MetricsServer? = if let metrics {
+            try await MetricsServer.bind(host: metrics.host, port: metrics.port, manager: manager,
+                                         registry: metrics.registry, group: group)
+        } else {
+            nil
+        }
+        if let bound = metricsServer {
+            // The bound address (port 0 picks one) for scripts and tests.
+            try? FileIO.writeAtomically(manager.paths.runDir + "/metrics.addr", Array((bound.address + "\n").utf8), mode: 0o644)
+            logger.info("metrics served", metadata: ["address": "\(bound.address)"])
+        }
         await withGracefulShutdownHandler {
             try? await server.closeFuture.get()
         } onGracefulShutdown: {
             self.logger.info("graceful shutdown: closing the socket; VPSs keep running")
-            Task { await server.close() }
+            Task {
+                await server.close()
+                await metricsServer?.close()
+            }
         }
     }
 }

@@ -2,6 +2,7 @@ import CIsolation
 import Foundation
 import Isolation
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import Wire
@@ -20,6 +21,20 @@ public struct AgentService: WireService {
     }
 
     public func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
+        let call = Self.callName(request.call)
+        let timer = Timer(label: "berth_agent_request_duration_seconds", dimensions: [("call", call)], preferredDisplayUnit: .seconds)
+        let start = DispatchTime.now()
+        do {
+            let response = try await dispatch(request, stream: stream)
+            timer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds))
+            return response
+        } catch {
+            Counter(label: "berth_agent_request_errors_total", dimensions: [("call", call)]).increment()
+            throw error
+        }
+    }
+
+    func dispatch(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
         // The Unix socket is root-only (mode 0600 and SO_PEERCRED); checked again per call so a
         // future transport cannot skip it.
         guard case .unixUser(let uid, _) = stream.peer, uid == 0 else {
@@ -71,6 +86,28 @@ public struct AgentService: WireService {
             throw AgentError(.invalidArgument, "the request names no call (is the client newer than this agent?)")
         }
         return response
+    }
+
+    /// The metric label of a call.
+    static func callName(_ call: Berth_V1_Request.OneOf_Call?) -> String {
+        switch call {
+        case .create: return "create"
+        case .start: return "start"
+        case .stop: return "stop"
+        case .restart: return "restart"
+        case .destroy: return "destroy"
+        case .status: return "status"
+        case .list: return "list"
+        case .set: return "set"
+        case .stats: return "stats"
+        case .exec: return "exec"
+        case .console: return "console"
+        case .templateBuild: return "template_build"
+        case .templateImport: return "template_import"
+        case .templateRemove: return "template_remove"
+        case .templateList: return "template_list"
+        case nil: return "none"
+        }
     }
 
     static func wire(_ info: TemplateInfo) -> Berth_V1_TemplateInfo {

@@ -591,6 +591,14 @@ public actor VPSManager {
         return stats
     }
 
+    /// Every VPS with its kernel counters, for the metrics endpoint.
+    public func accountingSnapshot() -> [(name: String, running: Bool, usage: CgroupUsage)] {
+        records.keys.sorted().map { name in
+            let running = records[name]!.state == .running
+            return (name, running, running ? cgroups.usage(name) : CgroupUsage())
+        }
+    }
+
     // MARK: - Joining a running VPS
 
     /// What berth-spawn exec needs to join `name`.

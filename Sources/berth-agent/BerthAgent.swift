@@ -2,7 +2,9 @@ import ArgumentParser
 import Foundation
 import Isolation
 import Logging
+import Metrics
 import NIOPosix
+import Prometheus
 import NodeAgent
 import ServiceLifecycle
 
@@ -33,6 +35,9 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Use the cgroup v2 driver on this cgroup2 mount instead of detecting the mode (hybrid hosts, tests).")
     var cgroup2Root: String?
 
+    @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free one; off by default).")
+    var metricsListen: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -45,6 +50,9 @@ struct BerthAgent: AsyncParsableCommand {
         }
         if (try? Validation.name(cgroupParent, field: "cgroup-parent")) == nil {
             throw ValidationError("--cgroup-parent: '\(cgroupParent)' must be lowercase letters, digits and '-'")
+        }
+        if let metricsListen, Self.hostPort(metricsListen) == nil {
+            throw ValidationError("--metrics-listen: '\(metricsListen)' is not HOST:PORT (e.g. 127.0.0.1:9737)")
         }
         if let config { throw ValidationError("--config \(config): no agent settings exist yet in this release; run without --config") }
     }
@@ -80,11 +88,24 @@ struct BerthAgent: AsyncParsableCommand {
                                      nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger)
         logger.info("starting", metadata: ["node": "\(nodeName)", "cgroup": "\(mode.driver().modeName)", "data": "\(dataDir)"])
         let group = MultiThreadedEventLoopGroup.singleton
-        let server = AgentServer(manager: manager, socketPath: socket, group: group, logger: logger)
+        var metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)?
+        if let metricsListen, let (host, port) = Self.hostPort(metricsListen) {
+            let registry = PrometheusCollectorRegistry()
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+            metrics = (host, port, registry)
+        }
+        let server = AgentServer(manager: manager, socketPath: socket, group: group, logger: logger, metrics: metrics)
         let services = ServiceGroup(configuration: .init(
             services: [.init(service: server)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         try await services.run()
+    }
+
+    static func hostPort(_ text: String) -> (String, Int)? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return host.isEmpty ? nil : (host, port)
     }
 }

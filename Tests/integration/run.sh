@@ -260,6 +260,25 @@ t_stats_beancounters() {
     "$BERTH" destroy "$S" --force >/dev/null
 }
 
+t_metrics_endpoint() {
+    agent_stop
+    AGENT_EXTRA="--metrics-listen 127.0.0.1:0" agent_start
+    local addr; addr=$(cat "$WORK/run/metrics.addr")
+    "$BERTH" status "$A" >/dev/null
+    local text; text=$(python3 -c "import urllib.request,sys; print(urllib.request.urlopen('http://$addr/metrics', timeout=5).read().decode())")
+    echo "$text" | grep -qx "berth_vps_running{vps=\"$A\"} 1.0" || fail "no running gauge for $A: $(echo "$text" | grep berth_vps_running)"
+    local mem; mem=$(echo "$text" | sed -n "s/^berth_vps_memory_bytes{vps=\"$A\"} //p")
+    python3 -c "import sys; sys.exit(0 if float('$mem') > 0 else 1)" || fail "memory gauge is '$mem'"
+    echo "$text" | grep -q '^berth_agent_request_duration_seconds_count{call="status"} [1-9]' || fail "request metrics missing"
+    python3 -c "
+import urllib.request, urllib.error
+try:
+    urllib.request.urlopen('http://$addr/other', timeout=5); raise SystemExit(1)
+except urllib.error.HTTPError as e:
+    raise SystemExit(0 if e.code == 404 else 1)"
+    expect_contains "$(expect_fail 64 "$BUILD/berth-agent" --metrics-listen nonsense --data-dir "$WORK/x")" "metrics-listen"
+}
+
 t_bad_input() {
     expect_contains "$(expect_fail 2 "$BERTH" create Bad_Name --template busybox)" "name"
     expect_contains "$(expect_fail 64 "$BERTH" create -x --template busybox)" "Missing expected argument"
@@ -403,6 +422,7 @@ run_test "agent kill -9 and restart re-adopts running VPSs" t_agent_kill9_readop
 run_test "onboot VPSs start on the first agent start after a host boot" t_onboot_after_host_boot
 run_test "set applies limits live and saves them" t_set_live
 run_test "stats: held/peak/limit/failcnt from the kernel" t_stats_beancounters
+run_test "Prometheus metrics endpoint: per-VPS gauges and request metrics" t_metrics_endpoint
 run_test "bad input: clear errors, nothing changes" t_bad_input
 run_test "a hand-broken config is reported and left alone" t_corrupt_config
 run_test "template import rejects absolute, .., escaping symlinks" t_template_import_rejects_escapes
