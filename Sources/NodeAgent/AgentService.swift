@@ -62,6 +62,8 @@ public struct AgentService: WireService {
             response.set = try await manager.set(r)
         case .stats(let r):
             response.stats = try await manager.stats(r.name)
+        case .nodeInfo:
+            response.node = await manager.nodeInfo()
         case .exec(let r):
             response.exec = try await exec(r, stream: stream)
         case .console(let r):
@@ -100,6 +102,7 @@ public struct AgentService: WireService {
         case .list: return "list"
         case .set: return "set"
         case .stats: return "stats"
+        case .nodeInfo: return "node_info"
         case .exec: return "exec"
         case .console: return "console"
         case .templateBuild: return "template_build"

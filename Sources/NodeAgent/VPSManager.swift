@@ -9,6 +9,19 @@ public enum VPSState: String, Sendable {
 }
 
 /// Where the agent keeps things and what it runs.
+/// How far this node may promise more than it has (Virtuozzo/Nomad style): allocatable =
+/// capacity x ratio. CPU is commonly overcommitted, memory and disk rarely.
+public struct Overcommit: Sendable, Equatable {
+    public var cpu: Double
+    public var memory: Double
+    public var disk: Double
+    public init(cpu: Double = 4, memory: Double = 1, disk: Double = 1) {
+        self.cpu = cpu
+        self.memory = memory
+        self.disk = disk
+    }
+}
+
 public struct AgentPaths: Sendable {
     public var dataDir: String
     public var runDir: String
@@ -48,8 +61,11 @@ public actor VPSManager {
     var broken: [String: String] = [:]
     var creating: Set<String> = []
     let onlineCPUs: Int
+    public let overcommit: Overcommit
 
-    public init(paths: AgentPaths, nodeName: String, cgroups: any CgroupDriver, logger: Logger) throws {
+    public init(paths: AgentPaths, nodeName: String, cgroups: any CgroupDriver, logger: Logger,
+                overcommit: Overcommit = Overcommit()) throws {
+        self.overcommit = overcommit
         self.paths = paths
         self.nodeName = nodeName
         self.cgroups = cgroups
@@ -589,6 +605,49 @@ public actor VPSManager {
             stats.counters.append(counter("disk_inodes", UInt64(fs.f_files - fs.f_ffree), 0, UInt64(fs.f_files), 0))
         }
         return stats
+    }
+
+    /// Capacity of this node and what its VPSs' limits commit of it.
+    public func nodeInfo() -> Berth_V1_NodeInfo {
+        var info = Berth_V1_NodeInfo()
+        info.name = nodeName
+        var uts = utsname()
+        uname(&uts)
+        info.kernel = withUnsafePointer(to: &uts.release) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
+        info.cgroupMode = cgroups.modeName
+        info.cpus = UInt32(onlineCPUs)
+        let meminfo = FileIO.read("/proc/meminfo") ?? ""
+        if let line = meminfo.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
+           let kib = UInt64(line.split(separator: " ").dropFirst().first ?? "") {
+            info.memoryBytes = kib * 1024
+        }
+        var fs = statvfs()
+        if statvfs(store.vpsRoot, &fs) == 0 {
+            info.diskBytes = UInt64(fs.f_blocks) * UInt64(fs.f_frsize)
+            info.diskFreeBytes = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
+        }
+        info.cpuOvercommit = overcommit.cpu
+        info.memoryOvercommit = overcommit.memory
+        info.diskOvercommit = overcommit.disk
+        for record in records.values {
+            let limits = record.config.limits
+            let cpuShare = limits.cpuLimitPercent.map(UInt64.init)
+                ?? UInt64(limits.cpus.map { Self.cpuCount($0) } ?? onlineCPUs) * 100
+            info.committedCpuPct += cpuShare
+            info.committedMemoryBytes += (limits.memoryBytes ?? 0) + (limits.swapBytes ?? 0)
+            info.committedDiskBytes += limits.diskBytes
+            info.vpsTotal += 1
+            if record.state == .running { info.vpsRunning += 1 }
+        }
+        return info
+    }
+
+    /// CPUs named by a cpuset list ("0-1,3" = 3).
+    static func cpuCount(_ list: String) -> Int {
+        list.split(separator: ",").reduce(0) { total, part in
+            let bounds = part.split(separator: "-").compactMap { Int($0) }
+            return total + (bounds.count == 2 ? bounds[1] - bounds[0] + 1 : 1)
+        }
     }
 
     /// Every VPS with its kernel counters, for the metrics endpoint.

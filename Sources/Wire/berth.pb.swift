@@ -536,6 +536,53 @@ public nonisolated struct Berth_V1_VpsStats: Sendable {
   public init() {}
 }
 
+/// A node's capacity and what its VPSs have committed of it (limits, not usage). Allocatable =
+/// capacity x the node's overcommit ratio; the scheduler places against allocatable - committed.
+public nonisolated struct Berth_V1_NodeInfo: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var kernel: String = String()
+
+  /// "v1" | "v2"
+  public var cgroupMode: String = String()
+
+  public var cpus: UInt32 = 0
+
+  public var memoryBytes: UInt64 = 0
+
+  /// the filesystem holding the VPS disks
+  public var diskBytes: UInt64 = 0
+
+  public var cpuOvercommit: Double = 0
+
+  public var memoryOvercommit: Double = 0
+
+  public var diskOvercommit: Double = 0
+
+  /// sum of --cpu-limit (a VPS without one counts as all CPUs)
+  public var committedCpuPct: UInt64 = 0
+
+  /// sum of memory + swap limits
+  public var committedMemoryBytes: UInt64 = 0
+
+  /// sum of disk sizes
+  public var committedDiskBytes: UInt64 = 0
+
+  public var vpsTotal: UInt32 = 0
+
+  public var vpsRunning: UInt32 = 0
+
+  public var diskFreeBytes: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Berth_V1_Empty: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -676,6 +723,14 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .stats(newValue)}
   }
 
+  public var nodeInfo: Berth_V1_Empty {
+    get {
+      if case .nodeInfo(let v)? = call {return v}
+      return Berth_V1_Empty()
+    }
+    set {call = .nodeInfo(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -694,6 +749,7 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case templateRemove(Berth_V1_NameRequest)
     case templateList(Berth_V1_Empty)
     case stats(Berth_V1_NameRequest)
+    case nodeInfo(Berth_V1_Empty)
 
   }
 
@@ -771,6 +827,14 @@ public nonisolated struct Berth_V1_Response: Sendable {
     set {result = .stats(newValue)}
   }
 
+  public var node: Berth_V1_NodeInfo {
+    get {
+      if case .node(let v)? = result {return v}
+      return Berth_V1_NodeInfo()
+    }
+    set {result = .node(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -782,6 +846,7 @@ public nonisolated struct Berth_V1_Response: Sendable {
     case template(Berth_V1_TemplateInfo)
     case templates(Berth_V1_TemplateList)
     case stats(Berth_V1_VpsStats)
+    case node(Berth_V1_NodeInfo)
 
   }
 
@@ -1929,6 +1994,106 @@ nonisolated extension Berth_V1_VpsStats: SwiftProtobuf.Message, SwiftProtobuf._M
   }
 }
 
+nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kernel\0\u{3}cgroup_mode\0\u{1}cpus\0\u{3}memory_bytes\0\u{3}disk_bytes\0\u{3}cpu_overcommit\0\u{3}memory_overcommit\0\u{3}disk_overcommit\0\u{3}committed_cpu_pct\0\u{3}committed_memory_bytes\0\u{3}committed_disk_bytes\0\u{3}vps_total\0\u{3}vps_running\0\u{3}disk_free_bytes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.kernel) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.cgroupMode) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.cpus) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.memoryBytes) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.diskBytes) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.cpuOvercommit) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.memoryOvercommit) }()
+      case 9: try { try decoder.decodeSingularDoubleField(value: &self.diskOvercommit) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.committedCpuPct) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.committedMemoryBytes) }()
+      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.committedDiskBytes) }()
+      case 13: try { try decoder.decodeSingularUInt32Field(value: &self.vpsTotal) }()
+      case 14: try { try decoder.decodeSingularUInt32Field(value: &self.vpsRunning) }()
+      case 15: try { try decoder.decodeSingularUInt64Field(value: &self.diskFreeBytes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.kernel.isEmpty {
+      try visitor.visitSingularStringField(value: self.kernel, fieldNumber: 2)
+    }
+    if !self.cgroupMode.isEmpty {
+      try visitor.visitSingularStringField(value: self.cgroupMode, fieldNumber: 3)
+    }
+    if self.cpus != 0 {
+      try visitor.visitSingularUInt32Field(value: self.cpus, fieldNumber: 4)
+    }
+    if self.memoryBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.memoryBytes, fieldNumber: 5)
+    }
+    if self.diskBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.diskBytes, fieldNumber: 6)
+    }
+    if self.cpuOvercommit.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.cpuOvercommit, fieldNumber: 7)
+    }
+    if self.memoryOvercommit.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.memoryOvercommit, fieldNumber: 8)
+    }
+    if self.diskOvercommit.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.diskOvercommit, fieldNumber: 9)
+    }
+    if self.committedCpuPct != 0 {
+      try visitor.visitSingularUInt64Field(value: self.committedCpuPct, fieldNumber: 10)
+    }
+    if self.committedMemoryBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.committedMemoryBytes, fieldNumber: 11)
+    }
+    if self.committedDiskBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.committedDiskBytes, fieldNumber: 12)
+    }
+    if self.vpsTotal != 0 {
+      try visitor.visitSingularUInt32Field(value: self.vpsTotal, fieldNumber: 13)
+    }
+    if self.vpsRunning != 0 {
+      try visitor.visitSingularUInt32Field(value: self.vpsRunning, fieldNumber: 14)
+    }
+    if self.diskFreeBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.diskFreeBytes, fieldNumber: 15)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_NodeInfo, rhs: Berth_V1_NodeInfo) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.kernel != rhs.kernel {return false}
+    if lhs.cgroupMode != rhs.cgroupMode {return false}
+    if lhs.cpus != rhs.cpus {return false}
+    if lhs.memoryBytes != rhs.memoryBytes {return false}
+    if lhs.diskBytes != rhs.diskBytes {return false}
+    if lhs.cpuOvercommit != rhs.cpuOvercommit {return false}
+    if lhs.memoryOvercommit != rhs.memoryOvercommit {return false}
+    if lhs.diskOvercommit != rhs.diskOvercommit {return false}
+    if lhs.committedCpuPct != rhs.committedCpuPct {return false}
+    if lhs.committedMemoryBytes != rhs.committedMemoryBytes {return false}
+    if lhs.committedDiskBytes != rhs.committedDiskBytes {return false}
+    if lhs.vpsTotal != rhs.vpsTotal {return false}
+    if lhs.vpsRunning != rhs.vpsRunning {return false}
+    if lhs.diskFreeBytes != rhs.diskFreeBytes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Berth_V1_Empty: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Empty"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
@@ -1950,7 +2115,7 @@ nonisolated extension Berth_V1_Empty: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{2}\u{9}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{2}\u{9}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2154,6 +2319,19 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .stats(v)
         }
       }()
+      case 25: try {
+        var v: Berth_V1_Empty?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .nodeInfo(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .nodeInfo(v)
+        }
+      }()
       default: break
       }
     }
@@ -2228,6 +2406,10 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       guard case .stats(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
     }()
+    case .nodeInfo?: try {
+      guard case .nodeInfo(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -2243,7 +2425,7 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2355,6 +2537,19 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
           self.result = .stats(v)
         }
       }()
+      case 18: try {
+        var v: Berth_V1_NodeInfo?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .node(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .node(v)
+        }
+      }()
       default: break
       }
     }
@@ -2397,6 +2592,10 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
     case .stats?: try {
       guard case .stats(let v)? = self.result else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+    }()
+    case .node?: try {
+      guard case .node(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
     }()
     case nil: break
     }

@@ -38,6 +38,15 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free one; off by default).")
     var metricsListen: String?
 
+    @Option(help: "CPU overcommit ratio: allocatable CPU = CPUs x ratio.")
+    var cpuOvercommit = 4.0
+
+    @Option(help: "Memory overcommit ratio.")
+    var memoryOvercommit = 1.0
+
+    @Option(help: "Disk overcommit ratio (images are sparse).")
+    var diskOvercommit = 1.0
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -50,6 +59,10 @@ struct BerthAgent: AsyncParsableCommand {
         }
         if (try? Validation.name(cgroupParent, field: "cgroup-parent")) == nil {
             throw ValidationError("--cgroup-parent: '\(cgroupParent)' must be lowercase letters, digits and '-'")
+        }
+        for (flag, value) in [("--cpu-overcommit", cpuOvercommit), ("--memory-overcommit", memoryOvercommit), ("--disk-overcommit", diskOvercommit)]
+        where !(value >= 0.1 && value <= 100) {
+            throw ValidationError("\(flag): \(value) must be between 0.1 and 100")
         }
         if let metricsListen, Self.hostPort(metricsListen) == nil {
             throw ValidationError("--metrics-listen: '\(metricsListen)' is not HOST:PORT (e.g. 127.0.0.1:9737)")
@@ -85,7 +98,8 @@ struct BerthAgent: AsyncParsableCommand {
         }
         let nodeName = name ?? ProcessInfo.processInfo.hostName
         let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary),
-                                     nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger)
+                                     nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger,
+                                     overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit))
         logger.info("starting", metadata: ["node": "\(nodeName)", "cgroup": "\(mode.driver().modeName)", "data": "\(dataDir)"])
         let group = MultiThreadedEventLoopGroup.singleton
         var metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)?

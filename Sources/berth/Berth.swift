@@ -15,7 +15,7 @@ struct Berth: AsyncParsableCommand {
         commandName: "berth",
         abstract: "Run and manage VPSs: system containers with their own init, limits and isolation.",
         subcommands: [TemplateCommand.self, Create.self, Start.self, Stop.self, Restart.self, Destroy.self,
-                      Status.self, List.self, Stats.self, Exec.self, Enter.self, Console.self, SetCommand.self])
+                      Status.self, List.self, Stats.self, NodeCommand.self, Exec.self, Enter.self, Console.self, SetCommand.self])
 }
 
 /// Flags every command takes: which agent (or controller) to talk to.

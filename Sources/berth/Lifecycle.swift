@@ -129,3 +129,49 @@ struct Stats: AsyncParsableCommand {
         print("cpu time: \(stats.cpuNanoseconds / 1_000_000) ms")
     }
 }
+
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node", abstract: "The node: capacity and what its VPSs commit of it.",
+        subcommands: [Show.self])
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "show",
+            abstract: "Capacity, overcommit and committed resources of this node (cluster mode: of NAME).")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "Node name (optional on a single node: the local one).") var name: String?
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let node = try await connection.withClient { try await $0.call(request { $0.nodeInfo = Berth_V1_Empty() }) }.node
+            if let name, name != node.name {
+                fail(WireError(.notFound, "node \(name) is not this node (\(node.name)); other nodes need cluster mode", field: "name"))
+            }
+            func allocatable(_ capacity: Double, _ ratio: Double) -> Int64 { Int64(capacity * ratio) }
+            if json {
+                printJSON(.object([
+                    "name": .string(node.name), "kernel": .string(node.kernel), "cgroup": .string(node.cgroupMode),
+                    "vps_total": .int(Int64(node.vpsTotal)), "vps_running": .int(Int64(node.vpsRunning)),
+                    "cpu": .object(["cpus": .int(Int64(node.cpus)), "allocatable_pct": .int(allocatable(Double(node.cpus) * 100, node.cpuOvercommit)),
+                                    "committed_pct": .int(Int64(node.committedCpuPct))]),
+                    "memory": .object(["bytes": .int(Int64(node.memoryBytes)), "allocatable_bytes": .int(allocatable(Double(node.memoryBytes), node.memoryOvercommit)),
+                                       "committed_bytes": .int(Int64(node.committedMemoryBytes))]),
+                    "disk": .object(["bytes": .int(Int64(node.diskBytes)), "free_bytes": .int(Int64(node.diskFreeBytes)),
+                                     "allocatable_bytes": .int(allocatable(Double(node.diskBytes), node.diskOvercommit)),
+                                     "committed_bytes": .int(Int64(node.committedDiskBytes))]),
+                ]))
+                return
+            }
+            print("\(node.name): kernel \(node.kernel), cgroup \(node.cgroupMode), \(node.vpsRunning)/\(node.vpsTotal) VPSs running")
+            printTable([
+                ["RESOURCE", "CAPACITY", "OVERCOMMIT", "ALLOCATABLE", "COMMITTED"],
+                ["cpu", "\(node.cpus * 100)%", "\(node.cpuOvercommit)", "\(allocatable(Double(node.cpus) * 100, node.cpuOvercommit))%", "\(node.committedCpuPct)%"],
+                ["memory", humanBytes(node.memoryBytes), "\(node.memoryOvercommit)",
+                 humanBytes(UInt64(allocatable(Double(node.memoryBytes), node.memoryOvercommit))), humanBytes(node.committedMemoryBytes)],
+                ["disk", humanBytes(node.diskBytes), "\(node.diskOvercommit)",
+                 humanBytes(UInt64(allocatable(Double(node.diskBytes), node.diskOvercommit))), humanBytes(node.committedDiskBytes)],
+            ])
+        }
+    }
+}

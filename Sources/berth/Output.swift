@@ -72,7 +72,7 @@ func printTable(_ rows: [[String]]) {
     for row in rows {
         var line = row.enumerated().map { $0.element.padded(to: widths[$0.offset]) }.joined(separator: "  ")
         while line.last == " " { line.removeLast() }
-        writeOut(line + "\n")
+        print(line)
     }
 }
 
@@ -90,4 +90,14 @@ func absolutePath(_ path: String) -> String {
     var buffer = [CChar](repeating: 0, count: 4096)
     guard getcwd(&buffer, buffer.count) != nil else { return path }
     return String(cString: buffer) + "/" + path
+}
+
+/// "23.5G": for humans reading capacities (sizes on input stay exact, see ByteSize).
+func humanBytes(_ bytes: UInt64) -> String {
+    for (suffix, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] where bytes >= UInt64(1) << shift {
+        let value = Double(bytes) / Double(UInt64(1) << shift)
+        let tenths = Int((value * 10).rounded())
+        return tenths % 10 == 0 ? "\(tenths / 10)\(suffix)" : "\(tenths / 10).\(tenths % 10)\(suffix)"
+    }
+    return "\(bytes)"
 }

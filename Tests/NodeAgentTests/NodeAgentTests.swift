@@ -172,3 +172,11 @@ enum TarBuilder {
         #expect(throws: AgentError.self) { try TarValidator.validate(tar) }
     }
 }
+
+@Suite struct CapacityTests {
+    @Test func cpuListsCountTheirCPUs() {
+        #expect(VPSManager.cpuCount("0") == 1)
+        #expect(VPSManager.cpuCount("0-1,3") == 3)
+        #expect(VPSManager.cpuCount("2-5,7,9-10") == 7)
+    }
+}

@@ -279,6 +279,23 @@ except urllib.error.HTTPError as e:
     expect_contains "$(expect_fail 64 "$BUILD/berth-agent" --metrics-listen nonsense --data-dir "$WORK/x")" "metrics-listen"
 }
 
+t_node_capacity() {
+    local json; json=$("$BERTH" node show --json)
+    local committed; committed=$(echo "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["memory"]["committed_bytes"])')
+    # Committed memory is the sum of the VPSs' memory + swap limits, as configured.
+    local expected; expected=$(python3 -c '
+import json, sys
+total = 0
+for path in sys.argv[1:]:
+    limits = json.load(open(path))["limits"]
+    total += limits.get("memoryBytes", 0) + limits.get("swapBytes", 0)
+print(total)' "$WORK"/data/vps/*/config.json)
+    expect_eq "$committed" "$expected"
+    echo "$json" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["cpu"]["cpus"] >= 1 and d["memory"]["bytes"] > 0 and d["disk"]["bytes"] > 0 and d["vps_running"] >= 1, d'
+    expect_contains "$("$BERTH" node show)" "ALLOCATABLE"
+    expect_fail 3 "$BERTH" node show some-other-node >/dev/null
+}
+
 t_bad_input() {
     expect_contains "$(expect_fail 2 "$BERTH" create Bad_Name --template busybox)" "name"
     expect_contains "$(expect_fail 64 "$BERTH" create -x --template busybox)" "Missing expected argument"
@@ -423,6 +440,7 @@ run_test "onboot VPSs start on the first agent start after a host boot" t_onboot
 run_test "set applies limits live and saves them" t_set_live
 run_test "stats: held/peak/limit/failcnt from the kernel" t_stats_beancounters
 run_test "Prometheus metrics endpoint: per-VPS gauges and request metrics" t_metrics_endpoint
+run_test "node capacity: allocatable and committed resources" t_node_capacity
 run_test "bad input: clear errors, nothing changes" t_bad_input
 run_test "a hand-broken config is reported and left alone" t_corrupt_config
 run_test "template import rejects absolute, .., escaping symlinks" t_template_import_rejects_escapes
