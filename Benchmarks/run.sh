@@ -29,7 +29,8 @@ mkdir -p "$W"
 cleanup() {
     crun delete -f bench-crun-d >/dev/null 2>&1
     [ -n "${AGENT:-}" ] && kill -TERM "$AGENT" 2>/dev/null
-    WORK=$W RUN_ID=$RUN_ID CGROUP_PARENT=berth-$RUN_ID BUILD=$BUILD bash -c 'source Tests/integration/lib.sh; CGROUP_PARENT=berth-'"$RUN_ID"'; cleanup_all' >/dev/null 2>&1
+    # lib.sh derives the cgroup parent (berth-$RUN_ID) from RUN_ID, as the agent above was told.
+    WORK=$W RUN_ID=$RUN_ID BUILD=$BUILD bash -c 'source Tests/integration/lib.sh; cleanup_all' >/dev/null 2>&1
 }
 trap cleanup EXIT
 "$BUILD/berth-agent" --data-dir "$W/data" --run-dir "$W/run" --socket "$BERTH_AGENT" --cgroup-parent "berth-$RUN_ID" --log-level warning >"$W/agent.log" 2>&1 &

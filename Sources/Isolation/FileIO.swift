@@ -91,6 +91,14 @@ public enum FileIO {
         }
     }
 
+    /// `path` is the root of a mounted filesystem (its device differs from its parent's). lstat:
+    /// a symlink planted at `path` is not followed.
+    public static func isMountPoint(_ path: String) -> Bool {
+        var own = stat(), parent = stat()
+        guard lstat(path, &own) == 0, lstat(path + "/..", &parent) == 0 else { return false }
+        return own.st_dev != parent.st_dev
+    }
+
     public static func directory(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         return slash == path.startIndex ? "/" : String(path[..<slash])

@@ -143,37 +143,37 @@ public struct AgentService: WireService {
         argv.append("--")
         argv += request.argv
 
-        var stdinPipe: [Int32] = [0, 0], stdoutPipe: [Int32] = [0, 0], stderrPipe: [Int32] = [0, 0], resizePipe: [Int32] = [0, 0]
-        for index in 0..<4 {
-            let ok: Bool
-            switch index {
-            case 0: ok = berth_pipe_cloexec(&stdinPipe) == 0
-            case 1: ok = berth_pipe_cloexec(&stdoutPipe) == 0
-            case 2: ok = berth_pipe_cloexec(&stderrPipe) == 0
-            default: ok = berth_pipe_cloexec(&resizePipe) == 0
-            }
-            if !ok { throw AgentError(.kernel, "pipe failed", stage: "pipe", errno: errno) }
+        // stderr always gets its own pipe (with a tty it simply sees EOF at once, as the pty
+        // carries both streams), so the readers below need no special case.
+        var pipes: [(read: Int32, write: Int32)] = []
+        do {
+            for _ in 0..<(request.tty ? 4 : 3) { pipes.append(try Subprocess.makePipe()) }
+        } catch {
+            pipes.forEach { close($0.read); close($0.write) }
+            throw error
         }
-        var fds = [stdinPipe[0], stdoutPipe[1], request.tty ? stdoutPipe[1] : stderrPipe[1]]
-        if request.tty { fds.append(resizePipe[0]) }
+        let (stdinPipe, stdoutPipe, stderrPipe) = (pipes[0], pipes[1], pipes[2])
+        let resizePipe = request.tty ? pipes[3] : nil
+        var fds = [stdinPipe.read, stdoutPipe.write, request.tty ? stdoutPipe.write : stderrPipe.write]
+        if let resizePipe { fds.append(resizePipe.read) }
         let child: (pid: Int32, pidfd: Int32)
         do {
             child = try Subprocess.spawn(argv, fds: fds, environment: [])
         } catch {
-            (stdinPipe + stdoutPipe + stderrPipe + resizePipe).forEach { close($0) }
+            pipes.forEach { close($0.read); close($0.write) }
             throw AgentError(.kernel, "cannot run \(manager.paths.spawnBinary): \(error)", stage: "spawn")
         }
-        [stdinPipe[0], stdoutPipe[1], stderrPipe[1], resizePipe[0]].forEach { close($0) }
-        if !request.tty { close(resizePipe[1]) }
-        let resizeFD = request.tty ? resizePipe[1] : -1
+        // Only the ends the agent uses stay open here.
+        [stdinPipe.read, stdoutPipe.write, stderrPipe.write, resizePipe?.read ?? -1].filter { $0 >= 0 }.forEach { close($0) }
+        let resizeFD = resizePipe?.write ?? -1
 
         // Stdin is written with plain channel writes, each awaited until it reached the pipe:
         // closing the pipe (the client's end of stdin) must never drop bytes still queued in NIO.
-        let stdinChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdinPipe[1]).get()
-        let stdoutChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: stdoutPipe[0]) { channel in
+        let stdinChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdinPipe.write).get()
+        let stdoutChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: stdoutPipe.read) { channel in
             channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
         }
-        let stderrChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: stderrPipe[0]) { channel in
+        let stderrChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: stderrPipe.read) { channel in
             channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
         }
 

@@ -87,6 +87,13 @@ public enum Subprocess {
         public var description: String { "cannot run \(path): \(errnoName(errno))" }
     }
 
+    /// A close-on-exec pipe; the child gets an end only by being handed it in `fds`.
+    public static func makePipe() throws -> (read: Int32, write: Int32) {
+        var ends: [Int32] = [-1, -1]
+        guard berth_pipe_cloexec(&ends) == 0 else { throw AgentError(.kernel, "pipe failed: \(errnoName(errno))", stage: "pipe", errno: errno) }
+        return (ends[0], ends[1])
+    }
+
     /// Starts `argv` with `fds[i]` as fd i. Returns pid and pidfd.
     public static func spawn(_ argv: [String], fds: [Int32], environment: [String] = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
                              newSession: Bool = false) throws -> (pid: Int32, pidfd: Int32) {
@@ -108,33 +115,31 @@ public enum Subprocess {
     /// Runs to completion with stdin from /dev/null, capturing stdout and stderr.
     public static func run(_ argv: [String], input: [UInt8]? = nil) async throws -> ProcessResult {
         let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        var outPipe: [Int32] = [0, 0], errPipe: [Int32] = [0, 0], inPipe: [Int32] = [-1, -1]
-        guard berth_pipe_cloexec(&outPipe) == 0, berth_pipe_cloexec(&errPipe) == 0 else {
-            throw SpawnFailure(path: argv[0], stage: 0, errno: errno)
-        }
-        if input != nil { _ = berth_pipe_cloexec(&inPipe) }
+        defer { close(devnull) }
+        let out = try makePipe(), err = try makePipe()
+        let inPipe = input == nil ? nil : try makePipe()
         let child: (pid: Int32, pidfd: Int32)
         do {
-            child = try spawn(argv, fds: [input != nil ? inPipe[0] : devnull, outPipe[1], errPipe[1]])
+            child = try spawn(argv, fds: [inPipe?.read ?? devnull, out.write, err.write])
         } catch {
-            [devnull, outPipe[0], outPipe[1], errPipe[0], errPipe[1], inPipe[0], inPipe[1]].filter { $0 >= 0 }.forEach { close($0) }
+            [out.read, out.write, err.read, err.write, inPipe?.read ?? -1, inPipe?.write ?? -1].filter { $0 >= 0 }.forEach { close($0) }
             throw error
         }
-        close(devnull); close(outPipe[1]); close(errPipe[1])
-        if let input {
-            close(inPipe[0])
-            let writer = inPipe[1]
+        close(out.write); close(err.write)
+        if let input, let inPipe {
+            close(inPipe.read)
+            let writer = inPipe.write
             Thread.detachNewThread {
                 try? FileIO.writeAll(fd: writer, input, stage: "stdin")
                 close(writer)
             }
         }
         // Drain both pipes on their own threads so a chatty child cannot fill one and block.
-        let (outFD, errFD) = (outPipe[0], errPipe[0])
-        async let out = readToEnd(outFD)
-        async let err = readToEnd(errFD)
+        let (outFD, errFD) = (out.read, err.read)
+        async let stdout = readToEnd(outFD)
+        async let stderr = readToEnd(errFD)
         let status = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd) ?? 0
-        return ProcessResult(status: status, stdout: await out, stderr: await err)
+        return ProcessResult(status: status, stdout: await stdout, stderr: await stderr)
     }
 
     static func readToEnd(_ fd: Int32) async -> String {

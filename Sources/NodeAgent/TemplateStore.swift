@@ -81,7 +81,9 @@ public final class TemplateStore: @unchecked Sendable {
             try Data(text.utf8).write(to: URL(fileURLWithPath: tree + "/" + path))
             chmod(tree + "/" + path, mode_t(mode))
         }
-        let version = listing.stdout.isEmpty ? "" : (try? await Subprocess.run([busybox]))?.stdout.split(separator: "\n").first.map(String.init) ?? ""
+        // `busybox` without arguments prints its version banner first.
+        let banner = (try? await Subprocess.run([busybox]))?.stdout ?? ""
+        let version = banner.split(separator: "\n").first.map(String.init) ?? "unknown version"
         let info = TemplateInfo(name: name, source: "busybox-static: \(version)", createdAt: Self.now(),
                                 stopSignal: SIGUSR2, sizeBytes: Self.treeSize(tree))
         try install(staging: staging, info: info)

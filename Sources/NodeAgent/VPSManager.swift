@@ -318,7 +318,7 @@ public actor VPSManager {
             }
         }
         let root = store.rootPath(name)
-        if isMountPoint(root) {
+        if FileIO.isMountPoint(root) {
             throw AgentError(.conflict, "\(root) is still mounted; refusing to delete through a mounted VPS root")
         }
         do {
@@ -342,7 +342,7 @@ public actor VPSManager {
         case .starting, .stopping: throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); try again when it is done")
         case .stopped, .failed: break
         }
-        guard templates.info(record.config.template) != nil || FileManager.default.fileExists(atPath: store.diskPath(name)) else {
+        guard FileManager.default.fileExists(atPath: store.diskPath(name)) else {
             throw AgentError(.notFound, "the disk of VPS \(name) is missing")
         }
         record.state = .starting
@@ -380,11 +380,11 @@ public actor VPSManager {
                              hostname: record.config.hostname, cgroupProcsFiles: cgroups.procsFiles(name))
         spec.openFilesLimit = record.config.limits.files
 
-        var specPipe: [Int32] = [0, 0], statusPipe: [Int32] = [0, 0]
-        guard berth_pipe_cloexec(&specPipe) == 0 else { throw AgentError(.kernel, "pipe failed", stage: "pipe", errno: errno) }
-        guard berth_pipe_cloexec(&statusPipe) == 0 else {
-            close(specPipe[0]); close(specPipe[1])
-            throw AgentError(.kernel, "pipe failed", stage: "pipe", errno: errno)
+        let specPipe = try Subprocess.makePipe()
+        let statusPipe: (read: Int32, write: Int32)
+        do { statusPipe = try Subprocess.makePipe() } catch {
+            close(specPipe.read); close(specPipe.write)
+            throw error
         }
         let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
         let log = open(run + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
@@ -392,17 +392,17 @@ public actor VPSManager {
         let child: (pid: Int32, pidfd: Int32)
         do {
             child = try Subprocess.spawn([paths.spawnBinary, "start"],
-                                         fds: [devnull, log >= 0 ? log : devnull, log >= 0 ? log : devnull, specPipe[0], statusPipe[1]],
+                                         fds: [devnull, log >= 0 ? log : devnull, log >= 0 ? log : devnull, specPipe.read, statusPipe.write],
                                          environment: [], newSession: true)
         } catch {
-            [specPipe[0], specPipe[1], statusPipe[0], statusPipe[1]].forEach { close($0) }
+            [specPipe.read, specPipe.write, statusPipe.read, statusPipe.write].forEach { close($0) }
             throw AgentError(.kernel, "cannot run \(paths.spawnBinary): \(error)", stage: "spawn")
         }
-        close(specPipe[0])
-        close(statusPipe[1])
-        try? FileIO.writeAll(fd: specPipe[1], Array(spec.encode().utf8), stage: "spec")
-        close(specPipe[1])
-        let reply = await Subprocess.readToEnd(statusPipe[0]).trimmed
+        close(specPipe.read)
+        close(statusPipe.write)
+        try? FileIO.writeAll(fd: specPipe.write, Array(spec.encode().utf8), stage: "spec")
+        close(specPipe.write)
+        let reply = await Subprocess.readToEnd(statusPipe.read).trimmed
         if reply.hasPrefix("ok ") {
             guard let state = RunState.read(runDir: run) else {
                 throw AgentError(.kernel, "berth-spawn reported success but wrote no state file")
@@ -461,7 +461,7 @@ public actor VPSManager {
             }
         }
         let root = store.rootPath(name)
-        if isMountPoint(root) {
+        if FileIO.isMountPoint(root) {
             if umount2(root, 0) != 0 { umount2(root, Int32(MNT_DETACH)) }
         }
         try? FileManager.default.removeItem(atPath: runDir(name))
@@ -599,7 +599,7 @@ public actor VPSManager {
         ]
         // The disk is the mounted image: its own filesystem's totals are the hard limits.
         var fs = statvfs()
-        if running && isMountPoint(store.rootPath(name)) && statvfs(store.rootPath(name), &fs) == 0 {
+        if running && FileIO.isMountPoint(store.rootPath(name)) && statvfs(store.rootPath(name), &fs) == 0 {
             let block = UInt64(fs.f_frsize)
             stats.counters.append(counter("disk_bytes", UInt64(fs.f_blocks - fs.f_bfree) * block, 0, UInt64(fs.f_blocks) * block, 0))
             stats.counters.append(counter("disk_inodes", UInt64(fs.f_files - fs.f_ffree), 0, UInt64(fs.f_files), 0))
@@ -674,10 +674,4 @@ public actor VPSManager {
         _ = try joinTarget(name)
         return runDir(name) + "/" + RunState.consoleSocket
     }
-}
-
-func isMountPoint(_ path: String) -> Bool {
-    var own = stat(), parent = stat()
-    guard lstat(path, &own) == 0, lstat(path + "/..", &parent) == 0 else { return false }
-    return own.st_dev != parent.st_dev
 }

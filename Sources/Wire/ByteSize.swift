@@ -42,8 +42,3 @@ extension String {
         return String(s)
     }
 }
-
-extension Berth_V1_ResourceCounter {
-    /// The "no limit" value, as in OpenVZ's /proc/user_beancounters (LONG_MAX).
-    public static let unlimited = UInt64(Int64.max)
-}

@@ -134,14 +134,14 @@ final class WireServerHandler: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         guard streams.count < maxStreams else {
-            sendError(context.channel, stream: id, WireError(.tooManyStreams, "more than \(maxStreams) concurrent calls on one connection"))
+            Self.sendError(context.channel, stream: id, WireError(.tooManyStreams, "more than \(maxStreams) concurrent calls on one connection"))
             return
         }
         let request: Berth_V1_Request
         do {
             request = try Berth_V1_Request(serializedBytes: Array(frame.payload.readableBytesView))
         } catch {
-            sendError(context.channel, stream: id, WireError(.malformedFrame, "request body is not a valid Request message"))
+            Self.sendError(context.channel, stream: id, WireError(.malformedFrame, "request body is not a valid Request message"))
             return
         }
         let channel = context.channel
@@ -165,7 +165,7 @@ final class WireServerHandler: ChannelInboundHandler, @unchecked Sendable {
                 let payload = ByteBuffer(bytes: (try? response.serializedBytes() as [UInt8]) ?? [])
                 channel.writeAndFlush(Frame(type: .response, stream: id, payload: payload), promise: nil)
             case .failure(let error):
-                Self.sendErrorStatic(channel, stream: id, Self.wireError(from: error))
+                Self.sendError(channel, stream: id, Self.wireError(from: error))
             }
             stream.continuation.finish()
             channel.eventLoop.execute { self.streams[id] = nil }
@@ -179,11 +179,7 @@ final class WireServerHandler: ChannelInboundHandler, @unchecked Sendable {
         return WireError(.internalError, "internal error: \(error)")
     }
 
-    func sendError(_ channel: Channel, stream: UInt32, _ error: WireError) {
-        Self.sendErrorStatic(channel, stream: stream, error)
-    }
-
-    static func sendErrorStatic(_ channel: Channel, stream: UInt32, _ error: WireError) {
+    static func sendError(_ channel: Channel, stream: UInt32, _ error: WireError) {
         let payload = ByteBuffer(bytes: (try? error.reply.serializedBytes() as [UInt8]) ?? [])
         channel.writeAndFlush(Frame(type: .error, stream: stream, payload: payload), promise: nil)
     }

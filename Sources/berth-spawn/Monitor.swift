@@ -37,7 +37,7 @@ final class Monitor {
     }
 
     func mountDisk() throws(IsolationError) {
-        if isMountPoint(spec.rootPath) {
+        if FileIO.isMountPoint(spec.rootPath) {
             // A leftover of a crash: the agent only starts a VPS that is not running.
             umount2(spec.rootPath, Int32(MNT_DETACH))
         }
@@ -194,11 +194,5 @@ final class Monitor {
         let record = "reason=\(reason)\ntime=\(time(nil))\n"
         try? FileIO.writeAtomically(spec.runDir + "/" + RunState.exitFile, Array(record.utf8), mode: 0o644)
     }
-}
-
-func isMountPoint(_ path: String) -> Bool {
-    var own = stat(), parent = stat()
-    guard stat(path, &own) == 0, stat(path + "/..", &parent) == 0 else { return false }
-    return own.st_dev != parent.st_dev
 }
 
