@@ -27,6 +27,8 @@ public final class AgentServer: Service, @unchecked Sendable {
 
     public func run() async throws {
         await manager.recover()
+        // Fail closed: without its anti-spoofing filter a node must not serve VPS networking.
+        try await manager.setUpNodeNetwork()
         try FileManager.default.createDirectory(atPath: FileIO.directory(of: socketPath), withIntermediateDirectories: true)
         let server = try await UnixWireServer.bind(
             path: socketPath, service: AgentService(manager: manager, group: group, logger: logger), group: group)

@@ -30,6 +30,20 @@ public struct VPSConfig: Codable, Equatable, Sendable {
 
     public enum DesiredState: String, Codable, Sendable { case running, stopped }
 
+    /// The VPS's interface. Absent for VPSs created on a node without network settings: they
+    /// have a network namespace with loopback only.
+    public struct Network: Codable, Equatable, Sendable {
+        /// nil: routed (venet semantics); else the host bridge the VPS is a port of.
+        public var bridge: String?
+        public var ips: [String]
+        public var mac: String
+        public var hostInterface: String
+
+        static let keys: Set<String> = ["bridge", "ips", "mac", "hostInterface"]
+
+        public var mode: String { bridge.map { "bridged:\($0)" } ?? "routed" }
+    }
+
     public var schemaVersion: Int
     public var name: String
     public var template: String
@@ -41,9 +55,13 @@ public struct VPSConfig: Codable, Equatable, Sendable {
     public var createdAt: Date
     /// Signal that asks this VPS's init for a clean shutdown (from the template).
     public var stopSignal: Int32
+    public var network: Network?
+    public var nameservers: [String]?
+    public var searchDomains: [String]?
 
     public static let defaultDiskBytes: UInt64 = 2 << 30
-    static let keys: Set<String> = ["schemaVersion", "name", "template", "hostname", "limits", "labels", "onboot", "desiredState", "createdAt", "stopSignal"]
+    static let keys: Set<String> = ["schemaVersion", "name", "template", "hostname", "limits", "labels", "onboot", "desiredState", "createdAt", "stopSignal",
+                                   "network", "nameservers", "searchDomains"]
 
     public init(name: String, template: String, hostname: String, limits: Limits = Limits(), labels: [String: String] = [:],
                 onboot: Bool = false, stopSignal: Int32) {
@@ -81,6 +99,10 @@ public struct VPSConfig: Codable, Equatable, Sendable {
             let unknownLimits = Set(limits.keys).subtracting(Limits.keys)
             if !unknownLimits.isEmpty { throw corrupt("unknown field(s) limits.\(unknownLimits.sorted().joined(separator: ", limits."))") }
         }
+        if let network = object["network"] as? [String: Any] {
+            let unknownNetwork = Set(network.keys).subtracting(Network.keys)
+            if !unknownNetwork.isEmpty { throw corrupt("unknown field(s) network.\(unknownNetwork.sorted().joined(separator: ", network."))") }
+        }
         if let version = object["schemaVersion"] as? Int, version > currentSchema {
             throw corrupt("schema version \(version) is newer than this agent understands (\(currentSchema))")
         }
@@ -103,6 +125,16 @@ public struct VPSConfig: Codable, Equatable, Sendable {
             _ = try Validation.name(config.name)
             _ = try Validation.hostname(config.hostname)
             for (key, value) in config.labels { try Validation.label(key: key, value: value) }
+            if let network = config.network {
+                for ip in network.ips where IPAddress.parse(ip).isFailure { throw AgentError.invalid("network.ips", "'\(ip)' is not an address") }
+                guard MACAddress.parse(network.mac) != nil else { throw AgentError.invalid("network.mac", "'\(network.mac)' is not a MAC address") }
+                _ = try Validation.interfaceName(network.hostInterface, field: "network.hostInterface")
+                guard network.hostInterface.hasPrefix(NFTables.interfacePrefix) else {
+                    throw AgentError.invalid("network.hostInterface", "must start with \(NFTables.interfacePrefix) (the anti-spoofing filter matches that prefix)")
+                }
+            }
+            for ip in config.nameservers ?? [] { _ = try Validation.nameserver(ip) }
+            _ = try Validation.searchDomains(config.searchDomains ?? [])
         } catch let error as AgentError {
             throw corrupt(error.description)
         }
@@ -139,4 +171,8 @@ public struct ConfigStore: Sendable {
             throw AgentError.kernel("saving the config of \(config.name)", error)
         }
     }
+}
+
+extension Result {
+    var isFailure: Bool { if case .failure = self { return true } else { return false } }
 }

@@ -60,12 +60,16 @@ public actor VPSManager {
     /// VPS directories whose config could not be loaded, with the reason.
     var broken: [String: String] = [:]
     var creating: Set<String> = []
+    /// Interfaces and addresses of VPSs being created (their records do not exist yet).
+    var pendingNetworks: [String: VPSConfig.Network] = [:]
     let onlineCPUs: Int
     public let overcommit: Overcommit
+    public let settings: NodeSettings
 
     public init(paths: AgentPaths, nodeName: String, cgroups: any CgroupDriver, logger: Logger,
-                overcommit: Overcommit = Overcommit()) throws {
+                overcommit: Overcommit = Overcommit(), settings: NodeSettings = NodeSettings()) throws {
         self.overcommit = overcommit
+        self.settings = settings
         self.paths = paths
         self.nodeName = nodeName
         self.cgroups = cgroups
@@ -180,6 +184,14 @@ public actor VPSManager {
         status.onboot = config.onboot
         status.lastExit = record.lastExit
         status.limits = Self.wireLimits(config.limits)
+        if let network = config.network {
+            status.net = network.mode
+            status.ips = network.ips
+            status.hostInterface = network.hostInterface
+            status.mac = network.mac
+        }
+        status.nameservers = config.nameservers ?? []
+        status.searchdomains = config.searchDomains ?? []
         if record.state == .running || record.state == .stopping {
             // The init pid changes on an in-VPS reboot: the monitor's state file is current.
             if let run = RunState.read(runDir: runDir(config.name)) { record.run = run }
@@ -213,8 +225,9 @@ public actor VPSManager {
             throw AgentError(.notFound, "template \(request.template) does not exist (see 'berth template list')", field: "template")
         }
         let hostname = try Validation.hostname(request.hostname.isEmpty ? name : request.hostname)
-        try rejectUnsupported(ips: request.ips, nameservers: request.nameservers, net: request.net)
         for (key, value) in request.labels { try Validation.label(key: key, value: value) }
+        let nameservers = try request.nameservers.map { try Validation.nameserver($0).description }
+        let searchDomains = try Validation.searchDomains(request.searchdomains)
         var limits = VPSConfig.Limits()
         try applyLimits(request.limits, to: &limits, creating: true)
         let minimum = template.sizeBytes + template.sizeBytes / 4 + (16 << 20)
@@ -225,11 +238,19 @@ public actor VPSManager {
               !FileManager.default.fileExists(atPath: store.directory(name)) else {
             throw AgentError(.alreadyExists, "VPS \(name) already exists", field: "name")
         }
+        let network = try newNetwork(name: name, net: request.net, ips: request.ips)
         creating.insert(name)
-        defer { creating.remove(name) }
+        pendingNetworks[name] = network
+        defer {
+            creating.remove(name)
+            pendingNetworks[name] = nil
+        }
 
-        let config = VPSConfig(name: name, template: template.name, hostname: hostname, limits: limits,
+        var config = VPSConfig(name: name, template: template.name, hostname: hostname, limits: limits,
                                labels: request.labels, onboot: request.onboot, stopSignal: template.stopSignal)
+        config.network = network
+        config.nameservers = nameservers.isEmpty ? nil : nameservers
+        config.searchDomains = searchDomains.isEmpty ? nil : searchDomains
         let dir = store.directory(name)
         do {
             try FileManager.default.createDirectory(atPath: store.rootPath(name), withIntermediateDirectories: true)
@@ -252,12 +273,6 @@ public actor VPSManager {
         records[name] = record
         logger.info("created VPS", metadata: ["vps": "\(name)", "template": "\(template.name)"])
         return makeStatus(record)
-    }
-
-    func rejectUnsupported(ips: [String], nameservers: [String], net: String) throws {
-        if !ips.isEmpty { throw AgentError.unsupported("ip", "VPS networking is not available in this release yet; create the VPS without --ip") }
-        if !nameservers.isEmpty { throw AgentError.unsupported("nameserver", "VPS networking is not available in this release yet") }
-        if !net.isEmpty && net != "routed" { throw AgentError.unsupported("net", "'\(net)': bridged networking is not available in this release yet") }
     }
 
     /// Merges wire limits into the config's; zero means "unchanged" (or unlimited on create).
@@ -376,6 +391,11 @@ public actor VPSManager {
         try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
         chmod(run, 0o700)
         for file in [RunState.exitFile, RunState.stopRequestFile, RunState.stateFile] { unlink(run + "/" + file) }
+        do {
+            try FileIO.writeAtomically(run + "/" + GuestSpec.fileName, Array(guestSpec(record.config).encode().utf8), mode: 0o600)
+        } catch {
+            throw AgentError.kernel("writing the guest spec of \(name)", error)
+        }
         var spec = SpawnSpec(name: name, diskImage: store.diskPath(name), rootPath: store.rootPath(name), runDir: run,
                              hostname: record.config.hostname, cgroupProcsFiles: cgroups.procsFiles(name))
         spec.openFilesLimit = record.config.limits.files
@@ -454,6 +474,10 @@ public actor VPSManager {
     /// Removes what a stopped VPS leaves: stray processes, its cgroup, its run directory and a
     /// root mount whose monitor died. Idempotent.
     func cleanupAfterExit(_ name: String) {
+        if let config = records[name]?.config, let link = guestSpec(config).link {
+            // The monitor removes these itself; this covers a monitor that died mid-way.
+            NetworkSetup.detach(link, removeInterface: false)
+        }
         if cgroups.exists(name) {
             try? cgroups.killAll(name)
             do { try cgroups.destroy(name) } catch {
@@ -518,7 +542,6 @@ public actor VPSManager {
         if record.state == .starting || record.state == .stopping {
             throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); try again when it is done")
         }
-        try rejectUnsupported(ips: request.ipAdd + request.ipDel, nameservers: request.nameservers, net: "")
         var config = record.config
         var live: [String] = [], restart: [String] = []
         let running = record.state == .running
@@ -542,10 +565,12 @@ public actor VPSManager {
             }
             if running && old.files != config.limits.files { restart.append("files") }
         }
+        var guestChanged: [String] = []
         if !request.hostname.isEmpty && request.hostname != config.hostname {
             config.hostname = try Validation.hostname(request.hostname)
-            if running { restart.append("hostname") }
+            guestChanged.append("hostname")
         }
+        try applyNetworkChanges(request, to: &config, changed: &guestChanged, restart: &restart, running: running)
         for (key, value) in request.labels {
             if value.isEmpty { config.labels[key] = nil } else {
                 try Validation.label(key: key, value: value)
@@ -553,6 +578,10 @@ public actor VPSManager {
             }
         }
         if request.setOnboot { config.onboot = request.onboot }
+        if running && !guestChanged.isEmpty {
+            try await configureLive(record, config)
+            live += guestChanged
+        }
         try store.save(config)
         record.config = config
         var result = Berth_V1_SetResult()

@@ -1,3 +1,4 @@
+import Isolation
 import Wire
 
 /// Input checks shared by every entry point; each failure names the field and the rule.
@@ -62,5 +63,52 @@ public enum Validation {
             }
         }
         return value
+    }
+
+    /// Linux interface names: 1-15 bytes, no '/', ':', whitespace (dev_valid_name).
+    public static func interfaceName(_ value: String, field: String) throws -> String {
+        let bytes = Array(value.utf8)
+        guard !bytes.isEmpty, bytes.count <= 15, value != ".", value != "..",
+              bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != 0x2f && $0 != 0x3a }) else {
+            throw AgentError.invalid(field, "'\(value)' is not an interface name (1-15 characters, no '/', ':' or spaces)")
+        }
+        return value
+    }
+
+    /// A host-assigned VPS address: valid, unicast, inside one of the node's ranges, not the
+    /// network or broadcast address of that range, not a bridge gateway.
+    public static func vpsAddress(_ text: String, field: String, network: NodeSettings.Network) throws -> IPAddress {
+        let address: IPAddress
+        do throws(AddressError) { address = try IPAddress(text) } catch { throw AgentError.invalid(field, error.message) }
+        if let why = address.unusableForVPS { throw AgentError.invalid(field, "\(address) \(why)") }
+        guard let range = network.range(containing: address) else {
+            throw AgentError.invalid(field, "\(address) is outside this node's address ranges (\(network.ranges.map(\.description).joined(separator: ", ")))")
+        }
+        if address.isV4 && range.prefixLength <= 30 {
+            let broadcast = CIDR(address: address, prefixLength: range.prefixLength).network.bytes.enumerated().map { i, byte in
+                byte | UInt8(truncatingIfNeeded: 0xff >> max(0, min(8, range.prefixLength - i * 8)))
+            }
+            if address == range.network || address.bytes == broadcast {
+                throw AgentError.invalid(field, "\(address) is the network or broadcast address of \(range)")
+            }
+        }
+        if network.bridges.contains(where: { $0.gateway4 == address || $0.gateway6 == address }) {
+            throw AgentError.invalid(field, "\(address) is a bridge gateway of this node")
+        }
+        return address
+    }
+
+    /// Resolver addresses may be anywhere (they are only written into /etc/resolv.conf).
+    public static func nameserver(_ text: String) throws -> IPAddress {
+        let address: IPAddress
+        do throws(AddressError) { address = try IPAddress(text) } catch { throw AgentError.invalid("nameserver", error.message) }
+        guard !address.isUnspecified, !address.isMulticast else { throw AgentError.invalid("nameserver", "\(address) cannot be a resolver") }
+        return address
+    }
+
+    /// resolv.conf allows six search domains; each is a host name.
+    public static func searchDomains(_ values: [String]) throws -> [String] {
+        guard values.count <= 6 else { throw AgentError.invalid("searchdomain", "at most 6 search domains (resolv.conf)") }
+        return try values.map { try hostname($0, field: "searchdomain") }
     }
 }

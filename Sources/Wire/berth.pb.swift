@@ -138,6 +138,11 @@ public nonisolated struct Berth_V1_CreateRequest: @unchecked Sendable {
     set {_uniqueStorage()._labels = newValue}
   }
 
+  public var searchdomains: [String] {
+    get {_storage._searchdomains}
+    set {_uniqueStorage()._searchdomains = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -257,6 +262,11 @@ public nonisolated struct Berth_V1_SetRequest: @unchecked Sendable {
   public var labels: Dictionary<String,String> {
     get {_storage._labels}
     set {_uniqueStorage()._labels = newValue}
+  }
+
+  public var searchdomains: [String] {
+    get {_storage._searchdomains}
+    set {_uniqueStorage()._searchdomains = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -410,6 +420,34 @@ public nonisolated struct Berth_V1_VpsStatus: @unchecked Sendable {
   public var startedAtUnix: Int64 {
     get {_storage._startedAtUnix}
     set {_uniqueStorage()._startedAtUnix = newValue}
+  }
+
+  /// "routed" | "bridged:BRIDGE" | "" (no interface: loopback only)
+  public var net: String {
+    get {_storage._net}
+    set {_uniqueStorage()._net = newValue}
+  }
+
+  /// host end of the VPS's veth ("bv-web1")
+  public var hostInterface: String {
+    get {_storage._hostInterface}
+    set {_uniqueStorage()._hostInterface = newValue}
+  }
+
+  /// MAC of the VPS's eth0
+  public var mac: String {
+    get {_storage._mac}
+    set {_uniqueStorage()._mac = newValue}
+  }
+
+  public var nameservers: [String] {
+    get {_storage._nameservers}
+    set {_uniqueStorage()._nameservers = newValue}
+  }
+
+  public var searchdomains: [String] {
+    get {_storage._searchdomains}
+    set {_uniqueStorage()._searchdomains = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -1028,7 +1066,7 @@ nonisolated extension Berth_V1_Limits: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}template\0\u{1}hostname\0\u{1}ips\0\u{1}nameservers\0\u{1}limits\0\u{1}net\0\u{1}onboot\0\u{1}labels\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}template\0\u{1}hostname\0\u{1}ips\0\u{1}nameservers\0\u{1}limits\0\u{1}net\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -1040,6 +1078,7 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
     var _net: String = String()
     var _onboot: Bool = false
     var _labels: Dictionary<String,String> = [:]
+    var _searchdomains: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1059,6 +1098,7 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
       _net = source._net
       _onboot = source._onboot
       _labels = source._labels
+      _searchdomains = source._searchdomains
     }
   }
 
@@ -1086,6 +1126,7 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
         case 7: try { try decoder.decodeSingularStringField(value: &_storage._net) }()
         case 8: try { try decoder.decodeSingularBoolField(value: &_storage._onboot) }()
         case 9: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
+        case 10: try { try decoder.decodeRepeatedStringField(value: &_storage._searchdomains) }()
         default: break
         }
       }
@@ -1125,6 +1166,9 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
       if !_storage._labels.isEmpty {
         try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._labels, fieldNumber: 9)
       }
+      if !_storage._searchdomains.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._searchdomains, fieldNumber: 10)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1143,6 +1187,7 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
         if _storage._net != rhs_storage._net {return false}
         if _storage._onboot != rhs_storage._onboot {return false}
         if _storage._labels != rhs_storage._labels {return false}
+        if _storage._searchdomains != rhs_storage._searchdomains {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1294,7 +1339,7 @@ nonisolated extension Berth_V1_ListRequest: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SetRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}limits\0\u{1}hostname\0\u{3}ip_add\0\u{3}ip_del\0\u{1}nameservers\0\u{3}set_onboot\0\u{1}onboot\0\u{1}labels\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}limits\0\u{1}hostname\0\u{3}ip_add\0\u{3}ip_del\0\u{1}nameservers\0\u{3}set_onboot\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -1306,6 +1351,7 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
     var _setOnboot: Bool = false
     var _onboot: Bool = false
     var _labels: Dictionary<String,String> = [:]
+    var _searchdomains: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1325,6 +1371,7 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
       _setOnboot = source._setOnboot
       _onboot = source._onboot
       _labels = source._labels
+      _searchdomains = source._searchdomains
     }
   }
 
@@ -1352,6 +1399,7 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
         case 7: try { try decoder.decodeSingularBoolField(value: &_storage._setOnboot) }()
         case 8: try { try decoder.decodeSingularBoolField(value: &_storage._onboot) }()
         case 9: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
+        case 10: try { try decoder.decodeRepeatedStringField(value: &_storage._searchdomains) }()
         default: break
         }
       }
@@ -1391,6 +1439,9 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
       if !_storage._labels.isEmpty {
         try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._labels, fieldNumber: 9)
       }
+      if !_storage._searchdomains.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._searchdomains, fieldNumber: 10)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1409,6 +1460,7 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
         if _storage._setOnboot != rhs_storage._setOnboot {return false}
         if _storage._onboot != rhs_storage._onboot {return false}
         if _storage._labels != rhs_storage._labels {return false}
+        if _storage._searchdomains != rhs_storage._searchdomains {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1579,7 +1631,7 @@ nonisolated extension Berth_V1_ConsoleRequest: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".VpsStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}hostname\0\u{1}ips\0\u{1}template\0\u{1}node\0\u{1}pid\0\u{1}labels\0\u{1}onboot\0\u{1}limits\0\u{3}last_exit\0\u{3}started_at_unix\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}hostname\0\u{1}ips\0\u{1}template\0\u{1}node\0\u{1}pid\0\u{1}labels\0\u{1}onboot\0\u{1}limits\0\u{3}last_exit\0\u{3}started_at_unix\0\u{1}net\0\u{3}host_interface\0\u{1}mac\0\u{1}nameservers\0\u{1}searchdomains\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -1594,6 +1646,11 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
     var _limits: Berth_V1_Limits? = nil
     var _lastExit: String = String()
     var _startedAtUnix: Int64 = 0
+    var _net: String = String()
+    var _hostInterface: String = String()
+    var _mac: String = String()
+    var _nameservers: [String] = []
+    var _searchdomains: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1616,6 +1673,11 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
       _limits = source._limits
       _lastExit = source._lastExit
       _startedAtUnix = source._startedAtUnix
+      _net = source._net
+      _hostInterface = source._hostInterface
+      _mac = source._mac
+      _nameservers = source._nameservers
+      _searchdomains = source._searchdomains
     }
   }
 
@@ -1646,6 +1708,11 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
         case 10: try { try decoder.decodeSingularMessageField(value: &_storage._limits) }()
         case 11: try { try decoder.decodeSingularStringField(value: &_storage._lastExit) }()
         case 12: try { try decoder.decodeSingularInt64Field(value: &_storage._startedAtUnix) }()
+        case 13: try { try decoder.decodeSingularStringField(value: &_storage._net) }()
+        case 14: try { try decoder.decodeSingularStringField(value: &_storage._hostInterface) }()
+        case 15: try { try decoder.decodeSingularStringField(value: &_storage._mac) }()
+        case 16: try { try decoder.decodeRepeatedStringField(value: &_storage._nameservers) }()
+        case 17: try { try decoder.decodeRepeatedStringField(value: &_storage._searchdomains) }()
         default: break
         }
       }
@@ -1694,6 +1761,21 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
       if _storage._startedAtUnix != 0 {
         try visitor.visitSingularInt64Field(value: _storage._startedAtUnix, fieldNumber: 12)
       }
+      if !_storage._net.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._net, fieldNumber: 13)
+      }
+      if !_storage._hostInterface.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._hostInterface, fieldNumber: 14)
+      }
+      if !_storage._mac.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._mac, fieldNumber: 15)
+      }
+      if !_storage._nameservers.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._nameservers, fieldNumber: 16)
+      }
+      if !_storage._searchdomains.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._searchdomains, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1715,6 +1797,11 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._limits != rhs_storage._limits {return false}
         if _storage._lastExit != rhs_storage._lastExit {return false}
         if _storage._startedAtUnix != rhs_storage._startedAtUnix {return false}
+        if _storage._net != rhs_storage._net {return false}
+        if _storage._hostInterface != rhs_storage._hostInterface {return false}
+        if _storage._mac != rhs_storage._mac {return false}
+        if _storage._nameservers != rhs_storage._nameservers {return false}
+        if _storage._searchdomains != rhs_storage._searchdomains {return false}
         return true
       }
       if !storagesAreEqual {return false}

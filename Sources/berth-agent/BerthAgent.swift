@@ -50,7 +50,7 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
-    @Option(help: "Agent configuration file (reserved for node settings; none are read yet).")
+    @Option(help: "Node settings (JSON): network uplink, address ranges, bridges. See Docs/networking.md.")
     var config: String?
 
     func validate() throws {
@@ -67,7 +67,6 @@ struct BerthAgent: AsyncParsableCommand {
         if let metricsListen, Self.hostPort(metricsListen) == nil {
             throw ValidationError("--metrics-listen: '\(metricsListen)' is not HOST:PORT (e.g. 127.0.0.1:9737)")
         }
-        if let config { throw ValidationError("--config \(config): no agent settings exist yet in this release; run without --config") }
     }
 
     func run() async throws {
@@ -96,10 +95,20 @@ struct BerthAgent: AsyncParsableCommand {
             }
             mode = .v2(root: cgroup2Root)
         }
+        var settings = NodeSettings()
+        if let config {
+            do {
+                settings = try NodeSettings.load(path: config)
+            } catch {
+                FileHandle.standardError.write(Data("berth-agent: --config \(config): \(error)\n".utf8))
+                throw ExitCode(2)
+            }
+        }
         let nodeName = name ?? ProcessInfo.processInfo.hostName
         let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary),
                                      nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger,
-                                     overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit))
+                                     overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit),
+                                     settings: settings)
         logger.info("starting", metadata: ["node": "\(nodeName)", "cgroup": "\(mode.driver().modeName)", "data": "\(dataDir)"])
         let group = MultiThreadedEventLoopGroup.singleton
         var metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)?

@@ -18,6 +18,8 @@ final class Monitor {
     var ring: ConsoleRing
     var initPid: Int32 = 0
     var signalFD: Int32 = -1
+    /// What the last boot wired up (teardown removes exactly that).
+    var guest: GuestSpec?
 
     init(spec: SpawnSpec) throws(IsolationError) {
         self.spec = spec
@@ -85,8 +87,11 @@ final class Monitor {
         try check("listen \(path)") { listen(listener, 4) }
     }
 
+    /// The guest spec is re-read at every boot: addresses added live survive an in-VPS reboot.
     func boot() throws(IsolationError) -> Int32 {
-        initPid = try cloneInit(spec: spec, consoleSlave: consoleSlavePath)
+        let loaded = try GuestSpec.read(runDir: spec.runDir) ?? GuestSpec(hostname: spec.hostname)
+        guest = loaded
+        initPid = try cloneInit(spec: spec, guest: loaded, consoleSlave: consoleSlavePath)
         return initPid
     }
 
@@ -178,6 +183,10 @@ final class Monitor {
     }
 
     func teardown(reason: String) {
+        // The latest spec: `berth set --ip-add/--ip-del` rewrites it after changing the live VPS.
+        if let link = (try? GuestSpec.read(runDir: spec.runDir))??.link ?? guest?.link {
+            NetworkSetup.detach(link, removeInterface: false)
+        }
         if client >= 0 { close(client); client = -1 }
         if listener >= 0 {
             close(listener)

@@ -12,7 +12,9 @@ import Glibc
 //     |                            | open console pty, bind console.sock  |
 //     |                            | clone(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET) ---------->|
 //     |                            |                                      | join cgroup, unshare(NEWCGROUP)
-//     |                            |                                      | mounts, pivot_root, hostname
+//     |                            | veth, routes, filter (NetworkSetup)  | mounts, pivot_root, hostname,
+//     |                            |   into the child's netns             |   /etc/hosts, resolv.conf
+//     |                            |-- go pipe: one byte (network ready) ->| waits for it
 //     |                            |                                      | seccomp, drop caps, close fds
 //     |                            |<-- error pipe: EOF (exec ok) or text  | execve(/sbin/init)
 //     |                            | write run/NAME/state                 |
@@ -48,21 +50,29 @@ func runStart() -> Never {
     }
 }
 
-/// Forks a child with the VPS namespaces that sets itself up and execs init. Returns its pid
-/// once the exec happened, or throws what the child reported.
-func cloneInit(spec: SpawnSpec, consoleSlave: String) throws(IsolationError) -> Int32 {
+/// Forks a child with the VPS namespaces that sets itself up and execs init, while this process
+/// wires the child's network namespace. Returns the child's pid once the exec happened, or
+/// throws what failed (the child is killed and the network undone).
+func cloneInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String) throws(IsolationError) -> Int32 {
     var errorPipe: [Int32] = [0, 0]
+    var goPipe: [Int32] = [0, 0]
     try check("pipe") { berth_pipe_cloexec(&errorPipe) }
+    if berth_pipe_cloexec(&goPipe) != 0 {
+        let err = errno
+        close(errorPipe[0]); close(errorPipe[1])
+        throw IsolationError.sys("pipe", errno: err)
+    }
     let pid = berth_clone_fork(NamespaceFlag.vps)
     if pid < 0 {
         let err = errno
-        close(errorPipe[0]); close(errorPipe[1])
+        [errorPipe[0], errorPipe[1], goPipe[0], goPipe[1]].forEach { close($0) }
         throw IsolationError.sys("clone VPS namespaces", errno: err)
     }
     if pid == 0 {
         close(errorPipe[0])
+        close(goPipe[1])
         do {
-            try becomeInit(spec: spec, consoleSlave: consoleSlave)
+            try becomeInit(spec: spec, guest: guest, consoleSlave: consoleSlave, goPipe: goPipe[0])
         } catch {
             let line = "\(error.stage)\t\(error.errno)\t\(error.message)"
             _ = Array(line.utf8).withUnsafeBytes { write(errorPipe[1], $0.baseAddress, $0.count) }
@@ -70,6 +80,23 @@ func cloneInit(spec: SpawnSpec, consoleSlave: String) throws(IsolationError) -> 
         _exit(127)
     }
     close(errorPipe[1])
+    close(goPipe[0])
+    if let link = guest.link {
+        do {
+            let netns = try check("open the VPS network namespace") { open("/proc/\(pid)/ns/net", O_RDONLY | O_CLOEXEC) }
+            defer { close(netns) }
+            try NetworkSetup.attach(link, vpsNetns: netns)
+        } catch {
+            kill(pid, SIGKILL)
+            close(goPipe[1])
+            close(errorPipe[0])
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            throw error
+        }
+    }
+    _ = write(goPipe[1], "g", 1)
+    close(goPipe[1])
     let reply = FileIO.readAll(fd: errorPipe[0]) ?? []
     close(errorPipe[0])
     if reply.isEmpty { return pid }
@@ -81,12 +108,22 @@ func cloneInit(spec: SpawnSpec, consoleSlave: String) throws(IsolationError) -> 
 }
 
 /// Runs in the cloned child: PID 1 of the new PID namespace, still on the host root.
-func becomeInit(spec: SpawnSpec, consoleSlave: String) throws(IsolationError) {
+func becomeInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String, goPipe: Int32) throws(IsolationError) {
     for file in spec.cgroupProcsFiles {
         try FileIO.write(file, "0")
     }
     try check("unshare cgroup namespace") { berth_unshare(Int32(NamespaceFlag.cgroup)) }
-    try Rootfs.enter(root: spec.rootPath, hostname: spec.hostname, consoleSlave: consoleSlave)
+    try Rootfs.enter(root: spec.rootPath, hostname: guest.hostname, consoleSlave: consoleSlave)
+    let root = try check("open the VPS root") { open("/", O_PATH | O_DIRECTORY | O_CLOEXEC) }
+    try GuestFiles.write(guest, rootFD: root)
+    close(root)
+
+    // init must not run before its network is in place (rc scripts start servers at once).
+    var go: UInt8 = 0
+    guard read(goPipe, &go, 1) == 1 else {
+        throw IsolationError(.childFailed, "the monitor gave up before the VPS network was ready", stage: "wait for network")
+    }
+    close(goPipe)
 
     // The console is init's controlling terminal and its stdio, like on a real machine.
     try check("setsid") { setsid() }

@@ -2,6 +2,7 @@
 //
 //   berth-spawn start            spec on fd 3, one status line on fd 4; then stays as the monitor
 //   berth-spawn exec [options] -- CMD [ARG...]   joins a running VPS and runs CMD in it
+//   berth-spawn configure --run-dir D --init-pid P --init-start T   applies a new guest spec (stdin) live
 //
 // It never starts a thread: clone, setns and unshare are only safe in a single-threaded process.
 import Isolation
@@ -15,6 +16,8 @@ case "start":
     runStart()
 case "exec":
     runExec(Array(arguments.dropFirst()))
+case "configure":
+    runConfigure(Array(arguments.dropFirst()))
 default:
     let message = "usage: berth-spawn start | exec --init-pid PID --init-start T [--cgroup FILE]... [--tty ROWS COLS] [--env K=V]... [--drop CAP]... -- CMD [ARG...]\n(an internal helper of berth-agent, not meant to be run by hand)\n"
     _ = message.withCString { write(2, $0, strlen($0)) }

@@ -79,6 +79,7 @@ extension Berth_V1_VpsStatus {
         parts.append("hostname=\(hostname)")
         parts.append("template=\(template)")
         parts.append("ips=\(ips.isEmpty ? "-" : ips.joined(separator: ","))")
+        if !net.isEmpty { parts.append("net=\(net)") }
         parts.append("node=\(node)")
         parts.append("onboot=\(onboot ? "yes" : "no")")
         if !labels.isEmpty { parts.append("labels=" + labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")) }
@@ -99,6 +100,8 @@ extension Berth_V1_VpsStatus {
         return .object(["name": .string(name), "state": .string(state), "hostname": .string(hostname),
                         "ips": .array(ips.map(JSON.string)), "template": .string(template), "node": .string(node),
                         "pid": .int(Int64(pid)), "labels": .object(labels.mapValues(JSON.string)), "onboot": .bool(onboot),
-                        "limits": .object(limits), "last_exit": .string(lastExit), "started_at": .int(startedAtUnix)])
+                        "limits": .object(limits), "last_exit": .string(lastExit), "started_at": .int(startedAtUnix),
+                        "net": .string(net), "host_interface": .string(hostInterface), "mac": .string(mac),
+                        "nameservers": .array(nameservers.map(JSON.string)), "searchdomains": .array(searchdomains.map(JSON.string))])
     }
 }

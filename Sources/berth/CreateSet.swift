@@ -4,7 +4,8 @@ import Wire
 /// The resource and identity flags shared by create and set (DESIGN.md CLI contract).
 struct VPSSettings: ParsableArguments {
     @Option(help: "Host name inside the VPS (default: the VPS name).") var hostname: String?
-    @Option(help: "Nameserver for /etc/resolv.conf; repeatable.") var nameserver: [String] = []
+    @Option(help: "Nameserver for /etc/resolv.conf; repeatable (set: replaces the list).") var nameserver: [String] = []
+    @Option(help: "Search domain for /etc/resolv.conf; repeatable (set: replaces the list).") var searchdomain: [String] = []
     @Option(help: "Memory limit, e.g. 512M or 2G.") var memory: String?
     @Option(help: "Swap on top of --memory (VSwap).") var swap: String?
     @Option(help: "CPU count or list (e.g. 2 or 0-1,3).") var cpus: String?
@@ -67,7 +68,7 @@ struct Create: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name: lowercase letters, digits and '-', at most 63.") var name: String
     @Option(help: "Template to create the VPS from (see 'berth template list').") var template: String
-    @Option(help: "IP address; repeatable.") var ip: [String] = []
+    @Option(help: "IP address (IPv4 or IPv6) from the node's ranges; repeatable.") var ip: [String] = []
     @Option(help: "routed (default) or bridged:BRIDGE.") var net: String?
     @Flag(help: "Start this VPS when the node boots.") var onboot = false
     @Option(help: "Cluster mode: place on this node.") var node: String?
@@ -81,6 +82,7 @@ struct Create: AsyncParsableCommand {
         create.hostname = settings.hostname ?? ""
         create.ips = ip
         create.nameservers = settings.nameserver
+        create.searchdomains = settings.searchdomain
         create.limits = settings.limits()
         create.net = net ?? ""
         create.onboot = onboot
@@ -111,6 +113,7 @@ struct SetCommand: AsyncParsableCommand {
         set.ipAdd = ipAdd
         set.ipDel = ipDel
         set.nameservers = settings.nameserver
+        set.searchdomains = settings.searchdomain
         // "" removes a label: `--label tenant=`.
         set.labels = settings.labels()
         if let onboot {

@@ -14,7 +14,7 @@ FAILED_NAMES=()
 
 agent_start() {
     mkdir -p "$WORK"
-    "$BUILD/berth-agent" --data-dir "$WORK/data" --run-dir "$WORK/run" --socket "$BERTH_AGENT" \
+    ${AGENT_WRAPPER:-} "$BUILD/berth-agent" --data-dir "$WORK/data" --run-dir "$WORK/run" --socket "$BERTH_AGENT" \
         --cgroup-parent "$CGROUP_PARENT" --name "node-$RUN_ID" ${AGENT_EXTRA:-} >>"$WORK/agent.log" 2>&1 &
     AGENT_PID=$!
     disown "$AGENT_PID" 2>/dev/null || true   # no "Killed" job notice when a test kill -9s it

@@ -1,0 +1,86 @@
+import CIsolation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf into a VPS root. The root belongs to
+/// the VPS's owner, who may have planted symlinks, FIFOs or devices there, so: /etc is resolved
+/// with RESOLVE_IN_ROOT from the root's fd, existing files are only read when they are regular
+/// files (opened O_NOFOLLOW|O_NONBLOCK), and new content goes to a fresh O_EXCL temp file that is
+/// renamed over the old name — rename replaces a symlink, it never follows it.
+public enum GuestFiles {
+    static let marker = "# managed by berth"
+
+    public static func write(_ spec: GuestSpec, rootFD: Int32) throws(IsolationError) {
+        let etc = berth_open_in_root(rootFD, "/etc", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)
+        if etc < 0 {
+            if errno == ENOENT { return } // a root without /etc has nothing to configure
+            throw IsolationError.sys("open /etc in the VPS")
+        }
+        defer { close(etc) }
+        try replace(etc, "hostname", spec.hostname + "\n")
+        try replace(etc, "hosts", hosts(existing: readRegular(etc, "hosts"), spec: spec))
+        if !spec.nameservers.isEmpty || !spec.searchDomains.isEmpty {
+            try replace(etc, "resolv.conf", resolvConf(spec))
+        }
+    }
+
+    /// Keeps the operator's lines, replaces the ones Berth wrote before.
+    public static func hosts(existing: String?, spec: GuestSpec) -> String {
+        var lines = (existing ?? "").split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            .filter { !$0.hasSuffix(marker) }
+        while lines.last == "" { lines.removeLast() }
+        if !lines.contains(where: { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }).first == "127.0.0.1" }) {
+            lines.insert("127.0.0.1\tlocalhost", at: 0)
+        }
+        if !lines.contains(where: { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }).first == "::1" }) {
+            lines.insert("::1\tlocalhost ip6-localhost ip6-loopback", at: 1)
+        }
+        let short = spec.hostname.split(separator: ".").first.map(String.init) ?? spec.hostname
+        let names = short == spec.hostname ? spec.hostname : "\(spec.hostname) \(short)"
+        let addresses = spec.link?.addresses.map(\.address) ?? []
+        if addresses.isEmpty {
+            lines.append("127.0.1.1\t\(names)\t\(marker)")
+        } else {
+            for address in addresses { lines.append("\(address)\t\(names)\t\(marker)") }
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    public static func resolvConf(_ spec: GuestSpec) -> String {
+        var text = "\(marker): berth set NAME --nameserver/--searchdomain\n"
+        if !spec.searchDomains.isEmpty { text += "search \(spec.searchDomains.joined(separator: " "))\n" }
+        for server in spec.nameservers { text += "nameserver \(server)\n" }
+        return text
+    }
+
+    static func readRegular(_ dir: Int32, _ name: String) -> String? {
+        let fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        if fd < 0 { return nil }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size <= 1 << 20 else { return nil }
+        return FileIO.readAll(fd: fd).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    static func replace(_ dir: Int32, _ name: String, _ content: String) throws(IsolationError) {
+        let temp = ".\(name).berth-new"
+        unlinkat(dir, temp, 0)
+        let fd = openat(dir, temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        if fd < 0 { throw IsolationError.sys("create /etc/\(temp) in the VPS") }
+        do {
+            try FileIO.writeAll(fd: fd, Array(content.utf8), stage: "write /etc/\(name) in the VPS")
+            try check("chmod /etc/\(name)") { fchmod(fd, 0o644) }
+        } catch {
+            close(fd)
+            unlinkat(dir, temp, 0)
+            throw error
+        }
+        close(fd)
+        if renameat(dir, temp, dir, name) != 0 {
+            let err = errno
+            unlinkat(dir, temp, 0)
+            throw IsolationError.sys("replace /etc/\(name) in the VPS", errno: err)
+        }
+    }
+}
