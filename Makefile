@@ -5,7 +5,7 @@ SWIFT ?= swift
 BUILD := .build/debug
 RELEASE := .build/release
 
-.PHONY: all deps build test test-unit test-integration test-fuzz demo demo-stop bench proto clean-leftovers
+.PHONY: all deps build test test-unit test-integration test-network test-fuzz demo demo-stop bench proto clean-leftovers
 
 all: build
 
@@ -20,6 +20,7 @@ test: build
 	@$(MAKE) --no-print-directory test-unit
 	@$(MAKE) --no-print-directory test-fuzz
 	@$(MAKE) --no-print-directory test-integration
+	@$(MAKE) --no-print-directory test-network
 
 test-unit:
 	$(SWIFT) test --skip-build --parallel
@@ -27,6 +28,10 @@ test-unit:
 # Root + real kernel: boots real VPSs from the debug binaries.
 test-integration:
 	@BUILD=$(BUILD) ./Tests/integration/run.sh
+
+# Routed and bridged VPS networking in namespaces the test creates (198.18.0.0/15, fd00:b17::/32).
+test-network:
+	@BUILD=$(BUILD) ./Tests/integration/network.sh
 
 # libFuzzer on the frame decoder, bounded in time (see Docs/testing.md).
 test-fuzz:

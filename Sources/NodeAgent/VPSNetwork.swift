@@ -12,8 +12,9 @@ extension VPSManager {
         if let uplink = network.uplink, NetworkSetup.interfaceIndex(uplink) == 0 {
             throw AgentError.invalid("network.uplink", "interface \(uplink) does not exist on this node")
         }
-        for (i, bridge) in network.bridges.enumerated() where !FileIO.isDirectory("/sys/class/net/\(bridge.name)/bridge") {
-            throw AgentError.invalid("network.bridges[\(i)].name", "\(bridge.name) is not a bridge on this node")
+        // By index, not /sys/class/net: sysfs shows the namespace that mounted it, not ours.
+        for (i, bridge) in network.bridges.enumerated() where NetworkSetup.interfaceIndex(bridge.name) == 0 {
+            throw AgentError.invalid("network.bridges[\(i)].name", "bridge \(bridge.name) does not exist on this node")
         }
         var sysctls = [("/proc/sys/net/ipv4/ip_forward", "1")]
         if FileIO.exists("/proc/sys/net/ipv6") {

@@ -39,7 +39,7 @@ agent_stop() {
 run_test() {
     local name=$1 fn=$2 out rc
     # ONLY=regex runs a subset (the first test creates the VPSs the others use).
-    if [ -n "${ONLY:-}" ] && ! [[ $fn =~ ^(t_create_start|$ONLY)$ ]]; then return; fi
+    if [ -n "${ONLY:-}" ] && ! [[ $fn =~ ^(t_create_start|t_net_create_start|$ONLY)$ ]]; then return; fi
     out=$( (set -e; [ -n "${TRACE:-}" ] && set -x; "$fn") 2>&1 ); rc=$?
     if [ $rc -eq 0 ]; then
         PASSED=$((PASSED + 1)); echo "ok   - $name"

@@ -133,6 +133,12 @@ public enum NFTables {
             icmpv6 type { echo-request, nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept
             counter name to_node drop
           }
+          chain output {
+            type filter hook output priority filter; policy accept;
+            # A VPS link is point to point: the node's multicast listener reports would only be
+            # chatter a VPS could capture.
+            oifname \(vps) icmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report } drop
+          }
         }
         table arp \(table)
         delete table arp \(table)
