@@ -180,3 +180,64 @@ enum TarBuilder {
         #expect(VPSManager.cpuCount("2-5,7,9-10") == 7)
     }
 }
+
+@Suite struct NodeSettingsTests {
+    func error(_ json: String) -> String {
+        do {
+            _ = try NodeSettings.parse(Data(json.utf8))
+            return "accepted"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func parsesANodeNetwork() throws {
+        let settings = try NodeSettings.parse(Data("""
+            {"network": {"uplink": "eth0", "ranges": ["198.18.0.0/24", "fd00:b17::/64"],
+                         "bridges": [{"name": "br0", "gateway4": "198.18.0.1"}]}}
+            """.utf8))
+        let network = try #require(settings.network)
+        #expect(network.uplink == "eth0" && network.ranges.map(\.description) == ["198.18.0.0/24", "fd00:b17::/64"])
+        #expect(network.bridge("br0")?.gateway4?.description == "198.18.0.1")
+        #expect(try NodeSettings.parse(Data("{}".utf8)).network == nil)
+    }
+
+    @Test func namesTheFieldAndTheReason() {
+        #expect(error(#"{"network": {"ranges": ["198.18.0.0/24", "198.18.0.128/25"]}}"#).contains("network.ranges[1]: 198.18.0.128/25 overlaps 198.18.0.0/24"))
+        #expect(error(#"{"network": {"ranges": ["010.0.0.0/8"]}}"#).contains("network.ranges[0]: '010.0.0.0' has a leading zero"))
+        #expect(error(#"{"network": {"ranges": ["198.18.0.1/24"]}}"#).contains("host bits"))
+        #expect(error(#"{"network": {"ranges": ["224.0.0.0/4"]}}"#).contains("multicast"))
+        #expect(error(#"{"network": {"ranges": ["0.0.0.0/0"]}}"#).contains("network.ranges[0]"))
+        #expect(error(#"{"network": {"ranges": []}}"#).contains("network.ranges"))
+        #expect(error(#"{"network": {"ranges": ["198.18.0.0/24"], "uplink": "a/b"}}"#).contains("network.uplink"))
+        #expect(error(#"{"network": {"ranges": ["198.18.0.0/24"], "mtu": 9000}}"#).contains("network.mtu: unknown setting"))
+        #expect(error(#"{"netwrok": {}}"#).contains("netwrok: unknown setting"))
+        #expect(error(#"{"network": {"ranges": ["198.18.0.0/24"], "bridges": [{"name": "b", "gateway4": "fd00::1"}]}}"#).contains("network.bridges[0].gateway4"))
+        #expect(error(#"{"network": {"ranges": ["198.18.0.0/24"], "bridges": [{"name": "b"}, {"name": "b"}]}}"#).contains("listed twice"))
+        #expect(error("[1]").contains("not a JSON object"))
+    }
+
+    @Test func vpsAddressesComeFromTheNodeRanges() throws {
+        let network = try #require(try NodeSettings.parse(Data(#"{"network": {"ranges": ["198.18.0.0/24", "fd00:b17::/64"], "bridges": [{"name": "br0", "gateway4": "198.18.0.1"}]}}"#.utf8)).network)
+        #expect(try Validation.vpsAddress("198.18.0.10", field: "ip", network: network).description == "198.18.0.10")
+        #expect(try Validation.vpsAddress("fd00:b17:0::0a", field: "ip", network: network).description == "fd00:b17::a")
+        for (bad, reason) in [("198.18.1.1", "outside"), ("198.18.0.0", "network or broadcast"), ("198.18.0.255", "network or broadcast"),
+                              ("198.18.0.1", "bridge gateway"), ("010.0.0.1", "leading zero"), ("0.0.0.0", "unspecified"), ("ff02::1", "multicast")] {
+            do {
+                _ = try Validation.vpsAddress(bad, field: "ip", network: network)
+                Issue.record("\(bad) accepted")
+            } catch {
+                #expect("\(error)".contains(reason), "\(bad): \(error)")
+                #expect("\(error)".hasPrefix("ip: "))
+            }
+        }
+    }
+
+    @Test func hostInterfaceNamesFitIFNAMSIZ() {
+        #expect(VPSManager.hostInterfaceName(for: "web1") == "bv-web1")
+        #expect(VPSManager.hostInterfaceName(for: "twelve-chars") == "bv-twelve-chars")
+        let long = VPSManager.hostInterfaceName(for: "a-much-longer-vps-name")
+        #expect(long.count == 15 && long.hasPrefix("bv-a-muc-"))
+        #expect(long != VPSManager.hostInterfaceName(for: "a-much-longer-vps-name2"))
+    }
+}
