@@ -10,7 +10,8 @@ swift build --product fuzz-decoders --scratch-path .build-fuzz -Xswiftc -sanitiz
 BIN=.build-fuzz/debug/fuzz-decoders
 mkdir -p .build-fuzz/corpus
 failed=0
-for selector in 0 1 2 3 4; do
+decoders="0 1 2 3 4 5 6"
+for selector in $decoders; do
     corpus=.build-fuzz/corpus/$selector
     mkdir -p "$corpus"
     # Seeds: the selector byte plus a small valid-looking input.
@@ -23,5 +24,5 @@ for selector in 0 1 2 3 4; do
         failed=$((failed + 1))
     fi
 done
-echo "fuzz: $((5 - failed)) passed, $failed failed"
+echo "fuzz: $(( $(echo $decoders | wc -w) - failed)) passed, $failed failed"
 [ "$failed" -eq 0 ]

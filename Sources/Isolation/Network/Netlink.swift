@@ -147,12 +147,12 @@ public final class NetlinkSocket {
 }
 
 /// An NLMSG_ERROR answer: errno 0 is an ack.
-struct NetlinkReply: Equatable {
-    var sequence: UInt32
-    var errno: Int32
-    var message: String?
+public struct NetlinkReply: Equatable, Sendable {
+    public var sequence: UInt32
+    public var errno: Int32
+    public var message: String?
 
-    static func parse(_ bytes: [UInt8]) -> [NetlinkReply] {
+    public static func parse(_ bytes: [UInt8]) -> [NetlinkReply] {
         var out: [NetlinkReply] = []
         var offset = 0
         while offset + 16 <= bytes.count {

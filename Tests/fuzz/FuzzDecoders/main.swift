@@ -1,5 +1,6 @@
 // libFuzzer target for every decoder that reads bytes from another process: Berth frames,
-// the protobuf messages they carry, the spawn spec and the run-state file.
+// the protobuf messages they carry, the spawn spec, the run-state file, the guest spec and
+// netlink replies from the kernel.
 import CFuzzDriver
 import Foundation
 import Isolation
@@ -12,7 +13,7 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     // The first byte picks the decoder so one corpus covers all of them.
     let body = Array(bytes.dropFirst())
-    switch bytes[0] % 5 {
+    switch bytes[0] % 7 {
     case 0:
         var buffer = ByteBuffer(bytes: body)
         while let frame = try? FrameParser.parse(&buffer, maxPayload: 1 << 16) {
@@ -35,6 +36,12 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         if let spec = try? SpawnSpec.decode(String(decoding: body, as: UTF8.self)) {
             precondition((try? SpawnSpec.decode(spec.encode())) == spec, "spawn spec did not round-trip")
         }
+    case 5:
+        if let spec = try? GuestSpec.decode(String(decoding: body, as: UTF8.self)) {
+            precondition((try? GuestSpec.decode(spec.encode())) == spec, "guest spec did not round-trip")
+        }
+    case 6:
+        _ = NetlinkReply.parse(body)
     default:
         _ = RunState.decode(String(decoding: body, as: UTF8.self))
         _ = HostProcess.parseStartTime(stat: String(decoding: body, as: UTF8.self))
