@@ -1,27 +1,45 @@
 #!/bin/bash
 # make demo: start an agent on this node (default paths), build the busybox template, create
 # and start two VPSs and show that they run isolated from each other and from the host.
-# `make demo-stop` removes the demo VPSs and stops the agent it started.
+# The demo node is a network namespace (berth-demo-node) with an uplink to a "LAN" namespace
+# (berth-demo-lan), so VPS networking is shown without touching this host's own network.
+# `make demo-stop` removes the demo VPSs, stops the agent it started and deletes both namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=$(cd "${BUILD:-.build/debug}" && pwd)
 BERTH="$BUILD/berth"
 export BERTH_AGENT=/run/berth/agent.sock
 PIDFILE=/run/berth/demo-agent.pid
+NODE_NS=berth-demo-node LAN_NS=berth-demo-lan
+NODE_CONFIG=/run/berth/demo-node.json
 # say COMMAND [COMMENT]: shows what runs next, the way an operator would type it.
 say() { printf '\n\033[1m$ %s\033[0m  %s\n' "$1" "${2:-}"; }
 
 if [ "${1:-}" = stop ]; then
     for v in demo1 demo2; do "$BERTH" destroy "$v" --force 2>/dev/null || true; done
     [ -f "$PIDFILE" ] && kill -TERM "$(cat "$PIDFILE")" 2>/dev/null && rm -f "$PIDFILE"
-    echo "demo VPSs destroyed; demo agent stopped"
+    ip netns del "$NODE_NS" 2>/dev/null || true
+    ip netns del "$LAN_NS" 2>/dev/null || true
+    rm -f "$NODE_CONFIG"
+    echo "demo VPSs destroyed; demo agent stopped; demo namespaces removed"
     exit 0
 fi
 [ "$(id -u)" = 0 ] || { echo "make demo needs root (namespaces, cgroups, loop devices)" >&2; exit 1; }
 
 if ! "$BERTH" list >/dev/null 2>&1; then
     mkdir -p /run/berth /var/log
-    "$BUILD/berth-agent" >>/var/log/berth-agent.log 2>&1 &
+    if ! ip netns list | grep -qw "$NODE_NS"; then
+        ip netns add "$NODE_NS"; ip netns add "$LAN_NS"
+        ip -n "$NODE_NS" link set lo up
+        ip -n "$NODE_NS" link add uplink0 type veth peer name lan0 netns "$LAN_NS"
+        ip -n "$NODE_NS" addr add 198.18.200.1/24 dev uplink0
+        ip -n "$NODE_NS" link set uplink0 up
+        ip -n "$LAN_NS" addr add 198.18.200.100/24 dev lan0
+        ip -n "$LAN_NS" addr add fd00:b17:200::100/64 dev lan0 nodad
+        ip -n "$LAN_NS" link set lan0 up
+    fi
+    echo '{"network": {"uplink": "uplink0", "ranges": ["198.18.200.0/24", "fd00:b17:200::/64"]}}' >"$NODE_CONFIG"
+    nsenter --net=/run/netns/"$NODE_NS" "$BUILD/berth-agent" --config "$NODE_CONFIG" >>/var/log/berth-agent.log 2>&1 &
     echo $! >"$PIDFILE"
     for _ in $(seq 100); do "$BERTH" list >/dev/null 2>&1 && break; sleep 0.05; done
     echo "berth-agent started (pid $(cat "$PIDFILE"), log /var/log/berth-agent.log, data /var/lib/berth)"
@@ -30,10 +48,10 @@ for v in demo1 demo2; do "$BERTH" destroy "$v" --force >/dev/null 2>&1 || true; 
 
 say "berth template build busybox"
 "$BERTH" template build busybox
-say "berth create demo1 --template busybox --memory 256M --pids 200 --label tenant=acme"
-"$BERTH" create demo1 --template busybox --memory 256M --pids 200 --label tenant=acme
-say "berth create demo2 --template busybox --hostname shop.example --cpu-units 500"
-"$BERTH" create demo2 --template busybox --hostname shop.example --cpu-units 500
+say "berth create demo1 --template busybox --memory 256M --pids 200 --label tenant=acme --ip 198.18.200.10 --ip fd00:b17:200::10"
+"$BERTH" create demo1 --template busybox --memory 256M --pids 200 --label tenant=acme --ip 198.18.200.10 --ip fd00:b17:200::10
+say "berth create demo2 --template busybox --hostname shop.example --cpu-units 500 --ip 198.18.200.11"
+"$BERTH" create demo2 --template busybox --hostname shop.example --cpu-units 500 --ip 198.18.200.11
 say "berth start demo1 && berth start demo2"
 "$BERTH" start demo1
 "$BERTH" start demo2
@@ -44,8 +62,15 @@ say "berth exec demo1 -- ps" "# only demo1's own processes; its init is PID 1"
 "$BERTH" exec demo1 -- ps
 say "berth exec demo2 -- hostname"
 "$BERTH" exec demo2 -- hostname
-say "berth exec demo1 -- ls /sys/class/net" "# its own network namespace"
-"$BERTH" exec demo1 -- ls /sys/class/net
+say "berth exec demo1 -- ip -o addr show eth0" "# its own network namespace, addresses set by the host"
+"$BERTH" exec demo1 -- ip -o addr show eth0
+say "berth exec demo2 -- ping -c1 198.18.200.10" "# routed VPS to VPS"
+"$BERTH" exec demo2 -- ping -c1 -W2 198.18.200.10
+say "ip netns exec $LAN_NS busybox ping -c1 198.18.200.11" "# a LAN client reaches demo2 (proxy ARP on the node's uplink)"
+ip netns exec "$LAN_NS" busybox ping -c1 -W2 198.18.200.11
+say "berth exec demo2 -- sh -c 'ip addr add 198.18.200.10/32 dev eth0; ping -c1 -W1 -I 198.18.200.10 198.18.200.100'" "# spoofing demo1's address: dropped on the node"
+"$BERTH" exec demo2 -- sh -c 'ip addr add 198.18.200.10/32 dev eth0; ping -c1 -W1 -I 198.18.200.10 198.18.200.100' || true
+"$BERTH" exec demo2 -- ip addr del 198.18.200.10/32 dev eth0
 say "berth exec demo1 -- sh -c 'cat /run/boot-complete; mount | wc -l'" "# rcS ran; a private mount table"
 "$BERTH" exec demo1 -- sh -c 'cat /run/boot-complete; mount | wc -l'
 say "berth exec demo2 -- mount -t tmpfs x /mnt" "# no CAP_SYS_ADMIN inside"

@@ -85,7 +85,11 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String) throws(I
         do {
             let netns = try check("open the VPS network namespace") { open("/proc/\(pid)/ns/net", O_RDONLY | O_CLOEXEC) }
             defer { close(netns) }
+            let wall0 = monotonicMicros(), cpu0 = cpuMicros()
             try NetworkSetup.attach(link, vpsNetns: netns)
+            // For operators and Benchmarks/network.sh: what wiring the VPS cost this process.
+            let line = "berth-spawn: network set-up of \(link.hostInterface): wall_us=\(monotonicMicros() - wall0) cpu_us=\(cpuMicros() - cpu0)\n"
+            _ = line.withCString { write(2, $0, strlen($0)) }
         } catch {
             kill(pid, SIGKILL)
             close(goPipe[1])
@@ -147,3 +151,16 @@ func becomeInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String, goPipe:
 }
 
 let CLOSE_RANGE_CLOEXEC: Int32 = 4
+
+func monotonicMicros() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000
+}
+
+/// User + system CPU of this process (the kernel's netlink work is system time of the caller).
+func cpuMicros() -> Int64 {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Int64(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1_000_000 + Int64(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
+}

@@ -128,9 +128,12 @@ public enum NFTables {
           chain input {
             type filter hook input priority filter; policy accept;
             iifname != \(vps) accept
-            ct state established,related accept
-            icmp type echo-request accept
-            icmpv6 type { echo-request, nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept
+            # Stateless on purpose: a ct rule would put every forwarded VPS packet through
+            # conntrack. New TCP connections and all UDP to the node are refused; segments of
+            # connections the node opened, ICMP errors, echo and neighbour discovery pass.
+            icmp type { echo-request, echo-reply, destination-unreachable, time-exceeded } accept
+            icmpv6 type { echo-request, echo-reply, destination-unreachable, packet-too-big, time-exceeded, nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept
+            tcp flags & (syn | ack) != syn accept
             counter name to_node drop
           }
           chain output {

@@ -1,0 +1,136 @@
+#!/bin/bash
+# Network benchmarks, measured side by side in one run:
+#   BUILD=.build/release Benchmarks/network.sh [ROUNDS] [IPERF_SECONDS] [STOP_N]
+#   1. network set-up per VPS start (wall and CPU of berth-spawn's netlink work, as it reports in
+#      the monitor log) vs the anchor's netns+veth set-up with 2 `ip -batch` processes
+#      (../shared/anchors/bench-net.sh, run here); start wall time with and without a network
+#   2. TCP throughput (iperf3, 1 stream): VPS<->VPS and VPS<->LAN client vs a bare veth pair
+#      between two plain namespaces
+#   3. stopping STOP_N networked VPSs at once: wall time vs STOP_N x one synchronous veth deletion
+# Everything runs in namespaces made here (prefix bnb<pid>), addresses in 198.18.0.0/15 and
+# fd00:b17::/32.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+ROUNDS=${1:-20}
+IPERF_SECONDS=${2:-5}
+STOP_N=${3:-50}
+ANCHORS=${ANCHORS:-$(cd ../shared/anchors 2>/dev/null && pwd)}
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+for tool in iperf3 nft ip nsenter python3; do command -v $tool >/dev/null || { echo "missing $tool (BERTH_BENCH=1 scripts/install-deps.sh)" >&2; exit 1; }; done
+BUILD=$(cd "${BUILD:-.build/release}" && pwd)
+B="$BUILD/berth"
+RUN_ID=bnb$$
+W=/tmp/berth-bench-$RUN_ID
+NODE=$RUN_ID-node LAN=$RUN_ID-lan P1=$RUN_ID-p1 P2=$RUN_ID-p2
+export BERTH_AGENT=$W/run/agent.sock
+AGENT=""
+cleanup() {
+    [ -n "$AGENT" ] && kill -TERM "$AGENT" 2>/dev/null
+    WORK=$W RUN_ID=$RUN_ID BUILD=$BUILD bash -c 'source Tests/integration/lib.sh; cleanup_all' >/dev/null 2>&1
+    for ns in "$NODE" "$LAN" "$P1" "$P2"; do ip netns del "$ns" 2>/dev/null; done
+    true
+}
+trap cleanup EXIT
+mkdir -p "$W"
+
+ip netns add "$NODE"; ip netns add "$LAN"; ip netns add "$P1"; ip netns add "$P2"
+ip -n "$NODE" link set lo up
+ip -n "$NODE" link add up0 type veth peer name lan0 netns "$LAN"
+ip -n "$NODE" addr add 198.18.0.1/24 dev up0
+ip -n "$NODE" link set up0 up
+ip -n "$LAN" addr add 198.18.0.100/24 dev lan0
+ip -n "$LAN" link set lan0 up
+ip -n "$LAN" link set lo up
+# The bare reference: one veth pair between two plain namespaces.
+ip -n "$P1" link add p1 type veth peer name p2 netns "$P2"
+ip -n "$P1" addr add 198.18.9.1/30 dev p1; ip -n "$P1" link set p1 up
+ip -n "$P2" addr add 198.18.9.2/30 dev p2; ip -n "$P2" link set p2 up
+
+echo '{"network": {"uplink": "up0", "ranges": ["198.18.0.0/24", "fd00:b17::/64"]}}' >"$W/node.json"
+nsenter --net=/run/netns/"$NODE" "$BUILD/berth-agent" --config "$W/node.json" --data-dir "$W/data" --run-dir "$W/run" \
+    --socket "$BERTH_AGENT" --cgroup-parent "berth-$RUN_ID" --log-level warning >"$W/agent.log" 2>&1 &
+AGENT=$!
+for _ in $(seq 100); do "$B" list >/dev/null 2>&1 && break; sleep 0.05; done
+"$B" template build busybox >/dev/null || { echo "agent not up: $(cat "$W/agent.log")" >&2; exit 1; }
+"$B" create vnet --template busybox --disk 64M --ip 198.18.0.10 --ip fd00:b17::10 >/dev/null
+"$B" create vlo --template busybox --disk 64M >/dev/null
+median() { python3 -c "import sys, statistics; v=[float(x) for x in sys.stdin.read().split()]; print(f'{statistics.median(v):.3f}' if v else 'n/a')"; }
+
+echo "host: $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); berth $BUILD"
+echo
+echo "== 1. network set-up per VPS start ($ROUNDS rounds; veth over rtnetlink, IPv4 + IPv6, routes, neighbours, proxy entries, filter elements)"
+: >"$W/net.tsv"; : >"$W/start-net"; : >"$W/start-lo"
+for r in $(seq 1 "$ROUNDS"); do
+    t0=${EPOCHREALTIME/[.,]/}; "$B" start vnet >/dev/null; t1=${EPOCHREALTIME/[.,]/}
+    sed -n 's/.*network set-up of .*: wall_us=\([0-9]*\) cpu_us=\([0-9]*\)/\1 \2/p' "$W/run/vnet/monitor.log" | tail -1 >>"$W/net.tsv"
+    echo $(( t1 - t0 )) >>"$W/start-net"
+    t0=${EPOCHREALTIME/[.,]/}; "$B" start vlo >/dev/null; t1=${EPOCHREALTIME/[.,]/}
+    echo $(( t1 - t0 )) >>"$W/start-lo"
+    "$B" stop vnet --kill >/dev/null; "$B" stop vlo --kill >/dev/null
+done
+net_wall=$(awk '{print $1/1000}' "$W/net.tsv" | median); net_cpu=$(awk '{print $2/1000}' "$W/net.tsv" | median)
+start_net=$(awk '{print $1/1000}' "$W/start-net" | median); start_lo=$(awk '{print $1/1000}' "$W/start-lo" | median)
+anchor_cpu=""
+if [ -x "$ANCHORS/bench-net.sh" ]; then
+    echo "anchor, same run: $ANCHORS/bench-net.sh $ROUNDS"
+    "$ANCHORS/bench-net.sh" "$ROUNDS" >"$W/anchor.txt" 2>&1
+    grep '^|' "$W/anchor.txt"
+    anchor_cpu=$(awk -F'|' "/\\(f'\\) same setup, 2x ip -batch/ {gsub(/ /, \"\", \$10); print \$10}" "$W/anchor.txt")
+    anchor_wall=$(awk -F'|' "/\\(f'\\) same setup, 2x ip -batch/ {gsub(/ /, \"\", \$5); print \$5}" "$W/anchor.txt")
+fi
+printf '| %-52s | %10s | %10s |\n' "figure (median)" "wall ms" "CPU ms"
+printf '|%s|\n' "------------------------------------------------------|------------|-----------"
+printf '| %-52s | %10s | %10s |\n' "berth network set-up (berth-spawn, netlink)" "$net_wall" "$net_cpu"
+[ -n "$anchor_cpu" ] && printf '| %-52s | %10s | %10s |\n' "anchor: netns+veth with 2x ip -batch" "$anchor_wall" "$anchor_cpu"
+printf '| %-52s | %10s | %10s |\n' "berth start, routed VPS (v4+v6)" "$start_net" "-"
+printf '| %-52s | %10s | %10s |\n' "berth start, loopback only" "$start_lo" "-"
+[ -n "$anchor_cpu" ] && echo "CPU ratio berth/anchor: $(python3 -c "print(f'{$net_cpu/$anchor_cpu:.2f}')")x; target: <= 2 ms CPU -> $(python3 -c "print('met' if $net_cpu <= 2 else 'not met')")"
+
+echo
+echo "== 2. TCP throughput, iperf3 -t $IPERF_SECONDS, one stream (Gbit/s; median of 3 interleaved runs)"
+"$B" start vnet >/dev/null
+"$B" create vnet2 --template busybox --disk 64M --ip 198.18.0.11 >/dev/null
+"$B" start vnet2 >/dev/null
+pid_of() { "$B" status "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; }
+N1=/proc/$(pid_of vnet)/ns/net N2=/proc/$(pid_of vnet2)/ns/net
+iperf() { # SERVER_NS_PATH CLIENT_NS_PATH ADDRESS -> Gbit/s of one run
+    nsenter --net="$1" iperf3 -s -1 -B "$3" >/dev/null 2>&1 & local server=$!
+    sleep 0.3
+    nsenter --net="$2" iperf3 -c "$3" -t "$IPERF_SECONDS" -J 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)' 2>/dev/null || echo 0
+    wait $server 2>/dev/null
+}
+# Interleaved rounds so drift on this shared machine hits every path alike; medians reported.
+: >"$W/bare"; : >"$W/v2v"; : >"$W/v2l"
+for _ in 1 2 3; do
+    iperf /run/netns/"$P2" /run/netns/"$P1" 198.18.9.2 >>"$W/bare"
+    iperf "$N1" "$N2" 198.18.0.10 >>"$W/v2v"
+    iperf /run/netns/"$LAN" "$N1" 198.18.0.100 >>"$W/v2l"
+done
+bare=$(median <"$W/bare"); v2v=$(median <"$W/v2v"); v2l=$(median <"$W/v2l")
+printf '| %-44s | %8s | %9s |\n' "path" "Gbit/s" "vs bare"
+printf '|%s|\n' "----------------------------------------------|----------|----------"
+printf '| %-44s | %8s | %9s |\n' "bare veth pair, two plain namespaces" "$bare" "1.00"
+printf '| %-44s | %8s | %9s |\n' "VPS -> VPS (2 veths, routed, filtered)" "$v2v" "$(python3 -c "print(f'{$v2v/$bare:.2f}' if $bare else 'n/a')")"
+printf '| %-44s | %8s | %9s |\n' "VPS -> LAN client (2 veths, routed, filtered)" "$v2l" "$(python3 -c "print(f'{$v2l/$bare:.2f}' if $bare else 'n/a')")"
+echo "target: >= 0.95 of the bare pair"
+"$B" destroy vnet2 --force >/dev/null
+"$B" stop vnet --kill >/dev/null
+
+echo
+echo "== 3. stopping $STOP_N networked VPSs at once"
+for i in $(seq 1 "$STOP_N"); do "$B" create "s$i" --template busybox --disk 64M --ip "198.18.0.$((100 + i))" >/dev/null || exit 1; done
+for i in $(seq 1 "$STOP_N"); do "$B" start "s$i" >/dev/null || exit 1; done
+# One synchronous veth deletion, for scale (what a serial teardown would pay per VPS).
+ip -n "$P1" link add px type veth peer name py
+t0=${EPOCHREALTIME/[.,]/}; ip -n "$P1" link del px; t1=${EPOCHREALTIME/[.,]/}
+one_del=$(( (t1 - t0) / 1000 ))
+t0=${EPOCHREALTIME/[.,]/}
+stoppers=()
+for i in $(seq 1 "$STOP_N"); do "$B" stop "s$i" --kill >/dev/null & stoppers+=($!); done
+wait "${stoppers[@]}"   # not a bare wait: the agent is a child of this script too
+t1=${EPOCHREALTIME/[.,]/}
+for _ in $(seq 200); do ip -n "$NODE" -o link | grep -q ' bv-s' || break; sleep 0.05; done
+t2=${EPOCHREALTIME/[.,]/}
+echo "all $STOP_N stopped in $(( (t1 - t0) / 1000 )) ms; their host links were gone $(( (t2 - t0) / 1000 )) ms after the first stop"
+echo "one synchronous veth deletion here: $one_del ms; serial deletions would take about $(( one_del * STOP_N )) ms"
+for i in $(seq 1 "$STOP_N"); do "$B" destroy "s$i" >/dev/null; done
