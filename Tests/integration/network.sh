@@ -287,6 +287,62 @@ t_net_firewall_and_sysctls_inside() {
     "$BERTH" template remove "nettools-$RUN_ID" >/dev/null
 }
 
+t_net_node_services_unreachable() {
+    # A service on the node (its uplink address and the VPS gateway) is closed to VPSs; ping works.
+    in_node python3 -c "
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 7020)); s.listen(4)
+s.settimeout(4)
+try:
+    c, _ = s.accept(); print('accepted', flush=True)
+except OSError:
+    pass
+" >"$WORK/node-svc.out" & local svc=$!
+    sleep 0.4
+    local before; before=$(in_node nft list counter inet berth to_node | awk '/packets/ {print $2}')
+    for target in 198.18.0.1 169.254.0.1; do
+        "$BERTH" exec "$A" -- nc -w 1 $target 7020 </dev/null >/dev/null 2>&1 || true
+    done
+    in_lan python3 -c "import socket; socket.create_connection(('198.18.0.1', 7020), 2).close()" || fail "the LAN could not reach the node service (test broken)"
+    wait $svc || true
+    expect_eq "$(cat "$WORK/node-svc.out")" "accepted" "(only the LAN's connection should be accepted)"
+    local after; after=$(in_node nft list counter inet berth to_node | awk '/packets/ {print $2}')
+    [ "$after" -gt "$before" ] || fail "to_node counter did not move ($before -> $after)"
+    "$BERTH" exec "$A" -- ping -c1 -W2 169.254.0.1 >/dev/null || fail "the gateway does not answer pings"
+}
+
+t_net_monitor_crash_cleanup() {
+    # A monitor killed mid-life: the agent removes the VPS's filter elements and proxy entries,
+    # the link goes with the namespace, and the next start works.
+    local E; E=$(vps_name e)
+    "$BERTH" create "$E" --template busybox --disk 64M --ip 198.18.0.40 >/dev/null
+    "$BERTH" start "$E" >/dev/null
+    local monitor; monitor=$(sed -n 's/^monitor=//p' "$WORK/run/$E/state")
+    kill -9 "$monitor"
+    for _ in $(seq 100); do "$BERTH" status "$E" | grep -q running || break; sleep 0.05; done
+    for _ in $(seq 50); do in_node ip -o link | grep -q " bv-$E" || break; sleep 0.1; done
+    in_node ip -o link | grep -q " bv-$E" && fail "link left after the monitor died"
+    in_node ip neigh show proxy | grep -q 198.18.0.40 && fail "proxy entry left after the monitor died"
+    in_node nft list ruleset | grep -q "\"bv-$E\"" && fail "filter elements left after the monitor died"
+    # Agent killed while a start is in flight: the helper finishes on its own; the new agent
+    # re-adopts a running VPS (reachable) or finds it stopped with nothing left.
+    "$BERTH" start "$E" >/dev/null 2>&1 &
+    sleep 0.05
+    agent_kill9
+    sleep 1
+    agent_start
+    if "$BERTH" status "$E" | grep -q running; then
+        in_lan busybox ping -c1 -W2 198.18.0.40 >/dev/null || fail "re-adopted VPS unreachable"
+    else
+        in_node nft list ruleset | grep -q "\"bv-$E\"" && fail "filter elements left after an interrupted start"
+    fi
+    "$BERTH" destroy "$E" --force >/dev/null
+    for _ in $(seq 50); do in_node ip -o link | grep -q " bv-$E" || break; sleep 0.1; done
+    in_node ip -o link | grep -q " bv-$E" && fail "link left after destroy"
+    in_node ip neigh show proxy | grep -q 198.18.0.40 && fail "proxy entry left after destroy"
+    true
+}
+
 t_net_live_ip_add_del() {
     "$BERTH" set "$A" --ip-add 198.18.0.20 --ip-add fd00:b17::20 | grep -q "applied live: .*ip" || fail "ip change not applied live"
     in_lan busybox ping -c1 -W2 198.18.0.20 >/dev/null || fail "added IPv4 unreachable"
@@ -412,9 +468,11 @@ run_test "a VPS sending from another's address gets nothing through" t_net_ip_sp
 run_test "ARP, NDP, RA and MAC spoofs leave the node's tables unchanged" t_net_arp_ndp_ra_spoofing
 run_test "a capture inside A sees none of B's or the LAN's traffic" t_net_no_sniffing
 run_test "a VPS's own firewall, sysctls and routes stay in its namespace" t_net_firewall_and_sysctls_inside
+run_test "services on the node are closed to VPSs (gateway and uplink address)" t_net_node_services_unreachable
 run_test "set --ip-add/--ip-del live; added addresses survive a reboot inside" t_net_live_ip_add_del
 run_test "addresses and routes survive agent kill -9 and restart" t_net_survives_agent_restart
 run_test "bridged mode with MAC and IP filtering" t_net_bridged
+run_test "a killed monitor or agent mid-start leaves no filter element, proxy entry or link" t_net_monitor_crash_cleanup
 run_test "bad addresses and node settings: clear errors, nothing applied" t_net_bad_input
 run_test "/etc files: symlinks and FIFOs planted in the VPS are replaced, never followed" t_net_files_symlink_safe
 run_test "destroy leaves no link, route, proxy entry or filter element" t_net_destroy_leaves_nothing
