@@ -60,13 +60,19 @@ echo "host: $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); b
 echo
 echo "== 1. network set-up per VPS start ($ROUNDS rounds; veth over rtnetlink, IPv4 + IPv6, routes, neighbours, proxy entries, filter elements)"
 : >"$W/net.tsv"; : >"$W/start-net"; : >"$W/start-lo"
+start_timed() { # VPS OUTFILE
+    local t0 t1
+    t0=${EPOCHREALTIME/[.,]/}; "$B" start "$1" >/dev/null; t1=${EPOCHREALTIME/[.,]/}
+    echo $(( t1 - t0 )) >>"$2"
+}
 for r in $(seq 1 "$ROUNDS"); do
-    t0=${EPOCHREALTIME/[.,]/}; "$B" start vnet >/dev/null; t1=${EPOCHREALTIME/[.,]/}
+    # Alternating order, and a pause after the stops: a namespace freed asynchronously by the
+    # previous stop would otherwise slow whichever start comes first.
+    if [ $((r % 2)) = 1 ]; then start_timed vnet "$W/start-net"; start_timed vlo "$W/start-lo"
+    else start_timed vlo "$W/start-lo"; start_timed vnet "$W/start-net"; fi
     sed -n 's/.*network set-up of .*: wall_us=\([0-9]*\) cpu_us=\([0-9]*\)/\1 \2/p' "$W/run/vnet/monitor.log" | tail -1 >>"$W/net.tsv"
-    echo $(( t1 - t0 )) >>"$W/start-net"
-    t0=${EPOCHREALTIME/[.,]/}; "$B" start vlo >/dev/null; t1=${EPOCHREALTIME/[.,]/}
-    echo $(( t1 - t0 )) >>"$W/start-lo"
     "$B" stop vnet --kill >/dev/null; "$B" stop vlo --kill >/dev/null
+    sleep 0.3
 done
 net_wall=$(awk '{print $1/1000}' "$W/net.tsv" | median); net_cpu=$(awk '{print $2/1000}' "$W/net.tsv" | median)
 start_net=$(awk '{print $1/1000}' "$W/start-net" | median); start_lo=$(awk '{print $1/1000}' "$W/start-lo" | median)

@@ -104,38 +104,36 @@ import Testing
     }
 
     @Test func nftablesSetElementBatch() throws {
-        // Key layout as `nft --debug=netlink add element inet t addr4 { "bv12" . 198.18.0.2 }` prints it:
-        // element 32317662 00000000 00000000 00000000 020012c6 (32-bit words, little endian).
+        // Keys are `ifname . ether_addr . ipv4_addr` concatenations, laid out as
+        // `nft --debug=netlink add element inet t s { "bv12" . 02:b7:00:00:00:01 . 198.18.0.2 }` prints them:
+        // 16 bytes of name, the MAC padded to 8, the address.
         let elements = NFTables.elements(interface: "bv12", mac: [2, 0xb7, 0, 0, 0, 1], addresses: [try IPAddress("198.18.0.2")], bridged: false)
-        let name = Array("bv12".utf8) + [UInt8](repeating: 0, count: 12)
+        let prefix = Array("bv12".utf8) + [UInt8](repeating: 0, count: 12) + [2, 0xb7, 0, 0, 0, 1, 0, 0]
         #expect(elements == [
-            .init(family: .inet, set: "mac", key: name + [2, 0xb7, 0, 0, 0, 1, 0, 0]),
-            .init(family: .inet, set: "addr4", key: name + [198, 18, 0, 2]),
-            .init(family: .arp, set: "mac", key: name + [2, 0xb7, 0, 0, 0, 1, 0, 0]),
-            .init(family: .arp, set: "addr4", key: name + [198, 18, 0, 2]),
+            .init(family: .inet, set: "src4", key: prefix + [198, 18, 0, 2]),
+            .init(family: .arp, set: "src4", key: prefix + [198, 18, 0, 2]),
         ])
-        let batch = NFTables.batch(true, [elements[1]])
+        let batch = NFTables.batch(true, [elements[0]])
         #expect(batch.count == 3)
         #expect(batch[0].encoded(sequence: 1) == [20, 0, 0, 0, 0x10, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10])  // BATCH_BEGIN, res_id NFTABLES (big endian)
         #expect(batch[2].type == 0x11)
         var body: [UInt8] = [1, 0, 0, 0]                                                 // nfgenmsg: NFPROTO_INET
         body += [10, 0, 1, 0] + Array("berth".utf8) + [0, 0, 0]                           // NFTA_SET_ELEM_LIST_TABLE "berth\0" + pad
-        body += [10, 0, 2, 0] + Array("addr4".utf8) + [0, 0, 0]                           // NFTA_SET_ELEM_LIST_SET
-        body += [36, 0, 3, 0x80, 32, 0, 1, 0x80, 28, 0, 1, 0x80, 24, 0, 1, 0] + name + [198, 18, 0, 2]
+        body += [9, 0, 2, 0] + Array("src4".utf8) + [0, 0, 0, 0]                          // NFTA_SET_ELEM_LIST_SET
+        body += [44, 0, 3, 0x80, 40, 0, 1, 0x80, 36, 0, 1, 0x80, 32, 0, 1, 0] + prefix + [198, 18, 0, 2]
         #expect(batch[1].type == 0x0a0c && batch[1].flags == 0x405)                       // NFT_MSG_NEWSETELEM, REQUEST|ACK|CREATE
         #expect(batch[1].body == body)
-        #expect(NFTables.batch(false, [elements[1]])[1].type == 0x0a0e)
-        // Bridged VPSs are filtered in the bridge table only, with IPv6 and their link-local.
+        #expect(NFTables.batch(false, [elements[0]])[1].type == 0x0a0e)
+        // Bridged VPSs are filtered in the bridge table only; IPv6 keys carry 16 address bytes.
         let bridged = NFTables.elements(interface: "bv-c", mac: [2, 0xb7, 0, 0, 0, 2], addresses: [try IPAddress("fd00:b17::5")], bridged: true)
-        #expect(bridged.map(\.family) == [.bridge, .bridge] && bridged.map(\.set) == ["mac", "addr6"] && bridged[1].key.count == 32)
+        #expect(bridged.map(\.family) == [.bridge] && bridged.map(\.set) == ["src6"] && bridged[0].key.count == 40)
     }
 
     @Test func rulesetCarriesRunningElements() throws {
         let elements = NFTables.elements(interface: "bv-web", mac: [2, 0xb7, 0, 0, 0, 1], addresses: [try IPAddress("198.18.0.2"), try IPAddress("fd00:b17::2")], bridged: false)
         let text = NFTables.ruleset(elements: elements)
-        #expect(text.contains("elements = { \"bv-web\" . 198.18.0.2 }"))
-        #expect(text.contains("elements = { \"bv-web\" . fd00:b17::2 }"))
-        #expect(text.contains("elements = { \"bv-web\" . 02:b7:00:00:00:01 }"))
+        #expect(text.contains("elements = { \"bv-web\" . 02:b7:00:00:00:01 . 198.18.0.2 }"))
+        #expect(text.contains("elements = { \"bv-web\" . 02:b7:00:00:00:01 . fd00:b17::2 }"))
         #expect(text.contains("delete table inet berth") && text.contains("delete table arp berth") && text.contains("delete table bridge berth"))
         #expect(!NFTables.ruleset(elements: []).contains("elements"))
     }

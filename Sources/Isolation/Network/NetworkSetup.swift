@@ -130,7 +130,7 @@ public enum NetworkSetup {
             }
             try proxy(false, old, removed.map(\.address), socket: host)
             let elements = NFTables.elements(interface: old.hostInterface, mac: old.mac, addresses: removed.map(\.address), bridged: old.bridge != nil)
-            for element in elements where element.set != "mac" {
+            for element in elements {
                 try netfilter(false, [element], ignoring: [ENOENT])
             }
         }
