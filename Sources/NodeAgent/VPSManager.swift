@@ -474,7 +474,8 @@ public actor VPSManager {
     /// Removes what a stopped VPS leaves: stray processes, its cgroup, its run directory and a
     /// root mount whose monitor died. Idempotent.
     func cleanupAfterExit(_ name: String) {
-        if let config = records[name]?.config, let link = guestSpec(config).link {
+        let monitorDetached = FileIO.read(runDir(name) + "/" + RunState.exitFile)?.contains("network=detached") ?? false
+        if !monitorDetached, let config = records[name]?.config, let link = guestSpec(config).link {
             // The monitor removes these itself; this covers a monitor that died mid-way.
             NetworkSetup.detach(link, removeInterface: false)
         }

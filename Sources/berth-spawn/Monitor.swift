@@ -184,8 +184,10 @@ final class Monitor {
 
     func teardown(reason: String) {
         // The latest spec: `berth set --ip-add/--ip-del` rewrites it after changing the live VPS.
+        var networkRecord = ""
         if let link = (try? GuestSpec.read(runDir: spec.runDir))??.link ?? guest?.link {
             NetworkSetup.detach(link, removeInterface: false)
+            networkRecord = "network=detached\n"
         }
         if client >= 0 { close(client); client = -1 }
         if listener >= 0 {
@@ -200,7 +202,7 @@ final class Monitor {
             rootMounted = false
         }
         unlink(spec.runDir + "/" + RunState.stateFile)
-        let record = "reason=\(reason)\ntime=\(time(nil))\n"
+        let record = "reason=\(reason)\ntime=\(time(nil))\n" + networkRecord
         try? FileIO.writeAtomically(spec.runDir + "/" + RunState.exitFile, Array(record.utf8), mode: 0o644)
     }
 }

@@ -81,9 +81,13 @@ public enum NetworkSetup {
     /// stopping many VPSs does not pay a link deletion each); `removeInterface` deletes it now.
     public static func detach(_ link: GuestSpec.Link, removeInterface: Bool) {
         if let netfilter = try? NetlinkSocket.netfilter() {
-            // One transaction per element: a missing element must not abort the others.
-            for element in NFTables.elements(interface: link.hostInterface, mac: link.mac, addresses: link.allowedSources, bridged: link.bridge != nil) {
-                try? netfilter.perform(NFTables.batch(false, [element]), stage: "remove filter element", ignoring: [ENOENT])
+            let elements = NFTables.elements(interface: link.hostInterface, mac: link.mac, addresses: link.allowedSources, bridged: link.bridge != nil)
+            // One transaction for all; if some were already gone (the transaction then aborts),
+            // one per element so the missing ones cannot hold back the rest.
+            if (try? netfilter.perform(NFTables.batch(false, elements), stage: "remove filter elements")) == nil {
+                for element in elements {
+                    try? netfilter.perform(NFTables.batch(false, [element]), stage: "remove filter element", ignoring: [ENOENT])
+                }
             }
         }
         guard let host = try? NetlinkSocket.route() else { return }
