@@ -5,7 +5,7 @@ SWIFT ?= swift
 BUILD := .build/debug
 RELEASE := .build/release
 
-.PHONY: all deps build test test-unit test-integration test-network test-fuzz demo demo-stop bench proto clean-leftovers
+.PHONY: all deps build test test-unit test-integration test-network test-resources test-fuzz demo demo-stop bench proto clean-leftovers
 
 all: build
 
@@ -21,6 +21,7 @@ test: build
 	@$(MAKE) --no-print-directory test-fuzz
 	@$(MAKE) --no-print-directory test-integration
 	@$(MAKE) --no-print-directory test-network
+	@$(MAKE) --no-print-directory test-resources
 
 test-unit:
 	$(SWIFT) test --skip-build --parallel
@@ -32,6 +33,10 @@ test-integration:
 # Routed and bridged VPS networking in namespaces the test creates (198.18.0.0/15, fd00:b17::/32).
 test-network:
 	@BUILD=$(BUILD) ./Tests/integration/network.sh
+
+# Limits under attack: memory/fork bombs, disk and inode fills, CPU cap and weights, disk resize.
+test-resources:
+	@BUILD=$(BUILD) ./Tests/integration/resources.sh
 
 # libFuzzer on the frame decoder, bounded in time (see Docs/testing.md).
 test-fuzz:

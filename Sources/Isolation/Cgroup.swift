@@ -44,6 +44,8 @@ public struct CgroupUsage: Equatable, Sendable {
     public var memoryPeakBytes: UInt64 = 0
     public var memoryLimitBytes: UInt64?
     public var memoryFailcount: UInt64 = 0
+    /// Processes the OOM killer ended inside this cgroup.
+    public var oomKills: UInt64 = 0
     public var swapBytes: UInt64 = 0
     public var swapPeakBytes: UInt64 = 0
     public var swapLimitBytes: UInt64?

@@ -128,6 +128,7 @@ public struct CgroupV1Driver: CgroupDriver {
         usage.memoryPeakBytes = readNumber(memory + "/memory.max_usage_in_bytes") ?? 0
         usage.memoryLimitBytes = readLimit(memory + "/memory.limit_in_bytes")
         usage.memoryFailcount = readNumber(memory + "/memory.failcnt") ?? 0
+        usage.oomKills = readKeyed(memory + "/memory.oom_control", "oom_kill") ?? 0
         // v1 accounts memory+swap together: swap is the difference.
         if let memsw = readNumber(memory + "/memory.memsw.usage_in_bytes") {
             usage.swapBytes = memsw > usage.memoryBytes ? memsw - usage.memoryBytes : 0

@@ -102,6 +102,7 @@ public struct CgroupV2Driver: CgroupDriver {
         usage.memoryPeakBytes = readNumber(dir + "/memory.peak") ?? 0
         usage.memoryLimitBytes = readLimit(dir + "/memory.max")
         usage.memoryFailcount = readKeyed(dir + "/memory.events", "max") ?? 0
+        usage.oomKills = readKeyed(dir + "/memory.events", "oom_kill") ?? 0
         usage.swapBytes = readNumber(dir + "/memory.swap.current") ?? 0
         usage.swapPeakBytes = readNumber(dir + "/memory.swap.peak") ?? 0
         usage.swapLimitBytes = readLimit(dir + "/memory.swap.max")

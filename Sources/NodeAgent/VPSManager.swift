@@ -305,8 +305,8 @@ public actor VPSManager {
             limits.files = wire.files
         }
         if wire.diskBytes > 0 {
-            guard creating else { throw AgentError.unsupported("disk", "resizing a VPS disk is not available in this release yet") }
             guard wire.diskBytes <= 16 << 40 else { throw AgentError.invalid("disk", "must be at most 16T") }
+            guard wire.diskBytes >= 16 << 20 else { throw AgentError.invalid("disk", "must be at least 16M") }
             limits.diskBytes = wire.diskBytes
         }
         if wire.diskInodes > 0 {
@@ -546,26 +546,8 @@ public actor VPSManager {
         var config = record.config
         var live: [String] = [], restart: [String] = []
         let running = record.state == .running
+        // Everything is validated before anything is applied, so bad input changes nothing.
         try applyLimits(request.limits, to: &config.limits, creating: false)
-        if config.limits != record.config.limits {
-            let old = record.config.limits
-            let changed: [(String, Bool)] = [
-                ("memory", old.memoryBytes != config.limits.memoryBytes), ("swap", old.swapBytes != config.limits.swapBytes),
-                ("pids", old.pids != config.limits.pids), ("cpu-units", old.cpuUnits != config.limits.cpuUnits),
-                ("cpu-limit", old.cpuLimitPercent != config.limits.cpuLimitPercent), ("cpus", old.cpus != config.limits.cpus),
-            ]
-            let cgroupChanged = changed.filter(\.1).map(\.0)
-            if running && !cgroupChanged.isEmpty {
-                do {
-                    try cgroups.apply(name, config.limits.cgroup)
-                } catch {
-                    try? cgroups.apply(name, old.cgroup)
-                    throw AgentError.kernel("applying limits to \(name)", error)
-                }
-                live += cgroupChanged
-            }
-            if running && old.files != config.limits.files { restart.append("files") }
-        }
         var guestChanged: [String] = []
         if !request.hostname.isEmpty && request.hostname != config.hostname {
             config.hostname = try Validation.hostname(request.hostname)
@@ -579,8 +561,34 @@ public actor VPSManager {
             }
         }
         if request.setOnboot { config.onboot = request.onboot }
+
+        let old = record.config.limits
+        if old.diskBytes != config.limits.diskBytes {
+            try await resizeDisk(name, from: old.diskBytes, to: config.limits.diskBytes, running: running)
+            if running { live.append("disk") }
+        }
+        let cgroupChanged = [
+            ("memory", old.memoryBytes != config.limits.memoryBytes), ("swap", old.swapBytes != config.limits.swapBytes),
+            ("pids", old.pids != config.limits.pids), ("cpu-units", old.cpuUnits != config.limits.cpuUnits),
+            ("cpu-limit", old.cpuLimitPercent != config.limits.cpuLimitPercent), ("cpus", old.cpus != config.limits.cpus),
+        ].filter(\.1).map(\.0)
+        if running && !cgroupChanged.isEmpty {
+            do {
+                try cgroups.apply(name, config.limits.cgroup)
+            } catch {
+                try? cgroups.apply(name, old.cgroup)
+                throw AgentError.kernel("applying limits to \(name)", error)
+            }
+            live += cgroupChanged
+        }
+        if running && old.files != config.limits.files { restart.append("files") }
         if running && !guestChanged.isEmpty {
-            try await configureLive(record, config)
+            do {
+                try await configureLive(record, config)
+            } catch {
+                if !cgroupChanged.isEmpty { try? cgroups.apply(name, old.cgroup) }
+                throw error
+            }
             live += guestChanged
         }
         try store.save(config)
@@ -622,10 +630,13 @@ public actor VPSManager {
         stats.name = name
         stats.cpuNanoseconds = usage.cpuNanoseconds
         stats.counters = [
-            counter("memory", usage.memoryBytes, usage.memoryPeakBytes, usage.memoryLimitBytes, usage.memoryFailcount),
+            // Some kernels count no failed charge when the OOM killer resolves it: a kill is a
+            // failure too (OpenVZ's privvmpages failcnt rises on either).
+            counter("memory", usage.memoryBytes, usage.memoryPeakBytes, usage.memoryLimitBytes, max(usage.memoryFailcount, usage.oomKills)),
             counter("swap", usage.swapBytes, usage.swapPeakBytes, usage.swapLimitBytes, usage.swapFailcount),
             counter("pids", usage.pids, usage.pidsPeak, usage.pidsLimit, usage.pidsFailcount),
             counter("cpu_throttled", usage.cpuThrottledPeriods, 0, limits.cpuLimitPercent.map(UInt64.init), usage.cpuThrottledPeriods),
+            counter("oom_kill", usage.oomKills, 0, nil, usage.oomKills),
         ]
         // The disk is the mounted image: its own filesystem's totals are the hard limits.
         var fs = statvfs()

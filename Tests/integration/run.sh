@@ -227,8 +227,9 @@ t_onboot_after_host_boot() {
 
 t_set_live() {
     local out; out=$("$BERTH" set "$A" --memory 300M --pids 150 --label tier=gold --hostname renamed)
-    expect_contains "$out" "applied live: memory, pids"
-    expect_contains "$out" "next restart: hostname"
+    expect_contains "$out" "applied live: memory, pids, hostname"
+    expect_eq "$("$BERTH" exec "$A" -- hostname)" renamed
+    expect_contains "$("$BERTH" exec "$A" -- cat /etc/hostname)" renamed
     local limit
     if [ -f "/sys/fs/cgroup/memory/$CGROUP_PARENT/$A/memory.limit_in_bytes" ]; then
         limit=$(cat "/sys/fs/cgroup/memory/$CGROUP_PARENT/$A/memory.limit_in_bytes")

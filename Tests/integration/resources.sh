@@ -1,0 +1,178 @@
+#!/bin/bash
+# Resource tier: what a VPS's limits do under attack, on real cgroups and a real loop-mounted
+# ext4 disk: memory bomb, fork bomb, disk and inode fill, CPU cap and CPU weights, online disk
+# grow. Timing-sensitive checks use generous bounds (this is a shared 2-CPU VM); the figures
+# themselves belong to the benchmarks.
+cd "$(dirname "$0")/../.." || exit 1
+RUN_ID=${RUN_ID:-brs$$}
+source Tests/integration/lib.sh
+
+if [ "$(id -u)" != 0 ]; then
+    echo "skip - resource tier: needs root"; echo "resources: 0 passed, 0 failed, 1 skipped"; exit 0
+fi
+trap cleanup_all EXIT
+echo "resource run $RUN_ID (work dir $WORK, cgroup parent $CGROUP_PARENT)"
+agent_start || exit 1
+"$BERTH" template build busybox >/dev/null || { echo "template build failed"; exit 1; }
+
+vps_pid() { "$BERTH" status "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; }
+stat_field() { "$BERTH" stats "$1" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['resources']['$2']['$3'])"; }
+cpu_ns() { "$BERTH" stats "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["cpu_nanoseconds"])'; }
+
+t_memory_bomb_is_killed_inside() {
+    local M; M=$(vps_name mem)
+    "$BERTH" create "$M" --template busybox --disk 64M --memory 48M >/dev/null
+    "$BERTH" start "$M" >/dev/null
+    local init agent; init=$(vps_pid "$M"); agent=$(agent_pid)
+    # A string that doubles until the memory limit ends it.
+    "$BERTH" exec "$M" -- awk 'BEGIN { s = "x"; while (1) s = s s }' && fail "the memory bomb finished"
+    alive "$init" || fail "the VPS init was killed"
+    alive "$agent" || fail "the agent was killed"
+    expect_eq "$(vps_pid "$M")" "$init"
+    [ "$(stat_field "$M" memory failcnt)" -ge 1 ] || fail "memory failcnt did not rise"
+    [ "$(stat_field "$M" oom_kill held)" -ge 1 ] || fail "no OOM kill counted"
+    "$BERTH" exec "$M" -- true || fail "the VPS no longer runs commands"
+    "$BERTH" destroy "$M" --force >/dev/null
+}
+
+t_fork_bomb_stops_at_pids() {
+    local F O; F=$(vps_name fork); O=$(vps_name other)
+    "$BERTH" create "$F" --template busybox --disk 64M --pids 64 >/dev/null
+    "$BERTH" create "$O" --template busybox --disk 64M >/dev/null
+    "$BERTH" start "$F" >/dev/null
+    "$BERTH" start "$O" >/dev/null
+    "$BERTH" exec "$F" -- sh -c 'bomb() { bomb | bomb & }; bomb' >/dev/null 2>&1 &
+    sleep 2
+    [ "$(stat_field "$F" pids held)" -le 64 ] || fail "pids above the limit"
+    [ "$(stat_field "$F" pids failcnt)" -ge 1 ] || fail "no fork refused"
+    local t0 t1; t0=${EPOCHREALTIME/[.,]/}
+    expect_eq "$("$BERTH" exec "$O" -- echo alive)" alive
+    t1=${EPOCHREALTIME/[.,]/}
+    [ $(( (t1 - t0) / 1000 )) -lt 1000 ] || fail "exec into another VPS took $(( (t1 - t0) / 1000 )) ms during the fork bomb"
+    "$BERTH" stop "$F" --kill >/dev/null
+    "$BERTH" destroy "$F" >/dev/null
+    "$BERTH" destroy "$O" --force >/dev/null
+}
+
+t_disk_and_inode_fill_stop_at_the_limit() {
+    local D; D=$(vps_name disk)
+    "$BERTH" create "$D" --template busybox --disk 64M --disk-inodes 2048 >/dev/null
+    "$BERTH" start "$D" >/dev/null
+    local host_before; host_before=$(df -k --output=avail "$WORK/data" | tail -1)
+    local out; out=$("$BERTH" exec "$D" -- dd if=/dev/zero of=/big bs=1M count=200 2>&1) && fail "dd wrote 200M into a 64M disk"
+    expect_contains "$out" "No space left on device"
+    local image; image=$(du -k "$WORK/data/vps/$D/disk.img" | cut -f1)
+    [ "$image" -le $((64 * 1024)) ] || fail "disk image grew to $image kB"
+    local host_after; host_after=$(df -k --output=avail "$WORK/data" | tail -1)
+    [ $((host_before - host_after)) -le $((70 * 1024)) ] || fail "host filesystem lost $((host_before - host_after)) kB"
+    "$BERTH" exec "$D" -- rm /big
+    out=$("$BERTH" exec "$D" -- sh -c 'mkdir /many; i=0; while touch /many/f$i 2>/dev/null; do i=$((i+1)); done; echo $i; touch /many/last' 2>&1) && fail "inodes did not run out"
+    expect_contains "$out" "No space left on device"
+    local made; made=$(echo "$out" | head -1)
+    [ "$made" -lt 2048 ] && [ "$made" -gt 1000 ] || fail "created $made files with 2048 inodes"
+    local inodes; inodes=$(stat_field "$D" disk_inodes limit)
+    [ "$inodes" -ge 2048 ] && [ "$inodes" -le 2304 ] || fail "disk_inodes limit $inodes for --disk-inodes 2048"
+    "$BERTH" destroy "$D" --force >/dev/null
+}
+
+# CPU time of a VPS over SECONDS while a busy loop runs in it.
+busy_share() { # VPS SECONDS -> percent of one CPU
+    local before after
+    before=$(cpu_ns "$1"); sleep "$2"; after=$(cpu_ns "$1")
+    echo $(( (after - before) / ($2 * 10000000) ))
+}
+
+t_cpu_limit_holds() {
+    local C; C=$(vps_name cpu)
+    "$BERTH" create "$C" --template busybox --disk 64M --cpu-limit 50 >/dev/null
+    "$BERTH" start "$C" >/dev/null
+    "$BERTH" exec "$C" -- sh -c 'while :; do :; done & while :; do :; done & sleep 8' >/dev/null 2>&1 &
+    sleep 1
+    local pct; pct=$(busy_share "$C" 5)
+    echo "two busy loops under --cpu-limit 50: ${pct}% of one CPU"
+    [ "$pct" -ge 40 ] && [ "$pct" -le 60 ] || fail "--cpu-limit 50 gave ${pct}%"
+    [ "$(stat_field "$C" cpu_throttled held)" -ge 1 ] || fail "no throttled periods counted"
+    "$BERTH" destroy "$C" --force >/dev/null
+}
+
+t_cpu_units_share_one_cpu() {
+    local H L; H=$(vps_name heavy); L=$(vps_name light)
+    "$BERTH" create "$H" --template busybox --disk 64M --cpus 1 --cpu-units 2000 >/dev/null
+    "$BERTH" create "$L" --template busybox --disk 64M --cpus 1 --cpu-units 1000 >/dev/null
+    "$BERTH" start "$H" >/dev/null
+    "$BERTH" start "$L" >/dev/null
+    for v in "$H" "$L"; do "$BERTH" exec "$v" -- sh -c 'while :; do :; done & sleep 8' >/dev/null 2>&1 & done
+    sleep 1
+    local h0 l0 h1 l1; h0=$(cpu_ns "$H"); l0=$(cpu_ns "$L"); sleep 5; h1=$(cpu_ns "$H"); l1=$(cpu_ns "$L")
+    local ratio; ratio=$(python3 -c "print(f'{($h1-$h0)/max(1,$l1-$l0):.2f}')")
+    echo "cpu-units 2000:1000 on CPU 0: ratio $ratio"
+    python3 -c "import sys; sys.exit(0 if 1.7 <= $ratio <= 2.3 else 1)" || fail "ratio $ratio, wanted 2 +- 15%"
+    "$BERTH" destroy "$H" --force >/dev/null
+    "$BERTH" destroy "$L" --force >/dev/null
+}
+
+has_sys_resource() { [ $(( 0x$(awk '/^CapEff/ {print $2}' /proc/self/status) >> 24 & 1 )) = 1 ]; }
+
+t_disk_grows_online() {
+    local G; G=$(vps_name grow)
+    "$BERTH" create "$G" --template busybox --disk 64M >/dev/null
+    "$BERTH" start "$G" >/dev/null
+    local init; init=$(vps_pid "$G")
+    "$BERTH" exec "$G" -- sh -c 'echo keep >/keep'
+    expect_contains "$(expect_fail 2 "$BERTH" set "$G" --disk 32M)" "cannot shrink the disk of a running VPS"
+    if ! has_sys_resource; then
+        # ext4 online resize is an ioctl that needs CAP_SYS_RESOURCE: the refusal must be clear
+        # and change nothing.
+        expect_contains "$(expect_fail 2 "$BERTH" set "$G" --disk 256M)" "needs CAP_SYS_RESOURCE"
+        [ "$(stat -c %s "$WORK/data/vps/$G/disk.img")" = $((64 * 1024 * 1024)) ] || fail "image size changed"
+        grep -q '"diskBytes" : 67108864' "$WORK/data/vps/$G/config.json" || fail "config changed"
+        "$BERTH" destroy "$G" --force >/dev/null
+        skip "this host withholds CAP_SYS_RESOURCE from root (ext4 online resize); the refusal was checked"
+    fi
+    expect_contains "$("$BERTH" set "$G" --disk 256M)" "applied live: disk"
+    expect_eq "$(vps_pid "$G")" "$init"
+    local size; size=$("$BERTH" exec "$G" -- df -k / | awk 'NR==2 {print $2}')
+    [ "$size" -gt $((200 * 1024)) ] || fail "filesystem is $size kB after growing to 256M"
+    "$BERTH" exec "$G" -- dd if=/dev/zero of=/big bs=1M count=120 2>/dev/null || fail "cannot use the new space"
+    expect_eq "$("$BERTH" exec "$G" -- cat /keep)" keep
+    [ "$(stat_field "$G" disk_bytes limit)" -gt $((230 * 1024 * 1024)) ] || fail "disk_bytes limit did not grow"
+    "$BERTH" destroy "$G" --force >/dev/null
+}
+
+t_disk_resizes_offline() {
+    local G; G=$(vps_name offline)
+    "$BERTH" create "$G" --template busybox --disk 64M >/dev/null
+    "$BERTH" start "$G" >/dev/null
+    "$BERTH" exec "$G" -- sh -c 'echo keep >/keep; dd if=/dev/zero of=/big bs=1M count=40 2>/dev/null'
+    "$BERTH" stop "$G" >/dev/null
+    # Shrinking below the data in it is refused and changes nothing.
+    expect_contains "$(expect_fail 2 "$BERTH" set "$G" --disk 24M)" "smaller than the data"
+    [ "$(stat -c %s "$WORK/data/vps/$G/disk.img")" = $((64 * 1024 * 1024)) ] || fail "image size changed"
+    "$BERTH" set "$G" --disk 256M >/dev/null
+    "$BERTH" start "$G" >/dev/null
+    local size; size=$("$BERTH" exec "$G" -- df -k / | awk 'NR==2 {print $2}')
+    [ "$size" -gt $((200 * 1024)) ] || fail "filesystem is $size kB after growing to 256M"
+    expect_eq "$("$BERTH" exec "$G" -- cat /keep)" keep
+    "$BERTH" exec "$G" -- rm /big
+    "$BERTH" stop "$G" >/dev/null
+    "$BERTH" set "$G" --disk 48M >/dev/null
+    [ "$(stat -c %s "$WORK/data/vps/$G/disk.img")" = $((48 * 1024 * 1024)) ] || fail "image not shrunk"
+    "$BERTH" start "$G" >/dev/null
+    size=$("$BERTH" exec "$G" -- df -k / | awk 'NR==2 {print $2}')
+    [ "$size" -lt $((48 * 1024)) ] && [ "$size" -gt $((30 * 1024)) ] || fail "filesystem is $size kB after shrinking to 48M"
+    expect_eq "$("$BERTH" exec "$G" -- cat /keep)" keep
+    "$BERTH" destroy "$G" --force >/dev/null
+}
+
+run_test "a memory bomb is OOM-killed inside its VPS only" t_memory_bomb_is_killed_inside
+run_test "a fork bomb stops at the pids limit; exec into another VPS answers within 1 s" t_fork_bomb_stops_at_pids
+run_test "disk and inode fills stop at the VPS limit; the host filesystem is untouched" t_disk_and_inode_fill_stop_at_the_limit
+run_test "--cpu-limit 50 holds two busy loops to 50 % +- 10" t_cpu_limit_holds
+run_test "cpu-units 2000:1000 on one CPU share it 2:1 +- 15 %" t_cpu_units_share_one_cpu
+run_test "set --disk grows a running VPS online; shrinking it is refused" t_disk_grows_online
+run_test "set --disk on a stopped VPS grows, and shrinks only above the data in it" t_disk_resizes_offline
+
+echo
+[ ${#FAILED_NAMES[@]} -eq 0 ] || printf 'failed: %s\n' "${FAILED_NAMES[@]}"
+echo "resources: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+[ "$FAILED" -eq 0 ]
