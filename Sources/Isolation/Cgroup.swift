@@ -46,6 +46,8 @@ public struct CgroupUsage: Equatable, Sendable {
     public var memoryFailcount: UInt64 = 0
     /// Processes the OOM killer ended inside this cgroup.
     public var oomKills: UInt64 = 0
+    public var ioBytes: UInt64 = 0
+    public var ioOperations: UInt64 = 0
     public var swapBytes: UInt64 = 0
     public var swapPeakBytes: UInt64 = 0
     public var swapLimitBytes: UInt64?
@@ -58,6 +60,36 @@ public struct CgroupUsage: Equatable, Sendable {
     public var cpuThrottledPeriods: UInt64 = 0
     public var cpuThrottledNanoseconds: UInt64 = 0
     public init() {}
+}
+
+/// Disk I/O limits of a VPS. Throttles apply to its own loop device (the VPS's disk), so they
+/// need the device number, known once the disk is attached.
+public struct IOLimits: Equatable, Sendable {
+    /// Proportional weight (BFQ units, 1-1000, default 100) on a shared scheduler.
+    public var weight: UInt32?
+    /// Bytes per second, read and write each.
+    public var bytesPerSecond: UInt64?
+    /// Operations per second, read and write each.
+    public var operationsPerSecond: UInt32?
+
+    public init(weight: UInt32? = nil, bytesPerSecond: UInt64? = nil, operationsPerSecond: UInt32? = nil) {
+        self.weight = weight
+        self.bytesPerSecond = bytesPerSecond
+        self.operationsPerSecond = operationsPerSecond
+    }
+
+    /// Stands for the "MAJ:MIN" of the VPS's loop device in `ioSettings` values.
+    public static let devicePlaceholder = "{device}"
+}
+
+/// One control-file write.
+public struct CgroupWrite: Equatable, Sendable {
+    public var path: String
+    public var value: String
+    public init(path: String, value: String) {
+        self.path = path
+        self.value = value
+    }
 }
 
 /// One VPS cgroup across whatever hierarchies the host has. Detect the mode once with
@@ -78,6 +110,10 @@ public protocol CgroupDriver: Sendable {
     func usage(_ name: String) -> CgroupUsage
     /// Names of VPS cgroups currently present (for leftover detection).
     func list() -> [String]
+    /// The writes that set `io` for the VPS's disk `device` ("7:3" or the placeholder). Unset
+    /// limits are written as "no limit", so the result also lifts earlier ones. A requested limit
+    /// the host cannot enforce throws `.unsupported`.
+    func ioSettings(_ name: String, _ io: IOLimits, device: String) throws(IsolationError) -> [CgroupWrite]
 }
 
 public enum CgroupMode: Equatable, Sendable {

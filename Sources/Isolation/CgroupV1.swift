@@ -91,6 +91,27 @@ public struct CgroupV1Driver: CgroupDriver {
         }
     }
 
+    public func ioSettings(_ name: String, _ io: IOLimits, device: String) throws(IsolationError) -> [CgroupWrite] {
+        guard present.contains("blkio") else {
+            if io != IOLimits() { throw IsolationError(.unsupported, "I/O limits need the blkio cgroup controller, which this host does not mount") }
+            return []
+        }
+        let dir = path("blkio", name)
+        var writes: [CgroupWrite] = []
+        if let weight = io.weight {
+            guard FileIO.exists(dir + "/blkio.bfq.weight") else {
+                throw IsolationError(.unsupported, "--io-weight needs the BFQ I/O scheduler (blkio.bfq.weight), which this host does not offer")
+            }
+            writes.append(CgroupWrite(path: dir + "/blkio.bfq.weight", value: String(weight)))
+        }
+        // A value of 0 removes the device's throttle rule.
+        let bps = String(io.bytesPerSecond ?? 0), iops = String(io.operationsPerSecond ?? 0)
+        for (file, value) in [("read_bps_device", bps), ("write_bps_device", bps), ("read_iops_device", iops), ("write_iops_device", iops)] {
+            writes.append(CgroupWrite(path: dir + "/blkio.throttle." + file, value: "\(device) \(value)"))
+        }
+        return writes
+    }
+
     public func procsFiles(_ name: String) -> [String] { present.map { path($0, name) + "/cgroup.procs" } }
 
     public func pids(_ name: String) -> [Int32] {
@@ -145,6 +166,8 @@ public struct CgroupV1Driver: CgroupDriver {
         usage.pidsLimit = readLimit(pids + "/pids.max")
         usage.pidsFailcount = readKeyed(pids + "/pids.events", "max") ?? 0
         usage.cpuNanoseconds = readNumber(path("cpuacct", name) + "/cpuacct.usage") ?? 0
+        usage.ioBytes = readKeyed(path("blkio", name) + "/blkio.throttle.io_service_bytes", "Total") ?? 0
+        usage.ioOperations = readKeyed(path("blkio", name) + "/blkio.throttle.io_serviced", "Total") ?? 0
         usage.cpuThrottledPeriods = readKeyed(path("cpu", name) + "/cpu.stat", "nr_throttled") ?? 0
         usage.cpuThrottledNanoseconds = readKeyed(path("cpu", name) + "/cpu.stat", "throttled_time") ?? 0
         return usage

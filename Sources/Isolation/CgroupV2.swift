@@ -71,6 +71,29 @@ public struct CgroupV2Driver: CgroupDriver {
         try FileIO.write(full, value ?? "max")
     }
 
+    public func ioSettings(_ name: String, _ io: IOLimits, device: String) throws(IsolationError) -> [CgroupWrite] {
+        let dir = path(name)
+        var writes: [CgroupWrite] = []
+        if let weight = io.weight {
+            if FileIO.exists(dir + "/io.bfq.weight") {
+                writes.append(CgroupWrite(path: dir + "/io.bfq.weight", value: String(weight)))
+            } else if FileIO.exists(dir + "/io.weight") {
+                // io.weight is 1-10000 with default 100, BFQ's 1-1000 scaled alike.
+                writes.append(CgroupWrite(path: dir + "/io.weight", value: "default \(weight)"))
+            } else {
+                throw IsolationError(.unsupported, "--io-weight needs BFQ or the io.cost controller (io.bfq.weight / io.weight), which this host does not offer")
+            }
+        }
+        let throttled = io.bytesPerSecond != nil || io.operationsPerSecond != nil
+        guard FileIO.exists(dir + "/io.max") else {
+            if throttled { throw IsolationError(.unsupported, "--io-bps/--io-iops need the cgroup v2 io controller, which this host does not enable for \(root)/\(parent)") }
+            return writes
+        }
+        let bps = io.bytesPerSecond.map(String.init) ?? "max", iops = io.operationsPerSecond.map(String.init) ?? "max"
+        writes.append(CgroupWrite(path: dir + "/io.max", value: "\(device) rbps=\(bps) wbps=\(bps) riops=\(iops) wiops=\(iops)"))
+        return writes
+    }
+
     public func procsFiles(_ name: String) -> [String] { [path(name) + "/cgroup.procs"] }
 
     public func pids(_ name: String) -> [Int32] { readPidList(path(name) + "/cgroup.procs") }
@@ -112,6 +135,18 @@ public struct CgroupV2Driver: CgroupDriver {
         usage.pidsLimit = readLimit(dir + "/pids.max")
         usage.pidsFailcount = readKeyed(dir + "/pids.events", "max") ?? 0
         usage.cpuNanoseconds = (readKeyed(dir + "/cpu.stat", "usage_usec") ?? 0) * 1000
+        // io.stat: one line per device, "8:0 rbytes=N wbytes=N rios=N wios=N dbytes=N dios=N".
+        for line in (FileIO.read(dir + "/io.stat") ?? "").split(separator: "\n") {
+            for field in line.split(separator: " ").dropFirst() {
+                let pair = field.split(separator: "=")
+                guard pair.count == 2, let value = UInt64(pair[1]) else { continue }
+                switch pair[0] {
+                case "rbytes", "wbytes": usage.ioBytes += value
+                case "rios", "wios": usage.ioOperations += value
+                default: break
+                }
+            }
+        }
         usage.cpuThrottledPeriods = readKeyed(dir + "/cpu.stat", "nr_throttled") ?? 0
         usage.cpuThrottledNanoseconds = (readKeyed(dir + "/cpu.stat", "throttled_usec") ?? 0) * 1000
         return usage

@@ -16,6 +16,9 @@ public struct SpawnSpec: Equatable, Sendable {
     public var consoleRingBytes: Int
     /// RLIMIT_NOFILE of the VPS init (soft = hard), inherited by every process in the VPS.
     public var openFilesLimit: UInt64?
+    /// Control-file writes made once the disk's loop device exists, before init runs (I/O
+    /// limits); `IOLimits.devicePlaceholder` in a value becomes the device's "MAJ:MIN".
+    public var deviceWrites: [CgroupWrite] = []
 
     public init(name: String, diskImage: String, rootPath: String, runDir: String, hostname: String,
                 cgroupProcsFiles: [String], initArgv: [String] = ["/sbin/init"],
@@ -51,6 +54,7 @@ public struct SpawnSpec: Equatable, Sendable {
         dropCapabilities.forEach { put("drop", $0) }
         put("ring", String(consoleRingBytes))
         if let openFilesLimit { put("nofile", String(openFilesLimit)) }
+        deviceWrites.forEach { put("device-write", $0.path + "\t" + $0.value) }
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -64,7 +68,7 @@ public struct SpawnSpec: Equatable, Sendable {
             let key = String(line[..<eq])
             let value = try unescape(String(line[line.index(after: eq)...]))
             switch key {
-            case "cgroup", "init", "env", "drop": multi[key, default: []].append(value)
+            case "cgroup", "init", "env", "drop", "device-write": multi[key, default: []].append(value)
             case "name", "disk", "root", "run", "hostname", "ring", "nofile":
                 if single[key] != nil { throw IsolationError(.invalidSpec, "spawn spec key \(key) repeated") }
                 single[key] = value
@@ -91,6 +95,11 @@ public struct SpawnSpec: Equatable, Sendable {
                          environment: multi["env"] ?? [], dropCapabilities: multi["drop"] ?? [],
                          consoleRingBytes: ring)
         spec.openFilesLimit = nofile
+        for entry in multi["device-write"] ?? [] {
+            let parts = entry.split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2, parts[0].hasPrefix("/") else { throw IsolationError(.invalidSpec, "spawn spec device-write is not PATH<TAB>VALUE") }
+            spec.deviceWrites.append(CgroupWrite(path: String(parts[0]), value: String(parts[1])))
+        }
         return spec
     }
 

@@ -79,6 +79,27 @@ extension VPSManager {
         }
     }
 
+    /// Writes `io` for a running VPS's disk (a stopped one gets it at its next start, where a
+    /// limit the host cannot enforce fails the start with the reason).
+    func applyIO(_ name: String, _ io: IOLimits, running: Bool) -> Result<Void, IsolationError> {
+        Result { () throws(IsolationError) in
+            guard running else { return }
+            for write in try cgroups.ioSettings(name, io, device: try diskDeviceNumber(name)) {
+                try FileIO.write(write.path, write.value)
+            }
+        }
+    }
+
+    /// "MAJ:MIN" of a running VPS's loop device (what I/O limits name).
+    func diskDeviceNumber(_ name: String) throws(IsolationError) -> String {
+        guard let loop = Self.loopDevice(backing: store.diskPath(name)) else {
+            throw IsolationError(.notFound, "the loop device of \(name)'s disk was not found", stage: "find loop device")
+        }
+        var info = stat()
+        try check("stat \(loop)") { stat(loop, &info) }
+        return "\(berth_major(info.st_rdev)):\(berth_minor(info.st_rdev))"
+    }
+
     /// The loop device whose backing file is `image` (the monitor attached it; the kernel knows).
     static func loopDevice(backing image: String) -> String? {
         let canonical = URL(fileURLWithPath: image).resolvingSymlinksInPath().path

@@ -17,6 +17,9 @@ public struct VPSConfig: Codable, Equatable, Sendable {
         public var files: UInt64?
         public var diskBytes: UInt64
         public var diskInodes: UInt64?
+        public var ioWeight: UInt32?
+        public var ioBytesPerSecond: UInt64?
+        public var ioOperationsPerSecond: UInt32?
 
         public init(diskBytes: UInt64 = VPSConfig.defaultDiskBytes) { self.diskBytes = diskBytes }
 
@@ -25,7 +28,10 @@ public struct VPSConfig: Codable, Equatable, Sendable {
                          cpuLimitPercent: cpuLimitPercent, cpus: cpus)
         }
 
-        static let keys: Set<String> = ["memoryBytes", "swapBytes", "pids", "cpuUnits", "cpuLimitPercent", "cpus", "files", "diskBytes", "diskInodes"]
+        var io: IOLimits { IOLimits(weight: ioWeight, bytesPerSecond: ioBytesPerSecond, operationsPerSecond: ioOperationsPerSecond) }
+
+        static let keys: Set<String> = ["memoryBytes", "swapBytes", "pids", "cpuUnits", "cpuLimitPercent", "cpus", "files", "diskBytes", "diskInodes",
+                                        "ioWeight", "ioBytesPerSecond", "ioOperationsPerSecond"]
     }
 
     public enum DesiredState: String, Codable, Sendable { case running, stopped }

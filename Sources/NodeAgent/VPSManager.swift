@@ -210,6 +210,9 @@ public actor VPSManager {
         wire.cpuLimitPct = limits.cpuLimitPercent ?? 0
         wire.cpus = limits.cpus ?? ""
         wire.files = limits.files ?? 0
+        wire.ioWeight = limits.ioWeight ?? 0
+        wire.ioBps = limits.ioBytesPerSecond ?? 0
+        wire.ioIops = limits.ioOperationsPerSecond ?? 0
         wire.diskBytes = limits.diskBytes
         wire.diskInodes = limits.diskInodes ?? 0
         return wire
@@ -314,8 +317,17 @@ public actor VPSManager {
             guard wire.diskInodes >= 1024, wire.diskInodes <= 1 << 32 else { throw AgentError.invalid("disk-inodes", "must be between 1024 and 4294967296") }
             limits.diskInodes = wire.diskInodes
         }
-        if wire.ioWeight > 0 || wire.ioBps > 0 || wire.ioIops > 0 {
-            throw AgentError.unsupported("io", "I/O limits (--io-weight, --io-bps, --io-iops) are not available in this release yet")
+        if wire.ioWeight > 0 {
+            guard (1...1000).contains(wire.ioWeight) else { throw AgentError.invalid("io-weight", "must be between 1 and 1000 (BFQ weight, default 100)") }
+            limits.ioWeight = wire.ioWeight
+        }
+        if wire.ioBps > 0 {
+            guard wire.ioBps >= 64 << 10, wire.ioBps <= 1 << 40 else { throw AgentError.invalid("io-bps", "must be between 64K and 1T per second") }
+            limits.ioBytesPerSecond = wire.ioBps
+        }
+        if wire.ioIops > 0 {
+            guard (10...10_000_000).contains(wire.ioIops) else { throw AgentError.invalid("io-iops", "must be between 10 and 10000000") }
+            limits.ioOperationsPerSecond = wire.ioIops
         }
     }
 
@@ -399,6 +411,13 @@ public actor VPSManager {
         var spec = SpawnSpec(name: name, diskImage: store.diskPath(name), rootPath: store.rootPath(name), runDir: run,
                              hostname: record.config.hostname, cgroupProcsFiles: cgroups.procsFiles(name))
         spec.openFilesLimit = record.config.limits.files
+        if record.config.limits.io != IOLimits() {
+            do {
+                spec.deviceWrites = try cgroups.ioSettings(name, record.config.limits.io, device: IOLimits.devicePlaceholder)
+            } catch {
+                throw AgentError.kernel("I/O limits of \(name)", error)
+            }
+        }
 
         let specPipe = try Subprocess.makePipe()
         let statusPipe: (read: Int32, write: Int32)
@@ -582,6 +601,15 @@ public actor VPSManager {
             live += cgroupChanged
         }
         if running && old.files != config.limits.files { restart.append("files") }
+        if old.io != config.limits.io {
+            // Checked for stopped VPSs too: a limit the host cannot enforce is refused now.
+            let result = applyIO(name, config.limits.io, running: running)
+            if case .failure(let error) = result {
+                if !cgroupChanged.isEmpty { try? cgroups.apply(name, old.cgroup) }
+                throw AgentError.kernel("I/O limits of \(name)", error)
+            }
+            if running { live.append("io") }
+        }
         if running && !guestChanged.isEmpty {
             do {
                 try await configureLive(record, config)
@@ -637,6 +665,8 @@ public actor VPSManager {
             counter("pids", usage.pids, usage.pidsPeak, usage.pidsLimit, usage.pidsFailcount),
             counter("cpu_throttled", usage.cpuThrottledPeriods, 0, limits.cpuLimitPercent.map(UInt64.init), usage.cpuThrottledPeriods),
             counter("oom_kill", usage.oomKills, 0, nil, usage.oomKills),
+            counter("io_bytes", usage.ioBytes, 0, limits.ioBytesPerSecond, 0),
+            counter("io_ops", usage.ioOperations, 0, limits.ioOperationsPerSecond.map(UInt64.init), 0),
         ]
         // The disk is the mounted image: its own filesystem's totals are the hard limits.
         var fs = statvfs()

@@ -48,6 +48,15 @@ final class Monitor {
         if loopFD < 0 { throw IsolationError.sys("attach \(spec.diskImage) to a loop device") }
         defer { close(loopFD) }
         let path = String(cString: device)
+        if !spec.deviceWrites.isEmpty {
+            // I/O limits name the loop device, which exists only now; init has not run yet.
+            var info = stat()
+            try check("stat \(path)") { fstat(loopFD, &info) }
+            let number = "\(berth_major(info.st_rdev)):\(berth_minor(info.st_rdev))"
+            for write in spec.deviceWrites {
+                try FileIO.write(write.path, write.value.replacingPlaceholder(IOLimits.devicePlaceholder, with: number))
+            }
+        }
         try check("mount \(path) on \(spec.rootPath)") { mount(path, spec.rootPath, "ext4", 0, "") }
         rootMounted = true
     }
@@ -207,3 +216,9 @@ final class Monitor {
     }
 }
 
+
+extension String {
+    func replacingPlaceholder(_ placeholder: String, with value: String) -> String {
+        split(separator: placeholder, omittingEmptySubsequences: false).joined(separator: value)
+    }
+}

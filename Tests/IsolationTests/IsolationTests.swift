@@ -55,6 +55,20 @@ final class FakeTree {
         #expect(tree.read("berth/web1/cpuset.cpus") == "0-1")
     }
 
+    @Test func ioLimitsNameTheDevice() throws {
+        let tree = FakeTree()
+        prepareLeaf(tree, "v")
+        tree.write("berth/v/io.max", "")
+        tree.write("berth/v/io.bfq.weight", "")
+        let driver = CgroupV2Driver(root: tree.root, parent: "berth")
+        let writes = try driver.ioSettings("v", IOLimits(weight: 300, bytesPerSecond: 4 << 20), device: "7:3")
+        #expect(writes == [CgroupWrite(path: tree.root + "/berth/v/io.bfq.weight", value: "300"),
+                           CgroupWrite(path: tree.root + "/berth/v/io.max", value: "7:3 rbps=4194304 wbps=4194304 riops=max wiops=max")])
+        tree.write("berth/w/cgroup.procs", "")
+        #expect(throws: IsolationError.self) { try driver.ioSettings("w", IOLimits(bytesPerSecond: 1 << 20), device: "7:4") }
+        #expect(try driver.ioSettings("w", IOLimits(), device: "7:4").isEmpty)
+    }
+
     @Test func unlimitedIsMax() throws {
         let tree = FakeTree()
         prepareLeaf(tree, "v")
@@ -85,7 +99,9 @@ final class FakeTree {
         tree.write("berth/v/memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
         tree.write("berth/v/pids.current", "7\n")
         tree.write("berth/v/cpu.stat", "usage_usec 1500\nuser_usec 1000\n")
+        tree.write("berth/v/io.stat", "7:3 rbytes=100 wbytes=200 rios=1 wios=2 dbytes=0 dios=0\n8:0 rbytes=1 wbytes=0 rios=1 wios=0\n")
         let usage = CgroupV2Driver(root: tree.root, parent: "berth").usage("v")
+        #expect(usage.ioBytes == 301 && usage.ioOperations == 4 && usage.oomKills == 1)
         #expect(usage.memoryBytes == 4096)
         #expect(usage.memoryPeakBytes == 8192)
         #expect(usage.memoryFailcount == 3)
@@ -181,6 +197,7 @@ final class FakeTree {
                              hostname: "web1", cgroupProcsFiles: ["/sys/fs/cgroup/a/cgroup.procs", "/b"],
                              initArgv: ["/sbin/init", "--with=equals", "line\nbreak", "50%"], environment: ["A=1", "PCT=%20"])
         spec.openFilesLimit = 4096
+        spec.deviceWrites = [CgroupWrite(path: "/sys/fs/cgroup/blkio/berth/web1/blkio.throttle.read_bps_device", value: "{device} 1048576")]
         let decoded = try SpawnSpec.decode(spec.encode())
         #expect(decoded == spec)
         #expect(!spec.encode().contains("line\nbreak"))

@@ -164,11 +164,38 @@ t_disk_resizes_offline() {
     "$BERTH" destroy "$G" --force >/dev/null
 }
 
+t_io_bps_holds() {
+    local I; I=$(vps_name io)
+    "$BERTH" create "$I" --template busybox --disk 96M --io-bps 4M >/dev/null
+    "$BERTH" start "$I" >/dev/null
+    # Direct I/O: the page cache would otherwise absorb the writes.
+    local t0 t1 rate
+    t0=${EPOCHREALTIME/[.,]/}
+    "$BERTH" exec "$I" -- dd if=/dev/zero of=/io bs=1M count=16 oflag=direct 2>/dev/null
+    t1=${EPOCHREALTIME/[.,]/}
+    rate=$(( 16 * 1024 * 1024 * 1000000 / (t1 - t0) / 1024 ))
+    echo "direct writes under --io-bps 4M: $rate KiB/s"
+    [ "$rate" -ge $((4096 * 85 / 100)) ] && [ "$rate" -le $((4096 * 115 / 100)) ] || fail "--io-bps 4M gave $rate KiB/s"
+    [ "$(stat_field "$I" io_bytes held)" -ge $((16 * 1024 * 1024)) ] || fail "io_bytes did not count the writes"
+    expect_eq "$(stat_field "$I" io_bytes limit)" $((4 * 1024 * 1024))
+    # Live change, then reads are throttled too.
+    expect_contains "$("$BERTH" set "$I" --io-bps 8M --io-iops 500)" "applied live: io"
+    t0=${EPOCHREALTIME/[.,]/}
+    "$BERTH" exec "$I" -- dd if=/io of=/dev/null bs=1M iflag=direct 2>/dev/null
+    t1=${EPOCHREALTIME/[.,]/}
+    rate=$(( 16 * 1024 * 1024 * 1000000 / (t1 - t0) / 1024 ))
+    echo "direct reads under --io-bps 8M: $rate KiB/s"
+    [ "$rate" -ge $((8192 * 85 / 100)) ] && [ "$rate" -le $((8192 * 115 / 100)) ] || fail "--io-bps 8M gave $rate KiB/s for reads"
+    expect_contains "$(expect_fail 2 "$BERTH" set "$I" --io-bps 1K)" "io-bps"
+    "$BERTH" destroy "$I" --force >/dev/null
+}
+
 run_test "a memory bomb is OOM-killed inside its VPS only" t_memory_bomb_is_killed_inside
 run_test "a fork bomb stops at the pids limit; exec into another VPS answers within 1 s" t_fork_bomb_stops_at_pids
 run_test "disk and inode fills stop at the VPS limit; the host filesystem is untouched" t_disk_and_inode_fill_stop_at_the_limit
 run_test "--cpu-limit 50 holds two busy loops to 50 % +- 10" t_cpu_limit_holds
 run_test "cpu-units 2000:1000 on one CPU share it 2:1 +- 15 %" t_cpu_units_share_one_cpu
+run_test "--io-bps holds direct writes and reads within 15 %, changed live" t_io_bps_holds
 run_test "set --disk grows a running VPS online; shrinking it is refused" t_disk_grows_online
 run_test "set --disk on a stopped VPS grows, and shrinks only above the data in it" t_disk_resizes_offline
 

@@ -54,6 +54,9 @@ int berth_open_beneath_nofollow(int dir_fd, const char *path, int flags, mode_t 
 /// umount). Writes "/dev/loopN" to devpath and returns an fd of the loop device.
 int berth_loop_attach(const char *image, int read_only, char *devpath, size_t devpath_len);
 
+unsigned int berth_major(dev_t dev);
+unsigned int berth_minor(dev_t dev);
+
 /// ext4 online grow is an ioctl too: resizes the loop device after the backing file grew.
 int berth_loop_set_capacity(int loop_fd);
 
