@@ -5,7 +5,9 @@
 # harness; they are run from there, never copied here. Prints three tables:
 #   1. start: `berth start` (returns with init running) vs `crun run -d`, wall and CPU
 #   2. exec:  `berth exec v true` vs `crun exec id true`
-#   3. density: N running busybox VPSs: memory per VPS all-in, agent RSS, agent idle CPU
+#   3. density: N running busybox VPSs: memory per VPS all-in, agent RSS, agent idle CPU, and a
+#      full accounting sweep (a Prometheus scrape reads every VPS's counters from the kernel)
+#   4. CPU-bound work inside a VPS vs on the host (the same busybox awk loop, alternating)
 set -u
 cd "$(dirname "$0")/.." || exit 1
 ROUNDS=${1:-30}
@@ -33,7 +35,7 @@ cleanup() {
     WORK=$W RUN_ID=$RUN_ID BUILD=$BUILD bash -c 'source Tests/integration/lib.sh; cleanup_all' >/dev/null 2>&1
 }
 trap cleanup EXIT
-"$BUILD/berth-agent" --data-dir "$W/data" --run-dir "$W/run" --socket "$BERTH_AGENT" --cgroup-parent "berth-$RUN_ID" --log-level warning >"$W/agent.log" 2>&1 &
+"$BUILD/berth-agent" --data-dir "$W/data" --run-dir "$W/run" --socket "$BERTH_AGENT" --cgroup-parent "berth-$RUN_ID" --metrics-listen 127.0.0.1:0 --log-level warning >"$W/agent.log" 2>&1 &
 AGENT=$!
 for _ in $(seq 100); do "$B" list >/dev/null 2>&1 && break; sleep 0.05; done
 "$B" template build busybox >/dev/null
@@ -105,5 +107,37 @@ done
 echo "all-in per VPS: $(python3 -c "print(f'{$total/$DENSITY/1024:.2f}')") MiB (target <= 0.5 MiB)"
 echo "agent RSS: $((agent0 / 1024)) MiB idle before, $((agent1 / 1024)) MiB with $DENSITY VPSs; agent idle CPU over 10 s: ${idle_pct}% of one CPU (target < 1 %)"
 echo "create $DENSITY: $(python3 -c "print(f'{($t1-$t0)*1000/$DENSITY:.1f}')") ms/VPS; start $DENSITY sequentially: $(python3 -c "print(f'{($t2-$t1)*1000/$DENSITY:.1f}')") ms/VPS"
+sweep=$(python3 - "$(cat "$W/run/metrics.addr")" "$DENSITY" <<'PY'
+import statistics, sys, time, urllib.request
+url, n = f"http://{sys.argv[1]}/metrics", int(sys.argv[2])
+times = []
+for _ in range(12):
+    t0 = time.perf_counter(); body = urllib.request.urlopen(url, timeout=10).read().decode(); times.append((time.perf_counter() - t0) * 1000)
+running = sum(1 for line in body.splitlines() if line.startswith("berth_vps_running{") and line.endswith(" 1.0"))
+print(f"{statistics.median(times[2:]):.1f} ms for {running} running VPSs")
+PY
+)
+echo "accounting sweep (one /metrics scrape: every VPS's memory, pids, CPU from the kernel): $sweep (target < 20 ms for 200)"
 echo
 echo "density figures: MemAvailable and Slab move with other work on this machine; run on a quiet host."
+
+echo
+echo "== 4. CPU-bound work: busybox awk loop inside a VPS vs on the host (user+sys CPU s, 5 alternating rounds)"
+for i in $(seq 1 "$DENSITY"); do "$B" stop "d$i" --kill >/dev/null 2>&1; done
+"$B" create cpuv --template busybox --disk 64M >/dev/null
+"$B" start cpuv >/dev/null
+LOOP='BEGIN { for (i = 0; i < 6000000; i++) s += i }'
+# busybox time prints "user<TAB>0m 1.18s": minutes and seconds are separate fields.
+cpu_s() { awk '/^user|^sys/ { t += $2 * 60 + $3 } END { printf "%.2f", t }'; }
+: >"$W/cpu-host"; : >"$W/cpu-vps"
+for _ in 1 2 3 4 5; do
+    busybox time busybox awk "$LOOP" 2>&1 >/dev/null | cpu_s >>"$W/cpu-host"; echo >>"$W/cpu-host"
+    "$B" exec cpuv -- time awk "$LOOP" 2>&1 >/dev/null | cpu_s >>"$W/cpu-vps"; echo >>"$W/cpu-vps"
+done
+python3 - "$W/cpu-host" "$W/cpu-vps" <<'PY'
+import statistics, sys
+host = [float(x) for x in open(sys.argv[1]).read().split()]
+vps = [float(x) for x in open(sys.argv[2]).read().split()]
+h, v = statistics.median(host), statistics.median(vps)
+print(f"host {h:.2f} s, inside a VPS {v:.2f} s (runs: host {host}, VPS {vps}); overhead {100 * (v - h) / h:+.1f} % (target <= 1 %)")
+PY

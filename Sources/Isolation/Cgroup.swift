@@ -153,8 +153,11 @@ func readLimit(_ path: String) -> UInt64? {
 }
 
 /// "key value" lines (memory.events, cpu.stat, pids.events).
-func readKeyed(_ file: String, _ key: String) -> UInt64? {
-    for line in (FileIO.read(file) ?? "").split(separator: "\n") {
+func readKeyed(_ file: String, _ key: String) -> UInt64? { keyedValue(FileIO.read(file) ?? "", key) }
+
+/// The value of `key` in "key value" lines (cpu.stat, pids.events, memory.events, ...).
+func keyedValue(_ text: String, _ key: String) -> UInt64? {
+    for line in text.split(separator: "\n") {
         let parts = line.split(separator: " ")
         if parts.count == 2 && parts[0] == key { return UInt64(parts[1]) }
     }

@@ -168,8 +168,9 @@ public struct CgroupV1Driver: CgroupDriver {
         usage.cpuNanoseconds = readNumber(path("cpuacct", name) + "/cpuacct.usage") ?? 0
         usage.ioBytes = readKeyed(path("blkio", name) + "/blkio.throttle.io_service_bytes", "Total") ?? 0
         usage.ioOperations = readKeyed(path("blkio", name) + "/blkio.throttle.io_serviced", "Total") ?? 0
-        usage.cpuThrottledPeriods = readKeyed(path("cpu", name) + "/cpu.stat", "nr_throttled") ?? 0
-        usage.cpuThrottledNanoseconds = readKeyed(path("cpu", name) + "/cpu.stat", "throttled_time") ?? 0
+        let cpuStat = FileIO.read(path("cpu", name) + "/cpu.stat") ?? ""
+        usage.cpuThrottledPeriods = keyedValue(cpuStat, "nr_throttled") ?? 0
+        usage.cpuThrottledNanoseconds = keyedValue(cpuStat, "throttled_time") ?? 0
         return usage
     }
 

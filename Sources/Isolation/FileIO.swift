@@ -36,13 +36,14 @@ public enum FileIO {
     }
 
     /// Creates or replaces a file atomically: temp file, fsync, rename, fsync of the directory.
-    public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600) throws(IsolationError) {
+    /// `durable: false` skips the fsyncs, for runtime state under /run that a reboot clears anyway.
+    public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600, durable: Bool = true) throws(IsolationError) {
         let temp = path + ".tmp"
         let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode)
         if fd < 0 { throw IsolationError.sys("create \(temp)") }
         do {
             try writeAll(fd: fd, bytes, stage: "write \(temp)")
-            try check("fsync \(temp)") { fsync(fd) }
+            if durable { try check("fsync \(temp)") { fsync(fd) } }
         } catch {
             close(fd)
             unlink(temp)
@@ -50,6 +51,7 @@ public enum FileIO {
         }
         close(fd)
         try check("rename \(temp)") { rename(temp, path) }
+        guard durable else { return }
         let dir = directory(of: path)
         let dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dirfd >= 0 {

@@ -44,29 +44,38 @@ public final class MetricsServer: @unchecked Sendable {
 
     public func close() async { try? await channel.close().get() }
 
+    /// The agent's own metrics (swift-prometheus) plus the per-VPS gauges, rendered straight to
+    /// the text format: building a registry of ~10 gauges x VPSs on every scrape cost more than
+    /// reading the kernel counters.
     func render() async -> String {
         let snapshot = await manager.accountingSnapshot()
-        let scrape = PrometheusCollectorRegistry()
-        for vps in snapshot {
-            let labels = [("vps", vps.name)]
-            scrape.makeGauge(name: "berth_vps_running", labels: labels, help: "1 while the VPS runs").set(to: vps.running ? 1.0 : 0.0)
-            guard vps.running else { continue }
-            let u = vps.usage
-            scrape.makeGauge(name: "berth_vps_memory_bytes", labels: labels, help: "Memory charged to the VPS").set(Double(u.memoryBytes))
-            scrape.makeGauge(name: "berth_vps_memory_peak_bytes", labels: labels, help: "Highest memory charge").set(Double(u.memoryPeakBytes))
-            scrape.makeGauge(name: "berth_vps_memory_limit_bytes", labels: labels, help: "Memory limit (0: none)").set(Double(u.memoryLimitBytes ?? 0))
-            scrape.makeGauge(name: "berth_vps_memory_failcnt", labels: labels, help: "Times the memory limit was hit").set(Double(u.memoryFailcount))
-            scrape.makeGauge(name: "berth_vps_pids", labels: labels, help: "Processes and threads").set(Double(u.pids))
-            scrape.makeGauge(name: "berth_vps_pids_failcnt", labels: labels, help: "Forks refused by the pids limit").set(Double(u.pidsFailcount))
-            scrape.makeGauge(name: "berth_vps_cpu_seconds_total", labels: labels, help: "CPU time used").set(Double(u.cpuNanoseconds) / 1e9)
-            scrape.makeGauge(name: "berth_vps_cpu_throttled_periods_total", labels: labels, help: "CFS periods throttled by the CPU limit")
-                .set(Double(u.cpuThrottledPeriods))
+        var text = registry.emitToString()
+        text.reserveCapacity(text.utf8.count + snapshot.count * 900)
+        typealias Sample = (name: String, help: String, value: (CgroupUsage) -> Double)
+        let samples: [Sample] = [
+            ("berth_vps_memory_bytes", "Memory charged to the VPS", { Double($0.memoryBytes) }),
+            ("berth_vps_memory_peak_bytes", "Highest memory charge", { Double($0.memoryPeakBytes) }),
+            ("berth_vps_memory_limit_bytes", "Memory limit (0: none)", { Double($0.memoryLimitBytes ?? 0) }),
+            ("berth_vps_memory_failcnt", "Times the memory limit was hit", { Double(max($0.memoryFailcount, $0.oomKills)) }),
+            ("berth_vps_oom_kills_total", "Processes the OOM killer ended in the VPS", { Double($0.oomKills) }),
+            ("berth_vps_pids", "Processes and threads", { Double($0.pids) }),
+            ("berth_vps_pids_failcnt", "Forks refused by the pids limit", { Double($0.pidsFailcount) }),
+            ("berth_vps_cpu_seconds_total", "CPU time used", { Double($0.cpuNanoseconds) / 1e9 }),
+            ("berth_vps_cpu_throttled_periods_total", "CFS periods throttled by the CPU limit", { Double($0.cpuThrottledPeriods) }),
+            ("berth_vps_io_bytes_total", "Bytes read and written on the VPS's disk", { Double($0.ioBytes) }),
+        ]
+        func header(_ name: String, _ help: String) { text += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n" }
+        header("berth_vps_running", "1 while the VPS runs")
+        for vps in snapshot { text += "berth_vps_running{vps=\"\(vps.name)\"} \(vps.running ? "1.0" : "0.0")\n" }
+        let running = snapshot.filter(\.running)
+        for sample in samples where !running.isEmpty {
+            header(sample.name, sample.help)
+            for vps in running { text += "\(sample.name){vps=\"\(vps.name)\"} \(sample.value(vps.usage))\n" }
         }
-        scrape.makeGauge(name: "berth_node_vps", labels: [("state", "running")], help: "VPSs on this node by state")
-            .set(to: Double(snapshot.filter(\.running).count))
-        scrape.makeGauge(name: "berth_node_vps", labels: [("state", "stopped")], help: "VPSs on this node by state")
-            .set(to: Double(snapshot.filter { !$0.running }.count))
-        return registry.emitToString() + scrape.emitToString()
+        header("berth_node_vps", "VPSs on this node by state")
+        text += "berth_node_vps{state=\"running\"} \(Double(running.count))\n"
+        text += "berth_node_vps{state=\"stopped\"} \(Double(snapshot.count - running.count))\n"
+        return text
     }
 }
 

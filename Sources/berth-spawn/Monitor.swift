@@ -108,7 +108,7 @@ final class Monitor {
         let state = RunState(monitorPid: getpid(), monitorStart: HostProcess.startTime(pid: getpid()) ?? 0,
                              initPid: initPid, initStart: HostProcess.startTime(pid: initPid) ?? 0,
                              bootedAt: Int64(time(nil)))
-        try FileIO.writeAtomically(spec.runDir + "/" + RunState.stateFile, Array(state.encode().utf8), mode: 0o644)
+        try FileIO.writeAtomically(spec.runDir + "/" + RunState.stateFile, Array(state.encode().utf8), mode: 0o644, durable: false)
     }
 
     /// The event loop: console bytes in and out, init's exit. Returns when the VPS has stopped.

@@ -18,10 +18,10 @@ public enum GuestFiles {
             throw IsolationError.sys("open /etc in the VPS")
         }
         defer { close(etc) }
-        try replace(etc, "hostname", spec.hostname + "\n")
-        try replace(etc, "hosts", hosts(existing: readRegular(etc, "hosts"), spec: spec))
+        try update(etc, "hostname") { _ in spec.hostname + "\n" }
+        try update(etc, "hosts") { hosts(existing: $0, spec: spec) }
         if !spec.nameservers.isEmpty || !spec.searchDomains.isEmpty {
-            try replace(etc, "resolv.conf", resolvConf(spec))
+            try update(etc, "resolv.conf") { _ in resolvConf(spec) }
         }
     }
 
@@ -52,6 +52,14 @@ public enum GuestFiles {
         if !spec.searchDomains.isEmpty { text += "search \(spec.searchDomains.joined(separator: " "))\n" }
         for server in spec.nameservers { text += "nameserver \(server)\n" }
         return text
+    }
+
+    /// Rewrites `name` only when its content changes: most starts then write nothing.
+    static func update(_ dir: Int32, _ name: String, _ content: (String?) -> String) throws(IsolationError) {
+        let existing = readRegular(dir, name)
+        let wanted = content(existing)
+        if existing == wanted { return }
+        try replace(dir, name, wanted)
     }
 
     static func readRegular(_ dir: Int32, _ name: String) -> String? {
