@@ -21,6 +21,8 @@ if [ "${1:-}" = stop ]; then
     ip netns del "$NODE_NS" 2>/dev/null || true
     ip netns del "$LAN_NS" 2>/dev/null || true
     rm -f "$NODE_CONFIG"
+    # The agent's (empty) per-node parent cgroups; rmdir refuses any that still hold a VPS.
+    for dir in /sys/fs/cgroup/*/berth /sys/fs/cgroup/berth; do [ -d "$dir" ] && rmdir "$dir" 2>/dev/null; done
     echo "demo VPSs destroyed; demo agent stopped; demo namespaces removed"
     exit 0
 fi

@@ -13,7 +13,19 @@ public enum FileIO {
     }
 
     public static func readAll(fd: Int32) -> [UInt8]? {
+        // Most callers read small control files (cgroupfs, procfs): a small first read, on the
+        // stack, keeps a sweep over hundreds of them cheap; larger files continue in 8 KiB steps.
         var out: [UInt8] = []
+        let small = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 512) { buffer -> Int in
+            while true {
+                let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+                if n < 0 && errno == EINTR { continue }
+                if n > 0 { out.append(contentsOf: buffer[0..<n]) }
+                return n
+            }
+        }
+        if small < 0 { return nil }
+        if small == 0 { return out }
         var buffer = [UInt8](repeating: 0, count: 8192)
         while true {
             let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
