@@ -62,6 +62,8 @@ public actor VPSManager {
     var creating: Set<String> = []
     /// Interfaces and addresses of VPSs being created (their records do not exist yet).
     var pendingNetworks: [String: VPSConfig.Network] = [:]
+    /// VPSs with a `set` in flight (it may await the kernel): a second one waits its turn.
+    var changing: Set<String> = []
     let onlineCPUs: Int
     public let overcommit: Overcommit
     public let settings: NodeSettings
@@ -562,6 +564,11 @@ public actor VPSManager {
         if record.state == .starting || record.state == .stopping {
             throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); try again when it is done")
         }
+        guard !changing.contains(name) else {
+            throw AgentError(.conflict, "another change to VPS \(name) is in progress; try again when it is done")
+        }
+        changing.insert(name)
+        defer { changing.remove(name) }
         var config = record.config
         var live: [String] = [], restart: [String] = []
         let running = record.state == .running
@@ -580,6 +587,10 @@ public actor VPSManager {
             }
         }
         if request.setOnboot { config.onboot = request.onboot }
+        // Addresses added here are taken while this call awaits the kernel: a concurrent create
+        // or set must not hand them out again.
+        if config.network != record.config.network { pendingNetworks[name] = config.network }
+        defer { if pendingNetworks[name] == config.network { pendingNetworks[name] = nil } }
 
         let old = record.config.limits
         if old.diskBytes != config.limits.diskBytes {

@@ -100,7 +100,7 @@ extension VPSManager {
                 throw AgentError(.alreadyExists, "\(field): \(address) is already used by VPS \(other.config.name)", field: field)
             }
             if let other = pendingNetworks.first(where: { $0.key != owner && $0.value.ips.contains(address.description) }) {
-                throw AgentError(.alreadyExists, "\(field): \(address) is already used by VPS \(other.key) (being created)", field: field)
+                throw AgentError(.alreadyExists, "\(field): \(address) is already used by VPS \(other.key) (being created or changed)", field: field)
             }
             seen.insert(address.description)
             out.append(address)

@@ -419,6 +419,13 @@ t_net_bad_input() {
     expect_contains "$(expect_fail 2 "$BERTH" set "$A" --ip-del 198.18.0.77)" "is not an address of VPS"
     expect_contains "$(expect_fail 4 "$BERTH" set "$A" --ip-add $B4)" "already used by VPS $B"
     "$BERTH" status "$D" >/dev/null 2>&1 && fail "a refused create left a VPS"
+    # Two VPSs asking for the same new address at once: exactly one gets it.
+    "$BERTH" set "$A" --ip-add 198.18.0.50 >"$WORK/race-a" 2>&1 & local ra=$!
+    "$BERTH" set "$B" --ip-add 198.18.0.50 >"$WORK/race-b" 2>&1 & local rb=$!
+    local wins=0; wait $ra && wins=$((wins + 1)); wait $rb && wins=$((wins + 1))
+    expect_eq "$wins" 1 "(winners of a concurrent ip-add: $(cat "$WORK/race-a" "$WORK/race-b"))"
+    expect_contains "$(cat "$WORK/race-a" "$WORK/race-b")" "198.18.0.50 is already used by VPS"
+    "$BERTH" set "$A" --ip-del 198.18.0.50 >/dev/null 2>&1 || "$BERTH" set "$B" --ip-del 198.18.0.50 >/dev/null
     expect_contains "$("$BERTH" status "$A")" "ips=$A4,$A6 "
     # Bad node settings stop a second agent before it touches anything.
     local bad="$WORK/bad.json" out
