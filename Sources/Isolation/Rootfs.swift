@@ -27,8 +27,13 @@ public enum Rootfs {
         Device(name: "urandom", major: 1, minor: 9), Device(name: "tty", major: 5, minor: 0),
     ]
 
-    /// `consoleSlave`: host path of the pty slave that becomes /dev/console.
-    public static func enter(root: String, hostname: String, consoleSlave: String) throws(IsolationError) {
+    /// /proc files lxcfs renders from the reader's cgroup: `free`, `top`, `uptime` and
+    /// `/proc/cpuinfo` inside a VPS then show its own limits and usage.
+    public static let lxcfsProcFiles = ["cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime"]
+
+    /// `consoleSlave`: host path of the pty slave that becomes /dev/console. `lxcfs`: where lxcfs
+    /// is mounted on the host, or nil for the kernel's host-wide views.
+    public static func enter(root: String, hostname: String, consoleSlave: String, lxcfs: String? = nil) throws(IsolationError) {
         try check("make / private") { mount("", "/", nil, UInt(MS_REC | MS_PRIVATE), nil) }
         let rootFD = try check("open root \(root)") { open(root, O_PATH | O_DIRECTORY | O_CLOEXEC) }
         defer { close(rootFD) }
@@ -37,6 +42,16 @@ public enum Rootfs {
         try mountAt(rootFD, "sys", source: "sysfs", type: "sysfs", flags: MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
         try mountAt(rootFD, "dev", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NOEXEC, data: "mode=755,size=1024k")
         try populateDev(rootFD: rootFD, consoleSlave: consoleSlave)
+        if let lxcfs {
+            // The targets are in the procfs/sysfs just mounted here, not in VPS-owned files.
+            for file in lxcfsProcFiles where FileIO.exists("\(lxcfs)/proc/\(file)") && FileIO.exists("\(root)/proc/\(file)") {
+                try check("bind lxcfs /proc/\(file)") { mount("\(lxcfs)/proc/\(file)", "\(root)/proc/\(file)", nil, UInt(MS_BIND), nil) }
+            }
+            let online = "sys/devices/system/cpu/online"
+            if FileIO.exists("\(lxcfs)/\(online)") && FileIO.exists("\(root)/\(online)") {
+                try check("bind lxcfs /\(online)") { mount("\(lxcfs)/\(online)", "\(root)/\(online)", nil, UInt(MS_BIND), nil) }
+            }
+        }
 
         for path in maskedFiles where FileIO.exists("\(root)/\(path)") {
             try check("mask /\(path)") { mount("/dev/null", "\(root)/\(path)", nil, UInt(MS_BIND), nil) }

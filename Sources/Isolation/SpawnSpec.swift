@@ -19,6 +19,8 @@ public struct SpawnSpec: Equatable, Sendable {
     /// Control-file writes made once the disk's loop device exists, before init runs (I/O
     /// limits); `IOLimits.devicePlaceholder` in a value becomes the device's "MAJ:MIN".
     public var deviceWrites: [CgroupWrite] = []
+    /// Host mount point of lxcfs whose /proc views replace the host-wide ones inside the VPS.
+    public var lxcfs: String?
 
     public init(name: String, diskImage: String, rootPath: String, runDir: String, hostname: String,
                 cgroupProcsFiles: [String], initArgv: [String] = ["/sbin/init"],
@@ -55,6 +57,7 @@ public struct SpawnSpec: Equatable, Sendable {
         put("ring", String(consoleRingBytes))
         if let openFilesLimit { put("nofile", String(openFilesLimit)) }
         deviceWrites.forEach { put("device-write", $0.path + "\t" + $0.value) }
+        if let lxcfs { put("lxcfs", lxcfs) }
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -69,7 +72,7 @@ public struct SpawnSpec: Equatable, Sendable {
             let value = try unescape(String(line[line.index(after: eq)...]))
             switch key {
             case "cgroup", "init", "env", "drop", "device-write": multi[key, default: []].append(value)
-            case "name", "disk", "root", "run", "hostname", "ring", "nofile":
+            case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs":
                 if single[key] != nil { throw IsolationError(.invalidSpec, "spawn spec key \(key) repeated") }
                 single[key] = value
             default: throw IsolationError(.invalidSpec, "spawn spec has unknown key \(key)")
@@ -95,6 +98,10 @@ public struct SpawnSpec: Equatable, Sendable {
                          environment: multi["env"] ?? [], dropCapabilities: multi["drop"] ?? [],
                          consoleRingBytes: ring)
         spec.openFilesLimit = nofile
+        if let lxcfs = single["lxcfs"] {
+            guard lxcfs.hasPrefix("/") else { throw IsolationError(.invalidSpec, "spawn spec lxcfs is not an absolute path") }
+            spec.lxcfs = lxcfs
+        }
         for entry in multi["device-write"] ?? [] {
             let parts = entry.split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
             guard parts.count == 2, parts[0].hasPrefix("/") else { throw IsolationError(.invalidSpec, "spawn spec device-write is not PATH<TAB>VALUE") }

@@ -27,11 +27,14 @@ public struct AgentPaths: Sendable {
     public var runDir: String
     /// The berth-spawn helper binary.
     public var spawnBinary: String
+    /// Where lxcfs is mounted; VPSs started while it serves there get its /proc views.
+    public var lxcfs: String
 
-    public init(dataDir: String, runDir: String, spawnBinary: String) {
+    public init(dataDir: String, runDir: String, spawnBinary: String, lxcfs: String = "/var/lib/lxcfs") {
         self.dataDir = dataDir
         self.runDir = runDir
         self.spawnBinary = spawnBinary
+        self.lxcfs = lxcfs
     }
 }
 
@@ -64,6 +67,7 @@ public actor VPSManager {
     var pendingNetworks: [String: VPSConfig.Network] = [:]
     /// VPSs with a `set` in flight (it may await the kernel): a second one waits its turn.
     var changing: Set<String> = []
+    var warnedNoLxcfs = false
     let onlineCPUs: Int
     public let overcommit: Overcommit
     public let settings: NodeSettings
@@ -413,6 +417,12 @@ public actor VPSManager {
         var spec = SpawnSpec(name: name, diskImage: store.diskPath(name), rootPath: store.rootPath(name), runDir: run,
                              hostname: record.config.hostname, cgroupProcsFiles: cgroups.procsFiles(name))
         spec.openFilesLimit = record.config.limits.files
+        if FileIO.exists(paths.lxcfs + "/proc/meminfo") {
+            spec.lxcfs = paths.lxcfs
+        } else if !warnedNoLxcfs {
+            warnedNoLxcfs = true
+            logger.notice("lxcfs is not serving: VPSs see the host's /proc/meminfo, cpuinfo, uptime", metadata: ["expected": "\(paths.lxcfs)"])
+        }
         if record.config.limits.io != IOLimits() {
             do {
                 spec.deviceWrites = try cgroups.ioSettings(name, record.config.limits.io, device: IOLimits.devicePlaceholder)

@@ -47,6 +47,9 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Disk overcommit ratio (images are sparse).")
     var diskOvercommit = 1.0
 
+    @Option(help: "Where lxcfs is mounted (its /proc views show each VPS its own limits; off when nothing serves there).")
+    var lxcfs = "/var/lib/lxcfs"
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -105,7 +108,7 @@ struct BerthAgent: AsyncParsableCommand {
             }
         }
         let nodeName = name ?? ProcessInfo.processInfo.hostName
-        let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary),
+        let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, lxcfs: lxcfs),
                                      nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger,
                                      overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit),
                                      settings: settings)

@@ -197,6 +197,7 @@ final class FakeTree {
                              hostname: "web1", cgroupProcsFiles: ["/sys/fs/cgroup/a/cgroup.procs", "/b"],
                              initArgv: ["/sbin/init", "--with=equals", "line\nbreak", "50%"], environment: ["A=1", "PCT=%20"])
         spec.openFilesLimit = 4096
+        spec.lxcfs = "/var/lib/lxcfs"
         spec.deviceWrites = [CgroupWrite(path: "/sys/fs/cgroup/blkio/berth/web1/blkio.throttle.read_bps_device", value: "{device} 1048576")]
         let decoded = try SpawnSpec.decode(spec.encode())
         #expect(decoded == spec)

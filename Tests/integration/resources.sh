@@ -10,7 +10,21 @@ source Tests/integration/lib.sh
 if [ "$(id -u)" != 0 ]; then
     echo "skip - resource tier: needs root"; echo "resources: 0 passed, 0 failed, 1 skipped"; exit 0
 fi
-trap cleanup_all EXIT
+# lxcfs renders /proc views per cgroup; this run mounts its own instance and stops it after.
+LXCFS_PID=""
+resources_cleanup() {
+    [ -n "$LXCFS_PID" ] && kill "$LXCFS_PID" 2>/dev/null
+    mountpoint -q "$WORK/lxcfs" 2>/dev/null && umount -l "$WORK/lxcfs"
+    cleanup_all
+}
+trap resources_cleanup EXIT
+mkdir -p "$WORK/lxcfs"
+if command -v lxcfs >/dev/null && [ -e /dev/fuse ]; then
+    lxcfs -f -p "$WORK/lxcfs.pid" "$WORK/lxcfs" >"$WORK/lxcfs.log" 2>&1 &
+    LXCFS_PID=$!
+    for _ in $(seq 50); do [ -e "$WORK/lxcfs/proc/meminfo" ] && break; sleep 0.1; done
+fi
+export AGENT_EXTRA="--lxcfs $WORK/lxcfs"
 echo "resource run $RUN_ID (work dir $WORK, cgroup parent $CGROUP_PARENT)"
 agent_start || exit 1
 "$BERTH" template build busybox >/dev/null || { echo "template build failed"; exit 1; }
@@ -190,11 +204,30 @@ t_io_bps_holds() {
     "$BERTH" destroy "$I" --force >/dev/null
 }
 
+t_views_inside_show_the_vps_limits() {
+    [ -e "$WORK/lxcfs/proc/meminfo" ] || skip "lxcfs is not available here (package lxcfs, /dev/fuse): $(tail -1 "$WORK/lxcfs.log" 2>/dev/null)"
+    local V; V=$(vps_name views)
+    "$BERTH" create "$V" --template busybox --disk 64M --memory 256M --cpus 1 >/dev/null
+    "$BERTH" start "$V" >/dev/null
+    # What procps' free and top read (busybox's free asks sysinfo(2) instead, which lxcfs cannot
+    # virtualise; Docs/cli.md).
+    expect_eq "$("$BERTH" exec "$V" -- awk '/^MemTotal/ {print $2}' /proc/meminfo)" 262144
+    expect_eq "$("$BERTH" exec "$V" -- nproc)" 1
+    expect_eq "$("$BERTH" exec "$V" -- grep -c ^processor /proc/cpuinfo)" 1
+    local up; up=$("$BERTH" exec "$V" -- cut -d. -f1 /proc/uptime)
+    [ "$up" -lt 60 ] || fail "uptime inside is the host's ($up s)"
+    # Live: a new memory limit shows at once.
+    "$BERTH" set "$V" --memory 128M >/dev/null
+    expect_eq "$("$BERTH" exec "$V" -- awk '/^MemTotal/ {print $2}' /proc/meminfo)" 131072
+    "$BERTH" destroy "$V" --force >/dev/null
+}
+
 run_test "a memory bomb is OOM-killed inside its VPS only" t_memory_bomb_is_killed_inside
 run_test "a fork bomb stops at the pids limit; exec into another VPS answers within 1 s" t_fork_bomb_stops_at_pids
 run_test "disk and inode fills stop at the VPS limit; the host filesystem is untouched" t_disk_and_inode_fill_stop_at_the_limit
 run_test "--cpu-limit 50 holds two busy loops to 50 % +- 10" t_cpu_limit_holds
 run_test "cpu-units 2000:1000 on one CPU share it 2:1 +- 15 %" t_cpu_units_share_one_cpu
+run_test "/proc/meminfo, nproc, /proc/cpuinfo and uptime inside show the VPS's own limits (lxcfs)" t_views_inside_show_the_vps_limits
 run_test "--io-bps holds direct writes and reads within 15 %, changed live" t_io_bps_holds
 run_test "set --disk grows a running VPS online; shrinking it is refused" t_disk_grows_online
 run_test "set --disk on a stopped VPS grows, and shrinks only above the data in it" t_disk_resizes_offline
