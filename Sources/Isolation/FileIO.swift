@@ -1,3 +1,4 @@
+import CIsolation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -36,6 +37,13 @@ public enum FileIO {
             }
             out.append(contentsOf: buffer[0..<n])
         }
+    }
+
+    /// "MAJ:MIN" of a device node, as cgroup I/O control files name devices.
+    public static func deviceNumber(_ path: String) throws(IsolationError) -> String {
+        var info = stat()
+        try check("stat \(path)") { stat(path, &info) }
+        return "\(berth_major(info.st_rdev)):\(berth_minor(info.st_rdev))"
     }
 
     /// Writes `text` to an existing file in one write(2) call, as cgroupfs requires.

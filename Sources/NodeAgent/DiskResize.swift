@@ -95,9 +95,7 @@ extension VPSManager {
         guard let loop = Self.loopDevice(backing: store.diskPath(name)) else {
             throw IsolationError(.notFound, "the loop device of \(name)'s disk was not found", stage: "find loop device")
         }
-        var info = stat()
-        try check("stat \(loop)") { stat(loop, &info) }
-        return "\(berth_major(info.st_rdev)):\(berth_minor(info.st_rdev))"
+        return try FileIO.deviceNumber(loop)
     }
 
     /// The loop device whose backing file is `image` (the monitor attached it; the kernel knows).

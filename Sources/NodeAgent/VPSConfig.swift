@@ -132,7 +132,7 @@ public struct VPSConfig: Codable, Equatable, Sendable {
             _ = try Validation.hostname(config.hostname)
             for (key, value) in config.labels { try Validation.label(key: key, value: value) }
             if let network = config.network {
-                for ip in network.ips where IPAddress.parse(ip).isFailure { throw AgentError.invalid("network.ips", "'\(ip)' is not an address") }
+                for ip in network.ips where (try? IPAddress(ip)) == nil { throw AgentError.invalid("network.ips", "'\(ip)' is not an address") }
                 guard MACAddress.parse(network.mac) != nil else { throw AgentError.invalid("network.mac", "'\(network.mac)' is not a MAC address") }
                 _ = try Validation.interfaceName(network.hostInterface, field: "network.hostInterface")
                 guard network.hostInterface.hasPrefix(NFTables.interfacePrefix) else {
@@ -177,8 +177,4 @@ public struct ConfigStore: Sendable {
             throw AgentError.kernel("saving the config of \(config.name)", error)
         }
     }
-}
-
-extension Result {
-    var isFailure: Bool { if case .failure = self { return true } else { return false } }
 }

@@ -599,8 +599,8 @@ public actor VPSManager {
         if request.setOnboot { config.onboot = request.onboot }
         // Addresses added here are taken while this call awaits the kernel: a concurrent create
         // or set must not hand them out again.
-        if config.network != record.config.network { pendingNetworks[name] = config.network }
-        defer { if pendingNetworks[name] == config.network { pendingNetworks[name] = nil } }
+        pendingNetworks[name] = config.network
+        defer { pendingNetworks[name] = nil }
 
         let old = record.config.limits
         if old.diskBytes != config.limits.diskBytes {
@@ -743,16 +743,20 @@ public actor VPSManager {
     }
 
     /// Every VPS with its kernel counters, for the metrics endpoint.
-    public func accountingSnapshot() -> [(name: String, running: Bool, usage: CgroupUsage)] {
-        let names = records.keys.sorted()
-        let running = names.map { records[$0]!.state == .running }
+    /// The kernel reads happen outside the actor: a scrape must not hold up lifecycle calls.
+    public nonisolated func accountingSnapshot() async -> [(name: String, running: Bool, usage: CgroupUsage)] {
+        let states = await vpsStates()
         // Every VPS costs ~20 small cgroupfs reads; spread them over the CPUs.
-        let usages = UsageBuffer(count: names.count)
+        let usages = UsageBuffer(count: states.count)
         let driver = cgroups
-        DispatchQueue.concurrentPerform(iterations: names.count) { i in
-            if running[i] { usages.set(i, driver.usage(names[i])) }
+        DispatchQueue.concurrentPerform(iterations: states.count) { i in
+            if states[i].running { usages.set(i, driver.usage(states[i].name)) }
         }
-        return names.indices.map { (names[$0], running[$0], usages.get($0)) }
+        return states.indices.map { (states[$0].name, states[$0].running, usages.get($0)) }
+    }
+
+    func vpsStates() -> [(name: String, running: Bool)] {
+        records.keys.sorted().map { ($0, records[$0]!.state == .running) }
     }
 
     // MARK: - Joining a running VPS

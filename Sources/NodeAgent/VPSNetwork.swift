@@ -40,7 +40,7 @@ extension VPSManager {
             throw AgentError(.kernel, "installing the anti-spoofing ruleset failed: \(result.stderr.trimmed)", stage: "nft")
         }
         logger.info("node network ready", metadata: ["ranges": "\(network.ranges.map(\.description).joined(separator: ","))",
-                                                     "uplink": "\(network.uplink ?? "-")", "running": "\(elements.isEmpty ? 0 : records.values.filter { $0.state == .running }.count)"])
+                                                     "uplink": "\(network.uplink ?? "-")", "running": "\(records.values.filter { $0.state == .running }.count)"])
     }
 
     /// What berth-spawn needs to wire this VPS and write its /etc files.

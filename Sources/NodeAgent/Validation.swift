@@ -85,10 +85,7 @@ public enum Validation {
             throw AgentError.invalid(field, "\(address) is outside this node's address ranges (\(network.ranges.map(\.description).joined(separator: ", ")))")
         }
         if address.isV4 && range.prefixLength <= 30 {
-            let broadcast = CIDR(address: address, prefixLength: range.prefixLength).network.bytes.enumerated().map { i, byte in
-                byte | UInt8(truncatingIfNeeded: 0xff >> max(0, min(8, range.prefixLength - i * 8)))
-            }
-            if address == range.network || address.bytes == broadcast {
+            if address == range.network || address == range.lastAddress {
                 throw AgentError.invalid(field, "\(address) is the network or broadcast address of \(range)")
             }
         }

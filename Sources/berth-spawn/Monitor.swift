@@ -50,9 +50,7 @@ final class Monitor {
         let path = String(cString: device)
         if !spec.deviceWrites.isEmpty {
             // I/O limits name the loop device, which exists only now; init has not run yet.
-            var info = stat()
-            try check("stat \(path)") { fstat(loopFD, &info) }
-            let number = "\(berth_major(info.st_rdev)):\(berth_minor(info.st_rdev))"
+            let number = try FileIO.deviceNumber(path)
             for write in spec.deviceWrites {
                 try FileIO.write(write.path, write.value.replacingPlaceholder(IOLimits.devicePlaceholder, with: number))
             }

@@ -23,6 +23,7 @@ import Testing
     @Test func cidrRangesRejectHostBitsAndOverlap() throws {
         let a = try CIDR("198.18.0.0/24"), b = try CIDR("198.18.0.128/25"), c = try CIDR("198.18.1.0/24")
         #expect(a.overlaps(b) && b.overlaps(a) && !a.overlaps(c))
+        #expect(a.network.description == "198.18.0.0" && a.lastAddress.description == "198.18.0.255" && b.lastAddress.description == "198.18.0.255")
         let inside = try IPAddress("198.18.0.255"), outside = try IPAddress("198.18.1.0")
         #expect(a.contains(inside) && !a.contains(outside))
         #expect(!a.contains(try IPAddress("fd00:b17::1")))

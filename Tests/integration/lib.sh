@@ -65,6 +65,8 @@ expect_fail() {
 }
 
 vps_name() { echo "$RUN_ID-$1"; }
+# Host pid of a running VPS's init (0 when stopped).
+vps_pid() { "$BERTH" status "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; }
 
 # Host-side traces of a VPS: cgroup dirs, mounts, loop devices, run files. (Processes are
 # checked by the tests themselves from the pids they saw while the VPS ran.)

@@ -19,7 +19,6 @@ in_lan() { ip netns exec "$LAN" "$@"; }
 in_lan2() { ip netns exec "$LAN2" "$@"; }
 # A host tool run in a VPS's network namespace only (its view of the wire, not its root).
 in_vps_net() { local pid; pid=$(vps_pid "$1"); shift; nsenter --net=/proc/"$pid"/ns/net "$@"; }
-vps_pid() { "$BERTH" status "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; }
 
 net_cleanup() {
     cleanup_all

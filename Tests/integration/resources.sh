@@ -29,7 +29,6 @@ echo "resource run $RUN_ID (work dir $WORK, cgroup parent $CGROUP_PARENT)"
 agent_start || exit 1
 "$BERTH" template build busybox >/dev/null || { echo "template build failed"; exit 1; }
 
-vps_pid() { "$BERTH" status "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; }
 stat_field() { "$BERTH" stats "$1" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['resources']['$2']['$3'])"; }
 cpu_ns() { "$BERTH" stats "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["cpu_nanoseconds"])'; }
 

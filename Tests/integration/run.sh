@@ -25,7 +25,7 @@ t_create_start() {
     "$BERTH" start "$A" | grep -q "^$A running pid=[1-9]"
     "$BERTH" start "$B" >/dev/null
     expect_eq "$("$BERTH" status "$A" | cut -d' ' -f2)" running
-    local pid; pid=$("$BERTH" status "$A" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+    local pid; pid=$(vps_pid "$A")
     [ "$pid" -gt 1 ] && alive "$pid"
     expect_eq "$(cat /proc/$pid/comm)" init
 }
@@ -40,7 +40,7 @@ t_pid_isolation() {
     local inside; inside=$("$BERTH" exec "$A" -- sh -c 'ls /proc | grep -c "^[0-9]"')
     [ "$inside" -lt 10 ] || fail "VPS sees $inside processes"
     # The host's agent and the other VPS's init are invisible and unreachable.
-    local other; other=$("$BERTH" status "$B" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+    local other; other=$(vps_pid "$B")
     "$BERTH" exec "$A" -- sh -c "kill -0 $(agent_pid) 2>/dev/null && exit 1; kill -0 $other 2>/dev/null && exit 1; exit 0"
     expect_eq "$("$BERTH" exec "$A" -- sh -c 'cat /proc/1/comm')" init
 }
@@ -151,7 +151,7 @@ t_file_survives_stop_start() {
 t_reboot_and_poweroff_inside() {
     local before after
     local boot_id; boot_id=$(cat /proc/sys/kernel/random/boot_id)
-    before=$("$BERTH" status "$A" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+    before=$(vps_pid "$A")
     "$BERTH" exec "$A" -- reboot
     for _ in $(seq 100); do
         after=$("$BERTH" status "$A" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["pid"])')
@@ -189,12 +189,12 @@ t_stop_restart_destroy_leave_nothing() {
 }
 
 t_agent_kill9_readopts() {
-    local init_a; init_a=$("$BERTH" status "$A" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+    local init_a; init_a=$(vps_pid "$A")
     local cgroups_before; cgroups_before=$(find /sys/fs/cgroup -maxdepth 3 -path "*$CGROUP_PARENT/*" -type d | wc -l)
     agent_kill9
     alive "$init_a" || fail "VPS died with the agent"
     agent_start
-    expect_eq "$("$BERTH" status "$A" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')" "$init_a"
+    expect_eq "$(vps_pid "$A")" "$init_a"
     expect_eq "$("$BERTH" exec "$A" -- cat /root/keep)" persistent
     expect_eq "$(find /sys/fs/cgroup -maxdepth 3 -path "*$CGROUP_PARENT/*" -type d | wc -l)" "$cgroups_before" "(cgroups duplicated)"
     # A VPS that stops while no agent runs is noticed by the next agent.
@@ -397,7 +397,7 @@ t_v2_driver() {
     local V; V=$(vps_name v2)
     "$BERTH" create "$V" --template busybox --disk 64M >/dev/null
     "$BERTH" start "$V" >/dev/null
-    local init; init=$("$BERTH" status "$V" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+    local init; init=$(vps_pid "$V")
     grep -qx "0::/$CGROUP_PARENT/$V" "/proc/$init/cgroup" || fail "init is not in its v2 cgroup: $(cat /proc/$init/cgroup)"
     expect_eq "$("$BERTH" exec "$V" -- hostname)" "$V"
     [ "$(wc -l < "$mountpoint/$CGROUP_PARENT/$V/cgroup.procs")" -ge 2 ] || fail "VPS processes missing from the cgroup"

@@ -32,8 +32,9 @@ public struct GuestSpec: Equatable, Sendable {
         public var vpsLinkLocal: IPAddress { IPAddress.linkLocal(mac: mac) }
         /// Every source address the host accepts from this VPS.
         public var allowedSources: [IPAddress] { addresses.map(\.address) + [vpsLinkLocal] }
-        public var routedGateway4: IPAddress { IPAddress(bytes: [169, 254, 0, 1])! }
-        public var routedGateway6: IPAddress { IPAddress(bytes: [0xfe, 0x80] + [UInt8](repeating: 0, count: 13) + [1])! }
+        /// Every routed VPS's gateways: link-local addresses held by each host-side veth.
+        public static let routedGateway4 = IPAddress(bytes: [169, 254, 0, 1])!
+        public static let routedGateway6 = IPAddress(bytes: [0xfe, 0x80] + [UInt8](repeating: 0, count: 13) + [1])!
     }
 
     public var hostname: String

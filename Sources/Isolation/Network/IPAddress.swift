@@ -119,11 +119,16 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
         self = range
     }
 
-    public var network: IPAddress {
+    /// The first address of the range (host bits cleared).
+    public var network: IPAddress { withHostBits(0x00) }
+    /// The last address of the range (host bits set): IPv4's broadcast address.
+    public var lastAddress: IPAddress { withHostBits(0xff) }
+
+    private func withHostBits(_ fill: UInt8) -> IPAddress {
         var out = address.bytes
         for i in 0..<out.count {
-            let bitsHere = max(0, min(8, prefixLength - i * 8))
-            out[i] &= bitsHere == 0 ? 0 : UInt8(truncatingIfNeeded: 0xff << (8 - bitsHere))
+            let hostMask = UInt8(truncatingIfNeeded: 0xff >> max(0, min(8, prefixLength - i * 8)))
+            out[i] = out[i] & ~hostMask | fill & hostMask
         }
         return IPAddress(bytes: out)!
     }

@@ -45,8 +45,8 @@ public enum NetworkSetup {
             // and no packet passes before the VPS end is up too (veth carrier).
             var hostSide = [RouteMessages.disableAddressGeneration(index: hostIndex)]
             if link.bridge == nil {
-                hostSide += [RouteMessages.address(true, index: hostIndex, address: link.routedGateway4, prefixLength: 32),
-                             RouteMessages.address(true, index: hostIndex, address: link.routedGateway6, prefixLength: 64)]
+                hostSide += [RouteMessages.address(true, index: hostIndex, address: GuestSpec.Link.routedGateway4, prefixLength: 32),
+                             RouteMessages.address(true, index: hostIndex, address: GuestSpec.Link.routedGateway6, prefixLength: 64)]
             }
             hostSide.append(RouteMessages.setUp(index: hostIndex))
             if link.bridge == nil {
@@ -63,8 +63,8 @@ public enum NetworkSetup {
                                 RouteMessages.address(true, index: eth0, address: link.vpsLinkLocal, prefixLength: 64)]
                 messages += link.addresses.map { RouteMessages.address(true, index: eth0, address: $0.address, prefixLength: $0.prefixLength) }
                 if link.bridge == nil {
-                    messages += [RouteMessages.neighbour(true, index: eth0, address: link.routedGateway4, mac: link.hostMAC),
-                                 RouteMessages.neighbour(true, index: eth0, address: link.routedGateway6, mac: link.hostMAC)]
+                    messages += [RouteMessages.neighbour(true, index: eth0, address: GuestSpec.Link.routedGateway4, mac: link.hostMAC),
+                                 RouteMessages.neighbour(true, index: eth0, address: GuestSpec.Link.routedGateway6, mac: link.hostMAC)]
                 }
                 messages.append(RouteMessages.setUp(index: eth0))
                 messages += defaultRoutes(link, index: eth0)
@@ -182,11 +182,11 @@ public enum NetworkSetup {
         var out: [NetlinkMessage] = []
         let hasV4 = link.addresses.contains { $0.address.isV4 }, hasV6 = link.addresses.contains { !$0.address.isV4 }
         let routed = link.bridge == nil
-        if hasV4, let gateway = routed ? link.routedGateway4 : link.gateway4 {
+        if hasV4, let gateway = routed ? GuestSpec.Link.routedGateway4 : link.gateway4 {
             out.append(RouteMessages.route(true, destination: CIDR(address: IPAddress(bytes: [0, 0, 0, 0])!, prefixLength: 0), index: index,
                                            gateway: gateway, onlink: routed))
         }
-        if hasV6, let gateway = routed ? link.routedGateway6 : link.gateway6 {
+        if hasV6, let gateway = routed ? GuestSpec.Link.routedGateway6 : link.gateway6 {
             out.append(RouteMessages.route(true, destination: CIDR(address: IPAddress(bytes: [UInt8](repeating: 0, count: 16))!, prefixLength: 0),
                                            index: index, gateway: gateway, onlink: routed))
         }
