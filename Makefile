@@ -5,7 +5,7 @@ SWIFT ?= swift
 BUILD := .build/debug
 RELEASE := .build/release
 
-.PHONY: all deps build test test-unit test-integration test-network test-resources test-fuzz demo demo-stop bench proto clean-leftovers
+.PHONY: all deps build test test-unit test-integration test-network test-resources test-cluster test-fuzz demo demo-stop bench proto clean-leftovers cluster-up cluster-down
 
 all: build
 
@@ -22,6 +22,7 @@ test: build
 	@$(MAKE) --no-print-directory test-integration
 	@$(MAKE) --no-print-directory test-network
 	@$(MAKE) --no-print-directory test-resources
+	@$(MAKE) --no-print-directory test-cluster
 
 test-unit:
 	$(SWIFT) test --skip-build --parallel
@@ -37,6 +38,18 @@ test-network:
 # Limits under attack: memory/fork bombs, disk and inode fills, CPU cap and weights, disk resize.
 test-resources:
 	@BUILD=$(BUILD) ./Tests/integration/resources.sh
+
+# A controller and three agents in their own network namespaces: placement, IPAM, liveness,
+# restarts, the mTLS battery and an independent Python client (Docs/wire.md).
+test-cluster:
+	@BUILD=$(BUILD) ./Tests/integration/cluster.sh
+
+# The local multi-node testbed for trying the cluster by hand (Docs/cluster.md).
+cluster-up: build
+	@BUILD=$(BUILD) ./scripts/dev-cluster.sh up $(or $(NODES),3)
+
+cluster-down:
+	@BUILD=$(BUILD) ./scripts/dev-cluster.sh down
 
 # libFuzzer on the frame decoder, bounded in time (see Docs/testing.md).
 test-fuzz:

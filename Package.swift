@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "berth", targets: ["berth"]),
         .executable(name: "berth-agent", targets: ["berth-agent"]),
         .executable(name: "berth-spawn", targets: ["berth-spawn"]),
+        .executable(name: "berth-controller", targets: ["berth-controller"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.2"),
@@ -18,6 +19,11 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", exact: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", exact: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", exact: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", exact: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", exact: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-asn1.git", exact: "1.7.4"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", exact: "7.10.0"),
     ],
     targets: [
         // Everything Swift cannot (or must not) do itself: fork+exec with a clean child, raw clone,
@@ -33,6 +39,12 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
             ],
             exclude: ["Protos"]
         ),
@@ -50,7 +62,18 @@ let package = Package(
             ]
         ),
         // The cluster control plane; today its pure scheduler (no I/O, unit-tested in memory).
-        .target(name: "Controller"),
+        .target(
+            name: "Controller",
+            dependencies: [
+                "Wire",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "berth",
             dependencies: [
@@ -72,6 +95,16 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "berth-spawn", dependencies: ["Isolation", "CIsolation"]),
+        .executableTarget(
+            name: "berth-controller",
+            dependencies: [
+                "Controller", "Wire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // libFuzzer driver: Tests/fuzz/run.sh builds it with -sanitize=fuzzer.
         .target(name: "CFuzzDriver", path: "Tests/fuzz/CFuzzDriver"),
         .executableTarget(
@@ -80,7 +113,7 @@ let package = Package(
             path: "Tests/fuzz/FuzzDecoders"),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "IsolationTests", dependencies: ["Isolation"]),
-        .testTarget(name: "ControllerTests", dependencies: ["Controller"]),
+        .testTarget(name: "ControllerTests", dependencies: ["Controller", "Wire"]),
         .testTarget(name: "NodeAgentTests", dependencies: ["NodeAgent", "Isolation", "Wire"]),
     ],
     // Swift 5 language mode: NIO channel handlers and the syscall layer share mutable state

@@ -18,6 +18,10 @@ public struct NodeSnapshot: Sendable, Equatable {
     public var usedDiskBytes: UInt64 = 0
     /// Anti-affinity groups that already have a member here.
     public var groups: Set<String> = []
+    /// VPSs placed here (the tie-breaker of spread: equal load goes to the node with fewer).
+    public var vpsCount = 0
+    /// Templates the node holds; nil when unknown (then any template is assumed present).
+    public var templates: Set<String>? = nil
 
     public init(name: String, state: NodeState = .ready, labels: [String: String] = [:],
                 cpuMillis: UInt64, memoryBytes: UInt64, diskBytes: UInt64) {
@@ -37,9 +41,12 @@ public struct PlacementRequest: Sendable, Equatable {
     /// Every constraint must equal the node's label.
     public var constraints: [String: String]
     public var antiAffinityGroup: String?
+    /// The template the VPS is created from: only nodes holding it qualify.
+    public var template: String?
 
     public init(cpuMillis: UInt64 = 0, memoryBytes: UInt64 = 0, diskBytes: UInt64 = 0,
-                constraints: [String: String] = [:], antiAffinityGroup: String? = nil) {
+                constraints: [String: String] = [:], antiAffinityGroup: String? = nil, template: String? = nil) {
+        self.template = template
         self.cpuMillis = cpuMillis
         self.memoryBytes = memoryBytes
         self.diskBytes = diskBytes
@@ -67,6 +74,7 @@ public struct SchedulerPolicy: Sendable, Equatable {
 /// Why nodes were filtered out, counted per reason, for "no node fits: …" messages.
 public enum Rejection: String, Sendable, CaseIterable, Comparable {
     case down, cordoned, draining, constraint = "constraint mismatch", antiAffinity = "anti-affinity"
+    case template = "missing template"
     case cpu = "insufficient cpu", memory = "insufficient memory", disk = "insufficient disk"
 
     public static func < (a: Rejection, b: Rejection) -> Bool { a.rawValue < b.rawValue }
@@ -102,6 +110,7 @@ public struct Scheduler: Sendable {
         case .ready: break
         }
         for (key, value) in request.constraints where node.labels[key] != value { return .constraint }
+        if let template = request.template, let templates = node.templates, !templates.contains(template) { return .template }
         if let group = request.antiAffinityGroup, node.groups.contains(group) { return .antiAffinity }
         if !fits(node.usedCpuMillis, request.cpuMillis, node.cpuMillis, policy.cpuOvercommit) { return .cpu }
         if !fits(node.usedMemoryBytes, request.memoryBytes, node.memoryBytes, policy.memoryOvercommit) { return .memory }
@@ -114,17 +123,21 @@ public struct Scheduler: Sendable {
         return !overflow && Double(sum) <= Double(capacity) * ratio
     }
 
-    /// Share of the node's memory+cpu committed after placing `request` (0 = empty, 1 = full).
+    /// Share of the node's memory, cpu and disk committed after placing `request`
+    /// (0 = empty, 1 = full), averaged over the three.
     func load(_ node: NodeSnapshot, with request: PlacementRequest) -> Double {
-        let memory = node.memoryBytes == 0 ? 1 : Double(node.usedMemoryBytes + request.memoryBytes) / (Double(node.memoryBytes) * policy.memoryOvercommit)
-        let cpu = node.cpuMillis == 0 ? 1 : Double(node.usedCpuMillis + request.cpuMillis) / (Double(node.cpuMillis) * policy.cpuOvercommit)
-        return (memory + cpu) / 2
+        func share(_ used: UInt64, _ wanted: UInt64, _ capacity: UInt64, _ ratio: Double) -> Double {
+            capacity == 0 ? 1 : Double(used &+ wanted) / (Double(capacity) * ratio)
+        }
+        return (share(node.usedMemoryBytes, request.memoryBytes, node.memoryBytes, policy.memoryOvercommit)
+            + share(node.usedCpuMillis, request.cpuMillis, node.cpuMillis, policy.cpuOvercommit)
+            + share(node.usedDiskBytes, request.diskBytes, node.diskBytes, policy.diskOvercommit)) / 3
     }
 
     /// Picks a node: binpack prefers the fullest node that fits, spread the emptiest; ties go to
     /// the lexically smallest name so placement is deterministic.
     public func place(_ request: PlacementRequest, on nodes: [NodeSnapshot]) -> Placement {
-        var best: (name: String, score: Double)?
+        var best: (name: String, score: Double, count: Int)?
         var rejections: [Rejection: Int] = [:]
         for node in nodes {
             if let reason = rejection(of: node, for: request) {
@@ -133,8 +146,11 @@ public struct Scheduler: Sendable {
             }
             let load = load(node, with: request)
             let score = policy.strategy == .binpack ? load : -load
-            if best == nil || score > best!.score || (score == best!.score && node.name < best!.name) {
-                best = (node.name, score)
+            // Ties: spread prefers fewer VPSs, binpack more; then the smallest name.
+            let count = policy.strategy == .binpack ? node.vpsCount : -node.vpsCount
+            if best == nil || score > best!.score
+                || (score == best!.score && (count > best!.count || (count == best!.count && node.name < best!.name))) {
+                best = (node.name, score, count)
             }
         }
         if let best { return .node(best.name) }
@@ -152,6 +168,7 @@ public struct Scheduler: Sendable {
                 nodes[i].usedCpuMillis += request.cpuMillis
                 nodes[i].usedMemoryBytes += request.memoryBytes
                 nodes[i].usedDiskBytes += request.diskBytes
+                nodes[i].vpsCount += 1
                 if let group = request.antiAffinityGroup { nodes[i].groups.insert(group) }
             }
             return placement

@@ -15,9 +15,12 @@ public final class AgentServer: Service, @unchecked Sendable {
     let group: EventLoopGroup
     let logger: Logger
     let metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)?
+    let cluster: ClusterOptions?
 
     public init(manager: VPSManager, socketPath: String, group: EventLoopGroup, logger: Logger,
-                metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)? = nil) {
+                metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)? = nil,
+                cluster: ClusterOptions? = nil) {
+        self.cluster = cluster
         self.manager = manager
         self.socketPath = socketPath
         self.group = group
@@ -30,8 +33,21 @@ public final class AgentServer: Service, @unchecked Sendable {
         // Fail closed: without its anti-spoofing filter a node must not serve VPS networking.
         try await manager.setUpNodeNetwork()
         try FileManager.default.createDirectory(atPath: FileIO.directory(of: socketPath), withIntermediateDirectories: true)
-        let server = try await UnixWireServer.bind(
-            path: socketPath, service: AgentService(manager: manager, group: group, logger: logger), group: group)
+        let service = AgentService(manager: manager, group: group, logger: logger)
+        // Enrol before serving anything, so a bad token fails the start with its reason.
+        var membership: Task<Void, Never>?
+        if let cluster {
+            let member = ClusterMember(options: cluster, manager: manager, group: group, logger: logger)
+            let bundle = try await member.credentials()
+            let logger = self.logger
+            membership = Task {
+                do { try await member.run(service: service, bundle: bundle) } catch {
+                    logger.critical("cluster membership ended", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+        defer { membership?.cancel() }
+        let server = try await UnixWireServer.bind(path: socketPath, service: service, group: group)
         logger.info("agent serving", metadata: ["socket": "\(socketPath)", "node": "\(manager.nodeName)"])
         let metricsServer: MetricsServer? = if let metrics {
             try await MetricsServer.bind(host: metrics.host, port: metrics.port, manager: manager,

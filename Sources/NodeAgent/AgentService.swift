@@ -37,8 +37,10 @@ public struct AgentService: WireService {
     func dispatch(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
         // The Unix socket is root-only (mode 0600 and SO_PEERCRED); checked again per call so a
         // future transport cannot skip it.
-        guard case .unixUser(let uid, _) = stream.peer, uid == 0 else {
-            throw AgentError(.permissionDenied, "only root may manage VPSs on this node")
+        switch stream.peer {
+        case .unixUser(let uid, _) where uid == 0: break
+        case .certificate(let identity) where identity.role == .controller: break
+        default: throw AgentError(.permissionDenied, "only root on this node or the cluster controller may manage its VPSs")
         }
         var response = Berth_V1_Response()
         switch request.call {
@@ -84,6 +86,9 @@ public struct AgentService: WireService {
             var list = Berth_V1_TemplateList()
             list.templates = manager.templates.list().map(Self.wire)
             response.templates = list
+        case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
+             .ippoolAdd, .ippoolList, .ippoolRemove, .revoke:
+            throw AgentError(.invalidArgument, "this is a node agent: cluster calls go to the controller (berth --controller HOST:PORT)")
         case nil:
             throw AgentError(.invalidArgument, "the request names no call (is the client newer than this agent?)")
         }
@@ -109,6 +114,8 @@ public struct AgentService: WireService {
         case .templateImport: return "template_import"
         case .templateRemove: return "template_remove"
         case .templateList: return "template_list"
+        case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
+             .ippoolAdd, .ippoolList, .ippoolRemove, .revoke: return "cluster"
         case nil: return "none"
         }
     }

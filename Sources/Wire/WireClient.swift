@@ -1,6 +1,8 @@
 import NIOCore
 import NIOPosix
+import NIOSSL
 import SwiftProtobuf
+import X509
 
 /// What arrives on a client call's stream.
 public enum ClientEvent: Sendable {
@@ -124,6 +126,8 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         let wire = (error as? WireError) ?? WireError(.unavailable, "connection error: \(error)")
+        hello?.fail(wire)
+        hello = nil
         failAll(wire)
         context.close(promise: nil)
     }
@@ -137,23 +141,24 @@ public final class WireClient: @unchecked Sendable {
     public let serverSoftware: String
 
     public static func connect(unixPath: String, group: EventLoopGroup) async throws -> WireClient {
-        let handler = WireClientHandler()
         let channel: Channel
         do {
-            channel = try await ClientBootstrap(group: group)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
-                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                        try channel.pipeline.syncOperations.addHandler(handler)
-                    }
-                }
-                .connect(unixDomainSocketPath: unixPath).get()
+            channel = try await ClientBootstrap(group: group).connect(unixDomainSocketPath: unixPath).get()
         } catch {
             throw WireError(.unavailable, "cannot reach the agent at \(unixPath): \(error) (is berth-agent running?)")
         }
+        return try await handshake(channel: channel)
+    }
+
+    /// Installs the frame codec on a connected channel (TLS already below it, if any) and
+    /// exchanges HELLOs.
+    static func handshake(channel: Channel) async throws -> WireClient {
+        let handler = WireClientHandler()
         let promise = channel.eventLoop.makePromise(of: Berth_V1_Hello.self)
         try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+            try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+            try channel.pipeline.syncOperations.addHandler(handler)
             handler.hello = promise
             var hello = Berth_V1_Hello()
             hello.minVersion = wireProtocolVersion
@@ -162,15 +167,32 @@ public final class WireClient: @unchecked Sendable {
             let payload = ByteBuffer(bytes: try hello.serializedBytes() as [UInt8])
             channel.writeAndFlush(Frame(type: .hello, stream: 0, payload: payload), promise: nil)
         }.get()
-        let answer = try await promise.futureResult.get()
-        return WireClient(channel: channel, handler: handler, serverSoftware: answer.software)
+        do {
+            let answer = try await promise.futureResult.get()
+            let identity = try? await channel.eventLoop.submit { () -> CertificateIdentity? in
+                guard let tls = try? channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self),
+                      let peer = tls.peerCertificate, let der = try? peer.toDERBytes(),
+                      let certificate = try? Certificate(derEncoded: der) else { return nil }
+                return try? CertificateIdentity(certificate: certificate)
+            }.get()
+            return WireClient(channel: channel, handler: handler, serverSoftware: answer.software, peerIdentity: identity ?? nil)
+        } catch {
+            try? await channel.close().get()
+            throw error
+        }
     }
 
-    init(channel: Channel, handler: WireClientHandler, serverSoftware: String) {
+    init(channel: Channel, handler: WireClientHandler, serverSoftware: String, peerIdentity: CertificateIdentity?) {
         self.channel = channel
         self.handler = handler
         self.serverSoftware = serverSoftware
+        self.peerIdentity = peerIdentity
     }
+
+    /// The server's verified certificate identity (TLS connections only).
+    public let peerIdentity: CertificateIdentity?
+
+    public var isActive: Bool { channel.isActive }
 
     /// Starts a call; events (progress, stream bytes, the final response) arrive on the result.
     public func start(_ request: Berth_V1_Request) async throws -> ClientCall {

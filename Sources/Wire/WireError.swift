@@ -12,6 +12,8 @@ public struct WireError: Error, CustomStringConvertible, Sendable, Equatable {
         public static let alreadyExists = Code("already-exists")
         public static let conflict = Code("conflict")
         public static let permissionDenied = Code("permission-denied")
+        public static let unauthenticated = Code("unauthenticated")
+        public static let noCapacity = Code("no-capacity")
         public static let unavailable = Code("unavailable")
         public static let deadlineExceeded = Code("deadline-exceeded")
         public static let cancelled = Code("cancelled")
@@ -60,8 +62,8 @@ public struct WireError: Error, CustomStringConvertible, Sendable, Equatable {
         switch code {
         case .invalidArgument: return 2
         case .notFound: return 3
-        case .alreadyExists, .conflict: return 4
-        case .unavailable, .incompatibleVersion, .permissionDenied: return 5
+        case .alreadyExists, .conflict, .noCapacity: return 4
+        case .unavailable, .incompatibleVersion, .permissionDenied, .unauthenticated: return 5
         case .kernel: return 6
         case .deadlineExceeded: return 7
         case .corruptState: return 8

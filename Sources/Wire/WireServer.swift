@@ -11,6 +11,10 @@ public let wireSoftware = "berth/0.1.0"
 /// Who is on the other end, as established by the transport (never by a payload field).
 public enum PeerIdentity: Sendable, Equatable {
     case unixUser(uid: UInt32, pid: Int32)
+    /// A TLS peer whose certificate chains to the cluster CA.
+    case certificate(CertificateIdentity)
+    /// A TLS peer that presented no certificate: may only enrol with a join token.
+    case anonymous
 }
 
 /// What a request handler may read from and write to its stream.
@@ -206,6 +210,14 @@ final class WireServerHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 }
 
+/// The frame codec and the request dispatcher, on a connection whose peer is already known.
+func addWireServerHandlers(to pipeline: ChannelPipeline.SynchronousOperations, service: WireService,
+                           peer: PeerIdentity, maxStreams: Int) throws {
+    try pipeline.addHandler(ByteToMessageHandler(FrameDecoder()))
+    try pipeline.addHandler(MessageToByteHandler(FrameEncoder()))
+    try pipeline.addHandler(WireServerHandler(service: service, peer: peer, maxStreams: maxStreams))
+}
+
 /// Runs `body`, cancelling it and throwing deadline-exceeded once `milliseconds` have passed.
 public func withDeadline<T: Sendable>(milliseconds: UInt32, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T.self) { group in
@@ -236,10 +248,8 @@ public final class UnixWireServer: @unchecked Sendable {
                 return credentials.flatMap { peer in
                     guard allowedUIDs.contains(peer.uid) else { return channel.close() }
                     return channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
-                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                        try channel.pipeline.syncOperations.addHandler(
-                            WireServerHandler(service: service, peer: .unixUser(uid: peer.uid, pid: peer.pid), maxStreams: maxStreams))
+                        try addWireServerHandlers(to: channel.pipeline.syncOperations, service: service,
+                                                  peer: .unixUser(uid: peer.uid, pid: peer.pid), maxStreams: maxStreams)
                     }
                 }
             }

@@ -143,6 +143,24 @@ public nonisolated struct Berth_V1_CreateRequest: @unchecked Sendable {
     set {_uniqueStorage()._searchdomains = newValue}
   }
 
+  /// Cluster mode only (the controller reads them; an agent ignores them).
+  public var node: String {
+    get {_storage._node}
+    set {_uniqueStorage()._node = newValue}
+  }
+
+  /// node labels that must match
+  public var constraints: Dictionary<String,String> {
+    get {_storage._constraints}
+    set {_uniqueStorage()._constraints = newValue}
+  }
+
+  /// never two members of this group on one node
+  public var antiAffinity: String {
+    get {_storage._antiAffinity}
+    set {_uniqueStorage()._antiAffinity = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -631,6 +649,242 @@ public nonisolated struct Berth_V1_Empty: Sendable {
   public init() {}
 }
 
+public nonisolated struct Berth_V1_JoinTokenRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var ttlSeconds: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_JoinToken: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// "<id>.<secret>.<ca sha-256 hex>": single use
+  public var token: String = String()
+
+  public var expiresUnix: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Sent by an agent that holds a join token, on a TLS connection without a client certificate.
+public nonisolated struct Berth_V1_EnrollRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var token: String = String()
+
+  public var nodeName: String = String()
+
+  /// the agent's own P-256 key; the private half never leaves the node
+  public var publicKeyPem: String = String()
+
+  /// HOST:PORT where the agent serves the controller (TLS)
+  public var address: String = String()
+
+  public var labels: Dictionary<String,String> = [:]
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_EnrollReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// node certificate: CN node name, OU "node", SAN = the address's host
+  public var certificatePem: String = String()
+
+  public var caPem: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Every interval (1 s by default) from each enrolled agent; the node is the certificate's.
+public nonisolated struct Berth_V1_Heartbeat: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var info: Berth_V1_NodeInfo {
+    get {_storage._info ?? Berth_V1_NodeInfo()}
+    set {_uniqueStorage()._info = newValue}
+  }
+  /// Returns true if `info` has been explicitly set.
+  public var hasInfo: Bool {_storage._info != nil}
+  /// Clears the value of `info`. Subsequent reads from it will return its default value.
+  public mutating func clearInfo() {_uniqueStorage()._info = nil}
+
+  public var vpses: [Berth_V1_VpsStatus] {
+    get {_storage._vpses}
+    set {_uniqueStorage()._vpses = newValue}
+  }
+
+  public var address: String {
+    get {_storage._address}
+    set {_uniqueStorage()._address = newValue}
+  }
+
+  public var labels: Dictionary<String,String> {
+    get {_storage._labels}
+    set {_uniqueStorage()._labels = newValue}
+  }
+
+  /// names of the templates this node holds
+  public var templates: [String] {
+    get {_storage._templates}
+    set {_uniqueStorage()._templates = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Berth_V1_HeartbeatReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var intervalMs: UInt32 = 0
+
+  /// the cluster's denylist, hex
+  public var revokedSerials: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_ClusterNode: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
+
+  /// ready | cordoned | down
+  public var state: String {
+    get {_storage._state}
+    set {_uniqueStorage()._state = newValue}
+  }
+
+  public var address: String {
+    get {_storage._address}
+    set {_uniqueStorage()._address = newValue}
+  }
+
+  public var labels: Dictionary<String,String> {
+    get {_storage._labels}
+    set {_uniqueStorage()._labels = newValue}
+  }
+
+  public var info: Berth_V1_NodeInfo {
+    get {_storage._info ?? Berth_V1_NodeInfo()}
+    set {_uniqueStorage()._info = newValue}
+  }
+  /// Returns true if `info` has been explicitly set.
+  public var hasInfo: Bool {_storage._info != nil}
+  /// Clears the value of `info`. Subsequent reads from it will return its default value.
+  public mutating func clearInfo() {_uniqueStorage()._info = nil}
+
+  public var lastHeartbeatMsAgo: UInt64 {
+    get {_storage._lastHeartbeatMsAgo}
+    set {_uniqueStorage()._lastHeartbeatMsAgo = newValue}
+  }
+
+  public var vpsCount: UInt32 {
+    get {_storage._vpsCount}
+    set {_uniqueStorage()._vpsCount = newValue}
+  }
+
+  public var templates: [String] {
+    get {_storage._templates}
+    set {_uniqueStorage()._templates = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Berth_V1_NodeList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var nodes: [Berth_V1_ClusterNode] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_IpPool: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var cidr: String = String()
+
+  public var gateway: String = String()
+
+  public var used: UInt32 = 0
+
+  public var size: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_IpPoolList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var pools: [Berth_V1_IpPool] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_RevokeRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var serial: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Berth_V1_Request: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -769,6 +1023,95 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .nodeInfo(newValue)}
   }
 
+  /// cluster
+  public var nodeJoinToken: Berth_V1_JoinTokenRequest {
+    get {
+      if case .nodeJoinToken(let v)? = call {return v}
+      return Berth_V1_JoinTokenRequest()
+    }
+    set {call = .nodeJoinToken(newValue)}
+  }
+
+  public var enroll: Berth_V1_EnrollRequest {
+    get {
+      if case .enroll(let v)? = call {return v}
+      return Berth_V1_EnrollRequest()
+    }
+    set {call = .enroll(newValue)}
+  }
+
+  public var heartbeat: Berth_V1_Heartbeat {
+    get {
+      if case .heartbeat(let v)? = call {return v}
+      return Berth_V1_Heartbeat()
+    }
+    set {call = .heartbeat(newValue)}
+  }
+
+  public var nodeList: Berth_V1_Empty {
+    get {
+      if case .nodeList(let v)? = call {return v}
+      return Berth_V1_Empty()
+    }
+    set {call = .nodeList(newValue)}
+  }
+
+  public var nodeShow: Berth_V1_NameRequest {
+    get {
+      if case .nodeShow(let v)? = call {return v}
+      return Berth_V1_NameRequest()
+    }
+    set {call = .nodeShow(newValue)}
+  }
+
+  public var nodeCordon: Berth_V1_NameRequest {
+    get {
+      if case .nodeCordon(let v)? = call {return v}
+      return Berth_V1_NameRequest()
+    }
+    set {call = .nodeCordon(newValue)}
+  }
+
+  public var nodeUncordon: Berth_V1_NameRequest {
+    get {
+      if case .nodeUncordon(let v)? = call {return v}
+      return Berth_V1_NameRequest()
+    }
+    set {call = .nodeUncordon(newValue)}
+  }
+
+  public var ippoolAdd: Berth_V1_IpPool {
+    get {
+      if case .ippoolAdd(let v)? = call {return v}
+      return Berth_V1_IpPool()
+    }
+    set {call = .ippoolAdd(newValue)}
+  }
+
+  public var ippoolList: Berth_V1_Empty {
+    get {
+      if case .ippoolList(let v)? = call {return v}
+      return Berth_V1_Empty()
+    }
+    set {call = .ippoolList(newValue)}
+  }
+
+  public var ippoolRemove: Berth_V1_NameRequest {
+    get {
+      if case .ippoolRemove(let v)? = call {return v}
+      return Berth_V1_NameRequest()
+    }
+    set {call = .ippoolRemove(newValue)}
+  }
+
+  public var revoke: Berth_V1_RevokeRequest {
+    get {
+      if case .revoke(let v)? = call {return v}
+      return Berth_V1_RevokeRequest()
+    }
+    set {call = .revoke(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -788,6 +1131,18 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case templateList(Berth_V1_Empty)
     case stats(Berth_V1_NameRequest)
     case nodeInfo(Berth_V1_Empty)
+    /// cluster
+    case nodeJoinToken(Berth_V1_JoinTokenRequest)
+    case enroll(Berth_V1_EnrollRequest)
+    case heartbeat(Berth_V1_Heartbeat)
+    case nodeList(Berth_V1_Empty)
+    case nodeShow(Berth_V1_NameRequest)
+    case nodeCordon(Berth_V1_NameRequest)
+    case nodeUncordon(Berth_V1_NameRequest)
+    case ippoolAdd(Berth_V1_IpPool)
+    case ippoolList(Berth_V1_Empty)
+    case ippoolRemove(Berth_V1_NameRequest)
+    case revoke(Berth_V1_RevokeRequest)
 
   }
 
@@ -873,6 +1228,62 @@ public nonisolated struct Berth_V1_Response: Sendable {
     set {result = .node(newValue)}
   }
 
+  public var joinToken: Berth_V1_JoinToken {
+    get {
+      if case .joinToken(let v)? = result {return v}
+      return Berth_V1_JoinToken()
+    }
+    set {result = .joinToken(newValue)}
+  }
+
+  public var enrolled: Berth_V1_EnrollReply {
+    get {
+      if case .enrolled(let v)? = result {return v}
+      return Berth_V1_EnrollReply()
+    }
+    set {result = .enrolled(newValue)}
+  }
+
+  public var heartbeat: Berth_V1_HeartbeatReply {
+    get {
+      if case .heartbeat(let v)? = result {return v}
+      return Berth_V1_HeartbeatReply()
+    }
+    set {result = .heartbeat(newValue)}
+  }
+
+  public var nodes: Berth_V1_NodeList {
+    get {
+      if case .nodes(let v)? = result {return v}
+      return Berth_V1_NodeList()
+    }
+    set {result = .nodes(newValue)}
+  }
+
+  public var clusterNode: Berth_V1_ClusterNode {
+    get {
+      if case .clusterNode(let v)? = result {return v}
+      return Berth_V1_ClusterNode()
+    }
+    set {result = .clusterNode(newValue)}
+  }
+
+  public var ippools: Berth_V1_IpPoolList {
+    get {
+      if case .ippools(let v)? = result {return v}
+      return Berth_V1_IpPoolList()
+    }
+    set {result = .ippools(newValue)}
+  }
+
+  public var ippool: Berth_V1_IpPool {
+    get {
+      if case .ippool(let v)? = result {return v}
+      return Berth_V1_IpPool()
+    }
+    set {result = .ippool(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -885,6 +1296,13 @@ public nonisolated struct Berth_V1_Response: Sendable {
     case templates(Berth_V1_TemplateList)
     case stats(Berth_V1_VpsStats)
     case node(Berth_V1_NodeInfo)
+    case joinToken(Berth_V1_JoinToken)
+    case enrolled(Berth_V1_EnrollReply)
+    case heartbeat(Berth_V1_HeartbeatReply)
+    case nodes(Berth_V1_NodeList)
+    case clusterNode(Berth_V1_ClusterNode)
+    case ippools(Berth_V1_IpPoolList)
+    case ippool(Berth_V1_IpPool)
 
   }
 
@@ -1066,7 +1484,7 @@ nonisolated extension Berth_V1_Limits: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}template\0\u{1}hostname\0\u{1}ips\0\u{1}nameservers\0\u{1}limits\0\u{1}net\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}template\0\u{1}hostname\0\u{1}ips\0\u{1}nameservers\0\u{1}limits\0\u{1}net\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0\u{1}node\0\u{1}constraints\0\u{3}anti_affinity\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -1079,6 +1497,9 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
     var _onboot: Bool = false
     var _labels: Dictionary<String,String> = [:]
     var _searchdomains: [String] = []
+    var _node: String = String()
+    var _constraints: Dictionary<String,String> = [:]
+    var _antiAffinity: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1099,6 +1520,9 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
       _onboot = source._onboot
       _labels = source._labels
       _searchdomains = source._searchdomains
+      _node = source._node
+      _constraints = source._constraints
+      _antiAffinity = source._antiAffinity
     }
   }
 
@@ -1127,6 +1551,9 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
         case 8: try { try decoder.decodeSingularBoolField(value: &_storage._onboot) }()
         case 9: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
         case 10: try { try decoder.decodeRepeatedStringField(value: &_storage._searchdomains) }()
+        case 11: try { try decoder.decodeSingularStringField(value: &_storage._node) }()
+        case 12: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._constraints) }()
+        case 13: try { try decoder.decodeSingularStringField(value: &_storage._antiAffinity) }()
         default: break
         }
       }
@@ -1169,6 +1596,15 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
       if !_storage._searchdomains.isEmpty {
         try visitor.visitRepeatedStringField(value: _storage._searchdomains, fieldNumber: 10)
       }
+      if !_storage._node.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._node, fieldNumber: 11)
+      }
+      if !_storage._constraints.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._constraints, fieldNumber: 12)
+      }
+      if !_storage._antiAffinity.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._antiAffinity, fieldNumber: 13)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1188,6 +1624,9 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
         if _storage._onboot != rhs_storage._onboot {return false}
         if _storage._labels != rhs_storage._labels {return false}
         if _storage._searchdomains != rhs_storage._searchdomains {return false}
+        if _storage._node != rhs_storage._node {return false}
+        if _storage._constraints != rhs_storage._constraints {return false}
+        if _storage._antiAffinity != rhs_storage._antiAffinity {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -2200,9 +2639,551 @@ nonisolated extension Berth_V1_Empty: SwiftProtobuf.Message, SwiftProtobuf._Mess
   }
 }
 
+nonisolated extension Berth_V1_JoinTokenRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JoinTokenRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}ttl_seconds\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.ttlSeconds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.ttlSeconds != 0 {
+      try visitor.visitSingularUInt32Field(value: self.ttlSeconds, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_JoinTokenRequest, rhs: Berth_V1_JoinTokenRequest) -> Bool {
+    if lhs.ttlSeconds != rhs.ttlSeconds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_JoinToken: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JoinToken"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}token\0\u{3}expires_unix\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.token) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.expiresUnix) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.token.isEmpty {
+      try visitor.visitSingularStringField(value: self.token, fieldNumber: 1)
+    }
+    if self.expiresUnix != 0 {
+      try visitor.visitSingularInt64Field(value: self.expiresUnix, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_JoinToken, rhs: Berth_V1_JoinToken) -> Bool {
+    if lhs.token != rhs.token {return false}
+    if lhs.expiresUnix != rhs.expiresUnix {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_EnrollRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EnrollRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}token\0\u{3}node_name\0\u{3}public_key_pem\0\u{1}address\0\u{1}labels\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.token) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.nodeName) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.publicKeyPem) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.labels) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.token.isEmpty {
+      try visitor.visitSingularStringField(value: self.token, fieldNumber: 1)
+    }
+    if !self.nodeName.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeName, fieldNumber: 2)
+    }
+    if !self.publicKeyPem.isEmpty {
+      try visitor.visitSingularStringField(value: self.publicKeyPem, fieldNumber: 3)
+    }
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 4)
+    }
+    if !self.labels.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.labels, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_EnrollRequest, rhs: Berth_V1_EnrollRequest) -> Bool {
+    if lhs.token != rhs.token {return false}
+    if lhs.nodeName != rhs.nodeName {return false}
+    if lhs.publicKeyPem != rhs.publicKeyPem {return false}
+    if lhs.address != rhs.address {return false}
+    if lhs.labels != rhs.labels {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_EnrollReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EnrollReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}certificate_pem\0\u{3}ca_pem\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.certificatePem) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.caPem) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.certificatePem.isEmpty {
+      try visitor.visitSingularStringField(value: self.certificatePem, fieldNumber: 1)
+    }
+    if !self.caPem.isEmpty {
+      try visitor.visitSingularStringField(value: self.caPem, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_EnrollReply, rhs: Berth_V1_EnrollReply) -> Bool {
+    if lhs.certificatePem != rhs.certificatePem {return false}
+    if lhs.caPem != rhs.caPem {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}info\0\u{1}vpses\0\u{1}address\0\u{1}labels\0\u{1}templates\0")
+
+  fileprivate class _StorageClass {
+    var _info: Berth_V1_NodeInfo? = nil
+    var _vpses: [Berth_V1_VpsStatus] = []
+    var _address: String = String()
+    var _labels: Dictionary<String,String> = [:]
+    var _templates: [String] = []
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _info = source._info
+      _vpses = source._vpses
+      _address = source._address
+      _labels = source._labels
+      _templates = source._templates
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._info) }()
+        case 2: try { try decoder.decodeRepeatedMessageField(value: &_storage._vpses) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._address) }()
+        case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
+        case 5: try { try decoder.decodeRepeatedStringField(value: &_storage._templates) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._info {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if !_storage._vpses.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._vpses, fieldNumber: 2)
+      }
+      if !_storage._address.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._address, fieldNumber: 3)
+      }
+      if !_storage._labels.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._labels, fieldNumber: 4)
+      }
+      if !_storage._templates.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._templates, fieldNumber: 5)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_Heartbeat, rhs: Berth_V1_Heartbeat) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._info != rhs_storage._info {return false}
+        if _storage._vpses != rhs_storage._vpses {return false}
+        if _storage._address != rhs_storage._address {return false}
+        if _storage._labels != rhs_storage._labels {return false}
+        if _storage._templates != rhs_storage._templates {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_HeartbeatReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HeartbeatReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}interval_ms\0\u{3}revoked_serials\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.intervalMs) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.revokedSerials) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.intervalMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.intervalMs, fieldNumber: 1)
+    }
+    if !self.revokedSerials.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.revokedSerials, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_HeartbeatReply, rhs: Berth_V1_HeartbeatReply) -> Bool {
+    if lhs.intervalMs != rhs.intervalMs {return false}
+    if lhs.revokedSerials != rhs.revokedSerials {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_ClusterNode: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClusterNode"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}address\0\u{1}labels\0\u{1}info\0\u{3}last_heartbeat_ms_ago\0\u{3}vps_count\0\u{1}templates\0")
+
+  fileprivate class _StorageClass {
+    var _name: String = String()
+    var _state: String = String()
+    var _address: String = String()
+    var _labels: Dictionary<String,String> = [:]
+    var _info: Berth_V1_NodeInfo? = nil
+    var _lastHeartbeatMsAgo: UInt64 = 0
+    var _vpsCount: UInt32 = 0
+    var _templates: [String] = []
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _name = source._name
+      _state = source._state
+      _address = source._address
+      _labels = source._labels
+      _info = source._info
+      _lastHeartbeatMsAgo = source._lastHeartbeatMsAgo
+      _vpsCount = source._vpsCount
+      _templates = source._templates
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._state) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._address) }()
+        case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
+        case 5: try { try decoder.decodeSingularMessageField(value: &_storage._info) }()
+        case 6: try { try decoder.decodeSingularUInt64Field(value: &_storage._lastHeartbeatMsAgo) }()
+        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._vpsCount) }()
+        case 8: try { try decoder.decodeRepeatedStringField(value: &_storage._templates) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 1)
+      }
+      if !_storage._state.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._state, fieldNumber: 2)
+      }
+      if !_storage._address.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._address, fieldNumber: 3)
+      }
+      if !_storage._labels.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._labels, fieldNumber: 4)
+      }
+      try { if let v = _storage._info {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+      } }()
+      if _storage._lastHeartbeatMsAgo != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._lastHeartbeatMsAgo, fieldNumber: 6)
+      }
+      if _storage._vpsCount != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._vpsCount, fieldNumber: 7)
+      }
+      if !_storage._templates.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._templates, fieldNumber: 8)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_ClusterNode, rhs: Berth_V1_ClusterNode) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._name != rhs_storage._name {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._address != rhs_storage._address {return false}
+        if _storage._labels != rhs_storage._labels {return false}
+        if _storage._info != rhs_storage._info {return false}
+        if _storage._lastHeartbeatMsAgo != rhs_storage._lastHeartbeatMsAgo {return false}
+        if _storage._vpsCount != rhs_storage._vpsCount {return false}
+        if _storage._templates != rhs_storage._templates {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_NodeList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".NodeList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}nodes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.nodes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.nodes.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.nodes, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_NodeList, rhs: Berth_V1_NodeList) -> Bool {
+    if lhs.nodes != rhs.nodes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_IpPool: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IpPool"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}cidr\0\u{1}gateway\0\u{1}used\0\u{1}size\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.cidr) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.gateway) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.used) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.size) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.cidr.isEmpty {
+      try visitor.visitSingularStringField(value: self.cidr, fieldNumber: 2)
+    }
+    if !self.gateway.isEmpty {
+      try visitor.visitSingularStringField(value: self.gateway, fieldNumber: 3)
+    }
+    if self.used != 0 {
+      try visitor.visitSingularUInt32Field(value: self.used, fieldNumber: 4)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularUInt64Field(value: self.size, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_IpPool, rhs: Berth_V1_IpPool) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.cidr != rhs.cidr {return false}
+    if lhs.gateway != rhs.gateway {return false}
+    if lhs.used != rhs.used {return false}
+    if lhs.size != rhs.size {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_IpPoolList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IpPoolList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}pools\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.pools) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.pools.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.pools, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_IpPoolList, rhs: Berth_V1_IpPoolList) -> Bool {
+    if lhs.pools != rhs.pools {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_RevokeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RevokeRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}serial\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.serial) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.serial.isEmpty {
+      try visitor.visitSingularStringField(value: self.serial, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_RevokeRequest, rhs: Berth_V1_RevokeRequest) -> Bool {
+    if lhs.serial != rhs.serial {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{2}\u{9}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{2}\u{9}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2419,6 +3400,149 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .nodeInfo(v)
         }
       }()
+      case 26: try {
+        var v: Berth_V1_JoinTokenRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .nodeJoinToken(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .nodeJoinToken(v)
+        }
+      }()
+      case 27: try {
+        var v: Berth_V1_EnrollRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .enroll(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .enroll(v)
+        }
+      }()
+      case 28: try {
+        var v: Berth_V1_Heartbeat?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .heartbeat(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .heartbeat(v)
+        }
+      }()
+      case 29: try {
+        var v: Berth_V1_Empty?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .nodeList(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .nodeList(v)
+        }
+      }()
+      case 30: try {
+        var v: Berth_V1_NameRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .nodeShow(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .nodeShow(v)
+        }
+      }()
+      case 31: try {
+        var v: Berth_V1_NameRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .nodeCordon(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .nodeCordon(v)
+        }
+      }()
+      case 32: try {
+        var v: Berth_V1_NameRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .nodeUncordon(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .nodeUncordon(v)
+        }
+      }()
+      case 33: try {
+        var v: Berth_V1_IpPool?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .ippoolAdd(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .ippoolAdd(v)
+        }
+      }()
+      case 34: try {
+        var v: Berth_V1_Empty?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .ippoolList(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .ippoolList(v)
+        }
+      }()
+      case 35: try {
+        var v: Berth_V1_NameRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .ippoolRemove(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .ippoolRemove(v)
+        }
+      }()
+      case 36: try {
+        var v: Berth_V1_RevokeRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .revoke(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .revoke(v)
+        }
+      }()
       default: break
       }
     }
@@ -2497,6 +3621,50 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       guard case .nodeInfo(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
     }()
+    case .nodeJoinToken?: try {
+      guard case .nodeJoinToken(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
+    }()
+    case .enroll?: try {
+      guard case .enroll(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
+    }()
+    case .heartbeat?: try {
+      guard case .heartbeat(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 28)
+    }()
+    case .nodeList?: try {
+      guard case .nodeList(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 29)
+    }()
+    case .nodeShow?: try {
+      guard case .nodeShow(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
+    }()
+    case .nodeCordon?: try {
+      guard case .nodeCordon(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
+    }()
+    case .nodeUncordon?: try {
+      guard case .nodeUncordon(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 32)
+    }()
+    case .ippoolAdd?: try {
+      guard case .ippoolAdd(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
+    }()
+    case .ippoolList?: try {
+      guard case .ippoolList(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 34)
+    }()
+    case .ippoolRemove?: try {
+      guard case .ippoolRemove(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
+    }()
+    case .revoke?: try {
+      guard case .revoke(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -2512,7 +3680,7 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2637,6 +3805,97 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
           self.result = .node(v)
         }
       }()
+      case 19: try {
+        var v: Berth_V1_JoinToken?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .joinToken(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .joinToken(v)
+        }
+      }()
+      case 20: try {
+        var v: Berth_V1_EnrollReply?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .enrolled(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .enrolled(v)
+        }
+      }()
+      case 21: try {
+        var v: Berth_V1_HeartbeatReply?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .heartbeat(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .heartbeat(v)
+        }
+      }()
+      case 22: try {
+        var v: Berth_V1_NodeList?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .nodes(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .nodes(v)
+        }
+      }()
+      case 23: try {
+        var v: Berth_V1_ClusterNode?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .clusterNode(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .clusterNode(v)
+        }
+      }()
+      case 24: try {
+        var v: Berth_V1_IpPoolList?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .ippools(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .ippools(v)
+        }
+      }()
+      case 25: try {
+        var v: Berth_V1_IpPool?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .ippool(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .ippool(v)
+        }
+      }()
       default: break
       }
     }
@@ -2683,6 +3942,34 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
     case .node?: try {
       guard case .node(let v)? = self.result else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
+    }()
+    case .joinToken?: try {
+      guard case .joinToken(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
+    }()
+    case .enrolled?: try {
+      guard case .enrolled(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+    }()
+    case .heartbeat?: try {
+      guard case .heartbeat(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+    }()
+    case .nodes?: try {
+      guard case .nodes(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+    }()
+    case .clusterNode?: try {
+      guard case .clusterNode(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+    }()
+    case .ippools?: try {
+      guard case .ippools(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+    }()
+    case .ippool?: try {
+      guard case .ippool(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
     }()
     case nil: break
     }

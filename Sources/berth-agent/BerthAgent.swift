@@ -50,6 +50,18 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Where lxcfs is mounted (its /proc views show each VPS its own limits; off when nothing serves there).")
     var lxcfs = "/var/lib/lxcfs"
 
+    @Option(help: "Cluster mode: the controller's HOST:PORT (mTLS). Needs --listen.")
+    var controller: String?
+
+    @Option(help: "Cluster mode: where this agent serves the controller (HOST:PORT; the host goes into its certificate).")
+    var listen: String?
+
+    @Option(help: "Cluster mode: the single-use token from `berth node join-token` (first start only).")
+    var join: String?
+
+    @Option(name: .customLong("label"), help: "Cluster mode: a node label K=V for placement constraints (repeatable).")
+    var labels: [String] = []
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -66,6 +78,15 @@ struct BerthAgent: AsyncParsableCommand {
         for (flag, value) in [("--cpu-overcommit", cpuOvercommit), ("--memory-overcommit", memoryOvercommit), ("--disk-overcommit", diskOvercommit)]
         where !(value >= 0.1 && value <= 100) {
             throw ValidationError("\(flag): \(value) must be between 0.1 and 100")
+        }
+        if (controller == nil) != (listen == nil) {
+            throw ValidationError("--controller and --listen go together: the agent calls the controller and serves it")
+        }
+        if join != nil && controller == nil {
+            throw ValidationError("--join needs --controller HOST:PORT")
+        }
+        for label in labels where label.split(separator: "=", maxSplits: 1).count != 2 {
+            throw ValidationError("--label: '\(label)' is not KEY=VALUE")
         }
         if let metricsListen, Self.hostPort(metricsListen) == nil {
             throw ValidationError("--metrics-listen: '\(metricsListen)' is not HOST:PORT (e.g. 127.0.0.1:9737)")
@@ -120,7 +141,16 @@ struct BerthAgent: AsyncParsableCommand {
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
             metrics = (host, port, registry)
         }
-        let server = AgentServer(manager: manager, socketPath: socket, group: group, logger: logger, metrics: metrics)
+        var cluster: ClusterOptions?
+        if let controller, let listen {
+            var labelMap: [String: String] = [:]
+            for label in labels {
+                let parts = label.split(separator: "=", maxSplits: 1).map(String.init)
+                labelMap[parts[0]] = parts[1]
+            }
+            cluster = ClusterOptions(controller: controller, listen: listen, joinToken: join, labels: labelMap)
+        }
+        let server = AgentServer(manager: manager, socketPath: socket, group: group, logger: logger, metrics: metrics, cluster: cluster)
         let services = ServiceGroup(configuration: .init(
             services: [.init(service: server)],
             gracefulShutdownSignals: [.sigterm, .sigint],

@@ -15,7 +15,38 @@ struct Berth: AsyncParsableCommand {
         commandName: "berth",
         abstract: "Run and manage VPSs: system containers with their own init, limits and isolation.",
         subcommands: [TemplateCommand.self, Create.self, Start.self, Stop.self, Restart.self, Destroy.self,
-                      Status.self, List.self, Stats.self, NodeCommand.self, Exec.self, Enter.self, Console.self, SetCommand.self])
+                      Status.self, List.self, Stats.self, NodeCommand.self, Exec.self, Enter.self, Console.self, SetCommand.self,
+                      CACommand.self, IPPoolCommand.self])
+
+    /// The connection flags may also come before the command (`berth --controller H:P list`, as
+    /// DESIGN.md writes them); they are handed to every command through their environment names.
+    static func main() async {
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        let globals = ["--agent": "BERTH_AGENT", "--controller": "BERTH_CONTROLLER", "--config-dir": "BERTH_CONFIG"]
+        while let first = arguments.first, first.hasPrefix("--") {
+            let parts = first.split(separator: "=", maxSplits: 1).map(String.init)
+            guard let variable = globals[parts[0]] else { break }
+            if parts.count == 2 {
+                setenv(variable, parts[1], 1)
+                arguments.removeFirst()
+            } else if arguments.count >= 2 {
+                setenv(variable, arguments[1], 1)
+                arguments.removeFirst(2)
+            } else {
+                break
+            }
+        }
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// Flags every command takes: which agent (or controller) to talk to.
@@ -33,14 +64,31 @@ struct ConnectionOptions: ParsableArguments {
         agent ?? environment("BERTH_AGENT") ?? "/run/berth/agent.sock"
     }
 
-    /// Runs `body` against the agent; wire errors become one stderr line and a documented exit code.
+    /// The controller's HOST:PORT when in cluster mode.
+    var controllerAddress: String? {
+        guard let value = controller ?? environment("BERTH_CONTROLLER"), !value.isEmpty else { return nil }
+        return value
+    }
+
+    var isCluster: Bool { controllerAddress != nil }
+
+    /// Runs `body` against the agent (or, in cluster mode, the controller over mTLS); wire errors
+    /// become one stderr line and a documented exit code.
     func withClient<T>(_ body: (WireClient) async throws -> T) async throws -> T {
-        if let controller = controller ?? environment("BERTH_CONTROLLER"), !controller.isEmpty {
-            fail(WireError(.unavailable, "cluster mode (--controller \(controller)) is not available in this release yet; omit it to use the local agent"))
-        }
         let client: WireClient
         do {
-            client = try await WireClient.connect(unixPath: socketPath, group: MultiThreadedEventLoopGroup.singleton)
+            if let controllerAddress {
+                let directory = configDir ?? environment("BERTH_CONFIG") ?? ((environment("HOME") ?? "/root") + "/.config/berth")
+                let bundle = try CredentialBundle.load(directory: directory)
+                let (host, port) = try parseHostPort(controllerAddress, field: "controller")
+                client = try await WireClient.connect(host: host, port: port, bundle: bundle, group: MultiThreadedEventLoopGroup.singleton)
+                guard client.peerIdentity?.role == .controller else {
+                    await client.close()
+                    throw WireError(.unauthenticated, "\(controllerAddress) did not present a controller certificate")
+                }
+            } else {
+                client = try await WireClient.connect(unixPath: socketPath, group: MultiThreadedEventLoopGroup.singleton)
+            }
         } catch let error as WireError {
             fail(error)
         }

@@ -68,14 +68,18 @@ struct Create: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name: lowercase letters, digits and '-', at most 63.") var name: String
     @Option(help: "Template to create the VPS from (see 'berth template list').") var template: String
-    @Option(help: "IP address (IPv4 or IPv6) from the node's ranges; repeatable.") var ip: [String] = []
+    @Option(help: "IP address (IPv4 or IPv6) from the node's ranges, or (cluster mode) auto[:POOL]; repeatable.") var ip: [String] = []
     @Option(help: "routed (default) or bridged:BRIDGE.") var net: String?
     @Flag(help: "Start this VPS when the node boots.") var onboot = false
     @Option(help: "Cluster mode: place on this node.") var node: String?
+    @Option(help: "Cluster mode: only nodes with this label (K=V); repeatable.") var constraint: [String] = []
+    @Option(help: "Cluster mode: never place two VPSs of this group on one node.") var antiAffinity: String?
     @OptionGroup var settings: VPSSettings
 
     func run() async throws {
-        if node != nil { fail(WireError(.invalidArgument, "node: placement needs cluster mode (--controller), which is not available in this release yet", field: "node")) }
+        if !connection.isCluster && (node != nil || !constraint.isEmpty || antiAffinity != nil) {
+            fail(WireError(.invalidArgument, "node: --node, --constraint and --anti-affinity need cluster mode (--controller)", field: "node"))
+        }
         var create = Berth_V1_CreateRequest()
         create.name = name
         create.template = template
@@ -87,6 +91,9 @@ struct Create: AsyncParsableCommand {
         create.net = net ?? ""
         create.onboot = onboot
         create.labels = settings.labels()
+        create.node = node ?? ""
+        create.constraints = keyValues(constraint, field: "constraint")
+        create.antiAffinity = antiAffinity ?? ""
         let response = try await connection.withClient {
             try await $0.call(request { $0.create = create }, onProgress: showProgress)
         }

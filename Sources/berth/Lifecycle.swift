@@ -79,13 +79,7 @@ struct List: AsyncParsableCommand {
     @Option(help: "Only VPSs with this label (K=V); repeatable.") var selector: [String] = []
 
     func run() async throws {
-        var labels: [String: String] = [:]
-        for item in selector {
-            guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
-                fail(WireError(.invalidArgument, "selector: '\(item)' is not KEY=VALUE", field: "selector"))
-            }
-            labels[String(item[..<eq])] = String(item[item.index(after: eq)...])
-        }
+        let labels = keyValues(selector, field: "selector")
         let response = try await connection.withClient {
             try await $0.call(request {
                 $0.list.all = all
@@ -94,8 +88,12 @@ struct List: AsyncParsableCommand {
         }
         let vpses = response.list.vpses
         if json { printJSON(.array(vpses.map(\.json))); return }
-        let rows = [["NAME", "STATE", "PID", "HOSTNAME", "TEMPLATE", "IPS"]] + vpses.map {
+        var rows = [["NAME", "STATE", "PID", "HOSTNAME", "TEMPLATE", "IPS"]] + vpses.map {
             [$0.name, $0.state, $0.pid == 0 ? "-" : String($0.pid), $0.hostname, $0.template, $0.ips.isEmpty ? "-" : $0.ips.joined(separator: ",")]
+        }
+        if connection.isCluster {
+            rows[0].append("NODE")
+            for (i, vps) in vpses.enumerated() { rows[i + 1].append(vps.node) }
         }
         printTable(rows)
     }
@@ -133,7 +131,7 @@ struct Stats: AsyncParsableCommand {
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node", abstract: "The node: capacity and what its VPSs commit of it.",
-        subcommands: [Show.self])
+        subcommands: [Show.self, NodeList.self, Cordon.self, Uncordon.self, JoinToken.self])
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -144,6 +142,13 @@ struct NodeCommand: AsyncParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() async throws {
+            if connection.isCluster {
+                guard let name else { fail(WireError(.invalidArgument, "name: cluster mode needs a node name (see `berth node list`)", field: "name")) }
+                let node = try await connection.withClient { try await $0.call(request { $0.nodeShow.name = name }) }.clusterNode
+                if json { printJSON(node.json); return }
+                showClusterNode(node)
+                return
+            }
             let node = try await connection.withClient { try await $0.call(request { $0.nodeInfo = Berth_V1_Empty() }) }.node
             if let name, name != node.name {
                 fail(WireError(.notFound, "node \(name) is not this node (\(node.name)); other nodes need cluster mode", field: "name"))

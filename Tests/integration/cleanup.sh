@@ -2,6 +2,12 @@
 # Removes leftovers of crashed integration runs: every /tmp/berth-it-* work dir and the
 # berth-bit* cgroups, mounts and loop devices that belong to them.
 cd "$(dirname "$0")/../.." || exit 1
+# Cluster-tier runs and dev clusters: their own teardown knows the layout (nodes n1..nN).
+for work in /tmp/berth-it-bcl* /tmp/berth-cluster-*; do
+    [ -d "$work" ] || continue
+    name=${work#/tmp/berth-it-}; name=${name#/tmp/berth-cluster-}
+    BERTH_CLUSTER=$name BERTH_CLUSTER_DIR=$work BUILD=${BUILD:-.build/debug} scripts/dev-cluster.sh down
+done
 for work in /tmp/berth-it-*; do
     [ -d "$work" ] || continue
     RUN_ID=${work#/tmp/berth-it-} WORK=$work BUILD=${BUILD:-.build/debug} bash -c 'source Tests/integration/lib.sh; cleanup_all'

@@ -1,0 +1,43 @@
+import NIOCore
+import Wire
+
+/// The controller's connections to node agents: one multiplexed mTLS connection per node,
+/// opened on first use and replaced when it breaks. The agent must present a certificate for
+/// exactly that node, so a stolen certificate of another node cannot pose as it.
+public actor AgentLinks {
+    let bundle: CredentialBundle
+    let group: EventLoopGroup
+    var clients: [String: WireClient] = [:]
+
+    public init(bundle: CredentialBundle, group: EventLoopGroup) {
+        self.bundle = bundle
+        self.group = group
+    }
+
+    public func client(for node: NodeRecord) async throws -> WireClient {
+        if let client = clients[node.name], client.isActive { return client }
+        clients[node.name] = nil
+        let (host, port) = try parseHostPort(node.address, field: "address")
+        let client: WireClient
+        do {
+            client = try await WireClient.connect(host: host, port: port, bundle: bundle, group: group, timeout: .seconds(3))
+        } catch let error as WireError {
+            throw WireError(.unavailable, "node \(node.name) (\(node.address)) is unreachable: \(error.message)")
+        }
+        guard client.peerIdentity?.role == .node, client.peerIdentity?.name == node.name else {
+            await client.close()
+            throw WireError(.unauthenticated, "the agent at \(node.address) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not node \(node.name)")
+        }
+        if let raced = clients[node.name], raced.isActive {
+            await client.close()
+            return raced
+        }
+        clients[node.name] = client
+        return client
+    }
+
+    public func closeAll() async {
+        for client in clients.values { await client.close() }
+        clients.removeAll()
+    }
+}

@@ -1,0 +1,57 @@
+import Foundation
+import Wire
+
+/// The controller's `--config` JSON. Every key is optional; unknown keys are an error (a typo
+/// must not silently fall back to a default).
+///
+///     {"strategy": "spread", "cpuOvercommit": 4, "memoryOvercommit": 1, "diskOvercommit": 1,
+///      "heartbeatIntervalMs": 1000, "downAfterMs": 5000}
+public enum ClusterConfigFile {
+    static let keys: Set<String> = ["strategy", "cpuOvercommit", "memoryOvercommit", "diskOvercommit", "heartbeatIntervalMs", "downAfterMs"]
+
+    public static func load(path: String) throws(WireError) -> ControllerSettings {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw WireError(.invalidArgument, "config: cannot read \(path)", field: "config")
+        }
+        return try parse(data)
+    }
+
+    public static func parse(_ data: Data) throws(WireError) -> ControllerSettings {
+        guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw WireError(.invalidArgument, "config: not a JSON object", field: "config")
+        }
+        if let unknown = object.keys.sorted().first(where: { !keys.contains($0) }) {
+            throw WireError(.invalidArgument, "config: unknown key \"\(unknown)\" (known: \(keys.sorted().joined(separator: ", ")))", field: unknown)
+        }
+        var settings = ControllerSettings()
+        if let value = object["strategy"] {
+            guard let text = value as? String, let strategy = SchedulerPolicy.Strategy(rawValue: text) else {
+                throw WireError(.invalidArgument, "strategy: must be \"spread\" or \"binpack\"", field: "strategy")
+            }
+            settings.policy.strategy = strategy
+        }
+        func ratio(_ key: String) throws(WireError) -> Double? {
+            guard let value = object[key] else { return nil }
+            guard let number = value as? Double, number >= 0.1, number <= 100 else {
+                throw WireError(.invalidArgument, "\(key): must be a number from 0.1 to 100", field: key)
+            }
+            return number
+        }
+        if let r = try ratio("cpuOvercommit") { settings.policy.cpuOvercommit = r }
+        if let r = try ratio("memoryOvercommit") { settings.policy.memoryOvercommit = r }
+        if let r = try ratio("diskOvercommit") { settings.policy.diskOvercommit = r }
+        func milliseconds(_ key: String, _ range: ClosedRange<Int>) throws(WireError) -> Duration? {
+            guard let value = object[key] else { return nil }
+            guard let number = value as? Int, range.contains(number) else {
+                throw WireError(.invalidArgument, "\(key): must be an integer from \(range.lowerBound) to \(range.upperBound)", field: key)
+            }
+            return .milliseconds(number)
+        }
+        if let d = try milliseconds("heartbeatIntervalMs", 100...60_000) { settings.heartbeatInterval = d }
+        if let d = try milliseconds("downAfterMs", 300...600_000) { settings.downAfter = d }
+        guard settings.downAfter >= settings.heartbeatInterval * 2 else {
+            throw WireError(.invalidArgument, "downAfterMs: must be at least twice heartbeatIntervalMs, or one late heartbeat marks a node down", field: "downAfterMs")
+        }
+        return settings
+    }
+}

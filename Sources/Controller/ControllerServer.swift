@@ -1,0 +1,51 @@
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Wire
+
+/// The controller as a ServiceLifecycle service: the mTLS listener (anonymous peers may only
+/// enrol) and the liveness watcher; graceful shutdown closes the listener and agent links.
+public final class ControllerServer: Service, Sendable {
+    let service: ControllerService
+    let links: AgentLinks
+    let bundle: CredentialBundle
+    let registry: PeerRegistry
+    let host: String
+    let port: Int
+    let group: EventLoopGroup
+    let logger: Logger
+    let portFile: String?
+
+    public init(store: ClusterStore, ca: ClusterCA, settings: ControllerSettings, host: String, port: Int,
+                extraHosts: [String], group: EventLoopGroup, logger: Logger, portFile: String?) throws {
+        var hosts = ["localhost", "127.0.0.1", "::1", ProcessInfo.processInfo.hostName] + extraHosts
+        if host != "0.0.0.0" && host != "::" { hosts.insert(host, at: 0) }
+        var seen = Set<String>()
+        bundle = try ca.issueBundle(role: .controller, name: "controller", hosts: hosts.filter { seen.insert($0).inserted })
+        registry = PeerRegistry()
+        links = AgentLinks(bundle: bundle, group: group)
+        service = try ControllerService(store: store, ca: ca, links: links, settings: settings, registry: registry, logger: logger)
+        self.host = host
+        self.port = port
+        self.group = group
+        self.logger = logger
+        self.portFile = portFile
+    }
+
+    public func run() async throws {
+        let server = try await TLSWireServer.bind(host: host, port: port, service: service, bundle: bundle, group: group,
+                                                  registry: registry, allowAnonymous: true)
+        logger.info("controller serving", metadata: ["listen": "\(host):\(server.port)"])
+        if let portFile { try? "\(server.port)\n".write(toFile: portFile, atomically: true, encoding: .utf8) }
+        let watcher = Task { await service.watchLiveness() }
+        await withGracefulShutdownHandler {
+            try? await server.closeFuture.get()
+        } onGracefulShutdown: {
+            self.logger.info("graceful shutdown: closing the listener")
+            Task { await server.close() }
+        }
+        watcher.cancel()
+        await links.closeAll()
+    }
+}

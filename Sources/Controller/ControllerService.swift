@@ -1,0 +1,508 @@
+import Crypto
+import Foundation
+import Logging
+import Synchronization
+import Wire
+
+public struct ControllerSettings: Sendable {
+    public var heartbeatInterval: Duration = .seconds(1)
+    public var downAfter: Duration = .seconds(5)
+    public var policy = SchedulerPolicy()
+    /// Disk a VPS commits when its create names no --disk (the agent's default).
+    public var defaultDiskBytes: UInt64 = 2 << 30
+
+    public init() {}
+}
+
+/// The controller's RPC surface. Every call is authorised from the caller's verified
+/// certificate (role + name), never from a payload field: a node reports only about itself and a
+/// tenant sees and touches only its own VPSs (others' look like they do not exist).
+public final class ControllerService: WireService {
+    let store: ClusterStore
+    let ca: ClusterCA
+    public let liveness: Liveness
+    let links: AgentLinks
+    let settings: ControllerSettings
+    let registry: PeerRegistry
+    let logger: Logger
+    /// Placement reads a snapshot and reserves in the store; the two must not interleave with
+    /// another create, or both could take the last slot of a node.
+    let placementLock = Mutex(())
+
+    public init(store: ClusterStore, ca: ClusterCA, links: AgentLinks, settings: ControllerSettings,
+                registry: PeerRegistry, logger: Logger) throws {
+        self.store = store
+        self.ca = ca
+        self.links = links
+        self.settings = settings
+        self.registry = registry
+        self.logger = logger
+        self.liveness = Liveness(downAfter: settings.downAfter)
+        liveness.seed(try store.nodes())
+        registry.revoke(try store.revoked())
+    }
+
+    enum Access { case admin, operate, read, writeVPS }
+
+    func authorise(_ peer: PeerIdentity, _ access: Access, call: String) throws(WireError) -> CertificateIdentity {
+        guard case .certificate(let identity) = peer else {
+            throw WireError(.unauthenticated, "\(call): a client certificate from the cluster CA is required (only enrolment works without one)")
+        }
+        let allowed: Bool
+        switch (access, identity.role) {
+        case (_, .admin): allowed = true
+        case (.operate, .operator_), (.read, .operator_), (.writeVPS, .operator_): allowed = true
+        case (.read, .viewer): allowed = true
+        case (.read, .tenant), (.writeVPS, .tenant): allowed = true
+        default: allowed = false
+        }
+        guard allowed else {
+            throw WireError(.permissionDenied, "\(call): role \(identity.role) may not do this")
+        }
+        return identity
+    }
+
+    func isTenant(_ identity: CertificateIdentity) -> String? {
+        if case .tenant(let name) = identity.role { return name }
+        return nil
+    }
+
+    /// The VPS, if it exists and the caller may see it (to a tenant, others' VPSs do not exist).
+    func visibleVPS(_ name: String, to identity: CertificateIdentity) throws -> VPSRecord {
+        guard let record = try store.vps(name), isTenant(identity).map({ $0 == record.tenant }) ?? true else {
+            throw WireError(.notFound, "name: no VPS named \(name) in the cluster", field: "name")
+        }
+        return record
+    }
+
+    public func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
+        var response = Berth_V1_Response()
+        let peer = stream.peer
+        switch request.call {
+        case .enroll(let r):
+            response.enrolled = try enroll(r, peer: peer)
+        case .heartbeat(let r):
+            response.heartbeat = try heartbeat(r, peer: peer)
+        case .nodeJoinToken(let r):
+            _ = try authorise(peer, .admin, call: "node join-token")
+            response.joinToken = try joinToken(ttl: r.ttlSeconds)
+        case .revoke(let r):
+            let identity = try authorise(peer, .admin, call: "ca revoke")
+            let serial = r.serial.lowercased().replacingOccurrences(of: ":", with: "")
+            guard !serial.isEmpty, serial.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else {
+                throw WireError(.invalidArgument, "serial: \"\(r.serial)\" is not a hex certificate serial", field: "serial")
+            }
+            try store.revoke(serial)
+            registry.revoke([serial])
+            try? store.addEvent(kind: "certificate.revoked", subject: serial, message: "revoked by \(identity.name)")
+            logger.notice("certificate revoked", metadata: ["serial": "\(serial)", "by": "\(identity.name)"])
+            response.ok = Berth_V1_Empty()
+        case .nodeList:
+            let identity = try authorise(peer, .read, call: "node list")
+            guard isTenant(identity) == nil else { throw WireError(.permissionDenied, "node list: tenants do not see nodes") }
+            var list = Berth_V1_NodeList()
+            let counts = Dictionary(grouping: try store.vpses(), by: \.node).mapValues(\.count)
+            list.nodes = try store.nodes().map { clusterNode($0, vpsCount: counts[$0.name] ?? 0) }
+            response.nodes = list
+        case .nodeShow(let r):
+            let identity = try authorise(peer, .read, call: "node show")
+            guard isTenant(identity) == nil else { throw WireError(.permissionDenied, "node show: tenants do not see nodes") }
+            guard let node = try store.node(r.name) else { throw WireError(.notFound, "name: no node named \(r.name)", field: "name") }
+            response.clusterNode = clusterNode(node, vpsCount: try store.vpses().filter { $0.node == node.name }.count)
+        case .nodeCordon(let r), .nodeUncordon(let r):
+            let identity = try authorise(peer, .operate, call: "node cordon")
+            let cordon: Bool
+            if case .nodeCordon = request.call { cordon = true } else { cordon = false }
+            guard try store.setCordoned(r.name, cordon) else { throw WireError(.notFound, "name: no node named \(r.name)", field: "name") }
+            try? store.addEvent(kind: cordon ? "node.cordoned" : "node.uncordoned", subject: r.name, message: "by \(identity.name)")
+            response.clusterNode = clusterNode(try store.node(r.name)!, vpsCount: try store.vpses().filter { $0.node == r.name }.count)
+        case .ippoolAdd(let r):
+            _ = try authorise(peer, .operate, call: "ippool add")
+            let pool = try IPPoolMath.validatePool(name: r.name, cidr: r.cidr, gateway: r.gateway)
+            try store.addPool(pool)
+            response.ippool = wirePool(pool, used: 0)
+        case .ippoolList:
+            let identity = try authorise(peer, .read, call: "ippool list")
+            guard isTenant(identity) == nil else { throw WireError(.permissionDenied, "ippool list: tenants do not see pools") }
+            let usage = try store.poolUsage()
+            var list = Berth_V1_IpPoolList()
+            list.pools = try store.pools().map { wirePool($0, used: usage[$0.name] ?? 0) }
+            response.ippools = list
+        case .ippoolRemove(let r):
+            _ = try authorise(peer, .operate, call: "ippool remove")
+            try store.removePool(r.name)
+            response.ok = Berth_V1_Empty()
+        case .create(let r):
+            let identity = try authorise(peer, .writeVPS, call: "create")
+            response.status = try await create(r, by: identity, stream: stream)
+        case .list(let r):
+            let identity = try authorise(peer, .read, call: "list")
+            var list = Berth_V1_VpsList()
+            list.vpses = try store.vpses()
+                .filter { record in isTenant(identity).map { $0 == record.tenant } ?? true }
+                .map(currentStatus)
+                .filter { r.all || $0.state != "stopped" }
+                .filter { status in r.selector.allSatisfy { status.labels[$0.key] == $0.value } }
+            response.list = list
+        case .status(let r):
+            let identity = try authorise(peer, .read, call: "status")
+            let record = try visibleVPS(r.name, to: identity)
+            if liveness.isAlive(record.node), record.phase == "ready", let node = try store.node(record.node),
+               let fresh = try? await forward(request, to: node, stream: stream) {
+                response = fresh
+                response.status.node = node.name
+            } else {
+                response.status = currentStatus(record)
+            }
+        case .stats(let r):
+            let identity = try authorise(peer, .read, call: "stats")
+            let record = try visibleVPS(r.name, to: identity)
+            response = try await forward(request, to: try placedNode(record), stream: stream)
+        case .start(let r), .restart(let r):
+            response = try await lifecycle(request, name: r.name, peer: peer, stream: stream)
+        case .stop(let r):
+            response = try await lifecycle(request, name: r.name, peer: peer, stream: stream)
+        case .set(let r):
+            response = try await lifecycle(request, name: r.name, peer: peer, stream: stream)
+        case .exec(let r):
+            response = try await lifecycle(request, name: r.name, peer: peer, stream: stream)
+        case .console(let r):
+            response = try await lifecycle(request, name: r.name, peer: peer, stream: stream)
+        case .destroy(let r):
+            let identity = try authorise(peer, .writeVPS, call: "destroy")
+            let record = try visibleVPS(r.name, to: identity)
+            do {
+                response = try await forward(request, to: try placedNode(record), stream: stream)
+            } catch let error as WireError where error.code == .notFound && record.phase == "creating" {
+                response.ok = Berth_V1_Empty()   // the create never reached the agent
+            }
+            try store.removeVPS(record.name)
+            try? store.addEvent(kind: "vps.destroyed", subject: record.name, message: "on \(record.node) by \(identity.name)")
+        case .templateBuild, .templateImport, .templateRemove, .templateList, .nodeInfo:
+            throw WireError(.invalidArgument, "templates and node info are per node: run this against the node's agent (berth --agent), or see `berth node show NODE`")
+        case nil:
+            throw WireError(.invalidArgument, "the request names no call (is the client newer than this controller?)")
+        }
+        return response
+    }
+
+    // MARK: - VPS calls
+
+    func placedNode(_ record: VPSRecord) throws -> NodeRecord {
+        guard let node = try store.node(record.node) else {
+            throw WireError(.corruptState, "VPS \(record.name) is placed on node \(record.node), which is not registered")
+        }
+        guard liveness.isAlive(node.name) else {
+            throw WireError(.unavailable, "node \(node.name) of VPS \(record.name) is down (no heartbeat for \(liveness.millisecondsSinceHeartbeat(node.name).map { "\($0) ms" } ?? "ever"))")
+        }
+        return node
+    }
+
+    /// start/stop/restart/set/exec/console: forwarded to the VPS's node; the cached status follows.
+    func lifecycle(_ request: Berth_V1_Request, name: String, peer: PeerIdentity, stream: ServerStream) async throws -> Berth_V1_Response {
+        let identity = try authorise(peer, .writeVPS, call: Self.callName(request))
+        let record = try visibleVPS(name, to: identity)
+        var response = try await forward(request, to: try placedNode(record), stream: stream)
+        var updated = record
+        switch response.result {
+        case .status(var status):
+            status.node = record.node
+            response.status = status
+            updated.status = status
+        case .set(var result):
+            result.status.node = record.node
+            response.set = result
+            updated.status = result.status
+        default: return response
+        }
+        try? store.updateVPS(updated)
+        return response
+    }
+
+    static func callName(_ request: Berth_V1_Request) -> String {
+        switch request.call {
+        case .start: return "start"
+        case .stop: return "stop"
+        case .restart: return "restart"
+        case .set: return "set"
+        case .exec: return "exec"
+        case .console: return "console"
+        default: return "call"
+        }
+    }
+
+    /// The last reported status, with the node filled in and `unknown` while the node is down.
+    func currentStatus(_ record: VPSRecord) -> Berth_V1_VpsStatus {
+        var status = record.status
+        status.name = record.name
+        status.node = record.node
+        if status.template.isEmpty { status.template = record.spec.template }
+        if record.phase == "creating" { status.state = "creating" }
+        else if !liveness.isAlive(record.node) { status.state = "unknown" }
+        return status
+    }
+
+    func create(_ request: Berth_V1_CreateRequest, by identity: CertificateIdentity, stream: ServerStream) async throws -> Berth_V1_VpsStatus {
+        guard Role.isValidName(request.name) else {
+            throw WireError(.invalidArgument, "name: '\(request.name)' must be 1-63 of lowercase letters, digits and '-', starting with a letter or digit", field: "name")
+        }
+        guard !request.template.isEmpty else { throw WireError(.invalidArgument, "template: required", field: "template") }
+        var explicit: [String] = []
+        var automatic: [String: Int] = [:]
+        let pools = try store.pools()
+        for ip in request.ips {
+            if ip == "auto" || ip.hasPrefix("auto:") {
+                let pool = ip == "auto" ? "" : String(ip.dropFirst(5))
+                if pool.isEmpty {
+                    guard pools.count == 1 else {
+                        throw WireError(.invalidArgument, "ip: 'auto' needs a pool name (auto:POOL) when the cluster has \(pools.count) pools", field: "ip")
+                    }
+                    automatic[pools[0].name, default: 0] += 1
+                } else {
+                    automatic[pool, default: 0] += 1
+                }
+            } else {
+                guard let canonical = IPPoolMath.canonical(ip) else {
+                    throw WireError(.invalidArgument, "ip: '\(ip)' is not an IPv4 or IPv6 address (or auto[:POOL])", field: "ip")
+                }
+                explicit.append(canonical)
+            }
+        }
+        var spec = request
+        spec.ips = explicit
+        let owner = isTenant(identity) ?? ""
+
+        let (record, allocated) = try placementLock.withLock { _ throws -> (VPSRecord, [String]) in
+            let node = try choose(for: spec)
+            var status = Berth_V1_VpsStatus()
+            status.name = spec.name
+            status.node = node
+            status.state = "creating"
+            status.template = spec.template
+            let record = VPSRecord(name: spec.name, node: node, tenant: owner, spec: spec, status: status, phase: "creating")
+            let allocated = try store.reserveVPS(record, autoAddresses: automatic.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+            return (record, allocated)
+        }
+        logger.info("placing VPS", metadata: ["vps": "\(record.name)", "node": "\(record.node)", "by": "\(identity.name)"])
+        stream.progress("placed on \(record.node)" + (allocated.isEmpty ? "" : ", addresses \(allocated.joined(separator: " "))"))
+
+        var agentRequest = Berth_V1_Request()
+        var create = spec
+        create.ips = explicit + allocated
+        create.node = ""
+        create.constraints = [:]
+        create.antiAffinity = ""
+        agentRequest.create = create
+        do {
+            guard let node = try store.node(record.node) else { throw WireError(.corruptState, "node \(record.node) vanished") }
+            let response = try await forward(agentRequest, to: node, stream: stream)
+            var status = response.status
+            status.node = record.node
+            var updated = record
+            updated.spec.ips = create.ips
+            updated.status = status
+            updated.phase = "ready"
+            try store.updateVPS(updated)
+            try? store.addEvent(kind: "vps.created", subject: record.name, message: "on \(record.node) by \(identity.name)")
+            return status
+        } catch {
+            // Nothing was created on the node: give the name and the addresses back.
+            try? store.removeVPS(record.name)
+            throw error
+        }
+    }
+
+    /// Runs the scheduler on the current snapshot (or checks an explicit --node).
+    func choose(for spec: Berth_V1_CreateRequest) throws -> String {
+        let vpses = try store.vpses()
+        let nodes = try store.nodes()
+        var snapshots: [NodeSnapshot] = []
+        for node in nodes {
+            let report = liveness.report(node.name)
+            let info = report?.info ?? node.info
+            var snapshot = NodeSnapshot(
+                name: node.name,
+                state: !liveness.isAlive(node.name) ? .down : node.cordoned ? .cordoned : .ready,
+                labels: node.labels,
+                cpuMillis: UInt64(info.cpus) * 1000, memoryBytes: info.memoryBytes, diskBytes: info.diskBytes)
+            for vps in vpses where vps.node == node.name {
+                let cost = placementCost(vps.spec)
+                snapshot.usedCpuMillis += cost.cpuMillis
+                snapshot.usedMemoryBytes += cost.memoryBytes
+                snapshot.usedDiskBytes += cost.diskBytes
+                if !vps.spec.antiAffinity.isEmpty { snapshot.groups.insert(vps.spec.antiAffinity) }
+                snapshot.vpsCount += 1
+            }
+            snapshot.templates = report?.templates
+            snapshots.append(snapshot)
+        }
+        var request = placementCost(spec)
+        request.constraints = spec.constraints
+        request.antiAffinityGroup = spec.antiAffinity.isEmpty ? nil : spec.antiAffinity
+        request.template = spec.template
+        let scheduler = Scheduler(policy: settings.policy)
+        if !spec.node.isEmpty {
+            guard let snapshot = snapshots.first(where: { $0.name == spec.node }) else {
+                throw WireError(.notFound, "node: no node named \(spec.node) (see `berth node list`)", field: "node")
+            }
+            if let reason = scheduler.rejection(of: snapshot, for: request) {
+                throw WireError(.noCapacity, "node: \(spec.node) cannot take \(spec.name): \(reason.rawValue)", field: "node")
+            }
+            return spec.node
+        }
+        switch scheduler.place(request, on: snapshots) {
+        case .node(let name): return name
+        case let failure: throw WireError(.noCapacity, failure.explanation)
+        }
+    }
+
+    func placementCost(_ spec: Berth_V1_CreateRequest) -> PlacementRequest {
+        let limits = spec.limits
+        return PlacementRequest(cpuMillis: UInt64(limits.cpuLimitPct) * 10,
+                                memoryBytes: limits.memoryBytes &+ limits.swapBytes,
+                                diskBytes: limits.diskBytes == 0 ? settings.defaultDiskBytes : limits.diskBytes)
+    }
+
+    /// Relays one call to an agent: request stream input goes to the agent, the agent's
+    /// progress, stream bytes and final response come back. Cancelling our call cancels theirs.
+    func forward(_ request: Berth_V1_Request, to node: NodeRecord, stream: ServerStream) async throws -> Berth_V1_Response {
+        let client = try await links.client(for: node)
+        let call = try await client.start(request)
+        let input = Task {
+            for await item in stream.input {
+                switch item {
+                case .data(let channel, let bytes): _ = try? await call.send(channel, Array(bytes.readableBytesView)).get()
+                case .end(let channel): call.sendEnd(channel)
+                }
+            }
+        }
+        defer { input.cancel() }
+        return try await withTaskCancellationHandler {
+            for await event in call.events {
+                switch event {
+                case .data(let channel, let bytes): try await stream.send(channel, bytes)
+                case .end(let channel): try await stream.sendEnd(channel)
+                case .progress(let progress): stream.progress(progress.step, done: progress.done, total: progress.total)
+                case .response(let response): return response
+                case .failure(let error): throw error
+                }
+            }
+            throw WireError(.unavailable, "node \(node.name) closed the connection during the call")
+        } onCancel: {
+            call.cancel()
+        }
+    }
+
+    // MARK: - nodes
+
+    func clusterNode(_ node: NodeRecord, vpsCount: Int) -> Berth_V1_ClusterNode {
+        var wire = Berth_V1_ClusterNode()
+        wire.name = node.name
+        wire.address = node.address
+        wire.labels = node.labels
+        let report = liveness.report(node.name)
+        wire.info = report?.info ?? node.info
+        wire.state = !liveness.isAlive(node.name) ? "down" : node.cordoned ? "cordoned" : "ready"
+        wire.lastHeartbeatMsAgo = liveness.millisecondsSinceHeartbeat(node.name) ?? 0
+        wire.vpsCount = UInt32(vpsCount)
+        wire.templates = report?.templates.map { $0.sorted() } ?? []
+        return wire
+    }
+
+    func wirePool(_ pool: IPPoolRecord, used: Int) -> Berth_V1_IpPool {
+        var wire = Berth_V1_IpPool()
+        wire.name = pool.name
+        wire.cidr = pool.cidr
+        wire.gateway = pool.gateway
+        wire.used = UInt32(used)
+        wire.size = IPPoolMath.size(cidr: pool.cidr)
+        return wire
+    }
+
+    func joinToken(ttl: UInt32) throws -> Berth_V1_JoinToken {
+        let seconds = ttl == 0 ? 3600 : ttl
+        guard seconds <= 7 * 24 * 3600 else {
+            throw WireError(.invalidArgument, "ttl: \(seconds) s is longer than the maximum of 7 days", field: "ttl")
+        }
+        let token = JoinTokenText.generate(caFingerprint: ca.fingerprint)
+        let expires = Date().addingTimeInterval(TimeInterval(seconds))
+        try store.addJoinToken(id: token.id, secretHash: token.secretHash, expires: expires)
+        var wire = Berth_V1_JoinToken()
+        wire.token = token.text
+        wire.expiresUnix = Int64(expires.timeIntervalSince1970)
+        return wire
+    }
+
+    func enroll(_ request: Berth_V1_EnrollRequest, peer: PeerIdentity) throws -> Berth_V1_EnrollReply {
+        let token = try JoinTokenText(parsing: request.token)
+        guard Role.isValidName(request.nodeName) else {
+            throw WireError(.invalidArgument, "name: node name '\(request.nodeName)' must be 1-63 of [a-z0-9-]", field: "name")
+        }
+        let (host, _) = try parseHostPort(request.address, field: "listen")
+        let publicKey: P256.Signing.PublicKey
+        do { publicKey = try P256.Signing.PublicKey(pemRepresentation: request.publicKeyPem) } catch {
+            throw WireError(.invalidArgument, "public_key_pem: not a P-256 public key in PEM", field: "public_key_pem")
+        }
+        guard token.caFingerprint == ca.fingerprint else {
+            throw WireError(.unauthenticated, "join: the token was made for another cluster CA")
+        }
+        guard try store.consumeJoinToken(id: token.id, secretHash: token.secretHash, now: Date()) else {
+            throw WireError(.unauthenticated, "join: the token is unknown, expired or already used (tokens are single-use: make a new one with `berth node join-token`)")
+        }
+        let certificate = try ca.issue(role: .node, name: request.nodeName, publicKey: publicKey, hosts: [host, request.nodeName])
+        let serial = try CertificateIdentity(certificate: certificate).serial
+        let previous = try store.node(request.nodeName)
+        if let previous, !previous.certificateSerial.isEmpty, previous.certificateSerial != serial {
+            // Re-enrolment replaces the node's certificate: the old one stops working at once.
+            try store.revoke(previous.certificateSerial)
+            registry.revoke([previous.certificateSerial])
+        }
+        try store.saveNode(NodeRecord(name: request.nodeName, address: request.address, labels: request.labels,
+                                      info: previous?.info ?? Berth_V1_NodeInfo(), cordoned: previous?.cordoned ?? false,
+                                      certificateSerial: serial))
+        try? store.addEvent(kind: "node.enrolled", subject: request.nodeName, message: "at \(request.address)")
+        logger.notice("node enrolled", metadata: ["node": "\(request.nodeName)", "address": "\(request.address)"])
+        var reply = Berth_V1_EnrollReply()
+        do { reply.certificatePem = try certificate.serializeAsPEM().pemString } catch {
+            throw WireError(.internalError, "cannot encode the node certificate: \(error)")
+        }
+        reply.caPem = ca.certificatePEM
+        return reply
+    }
+
+    func heartbeat(_ request: Berth_V1_Heartbeat, peer: PeerIdentity) throws -> Berth_V1_HeartbeatReply {
+        guard case .certificate(let identity) = peer, identity.role == .node else {
+            throw WireError(.permissionDenied, "heartbeat: only node certificates send heartbeats")
+        }
+        guard var node = try store.node(identity.name), node.certificateSerial == identity.serial else {
+            throw WireError(.unauthenticated, "heartbeat: node \(identity.name) is not enrolled with this certificate")
+        }
+        if liveness.heartbeat(node: node.name, info: request.info, templates: request.templates) {
+            logger.notice("node up", metadata: ["node": "\(node.name)"])
+            try? store.addEvent(kind: "node.up", subject: node.name, message: "heartbeat received")
+        }
+        if node.address != request.address && !request.address.isEmpty || node.labels != request.labels || node.info.vpsTotal != request.info.vpsTotal || node.info.cpus != request.info.cpus {
+            if !request.address.isEmpty { node.address = request.address }
+            node.labels = request.labels
+            node.info = request.info
+            try store.saveNode(node)
+        }
+        _ = try store.recordStatuses(node: node.name, request.vpses)
+        var reply = Berth_V1_HeartbeatReply()
+        reply.intervalMs = UInt32(settings.heartbeatInterval.components.seconds * 1000 + settings.heartbeatInterval.components.attoseconds / 1_000_000_000_000_000)
+        reply.revokedSerials = try store.revoked().sorted()
+        return reply
+    }
+
+    /// Logs each node's transition to `down` once (the state itself is computed on demand).
+    public func watchLiveness() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(250))
+            guard let nodes = try? store.nodes().map(\.name) else { continue }
+            for node in liveness.newlyDown(among: nodes) {
+                logger.warning("node down", metadata: ["node": "\(node)", "after": "\(settings.downAfter)"])
+                try? store.addEvent(kind: "node.down", subject: node, message: "no heartbeat for \(settings.downAfter)")
+            }
+        }
+    }
+}

@@ -1,0 +1,316 @@
+import Foundation
+import GRDB
+import Wire
+
+/// A node as the controller remembers it across restarts. Liveness is not stored: it is judged
+/// on the controller's monotonic clock from heartbeats (see `Liveness`).
+public struct NodeRecord: Sendable, Equatable {
+    public var name: String
+    public var address: String
+    public var labels: [String: String]
+    public var info: Berth_V1_NodeInfo
+    public var cordoned: Bool
+    public var certificateSerial: String
+}
+
+/// A VPS placed by the controller: where it lives, who owns it, what it was created with and
+/// the status its agent last reported.
+public struct VPSRecord: Sendable, Equatable {
+    public var name: String
+    public var node: String
+    /// "" for VPSs created by admins and operators; a tenant sees only its own.
+    public var tenant: String
+    public var spec: Berth_V1_CreateRequest
+    public var status: Berth_V1_VpsStatus
+    /// "creating" until the agent confirmed the create; "ready" after.
+    public var phase: String
+}
+
+public struct IPPoolRecord: Sendable, Equatable {
+    public var name: String
+    public var cidr: String
+    public var gateway: String
+}
+
+/// The controller's durable state. SQLite through GRDB is the default; the protocol is what a
+/// replicated engine (PostgreSQL) would implement for a highly available controller.
+public protocol ClusterStore: Sendable {
+    func nodes() throws -> [NodeRecord]
+    func node(_ name: String) throws -> NodeRecord?
+    func saveNode(_ node: NodeRecord) throws
+    func setCordoned(_ name: String, _ cordoned: Bool) throws -> Bool
+
+    func vpses() throws -> [VPSRecord]
+    func vps(_ name: String) throws -> VPSRecord?
+    /// Inserts a VPS row and allocates its `auto` addresses in one transaction; fails with
+    /// already-exists when the name is taken anywhere in the cluster.
+    func reserveVPS(_ record: VPSRecord, autoAddresses: [(pool: String, count: Int)]) throws -> [String]
+    func updateVPS(_ record: VPSRecord) throws
+    /// Deletes the row and releases its pool addresses.
+    func removeVPS(_ name: String) throws
+    /// Writes the statuses an agent reported for the VPSs placed on it; returns how many changed.
+    func recordStatuses(node: String, _ statuses: [Berth_V1_VpsStatus]) throws -> Int
+
+    func pools() throws -> [IPPoolRecord]
+    func addPool(_ pool: IPPoolRecord) throws
+    func removePool(_ name: String) throws
+    func poolUsage() throws -> [String: Int]
+
+    func addJoinToken(id: String, secretHash: String, expires: Date) throws
+    /// Marks the token used when it exists, is unused, unexpired and its secret matches.
+    func consumeJoinToken(id: String, secretHash: String, now: Date) throws -> Bool
+
+    func revoked() throws -> Set<String>
+    func revoke(_ serial: String) throws
+
+    func addEvent(kind: String, subject: String, message: String) throws
+}
+
+public final class SQLiteStore: ClusterStore {
+    let pool: DatabasePool
+
+    /// Opens (or creates) `DIR/controller.sqlite` in WAL mode and runs pending migrations.
+    public init(directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(5)
+        pool = try DatabasePool(path: directory + "/controller.sqlite", configuration: configuration)
+        try Self.migrator.migrate(pool)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE node (
+                  name TEXT PRIMARY KEY NOT NULL, address TEXT NOT NULL, labels TEXT NOT NULL,
+                  info BLOB NOT NULL, cordoned INTEGER NOT NULL DEFAULT 0, certificate_serial TEXT NOT NULL);
+                CREATE TABLE vps (
+                  name TEXT PRIMARY KEY NOT NULL, node TEXT NOT NULL, tenant TEXT NOT NULL,
+                  spec BLOB NOT NULL, status BLOB NOT NULL, phase TEXT NOT NULL);
+                CREATE INDEX vps_node ON vps(node);
+                CREATE TABLE ip_pool (name TEXT PRIMARY KEY NOT NULL, cidr TEXT NOT NULL, gateway TEXT NOT NULL);
+                CREATE TABLE ip_address (
+                  address TEXT PRIMARY KEY NOT NULL,
+                  pool TEXT REFERENCES ip_pool(name),  -- NULL: an address given explicitly
+                  vps TEXT NOT NULL REFERENCES vps(name) ON DELETE CASCADE);
+                CREATE TABLE join_token (id TEXT PRIMARY KEY NOT NULL, secret_hash TEXT NOT NULL, expires REAL NOT NULL, used REAL);
+                CREATE TABLE revoked (serial TEXT PRIMARY KEY NOT NULL, at REAL NOT NULL);
+                CREATE TABLE event (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, message TEXT NOT NULL);
+                """)
+        }
+        return migrator
+    }
+
+    // MARK: nodes
+
+    static func labelsText(_ labels: [String: String]) -> String {
+        (try? String(decoding: JSONEncoder().encode(labels), as: UTF8.self)) ?? "{}"
+    }
+
+    static func labels(_ text: String) -> [String: String] {
+        (try? JSONDecoder().decode([String: String].self, from: Data(text.utf8))) ?? [:]
+    }
+
+    static func node(_ row: Row) -> NodeRecord {
+        NodeRecord(name: row["name"], address: row["address"], labels: labels(row["labels"]),
+                   info: (try? Berth_V1_NodeInfo(serializedBytes: [UInt8](row["info"] as Data))) ?? Berth_V1_NodeInfo(),
+                   cordoned: row["cordoned"], certificateSerial: row["certificate_serial"])
+    }
+
+    public func nodes() throws -> [NodeRecord] {
+        try pool.read { db in try Row.fetchAll(db, sql: "SELECT * FROM node ORDER BY name").map(Self.node) }
+    }
+
+    public func node(_ name: String) throws -> NodeRecord? {
+        try pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM node WHERE name = ?", arguments: [name]).map(Self.node) }
+    }
+
+    public func saveNode(_ node: NodeRecord) throws {
+        let info = Data(try node.info.serializedBytes() as [UInt8])
+        try pool.write { db in
+            try db.execute(sql: """
+                INSERT INTO node (name, address, labels, info, cordoned, certificate_serial) VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT(name) DO UPDATE SET address = excluded.address, labels = excluded.labels, info = excluded.info,
+                  cordoned = excluded.cordoned, certificate_serial = excluded.certificate_serial
+                """, arguments: [node.name, node.address, Self.labelsText(node.labels), info, node.cordoned, node.certificateSerial])
+        }
+    }
+
+    public func setCordoned(_ name: String, _ cordoned: Bool) throws -> Bool {
+        try pool.write { db in
+            try db.execute(sql: "UPDATE node SET cordoned = ? WHERE name = ?", arguments: [cordoned, name])
+            return db.changesCount > 0
+        }
+    }
+
+    // MARK: VPSs
+
+    static func vps(_ row: Row) -> VPSRecord {
+        VPSRecord(name: row["name"], node: row["node"], tenant: row["tenant"],
+                  spec: (try? Berth_V1_CreateRequest(serializedBytes: [UInt8](row["spec"] as Data))) ?? Berth_V1_CreateRequest(),
+                  status: (try? Berth_V1_VpsStatus(serializedBytes: [UInt8](row["status"] as Data))) ?? Berth_V1_VpsStatus(),
+                  phase: row["phase"])
+    }
+
+    public func vpses() throws -> [VPSRecord] {
+        try pool.read { db in try Row.fetchAll(db, sql: "SELECT * FROM vps ORDER BY name").map(Self.vps) }
+    }
+
+    public func vps(_ name: String) throws -> VPSRecord? {
+        try pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM vps WHERE name = ?", arguments: [name]).map(Self.vps) }
+    }
+
+    public func reserveVPS(_ record: VPSRecord, autoAddresses: [(pool: String, count: Int)]) throws -> [String] {
+        let status = Data(try record.status.serializedBytes() as [UInt8])
+        return try pool.write { db -> [String] in
+            if try Row.fetchOne(db, sql: "SELECT 1 FROM vps WHERE name = ?", arguments: [record.name]) != nil {
+                throw WireError(.alreadyExists, "name: a VPS named \(record.name) already exists in the cluster", field: "name")
+            }
+            var spec = record.spec
+            var allocated: [String] = []
+            // Explicit addresses must not collide with pool allocations of other VPSs.
+            for address in spec.ips {
+                if let owner = try String.fetchOne(db, sql: "SELECT vps FROM ip_address WHERE address = ?", arguments: [IPPoolMath.canonical(address) ?? address]) {
+                    throw WireError(.alreadyExists, "ip: \(address) is already assigned to \(owner)", field: "ip")
+                }
+            }
+            try db.execute(sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
+                           arguments: [record.name, record.node, record.tenant, Data(), status, record.phase])
+            for address in spec.ips {
+                try db.execute(sql: "INSERT INTO ip_address (address, pool, vps) VALUES (?, NULL, ?)",
+                               arguments: [IPPoolMath.canonical(address) ?? address, record.name])
+            }
+            for request in autoAddresses {
+                guard let row = try Row.fetchOne(db, sql: "SELECT * FROM ip_pool WHERE name = ?", arguments: [request.pool]) else {
+                    throw WireError(.notFound, "ip: no IP pool named \(request.pool) (see `berth ippool list`)", field: "ip")
+                }
+                // Every assigned address counts, also explicit ones that happen to lie in the pool.
+                let taken = Set(try String.fetchAll(db, sql: "SELECT address FROM ip_address"))
+                let cidr: String = row["cidr"]
+                let gateway: String = row["gateway"]
+                let addresses = try IPPoolMath.free(cidr: cidr, excluding: taken.union([gateway]), count: request.count)
+                guard addresses.count == request.count else {
+                    throw WireError(.noCapacity, "ip: pool \(request.pool) (\(cidr)) has no free address left", field: "ip")
+                }
+                for address in addresses {
+                    try db.execute(sql: "INSERT INTO ip_address (address, pool, vps) VALUES (?, ?, ?)", arguments: [address, request.pool, record.name])
+                }
+                allocated += addresses
+            }
+            spec.ips += allocated
+            try db.execute(sql: "UPDATE vps SET spec = ? WHERE name = ?", arguments: [Data(try spec.serializedBytes() as [UInt8]), record.name])
+            return allocated
+        }
+    }
+
+    public func updateVPS(_ record: VPSRecord) throws {
+        let spec = Data(try record.spec.serializedBytes() as [UInt8])
+        let status = Data(try record.status.serializedBytes() as [UInt8])
+        try pool.write { db in
+            try db.execute(sql: "UPDATE vps SET node = ?, tenant = ?, spec = ?, status = ?, phase = ? WHERE name = ?",
+                           arguments: [record.node, record.tenant, spec, status, record.phase, record.name])
+        }
+    }
+
+    public func removeVPS(_ name: String) throws {
+        try pool.write { db in
+            try db.execute(sql: "DELETE FROM ip_address WHERE vps = ?", arguments: [name])
+            try db.execute(sql: "DELETE FROM vps WHERE name = ?", arguments: [name])
+        }
+    }
+
+    public func recordStatuses(node: String, _ statuses: [Berth_V1_VpsStatus]) throws -> Int {
+        let byName = Dictionary(statuses.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        return try pool.write { db -> Int in
+            var changed = 0
+            for row in try Row.fetchAll(db, sql: "SELECT name, status, phase FROM vps WHERE node = ?", arguments: [node]) {
+                let name: String = row["name"]
+                let phase: String = row["phase"]
+                guard var status = byName[name] else { continue }
+                status.node = node
+                let bytes = Data(try status.serializedBytes() as [UInt8])
+                if bytes != (row["status"] as Data) || phase != "ready" {
+                    try db.execute(sql: "UPDATE vps SET status = ?, phase = 'ready' WHERE name = ?", arguments: [bytes, name])
+                    changed += 1
+                }
+            }
+            return changed
+        }
+    }
+
+    // MARK: IP pools
+
+    public func pools() throws -> [IPPoolRecord] {
+        try pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM ip_pool ORDER BY name").map { IPPoolRecord(name: $0["name"], cidr: $0["cidr"], gateway: $0["gateway"]) }
+        }
+    }
+
+    public func addPool(_ record: IPPoolRecord) throws {
+        try pool.write { db in
+            for row in try Row.fetchAll(db, sql: "SELECT * FROM ip_pool") {
+                if row["name"] as String == record.name {
+                    throw WireError(.alreadyExists, "name: an IP pool named \(record.name) already exists", field: "name")
+                }
+                if IPPoolMath.overlap(row["cidr"], record.cidr) {
+                    throw WireError(.conflict, "cidr: \(record.cidr) overlaps pool \(row["name"] as String) (\(row["cidr"] as String))", field: "cidr")
+                }
+            }
+            try db.execute(sql: "INSERT INTO ip_pool (name, cidr, gateway) VALUES (?, ?, ?)", arguments: [record.name, record.cidr, record.gateway])
+        }
+    }
+
+    public func removePool(_ name: String) throws {
+        try pool.write { db in
+            let used = try Int.fetchOne(db, sql: "SELECT count(*) FROM ip_address WHERE pool = ?", arguments: [name]) ?? 0
+            guard used == 0 else {
+                throw WireError(.conflict, "name: pool \(name) still has \(used) address(es) in use", field: "name")
+            }
+            try db.execute(sql: "DELETE FROM ip_pool WHERE name = ?", arguments: [name])
+            guard db.changesCount > 0 else { throw WireError(.notFound, "name: no IP pool named \(name)", field: "name") }
+        }
+    }
+
+    public func poolUsage() throws -> [String: Int] {
+        try pool.read { db in
+            var usage: [String: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT pool, count(*) AS n FROM ip_address WHERE pool IS NOT NULL GROUP BY pool") { usage[row["pool"]] = row["n"] }
+            return usage
+        }
+    }
+
+    // MARK: trust
+
+    public func addJoinToken(id: String, secretHash: String, expires: Date) throws {
+        try pool.write { db in
+            try db.execute(sql: "INSERT INTO join_token (id, secret_hash, expires) VALUES (?, ?, ?)",
+                           arguments: [id, secretHash, expires.timeIntervalSince1970])
+        }
+    }
+
+    public func consumeJoinToken(id: String, secretHash: String, now: Date) throws -> Bool {
+        try pool.write { db in
+            try db.execute(sql: "UPDATE join_token SET used = ? WHERE id = ? AND secret_hash = ? AND used IS NULL AND expires > ?",
+                           arguments: [now.timeIntervalSince1970, id, secretHash, now.timeIntervalSince1970])
+            return db.changesCount == 1
+        }
+    }
+
+    public func revoked() throws -> Set<String> {
+        try pool.read { db in Set(try String.fetchAll(db, sql: "SELECT serial FROM revoked")) }
+    }
+
+    public func revoke(_ serial: String) throws {
+        try pool.write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO revoked (serial, at) VALUES (?, ?)", arguments: [serial, Date().timeIntervalSince1970])
+        }
+    }
+
+    public func addEvent(kind: String, subject: String, message: String) throws {
+        try pool.write { db in
+            try db.execute(sql: "INSERT INTO event (at, kind, subject, message) VALUES (?, ?, ?, ?)",
+                           arguments: [Date().timeIntervalSince1970, kind, subject, message])
+        }
+    }
+}

@@ -1,0 +1,146 @@
+import Foundation
+import Logging
+import NIOCore
+import Wire
+
+/// How this agent takes part in a cluster: where the controller is, where the agent serves the
+/// controller, and (once) the join token that enrols it.
+public struct ClusterOptions: Sendable {
+    public var controller: String
+    public var listen: String
+    public var joinToken: String?
+    public var labels: [String: String]
+
+    public init(controller: String, listen: String, joinToken: String?, labels: [String: String]) {
+        self.controller = controller
+        self.listen = listen
+        self.joinToken = joinToken
+        self.labels = labels
+    }
+}
+
+/// Enrolment, the mTLS listener the controller calls, and the heartbeat loop.
+///
+/// Enrolment (once per node; the key never leaves it):
+/// ```
+/// agent                                         controller
+///   | TLS 1.3, no client certificate -------------->|  server chain = [controller leaf, CA]
+///   |   checks: chain holds the CA whose SHA-256 is |
+///   |   the token's third part, leaf signed by it   |
+///   | HELLO / HELLO                                 |
+///   | REQUEST enroll {token, node, pubkey, address}>|  token: known, unused, unexpired -> used
+///   |<- RESPONSE enrolled {node cert, CA}           |  cert: CN node, OU node, SAN address host
+///   | writes DATA/cluster/{ca,cert,key}.pem          |
+///   | close; from now on every connection is mTLS   |
+/// ```
+/// Then: the agent listens on `listen` (only the controller's certificate may call) and sends a
+/// heartbeat every interval; the reply carries the interval and the cluster's revoked serials,
+/// which the agent's listener enforces too.
+public final class ClusterMember: Sendable {
+    let options: ClusterOptions
+    let manager: VPSManager
+    let directory: String
+    let group: EventLoopGroup
+    let logger: Logger
+
+    public init(options: ClusterOptions, manager: VPSManager, group: EventLoopGroup, logger: Logger) {
+        self.options = options
+        self.manager = manager
+        self.directory = manager.paths.dataDir + "/cluster"
+        self.group = group
+        self.logger = logger
+    }
+
+    /// The node's credentials: from disk, or obtained with the join token.
+    public func credentials() async throws -> CredentialBundle {
+        if FileManager.default.fileExists(atPath: directory + "/cert.pem") {
+            let bundle = try CredentialBundle.load(directory: directory)
+            let identity = try bundle.identity()
+            guard identity.role == .node, identity.name == manager.nodeName else {
+                throw WireError(.invalidArgument, "name: \(directory)/cert.pem belongs to \(identity.role) \(identity.name), not node \(manager.nodeName)", field: "name")
+            }
+            if options.joinToken != nil { logger.notice("already enrolled; --join is ignored", metadata: ["dir": "\(directory)"]) }
+            return bundle
+        }
+        guard let tokenText = options.joinToken else {
+            throw WireError(.invalidArgument, "join: this node is not enrolled yet: pass --join TOKEN (from `berth node join-token`)", field: "join")
+        }
+        let token = try JoinTokenText(parsing: tokenText)
+        let (host, port) = try parseHostPort(options.controller, field: "controller")
+        let key = ClusterCA.generateKeyPair()
+        let client: WireClient
+        do {
+            client = try await WireClient.connect(host: host, port: port, bundle: nil, pinnedCA: token.caFingerprint, group: group)
+        } catch let error as WireError where error.message.contains("CERTIFICATE_VERIFY_FAILED") {
+            throw WireError(.unauthenticated, "join: the controller at \(options.controller) did not present the CA the token names (sha-256 \(token.caFingerprint.prefix(16))…): wrong controller or wrong token", field: "join")
+        }
+        defer { Task { await client.close() } }
+        var request = Berth_V1_Request()
+        var enroll = Berth_V1_EnrollRequest()
+        enroll.token = tokenText
+        enroll.nodeName = manager.nodeName
+        enroll.publicKeyPem = key.publicKeyPEM
+        enroll.address = options.listen
+        enroll.labels = options.labels
+        request.enroll = enroll
+        request.deadlineMs = 10_000
+        let reply = try await client.call(request).enrolled
+        let bundle = CredentialBundle(caPEM: reply.caPem, certificatePEM: reply.certificatePem, keyPEM: key.privateKeyPEM)
+        guard try ClusterCA.fingerprint(ofPEM: reply.caPem) == token.caFingerprint else {
+            throw WireError(.unauthenticated, "join: the controller answered with a CA that does not match the token")
+        }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try bundle.write(directory: directory)
+        logger.notice("enrolled", metadata: ["node": "\(manager.nodeName)", "controller": "\(options.controller)"])
+        return bundle
+    }
+
+    /// Serves the controller on `listen` and heartbeats until cancelled.
+    public func run(service: AgentService, bundle: CredentialBundle) async throws {
+        let (host, port) = try parseHostPort(options.listen, field: "listen")
+        let server = try await TLSWireServer.bind(host: host, port: port, service: service, bundle: bundle, group: group)
+        logger.info("serving the controller", metadata: ["listen": "\(options.listen)"])
+        defer { Task { await server.close() } }
+        try await heartbeats(bundle: bundle, registry: server.registry)
+    }
+
+    func heartbeats(bundle: CredentialBundle, registry: PeerRegistry) async throws {
+        let (host, port) = try parseHostPort(options.controller, field: "controller")
+        var interval: Duration = .seconds(1)
+        var client: WireClient?
+        var failing = false
+        while !Task.isCancelled {
+            do {
+                if client == nil || client?.isActive == false {
+                    client = try await WireClient.connect(host: host, port: port, bundle: bundle, group: group, timeout: .seconds(2))
+                    guard client?.peerIdentity?.role == .controller else {
+                        await client?.close()
+                        client = nil
+                        throw WireError(.unauthenticated, "\(options.controller) did not present a controller certificate")
+                    }
+                }
+                var beat = Berth_V1_Heartbeat()
+                beat.info = await manager.nodeInfo()
+                beat.vpses = await manager.list(all: true, selector: [:]).vpses
+                beat.address = options.listen
+                beat.labels = options.labels
+                beat.templates = manager.templates.list().map(\.name)
+                var request = Berth_V1_Request()
+                request.heartbeat = beat
+                request.deadlineMs = 5000
+                let reply = try await client!.call(request).heartbeat
+                registry.revoke(reply.revokedSerials)
+                if reply.intervalMs > 0 { interval = .milliseconds(Int(reply.intervalMs)) }
+                if failing { logger.notice("heartbeats reach the controller again") }
+                failing = false
+            } catch {
+                if !failing { logger.warning("heartbeat failed", metadata: ["controller": "\(options.controller)", "error": "\(error)"]) }
+                failing = true
+                await client?.close()
+                client = nil
+            }
+            try? await Task.sleep(for: interval)
+        }
+        await client?.close()
+    }
+}

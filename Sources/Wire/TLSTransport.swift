@@ -1,0 +1,329 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOTLS
+import X509
+
+/// TLS settings shared by every Berth endpoint: TLS 1.3 only, P-256 certificates from the
+/// cluster CA, the peer verified against that CA alone (never the system trust store).
+enum BerthTLS {
+    /// ALPN names: every connection speaks `berth/1`; only a client that asks for
+    /// `berth-enroll/1` may go without a certificate, and then only to enrol.
+    static let protocolName = "berth/1"
+    static let enrolProtocolName = "berth-enroll/1"
+
+    static func certificates(_ pem: String, what: String) throws(WireError) -> [NIOSSLCertificate] {
+        do {
+            let certificates = try NIOSSLCertificate.fromPEMBytes(Array(pem.utf8))
+            guard !certificates.isEmpty else { throw WireError(.invalidArgument, "\(what) holds no certificate") }
+            return certificates
+        } catch let error as WireError {
+            throw error
+        } catch {
+            throw WireError(.invalidArgument, "\(what) is not a PEM certificate: \(error)")
+        }
+    }
+
+    static func key(_ pem: String) throws(WireError) -> NIOSSLPrivateKey {
+        do { return try NIOSSLPrivateKey(bytes: Array(pem.utf8), format: .pem) } catch {
+            throw WireError(.invalidArgument, "key.pem is not a PEM private key: \(error)")
+        }
+    }
+
+    static func serverContext(bundle: CredentialBundle, allowAnonymous: Bool) throws(WireError) -> NIOSSLContext {
+        let ca = try certificates(bundle.caPEM, what: "ca.pem")
+        // The CA goes out with our leaf so that an enrolling agent, which pins the CA by hash,
+        // can check the chain before it holds any certificate of its own.
+        let chain = try certificates(bundle.certificatePEM, what: "cert.pem") + ca
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(try key(bundle.keyPEM)))
+        configuration.minimumTLSVersion = .tlsv13
+        configuration.trustRoots = .certificates(ca)
+        configuration.certificateVerification = allowAnonymous ? .optionalVerification : .noHostnameVerification
+        configuration.applicationProtocols = [protocolName, enrolProtocolName]
+        do { return try NIOSSLContext(configuration: configuration) } catch {
+            throw WireError(.invalidArgument, "cannot set up TLS from the certificate and key: \(error)")
+        }
+    }
+
+    static func clientContext(bundle: CredentialBundle?, trustedCAPEM: String?) throws(WireError) -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.minimumTLSVersion = .tlsv13
+        configuration.applicationProtocols = [bundle == nil ? enrolProtocolName : protocolName]
+        if let bundle {
+            configuration.certificateChain = try certificates(bundle.certificatePEM, what: "cert.pem").map { .certificate($0) }
+            configuration.privateKey = .privateKey(try key(bundle.keyPEM))
+        }
+        if let caPEM = trustedCAPEM ?? bundle?.caPEM {
+            configuration.trustRoots = .certificates(try certificates(caPEM, what: "ca.pem"))
+            configuration.certificateVerification = .fullVerification
+        } else {
+            // Enrolment: the chain is checked by the pinned-CA callback instead.
+            configuration.trustRoots = .certificates([])
+            configuration.certificateVerification = .noHostnameVerification
+        }
+        do { return try NIOSSLContext(configuration: configuration) } catch {
+            throw WireError(.invalidArgument, "cannot set up TLS from the certificate and key: \(error)")
+        }
+    }
+
+    /// Accepts a server chain only when it contains the CA whose certificate hashes to
+    /// `fingerprint` and the leaf is signed by it and currently valid.
+    static func pinnedCAVerifier(fingerprint: String) -> NIOSSLCustomVerificationCallback {
+        { chain, promise in
+            do {
+                let certificates = try chain.map { try Certificate(derEncoded: $0.toDERBytes()) }
+                guard let leaf = certificates.first,
+                      let ca = certificates.first(where: { ClusterCA.fingerprint(of: $0) == fingerprint }),
+                      leaf.issuer == ca.subject, ca.publicKey.isValidSignature(leaf.signature, for: leaf),
+                      leaf.notValidBefore <= Date(), Date() <= leaf.notValidAfter else {
+                    promise.succeed(.failed)
+                    return
+                }
+                promise.succeed(.certificateVerified)
+            } catch {
+                promise.succeed(.failed)
+            }
+        }
+    }
+}
+
+/// Revocation and per-peer connection caps for one TLS server: connections are admitted after
+/// the handshake, by certificate serial, and closed at once when their certificate is revoked.
+public final class PeerRegistry: Sendable {
+    struct State {
+        var revoked: Set<String> = []
+        var open: [String: [ObjectIdentifier: Channel]] = [:]
+    }
+    let state = NIOLockedValueBox(State())
+    public let maxConnectionsPerPeer: Int
+
+    public init(maxConnectionsPerPeer: Int = 64, revoked: Set<String> = []) {
+        self.maxConnectionsPerPeer = maxConnectionsPerPeer
+        state.withLockedValue { $0.revoked = revoked }
+    }
+
+    public func isRevoked(_ serial: String) -> Bool { state.withLockedValue { $0.revoked.contains(serial) } }
+
+    /// Adds serials to the denylist and closes their open connections.
+    public func revoke<Serials: Sequence>(_ serials: Serials) where Serials.Element == String {
+        let doomed = state.withLockedValue { state -> [Channel] in
+            var doomed: [Channel] = []
+            for serial in serials {
+                state.revoked.insert(serial)
+                doomed += state.open.removeValue(forKey: serial)?.values.map { $0 } ?? []
+            }
+            return doomed
+        }
+        for channel in doomed { channel.close(promise: nil) }
+    }
+
+    func admit(_ identity: PeerIdentity, channel: Channel) -> WireError? {
+        guard case .certificate(let certificate) = identity else { return nil }
+        let key = ObjectIdentifier(channel)
+        let refusal: WireError? = state.withLockedValue { state in
+            if state.revoked.contains(certificate.serial) {
+                return WireError(.unauthenticated, "certificate \(certificate.serial) (\(certificate.role) \(certificate.name)) has been revoked")
+            }
+            if state.open[certificate.serial, default: [:]].count >= maxConnectionsPerPeer {
+                return WireError(.tooManyStreams, "more than \(maxConnectionsPerPeer) connections from \(certificate.role) \(certificate.name)")
+            }
+            state.open[certificate.serial, default: [:]][key] = channel
+            return nil
+        }
+        if refusal == nil {
+            channel.closeFuture.whenComplete { [state] _ in
+                state.withLockedValue { state in
+                    state.open[certificate.serial]?[key] = nil
+                    if state.open[certificate.serial]?.isEmpty == true { state.open[certificate.serial] = nil }
+                }
+            }
+        }
+        return refusal
+    }
+}
+
+/// Waits for the TLS handshake, derives the peer's identity from its verified certificate,
+/// admits it through the registry and only then installs the frame handlers: no frame is parsed
+/// before the peer is known. Closes connections whose handshake takes longer than the limit.
+final class TLSAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    let service: WireService
+    let registry: PeerRegistry
+    let maxStreams: Int
+    let handshakeTimeout: TimeAmount
+    var timer: Scheduled<Void>?
+
+    init(service: WireService, registry: PeerRegistry, maxStreams: Int, handshakeTimeout: TimeAmount) {
+        self.service = service
+        self.registry = registry
+        self.maxStreams = maxStreams
+        self.handshakeTimeout = handshakeTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        timer = context.eventLoop.scheduleTask(in: handshakeTimeout) { channel.close(promise: nil) }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let tls = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = tls else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        timer?.cancel()
+        let identity: PeerIdentity
+        do {
+            let handler = try context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)
+            if let peer = handler.peerCertificate {
+                identity = .certificate(try CertificateIdentity(certificate: Certificate(derEncoded: peer.toDERBytes())))
+            } else {
+                identity = .anonymous
+            }
+        } catch {
+            refuse(context: context, (error as? WireError) ?? WireError(.unauthenticated, "unreadable peer certificate: \(error)"))
+            return
+        }
+        if identity == .anonymous && negotiated != BerthTLS.enrolProtocolName {
+            refuse(context: context, WireError(.unauthenticated, "a client certificate from the cluster CA is required (connections without one may only enrol a node)"))
+            return
+        }
+        if let refusal = registry.admit(identity, channel: context.channel) {
+            refuse(context: context, refusal)
+            return
+        }
+        do {
+            try context.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .minutes(5)), position: .after(self))
+            try addWireServerHandlers(to: context.pipeline.syncOperations, service: service, peer: identity, maxStreams: maxStreams)
+            try context.pipeline.syncOperations.addHandler(IdleCloser())
+        } catch {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    /// An ERROR frame on stream 0, written below the (not yet installed) frame encoder.
+    private func refuse(context: ChannelHandlerContext, _ error: WireError) {
+        var buffer = context.channel.allocator.buffer(capacity: 128)
+        FrameParser.write(Frame(type: .error, stream: 0, payload: ByteBuffer(bytes: (try? error.reply.serializedBytes() as [UInt8]) ?? [])), into: &buffer)
+        context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in context.close(promise: nil) }
+    }
+}
+
+/// Closes a connection the peer has left silent for the idle limit (clients ping to stay).
+final class IdleCloser: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// A Berth server on TCP + TLS 1.3 with mutual authentication against the cluster CA.
+public final class TLSWireServer: Sendable {
+    let channel: Channel
+    public let registry: PeerRegistry
+
+    /// `allowAnonymous` admits peers without a certificate as `.anonymous` (the controller's
+    /// enrolment path); the service must refuse them everything else.
+    public static func bind(host: String, port: Int, service: WireService, bundle: CredentialBundle,
+                            group: EventLoopGroup, registry: PeerRegistry = PeerRegistry(),
+                            allowAnonymous: Bool = false, maxStreams: Int = 256,
+                            handshakeTimeout: TimeAmount = .seconds(10)) async throws -> TLSWireServer {
+        let context = try BerthTLS.serverContext(bundle: bundle, allowAnonymous: allowAnonymous)
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+                    try channel.pipeline.syncOperations.addHandler(
+                        TLSAdmissionHandler(service: service, registry: registry, maxStreams: maxStreams, handshakeTimeout: handshakeTimeout))
+                }
+            }
+        let channel: Channel
+        do {
+            channel = try await bootstrap.bind(host: host, port: port).get()
+        } catch {
+            throw WireError(.unavailable, "listen: cannot listen on \(host):\(port): \(error)", field: "listen")
+        }
+        return TLSWireServer(channel: channel, registry: registry)
+    }
+
+    init(channel: Channel, registry: PeerRegistry) {
+        self.channel = channel
+        self.registry = registry
+    }
+
+    public var port: Int { channel.localAddress?.port ?? 0 }
+
+    public var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
+
+    public func close() async {
+        try? await channel.close().get()
+    }
+}
+
+/// "HOST:PORT" or "[V6]:PORT".
+public func parseHostPort(_ text: String, field: String) throws(WireError) -> (host: String, port: Int) {
+    var host: Substring
+    var portText: Substring
+    if text.hasPrefix("[") {
+        guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+            throw WireError(.invalidArgument, "\(field): \"\(text)\" is not [ADDRESS]:PORT", field: field)
+        }
+        host = text[text.index(after: text.startIndex)..<close]
+        portText = text[text.index(close, offsetBy: 2)...]
+    } else {
+        guard let colon = text.lastIndex(of: ":") else {
+            throw WireError(.invalidArgument, "\(field): \"\(text)\" is not HOST:PORT", field: field)
+        }
+        host = text[..<colon]
+        portText = text[text.index(after: colon)...]
+    }
+    guard !host.isEmpty, let port = Int(portText), (1...65535).contains(port) else {
+        throw WireError(.invalidArgument, "\(field): \"\(text)\" is not HOST:PORT with a port from 1 to 65535", field: field)
+    }
+    return (String(host), port)
+}
+
+extension WireClient {
+    /// Connects over TLS. With a `bundle`, the client authenticates with its certificate and
+    /// checks the server's certificate against the bundle's CA and `host` (IP or DNS SAN). Without
+    /// one (enrolment), the server must present a chain with the CA whose hash is `pinnedCA`.
+    public static func connect(host: String, port: Int, bundle: CredentialBundle?, pinnedCA: String? = nil,
+                               group: EventLoopGroup, timeout: TimeAmount = .seconds(10)) async throws -> WireClient {
+        let context = try BerthTLS.clientContext(bundle: bundle, trustedCAPEM: nil)
+        let isAddress = ClusterCA.ipAddressBytes(host) != nil
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(timeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let tls: NIOSSLClientHandler
+                    if let pinnedCA {
+                        tls = try NIOSSLClientHandler(context: context, serverHostname: nil,
+                                                      customVerificationCallback: BerthTLS.pinnedCAVerifier(fingerprint: pinnedCA))
+                    } else {
+                        tls = try NIOSSLClientHandler(context: context, serverHostname: isAddress ? nil : host)
+                    }
+                    try channel.pipeline.syncOperations.addHandler(tls)
+                }
+            }
+        let channel: Channel
+        do {
+            channel = try await bootstrap.connect(host: host, port: port).get()
+        } catch {
+            throw WireError(.unavailable, "cannot reach \(host):\(port): \(error)")
+        }
+        return try await handshake(channel: channel)
+    }
+}

@@ -1,0 +1,337 @@
+import Crypto
+import Foundation
+import SwiftASN1
+import X509
+
+/// Who a certificate says its holder is. The role travels in the subject's OU and the name in its
+/// CN, so a plain `openssl x509 -subject` shows both; nothing in a request payload can change it.
+public enum Role: Sendable, Equatable, Hashable, CustomStringConvertible {
+    case admin, operator_, viewer
+    case tenant(String)
+    case node
+    case controller
+
+    public init(parsing text: String) throws(WireError) {
+        switch text {
+        case "admin": self = .admin
+        case "operator": self = .operator_
+        case "viewer": self = .viewer
+        case "node": self = .node
+        case "controller": self = .controller
+        default:
+            guard text.hasPrefix("tenant:") else {
+                throw WireError(.invalidArgument, "role: \"\(text)\" is not one of admin, operator, viewer, tenant:NAME", field: "role")
+            }
+            let tenant = String(text.dropFirst("tenant:".count))
+            guard Role.isValidName(tenant) else {
+                throw WireError(.invalidArgument, "role: tenant name \"\(tenant)\" must be 1-63 of [a-z0-9-], starting with a letter or digit", field: "role")
+            }
+            self = .tenant(tenant)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .admin: return "admin"
+        case .operator_: return "operator"
+        case .viewer: return "viewer"
+        case .tenant(let name): return "tenant:\(name)"
+        case .node: return "node"
+        case .controller: return "controller"
+        }
+    }
+
+    /// Names of nodes, tenants and certificate holders: what a DNS label allows.
+    public static func isValidName(_ name: String) -> Bool {
+        guard (1...63).contains(name.utf8.count), let first = name.utf8.first, first != UInt8(ascii: "-") else { return false }
+        return name.utf8.allSatisfy { (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "-") }
+    }
+}
+
+/// The verified identity of a TLS peer.
+public struct CertificateIdentity: Sendable, Equatable, Hashable {
+    public var role: Role
+    public var name: String
+    /// Lower-case hex of the certificate's serial number: what revocation lists.
+    public var serial: String
+
+    public init(role: Role, name: String, serial: String) {
+        self.role = role
+        self.name = name
+        self.serial = serial
+    }
+
+    /// Reads role and name from a certificate the TLS layer has already verified against the CA.
+    public init(certificate: Certificate) throws(WireError) {
+        var commonName: String?
+        var unit: String?
+        for rdn in certificate.subject {
+            for attribute in rdn {
+                if attribute.type == .RDNAttributeType.commonName { commonName = String(attribute.value) }
+                if attribute.type == .RDNAttributeType.organizationalUnitName { unit = String(attribute.value) }
+            }
+        }
+        guard let commonName, let unit else {
+            throw WireError(.unauthenticated, "the peer certificate has no Berth role (subject OU) or name (subject CN)")
+        }
+        self.role = try Role(parsing: unit)
+        self.name = commonName
+        self.serial = hexString(certificate.serialNumber.bytes)
+    }
+}
+
+func hexString<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
+    bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+}
+
+/// A client or server bundle: the CA to trust, our certificate and our key (all PEM). The files
+/// are the ones `--config-dir` names: ca.pem, cert.pem, key.pem.
+public struct CredentialBundle: Sendable {
+    public var caPEM: String
+    public var certificatePEM: String
+    public var keyPEM: String
+
+    public init(caPEM: String, certificatePEM: String, keyPEM: String) {
+        self.caPEM = caPEM
+        self.certificatePEM = certificatePEM
+        self.keyPEM = keyPEM
+    }
+
+    public static func load(directory: String) throws(WireError) -> CredentialBundle {
+        func read(_ file: String) throws(WireError) -> String {
+            let path = directory + "/" + file
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw WireError(.invalidArgument, "config-dir: cannot read \(path) (expected ca.pem, cert.pem and key.pem, as written by `berth ca init` or `berth ca issue`)", field: "config-dir")
+            }
+            return text
+        }
+        return CredentialBundle(caPEM: try read("ca.pem"), certificatePEM: try read("cert.pem"), keyPEM: try read("key.pem"))
+    }
+
+    public func write(directory: String) throws(WireError) {
+        try writeSecretFile(directory + "/ca.pem", caPEM, mode: 0o644)
+        try writeSecretFile(directory + "/cert.pem", certificatePEM, mode: 0o644)
+        try writeSecretFile(directory + "/key.pem", keyPEM, mode: 0o600)
+    }
+
+    /// The identity our own certificate carries.
+    public func identity() throws(WireError) -> CertificateIdentity {
+        do {
+            return try CertificateIdentity(certificate: Certificate(pemEncoded: certificatePEM))
+        } catch let error as WireError {
+            throw error
+        } catch {
+            throw WireError(.invalidArgument, "cert.pem is not a PEM certificate: \(error)", field: "config-dir")
+        }
+    }
+}
+
+/// Creates `path` with `mode` from the start (never world-readable for a moment), replacing an
+/// older file atomically.
+func writeSecretFile(_ path: String, _ text: String, mode: mode_t) throws(WireError) {
+    let temporary = path + ".tmp"
+    unlink(temporary)
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+    guard fd >= 0 else { throw WireError(.kernel, "cannot create \(temporary)", stage: "open", errno: errno) }
+    let bytes = Array(text.utf8)
+    let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    let writeErrno = errno
+    fsync(fd)
+    close(fd)
+    guard written == bytes.count else {
+        unlink(temporary)
+        throw WireError(.kernel, "cannot write \(temporary)", stage: "write", errno: writeErrno)
+    }
+    guard rename(temporary, path) == 0 else {
+        let renameErrno = errno
+        unlink(temporary)
+        throw WireError(.kernel, "cannot rename \(temporary) to \(path)", stage: "rename", errno: renameErrno)
+    }
+}
+
+/// The cluster certificate authority: a P-256 key and a self-signed CA certificate in a
+/// directory (ca.pem, ca-key.pem mode 0600). It issues every certificate of the cluster.
+public struct ClusterCA: Sendable {
+    public let certificate: Certificate
+    public let certificatePEM: String
+    let key: P256.Signing.PrivateKey
+
+    public static let defaultLeafValidity: TimeInterval = 365 * 24 * 3600
+
+    /// SHA-256 of the CA certificate's DER, hex: what a join token pins.
+    public var fingerprint: String { Self.fingerprint(of: certificate) }
+
+    public static func fingerprint(of certificate: Certificate) -> String {
+        var serializer = DER.Serializer()
+        try? serializer.serialize(certificate)
+        return hexString(SHA256.hash(data: serializer.serializedBytes))
+    }
+
+    public static func fingerprint(ofPEM pem: String) throws(WireError) -> String {
+        do { return fingerprint(of: try Certificate(pemEncoded: pem)) } catch {
+            throw WireError(.invalidArgument, "not a PEM certificate: \(error)")
+        }
+    }
+
+    /// A fresh P-256 key pair for a node or client: (private key PEM, public key PEM).
+    public static func generateKeyPair() -> (privateKeyPEM: String, publicKeyPEM: String) {
+        let key = P256.Signing.PrivateKey()
+        return (key.pemRepresentation, key.publicKey.pemRepresentation)
+    }
+
+    /// Writes a new CA into `directory`; refuses to overwrite an existing one (that would orphan
+    /// every certificate the old CA issued).
+    public static func create(directory: String, commonName: String = "Berth cluster CA") throws(WireError) -> ClusterCA {
+        if FileManager.default.fileExists(atPath: directory + "/ca-key.pem") {
+            throw WireError(.alreadyExists, "dir: \(directory) already holds a CA (ca-key.pem); remove it first or choose another directory", field: "dir")
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw WireError(.kernel, "dir: cannot create \(directory): \(error)", field: "dir")
+        }
+        let key = P256.Signing.PrivateKey()
+        let name: DistinguishedName
+        let certificate: Certificate
+        do {
+            name = try DistinguishedName {
+                OrganizationName("Berth")
+                CommonName(commonName)
+            }
+            let now = Date()
+            certificate = try Certificate(
+                version: .v3, serialNumber: Certificate.SerialNumber(),
+                publicKey: .init(key.publicKey),
+                notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(10 * 365 * 24 * 3600),
+                issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256,
+                extensions: try Certificate.Extensions {
+                    Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                    Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                    SubjectKeyIdentifier(hash: Certificate.PublicKey(key.publicKey))
+                },
+                issuerPrivateKey: .init(key))
+        } catch {
+            throw WireError(.internalError, "cannot build the CA certificate: \(error)")
+        }
+        let pem: String
+        do { pem = try certificate.serializeAsPEM().pemString } catch {
+            throw WireError(.internalError, "cannot encode the CA certificate: \(error)")
+        }
+        try writeSecretFile(directory + "/ca-key.pem", key.pemRepresentation, mode: 0o600)
+        try writeSecretFile(directory + "/ca.pem", pem, mode: 0o644)
+        return ClusterCA(certificate: certificate, certificatePEM: pem, key: key)
+    }
+
+    public static func load(directory: String) throws(WireError) -> ClusterCA {
+        guard let pem = try? String(contentsOfFile: directory + "/ca.pem", encoding: .utf8),
+              let keyPEM = try? String(contentsOfFile: directory + "/ca-key.pem", encoding: .utf8) else {
+            throw WireError(.notFound, "ca-dir: \(directory) has no ca.pem and ca-key.pem (run `berth ca init --dir \(directory)`)", field: "ca-dir")
+        }
+        do {
+            let certificate = try Certificate(pemEncoded: pem)
+            let key = try P256.Signing.PrivateKey(pemRepresentation: keyPEM)
+            guard Certificate.PublicKey(key.publicKey) == certificate.publicKey else {
+                throw WireError(.invalidArgument, "ca-dir: ca-key.pem does not belong to ca.pem", field: "ca-dir")
+            }
+            return ClusterCA(certificate: certificate, certificatePEM: pem, key: key)
+        } catch let error as WireError {
+            throw error
+        } catch {
+            throw WireError(.invalidArgument, "ca-dir: cannot read the CA in \(directory): \(error)", field: "ca-dir")
+        }
+    }
+
+    /// Issues a certificate for `publicKey`. Every certificate is usable for both TLS client and
+    /// server auth, since agents and the controller are both. `hosts` become SANs (IP addresses
+    /// where they parse as one, DNS names otherwise).
+    public func issue(role: Role, name: String, publicKey: P256.Signing.PublicKey, hosts: [String] = [],
+                      notBefore: Date? = nil, validity: TimeInterval = ClusterCA.defaultLeafValidity) throws(WireError) -> Certificate {
+        guard Role.isValidName(name) || role == .admin || role == .operator_ || role == .viewer else {
+            throw WireError(.invalidArgument, "name: \"\(name)\" must be 1-63 of [a-z0-9-]", field: "name")
+        }
+        guard !name.isEmpty, name.utf8.count <= 64, !name.contains(where: { $0.isNewline || $0 == "," }) else {
+            throw WireError(.invalidArgument, "name: \"\(name)\" must be 1-64 characters without commas or newlines", field: "name")
+        }
+        do {
+            let subject = try DistinguishedName {
+                OrganizationName("Berth")
+                OrganizationalUnitName(role.description)
+                CommonName(name)
+            }
+            let start = notBefore ?? Date().addingTimeInterval(-300)
+            let alternativeNames = hosts.map { host -> GeneralName in
+                if let bytes = Self.ipAddressBytes(host) { return .ipAddress(ASN1OctetString(contentBytes: bytes[...])) }
+                return .dnsName(host)
+            }
+            return try Certificate(
+                version: .v3, serialNumber: Certificate.SerialNumber(),
+                publicKey: .init(publicKey),
+                notValidBefore: start, notValidAfter: start.addingTimeInterval(validity),
+                issuer: certificate.subject, subject: subject, signatureAlgorithm: .ecdsaWithSHA256,
+                extensions: try Certificate.Extensions {
+                    Critical(BasicConstraints.notCertificateAuthority)
+                    Critical(KeyUsage(digitalSignature: true))
+                    try ExtendedKeyUsage([.serverAuth, .clientAuth])
+                    if !alternativeNames.isEmpty { SubjectAlternativeNames(alternativeNames) }
+                },
+                issuerPrivateKey: .init(key))
+        } catch {
+            throw WireError(.internalError, "cannot issue a certificate for \(name): \(error)")
+        }
+    }
+
+    /// A fresh key and a certificate for it, as a bundle a client can use as `--config-dir`.
+    public func issueBundle(role: Role, name: String, hosts: [String] = [], validity: TimeInterval = ClusterCA.defaultLeafValidity) throws(WireError) -> CredentialBundle {
+        let key = P256.Signing.PrivateKey()
+        let certificate = try issue(role: role, name: name, publicKey: key.publicKey, hosts: hosts, validity: validity)
+        let pem: String
+        do { pem = try certificate.serializeAsPEM().pemString } catch {
+            throw WireError(.internalError, "cannot encode the certificate for \(name): \(error)")
+        }
+        return CredentialBundle(caPEM: certificatePEM, certificatePEM: pem, keyPEM: key.pemRepresentation)
+    }
+
+    static func ipAddressBytes(_ text: String) -> [UInt8]? {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, text, &v4) == 1 { return withUnsafeBytes(of: v4) { Array($0) } }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 { return withUnsafeBytes(of: v6) { Array($0) } }
+        return nil
+    }
+}
+
+/// A join token: `<id>.<secret>.<sha-256 of the CA certificate>`. The controller stores only a
+/// hash of the secret; the agent uses the CA hash to authenticate the controller before it holds
+/// any certificate of its own (the kubeadm discovery-hash scheme).
+public struct JoinTokenText: Sendable, Equatable {
+    public var id: String
+    public var secret: String
+    public var caFingerprint: String
+
+    public init(id: String, secret: String, caFingerprint: String) {
+        self.id = id
+        self.secret = secret
+        self.caFingerprint = caFingerprint
+    }
+
+    public static func generate(caFingerprint: String) -> JoinTokenText {
+        func random(_ count: Int) -> String {
+            var generator = SystemRandomNumberGenerator()
+            return hexString((0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        }
+        return JoinTokenText(id: random(6), secret: random(16), caFingerprint: caFingerprint)
+    }
+
+    public init(parsing text: String) throws(WireError) {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        let isHex = { (s: String, n: Int) in s.utf8.count == n && s.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } }
+        guard parts.count == 3, isHex(parts[0], 12), isHex(parts[1], 32), isHex(parts[2], 64) else {
+            throw WireError(.invalidArgument, "join: the token must look like <12 hex>.<32 hex>.<64 hex>, as printed by `berth node join-token`", field: "join")
+        }
+        self.init(id: parts[0], secret: parts[1], caFingerprint: parts[2])
+    }
+
+    public var text: String { "\(id).\(secret).\(caFingerprint)" }
+
+    public var secretHash: String { hexString(SHA256.hash(data: Array(secret.utf8))) }
+}

@@ -1,0 +1,249 @@
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+import Wire
+
+/// "K=V" items into a map; a malformed one is an error naming the flag.
+func keyValues(_ items: [String], field: String) -> [String: String] {
+    var map: [String: String] = [:]
+    for item in items {
+        guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
+            fail(WireError(.invalidArgument, "\(field): '\(item)' is not KEY=VALUE", field: field))
+        }
+        map[String(item[..<eq])] = String(item[item.index(after: eq)...])
+    }
+    return map
+}
+
+func requireCluster(_ connection: ConnectionOptions, _ command: String) {
+    guard connection.isCluster else {
+        fail(WireError(.invalidArgument, "controller: `\(command)` is a cluster command: pass --controller HOST:PORT (or set BERTH_CONTROLLER)", field: "controller"))
+    }
+}
+
+extension Berth_V1_ClusterNode {
+    var json: JSON {
+        .object(["name": .string(name), "state": .string(state), "address": .string(address),
+                 "labels": .object(labels.mapValues(JSON.string)), "vps_count": .int(Int64(vpsCount)),
+                 "last_heartbeat_ms_ago": .int(Int64(lastHeartbeatMsAgo)), "templates": .array(templates.map(JSON.string)),
+                 "cpus": .int(Int64(info.cpus)), "memory_bytes": .int(Int64(info.memoryBytes)), "disk_bytes": .int(Int64(info.diskBytes)),
+                 "cgroup": .string(info.cgroupMode), "kernel": .string(info.kernel)])
+    }
+}
+
+func showClusterNode(_ node: Berth_V1_ClusterNode) {
+    print("\(node.name): \(node.state), \(node.address), last heartbeat \(node.lastHeartbeatMsAgo) ms ago")
+    print("  kernel \(node.info.kernel), cgroup \(node.info.cgroupMode), \(node.info.cpus) CPUs, \(humanBytes(node.info.memoryBytes)) memory, \(humanBytes(node.info.diskBytes)) disk")
+    print("  VPSs: \(node.vpsCount); templates: \(node.templates.isEmpty ? "-" : node.templates.joined(separator: ","))")
+    if !node.labels.isEmpty { print("  labels: " + node.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")) }
+}
+
+extension NodeCommand {
+    struct NodeList: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "Cluster mode: every node, its state and load.")
+        @OptionGroup var connection: ConnectionOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            requireCluster(connection, "node list")
+            let nodes = try await connection.withClient { try await $0.call(request { $0.nodeList = Berth_V1_Empty() }) }.nodes.nodes
+            if json { printJSON(.array(nodes.map(\.json))); return }
+            printTable([["NAME", "STATE", "ADDRESS", "VPSS", "CPUS", "MEMORY", "HEARTBEAT", "LABELS"]] + nodes.map {
+                [$0.name, $0.state, $0.address, String($0.vpsCount), String($0.info.cpus), humanBytes($0.info.memoryBytes),
+                 "\($0.lastHeartbeatMsAgo)ms", $0.labels.isEmpty ? "-" : $0.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")]
+            })
+        }
+    }
+
+    struct Cordon: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "cordon", abstract: "Cluster mode: place no new VPSs on NODE (running ones stay).")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "Node name.") var name: String
+
+        func run() async throws {
+            requireCluster(connection, "node cordon")
+            let node = try await connection.withClient { try await $0.call(request { $0.nodeCordon.name = name }) }.clusterNode
+            print("\(node.name) \(node.state)")
+        }
+    }
+
+    struct Uncordon: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "uncordon", abstract: "Cluster mode: let the scheduler use NODE again.")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "Node name.") var name: String
+
+        func run() async throws {
+            requireCluster(connection, "node uncordon")
+            let node = try await connection.withClient { try await $0.call(request { $0.nodeUncordon.name = name }) }.clusterNode
+            print("\(node.name) \(node.state)")
+        }
+    }
+
+    struct JoinToken: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "join-token",
+            abstract: "Cluster mode (admin): print a single-use token for `berth-agent --controller H:P --listen H:P --join TOKEN`.")
+        @OptionGroup var connection: ConnectionOptions
+        @Option(help: "How long the token stays valid: N[s|m|h|d] (default 1h, at most 7d).") var ttl = "1h"
+
+        func run() async throws {
+            requireCluster(connection, "node join-token")
+            guard let seconds = parseDuration(ttl), seconds > 0 else {
+                fail(WireError(.invalidArgument, "ttl: '\(ttl)' is not a positive duration such as 30m, 1h or 2d", field: "ttl"))
+            }
+            let token = try await connection.withClient {
+                try await $0.call(request { $0.nodeJoinToken.ttlSeconds = UInt32(clamping: seconds) })
+            }.joinToken
+            print(token.token)
+        }
+    }
+}
+
+/// "90", "90s", "15m", "2h", "7d" → seconds.
+func parseDuration(_ text: String) -> UInt64? {
+    let units: [Character: UInt64] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+    var digits = Substring(text)
+    var multiplier: UInt64 = 1
+    if let last = text.last, let unit = units[last] {
+        digits = digits.dropLast()
+        multiplier = unit
+    }
+    guard !digits.isEmpty, digits.allSatisfy(\.isNumber), let value = UInt64(digits) else { return nil }
+    let (product, overflow) = value.multipliedReportingOverflow(by: multiplier)
+    return overflow ? nil : product
+}
+
+struct CACommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ca", abstract: "The cluster certificate authority: create it, issue operator certificates, revoke.",
+        subcommands: [Init.self, Issue.self, Revoke.self])
+
+    struct Init: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "init",
+            abstract: "Create the cluster CA in DIR (ca.pem, ca-key.pem) and an admin client bundle in DIR/admin/.")
+        @Option(help: "Directory for the CA (created mode 0700; must not hold a CA yet).") var dir: String
+
+        func run() async throws {
+            do throws(WireError) {
+                let ca = try ClusterCA.create(directory: dir)
+                let admin = try ca.issueBundle(role: .admin, name: "admin")
+                try makeDirectory(dir + "/admin")
+                try admin.write(directory: dir + "/admin")
+                print("CA \(ca.fingerprint)")
+                print("admin bundle in \(dir)/admin (use as --config-dir)")
+            } catch {
+                fail(error)
+            }
+        }
+    }
+
+    struct Issue: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "issue", abstract: "Issue a client certificate with a role into OUT (ca.pem, cert.pem, key.pem).")
+        @Option(help: "The CA directory.") var dir: String
+        @Option(help: "admin, operator, viewer or tenant:NAME.") var role: String
+        @Option(help: "The holder's name (goes into the certificate's CN).") var name: String
+        @Option(help: "Output directory (a --config-dir).") var out: String
+        @Option(help: "Validity in days.") var days = 365
+
+        func run() async throws {
+            do throws(WireError) {
+                let parsed = try Role(parsing: role)
+                guard parsed != .node && parsed != .controller else {
+                    throw WireError(.invalidArgument, "role: node certificates come from enrolment (`berth node join-token`), controller certificates from berth-controller itself", field: "role")
+                }
+                guard (1...3650).contains(days) else {
+                    throw WireError(.invalidArgument, "days: \(days) must be from 1 to 3650", field: "days")
+                }
+                let ca = try ClusterCA.load(directory: dir)
+                let bundle = try ca.issueBundle(role: parsed, name: name, validity: Double(days) * 86400)
+                try makeDirectory(out)
+                try bundle.write(directory: out)
+                print("\(parsed) \(name) serial \(try bundle.identity().serial) in \(out)")
+            } catch {
+                fail(error)
+            }
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "revoke",
+            abstract: "Cluster mode (admin): revoke a certificate by serial; its open connections close at once.")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "Hex serial (as `berth ca issue` prints it).") var serial: String
+
+        func run() async throws {
+            requireCluster(connection, "ca revoke")
+            _ = try await connection.withClient { try await $0.call(request { $0.revoke.serial = serial }) }
+            print("revoked \(serial)")
+        }
+    }
+}
+
+func makeDirectory(_ path: String) throws(WireError) {
+    if mkdir(path, 0o700) != 0 && errno != EEXIST {
+        throw WireError(.kernel, "cannot create \(path)", stage: "mkdir", errno: errno)
+    }
+}
+
+struct IPPoolCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ippool", abstract: "Cluster mode: address pools for `create --ip auto[:POOL]`.",
+        subcommands: [Add.self, PoolList.self, Remove.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "add", abstract: "Add a pool NAME covering CIDR.")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "Pool name.") var name: String
+        @Argument(help: "The pool's network, e.g. 198.18.64.0/24 or fd00:b17:64::/64.") var cidr: String
+        @Option(help: "The network's gateway (never handed out).") var gateway: String?
+
+        func run() async throws {
+            requireCluster(connection, "ippool add")
+            let pool = try await connection.withClient {
+                try await $0.call(request {
+                    $0.ippoolAdd.name = name
+                    $0.ippoolAdd.cidr = cidr
+                    $0.ippoolAdd.gateway = gateway ?? ""
+                })
+            }.ippool
+            print("\(pool.name) \(pool.cidr) \(pool.size) addresses")
+        }
+    }
+
+    struct PoolList: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "Pools and how many addresses are in use.")
+        @OptionGroup var connection: ConnectionOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            requireCluster(connection, "ippool list")
+            let pools = try await connection.withClient { try await $0.call(request { $0.ippoolList = Berth_V1_Empty() }) }.ippools.pools
+            if json {
+                printJSON(.array(pools.map {
+                    .object(["name": .string($0.name), "cidr": .string($0.cidr), "gateway": .string($0.gateway),
+                             "used": .int(Int64($0.used)), "size": .int(Int64(clamping: $0.size))])
+                }))
+                return
+            }
+            printTable([["NAME", "CIDR", "GATEWAY", "USED", "SIZE"]] + pools.map {
+                [$0.name, $0.cidr, $0.gateway.isEmpty ? "-" : $0.gateway, String($0.used), String($0.size)]
+            })
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "remove", abstract: "Remove an unused pool.")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "Pool name.") var name: String
+
+        func run() async throws {
+            requireCluster(connection, "ippool remove")
+            _ = try await connection.withClient { try await $0.call(request { $0.ippoolRemove.name = name }) }
+            print("removed \(name)")
+        }
+    }
+}

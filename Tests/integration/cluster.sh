@@ -1,0 +1,307 @@
+#!/bin/bash
+# Cluster tier: a controller and three enrolled agents, each node in its own network namespace on
+# a test bridge (scripts/dev-cluster.sh), real TLS 1.3 with mutual authentication, real SQLite.
+# Addresses: nodes 198.18.100.0/24, VPS pool 198.18.101.0/24; nothing routes anywhere else.
+cd "$(dirname "$0")/../.." || exit 1
+RUN_ID=${RUN_ID:-bcl$$}
+source Tests/integration/lib.sh
+
+if [ "$(id -u)" != 0 ]; then
+    echo "skip - cluster tier: needs root"; echo "cluster: 0 passed, 0 failed, 1 skipped"; exit 0
+fi
+for tool in ip nsenter protoc /usr/bin/python3; do
+    command -v $tool >/dev/null || { echo "missing $tool: run make deps" >&2; exit 1; }
+done
+/usr/bin/python3 -c 'import google.protobuf, cryptography' 2>/dev/null || { echo "missing python3-protobuf or python3-cryptography: run make deps" >&2; exit 1; }
+
+export BERTH_CLUSTER=$RUN_ID BERTH_CLUSTER_DIR=$WORK BUILD
+DEV=scripts/dev-cluster.sh
+FAB=$RUN_ID-fab
+CONTROLLER=198.18.100.1:7443
+ADMIN=$WORK/ca/admin
+cl() { "$DEV" berth "$@"; }                      # the CLI as cluster admin
+as() { local dir=$1; shift; BERTH_CONTROLLER=$CONTROLLER BERTH_CONFIG=$dir nsenter --net=/run/netns/"$FAB" "$BERTH" "$@"; }
+PB=$WORK/pb
+py() { BERTH_PB2_DIR=$PB nsenter --net=/run/netns/"$FAB" /usr/bin/python3 Tests/cluster/berth_client.py "$@"; }
+field() { /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(d[sys.argv[1]] if not isinstance(d[sys.argv[1]], list) else ",".join(d[sys.argv[1]]))' "$1"; }
+node_of() { cl status "$1" --json | field node; }
+node_state() { cl node list --json | /usr/bin/python3 -c 'import json,sys; print({n["name"]: n["state"] for n in json.load(sys.stdin)}[sys.argv[1]])' "$1"; }
+
+cluster_cleanup() { "$DEV" down >/dev/null 2>&1; rm -rf "$WORK"; true; }
+trap cluster_cleanup EXIT
+
+echo "cluster run $RUN_ID (work dir $WORK)"
+"$DEV" up 3 >"$WORK.up.log" 2>&1 || { cat "$WORK.up.log"; exit 1; }
+rm -f "$WORK.up.log"
+mkdir -p "$PB"
+protoc --python_out="$PB" -I Sources/Wire/Protos Sources/Wire/Protos/berth.proto || exit 1
+
+t_nodes_enrolled() {
+    local list; list=$(cl node list)
+    expect_eq "$(echo "$list" | grep -c ' ready ')" 3 "$list"
+    expect_contains "$list" "zone=b"
+    # A join token is single-use: the first node's token cannot enrol another.
+    expect_contains "$(cat "$WORK/n1/agent.log")" "enrolled"
+    [ -f "$WORK/n1/data/cluster/cert.pem" ] || fail "no node certificate on disk"
+    expect_eq "$(stat -c %a "$WORK/n1/data/cluster/key.pem")" 600
+}
+
+t_placement_spreads_and_respects_constraints() {
+    local a b c
+    for v in s1 s2 s3; do cl create "$RUN_ID-$v" --template busybox --disk 64M >/dev/null; done
+    a=$(node_of "$RUN_ID-s1"); b=$(node_of "$RUN_ID-s2"); c=$(node_of "$RUN_ID-s3")
+    expect_eq "$(printf '%s\n' "$a" "$b" "$c" | sort -u | wc -l)" 3 "spread put them on $a $b $c"
+    cl create "$RUN_ID-zb" --template busybox --disk 64M --constraint zone=b >/dev/null
+    expect_eq "$(node_of "$RUN_ID-zb")" n2
+    local err; err=$(expect_fail 4 cl create "$RUN_ID-zx" --template busybox --constraint zone=x)
+    expect_contains "$err" "no node fits: 3 constraint mismatch"
+    err=$(expect_fail 4 cl create "$RUN_ID-big" --template busybox --memory 100T)
+    expect_contains "$err" "insufficient memory"
+    # Nothing of a refused create stays behind.
+    cl list --all --json | grep -q "$RUN_ID-big" && fail "a refused create left a record"
+    for v in s1 s2 s3 zb; do cl destroy "$RUN_ID-$v" >/dev/null; done
+}
+
+t_anti_affinity_and_cordon() {
+    for i in 1 2 3; do cl create "$RUN_ID-aa$i" --template busybox --disk 64M --anti-affinity web >/dev/null; done
+    expect_eq "$(for i in 1 2 3; do node_of "$RUN_ID-aa$i"; done | sort -u | wc -l)" 3
+    local err; err=$(expect_fail 4 cl create "$RUN_ID-aa4" --template busybox --anti-affinity web)
+    expect_contains "$err" "3 anti-affinity"
+    expect_eq "$(cl node cordon n3)" "n3 cordoned"
+    for i in 1 2 3 4; do cl create "$RUN_ID-co$i" --template busybox --disk 64M >/dev/null; done
+    for i in 1 2 3 4; do [ "$(node_of "$RUN_ID-co$i")" != n3 ] || fail "a VPS was placed on cordoned n3"; done
+    err=$(expect_fail 4 cl create "$RUN_ID-co5" --template busybox --node n3)
+    expect_contains "$err" "cordoned"
+    expect_eq "$(cl node uncordon n3)" "n3 ready"
+    for i in 1 2 3; do cl destroy "$RUN_ID-aa$i" >/dev/null; done
+    for i in 1 2 3 4; do cl destroy "$RUN_ID-co$i" >/dev/null; done
+}
+
+t_ipam_never_duplicates() {
+    local used_before; used_before=$(cl ippool list --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["used"])')
+    local pids=() i
+    for i in $(seq 50); do
+        cl create "$RUN_ID-ip$i" --template busybox --disk 32M --ip auto:pool >"$WORK/ip$i.out" 2>&1 &
+        pids+=($!)
+    done
+    local failed=0
+    for p in "${pids[@]}"; do wait "$p" || failed=$((failed + 1)); done
+    [ "$failed" -eq 0 ] || fail "$failed of 50 concurrent creates failed: $(cat "$WORK"/ip*.out | grep -v ' stopped ' | head -3)"
+    local addresses; addresses=$(sed -n 's/.* ips=\([^ ]*\) .*/\1/p' "$WORK"/ip*.out)
+    expect_eq "$(echo "$addresses" | wc -l)" 50
+    expect_eq "$(echo "$addresses" | sort -u | wc -l)" 50 "duplicates: $(echo "$addresses" | sort | uniq -d)"
+    echo "$addresses" | grep -qv '^198\.18\.101\.' && fail "an address outside the pool: $addresses"
+    expect_eq "$(cl ippool list --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["used"])')" $((used_before + 50))
+    for i in $(seq 50); do cl destroy "$RUN_ID-ip$i" >/dev/null & done
+    wait
+    expect_eq "$(cl ippool list --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["used"])')" "$used_before"
+    rm -f "$WORK"/ip*.out
+}
+
+t_vps_runs_and_streams_through_the_controller() {
+    local V=$RUN_ID-web
+    cl create "$V" --template busybox --disk 64M --ip auto >/dev/null
+    cl start "$V" >/dev/null
+    local ip; ip=$(cl status "$V" --json | field ips)
+    ip netns exec "$FAB" busybox ping -c1 -W2 "$ip" >/dev/null || fail "VPS $ip not reachable from the fabric"
+    expect_eq "$(echo hello | cl exec "$V" -- cat)" hello
+    local rc=0; cl exec "$V" -- sh -c 'exit 7' || rc=$?
+    expect_eq "$rc" 7
+    expect_eq "$(cl exec "$V" -- hostname)" "$V"
+    cl stats "$V" | grep -q '^memory' || fail "no stats through the controller"
+    # The independent Python client (Docs/wire.md only) lists and inspects it.
+    local listed; listed=$(py --controller "$CONTROLLER" --config-dir "$ADMIN" list)
+    expect_contains "$listed" "\"name\": \"$V\""
+    local status; status=$(py --controller "$CONTROLLER" --config-dir "$ADMIN" status "$V")
+    expect_eq "$(echo "$status" | field state)" running
+    expect_eq "$(echo "$status" | field node)" "$(node_of "$V")"
+    expect_eq "$(echo "$status" | field ips)" "$ip"
+}
+
+t_controller_restart_loses_nothing() {
+    local before; before=$(cl list --all --json | /usr/bin/python3 -c 'import json,sys; print(sorted((v["name"], v["node"], ",".join(v["ips"])) for v in json.load(sys.stdin)))')
+    "$DEV" controller-stop
+    expect_fail 5 cl list >/dev/null
+    "$DEV" controller-start || fail "controller did not restart"
+    local after; after=$(cl list --all --json | /usr/bin/python3 -c 'import json,sys; print(sorted((v["name"], v["node"], ",".join(v["ips"])) for v in json.load(sys.stdin)))')
+    expect_eq "$after" "$before"
+    expect_eq "$(cl node list | grep -c ' ready ')" 3
+    expect_contains "$(cl ippool list)" "pool"
+}
+
+t_dead_agent_is_down_and_its_vps_stays_put() {
+    local V=$RUN_ID-web node pid
+    node=$(node_of "$V"); pid=$(cl status "$V" --json | field pid)
+    "$DEV" agent-kill "${node#n}"
+    local t0=$EPOCHREALTIME ms
+    while [ "$(node_state "$node")" != down ]; do
+        ms=$(( (${EPOCHREALTIME/./} - ${t0/./}) / 1000 ))
+        [ "$ms" -lt 8000 ] || fail "$node not down after $ms ms (window 5000 ms)"
+        sleep 0.1
+    done
+    ms=$(( (${EPOCHREALTIME/./} - ${t0/./}) / 1000 ))
+    echo "down after $ms ms" >&2
+    [ "$ms" -le 6500 ] || fail "$node went down after $ms ms; configured window 5000 ms (+1 s heartbeat, +0.5 s poll)"
+    expect_eq "$(cl status "$V" --json | field state)" unknown
+    expect_eq "$(node_of "$V")" "$node"
+    local err; err=$(expect_fail 5 cl stop "$V")
+    expect_contains "$err" "is down"
+    # Not started anywhere else: no other agent knows it.
+    for other in 1 2 3; do
+        [ "n$other" = "$node" ] && continue
+        "$BERTH" --agent "$WORK/n$other/agent.sock" list --all | grep -q "$V" && fail "$V appeared on n$other"
+    done
+    "$DEV" agent-start "${node#n}" || fail "agent did not restart"
+    for _ in $(seq 50); do [ "$(node_state "$node")" = ready ] && break; sleep 0.1; done
+    expect_eq "$(node_state "$node")" ready
+    expect_eq "$(cl status "$V" --json | field state)" running
+    expect_eq "$(cl status "$V" --json | field pid)" "$pid"
+}
+
+# A bundle that trusts the real CA but carries another certificate (T02, T03).
+mixed_bundle() { # DIR CERT KEY
+    mkdir -p "$1"; cp "$ADMIN/ca.pem" "$1/ca.pem"; cp "$2" "$1/cert.pem"; cp "$3" "$1/key.pem"
+}
+
+t_mtls_battery() {
+    local out
+    # T01: no client certificate.
+    out=$(py --controller "$CONTROLLER" --config-dir "$ADMIN" --no-cert list) && fail "no-cert list succeeded: $out"
+    expect_contains "$out" "unauthenticated"
+    # ... and offering the enrolment protocol without a certificate allows nothing but enrol.
+    out=$(py --controller "$CONTROLLER" --config-dir "$ADMIN" --no-cert --alpn berth-enroll/1 list) && fail "anonymous list succeeded"
+    expect_contains "$out" "unauthenticated"
+    # T02: a certificate from another CA.
+    "$BERTH" ca init --dir "$WORK/other-ca" >/dev/null
+    mixed_bundle "$WORK/foreign" "$WORK/other-ca/admin/cert.pem" "$WORK/other-ca/admin/key.pem"
+    out=$(py --controller "$CONTROLLER" --config-dir "$WORK/foreign" list) && fail "foreign CA accepted: $out"
+    expect_contains "$out" "tls:"
+    expect_fail 5 as "$WORK/foreign" list >/dev/null
+    # T03: expired, and not yet valid.
+    /usr/bin/python3 - "$WORK" <<'PY'
+import datetime, os, sys
+from cryptography import x509
+from cryptography.x509.oid import NameOID, ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+work = sys.argv[1]
+ca_key = serialization.load_pem_private_key(open(f"{work}/ca/ca-key.pem", "rb").read(), None)
+ca = x509.load_pem_x509_certificate(open(f"{work}/ca/ca.pem", "rb").read())
+now = datetime.datetime.utcnow()
+for name, start, end in [("expired", now - datetime.timedelta(days=10), now - datetime.timedelta(days=1)),
+                         ("future", now + datetime.timedelta(days=1), now + datetime.timedelta(days=10))]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Berth"),
+                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "admin"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    os.makedirs(f"{work}/{name}", exist_ok=True)
+    open(f"{work}/{name}/cert.pem", "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+    open(f"{work}/{name}/key.pem", "wb").write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    open(f"{work}/{name}/ca.pem", "wb").write(ca.public_bytes(serialization.Encoding.PEM))
+PY
+    for kind in expired future; do
+        out=$(py --controller "$CONTROLLER" --config-dir "$WORK/$kind" list) && fail "$kind certificate accepted: $out"
+        expect_contains "$out" "tls:"
+    done
+    expect_fail 5 as "$WORK/expired" list >/dev/null
+    # T06: the server's certificate does not name the host the client dialled.
+    out=$(py --controller "$CONTROLLER" --config-dir "$ADMIN" --server-name wrong.example list) && fail "hostname mismatch accepted"
+    expect_contains "$out" "Hostname mismatch"
+    # T07: TLS 1.2 and 1.1 are refused by the server (1.3 only).
+    for version in 1.2 1.1; do
+        out=$(py --controller "$CONTROLLER" --config-dir "$ADMIN" --max-tls $version list 2>/dev/null) && fail "TLS $version accepted"
+        expect_contains "$out" "tls:"
+    done
+}
+
+t_roles_and_tenants() {
+    "$BERTH" ca issue --dir "$WORK/ca" --role viewer --name vera --out "$WORK/viewer" >/dev/null
+    "$BERTH" ca issue --dir "$WORK/ca" --role tenant:acme --name alice --out "$WORK/acme" >/dev/null
+    "$BERTH" ca issue --dir "$WORK/ca" --role tenant:globex --name gus --out "$WORK/globex" >/dev/null
+    # T05: a viewer reads but cannot change anything.
+    as "$WORK/viewer" list >/dev/null
+    local err; err=$(expect_fail 5 as "$WORK/viewer" create "$RUN_ID-v1" --template busybox)
+    expect_contains "$err" "may not"
+    expect_fail 5 as "$WORK/viewer" node join-token >/dev/null
+    # Tenants see and touch only their own VPSs.
+    as "$WORK/acme" create "$RUN_ID-acme1" --template busybox --disk 64M >/dev/null
+    as "$WORK/acme" list --all | grep -q "$RUN_ID-acme1" || fail "a tenant does not see its own VPS"
+    as "$WORK/globex" list --all | grep -q "$RUN_ID-acme1" && fail "tenant globex sees acme's VPS"
+    expect_fail 3 as "$WORK/globex" status "$RUN_ID-acme1" >/dev/null
+    expect_fail 3 as "$WORK/globex" destroy "$RUN_ID-acme1" >/dev/null
+    expect_fail 5 as "$WORK/globex" node list >/dev/null
+    # A node's certificate is not an operator's, and only the controller may call an agent.
+    mixed_bundle "$WORK/n1-as-client" "$WORK/n1/data/cluster/cert.pem" "$WORK/n1/data/cluster/key.pem"
+    expect_fail 5 as "$WORK/n1-as-client" list >/dev/null
+    local out; out=$(py --controller 198.18.100.12:7000 --config-dir "$ADMIN" list) && fail "admin called an agent directly: $out"
+    expect_contains "$out" "permission-denied"
+    out=$(py --controller 198.18.100.12:7000 --config-dir "$WORK/n1-as-client" list) && fail "node n1 called agent n2: $out"
+    expect_contains "$out" "permission-denied"
+    as "$WORK/acme" destroy "$RUN_ID-acme1" >/dev/null
+}
+
+t_revocation_closes_open_sessions() {
+    local serial; serial=$("$BERTH" ca issue --dir "$WORK/ca" --role viewer --name revokee --out "$WORK/revokee" | sed -n 's/.* serial \([0-9a-f]*\) .*/\1/p')
+    [ -n "$serial" ] || fail "ca issue printed no serial"
+    py --controller "$CONTROLLER" --config-dir "$WORK/revokee" hold 15 >"$WORK/hold.out" 2>&1 &
+    local holder=$!
+    for _ in $(seq 50); do grep -q "call 2 ok" "$WORK/hold.out" && break; sleep 0.1; done
+    grep -q "call 2 ok" "$WORK/hold.out" || fail "the session never worked: $(cat "$WORK/hold.out")"
+    cl ca revoke "$serial" >/dev/null
+    local t0=$SECONDS
+    wait "$holder" && fail "the open session survived revocation: $(tail -2 "$WORK/hold.out")"
+    [ $((SECONDS - t0)) -le 2 ] || fail "the open session lasted $((SECONDS - t0)) s after revocation"
+    local out; out=$(py --controller "$CONTROLLER" --config-dir "$WORK/revokee" list) && fail "revoked certificate accepted: $out"
+    expect_contains "$out" "revoked"
+}
+
+t_bad_input() {
+    local err
+    err=$(expect_fail 2 cl ippool add bad 198.18.102.1/24); expect_contains "$err" "host bits"
+    err=$(expect_fail 2 cl ippool add bad 010.0.0.0/24); expect_contains "$err" "cidr"
+    err=$(expect_fail 4 cl ippool add overlap 198.18.101.128/25); expect_contains "$err" "overlaps pool pool"
+    err=$(expect_fail 2 cl ippool add gw 198.18.103.0/24 --gateway 198.18.104.1); expect_contains "$err" "gateway"
+    err=$(expect_fail 3 cl create "$RUN_ID-x" --template busybox --ip auto:nosuchpool); expect_contains "$err" "nosuchpool"
+    err=$(expect_fail 3 cl create "$RUN_ID-x" --template busybox --node n9); expect_contains "$err" "n9"
+    err=$(expect_fail 2 cl create "BAD_NAME" --template busybox); expect_contains "$err" "name"
+    err=$(expect_fail 4 cl create "$RUN_ID-x" --template nosuchtemplate); expect_contains "$err" "missing template"
+    err=$(expect_fail 2 "$BERTH" ca issue --dir "$WORK/ca" --role root --name x --out "$WORK/x"); expect_contains "$err" "role"
+    err=$(expect_fail 4 "$BERTH" ca init --dir "$WORK/ca"); expect_contains "$err" "already holds a CA"
+    err=$(expect_fail 2 cl node join-token --ttl 30d); expect_contains "$err" "ttl"
+    # A forged or foreign token enrols nothing; the agent says why and exits non-zero.
+    local token; token=$(cl node join-token)
+    local forged=${token%%.*}.00000000000000000000000000000000.${token##*.}
+    local foreign; foreign=${token%.*}.$(printf '%064d' 0)
+    for bad in "$forged:unknown, expired or already used" "$foreign:did not present the CA the token names"; do
+        mkdir -p "$WORK/n9"
+        err=$(nsenter --net=/run/netns/"$FAB" "$BUILD/berth-agent" --name n9 --data-dir "$WORK/n9/data" --run-dir "$WORK/n9/run" \
+            --socket "$WORK/n9/agent.sock" --cgroup-parent "berth-$RUN_ID-n9" --controller "$CONTROLLER" --listen 198.18.100.1:7009 \
+            --join "${bad%%:*}" 2>&1) && fail "a bad token enrolled a node"
+        expect_contains "$err" "${bad#*:}"
+        rm -rf "$WORK/n9"
+    done
+    cl node list | grep -q n9 && fail "n9 was registered"
+    true
+}
+
+run_test "three agents enrol with single-use tokens and report ready" t_nodes_enrolled
+run_test "placement spreads, honours constraints and capacity, leaves nothing when refused" t_placement_spreads_and_respects_constraints
+run_test "anti-affinity never shares a node; cordoned nodes take nothing new" t_anti_affinity_and_cordon
+run_test "IPAM: 50 concurrent creates get 50 distinct pool addresses, released on destroy" t_ipam_never_duplicates
+run_test "a VPS created through the controller runs, streams exec I/O, and the Python client reads it" t_vps_runs_and_streams_through_the_controller
+run_test "a controller restart loses nothing" t_controller_restart_loses_nothing
+run_test "a killed agent's node is down within the window; its VPS is not started elsewhere; restart converges" t_dead_agent_is_down_and_its_vps_stays_put
+run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, hostname mismatch, TLS <= 1.2" t_mtls_battery
+run_test "roles and tenants (T05): viewers read only, tenants see only their own, nodes are not operators" t_roles_and_tenants
+run_test "revocation (T04) closes open sessions and refuses new ones" t_revocation_closes_open_sessions
+run_test "bad pools, placements, names, roles and tokens: clear errors, nothing applied" t_bad_input
+
+echo
+[ ${#FAILED_NAMES[@]} -eq 0 ] || printf 'failed: %s\n' "${FAILED_NAMES[@]}"
+echo "cluster: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+[ "$FAILED" -eq 0 ]
