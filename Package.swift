@@ -33,25 +33,38 @@ let package = Package(
         // Kernel mechanism only. Deliberately Foundation-free: berth-spawn links it and stays
         // resident as the per-VPS monitor, so every MiB it maps is paid once per running VPS.
         .target(name: "Isolation", dependencies: ["CIsolation", "CLibcap"]),
+        // The protocol: frames, messages, the Unix-socket transport, identities and the small
+        // text formats (roles, join tokens, HOST:PORT). No TLS, so the fuzzers stay cheap to build.
         .target(
             name: "Wire",
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "NIOTLS", package: "swift-nio"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                .product(name: "X509", package: "swift-certificates"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "SwiftASN1", package: "swift-asn1"),
             ],
             exclude: ["Protos"]
         ),
+        // mTLS transport and the cluster CA (certificates, bundles, revocation).
+        .target(
+            name: "WireTLS",
+            dependencies: [
+                "Wire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
+        // Pure placement policy: the scheduler, IP pool arithmetic, the controller's settings.
+        .target(name: "Placement", dependencies: ["Wire"]),
         .target(
             name: "NodeAgent",
             dependencies: [
-                "Isolation", "Wire",
+                "Isolation", "Wire", "WireTLS",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -65,7 +78,7 @@ let package = Package(
         .target(
             name: "Controller",
             dependencies: [
-                "Wire",
+                "Wire", "WireTLS", "Placement",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -77,7 +90,7 @@ let package = Package(
         .executableTarget(
             name: "berth",
             dependencies: [
-                "Wire",
+                "Wire", "WireTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -98,7 +111,7 @@ let package = Package(
         .executableTarget(
             name: "berth-controller",
             dependencies: [
-                "Controller", "Wire",
+                "Controller", "Wire", "WireTLS", "Placement",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -109,11 +122,17 @@ let package = Package(
         .target(name: "CFuzzDriver", path: "Tests/fuzz/CFuzzDriver"),
         .executableTarget(
             name: "fuzz-decoders",
-            dependencies: ["CFuzzDriver", "Wire", "Isolation", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["CFuzzDriver", "Wire", "Isolation", "Placement", .product(name: "NIOCore", package: "swift-nio")],
             path: "Tests/fuzz/FuzzDecoders"),
-        .testTarget(name: "WireTests", dependencies: ["Wire"]),
+        // Cluster benchmarks (Benchmarks/cluster.sh): RPC, scheduler, store, heartbeats.
+        .executableTarget(
+            name: "cluster-bench",
+            dependencies: ["Controller", "Placement", "Wire", "WireTLS", .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOPosix", package: "swift-nio")],
+            path: "Benchmarks/ClusterBench"),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "WireTLS"]),
         .testTarget(name: "IsolationTests", dependencies: ["Isolation"]),
-        .testTarget(name: "ControllerTests", dependencies: ["Controller", "Wire"]),
+        .testTarget(name: "ControllerTests", dependencies: ["Controller", "Placement", "Wire"]),
         .testTarget(name: "NodeAgentTests", dependencies: ["NodeAgent", "Isolation", "Wire"]),
     ],
     // Swift 5 language mode: NIO channel handlers and the syscall layer share mutable state

@@ -15,7 +15,12 @@ NODE_CONFIG=/run/berth/demo-node.json
 # say COMMAND [COMMENT]: shows what runs next, the way an operator would type it.
 say() { printf '\n\033[1m$ %s\033[0m  %s\n' "$1" "${2:-}"; }
 
+# The cluster part runs on the local testbed (scripts/dev-cluster.sh) named "berth-demo".
+export BERTH_CLUSTER=bdemo BERTH_CLUSTER_DIR=/run/berth/demo-cluster BUILD
+DEV=scripts/dev-cluster.sh
+
 if [ "${1:-}" = stop ]; then
+    [ -d "$BERTH_CLUSTER_DIR" ] && "$DEV" down >/dev/null
     for v in demo1 demo2; do "$BERTH" destroy "$v" --force 2>/dev/null || true; done
     [ -f "$PIDFILE" ] && kill -TERM "$(cat "$PIDFILE")" 2>/dev/null && rm -f "$PIDFILE"
     ip netns del "$NODE_NS" 2>/dev/null || true
@@ -79,11 +84,32 @@ say "berth exec demo2 -- mount -t tmpfs x /mnt" "# no CAP_SYS_ADMIN inside"
 "$BERTH" exec demo2 -- mount -t tmpfs x /mnt || true
 say "berth status demo1 --json"
 "$BERTH" status demo1 --json
+# The fleet: a controller and three agents in their own network namespaces, enrolled with
+# single-use tokens over mutual TLS; the scheduler spreads VPSs across them.
+[ -d "$BERTH_CLUSTER_DIR" ] && "$DEV" down >/dev/null
+say "scripts/dev-cluster.sh up 3" "# CA, controller, 3 nodes enrolled over mTLS, IP pool 198.18.101.0/24"
+"$DEV" up 3
+say "berth node list" "# (in the cluster's fabric namespace, as its admin)"
+"$DEV" berth node list
+for v in web1 web2 web3; do
+    say "berth create $v --template busybox --ip auto --disk 256M --anti-affinity web"
+    "$DEV" berth create "$v" --template busybox --ip auto --disk 256M --anti-affinity web
+    "$DEV" berth start "$v" >/dev/null
+done
+say "berth list" "# placed across the three nodes, addresses from the pool"
+"$DEV" berth list
+say "berth create web4 --template busybox --anti-affinity web" "# a 4th member has nowhere to go"
+"$DEV" berth create web4 --template busybox --anti-affinity web || true
+say "berth exec web2 -- hostname" "# exec streams through the controller to the VPS's node"
+"$DEV" berth exec web2 -- hostname
+
 cat <<EOT
 
-Both VPSs keep running. Try:
+Both VPSs keep running, and so does the three-node cluster. Try:
+  scripts/dev-cluster.sh berth node list   # the fleet, through the controller
+  scripts/dev-cluster.sh berth exec web1 -- ps
   $BERTH enter demo1            # a shell inside (exit to leave)
   $BERTH console demo2          # its console; Ctrl-] detaches
   $BERTH exec demo1 -- reboot   # restarts the VPS, not the host
-  make demo-stop                # destroy the demo VPSs and stop the demo agent
+  make demo-stop                # destroy the demo VPSs and the cluster, stop the demo agent
 EOT

@@ -1,5 +1,6 @@
 import NIOCore
 import Wire
+import WireTLS
 
 /// The controller's connections to node agents: one multiplexed mTLS connection per node,
 /// opened on first use and replaced when it breaks. The agent must present a certificate for

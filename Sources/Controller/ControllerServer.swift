@@ -1,8 +1,10 @@
 import Foundation
 import Logging
 import NIOCore
+import Placement
 import ServiceLifecycle
 import Wire
+import WireTLS
 
 /// The controller as a ServiceLifecycle service: the mTLS listener (anonymous peers may only
 /// enrol) and the liveness watcher; graceful shutdown closes the listener and agent links.

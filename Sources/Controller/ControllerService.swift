@@ -1,18 +1,10 @@
 import Crypto
 import Foundation
 import Logging
+import Placement
 import Synchronization
 import Wire
-
-public struct ControllerSettings: Sendable {
-    public var heartbeatInterval: Duration = .seconds(1)
-    public var downAfter: Duration = .seconds(5)
-    public var policy = SchedulerPolicy()
-    /// Disk a VPS commits when its create names no --disk (the agent's default).
-    public var defaultDiskBytes: UInt64 = 2 << 30
-
-    public init() {}
-}
+import WireTLS
 
 /// The controller's RPC surface. Every call is authorised from the caller's verified
 /// certificate (role + name), never from a payload field: a node reports only about itself and a
@@ -25,9 +17,15 @@ public final class ControllerService: WireService {
     let settings: ControllerSettings
     let registry: PeerRegistry
     let logger: Logger
-    /// Placement reads a snapshot and reserves in the store; the two must not interleave with
-    /// another create, or both could take the last slot of a node.
-    let placementLock = Mutex(())
+    /// What the VPSs placed on each node commit, kept in memory so a placement does not read
+    /// every VPS record; guarded with the rotating start of the scheduler's scan. Placement
+    /// reads it and reserves in the store under this one lock, so two creates cannot both take
+    /// the last slot of a node.
+    struct PlacementState {
+        var usage: [String: NodeUsage] = [:]
+        var start = 0
+    }
+    let placement = Mutex(PlacementState())
 
     public init(store: ClusterStore, ca: ClusterCA, links: AgentLinks, settings: ControllerSettings,
                 registry: PeerRegistry, logger: Logger) throws {
@@ -40,6 +38,17 @@ public final class ControllerService: WireService {
         self.liveness = Liveness(downAfter: settings.downAfter)
         liveness.seed(try store.nodes())
         registry.revoke(try store.revoked())
+        var usage: [String: NodeUsage] = [:]
+        for vps in try store.vpses() { usage[vps.node, default: NodeUsage()].add(vps.spec, cost: placementCost(vps.spec)) }
+        let loaded = usage
+        placement.withLock { $0.usage = loaded }
+    }
+
+    /// Removes a VPS record and its share of its node's usage.
+    func forget(_ record: VPSRecord) throws {
+        try store.removeVPS(record.name)
+        let cost = placementCost(record.spec)
+        placement.withLock { $0.usage[record.node]?.remove(record.spec, cost: cost) }
     }
 
     enum Access { case admin, operate, read, writeVPS }
@@ -101,21 +110,20 @@ public final class ControllerService: WireService {
             let identity = try authorise(peer, .read, call: "node list")
             guard isTenant(identity) == nil else { throw WireError(.permissionDenied, "node list: tenants do not see nodes") }
             var list = Berth_V1_NodeList()
-            let counts = Dictionary(grouping: try store.vpses(), by: \.node).mapValues(\.count)
-            list.nodes = try store.nodes().map { clusterNode($0, vpsCount: counts[$0.name] ?? 0) }
+            list.nodes = try store.nodes().map { clusterNode($0, vpsCount: vpsCount($0.name)) }
             response.nodes = list
         case .nodeShow(let r):
             let identity = try authorise(peer, .read, call: "node show")
             guard isTenant(identity) == nil else { throw WireError(.permissionDenied, "node show: tenants do not see nodes") }
             guard let node = try store.node(r.name) else { throw WireError(.notFound, "name: no node named \(r.name)", field: "name") }
-            response.clusterNode = clusterNode(node, vpsCount: try store.vpses().filter { $0.node == node.name }.count)
+            response.clusterNode = clusterNode(node, vpsCount: vpsCount(node.name))
         case .nodeCordon(let r), .nodeUncordon(let r):
             let identity = try authorise(peer, .operate, call: "node cordon")
             let cordon: Bool
             if case .nodeCordon = request.call { cordon = true } else { cordon = false }
             guard try store.setCordoned(r.name, cordon) else { throw WireError(.notFound, "name: no node named \(r.name)", field: "name") }
             try? store.addEvent(kind: cordon ? "node.cordoned" : "node.uncordoned", subject: r.name, message: "by \(identity.name)")
-            response.clusterNode = clusterNode(try store.node(r.name)!, vpsCount: try store.vpses().filter { $0.node == r.name }.count)
+            response.clusterNode = clusterNode(try store.node(r.name)!, vpsCount: vpsCount(r.name))
         case .ippoolAdd(let r):
             _ = try authorise(peer, .operate, call: "ippool add")
             let pool = try IPPoolMath.validatePool(name: r.name, cidr: r.cidr, gateway: r.gateway)
@@ -176,7 +184,7 @@ public final class ControllerService: WireService {
             } catch let error as WireError where error.code == .notFound && record.phase == "creating" {
                 response.ok = Berth_V1_Empty()   // the create never reached the agent
             }
-            try store.removeVPS(record.name)
+            try forget(record)
             try? store.addEvent(kind: "vps.destroyed", subject: record.name, message: "on \(record.node) by \(identity.name)")
         case .templateBuild, .templateImport, .templateRemove, .templateList, .nodeInfo:
             throw WireError(.invalidArgument, "templates and node info are per node: run this against the node's agent (berth --agent), or see `berth node show NODE`")
@@ -272,8 +280,8 @@ public final class ControllerService: WireService {
         spec.ips = explicit
         let owner = isTenant(identity) ?? ""
 
-        let (record, allocated) = try placementLock.withLock { _ throws -> (VPSRecord, [String]) in
-            let node = try choose(for: spec)
+        let (record, allocated) = try placement.withLock { state throws -> (VPSRecord, [String]) in
+            let node = try choose(for: spec, state: &state)
             var status = Berth_V1_VpsStatus()
             status.name = spec.name
             status.node = node
@@ -281,6 +289,7 @@ public final class ControllerService: WireService {
             status.template = spec.template
             let record = VPSRecord(name: spec.name, node: node, tenant: owner, spec: spec, status: status, phase: "creating")
             let allocated = try store.reserveVPS(record, autoAddresses: automatic.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+            state.usage[node, default: NodeUsage()].add(spec, cost: placementCost(spec))
             return (record, allocated)
         }
         logger.info("placing VPS", metadata: ["vps": "\(record.name)", "node": "\(record.node)", "by": "\(identity.name)"])
@@ -306,18 +315,16 @@ public final class ControllerService: WireService {
             try? store.addEvent(kind: "vps.created", subject: record.name, message: "on \(record.node) by \(identity.name)")
             return status
         } catch {
-            // Nothing was created on the node: give the name and the addresses back.
-            try? store.removeVPS(record.name)
+            // Nothing was created on the node: give the name, the addresses and the capacity back.
+            try? forget(record)
             throw error
         }
     }
 
     /// Runs the scheduler on the current snapshot (or checks an explicit --node).
-    func choose(for spec: Berth_V1_CreateRequest) throws -> String {
-        let vpses = try store.vpses()
-        let nodes = try store.nodes()
+    func choose(for spec: Berth_V1_CreateRequest, state: inout PlacementState) throws -> String {
         var snapshots: [NodeSnapshot] = []
-        for node in nodes {
+        for node in try store.nodes() {
             let report = liveness.report(node.name)
             let info = report?.info ?? node.info
             var snapshot = NodeSnapshot(
@@ -325,13 +332,12 @@ public final class ControllerService: WireService {
                 state: !liveness.isAlive(node.name) ? .down : node.cordoned ? .cordoned : .ready,
                 labels: node.labels,
                 cpuMillis: UInt64(info.cpus) * 1000, memoryBytes: info.memoryBytes, diskBytes: info.diskBytes)
-            for vps in vpses where vps.node == node.name {
-                let cost = placementCost(vps.spec)
-                snapshot.usedCpuMillis += cost.cpuMillis
-                snapshot.usedMemoryBytes += cost.memoryBytes
-                snapshot.usedDiskBytes += cost.diskBytes
-                if !vps.spec.antiAffinity.isEmpty { snapshot.groups.insert(vps.spec.antiAffinity) }
-                snapshot.vpsCount += 1
+            if let usage = state.usage[node.name] {
+                snapshot.usedCpuMillis = usage.cpuMillis
+                snapshot.usedMemoryBytes = usage.memoryBytes
+                snapshot.usedDiskBytes = usage.diskBytes
+                snapshot.vpsCount = usage.count
+                snapshot.groups = Set(usage.groups.keys)
             }
             snapshot.templates = report?.templates
             snapshots.append(snapshot)
@@ -350,7 +356,8 @@ public final class ControllerService: WireService {
             }
             return spec.node
         }
-        switch scheduler.place(request, on: snapshots) {
+        state.start &+= 1
+        switch scheduler.place(request, on: snapshots, start: state.start) {
         case .node(let name): return name
         case let failure: throw WireError(.noCapacity, failure.explanation)
         }
@@ -394,6 +401,8 @@ public final class ControllerService: WireService {
     }
 
     // MARK: - nodes
+
+    func vpsCount(_ node: String) -> Int { placement.withLock { $0.usage[node]?.count ?? 0 } }
 
     func clusterNode(_ node: NodeRecord, vpsCount: Int) -> Berth_V1_ClusterNode {
         var wire = Berth_V1_ClusterNode()
@@ -505,4 +514,9 @@ public final class ControllerService: WireService {
             }
         }
     }
+}
+
+extension NodeUsage {
+    mutating func add(_ spec: Berth_V1_CreateRequest, cost: PlacementRequest) { add(group: spec.antiAffinity, cost: cost) }
+    mutating func remove(_ spec: Berth_V1_CreateRequest, cost: PlacementRequest) { remove(group: spec.antiAffinity, cost: cost) }
 }

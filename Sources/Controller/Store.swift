@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Placement
 import Wire
 
 /// A node as the controller remembers it across restarts. Liveness is not stored: it is judged
@@ -24,12 +25,15 @@ public struct VPSRecord: Sendable, Equatable {
     public var status: Berth_V1_VpsStatus
     /// "creating" until the agent confirmed the create; "ready" after.
     public var phase: String
-}
 
-public struct IPPoolRecord: Sendable, Equatable {
-    public var name: String
-    public var cidr: String
-    public var gateway: String
+    public init(name: String, node: String, tenant: String, spec: Berth_V1_CreateRequest, status: Berth_V1_VpsStatus, phase: String) {
+        self.name = name
+        self.node = node
+        self.tenant = tenant
+        self.spec = spec
+        self.status = status
+        self.phase = phase
+    }
 }
 
 /// The controller's durable state. SQLite through GRDB is the default; the protocol is what a
@@ -50,6 +54,7 @@ public protocol ClusterStore: Sendable {
     func removeVPS(_ name: String) throws
     /// Writes the statuses an agent reported for the VPSs placed on it; returns how many changed.
     func recordStatuses(node: String, _ statuses: [Berth_V1_VpsStatus]) throws -> Int
+    func importVPSes(_ records: [VPSRecord]) throws
 
     func pools() throws -> [IPPoolRecord]
     func addPool(_ pool: IPPoolRecord) throws
@@ -222,20 +227,35 @@ public final class SQLiteStore: ClusterStore {
 
     public func recordStatuses(node: String, _ statuses: [Berth_V1_VpsStatus]) throws -> Int {
         let byName = Dictionary(statuses.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        return try pool.write { db -> Int in
-            var changed = 0
+        // Read first: a heartbeat that changes nothing (the usual case) costs no write transaction.
+        let changes = try pool.read { db -> [(String, Data)] in
+            var changes: [(String, Data)] = []
             for row in try Row.fetchAll(db, sql: "SELECT name, status, phase FROM vps WHERE node = ?", arguments: [node]) {
                 let name: String = row["name"]
-                let phase: String = row["phase"]
                 guard var status = byName[name] else { continue }
                 status.node = node
                 let bytes = Data(try status.serializedBytes() as [UInt8])
-                if bytes != (row["status"] as Data) || phase != "ready" {
-                    try db.execute(sql: "UPDATE vps SET status = ?, phase = 'ready' WHERE name = ?", arguments: [bytes, name])
-                    changed += 1
-                }
+                if bytes != (row["status"] as Data) || (row["phase"] as String) != "ready" { changes.append((name, bytes)) }
             }
-            return changed
+            return changes
+        }
+        guard !changes.isEmpty else { return 0 }
+        try pool.write { db in
+            for (name, bytes) in changes {
+                try db.execute(sql: "UPDATE vps SET status = ?, phase = 'ready' WHERE name = ? AND node = ?", arguments: [bytes, name, node])
+            }
+        }
+        return changes.count
+    }
+
+    /// Inserts many VPS records in one transaction (imports, benchmarks); no address allocation.
+    public func importVPSes(_ records: [VPSRecord]) throws {
+        try pool.write { db in
+            for record in records {
+                try db.execute(sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
+                               arguments: [record.name, record.node, record.tenant, Data(try record.spec.serializedBytes() as [UInt8]),
+                                           Data(try record.status.serializedBytes() as [UInt8]), record.phase])
+            }
         }
     }
 

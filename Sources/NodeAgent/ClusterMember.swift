@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import Wire
+import WireTLS
 
 /// How this agent takes part in a cluster: where the controller is, where the agent serves the
 /// controller, and (once) the join token that enrols it.

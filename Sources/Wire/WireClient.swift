@@ -1,8 +1,6 @@
 import NIOCore
 import NIOPosix
-import NIOSSL
 import SwiftProtobuf
-import X509
 
 /// What arrives on a client call's stream.
 public enum ClientEvent: Sendable {
@@ -135,7 +133,7 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
 
 /// A client connection. Calls are multiplexed: each gets an odd stream id.
 public final class WireClient: @unchecked Sendable {
-    let channel: Channel
+    package let channel: Channel
     let handler: WireClientHandler
     var nextStream: UInt32 = 1
     public let serverSoftware: String
@@ -152,7 +150,7 @@ public final class WireClient: @unchecked Sendable {
 
     /// Installs the frame codec on a connected channel (TLS already below it, if any) and
     /// exchanges HELLOs.
-    static func handshake(channel: Channel) async throws -> WireClient {
+    package static func handshake(channel: Channel) async throws -> WireClient {
         let handler = WireClientHandler()
         let promise = channel.eventLoop.makePromise(of: Berth_V1_Hello.self)
         try await channel.eventLoop.submit {
@@ -169,13 +167,7 @@ public final class WireClient: @unchecked Sendable {
         }.get()
         do {
             let answer = try await promise.futureResult.get()
-            let identity = try? await channel.eventLoop.submit { () -> CertificateIdentity? in
-                guard let tls = try? channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self),
-                      let peer = tls.peerCertificate, let der = try? peer.toDERBytes(),
-                      let certificate = try? Certificate(derEncoded: der) else { return nil }
-                return try? CertificateIdentity(certificate: certificate)
-            }.get()
-            return WireClient(channel: channel, handler: handler, serverSoftware: answer.software, peerIdentity: identity ?? nil)
+            return WireClient(channel: channel, handler: handler, serverSoftware: answer.software, peerIdentity: nil)
         } catch {
             try? await channel.close().get()
             throw error
@@ -190,7 +182,7 @@ public final class WireClient: @unchecked Sendable {
     }
 
     /// The server's verified certificate identity (TLS connections only).
-    public let peerIdentity: CertificateIdentity?
+    public package(set) var peerIdentity: CertificateIdentity?
 
     public var isActive: Bool { channel.isActive }
 

@@ -211,7 +211,7 @@ final class WireServerHandler: ChannelInboundHandler, @unchecked Sendable {
 }
 
 /// The frame codec and the request dispatcher, on a connection whose peer is already known.
-func addWireServerHandlers(to pipeline: ChannelPipeline.SynchronousOperations, service: WireService,
+package func addWireServerHandlers(to pipeline: ChannelPipeline.SynchronousOperations, service: WireService,
                            peer: PeerIdentity, maxStreams: Int) throws {
     try pipeline.addHandler(ByteToMessageHandler(FrameDecoder()))
     try pipeline.addHandler(MessageToByteHandler(FrameEncoder()))

@@ -2,9 +2,11 @@ import ArgumentParser
 import Controller
 import Foundation
 import Logging
+import Placement
 import NIOPosix
 import ServiceLifecycle
 import Wire
+import WireTLS
 
 @main
 struct BerthController: AsyncParsableCommand {

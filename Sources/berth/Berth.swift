@@ -5,6 +5,7 @@ import Glibc
 import NIOCore
 import NIOPosix
 import Wire
+import WireTLS
 
 @main
 struct Berth: AsyncParsableCommand {

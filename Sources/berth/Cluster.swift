@@ -3,6 +3,7 @@ import ArgumentParser
 import Glibc
 #endif
 import Wire
+import WireTLS
 
 /// "K=V" items into a map; a malformed one is an error naming the flag.
 func keyValues(_ items: [String], field: String) -> [String: String] {

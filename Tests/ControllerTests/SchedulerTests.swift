@@ -1,5 +1,5 @@
 import Testing
-@testable import Controller
+@testable import Placement
 
 @Suite struct SchedulerTests {
     let gib: UInt64 = 1 << 30
@@ -56,5 +56,52 @@ import Testing
 
     @Test func hugeRequestsDoNotOverflow() {
         #expect(Scheduler().place(PlacementRequest(memoryBytes: .max), on: [node("a", used: 1)]) == .noFit([.memory: 1]))
+    }
+}
+
+@Suite struct SchedulerTemplateAndTieTests {
+    @Test func onlyNodesHoldingTheTemplateQualify() {
+        var a = NodeSnapshot(name: "a", cpuMillis: 1000, memoryBytes: 1 << 30, diskBytes: 1 << 30)
+        a.templates = ["debian-12"]
+        var b = NodeSnapshot(name: "b", cpuMillis: 1000, memoryBytes: 1 << 30, diskBytes: 1 << 30)
+        b.templates = ["busybox"]
+        let scheduler = Scheduler()
+        #expect(scheduler.place(PlacementRequest(template: "busybox"), on: [a, b]) == .node("b"))
+        #expect(scheduler.place(PlacementRequest(template: "alpine"), on: [a, b]).explanation == "no node fits: 2 missing template")
+        // Unknown template lists (a node not heard from since a controller restart) do not block.
+        a.templates = nil
+        #expect(scheduler.place(PlacementRequest(template: "alpine"), on: [a, b]) == .node("a"))
+    }
+
+    @Test func spreadBreaksTiesByVPSCount() {
+        var a = NodeSnapshot(name: "a", cpuMillis: 1000, memoryBytes: 1 << 30, diskBytes: 1 << 30)
+        a.vpsCount = 3
+        let b = NodeSnapshot(name: "b", cpuMillis: 1000, memoryBytes: 1 << 30, diskBytes: 1 << 30)
+        #expect(Scheduler().place(PlacementRequest(), on: [a, b]) == .node("b"))
+        #expect(Scheduler(policy: SchedulerPolicy(strategy: .binpack)).place(PlacementRequest(), on: [a, b]) == .node("a"))
+    }
+}
+
+@Suite struct LargeClusterSchedulerTests {
+    func fleet(_ count: Int) -> [NodeSnapshot] {
+        (0..<count).map { NodeSnapshot(name: String(format: "n%05d", $0), cpuMillis: 1000, memoryBytes: 1 << 30, diskBytes: 1 << 30) }
+    }
+
+    @Test func largeClustersScoreASampleButStillFindTheOnlyFit() {
+        var nodes = fleet(1000)
+        for i in nodes.indices where i != 777 { nodes[i].state = .cordoned }
+        #expect(Scheduler().place(PlacementRequest(), on: nodes, start: 5) == .node("n00777"))
+        // Nothing fits: every node was examined, so the explanation counts all of them.
+        nodes[777].state = .down
+        #expect(Scheduler().place(PlacementRequest(), on: nodes).explanation == "no node fits: 999 cordoned, 1 down")
+    }
+
+    @Test func rotatingStartsSpreadABatchOverTheFleet() {
+        let placements = Scheduler().placeAll(Array(repeating: PlacementRequest(memoryBytes: 1 << 20), count: 2000), on: fleet(1000))
+        var perNode: [String: Int] = [:]
+        for case .node(let name) in placements { perNode[name, default: 0] += 1 }
+        #expect(perNode.values.reduce(0, +) == 2000)
+        #expect(perNode.count > 900)          // spread reaches nearly every node
+        #expect(perNode.values.max()! <= 4)   // and never piles up on a few
     }
 }

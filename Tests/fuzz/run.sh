@@ -1,16 +1,16 @@
 #!/bin/bash
 # Builds the decoder fuzzer with libFuzzer (+ASan) in its own scratch path and runs it for a
-# bounded time per decoder. FUZZ_SECONDS (default 20) per decoder; the corpus is kept in
+# bounded time per decoder. FUZZ_SECONDS (default 15) per decoder; the corpus is kept in
 # .build-fuzz/corpus between runs on the same machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH=/opt/swift/usr/bin:$PATH
-SECONDS_EACH=${FUZZ_SECONDS:-20}
+SECONDS_EACH=${FUZZ_SECONDS:-15}
 swift build --product fuzz-decoders --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer -Xswiftc -sanitize=address 2>&1 | tail -1
 BIN=.build-fuzz/debug/fuzz-decoders
 mkdir -p .build-fuzz/corpus
 failed=0
-decoders="0 1 2 3 4 5 6"
+decoders="0 1 2 3 4 5 6 7 8 9"
 for selector in $decoders; do
     corpus=.build-fuzz/corpus/$selector
     mkdir -p "$corpus"

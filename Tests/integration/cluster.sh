@@ -27,7 +27,16 @@ field() { /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(d[
 node_of() { cl status "$1" --json | field node; }
 node_state() { cl node list --json | /usr/bin/python3 -c 'import json,sys; print({n["name"]: n["state"] for n in json.load(sys.stdin)}[sys.argv[1]])' "$1"; }
 
-cluster_cleanup() { "$DEV" down >/dev/null 2>&1; rm -rf "$WORK"; true; }
+cluster_cleanup() {
+    # Keep the daemons' logs of a failed run for the reader.
+    if [ "$FAILED" -gt 0 ]; then
+        mkdir -p "/tmp/berth-logs-$RUN_ID"
+        cp "$WORK"/controller.log "/tmp/berth-logs-$RUN_ID/" 2>/dev/null
+        for n in "$WORK"/n*/agent.log; do [ -f "$n" ] && cp "$n" "/tmp/berth-logs-$RUN_ID/$(basename "$(dirname "$n")").log"; done
+        echo "daemon logs kept in /tmp/berth-logs-$RUN_ID"
+    fi
+    "$DEV" down >/dev/null 2>&1; rm -rf "$WORK"; true
+}
 trap cluster_cleanup EXIT
 
 echo "cluster run $RUN_ID (work dir $WORK)"

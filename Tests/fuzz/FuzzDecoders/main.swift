@@ -1,10 +1,12 @@
 // libFuzzer target for every decoder that reads bytes from another process: Berth frames,
-// the protobuf messages they carry, the spawn spec, the run-state file, the guest spec and
-// netlink replies from the kernel.
+// the protobuf messages they carry, the spawn spec, the run-state file, the guest spec,
+// netlink replies from the kernel, and the cluster's text formats (roles, join tokens,
+// HOST:PORT, IP pools, the controller's config file).
 import CFuzzDriver
 import Foundation
 import Isolation
 import NIOCore
+import Placement
 import Wire
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -13,7 +15,7 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     // The first byte picks the decoder so one corpus covers all of them.
     let body = Array(bytes.dropFirst())
-    switch bytes[0] % 7 {
+    switch bytes[0] % 10 {
     case 0:
         var buffer = ByteBuffer(bytes: body)
         while let frame = try? FrameParser.parse(&buffer, maxPayload: 1 << 16) {
@@ -42,6 +44,25 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         }
     case 6:
         _ = NetlinkReply.parse(body)
+    case 7:
+        let text = String(decoding: body, as: UTF8.self)
+        if let token = try? JoinTokenText(parsing: text) {
+            precondition((try? JoinTokenText(parsing: token.text)) == token, "join token did not round-trip")
+        }
+        if let role = try? Role(parsing: text) {
+            precondition((try? Role(parsing: role.description)) == role, "role did not round-trip")
+        }
+        _ = try? parseHostPort(text, field: "f")
+    case 8:
+        let parts = String(decoding: body, as: UTF8.self).split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+        if let pool = try? IPPoolMath.validatePool(name: "p", cidr: parts[0], gateway: parts.count > 1 ? parts[1] : "") {
+            precondition((try? IPPoolMath.validatePool(name: "p", cidr: pool.cidr, gateway: pool.gateway)) == pool, "pool did not round-trip")
+            _ = try? IPPoolMath.free(cidr: pool.cidr, excluding: [], count: 3)
+            _ = IPPoolMath.size(cidr: pool.cidr)
+        }
+        _ = IPPoolMath.canonical(parts[0])
+    case 9:
+        _ = try? ClusterConfigFile.parse(Data(body))
     default:
         _ = RunState.decode(String(decoding: body, as: UTF8.self))
         _ = HostProcess.parseStartTime(stat: String(decoding: body, as: UTF8.self))

@@ -1,6 +1,16 @@
 import Foundation
 import Wire
 
+public struct ControllerSettings: Sendable {
+    public var heartbeatInterval: Duration = .seconds(1)
+    public var downAfter: Duration = .seconds(5)
+    public var policy = SchedulerPolicy()
+    /// Disk a VPS commits when its create names no --disk (the agent's default).
+    public var defaultDiskBytes: UInt64 = 2 << 30
+
+    public init() {}
+}
+
 /// The controller's `--config` JSON. Every key is optional; unknown keys are an error (a typo
 /// must not silently fall back to a default).
 ///

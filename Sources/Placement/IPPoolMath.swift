@@ -3,6 +3,18 @@ import Glibc
 #endif
 import Wire
 
+public struct IPPoolRecord: Sendable, Equatable {
+    public var name: String
+    public var cidr: String
+    public var gateway: String
+
+    public init(name: String, cidr: String, gateway: String) {
+        self.name = name
+        self.cidr = cidr
+        self.gateway = gateway
+    }
+}
+
 /// Address arithmetic for IP pools: an address is a 128-bit number (IPv4 in the low 32 bits),
 /// so one code path serves both families.
 public enum IPPoolMath {
@@ -86,7 +98,7 @@ public enum IPPoolMath {
 
     /// The lowest `count` addresses of `cidr` not in `excluding`; IPv4 skips the network and
     /// broadcast addresses, IPv6 the subnet-router anycast address (::0 of the prefix).
-    static func free(cidr: String, excluding: Set<String>, count: Int) throws(WireError) -> [String] {
+    public static func free(cidr: String, excluding: Set<String>, count: Int) throws(WireError) -> [String] {
         let network = try parseNetwork(cidr)
         var result: [String] = []
         var candidate = network.base &+ 1
@@ -99,12 +111,12 @@ public enum IPPoolMath {
         return result
     }
 
-    static func overlap(_ a: String, _ b: String) -> Bool {
+    public static func overlap(_ a: String, _ b: String) -> Bool {
         guard let x = try? parseNetwork(a), let y = try? parseNetwork(b), x.isV6 == y.isV6 else { return false }
         return x.base <= y.last && y.base <= x.last
     }
 
-    static func size(cidr: String) -> UInt64 {
+    public static func size(cidr: String) -> UInt64 {
         guard let network = try? parseNetwork(cidr) else { return 0 }
         let usable = network.isV6 ? network.size &- 1 : (network.size >= 2 ? network.size - 2 : 0)
         return usable > UInt128(UInt64.max) ? UInt64.max : UInt64(usable)

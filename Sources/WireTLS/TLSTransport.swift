@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import NIOTLS
+import Wire
 import X509
 
 /// TLS settings shared by every Berth endpoint: TLS 1.3 only, P-256 certificates from the
@@ -272,29 +273,6 @@ public final class TLSWireServer: Sendable {
     }
 }
 
-/// "HOST:PORT" or "[V6]:PORT".
-public func parseHostPort(_ text: String, field: String) throws(WireError) -> (host: String, port: Int) {
-    var host: Substring
-    var portText: Substring
-    if text.hasPrefix("[") {
-        guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
-            throw WireError(.invalidArgument, "\(field): \"\(text)\" is not [ADDRESS]:PORT", field: field)
-        }
-        host = text[text.index(after: text.startIndex)..<close]
-        portText = text[text.index(close, offsetBy: 2)...]
-    } else {
-        guard let colon = text.lastIndex(of: ":") else {
-            throw WireError(.invalidArgument, "\(field): \"\(text)\" is not HOST:PORT", field: field)
-        }
-        host = text[..<colon]
-        portText = text[text.index(after: colon)...]
-    }
-    guard !host.isEmpty, let port = Int(portText), (1...65535).contains(port) else {
-        throw WireError(.invalidArgument, "\(field): \"\(text)\" is not HOST:PORT with a port from 1 to 65535", field: field)
-    }
-    return (String(host), port)
-}
-
 extension WireClient {
     /// Connects over TLS. With a `bundle`, the client authenticates with its certificate and
     /// checks the server's certificate against the bundle's CA and `host` (IP or DNS SAN). Without
@@ -324,6 +302,13 @@ extension WireClient {
         } catch {
             throw WireError(.unavailable, "cannot reach \(host):\(port): \(error)")
         }
-        return try await handshake(channel: channel)
+        let client = try await handshake(channel: channel)
+        client.peerIdentity = try? await channel.eventLoop.submit { () -> CertificateIdentity? in
+            guard let tls = try? channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self),
+                  let peer = tls.peerCertificate, let der = try? peer.toDERBytes(),
+                  let certificate = try? Certificate(derEncoded: der) else { return nil }
+            return try? CertificateIdentity(certificate: certificate)
+        }.get() ?? nil
+        return client
     }
 }

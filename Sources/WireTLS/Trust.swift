@@ -1,66 +1,10 @@
 import Crypto
 import Foundation
 import SwiftASN1
+import Wire
 import X509
 
-/// Who a certificate says its holder is. The role travels in the subject's OU and the name in its
-/// CN, so a plain `openssl x509 -subject` shows both; nothing in a request payload can change it.
-public enum Role: Sendable, Equatable, Hashable, CustomStringConvertible {
-    case admin, operator_, viewer
-    case tenant(String)
-    case node
-    case controller
-
-    public init(parsing text: String) throws(WireError) {
-        switch text {
-        case "admin": self = .admin
-        case "operator": self = .operator_
-        case "viewer": self = .viewer
-        case "node": self = .node
-        case "controller": self = .controller
-        default:
-            guard text.hasPrefix("tenant:") else {
-                throw WireError(.invalidArgument, "role: \"\(text)\" is not one of admin, operator, viewer, tenant:NAME", field: "role")
-            }
-            let tenant = String(text.dropFirst("tenant:".count))
-            guard Role.isValidName(tenant) else {
-                throw WireError(.invalidArgument, "role: tenant name \"\(tenant)\" must be 1-63 of [a-z0-9-], starting with a letter or digit", field: "role")
-            }
-            self = .tenant(tenant)
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case .admin: return "admin"
-        case .operator_: return "operator"
-        case .viewer: return "viewer"
-        case .tenant(let name): return "tenant:\(name)"
-        case .node: return "node"
-        case .controller: return "controller"
-        }
-    }
-
-    /// Names of nodes, tenants and certificate holders: what a DNS label allows.
-    public static func isValidName(_ name: String) -> Bool {
-        guard (1...63).contains(name.utf8.count), let first = name.utf8.first, first != UInt8(ascii: "-") else { return false }
-        return name.utf8.allSatisfy { (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "-") }
-    }
-}
-
-/// The verified identity of a TLS peer.
-public struct CertificateIdentity: Sendable, Equatable, Hashable {
-    public var role: Role
-    public var name: String
-    /// Lower-case hex of the certificate's serial number: what revocation lists.
-    public var serial: String
-
-    public init(role: Role, name: String, serial: String) {
-        self.role = role
-        self.name = name
-        self.serial = serial
-    }
-
+extension CertificateIdentity {
     /// Reads role and name from a certificate the TLS layer has already verified against the CA.
     public init(certificate: Certificate) throws(WireError) {
         var commonName: String?
@@ -74,14 +18,8 @@ public struct CertificateIdentity: Sendable, Equatable, Hashable {
         guard let commonName, let unit else {
             throw WireError(.unauthenticated, "the peer certificate has no Berth role (subject OU) or name (subject CN)")
         }
-        self.role = try Role(parsing: unit)
-        self.name = commonName
-        self.serial = hexString(certificate.serialNumber.bytes)
+        self.init(role: try Role(parsing: unit), name: commonName, serial: hexString(certificate.serialNumber.bytes))
     }
-}
-
-func hexString<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
-    bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
 }
 
 /// A client or server bundle: the CA to trust, our certificate and our key (all PEM). The files
@@ -300,38 +238,7 @@ public struct ClusterCA: Sendable {
     }
 }
 
-/// A join token: `<id>.<secret>.<sha-256 of the CA certificate>`. The controller stores only a
-/// hash of the secret; the agent uses the CA hash to authenticate the controller before it holds
-/// any certificate of its own (the kubeadm discovery-hash scheme).
-public struct JoinTokenText: Sendable, Equatable {
-    public var id: String
-    public var secret: String
-    public var caFingerprint: String
-
-    public init(id: String, secret: String, caFingerprint: String) {
-        self.id = id
-        self.secret = secret
-        self.caFingerprint = caFingerprint
-    }
-
-    public static func generate(caFingerprint: String) -> JoinTokenText {
-        func random(_ count: Int) -> String {
-            var generator = SystemRandomNumberGenerator()
-            return hexString((0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) })
-        }
-        return JoinTokenText(id: random(6), secret: random(16), caFingerprint: caFingerprint)
-    }
-
-    public init(parsing text: String) throws(WireError) {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
-        let isHex = { (s: String, n: Int) in s.utf8.count == n && s.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } }
-        guard parts.count == 3, isHex(parts[0], 12), isHex(parts[1], 32), isHex(parts[2], 64) else {
-            throw WireError(.invalidArgument, "join: the token must look like <12 hex>.<32 hex>.<64 hex>, as printed by `berth node join-token`", field: "join")
-        }
-        self.init(id: parts[0], secret: parts[1], caFingerprint: parts[2])
-    }
-
-    public var text: String { "\(id).\(secret).\(caFingerprint)" }
-
+extension JoinTokenText {
+    /// What the controller stores instead of the secret.
     public var secretHash: String { hexString(SHA256.hash(data: Array(secret.utf8))) }
 }

@@ -34,6 +34,35 @@ public struct NodeSnapshot: Sendable, Equatable {
     }
 }
 
+/// What the VPSs on one node commit: kept up to date by the controller as it places and
+/// destroys, so building a snapshot does not read every VPS.
+public struct NodeUsage: Sendable, Equatable {
+    public var cpuMillis: UInt64 = 0
+    public var memoryBytes: UInt64 = 0
+    public var diskBytes: UInt64 = 0
+    public var count = 0
+    /// Anti-affinity groups with their member counts here.
+    public var groups: [String: Int] = [:]
+
+    public init() {}
+
+    public mutating func add(group: String, cost: PlacementRequest) {
+        cpuMillis &+= cost.cpuMillis
+        memoryBytes &+= cost.memoryBytes
+        diskBytes &+= cost.diskBytes
+        count += 1
+        if !group.isEmpty { groups[group, default: 0] += 1 }
+    }
+
+    public mutating func remove(group: String, cost: PlacementRequest) {
+        cpuMillis = cpuMillis >= cost.cpuMillis ? cpuMillis - cost.cpuMillis : 0
+        memoryBytes = memoryBytes >= cost.memoryBytes ? memoryBytes - cost.memoryBytes : 0
+        diskBytes = diskBytes >= cost.diskBytes ? diskBytes - cost.diskBytes : 0
+        count = max(0, count - 1)
+        if !group.isEmpty, let members = groups[group] { groups[group] = members > 1 ? members - 1 : nil }
+    }
+}
+
 public struct PlacementRequest: Sendable, Equatable {
     public var cpuMillis: UInt64
     public var memoryBytes: UInt64
@@ -134,26 +163,46 @@ public struct Scheduler: Sendable {
             + share(node.usedDiskBytes, request.diskBytes, node.diskBytes, policy.diskOvercommit)) / 3
     }
 
+    /// Above this many nodes a placement scores a sample of the feasible nodes instead of all of
+    /// them (Nomad's limit iterator): scanning 10,000 nodes for every VPS costs far more than the
+    /// last bit of packing quality it buys.
+    public static let fullScanLimit = 64
+
+    /// How many feasible nodes a large cluster's placement scores: 2 x log2(nodes), at least 8.
+    static func candidateCount(nodes: Int) -> Int {
+        max(8, 2 * (Int.bitWidth - nodes.leadingZeroBitCount))
+    }
+
     /// Picks a node: binpack prefers the fullest node that fits, spread the emptiest; ties go to
-    /// the lexically smallest name so placement is deterministic.
-    public func place(_ request: PlacementRequest, on nodes: [NodeSnapshot]) -> Placement {
-        var best: (name: String, score: Double, count: Int)?
+    /// the node with fewer VPSs (spread) or more (binpack), then the smallest name, so placement
+    /// is deterministic. Large clusters score the first feasible candidates found from `start`
+    /// (callers rotate it); when nothing fits, every node was examined and the explanation
+    /// counts them all.
+    public func place(_ request: PlacementRequest, on nodes: [NodeSnapshot], start: Int = 0) -> Placement {
+        var best: (index: Int, score: Double, count: Int)?
         var rejections: [Rejection: Int] = [:]
-        for node in nodes {
+        let limit = nodes.count <= Self.fullScanLimit ? nodes.count : Self.candidateCount(nodes: nodes.count)
+        var feasible = 0
+        let offset = nodes.isEmpty ? 0 : ((start % nodes.count) + nodes.count) % nodes.count
+        for step in 0..<nodes.count where feasible < limit {
+            let index = (offset + step) % nodes.count
+            let node = nodes[index]
             if let reason = rejection(of: node, for: request) {
                 rejections[reason, default: 0] += 1
                 continue
             }
+            feasible += 1
             let load = load(node, with: request)
             let score = policy.strategy == .binpack ? load : -load
-            // Ties: spread prefers fewer VPSs, binpack more; then the smallest name.
             let count = policy.strategy == .binpack ? node.vpsCount : -node.vpsCount
-            if best == nil || score > best!.score
-                || (score == best!.score && (count > best!.count || (count == best!.count && node.name < best!.name))) {
-                best = (node.name, score, count)
+            if let current = best {
+                let better = score > current.score
+                    || (score == current.score && (count > current.count || (count == current.count && node.name < nodes[current.index].name)))
+                if !better { continue }
             }
+            best = (index, score, count)
         }
-        if let best { return .node(best.name) }
+        if let best { return .node(nodes[best.index].name) }
         return .noFit(rejections)
     }
 
@@ -162,8 +211,8 @@ public struct Scheduler: Sendable {
         var nodes = nodes
         var index: [String: Int] = [:]
         for (i, node) in nodes.enumerated() { index[node.name] = i }
-        return requests.map { request in
-            let placement = place(request, on: nodes)
+        return requests.enumerated().map { number, request in
+            let placement = place(request, on: nodes, start: number &* 7919)
             if case .node(let name) = placement, let i = index[name] {
                 nodes[i].usedCpuMillis += request.cpuMillis
                 nodes[i].usedMemoryBytes += request.memoryBytes

@@ -1,0 +1,132 @@
+import Foundation
+import Testing
+@testable import Controller
+@testable import Placement
+import Wire
+
+@Suite struct IPPoolMathTests {
+    @Test func validatesAndCanonicalisesPools() throws {
+        let pool = try IPPoolMath.validatePool(name: "web", cidr: "fd00:b17:0::/64", gateway: "fd00:b17::0001")
+        #expect(pool.cidr == "fd00:b17::/64")
+        #expect(pool.gateway == "fd00:b17::1")
+        for (cidr, gateway) in [("198.18.0.1/24", ""), ("010.0.0.0/8", ""), ("198.18.0.0/33", ""), ("198.18.0.0/24", "198.18.1.1"),
+                                ("198.18.0.0/31", ""), ("198.18.0.0", ""), ("198.18.0.0/024", ""), ("198.18.0.0/24", "fd00::1")] {
+            #expect(throws: WireError.self) { try IPPoolMath.validatePool(name: "p", cidr: cidr, gateway: gateway) }
+        }
+        #expect(throws: WireError.self) { try IPPoolMath.validatePool(name: "Bad Name", cidr: "198.18.0.0/24", gateway: "") }
+    }
+
+    @Test func handsOutTheLowestFreeAddressesSkippingNetworkAndBroadcast() throws {
+        #expect(try IPPoolMath.free(cidr: "198.18.0.0/30", excluding: [], count: 5) == ["198.18.0.1", "198.18.0.2"])
+        #expect(try IPPoolMath.free(cidr: "198.18.0.0/29", excluding: ["198.18.0.1", "198.18.0.3"], count: 2) == ["198.18.0.2", "198.18.0.4"])
+        #expect(try IPPoolMath.free(cidr: "fd00:b17::/64", excluding: ["fd00:b17::1"], count: 2) == ["fd00:b17::2", "fd00:b17::3"])
+        #expect(IPPoolMath.size(cidr: "198.18.0.0/24") == 254)
+        #expect(IPPoolMath.overlap("198.18.0.0/24", "198.18.0.128/25"))
+        #expect(!IPPoolMath.overlap("198.18.0.0/24", "198.18.1.0/24"))
+        #expect(!IPPoolMath.overlap("198.18.0.0/24", "fd00:b17::/64"))
+    }
+}
+
+@Suite struct ClusterConfigFileTests {
+    @Test func parsesEveryKeyAndRejectsUnknownOnes() throws {
+        let settings = try ClusterConfigFile.parse(Data(#"{"strategy": "binpack", "cpuOvercommit": 2, "heartbeatIntervalMs": 500, "downAfterMs": 2000}"#.utf8))
+        #expect(settings.policy.strategy == .binpack)
+        #expect(settings.policy.cpuOvercommit == 2)
+        #expect(settings.heartbeatInterval == .milliseconds(500))
+        #expect(settings.downAfter == .milliseconds(2000))
+        for bad in [#"{"stratgy": "spread"}"#, #"{"strategy": "random"}"#, #"{"cpuOvercommit": 0}"#,
+                    #"{"heartbeatIntervalMs": 1000, "downAfterMs": 1500}"#, "[]", "{"] {
+            #expect(throws: WireError.self) { try ClusterConfigFile.parse(Data(bad.utf8)) }
+        }
+    }
+}
+
+@Suite struct StoreTests {
+    func store() throws -> (SQLiteStore, String) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-store-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        return (try SQLiteStore(directory: dir), dir)
+    }
+
+    func record(_ name: String, ips: [String] = []) -> VPSRecord {
+        var spec = Berth_V1_CreateRequest()
+        spec.name = name
+        spec.ips = ips
+        return VPSRecord(name: name, node: "n1", tenant: "", spec: spec, status: Berth_V1_VpsStatus(), phase: "creating")
+    }
+
+    @Test func concurrentReservationsNeverShareAnAddress() async throws {
+        let (store, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try store.addPool(IPPoolRecord(name: "p", cidr: "198.18.0.0/26", gateway: "198.18.0.1"))
+        let results = await withTaskGroup(of: [String].self) { group in
+            for i in 0..<40 {
+                group.addTask { (try? store.reserveVPS(self.record("v\(i)"), autoAddresses: [("p", 1)])) ?? [] }
+            }
+            return await group.reduce(into: [String]()) { $0 += $1 }
+        }
+        #expect(results.count == 40)
+        #expect(Set(results).count == 40)
+        #expect(!results.contains("198.18.0.1"))  // the gateway
+        #expect(try store.poolUsage()["p"] == 40)
+        // 62 usable, minus the gateway, minus 40: 21 left, so 22 more cannot all fit.
+        #expect(throws: WireError.self) { try store.reserveVPS(self.record("big"), autoAddresses: [("p", 22)]) }
+        #expect(try store.vps("big") == nil)  // nothing of the failed reservation stays
+        try store.removeVPS("v0")
+        #expect(try store.poolUsage()["p"] == 39)
+    }
+
+    @Test func namesAndExplicitAddressesAreUniqueClusterWide() throws {
+        let (store, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try store.reserveVPS(record("a", ips: ["198.18.5.5"]), autoAddresses: [])
+        #expect(throws: WireError.self) { try store.reserveVPS(self.record("a"), autoAddresses: []) }
+        #expect(throws: WireError.self) { try store.reserveVPS(self.record("b", ips: ["198.18.5.5"]), autoAddresses: []) }
+        try store.addPool(IPPoolRecord(name: "p", cidr: "198.18.5.0/29", gateway: ""))
+        // The explicitly taken address is skipped by the pool too.
+        let got = try store.reserveVPS(record("c"), autoAddresses: [("p", 5)])
+        #expect(!got.contains("198.18.5.5"))
+        #expect(throws: WireError.self) { try store.addPool(IPPoolRecord(name: "q", cidr: "198.18.5.4/30", gateway: "")) }
+        #expect(throws: WireError.self) { try store.removePool("p") }
+    }
+
+    @Test func joinTokensAreSingleUseAndExpire() throws {
+        let (store, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let now = Date()
+        try store.addJoinToken(id: "t1", secretHash: "h", expires: now.addingTimeInterval(60))
+        try store.addJoinToken(id: "t2", secretHash: "h", expires: now.addingTimeInterval(-1))
+        #expect(try !store.consumeJoinToken(id: "t1", secretHash: "wrong", now: now))
+        #expect(try store.consumeJoinToken(id: "t1", secretHash: "h", now: now))
+        #expect(try !store.consumeJoinToken(id: "t1", secretHash: "h", now: now))
+        #expect(try !store.consumeJoinToken(id: "t2", secretHash: "h", now: now))
+    }
+
+    @Test func stateSurvivesReopening() throws {
+        let (store, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var info = Berth_V1_NodeInfo()
+        info.cpus = 16
+        try store.saveNode(NodeRecord(name: "n1", address: "198.18.0.1:7000", labels: ["zone": "a"], info: info, cordoned: true, certificateSerial: "01"))
+        _ = try store.reserveVPS(record("a"), autoAddresses: [])
+        try store.revoke("beef")
+        let reopened = try SQLiteStore(directory: dir)
+        #expect(try reopened.node("n1")?.info.cpus == 16)
+        #expect(try reopened.node("n1")?.cordoned == true)
+        #expect(try reopened.vps("a")?.node == "n1")
+        #expect(try reopened.revoked() == ["beef"])
+    }
+}
+
+@Suite struct LivenessTests {
+    @Test func aNodeIsDownOnceItsWindowPasses() async throws {
+        let liveness = Liveness(downAfter: .milliseconds(200))
+        #expect(!liveness.isAlive("n1"))
+        #expect(liveness.heartbeat(node: "n1", info: Berth_V1_NodeInfo(), templates: ["busybox"]))
+        #expect(liveness.isAlive("n1"))
+        #expect(!liveness.heartbeat(node: "n1", info: Berth_V1_NodeInfo(), templates: []))
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!liveness.isAlive("n1"))
+        #expect(liveness.newlyDown(among: ["n1"]) == ["n1"])
+        #expect(liveness.newlyDown(among: ["n1"]).isEmpty)  // reported once
+    }
+}

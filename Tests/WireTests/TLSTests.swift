@@ -1,0 +1,155 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+@testable import Wire
+@testable import WireTLS
+
+/// Answers with the caller's identity as the VPS name, so tests see what the server saw.
+struct WhoAmIService: WireService {
+    func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
+        var response = Berth_V1_Response()
+        switch stream.peer {
+        case .certificate(let identity): response.status.name = "\(identity.role)/\(identity.name)"
+        case .anonymous:
+            guard case .enroll = request.call else { throw WireError(.unauthenticated, "anonymous") }
+            response.status.name = "anonymous"
+        case .unixUser: response.status.name = "unix"
+        }
+        return response
+    }
+}
+
+@Suite(.serialized) struct TLSTests {
+    static func temporaryDirectory() throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("berth-tls-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    func withServer(_ ca: ClusterCA, allowAnonymous: Bool = false,
+                    _ body: (Int, TLSWireServer) async throws -> Void) async throws {
+        let bundle = try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1", "localhost"])
+        let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: WhoAmIService(), bundle: bundle,
+                                                  group: MultiThreadedEventLoopGroup.singleton, allowAnonymous: allowAnonymous)
+        do { try await body(server.port, server) } catch { await server.close(); throw error }
+        await server.close()
+    }
+
+    func whoAmI(_ client: WireClient) async throws -> String {
+        var request = Berth_V1_Request()
+        request.status.name = "x"
+        return try await client.call(request).status.name
+    }
+
+    @Test func caIssuesCertificatesWithRoleAndName() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try ClusterCA.create(directory: dir)
+        let bundle = try ca.issueBundle(role: .tenant("acme"), name: "alice")
+        let identity = try bundle.identity()
+        #expect(identity.role == .tenant("acme"))
+        #expect(identity.name == "alice")
+        #expect(identity.serial.count >= 16)
+        // The key file is private from the start; the CA refuses to be overwritten.
+        var info = stat()
+        #expect(stat(dir + "/ca-key.pem", &info) == 0 && info.st_mode & 0o777 == 0o600)
+        #expect(throws: WireError.self) { try ClusterCA.create(directory: dir) }
+        let loaded = try ClusterCA.load(directory: dir)
+        #expect(loaded.fingerprint == ca.fingerprint)
+    }
+
+    @Test(arguments: ["root", "tenant:", "tenant:Acme", "tenant:-x", "", "nodes"])
+    func rejectsUnknownRoles(_ text: String) {
+        #expect(throws: WireError.self) { try Role(parsing: text) }
+    }
+
+    @Test func joinTokensParseStrictly() throws {
+        let token = JoinTokenText.generate(caFingerprint: String(repeating: "ab", count: 32))
+        #expect(try JoinTokenText(parsing: token.text) == token)
+        for bad in ["", "a.b.c", token.text + "0", token.text.uppercased(), token.text.replacingOccurrences(of: ".", with: ":")] {
+            #expect(throws: WireError.self) { try JoinTokenText(parsing: bad) }
+        }
+    }
+
+    @Test func hostPortParsing() throws {
+        #expect(try parseHostPort("198.18.0.1:7443", field: "f") == ("198.18.0.1", 7443))
+        #expect(try parseHostPort("[fd00:b17::1]:7000", field: "f") == ("fd00:b17::1", 7000))
+        for bad in ["host", "host:0", "host:65536", ":80", "[::1]80", "h:-1"] {
+            #expect(throws: WireError.self) { try parseHostPort(bad, field: "f") }
+        }
+    }
+
+    @Test func mutualTLSCarriesTheCertificateIdentity() async throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try ClusterCA.create(directory: dir)
+        try await withServer(ca) { port, _ in
+            let client = try await WireClient.connect(host: "127.0.0.1", port: port,
+                                                      bundle: try ca.issueBundle(role: .viewer, name: "vera"),
+                                                      group: MultiThreadedEventLoopGroup.singleton)
+            #expect(try await whoAmI(client) == "viewer/vera")
+            #expect(client.peerIdentity?.role == .controller)
+            await client.close()
+        }
+    }
+
+    @Test func foreignCAAndHostnameMismatchAreRefused() async throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try ClusterCA.create(directory: dir + "/a")
+        let other = try ClusterCA.create(directory: dir + "/b")
+        try await withServer(ca) { port, _ in
+            // A client certificate of another CA, trusting ours: the server refuses it.
+            var foreign = try other.issueBundle(role: .admin, name: "mallory")
+            foreign.caPEM = ca.certificatePEM
+            await #expect(throws: (any Error).self) {
+                let client = try await WireClient.connect(host: "127.0.0.1", port: port, bundle: foreign, group: MultiThreadedEventLoopGroup.singleton)
+                _ = try await whoAmI(client)
+            }
+            // The server's certificate does not name "localhost6": the client refuses it.
+            await #expect(throws: (any Error).self) {
+                _ = try await WireClient.connect(host: "::1", port: port, bundle: try ca.issueBundle(role: .admin, name: "a"),
+                                                 group: MultiThreadedEventLoopGroup.singleton, timeout: .seconds(1))
+            }
+        }
+    }
+
+    @Test func anonymousPeersMayOnlyEnrol() async throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try ClusterCA.create(directory: dir)
+        try await withServer(ca, allowAnonymous: true) { port, _ in
+            let client = try await WireClient.connect(host: "127.0.0.1", port: port, bundle: nil, pinnedCA: ca.fingerprint,
+                                                      group: MultiThreadedEventLoopGroup.singleton)
+            var enroll = Berth_V1_Request()
+            enroll.enroll.token = "t"
+            #expect(try await client.call(enroll).status.name == "anonymous")
+            await #expect(throws: WireError.self) { _ = try await whoAmI(client) }
+            await client.close()
+            // A pinned hash of another CA: the enrolling client refuses the server.
+            await #expect(throws: (any Error).self) {
+                _ = try await WireClient.connect(host: "127.0.0.1", port: port, bundle: nil,
+                                                 pinnedCA: String(repeating: "0", count: 64), group: MultiThreadedEventLoopGroup.singleton)
+            }
+        }
+    }
+
+    @Test func revocationClosesOpenConnectionsAndRefusesNewOnes() async throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try ClusterCA.create(directory: dir)
+        try await withServer(ca) { port, server in
+            let bundle = try ca.issueBundle(role: .operator_, name: "olga")
+            let client = try await WireClient.connect(host: "127.0.0.1", port: port, bundle: bundle, group: MultiThreadedEventLoopGroup.singleton)
+            #expect(try await whoAmI(client) == "operator/olga")
+            server.registry.revoke([try bundle.identity().serial])
+            for _ in 0..<100 where client.isActive { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(!client.isActive)
+            await #expect(throws: WireError.self) {
+                let again = try await WireClient.connect(host: "127.0.0.1", port: port, bundle: bundle, group: MultiThreadedEventLoopGroup.singleton)
+                _ = try await whoAmI(again)
+            }
+        }
+    }
+}
