@@ -39,10 +39,11 @@ controller_start() {
     echo "controller did not come up; log:" >&2; tail -20 "$DIR/controller.log" >&2; return 1
 }
 
-stop_pid() { # FILE SIGNAL: stops the process whose pid is in FILE and waits for it
+stop_pid() { # FILE SIGNAL: stops the process whose pid is in FILE and waits for it (KILL after 10 s)
     local pid; pid=$(cat "$1" 2>/dev/null) || return 0
     kill -"$2" "$pid" 2>/dev/null
     for _ in $(seq 200); do alive "$pid" || break; sleep 0.05; done
+    alive "$pid" && { kill -KILL "$pid" 2>/dev/null; sleep 0.2; }
     rm -f "$1"
 }
 
@@ -72,6 +73,7 @@ up() {
     mkdir -p "$DIR"
     "$BUILD/berth" ca init --dir "$DIR/ca" >/dev/null || exit 1
     ip netns add "$FAB" || exit 1
+    set -e   # any failing step of the network set-up stops here
     ip -n "$FAB" link set lo up
     ip -n "$FAB" link add br0 type bridge
     ip -n "$FAB" addr add 198.18.100.1/24 dev br0
@@ -79,11 +81,13 @@ up() {
     ip -n "$FAB" link set br0 up
     ip -n "$FAB" route add 198.18.101.0/24 dev br0
     ip -n "$FAB" route add fd00:b17:101::/64 dev br0
+    set +e
     controller_start || exit 1
     cli ippool add pool 198.18.101.0/24 >/dev/null || exit 1
     for k in $(seq "$count"); do
         local n=n$k
         ip netns add "$NAME-$n" || exit 1
+        set -e
         ip -n "$NAME-$n" link set lo up
         ip -n "$FAB" link add "$n" type veth peer name eth0 netns "$NAME-$n"
         ip -n "$FAB" link set "$n" master br0
@@ -91,6 +95,7 @@ up() {
         ip -n "$NAME-$n" addr add "$(node_ip "$k")/24" dev eth0
         ip -n "$NAME-$n" addr add "fd00:b17:100::$((10 + k))/64" dev eth0 nodad
         ip -n "$NAME-$n" link set eth0 up
+        set +e
         mkdir -p "$DIR/$n"
         echo '{"network": {"uplink": "eth0", "ranges": ["198.18.101.0/24", "fd00:b17:101::/64"]}}' >"$DIR/$n/node.json"
         agent_start "$k" "$(cli node join-token --ttl 10m)" || exit 1
@@ -138,9 +143,9 @@ case "${1:-}" in
     up) shift; up "$@" ;;
     down) down ;;
     berth) shift; cli "$@" ;;
-    agent-start) agent_start "$2" ;;
-    agent-stop) agent_stop "$2" ;;
-    agent-kill) agent_kill "$2" ;;
+    agent-start|agent-stop|agent-kill)
+        [ -n "${2:-}" ] || { echo "$1 needs a node number (1 for n1)" >&2; exit 2; }
+        case "$1" in agent-start) agent_start "$2" ;; agent-stop) agent_stop "$2" ;; *) agent_kill "$2" ;; esac ;;
     controller-start) controller_start ;;
     controller-stop) controller_stop ;;
     *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;

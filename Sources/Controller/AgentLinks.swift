@@ -16,7 +16,8 @@ public actor AgentLinks {
     }
 
     public func client(for node: NodeRecord) async throws -> WireClient {
-        if let client = clients[node.name], client.isActive { return client }
+        if let client = clients[node.name], client.isActive, client.peerIdentity?.serial == node.certificateSerial { return client }
+        await clients[node.name]?.close()
         clients[node.name] = nil
         let (host, port) = try parseHostPort(node.address, field: "address")
         let client: WireClient
@@ -25,7 +26,9 @@ public actor AgentLinks {
         } catch let error as WireError {
             throw WireError(.unavailable, "node \(node.name) (\(node.address)) is unreachable: \(error.message)")
         }
-        guard client.peerIdentity?.role == .node, client.peerIdentity?.name == node.name else {
+        // The node's current certificate only: a replaced or revoked key cannot answer as it.
+        guard client.peerIdentity?.role == .node, client.peerIdentity?.name == node.name,
+              client.peerIdentity?.serial == node.certificateSerial else {
             await client.close()
             throw WireError(.unauthenticated, "the agent at \(node.address) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not node \(node.name)")
         }

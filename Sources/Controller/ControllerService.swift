@@ -26,6 +26,8 @@ public final class ControllerService: WireService {
         var start = 0
     }
     let placement = Mutex(PlacementState())
+    /// Creates on their way to a node: their records must not be destroyed under them.
+    let creating = Mutex(Set<String>())
 
     public init(store: ClusterStore, ca: ClusterCA, links: AgentLinks, settings: ControllerSettings,
                 registry: PeerRegistry, logger: Logger) throws {
@@ -46,7 +48,7 @@ public final class ControllerService: WireService {
 
     /// Removes a VPS record and its share of its node's usage.
     func forget(_ record: VPSRecord) throws {
-        try store.removeVPS(record.name)
+        guard try store.removeVPS(record.name) else { return }  // someone else already did
         let cost = placementCost(record.spec)
         placement.withLock { $0.usage[record.node]?.remove(record.spec, cost: cost) }
     }
@@ -171,7 +173,7 @@ public final class ControllerService: WireService {
         case .stop(let r):
             response = try await lifecycle(request, name: r.name, peer: peer, stream: stream)
         case .set(let r):
-            response = try await lifecycle(request, name: r.name, peer: peer, stream: stream)
+            response = try await set(r, request: request, peer: peer, stream: stream)
         case .exec(let r):
             response = try await lifecycle(request, name: r.name, peer: peer, stream: stream)
         case .console(let r):
@@ -179,10 +181,13 @@ public final class ControllerService: WireService {
         case .destroy(let r):
             let identity = try authorise(peer, .writeVPS, call: "destroy")
             let record = try visibleVPS(r.name, to: identity)
+            guard !creating.withLock({ $0.contains(record.name) }) else {
+                throw WireError(.conflict, "name: \(record.name) is still being created on \(record.node); destroy it once the create has finished", field: "name")
+            }
             do {
                 response = try await forward(request, to: try placedNode(record), stream: stream)
             } catch let error as WireError where error.code == .notFound && record.phase == "creating" {
-                response.ok = Berth_V1_Empty()   // the create never reached the agent
+                response.ok = Berth_V1_Empty()   // an earlier create never reached the node
             }
             try forget(record)
             try? store.addEvent(kind: "vps.destroyed", subject: record.name, message: "on \(record.node) by \(identity.name)")
@@ -211,19 +216,56 @@ public final class ControllerService: WireService {
         let identity = try authorise(peer, .writeVPS, call: Self.callName(request))
         let record = try visibleVPS(name, to: identity)
         var response = try await forward(request, to: try placedNode(record), stream: stream)
-        var updated = record
         switch response.result {
         case .status(var status):
             status.node = record.node
             response.status = status
-            updated.status = status
+            try? store.updateStatus(record.name, status)
         case .set(var result):
             result.status.node = record.node
             response.set = result
-            updated.status = result.status
-        default: return response
+            try? store.updateStatus(record.name, result.status)
+        default: break
         }
-        try? store.updateVPS(updated)
+        return response
+    }
+
+    /// `set`: addresses added live are reserved cluster-wide before the node sees them (the
+    /// node only knows its own VPSs), and released when the node refuses them or once removed.
+    func set(_ r: Berth_V1_SetRequest, request: Berth_V1_Request, peer: PeerIdentity, stream: ServerStream) async throws -> Berth_V1_Response {
+        let identity = try authorise(peer, .writeVPS, call: "set")
+        _ = try visibleVPS(r.name, to: identity)
+        var added: [String] = []
+        for ip in r.ipAdd {
+            guard let canonical = IPPoolMath.canonical(ip) else {
+                throw WireError(.invalidArgument, "ip-add: '\(ip)' is not an IPv4 or IPv6 address (pool addresses are given at create: --ip auto[:POOL])", field: "ip-add")
+            }
+            added.append(canonical)
+        }
+        let reserved = try store.reserveAddresses(added, for: r.name)
+        let response: Berth_V1_Response
+        do {
+            response = try await lifecycle(request, name: r.name, peer: peer, stream: stream)
+        } catch {
+            try? store.releaseAddresses(reserved, of: r.name)
+            throw error
+        }
+        // What the VPS holds now decides: an address both added and deleted stays released
+        // only if the node really dropped it.
+        let holds = Set(response.set.status.ips.compactMap(IPPoolMath.canonical))
+        try? store.releaseAddresses(r.ipDel.compactMap(IPPoolMath.canonical).filter { !holds.contains($0) }, of: r.name)
+        // New limits change what the VPS commits on its node.
+        if var record = try store.vps(r.name) {
+            let oldCost = placementCost(record.spec)
+            record.spec.ips = response.set.status.ips
+            record.spec.limits = response.set.status.limits
+            let newCost = placementCost(record.spec)
+            try? store.updateVPS(record)
+            placement.withLock { state in
+                state.usage[record.node]?.remove(record.spec, cost: oldCost)
+                state.usage[record.node, default: NodeUsage()].add(record.spec, cost: newCost)
+            }
+        }
         return response
     }
 
@@ -302,6 +344,8 @@ public final class ControllerService: WireService {
         create.constraints = [:]
         create.antiAffinity = ""
         agentRequest.create = create
+        creating.withLock { _ = $0.insert(record.name) }
+        defer { creating.withLock { _ = $0.remove(record.name) } }
         do {
             guard let node = try store.node(record.node) else { throw WireError(.corruptState, "node \(record.node) vanished") }
             let response = try await forward(agentRequest, to: node, stream: stream)
@@ -314,8 +358,12 @@ public final class ControllerService: WireService {
             try store.updateVPS(updated)
             try? store.addEvent(kind: "vps.created", subject: record.name, message: "on \(record.node) by \(identity.name)")
             return status
+        } catch let error as WireError where [.unavailable, .deadlineExceeded, .cancelled].contains(error.code) {
+            // The node may have created it before the answer was lost: keep the record (state
+            // `creating`); the node's next heartbeat settles it, and destroy removes it if not.
+            throw WireError(error.code, "\(error.message) (the create may have reached \(record.node): `berth status \(record.name)` shows it once the node reports; `berth destroy` removes the record otherwise)")
         } catch {
-            // Nothing was created on the node: give the name, the addresses and the capacity back.
+            // The node refused it: give the name, the addresses and the capacity back.
             try? forget(record)
             throw error
         }
@@ -490,11 +538,11 @@ public final class ControllerService: WireService {
             logger.notice("node up", metadata: ["node": "\(node.name)"])
             try? store.addEvent(kind: "node.up", subject: node.name, message: "heartbeat received")
         }
-        if node.address != request.address && !request.address.isEmpty || node.labels != request.labels || node.info.vpsTotal != request.info.vpsTotal || node.info.cpus != request.info.cpus {
+        let moved = !request.address.isEmpty && node.address != request.address
+        if moved || node.labels != request.labels || node.info.vpsTotal != request.info.vpsTotal || node.info.cpus != request.info.cpus {
             if !request.address.isEmpty { node.address = request.address }
-            node.labels = request.labels
-            node.info = request.info
-            try store.saveNode(node)
+            try store.updateNodeReport(name: node.name, serial: identity.serial, address: node.address,
+                                       labels: request.labels, info: request.info)
         }
         _ = try store.recordStatuses(node: node.name, request.vpses)
         var reply = Berth_V1_HeartbeatReply()

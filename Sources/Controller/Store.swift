@@ -50,8 +50,17 @@ public protocol ClusterStore: Sendable {
     /// already-exists when the name is taken anywhere in the cluster.
     func reserveVPS(_ record: VPSRecord, autoAddresses: [(pool: String, count: Int)]) throws -> [String]
     func updateVPS(_ record: VPSRecord) throws
-    /// Deletes the row and releases its pool addresses.
-    func removeVPS(_ name: String) throws
+    /// Assigns explicit addresses to a VPS and returns those that were not its own already;
+    /// fails with already-exists, assigning none, when any of them belongs to another VPS.
+    func reserveAddresses(_ addresses: [String], for vps: String) throws -> [String]
+    func releaseAddresses(_ addresses: [String], of vps: String) throws
+    /// Deletes the row and releases its addresses; false when there was no such row.
+    @discardableResult func removeVPS(_ name: String) throws -> Bool
+    /// Writes the status the node answered, nothing else of the record.
+    func updateStatus(_ name: String, _ status: Berth_V1_VpsStatus) throws
+    /// A heartbeat's report: address, labels and capacity, for the node holding `serial` only
+    /// (cordon state and the certificate are not the heartbeat's to change).
+    func updateNodeReport(name: String, serial: String, address: String, labels: [String: String], info: Berth_V1_NodeInfo) throws
     /// Writes the statuses an agent reported for the VPSs placed on it; returns how many changed.
     func recordStatuses(node: String, _ statuses: [Berth_V1_VpsStatus]) throws -> Int
     func importVPSes(_ records: [VPSRecord]) throws
@@ -177,7 +186,8 @@ public final class SQLiteStore: ClusterStore {
             // Explicit addresses must not collide with pool allocations of other VPSs.
             for address in spec.ips {
                 if let owner = try String.fetchOne(db, sql: "SELECT vps FROM ip_address WHERE address = ?", arguments: [IPPoolMath.canonical(address) ?? address]) {
-                    throw WireError(.alreadyExists, "ip: \(address) is already assigned to \(owner)", field: "ip")
+                    _ = owner  // not named: the owner may be another tenant's VPS
+                    throw WireError(.alreadyExists, "ip: \(address) is already assigned in the cluster", field: "ip")
                 }
             }
             try db.execute(sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
@@ -218,10 +228,50 @@ public final class SQLiteStore: ClusterStore {
         }
     }
 
-    public func removeVPS(_ name: String) throws {
+    public func reserveAddresses(_ addresses: [String], for vps: String) throws -> [String] {
+        guard !addresses.isEmpty else { return [] }
+        return try pool.write { db -> [String] in
+            var inserted: [String] = []
+            for address in addresses {
+                if let owner = try String.fetchOne(db, sql: "SELECT vps FROM ip_address WHERE address = ?", arguments: [address]) {
+                    if owner == vps { continue }
+                    throw WireError(.alreadyExists, "ip-add: \(address) is already assigned in the cluster", field: "ip-add")
+                }
+                try db.execute(sql: "INSERT INTO ip_address (address, pool, vps) VALUES (?, NULL, ?)", arguments: [address, vps])
+                inserted.append(address)
+            }
+            return inserted
+        }
+    }
+
+    public func releaseAddresses(_ addresses: [String], of vps: String) throws {
+        guard !addresses.isEmpty else { return }
+        try pool.write { db in
+            for address in addresses {
+                try db.execute(sql: "DELETE FROM ip_address WHERE address = ? AND vps = ?", arguments: [address, vps])
+            }
+        }
+    }
+
+    @discardableResult
+    public func removeVPS(_ name: String) throws -> Bool {
         try pool.write { db in
             try db.execute(sql: "DELETE FROM ip_address WHERE vps = ?", arguments: [name])
             try db.execute(sql: "DELETE FROM vps WHERE name = ?", arguments: [name])
+            return db.changesCount > 0
+        }
+    }
+
+    public func updateStatus(_ name: String, _ status: Berth_V1_VpsStatus) throws {
+        let bytes = Data(try status.serializedBytes() as [UInt8])
+        try pool.write { db in try db.execute(sql: "UPDATE vps SET status = ? WHERE name = ?", arguments: [bytes, name]) }
+    }
+
+    public func updateNodeReport(name: String, serial: String, address: String, labels: [String: String], info: Berth_V1_NodeInfo) throws {
+        let bytes = Data(try info.serializedBytes() as [UInt8])
+        try pool.write { db in
+            try db.execute(sql: "UPDATE node SET address = ?, labels = ?, info = ? WHERE name = ? AND certificate_serial = ?",
+                           arguments: [address, Self.labelsText(labels), bytes, name, serial])
         }
     }
 

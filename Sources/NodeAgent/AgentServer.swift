@@ -6,6 +6,7 @@ import NIOPosix
 import Prometheus
 import ServiceLifecycle
 import Wire
+import WireTLS
 
 /// The agent as a ServiceLifecycle service: recover VPSs, serve the Unix socket, and on
 /// graceful shutdown stop serving — VPSs keep running; a new agent re-adopts them.
@@ -36,16 +37,15 @@ public final class AgentServer: Service, @unchecked Sendable {
         let service = AgentService(manager: manager, group: group, logger: logger)
         // Enrol before serving anything, so a bad token fails the start with its reason.
         var membership: Task<Void, Never>?
+        var listener: TLSWireServer?
         if let cluster {
             let member = ClusterMember(options: cluster, manager: manager, group: group, logger: logger)
             let bundle = try await member.credentials()
-            let logger = self.logger
-            membership = Task {
-                do { try await member.run(service: service, bundle: bundle) } catch {
-                    logger.critical("cluster membership ended", metadata: ["error": "\(error)"])
-                }
-            }
+            let server = try await member.serve(service: service, bundle: bundle)
+            listener = server
+            membership = Task { try? await member.heartbeats(bundle: bundle, registry: server.registry) }
         }
+        let clusterServer = listener
         defer { membership?.cancel() }
         let server = try await UnixWireServer.bind(path: socketPath, service: service, group: group)
         logger.info("agent serving", metadata: ["socket": "\(socketPath)", "node": "\(manager.nodeName)"])
@@ -66,6 +66,7 @@ public final class AgentServer: Service, @unchecked Sendable {
             self.logger.info("graceful shutdown: closing the socket; VPSs keep running")
             Task {
                 await server.close()
+                await clusterServer?.close()
                 await metricsServer?.close()
             }
         }

@@ -76,6 +76,11 @@ public final class ClusterMember: Sendable {
             throw WireError(.unauthenticated, "join: the controller at \(options.controller) did not present the CA the token names (sha-256 \(token.caFingerprint.prefix(16))…): wrong controller or wrong token", field: "join")
         }
         defer { Task { await client.close() } }
+        // Any certificate of the cluster chains to the pinned CA: only the controller's may
+        // receive the token.
+        guard client.peerIdentity?.role == .controller else {
+            throw WireError(.unauthenticated, "join: \(options.controller) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not the controller", field: "join")
+        }
         var request = Berth_V1_Request()
         var enroll = Berth_V1_EnrollRequest()
         enroll.token = tokenText
@@ -96,16 +101,16 @@ public final class ClusterMember: Sendable {
         return bundle
     }
 
-    /// Serves the controller on `listen` and heartbeats until cancelled.
-    public func run(service: AgentService, bundle: CredentialBundle) async throws {
+    /// Binds the listener the controller calls (a failure here fails the agent's start).
+    public func serve(service: AgentService, bundle: CredentialBundle) async throws -> TLSWireServer {
         let (host, port) = try parseHostPort(options.listen, field: "listen")
         let server = try await TLSWireServer.bind(host: host, port: port, service: service, bundle: bundle, group: group)
         logger.info("serving the controller", metadata: ["listen": "\(options.listen)"])
-        defer { Task { await server.close() } }
-        try await heartbeats(bundle: bundle, registry: server.registry)
+        return server
     }
 
-    func heartbeats(bundle: CredentialBundle, registry: PeerRegistry) async throws {
+    /// Heartbeats until cancelled; failures are logged and retried every interval.
+    public func heartbeats(bundle: CredentialBundle, registry: PeerRegistry) async throws {
         let (host, port) = try parseHostPort(options.controller, field: "controller")
         var interval: Duration = .seconds(1)
         var client: WireClient?

@@ -83,8 +83,8 @@ public enum IPPoolMath {
             throw WireError(.invalidArgument, "name: \"\(name)\" must be 1-63 of [a-z0-9-]", field: "name")
         }
         let network = try parseNetwork(cidr)
-        guard network.isV6 ? network.prefix >= 64 || network.prefix <= 128 : network.prefix <= 30 else {
-            throw WireError(.invalidArgument, "cidr: an IPv4 pool needs at least a /30", field: "cidr")
+        guard network.prefix <= (network.isV6 ? 126 : 30) else {
+            throw WireError(.invalidArgument, "cidr: a pool needs at least a /30 (IPv4) or /126 (IPv6) to hold an address", field: "cidr")
         }
         var canonicalGateway = ""
         if !gateway.isEmpty {

@@ -165,6 +165,14 @@ public final class WireClient: @unchecked Sendable {
             let payload = ByteBuffer(bytes: try hello.serializedBytes() as [UInt8])
             channel.writeAndFlush(Frame(type: .hello, stream: 0, payload: payload), promise: nil)
         }.get()
+        // A server that accepts but never answers HELLO must not hang the client.
+        let helloTimeout = channel.eventLoop.scheduleTask(in: .seconds(10)) {
+            guard let pending = handler.hello else { return }
+            handler.hello = nil
+            pending.fail(WireError(.deadlineExceeded, "the server did not answer HELLO within 10 s"))
+            channel.close(promise: nil)
+        }
+        defer { helloTimeout.cancel() }
         do {
             let answer = try await promise.futureResult.get()
             return WireClient(channel: channel, handler: handler, serverSoftware: answer.software, peerIdentity: nil)
@@ -190,11 +198,16 @@ public final class WireClient: @unchecked Sendable {
     public func start(_ request: Berth_V1_Request) async throws -> ClientCall {
         let payload = ByteBuffer(bytes: try request.serializedBytes() as [UInt8])
         return try await channel.eventLoop.submit { () -> ClientCall in
+            // A connection that closed before this call would never deliver its answer.
+            guard self.channel.isActive else { throw WireError(.unavailable, "the connection to the server was closed") }
             let id = self.nextStream
             self.nextStream &+= 2
             let call = ClientCall(id: id, channel: self.channel)
             self.handler.calls[id] = call
-            self.channel.writeAndFlush(Frame(type: .request, stream: id, payload: payload), promise: nil)
+            self.channel.writeAndFlush(Frame(type: .request, stream: id, payload: payload)).whenFailure { error in
+                self.handler.calls[id]?.continuation.yield(.failure(WireError(.unavailable, "cannot send the request: \(error)")))
+                self.handler.finish(id)
+            }
             return call
         }.get()
     }

@@ -69,9 +69,9 @@ public protocol WireService: Sendable {
 }
 
 /// Serves one connection: the hello exchange, then one task per request stream.
-final class WireServerHandler: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = Frame
-    typealias OutboundOut = Frame
+package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendable {
+    package typealias InboundIn = Frame
+    package typealias OutboundOut = Frame
 
     let service: WireService
     let peer: PeerIdentity
@@ -79,13 +79,16 @@ final class WireServerHandler: ChannelInboundHandler, @unchecked Sendable {
     var helloDone = false
     var streams: [UInt32: (ServerStream, Task<Void, Never>)] = [:]
 
+    /// Calls in progress (read on the event loop).
+    package var openCalls: Int { streams.count }
+
     init(service: WireService, peer: PeerIdentity, maxStreams: Int) {
         self.service = service
         self.peer = peer
         self.maxStreams = maxStreams
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         if !helloDone {
             handleHello(context: context, frame: frame)
@@ -196,11 +199,11 @@ final class WireServerHandler: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
+    package func errorCaught(context: ChannelHandlerContext, error: Error) {
         fail(context: context, Self.wireError(from: error))
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    package func channelInactive(context: ChannelHandlerContext) {
         for (stream, task) in streams.values {
             stream.continuation.finish()
             task.cancel()
@@ -211,11 +214,14 @@ final class WireServerHandler: ChannelInboundHandler, @unchecked Sendable {
 }
 
 /// The frame codec and the request dispatcher, on a connection whose peer is already known.
+@discardableResult
 package func addWireServerHandlers(to pipeline: ChannelPipeline.SynchronousOperations, service: WireService,
-                           peer: PeerIdentity, maxStreams: Int) throws {
+                                   peer: PeerIdentity, maxStreams: Int) throws -> WireServerHandler {
+    let handler = WireServerHandler(service: service, peer: peer, maxStreams: maxStreams)
     try pipeline.addHandler(ByteToMessageHandler(FrameDecoder()))
     try pipeline.addHandler(MessageToByteHandler(FrameEncoder()))
-    try pipeline.addHandler(WireServerHandler(service: service, peer: peer, maxStreams: maxStreams))
+    try pipeline.addHandler(handler)
+    return handler
 }
 
 /// Runs `body`, cancelling it and throwing deadline-exceeded once `milliseconds` have passed.

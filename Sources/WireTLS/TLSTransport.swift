@@ -97,7 +97,10 @@ public final class PeerRegistry: Sendable {
     struct State {
         var revoked: Set<String> = []
         var open: [String: [ObjectIdentifier: Channel]] = [:]
+        var anonymous = 0
     }
+    /// Connections without a certificate (enrolment) at once, across all peers.
+    public static let maxAnonymousConnections = 16
     let state = NIOLockedValueBox(State())
     public let maxConnectionsPerPeer: Int
 
@@ -122,6 +125,16 @@ public final class PeerRegistry: Sendable {
     }
 
     func admit(_ identity: PeerIdentity, channel: Channel) -> WireError? {
+        if identity == .anonymous {
+            let admitted = state.withLockedValue { state -> Bool in
+                guard state.anonymous < Self.maxAnonymousConnections else { return false }
+                state.anonymous += 1
+                return true
+            }
+            guard admitted else { return WireError(.tooManyStreams, "too many enrolments in progress; retry shortly") }
+            channel.closeFuture.whenComplete { [state] _ in state.withLockedValue { $0.anonymous -= 1 } }
+            return nil
+        }
         guard case .certificate(let certificate) = identity else { return nil }
         let key = ObjectIdentifier(channel)
         let refusal: WireError? = state.withLockedValue { state in
@@ -196,9 +209,9 @@ final class TLSAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler 
             return
         }
         do {
-            try context.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .minutes(5)), position: .after(self))
-            try addWireServerHandlers(to: context.pipeline.syncOperations, service: service, peer: identity, maxStreams: maxStreams)
-            try context.pipeline.syncOperations.addHandler(IdleCloser())
+            try context.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: .minutes(5)), position: .after(self))
+            let server = try addWireServerHandlers(to: context.pipeline.syncOperations, service: service, peer: identity, maxStreams: maxStreams)
+            try context.pipeline.syncOperations.addHandler(IdleCloser(server: server))
         } catch {
             context.close(promise: nil)
             return
@@ -215,12 +228,17 @@ final class TLSAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler 
     }
 }
 
-/// Closes a connection the peer has left silent for the idle limit (clients ping to stay).
+/// Closes a connection on which nothing moved either way for the idle limit and no call is
+/// open (a quiet exec or console keeps its connection).
 final class IdleCloser: ChannelInboundHandler {
     typealias InboundIn = NIOAny
+    let server: WireServerHandler
+
+    init(server: WireServerHandler) { self.server = server }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
-            context.close(promise: nil)
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .all {
+            if server.openCalls == 0 { context.close(promise: nil) }
             return
         }
         context.fireUserInboundEventTriggered(event)

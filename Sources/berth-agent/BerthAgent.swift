@@ -82,6 +82,9 @@ struct BerthAgent: AsyncParsableCommand {
         if (controller == nil) != (listen == nil) {
             throw ValidationError("--controller and --listen go together: the agent calls the controller and serves it")
         }
+        if let listen, let (host, _) = Self.hostPort(listen), Self.isUnspecifiedAddress(host) {
+            throw ValidationError("--listen: '\(listen)' must name the address the controller dials (it goes into this node's certificate), not a wildcard")
+        }
         if join != nil && controller == nil {
             throw ValidationError("--join needs --controller HOST:PORT")
         }
@@ -156,6 +159,15 @@ struct BerthAgent: AsyncParsableCommand {
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         try await services.run()
+    }
+
+    /// 0.0.0.0, ::, ::0, 0:0::0 … (any spelling of the unspecified address).
+    static func isUnspecifiedAddress(_ host: String) -> Bool {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, host, &v4) == 1 { return v4.s_addr == 0 }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, host, &v6) == 1 { return withUnsafeBytes(of: v6) { $0.allSatisfy { $0 == 0 } } }
+        return false
     }
 
     static func hostPort(_ text: String) -> (String, Int)? {

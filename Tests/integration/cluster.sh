@@ -282,13 +282,24 @@ t_bad_input() {
     err=$(expect_fail 2 "$BERTH" ca issue --dir "$WORK/ca" --role root --name x --out "$WORK/x"); expect_contains "$err" "role"
     err=$(expect_fail 4 "$BERTH" ca init --dir "$WORK/ca"); expect_contains "$err" "already holds a CA"
     err=$(expect_fail 2 cl node join-token --ttl 30d); expect_contains "$err" "ttl"
+    # Addresses are unique cluster-wide, also when added later with set --ip-add on another node.
+    cl create "$RUN_ID-ua" --template busybox --disk 64M --ip auto >/dev/null
+    cl create "$RUN_ID-ub" --template busybox --disk 64M --ip auto >/dev/null
+    local ua_ip; ua_ip=$(cl status "$RUN_ID-ua" --json | field ips)
+    err=$(expect_fail 4 cl set "$RUN_ID-ub" --ip-add "$ua_ip"); expect_contains "$err" "already assigned in the cluster"
+    cl set "$RUN_ID-ub" --ip-add 198.18.101.200 >/dev/null
+    expect_contains "$(cl status "$RUN_ID-ub" --json | field ips)" 198.18.101.200
+    err=$(expect_fail 4 cl create "$RUN_ID-uc" --template busybox --ip 198.18.101.200); expect_contains "$err" "already assigned"
+    cl set "$RUN_ID-ub" --ip-del 198.18.101.200 >/dev/null
+    cl create "$RUN_ID-uc" --template busybox --disk 64M --ip 198.18.101.200 >/dev/null
+    for v in ua ub uc; do cl destroy "$RUN_ID-$v" >/dev/null; done
     # A forged or foreign token enrols nothing; the agent says why and exits non-zero.
     local token; token=$(cl node join-token)
     local forged=${token%%.*}.00000000000000000000000000000000.${token##*.}
     local foreign; foreign=${token%.*}.$(printf '%064d' 0)
     for bad in "$forged:unknown, expired or already used" "$foreign:did not present the CA the token names"; do
         mkdir -p "$WORK/n9"
-        err=$(nsenter --net=/run/netns/"$FAB" "$BUILD/berth-agent" --name n9 --data-dir "$WORK/n9/data" --run-dir "$WORK/n9/run" \
+        err=$(timeout 30 nsenter --net=/run/netns/"$FAB" "$BUILD/berth-agent" --name n9 --data-dir "$WORK/n9/data" --run-dir "$WORK/n9/run" \
             --socket "$WORK/n9/agent.sock" --cgroup-parent "berth-$RUN_ID-n9" --controller "$CONTROLLER" --listen 198.18.100.1:7009 \
             --join "${bad%%:*}" 2>&1) && fail "a bad token enrolled a node"
         expect_contains "$err" "${bad#*:}"
@@ -308,7 +319,7 @@ run_test "a killed agent's node is down within the window; its VPS is not starte
 run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, hostname mismatch, TLS <= 1.2" t_mtls_battery
 run_test "roles and tenants (T05): viewers read only, tenants see only their own, nodes are not operators" t_roles_and_tenants
 run_test "revocation (T04) closes open sessions and refuses new ones" t_revocation_closes_open_sessions
-run_test "bad pools, placements, names, roles and tokens: clear errors, nothing applied" t_bad_input
+run_test "bad pools, placements, names, roles, addresses and tokens: clear errors, nothing applied" t_bad_input
 
 echo
 [ ${#FAILED_NAMES[@]} -eq 0 ] || printf 'failed: %s\n' "${FAILED_NAMES[@]}"
