@@ -106,8 +106,8 @@ say "berth exec web2 -- hostname" "# exec streams through the controller to the 
 cat <<EOT
 
 Both VPSs keep running, and so does the three-node cluster. Try:
-  scripts/dev-cluster.sh berth node list   # the fleet, through the controller
-  scripts/dev-cluster.sh berth exec web1 -- ps
+  BERTH_CLUSTER=$BERTH_CLUSTER BERTH_CLUSTER_DIR=$BERTH_CLUSTER_DIR scripts/dev-cluster.sh berth node list
+  BERTH_CLUSTER=$BERTH_CLUSTER BERTH_CLUSTER_DIR=$BERTH_CLUSTER_DIR scripts/dev-cluster.sh berth exec web1 -- ps
   $BERTH enter demo1            # a shell inside (exit to leave)
   $BERTH console demo2          # its console; Ctrl-] detaches
   $BERTH exec demo1 -- reboot   # restarts the VPS, not the host

@@ -107,7 +107,10 @@ up() {
         sleep 0.1
     done
     echo "cluster $NAME: controller $CONTROLLER, $count nodes, admin bundle $DIR/ca/admin"
-    echo "CLI: $0 berth node list   (or: nsenter --net=/run/netns/$FAB berth --controller $CONTROLLER --config-dir $DIR/ca/admin …)"
+    local prefix=""
+    [ "$NAME" = bcl ] || prefix="BERTH_CLUSTER=$NAME "
+    [ -z "${BERTH_CLUSTER_DIR:-}" ] || prefix="${prefix}BERTH_CLUSTER_DIR=$DIR "
+    echo "CLI: $prefix$0 berth node list   (or: nsenter --net=/run/netns/$FAB berth --controller $CONTROLLER --config-dir $DIR/ca/admin …)"
 }
 
 down() {
