@@ -62,12 +62,14 @@ demo-stop:
 	@BUILD=$(BUILD) ./scripts/demo.sh stop
 
 # Start/exec/density against crun on the same busybox rootfs, then networking (set-up cost vs
-# `ip -batch`, iperf3 vs a bare veth pair, parallel stop); release build.
+# `ip -batch`, iperf3 vs a bare veth pair, parallel stop), then the cluster (mTLS RPC, scheduler,
+# store, heartbeats, exec streaming vs a cat pipe); release build.
 bench: deps
 	@BERTH_BENCH=1 ./scripts/install-deps.sh
 	$(SWIFT) build -c release --static-swift-stdlib
 	@BUILD=$(RELEASE) ./Benchmarks/run.sh
 	@BUILD=$(RELEASE) ./Benchmarks/network.sh
+	@BUILD=$(RELEASE) ./Benchmarks/cluster.sh
 
 # Regenerates Sources/Wire/berth.pb.swift with Debian's protoc and a locally built plugin.
 proto:

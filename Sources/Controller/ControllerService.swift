@@ -28,6 +28,16 @@ public final class ControllerService: WireService {
     let placement = Mutex(PlacementState())
     /// Creates on their way to a node: their records must not be destroyed under them.
     let creating = Mutex(Set<String>())
+    /// What a heartbeat needs without touching SQLite: each node's current certificate serial,
+    /// the revoked serials (both change only through this service), and the last status report
+    /// per node, so an unchanged report is not compared row by row again.
+    struct HeartbeatCache {
+        var serials: [String: String] = [:]
+        var revoked: [String] = []
+        var lastReport: [String: [Berth_V1_VpsStatus]] = [:]
+        var lastMeta: [String: Berth_V1_Heartbeat] = [:]
+    }
+    let heartbeatCache = Mutex(HeartbeatCache())
 
     public init(store: ClusterStore, ca: ClusterCA, links: AgentLinks, settings: ControllerSettings,
                 registry: PeerRegistry, logger: Logger) throws {
@@ -38,8 +48,14 @@ public final class ControllerService: WireService {
         self.registry = registry
         self.logger = logger
         self.liveness = Liveness(downAfter: settings.downAfter)
-        liveness.seed(try store.nodes())
-        registry.revoke(try store.revoked())
+        let nodes = try store.nodes()
+        let revoked = try store.revoked()
+        liveness.seed(nodes)
+        registry.revoke(revoked)
+        heartbeatCache.withLock { cache in
+            for node in nodes { cache.serials[node.name] = node.certificateSerial }
+            cache.revoked = revoked.sorted()
+        }
         var usage: [String: NodeUsage] = [:]
         for vps in try store.vpses() { usage[vps.node, default: NodeUsage()].add(vps.spec, cost: placementCost(vps.spec)) }
         let loaded = usage
@@ -105,6 +121,7 @@ public final class ControllerService: WireService {
             }
             try store.revoke(serial)
             registry.revoke([serial])
+            noteRevoked(serial)
             try? store.addEvent(kind: "certificate.revoked", subject: serial, message: "revoked by \(identity.name)")
             logger.notice("certificate revoked", metadata: ["serial": "\(serial)", "by": "\(identity.name)"])
             response.ok = Berth_V1_Empty()
@@ -191,6 +208,23 @@ public final class ControllerService: WireService {
             }
             try forget(record)
             try? store.addEvent(kind: "vps.destroyed", subject: record.name, message: "on \(record.node) by \(identity.name)")
+        case .events(let r):
+            let identity = try authorise(peer, .read, call: "events")
+            guard isTenant(identity) == nil else { throw WireError(.permissionDenied, "events: tenants do not see the cluster's event log") }
+            guard r.waitMs <= 30_000, r.limit <= 1000 else {
+                throw WireError(.invalidArgument, "events: wait_ms is at most 30000 and limit at most 1000", field: "wait_ms")
+            }
+            guard let after = Int64(exactly: r.afterID) else { throw WireError(.invalidArgument, "events: after_id out of range", field: "after_id") }
+            let limit = r.limit == 0 ? 100 : Int(r.limit)
+            let deadline = ContinuousClock.now + .milliseconds(Int(r.waitMs))
+            var found = try store.events(after: after, limit: limit)
+            while found.isEmpty && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+                found = try store.events(after: after, limit: limit)
+            }
+            var list = Berth_V1_EventList()
+            list.events = found
+            response.events = list
         case .templateBuild, .templateImport, .templateRemove, .templateList, .nodeInfo:
             throw WireError(.invalidArgument, "templates and node info are per node: run this against the node's agent (berth --agent), or see `berth node show NODE`")
         case nil:
@@ -216,6 +250,8 @@ public final class ControllerService: WireService {
         let identity = try authorise(peer, .writeVPS, call: Self.callName(request))
         let record = try visibleVPS(name, to: identity)
         var response = try await forward(request, to: try placedNode(record), stream: stream)
+        // The node's next report is compared row by row again, whatever it says.
+        heartbeatCache.withLock { $0.lastReport[record.node] = nil }
         switch response.result {
         case .status(var status):
             status.node = record.node
@@ -513,10 +549,12 @@ public final class ControllerService: WireService {
             // Re-enrolment replaces the node's certificate: the old one stops working at once.
             try store.revoke(previous.certificateSerial)
             registry.revoke([previous.certificateSerial])
+            noteRevoked(previous.certificateSerial)
         }
         try store.saveNode(NodeRecord(name: request.nodeName, address: request.address, labels: request.labels,
                                       info: previous?.info ?? Berth_V1_NodeInfo(), cordoned: previous?.cordoned ?? false,
                                       certificateSerial: serial))
+        heartbeatCache.withLock { $0.serials[request.nodeName] = serial; $0.lastReport[request.nodeName] = nil }
         try? store.addEvent(kind: "node.enrolled", subject: request.nodeName, message: "at \(request.address)")
         logger.notice("node enrolled", metadata: ["node": "\(request.nodeName)", "address": "\(request.address)"])
         var reply = Berth_V1_EnrollReply()
@@ -527,27 +565,48 @@ public final class ControllerService: WireService {
         return reply
     }
 
+    func noteRevoked(_ serial: String) {
+        heartbeatCache.withLock { cache in
+            if !cache.revoked.contains(serial) { cache.revoked = (cache.revoked + [serial]).sorted() }
+        }
+    }
+
+    /// The hot path of a large fleet (every node, every second): SQLite is touched only when
+    /// something the node reports has changed.
     func heartbeat(_ request: Berth_V1_Heartbeat, peer: PeerIdentity) throws -> Berth_V1_HeartbeatReply {
         guard case .certificate(let identity) = peer, identity.role == .node else {
             throw WireError(.permissionDenied, "heartbeat: only node certificates send heartbeats")
         }
-        guard var node = try store.node(identity.name), node.certificateSerial == identity.serial else {
+        var meta = request
+        meta.vpses = []
+        let (enrolled, unchanged, sameMeta, revoked) = heartbeatCache.withLock { cache in
+            (cache.serials[identity.name] == identity.serial, cache.lastReport[identity.name] == request.vpses,
+             cache.lastMeta[identity.name] == meta, cache.revoked)
+        }
+        guard enrolled else {
             throw WireError(.unauthenticated, "heartbeat: node \(identity.name) is not enrolled with this certificate")
         }
-        if liveness.heartbeat(node: node.name, info: request.info, templates: request.templates) {
-            logger.notice("node up", metadata: ["node": "\(node.name)"])
-            try? store.addEvent(kind: "node.up", subject: node.name, message: "heartbeat received")
+        if liveness.heartbeat(node: identity.name, info: request.info, templates: request.templates) {
+            logger.notice("node up", metadata: ["node": "\(identity.name)"])
+            try? store.addEvent(kind: "node.up", subject: identity.name, message: "heartbeat received")
         }
-        let moved = !request.address.isEmpty && node.address != request.address
-        if moved || node.labels != request.labels || node.info.vpsTotal != request.info.vpsTotal || node.info.cpus != request.info.cpus {
-            if !request.address.isEmpty { node.address = request.address }
-            try store.updateNodeReport(name: node.name, serial: identity.serial, address: node.address,
-                                       labels: request.labels, info: request.info)
+        if !sameMeta {
+            heartbeatCache.withLock { $0.lastMeta[identity.name] = meta }
+            if let node = try store.node(identity.name) {
+                let address = request.address.isEmpty ? node.address : request.address
+                if address != node.address || node.labels != request.labels || node.info != request.info {
+                    try store.updateNodeReport(name: node.name, serial: identity.serial, address: address,
+                                               labels: request.labels, info: request.info)
+                }
+            }
         }
-        _ = try store.recordStatuses(node: node.name, request.vpses)
+        if !unchanged {
+            _ = try store.recordStatuses(node: identity.name, request.vpses)
+            heartbeatCache.withLock { $0.lastReport[identity.name] = request.vpses }
+        }
         var reply = Berth_V1_HeartbeatReply()
         reply.intervalMs = UInt32(settings.heartbeatInterval.components.seconds * 1000 + settings.heartbeatInterval.components.attoseconds / 1_000_000_000_000_000)
-        reply.revokedSerials = try store.revoked().sorted()
+        reply.revokedSerials = revoked
         return reply
     }
 

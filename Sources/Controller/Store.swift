@@ -78,6 +78,7 @@ public protocol ClusterStore: Sendable {
     func revoke(_ serial: String) throws
 
     func addEvent(kind: String, subject: String, message: String) throws
+    func events(after id: Int64, limit: Int) throws -> [Berth_V1_Event]
 }
 
 public final class SQLiteStore: ClusterStore {
@@ -374,6 +375,20 @@ public final class SQLiteStore: ClusterStore {
     public func revoke(_ serial: String) throws {
         try pool.write { db in
             try db.execute(sql: "INSERT OR IGNORE INTO revoked (serial, at) VALUES (?, ?)", arguments: [serial, Date().timeIntervalSince1970])
+        }
+    }
+
+    public func events(after id: Int64, limit: Int) throws -> [Berth_V1_Event] {
+        try pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM event WHERE id > ? ORDER BY id LIMIT ?", arguments: [id, limit]).map { row in
+                var event = Berth_V1_Event()
+                event.id = UInt64(row["id"] as Int64)
+                event.atUnixMs = Int64((row["at"] as Double) * 1000)
+                event.kind = row["kind"]
+                event.subject = row["subject"]
+                event.message = row["message"]
+                return event
+            }
         }
     }
 

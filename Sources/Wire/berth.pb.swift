@@ -885,6 +885,60 @@ public nonisolated struct Berth_V1_RevokeRequest: Sendable {
   public init() {}
 }
 
+/// The controller's event log (node up/down/enrolled/cordoned, VPS created/destroyed, certificate
+/// revoked). A long poll: the answer comes once events after `after_id` exist or `wait_ms` passed.
+public nonisolated struct Berth_V1_EventsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var afterID: UInt64 = 0
+
+  /// at most 30000
+  public var waitMs: UInt32 = 0
+
+  /// 0 = 100; at most 1000
+  public var limit: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_Event: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: UInt64 = 0
+
+  public var atUnixMs: Int64 = 0
+
+  /// "node.down", "vps.created", ...
+  public var kind: String = String()
+
+  /// the node, VPS or serial it is about
+  public var subject: String = String()
+
+  public var message: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_EventList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var events: [Berth_V1_Event] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Berth_V1_Request: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1112,6 +1166,14 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .revoke(newValue)}
   }
 
+  public var events: Berth_V1_EventsRequest {
+    get {
+      if case .events(let v)? = call {return v}
+      return Berth_V1_EventsRequest()
+    }
+    set {call = .events(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -1143,6 +1205,7 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case ippoolList(Berth_V1_Empty)
     case ippoolRemove(Berth_V1_NameRequest)
     case revoke(Berth_V1_RevokeRequest)
+    case events(Berth_V1_EventsRequest)
 
   }
 
@@ -1284,6 +1347,14 @@ public nonisolated struct Berth_V1_Response: Sendable {
     set {result = .ippool(newValue)}
   }
 
+  public var events: Berth_V1_EventList {
+    get {
+      if case .events(let v)? = result {return v}
+      return Berth_V1_EventList()
+    }
+    set {result = .events(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -1303,6 +1374,7 @@ public nonisolated struct Berth_V1_Response: Sendable {
     case clusterNode(Berth_V1_ClusterNode)
     case ippools(Berth_V1_IpPoolList)
     case ippool(Berth_V1_IpPool)
+    case events(Berth_V1_EventList)
 
   }
 
@@ -3181,9 +3253,129 @@ nonisolated extension Berth_V1_RevokeRequest: SwiftProtobuf.Message, SwiftProtob
   }
 }
 
+nonisolated extension Berth_V1_EventsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EventsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}after_id\0\u{3}wait_ms\0\u{1}limit\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.afterID) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.waitMs) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.limit) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.afterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.afterID, fieldNumber: 1)
+    }
+    if self.waitMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.waitMs, fieldNumber: 2)
+    }
+    if self.limit != 0 {
+      try visitor.visitSingularUInt32Field(value: self.limit, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_EventsRequest, rhs: Berth_V1_EventsRequest) -> Bool {
+    if lhs.afterID != rhs.afterID {return false}
+    if lhs.waitMs != rhs.waitMs {return false}
+    if lhs.limit != rhs.limit {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_Event: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Event"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}at_unix_ms\0\u{1}kind\0\u{1}subject\0\u{1}message\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.atUnixMs) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.subject) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.message) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.id != 0 {
+      try visitor.visitSingularUInt64Field(value: self.id, fieldNumber: 1)
+    }
+    if self.atUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.atUnixMs, fieldNumber: 2)
+    }
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 3)
+    }
+    if !self.subject.isEmpty {
+      try visitor.visitSingularStringField(value: self.subject, fieldNumber: 4)
+    }
+    if !self.message.isEmpty {
+      try visitor.visitSingularStringField(value: self.message, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_Event, rhs: Berth_V1_Event) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.atUnixMs != rhs.atUnixMs {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.subject != rhs.subject {return false}
+    if lhs.message != rhs.message {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_EventList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EventList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}events\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.events) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.events.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.events, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_EventList, rhs: Berth_V1_EventList) -> Bool {
+    if lhs.events != rhs.events {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{2}\u{9}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{2}\u{9}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3543,6 +3735,19 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .revoke(v)
         }
       }()
+      case 37: try {
+        var v: Berth_V1_EventsRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .events(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .events(v)
+        }
+      }()
       default: break
       }
     }
@@ -3665,6 +3870,10 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       guard case .revoke(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
     }()
+    case .events?: try {
+      guard case .events(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 37)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -3680,7 +3889,7 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3896,6 +4105,19 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
           self.result = .ippool(v)
         }
       }()
+      case 26: try {
+        var v: Berth_V1_EventList?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .events(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .events(v)
+        }
+      }()
       default: break
       }
     }
@@ -3970,6 +4192,10 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
     case .ippool?: try {
       guard case .ippool(let v)? = self.result else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+    }()
+    case .events?: try {
+      guard case .events(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
     }()
     case nil: break
     }

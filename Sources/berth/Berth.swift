@@ -17,7 +17,7 @@ struct Berth: AsyncParsableCommand {
         abstract: "Run and manage VPSs: system containers with their own init, limits and isolation.",
         subcommands: [TemplateCommand.self, Create.self, Start.self, Stop.self, Restart.self, Destroy.self,
                       Status.self, List.self, Stats.self, NodeCommand.self, Exec.self, Enter.self, Console.self, SetCommand.self,
-                      CACommand.self, IPPoolCommand.self])
+                      CACommand.self, IPPoolCommand.self, Events.self])
 
     /// The connection flags may also come before the command (`berth --controller H:P list`, as
     /// DESIGN.md writes them); they are handed to every command through their environment names.

@@ -248,3 +248,65 @@ struct IPPoolCommand: AsyncParsableCommand {
         }
     }
 }
+
+struct Events: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "events", abstract: "Cluster mode: the controller's event log (node up/down, VPS created/destroyed, …).")
+    @OptionGroup var connection: ConnectionOptions
+    @Flag(help: "Keep printing new events as they happen (Ctrl-C ends).") var follow = false
+    @Option(help: "Show the last N events first.") var last = 20
+    @Flag(help: "One JSON object per line.") var json = false
+
+    func run() async throws {
+        requireCluster(connection, "events")
+        guard (0...1000).contains(last) else {
+            fail(WireError(.invalidArgument, "last: \(last) must be from 0 to 1000", field: "last"))
+        }
+        try await connection.withClient { client in
+            // Find where "the last N" starts: page through to the newest id.
+            var after: UInt64 = 0
+            var backlog: [Berth_V1_Event] = []
+            while true {
+                let page = try await client.call(request { $0.events.afterID = after; $0.events.limit = 1000 }).events.events
+                backlog = Array((backlog + page).suffix(last))
+                guard let newest = page.last else { break }
+                after = newest.id
+                if page.count < 1000 { break }
+            }
+            backlog.forEach(show)
+            while follow {
+                let page = try await client.call(request {
+                    $0.events.afterID = after
+                    $0.events.waitMs = 25_000
+                    $0.deadlineMs = 35_000
+                }).events.events
+                page.forEach(show)
+                if let newest = page.last { after = newest.id }
+            }
+        }
+    }
+
+    func show(_ event: Berth_V1_Event) {
+        if json {
+            writeOut(JSON.object(["id": .int(Int64(event.id)), "at_ms": .int(event.atUnixMs), "kind": .string(event.kind),
+                                  "subject": .string(event.subject), "message": .string(event.message)]).render().split(separator: "\n").map { $0.trimmingPrefixSpaces() }.joined(separator: " ") + "\n")
+        } else {
+            writeOut("\(formatTime(event.atUnixMs))  \(event.kind)  \(event.subject)  \(event.message)\n")
+        }
+    }
+}
+
+extension Substring {
+    func trimmingPrefixSpaces() -> Substring { drop(while: { $0 == " " }) }
+}
+
+/// "2026-11-26 23:41:07.123" in UTC, without Foundation.
+func formatTime(_ unixMs: Int64) -> String {
+    var seconds = time_t(unixMs / 1000)
+    var parts = tm()
+    gmtime_r(&seconds, &parts)
+    func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
+    let ms = Int(unixMs % 1000)
+    let millis = ms < 10 ? "00\(ms)" : ms < 100 ? "0\(ms)" : "\(ms)"
+    return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(millis)"
+}

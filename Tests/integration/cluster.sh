@@ -160,11 +160,15 @@ t_dead_agent_is_down_and_its_vps_stays_put() {
         [ "n$other" = "$node" ] && continue
         "$BERTH" --agent "$WORK/n$other/agent.sock" list --all | grep -q "$V" && fail "$V appeared on n$other"
     done
+    # The event log recorded the transition (the CLI prints it, also as JSON lines).
+    cl events --last 50 | grep -q "node.down  $node" || fail "no node.down event: $(cl events --last 5)"
     "$DEV" agent-start "${node#n}" || fail "agent did not restart"
     for _ in $(seq 50); do [ "$(node_state "$node")" = ready ] && break; sleep 0.1; done
     expect_eq "$(node_state "$node")" ready
     expect_eq "$(cl status "$V" --json | field state)" running
     expect_eq "$(cl status "$V" --json | field pid)" "$pid"
+    cl events --last 5 --json | grep -q "\"kind\": \"node.up\", \"message\": \"heartbeat received\", \"subject\": \"$node\"" \
+        || fail "no node.up event as JSON: $(cl events --last 5 --json)"
 }
 
 # A bundle that trusts the real CA but carries another certificate (T02, T03).
@@ -244,6 +248,7 @@ t_roles_and_tenants() {
     expect_fail 3 as "$WORK/globex" status "$RUN_ID-acme1" >/dev/null
     expect_fail 3 as "$WORK/globex" destroy "$RUN_ID-acme1" >/dev/null
     expect_fail 5 as "$WORK/globex" node list >/dev/null
+    expect_fail 5 as "$WORK/globex" events >/dev/null
     # A node's certificate is not an operator's, and only the controller may call an agent.
     mixed_bundle "$WORK/n1-as-client" "$WORK/n1/data/cluster/cert.pem" "$WORK/n1/data/cluster/key.pem"
     expect_fail 5 as "$WORK/n1-as-client" list >/dev/null
