@@ -220,6 +220,8 @@ func heartbeats() async throws {
     for client in clients { await client.close() }
 }
 
+// Line-buffered even into a file: cluster.sh watches for the "enrolled and connected" line.
+setvbuf(stdout, nil, _IOLBF, 0)
 switch CommandLine.arguments.dropFirst().first {
 case "rpc": try await rpc()
 case "scheduler": scheduler()

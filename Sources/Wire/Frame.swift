@@ -100,3 +100,25 @@ public final class FrameEncoder: MessageToByteEncoder {
         FrameParser.write(data, into: &out)
     }
 }
+
+/// Frames written by many concurrent calls share one flush per event-loop tick: under load one
+/// write syscall (and fewer TLS records) carries many frames, instead of one each.
+package final class FlushCoalescer: @unchecked Sendable {
+    let channel: Channel
+    /// Touched only on the channel's event loop.
+    var flushScheduled = false
+
+    package init(channel: Channel) { self.channel = channel }
+
+    /// Must run on the channel's event loop.
+    package func write(_ frame: Frame, promise: EventLoopPromise<Void>? = nil) {
+        channel.write(frame, promise: promise)
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        // Runs after the tasks already queued on the loop, so their writes join this flush.
+        channel.eventLoop.execute {
+            self.flushScheduled = false
+            self.channel.flush()
+        }
+    }
+}

@@ -182,7 +182,10 @@ public final class WireClient: @unchecked Sendable {
         }
     }
 
+    let coalescer: FlushCoalescer
+
     init(channel: Channel, handler: WireClientHandler, serverSoftware: String, peerIdentity: CertificateIdentity?) {
+        self.coalescer = FlushCoalescer(channel: channel)
         self.channel = channel
         self.handler = handler
         self.serverSoftware = serverSoftware
@@ -204,7 +207,9 @@ public final class WireClient: @unchecked Sendable {
             self.nextStream &+= 2
             let call = ClientCall(id: id, channel: self.channel)
             self.handler.calls[id] = call
-            self.channel.writeAndFlush(Frame(type: .request, stream: id, payload: payload)).whenFailure { error in
+            let written = self.channel.eventLoop.makePromise(of: Void.self)
+            self.coalescer.write(Frame(type: .request, stream: id, payload: payload), promise: written)
+            written.futureResult.whenFailure { error in
                 self.handler.calls[id]?.continuation.yield(.failure(WireError(.unavailable, "cannot send the request: \(error)")))
                 self.handler.finish(id)
             }

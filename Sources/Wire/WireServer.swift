@@ -81,6 +81,14 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
 
     /// Calls in progress (read on the event loop).
     package var openCalls: Int { streams.count }
+    var flushCoalescer: FlushCoalescer?
+
+    func coalescer(for channel: Channel) -> FlushCoalescer {
+        if let flushCoalescer { return flushCoalescer }
+        let made = FlushCoalescer(channel: channel)
+        flushCoalescer = made
+        return made
+    }
 
     init(service: WireService, peer: PeerIdentity, maxStreams: Int) {
         self.service = service
@@ -154,6 +162,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
         let channel = context.channel
         let stream = ServerStream(id: id, peer: peer, channel: channel)
         let service = self.service
+        let coalescer = self.coalescer(for: channel)
         let task = Task {
             let result: Result<Berth_V1_Response, Error>
             do {
@@ -167,15 +176,19 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             } catch {
                 result = .failure(error)
             }
+            let frame: Frame
             switch result {
             case .success(let response):
-                let payload = ByteBuffer(bytes: (try? response.serializedBytes() as [UInt8]) ?? [])
-                channel.writeAndFlush(Frame(type: .response, stream: id, payload: payload), promise: nil)
+                frame = Frame(type: .response, stream: id, payload: ByteBuffer(bytes: (try? response.serializedBytes() as [UInt8]) ?? []))
             case .failure(let error):
-                Self.sendError(channel, stream: id, Self.wireError(from: error))
+                frame = Frame(type: .error, stream: id, payload: ByteBuffer(bytes: (try? Self.wireError(from: error).reply.serializedBytes() as [UInt8]) ?? []))
             }
             stream.continuation.finish()
-            channel.eventLoop.execute { self.streams[id] = nil }
+            // One hop to the event loop for the answer and the bookkeeping.
+            channel.eventLoop.execute {
+                coalescer.write(frame)
+                self.streams[id] = nil
+            }
         }
         streams[id] = (stream, task)
     }

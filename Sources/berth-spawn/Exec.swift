@@ -146,8 +146,10 @@ func relay(master: Int32, childSignals: Int32, child: Int32, resizeFD: Int32) ->
     // so an idle shell exits instead of waiting forever on a pty nobody feeds. It is sent after
     // the program next writes (its prompt: it is reading the terminal by then, in whatever mode
     // it chose), or after half a second of silence; a ^D sent while the pty is switching out of
-    // canonical mode would be lost.
+    // canonical mode would be lost. For the same reason (a shell that flushes its input while it
+    // switches modes) it is typed again after every second of silence until the program exits.
     var eofPending = false
+    var eofSent = false
     func drainMaster() {
         while true {
             var pfd = pollfd(fd: master, events: Int16(POLLIN), revents: 0)
@@ -162,7 +164,7 @@ func relay(master: Int32, childSignals: Int32, child: Int32, resizeFD: Int32) ->
                    pollfd(fd: childSignals, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stdinOpen ? 0 : -1, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: resizeOpen ? resizeFD : -1, events: Int16(POLLIN), revents: 0)]
-        let ready = poll(&fds, nfds_t(fds.count), eofPending ? 500 : -1)
+        let ready = poll(&fds, nfds_t(fds.count), eofPending ? 500 : eofSent ? 1000 : -1)
         if ready < 0 {
             if errno == EINTR { continue }
             var status: Int32 = 0
@@ -177,8 +179,9 @@ func relay(master: Int32, childSignals: Int32, child: Int32, resizeFD: Int32) ->
                 produced = true
             }
         }
-        if eofPending && (produced || ready == 0) {
+        if (eofPending && (produced || ready == 0)) || (eofSent && ready == 0) {
             eofPending = false
+            eofSent = true
             try? FileIO.writeAll(fd: master, [0x04], stage: "pty")
         }
         if fds[2].revents != 0 {
