@@ -51,6 +51,7 @@ public final class ControllerService: WireService {
         let nodes = try store.nodes()
         let revoked = try store.revoked()
         liveness.seed(nodes)
+        try store.abandonRunningOperations()
         registry.revoke(revoked)
         heartbeatCache.withLock { cache in
             for node in nodes { cache.serials[node.name] = node.certificateSerial }
@@ -103,6 +104,65 @@ public final class ControllerService: WireService {
     }
 
     public func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
+        switch request.call {
+        case .create(let r): return try await operation(request, kind: "create", subject: r.name, stream: stream)
+        case .start(let r): return try await operation(request, kind: "start", subject: r.name, stream: stream)
+        case .restart(let r): return try await operation(request, kind: "restart", subject: r.name, stream: stream)
+        case .stop(let r): return try await operation(request, kind: "stop", subject: r.name, stream: stream)
+        case .destroy(let r): return try await operation(request, kind: "destroy", subject: r.name, stream: stream)
+        default: return try await perform(request, stream: stream)
+        }
+    }
+
+    /// A mutating VPS call as an operation: recorded with its progress and result, so that the
+    /// same operation id — a retry after a lost connection, or another client — re-attaches to
+    /// it (or gets its result) instead of doing it twice.
+    func operation(_ request: Berth_V1_Request, kind: String, subject: String, stream: ServerStream) async throws -> Berth_V1_Response {
+        guard case .certificate(let identity) = stream.peer else { return try await perform(request, stream: stream) }
+        let id = request.operationID.isEmpty ? hexString((0..<12).map { _ in UInt8.random(in: 0...255) }) : request.operationID
+        guard (1...64).contains(id.utf8.count), id.utf8.allSatisfy({ (48...57).contains($0) || (65...90).contains($0) || (97...122).contains($0) || $0 == 45 || $0 == 95 }) else {
+            throw WireError(.invalidArgument, "operation-id: '\(id)' must be 1-64 of letters, digits, '-' and '_'", field: "operation-id")
+        }
+        let owner = identity.role.description + "/" + identity.name
+        if try !store.beginOperation(id: id, kind: kind, subject: subject, owner: owner) {
+            return try await reattach(id: id, kind: kind, subject: subject, owner: owner, stream: stream)
+        }
+        stream.progress("operation \(id)")
+        let store = self.store
+        stream.onProgress = { step in try? store.operationProgress(id: id, step) }
+        do {
+            let response = try await perform(request, stream: stream)
+            try? store.finishOperation(id: id, result: response, error: nil)
+            return response
+        } catch {
+            try? store.finishOperation(id: id, result: nil, error: WireError.from(error).reply)
+            throw error
+        }
+    }
+
+    /// Follows an operation that another call started (or finished) until it ends.
+    func reattach(id: String, kind: String, subject: String, owner: String, stream: ServerStream) async throws -> Berth_V1_Response {
+        var lastStep = ""
+        while true {
+            guard let (operation, startedBy) = try store.operation(id) else {
+                throw WireError(.notFound, "operation-id: no operation \(id)", field: "operation-id")
+            }
+            guard startedBy == owner, operation.kind == kind, operation.subject == subject else {
+                throw WireError(.conflict, "operation-id: \(id) names another operation (ids are chosen once per operation)", field: "operation-id")
+            }
+            if operation.progress != lastStep && !operation.progress.isEmpty {
+                lastStep = operation.progress
+                stream.progress(lastStep)
+            }
+            switch operation.state {
+            case "succeeded": return operation.result
+            case "failed": throw WireError(reply: operation.error)
+            default: try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    func perform(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
         var response = Berth_V1_Response()
         let peer = stream.peer
         switch request.call {
@@ -208,6 +268,25 @@ public final class ControllerService: WireService {
             }
             try forget(record)
             try? store.addEvent(kind: "vps.destroyed", subject: record.name, message: "on \(record.node) by \(identity.name)")
+        case .operationShow(let r):
+            let identity = try authorise(peer, .read, call: "operation show")
+            guard r.waitMs <= 30_000 else { throw WireError(.invalidArgument, "wait: at most 30 s per call", field: "wait") }
+            let deadline = ContinuousClock.now + .milliseconds(Int(r.waitMs))
+            while true {
+                guard let (operation, owner) = try store.operation(r.id), mayReadOperation(owner: owner, identity) else {
+                    throw WireError(.notFound, "id: no operation \(r.id)", field: "id")
+                }
+                if operation.state != "running" || ContinuousClock.now >= deadline {
+                    response.operation = operation
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        case .operationList:
+            let identity = try authorise(peer, .read, call: "operation list")
+            var list = Berth_V1_OperationList()
+            list.operations = try store.recentOperations(limit: 200).filter { mayReadOperation(owner: $0.owner, identity) }.map(\.operation)
+            response.operations = list
         case .events(let r):
             let identity = try authorise(peer, .read, call: "events")
             guard isTenant(identity) == nil else { throw WireError(.permissionDenied, "events: tenants do not see the cluster's event log") }
@@ -485,6 +564,12 @@ public final class ControllerService: WireService {
     }
 
     // MARK: - nodes
+
+    /// Tenants see their own operations only.
+    func mayReadOperation(owner: String, _ identity: CertificateIdentity) -> Bool {
+        guard case .tenant = identity.role else { return true }
+        return owner.hasPrefix(identity.role.description + "/")
+    }
 
     func vpsCount(_ node: String) -> Int { placement.withLock { $0.usage[node]?.count ?? 0 } }
 

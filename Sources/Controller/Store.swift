@@ -78,6 +78,15 @@ public protocol ClusterStore: Sendable {
     func revoke(_ serial: String) throws
 
     func addEvent(kind: String, subject: String, message: String) throws
+
+    /// Registers a new operation; false when one with that id exists already.
+    func beginOperation(id: String, kind: String, subject: String, owner: String) throws -> Bool
+    func operationProgress(id: String, _ step: String) throws
+    func finishOperation(id: String, result: Berth_V1_Response?, error: Berth_V1_ErrorReply?) throws
+    func operation(_ id: String) throws -> (operation: Berth_V1_Operation, owner: String)?
+    func recentOperations(limit: Int) throws -> [(operation: Berth_V1_Operation, owner: String)]
+    /// Operations a controller crash left running can never finish: mark them failed.
+    func abandonRunningOperations() throws
     func events(after id: Int64, limit: Int) throws -> [Berth_V1_Event]
 }
 
@@ -112,6 +121,15 @@ public final class SQLiteStore: ClusterStore {
                 CREATE TABLE join_token (id TEXT PRIMARY KEY NOT NULL, secret_hash TEXT NOT NULL, expires REAL NOT NULL, used REAL);
                 CREATE TABLE revoked (serial TEXT PRIMARY KEY NOT NULL, at REAL NOT NULL);
                 CREATE TABLE event (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, message TEXT NOT NULL);
+                """)
+        }
+        migrator.registerMigration("v2 operations") { db in
+            try db.execute(sql: """
+                CREATE TABLE operation (
+                  id TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, owner TEXT NOT NULL,
+                  state TEXT NOT NULL, progress TEXT NOT NULL, error BLOB, result BLOB,
+                  started REAL NOT NULL, finished REAL);
+                CREATE INDEX operation_started ON operation(started);
                 """)
         }
         return migrator
@@ -375,6 +393,60 @@ public final class SQLiteStore: ClusterStore {
     public func revoke(_ serial: String) throws {
         try pool.write { db in
             try db.execute(sql: "INSERT OR IGNORE INTO revoked (serial, at) VALUES (?, ?)", arguments: [serial, Date().timeIntervalSince1970])
+        }
+    }
+
+    static func operation(_ row: Row) -> (operation: Berth_V1_Operation, owner: String) {
+        var operation = Berth_V1_Operation()
+        operation.id = row["id"]
+        operation.kind = row["kind"]
+        operation.subject = row["subject"]
+        operation.state = row["state"]
+        operation.progress = row["progress"]
+        if let bytes = row["error"] as Data? { operation.error = (try? Berth_V1_ErrorReply(serializedBytes: [UInt8](bytes))) ?? Berth_V1_ErrorReply() }
+        if let bytes = row["result"] as Data? { operation.result = (try? Berth_V1_Response(serializedBytes: [UInt8](bytes))) ?? Berth_V1_Response() }
+        operation.startedUnixMs = Int64((row["started"] as Double) * 1000)
+        operation.finishedUnixMs = Int64(((row["finished"] as Double?) ?? 0) * 1000)
+        return (operation, row["owner"])
+    }
+
+    public func beginOperation(id: String, kind: String, subject: String, owner: String) throws -> Bool {
+        try pool.write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO operation (id, kind, subject, owner, state, progress, started) VALUES (?, ?, ?, ?, 'running', '', ?)",
+                           arguments: [id, kind, subject, owner, Date().timeIntervalSince1970])
+            return db.changesCount == 1
+        }
+    }
+
+    public func operationProgress(id: String, _ step: String) throws {
+        try pool.write { db in try db.execute(sql: "UPDATE operation SET progress = ? WHERE id = ?", arguments: [step, id]) }
+    }
+
+    public func finishOperation(id: String, result: Berth_V1_Response?, error: Berth_V1_ErrorReply?) throws {
+        let resultBytes = try result.map { Data(try $0.serializedBytes() as [UInt8]) }
+        let errorBytes = try error.map { Data(try $0.serializedBytes() as [UInt8]) }
+        try pool.write { db in
+            try db.execute(sql: "UPDATE operation SET state = ?, result = ?, error = ?, finished = ? WHERE id = ?",
+                           arguments: [error == nil ? "succeeded" : "failed", resultBytes, errorBytes, Date().timeIntervalSince1970, id])
+        }
+    }
+
+    public func operation(_ id: String) throws -> (operation: Berth_V1_Operation, owner: String)? {
+        try pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM operation WHERE id = ?", arguments: [id]).map(Self.operation) }
+    }
+
+    public func recentOperations(limit: Int) throws -> [(operation: Berth_V1_Operation, owner: String)] {
+        try pool.read { db in try Row.fetchAll(db, sql: "SELECT * FROM operation ORDER BY started DESC LIMIT ?", arguments: [limit]).map(Self.operation) }
+    }
+
+    public func abandonRunningOperations() throws {
+        var reply = Berth_V1_ErrorReply()
+        reply.code = "unavailable"
+        reply.message = "the controller restarted while this operation ran; check the VPS's status"
+        let bytes = Data(try reply.serializedBytes() as [UInt8])
+        try pool.write { db in
+            try db.execute(sql: "UPDATE operation SET state = 'failed', error = ?, finished = ? WHERE state = 'running'",
+                           arguments: [bytes, Date().timeIntervalSince1970])
         }
     }
 

@@ -53,7 +53,11 @@ public final class ServerStream: @unchecked Sendable {
         try await channel.writeAndFlush(Frame(type: .end, stream: id, payload: payload)).get()
     }
 
+    /// Also told of every progress step (the controller records them on the operation).
+    public var onProgress: (@Sendable (String) -> Void)?
+
     public func progress(_ step: String, done: UInt64 = 0, total: UInt64 = 0) {
+        onProgress?(step)
         var message = Berth_V1_Progress()
         message.step = step
         message.done = done
@@ -300,4 +304,9 @@ struct PeerCredentials {
     var pid: Int32 = 0
     var uid: UInt32 = 0
     var gid: UInt32 = 0
+}
+
+extension WireError {
+    /// How a thrown error travels on the wire (for services that record errors themselves).
+    public static func from(_ error: Error) -> WireError { WireServerHandler.wireError(from: error) }
 }

@@ -939,6 +939,106 @@ public nonisolated struct Berth_V1_EventList: Sendable {
   public init() {}
 }
 
+/// A long controller operation (a VPS create, start, stop, restart or destroy): its progress and,
+/// once finished, its result. Kept after it finished; `operation_show` with wait_ms re-attaches.
+public nonisolated struct Berth_V1_Operation: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String {
+    get {_storage._id}
+    set {_uniqueStorage()._id = newValue}
+  }
+
+  /// "create", "start", ...
+  public var kind: String {
+    get {_storage._kind}
+    set {_uniqueStorage()._kind = newValue}
+  }
+
+  /// the VPS
+  public var subject: String {
+    get {_storage._subject}
+    set {_uniqueStorage()._subject = newValue}
+  }
+
+  /// running | succeeded | failed
+  public var state: String {
+    get {_storage._state}
+    set {_uniqueStorage()._state = newValue}
+  }
+
+  /// the last progress step
+  public var progress: String {
+    get {_storage._progress}
+    set {_uniqueStorage()._progress = newValue}
+  }
+
+  /// when failed
+  public var error: Berth_V1_ErrorReply {
+    get {_storage._error ?? Berth_V1_ErrorReply()}
+    set {_uniqueStorage()._error = newValue}
+  }
+  /// Returns true if `error` has been explicitly set.
+  public var hasError: Bool {_storage._error != nil}
+  /// Clears the value of `error`. Subsequent reads from it will return its default value.
+  public mutating func clearError() {_uniqueStorage()._error = nil}
+
+  public var startedUnixMs: Int64 {
+    get {_storage._startedUnixMs}
+    set {_uniqueStorage()._startedUnixMs = newValue}
+  }
+
+  public var finishedUnixMs: Int64 {
+    get {_storage._finishedUnixMs}
+    set {_uniqueStorage()._finishedUnixMs = newValue}
+  }
+
+  /// when succeeded
+  public var result: Berth_V1_Response {
+    get {_storage._result ?? Berth_V1_Response()}
+    set {_uniqueStorage()._result = newValue}
+  }
+  /// Returns true if `result` has been explicitly set.
+  public var hasResult: Bool {_storage._result != nil}
+  /// Clears the value of `result`. Subsequent reads from it will return its default value.
+  public mutating func clearResult() {_uniqueStorage()._result = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Berth_V1_OperationRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String = String()
+
+  /// wait up to this long (at most 30000) for it to finish
+  public var waitMs: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_OperationList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var operations: [Berth_V1_Operation] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Berth_V1_Request: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -946,6 +1046,11 @@ public nonisolated struct Berth_V1_Request: Sendable {
 
   /// 0 = none; relative to receipt
   public var deadlineMs: UInt32 = 0
+
+  /// Controller only: names the operation so a retry (after a lost connection) or another client
+  /// re-attaches to it instead of doing it twice. 1-64 of [A-Za-z0-9_-]; "" = the controller
+  /// picks one. Used by create, start, stop, restart and destroy.
+  public var operationID: String = String()
 
   public var call: Berth_V1_Request.OneOf_Call? = nil
 
@@ -1174,6 +1279,22 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .events(newValue)}
   }
 
+  public var operationShow: Berth_V1_OperationRequest {
+    get {
+      if case .operationShow(let v)? = call {return v}
+      return Berth_V1_OperationRequest()
+    }
+    set {call = .operationShow(newValue)}
+  }
+
+  public var operationList: Berth_V1_Empty {
+    get {
+      if case .operationList(let v)? = call {return v}
+      return Berth_V1_Empty()
+    }
+    set {call = .operationList(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -1206,153 +1327,174 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case ippoolRemove(Berth_V1_NameRequest)
     case revoke(Berth_V1_RevokeRequest)
     case events(Berth_V1_EventsRequest)
+    case operationShow(Berth_V1_OperationRequest)
+    case operationList(Berth_V1_Empty)
 
   }
 
   public init() {}
 }
 
-public nonisolated struct Berth_V1_Response: Sendable {
+public nonisolated struct Berth_V1_Response: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var result: Berth_V1_Response.OneOf_Result? = nil
+  public var result: OneOf_Result? {
+    get {return _storage._result}
+    set {_uniqueStorage()._result = newValue}
+  }
 
   public var ok: Berth_V1_Empty {
     get {
-      if case .ok(let v)? = result {return v}
+      if case .ok(let v)? = _storage._result {return v}
       return Berth_V1_Empty()
     }
-    set {result = .ok(newValue)}
+    set {_uniqueStorage()._result = .ok(newValue)}
   }
 
   public var status: Berth_V1_VpsStatus {
     get {
-      if case .status(let v)? = result {return v}
+      if case .status(let v)? = _storage._result {return v}
       return Berth_V1_VpsStatus()
     }
-    set {result = .status(newValue)}
+    set {_uniqueStorage()._result = .status(newValue)}
   }
 
   public var list: Berth_V1_VpsList {
     get {
-      if case .list(let v)? = result {return v}
+      if case .list(let v)? = _storage._result {return v}
       return Berth_V1_VpsList()
     }
-    set {result = .list(newValue)}
+    set {_uniqueStorage()._result = .list(newValue)}
   }
 
   public var set: Berth_V1_SetResult {
     get {
-      if case .set(let v)? = result {return v}
+      if case .set(let v)? = _storage._result {return v}
       return Berth_V1_SetResult()
     }
-    set {result = .set(newValue)}
+    set {_uniqueStorage()._result = .set(newValue)}
   }
 
   public var exec: Berth_V1_ExecResult {
     get {
-      if case .exec(let v)? = result {return v}
+      if case .exec(let v)? = _storage._result {return v}
       return Berth_V1_ExecResult()
     }
-    set {result = .exec(newValue)}
+    set {_uniqueStorage()._result = .exec(newValue)}
   }
 
   public var template: Berth_V1_TemplateInfo {
     get {
-      if case .template(let v)? = result {return v}
+      if case .template(let v)? = _storage._result {return v}
       return Berth_V1_TemplateInfo()
     }
-    set {result = .template(newValue)}
+    set {_uniqueStorage()._result = .template(newValue)}
   }
 
   public var templates: Berth_V1_TemplateList {
     get {
-      if case .templates(let v)? = result {return v}
+      if case .templates(let v)? = _storage._result {return v}
       return Berth_V1_TemplateList()
     }
-    set {result = .templates(newValue)}
+    set {_uniqueStorage()._result = .templates(newValue)}
   }
 
   public var stats: Berth_V1_VpsStats {
     get {
-      if case .stats(let v)? = result {return v}
+      if case .stats(let v)? = _storage._result {return v}
       return Berth_V1_VpsStats()
     }
-    set {result = .stats(newValue)}
+    set {_uniqueStorage()._result = .stats(newValue)}
   }
 
   public var node: Berth_V1_NodeInfo {
     get {
-      if case .node(let v)? = result {return v}
+      if case .node(let v)? = _storage._result {return v}
       return Berth_V1_NodeInfo()
     }
-    set {result = .node(newValue)}
+    set {_uniqueStorage()._result = .node(newValue)}
   }
 
   public var joinToken: Berth_V1_JoinToken {
     get {
-      if case .joinToken(let v)? = result {return v}
+      if case .joinToken(let v)? = _storage._result {return v}
       return Berth_V1_JoinToken()
     }
-    set {result = .joinToken(newValue)}
+    set {_uniqueStorage()._result = .joinToken(newValue)}
   }
 
   public var enrolled: Berth_V1_EnrollReply {
     get {
-      if case .enrolled(let v)? = result {return v}
+      if case .enrolled(let v)? = _storage._result {return v}
       return Berth_V1_EnrollReply()
     }
-    set {result = .enrolled(newValue)}
+    set {_uniqueStorage()._result = .enrolled(newValue)}
   }
 
   public var heartbeat: Berth_V1_HeartbeatReply {
     get {
-      if case .heartbeat(let v)? = result {return v}
+      if case .heartbeat(let v)? = _storage._result {return v}
       return Berth_V1_HeartbeatReply()
     }
-    set {result = .heartbeat(newValue)}
+    set {_uniqueStorage()._result = .heartbeat(newValue)}
   }
 
   public var nodes: Berth_V1_NodeList {
     get {
-      if case .nodes(let v)? = result {return v}
+      if case .nodes(let v)? = _storage._result {return v}
       return Berth_V1_NodeList()
     }
-    set {result = .nodes(newValue)}
+    set {_uniqueStorage()._result = .nodes(newValue)}
   }
 
   public var clusterNode: Berth_V1_ClusterNode {
     get {
-      if case .clusterNode(let v)? = result {return v}
+      if case .clusterNode(let v)? = _storage._result {return v}
       return Berth_V1_ClusterNode()
     }
-    set {result = .clusterNode(newValue)}
+    set {_uniqueStorage()._result = .clusterNode(newValue)}
   }
 
   public var ippools: Berth_V1_IpPoolList {
     get {
-      if case .ippools(let v)? = result {return v}
+      if case .ippools(let v)? = _storage._result {return v}
       return Berth_V1_IpPoolList()
     }
-    set {result = .ippools(newValue)}
+    set {_uniqueStorage()._result = .ippools(newValue)}
   }
 
   public var ippool: Berth_V1_IpPool {
     get {
-      if case .ippool(let v)? = result {return v}
+      if case .ippool(let v)? = _storage._result {return v}
       return Berth_V1_IpPool()
     }
-    set {result = .ippool(newValue)}
+    set {_uniqueStorage()._result = .ippool(newValue)}
   }
 
   public var events: Berth_V1_EventList {
     get {
-      if case .events(let v)? = result {return v}
+      if case .events(let v)? = _storage._result {return v}
       return Berth_V1_EventList()
     }
-    set {result = .events(newValue)}
+    set {_uniqueStorage()._result = .events(newValue)}
+  }
+
+  public var operation: Berth_V1_Operation {
+    get {
+      if case .operation(let v)? = _storage._result {return v}
+      return Berth_V1_Operation()
+    }
+    set {_uniqueStorage()._result = .operation(newValue)}
+  }
+
+  public var operations: Berth_V1_OperationList {
+    get {
+      if case .operations(let v)? = _storage._result {return v}
+      return Berth_V1_OperationList()
+    }
+    set {_uniqueStorage()._result = .operations(newValue)}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -1375,10 +1517,14 @@ public nonisolated struct Berth_V1_Response: Sendable {
     case ippools(Berth_V1_IpPoolList)
     case ippool(Berth_V1_IpPool)
     case events(Berth_V1_EventList)
+    case operation(Berth_V1_Operation)
+    case operations(Berth_V1_OperationList)
 
   }
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// Sent in ERROR frames. `code` is stable and documented (Docs/errors.md); `field` names the
@@ -3373,9 +3519,200 @@ nonisolated extension Berth_V1_EventList: SwiftProtobuf.Message, SwiftProtobuf._
   }
 }
 
+nonisolated extension Berth_V1_Operation: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Operation"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}kind\0\u{1}subject\0\u{1}state\0\u{1}progress\0\u{1}error\0\u{3}started_unix_ms\0\u{3}finished_unix_ms\0\u{1}result\0")
+
+  fileprivate class _StorageClass {
+    var _id: String = String()
+    var _kind: String = String()
+    var _subject: String = String()
+    var _state: String = String()
+    var _progress: String = String()
+    var _error: Berth_V1_ErrorReply? = nil
+    var _startedUnixMs: Int64 = 0
+    var _finishedUnixMs: Int64 = 0
+    var _result: Berth_V1_Response? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _id = source._id
+      _kind = source._kind
+      _subject = source._subject
+      _state = source._state
+      _progress = source._progress
+      _error = source._error
+      _startedUnixMs = source._startedUnixMs
+      _finishedUnixMs = source._finishedUnixMs
+      _result = source._result
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._id) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._kind) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._subject) }()
+        case 4: try { try decoder.decodeSingularStringField(value: &_storage._state) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._progress) }()
+        case 6: try { try decoder.decodeSingularMessageField(value: &_storage._error) }()
+        case 7: try { try decoder.decodeSingularInt64Field(value: &_storage._startedUnixMs) }()
+        case 8: try { try decoder.decodeSingularInt64Field(value: &_storage._finishedUnixMs) }()
+        case 9: try { try decoder.decodeSingularMessageField(value: &_storage._result) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._id.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._id, fieldNumber: 1)
+      }
+      if !_storage._kind.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._kind, fieldNumber: 2)
+      }
+      if !_storage._subject.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._subject, fieldNumber: 3)
+      }
+      if !_storage._state.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._state, fieldNumber: 4)
+      }
+      if !_storage._progress.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._progress, fieldNumber: 5)
+      }
+      try { if let v = _storage._error {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+      } }()
+      if _storage._startedUnixMs != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._startedUnixMs, fieldNumber: 7)
+      }
+      if _storage._finishedUnixMs != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._finishedUnixMs, fieldNumber: 8)
+      }
+      try { if let v = _storage._result {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+      } }()
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_Operation, rhs: Berth_V1_Operation) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._id != rhs_storage._id {return false}
+        if _storage._kind != rhs_storage._kind {return false}
+        if _storage._subject != rhs_storage._subject {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._progress != rhs_storage._progress {return false}
+        if _storage._error != rhs_storage._error {return false}
+        if _storage._startedUnixMs != rhs_storage._startedUnixMs {return false}
+        if _storage._finishedUnixMs != rhs_storage._finishedUnixMs {return false}
+        if _storage._result != rhs_storage._result {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_OperationRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".OperationRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}wait_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.waitMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    if self.waitMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.waitMs, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_OperationRequest, rhs: Berth_V1_OperationRequest) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.waitMs != rhs.waitMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_OperationList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".OperationList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}operations\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.operations) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.operations.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.operations, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_OperationList, rhs: Berth_V1_OperationList) -> Bool {
+    if lhs.operations != rhs.operations {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{2}\u{9}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3384,6 +3721,7 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.deadlineMs) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.operationID) }()
       case 10: try {
         var v: Berth_V1_CreateRequest?
         var hadOneofValue = false
@@ -3748,6 +4086,32 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .events(v)
         }
       }()
+      case 38: try {
+        var v: Berth_V1_OperationRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .operationShow(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .operationShow(v)
+        }
+      }()
+      case 39: try {
+        var v: Berth_V1_Empty?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .operationList(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .operationList(v)
+        }
+      }()
       default: break
       }
     }
@@ -3760,6 +4124,9 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     // https://github.com/apple/swift-protobuf/issues/1182
     if self.deadlineMs != 0 {
       try visitor.visitSingularUInt32Field(value: self.deadlineMs, fieldNumber: 1)
+    }
+    if !self.operationID.isEmpty {
+      try visitor.visitSingularStringField(value: self.operationID, fieldNumber: 2)
     }
     switch self.call {
     case .create?: try {
@@ -3874,6 +4241,14 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       guard case .events(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 37)
     }()
+    case .operationShow?: try {
+      guard case .operationShow(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 38)
+    }()
+    case .operationList?: try {
+      guard case .operationList(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 39)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -3881,6 +4256,7 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
 
   public static func ==(lhs: Berth_V1_Request, rhs: Berth_V1_Request) -> Bool {
     if lhs.deadlineMs != rhs.deadlineMs {return false}
+    if lhs.operationID != rhs.operationID {return false}
     if lhs.call != rhs.call {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
@@ -3889,321 +4265,391 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0\u{1}operation\0\u{1}operations\0")
+
+  fileprivate class _StorageClass {
+    var _result: Berth_V1_Response.OneOf_Result?
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _result = source._result
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 10: try {
-        var v: Berth_V1_Empty?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .ok(let m) = current {v = m}
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 10: try {
+          var v: Berth_V1_Empty?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .ok(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .ok(v)
+          }
+        }()
+        case 11: try {
+          var v: Berth_V1_VpsStatus?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .status(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .status(v)
+          }
+        }()
+        case 12: try {
+          var v: Berth_V1_VpsList?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .list(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .list(v)
+          }
+        }()
+        case 13: try {
+          var v: Berth_V1_SetResult?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .set(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .set(v)
+          }
+        }()
+        case 14: try {
+          var v: Berth_V1_ExecResult?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .exec(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .exec(v)
+          }
+        }()
+        case 15: try {
+          var v: Berth_V1_TemplateInfo?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .template(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .template(v)
+          }
+        }()
+        case 16: try {
+          var v: Berth_V1_TemplateList?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .templates(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .templates(v)
+          }
+        }()
+        case 17: try {
+          var v: Berth_V1_VpsStats?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .stats(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .stats(v)
+          }
+        }()
+        case 18: try {
+          var v: Berth_V1_NodeInfo?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .node(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .node(v)
+          }
+        }()
+        case 19: try {
+          var v: Berth_V1_JoinToken?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .joinToken(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .joinToken(v)
+          }
+        }()
+        case 20: try {
+          var v: Berth_V1_EnrollReply?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .enrolled(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .enrolled(v)
+          }
+        }()
+        case 21: try {
+          var v: Berth_V1_HeartbeatReply?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .heartbeat(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .heartbeat(v)
+          }
+        }()
+        case 22: try {
+          var v: Berth_V1_NodeList?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .nodes(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .nodes(v)
+          }
+        }()
+        case 23: try {
+          var v: Berth_V1_ClusterNode?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .clusterNode(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .clusterNode(v)
+          }
+        }()
+        case 24: try {
+          var v: Berth_V1_IpPoolList?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .ippools(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .ippools(v)
+          }
+        }()
+        case 25: try {
+          var v: Berth_V1_IpPool?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .ippool(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .ippool(v)
+          }
+        }()
+        case 26: try {
+          var v: Berth_V1_EventList?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .events(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .events(v)
+          }
+        }()
+        case 27: try {
+          var v: Berth_V1_Operation?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .operation(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .operation(v)
+          }
+        }()
+        case 28: try {
+          var v: Berth_V1_OperationList?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .operations(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .operations(v)
+          }
+        }()
+        default: break
         }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .ok(v)
-        }
-      }()
-      case 11: try {
-        var v: Berth_V1_VpsStatus?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .status(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .status(v)
-        }
-      }()
-      case 12: try {
-        var v: Berth_V1_VpsList?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .list(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .list(v)
-        }
-      }()
-      case 13: try {
-        var v: Berth_V1_SetResult?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .set(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .set(v)
-        }
-      }()
-      case 14: try {
-        var v: Berth_V1_ExecResult?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .exec(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .exec(v)
-        }
-      }()
-      case 15: try {
-        var v: Berth_V1_TemplateInfo?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .template(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .template(v)
-        }
-      }()
-      case 16: try {
-        var v: Berth_V1_TemplateList?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .templates(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .templates(v)
-        }
-      }()
-      case 17: try {
-        var v: Berth_V1_VpsStats?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .stats(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .stats(v)
-        }
-      }()
-      case 18: try {
-        var v: Berth_V1_NodeInfo?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .node(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .node(v)
-        }
-      }()
-      case 19: try {
-        var v: Berth_V1_JoinToken?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .joinToken(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .joinToken(v)
-        }
-      }()
-      case 20: try {
-        var v: Berth_V1_EnrollReply?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .enrolled(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .enrolled(v)
-        }
-      }()
-      case 21: try {
-        var v: Berth_V1_HeartbeatReply?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .heartbeat(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .heartbeat(v)
-        }
-      }()
-      case 22: try {
-        var v: Berth_V1_NodeList?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .nodes(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .nodes(v)
-        }
-      }()
-      case 23: try {
-        var v: Berth_V1_ClusterNode?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .clusterNode(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .clusterNode(v)
-        }
-      }()
-      case 24: try {
-        var v: Berth_V1_IpPoolList?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .ippools(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .ippools(v)
-        }
-      }()
-      case 25: try {
-        var v: Berth_V1_IpPool?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .ippool(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .ippool(v)
-        }
-      }()
-      case 26: try {
-        var v: Berth_V1_EventList?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .events(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .events(v)
-        }
-      }()
-      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    switch self.result {
-    case .ok?: try {
-      guard case .ok(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
-    }()
-    case .status?: try {
-      guard case .status(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
-    }()
-    case .list?: try {
-      guard case .list(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
-    }()
-    case .set?: try {
-      guard case .set(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
-    }()
-    case .exec?: try {
-      guard case .exec(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
-    }()
-    case .template?: try {
-      guard case .template(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
-    }()
-    case .templates?: try {
-      guard case .templates(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
-    }()
-    case .stats?: try {
-      guard case .stats(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
-    }()
-    case .node?: try {
-      guard case .node(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
-    }()
-    case .joinToken?: try {
-      guard case .joinToken(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
-    }()
-    case .enrolled?: try {
-      guard case .enrolled(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
-    }()
-    case .heartbeat?: try {
-      guard case .heartbeat(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
-    }()
-    case .nodes?: try {
-      guard case .nodes(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
-    }()
-    case .clusterNode?: try {
-      guard case .clusterNode(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
-    }()
-    case .ippools?: try {
-      guard case .ippools(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
-    }()
-    case .ippool?: try {
-      guard case .ippool(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
-    }()
-    case .events?: try {
-      guard case .events(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
-    }()
-    case nil: break
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      switch _storage._result {
+      case .ok?: try {
+        guard case .ok(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      }()
+      case .status?: try {
+        guard case .status(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      }()
+      case .list?: try {
+        guard case .list(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+      }()
+      case .set?: try {
+        guard case .set(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+      }()
+      case .exec?: try {
+        guard case .exec(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+      }()
+      case .template?: try {
+        guard case .template(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+      }()
+      case .templates?: try {
+        guard case .templates(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+      }()
+      case .stats?: try {
+        guard case .stats(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+      }()
+      case .node?: try {
+        guard case .node(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
+      }()
+      case .joinToken?: try {
+        guard case .joinToken(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
+      }()
+      case .enrolled?: try {
+        guard case .enrolled(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+      }()
+      case .heartbeat?: try {
+        guard case .heartbeat(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+      }()
+      case .nodes?: try {
+        guard case .nodes(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+      }()
+      case .clusterNode?: try {
+        guard case .clusterNode(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+      }()
+      case .ippools?: try {
+        guard case .ippools(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+      }()
+      case .ippool?: try {
+        guard case .ippool(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+      }()
+      case .events?: try {
+        guard case .events(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
+      }()
+      case .operation?: try {
+        guard case .operation(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
+      }()
+      case .operations?: try {
+        guard case .operations(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 28)
+      }()
+      case nil: break
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Berth_V1_Response, rhs: Berth_V1_Response) -> Bool {
-    if lhs.result != rhs.result {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._result != rhs_storage._result {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -17,7 +17,7 @@ struct Berth: AsyncParsableCommand {
         abstract: "Run and manage VPSs: system containers with their own init, limits and isolation.",
         subcommands: [TemplateCommand.self, Create.self, Start.self, Stop.self, Restart.self, Destroy.self,
                       Status.self, List.self, Stats.self, NodeCommand.self, Exec.self, Enter.self, Console.self, SetCommand.self,
-                      CACommand.self, IPPoolCommand.self, Events.self])
+                      CACommand.self, IPPoolCommand.self, Events.self, OperationCommand.self])
 
     /// The connection flags may also come before the command (`berth --controller H:P list`, as
     /// DESIGN.md writes them); they are handed to every command through their environment names.
@@ -61,6 +61,9 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Directory with ca.pem, cert.pem, key.pem for cluster mode (env BERTH_CONFIG).")
     var configDir: String?
 
+    @Option(help: "Cluster mode: name this create/start/stop/restart/destroy so that running it again re-attaches to it instead of repeating it (env BERTH_OPERATION_ID).")
+    var operationId: String?
+
     var socketPath: String {
         agent ?? environment("BERTH_AGENT") ?? "/run/berth/agent.sock"
     }
@@ -76,6 +79,7 @@ struct ConnectionOptions: ParsableArguments {
     /// Runs `body` against the agent (or, in cluster mode, the controller over mTLS); wire errors
     /// become one stderr line and a documented exit code.
     func withClient<T>(_ body: (WireClient) async throws -> T) async throws -> T {
+        operationIDForRequests = operationId ?? environment("BERTH_OPERATION_ID") ?? ""
         let client: WireClient
         do {
             if let controllerAddress {
@@ -108,9 +112,13 @@ func fail(_ error: WireError) -> Never {
     exit(error.exitCode)
 }
 
+/// The --operation-id of this invocation (one command makes at most one mutating call).
+nonisolated(unsafe) var operationIDForRequests = ""
+
 func request(_ build: (inout Berth_V1_Request) -> Void) -> Berth_V1_Request {
     var request = Berth_V1_Request()
     build(&request)
+    request.operationID = operationIDForRequests
     return request
 }
 

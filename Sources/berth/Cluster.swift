@@ -310,3 +310,59 @@ func formatTime(_ unixMs: Int64) -> String {
     let millis = ms < 10 ? "00\(ms)" : ms < 100 ? "0\(ms)" : "\(ms)"
     return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(millis)"
 }
+
+struct OperationCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "operation", abstract: "Cluster mode: long operations (create, start, stop, restart, destroy) and their results.",
+        subcommands: [Show.self, OperationList.self])
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "One operation; --wait re-attaches until it ends.")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "Operation id (printed as the first progress line, or given with --operation-id).") var id: String
+        @Flag(help: "Follow its progress until it ends; exits non-zero if it failed.") var wait = false
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            requireCluster(connection, "operation show")
+            let operation = try await connection.withClient { client -> Berth_V1_Operation in
+                var shown = ""
+                while true {
+                    let operation = try await client.call(request {
+                        $0.operationShow.id = id
+                        $0.operationShow.waitMs = wait ? 1000 : 0
+                    }).operation
+                    if wait && operation.progress != shown && !operation.progress.isEmpty && isatty(2) != 0 {
+                        shown = operation.progress
+                        writeErr("… \(shown)\n")
+                    }
+                    if !wait || operation.state != "running" { return operation }
+                }
+            }
+            if json {
+                printJSON(.object(["id": .string(operation.id), "kind": .string(operation.kind), "subject": .string(operation.subject),
+                                   "state": .string(operation.state), "progress": .string(operation.progress),
+                                   "error": .string(operation.error.message), "error_code": .string(operation.error.code),
+                                   "started_ms": .int(operation.startedUnixMs), "finished_ms": .int(operation.finishedUnixMs)]))
+            } else {
+                var line = "\(operation.id) \(operation.kind) \(operation.subject) \(operation.state)"
+                if operation.state == "failed" { line += ": \(operation.error.message)" }
+                print(line)
+            }
+            if wait && operation.state == "failed" { fail(WireError(reply: operation.error)) }
+        }
+    }
+
+    struct OperationList: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "The most recent operations.")
+        @OptionGroup var connection: ConnectionOptions
+
+        func run() async throws {
+            requireCluster(connection, "operation list")
+            let operations = try await connection.withClient { try await $0.call(request { $0.operationList = Berth_V1_Empty() }) }.operations.operations
+            printTable([["ID", "KIND", "VPS", "STATE", "STARTED", "PROGRESS"]] + operations.map {
+                [$0.id, $0.kind, $0.subject, $0.state, formatTime($0.startedUnixMs), $0.progress.isEmpty ? "-" : $0.progress]
+            })
+        }
+    }
+}

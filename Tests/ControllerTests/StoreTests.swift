@@ -101,6 +101,26 @@ import Wire
         #expect(try !store.consumeJoinToken(id: "t2", secretHash: "h", now: now))
     }
 
+    @Test func operationsRecordProgressAndResultOnce() throws {
+        let (store, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(try store.beginOperation(id: "op1", kind: "create", subject: "web1", owner: "admin/a"))
+        #expect(try !store.beginOperation(id: "op1", kind: "create", subject: "web1", owner: "admin/a"))
+        try store.operationProgress(id: "op1", "placed on n1")
+        #expect(try store.operation("op1")?.operation.state == "running")
+        #expect(try store.operation("op1")?.operation.progress == "placed on n1")
+        var response = Berth_V1_Response()
+        response.status.name = "web1"
+        try store.finishOperation(id: "op1", result: response, error: nil)
+        #expect(try store.operation("op1")?.operation.state == "succeeded")
+        #expect(try store.operation("op1")?.operation.result.status.name == "web1")
+        // A controller that stopped mid-operation marks the leftovers failed when it starts.
+        #expect(try store.beginOperation(id: "op2", kind: "stop", subject: "web1", owner: "admin/a"))
+        try SQLiteStore(directory: dir).abandonRunningOperations()
+        #expect(try store.operation("op2")?.operation.state == "failed")
+        #expect(try store.operation("op1")?.operation.state == "succeeded")
+    }
+
     @Test func stateSurvivesReopening() throws {
         let (store, dir) = try store()
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -127,6 +127,32 @@ t_vps_runs_and_streams_through_the_controller() {
     expect_eq "$(echo "$status" | field ips)" "$ip"
 }
 
+t_operations_are_idempotent_and_reattachable() {
+    local V=$RUN_ID-op
+    cl create "$V" --template busybox --disk 64M --operation-id "$RUN_ID-op-create" >/dev/null
+    # The same operation again (a retry after a lost answer) returns its result, creates nothing twice.
+    local again; again=$(cl create "$V" --template busybox --disk 64M --operation-id "$RUN_ID-op-create")
+    expect_contains "$again" "$V stopped"
+    expect_eq "$(cl list --all --json | grep -c "\"name\": \"$V\"")" 1
+    expect_eq "$(cl operation show "$RUN_ID-op-create" --wait)" "$RUN_ID-op-create create $V succeeded"
+    # A failed operation keeps its error; re-running its id reports it again.
+    expect_fail 3 cl start "$RUN_ID-missing-vps" --operation-id "$RUN_ID-op-bad" >/dev/null
+    expect_fail 3 cl start "$RUN_ID-missing-vps" --operation-id "$RUN_ID-op-bad" >/dev/null
+    expect_contains "$(cl operation show "$RUN_ID-op-bad")" "failed"
+    # An id names one operation only.
+    local err; err=$(expect_fail 4 cl start "$V" --operation-id "$RUN_ID-op-create"); expect_contains "$err" "another operation"
+    cl operation list | grep -q "$RUN_ID-op-create" || fail "operation list misses it"
+    cl destroy "$V" >/dev/null
+    # Two clients sending the same operation at once: one does it, the other follows it.
+    cl create "$V-2" --template busybox --disk 64M --operation-id "$RUN_ID-op-twice" >"$WORK/op-a" 2>&1 &
+    local a=$!
+    cl create "$V-2" --template busybox --disk 64M --operation-id "$RUN_ID-op-twice" >"$WORK/op-b" 2>&1 || fail "the follower failed: $(cat "$WORK/op-b")"
+    wait "$a" || fail "the first caller failed: $(cat "$WORK/op-a")"
+    expect_eq "$(cat "$WORK/op-a")" "$(cat "$WORK/op-b")"
+    expect_eq "$(cl list --all --json | grep -c "\"name\": \"$V-2\"")" 1
+    cl destroy "$V-2" >/dev/null
+}
+
 t_controller_restart_loses_nothing() {
     local before; before=$(cl list --all --json | /usr/bin/python3 -c 'import json,sys; print(sorted((v["name"], v["node"], ",".join(v["ips"])) for v in json.load(sys.stdin)))')
     "$DEV" controller-stop
@@ -319,6 +345,7 @@ run_test "placement spreads, honours constraints and capacity, leaves nothing wh
 run_test "anti-affinity never shares a node; cordoned nodes take nothing new" t_anti_affinity_and_cordon
 run_test "IPAM: 50 concurrent creates get 50 distinct pool addresses, released on destroy" t_ipam_never_duplicates
 run_test "a VPS created through the controller runs, streams exec I/O, and the Python client reads it" t_vps_runs_and_streams_through_the_controller
+run_test "operations: the same id re-attaches or replays the result, never repeats the work" t_operations_are_idempotent_and_reattachable
 run_test "a controller restart loses nothing" t_controller_restart_loses_nothing
 run_test "a killed agent's node is down within the window; its VPS is not started elsewhere; restart converges" t_dead_agent_is_down_and_its_vps_stays_put
 run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, hostname mismatch, TLS <= 1.2" t_mtls_battery
