@@ -57,16 +57,20 @@ extension NodeCommand {
         }
     }
 
+    static func setCordon(_ cordon: Bool, node name: String, connection: ConnectionOptions) async throws {
+        requireCluster(connection, cordon ? "node cordon" : "node uncordon")
+        let node = try await connection.withClient {
+            try await $0.call(request { if cordon { $0.nodeCordon.name = name } else { $0.nodeUncordon.name = name } })
+        }.clusterNode
+        print("\(node.name) \(node.state)")
+    }
+
     struct Cordon: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "cordon", abstract: "Cluster mode: place no new VPSs on NODE (running ones stay).")
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "Node name.") var name: String
 
-        func run() async throws {
-            requireCluster(connection, "node cordon")
-            let node = try await connection.withClient { try await $0.call(request { $0.nodeCordon.name = name }) }.clusterNode
-            print("\(node.name) \(node.state)")
-        }
+        func run() async throws { try await NodeCommand.setCordon(true, node: name, connection: connection) }
     }
 
     struct Uncordon: AsyncParsableCommand {
@@ -74,11 +78,7 @@ extension NodeCommand {
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "Node name.") var name: String
 
-        func run() async throws {
-            requireCluster(connection, "node uncordon")
-            let node = try await connection.withClient { try await $0.call(request { $0.nodeUncordon.name = name }) }.clusterNode
-            print("\(node.name) \(node.state)")
-        }
+        func run() async throws { try await NodeCommand.setCordon(false, node: name, connection: connection) }
     }
 
     struct JoinToken: AsyncParsableCommand {
