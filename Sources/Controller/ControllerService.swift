@@ -130,14 +130,19 @@ public final class ControllerService: WireService {
         stream.progress("operation \(id)")
         let store = self.store
         stream.onProgress = { step in try? store.operationProgress(id: id, step) }
-        do {
-            let response = try await perform(request, stream: stream)
-            try? store.finishOperation(id: id, result: response, error: nil)
-            return response
-        } catch {
-            try? store.finishOperation(id: id, result: nil, error: WireError.from(error).reply)
-            throw error
+        // The work is not a child of this call: a lost connection (or the caller's deadline) must
+        // not abort an operation half-way; it runs to its end and a retry re-attaches to it.
+        let work = Task {
+            do {
+                let response = try await self.perform(request, stream: stream)
+                try? store.finishOperation(id: id, result: response, error: nil)
+                return response
+            } catch {
+                try? store.finishOperation(id: id, result: nil, error: WireError.from(error).reply)
+                throw error
+            }
         }
+        return try await work.value
     }
 
     /// Follows an operation that another call started (or finished) until it ends.

@@ -143,6 +143,18 @@ t_operations_are_idempotent_and_reattachable() {
     local err; err=$(expect_fail 4 cl start "$V" --operation-id "$RUN_ID-op-create"); expect_contains "$err" "another operation"
     cl operation list | grep -q "$RUN_ID-op-create" || fail "operation list misses it"
     cl destroy "$V" >/dev/null
+    # A client killed around its operation (before, during or after: a create takes ~0.1 s
+    # here, so the moment varies): the retry with the same id ends with exactly one VPS.
+    cl create "$V-3" --template busybox --disk 1G --operation-id "$RUN_ID-op-lost" >/dev/null 2>&1 &
+    local lost=$!
+    sleep 0.12
+    # The CLI itself (the script's child, exec'd by nsenter), then the script: both ours.
+    kill -9 $(pgrep -P "$lost") "$lost" 2>/dev/null || true
+    wait "$lost" 2>/dev/null || true
+    expect_contains "$(cl create "$V-3" --template busybox --disk 1G --operation-id "$RUN_ID-op-lost")" "$V-3 stopped"
+    expect_eq "$(cl operation show "$RUN_ID-op-lost")" "$RUN_ID-op-lost create $V-3 succeeded"
+    expect_eq "$(cl list --all --json | grep -c "\"name\": \"$V-3\"")" 1
+    cl destroy "$V-3" >/dev/null
     # Two clients sending the same operation at once: one does it, the other follows it.
     cl create "$V-2" --template busybox --disk 64M --operation-id "$RUN_ID-op-twice" >"$WORK/op-a" 2>&1 &
     local a=$!
