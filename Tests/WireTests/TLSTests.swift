@@ -152,4 +152,69 @@ struct WhoAmIService: WireService {
             }
         }
     }
+
+    /// R11: a peer that connects and never completes the TLS handshake is closed at the limit.
+    @Test func silentPeersAreClosedAfterTheHandshakeTimeout() async throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try ClusterCA.create(directory: dir)
+        let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: WhoAmIService(),
+                                                  bundle: try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"]),
+                                                  group: MultiThreadedEventLoopGroup.singleton, handshakeTimeout: .milliseconds(300))
+        defer { Task { await server.close() } }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(server.port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        #expect(connected == 0)
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let started = ContinuousClock.now
+        var byte: UInt8 = 0
+        let got = recv(fd, &byte, 1, 0)
+        #expect(got == 0)  // closed by the server, not timed out here
+        #expect(ContinuousClock.now - started < .seconds(3))
+    }
+}
+
+/// R12: a connection cannot hold more calls at once than the server's cap.
+@Suite struct StreamCapTests {
+    @Test func callsBeyondTheCapAreRefusedWhileOthersRun() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-cap-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("s.sock").path
+        let server = try await UnixWireServer.bind(path: path, service: EchoService(), group: MultiThreadedEventLoopGroup.singleton,
+                                                   allowedUIDs: [getuid()], maxStreams: 2)
+        defer { Task { await server.close() } }
+        let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
+        var slow = Berth_V1_Request()
+        slow.status.name = "slow"
+        let first = try await client.start(slow)
+        let second = try await client.start(slow)
+        var quick = Berth_V1_Request()
+        quick.status.name = "web1"
+        do {
+            _ = try await client.call(quick)
+            Issue.record("a third concurrent call was accepted")
+        } catch let error as WireError {
+            #expect(error.code == .tooManyStreams)
+        }
+        first.cancel()
+        second.cancel()
+        for call in [first, second] {
+            do { _ = try await call.result(); Issue.record("a cancelled call answered") } catch let error as WireError {
+                #expect(error.code == .cancelled)
+            }
+        }
+        // Once they are gone the connection serves again.
+        #expect(try await client.call(quick).status.name == "web1")
+        await client.close()
+    }
 }
