@@ -99,7 +99,7 @@ let package = Package(
         .executableTarget(
             name: "berth-agent",
             dependencies: [
-                "NodeAgent",
+                "NodeAgent", "Isolation", "Wire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -121,21 +121,12 @@ down() {
             "$BUILD/berth" --agent "$sock" destroy "$vps" --force >/dev/null 2>&1
         done
     done
-    for pidfile in "$DIR"/n*/agent.pid; do [ -f "$pidfile" ] && stop_pid "$pidfile" TERM; done
     controller_stop
-    # What a crashed run may have left: VPS processes, mounts, loop devices, cgroups.
-    for dir in /sys/fs/cgroup/*/berth-"$NAME"-n* /sys/fs/cgroup/berth-"$NAME"-n*; do
-        [ -d "$dir" ] || continue
-        for procs in "$dir"/*/cgroup.procs; do [ -f "$procs" ] && xargs -r kill -9 <"$procs" 2>/dev/null; done
-    done
-    for state in "$DIR"/n*/run/*/state; do [ -f "$state" ] && kill -9 "$(sed -n 's/^monitor=//p' "$state")" 2>/dev/null; done
-    sleep 0.2
-    grep -F "$DIR/" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
-    losetup -a 2>/dev/null | grep -F "$DIR/" | cut -d: -f1 | while read -r l; do losetup -d "$l" 2>/dev/null; done
-    for dir in /sys/fs/cgroup/*/berth-"$NAME"-n* /sys/fs/cgroup/berth-"$NAME"-n*; do
-        [ -d "$dir" ] || continue
-        find "$dir" -mindepth 1 -depth -type d -exec rmdir {} \; 2>/dev/null
-        rmdir "$dir" 2>/dev/null
+    # Each node directory has the integration tier's layout (agent.pid, run/, data/; cgroup
+    # parent berth-NAME-nK): its cleanup stops the agent and removes whatever a crash left.
+    for node in "$DIR"/n*/; do
+        [ -d "$node" ] || continue
+        WORK=${node%/} RUN_ID=$NAME-$(basename "$node") BUILD=$BUILD bash -c 'source Tests/integration/lib.sh; cleanup_all' >/dev/null 2>&1
     done
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$NAME-(fab|n[0-9]+)$"); do ip netns del "$ns"; done
     rm -rf "$DIR"

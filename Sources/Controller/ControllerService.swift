@@ -119,7 +119,7 @@ public final class ControllerService: WireService {
     /// it (or gets its result) instead of doing it twice.
     func operation(_ request: Berth_V1_Request, kind: String, subject: String, stream: ServerStream) async throws -> Berth_V1_Response {
         guard case .certificate(let identity) = stream.peer else { return try await perform(request, stream: stream) }
-        let id = request.operationID.isEmpty ? hexString((0..<12).map { _ in UInt8.random(in: 0...255) }) : request.operationID
+        let id = request.operationID.isEmpty ? randomHex(bytes: 12) : request.operationID
         guard (1...64).contains(id.utf8.count), id.utf8.allSatisfy({ (48...57).contains($0) || (65...90).contains($0) || (97...122).contains($0) || $0 == 45 || $0 == 95 }) else {
             throw WireError(.invalidArgument, "operation-id: '\(id)' must be 1-64 of letters, digits, '-' and '_'", field: "operation-id")
         }
@@ -172,7 +172,7 @@ public final class ControllerService: WireService {
         let peer = stream.peer
         switch request.call {
         case .enroll(let r):
-            response.enrolled = try enroll(r, peer: peer)
+            response.enrolled = try enroll(r)
         case .heartbeat(let r):
             response.heartbeat = try heartbeat(r, peer: peer)
         case .nodeJoinToken(let r):
@@ -194,20 +194,20 @@ public final class ControllerService: WireService {
             let identity = try authorise(peer, .read, call: "node list")
             guard isTenant(identity) == nil else { throw WireError(.permissionDenied, "node list: tenants do not see nodes") }
             var list = Berth_V1_NodeList()
-            list.nodes = try store.nodes().map { clusterNode($0, vpsCount: vpsCount($0.name)) }
+            list.nodes = try store.nodes().map { clusterNode($0) }
             response.nodes = list
         case .nodeShow(let r):
             let identity = try authorise(peer, .read, call: "node show")
             guard isTenant(identity) == nil else { throw WireError(.permissionDenied, "node show: tenants do not see nodes") }
             guard let node = try store.node(r.name) else { throw WireError(.notFound, "name: no node named \(r.name)", field: "name") }
-            response.clusterNode = clusterNode(node, vpsCount: vpsCount(node.name))
+            response.clusterNode = clusterNode(node)
         case .nodeCordon(let r), .nodeUncordon(let r):
             let identity = try authorise(peer, .operate, call: "node cordon")
             let cordon: Bool
             if case .nodeCordon = request.call { cordon = true } else { cordon = false }
             guard try store.setCordoned(r.name, cordon) else { throw WireError(.notFound, "name: no node named \(r.name)", field: "name") }
             try? store.addEvent(kind: cordon ? "node.cordoned" : "node.uncordoned", subject: r.name, message: "by \(identity.name)")
-            response.clusterNode = clusterNode(try store.node(r.name)!, vpsCount: vpsCount(r.name))
+            response.clusterNode = clusterNode(try store.node(r.name)!)
         case .ippoolAdd(let r):
             _ = try authorise(peer, .operate, call: "ippool add")
             let pool = try IPPoolMath.validatePool(name: r.name, cidr: r.cidr, gateway: r.gateway)
@@ -576,9 +576,7 @@ public final class ControllerService: WireService {
         return owner.hasPrefix(identity.role.description + "/")
     }
 
-    func vpsCount(_ node: String) -> Int { placement.withLock { $0.usage[node]?.count ?? 0 } }
-
-    func clusterNode(_ node: NodeRecord, vpsCount: Int) -> Berth_V1_ClusterNode {
+    func clusterNode(_ node: NodeRecord) -> Berth_V1_ClusterNode {
         var wire = Berth_V1_ClusterNode()
         wire.name = node.name
         wire.address = node.address
@@ -587,7 +585,7 @@ public final class ControllerService: WireService {
         wire.info = report?.info ?? node.info
         wire.state = !liveness.isAlive(node.name) ? "down" : node.cordoned ? "cordoned" : "ready"
         wire.lastHeartbeatMsAgo = liveness.millisecondsSinceHeartbeat(node.name) ?? 0
-        wire.vpsCount = UInt32(vpsCount)
+        wire.vpsCount = UInt32(placement.withLock { $0.usage[node.name]?.count ?? 0 })
         wire.templates = report?.templates.map { $0.sorted() } ?? []
         return wire
     }
@@ -616,7 +614,7 @@ public final class ControllerService: WireService {
         return wire
     }
 
-    func enroll(_ request: Berth_V1_EnrollRequest, peer: PeerIdentity) throws -> Berth_V1_EnrollReply {
+    func enroll(_ request: Berth_V1_EnrollRequest) throws -> Berth_V1_EnrollReply {
         let token = try JoinTokenText(parsing: request.token)
         guard Role.isValidName(request.nodeName) else {
             throw WireError(.invalidArgument, "name: node name '\(request.nodeName)' must be 1-63 of [a-z0-9-]", field: "name")

@@ -60,6 +60,12 @@ public struct CertificateIdentity: Sendable, Equatable, Hashable {
     }
 }
 
+/// `bytes` random bytes from the system generator, as lower-case hex.
+package func randomHex(bytes: Int) -> String {
+    var generator = SystemRandomNumberGenerator()
+    return hexString((0..<bytes).map { _ in UInt8.random(in: 0...255, using: &generator) })
+}
+
 package func hexString<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
     bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
 }
@@ -80,11 +86,7 @@ public struct JoinTokenText: Sendable, Equatable {
     }
 
     public static func generate(caFingerprint: String) -> JoinTokenText {
-        func random(_ count: Int) -> String {
-            var generator = SystemRandomNumberGenerator()
-            return hexString((0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) })
-        }
-        return JoinTokenText(id: random(6), secret: random(16), caFingerprint: caFingerprint)
+        JoinTokenText(id: randomHex(bytes: 6), secret: randomHex(bytes: 16), caFingerprint: caFingerprint)
     }
 
     public init(parsing text: String) throws(WireError) {
@@ -100,8 +102,8 @@ public struct JoinTokenText: Sendable, Equatable {
 
 }
 
-/// "HOST:PORT" or "[V6]:PORT".
-public func parseHostPort(_ text: String, field: String) throws(WireError) -> (host: String, port: Int) {
+/// "HOST:PORT" or "[V6]:PORT". `anyPort` admits port 0, "pick a free one", for listeners.
+public func parseHostPort(_ text: String, field: String, anyPort: Bool = false) throws(WireError) -> (host: String, port: Int) {
     var host: Substring
     var portText: Substring
     if text.hasPrefix("[") {
@@ -117,8 +119,8 @@ public func parseHostPort(_ text: String, field: String) throws(WireError) -> (h
         host = text[..<colon]
         portText = text[text.index(after: colon)...]
     }
-    guard !host.isEmpty, let port = Int(portText), (1...65535).contains(port) else {
-        throw WireError(.invalidArgument, "\(field): \"\(text)\" is not HOST:PORT with a port from 1 to 65535", field: field)
+    guard !host.isEmpty, let port = Int(portText), ((anyPort ? 0 : 1)...65535).contains(port) else {
+        throw WireError(.invalidArgument, "\(field): \"\(text)\" is not HOST:PORT with a port from \(anyPort ? 0 : 1) to 65535", field: field)
     }
     return (String(host), port)
 }

@@ -49,7 +49,7 @@ enum BerthTLS {
         }
     }
 
-    static func clientContext(bundle: CredentialBundle?, trustedCAPEM: String?) throws(WireError) -> NIOSSLContext {
+    static func clientContext(bundle: CredentialBundle?) throws(WireError) -> NIOSSLContext {
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.minimumTLSVersion = .tlsv13
         configuration.applicationProtocols = [bundle == nil ? enrolProtocolName : protocolName]
@@ -57,7 +57,7 @@ enum BerthTLS {
             configuration.certificateChain = try certificates(bundle.certificatePEM, what: "cert.pem").map { .certificate($0) }
             configuration.privateKey = .privateKey(try key(bundle.keyPEM))
         }
-        if let caPEM = trustedCAPEM ?? bundle?.caPEM {
+        if let caPEM = bundle?.caPEM {
             configuration.trustRoots = .certificates(try certificates(caPEM, what: "ca.pem"))
             configuration.certificateVerification = .fullVerification
         } else {
@@ -297,7 +297,7 @@ extension WireClient {
     /// one (enrolment), the server must present a chain with the CA whose hash is `pinnedCA`.
     public static func connect(host: String, port: Int, bundle: CredentialBundle?, pinnedCA: String? = nil,
                                group: EventLoopGroup, timeout: TimeAmount = .seconds(10)) async throws -> WireClient {
-        let context = try BerthTLS.clientContext(bundle: bundle, trustedCAPEM: nil)
+        let context = try BerthTLS.clientContext(bundle: bundle)
         let isAddress = ClusterCA.ipAddressBytes(host) != nil
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(timeout)

@@ -7,6 +7,7 @@ import NIOPosix
 import Prometheus
 import NodeAgent
 import ServiceLifecycle
+import Wire
 
 @main
 struct BerthAgent: AsyncParsableCommand {
@@ -82,7 +83,7 @@ struct BerthAgent: AsyncParsableCommand {
         if (controller == nil) != (listen == nil) {
             throw ValidationError("--controller and --listen go together: the agent calls the controller and serves it")
         }
-        if let listen, let (host, _) = Self.hostPort(listen), Self.isUnspecifiedAddress(host) {
+        if let listen, let (host, _) = try? parseHostPort(listen, field: "listen"), (try? IPAddress.parse(host).get())?.isUnspecified == true {
             throw ValidationError("--listen: '\(listen)' must name the address the controller dials (it goes into this node's certificate), not a wildcard")
         }
         if join != nil && controller == nil {
@@ -91,7 +92,7 @@ struct BerthAgent: AsyncParsableCommand {
         for label in labels where label.split(separator: "=", maxSplits: 1).count != 2 {
             throw ValidationError("--label: '\(label)' is not KEY=VALUE")
         }
-        if let metricsListen, Self.hostPort(metricsListen) == nil {
+        if let metricsListen, (try? parseHostPort(metricsListen, field: "metrics-listen", anyPort: true)) == nil {
             throw ValidationError("--metrics-listen: '\(metricsListen)' is not HOST:PORT (e.g. 127.0.0.1:9737)")
         }
     }
@@ -139,7 +140,7 @@ struct BerthAgent: AsyncParsableCommand {
         logger.info("starting", metadata: ["node": "\(nodeName)", "cgroup": "\(mode.driver().modeName)", "data": "\(dataDir)"])
         let group = MultiThreadedEventLoopGroup.singleton
         var metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)?
-        if let metricsListen, let (host, port) = Self.hostPort(metricsListen) {
+        if let metricsListen, let (host, port) = try? parseHostPort(metricsListen, field: "metrics-listen", anyPort: true) {
             let registry = PrometheusCollectorRegistry()
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
             metrics = (host, port, registry)
@@ -159,21 +160,5 @@ struct BerthAgent: AsyncParsableCommand {
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         try await services.run()
-    }
-
-    /// 0.0.0.0, ::, ::0, 0:0::0 … (any spelling of the unspecified address).
-    static func isUnspecifiedAddress(_ host: String) -> Bool {
-        var v4 = in_addr()
-        if inet_pton(AF_INET, host, &v4) == 1 { return v4.s_addr == 0 }
-        var v6 = in6_addr()
-        if inet_pton(AF_INET6, host, &v6) == 1 { return withUnsafeBytes(of: v6) { $0.allSatisfy { $0 == 0 } } }
-        return false
-    }
-
-    static func hostPort(_ text: String) -> (String, Int)? {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
-        var host = String(text[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        return host.isEmpty ? nil : (host, port)
     }
 }

@@ -51,11 +51,11 @@ struct BerthController: AsyncParsableCommand {
         let logger = Logger(label: "berth-controller")
         do {
             let settings = try config.map { try ClusterConfigFile.load(path: $0) } ?? ControllerSettings()
-            let (host, port) = try parseHostPort(listen.hasSuffix(":0") ? String(listen.dropLast(2)) + ":1" : listen, field: "listen")
+            let (host, port) = try parseHostPort(listen, field: "listen", anyPort: true)
             let ca = try ClusterCA.load(directory: caDir)
             let store = try SQLiteStore(directory: dataDir)
             let server = try ControllerServer(store: store, ca: ca, settings: settings, host: host,
-                                              port: listen.hasSuffix(":0") ? 0 : port, extraHosts: extraHosts,
+                                              port: port, extraHosts: extraHosts,
                                               group: MultiThreadedEventLoopGroup.singleton, logger: logger, portFile: portFile)
             let services = ServiceGroup(configuration: .init(
                 services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -107,6 +107,11 @@ struct ConnectionOptions: ParsableArguments {
     }
 }
 
+/// "k1=v1,k2=v2", keys sorted.
+func labelText(_ labels: [String: String]) -> String {
+    labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+}
+
 func fail(_ error: WireError) -> Never {
     writeErr("berth: \(error.message)\n")
     exit(error.exitCode)
@@ -139,7 +144,7 @@ extension Berth_V1_VpsStatus {
         if !net.isEmpty { parts.append("net=\(net)") }
         parts.append("node=\(node)")
         parts.append("onboot=\(onboot ? "yes" : "no")")
-        if !labels.isEmpty { parts.append("labels=" + labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")) }
+        if !labels.isEmpty { parts.append("labels=" + labelText(labels)) }
         if !lastExit.isEmpty && state != "running" { parts.append("last_exit=\"\(lastExit)\"") }
         return parts.joined(separator: " ")
     }

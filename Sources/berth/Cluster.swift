@@ -37,7 +37,7 @@ func showClusterNode(_ node: Berth_V1_ClusterNode) {
     print("\(node.name): \(node.state), \(node.address), last heartbeat \(node.lastHeartbeatMsAgo) ms ago")
     print("  kernel \(node.info.kernel), cgroup \(node.info.cgroupMode), \(node.info.cpus) CPUs, \(humanBytes(node.info.memoryBytes)) memory, \(humanBytes(node.info.diskBytes)) disk")
     print("  VPSs: \(node.vpsCount); templates: \(node.templates.isEmpty ? "-" : node.templates.joined(separator: ","))")
-    if !node.labels.isEmpty { print("  labels: " + node.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")) }
+    if !node.labels.isEmpty { print("  labels: " + labelText(node.labels)) }
 }
 
 extension NodeCommand {
@@ -52,7 +52,7 @@ extension NodeCommand {
             if json { printJSON(.array(nodes.map(\.json))); return }
             printTable([["NAME", "STATE", "ADDRESS", "VPSS", "CPUS", "MEMORY", "HEARTBEAT", "LABELS"]] + nodes.map {
                 [$0.name, $0.state, $0.address, String($0.vpsCount), String($0.info.cpus), humanBytes($0.info.memoryBytes),
-                 "\($0.lastHeartbeatMsAgo)ms", $0.labels.isEmpty ? "-" : $0.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")]
+                 "\($0.lastHeartbeatMsAgo)ms", $0.labels.isEmpty ? "-" : labelText($0.labels)]
             })
         }
     }
