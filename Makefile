@@ -5,7 +5,7 @@ SWIFT ?= swift
 BUILD := .build/debug
 RELEASE := .build/release
 
-.PHONY: all deps build test test-unit test-integration test-network test-resources test-cluster test-fuzz demo demo-stop bench proto clean-leftovers cluster-up cluster-down
+.PHONY: all deps build test test-unit test-integration test-network test-resources test-cluster test-debian test-fuzz demo demo-stop bench proto clean-leftovers cluster-up cluster-down
 
 all: build
 
@@ -23,6 +23,7 @@ test: build
 	@$(MAKE) --no-print-directory test-network
 	@$(MAKE) --no-print-directory test-resources
 	@$(MAKE) --no-print-directory test-cluster
+	@$(MAKE) --no-print-directory test-debian
 
 test-unit:
 	$(SWIFT) test --skip-build --parallel
@@ -44,6 +45,11 @@ test-resources:
 test-cluster:
 	@BUILD=$(BUILD) ./Tests/integration/cluster.sh
 
+# Debian 12 VPSs booting their own systemd; the debootstrap tree is cached in
+# /var/cache/berth/templates, so only the first run on a machine downloads it.
+test-debian:
+	@BUILD=$(BUILD) ./Tests/integration/debian.sh
+
 # The local multi-node testbed for trying the cluster by hand (Docs/cluster.md).
 cluster-up: build
 	@BUILD=$(BUILD) ./scripts/dev-cluster.sh up $(or $(NODES),3)
@@ -63,13 +69,14 @@ demo-stop:
 
 # Start/exec/density against crun on the same busybox rootfs, then networking (set-up cost vs
 # `ip -batch`, iperf3 vs a bare veth pair, parallel stop), then the cluster (mTLS RPC, scheduler,
-# store, heartbeats, exec streaming vs a cat pipe); release build.
+# store, heartbeats, exec streaming vs a cat pipe), then Debian boot/stop vs systemd-nspawn; release build.
 bench: deps
 	@BERTH_BENCH=1 ./scripts/install-deps.sh
 	$(SWIFT) build -c release --static-swift-stdlib
 	@BUILD=$(RELEASE) ./Benchmarks/run.sh
 	@BUILD=$(RELEASE) ./Benchmarks/network.sh
 	@BUILD=$(RELEASE) ./Benchmarks/cluster.sh
+	@BUILD=$(RELEASE) ./Benchmarks/debian.sh
 
 # Regenerates Sources/Wire/berth.pb.swift with Debian's protoc and a locally built plugin.
 proto:

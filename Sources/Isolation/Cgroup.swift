@@ -114,6 +114,49 @@ public protocol CgroupDriver: Sendable {
     /// limits are written as "no limit", so the result also lifts earlier ones. A requested limit
     /// the host cannot enforce throws `.unsupported`.
     func ioSettings(_ name: String, _ io: IOLimits, device: String) throws(IsolationError) -> [CgroupWrite]
+    /// The cgroup filesystems a VPS sees under its own /sys/fs/cgroup (rooted at its cgroup by
+    /// the cgroup namespace), so a distro's init (systemd) can track its services.
+    func guestMounts() -> [CgroupGuestMount]
+}
+
+/// One cgroup filesystem mounted inside a VPS at /sys/fs/cgroup/`directory` (or at
+/// /sys/fs/cgroup itself for cgroup2, `directory` empty).
+public struct CgroupGuestMount: Equatable, Sendable {
+    /// "cgroup" (v1) or "cgroup2".
+    public var type: String
+    public var directory: String
+    /// v1 mount options naming the hierarchy ("cpu,cpuacct", "none,name=systemd").
+    public var options: String
+    /// Only the hierarchy the guest's init manages is writable; resource controllers stay
+    /// read-only so a VPS cannot lift its own limits.
+    public var writable: Bool
+    /// Extra names for a joined hierarchy ("cpu" and "cpuacct" for "cpu,cpuacct"), as on a host.
+    public var aliases: [String]
+
+    public init(type: String, directory: String, options: String, writable: Bool, aliases: [String] = []) {
+        self.type = type
+        self.directory = directory
+        self.options = options
+        self.writable = writable
+        self.aliases = aliases
+    }
+
+    /// "TYPE DIRECTORY OPTIONS rw|ro ALIAS,..." for the spawn spec.
+    public var specText: String {
+        [type, directory.isEmpty ? "." : directory, options.isEmpty ? "-" : options, writable ? "rw" : "ro",
+         aliases.isEmpty ? "-" : aliases.joined(separator: ",")].joined(separator: " ")
+    }
+
+    public static func parse(_ text: String) -> CgroupGuestMount? {
+        let parts = text.split(separator: " ").map(String.init)
+        guard parts.count == 5, parts[0] == "cgroup" || parts[0] == "cgroup2", parts[3] == "rw" || parts[3] == "ro" else { return nil }
+        let directory = parts[1] == "." ? "" : parts[1]
+        let names = [directory] + (parts[4] == "-" ? [] : parts[4].split(separator: ",").map(String.init))
+        // Plain names only: these become entries of a fresh tmpfs inside the VPS.
+        guard names.allSatisfy({ !$0.contains("/") && $0 != ".." }), parts[0] == "cgroup2" || !directory.isEmpty else { return nil }
+        return CgroupGuestMount(type: parts[0], directory: directory, options: parts[2] == "-" ? "" : parts[2],
+                                writable: parts[3] == "rw", aliases: parts[4] == "-" ? [] : Array(names.dropFirst()))
+    }
 }
 
 public enum CgroupMode: Equatable, Sendable {
@@ -137,13 +180,44 @@ public enum CgroupMode: Equatable, Sendable {
     }
 }
 
-/// rmdir with a few retries: a cgroup stays busy for a moment after its last task exited.
-func removeCgroupDirectory(_ path: String) throws(IsolationError) {
+/// Removes a cgroup and every cgroup below it (a VPS's systemd makes its own slices and
+/// scopes), deepest first, with a few retries: a cgroup stays busy for a moment after its last
+/// task exited.
+func removeCgroupDirectory(_ path: String, depth: Int = 0) throws(IsolationError) {
+    // A VPS can nest cgroups in its writable hierarchy; the bound keeps this walk finite.
+    guard depth < 64 else { throw IsolationError(.unsupported, "cgroup \(path) is nested more than 64 levels deep") }
+    for child in FileIO.listDirectory(path) where FileIO.isDirectory(path + "/" + child) {
+        try removeCgroupDirectory(path + "/" + child, depth: depth + 1)
+    }
     for attempt in 0..<50 {
         if rmdir(path) == 0 || errno == ENOENT { return }
         if errno != EBUSY || attempt == 49 { throw IsolationError.sys("rmdir \(path)") }
         usleep(20_000)
     }
+}
+
+/// The pids in a cgroup and all cgroups below it.
+func readPidTree(_ path: String, depth: Int = 0) -> [Int32] {
+    var pids = readPidList(path + "/cgroup.procs")
+    guard depth < 64 else { return pids }
+    for child in FileIO.listDirectory(path) where FileIO.isDirectory(path + "/" + child) {
+        pids += readPidTree(path + "/" + child, depth: depth + 1)
+    }
+    return pids
+}
+
+/// The cgroup mounts of this (the host's) mount namespace: mount point and super options.
+func hostCgroupMounts(mountinfo: String) -> [(mountPoint: String, type: String, options: [String])] {
+    var result: [(String, String, [String])] = []
+    for line in mountinfo.split(separator: "\n") {
+        // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - TYPE SOURCE SUPEROPTS"
+        let halves = line.split(separator: " - ", maxSplits: 1).map { $0.split(separator: " ") }
+        guard halves.count == 2, halves[0].count >= 5, halves[1].count >= 3 else { continue }
+        let type = String(halves[1][0])
+        guard type == "cgroup" || type == "cgroup2" else { continue }
+        result.append((String(halves[0][4]), type, halves[1][2].split(separator: ",").map(String.init)))
+    }
+    return result
 }
 
 /// A limit file's value: "max" and v1's "unlimited" (a value near 2^63) read as nil.

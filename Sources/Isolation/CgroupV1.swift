@@ -174,6 +174,29 @@ public struct CgroupV1Driver: CgroupDriver {
         return usage
     }
 
+    /// Every v1 hierarchy mounted under the root, with the options that name it. The host's
+    /// cgroup2 mount of a hybrid layout is left out: the VPS sits in its root there, so it would
+    /// see (and could write) every host cgroup.
+    public func guestMounts() -> [CgroupGuestMount] {
+        guestMounts(mountinfo: FileIO.read("/proc/self/mountinfo") ?? "")
+    }
+
+    func guestMounts(mountinfo: String) -> [CgroupGuestMount] {
+        var mounts: [CgroupGuestMount] = []
+        for mount in hostCgroupMounts(mountinfo: mountinfo) where mount.type == "cgroup" && FileIO.directory(of: mount.mountPoint) == root {
+            let directory = String(mount.mountPoint.dropFirst(root.count + 1))
+            let controllers = mount.options.filter { !["rw", "ro", "relatime", "noatime", "nosuid", "nodev", "noexec", "clone_children", "noprefix", "xattr"].contains($0) && !$0.hasPrefix("release_agent=") }
+            guard !controllers.isEmpty else { continue }
+            let named = controllers.contains { $0.hasPrefix("name=") }
+            let subsystems = controllers.filter { !$0.hasPrefix("name=") }
+            let options = (subsystems.isEmpty && named ? ["none"] : []) + controllers
+            let aliases = subsystems.count > 1 ? subsystems.filter { $0 != directory } : []
+            mounts.append(CgroupGuestMount(type: "cgroup", directory: directory, options: options.joined(separator: ","),
+                                           writable: subsystems.isEmpty && controllers.contains("name=systemd"), aliases: aliases))
+        }
+        return mounts.sorted { $0.directory < $1.directory }
+    }
+
     public func list() -> [String] {
         var names = Set<String>()
         for controller in present {

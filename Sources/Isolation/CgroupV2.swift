@@ -96,7 +96,15 @@ public struct CgroupV2Driver: CgroupDriver {
 
     public func procsFiles(_ name: String) -> [String] { [path(name) + "/cgroup.procs"] }
 
-    public func pids(_ name: String) -> [Int32] { readPidList(path(name) + "/cgroup.procs") }
+    /// Includes the cgroups a VPS's own init made below its cgroup.
+    public func pids(_ name: String) -> [Int32] { readPidTree(path(name)) }
+
+    /// The VPS's cgroup as the whole tree, writable so its systemd can make slices and scopes.
+    /// Its own limit files are at the root of that view: a host that mounts cgroup2 with
+    /// `nsdelegate` (systemd hosts do) refuses writes to them from inside the namespace.
+    public func guestMounts() -> [CgroupGuestMount] {
+        [CgroupGuestMount(type: "cgroup2", directory: "", options: "", writable: true)]
+    }
 
     public func killAll(_ name: String) throws(IsolationError) {
         let killFile = path(name) + "/cgroup.kill"

@@ -32,14 +32,21 @@ public enum Rootfs {
     public static let lxcfsProcFiles = ["cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime"]
 
     /// `consoleSlave`: host path of the pty slave that becomes /dev/console. `lxcfs`: where lxcfs
-    /// is mounted on the host, or nil for the kernel's host-wide views.
-    public static func enter(root: String, hostname: String, consoleSlave: String, lxcfs: String? = nil) throws(IsolationError) {
+    /// is mounted on the host, or nil for the kernel's host-wide views. `cgroupMounts`: what the
+    /// VPS sees under /sys/fs/cgroup (call after unsharing the cgroup namespace).
+    public static func enter(root: String, hostname: String, consoleSlave: String, lxcfs: String? = nil,
+                             cgroupMounts: [CgroupGuestMount] = []) throws(IsolationError) {
         try check("make / private") { mount("", "/", nil, UInt(MS_REC | MS_PRIVATE), nil) }
         let rootFD = try check("open root \(root)") { open(root, O_PATH | O_DIRECTORY | O_CLOEXEC) }
         defer { close(rootFD) }
 
         try mountAt(rootFD, "proc", source: "proc", type: "proc", flags: MS_NOSUID | MS_NODEV | MS_NOEXEC)
         try mountAt(rootFD, "sys", source: "sysfs", type: "sysfs", flags: MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        if !cgroupMounts.isEmpty { try mountCgroups(rootFD: rootFD, cgroupMounts) }
+        // A distro's init expects /run and /run/lock to be fresh tmpfs on every boot and cannot
+        // mount them itself without CAP_SYS_ADMIN. Its pages are charged to the VPS's memory cgroup.
+        try mountAt(rootFD, "run", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NODEV, data: "mode=755,size=20%")
+        try mountAt(rootFD, "run/lock", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NODEV | MS_NOEXEC, data: "mode=1777,size=5m")
         try mountAt(rootFD, "dev", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NOEXEC, data: "mode=755,size=1024k")
         try populateDev(rootFD: rootFD, consoleSlave: consoleSlave)
         if let lxcfs {
@@ -76,6 +83,29 @@ public enum Rootfs {
         try check("pivot_root") { berth_pivot_root(".", ".") }
         try check("detach old root") { umount2(".", Int32(MNT_DETACH)) }
         try check("chdir /") { chdir("/") }
+    }
+
+    /// cgroup2: the VPS's own subtree at /sys/fs/cgroup. v1: a read-only tmpfs holding one
+    /// mount per hierarchy, as a v1 host lays them out (systemd's "legacy" layout).
+    static func mountCgroups(rootFD: Int32, _ mounts: [CgroupGuestMount]) throws(IsolationError) {
+        let flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+        if let unified = mounts.first(where: { $0.type == "cgroup2" }) {
+            try mountAt(rootFD, "sys/fs/cgroup", source: "cgroup2", type: "cgroup2", flags: flags | (unified.writable ? 0 : MS_RDONLY))
+            return
+        }
+        try mountAt(rootFD, "sys/fs/cgroup", source: "tmpfs", type: "tmpfs", flags: flags, data: "mode=755,size=64k")
+        let dir = berth_open_beneath_nofollow(rootFD, "sys/fs/cgroup", O_PATH | O_DIRECTORY, 0)
+        if dir < 0 { throw IsolationError.sys("open /sys/fs/cgroup in VPS root") }
+        defer { close(dir) }
+        for mount in mounts {
+            try mountAt(dir, mount.directory, source: "cgroup", type: "cgroup", flags: flags | (mount.writable ? 0 : MS_RDONLY), data: mount.options)
+            for alias in mount.aliases where symlinkat(mount.directory, dir, alias) != 0 && errno != EEXIST {
+                throw IsolationError.sys("symlink /sys/fs/cgroup/\(alias)")
+            }
+        }
+        try check("remount /sys/fs/cgroup read-only") {
+            mount("", "/proc/self/fd/\(dir)", nil, UInt(MS_REMOUNT | MS_RDONLY | flags), "mode=755,size=64k")
+        }
     }
 
     /// Mounts onto `rootFD/relative` resolved without following any symlink: a VPS that turned

@@ -17,6 +17,8 @@ public struct RunState: Equatable, Sendable {
 
     public static let stateFile = "state"
     public static let exitFile = "exit"
+    /// Console output of the last boot, kept next to the disk image after the VPS stopped.
+    public static let consoleLogFile = "console.log"
     public static let stopRequestFile = "stop-requested"
     public static let consoleSocket = "console.sock"
 

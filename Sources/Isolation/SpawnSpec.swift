@@ -21,6 +21,8 @@ public struct SpawnSpec: Equatable, Sendable {
     public var deviceWrites: [CgroupWrite] = []
     /// Host mount point of lxcfs whose /proc views replace the host-wide ones inside the VPS.
     public var lxcfs: String?
+    /// cgroup filesystems mounted under the VPS's /sys/fs/cgroup.
+    public var cgroupMounts: [CgroupGuestMount] = []
 
     public init(name: String, diskImage: String, rootPath: String, runDir: String, hostname: String,
                 cgroupProcsFiles: [String], initArgv: [String] = ["/sbin/init"],
@@ -58,6 +60,7 @@ public struct SpawnSpec: Equatable, Sendable {
         if let openFilesLimit { put("nofile", String(openFilesLimit)) }
         deviceWrites.forEach { put("device-write", $0.path + "\t" + $0.value) }
         if let lxcfs { put("lxcfs", lxcfs) }
+        cgroupMounts.forEach { put("cgroupfs", $0.specText) }
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -71,7 +74,7 @@ public struct SpawnSpec: Equatable, Sendable {
             let key = String(line[..<eq])
             let value = try unescape(String(line[line.index(after: eq)...]))
             switch key {
-            case "cgroup", "init", "env", "drop", "device-write": multi[key, default: []].append(value)
+            case "cgroup", "init", "env", "drop", "device-write", "cgroupfs": multi[key, default: []].append(value)
             case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs":
                 if single[key] != nil { throw IsolationError(.invalidSpec, "spawn spec key \(key) repeated") }
                 single[key] = value
@@ -106,6 +109,10 @@ public struct SpawnSpec: Equatable, Sendable {
             let parts = entry.split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
             guard parts.count == 2, parts[0].hasPrefix("/") else { throw IsolationError(.invalidSpec, "spawn spec device-write is not PATH<TAB>VALUE") }
             spec.deviceWrites.append(CgroupWrite(path: String(parts[0]), value: String(parts[1])))
+        }
+        for entry in multi["cgroupfs"] ?? [] {
+            guard let mount = CgroupGuestMount.parse(entry) else { throw IsolationError(.invalidSpec, "spawn spec cgroupfs entry is malformed: \(entry)") }
+            spec.cgroupMounts.append(mount)
         }
         return spec
     }

@@ -72,11 +72,21 @@ public struct AgentService: WireService {
             try await console(r, stream: stream)
             response.ok = Berth_V1_Empty()
         case .templateBuild(let r):
-            guard r.kind == "busybox" else {
-                throw AgentError.invalid("template", "'\(r.kind)' cannot be built here (buildable: busybox; any rootfs tarball can be imported)")
+            switch r.kind {
+            case "busybox":
+                guard r.mirror.isEmpty, r.include.isEmpty else {
+                    throw AgentError.invalid(r.mirror.isEmpty ? "include" : "mirror", "the busybox template is built from the host's busybox-static; it downloads nothing")
+                }
+                stream.progress("building busybox template")
+                response.template = Self.wire(try await manager.templates.buildBusybox(name: r.name.isEmpty ? "busybox" : r.name))
+            case "debian-12":
+                let request = DebianTemplateRequest(name: r.name.isEmpty ? "debian-12" : r.name,
+                                                    mirror: r.mirror.isEmpty ? DebianTemplateRequest.defaultMirror : r.mirror,
+                                                    include: r.include, rebuild: r.rebuild)
+                response.template = Self.wire(try await manager.templates.buildDebian(request) { stream.progress($0) })
+            default:
+                throw AgentError.invalid("template", "'\(r.kind)' cannot be built here (buildable: busybox, debian-12; any rootfs tarball can be imported)")
             }
-            stream.progress("building busybox template")
-            response.template = Self.wire(try await manager.templates.buildBusybox(name: r.name.isEmpty ? "busybox" : r.name))
         case .templateImport(let r):
             response.template = Self.wire(try await manager.templates.importTarball(name: r.name, path: r.tarballPath) { stream.progress($0) })
         case .templateRemove(let r):
@@ -127,6 +137,7 @@ public struct AgentService: WireService {
         wire.sizeBytes = info.sizeBytes
         wire.createdUnix = Int64(info.createdAt.timeIntervalSince1970)
         wire.stopSignal = String(info.stopSignal)
+        wire.maskedUnits = info.maskedUnits ?? [:]
         return wire
     }
 
@@ -245,6 +256,11 @@ public struct AgentService: WireService {
     /// Attaches the caller to the monitor's console socket until the client ends its input
     /// (detach) or the VPS stops.
     func console(_ request: Berth_V1_ConsoleRequest, stream: ServerStream) async throws {
+        if request.showLog {
+            let log = try await manager.consoleLog(request.name)
+            if !log.isEmpty { try await stream.send(.stdout, ByteBuffer(bytes: log)) }
+            return
+        }
         let path = try await manager.consoleSocket(request.name)
         let socket = try await ClientBootstrap(group: group).connect(unixDomainSocketPath: path) { channel in
             channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }

@@ -112,15 +112,18 @@ public enum Subprocess {
         return (pid, pidfd)
     }
 
-    /// Runs to completion with stdin from /dev/null, capturing stdout and stderr.
-    public static func run(_ argv: [String], input: [UInt8]? = nil) async throws -> ProcessResult {
+    /// Runs to completion with stdin from /dev/null, capturing stdout and stderr. `onLine` sees
+    /// each output line (either stream) as it arrives: progress of long builds.
+    public static func run(_ argv: [String], input: [UInt8]? = nil, environment: [String]? = nil,
+                           onLine: (@Sendable (String) -> Void)? = nil) async throws -> ProcessResult {
         let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(devnull) }
         let out = try makePipe(), err = try makePipe()
         let inPipe = input == nil ? nil : try makePipe()
         let child: (pid: Int32, pidfd: Int32)
         do {
-            child = try spawn(argv, fds: [inPipe?.read ?? devnull, out.write, err.write])
+            child = try environment.map { try spawn(argv, fds: [inPipe?.read ?? devnull, out.write, err.write], environment: $0) }
+                ?? spawn(argv, fds: [inPipe?.read ?? devnull, out.write, err.write])
         } catch {
             [out.read, out.write, err.read, err.write, inPipe?.read ?? -1, inPipe?.write ?? -1].filter { $0 >= 0 }.forEach { close($0) }
             throw error
@@ -136,16 +139,32 @@ public enum Subprocess {
         }
         // Drain both pipes on their own threads so a chatty child cannot fill one and block.
         let (outFD, errFD) = (out.read, err.read)
-        async let stdout = readToEnd(outFD)
-        async let stderr = readToEnd(errFD)
+        async let stdout = readToEnd(outFD, onLine: onLine)
+        async let stderr = readToEnd(errFD, onLine: onLine)
         let status = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd) ?? 0
         return ProcessResult(status: status, stdout: await stdout, stderr: await stderr)
     }
 
-    static func readToEnd(_ fd: Int32) async -> String {
+    static func readToEnd(_ fd: Int32, onLine: (@Sendable (String) -> Void)? = nil) async -> String {
         await withCheckedContinuation { continuation in
             Thread.detachNewThread {
-                let bytes = FileIO.readAll(fd: fd) ?? []
+                var bytes: [UInt8] = []
+                if let onLine {
+                    var chunk = [UInt8](repeating: 0, count: 16384)
+                    var lineStart = 0
+                    while true {
+                        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                        if count < 0 && errno == EINTR { continue }
+                        if count <= 0 { break }
+                        bytes += chunk[..<count]
+                        while let newline = bytes[lineStart...].firstIndex(of: 10) {
+                            onLine(String(decoding: bytes[lineStart..<newline], as: UTF8.self))
+                            lineStart = newline + 1
+                        }
+                    }
+                } else {
+                    bytes = FileIO.readAll(fd: fd) ?? []
+                }
                 close(fd)
                 continuation.resume(returning: String(decoding: bytes, as: UTF8.self))
             }

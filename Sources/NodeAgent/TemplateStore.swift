@@ -10,14 +10,21 @@ public struct TemplateInfo: Codable, Equatable, Sendable {
     /// Signal that asks the template's init for a clean poweroff.
     public var stopSignal: Int32
     public var sizeBytes: UInt64
+    /// Units the template masks because they cannot work in a VPS, each with the reason.
+    public var maskedUnits: [String: String]?
 }
 
 /// Template caches under the data directory: built locally (busybox) or imported tarballs.
 public final class TemplateStore: @unchecked Sendable {
     public let root: String
+    /// Downloaded trees shared across data directories (see `AgentPaths.templateCache`).
+    public let cacheDir: String
     let lock = NSLock()
 
-    public init(dataDir: String) { root = dataDir + "/templates" }
+    public init(dataDir: String, cacheDir: String = "/var/cache/berth/templates") {
+        root = dataDir + "/templates"
+        self.cacheDir = cacheDir
+    }
 
     public func rootfs(_ name: String) -> String { root + "/" + name + "/rootfs" }
     func metadataPath(_ name: String) -> String { root + "/" + name + "/template.json" }
@@ -128,7 +135,7 @@ public final class TemplateStore: @unchecked Sendable {
     }
 
     /// Moves a finished staging tree into place; the previous template (if any) goes only then.
-    private func install(staging: String, info: TemplateInfo) throws {
+    func install(staging: String, info: TemplateInfo) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         encoder.dateEncodingStrategy = .iso8601

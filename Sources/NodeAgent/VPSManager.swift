@@ -29,12 +29,17 @@ public struct AgentPaths: Sendable {
     public var spawnBinary: String
     /// Where lxcfs is mounted; VPSs started while it serves there get its /proc views.
     public var lxcfs: String
+    /// Downloaded distribution trees (debootstrap output), kept across template rebuilds and
+    /// shared by every data directory on the host.
+    public var templateCache: String
 
-    public init(dataDir: String, runDir: String, spawnBinary: String, lxcfs: String = "/var/lib/lxcfs") {
+    public init(dataDir: String, runDir: String, spawnBinary: String, lxcfs: String = "/var/lib/lxcfs",
+                templateCache: String = "/var/cache/berth/templates") {
         self.dataDir = dataDir
         self.runDir = runDir
         self.spawnBinary = spawnBinary
         self.lxcfs = lxcfs
+        self.templateCache = templateCache
     }
 }
 
@@ -81,7 +86,7 @@ public actor VPSManager {
         self.cgroups = cgroups
         self.logger = logger
         store = ConfigStore(dataDir: paths.dataDir)
-        templates = TemplateStore(dataDir: paths.dataDir)
+        templates = TemplateStore(dataDir: paths.dataDir, cacheDir: paths.templateCache)
         onlineCPUs = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         for dir in [paths.dataDir, store.vpsRoot, templates.root] {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -417,6 +422,7 @@ public actor VPSManager {
         var spec = SpawnSpec(name: name, diskImage: store.diskPath(name), rootPath: store.rootPath(name), runDir: run,
                              hostname: record.config.hostname, cgroupProcsFiles: cgroups.procsFiles(name))
         spec.openFilesLimit = record.config.limits.files
+        spec.cgroupMounts = cgroups.guestMounts()
         if FileIO.exists(paths.lxcfs + "/proc/meminfo") {
             spec.lxcfs = paths.lxcfs
         } else if !warnedNoLxcfs {
@@ -774,6 +780,17 @@ public actor VPSManager {
     func consoleSocket(_ name: String) throws -> String {
         _ = try joinTarget(name)
         return runDir(name) + "/" + RunState.consoleSocket
+    }
+
+    /// What the console showed during the VPS's last run, kept by its monitor when it stopped:
+    /// a failed boot's last words. Empty for a VPS that never ran.
+    func consoleLog(_ name: String) throws -> [UInt8] {
+        _ = try Validation.name(name)
+        _ = try record(name)
+        let fd = open(store.directory(name) + "/" + RunState.consoleLogFile, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
+        defer { close(fd) }
+        return FileIO.readAll(fd: fd) ?? []
     }
 }
 

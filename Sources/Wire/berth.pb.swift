@@ -363,6 +363,9 @@ public nonisolated struct Berth_V1_ConsoleRequest: Sendable {
 
   public var name: String = String()
 
+  /// print the console output of the VPS's last run, do not attach
+  public var showLog: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -492,11 +495,20 @@ public nonisolated struct Berth_V1_TemplateBuildRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// "busybox"
+  /// "busybox" | "debian-12"
   public var kind: String = String()
 
   /// defaults to kind
   public var name: String = String()
+
+  /// debian-12: archive URL (default http://deb.debian.org/debian)
+  public var mirror: String = String()
+
+  /// debian-12: extra packages
+  public var include: [String] = []
+
+  /// debian-12: download again even when the tree is cached
+  public var rebuild: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -533,6 +545,9 @@ public nonisolated struct Berth_V1_TemplateInfo: Sendable {
   public var createdUnix: Int64 = 0
 
   public var stopSignal: String = String()
+
+  /// unit -> why it cannot run in a VPS
+  public var maskedUnits: Dictionary<String,String> = [:]
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2258,7 +2273,7 @@ nonisolated extension Berth_V1_ExecResult: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Berth_V1_ConsoleRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ConsoleRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}show_log\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2267,6 +2282,7 @@ nonisolated extension Berth_V1_ConsoleRequest: SwiftProtobuf.Message, SwiftProto
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.showLog) }()
       default: break
       }
     }
@@ -2276,11 +2292,15 @@ nonisolated extension Berth_V1_ConsoleRequest: SwiftProtobuf.Message, SwiftProto
     if !self.name.isEmpty {
       try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
     }
+    if self.showLog != false {
+      try visitor.visitSingularBoolField(value: self.showLog, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Berth_V1_ConsoleRequest, rhs: Berth_V1_ConsoleRequest) -> Bool {
     if lhs.name != rhs.name {return false}
+    if lhs.showLog != rhs.showLog {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2500,7 +2520,7 @@ nonisolated extension Berth_V1_VpsList: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Berth_V1_TemplateBuildRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TemplateBuildRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}name\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}name\0\u{1}mirror\0\u{1}include\0\u{1}rebuild\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2510,6 +2530,9 @@ nonisolated extension Berth_V1_TemplateBuildRequest: SwiftProtobuf.Message, Swif
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.kind) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.mirror) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.include) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.rebuild) }()
       default: break
       }
     }
@@ -2522,12 +2545,24 @@ nonisolated extension Berth_V1_TemplateBuildRequest: SwiftProtobuf.Message, Swif
     if !self.name.isEmpty {
       try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
     }
+    if !self.mirror.isEmpty {
+      try visitor.visitSingularStringField(value: self.mirror, fieldNumber: 3)
+    }
+    if !self.include.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.include, fieldNumber: 4)
+    }
+    if self.rebuild != false {
+      try visitor.visitSingularBoolField(value: self.rebuild, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Berth_V1_TemplateBuildRequest, rhs: Berth_V1_TemplateBuildRequest) -> Bool {
     if lhs.kind != rhs.kind {return false}
     if lhs.name != rhs.name {return false}
+    if lhs.mirror != rhs.mirror {return false}
+    if lhs.include != rhs.include {return false}
+    if lhs.rebuild != rhs.rebuild {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2570,7 +2605,7 @@ nonisolated extension Berth_V1_TemplateImportRequest: SwiftProtobuf.Message, Swi
 
 nonisolated extension Berth_V1_TemplateInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TemplateInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}source\0\u{3}size_bytes\0\u{3}created_unix\0\u{3}stop_signal\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}source\0\u{3}size_bytes\0\u{3}created_unix\0\u{3}stop_signal\0\u{3}masked_units\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2583,6 +2618,7 @@ nonisolated extension Berth_V1_TemplateInfo: SwiftProtobuf.Message, SwiftProtobu
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.sizeBytes) }()
       case 4: try { try decoder.decodeSingularInt64Field(value: &self.createdUnix) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.stopSignal) }()
+      case 6: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.maskedUnits) }()
       default: break
       }
     }
@@ -2604,6 +2640,9 @@ nonisolated extension Berth_V1_TemplateInfo: SwiftProtobuf.Message, SwiftProtobu
     if !self.stopSignal.isEmpty {
       try visitor.visitSingularStringField(value: self.stopSignal, fieldNumber: 5)
     }
+    if !self.maskedUnits.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.maskedUnits, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2613,6 +2652,7 @@ nonisolated extension Berth_V1_TemplateInfo: SwiftProtobuf.Message, SwiftProtobu
     if lhs.sizeBytes != rhs.sizeBytes {return false}
     if lhs.createdUnix != rhs.createdUnix {return false}
     if lhs.stopSignal != rhs.stopSignal {return false}
+    if lhs.maskedUnits != rhs.maskedUnits {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -51,6 +51,9 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Where lxcfs is mounted (its /proc views show each VPS its own limits; off when nothing serves there).")
     var lxcfs = "/var/lib/lxcfs"
 
+    @Option(help: "Where downloaded distribution trees are cached for template builds (shared by all data directories).")
+    var templateCache = "/var/cache/berth/templates"
+
     @Option(help: "Cluster mode: the controller's HOST:PORT (mTLS). Needs --listen.")
     var controller: String?
 
@@ -133,7 +136,7 @@ struct BerthAgent: AsyncParsableCommand {
             }
         }
         let nodeName = name ?? ProcessInfo.processInfo.hostName
-        let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, lxcfs: lxcfs),
+        let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, lxcfs: lxcfs, templateCache: templateCache),
                                      nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger,
                                      overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit),
                                      settings: settings)

@@ -75,11 +75,11 @@ func runExec(_ args: [String]) -> Never {
     }
     let pidfd = berth_pidfd_open(options.initPid, 0)
     if pidfd < 0 { fail("pidfd_open of the VPS init: \(errnoName(errno))") }
-    var cgroupFDs: [Int32] = []
+    var cgroupFDs: [(procs: Int32, directory: Int32)] = []
     for file in options.cgroupFiles {
         let fd = open(file, O_WRONLY | O_CLOEXEC)
         if fd < 0 { fail("open \(file): \(errnoName(errno))") }
-        cgroupFDs.append(fd)
+        cgroupFDs.append((fd, open(FileIO.directory(of: file), O_PATH | O_DIRECTORY | O_CLOEXEC)))
     }
     if berth_setns(pidfd, Int32(NamespaceFlag.join)) != 0 { fail("setns into the VPS: \(errnoName(errno))") }
     close(pidfd)
@@ -100,8 +100,14 @@ func runExec(_ args: [String]) -> Never {
         var empty = sigset_t()
         sigemptyset(&empty)
         sigprocmask(SIG_SETMASK, &empty, nil)
-        for fd in cgroupFDs where Glibc.write(fd, "0", 1) != 1 {
-            fail("join the VPS cgroup: \(errnoName(errno))")
+        for cgroup in cgroupFDs where Glibc.write(cgroup.procs, "0", 1) != 1 {
+            // cgroup v2 refuses a process in a cgroup whose own init (systemd) enabled
+            // controllers for its children: join a leaf of the VPS's cgroup instead.
+            guard errno == EBUSY, cgroup.directory >= 0 else { fail("join the VPS cgroup: \(errnoName(errno))") }
+            let leaf = "berth-exec"
+            _ = mkdirat(cgroup.directory, leaf, 0o755)
+            let procs = openat(cgroup.directory, leaf + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
+            if procs < 0 || Glibc.write(procs, "0", 1) != 1 { fail("join the VPS cgroup's \(leaf) leaf: \(errnoName(errno))") }
         }
         if master >= 0 {
             setsid()
@@ -122,7 +128,7 @@ func runExec(_ args: [String]) -> Never {
         let err = errno
         fail("\(options.argv[0]): \(String(cString: strerror(err)))", code: err == ENOENT ? 127 : 126)
     }
-    for fd in cgroupFDs { close(fd) }
+    for cgroup in cgroupFDs { close(cgroup.procs); if cgroup.directory >= 0 { close(cgroup.directory) } }
 
     if master >= 0 {
         exit(InitExit(status: relay(master: master, childSignals: childSignals, child: child, resizeFD: resizeFD)).shellCode)

@@ -209,6 +209,8 @@ final class Monitor {
             rootMounted = false
         }
         unlink(spec.runDir + "/" + RunState.stateFile)
+        // What the console said last outlives the VPS: the first place to look when a boot fails.
+        try? FileIO.writeAtomically(FileIO.directory(of: spec.diskImage) + "/" + RunState.consoleLogFile, ring.contents(), mode: 0o600)
         let record = "reason=\(reason)\ntime=\(time(nil))\n" + networkRecord
         try? FileIO.writeAtomically(spec.runDir + "/" + RunState.exitFile, Array(record.utf8), mode: 0o644)
     }

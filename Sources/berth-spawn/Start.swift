@@ -117,7 +117,7 @@ func becomeInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String, goPipe:
         try FileIO.write(file, "0")
     }
     try check("unshare cgroup namespace") { berth_unshare(Int32(NamespaceFlag.cgroup)) }
-    try Rootfs.enter(root: spec.rootPath, hostname: guest.hostname, consoleSlave: consoleSlave, lxcfs: spec.lxcfs)
+    try Rootfs.enter(root: spec.rootPath, hostname: guest.hostname, consoleSlave: consoleSlave, lxcfs: spec.lxcfs, cgroupMounts: spec.cgroupMounts)
     let root = try check("open the VPS root") { open("/", O_PATH | O_DIRECTORY | O_CLOEXEC) }
     try GuestFiles.write(guest, rootFD: root)
     close(root)

@@ -163,19 +163,30 @@ struct TemplateCommand: AsyncParsableCommand {
     }
 
     struct BuildTemplate: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "build", abstract: "Build a template on this node (busybox).")
+        static let configuration = CommandConfiguration(
+            commandName: "build", abstract: "Build a template on this node: busybox (from busybox-static) or debian-12 (debootstrap).",
+            discussion: "debian-12 downloads Debian's minbase plus systemd once and caches the tree under the agent's --template-cache; later builds reuse it unless --rebuild is given.")
         @OptionGroup var connection: ConnectionOptions
-        @Argument(help: "What to build: busybox.") var kind: String
+        @Argument(help: "What to build: busybox | debian-12.") var kind: String
         @Option(help: "Template name (default: the kind).") var name: String?
+        @Option(help: "debian-12: Debian archive URL (default http://deb.debian.org/debian).") var mirror: String?
+        @Option(help: "debian-12: extra packages, comma-separated or repeated (e.g. openssh-server).") var include: [String] = []
+        @Flag(help: "debian-12: download and bootstrap again even when the tree is cached.") var rebuild = false
 
         func run() async throws {
             let response = try await connection.withClient {
                 try await $0.call(request {
                     $0.templateBuild.kind = kind
                     $0.templateBuild.name = name ?? ""
+                    $0.templateBuild.mirror = mirror ?? ""
+                    $0.templateBuild.include = include.flatMap { $0.split(separator: ",").map { String($0) } }
+                    $0.templateBuild.rebuild = rebuild
                 }, onProgress: showProgress)
             }
             print("template \(response.template.name) built: \(response.template.source)")
+            for (unit, reason) in response.template.maskedUnits.sorted(by: { $0.key < $1.key }) {
+                print("  masked \(unit): \(reason)")
+            }
         }
     }
 

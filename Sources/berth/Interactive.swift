@@ -43,11 +43,29 @@ struct Enter: AsyncParsableCommand {
 struct Console: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "console", abstract: "Attach to a VPS's console (/dev/console); Ctrl-] detaches.",
-        discussion: "Output the VPS wrote while nobody was attached is replayed first (bounded buffer).")
+        discussion: "Output the VPS wrote while nobody was attached is replayed first (bounded buffer). --show-log prints what the console showed during the last run, also after the VPS stopped (a failed boot's messages).")
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name.") var name: String
+    @Flag(help: "Print the console output of the VPS's last run instead of attaching.") var showLog = false
 
     func run() async throws {
+        if showLog {
+            try await connection.withClient { client in
+                let call = try await client.start(request {
+                    $0.console.name = name
+                    $0.console.showLog = true
+                })
+                for await event in call.events {
+                    switch event {
+                    case .data(_, let bytes): writeAll(1, bytes)
+                    case .response: return
+                    case .failure(let error): fail(error)
+                    default: continue
+                    }
+                }
+            }
+            return
+        }
         try await connection.withClient { client in
             let call = try await client.start(request { $0.console.name = name })
             writeErr("berth: attached to the console of \(name); Ctrl-] detaches\r\n")

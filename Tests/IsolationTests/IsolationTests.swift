@@ -156,6 +156,45 @@ final class FakeTree {
         #expect(tree.read("pids/berth/v/pids.max") == "max")
     }
 
+    /// A hybrid host's layout: joined cpu,cpuacct with alias links, a named systemd hierarchy,
+    /// a cgroup2 mount that must stay out of the VPS, and a mount elsewhere that is not ours.
+    @Test func guestMountsMirrorTheHostsV1Hierarchies() {
+        let mountinfo = """
+        31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+        32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
+        35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+        40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,release_agent=/lib/systemd/systemd-cgroups-agent,name=systemd
+        41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate
+        50 23 0:39 / /mnt/other rw,relatime - cgroup cgroup rw,pids
+        """
+        let mounts = CgroupV1Driver(root: "/sys/fs/cgroup", parent: "berth").guestMounts(mountinfo: mountinfo)
+        #expect(mounts == [
+            CgroupGuestMount(type: "cgroup", directory: "cpu,cpuacct", options: "cpu,cpuacct", writable: false, aliases: ["cpu", "cpuacct"]),
+            CgroupGuestMount(type: "cgroup", directory: "memory", options: "memory", writable: false),
+            CgroupGuestMount(type: "cgroup", directory: "systemd", options: "none,name=systemd", writable: true),
+        ])
+        for mount in mounts { #expect(CgroupGuestMount.parse(mount.specText) == mount) }
+        #expect(CgroupV2Driver(root: "/sys/fs/cgroup", parent: "berth").guestMounts() == [CgroupGuestMount(type: "cgroup2", directory: "", options: "", writable: true)])
+    }
+
+    /// A VPS's systemd leaves slices and scopes below the VPS cgroup: removal goes deepest first.
+    @Test func destroyRemovesCgroupsTheVPSMadeBelowItsOwn() throws {
+        let tree = FakeTree()
+        try FileManager.default.createDirectory(atPath: tree.root + "/systemd/berth/v/system.slice/cron.service", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: tree.root + "/systemd/berth/v/init.scope", withIntermediateDirectories: true)
+        try CgroupV1Driver(root: tree.root, parent: "berth").destroy("v")
+        #expect(!FileManager.default.fileExists(atPath: tree.root + "/systemd/berth/v"))
+        #expect(FileManager.default.fileExists(atPath: tree.root + "/systemd/berth"))
+    }
+
+    @Test func v2PidsIncludeTheVPSsOwnChildCgroups() {
+        let tree = FakeTree()
+        tree.write("berth/v/cgroup.procs", "")
+        tree.write("berth/v/init.scope/cgroup.procs", "1234\n")
+        tree.write("berth/v/system.slice/cron.service/cgroup.procs", "1300\n1301\n")
+        #expect(Set(CgroupV2Driver(root: tree.root, parent: "berth", attachDeviceFilter: false).pids("v")) == [1234, 1300, 1301])
+    }
+
     @Test func usageDerivesSwapAndReadsUnlimitedAsNil() {
         let tree = FakeTree()
         tree.write("memory/.keep", ""); tree.write("pids/.keep", ""); tree.write("cpu/.keep", ""); tree.write("cpuacct/.keep", "")
@@ -199,6 +238,8 @@ final class FakeTree {
         spec.openFilesLimit = 4096
         spec.lxcfs = "/var/lib/lxcfs"
         spec.deviceWrites = [CgroupWrite(path: "/sys/fs/cgroup/blkio/berth/web1/blkio.throttle.read_bps_device", value: "{device} 1048576")]
+        spec.cgroupMounts = [CgroupGuestMount(type: "cgroup", directory: "cpu,cpuacct", options: "cpu,cpuacct", writable: false, aliases: ["cpu", "cpuacct"]),
+                             CgroupGuestMount(type: "cgroup", directory: "systemd", options: "none,name=systemd", writable: true)]
         let decoded = try SpawnSpec.decode(spec.encode())
         #expect(decoded == spec)
         #expect(!spec.encode().contains("line\nbreak"))
@@ -206,7 +247,10 @@ final class FakeTree {
 
     @Test(arguments: ["name=x\n", "garbage\n", "name=a\nname=b\n", "surprise=1\n",
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nring=1\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=%zz\n"])
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=%zz\n",
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=cgroup ../etc cpu ro -\n",
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=cgroup . cpu ro -\n",
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=tmpfs x cpu rw -\n"])
     func rejectsBrokenSpecs(_ text: String) {
         #expect(throws: IsolationError.self) { try SpawnSpec.decode(text) }
     }

@@ -200,4 +200,23 @@ import Testing
         let attributes = try FileManager.default.attributesOfItem(atPath: root + "/etc/hosts")
         #expect(attributes[.type] as? FileAttributeType == .typeRegular)
     }
+
+    /// A template ships an empty machine-id; the first start writes one, later starts keep it.
+    @Test func machineIDIsWrittenOnceAndKept() throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("berth-mid-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try FileManager.default.createDirectory(atPath: root + "/etc", withIntermediateDirectories: true)
+        try "".write(toFile: root + "/etc/machine-id", atomically: true, encoding: .utf8)
+        let fd = open(root, O_PATH | O_DIRECTORY)
+        defer { close(fd) }
+        try GuestFiles.write(GuestSpec(hostname: "h"), rootFD: fd)
+        let first = try String(contentsOfFile: root + "/etc/machine-id", encoding: .utf8)
+        #expect(GuestFiles.isMachineID(first))
+        try GuestFiles.write(GuestSpec(hostname: "h2"), rootFD: fd)
+        #expect(try String(contentsOfFile: root + "/etc/machine-id", encoding: .utf8) == first)
+        #expect(GuestFiles.newMachineID() != GuestFiles.newMachineID())
+        for bad in ["", "uninitialized\n", String(repeating: "A", count: 32) + "\n", String(repeating: "a", count: 32)] {
+            #expect(!GuestFiles.isMachineID(bad))
+        }
+    }
 }

@@ -241,3 +241,46 @@ enum TarBuilder {
         #expect(long != VPSManager.hostInterfaceName(for: "a-much-longer-vps-name2"))
     }
 }
+
+@Suite struct DebianTemplateTests {
+    @Test func validatesEveryFieldBeforeDownloading() throws {
+        let ok = try DebianTemplateRequest(include: ["openssh-server", "less", "libstdc++6", "openssh-server"]).validated()
+        #expect(ok.include == ["less", "libstdc++6", "openssh-server"])
+        #expect(ok.cacheFileName == "debootstrap-bookworm-minbase+less+libstdc++6+openssh-server.tar")
+        #expect(try DebianTemplateRequest().validated().cacheFileName == "debootstrap-bookworm-minbase.tar")
+        // Base packages named again do not make a second cache.
+        #expect(try DebianTemplateRequest(include: ["dbus"]).validated().cacheFileName == "debootstrap-bookworm-minbase.tar")
+        let cases: [(DebianTemplateRequest, String)] = [
+            (DebianTemplateRequest(include: ["Not_A_Package"]), "include"),
+            (DebianTemplateRequest(include: ["-rf"]), "include"),
+            (DebianTemplateRequest(include: ["a"]), "include"),
+            (DebianTemplateRequest(include: ["x/../../etc"]), "include"),
+            (DebianTemplateRequest(mirror: "ftp://198.18.0.1/debian"), "mirror"),
+            (DebianTemplateRequest(mirror: "http://"), "mirror"),
+            (DebianTemplateRequest(mirror: "http://198.18.0.1/debian --no-check-gpg"), "mirror"),
+            (DebianTemplateRequest(name: "../x"), "name"),
+        ]
+        for (request, field) in cases {
+            #expect(throws: AgentError.self) { try request.validated() }
+            do { _ = try request.validated() } catch let error as AgentError { #expect(error.wireError.field == field) }
+        }
+    }
+
+    /// The tree preparation on a miniature debootstrap result.
+    @Test func preparedTreeHasNoIdentityAndMasksUnits() throws {
+        let tree = FileManager.default.temporaryDirectory.appendingPathComponent("berth-deb-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: tree) }
+        for dir in ["etc/network", "var/lib/dbus", "etc/systemd/system"] {
+            try FileManager.default.createDirectory(atPath: tree + "/" + dir, withIntermediateDirectories: true)
+        }
+        try "7ef7a3c99ba14089abf804bbd12982e3\n".write(toFile: tree + "/etc/machine-id", atomically: true, encoding: .utf8)
+        try "7ef7a3c99ba14089abf804bbd12982e3\n".write(toFile: tree + "/var/lib/dbus/machine-id", atomically: true, encoding: .utf8)
+        try TemplateStore.prepareDebianTree(tree)
+        #expect(try String(contentsOfFile: tree + "/etc/machine-id", encoding: .utf8) == "")
+        #expect(!FileManager.default.fileExists(atPath: tree + "/var/lib/dbus/machine-id"))
+        for unit in TemplateStore.debianMaskedUnits.keys {
+            #expect(try FileManager.default.destinationOfSymbolicLink(atPath: tree + "/etc/systemd/system/" + unit) == "/dev/null")
+        }
+        #expect(TemplateStore.debianMaskedUnits.values.allSatisfy { !$0.isEmpty })
+    }
+}

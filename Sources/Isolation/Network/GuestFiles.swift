@@ -3,7 +3,7 @@ import CIsolation
 import Glibc
 #endif
 
-/// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf into a VPS root. The root belongs to
+/// Writes /etc/hostname, /etc/hosts, /etc/machine-id and /etc/resolv.conf into a VPS root. The root belongs to
 /// the VPS's owner, who may have planted symlinks, FIFOs or devices there, so: /etc is resolved
 /// with RESOLVE_IN_ROOT from the root's fd, existing files are only read when they are regular
 /// files (opened O_NOFOLLOW|O_NONBLOCK), and new content goes to a fresh O_EXCL temp file that is
@@ -20,9 +20,26 @@ public enum GuestFiles {
         defer { close(etc) }
         try update(etc, "hostname") { _ in spec.hostname + "\n" }
         try update(etc, "hosts") { hosts(existing: $0, spec: spec) }
+        // Each VPS its own identity: templates ship none, and an empty one would make systemd
+        // treat every boot as the first (presets re-applied, first-boot prompts).
+        try update(etc, "machine-id") { isMachineID($0) ? $0! : newMachineID() + "\n" }
         if !spec.nameservers.isEmpty || !spec.searchDomains.isEmpty {
             try update(etc, "resolv.conf") { _ in resolvConf(spec) }
         }
+    }
+
+    /// 32 lowercase hex digits and a newline, as machine-id(5) says.
+    public static func isMachineID(_ text: String?) -> Bool {
+        guard let text, text.utf8.count == 33, text.hasSuffix("\n") else { return false }
+        return text.utf8.dropLast().allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+    }
+
+    public static func newMachineID() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<2).map { _ in
+            let hex = String(generator.next() as UInt64, radix: 16)
+            return String(repeating: "0", count: 16 - hex.count) + hex
+        }.joined()
     }
 
     /// Keeps the operator's lines, replaces the ones Berth wrote before.

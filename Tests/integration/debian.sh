@@ -1,0 +1,220 @@
+#!/bin/bash
+# Debian tier: `berth template build debian-12` (debootstrap) and VPSs that boot Debian's own
+# systemd. The template is built with the agent in the host's network namespace (debootstrap
+# downloads from Debian's archive the first time on a machine; later runs unpack the tree cached
+# in $TEMPLATE_CACHE). The VPSs then run with the agent in a node namespace made here
+# ($RUN_ID-node), with addresses from 198.18.20.0/24 and no route out.
+cd "$(dirname "$0")/../.." || exit 1
+RUN_ID=${RUN_ID:-bdt$$}
+source Tests/integration/lib.sh
+TEMPLATE_CACHE=${TEMPLATE_CACHE:-/var/cache/berth/templates}
+
+if [ "$(id -u)" != 0 ]; then
+    echo "skip - debian tier: needs root"; echo "debian: 0 passed, 0 failed, 1 skipped"; exit 0
+fi
+for tool in debootstrap ip nsenter; do
+    command -v $tool >/dev/null || { echo "missing $tool: run make deps" >&2; exit 1; }
+done
+NODE=$RUN_ID-node
+debian_cleanup() {
+    cleanup_all
+    ip netns del "$NODE" 2>/dev/null
+    true
+}
+trap debian_cleanup EXIT
+
+A=$(vps_name a); B=$(vps_name b)
+A4=198.18.20.10 B4=198.18.20.11 A4B=198.18.20.12
+
+# in_vps NAME CMD...: runs CMD inside the VPS (its namespaces, cgroup and root).
+in_vps() { local name=$1; shift; "$BERTH" exec "$name" -- "$@"; }
+# Waits for systemd in the VPS to finish booting; prints its verdict (running/degraded/...).
+# Right after start its bus socket may not exist yet: systemctl then prints nothing.
+booted() {
+    local state=""
+    for _ in $(seq 200); do
+        state=$(in_vps "$1" timeout 60 systemctl is-system-running --wait 2>/dev/null) || true
+        [ -n "$state" ] && break
+        sleep 0.05
+    done
+    echo "$state"
+}
+
+t_template_build() {
+    local out started=$SECONDS
+    out=$("$BERTH" template build debian-12 2>&1) || fail "template build failed: $out"
+    echo "built in $((SECONDS - started)) s: $(echo "$out" | head -1)"
+    expect_contains "$out" "template debian-12 built"
+    expect_contains "$out" "masked systemd-firstboot.service"
+    [ -f "$TEMPLATE_CACHE/debootstrap-bookworm-minbase.tar" ] || fail "the downloaded tree was not cached in $TEMPLATE_CACHE"
+    expect_contains "$("$BERTH" template list)" "debian-12"
+    # The template ships no identity of its own: every VPS gets one at its first start.
+    [ ! -s "$WORK/data/templates/debian-12/rootfs/etc/machine-id" ] || fail "the template has a machine-id"
+}
+
+t_template_bad_input() {
+    expect_contains "$(expect_fail 2 "$BERTH" template build debian-12 --name bad --include 'Not_A_Package')" "include"
+    expect_contains "$(expect_fail 2 "$BERTH" template build debian-12 --name bad --mirror 'ftp://198.18.20.1/debian')" "mirror"
+    expect_contains "$(expect_fail 2 "$BERTH" template build debian-13)" "debian-12"
+    expect_contains "$(expect_fail 2 "$BERTH" template build busybox --name bad --include openssh-server)" "include"
+    [ ! -e "$WORK/data/templates/bad" ] || fail "a refused build left a template behind"
+}
+
+t_boot_to_running() {
+    "$BERTH" create "$A" --template debian-12 --ip "$A4" >/dev/null
+    "$BERTH" create "$B" --template debian-12 --ip "$B4" >/dev/null
+    "$BERTH" start "$A" >/dev/null
+    "$BERTH" start "$B" >/dev/null
+    expect_eq "$(booted "$A")" "running" "(systemctl --failed: $(in_vps "$A" systemctl --failed --no-legend 2>&1))"
+    expect_eq "$(booted "$B")" "running"
+    expect_eq "$(in_vps "$A" cat /proc/1/comm)" "systemd"
+    expect_eq "$(in_vps "$A" systemctl is-active multi-user.target)" "active"
+    # Each VPS has its own machine-id, and keeps it.
+    local idA idB
+    idA=$(in_vps "$A" cat /etc/machine-id); idB=$(in_vps "$B" cat /etc/machine-id)
+    [[ $idA =~ ^[0-9a-f]{32}$ ]] || fail "machine-id of $A is '$idA'"
+    [ "$idA" != "$idB" ] || fail "two VPSs share machine-id $idA"
+}
+
+t_journald() {
+    in_vps "$A" logger -t berth-test "hello from $RUN_ID"
+    local found=""
+    for _ in $(seq 50); do
+        found=$(in_vps "$A" journalctl -t berth-test --no-pager -o cat 2>/dev/null) || true
+        [ -n "$found" ] && break
+        sleep 0.1
+    done
+    expect_contains "$found" "hello from $RUN_ID"
+    expect_eq "$(in_vps "$A" systemctl is-active systemd-journald.service)" "active"
+}
+
+t_identity_and_network() {
+    expect_contains "$(in_vps "$A" hostnamectl)" "Static hostname: $A"
+    expect_contains "$(in_vps "$A" ip -o addr show dev eth0)" "$A4/32"
+    in_vps "$A" ping -c 1 -W 2 "$B4" >/dev/null || fail "ping from $A to $B ($B4) failed"
+    in_vps "$B" ping -c 1 -W 2 "$A4" >/dev/null || fail "ping from $B to $A ($A4) failed"
+}
+
+t_set_hostname_and_ip() {
+    "$BERTH" set "$A" --hostname "web-$RUN_ID" >/dev/null
+    expect_contains "$(in_vps "$A" hostnamectl)" "Static hostname: web-$RUN_ID"
+    expect_eq "$(in_vps "$A" hostname)" "web-$RUN_ID"
+    "$BERTH" set "$A" --ip-add "$A4B" >/dev/null
+    expect_contains "$(in_vps "$A" ip -o addr show dev eth0)" "$A4B/32"
+    in_vps "$B" ping -c 1 -W 2 "$A4B" >/dev/null || fail "the added address $A4B does not answer"
+}
+
+t_install_deb() {
+    # A real package from Debian's archive, fetched by the host (the VPS has no way out).
+    local deb
+    mkdir -p "$WORK/debs"
+    if ! (cd "$WORK/debs" && apt-get download hello >/dev/null 2>&1); then
+        apt-get update -qq >/dev/null 2>&1 || true
+        (cd "$WORK/debs" && apt-get download hello >/dev/null 2>&1) || skip "apt-get download hello failed on the host, even after apt-get update"
+    fi
+    deb=$(ls "$WORK"/debs/hello_*.deb)
+    in_vps "$A" sh -c 'cat > /tmp/hello.deb' <"$deb"
+    in_vps "$A" dpkg -i /tmp/hello.deb >/dev/null
+    expect_eq "$(in_vps "$A" hello)" "Hello, world!"
+    expect_contains "$(in_vps "$A" dpkg -s hello)" "Status: install ok installed"
+}
+
+t_clean_stop() {
+    local started=$SECONDS
+    "$BERTH" stop "$A" >/dev/null
+    [ $((SECONDS - started)) -lt 30 ] || fail "stop took the whole timeout"
+    expect_contains "$("$BERTH" status "$A")" 'last_exit="poweroff"'
+    # systemd went through its own shutdown, not a kill; the console log outlives the run.
+    expect_contains "$("$BERTH" console "$A" --show-log)" "systemd-halt.service"
+    expect_contains "$(expect_fail 3 "$BERTH" console "$RUN_ID-nosuch" --show-log)" "does not exist"
+    expect_eq "$(leftovers_of "$A")" ""
+    "$BERTH" start "$A" >/dev/null
+    expect_eq "$(booted "$A")" "running"
+    # What was installed and configured survived the stop.
+    expect_eq "$(in_vps "$A" hostname)" "web-$RUN_ID"
+}
+
+t_reboot_inside() {
+    local before after
+    before=$(vps_pid "$A")
+    in_vps "$A" systemctl reboot >/dev/null 2>&1 || true
+    for _ in $(seq 100); do
+        after=$(vps_pid "$A")
+        [ "$after" != 0 ] && [ "$after" != "$before" ] && break
+        sleep 0.1
+    done
+    [ "$after" != "$before" ] && [ "$after" != 0 ] || fail "no new boot after reboot (pid $before -> $after)"
+    expect_eq "$(booted "$A")" "running"
+    expect_contains "$("$BERTH" status "$A")" "running"
+}
+
+t_poweroff_inside() {
+    in_vps "$B" systemctl poweroff >/dev/null 2>&1 || true
+    for _ in $(seq 100); do "$BERTH" status "$B" | grep -q ' stopped ' && break; sleep 0.1; done
+    expect_contains "$("$BERTH" status "$B")" 'stopped'
+    expect_contains "$("$BERTH" status "$B")" 'last_exit="poweroff"'
+    expect_eq "$(leftovers_of "$B")" ""
+}
+
+t_destroy_leaves_nothing() {
+    # systemd made its own slices and scopes under the VPS's cgroup: all must go.
+    [ -d "/sys/fs/cgroup/systemd/$CGROUP_PARENT/$A/system.slice" ] || [ -d "/sys/fs/cgroup/$CGROUP_PARENT/$A/system.slice" ] ||
+        fail "systemd in $A made no system.slice (is its cgroup mount writable?)"
+    "$BERTH" destroy "$A" --force >/dev/null
+    "$BERTH" destroy "$B" >/dev/null
+    expect_eq "$(leftovers_of "$A")$(leftovers_of "$B")" ""
+}
+
+# systemd on a cgroup2 mount (its "unified" mode, what production v2 hosts give a VPS): on a
+# hybrid host, through the v2 driver on the host's own cgroup2 mount.
+t_v2_boot() {
+    [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] && skip "this host is cgroup v2: the main pass already booted Debian on it"
+    local mountpoint; mountpoint=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/self/mounts)
+    [ -n "$mountpoint" ] || skip "no cgroup2 mount on this host"
+    agent_stop
+    AGENT_EXTRA="$AGENT_EXTRA --cgroup2-root $mountpoint" agent_start
+    local C; C=$(vps_name c)
+    "$BERTH" create "$C" --template debian-12 >/dev/null
+    "$BERTH" start "$C" >/dev/null
+    expect_eq "$(booted "$C")" "running" "(systemctl --failed: $(in_vps "$C" systemctl --failed --no-legend 2>&1))"
+    expect_eq "$(in_vps "$C" stat -fc %T /sys/fs/cgroup)" "cgroup2fs"
+    [ -d "$mountpoint/$CGROUP_PARENT/$C/system.slice" ] || fail "systemd made no system.slice in its cgroup2 subtree"
+    "$BERTH" stop "$C" >/dev/null
+    expect_contains "$("$BERTH" status "$C")" 'last_exit="poweroff"'
+    "$BERTH" destroy "$C" >/dev/null
+    expect_eq "$(leftovers_of "$C")" ""
+    [ ! -e "$mountpoint/$CGROUP_PARENT/$C" ] || fail "the VPS's cgroup2 subtree is left"
+}
+
+echo "debian run $RUN_ID (work dir $WORK, template cache $TEMPLATE_CACHE)"
+AGENT_EXTRA="--template-cache $TEMPLATE_CACHE"
+agent_start || exit 1
+run_test "template build debian-12 (debootstrap, cached tree)" t_template_build
+run_test "template build refuses bad input and leaves nothing" t_template_bad_input
+agent_stop
+
+# The VPSs run with the agent in a node namespace: their traffic never leaves it.
+ip netns add "$NODE" && ip -n "$NODE" link set lo up || exit 1
+cat >"$WORK/node.json" <<EOF
+{ "network": { "ranges": ["198.18.20.0/24", "fd00:b17:20::/64"] } }
+EOF
+export AGENT_WRAPPER="nsenter --net=/run/netns/$NODE"
+AGENT_EXTRA="--template-cache $TEMPLATE_CACHE --config $WORK/node.json"
+agent_start || exit 1
+if "$BERTH" template list | grep -q '^debian-12'; then
+    run_test "Debian boots systemd to running (two VPSs)" t_boot_to_running
+    run_test "journald works" t_journald
+    run_test "hostnamectl, ip a and ping show what Berth configured" t_identity_and_network
+    run_test "set --hostname and --ip-add reach the running system" t_set_hostname_and_ip
+    run_test "dpkg -i of a package from the host's apt" t_install_deb
+    run_test "berth stop is systemd's clean shutdown" t_clean_stop
+    run_test "reboot inside restarts the VPS" t_reboot_inside
+    run_test "poweroff inside stops the VPS" t_poweroff_inside
+    run_test "destroy removes systemd's cgroups too" t_destroy_leaves_nothing
+    run_test "systemd boots on a cgroup2 mount (v2 driver)" t_v2_boot
+else
+    FAILED=$((FAILED + 1)); FAILED_NAMES+=("no debian-12 template"); echo "FAIL - no debian-12 template: the VPS tests cannot run"
+fi
+
+echo "debian: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+[ "$FAILED" -eq 0 ]
