@@ -56,7 +56,7 @@ for round in $(seq "$ROUNDS"); do
     "$B" start "$V" >/dev/null
     state=$(wait_booted "$B" exec "$V" --)
     t1=$(now_ms)
-    [ "$state" = running ] || echo "round $round: berth VPS reports '$state'" >&2
+    [ "$state" = running ] || echo "round $round: berth VPS reports '$state': $("$B" exec "$V" -- systemctl --failed --no-legend --plain 2>&1 | tr '\n' ' ')" >&2
     BERTH_USER+=("$("$B" exec "$V" -- systemd-analyze 2>/dev/null | sed -n 's/.*in \([0-9.]*m\?s\) (userspace).*/\1/p')")
     t2=$(now_ms)
     "$B" stop "$V" >/dev/null
@@ -80,7 +80,7 @@ for round in $(seq "$ROUNDS"); do
     done
     state=$(wait_booted nsenter -t "$leader" -a)
     t1=$(now_ms)
-    [ "$state" = running ] || echo "round $round: nspawn container reports '$state'" >&2
+    [ "$state" = running ] || echo "round $round: nspawn container reports '$state': $(nsenter -t "$leader" -a systemctl --failed --no-legend --plain 2>&1 | tr '\n' ' ')" >&2
     NSPAWN_USER+=("$(nsenter -t "$leader" -a systemd-analyze 2>/dev/null | sed -n 's/.*in \([0-9.]*m\?s\) (userspace).*/\1/p')")
     t2=$(now_ms)
     kill -TERM "$NSPAWN"
