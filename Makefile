@@ -5,7 +5,7 @@ SWIFT ?= swift
 BUILD := .build/debug
 RELEASE := .build/release
 
-.PHONY: all deps build test test-unit test-integration test-network test-resources test-cluster test-debian test-fuzz demo demo-stop bench proto clean-leftovers cluster-up cluster-down
+.PHONY: all deps build test test-unit test-integration test-network test-resources test-cluster test-debian test-security test-fuzz demo demo-stop bench proto clean-leftovers cluster-up cluster-down
 
 all: build
 
@@ -24,6 +24,7 @@ test: build
 	@$(MAKE) --no-print-directory test-resources
 	@$(MAKE) --no-print-directory test-cluster
 	@$(MAKE) --no-print-directory test-debian
+	@$(MAKE) --no-print-directory test-security
 
 test-unit:
 	$(SWIFT) test --skip-build --parallel
@@ -50,6 +51,10 @@ test-cluster:
 test-debian:
 	@BUILD=$(BUILD) ./Tests/integration/debian.sh
 
+# The in-VPS escape battery of security.md §1 (E01-E38): prints "N/38 blocked".
+test-security:
+	@BUILD=$(BUILD) ./Tests/security/escape.sh
+
 # The local multi-node testbed for trying the cluster by hand (Docs/cluster.md).
 cluster-up: build
 	@BUILD=$(BUILD) ./scripts/dev-cluster.sh up $(or $(NODES),3)
@@ -69,7 +74,8 @@ demo-stop:
 
 # Start/exec/density against crun on the same busybox rootfs, then networking (set-up cost vs
 # `ip -batch`, iperf3 vs a bare veth pair, parallel stop), then the cluster (mTLS RPC, scheduler,
-# store, heartbeats, exec streaming vs a cat pipe), then Debian boot/stop vs systemd-nspawn; release build.
+# store, heartbeats, exec streaming vs a cat pipe), then Debian boot/stop vs systemd-nspawn, then start with and without
+# user namespaces; release build.
 bench: deps
 	@BERTH_BENCH=1 ./scripts/install-deps.sh
 	$(SWIFT) build -c release --static-swift-stdlib
@@ -77,6 +83,7 @@ bench: deps
 	@BUILD=$(RELEASE) ./Benchmarks/network.sh
 	@BUILD=$(RELEASE) ./Benchmarks/cluster.sh
 	@BUILD=$(RELEASE) ./Benchmarks/debian.sh
+	@BUILD=$(RELEASE) ./Benchmarks/security.sh
 
 # Regenerates Sources/Wire/berth.pb.swift with Debian's protoc and a locally built plugin.
 proto:

@@ -23,6 +23,8 @@ if [ "${1:-}" = stop ]; then
     [ -d "$BERTH_CLUSTER_DIR" ] && "$DEV" down >/dev/null
     for v in demo1 demo2; do "$BERTH" destroy "$v" --force 2>/dev/null || true; done
     [ -f "$PIDFILE" ] && kill -TERM "$(cat "$PIDFILE")" 2>/dev/null && rm -f "$PIDFILE"
+    # The agent runs its helper from a read-only bind of it (Docs/security.md).
+    while umount -l /run/berth/berth-spawn 2>/dev/null; do :; done
     ip netns del "$NODE_NS" 2>/dev/null || true
     ip netns del "$LAN_NS" 2>/dev/null || true
     rm -f "$NODE_CONFIG"

@@ -1,5 +1,9 @@
-// The denylist of LXC's common.seccomp as a hand-assembled classic BPF program. Hand-written
-// because the list is six syscalls; libseccomp comes with the full profile of the hardening work.
+// Berth's seccomp denylist as a hand-assembled classic BPF program: a flat list of syscall
+// numbers needs no library. LXC's common.seccomp (kexec, open_by_handle_at, modules), plus the
+// host-global calls of Docker's default profile that a VPS has no use for (security.md §2):
+// kernel keyrings (not namespaced), BPF and perf (kernel attack surface), userfaultfd (a tool of
+// kernel exploits), process accounting, swap, the kernel log, the clock, and io_uring (Docker
+// blocks it since 25.0: a large, often-patched surface; programs fall back on ENOSYS).
 #include "cisolation.h"
 #include <errno.h>
 #include <linux/audit.h>
@@ -23,8 +27,15 @@
 #define SYS_kexec_file_load 320
 #endif
 
-#define DENY(nr) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), \
-                 BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA))
+#ifndef SYS_io_uring_setup
+#define SYS_io_uring_setup 425
+#define SYS_io_uring_enter 426
+#define SYS_io_uring_register 427
+#endif
+
+#define DENY_WITH(nr, err) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), \
+                 BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((err) & SECCOMP_RET_DATA))
+#define DENY(nr) DENY_WITH(nr, EPERM)
 
 int berth_install_baseline_seccomp(void) {
     struct sock_filter filter[] = {
@@ -42,6 +53,25 @@ int berth_install_baseline_seccomp(void) {
         DENY(SYS_init_module),
         DENY(SYS_finit_module),
         DENY(SYS_delete_module),
+        DENY(SYS_add_key),
+        DENY(SYS_keyctl),
+        DENY(SYS_request_key),
+        DENY(SYS_bpf),
+        DENY(SYS_perf_event_open),
+        DENY(SYS_userfaultfd),
+        DENY(SYS_acct),
+        DENY(SYS_swapon),
+        DENY(SYS_swapoff),
+        DENY(SYS_syslog),
+        DENY(SYS_settimeofday),
+        DENY(SYS_clock_settime),
+        DENY(SYS_clock_adjtime),
+        DENY(SYS_lookup_dcookie),
+        DENY(SYS_uselib),
+        DENY(SYS_nfsservctl),
+        DENY_WITH(SYS_io_uring_setup, ENOSYS),
+        DENY_WITH(SYS_io_uring_enter, ENOSYS),
+        DENY_WITH(SYS_io_uring_register, ENOSYS),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = { .len = (unsigned short)(sizeof filter / sizeof filter[0]), .filter = filter };

@@ -3,9 +3,19 @@ import CLibcap
 import Glibc
 #endif
 
-/// Capability policy for a VPS without a user namespace (security.md §2, "Ours"): what every
-/// runtime drops, plus what is host-global or bypasses a limit on a mainline kernel.
+/// Capability policy (security.md §2). A VPS in its own user namespace keeps the full set except
+/// what every runtime drops (LXC's list): inside the namespace capabilities reach only what the
+/// namespace owns. A `--privileged` VPS shares the host's user namespace, where a capability is
+/// host privilege: it gets the "Ours" column, which also drops what is host-global or bypasses a
+/// limit on a mainline kernel.
 public enum Capabilities {
+    /// Never granted, whatever the VPS's settings: host-global even inside a user namespace.
+    public static let neverGranted = ["cap_sys_module", "cap_sys_rawio", "cap_sys_time", "cap_mac_admin", "cap_mac_override"]
+
+    /// Dropped by default from a VPS with its own user namespace.
+    public static let usernsDrop = neverGranted
+
+    /// Dropped by default from a privileged VPS (no user namespace).
     public static let baselineDrop = [
         "cap_sys_module", "cap_sys_rawio", "cap_sys_time", "cap_mac_admin", "cap_mac_override",
         "cap_sys_nice",            // SCHED_FIFO escapes cpu limits
@@ -16,6 +26,33 @@ public enum Capabilities {
         "cap_sys_pacct", "cap_syslog", "cap_audit_control", "cap_audit_read", "cap_wake_alarm",
         "cap_block_suspend", "cap_perfmon", "cap_bpf", "cap_checkpoint_restore",
     ]
+
+    /// The libcap name ("cap_net_admin") of `name` given as "NET_ADMIN", "net_admin" or
+    /// "cap_net_admin"; nil when the name is no capability.
+    public static func canonicalName(_ name: String) -> String? {
+        let lower = name.lowercased()
+        let full = lower.hasPrefix("cap_") ? lower : "cap_" + lower
+        guard full.utf8.allSatisfy({ (97...122).contains($0) || $0 == UInt8(ascii: "_") }) else { return nil }
+        var value: cap_value_t = 0
+        return cap_from_name(full, &value) == 0 ? full : nil
+    }
+
+    /// What to drop for a VPS: the default for its kind with `overrides` (canonical name → keep)
+    /// applied. `neverGranted` stays dropped; asking for one of them is an error.
+    public static func dropList(userns: Bool, overrides: [String: Bool]) throws(IsolationError) -> [String] {
+        var drop = userns ? usernsDrop : baselineDrop
+        for (name, keep) in overrides.sorted(by: { $0.key < $1.key }) {
+            if keep {
+                if neverGranted.contains(name) {
+                    throw IsolationError(.invalidSpec, "\(name) is never granted to a VPS: it is host-global on a mainline kernel")
+                }
+                drop.removeAll { $0 == name }
+            } else if !drop.contains(name) {
+                drop.append(name)
+            }
+        }
+        return drop
+    }
 
     /// Removes `names` from the bounding, effective, permitted and inheritable sets and clears
     /// the ambient set. Unknown names (older kernels/libcap) are an error: a silently kept

@@ -117,6 +117,16 @@ public protocol CgroupDriver: Sendable {
     /// The cgroup filesystems a VPS sees under its own /sys/fs/cgroup (rooted at its cgroup by
     /// the cgroup namespace), so a distro's init (systemd) can track its services.
     func guestMounts() -> [CgroupGuestMount]
+    /// Hands the VPS's writable hierarchy to the root of its user namespace (`uid`/`gid` on the
+    /// host), as cgroup delegation prescribes: the directory and the files that create and move.
+    func delegate(_ name: String, uid: UInt32, gid: UInt32) throws(IsolationError)
+}
+
+/// chown of a delegated cgroup directory and its delegation files (missing ones are skipped).
+func chownCgroup(_ dir: String, files: [String], uid: UInt32, gid: UInt32) throws(IsolationError) {
+    for path in [dir] + files.map({ dir + "/" + $0 }) where FileIO.exists(path) {
+        if lchown(path, uid, gid) != 0 { throw IsolationError.sys("chown \(path)") }
+    }
 }
 
 /// One cgroup filesystem mounted inside a VPS at /sys/fs/cgroup/`directory` (or at

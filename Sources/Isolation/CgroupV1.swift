@@ -197,6 +197,12 @@ public struct CgroupV1Driver: CgroupDriver {
         return mounts.sorted { $0.directory < $1.directory }
     }
 
+    /// Only the named systemd hierarchy is the VPS's to write; resource controllers stay the host's.
+    public func delegate(_ name: String, uid: UInt32, gid: UInt32) throws(IsolationError) {
+        guard present.contains("systemd") else { return }
+        try chownCgroup(path("systemd", name), files: ["cgroup.procs", "tasks", "cgroup.clone_children", "notify_on_release"], uid: uid, gid: gid)
+    }
+
     public func list() -> [String] {
         var names = Set<String>()
         for controller in present {

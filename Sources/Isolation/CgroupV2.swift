@@ -126,6 +126,12 @@ public struct CgroupV2Driver: CgroupDriver {
 
     public func exists(_ name: String) -> Bool { FileIO.isDirectory(path(name)) }
 
+    /// cgroup-v2.rst "Delegation": the directory, cgroup.procs, cgroup.threads and
+    /// cgroup.subtree_control; the limit files stay the host's.
+    public func delegate(_ name: String, uid: UInt32, gid: UInt32) throws(IsolationError) {
+        try chownCgroup(path(name), files: ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"], uid: uid, gid: gid)
+    }
+
     public func usage(_ name: String) -> CgroupUsage {
         var usage = CgroupUsage()
         let dir = path(name)

@@ -5,6 +5,13 @@ import Glibc
 /// Facts about a host process read from /proc, used to recognise a VPS init after an agent
 /// restart: a pid alone can be reused, a (pid, start time) pair cannot.
 public enum HostProcess {
+    /// `pid` lives in a user namespace other than the caller's (a VPS with its own id map).
+    public static func inOtherUserNamespace(pid: Int32) -> Bool {
+        var own = stat(), theirs = stat()
+        guard stat("/proc/self/ns/user", &own) == 0, stat("/proc/\(pid)/ns/user", &theirs) == 0 else { return false }
+        return own.st_ino != theirs.st_ino || own.st_dev != theirs.st_dev
+    }
+
     /// Field 22 of /proc/PID/stat (start time in clock ticks since boot), or nil if gone.
     public static func startTime(pid: Int32) -> UInt64? {
         guard let stat = FileIO.read("/proc/\(pid)/stat") else { return nil }

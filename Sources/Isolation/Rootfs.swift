@@ -33,9 +33,10 @@ public enum Rootfs {
 
     /// `consoleSlave`: host path of the pty slave that becomes /dev/console. `lxcfs`: where lxcfs
     /// is mounted on the host, or nil for the kernel's host-wide views. `cgroupMounts`: what the
-    /// VPS sees under /sys/fs/cgroup (call after unsharing the cgroup namespace).
+    /// VPS sees under /sys/fs/cgroup (call after unsharing the cgroup namespace). `userns`: the
+    /// caller is root of a user namespace of its own, where mknod is refused.
     public static func enter(root: String, hostname: String, consoleSlave: String, lxcfs: String? = nil,
-                             cgroupMounts: [CgroupGuestMount] = []) throws(IsolationError) {
+                             cgroupMounts: [CgroupGuestMount] = [], userns: Bool = false) throws(IsolationError) {
         try check("make / private") { mount("", "/", nil, UInt(MS_REC | MS_PRIVATE), nil) }
         let rootFD = try check("open root \(root)") { open(root, O_PATH | O_DIRECTORY | O_CLOEXEC) }
         defer { close(rootFD) }
@@ -48,7 +49,7 @@ public enum Rootfs {
         try mountAt(rootFD, "run", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NODEV, data: "mode=755,size=20%")
         try mountAt(rootFD, "run/lock", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NODEV | MS_NOEXEC, data: "mode=1777,size=5m")
         try mountAt(rootFD, "dev", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NOEXEC, data: "mode=755,size=1024k")
-        try populateDev(rootFD: rootFD, consoleSlave: consoleSlave)
+        try populateDev(rootFD: rootFD, consoleSlave: consoleSlave, bindHostDevices: userns)
         if let lxcfs {
             // The targets are in the procfs/sysfs just mounted here, not in VPS-owned files.
             for file in lxcfsProcFiles where FileIO.exists("\(lxcfs)/proc/\(file)") && FileIO.exists("\(root)/proc/\(file)") {
@@ -127,15 +128,23 @@ public enum Rootfs {
         }
     }
 
-    static func populateDev(rootFD: Int32, consoleSlave: String) throws(IsolationError) {
+    /// `bindHostDevices`: bind the host's nodes (a user namespace may not mknod); the device
+    /// cgroup still decides what they may open.
+    static func populateDev(rootFD: Int32, consoleSlave: String, bindHostDevices: Bool = false) throws(IsolationError) {
         let devFD = berth_open_beneath_nofollow(rootFD, "dev", O_PATH | O_DIRECTORY, 0)
         if devFD < 0 { throw IsolationError.sys("open /dev in VPS root") }
         defer { close(devFD) }
         let oldMask = umask(0)
         defer { umask(oldMask) }
         for device in devices {
-            try check("mknod /dev/\(device.name)") {
-                mknodat(devFD, device.name, S_IFCHR | 0o666, makedev(device.major, device.minor))
+            if bindHostDevices {
+                let target = try check("create /dev/\(device.name)") { openat(devFD, device.name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o666) }
+                defer { close(target) }
+                try check("bind /dev/\(device.name)") { mount("/dev/\(device.name)", "/proc/self/fd/\(target)", nil, UInt(MS_BIND), nil) }
+            } else {
+                try check("mknod /dev/\(device.name)") {
+                    mknodat(devFD, device.name, S_IFCHR | 0o666, makedev(device.major, device.minor))
+                }
             }
         }
         for dir in ["pts", "shm", "mqueue"] {

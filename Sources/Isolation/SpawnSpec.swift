@@ -1,3 +1,29 @@
+/// A VPS's user namespace: uids and gids 0..<count inside are hostBase..<hostBase+count outside.
+public struct IDMap: Equatable, Sendable {
+    public var hostBase: UInt32
+    public var count: UInt32
+
+    public init(hostBase: UInt32, count: UInt32 = IDMap.defaultCount) {
+        self.hostBase = hostBase
+        self.count = count
+    }
+
+    /// A full 16-bit range: every uid a distribution uses, nobody (65534) included.
+    public static let defaultCount: UInt32 = 65536
+
+    /// The /proc/PID/uid_map and gid_map line.
+    public var mapLine: String { "0 \(hostBase) \(count)\n" }
+
+    public var specText: String { "\(hostBase) \(count)" }
+
+    public static func parse(_ text: String) -> IDMap? {
+        let parts = text.split(separator: " ")
+        guard parts.count == 2, let base = UInt32(parts[0]), let count = UInt32(parts[1]), base > 0, count > 0,
+              UInt64(base) + UInt64(count) <= UInt64(UInt32.max) else { return nil }
+        return IDMap(hostBase: base, count: count)
+    }
+}
+
 /// What the agent asks berth-spawn to start. Sent on the spec pipe as "key=value" lines
 /// (values percent-escaped) so the helper needs no JSON decoder and stays small in memory.
 public struct SpawnSpec: Equatable, Sendable {
@@ -23,6 +49,8 @@ public struct SpawnSpec: Equatable, Sendable {
     public var lxcfs: String?
     /// cgroup filesystems mounted under the VPS's /sys/fs/cgroup.
     public var cgroupMounts: [CgroupGuestMount] = []
+    /// The VPS's own user namespace; nil for a privileged VPS (the host's user namespace).
+    public var idmap: IDMap?
 
     public init(name: String, diskImage: String, rootPath: String, runDir: String, hostname: String,
                 cgroupProcsFiles: [String], initArgv: [String] = ["/sbin/init"],
@@ -61,6 +89,7 @@ public struct SpawnSpec: Equatable, Sendable {
         deviceWrites.forEach { put("device-write", $0.path + "\t" + $0.value) }
         if let lxcfs { put("lxcfs", lxcfs) }
         cgroupMounts.forEach { put("cgroupfs", $0.specText) }
+        if let idmap { put("idmap", idmap.specText) }
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -75,7 +104,7 @@ public struct SpawnSpec: Equatable, Sendable {
             let value = try unescape(String(line[line.index(after: eq)...]))
             switch key {
             case "cgroup", "init", "env", "drop", "device-write", "cgroupfs": multi[key, default: []].append(value)
-            case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs":
+            case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs", "idmap":
                 if single[key] != nil { throw IsolationError(.invalidSpec, "spawn spec key \(key) repeated") }
                 single[key] = value
             default: throw IsolationError(.invalidSpec, "spawn spec has unknown key \(key)")
@@ -109,6 +138,10 @@ public struct SpawnSpec: Equatable, Sendable {
             let parts = entry.split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
             guard parts.count == 2, parts[0].hasPrefix("/") else { throw IsolationError(.invalidSpec, "spawn spec device-write is not PATH<TAB>VALUE") }
             spec.deviceWrites.append(CgroupWrite(path: String(parts[0]), value: String(parts[1])))
+        }
+        if let text = single["idmap"] {
+            guard let idmap = IDMap.parse(text) else { throw IsolationError(.invalidSpec, "spawn spec idmap is not 'BASE COUNT' above 0") }
+            spec.idmap = idmap
         }
         for entry in multi["cgroupfs"] ?? [] {
             guard let mount = CgroupGuestMount.parse(entry) else { throw IsolationError(.invalidSpec, "spawn spec cgroupfs entry is malformed: \(entry)") }

@@ -64,10 +64,22 @@ public struct VPSConfig: Codable, Equatable, Sendable {
     public var network: Network?
     public var nameservers: [String]?
     public var searchDomains: [String]?
+    /// `--privileged`: the VPS shares the host's user namespace, so its root is host root. Unsafe.
+    public var privileged: Bool?
+    /// First host uid/gid of the VPS's user namespace (`IDMap.defaultCount` ids), allocated by
+    /// the agent; the disk keeps ids as the VPS sees them (its root is mounted idmapped).
+    public var idmapBase: UInt32?
+    /// Per-VPS changes to the default capability set: libcap name → "on" | "off".
+    public var capabilities: [String: String]?
+
+    public var isPrivileged: Bool { privileged ?? false }
+
+    /// Capability name → kept, from `capabilities`.
+    public var capabilityOverrides: [String: Bool] { (capabilities ?? [:]).mapValues { $0 == "on" } }
 
     public static let defaultDiskBytes: UInt64 = 2 << 30
     static let keys: Set<String> = ["schemaVersion", "name", "template", "hostname", "limits", "labels", "onboot", "desiredState", "createdAt", "stopSignal",
-                                   "network", "nameservers", "searchDomains"]
+                                   "network", "nameservers", "searchDomains", "privileged", "idmapBase", "capabilities"]
 
     public init(name: String, template: String, hostname: String, limits: Limits = Limits(), labels: [String: String] = [:],
                 onboot: Bool = false, stopSignal: Int32) {
@@ -140,11 +152,35 @@ public struct VPSConfig: Codable, Equatable, Sendable {
                 }
             }
             for ip in config.nameservers ?? [] { _ = try Validation.nameserver(ip) }
+            _ = try Validation.capabilities(config.capabilities ?? [:])
+            if let base = config.idmapBase, !IDMapPool.isSlotBase(base) {
+                throw AgentError.invalid("idmapBase", "\(base) is not the start of an id range this agent allocates")
+            }
             _ = try Validation.searchDomains(config.searchDomains ?? [])
         } catch let error as AgentError {
             throw corrupt(error.description)
         }
         return config
+    }
+}
+
+/// Host uid/gid ranges for VPS user namespaces: 65536 ids each from 1,000,000 up (above the
+/// ranges Debian's adduser gives users in /etc/subuid for the first few hundred accounts).
+public enum IDMapPool {
+    public static let start: UInt32 = 1_000_000
+    public static let slots: UInt32 = (UInt32.max - start) / IDMap.defaultCount
+
+    public static func isSlotBase(_ base: UInt32) -> Bool {
+        base >= start && (base - start) % IDMap.defaultCount == 0 && (base - start) / IDMap.defaultCount < slots
+    }
+
+    /// The lowest range not in `used`.
+    public static func allocate(excluding used: Set<UInt32>) throws -> UInt32 {
+        for slot in 0..<slots {
+            let base = start + slot * IDMap.defaultCount
+            if !used.contains(base) { return base }
+        }
+        throw AgentError(.noCapacity, "every user-namespace id range of this node is in use")
     }
 }
 

@@ -70,6 +70,8 @@ public actor VPSManager {
     var creating: Set<String> = []
     /// Interfaces and addresses of VPSs being created (their records do not exist yet).
     var pendingNetworks: [String: VPSConfig.Network] = [:]
+    /// Id ranges handed to creates still in flight (their configs are not saved yet).
+    var pendingIdmaps: Set<UInt32> = []
     /// VPSs with a `set` in flight (it may await the kernel): a second one waits its turn.
     var changing: Set<String> = []
     var warnedNoLxcfs = false
@@ -81,6 +83,10 @@ public actor VPSManager {
                 overcommit: Overcommit = Overcommit(), settings: NodeSettings = NodeSettings()) throws {
         self.overcommit = overcommit
         self.settings = settings
+        try FileManager.default.createDirectory(atPath: paths.runDir, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        var paths = paths
+        paths.spawnBinary = try Self.readOnlyHelper(paths.spawnBinary, runDir: paths.runDir)
         self.paths = paths
         self.nodeName = nodeName
         self.cgroups = cgroups
@@ -203,6 +209,9 @@ public actor VPSManager {
         }
         status.nameservers = config.nameservers ?? []
         status.searchdomains = config.searchDomains ?? []
+        status.privileged = config.isPrivileged
+        status.idmap = config.idmapBase.map { "\($0):\(IDMap.defaultCount)" } ?? ""
+        status.capabilities = config.capabilities ?? [:]
         if record.state == .running || record.state == .stopping {
             // The init pid changes on an in-VPS reboot: the monitor's state file is current.
             if let run = RunState.read(runDir: runDir(config.name)) { record.run = run }
@@ -252,12 +261,21 @@ public actor VPSManager {
               !FileManager.default.fileExists(atPath: store.directory(name)) else {
             throw AgentError(.alreadyExists, "VPS \(name) already exists", field: "name")
         }
+        let capabilities = try Validation.capabilities(request.capabilities)
+        do {
+            _ = try Capabilities.dropList(userns: !request.privileged, overrides: capabilities.mapValues { $0 == "on" })
+        } catch {
+            throw AgentError.invalid("capability", error.message)
+        }
         let network = try newNetwork(name: name, net: request.net, ips: request.ips)
+        let idmapBase = request.privileged ? nil : try allocateIdmap()
         creating.insert(name)
         pendingNetworks[name] = network
+        if let idmapBase { pendingIdmaps.insert(idmapBase) }
         defer {
             creating.remove(name)
             pendingNetworks[name] = nil
+            if let idmapBase { pendingIdmaps.remove(idmapBase) }
         }
 
         var config = VPSConfig(name: name, template: template.name, hostname: hostname, limits: limits,
@@ -265,6 +283,9 @@ public actor VPSManager {
         config.network = network
         config.nameservers = nameservers.isEmpty ? nil : nameservers
         config.searchDomains = searchDomains.isEmpty ? nil : searchDomains
+        config.privileged = request.privileged ? true : nil
+        config.idmapBase = idmapBase
+        config.capabilities = capabilities.isEmpty ? nil : capabilities
         let dir = store.directory(name)
         do {
             try FileManager.default.createDirectory(atPath: store.rootPath(name), withIntermediateDirectories: true)
@@ -404,9 +425,19 @@ public actor VPSManager {
 
     private func launch(_ record: VPSRecord) async throws {
         let name = record.config.name
+        if !record.config.isPrivileged && record.config.idmapBase == nil {
+            // A VPS created before user namespaces: its files need no change (the root is
+            // mounted idmapped), only a range of its own.
+            record.config.idmapBase = try allocateIdmap()
+            try store.save(record.config)
+        }
+        let idmap = record.config.idmapBase.map { IDMap(hostBase: $0) }
+        let dropCapabilities: [String]
         do {
             try cgroups.create(name)
             try cgroups.apply(name, record.config.limits.cgroup)
+            if let idmap { try cgroups.delegate(name, uid: idmap.hostBase, gid: idmap.hostBase) }
+            dropCapabilities = try Capabilities.dropList(userns: idmap != nil, overrides: record.config.capabilityOverrides)
         } catch {
             throw AgentError.kernel("setting up the cgroup of \(name)", error)
         }
@@ -423,6 +454,8 @@ public actor VPSManager {
                              hostname: record.config.hostname, cgroupProcsFiles: cgroups.procsFiles(name))
         spec.openFilesLimit = record.config.limits.files
         spec.cgroupMounts = cgroups.guestMounts()
+        spec.idmap = idmap
+        spec.dropCapabilities = dropCapabilities
         if FileIO.exists(paths.lxcfs + "/proc/meminfo") {
             spec.lxcfs = paths.lxcfs
         } else if !warnedNoLxcfs {
@@ -603,6 +636,18 @@ public actor VPSManager {
             }
         }
         if request.setOnboot { config.onboot = request.onboot }
+        if !request.capabilities.isEmpty {
+            var merged = config.capabilities ?? [:]
+            for (capability, value) in try Validation.capabilities(request.capabilities) { merged[capability] = value }
+            do {
+                _ = try Capabilities.dropList(userns: !config.isPrivileged, overrides: merged.mapValues { $0 == "on" })
+            } catch {
+                throw AgentError.invalid("capability", error.message)
+            }
+            config.capabilities = merged.isEmpty ? nil : merged
+            // A process's bounding set only shrinks: the new set applies from the next boot.
+            if running && config.capabilities != record.config.capabilities { restart.append("capability") }
+        }
         // Addresses added here are taken while this call awaits the kernel: a concurrent create
         // or set must not hand them out again.
         pendingNetworks[name] = config.network
@@ -768,13 +813,46 @@ public actor VPSManager {
     // MARK: - Joining a running VPS
 
     /// What berth-spawn exec needs to join `name`.
-    func joinTarget(_ name: String) throws -> (run: RunState, cgroupFiles: [String]) {
+    func joinTarget(_ name: String) throws -> (run: RunState, cgroupFiles: [String], dropCapabilities: [String]) {
         _ = try Validation.name(name)
         let record = try record(name)
         guard record.state == .running, let run = RunState.read(runDir: runDir(name)), run.initAlive else {
             throw AgentError(.conflict, "VPS \(name) is not running")
         }
-        return (run, cgroups.procsFiles(name))
+        // What the VPS's init got: the running boot's kind (a privileged flip waits for a restart).
+        let userns = HostProcess.inOtherUserNamespace(pid: run.initPid)
+        let drop = (try? Capabilities.dropList(userns: userns, overrides: record.config.capabilityOverrides))
+            ?? (userns ? Capabilities.usernsDrop : Capabilities.baselineDrop)
+        return (run, cgroups.procsFiles(name), drop)
+    }
+
+    /// A read-only bind of the helper binary in the run directory, run instead of the original:
+    /// a process in a VPS that reaches the helper through /proc/PID/exe (CVE-2019-5736) cannot
+    /// open it for writing (EROFS), even in a privileged VPS where it is host root.
+    static func readOnlyHelper(_ binary: String, runDir: String) throws -> String {
+        let target = runDir + "/berth-spawn"
+        // A previous agent's bind: replace it, the binary may have been upgraded since (monitors
+        // still running from it keep it alive; a lazy unmount does not disturb them).
+        for _ in 0..<16 where umount2(target, Int32(MNT_DETACH)) == 0 {}
+        if !FileIO.exists(target) {
+            let fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o755)
+            guard fd >= 0 else { throw AgentError(.kernel, "cannot create \(target): \(errnoName(errno))", stage: "create", errno: errno) }
+            close(fd)
+        }
+        guard mount(binary, target, nil, UInt(MS_BIND), nil) == 0,
+              mount("", target, nil, UInt(MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV), nil) == 0 else {
+            throw AgentError(.kernel, "cannot bind \(binary) read-only at \(target): \(errnoName(errno))", stage: "mount", errno: errno)
+        }
+        return target
+    }
+
+    /// The lowest free id range of this node (saved configs and creates in flight).
+    func allocateIdmap() throws -> UInt32 {
+        var used = pendingIdmaps
+        for record in records.values { if let base = record.config.idmapBase { used.insert(base) } }
+        // A broken config still owns its range: its files may be in use again after a fix.
+        for name in broken.keys { if let base = (try? store.load(name))?.idmapBase { used.insert(base) } }
+        return try IDMapPool.allocate(excluding: used)
     }
 
     func consoleSocket(_ name: String) throws -> String {

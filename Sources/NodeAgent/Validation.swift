@@ -108,4 +108,23 @@ public enum Validation {
         guard values.count <= 6 else { throw AgentError.invalid("searchdomain", "at most 6 search domains (resolv.conf)") }
         return try values.map { try hostname($0, field: "searchdomain") }
     }
+
+    /// `--capability NAME:on|off` settings: names canonicalised to libcap's ("cap_net_admin"),
+    /// values "on" or "off", and never one of the capabilities no VPS gets.
+    public static func capabilities(_ values: [String: String]) throws -> [String: String] {
+        var result: [String: String] = [:]
+        for (name, value) in values {
+            guard let canonical = Capabilities.canonicalName(name) else {
+                throw AgentError.invalid("capability", "'\(name)' is not a Linux capability (see capabilities(7))")
+            }
+            guard value == "on" || value == "off" else {
+                throw AgentError.invalid("capability", "\(name): '\(value)' must be on or off")
+            }
+            if value == "on" && Capabilities.neverGranted.contains(canonical) {
+                throw AgentError.invalid("capability", "\(canonical) is never granted to a VPS: it is host-global on a mainline kernel")
+            }
+            result[canonical] = value
+        }
+        return result
+    }
 }

@@ -161,6 +161,18 @@ public nonisolated struct Berth_V1_CreateRequest: @unchecked Sendable {
     set {_uniqueStorage()._antiAffinity = newValue}
   }
 
+  /// no user namespace: VPS root is host root (unsafe)
+  public var privileged: Bool {
+    get {_storage._privileged}
+    set {_uniqueStorage()._privileged = newValue}
+  }
+
+  /// capability -> "on" | "off" (vzctl --capability)
+  public var capabilities: Dictionary<String,String> {
+    get {_storage._capabilities}
+    set {_uniqueStorage()._capabilities = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -285,6 +297,12 @@ public nonisolated struct Berth_V1_SetRequest: @unchecked Sendable {
   public var searchdomains: [String] {
     get {_storage._searchdomains}
     set {_uniqueStorage()._searchdomains = newValue}
+  }
+
+  /// capability -> "on" | "off"; takes effect at the next start
+  public var capabilities: Dictionary<String,String> {
+    get {_storage._capabilities}
+    set {_uniqueStorage()._capabilities = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -469,6 +487,23 @@ public nonisolated struct Berth_V1_VpsStatus: @unchecked Sendable {
   public var searchdomains: [String] {
     get {_storage._searchdomains}
     set {_uniqueStorage()._searchdomains = newValue}
+  }
+
+  public var privileged: Bool {
+    get {_storage._privileged}
+    set {_uniqueStorage()._privileged = newValue}
+  }
+
+  /// "HOSTBASE:COUNT" of the VPS's user namespace; "" when privileged
+  public var idmap: String {
+    get {_storage._idmap}
+    set {_uniqueStorage()._idmap = newValue}
+  }
+
+  /// per-VPS changes to the default capability set
+  public var capabilities: Dictionary<String,String> {
+    get {_storage._capabilities}
+    set {_uniqueStorage()._capabilities = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -1717,7 +1752,7 @@ nonisolated extension Berth_V1_Limits: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}template\0\u{1}hostname\0\u{1}ips\0\u{1}nameservers\0\u{1}limits\0\u{1}net\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0\u{1}node\0\u{1}constraints\0\u{3}anti_affinity\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}template\0\u{1}hostname\0\u{1}ips\0\u{1}nameservers\0\u{1}limits\0\u{1}net\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0\u{1}node\0\u{1}constraints\0\u{3}anti_affinity\0\u{1}privileged\0\u{1}capabilities\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -1733,6 +1768,8 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
     var _node: String = String()
     var _constraints: Dictionary<String,String> = [:]
     var _antiAffinity: String = String()
+    var _privileged: Bool = false
+    var _capabilities: Dictionary<String,String> = [:]
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1756,6 +1793,8 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
       _node = source._node
       _constraints = source._constraints
       _antiAffinity = source._antiAffinity
+      _privileged = source._privileged
+      _capabilities = source._capabilities
     }
   }
 
@@ -1787,6 +1826,8 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
         case 11: try { try decoder.decodeSingularStringField(value: &_storage._node) }()
         case 12: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._constraints) }()
         case 13: try { try decoder.decodeSingularStringField(value: &_storage._antiAffinity) }()
+        case 14: try { try decoder.decodeSingularBoolField(value: &_storage._privileged) }()
+        case 15: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._capabilities) }()
         default: break
         }
       }
@@ -1838,6 +1879,12 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
       if !_storage._antiAffinity.isEmpty {
         try visitor.visitSingularStringField(value: _storage._antiAffinity, fieldNumber: 13)
       }
+      if _storage._privileged != false {
+        try visitor.visitSingularBoolField(value: _storage._privileged, fieldNumber: 14)
+      }
+      if !_storage._capabilities.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._capabilities, fieldNumber: 15)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1860,6 +1907,8 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
         if _storage._node != rhs_storage._node {return false}
         if _storage._constraints != rhs_storage._constraints {return false}
         if _storage._antiAffinity != rhs_storage._antiAffinity {return false}
+        if _storage._privileged != rhs_storage._privileged {return false}
+        if _storage._capabilities != rhs_storage._capabilities {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -2011,7 +2060,7 @@ nonisolated extension Berth_V1_ListRequest: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SetRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}limits\0\u{1}hostname\0\u{3}ip_add\0\u{3}ip_del\0\u{1}nameservers\0\u{3}set_onboot\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}limits\0\u{1}hostname\0\u{3}ip_add\0\u{3}ip_del\0\u{1}nameservers\0\u{3}set_onboot\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0\u{1}capabilities\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -2024,6 +2073,7 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
     var _onboot: Bool = false
     var _labels: Dictionary<String,String> = [:]
     var _searchdomains: [String] = []
+    var _capabilities: Dictionary<String,String> = [:]
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2044,6 +2094,7 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
       _onboot = source._onboot
       _labels = source._labels
       _searchdomains = source._searchdomains
+      _capabilities = source._capabilities
     }
   }
 
@@ -2072,6 +2123,7 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
         case 8: try { try decoder.decodeSingularBoolField(value: &_storage._onboot) }()
         case 9: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
         case 10: try { try decoder.decodeRepeatedStringField(value: &_storage._searchdomains) }()
+        case 11: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._capabilities) }()
         default: break
         }
       }
@@ -2114,6 +2166,9 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
       if !_storage._searchdomains.isEmpty {
         try visitor.visitRepeatedStringField(value: _storage._searchdomains, fieldNumber: 10)
       }
+      if !_storage._capabilities.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._capabilities, fieldNumber: 11)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2133,6 +2188,7 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
         if _storage._onboot != rhs_storage._onboot {return false}
         if _storage._labels != rhs_storage._labels {return false}
         if _storage._searchdomains != rhs_storage._searchdomains {return false}
+        if _storage._capabilities != rhs_storage._capabilities {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -2308,7 +2364,7 @@ nonisolated extension Berth_V1_ConsoleRequest: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".VpsStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}hostname\0\u{1}ips\0\u{1}template\0\u{1}node\0\u{1}pid\0\u{1}labels\0\u{1}onboot\0\u{1}limits\0\u{3}last_exit\0\u{3}started_at_unix\0\u{1}net\0\u{3}host_interface\0\u{1}mac\0\u{1}nameservers\0\u{1}searchdomains\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}hostname\0\u{1}ips\0\u{1}template\0\u{1}node\0\u{1}pid\0\u{1}labels\0\u{1}onboot\0\u{1}limits\0\u{3}last_exit\0\u{3}started_at_unix\0\u{1}net\0\u{3}host_interface\0\u{1}mac\0\u{1}nameservers\0\u{1}searchdomains\0\u{1}privileged\0\u{1}idmap\0\u{1}capabilities\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -2328,6 +2384,9 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
     var _mac: String = String()
     var _nameservers: [String] = []
     var _searchdomains: [String] = []
+    var _privileged: Bool = false
+    var _idmap: String = String()
+    var _capabilities: Dictionary<String,String> = [:]
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2355,6 +2414,9 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
       _mac = source._mac
       _nameservers = source._nameservers
       _searchdomains = source._searchdomains
+      _privileged = source._privileged
+      _idmap = source._idmap
+      _capabilities = source._capabilities
     }
   }
 
@@ -2390,6 +2452,9 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
         case 15: try { try decoder.decodeSingularStringField(value: &_storage._mac) }()
         case 16: try { try decoder.decodeRepeatedStringField(value: &_storage._nameservers) }()
         case 17: try { try decoder.decodeRepeatedStringField(value: &_storage._searchdomains) }()
+        case 18: try { try decoder.decodeSingularBoolField(value: &_storage._privileged) }()
+        case 19: try { try decoder.decodeSingularStringField(value: &_storage._idmap) }()
+        case 20: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._capabilities) }()
         default: break
         }
       }
@@ -2453,6 +2518,15 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._searchdomains.isEmpty {
         try visitor.visitRepeatedStringField(value: _storage._searchdomains, fieldNumber: 17)
       }
+      if _storage._privileged != false {
+        try visitor.visitSingularBoolField(value: _storage._privileged, fieldNumber: 18)
+      }
+      if !_storage._idmap.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._idmap, fieldNumber: 19)
+      }
+      if !_storage._capabilities.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._capabilities, fieldNumber: 20)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2479,6 +2553,9 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._mac != rhs_storage._mac {return false}
         if _storage._nameservers != rhs_storage._nameservers {return false}
         if _storage._searchdomains != rhs_storage._searchdomains {return false}
+        if _storage._privileged != rhs_storage._privileged {return false}
+        if _storage._idmap != rhs_storage._idmap {return false}
+        if _storage._capabilities != rhs_storage._capabilities {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -11,7 +11,7 @@ import Glibc
 //     |                                  | old spec = RUN/guest
 //     |                                  | NetworkSetup.update(old → new) in the VPS netns
 //     |                                  | write RUN/guest (the monitor's next boot uses it)
-//     |                                  | setns(pidfd, mnt|uts): sethostname, /etc files
+//     |                                  | setns(pidfd, mnt|uts[|user]): sethostname, /etc files
 //     |<-- exit 0, or 1 + reason on stderr
 //
 // Addresses are changed before the spec file so that a failure leaves the file describing what
@@ -44,7 +44,13 @@ func runConfigure(_ args: [String]) -> Never {
             break // an interface appears or goes at the next boot (the agent says so)
         }
         try FileIO.writeAtomically(runDir + "/" + GuestSpec.fileName, Array(new.encode().utf8), mode: 0o600)
-        try check("enter the VPS mount and UTS namespaces") { berth_setns(pidfd, Int32(NamespaceFlag.mount | NamespaceFlag.uts)) }
+        // In a VPS with its own user namespace, files on its idmapped root can only be written
+        // by ids mapped there: enter it too and act as the VPS's root.
+        let userns = HostProcess.inOtherUserNamespace(pid: initPid)
+        try check("enter the VPS mount and UTS namespaces") {
+            berth_setns(pidfd, Int32(NamespaceFlag.mount | NamespaceFlag.uts | (userns ? NamespaceFlag.user : 0)))
+        }
+        if userns { try check("become root of the VPS user namespace") { berth_become_root() } }
         if new.hostname != old.hostname {
             try check("sethostname") { sethostname(new.hostname, new.hostname.utf8.count) }
         }

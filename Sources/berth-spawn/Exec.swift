@@ -9,7 +9,8 @@ import Glibc
 //   agent                        berth-spawn exec (host pid ns)            command (VPS pid ns)
 //     | fds 0-2: stdio pipes ------>| non-dumpable; verify init start time    |
 //     | fd 3: resize pipe (tty)     | open VPS cgroup.procs, pidfd of init    |
-//     |                             | setns(pidfd, mnt|pid|uts|ipc|net|cgroup)|
+//     |                             | setns(pidfd, mnt|pid|uts|ipc|net|cgroup |
+//     |                             |        [|user]); [user] become its root |
 //     |                             | [tty] open ptmx of the VPS's devpts     |
 //     |                             | fork ----------------------------------->|
 //     |                             |                                          | join cgroup, [tty] setsid+ctty
@@ -81,8 +82,11 @@ func runExec(_ args: [String]) -> Never {
         if fd < 0 { fail("open \(file): \(errnoName(errno))") }
         cgroupFDs.append((fd, open(FileIO.directory(of: file), O_PATH | O_DIRECTORY | O_CLOEXEC)))
     }
-    if berth_setns(pidfd, Int32(NamespaceFlag.join)) != 0 { fail("setns into the VPS: \(errnoName(errno))") }
+    let userns = HostProcess.inOtherUserNamespace(pid: options.initPid)
+    if berth_setns(pidfd, Int32(NamespaceFlag.join | (userns ? NamespaceFlag.user : 0))) != 0 { fail("setns into the VPS: \(errnoName(errno))") }
     close(pidfd)
+    // Host root is nobody inside a VPS's user namespace: become the VPS's root.
+    if userns && berth_become_root() != 0 { fail("become root of the VPS user namespace: \(errnoName(errno))") }
 
     var master: Int32 = -1
     if let tty = options.tty {

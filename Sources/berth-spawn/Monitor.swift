@@ -66,6 +66,10 @@ final class Monitor {
         consoleSlavePath = "/dev/pts/\(number)"
         consoleSlaveFD = berth_open_pty_peer(consoleMaster, O_RDWR | O_CLOEXEC)
         if consoleSlaveFD < 0 { throw IsolationError.sys("open console pty peer") }
+        if let idmap = spec.idmap {
+            // The VPS's root must be able to open its /dev/console: the pty is the host's.
+            try check("give the console to the VPS's root") { fchown(consoleSlaveFD, idmap.hostBase, idmap.hostBase) }
+        }
         _ = berth_set_winsize(consoleMaster, 24, 80)
         let flags = fcntl(consoleMaster, F_GETFL)
         _ = fcntl(consoleMaster, F_SETFL, flags | O_NONBLOCK)

@@ -10,10 +10,16 @@ import Glibc
 //     | spec on fd 3, EOF -------->|                                      |
 //     |                            | attach loop, mount disk.img          |
 //     |                            | open console pty, bind console.sock  |
-//     |                            | clone(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET) ---------->|
-//     |                            |                                      | join cgroup, unshare(NEWCGROUP)
-//     |                            | veth, routes, filter (NetworkSetup)  | mounts, pivot_root, hostname,
-//     |                            |   into the child's netns             |   /etc/hosts, resolv.conf
+//     |                            | clone(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET[|NEWUSER]) ->|
+//     |                            |                                      | waits on the setup socket
+//     |                            | [userns] write uid_map, gid_map      |
+//     |                            | move the child into the VPS cgroups  |
+//     |                            | RLIMIT_NOFILE (prlimit)              |
+//     |                            | [userns] idmapped copy of the root   |
+//     |                            |-- setup socket: "i" [+ mount fd] --->| [userns] become root,
+//     |                            |                                      |   move_mount the idmapped root
+//     |                            | veth, routes, filter (NetworkSetup)  | unshare(NEWCGROUP), mounts,
+//     |                            |   into the child's netns             |   pivot_root, hostname, /etc files
 //     |                            |-- go pipe: one byte (network ready) ->| waits for it
 //     |                            |                                      | seccomp, drop caps, close fds
 //     |                            |<-- error pipe: EOF (exec ok) or text  | execve(/sbin/init)
@@ -51,28 +57,31 @@ func runStart() -> Never {
 }
 
 /// Forks a child with the VPS namespaces that sets itself up and execs init, while this process
-/// wires the child's network namespace. Returns the child's pid once the exec happened, or
-/// throws what failed (the child is killed and the network undone).
+/// maps its ids, places it in its cgroups and wires its network namespace. Returns the child's
+/// pid once the exec happened, or throws what failed (the child is killed and the network undone).
 func cloneInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String) throws(IsolationError) -> Int32 {
     var errorPipe: [Int32] = [0, 0]
     var goPipe: [Int32] = [0, 0]
+    var setup: [Int32] = [0, 0]
     try check("pipe") { berth_pipe_cloexec(&errorPipe) }
-    if berth_pipe_cloexec(&goPipe) != 0 {
+    if berth_pipe_cloexec(&goPipe) != 0 || berth_socketpair_cloexec(&setup) != 0 {
         let err = errno
         close(errorPipe[0]); close(errorPipe[1])
         throw IsolationError.sys("pipe", errno: err)
     }
-    let pid = berth_clone_fork(NamespaceFlag.vps)
+    let flags = NamespaceFlag.vps | (spec.idmap == nil ? 0 : NamespaceFlag.user)
+    let pid = berth_clone_fork(flags)
     if pid < 0 {
         let err = errno
-        [errorPipe[0], errorPipe[1], goPipe[0], goPipe[1]].forEach { close($0) }
+        [errorPipe[0], errorPipe[1], goPipe[0], goPipe[1], setup[0], setup[1]].forEach { close($0) }
         throw IsolationError.sys("clone VPS namespaces", errno: err)
     }
     if pid == 0 {
         close(errorPipe[0])
         close(goPipe[1])
+        close(setup[0])
         do {
-            try becomeInit(spec: spec, guest: guest, consoleSlave: consoleSlave, goPipe: goPipe[0])
+            try becomeInit(spec: spec, guest: guest, consoleSlave: consoleSlave, setupSocket: setup[1], goPipe: goPipe[0])
         } catch {
             let line = "\(error.stage)\t\(error.errno)\t\(error.message)"
             _ = Array(line.utf8).withUnsafeBytes { write(errorPipe[1], $0.baseAddress, $0.count) }
@@ -81,8 +90,11 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String) throws(I
     }
     close(errorPipe[1])
     close(goPipe[0])
-    if let link = guest.link {
-        do {
+    close(setup[1])
+    do {
+        try prepareChild(pid, spec: spec, setupSocket: setup[0])
+        close(setup[0])
+        if let link = guest.link {
             let netns = try check("open the VPS network namespace") { open("/proc/\(pid)/ns/net", O_RDONLY | O_CLOEXEC) }
             defer { close(netns) }
             let wall0 = monotonicMicros(), cpu0 = cpuMicros()
@@ -90,14 +102,17 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String) throws(I
             // For operators and Benchmarks/network.sh: what wiring the VPS cost this process.
             let line = "berth-spawn: network set-up of \(link.hostInterface): wall_us=\(monotonicMicros() - wall0) cpu_us=\(cpuMicros() - cpu0)\n"
             _ = line.withCString { write(2, $0, strlen($0)) }
-        } catch {
-            kill(pid, SIGKILL)
-            close(goPipe[1])
-            close(errorPipe[0])
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
-            throw error
         }
+    } catch {
+        // The child may have failed first and said why: that is the better message.
+        kill(pid, SIGKILL)
+        close(setup[0])
+        close(goPipe[1])
+        let reply = FileIO.readAll(fd: errorPipe[0]) ?? []
+        close(errorPipe[0])
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        throw childError(reply) ?? error
     }
     _ = write(goPipe[1], "g", 1)
     close(goPipe[1])
@@ -106,21 +121,67 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String) throws(I
     if reply.isEmpty { return pid }
     var status: Int32 = 0
     waitpid(pid, &status, 0)
+    throw childError(reply) ?? IsolationError(.childFailed, "VPS init setup failed")
+}
+
+/// The child's "STAGE<TAB>ERRNO<TAB>MESSAGE" report, nil when it sent none.
+func childError(_ reply: [UInt8]) -> IsolationError? {
+    if reply.isEmpty { return nil }
     let parts = String(decoding: reply, as: UTF8.self).split(separator: "\t", maxSplits: 2, omittingEmptySubsequences: false)
-    throw IsolationError(.childFailed, parts.count == 3 ? String(parts[2]) : "VPS init setup failed",
-                         stage: parts.first.map(String.init) ?? "", errno: parts.count > 1 ? Int32(parts[1]) ?? 0 : 0)
+    return IsolationError(.childFailed, parts.count == 3 ? String(parts[2]) : "VPS init setup failed",
+                          stage: parts.first.map(String.init) ?? "", errno: parts.count > 1 ? Int32(parts[1]) ?? 0 : 0)
+}
+
+/// What only the host side can do for the child, before it may go on: its id maps, its cgroups
+/// (a process in a user namespace cannot move itself into host-owned cgroups), its open-files
+/// limit (raising a hard limit needs the host's privilege) and the idmapped root.
+func prepareChild(_ pid: Int32, spec: SpawnSpec, setupSocket: Int32) throws(IsolationError) {
+    if let idmap = spec.idmap {
+        try FileIO.write("/proc/\(pid)/uid_map", idmap.mapLine)
+        try FileIO.write("/proc/\(pid)/gid_map", idmap.mapLine)
+    }
+    for file in spec.cgroupProcsFiles {
+        try FileIO.write(file, String(pid))
+    }
+    if let files = spec.openFilesLimit {
+        try check("set the open files limit") { berth_set_nofile_limit(pid, files) }
+    }
+    var rootTree: Int32 = -1
+    if spec.idmap != nil {
+        let userns = try check("open the VPS user namespace") { open("/proc/\(pid)/ns/user", O_RDONLY | O_CLOEXEC) }
+        defer { close(userns) }
+        rootTree = try check("idmapped mount of \(spec.rootPath)") { berth_idmapped_tree(spec.rootPath, userns) }
+    }
+    defer { if rootTree >= 0 { close(rootTree) } }
+    try check("hand the child its setup") { berth_send_byte_and_fd(setupSocket, CChar(UInt8(ascii: "i")), rootTree) }
 }
 
 /// Runs in the cloned child: PID 1 of the new PID namespace, still on the host root.
-func becomeInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String, goPipe: Int32) throws(IsolationError) {
-    for file in spec.cgroupProcsFiles {
-        try FileIO.write(file, "0")
+func becomeInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String, setupSocket: Int32, goPipe: Int32) throws(IsolationError) {
+    var byte: CChar = 0
+    var rootTree: Int32 = -1
+    guard berth_recv_byte_and_fd(setupSocket, &byte, &rootTree) == 0 else {
+        throw IsolationError.sys("wait for the monitor's setup")
+    }
+    close(setupSocket)
+    var root = spec.rootPath
+    if spec.idmap != nil {
+        guard rootTree >= 0 else { throw IsolationError(.childFailed, "the monitor sent no idmapped root", stage: "receive the VPS root") }
+        // Private first: the attach must not propagate to the host's mount namespace. Still
+        // host uid 0 here, so the walk to the root passes the host's 0700 data directory.
+        try check("make / private") { mount("", "/", nil, UInt(MS_REC | MS_PRIVATE), nil) }
+        try check("attach the idmapped VPS root") { berth_move_mount_to(rootTree, spec.rootPath) }
+        try check("become root of the VPS user namespace") { berth_become_root() }
+        // The tree's fd now names the attached idmapped root: paths through it need no walk
+        // of host directories, which the VPS's root may not search.
+        root = "/proc/self/fd/\(rootTree)"
     }
     try check("unshare cgroup namespace") { berth_unshare(Int32(NamespaceFlag.cgroup)) }
-    try Rootfs.enter(root: spec.rootPath, hostname: guest.hostname, consoleSlave: consoleSlave, lxcfs: spec.lxcfs, cgroupMounts: spec.cgroupMounts)
-    let root = try check("open the VPS root") { open("/", O_PATH | O_DIRECTORY | O_CLOEXEC) }
-    try GuestFiles.write(guest, rootFD: root)
-    close(root)
+    try Rootfs.enter(root: root, hostname: guest.hostname, consoleSlave: consoleSlave, lxcfs: spec.lxcfs,
+                     cgroupMounts: spec.cgroupMounts, userns: spec.idmap != nil)
+    let newRoot = try check("open the VPS root") { open("/", O_PATH | O_DIRECTORY | O_CLOEXEC) }
+    try GuestFiles.write(guest, rootFD: newRoot)
+    close(newRoot)
 
     // init must not run before its network is in place (rc scripts start servers at once).
     var go: UInt8 = 0
@@ -135,10 +196,6 @@ func becomeInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String, goPipe:
     try check("make /dev/console the controlling tty") { berth_tiocsctty(console) }
     for target in Int32(0)...2 { try check("dup console") { dup2(console, target) } }
 
-    if let files = spec.openFilesLimit {
-        var limit = rlimit(rlim_cur: rlim_t(files), rlim_max: rlim_t(files))
-        try check("set the open files limit") { setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) }
-    }
     try check("install seccomp filter") { berth_install_baseline_seccomp() }
     try Capabilities.drop(spec.dropCapabilities)
     // Only stdio survives into the VPS: the error pipe is CLOEXEC and reports exec success by closing.

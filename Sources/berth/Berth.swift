@@ -145,6 +145,7 @@ extension Berth_V1_VpsStatus {
         parts.append("node=\(node)")
         parts.append("onboot=\(onboot ? "yes" : "no")")
         if !labels.isEmpty { parts.append("labels=" + labelText(labels)) }
+        if privileged { parts.append("privileged=yes") }
         if !lastExit.isEmpty && state != "running" { parts.append("last_exit=\"\(lastExit)\"") }
         return parts.joined(separator: " ")
     }
@@ -164,6 +165,7 @@ extension Berth_V1_VpsStatus {
                         "pid": .int(Int64(pid)), "labels": .object(labels.mapValues(JSON.string)), "onboot": .bool(onboot),
                         "limits": .object(limits), "last_exit": .string(lastExit), "started_at": .int(startedAtUnix),
                         "net": .string(net), "host_interface": .string(hostInterface), "mac": .string(mac),
-                        "nameservers": .array(nameservers.map(JSON.string)), "searchdomains": .array(searchdomains.map(JSON.string))])
+                        "nameservers": .array(nameservers.map(JSON.string)), "searchdomains": .array(searchdomains.map(JSON.string)),
+                        "privileged": .bool(privileged), "idmap": .string(idmap), "capabilities": .object(capabilities.mapValues(JSON.string))])
     }
 }

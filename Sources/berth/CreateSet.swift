@@ -19,6 +19,20 @@ struct VPSSettings: ParsableArguments {
     @Option(help: "I/O bandwidth cap, e.g. 50M (per second).") var ioBps: String?
     @Option(help: "I/O operations per second cap.") var ioIops: String?
     @Option(help: "Label K=V; repeatable.") var label: [String] = []
+    @Option(help: ArgumentHelp("Capability NAME:on|off (e.g. net_admin:off, sys_nice:on); repeatable.",
+                               discussion: "Changes the VPS's default set (vzctl --capability); never beyond the agent's policy. set: takes effect at the next start."))
+    var capability: [String] = []
+
+    func capabilities() -> [String: String] {
+        var result: [String: String] = [:]
+        for item in capability {
+            guard let colon = item.lastIndex(of: ":"), colon != item.startIndex else {
+                fail(WireError(.invalidArgument, "capability: '\(item)' is not NAME:on or NAME:off", field: "capability"))
+            }
+            result[String(item[..<colon])] = String(item[item.index(after: colon)...])
+        }
+        return result
+    }
 
     func limits() -> Berth_V1_Limits {
         var limits = Berth_V1_Limits()
@@ -74,6 +88,8 @@ struct Create: AsyncParsableCommand {
     @Option(help: "Cluster mode: place on this node.") var node: String?
     @Option(help: "Cluster mode: only nodes with this label (K=V); repeatable.") var constraint: [String] = []
     @Option(help: "Cluster mode: never place two VPSs of this group on one node.") var antiAffinity: String?
+    @Flag(help: "UNSAFE: no user namespace, the VPS's root is the host's root (only for workloads that need host privileges; see Docs/security.md).")
+    var privileged = false
     @OptionGroup var settings: VPSSettings
 
     func run() async throws {
@@ -94,6 +110,8 @@ struct Create: AsyncParsableCommand {
         create.node = node ?? ""
         create.constraints = keyValues(constraint, field: "constraint")
         create.antiAffinity = antiAffinity ?? ""
+        create.privileged = privileged
+        create.capabilities = settings.capabilities()
         let response = try await connection.withClient {
             try await $0.call(request { $0.create = create }, onProgress: showProgress)
         }
@@ -123,6 +141,7 @@ struct SetCommand: AsyncParsableCommand {
         set.searchdomains = settings.searchdomain
         // "" removes a label: `--label tenant=`.
         set.labels = settings.labels()
+        set.capabilities = settings.capabilities()
         if let onboot {
             guard let value = ["yes": true, "no": false, "true": true, "false": false][onboot.lowercased()] else {
                 fail(WireError(.invalidArgument, "onboot: '\(onboot)' must be yes or no", field: "onboot"))

@@ -187,6 +187,23 @@ final class FakeTree {
         #expect(FileManager.default.fileExists(atPath: tree.root + "/systemd/berth"))
     }
 
+    /// Delegation hands the VPS's root only the directory and the files that create and move.
+    @Test func delegationChownsOnlyTheDelegationFiles() throws {
+        guard getuid() == 0 else { return }
+        let tree = FakeTree()
+        for file in ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control", "memory.max", "pids.max"] { tree.write("berth/v/\(file)", "") }
+        try CgroupV2Driver(root: tree.root, parent: "berth", attachDeviceFilter: false).delegate("v", uid: 1_000_000, gid: 1_000_000)
+        func owner(_ path: String) -> uid_t { var st = stat(); lstat(tree.root + "/" + path, &st); return st.st_uid }
+        #expect(owner("berth/v") == 1_000_000)
+        #expect(owner("berth/v/cgroup.procs") == 1_000_000 && owner("berth/v/cgroup.subtree_control") == 1_000_000)
+        #expect(owner("berth/v/memory.max") == 0 && owner("berth/v/pids.max") == 0)
+        tree.write("systemd/berth/v/tasks", "")
+        tree.write("memory/berth/v/memory.limit_in_bytes", "")
+        try CgroupV1Driver(root: tree.root, parent: "berth").delegate("v", uid: 1_000_000, gid: 1_000_000)
+        #expect(owner("systemd/berth/v/tasks") == 1_000_000)
+        #expect(owner("memory/berth/v/memory.limit_in_bytes") == 0)
+    }
+
     @Test func v2PidsIncludeTheVPSsOwnChildCgroups() {
         let tree = FakeTree()
         tree.write("berth/v/cgroup.procs", "")
@@ -238,6 +255,7 @@ final class FakeTree {
         spec.openFilesLimit = 4096
         spec.lxcfs = "/var/lib/lxcfs"
         spec.deviceWrites = [CgroupWrite(path: "/sys/fs/cgroup/blkio/berth/web1/blkio.throttle.read_bps_device", value: "{device} 1048576")]
+        spec.idmap = IDMap(hostBase: 1_065_536)
         spec.cgroupMounts = [CgroupGuestMount(type: "cgroup", directory: "cpu,cpuacct", options: "cpu,cpuacct", writable: false, aliases: ["cpu", "cpuacct"]),
                              CgroupGuestMount(type: "cgroup", directory: "systemd", options: "none,name=systemd", writable: true)]
         let decoded = try SpawnSpec.decode(spec.encode())
@@ -250,9 +268,33 @@ final class FakeTree {
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=%zz\n",
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=cgroup ../etc cpu ro -\n",
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=cgroup . cpu ro -\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=tmpfs x cpu rw -\n"])
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=tmpfs x cpu rw -\n",
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nidmap=0 65536\n",
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nidmap=4294967000 65536\n"])
     func rejectsBrokenSpecs(_ text: String) {
         #expect(throws: IsolationError.self) { try SpawnSpec.decode(text) }
+    }
+
+    @Test func idMapLines() {
+        let map = IDMap(hostBase: 1_000_000)
+        #expect(map.mapLine == "0 1000000 65536\n")
+        #expect(IDMap.parse(map.specText) == map)
+        #expect(IDMap.parse("1000000") == nil)
+        #expect(IDMap.parse("1000000 0") == nil)
+    }
+
+    /// Userns VPSs keep everything but the host-global five; privileged ones the "Ours" column.
+    @Test func capabilityPolicy() throws {
+        #expect(try Capabilities.dropList(userns: true, overrides: [:]) == Capabilities.usernsDrop)
+        #expect(try Capabilities.dropList(userns: false, overrides: [:]) == Capabilities.baselineDrop)
+        let relaxed = try Capabilities.dropList(userns: false, overrides: ["cap_sys_nice": true, "cap_net_raw": false])
+        #expect(!relaxed.contains("cap_sys_nice") && relaxed.contains("cap_net_raw"))
+        #expect(throws: IsolationError.self) { try Capabilities.dropList(userns: true, overrides: ["cap_sys_module": true]) }
+        #expect(Capabilities.canonicalName("NET_ADMIN") == "cap_net_admin")
+        #expect(Capabilities.canonicalName("cap_sys_admin") == "cap_sys_admin")
+        #expect(Capabilities.canonicalName("net admin") == nil)
+        #expect(Capabilities.canonicalName("cap_nonsense") == nil)
+        for name in Capabilities.baselineDrop + Capabilities.usernsDrop { #expect(Capabilities.canonicalName(name) == name) }
     }
 
     @Test func runStateRoundTrips() {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import NodeAgent
 import Wire
+import Isolation
 
 @Suite struct ValidationTests {
     @Test(arguments: ["web1", "a", "0", "a-b-c", String(repeating: "x", count: 63)])
@@ -282,5 +283,41 @@ enum TarBuilder {
             #expect(try FileManager.default.destinationOfSymbolicLink(atPath: tree + "/etc/systemd/system/" + unit) == "/dev/null")
         }
         #expect(TemplateStore.debianMaskedUnits.values.allSatisfy { !$0.isEmpty })
+    }
+}
+
+@Suite struct UserNamespaceSettingsTests {
+    @Test func idRangesAreAlignedAndNeverShared() throws {
+        let first = try IDMapPool.allocate(excluding: [])
+        #expect(first == IDMapPool.start)
+        let second = try IDMapPool.allocate(excluding: [first])
+        #expect(second == first + IDMap.defaultCount)
+        #expect(try IDMapPool.allocate(excluding: [second]) == first)
+        #expect(IDMapPool.isSlotBase(second) && !IDMapPool.isSlotBase(second + 1) && !IDMapPool.isSlotBase(0))
+    }
+
+    @Test func capabilitySettingsNameTheFieldAndTheReason() throws {
+        #expect(try Validation.capabilities(["NET_ADMIN": "off", "sys_nice": "on"]) == ["cap_net_admin": "off", "cap_sys_nice": "on"])
+        for (input, reason) in [(["nosuch": "on"], "not a Linux capability"), (["net_raw": "yes"], "on or off"),
+                                (["sys_module": "on"], "never granted")] {
+            do {
+                _ = try Validation.capabilities(input)
+                Issue.record("accepted \(input)")
+            } catch let error as AgentError {
+                #expect(error.wireError.field == "capability")
+                #expect(error.description.contains(reason))
+            }
+        }
+    }
+
+    @Test func configKeepsTheUserNamespaceSettings() throws {
+        var config = VPSConfig(name: "web1", template: "busybox", hostname: "web1", stopSignal: 12)
+        config.idmapBase = IDMapPool.start + IDMap.defaultCount
+        config.capabilities = ["cap_net_admin": "off"]
+        let decoded = try VPSConfig.decode(try config.encoded(), expectedName: "web1", path: "t")
+        #expect(decoded == config)
+        #expect(!decoded.isPrivileged && decoded.capabilityOverrides == ["cap_net_admin": false])
+        config.idmapBase = 12345
+        #expect(throws: AgentError.self) { try VPSConfig.decode(try config.encoded(), expectedName: "web1", path: "t") }
     }
 }

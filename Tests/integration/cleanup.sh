@@ -14,6 +14,6 @@ for work in /tmp/berth-it-*; do
     echo "cleaned $work"
 done
 # Network-tier namespaces (their VPS links go with them).
-for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^bnt[0-9]+-(node|lan|lan2)$'); do
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(bnt|bdt|bsc)[0-9]+-(node|lan|lan2)$'); do
     ip netns del "$ns" && echo "removed network namespace $ns"
 done

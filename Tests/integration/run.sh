@@ -87,16 +87,46 @@ t_only_loopback() {
 t_dev_and_caps() {
     local devs; devs=$("$BERTH" exec "$A" -- ls /dev | tr '\n' ' ')
     expect_eq "$devs" "console fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero "
-    # Dropped capabilities: no module loading, no mounts, no clock changes.
+    # Its own user namespace: root inside is an unprivileged host uid (the agent's range).
+    local map; map=$("$BERTH" exec "$A" -- cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //')
+    [[ $map =~ ^0\ ([0-9]+)\ 65536$ ]] && [ "${BASH_REMATCH[1]}" -ge 1000000 ] || fail "uid_map of $A is '$map'"
+    expect_eq "$(stat -c %u /proc/"$(vps_pid "$A")")" "${BASH_REMATCH[1]}"
+    expect_contains "$("$BERTH" status "$A" --json)" "\"idmap\": \"${BASH_REMATCH[1]}:65536\""
+    # Host-global capabilities are gone even inside the namespace: modules, raw I/O, the clock.
     local bnd; bnd=$("$BERTH" exec "$A" -- sh -c 'grep CapBnd /proc/self/status' | awk '{print $2}')
+    for bit in 16 17 25; do (( (0x$bnd >> bit) & 1 )) && fail "capability $bit kept (CapBnd $bnd)"; done
+    # Namespaced privilege is no host privilege: no devtmpfs, no host devices, no module loading.
+    "$BERTH" exec "$A" -- mount -t devtmpfs d /mnt 2>/dev/null && fail "devtmpfs mounted inside the VPS"
+    "$BERTH" exec "$A" -- sh -c 'mknod /tmp/mem c 1 1 && head -c1 /tmp/mem' 2>/dev/null && fail "/dev/mem readable"
+    "$BERTH" exec "$A" -- grep -q '^Seccomp:.2' /proc/self/status
+}
+
+# --privileged: no user namespace, so the "no userns" capability set (no CAP_SYS_ADMIN) applies.
+t_privileged() {
+    local P; P=$(vps_name priv)
+    "$BERTH" create "$P" --template busybox --disk 64M --privileged >/dev/null
+    "$BERTH" start "$P" >/dev/null
+    expect_contains "$("$BERTH" status "$P")" "privileged=yes"
+    expect_eq "$("$BERTH" exec "$P" -- cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //')" "0 0 4294967295"
+    local bnd; bnd=$("$BERTH" exec "$P" -- sh -c 'grep CapBnd /proc/self/status' | awk '{print $2}')
     (( (0x$bnd >> 16) & 1 )) && fail "CAP_SYS_MODULE kept"
     (( (0x$bnd >> 21) & 1 )) && fail "CAP_SYS_ADMIN kept"
-    "$BERTH" exec "$A" -- mount -t tmpfs t /mnt 2>/dev/null && fail "mount succeeded inside the VPS"
+    "$BERTH" exec "$P" -- mount -t tmpfs t /mnt 2>/dev/null && fail "mount succeeded inside the privileged VPS"
     # The device cgroup refuses devices off the allowlist even after mknod.
     if [ -d /sys/fs/cgroup/devices ]; then
-        "$BERTH" exec "$A" -- sh -c 'mknod /tmp/mem c 1 1 && head -c1 /tmp/mem' 2>/dev/null && fail "/dev/mem readable"
+        "$BERTH" exec "$P" -- sh -c 'mknod /tmp/mem c 1 1 && head -c1 /tmp/mem' 2>/dev/null && fail "/dev/mem readable"
     fi
-    "$BERTH" exec "$A" -- grep -q '^Seccomp:.2' /proc/self/status
+    # --capability: off removes one, on cannot reach what no VPS gets.
+    "$BERTH" stop "$P" --kill >/dev/null
+    "$BERTH" set "$P" --capability net_raw:off >/dev/null
+    "$BERTH" start "$P" >/dev/null
+    bnd=$("$BERTH" exec "$P" -- sh -c 'grep CapBnd /proc/self/status' | awk '{print $2}')
+    (( (0x$bnd >> 13) & 1 )) && fail "CAP_NET_RAW kept after --capability net_raw:off"
+    expect_contains "$(expect_fail 2 "$BERTH" set "$P" --capability sys_module:on)" "never granted"
+    expect_contains "$(expect_fail 2 "$BERTH" set "$P" --capability nosuchcap:on)" "capability"
+    expect_contains "$(expect_fail 2 "$BERTH" create "$(vps_name priv2)" --template busybox --capability net_raw:maybe)" "on or off"
+    "$BERTH" destroy "$P" --force >/dev/null
+    expect_eq "$(leftovers_of "$P")" ""
 }
 
 t_no_agent_fds_or_env() {
@@ -428,7 +458,8 @@ run_test "mount namespace: host mounts invisible, /sys and /proc/sys read-only, 
 run_test "UTS namespace: own hostname" t_uts_isolation
 run_test "IPC and abstract sockets not shared" t_ipc_and_abstract_sockets
 run_test "network namespace: only lo" t_only_loopback
-run_test "minimal /dev, dropped capabilities, device cgroup, seccomp" t_dev_and_caps
+run_test "user namespace, minimal /dev, dropped capabilities, device cgroup, seccomp" t_dev_and_caps
+run_test "--privileged: no user namespace, no CAP_SYS_ADMIN; --capability" t_privileged
 run_test "no agent fd, environment or cwd leaks into the VPS" t_no_agent_fds_or_env
 run_test "exec streams stdio and returns the exit code" t_exec_streams_and_exit_code
 run_test "enter gets a pty inside the VPS" t_enter_has_a_pty

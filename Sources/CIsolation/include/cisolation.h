@@ -62,9 +62,10 @@ int berth_loop_set_capacity(int loop_fd);
 
 #endif
 
-/// Installs the baseline seccomp filter: kexec_load, kexec_file_load, open_by_handle_at,
-/// init_module, finit_module, delete_module fail with EPERM (LXC's common.seccomp list), and
-/// any non-native syscall ABI (x32, i386) fails with ENOSYS so the list cannot be bypassed.
+/// Installs Berth's seccomp denylist (seccomp.c lists it and says why): kexec, open_by_handle_at,
+/// module loading, keyrings, bpf, perf, userfaultfd, acct, swap, syslog, clock setting fail with
+/// EPERM, io_uring with ENOSYS, and any non-native syscall ABI (x32, i386) fails with ENOSYS so
+/// the list cannot be bypassed.
 /// Must be called while the caller still holds CAP_SYS_ADMIN or after PR_SET_NO_NEW_PRIVS.
 int berth_install_baseline_seccomp(void);
 
@@ -97,3 +98,21 @@ struct berth_device_rule {
 /// exactly `rules` and denies everything else, and attaches it to the cgroup directory
 /// `cgroup_fd`. Returns 0, or -1 with errno (EEXIST: the cgroup already has a device program).
 int berth_attach_device_filter(int cgroup_fd, const struct berth_device_rule *rules, int count);
+
+/* User namespaces (userns.c). */
+/// A detached copy of the mount at `path` whose file ownership is seen through the uid/gid maps
+/// of the user namespace `userns_fd` (open_tree(OPEN_TREE_CLONE) + mount_setattr(IDMAP)).
+/// Returns the mount fd, or -1 with errno.
+int berth_idmapped_tree(const char *path, int userns_fd);
+/// Attaches a detached mount (from berth_idmapped_tree) at `target` in the caller's mount ns.
+int berth_move_mount_to(int tree_fd, const char *target);
+/// One byte plus, when fd >= 0, that fd (SCM_RIGHTS) over a Unix stream socket.
+int berth_send_byte_and_fd(int sock, char byte, int fd);
+/// Receives what berth_send_byte_and_fd sent; *fd is -1 when no fd came with the byte.
+int berth_recv_byte_and_fd(int sock, char *byte, int *fd);
+int berth_socketpair_cloexec(int fds[2]);
+/// setresgid/setgroups/setresuid to 0: root of the user namespace the caller just entered.
+int berth_become_root(void);
+/// RLIMIT_NOFILE (soft = hard) of another process: set from outside a VPS's user namespace,
+/// where raising a hard limit is allowed.
+int berth_set_nofile_limit(pid_t pid, unsigned long long value);
