@@ -31,12 +31,13 @@ public enum Rootfs {
     /// `/proc/cpuinfo` inside a VPS then show its own limits and usage.
     public static let lxcfsProcFiles = ["cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime"]
 
-    /// `consoleSlave`: host path of the pty slave that becomes /dev/console. `lxcfs`: where lxcfs
+    /// Returns the master of the VPS's console: a pty of the VPS's own devpts instance, whose
+    /// slave is bound at /dev/console (the monitor holds the master). `lxcfs`: where lxcfs
     /// is mounted on the host, or nil for the kernel's host-wide views. `cgroupMounts`: what the
     /// VPS sees under /sys/fs/cgroup (call after unsharing the cgroup namespace). `userns`: the
     /// caller is root of a user namespace of its own, where mknod is refused.
-    public static func enter(root: String, hostname: String, consoleSlave: String, lxcfs: String? = nil,
-                             cgroupMounts: [CgroupGuestMount] = [], userns: Bool = false) throws(IsolationError) {
+    public static func enter(root: String, hostname: String, lxcfs: String? = nil,
+                             cgroupMounts: [CgroupGuestMount] = [], userns: Bool = false) throws(IsolationError) -> Int32 {
         try check("make / private") { mount("", "/", nil, UInt(MS_REC | MS_PRIVATE), nil) }
         let rootFD = try check("open root \(root)") { open(root, O_PATH | O_DIRECTORY | O_CLOEXEC) }
         defer { close(rootFD) }
@@ -49,7 +50,9 @@ public enum Rootfs {
         try mountAt(rootFD, "run", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NODEV, data: "mode=755,size=20%")
         try mountAt(rootFD, "run/lock", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NODEV | MS_NOEXEC, data: "mode=1777,size=5m")
         try mountAt(rootFD, "dev", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NOEXEC, data: "mode=755,size=1024k")
-        try populateDev(rootFD: rootFD, consoleSlave: consoleSlave, bindHostDevices: userns)
+        let consoleMaster = try populateDev(rootFD: rootFD, bindHostDevices: userns)
+        var enterFailed = true
+        defer { if enterFailed { close(consoleMaster) } }
         if let lxcfs {
             // The targets are in the procfs/sysfs just mounted here, not in VPS-owned files.
             for file in lxcfsProcFiles where FileIO.exists("\(lxcfs)/proc/\(file)") && FileIO.exists("\(root)/proc/\(file)") {
@@ -84,6 +87,8 @@ public enum Rootfs {
         try check("pivot_root") { berth_pivot_root(".", ".") }
         try check("detach old root") { umount2(".", Int32(MNT_DETACH)) }
         try check("chdir /") { chdir("/") }
+        enterFailed = false
+        return consoleMaster
     }
 
     /// cgroup2: the VPS's own subtree at /sys/fs/cgroup. v1: a read-only tmpfs holding one
@@ -130,7 +135,7 @@ public enum Rootfs {
 
     /// `bindHostDevices`: bind the host's nodes (a user namespace may not mknod); the device
     /// cgroup still decides what they may open.
-    static func populateDev(rootFD: Int32, consoleSlave: String, bindHostDevices: Bool = false) throws(IsolationError) {
+    static func populateDev(rootFD: Int32, bindHostDevices: Bool = false) throws(IsolationError) -> Int32 {
         let devFD = berth_open_beneath_nofollow(rootFD, "dev", O_PATH | O_DIRECTORY, 0)
         if devFD < 0 { throw IsolationError.sys("open /dev in VPS root") }
         defer { close(devFD) }
@@ -159,9 +164,21 @@ public enum Rootfs {
         for (name, target) in links {
             try check("symlink /dev/\(name)") { symlinkat(target, devFD, name) }
         }
-        let console = try check("create /dev/console") { openat(devFD, "console", O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600) }
-        defer { close(console) }
-        try check("bind console") { mount(consoleSlave, "/proc/self/fd/\(console)", nil, UInt(MS_BIND), nil) }
+        // The console is a pty of the VPS's own devpts: nothing the VPS does with it (TIOCSTI
+        // included) can reach a host terminal, and it belongs to the VPS's root.
+        let pts = try check("open /dev/pts") { berth_open_beneath_nofollow(devFD, "pts", O_PATH | O_DIRECTORY, 0) }
+        defer { close(pts) }
+        var number: Int32 = 0
+        let master = try check("open the console pty") { berth_open_pty_master("/proc/self/fd/\(pts)/ptmx", &number) }
+        do throws(IsolationError) {
+            let console = try check("create /dev/console") { openat(devFD, "console", O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600) }
+            defer { close(console) }
+            try check("bind console") { mount("/proc/self/fd/\(pts)/\(number)", "/proc/self/fd/\(console)", nil, UInt(MS_BIND), nil) }
+        } catch {
+            close(master)
+            throw error
+        }
+        return master
     }
 }
 

@@ -846,6 +846,14 @@ public actor VPSManager {
         return target
     }
 
+    /// Detaches the helper's read-only bind when the agent exits (processes started from it keep
+    /// running); the next agent makes a fresh one.
+    public nonisolated func releaseHelper() {
+        guard paths.spawnBinary == paths.runDir + "/berth-spawn" else { return }
+        for _ in 0..<16 where umount2(paths.spawnBinary, Int32(MNT_DETACH)) == 0 {}
+        unlink(paths.spawnBinary)
+    }
+
     /// The lowest free id range of this node (saved configs and creates in flight).
     func allocateIdmap() throws -> UInt32 {
         var used = pendingIdmaps

@@ -140,6 +140,8 @@ struct BerthAgent: AsyncParsableCommand {
                                      nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger,
                                      overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit),
                                      settings: settings)
+        // Running VPS monitors keep the helper's read-only bind alive; the path goes with the agent.
+        defer { manager.releaseHelper() }
         logger.info("starting", metadata: ["node": "\(nodeName)", "cgroup": "\(mode.driver().modeName)", "data": "\(dataDir)"])
         let group = MultiThreadedEventLoopGroup.singleton
         var metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)?

@@ -12,7 +12,6 @@ final class Monitor {
     var consoleMaster: Int32 = -1
     /// Kept open so the master never sees a hangup between boots or while init has no console.
     var consoleSlaveFD: Int32 = -1
-    var consoleSlavePath = ""
     var listener: Int32 = -1
     var client: Int32 = -1
     var ring: ConsoleRing
@@ -30,7 +29,6 @@ final class Monitor {
         if signalFD < 0 { throw IsolationError.sys("signalfd") }
         do {
             try mountDisk()
-            try openConsole()
             try listenConsole()
         } catch {
             teardown(reason: "setup failed")
@@ -59,20 +57,17 @@ final class Monitor {
         rootMounted = true
     }
 
-    func openConsole() throws(IsolationError) {
-        var number: Int32 = 0
-        consoleMaster = berth_open_pty_master("/dev/ptmx", &number)
-        if consoleMaster < 0 { throw IsolationError.sys("open console pty") }
-        consoleSlavePath = "/dev/pts/\(number)"
-        consoleSlaveFD = berth_open_pty_peer(consoleMaster, O_RDWR | O_CLOEXEC)
-        if consoleSlaveFD < 0 { throw IsolationError.sys("open console pty peer") }
-        if let idmap = spec.idmap {
-            // The VPS's root must be able to open its /dev/console: the pty is the host's.
-            try check("give the console to the VPS's root") { fchown(consoleSlaveFD, idmap.hostBase, idmap.hostBase) }
-        }
-        _ = berth_set_winsize(consoleMaster, 24, 80)
-        let flags = fcntl(consoleMaster, F_GETFL)
-        _ = fcntl(consoleMaster, F_SETFL, flags | O_NONBLOCK)
+    /// Takes the console of a new boot (a pty of the VPS's own devpts) in place of the last one.
+    func adoptConsole(_ master: Int32) {
+        if consoleMaster >= 0 { close(consoleMaster) }
+        if consoleSlaveFD >= 0 { close(consoleSlaveFD) }
+        consoleMaster = master
+        // Held so the master never reads a hangup while init has no console open (early boot,
+        // shutdown): that would wake the poll loop for nothing.
+        consoleSlaveFD = berth_open_pty_peer(master, O_RDWR | O_CLOEXEC)
+        _ = berth_set_winsize(master, 24, 80)
+        let flags = fcntl(master, F_GETFL)
+        _ = fcntl(master, F_SETFL, flags | O_NONBLOCK)
     }
 
     func listenConsole() throws(IsolationError) {
@@ -102,7 +97,9 @@ final class Monitor {
     func boot() throws(IsolationError) -> Int32 {
         let loaded = try GuestSpec.read(runDir: spec.runDir) ?? GuestSpec(hostname: spec.hostname)
         guest = loaded
-        initPid = try cloneInit(spec: spec, guest: loaded, consoleSlave: consoleSlavePath)
+        let started = try cloneInit(spec: spec, guest: loaded)
+        initPid = started.pid
+        adoptConsole(started.consoleMaster)
         return initPid
     }
 

@@ -9,7 +9,7 @@ import Glibc
 //   agent                      berth-spawn (monitor)                 child (becomes VPS init)
 //     | spec on fd 3, EOF -------->|                                      |
 //     |                            | attach loop, mount disk.img          |
-//     |                            | open console pty, bind console.sock  |
+//     |                            | bind console.sock                    |
 //     |                            | clone(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET[|NEWUSER]) ->|
 //     |                            |                                      | waits on the setup socket
 //     |                            | [userns] write uid_map, gid_map      |
@@ -18,8 +18,12 @@ import Glibc
 //     |                            | [userns] idmapped copy of the root   |
 //     |                            |-- setup socket: "i" [+ mount fd] --->| [userns] become root,
 //     |                            |                                      |   move_mount the idmapped root
-//     |                            | veth, routes, filter (NetworkSetup)  | unshare(NEWCGROUP), mounts,
-//     |                            |   into the child's netns             |   pivot_root, hostname, /etc files
+//     |                            |                                      | unshare(NEWCGROUP), mounts, a
+//     |                            |                                      |   console pty of its own devpts,
+//     |                            |                                      |   pivot_root, hostname, /etc files
+//     |                            |<-- setup socket: "c" + console master| 
+//     |                            | veth, routes, filter (NetworkSetup)  |
+//     |                            |   into the child's netns             |
 //     |                            |-- go pipe: one byte (network ready) ->| waits for it
 //     |                            |                                      | seccomp, drop caps, close fds
 //     |                            |<-- error pipe: EOF (exec ok) or text  | execve(/sbin/init)
@@ -59,7 +63,7 @@ func runStart() -> Never {
 /// Forks a child with the VPS namespaces that sets itself up and execs init, while this process
 /// maps its ids, places it in its cgroups and wires its network namespace. Returns the child's
 /// pid once the exec happened, or throws what failed (the child is killed and the network undone).
-func cloneInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String) throws(IsolationError) -> Int32 {
+func cloneInit(spec: SpawnSpec, guest: GuestSpec) throws(IsolationError) -> (pid: Int32, consoleMaster: Int32) {
     var errorPipe: [Int32] = [0, 0]
     var goPipe: [Int32] = [0, 0]
     var setup: [Int32] = [0, 0]
@@ -81,7 +85,7 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String) throws(I
         close(goPipe[1])
         close(setup[0])
         do {
-            try becomeInit(spec: spec, guest: guest, consoleSlave: consoleSlave, setupSocket: setup[1], goPipe: goPipe[0])
+            try becomeInit(spec: spec, guest: guest, setupSocket: setup[1], goPipe: goPipe[0])
         } catch {
             let line = "\(error.stage)\t\(error.errno)\t\(error.message)"
             _ = Array(line.utf8).withUnsafeBytes { write(errorPipe[1], $0.baseAddress, $0.count) }
@@ -91,8 +95,13 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String) throws(I
     close(errorPipe[1])
     close(goPipe[0])
     close(setup[1])
-    do {
+    var consoleMaster: Int32 = -1
+    do throws(IsolationError) {
         try prepareChild(pid, spec: spec, setupSocket: setup[0])
+        var byte: CChar = 0
+        guard berth_recv_byte_and_fd(setup[0], &byte, &consoleMaster) == 0, consoleMaster >= 0 else {
+            throw IsolationError(.childFailed, "the VPS init gave no console", stage: "receive the console")
+        }
         close(setup[0])
         if let link = guest.link {
             let netns = try check("open the VPS network namespace") { open("/proc/\(pid)/ns/net", O_RDONLY | O_CLOEXEC) }
@@ -108,6 +117,7 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String) throws(I
         kill(pid, SIGKILL)
         close(setup[0])
         close(goPipe[1])
+        if consoleMaster >= 0 { close(consoleMaster) }
         let reply = FileIO.readAll(fd: errorPipe[0]) ?? []
         close(errorPipe[0])
         var status: Int32 = 0
@@ -118,7 +128,8 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String) throws(I
     close(goPipe[1])
     let reply = FileIO.readAll(fd: errorPipe[0]) ?? []
     close(errorPipe[0])
-    if reply.isEmpty { return pid }
+    if reply.isEmpty { return (pid, consoleMaster) }
+    close(consoleMaster)
     var status: Int32 = 0
     waitpid(pid, &status, 0)
     throw childError(reply) ?? IsolationError(.childFailed, "VPS init setup failed")
@@ -157,13 +168,12 @@ func prepareChild(_ pid: Int32, spec: SpawnSpec, setupSocket: Int32) throws(Isol
 }
 
 /// Runs in the cloned child: PID 1 of the new PID namespace, still on the host root.
-func becomeInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String, setupSocket: Int32, goPipe: Int32) throws(IsolationError) {
+func becomeInit(spec: SpawnSpec, guest: GuestSpec, setupSocket: Int32, goPipe: Int32) throws(IsolationError) {
     var byte: CChar = 0
     var rootTree: Int32 = -1
     guard berth_recv_byte_and_fd(setupSocket, &byte, &rootTree) == 0 else {
         throw IsolationError.sys("wait for the monitor's setup")
     }
-    close(setupSocket)
     var root = spec.rootPath
     if spec.idmap != nil {
         guard rootTree >= 0 else { throw IsolationError(.childFailed, "the monitor sent no idmapped root", stage: "receive the VPS root") }
@@ -177,11 +187,15 @@ func becomeInit(spec: SpawnSpec, guest: GuestSpec, consoleSlave: String, setupSo
         root = "/proc/self/fd/\(rootTree)"
     }
     try check("unshare cgroup namespace") { berth_unshare(Int32(NamespaceFlag.cgroup)) }
-    try Rootfs.enter(root: root, hostname: guest.hostname, consoleSlave: consoleSlave, lxcfs: spec.lxcfs,
-                     cgroupMounts: spec.cgroupMounts, userns: spec.idmap != nil)
+    let consoleMaster = try Rootfs.enter(root: root, hostname: guest.hostname, lxcfs: spec.lxcfs,
+                                         cgroupMounts: spec.cgroupMounts, userns: spec.idmap != nil)
     let newRoot = try check("open the VPS root") { open("/", O_PATH | O_DIRECTORY | O_CLOEXEC) }
     try GuestFiles.write(guest, rootFD: newRoot)
     close(newRoot)
+    // The monitor keeps the console's master: the ring buffer and `berth console` read it.
+    try check("hand the console to the monitor") { berth_send_byte_and_fd(setupSocket, CChar(UInt8(ascii: "c")), consoleMaster) }
+    close(consoleMaster)
+    close(setupSocket)
 
     // init must not run before its network is in place (rc scripts start servers at once).
     var go: UInt8 = 0

@@ -9,12 +9,7 @@ RUN_ID=${RUN_ID:-bdt$$}
 source Tests/integration/lib.sh
 TEMPLATE_CACHE=${TEMPLATE_CACHE:-/var/cache/berth/templates}
 
-if [ "$(id -u)" != 0 ]; then
-    echo "skip - debian tier: needs root"; echo "debian: 0 passed, 0 failed, 1 skipped"; exit 0
-fi
-for tool in debootstrap ip nsenter; do
-    command -v $tool >/dev/null || { echo "missing $tool: run make deps" >&2; exit 1; }
-done
+tier_prelude debian debootstrap ip nsenter
 NODE=$RUN_ID-node
 debian_cleanup() {
     cleanup_all
@@ -168,9 +163,7 @@ t_destroy_leaves_nothing() {
 # systemd on a cgroup2 mount (its "unified" mode, what production v2 hosts give a VPS): on a
 # hybrid host, through the v2 driver on the host's own cgroup2 mount.
 t_v2_boot() {
-    [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] && skip "this host is cgroup v2: the main pass already booted Debian on it"
-    local mountpoint; mountpoint=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/self/mounts)
-    [ -n "$mountpoint" ] || skip "no cgroup2 mount on this host"
+    local mountpoint; mountpoint=$(hybrid_cgroup2_or_skip)
     agent_stop
     AGENT_EXTRA="$AGENT_EXTRA --cgroup2-root $mountpoint" agent_start
     local C; C=$(vps_name c)

@@ -51,6 +51,26 @@ run_test() {
 }
 
 skip() { echo "$*"; exit 77; }
+
+# tier_prelude TIER TOOL...: a root tier skips as a whole without root and stops when a tool
+# it needs is missing.
+tier_prelude() {
+    local tier=$1; shift
+    if [ "$(id -u)" != 0 ]; then
+        echo "skip - $tier tier: needs root"; echo "$tier: 0 passed, 0 failed, 1 skipped"; exit 0
+    fi
+    local tool
+    for tool in "$@"; do command -v "$tool" >/dev/null || { echo "missing $tool: run make deps" >&2; exit 1; }; done
+}
+
+# The mount point of a cgroup2 hierarchy to run the v2 driver against on a v1/hybrid host. Used
+# as `m=$(hybrid_cgroup2_or_skip)`: the skip reason goes to stderr, the 77 ends the test.
+hybrid_cgroup2_or_skip() {
+    [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] && { echo "this host is cgroup v2: the main pass already used the v2 driver" >&2; exit 77; }
+    local mountpoint; mountpoint=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/self/mounts)
+    [ -n "$mountpoint" ] || { echo "no cgroup2 mount on this host" >&2; exit 77; }
+    echo "$mountpoint"
+}
 fail() { echo "assertion failed: $*" >&2; exit 1; }
 expect_eq() { [ "$1" = "$2" ] || fail "expected '$2', got '$1' ${3:-}"; }
 expect_contains() { case "$1" in *"$2"*) ;; *) fail "expected output to contain '$2', got: $1";; esac; }

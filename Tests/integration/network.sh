@@ -7,12 +7,7 @@ cd "$(dirname "$0")/../.." || exit 1
 RUN_ID=${RUN_ID:-bnt$$}
 source Tests/integration/lib.sh
 
-if [ "$(id -u)" != 0 ]; then
-    echo "skip - network tier: needs root"; echo "network: 0 passed, 0 failed, 1 skipped"; exit 0
-fi
-for tool in nft ip nsenter python3 tcpdump; do
-    command -v $tool >/dev/null || { echo "missing $tool: run make deps" >&2; exit 1; }
-done
+tier_prelude network nft ip nsenter python3 tcpdump
 NODE=$RUN_ID-node LAN=$RUN_ID-lan LAN2=$RUN_ID-lan2
 in_node() { ip netns exec "$NODE" "$@"; }
 in_lan() { ip netns exec "$LAN" "$@"; }

@@ -419,9 +419,7 @@ t_twenty_concurrent() {
 # The cgroup v2 driver against this host's real cgroup2 mount: on a hybrid host that mount has
 # no resource controllers, but it has cgroup.procs, cgroup.kill and BPF device programs.
 t_v2_driver() {
-    [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] && skip "this host is cgroup v2: the main pass already used the v2 driver"
-    local mountpoint; mountpoint=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/self/mounts)
-    [ -n "$mountpoint" ] || skip "no cgroup2 mount on this host"
+    local mountpoint; mountpoint=$(hybrid_cgroup2_or_skip)
     agent_stop
     AGENT_EXTRA="--cgroup2-root $mountpoint" agent_start
     local V; V=$(vps_name v2)

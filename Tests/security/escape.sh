@@ -12,12 +12,7 @@ cd "$(dirname "$0")/../.." || exit 1
 RUN_ID=${RUN_ID:-bsc$$}
 source Tests/integration/lib.sh
 
-if [ "$(id -u)" != 0 ]; then
-    echo "skip - escape battery: needs root"; echo "security: 0 passed, 0 failed, 1 skipped"; exit 0
-fi
-for tool in ip nsenter python3 tcpdump sha256sum; do
-    command -v $tool >/dev/null || { echo "missing $tool: run make deps" >&2; exit 1; }
-done
+tier_prelude security ip nsenter python3 tcpdump sha256sum
 CC=${CC:-$(command -v cc || command -v gcc || command -v clang)}
 [ -n "$CC" ] || { echo "missing a C compiler (cc, gcc or the Swift toolchain's clang) for the probe" >&2; exit 1; }
 NODE=$RUN_ID-node LAN=$RUN_ID-lan
@@ -274,6 +269,8 @@ os.waitpid(pid, 0)
 PY
     [ ! -e "$pwned" ] || fail "TIOCSTI from the VPS ran a command on the host"
     in_vps "$A" sh -c "[ ! -e '$pwned' ]"
+    # The console is a pty of the VPS's own devpts too (same device as its ptmx), not a host tty.
+    expect_eq "$(in_vps "$A" stat -Lc %d /dev/console)" "$(in_vps "$A" stat -Lc %d /dev/pts/ptmx)"
 }
 
 # --- 1d. Network ---------------------------------------------------------------------------------
@@ -397,7 +394,7 @@ run_test "E23 see or signal host processes" e23
 run_test "E24 ptrace and inspect the exec helper" e24
 run_test "E25 overwrite the helper through /proc/PID/exe (CVE-2019-5736)" e25
 run_test "E26 leaked fds, cwd and environment (CVE-2024-21626)" e26
-run_test "E27 TIOCSTI into the operator's terminal during enter" e27
+run_test "E27 TIOCSTI into the operator's terminal (enter; the console's pty)" e27
 run_test "E28 sniff another VPS's traffic" e28
 run_test "E29 spoof another VPS's address" e29
 run_test "E30 ARP poisoning and a stolen MAC" e30
