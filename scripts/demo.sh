@@ -69,6 +69,10 @@ say "berth list"
 "$BERTH" list
 say "berth exec demo1 -- ps" "# only demo1's own processes; its init is PID 1"
 "$BERTH" exec demo1 -- ps
+say "berth exec demo1 -- cat /proc/self/uid_map" "# its own user namespace: root inside is an unprivileged uid on the host"
+"$BERTH" exec demo1 -- cat /proc/self/uid_map
+say "ps -o user,pid,comm -p \$(berth status demo1 --json | … pid)" "# the same init, seen from the host"
+ps -o user,pid,comm -p "$("$BERTH" status demo1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')"
 say "berth exec demo2 -- hostname"
 "$BERTH" exec demo2 -- hostname
 say "berth exec demo1 -- ip -o addr show eth0" "# its own network namespace, addresses set by the host"

@@ -103,6 +103,7 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec) throws(IsolationError) -> (pid
             throw IsolationError(.childFailed, "the VPS init gave no console", stage: "receive the console")
         }
         close(setup[0])
+        setup[0] = -1
         if let link = guest.link {
             let netns = try check("open the VPS network namespace") { open("/proc/\(pid)/ns/net", O_RDONLY | O_CLOEXEC) }
             defer { close(netns) }
@@ -115,7 +116,7 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec) throws(IsolationError) -> (pid
     } catch {
         // The child may have failed first and said why: that is the better message.
         kill(pid, SIGKILL)
-        close(setup[0])
+        if setup[0] >= 0 { close(setup[0]) }
         close(goPipe[1])
         if consoleMaster >= 0 { close(consoleMaster) }
         let reply = FileIO.readAll(fd: errorPipe[0]) ?? []
