@@ -67,7 +67,9 @@ int berth_install_baseline_seccomp(void) {
         DENY(SYS_clock_settime),
         DENY(SYS_clock_adjtime),
         DENY(SYS_lookup_dcookie),
+#ifdef SYS_uselib
         DENY(SYS_uselib),
+#endif
         DENY(SYS_nfsservctl),
         DENY_WITH(SYS_io_uring_setup, ENOSYS),
         DENY_WITH(SYS_io_uring_enter, ENOSYS),

@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #ifndef SYS_open_tree
@@ -42,6 +43,9 @@ int berth_idmapped_tree(const char *path, int userns_fd) {
     struct berth_mount_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.attr_set = MOUNT_ATTR_IDMAP;
+    /* The host's own view of the disk is nosuid,nodev (setuid files the VPS planted must mean
+       nothing there); the VPS's view gets them back. */
+    attr.attr_clr = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
     attr.userns_fd = (unsigned long long)userns_fd;
     if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) != 0) {
         int saved = errno;
@@ -115,4 +119,26 @@ int berth_become_root(void) {
 int berth_set_nofile_limit(pid_t pid, unsigned long long value) {
     struct rlimit limit = { .rlim_cur = value, .rlim_max = value };
     return prlimit(pid, RLIMIT_NOFILE, &limit, NULL);
+}
+
+pid_t berth_clone_fork_owned(unsigned long flags, uid_t owner) {
+    /* The new user namespace belongs to the caller's effective uid: switch it for the clone
+       only. The saved uid stays 0, so the way back is open. */
+    if (setresuid((uid_t)-1, owner, (uid_t)-1) != 0) return -1;
+    pid_t pid = berth_clone_fork(flags);
+    if (pid != 0) {
+        int saved = errno;
+        if (setresuid((uid_t)-1, 0, (uid_t)-1) != 0) abort();
+        errno = saved;
+    }
+    return pid;
+}
+
+int berth_set_nofile_limit_as(pid_t pid, unsigned long long value, uid_t owner) {
+    if (setresuid((uid_t)-1, owner, (uid_t)-1) != 0) return -1;
+    int result = berth_set_nofile_limit(pid, value);
+    int saved = errno;
+    if (setresuid((uid_t)-1, 0, (uid_t)-1) != 0) abort();
+    errno = saved;
+    return result;
 }

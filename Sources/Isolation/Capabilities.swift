@@ -54,6 +54,25 @@ public enum Capabilities {
         return drop
     }
 
+    /// Names of the capabilities the running kernel has that `mask` (a CapBnd value) lacks.
+    public static func names(missingFrom mask: UInt64) -> [String] {
+        var names: [String] = []
+        for value in 0..<min(cap_max_bits(), 64) where mask & (1 << UInt64(value)) == 0 {
+            guard let name = cap_to_name(cap_value_t(value)) else { continue }
+            names.append(String(cString: name))
+            cap_free(UnsafeMutableRawPointer(name))
+        }
+        return names
+    }
+
+    /// The bounding set of a running process (CapBnd of /proc/PID/status).
+    public static func boundingMask(pid: Int32) -> UInt64? {
+        for line in (FileIO.read("/proc/\(pid)/status") ?? "").split(separator: "\n") where line.hasPrefix("CapBnd:") {
+            return UInt64(line.dropFirst("CapBnd:".count).trimmingPrefix(while: { $0 == " " || $0 == "\t" }), radix: 16)
+        }
+        return nil
+    }
+
     /// Removes `names` from the bounding, effective, permitted and inheritable sets and clears
     /// the ambient set. Unknown names (older kernels/libcap) are an error: a silently kept
     /// capability is worse than a failed start.

@@ -193,7 +193,7 @@ public enum CgroupMode: Equatable, Sendable {
 /// Removes a cgroup and every cgroup below it (a VPS's systemd makes its own slices and
 /// scopes), deepest first, with a few retries: a cgroup stays busy for a moment after its last
 /// task exited.
-func removeCgroupDirectory(_ path: String, depth: Int = 0) throws(IsolationError) {
+public func removeCgroupDirectory(_ path: String, depth: Int = 0) throws(IsolationError) {
     // A VPS can nest cgroups in its writable hierarchy; the bound keeps this walk finite.
     guard depth < 64 else { throw IsolationError(.unsupported, "cgroup \(path) is nested more than 64 levels deep") }
     for child in FileIO.listDirectory(path) where FileIO.isDirectory(path + "/" + child) {

@@ -174,17 +174,19 @@ public struct CgroupV1Driver: CgroupDriver {
         return usage
     }
 
-    /// Every v1 hierarchy mounted under the root, with the options that name it. The host's
-    /// cgroup2 mount of a hybrid layout is left out: the VPS sits in its root there, so it would
-    /// see (and could write) every host cgroup.
+    /// The v1 hierarchies the VPS joins, with the options that name them. Any other hierarchy
+    /// (and the cgroup2 mount of a hybrid layout) is left out: the VPS would sit in its root
+    /// there and see every host cgroup.
     public func guestMounts() -> [CgroupGuestMount] {
         guestMounts(mountinfo: FileIO.read("/proc/self/mountinfo") ?? "")
     }
 
-    func guestMounts(mountinfo: String) -> [CgroupGuestMount] {
+    func guestMounts(mountinfo: String, joined: [String]? = nil) -> [CgroupGuestMount] {
         var mounts: [CgroupGuestMount] = []
+        let joined = joined ?? present
         for mount in hostCgroupMounts(mountinfo: mountinfo) where mount.type == "cgroup" && FileIO.directory(of: mount.mountPoint) == root {
             let directory = String(mount.mountPoint.dropFirst(root.count + 1))
+            guard joined.contains(directory) else { continue }
             let controllers = mount.options.filter { !["rw", "ro", "relatime", "noatime", "nosuid", "nodev", "noexec", "clone_children", "noprefix", "xattr"].contains($0) && !$0.hasPrefix("release_agent=") }
             guard !controllers.isEmpty else { continue }
             let named = controllers.contains { $0.hasPrefix("name=") }

@@ -129,8 +129,18 @@ public struct CgroupV2Driver: CgroupDriver {
     /// cgroup-v2.rst "Delegation": the directory, cgroup.procs, cgroup.threads and
     /// cgroup.subtree_control; the limit files stay the host's.
     public func delegate(_ name: String, uid: UInt32, gid: UInt32) throws(IsolationError) {
+        // Bounds on what the VPS may build below (the host walks it on stop and destroy).
+        for (file, value) in [("cgroup.max.depth", Self.maxDelegatedDepth), ("cgroup.max.descendants", Self.maxDelegatedDescendants)]
+        where FileIO.exists(path(name) + "/" + file) {
+            try FileIO.write(path(name) + "/" + file, String(value))
+        }
         try chownCgroup(path(name), files: ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"], uid: uid, gid: gid)
     }
+
+    /// systemd nests four or five levels (user.slice/user-0.slice/session-1.scope); the host's
+    /// removal walk goes to 64.
+    public static let maxDelegatedDepth = 32
+    public static let maxDelegatedDescendants = 4096
 
     public func usage(_ name: String) -> CgroupUsage {
         var usage = CgroupUsage()

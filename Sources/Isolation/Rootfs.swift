@@ -6,6 +6,10 @@ import Glibc
 /// Builds the VPS's filesystem view inside its new mount namespace and pivots into it.
 /// Runs in the single-threaded child of berth-spawn, before exec of the VPS init.
 public enum Rootfs {
+    /// Ptys per VPS (console, enter, its own terminals): every devpts instance but the host's
+    /// shares kernel.pty.max minus its reserve, so one VPS must not take them all.
+    public static let ptyLimit = 256
+
     /// Docker's masked paths: read as empty.
     public static let maskedFiles = ["proc/kcore", "proc/keys", "proc/latency_stats", "proc/timer_list",
                                      "proc/timer_stats", "proc/sched_debug", "proc/interrupts"]
@@ -156,7 +160,7 @@ public enum Rootfs {
             try check("mkdir /dev/\(dir)") { mkdirat(devFD, dir, dir == "shm" ? 0o1777 : 0o755) }
         }
         try mountAt(devFD, "pts", source: "devpts", type: "devpts", flags: MS_NOSUID | MS_NOEXEC,
-                    data: "newinstance,ptmxmode=0666,mode=0620,gid=5")
+                    data: "newinstance,ptmxmode=0666,mode=0620,gid=5,max=\(ptyLimit)")
         try mountAt(devFD, "shm", source: "shm", type: "tmpfs", flags: MS_NOSUID | MS_NODEV, data: "mode=1777")
         try mountAt(devFD, "mqueue", source: "mqueue", type: "mqueue", flags: MS_NOSUID | MS_NODEV | MS_NOEXEC)
         let links = [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),

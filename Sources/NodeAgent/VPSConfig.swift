@@ -164,23 +164,40 @@ public struct VPSConfig: Codable, Equatable, Sendable {
     }
 }
 
-/// Host uid/gid ranges for VPS user namespaces: 65536 ids each from 1,000,000 up (above the
-/// ranges Debian's adduser gives users in /etc/subuid for the first few hundred accounts).
+/// Host uid/gid ranges for VPS user namespaces: 65,536 ids each from 2^31 up. That is above
+/// Debian's /etc/subuid ranges for ordinary accounts (100000 + 65536·k), systemd's
+/// container range (0x80000-0x6FFFFFFF) and SSSD's default id mapping (200000-2000200000);
+/// ranges listed in /etc/subuid or /etc/subgid are skipped as well.
 public enum IDMapPool {
-    public static let start: UInt32 = 1_000_000
+    public static let start: UInt32 = 1 << 31
     public static let slots: UInt32 = (UInt32.max - start) / IDMap.defaultCount
 
     public static func isSlotBase(_ base: UInt32) -> Bool {
         base >= start && (base - start) % IDMap.defaultCount == 0 && (base - start) / IDMap.defaultCount < slots
     }
 
-    /// The lowest range not in `used`.
-    public static func allocate(excluding used: Set<UInt32>) throws -> UInt32 {
+    /// The lowest range not in `used` and overlapping none of `reserved` (start, count).
+    public static func allocate(excluding used: Set<UInt32>, reserved: [(UInt64, UInt64)] = hostReserved()) throws -> UInt32 {
         for slot in 0..<slots {
             let base = start + slot * IDMap.defaultCount
-            if !used.contains(base) { return base }
+            if used.contains(base) { continue }
+            let low = UInt64(base), high = UInt64(base) + UInt64(IDMap.defaultCount)
+            if reserved.contains(where: { $0.0 < high && low < $0.0 + $0.1 }) { continue }
+            return base
         }
         throw AgentError(.noCapacity, "every user-namespace id range of this node is in use")
+    }
+
+    /// "name:start:count" lines of /etc/subuid and /etc/subgid: ranges other tools hand out.
+    public static func hostReserved(files: [String] = ["/etc/subuid", "/etc/subgid"]) -> [(UInt64, UInt64)] {
+        var ranges: [(UInt64, UInt64)] = []
+        for file in files {
+            for line in (FileIO.read(file) ?? "").split(separator: "\n") {
+                let fields = line.split(separator: ":")
+                if fields.count == 3, let first = UInt64(fields[1]), let count = UInt64(fields[2]) { ranges.append((first, count)) }
+            }
+        }
+        return ranges
     }
 }
 

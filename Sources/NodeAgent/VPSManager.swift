@@ -859,7 +859,14 @@ public actor VPSManager {
         var used = pendingIdmaps
         for record in records.values { if let base = record.config.idmapBase { used.insert(base) } }
         // A broken config still owns its range: its files may be in use again after a fix.
-        for name in broken.keys { if let base = (try? store.load(name))?.idmapBase { used.insert(base) } }
+        for name in broken.keys {
+            // Unreadable as a config, maybe still running: its range stays taken if it names one.
+            if let data = FileManager.default.contents(atPath: store.configPath(name)),
+               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+               let base = object["idmapBase"] as? NSNumber {
+                used.insert(base.uint32Value)
+            }
+        }
         return try IDMapPool.allocate(excluding: used)
     }
 

@@ -66,8 +66,20 @@ func parseExec(_ args: [String]) -> ExecOptions {
     return options
 }
 
+/// cgroup v2 refuses processes in a cgroup whose own init (systemd) enabled controllers for its
+/// children: then the command joins a `berth-exec` leaf of the VPS's cgroup, made and opened here
+/// as host root (a writer's permission is judged by who opened the file).
+func joinableProcsFile(_ procs: String) -> String {
+    let directory = FileIO.directory(of: procs)
+    let enabled = (FileIO.read(directory + "/cgroup.subtree_control") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" })
+    guard !enabled.isEmpty else { return procs }
+    let leaf = directory + "/berth-exec"
+    if mkdir(leaf, 0o755) != 0 && errno != EEXIST { fail("mkdir \(leaf): \(errnoName(errno))") }
+    return leaf + "/cgroup.procs"
+}
+
 func runExec(_ args: [String]) -> Never {
-    let options = parseExec(args)
+    var options = parseExec(args)
     // fd 3 is the agent's resize pipe when present; probe before any open() could take number 3.
     let resizeFD: Int32 = fcntl(3, F_GETFD) >= 0 ? 3 : -1
     _ = berth_set_nondumpable()
@@ -76,12 +88,16 @@ func runExec(_ args: [String]) -> Never {
     }
     let pidfd = berth_pidfd_open(options.initPid, 0)
     if pidfd < 0 { fail("pidfd_open of the VPS init: \(errnoName(errno))") }
-    var cgroupFDs: [(procs: Int32, directory: Int32)] = []
+    var cgroupFDs: [Int32] = []
     for file in options.cgroupFiles {
-        let fd = open(file, O_WRONLY | O_CLOEXEC)
+        let fd = open(joinableProcsFile(file), O_WRONLY | O_CLOEXEC)
         if fd < 0 { fail("open \(file): \(errnoName(errno))") }
-        cgroupFDs.append((fd, open(FileIO.directory(of: file), O_PATH | O_DIRECTORY | O_CLOEXEC)))
+        cgroupFDs.append(fd)
     }
+    // A command gets no capability the VPS's init lacks: a `set --capability X:on` waits for the
+    // next boot, as it does for init.
+    guard let initBounding = Capabilities.boundingMask(pid: options.initPid) else { fail("read the VPS init's capabilities") }
+    options.drop += Capabilities.names(missingFrom: initBounding).filter { !options.drop.contains($0) }
     let userns = HostProcess.inOtherUserNamespace(pid: options.initPid)
     if berth_setns(pidfd, Int32(NamespaceFlag.join | (userns ? NamespaceFlag.user : 0))) != 0 { fail("setns into the VPS: \(errnoName(errno))") }
     close(pidfd)
@@ -104,14 +120,8 @@ func runExec(_ args: [String]) -> Never {
         var empty = sigset_t()
         sigemptyset(&empty)
         sigprocmask(SIG_SETMASK, &empty, nil)
-        for cgroup in cgroupFDs where Glibc.write(cgroup.procs, "0", 1) != 1 {
-            // cgroup v2 refuses a process in a cgroup whose own init (systemd) enabled
-            // controllers for its children: join a leaf of the VPS's cgroup instead.
-            guard errno == EBUSY, cgroup.directory >= 0 else { fail("join the VPS cgroup: \(errnoName(errno))") }
-            let leaf = "berth-exec"
-            _ = mkdirat(cgroup.directory, leaf, 0o755)
-            let procs = openat(cgroup.directory, leaf + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
-            if procs < 0 || Glibc.write(procs, "0", 1) != 1 { fail("join the VPS cgroup's \(leaf) leaf: \(errnoName(errno))") }
+        for fd in cgroupFDs where Glibc.write(fd, "0", 1) != 1 {
+            fail("join the VPS cgroup: \(errnoName(errno))")
         }
         if master >= 0 {
             setsid()
@@ -132,7 +142,7 @@ func runExec(_ args: [String]) -> Never {
         let err = errno
         fail("\(options.argv[0]): \(String(cString: strerror(err)))", code: err == ENOENT ? 127 : 126)
     }
-    for cgroup in cgroupFDs { close(cgroup.procs); if cgroup.directory >= 0 { close(cgroup.directory) } }
+    for fd in cgroupFDs { close(fd) }
 
     if master >= 0 {
         exit(InitExit(status: relay(master: master, childSignals: childSignals, child: child, resizeFD: resizeFD)).shellCode)

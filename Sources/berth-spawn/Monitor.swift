@@ -53,7 +53,10 @@ final class Monitor {
                 try FileIO.write(write.path, write.value.replacingPlaceholder(IOLimits.devicePlaceholder, with: number))
             }
         }
-        try check("mount \(path) on \(spec.rootPath)") { mount(path, spec.rootPath, "ext4", 0, "") }
+        // With a user namespace the VPS sees an idmapped copy; the host's own view of the disk
+        // gives a setuid-root file the VPS planted no meaning (the VPS's root is uid 0 on disk).
+        let hostFlags = spec.idmap == nil ? 0 : UInt(MS_NOSUID | MS_NODEV)
+        try check("mount \(path) on \(spec.rootPath)") { mount(path, spec.rootPath, "ext4", hostFlags, "") }
         rootMounted = true
     }
 

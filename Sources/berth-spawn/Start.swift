@@ -11,6 +11,7 @@ import Glibc
 //     |                            | attach loop, mount disk.img          |
 //     |                            | bind console.sock                    |
 //     |                            | clone(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET[|NEWUSER]) ->|
+//     |                            |   [userns: owned by the VPS's root uid, cwd = its root]
 //     |                            |                                      | waits on the setup socket
 //     |                            | [userns] write uid_map, gid_map      |
 //     |                            | move the child into the VPS cgroups  |
@@ -73,8 +74,23 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec) throws(IsolationError) -> (pid
         close(errorPipe[0]); close(errorPipe[1])
         throw IsolationError.sys("pipe", errno: err)
     }
-    let flags = NamespaceFlag.vps | (spec.idmap == nil ? 0 : NamespaceFlag.user)
-    let pid = berth_clone_fork(flags)
+    var pid: Int32
+    if let idmap = spec.idmap {
+        // The child's namespace belongs to the VPS's root uid, so it is not host root and
+        // cannot walk the host's 0700 data directory: it starts with its root as its working
+        // directory instead (clone carries the cwd into the new mount namespace).
+        guard chdir(spec.rootPath) == 0 else {
+            let err = errno
+            [errorPipe[0], errorPipe[1], goPipe[0], goPipe[1], setup[0], setup[1]].forEach { close($0) }
+            throw IsolationError.sys("chdir \(spec.rootPath)", errno: err)
+        }
+        pid = berth_clone_fork_owned(NamespaceFlag.vps | NamespaceFlag.user, idmap.hostBase)
+        let err = errno
+        _ = chdir("/")
+        errno = err
+    } else {
+        pid = berth_clone_fork(NamespaceFlag.vps)
+    }
     if pid < 0 {
         let err = errno
         [errorPipe[0], errorPipe[1], goPipe[0], goPipe[1], setup[0], setup[1]].forEach { close($0) }
@@ -153,10 +169,23 @@ func prepareChild(_ pid: Int32, spec: SpawnSpec, setupSocket: Int32) throws(Isol
         try FileIO.write("/proc/\(pid)/gid_map", idmap.mapLine)
     }
     for file in spec.cgroupProcsFiles {
-        try FileIO.write(file, String(pid))
+        do throws(IsolationError) {
+            try FileIO.write(file, String(pid))
+        } catch where error.errno == EBUSY {
+            // cgroup v2 after an in-VPS reboot: the last boot's systemd left child cgroups and
+            // controllers enabled for them, so the VPS cgroup takes no process until reset.
+            try resetSubtree(FileIO.directory(of: file))
+            try FileIO.write(file, String(pid))
+        }
     }
     if let files = spec.openFilesLimit {
-        try check("set the open files limit") { berth_set_nofile_limit(pid, files) }
+        // Host root acts on the VPS's namespace through CAP_SYS_RESOURCE, which some hosts
+        // withhold even from root; the namespace's owner may lower the limit without it.
+        if berth_set_nofile_limit(pid, files) != 0 {
+            let err = errno
+            guard err == EPERM, let idmap = spec.idmap else { throw IsolationError.sys("set the open files limit", errno: err) }
+            try check("set the open files limit") { berth_set_nofile_limit_as(pid, files, idmap.hostBase) }
+        }
     }
     var rootTree: Int32 = -1
     if spec.idmap != nil {
@@ -166,6 +195,18 @@ func prepareChild(_ pid: Int32, spec: SpawnSpec, setupSocket: Int32) throws(Isol
     }
     defer { if rootTree >= 0 { close(rootTree) } }
     try check("hand the child its setup") { berth_send_byte_and_fd(setupSocket, CChar(UInt8(ascii: "i")), rootTree) }
+}
+
+/// Empties a VPS's cgroup2 subtree (its processes are gone: the kernel ended them with the old
+/// init) and disables the controllers its init had enabled for children.
+func resetSubtree(_ directory: String) throws(IsolationError) {
+    for child in FileIO.listDirectory(directory) where FileIO.isDirectory(directory + "/" + child) {
+        try removeCgroupDirectory(directory + "/" + child)
+    }
+    let enabled = (FileIO.read(directory + "/cgroup.subtree_control") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" })
+    if !enabled.isEmpty {
+        try FileIO.write(directory + "/cgroup.subtree_control", enabled.map { "-" + $0 }.joined(separator: " "))
+    }
 }
 
 /// Runs in the cloned child: PID 1 of the new PID namespace, still on the host root.
@@ -178,10 +219,10 @@ func becomeInit(spec: SpawnSpec, guest: GuestSpec, setupSocket: Int32, goPipe: I
     var root = spec.rootPath
     if spec.idmap != nil {
         guard rootTree >= 0 else { throw IsolationError(.childFailed, "the monitor sent no idmapped root", stage: "receive the VPS root") }
-        // Private first: the attach must not propagate to the host's mount namespace. Still
-        // host uid 0 here, so the walk to the root passes the host's 0700 data directory.
+        // Private first: the attach must not propagate to the host's mount namespace. The
+        // working directory is the VPS's root (see cloneInit): no walk of host directories.
         try check("make / private") { mount("", "/", nil, UInt(MS_REC | MS_PRIVATE), nil) }
-        try check("attach the idmapped VPS root") { berth_move_mount_to(rootTree, spec.rootPath) }
+        try check("attach the idmapped VPS root") { berth_move_mount_to(rootTree, ".") }
         try check("become root of the VPS user namespace") { berth_become_root() }
         // The tree's fd now names the attached idmapped root: paths through it need no walk
         // of host directories, which the VPS's root may not search.

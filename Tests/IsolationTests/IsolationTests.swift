@@ -166,8 +166,11 @@ final class FakeTree {
         40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,release_agent=/lib/systemd/systemd-cgroups-agent,name=systemd
         41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate
         50 23 0:39 / /mnt/other rw,relatime - cgroup cgroup rw,pids
+        51 31 0:40 / /sys/fs/cgroup/net_cls rw,relatime - cgroup cgroup rw,net_cls
         """
-        let mounts = CgroupV1Driver(root: "/sys/fs/cgroup", parent: "berth").guestMounts(mountinfo: mountinfo)
+        // net_cls is mounted but not joined: the VPS would sit at its root, so it is left out.
+        let mounts = CgroupV1Driver(root: "/sys/fs/cgroup", parent: "berth")
+            .guestMounts(mountinfo: mountinfo, joined: ["cpu,cpuacct", "memory", "systemd"])
         #expect(mounts == [
             CgroupGuestMount(type: "cgroup", directory: "cpu,cpuacct", options: "cpu,cpuacct", writable: false, aliases: ["cpu", "cpuacct"]),
             CgroupGuestMount(type: "cgroup", directory: "memory", options: "memory", writable: false),

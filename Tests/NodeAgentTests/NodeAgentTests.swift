@@ -288,11 +288,17 @@ enum TarBuilder {
 
 @Suite struct UserNamespaceSettingsTests {
     @Test func idRangesAreAlignedAndNeverShared() throws {
-        let first = try IDMapPool.allocate(excluding: [])
+        let first = try IDMapPool.allocate(excluding: [], reserved: [])
         #expect(first == IDMapPool.start)
-        let second = try IDMapPool.allocate(excluding: [first])
+        let second = try IDMapPool.allocate(excluding: [first], reserved: [])
         #expect(second == first + IDMap.defaultCount)
-        #expect(try IDMapPool.allocate(excluding: [second]) == first)
+        #expect(try IDMapPool.allocate(excluding: [second], reserved: []) == first)
+        // A subuid range overlapping the first slot by one id pushes allocation past it.
+        #expect(try IDMapPool.allocate(excluding: [], reserved: [(UInt64(first) + 65535, 1)]) == second)
+        let file = NSTemporaryDirectory() + "berth-subuid-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        try "root:100000:65536\nalice:2147483648:65536\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(IDMapPool.hostReserved(files: [file]).map { $0.0 } == [100000, 2147483648])
         #expect(IDMapPool.isSlotBase(second) && !IDMapPool.isSlotBase(second + 1) && !IDMapPool.isSlotBase(0))
     }
 

@@ -89,7 +89,7 @@ t_dev_and_caps() {
     expect_eq "$devs" "console fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero "
     # Its own user namespace: root inside is an unprivileged host uid (the agent's range).
     local map; map=$("$BERTH" exec "$A" -- cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //')
-    [[ $map =~ ^0\ ([0-9]+)\ 65536$ ]] && [ "${BASH_REMATCH[1]}" -ge 1000000 ] || fail "uid_map of $A is '$map'"
+    [[ $map =~ ^0\ ([0-9]+)\ 65536$ ]] && [ "${BASH_REMATCH[1]}" -ge 2147483648 ] || fail "uid_map of $A is '$map'"
     expect_eq "$(stat -c %u /proc/"$(vps_pid "$A")")" "${BASH_REMATCH[1]}"
     expect_contains "$("$BERTH" status "$A" --json)" "\"idmap\": \"${BASH_REMATCH[1]}:65536\""
     # Host-global capabilities are gone even inside the namespace: modules, raw I/O, the clock.

@@ -278,7 +278,7 @@ static int sched_fifo(void) {
 }
 
 /* E38: per-user kernel objects: inotify instances and sockets until the limits answer. */
-static int exhaust(void) {
+static int exhaust(int hold_seconds) {
     int inotify = 0, sockets = 0;
     while (inotify < 100000 && inotify_init1(IN_CLOEXEC) >= 0) inotify++;
     int inotify_errno = errno;
@@ -287,6 +287,10 @@ static int exhaust(void) {
     int segment = shmget(IPC_PRIVATE, 1 << 20, IPC_CREAT | 0600);
     printf("inotify instances: %d (%s), sockets: %d (%s), SysV segment %d\n", inotify, strerror(inotify_errno), sockets,
            strerror(socket_errno), segment);
+    printf("holding\n");
+    fflush(stdout);
+    sleep(hold_seconds);
+    if (segment >= 0) shmctl(segment, IPC_RMID, NULL);
     return 0;
 }
 
@@ -305,7 +309,7 @@ int main(int argc, char **argv) {
     if (!strcmp(attack, "tiocsti") && argc == 3) return tiocsti(argv[2]);
     if (!strcmp(attack, "sniff") && argc == 4) return sniff(atoi(argv[2]), argv[3]);
     if (!strcmp(attack, "sched-fifo")) return sched_fifo();
-    if (!strcmp(attack, "exhaust")) return exhaust();
+    if (!strcmp(attack, "exhaust") && argc == 3) return exhaust(atoi(argv[2]));
     fprintf(stderr, "probe: unknown attack or arguments: %s\n", attack);
     return 2;
 }

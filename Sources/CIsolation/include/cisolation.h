@@ -101,7 +101,8 @@ int berth_attach_device_filter(int cgroup_fd, const struct berth_device_rule *ru
 
 /* User namespaces (userns.c). */
 /// A detached copy of the mount at `path` whose file ownership is seen through the uid/gid maps
-/// of the user namespace `userns_fd` (open_tree(OPEN_TREE_CLONE) + mount_setattr(IDMAP)).
+/// of the user namespace `userns_fd` (open_tree(OPEN_TREE_CLONE) + mount_setattr(IDMAP)), with
+/// nosuid and nodev cleared (the host's mount of the disk has them).
 /// Returns the mount fd, or -1 with errno.
 int berth_idmapped_tree(const char *path, int userns_fd);
 /// Attaches a detached mount (from berth_idmapped_tree) at `target` in the caller's mount ns.
@@ -116,3 +117,11 @@ int berth_become_root(void);
 /// RLIMIT_NOFILE (soft = hard) of another process: set from outside a VPS's user namespace,
 /// where raising a hard limit is allowed.
 int berth_set_nofile_limit(pid_t pid, unsigned long long value);
+/// clone(flags) with the effective uid switched to `owner` for the call: a new user namespace
+/// then belongs to that uid, so the kernel charges the VPS's per-user objects (inotify
+/// instances, ...) to it rather than to host root. The caller's euid is 0 again on return.
+pid_t berth_clone_fork_owned(unsigned long flags, uid_t owner);
+/// berth_set_nofile_limit with the effective uid of the owner of the target's user namespace:
+/// the owner is privileged there without needing CAP_SYS_RESOURCE on the host (it can lower
+/// or keep the hard limit, not raise it).
+int berth_set_nofile_limit_as(pid_t pid, unsigned long long value, uid_t owner);
