@@ -206,6 +206,18 @@ public func removeCgroupDirectory(_ path: String, depth: Int = 0) throws(Isolati
     }
 }
 
+/// Empties a VPS's cgroup2 subtree (its processes are gone: the kernel ended them with the old
+/// init) and disables the controllers its init had enabled for children.
+public func resetCgroupSubtree(_ directory: String) throws(IsolationError) {
+    for child in FileIO.listDirectory(directory) where FileIO.isDirectory(directory + "/" + child) {
+        try removeCgroupDirectory(directory + "/" + child)
+    }
+    let enabled = (FileIO.read(directory + "/cgroup.subtree_control") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" })
+    if !enabled.isEmpty {
+        try FileIO.write(directory + "/cgroup.subtree_control", enabled.map { "-" + $0 }.joined(separator: " "))
+    }
+}
+
 /// The pids in a cgroup and all cgroups below it.
 func readPidTree(_ path: String, depth: Int = 0) -> [Int32] {
     var pids = readPidList(path + "/cgroup.procs")

@@ -155,7 +155,6 @@ public struct AgentService: WireService {
         var argv = [manager.paths.spawnBinary, "exec", "--init-pid", String(target.run.initPid),
                     "--init-start", String(target.run.initStart)]
         for file in target.cgroupFiles { argv += ["--cgroup", file] }
-        for cap in target.dropCapabilities { argv += ["--drop", cap] }
         for variable in environment { argv += ["--env", variable] }
         if request.tty { argv += ["--tty", String(request.rows == 0 ? 24 : request.rows), String(request.cols == 0 ? 80 : request.cols)] }
         argv.append("--")

@@ -1,5 +1,6 @@
 import Foundation
 import Isolation
+import Synchronization
 
 /// What `berth template build debian-12` builds: Debian's minbase plus what a VPS needs to
 /// boot its own systemd and be managed like a server.
@@ -96,7 +97,7 @@ extension TemplateStore {
                 throw AgentError(.notFound, "/usr/sbin/debootstrap not found: install Debian's debootstrap package", field: "template")
             }
             progress("debootstrap: \(DebianTemplateRequest.suite) minbase + \((DebianTemplateRequest.basePackages + request.include).joined(separator: ","))")
-            let counter = StepCounter()
+            let steps = Mutex(0)
             let packages = Array(Set(DebianTemplateRequest.basePackages + request.include)).sorted()
             let run = try await Subprocess.run(
                 ["/usr/sbin/debootstrap", "--variant=minbase", "--include=" + packages.joined(separator: ","),
@@ -105,7 +106,11 @@ extension TemplateStore {
             ) { line in
                 // "I: Retrieving libc6 2.36" — one progress step per package action.
                 guard line.hasPrefix("I: ") || line.hasPrefix("E: ") || line.hasPrefix("W: ") else { return }
-                progress("debootstrap [\(counter.next())] \(line.dropFirst(3))")
+                let step = steps.withLock { count -> Int in
+                    count += 1
+                    return count
+                }
+                progress("debootstrap [\(step)] \(line.dropFirst(3))")
             }
             guard run.status == 0 else {
                 let tail = (run.stderr + run.stdout).split(separator: "\n").suffix(5).joined(separator: "\n")
@@ -137,7 +142,8 @@ extension TemplateStore {
         return info
     }
 
-    /// SIGRTMIN+3: systemd's "halt" request (glibc's SIGRTMIN is 34).
+    /// SIGRTMIN+3: systemd's "halt" request (glibc's SIGRTMIN is 34); imports of a systemd
+    /// rootfs get it too.
     static let systemdHaltSignal: Int32 = 37
 
     /// What turns a debootstrap tree into a VPS template. The tree was made by this agent, not
@@ -173,17 +179,5 @@ extension TemplateStore {
             try? fm.removeItem(atPath: unitDir + "/" + unit)
             try fm.createSymbolicLink(atPath: unitDir + "/" + unit, withDestinationPath: "/dev/null")
         }
-    }
-}
-
-/// Numbers progress lines from the output reader thread.
-final class StepCounter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = 0
-    func next() -> Int {
-        lock.lock()
-        defer { lock.unlock() }
-        value += 1
-        return value
     }
 }

@@ -128,7 +128,7 @@ public final class TemplateStore: @unchecked Sendable {
         guard fm.fileExists(atPath: tree + "/sbin/init") || !initTarget.isEmpty else {
             throw AgentError.invalid("tarball", "the archive has no /sbin/init: a VPS needs an init to boot")
         }
-        let stopSignal: Int32 = initTarget.contains("systemd") ? 37 /* SIGRTMIN+3 */ : initTarget.contains("busybox") ? SIGUSR2 : SIGPWR
+        let stopSignal: Int32 = initTarget.contains("systemd") ? Self.systemdHaltSignal : initTarget.contains("busybox") ? SIGUSR2 : SIGPWR
         let info = TemplateInfo(name: name, source: "import: \(path)", createdAt: Self.now(), stopSignal: stopSignal, sizeBytes: Self.treeSize(tree))
         try install(staging: staging, info: info)
         return info

@@ -63,6 +63,8 @@ public actor VPSManager {
     let store: ConfigStore
     public let templates: TemplateStore
     let cgroups: any CgroupDriver
+    /// What VPSs see under /sys/fs/cgroup: the host's layout, read once at agent start.
+    let guestCgroupMounts: [CgroupGuestMount]
     let logger: Logger
     var records: [String: VPSRecord] = [:]
     /// VPS directories whose config could not be loaded, with the reason.
@@ -90,6 +92,7 @@ public actor VPSManager {
         self.paths = paths
         self.nodeName = nodeName
         self.cgroups = cgroups
+        guestCgroupMounts = cgroups.guestMounts()
         self.logger = logger
         store = ConfigStore(dataDir: paths.dataDir)
         templates = TemplateStore(dataDir: paths.dataDir, cacheDir: paths.templateCache)
@@ -262,11 +265,6 @@ public actor VPSManager {
             throw AgentError(.alreadyExists, "VPS \(name) already exists", field: "name")
         }
         let capabilities = try Validation.capabilities(request.capabilities)
-        do {
-            _ = try Capabilities.dropList(userns: !request.privileged, overrides: capabilities.mapValues { $0 == "on" })
-        } catch {
-            throw AgentError.invalid("capability", error.message)
-        }
         let network = try newNetwork(name: name, net: request.net, ips: request.ips)
         let idmapBase = request.privileged ? nil : try allocateIdmap()
         creating.insert(name)
@@ -453,7 +451,7 @@ public actor VPSManager {
         var spec = SpawnSpec(name: name, diskImage: store.diskPath(name), rootPath: store.rootPath(name), runDir: run,
                              hostname: record.config.hostname, cgroupProcsFiles: cgroups.procsFiles(name))
         spec.openFilesLimit = record.config.limits.files
-        spec.cgroupMounts = cgroups.guestMounts()
+        spec.cgroupMounts = guestCgroupMounts
         spec.idmap = idmap
         spec.dropCapabilities = dropCapabilities
         if FileIO.exists(paths.lxcfs + "/proc/meminfo") {
@@ -639,11 +637,6 @@ public actor VPSManager {
         if !request.capabilities.isEmpty {
             var merged = config.capabilities ?? [:]
             for (capability, value) in try Validation.capabilities(request.capabilities) { merged[capability] = value }
-            do {
-                _ = try Capabilities.dropList(userns: !config.isPrivileged, overrides: merged.mapValues { $0 == "on" })
-            } catch {
-                throw AgentError.invalid("capability", error.message)
-            }
             config.capabilities = merged.isEmpty ? nil : merged
             // A process's bounding set only shrinks: the new set applies from the next boot.
             if running && config.capabilities != record.config.capabilities { restart.append("capability") }
@@ -813,17 +806,13 @@ public actor VPSManager {
     // MARK: - Joining a running VPS
 
     /// What berth-spawn exec needs to join `name`.
-    func joinTarget(_ name: String) throws -> (run: RunState, cgroupFiles: [String], dropCapabilities: [String]) {
+    func joinTarget(_ name: String) throws -> (run: RunState, cgroupFiles: [String]) {
         _ = try Validation.name(name)
         let record = try record(name)
         guard record.state == .running, let run = RunState.read(runDir: runDir(name)), run.initAlive else {
             throw AgentError(.conflict, "VPS \(name) is not running")
         }
-        // What the VPS's init got: the running boot's kind (a privileged flip waits for a restart).
-        let userns = HostProcess.inOtherUserNamespace(pid: run.initPid)
-        let drop = (try? Capabilities.dropList(userns: userns, overrides: record.config.capabilityOverrides))
-            ?? (userns ? Capabilities.usernsDrop : Capabilities.baselineDrop)
-        return (run, cgroups.procsFiles(name), drop)
+        return (run, cgroups.procsFiles(name))
     }
 
     /// A read-only bind of the helper binary in the run directory, run instead of the original:

@@ -28,7 +28,6 @@ struct ExecOptions {
     var cgroupFiles: [String] = []
     var tty: (rows: UInt16, cols: UInt16)?
     var environment: [String] = []
-    var drop: [String] = []
     var argv: [String] = []
 }
 
@@ -53,7 +52,6 @@ func parseExec(_ args: [String]) -> ExecOptions {
         case "--cgroup": options.cgroupFiles.append(next())
         case "--tty": options.tty = (UInt16(next()) ?? 24, UInt16(next()) ?? 80)
         case "--env": options.environment.append(next())
-        case "--drop": options.drop.append(next())
         case "--":
             options.argv = Array(args[(i + 1)...])
             i = args.count
@@ -79,7 +77,7 @@ func joinableProcsFile(_ procs: String) -> String {
 }
 
 func runExec(_ args: [String]) -> Never {
-    var options = parseExec(args)
+    let options = parseExec(args)
     // fd 3 is the agent's resize pipe when present; probe before any open() could take number 3.
     let resizeFD: Int32 = fcntl(3, F_GETFD) >= 0 ? 3 : -1
     _ = berth_set_nondumpable()
@@ -94,10 +92,10 @@ func runExec(_ args: [String]) -> Never {
         if fd < 0 { fail("open \(file): \(errnoName(errno))") }
         cgroupFDs.append(fd)
     }
-    // A command gets no capability the VPS's init lacks: a `set --capability X:on` waits for the
-    // next boot, as it does for init.
+    // A command gets exactly the capabilities the VPS's init kept (its bounding set carries the
+    // VPS's policy for this boot; a `set --capability` waits for the next one).
     guard let initBounding = Capabilities.boundingMask(pid: options.initPid) else { fail("read the VPS init's capabilities") }
-    options.drop += Capabilities.names(missingFrom: initBounding).filter { !options.drop.contains($0) }
+    let drop = Capabilities.names(missingFrom: initBounding)
     let userns = HostProcess.inOtherUserNamespace(pid: options.initPid)
     if berth_setns(pidfd, Int32(NamespaceFlag.join | (userns ? NamespaceFlag.user : 0))) != 0 { fail("setns into the VPS: \(errnoName(errno))") }
     close(pidfd)
@@ -131,7 +129,7 @@ func runExec(_ args: [String]) -> Never {
             if slave > 2 { close(slave) }
         }
         if berth_install_baseline_seccomp() != 0 { fail("seccomp: \(errnoName(errno))") }
-        do { try Capabilities.drop(options.drop) } catch { fail(error.message) }
+        do { try Capabilities.drop(drop) } catch { fail(error.message) }
         _ = berth_close_range(3, UInt32.max, 0)
         chdir("/")
         let path = options.environment.first { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) } ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -174,7 +174,7 @@ func prepareChild(_ pid: Int32, spec: SpawnSpec, setupSocket: Int32) throws(Isol
         } catch where error.errno == EBUSY {
             // cgroup v2 after an in-VPS reboot: the last boot's systemd left child cgroups and
             // controllers enabled for them, so the VPS cgroup takes no process until reset.
-            try resetSubtree(FileIO.directory(of: file))
+            try resetCgroupSubtree(FileIO.directory(of: file))
             try FileIO.write(file, String(pid))
         }
     }
@@ -195,18 +195,6 @@ func prepareChild(_ pid: Int32, spec: SpawnSpec, setupSocket: Int32) throws(Isol
     }
     defer { if rootTree >= 0 { close(rootTree) } }
     try check("hand the child its setup") { berth_send_byte_and_fd(setupSocket, CChar(UInt8(ascii: "i")), rootTree) }
-}
-
-/// Empties a VPS's cgroup2 subtree (its processes are gone: the kernel ended them with the old
-/// init) and disables the controllers its init had enabled for children.
-func resetSubtree(_ directory: String) throws(IsolationError) {
-    for child in FileIO.listDirectory(directory) where FileIO.isDirectory(directory + "/" + child) {
-        try removeCgroupDirectory(directory + "/" + child)
-    }
-    let enabled = (FileIO.read(directory + "/cgroup.subtree_control") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" })
-    if !enabled.isEmpty {
-        try FileIO.write(directory + "/cgroup.subtree_control", enabled.map { "-" + $0 }.joined(separator: " "))
-    }
 }
 
 /// Runs in the cloned child: PID 1 of the new PID namespace, still on the host root.

@@ -19,7 +19,7 @@ case "exec":
 case "configure":
     runConfigure(Array(arguments.dropFirst()))
 default:
-    let message = "usage: berth-spawn start | exec --init-pid PID --init-start T [--cgroup FILE]... [--tty ROWS COLS] [--env K=V]... [--drop CAP]... -- CMD [ARG...]\n(an internal helper of berth-agent, not meant to be run by hand)\n"
+    let message = "usage: berth-spawn start | exec --init-pid PID --init-start T [--cgroup FILE]... [--tty ROWS COLS] [--env K=V]... -- CMD [ARG...]\n(an internal helper of berth-agent, not meant to be run by hand)\n"
     _ = message.withCString { write(2, $0, strlen($0)) }
     exit(2)
 }

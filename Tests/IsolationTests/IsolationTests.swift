@@ -207,6 +207,16 @@ final class FakeTree {
         #expect(owner("memory/berth/v/memory.limit_in_bytes") == 0)
     }
 
+    /// After an in-VPS reboot on v2 the last boot's slices go and its controllers are disabled.
+    @Test func resetEmptiesTheSubtreeAndDisablesItsControllers() throws {
+        let tree = FakeTree()
+        try FileManager.default.createDirectory(atPath: tree.root + "/berth/v/system.slice/cron.service", withIntermediateDirectories: true)
+        tree.write("berth/v/cgroup.subtree_control", "memory pids\n")
+        try resetCgroupSubtree(tree.root + "/berth/v")
+        #expect(!FileManager.default.fileExists(atPath: tree.root + "/berth/v/system.slice"))
+        #expect(tree.read("berth/v/cgroup.subtree_control") == "-memory -pids")
+    }
+
     @Test func v2PidsIncludeTheVPSsOwnChildCgroups() {
         let tree = FakeTree()
         tree.write("berth/v/cgroup.procs", "")

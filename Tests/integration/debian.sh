@@ -115,9 +115,8 @@ t_install_deb() {
 }
 
 t_clean_stop() {
-    local started=$SECONDS
     "$BERTH" stop "$A" >/dev/null
-    [ $((SECONDS - started)) -lt 30 ] || fail "stop took the whole timeout"
+    # "poweroff", not "killed": systemd halted before the stop timeout.
     expect_contains "$("$BERTH" status "$A")" 'last_exit="poweroff"'
     # systemd went through its own shutdown, not a kill; the console log outlives the run.
     expect_contains "$("$BERTH" console "$A" --show-log)" "systemd-halt.service"
