@@ -28,6 +28,9 @@
 #ifndef MOVE_MOUNT_F_EMPTY_PATH
 #define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
 #endif
+#ifndef MOVE_MOUNT_T_EMPTY_PATH
+#define MOVE_MOUNT_T_EMPTY_PATH 0x00000040
+#endif
 
 /* Mirrors struct mount_attr of <linux/mount.h> (kernel 5.12), which older headers lack. */
 struct berth_mount_attr {
@@ -37,17 +40,11 @@ struct berth_mount_attr {
     unsigned long long userns_fd;
 };
 
-int berth_idmapped_tree(const char *path, int userns_fd) {
+/* A detached copy of the mount tree at `path` with `attr` applied to it. */
+static int detached_tree(const char *path, struct berth_mount_attr *attr) {
     int tree = (int)syscall(SYS_open_tree, AT_FDCWD, path, OPEN_TREE_CLONE | O_CLOEXEC);
     if (tree < 0) return -1;
-    struct berth_mount_attr attr;
-    memset(&attr, 0, sizeof attr);
-    attr.attr_set = MOUNT_ATTR_IDMAP;
-    /* The host's own view of the disk is nosuid,nodev (setuid files the VPS planted must mean
-       nothing there); the VPS's view gets them back. */
-    attr.attr_clr = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-    attr.userns_fd = (unsigned long long)userns_fd;
-    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) != 0) {
+    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, attr, sizeof *attr) != 0) {
         int saved = errno;
         close(tree);
         errno = saved;
@@ -56,8 +53,30 @@ int berth_idmapped_tree(const char *path, int userns_fd) {
     return tree;
 }
 
+int berth_idmapped_tree(const char *path, int userns_fd) {
+    struct berth_mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_IDMAP;
+    /* The host's own view of the disk is nosuid,nodev (setuid files the VPS planted must mean
+       nothing there); the VPS's view gets them back. */
+    attr.attr_clr = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    attr.userns_fd = (unsigned long long)userns_fd;
+    return detached_tree(path, &attr);
+}
+
+int berth_readonly_tree(const char *path) {
+    struct berth_mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+    return detached_tree(path, &attr);
+}
+
 int berth_move_mount_to(int tree_fd, const char *target) {
     return (int)syscall(SYS_move_mount, tree_fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH);
+}
+
+int berth_move_mount_to_fd(int tree_fd, int target_fd) {
+    return (int)syscall(SYS_move_mount, tree_fd, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
 }
 
 int berth_send_byte_and_fd(int sock, char byte, int fd) {

@@ -71,8 +71,11 @@ public enum FileIO {
         }
         close(fd)
         try check("rename \(temp)") { rename(temp, path) }
-        guard durable else { return }
-        let dir = directory(of: path)
+        if durable { syncDirectory(directory(of: path)) }
+    }
+
+    /// Makes a rename or creation in `dir` durable.
+    public static func syncDirectory(_ dir: String) {
         let dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dirfd >= 0 {
             fsync(dirfd)

@@ -35,13 +35,20 @@ public enum Rootfs {
     /// `/proc/cpuinfo` inside a VPS then show its own limits and usage.
     public static let lxcfsProcFiles = ["cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime"]
 
+    /// Where a VPS finds its beancounter table (`user_beancounters`, as OpenVZ names it). procfs
+    /// takes no new files, so the table lives in a read-only host directory mounted here.
+    public static let beancountersDirectory = "run/berth"
+    public static let beancountersFile = "user_beancounters"
+
     /// Returns the master of the VPS's console: a pty of the VPS's own devpts instance, whose
     /// slave is bound at /dev/console (the monitor holds the master). `lxcfs`: where lxcfs
     /// is mounted on the host, or nil for the kernel's host-wide views. `cgroupMounts`: what the
     /// VPS sees under /sys/fs/cgroup (call after unsharing the cgroup namespace). `userns`: the
-    /// caller is root of a user namespace of its own, where mknod is refused.
+    /// caller is root of a user namespace of its own, where mknod is refused. `beancounters`: a
+    /// detached read-only mount (berth_readonly_tree) attached at `beancountersDirectory`, or -1.
     public static func enter(root: String, hostname: String, lxcfs: String? = nil,
-                             cgroupMounts: [CgroupGuestMount] = [], userns: Bool = false) throws(IsolationError) -> Int32 {
+                             cgroupMounts: [CgroupGuestMount] = [], userns: Bool = false,
+                             beancounters: Int32 = -1) throws(IsolationError) -> Int32 {
         try check("make / private") { mount("", "/", nil, UInt(MS_REC | MS_PRIVATE), nil) }
         let rootFD = try check("open root \(root)") { open(root, O_PATH | O_DIRECTORY | O_CLOEXEC) }
         defer { close(rootFD) }
@@ -53,6 +60,13 @@ public enum Rootfs {
         // mount them itself without CAP_SYS_ADMIN. Its pages are charged to the VPS's memory cgroup.
         try mountAt(rootFD, "run", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NODEV, data: "mode=755,size=20%")
         try mountAt(rootFD, "run/lock", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NODEV | MS_NOEXEC, data: "mode=1777,size=5m")
+        if beancounters >= 0 {
+            if mkdirat(rootFD, beancountersDirectory, 0o755) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir /\(beancountersDirectory) in VPS root") }
+            let target = berth_open_beneath_nofollow(rootFD, beancountersDirectory, O_PATH | O_DIRECTORY, 0)
+            if target < 0 { throw IsolationError.sys("open /\(beancountersDirectory) in VPS root") }
+            defer { close(target) }
+            try check("attach the beancounter table") { berth_move_mount_to_fd(beancounters, target) }
+        }
         try mountAt(rootFD, "dev", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NOEXEC, data: "mode=755,size=1024k")
         let consoleMaster = try populateDev(rootFD: rootFD, bindHostDevices: userns)
         var enterFailed = true

@@ -47,6 +47,9 @@ public struct SpawnSpec: Equatable, Sendable {
     public var deviceWrites: [CgroupWrite] = []
     /// Host mount point of lxcfs whose /proc views replace the host-wide ones inside the VPS.
     public var lxcfs: String?
+    /// Host directory the agent keeps the VPS's beancounter table in, shown read-only at
+    /// `Rootfs.beancountersDirectory` inside the VPS.
+    public var beancounters: String?
     /// cgroup filesystems mounted under the VPS's /sys/fs/cgroup.
     public var cgroupMounts: [CgroupGuestMount] = []
     /// The VPS's own user namespace; nil for a privileged VPS (the host's user namespace).
@@ -88,6 +91,7 @@ public struct SpawnSpec: Equatable, Sendable {
         if let openFilesLimit { put("nofile", String(openFilesLimit)) }
         deviceWrites.forEach { put("device-write", $0.path + "\t" + $0.value) }
         if let lxcfs { put("lxcfs", lxcfs) }
+        if let beancounters { put("beancounters", beancounters) }
         cgroupMounts.forEach { put("cgroupfs", $0.specText) }
         if let idmap { put("idmap", idmap.specText) }
         return lines.joined(separator: "\n") + "\n"
@@ -104,7 +108,7 @@ public struct SpawnSpec: Equatable, Sendable {
             let value = try unescape(String(line[line.index(after: eq)...]))
             switch key {
             case "cgroup", "init", "env", "drop", "device-write", "cgroupfs": multi[key, default: []].append(value)
-            case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs", "idmap":
+            case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs", "beancounters", "idmap":
                 if single[key] != nil { throw IsolationError(.invalidSpec, "spawn spec key \(key) repeated") }
                 single[key] = value
             default: throw IsolationError(.invalidSpec, "spawn spec has unknown key \(key)")
@@ -133,6 +137,10 @@ public struct SpawnSpec: Equatable, Sendable {
         if let lxcfs = single["lxcfs"] {
             guard lxcfs.hasPrefix("/") else { throw IsolationError(.invalidSpec, "spawn spec lxcfs is not an absolute path") }
             spec.lxcfs = lxcfs
+        }
+        if let beancounters = single["beancounters"] {
+            guard beancounters.hasPrefix("/") else { throw IsolationError(.invalidSpec, "spawn spec beancounters is not an absolute path") }
+            spec.beancounters = beancounters
         }
         for entry in multi["device-write"] ?? [] {
             let parts = entry.split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)

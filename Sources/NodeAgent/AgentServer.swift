@@ -47,6 +47,11 @@ public final class AgentServer: Service, @unchecked Sendable {
         }
         let clusterServer = listener
         defer { membership?.cancel() }
+        let interval = manager.beancounterInterval
+        let beancounters: Task<Void, Never>? = interval > 0 ? Task { [manager] in
+            while (try? await Task.sleep(for: .seconds(interval))) != nil { await manager.refreshBeancounters() }
+        } : nil
+        defer { beancounters?.cancel() }
         let server = try await UnixWireServer.bind(path: socketPath, service: service, group: group)
         logger.info("agent serving", metadata: ["socket": "\(socketPath)", "node": "\(manager.nodeName)"])
         let metricsServer: MetricsServer? = if let metrics {

@@ -57,6 +57,73 @@ extension VPSManager {
         }
     }
 
+    /// `set --disk-inodes` (with or without a new `--disk`) on a stopped VPS. ext4 fixes its inode
+    /// count when the filesystem is made, so the disk is rebuilt: a new image of `bytes` with
+    /// `inodes` is filled from the old one mounted read-only (mke2fs -d keeps owners, modes,
+    /// times, xattrs and hard links), checked, and renamed over it. Until that rename the old
+    /// image is untouched, so a refusal or failure leaves the disk as it was.
+    func rebuildDisk(_ name: String, inodes: UInt64, bytes: UInt64, running: Bool) async throws {
+        guard !running else {
+            throw AgentError.invalid("disk-inodes", "cannot change the inode count of a running VPS's disk (ext4 fixes it when the filesystem is made); stop it first")
+        }
+        let image = store.diskPath(name)
+        // The superblock's counts, read before e2fsck (which stamps the image) so that a refusal
+        // leaves the image byte for byte as it was; mke2fs stops at the real count anyway.
+        let header = try await Subprocess.run(["/sbin/dumpe2fs", "-h", image])
+        func field(_ key: String) -> String? {
+            header.stdout.split(separator: "\n").first { $0.hasPrefix(key + ":") }
+                .map { $0.dropFirst(key.count + 1).trimmingCharacters(in: .whitespaces) }
+        }
+        guard header.status == 0, let total = field("Inode count").flatMap(UInt64.init),
+              let free = field("Free inodes").flatMap(UInt64.init), let uuid = field("Filesystem UUID") else {
+            throw AgentError(.kernel, "dumpe2fs of \(name)'s disk failed: \(header.stderr.trimmed)", stage: "dumpe2fs")
+        }
+        let used = total - min(free, total)
+        guard inodes > used else {
+            throw AgentError.invalid("disk-inodes", "\(inodes) is not more than the \(used) inodes in use on \(name)'s disk")
+        }
+        try await tool(["/sbin/e2fsck", "-f", "-p", image], stage: "e2fsck", okExit: [0, 1])
+        let source = store.directory(name) + "/rebuild-source"
+        let rebuilt = image + ".rebuild"
+        try? FileManager.default.removeItem(atPath: rebuilt)
+        if mkdir(source, 0o700) != 0 && errno != EEXIST {
+            throw AgentError(.kernel, "mkdir \(source): \(errnoName(errno))", stage: "rebuild disk", errno: errno)
+        }
+        defer { rmdir(source) }
+        // mount(8) attaches and, at umount, frees the loop device: no mount work in this process.
+        try await tool(["/bin/mount", "-t", "ext4", "-o", "ro,nosuid,nodev,noexec,loop", image, source], stage: "mount the disk read-only")
+        let mkfs: ProcessResult
+        do {
+            mkfs = try await Subprocess.run(["/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", String("berth-\(name)".prefix(16)),
+                                             "-U", uuid, "-E", "root_owner=0:0", "-N", String(inodes), "-d", source,
+                                             rebuilt, "\(bytes / 1024)k"])
+        } catch {
+            _ = try? await Subprocess.run(["/bin/umount", source])
+            throw error
+        }
+        try await tool(["/bin/umount", source], stage: "unmount the old disk")
+        guard mkfs.status == 0 else {
+            unlink(rebuilt)
+            let text = (mkfs.stderr + mkfs.stdout).trimmed
+            if text.contains("Could not allocate block") || text.contains("No space left") {
+                throw AgentError.invalid("disk", "\(ByteSize.format(bytes)) is too small for the data in \(name)'s disk")
+            }
+            throw AgentError(.kernel, "rebuilding \(name)'s disk failed: \(text)", stage: "mke2fs")
+        }
+        do {
+            try await tool(["/sbin/e2fsck", "-f", "-n", rebuilt], stage: "check the rebuilt disk")
+        } catch {
+            unlink(rebuilt)
+            throw error
+        }
+        guard rename(rebuilt, image) == 0 else {
+            let err = errno
+            unlink(rebuilt)
+            throw AgentError(.kernel, "replacing \(name)'s disk: \(errnoName(err))", stage: "rename", errno: err)
+        }
+        FileIO.syncDirectory(store.directory(name))
+    }
+
     /// Runs a tool; `okExit` lists the exit codes that mean success (e2fsck: 1 = fixed something).
     func tool(_ argv: [String], stage: String, okExit: Set<Int32> = [0]) async throws {
         let result = try await Subprocess.run(argv)

@@ -80,9 +80,14 @@ public actor VPSManager {
     let onlineCPUs: Int
     public let overcommit: Overcommit
     public let settings: NodeSettings
+    /// Seconds between rewrites of the running VPSs' beancounter files; 0 leaves them as written
+    /// at start.
+    public let beancounterInterval: Int
 
     public init(paths: AgentPaths, nodeName: String, cgroups: any CgroupDriver, logger: Logger,
-                overcommit: Overcommit = Overcommit(), settings: NodeSettings = NodeSettings()) throws {
+                overcommit: Overcommit = Overcommit(), settings: NodeSettings = NodeSettings(),
+                beancounterInterval: Int = 5) throws {
+        self.beancounterInterval = beancounterInterval
         self.overcommit = overcommit
         self.settings = settings
         try FileManager.default.createDirectory(atPath: paths.runDir, withIntermediateDirectories: true,
@@ -343,7 +348,6 @@ public actor VPSManager {
             limits.diskBytes = wire.diskBytes
         }
         if wire.diskInodes > 0 {
-            guard creating else { throw AgentError.unsupported("disk-inodes", "changing the inode count is not available in this release yet") }
             guard wire.diskInodes >= 1024, wire.diskInodes <= 1 << 32 else { throw AgentError.invalid("disk-inodes", "must be between 1024 and 4294967296") }
             limits.diskInodes = wire.diskInodes
         }
@@ -413,6 +417,8 @@ public actor VPSManager {
         }
         record.state = .running
         record.lastExit = ""
+        // The table written for the start held nothing yet; this one has the booted init.
+        try? writeBeancounters(name)
         if record.config.desiredState != .running {
             record.config.desiredState = .running
             try? store.save(record.config)
@@ -454,6 +460,7 @@ public actor VPSManager {
         spec.cgroupMounts = guestCgroupMounts
         spec.idmap = idmap
         spec.dropCapabilities = dropCapabilities
+        spec.beancounters = try writeBeancounters(name)
         if FileIO.exists(paths.lxcfs + "/proc/meminfo") {
             spec.lxcfs = paths.lxcfs
         } else if !warnedNoLxcfs {
@@ -647,7 +654,9 @@ public actor VPSManager {
         defer { pendingNetworks[name] = nil }
 
         let old = record.config.limits
-        if old.diskBytes != config.limits.diskBytes {
+        if let inodes = config.limits.diskInodes, inodes != old.diskInodes {
+            try await rebuildDisk(name, inodes: inodes, bytes: config.limits.diskBytes, running: running)
+        } else if old.diskBytes != config.limits.diskBytes {
             try await resizeDisk(name, from: old.diskBytes, to: config.limits.diskBytes, running: running)
             if running { live.append("disk") }
         }

@@ -51,6 +51,9 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Where lxcfs is mounted (its /proc views show each VPS its own limits; off when nothing serves there).")
     var lxcfs = "/var/lib/lxcfs"
 
+    @Option(help: "Seconds between rewrites of each running VPS's beancounter file (/run/berth/user_beancounters inside it); 0 writes it only at start.")
+    var beancounterInterval = 5
+
     @Option(help: "Where downloaded distribution trees are cached for template builds (shared by all data directories).")
     var templateCache = "/var/cache/berth/templates"
 
@@ -82,6 +85,9 @@ struct BerthAgent: AsyncParsableCommand {
         for (flag, value) in [("--cpu-overcommit", cpuOvercommit), ("--memory-overcommit", memoryOvercommit), ("--disk-overcommit", diskOvercommit)]
         where !(value >= 0.1 && value <= 100) {
             throw ValidationError("\(flag): \(value) must be between 0.1 and 100")
+        }
+        guard (0...3600).contains(beancounterInterval) else {
+            throw ValidationError("--beancounter-interval: \(beancounterInterval) must be between 0 and 3600 seconds")
         }
         if (controller == nil) != (listen == nil) {
             throw ValidationError("--controller and --listen go together: the agent calls the controller and serves it")
@@ -139,7 +145,7 @@ struct BerthAgent: AsyncParsableCommand {
         let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, lxcfs: lxcfs, templateCache: templateCache),
                                      nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger,
                                      overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit),
-                                     settings: settings)
+                                     settings: settings, beancounterInterval: beancounterInterval)
         // Running VPS monitors keep the helper's read-only bind alive; the path goes with the agent.
         defer { manager.releaseHelper() }
         logger.info("starting", metadata: ["node": "\(nodeName)", "cgroup": "\(mode.driver().modeName)", "data": "\(dataDir)"])

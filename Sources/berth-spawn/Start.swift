@@ -17,8 +17,9 @@ import Glibc
 //     |                            | move the child into the VPS cgroups  |
 //     |                            | RLIMIT_NOFILE (prlimit)              |
 //     |                            | [userns] idmapped copy of the root   |
+//     |                            | read-only copy of the beancounter dir|
 //     |                            |-- setup socket: "i" [+ mount fd] --->| [userns] become root,
-//     |                            |                                      |   move_mount the idmapped root
+//     |                            |-- setup socket: "b" [+ mount fd] --->|   move_mount the idmapped root
 //     |                            |                                      | unshare(NEWCGROUP), mounts, a
 //     |                            |                                      |   console pty of its own devpts,
 //     |                            |                                      |   pivot_root, hostname, /etc files
@@ -195,6 +196,12 @@ func prepareChild(_ pid: Int32, spec: SpawnSpec, setupSocket: Int32) throws(Isol
     }
     defer { if rootTree >= 0 { close(rootTree) } }
     try check("hand the child its setup") { berth_send_byte_and_fd(setupSocket, CChar(UInt8(ascii: "i")), rootTree) }
+    var beancounters: Int32 = -1
+    if let directory = spec.beancounters {
+        beancounters = try check("read-only mount of \(directory)") { berth_readonly_tree(directory) }
+    }
+    defer { if beancounters >= 0 { close(beancounters) } }
+    try check("hand the child its beancounter table") { berth_send_byte_and_fd(setupSocket, CChar(UInt8(ascii: "b")), beancounters) }
 }
 
 /// Runs in the cloned child: PID 1 of the new PID namespace, still on the host root.
@@ -202,6 +209,10 @@ func becomeInit(spec: SpawnSpec, guest: GuestSpec, setupSocket: Int32, goPipe: I
     var byte: CChar = 0
     var rootTree: Int32 = -1
     guard berth_recv_byte_and_fd(setupSocket, &byte, &rootTree) == 0 else {
+        throw IsolationError.sys("wait for the monitor's setup")
+    }
+    var beancounters: Int32 = -1
+    guard berth_recv_byte_and_fd(setupSocket, &byte, &beancounters) == 0 else {
         throw IsolationError.sys("wait for the monitor's setup")
     }
     var root = spec.rootPath
@@ -218,7 +229,9 @@ func becomeInit(spec: SpawnSpec, guest: GuestSpec, setupSocket: Int32, goPipe: I
     }
     try check("unshare cgroup namespace") { berth_unshare(Int32(NamespaceFlag.cgroup)) }
     let consoleMaster = try Rootfs.enter(root: root, hostname: guest.hostname, lxcfs: spec.lxcfs,
-                                         cgroupMounts: spec.cgroupMounts, userns: spec.idmap != nil)
+                                         cgroupMounts: spec.cgroupMounts, userns: spec.idmap != nil,
+                                         beancounters: beancounters)
+    if beancounters >= 0 { close(beancounters) }
     let newRoot = try check("open the VPS root") { open("/", O_PATH | O_DIRECTORY | O_CLOEXEC) }
     try GuestFiles.write(guest, rootFD: newRoot)
     close(newRoot)

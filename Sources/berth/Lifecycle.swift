@@ -120,11 +120,7 @@ struct Stats: AsyncParsableCommand {
                                "resources": .object(resources)]))
             return
         }
-        let rows = [["RESOURCE", "HELD", "PEAK", "LIMIT", "FAILCNT"]] + stats.counters.map {
-            [$0.resource, String($0.held), String($0.peak), $0.limit == Berth_V1_ResourceCounter.unlimited ? "unlimited" : String($0.limit), String($0.failcnt)]
-        }
-        printTable(rows)
-        print("cpu time: \(stats.cpuNanoseconds / 1_000_000) ms")
+        print(stats.table, terminator: "")
     }
 }
 

@@ -3,6 +3,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Wire
 
 func environment(_ key: String) -> String? { getenv(key).map { String(cString: $0) } }
 
@@ -66,19 +67,7 @@ indirect enum JSON {
 func printJSON(_ value: JSON) { writeOut(value.render() + "\n") }
 
 /// Left-aligned columns separated by two spaces, no trailing blanks.
-func printTable(_ rows: [[String]]) {
-    let columns = rows.map(\.count).max() ?? 0
-    let widths = (0..<columns).map { column in rows.map { column < $0.count ? $0[column].count : 0 }.max() ?? 0 }
-    for row in rows {
-        var line = row.enumerated().map { $0.element.padded(to: widths[$0.offset]) }.joined(separator: "  ")
-        while line.last == " " { line.removeLast() }
-        print(line)
-    }
-}
-
-extension String {
-    func padded(to width: Int) -> String { self + String(repeating: " ", count: max(0, width - count)) }
-}
+func printTable(_ rows: [[String]]) { print(textTable(rows), terminator: "") }
 
 /// An absolute, normalised form of a path given on the command line.
 func absolutePath(_ path: String) -> String {

@@ -267,6 +267,7 @@ final class FakeTree {
                              initArgv: ["/sbin/init", "--with=equals", "line\nbreak", "50%"], environment: ["A=1", "PCT=%20"])
         spec.openFilesLimit = 4096
         spec.lxcfs = "/var/lib/lxcfs"
+        spec.beancounters = "/var/lib/berth/vps/web1/beancounters"
         spec.deviceWrites = [CgroupWrite(path: "/sys/fs/cgroup/blkio/berth/web1/blkio.throttle.read_bps_device", value: "{device} 1048576")]
         spec.idmap = IDMap(hostBase: 1_065_536)
         spec.cgroupMounts = [CgroupGuestMount(type: "cgroup", directory: "cpu,cpuacct", options: "cpu,cpuacct", writable: false, aliases: ["cpu", "cpuacct"]),
@@ -283,6 +284,7 @@ final class FakeTree {
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=cgroup . cpu ro -\n",
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=tmpfs x cpu rw -\n",
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nidmap=0 65536\n",
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nbeancounters=relative/dir\n",
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nidmap=4294967000 65536\n"])
     func rejectsBrokenSpecs(_ text: String) {
         #expect(throws: IsolationError.self) { try SpawnSpec.decode(text) }

@@ -88,3 +88,32 @@ import Testing
         #expect(ByteSize.format(3 << 20) == "3M")
     }
 }
+
+@Suite struct TextTableTests {
+    @Test func padsColumnsAndTrimsTrailingBlanks() {
+        #expect(textTable([["A", "BB"], ["CCC", "D"], ["E"]]) == "A    BB\nCCC  D\nE\n")
+    }
+
+    /// The beancounter file inside a VPS and `berth stats` print this one rendering.
+    @Test func statsTableShowsUnlimitedAndCPUTime() {
+        var stats = Berth_V1_VpsStats()
+        var memory = Berth_V1_ResourceCounter()
+        memory.resource = "memory"
+        memory.held = 5
+        memory.peak = 7
+        memory.limit = 1 << 20
+        memory.failcnt = 2
+        var pids = Berth_V1_ResourceCounter()
+        pids.resource = "pids"
+        pids.limit = Berth_V1_ResourceCounter.unlimited
+        stats.counters = [memory, pids]
+        stats.cpuNanoseconds = 1_500_000_000
+        #expect(stats.table == """
+            RESOURCE  HELD  PEAK  LIMIT      FAILCNT
+            memory    5     7     1048576    2
+            pids      0     0     unlimited  0
+            cpu time: 1500 ms
+
+            """)
+    }
+}

@@ -24,7 +24,7 @@ if command -v lxcfs >/dev/null && [ -e /dev/fuse ]; then
     LXCFS_PID=$!
     for _ in $(seq 50); do [ -e "$WORK/lxcfs/proc/meminfo" ] && break; sleep 0.1; done
 fi
-export AGENT_EXTRA="--lxcfs $WORK/lxcfs"
+export AGENT_EXTRA="--lxcfs $WORK/lxcfs --beancounter-interval 1"
 echo "resource run $RUN_ID (work dir $WORK, cgroup parent $CGROUP_PARENT)"
 agent_start || exit 1
 "$BERTH" template build busybox >/dev/null || { echo "template build failed"; exit 1; }
@@ -178,6 +178,39 @@ t_disk_resizes_offline() {
     "$BERTH" destroy "$G" --force >/dev/null
 }
 
+t_disk_inodes_change_offline() {
+    local N disk; N=$(vps_name inodes); disk="$WORK/data/vps/$N/disk.img"
+    "$BERTH" create "$N" --template busybox --disk 64M --disk-inodes 2048 >/dev/null
+    "$BERTH" start "$N" >/dev/null
+    "$BERTH" exec "$N" -- sh -c 'mkdir /keep && echo data >/keep/file && ln /keep/file /keep/link &&
+        ln -s file /keep/sym && chown 1000:1000 /keep/file && chmod 4750 /keep/file && mkfifo /keep/fifo &&
+        mkdir /many && cd /many && i=0 && while [ $i -lt 1200 ]; do : >$i; i=$((i + 1)); done'
+    # An extended attribute (as ping's file capability is) set through the host's view of the disk.
+    /usr/bin/python3 -c "import os,sys; os.setxattr(sys.argv[1], 'user.berth', b'kept')" "$WORK/data/vps/$N/root/keep/file"
+    local before; before=$("$BERTH" exec "$N" -- df -i / | awk 'NR==2 {print $2}')
+    expect_contains "$(expect_fail 2 "$BERTH" set "$N" --disk-inodes 8192)" "stop it first"
+    "$BERTH" stop "$N" >/dev/null
+    local sum; sum=$(sha256sum <"$disk")
+    # Fewer inodes than the files need: refused, and the disk is the same image, byte for byte.
+    expect_contains "$(expect_fail 2 "$BERTH" set "$N" --disk-inodes 1100)" "inodes in use"
+    expect_contains "$(expect_fail 2 "$BERTH" set "$N" --disk-inodes 12x)" "disk-inodes"
+    expect_eq "$(sha256sum <"$disk")" "$sum"
+    "$BERTH" set "$N" --disk-inodes 8192 >/dev/null
+    "$BERTH" start "$N" >/dev/null
+    local after; after=$("$BERTH" exec "$N" -- df -i / | awk 'NR==2 {print $2}')
+    [ "$before" -lt 4096 ] && [ "$after" -ge 8192 ] || fail "inodes $before before, $after after set --disk-inodes 8192"
+    [ "$(stat_field "$N" disk_inodes limit)" -ge 8192 ] || fail "stats shows the old inode limit"
+    expect_eq "$("$BERTH" exec "$N" -- cat /keep/link)" data
+    expect_eq "$("$BERTH" exec "$N" -- stat -c '%u:%g %a %h' /keep/file)" "1000:1000 4750 2"
+    expect_eq "$("$BERTH" exec "$N" -- readlink /keep/sym)" file
+    expect_eq "$("$BERTH" exec "$N" -- stat -c %F /keep/fifo)" fifo
+    expect_eq "$("$BERTH" exec "$N" -- ls /many | wc -l)" 1200
+    expect_eq "$(/usr/bin/python3 -c "import os,sys; print(os.getxattr(sys.argv[1], 'user.berth').decode())" "$WORK/data/vps/$N/root/keep/file")" kept
+    "$BERTH" destroy "$N" --force >/dev/null
+    [ -e "$WORK/data/vps/$N" ] && fail "destroy left the VPS directory"
+    true
+}
+
 t_io_bps_holds() {
     local I; I=$(vps_name io)
     "$BERTH" create "$I" --template busybox --disk 96M --io-bps 4M >/dev/null
@@ -204,6 +237,37 @@ t_io_bps_holds() {
     "$BERTH" destroy "$I" --force >/dev/null
 }
 
+t_beancounter_file_inside() {
+    local B; B=$(vps_name bc)
+    "$BERTH" create "$B" --template busybox --disk 64M --memory 96M --pids 48 >/dev/null
+    "$BERTH" start "$B" >/dev/null
+    local file=/run/berth/user_beancounters table
+    table=$("$BERTH" exec "$B" -- cat "$file") || fail "no $file inside"
+    echo "$table" | grep -q "^VPS $B, taken" || fail "no header naming the VPS: $table"
+    # The limits are the ones stats reports, in the same table layout.
+    expect_eq "$(echo "$table" | awk '$1 == "memory" {print $4}')" "$(stat_field "$B" memory limit)"
+    expect_eq "$(echo "$table" | awk '$1 == "pids" {print $4}')" 48
+    expect_eq "$(echo "$table" | sed -n 2p | tr -s ' ')" "RESOURCE HELD PEAK LIMIT FAILCNT"
+    # A refused fork shows in the file within a few refresh intervals.
+    "$BERTH" exec "$B" -- sh -c 'for i in $(seq 80); do sleep 3 & done; wait' >/dev/null 2>&1 || true
+    local failcnt=0
+    for _ in $(seq 50); do
+        failcnt=$("$BERTH" exec "$B" -- awk '$1 == "pids" {print $5}' "$file")
+        [ "$failcnt" -ge 1 ] && break
+        sleep 0.1
+    done
+    [ "$failcnt" -ge 1 ] || fail "the file's pids failcnt stayed at $failcnt"
+    [ "$failcnt" -le "$(stat_field "$B" pids failcnt)" ] || fail "the file counts more refusals than stats"
+    # Read-only for the VPS's root: no write, no removal, no new file beside it.
+    "$BERTH" exec "$B" -- sh -c "echo 0 > $file" 2>/dev/null && fail "root inside wrote the beancounter file"
+    "$BERTH" exec "$B" -- rm -f "$file" 2>/dev/null && fail "root inside removed the beancounter file"
+    "$BERTH" exec "$B" -- touch /run/berth/planted 2>/dev/null && fail "root inside created a file beside it"
+    [ -e "$WORK/data/vps/$B/beancounters/planted" ] && fail "a file planted inside reached the host"
+    "$BERTH" destroy "$B" --force >/dev/null
+    [ -e "$WORK/data/vps/$B" ] && fail "destroy left the VPS directory"
+    true
+}
+
 t_views_inside_show_the_vps_limits() {
     [ -e "$WORK/lxcfs/proc/meminfo" ] || skip "lxcfs is not available here (package lxcfs, /dev/fuse): $(tail -1 "$WORK/lxcfs.log" 2>/dev/null)"
     local V; V=$(vps_name views)
@@ -228,6 +292,8 @@ run_test "disk and inode fills stop at the VPS limit; the host filesystem is unt
 run_test "--cpu-limit 50 holds two busy loops to 50 % +- 10" t_cpu_limit_holds
 run_test "cpu-units 2000:1000 on one CPU share it 2:1 +- 15 %" t_cpu_units_share_one_cpu
 run_test "/proc/meminfo, nproc, /proc/cpuinfo and uptime inside show the VPS's own limits (lxcfs)" t_views_inside_show_the_vps_limits
+run_test "a read-only beancounter table inside the VPS shows the stats table, refreshed" t_beancounter_file_inside
+run_test "set --disk-inodes rebuilds a stopped VPS's disk with its files intact; refused while running or below the files" t_disk_inodes_change_offline
 run_test "--io-bps holds direct writes and reads within 15 %, changed live" t_io_bps_holds
 run_test "set --disk grows a running VPS online; shrinking it is refused" t_disk_grows_online
 run_test "set --disk on a stopped VPS grows, and shrinks only above the data in it" t_disk_resizes_offline

@@ -105,8 +105,14 @@ int berth_attach_device_filter(int cgroup_fd, const struct berth_device_rule *ru
 /// nosuid and nodev cleared (the host's mount of the disk has them).
 /// Returns the mount fd, or -1 with errno.
 int berth_idmapped_tree(const char *path, int userns_fd);
+/// A detached read-only, nosuid, nodev, noexec copy of the mount tree at `path`, for a VPS to
+/// attach with berth_move_mount_to (host files it may read but never change).
+int berth_readonly_tree(const char *path);
 /// Attaches a detached mount (from berth_idmapped_tree) at `target` in the caller's mount ns.
 int berth_move_mount_to(int tree_fd, const char *target);
+/// The same onto the directory `target_fd` (an O_PATH fd; move_mount follows no final symlink,
+/// so a /proc/self/fd path would name the link itself).
+int berth_move_mount_to_fd(int tree_fd, int target_fd);
 /// One byte plus, when fd >= 0, that fd (SCM_RIGHTS) over a Unix stream socket.
 int berth_send_byte_and_fd(int sock, char byte, int fd);
 /// Receives what berth_send_byte_and_fd sent; *fd is -1 when no fd came with the byte.
