@@ -12,6 +12,8 @@ export BERTH_AGENT=/run/berth/agent.sock
 PIDFILE=/run/berth/demo-agent.pid
 NODE_NS=berth-demo-node LAN_NS=berth-demo-lan
 NODE_CONFIG=/run/berth/demo-node.json
+# lxcfs renders /proc/meminfo and friends per VPS; the demo starts it when nothing serves yet.
+LXCFS_PIDFILE=/run/berth/demo-lxcfs.pid LXCFS_DIR=/var/lib/lxcfs
 # say COMMAND [COMMENT]: shows what runs next, the way an operator would type it.
 say() { printf '\n\033[1m$ %s\033[0m  %s\n' "$1" "${2:-}"; }
 
@@ -28,6 +30,12 @@ if [ "${1:-}" = stop ]; then
     ip netns del "$NODE_NS" 2>/dev/null || true
     ip netns del "$LAN_NS" 2>/dev/null || true
     rm -f "$NODE_CONFIG"
+    if [ -f "$LXCFS_PIDFILE" ]; then
+        kill -TERM "$(cat "$LXCFS_PIDFILE")" 2>/dev/null || true
+        for _ in $(seq 50); do mountpoint -q "$LXCFS_DIR" || break; sleep 0.1; done
+        mountpoint -q "$LXCFS_DIR" && umount -l "$LXCFS_DIR"
+        rm -f "$LXCFS_PIDFILE"
+    fi
     # The agent's (empty) per-node parent cgroups; rmdir refuses any that still hold a VPS.
     for dir in /sys/fs/cgroup/*/berth /sys/fs/cgroup/berth; do [ -d "$dir" ] && rmdir "$dir" 2>/dev/null; done
     echo "demo VPSs destroyed; demo agent stopped; demo namespaces removed"
@@ -35,8 +43,15 @@ if [ "${1:-}" = stop ]; then
 fi
 [ "$(id -u)" = 0 ] || { echo "make demo needs root (namespaces, cgroups, loop devices)" >&2; exit 1; }
 
+mkdir -p /run/berth /var/log
+if ! [ -e "$LXCFS_DIR/proc/meminfo" ] && command -v lxcfs >/dev/null && [ -e /dev/fuse ]; then
+    mkdir -p "$LXCFS_DIR"
+    lxcfs -f "$LXCFS_DIR" >>/var/log/lxcfs.log 2>&1 &
+    echo $! >"$LXCFS_PIDFILE"
+    for _ in $(seq 50); do [ -e "$LXCFS_DIR/proc/meminfo" ] && break; sleep 0.1; done
+    echo "lxcfs started (pid $(cat "$LXCFS_PIDFILE"), $LXCFS_DIR)"
+fi
 if ! "$BERTH" list >/dev/null 2>&1; then
-    mkdir -p /run/berth /var/log
     if ! ip netns list | grep -qw "$NODE_NS"; then
         ip netns add "$NODE_NS"; ip netns add "$LAN_NS"
         ip -n "$NODE_NS" link set lo up
@@ -90,6 +105,10 @@ say "berth exec demo2 -- mount -t tmpfs x /mnt" "# no CAP_SYS_ADMIN inside"
 "$BERTH" exec demo2 -- mount -t tmpfs x /mnt || true
 say "berth status demo1 --json"
 "$BERTH" status demo1 --json
+say "berth exec demo1 -- free -m" "# its own 256M (lxcfs renders /proc/meminfo from its cgroup)"
+"$BERTH" exec demo1 -- free -m
+say "berth exec demo1 -- cat /run/berth/user_beancounters" "# the table of 'berth stats demo1', read-only inside"
+"$BERTH" exec demo1 -- cat /run/berth/user_beancounters
 # The fleet: a controller and three agents in their own network namespaces, enrolled with
 # single-use tokens over mutual TLS; the scheduler spreads VPSs across them.
 [ -d "$BERTH_CLUSTER_DIR" ] && "$DEV" down >/dev/null

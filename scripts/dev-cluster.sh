@@ -75,7 +75,9 @@ up() {
     ip netns add "$FAB" || exit 1
     set -e   # any failing step of the network set-up stops here
     ip -n "$FAB" link set lo up
-    ip -n "$FAB" link add br0 type bridge
+    # A fixed address: a bridge without one takes its ports' lowest MAC, which changes as nodes
+    # join, and a node that cached the old one loses the controller until its ARP entry expires.
+    ip -n "$FAB" link add br0 address 02:b1:7f:ab:00:01 type bridge
     ip -n "$FAB" addr add 198.18.100.1/24 dev br0
     ip -n "$FAB" addr add fd00:b17:100::1/64 dev br0 nodad
     ip -n "$FAB" link set br0 up

@@ -83,7 +83,10 @@ public final class TemplateStore: @unchecked Sendable {
             ("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
             ("etc/profile", "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PS1='\\u@\\h:\\w\\$ '\n", 0o644),
             ("etc/os-release", "NAME=\"Berth busybox\"\nID=busybox\nPRETTY_NAME=\"Berth busybox template\"\n", 0o644),
+            ("usr/bin/free", Self.busyboxFree, 0o755),
+            ("usr/bin/uptime", Self.busyboxUptime, 0o755),
         ]
+        for (path, _, _) in files { unlink(tree + "/" + path) }  // the applet symlinks free and uptime replace
         for (path, text, mode) in files {
             try Data(text.utf8).write(to: URL(fileURLWithPath: tree + "/" + path))
             chmod(tree + "/" + path, mode_t(mode))
@@ -189,6 +192,45 @@ public final class TemplateStore: @unchecked Sendable {
     echo "rcS: $(hostname) is up"
 
     """
+
+    /// busybox's free and uptime take their figures from sysinfo(2), which always shows the host;
+    /// these read /proc/meminfo, /proc/uptime and /proc/loadavg instead, which lxcfs renders from
+    /// the VPS's own cgroup (the same columns as busybox's applets).
+    static let busyboxFree = #"""
+    #!/bin/sh
+    # free [-b|-k|-m|-g]: memory from /proc/meminfo (the VPS's own under lxcfs), not sysinfo(2).
+    case "${1:--k}" in
+        -b) unit=1 ;; -k) unit=1024 ;; -m) unit=1048576 ;; -g) unit=1073741824 ;;
+        *) echo "Usage: free [-bkmg]" >&2; exit 1 ;;
+    esac
+    exec awk -v unit="$unit" '
+        { kb[$1] = $2 }
+        function show(v) { return sprintf("%d", (v * 1024 + unit / 2) / unit) }
+        END {
+            total = kb["MemTotal:"]; free = kb["MemFree:"]
+            cache = kb["Buffers:"] + kb["Cached:"] + kb["SReclaimable:"]
+            used = total - free - cache; if (used < 0) used = total - free
+            printf "%19s%12s%12s%12s%12s%12s\n", "total", "used", "free", "shared", "buff/cache", "available"
+            printf "Mem:%15s%12s%12s%12s%12s%12s\n", show(total), show(used), show(free), show(kb["Shmem:"]), show(cache), show(kb["MemAvailable:"])
+            st = kb["SwapTotal:"]; sf = kb["SwapFree:"]
+            printf "Swap:%14s%12s%12s\n", show(st), show(st - sf), show(sf)
+        }' /proc/meminfo
+
+    """#
+
+    static let busyboxUptime = #"""
+    #!/bin/sh
+    # uptime: from /proc/uptime and /proc/loadavg (the VPS's own under lxcfs), not sysinfo(2).
+    read up _ </proc/uptime
+    read l1 l5 l15 _ </proc/loadavg
+    up=${up%.*}
+    days=$((up / 86400)); hours=$((up % 86400 / 3600)); mins=$((up % 3600 / 60))
+    since=""
+    [ "$days" -gt 0 ] && since="$days day$([ "$days" -gt 1 ] && echo s), "
+    if [ "$hours" -gt 0 ]; then since="$since$(printf '%d:%02d' "$hours" "$mins")"; else since="$since$mins min"; fi
+    echo " $(date +%H:%M:%S) up $since,  load average: $l1, $l5, $l15"
+
+    """#
 
     static let busyboxRcK = """
     #!/bin/sh

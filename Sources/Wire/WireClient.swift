@@ -17,6 +17,8 @@ public final class ClientCall: @unchecked Sendable {
     public let events: AsyncStream<ClientEvent>
     let continuation: AsyncStream<ClientEvent>.Continuation
     let channel: Channel
+    /// Ends the call here when its deadline passed without an answer (event-loop confined).
+    var deadlineTask: Scheduled<Void>?
 
     init(id: UInt32, channel: Channel) {
         self.id = id
@@ -104,12 +106,14 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func finish(_ id: UInt32) {
+        calls[id]?.deadlineTask?.cancel()
         calls[id]?.continuation.finish()
         calls[id] = nil
     }
 
     func failAll(_ error: WireError) {
         for call in calls.values {
+            call.deadlineTask?.cancel()
             call.continuation.yield(.failure(error))
             call.continuation.finish()
         }
@@ -207,6 +211,18 @@ public final class WireClient: @unchecked Sendable {
             self.nextStream &+= 2
             let call = ClientCall(id: id, channel: self.channel)
             self.handler.calls[id] = call
+            if request.deadlineMs > 0 {
+                // The server answers a passed deadline with a typed error. A connection that
+                // stalls (a peer gone without a reset, a stale neighbour entry) never delivers
+                // it: a second later the call ends here, and the server is told to cancel.
+                let handler = self.handler
+                call.deadlineTask = self.channel.eventLoop.scheduleTask(in: .milliseconds(Int64(request.deadlineMs) + 1000)) {
+                    guard handler.calls[id] === call else { return }
+                    call.continuation.yield(.failure(WireError(.deadlineExceeded, "no answer from the server within \(request.deadlineMs) ms")))
+                    handler.finish(id)
+                    call.cancel()
+                }
+            }
             let written = self.channel.eventLoop.makePromise(of: Void.self)
             self.coalescer.write(Frame(type: .request, stream: id, payload: payload), promise: written)
             written.futureResult.whenFailure { error in

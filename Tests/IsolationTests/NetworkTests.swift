@@ -166,7 +166,7 @@ import Testing
                                   gateway4: try IPAddress("198.18.1.1"), uplink: "eth0")
         let spec = GuestSpec(hostname: "web.example", link: link, nameservers: [try IPAddress("198.18.0.53")], searchDomains: ["example"])
         #expect(try GuestSpec.decode(spec.encode()) == spec)
-        #expect(link.hostMAC == [6, 0xb7, 1, 2, 3, 4])
+        #expect(link.hostMAC == [0xfe, 0xb7, 1, 2, 3, 4])
         #expect(link.allowedSources.map(\.description) == ["198.18.1.5", "fe80::b7:1ff:fe02:304"])
         for bad in ["hostname=x\nmac=zz", "hostname=x\nwhat=1", "mac=02:b7:00:00:00:01\nhostname=x", "", "hostname=x\naddress=1.2.3.4"] {
             #expect(throws: IsolationError.self, "\(bad)") { try GuestSpec.decode(bad) }

@@ -99,6 +99,38 @@ struct EchoService: WireService {
         }
     }
 
+    /// A peer that completes HELLO and then never answers (a stalled connection): a call with a
+    /// deadline still ends, with deadline-exceeded, and the peer is told to cancel it.
+    @Test func aStalledPeerCannotHoldACallPastItsDeadline() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-stall-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("s.sock").path
+        let group = MultiThreadedEventLoopGroup.singleton
+        let cancelled = group.next().makePromise(of: UInt32.self)
+        let server = try await ServerBootstrap(group: group).childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                try channel.pipeline.syncOperations.addHandler(SilentPeer(cancelled: cancelled))
+            }
+        }.bind(unixDomainSocketPath: path).get()
+        let client = try await WireClient.connect(unixPath: path, group: group)
+        var request = Berth_V1_Request()
+        request.status.name = "web1"
+        request.deadlineMs = 200
+        do {
+            _ = try await client.call(request)
+            Issue.record("a silent peer answered")
+        } catch let error as WireError {
+            #expect(error.code == .deadlineExceeded)
+        }
+        let stream = try await cancelled.futureResult.get()
+        #expect(stream % 2 == 1)
+        await client.close()
+        try await server.close()
+    }
+
     @Test func streamsBytesBothWays() async throws {
         try await withServer { path in
             let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
@@ -143,6 +175,32 @@ struct EchoService: WireService {
                 let reply = try Berth_V1_ErrorReply(serializedBytes: Array(frame.payload.readableBytesView))
                 #expect(reply.code == WireError.Code.protocolViolation.rawValue)
             }
+        }
+    }
+}
+
+/// Answers HELLO, swallows every request, and reports the first CANCEL it gets.
+final class SilentPeer: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Frame
+    typealias OutboundOut = Frame
+    let cancelled: EventLoopPromise<UInt32>
+
+    init(cancelled: EventLoopPromise<UInt32>) { self.cancelled = cancelled }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.type {
+        case .hello:
+            var hello = Berth_V1_Hello()
+            hello.minVersion = wireProtocolVersion
+            hello.maxVersion = wireProtocolVersion
+            hello.software = "silent"
+            let payload = ByteBuffer(bytes: (try? hello.serializedBytes() as [UInt8]) ?? [])
+            context.writeAndFlush(wrapOutboundOut(Frame(type: .hello, stream: 0, payload: payload)), promise: nil)
+        case .cancel:
+            cancelled.succeed(frame.stream)
+        default:
+            break
         }
     }
 }

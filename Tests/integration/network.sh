@@ -34,7 +34,8 @@ ip -n "$LAN" link set lo up
 ip -n "$LAN" addr add 198.18.0.100/24 dev lan0
 ip -n "$LAN" addr add fd00:b17::100/64 dev lan0 nodad
 ip -n "$LAN" link set lan0 up
-ip -n "$NODE" link add br-lan type bridge
+# A fixed address (else the bridge takes its ports' lowest MAC, which changes as VPSs join).
+ip -n "$NODE" link add br-lan address 02:b1:7f:1a:00:01 type bridge
 ip -n "$NODE" link add up1 type veth peer name lan2 netns "$LAN2"
 ip -n "$NODE" link set up1 master br-lan
 ip -n "$NODE" link set up1 up

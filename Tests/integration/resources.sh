@@ -273,10 +273,13 @@ t_views_inside_show_the_vps_limits() {
     local V; V=$(vps_name views)
     "$BERTH" create "$V" --template busybox --disk 64M --memory 256M --cpus 1 >/dev/null
     "$BERTH" start "$V" >/dev/null
-    # What procps' free and top read (busybox's free asks sysinfo(2) instead, which lxcfs cannot
-    # virtualise; Docs/cli.md).
+    # What procps' free and top read.
     expect_eq "$("$BERTH" exec "$V" -- awk '/^MemTotal/ {print $2}' /proc/meminfo)" 262144
     expect_eq "$("$BERTH" exec "$V" -- nproc)" 1
+    # The busybox template's free and uptime read those files (busybox's applets ask sysinfo(2)).
+    expect_eq "$("$BERTH" exec "$V" -- free | awk '/^Mem:/ {print $2}')" 262144
+    expect_eq "$("$BERTH" exec "$V" -- free -m | awk '/^Mem:/ {print $2}')" 256
+    expect_contains "$("$BERTH" exec "$V" -- uptime)" " min,  load average: "
     expect_eq "$("$BERTH" exec "$V" -- grep -c ^processor /proc/cpuinfo)" 1
     local up; up=$("$BERTH" exec "$V" -- cut -d. -f1 /proc/uptime)
     [ "$up" -lt 60 ] || fail "uptime inside is the host's ($up s)"
@@ -291,7 +294,7 @@ run_test "a fork bomb stops at the pids limit; exec into another VPS answers wit
 run_test "disk and inode fills stop at the VPS limit; the host filesystem is untouched" t_disk_and_inode_fill_stop_at_the_limit
 run_test "--cpu-limit 50 holds two busy loops to 50 % +- 10" t_cpu_limit_holds
 run_test "cpu-units 2000:1000 on one CPU share it 2:1 +- 15 %" t_cpu_units_share_one_cpu
-run_test "/proc/meminfo, nproc, /proc/cpuinfo and uptime inside show the VPS's own limits (lxcfs)" t_views_inside_show_the_vps_limits
+run_test "/proc/meminfo, free, nproc, /proc/cpuinfo and uptime inside show the VPS's own limits (lxcfs)" t_views_inside_show_the_vps_limits
 run_test "a read-only beancounter table inside the VPS shows the stats table, refreshed" t_beancounter_file_inside
 run_test "set --disk-inodes rebuilds a stopped VPS's disk with its files intact; refused while running or below the files" t_disk_inodes_change_offline
 run_test "--io-bps holds direct writes and reads within 15 %, changed live" t_io_bps_holds

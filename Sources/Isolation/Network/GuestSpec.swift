@@ -27,8 +27,10 @@ public struct GuestSpec: Equatable, Sendable {
         }
 
         /// The host end's MAC: the VPS's with another locally administered first byte, so the pair
-        /// is recognisable in neighbour tables.
-        public var hostMAC: [UInt8] { [0x06] + mac.dropFirst() }
+        /// is recognisable in neighbour tables. 0xfe, as libvirt does for its taps: a Linux
+        /// bridge without a fixed address takes the lowest of its ports' MACs, and a VPS joining
+        /// must never change the address the node's own neighbours cached for the bridge.
+        public var hostMAC: [UInt8] { [0xfe] + mac.dropFirst() }
         public var vpsLinkLocal: IPAddress { IPAddress.linkLocal(mac: mac) }
         /// Every source address the host accepts from this VPS.
         public var allowedSources: [IPAddress] { addresses.map(\.address) + [vpsLinkLocal] }
