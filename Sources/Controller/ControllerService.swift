@@ -362,12 +362,22 @@ public final class ControllerService: WireService {
             }
             added.append(canonical)
         }
-        let reserved = try store.reserveAddresses(added, for: r.name)
+        // Raised limits must fit the VPS's node: they are reserved before the node applies them,
+        // so two concurrent raises cannot both take the last of it.
+        let resize = try reserveResize(r)
+        let reserved: [String]
+        do {
+            reserved = try store.reserveAddresses(added, for: r.name)
+        } catch {
+            releaseResize(resize)
+            throw error
+        }
         let response: Berth_V1_Response
         do {
             response = try await lifecycle(request, name: r.name, peer: peer, stream: stream)
         } catch {
             try? store.releaseAddresses(reserved, of: r.name)
+            releaseResize(resize)
             throw error
         }
         // What the VPS holds now decides: an address both added and deleted stays released
@@ -376,17 +386,66 @@ public final class ControllerService: WireService {
         try? store.releaseAddresses(r.ipDel.compactMap(IPPoolMath.canonical).filter { !holds.contains($0) }, of: r.name)
         // New limits change what the VPS commits on its node.
         if var record = try store.vps(r.name) {
-            let oldCost = placementCost(record.spec)
+            let reservedCost = resize?.new ?? placementCost(record.spec)
             record.spec.ips = response.set.status.ips
             record.spec.limits = response.set.status.limits
             let newCost = placementCost(record.spec)
             try? store.updateVPS(record)
             placement.withLock { state in
-                state.usage[record.node]?.remove(record.spec, cost: oldCost)
+                state.usage[record.node]?.remove(record.spec, cost: reservedCost)
                 state.usage[record.node, default: NodeUsage()].add(record.spec, cost: newCost)
             }
         }
         return response
+    }
+
+    /// What a `set` commits on the VPS's node before and after, already swapped in the node's
+    /// usage; nil when the request changes no committed resource.
+    struct ResizeReservation {
+        let node: String
+        let spec: Berth_V1_CreateRequest
+        let old: PlacementRequest
+        let new: PlacementRequest
+    }
+
+    func reserveResize(_ r: Berth_V1_SetRequest) throws -> ResizeReservation? {
+        guard let record = try store.vps(r.name) else { return nil }
+        var wanted = record.spec
+        if r.limits.memoryBytes > 0 { wanted.limits.memoryBytes = r.limits.memoryBytes }
+        if r.limits.swapBytes > 0 { wanted.limits.swapBytes = r.limits.swapBytes }
+        if r.limits.cpuLimitPct > 0 { wanted.limits.cpuLimitPct = r.limits.cpuLimitPct }
+        if r.limits.diskBytes > 0 { wanted.limits.diskBytes = r.limits.diskBytes }
+        let old = placementCost(record.spec), new = placementCost(wanted)
+        if old.cpuMillis == new.cpuMillis && old.memoryBytes == new.memoryBytes && old.diskBytes == new.diskBytes { return nil }
+        try placement.withLock { state in
+            guard let node = try store.node(record.node) else { return }
+            let snapshot = self.snapshot(of: node, usage: state.usage[node.name])
+            if let rejection = Scheduler(policy: settings.policy).resizeRejection(of: snapshot, from: old, to: new) {
+                throw WireError(.noCapacity, "\(rejection.rawValue) on \(node.name) for the new limits of \(r.name) (\(capacityText(snapshot, rejection)))")
+            }
+            state.usage[node.name]?.remove(record.spec, cost: old)
+            state.usage[node.name, default: NodeUsage()].add(record.spec, cost: new)
+        }
+        return ResizeReservation(node: record.node, spec: record.spec, old: old, new: new)
+    }
+
+    func releaseResize(_ resize: ResizeReservation?) {
+        guard let resize else { return }
+        placement.withLock { state in
+            state.usage[resize.node]?.remove(resize.spec, cost: resize.new)
+            state.usage[resize.node, default: NodeUsage()].add(resize.spec, cost: resize.old)
+        }
+    }
+
+    /// "23.5G allocatable, 20G committed" for the resource a rejection names.
+    func capacityText(_ node: NodeSnapshot, _ rejection: Rejection) -> String {
+        let policy = settings.policy
+        switch rejection {
+        case .cpu: return "\(UInt64(Double(node.cpuMillis) * policy.cpuOvercommit) / 10)% CPU allocatable, \(node.usedCpuMillis / 10)% committed"
+        case .memory: return "\(ByteSize.format(UInt64(Double(node.memoryBytes) * policy.memoryOvercommit))) allocatable, \(ByteSize.format(node.usedMemoryBytes)) committed"
+        case .disk: return "\(ByteSize.format(UInt64(Double(node.diskBytes) * policy.diskOvercommit))) allocatable, \(ByteSize.format(node.usedDiskBytes)) committed"
+        default: return rejection.rawValue
+        }
     }
 
     static func callName(_ request: Berth_V1_Request) -> String {
@@ -489,27 +548,29 @@ public final class ControllerService: WireService {
         }
     }
 
+    /// What the scheduler knows of `node`: its last report (or enrolment info), state and usage.
+    func snapshot(of node: NodeRecord, usage: NodeUsage?) -> NodeSnapshot {
+        let report = liveness.report(node.name)
+        let info = report?.info ?? node.info
+        var snapshot = NodeSnapshot(
+            name: node.name,
+            state: !liveness.isAlive(node.name) ? .down : node.cordoned ? .cordoned : .ready,
+            labels: node.labels,
+            cpuMillis: UInt64(info.cpus) * 1000, memoryBytes: info.memoryBytes, diskBytes: info.diskBytes)
+        if let usage {
+            snapshot.usedCpuMillis = usage.cpuMillis
+            snapshot.usedMemoryBytes = usage.memoryBytes
+            snapshot.usedDiskBytes = usage.diskBytes
+            snapshot.vpsCount = usage.count
+            snapshot.groups = Set(usage.groups.keys)
+        }
+        snapshot.templates = report?.templates
+        return snapshot
+    }
+
     /// Runs the scheduler on the current snapshot (or checks an explicit --node).
     func choose(for spec: Berth_V1_CreateRequest, state: inout PlacementState) throws -> String {
-        var snapshots: [NodeSnapshot] = []
-        for node in try store.nodes() {
-            let report = liveness.report(node.name)
-            let info = report?.info ?? node.info
-            var snapshot = NodeSnapshot(
-                name: node.name,
-                state: !liveness.isAlive(node.name) ? .down : node.cordoned ? .cordoned : .ready,
-                labels: node.labels,
-                cpuMillis: UInt64(info.cpus) * 1000, memoryBytes: info.memoryBytes, diskBytes: info.diskBytes)
-            if let usage = state.usage[node.name] {
-                snapshot.usedCpuMillis = usage.cpuMillis
-                snapshot.usedMemoryBytes = usage.memoryBytes
-                snapshot.usedDiskBytes = usage.diskBytes
-                snapshot.vpsCount = usage.count
-                snapshot.groups = Set(usage.groups.keys)
-            }
-            snapshot.templates = report?.templates
-            snapshots.append(snapshot)
-        }
+        let snapshots = try store.nodes().map { snapshot(of: $0, usage: state.usage[$0.name]) }
         var request = placementCost(spec)
         request.constraints = spec.constraints
         request.antiAffinityGroup = spec.antiAffinity.isEmpty ? nil : spec.antiAffinity

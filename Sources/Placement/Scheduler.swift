@@ -147,6 +147,19 @@ public struct Scheduler: Sendable {
         return nil
     }
 
+    /// Whether the VPS that commits `old` on `node` (counted in its usage) may commit `new`
+    /// instead: only what grows must fit. A node's state and labels do not matter here: a
+    /// cordoned node's VPSs may still be resized.
+    public func resizeRejection(of node: NodeSnapshot, from old: PlacementRequest, to new: PlacementRequest) -> Rejection? {
+        func grows(_ used: UInt64, _ before: UInt64, _ after: UInt64, _ capacity: UInt64, _ ratio: Double) -> Bool {
+            after > before && !fits(used - min(used, before), after, capacity, ratio)
+        }
+        if grows(node.usedCpuMillis, old.cpuMillis, new.cpuMillis, node.cpuMillis, policy.cpuOvercommit) { return .cpu }
+        if grows(node.usedMemoryBytes, old.memoryBytes, new.memoryBytes, node.memoryBytes, policy.memoryOvercommit) { return .memory }
+        if grows(node.usedDiskBytes, old.diskBytes, new.diskBytes, node.diskBytes, policy.diskOvercommit) { return .disk }
+        return nil
+    }
+
     func fits(_ used: UInt64, _ wanted: UInt64, _ capacity: UInt64, _ ratio: Double) -> Bool {
         let (sum, overflow) = used.addingReportingOverflow(wanted)
         return !overflow && Double(sum) <= Double(capacity) * ratio

@@ -24,6 +24,18 @@ import Testing
         #expect(Scheduler().place(request, on: nodes) == .node("ok"))
     }
 
+    /// `set` through the controller: only growth must fit, the VPS's own share counts as free,
+    /// and a cordoned node's VPSs may still grow.
+    @Test func resizesCountOnlyWhatGrows() {
+        let scheduler = Scheduler()
+        let full = node("n", memory: 8, used: 6, state: .cordoned)   // this VPS holds 2 of the 6
+        let two = PlacementRequest(memoryBytes: 2 * gib)
+        #expect(scheduler.resizeRejection(of: full, from: two, to: PlacementRequest(memoryBytes: 4 * gib)) == nil)
+        #expect(scheduler.resizeRejection(of: full, from: two, to: PlacementRequest(memoryBytes: 5 * gib)) == .memory)
+        #expect(scheduler.resizeRejection(of: node("over", memory: 8, used: 12), from: two, to: PlacementRequest(memoryBytes: gib)) == nil)
+        #expect(scheduler.resizeRejection(of: full, from: two, to: PlacementRequest(memoryBytes: 2 * gib, diskBytes: 200 * gib)) == .disk)
+    }
+
     @Test func explainsWhyNothingFits() {
         let nodes = (0..<8).map { node("m\($0)", used: 8) } + (0..<3).map { node("c\($0)", state: .cordoned) }
         let placement = Scheduler().place(PlacementRequest(memoryBytes: gib), on: nodes)

@@ -68,6 +68,20 @@ t_placement_spreads_and_respects_constraints() {
     expect_contains "$err" "insufficient memory"
     # Nothing of a refused create stays behind.
     cl list --all --json | grep -q "$RUN_ID-big" && fail "a refused create left a record"
+    # Raising a VPS's limits beyond its node is refused by the controller; the VPS keeps its own.
+    err=$(expect_fail 4 cl set "$RUN_ID-s1" --memory 100T)
+    expect_contains "$err" "insufficient memory on $a for the new limits of $RUN_ID-s1"
+    expect_contains "$(cl status "$RUN_ID-s1" --json)" '"state"'
+    cl status "$RUN_ID-s1" --json | grep -q '"memory_bytes": *1099511627776' && fail "a refused set changed the VPS"
+    # A raise that fits is counted: the node then has no room for a 2G VPS until it is lowered.
+    # (The testbed's controller keeps the default memory overcommit of 1.)
+    local memory; memory=$(cl node show "$a" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["memory_bytes"])')
+    cl set "$RUN_ID-s1" --memory $(( memory / 1048576 - 1024 ))M >/dev/null
+    err=$(expect_fail 4 cl create "$RUN_ID-m2" --template busybox --disk 64M --memory 2G --node "$a")
+    expect_contains "$err" "insufficient memory"
+    cl set "$RUN_ID-s1" --memory 256M >/dev/null
+    cl create "$RUN_ID-m2" --template busybox --disk 64M --memory 2G --node "$a" >/dev/null
+    cl destroy "$RUN_ID-m2" >/dev/null
     for v in s1 s2 s3 zb; do cl destroy "$RUN_ID-$v" >/dev/null; done
 }
 
