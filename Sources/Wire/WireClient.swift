@@ -14,29 +14,41 @@ public enum ClientEvent: Sendable {
 /// One call in flight: its events, and the input side for exec/console streams.
 public final class ClientCall: @unchecked Sendable {
     public let id: UInt32
-    public let events: AsyncStream<ClientEvent>
+    /// What the server sends; taking DATA returns its credit to the server.
+    public let events: CreditedStream<ClientEvent>
     let continuation: AsyncStream<ClientEvent>.Continuation
     let channel: Channel
     /// Ends the call here when its deadline passed without an answer (event-loop confined).
     var deadlineTask: Scheduled<Void>?
+    /// Event-loop confined.
+    let sendWindow: SendWindow
+    let receiveWindow = ReceiveWindow()
 
     init(id: UInt32, channel: Channel) {
         self.id = id
         self.channel = channel
-        (events, continuation) = AsyncStream.makeStream(of: ClientEvent.self, bufferingPolicy: .unbounded)
+        sendWindow = SendWindow(channel: channel, stream: id)
+        let (base, continuation) = AsyncStream.makeStream(of: ClientEvent.self, bufferingPolicy: .unbounded)
+        self.continuation = continuation
+        let window = receiveWindow
+        events = CreditedStream(base: base, dataSize: { event in
+            if case .data(_, let bytes) = event { return bytes.readableBytes + 1 }
+            return 0
+        }, consumed: { count in ReceiveWindow.consume(window, count, stream: id, on: channel) })
     }
 
+    /// Sends stream bytes; the future completes once the server's credit let them out and they
+    /// were written.
     public func send(_ channelNumber: Frame.Channel, _ bytes: [UInt8]) -> EventLoopFuture<Void> {
-        var payload = channel.allocator.buffer(capacity: bytes.count + 1)
-        payload.writeInteger(channelNumber.rawValue)
-        payload.writeBytes(bytes)
-        return channel.writeAndFlush(Frame(type: .data, stream: id, payload: payload))
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        let buffer = channel.allocator.buffer(bytes: bytes)
+        channel.eventLoop.execute { self.sendWindow.send(channelNumber.rawValue, buffer, promise: promise) }
+        return promise.futureResult
     }
 
+    /// END on the channel, after the bytes sent before it.
     public func sendEnd(_ channelNumber: Frame.Channel) {
-        var payload = channel.allocator.buffer(capacity: 1)
-        payload.writeInteger(channelNumber.rawValue)
-        channel.writeAndFlush(Frame(type: .end, stream: id, payload: payload), promise: nil)
+        channel.eventLoop.execute { self.sendWindow.sendEnd(channelNumber.rawValue, promise: nil) }
     }
 
     public func cancel() {
@@ -84,6 +96,11 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
         guard let call = calls[frame.stream] else { return }
         switch frame.type {
         case .data, .end:
+            if frame.type == .data && !call.receiveWindow.received(frame.payload.readableBytes) {
+                failAll(WireError(.protocolViolation, "the server sent DATA on stream \(frame.stream) beyond the credit given"))
+                context.close(promise: nil)
+                return
+            }
             var payload = frame.payload
             guard let raw = payload.readInteger(as: UInt8.self), let ch = Frame.Channel(rawValue: raw) else { return }
             call.continuation.yield(frame.type == .data ? .data(ch, payload) : .end(ch))
@@ -101,12 +118,19 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
                 ?? WireError(.malformedFrame, "malformed ERROR from the server")
             call.continuation.yield(.failure(error))
             finish(frame.stream)
+        case .credit:
+            guard let credit = frame.creditIncrement, call.sendWindow.grant(credit) else {
+                failAll(WireError(.protocolViolation, "the server sent a malformed or overflowing CREDIT on stream \(frame.stream)"))
+                context.close(promise: nil)
+                return
+            }
         default: break
         }
     }
 
     func finish(_ id: UInt32) {
         calls[id]?.deadlineTask?.cancel()
+        calls[id]?.sendWindow.fail(WireError(.cancelled, "the call has finished"))
         calls[id]?.continuation.finish()
         calls[id] = nil
     }
@@ -114,6 +138,7 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
     func failAll(_ error: WireError) {
         for call in calls.values {
             call.deadlineTask?.cancel()
+            call.sendWindow.fail(error)
             call.continuation.yield(.failure(error))
             call.continuation.finish()
         }

@@ -5,7 +5,8 @@ import SwiftProtobuf
 import Glibc
 #endif
 
-public let wireProtocolVersion: UInt32 = 1
+/// 2: credit-based flow control of stream bytes (CREDIT frames).
+public let wireProtocolVersion: UInt32 = 2
 public let wireSoftware = "berth/0.1.0"
 
 /// Who is on the other end, as established by the transport (never by a payload field).
@@ -26,31 +27,40 @@ public enum StreamInput: Sendable {
 public final class ServerStream: @unchecked Sendable {
     public let id: UInt32
     public let peer: PeerIdentity
-    public let input: AsyncStream<StreamInput>
+    /// What the client sends on the stream; taking DATA returns its credit to the client.
+    public let input: CreditedStream<StreamInput>
     let continuation: AsyncStream<StreamInput>.Continuation
     let channel: Channel
+    /// Event-loop confined, like the handler that feeds them.
+    let sendWindow: SendWindow
+    let receiveWindow = ReceiveWindow()
 
     init(id: UInt32, peer: PeerIdentity, channel: Channel) {
         self.id = id
         self.peer = peer
         self.channel = channel
-        (input, continuation) = AsyncStream.makeStream(of: StreamInput.self, bufferingPolicy: .unbounded)
+        sendWindow = SendWindow(channel: channel, stream: id)
+        let (base, continuation) = AsyncStream.makeStream(of: StreamInput.self, bufferingPolicy: .unbounded)
+        self.continuation = continuation
+        let window = receiveWindow
+        input = CreditedStream(base: base, dataSize: { input in
+            if case .data(_, let bytes) = input { return bytes.readableBytes + 1 }
+            return 0
+        }, consumed: { count in ReceiveWindow.consume(window, count, stream: id, on: channel) })
     }
 
-    /// Sends stream bytes; suspends until NIO has written them, which is the back-pressure
-    /// that keeps a fast producer from buffering unboundedly in the agent.
+    /// Sends stream bytes; suspends until the client's credit let them out and NIO wrote them:
+    /// a slow client holds back the producer instead of buffering in the server.
     public func send(_ channelNumber: Frame.Channel, _ bytes: ByteBuffer) async throws {
-        var payload = channel.allocator.buffer(capacity: bytes.readableBytes + 1)
-        payload.writeInteger(channelNumber.rawValue)
-        var copy = bytes
-        payload.writeBuffer(&copy)
-        try await channel.writeAndFlush(Frame(type: .data, stream: id, payload: payload)).get()
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        channel.eventLoop.execute { self.sendWindow.send(channelNumber.rawValue, bytes, promise: promise) }
+        try await promise.futureResult.get()
     }
 
     public func sendEnd(_ channelNumber: Frame.Channel) async throws {
-        var payload = channel.allocator.buffer(capacity: 1)
-        payload.writeInteger(channelNumber.rawValue)
-        try await channel.writeAndFlush(Frame(type: .end, stream: id, payload: payload)).get()
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        channel.eventLoop.execute { self.sendWindow.sendEnd(channelNumber.rawValue, promise: promise) }
+        try await promise.futureResult.get()
     }
 
     /// Also told of every progress step (the controller records them on the operation).
@@ -110,6 +120,10 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
         case .request: startRequest(context: context, frame: frame)
         case .data, .end:
             guard let (stream, _) = streams[frame.stream] else { return }  // late input for a finished call
+            if frame.type == .data && !stream.receiveWindow.received(frame.payload.readableBytes) {
+                fail(context: context, WireError(.protocolViolation, "DATA on stream \(frame.stream) beyond the credit given"))
+                return
+            }
             var payload = frame.payload
             guard let raw = payload.readInteger(as: UInt8.self), let ch = Frame.Channel(rawValue: raw) else {
                 fail(context: context, WireError(.malformedFrame, "stream frame without a valid channel byte"))
@@ -117,10 +131,20 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             }
             stream.continuation.yield(frame.type == .data ? .data(ch, payload) : .end(ch))
         case .cancel:
+            streams[frame.stream]?.0.sendWindow.fail(CancellationError())
             streams[frame.stream]?.1.cancel()
+        case .credit:
+            guard let credit = frame.creditIncrement else {
+                fail(context: context, WireError(.malformedFrame, "CREDIT payload is not one u32"))
+                return
+            }
+            // Credit for a call that already finished is late, not wrong.
+            if let (stream, _) = streams[frame.stream], !stream.sendWindow.grant(credit) {
+                fail(context: context, WireError(.protocolViolation, "CREDIT on stream \(frame.stream) overflows its window"))
+            }
         case .ping:
             context.writeAndFlush(wrapOutboundOut(Frame(type: .pong, stream: frame.stream, payload: frame.payload)), promise: nil)
-        case .credit, .pong:
+        case .pong:
             break
         default:
             fail(context: context, WireError(.protocolViolation, "unexpected \(frame.type) frame from a client"))
@@ -190,6 +214,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             stream.continuation.finish()
             // One hop to the event loop for the answer and the bookkeeping.
             channel.eventLoop.execute {
+                stream.sendWindow.fail(WireError(.cancelled, "the call has finished"))
                 coalescer.write(frame)
                 self.streams[id] = nil
             }
@@ -223,6 +248,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
     package func channelInactive(context: ChannelHandlerContext) {
         for (stream, task) in streams.values {
             stream.continuation.finish()
+            stream.sendWindow.fail(WireError(.unavailable, "the connection closed"))
             task.cancel()
         }
         streams.removeAll()

@@ -156,6 +156,73 @@ struct EchoService: WireService {
         }
     }
 
+    /// A client that stops reading holds the echo back: the server's output waits for credit,
+    /// so it stops taking input, and the client's own sends stop completing, well short of
+    /// everything sent. Once the client reads, all of it arrives, in order.
+    @Test func creditHoldsBackAProducerUntilTheConsumerReads() async throws {
+        try await withServer { path in
+            let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
+            var request = Berth_V1_Request()
+            request.exec.name = "v"
+            let call = try await client.start(request)
+            let chunk = 100 << 10, count = 60
+            let written = ManagedAtomicCounter()
+            var sends: [EventLoopFuture<Void>] = []
+            for i in 0..<count {
+                let future = call.send(.stdin, Array(repeating: UInt8(i), count: chunk))
+                future.whenSuccess { written.increment() }
+                sends.append(future)
+            }
+            call.sendEnd(.stdin)
+            try await Task.sleep(nanoseconds: 500_000_000)
+            // At most both directions' windows plus a chunk in each task are in flight.
+            let early = written.value
+            #expect(early < count - 10, "\(early) of \(count) sends completed with nobody reading")
+            var received: [UInt8] = []
+            received.reserveCapacity(chunk * count)
+            for await event in call.events {
+                if case .data(.stdout, let bytes) = event { received += Array(bytes.readableBytesView) }
+            }
+            for future in sends { try await future.get() }
+            #expect(received.count == chunk * count)
+            #expect((0..<count).allSatisfy { received[$0 * chunk] == UInt8($0) && received[$0 * chunk + chunk - 1] == UInt8($0) })
+            await client.close()
+        }
+    }
+
+    /// A peer that sends more DATA than the credit it was given loses the connection.
+    @Test func dataBeyondTheCreditIsAProtocolViolation() async throws {
+        try await withServer { path in
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connect(unixDomainSocketPath: path) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                        return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel)
+                    }
+                }
+            try await channel.executeThenClose { inbound, outbound in
+                var hello = Berth_V1_Hello()
+                hello.minVersion = wireProtocolVersion
+                hello.maxVersion = wireProtocolVersion
+                try await outbound.write(Frame(type: .hello, stream: 0, payload: ByteBuffer(bytes: try hello.serializedBytes() as [UInt8])))
+                // A call that never reads its input, then a window and a byte more of DATA.
+                var request = Berth_V1_Request()
+                request.status.name = "slow"
+                try await outbound.write(Frame(type: .request, stream: 1, payload: ByteBuffer(bytes: try request.serializedBytes() as [UInt8])))
+                let piece = ByteBuffer(bytes: [0] + Array(repeating: 7, count: 65535))
+                for _ in 0..<(streamWindow / 65536) { try await outbound.write(Frame(type: .data, stream: 1, payload: piece)) }
+                try await outbound.write(Frame(type: .data, stream: 1, payload: ByteBuffer(bytes: [0, 1])))
+                var sawViolation = false
+                for try await frame in inbound where frame.type == .error && frame.stream == 0 {
+                    let reply = try Berth_V1_ErrorReply(serializedBytes: Array(frame.payload.readableBytesView))
+                    sawViolation = reply.code == WireError.Code.protocolViolation.rawValue
+                }
+                #expect(sawViolation)
+            }
+        }
+    }
+
     @Test func rejectsPeersThatSkipHelloOrSpeakAnotherVersion() async throws {
         try await withServer { path in
             // A raw client that sends a request first gets a protocol-violation error and a close.
@@ -203,4 +270,12 @@ final class SilentPeer: ChannelInboundHandler, @unchecked Sendable {
             break
         }
     }
+}
+
+/// Counts completions from NIO callbacks (any thread).
+final class ManagedAtomicCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    func increment() { lock.lock(); count += 1; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return count }
 }

@@ -49,7 +49,7 @@ class Connection:
         self.sock = ctx.wrap_socket(raw, server_hostname=server_name or host)
         self.buffer = b""
         self.next_stream = 1
-        self._send(HELLO, 0, pb.Hello(min_version=1, max_version=1, software="berth_client.py").SerializeToString())
+        self._send(HELLO, 0, pb.Hello(min_version=2, max_version=2, software="berth_client.py").SerializeToString())
         ftype, stream, payload = self._read_frame()
         if ftype == ERROR:
             raise ServerError(pb.ErrorReply.FromString(payload))

@@ -1,0 +1,158 @@
+import NIOCore
+
+// Credit-based flow control of stream bytes (Docs/wire.md, "Flow control"): each side of a call
+// may have at most `streamWindow` bytes of DATA payload in flight that the other side's
+// application has not consumed yet. The receiver returns credit with CREDIT frames as its
+// application takes the bytes, so a slow consumer (an operator's terminal, a relay to a slow
+// client) holds back the producer instead of growing buffers in between.
+
+/// Initial credit of each direction of every stream, in DATA payload bytes (channel byte included).
+public let streamWindow = 1 << 20
+/// Consumed bytes are returned as one CREDIT once they reach this much.
+let creditBatch = streamWindow / 4
+
+/// The sending half of one stream: DATA goes out only while the peer's credit lasts; the rest
+/// waits in order. Event-loop confined.
+final class SendWindow: @unchecked Sendable {
+    private struct Pending {
+        var channelNumber: UInt8
+        var bytes: ByteBuffer
+        var promise: EventLoopPromise<Void>?
+        /// END on the channel, sent in order after the DATA queued before it (not counted).
+        var isEnd = false
+    }
+    private var available = streamWindow
+    private var queue: [Pending] = []
+    private var failure: Error?
+    let channel: Channel
+    let stream: UInt32
+
+    init(channel: Channel, stream: UInt32) {
+        self.channel = channel
+        self.stream = stream
+    }
+
+    /// Queues `bytes` on `channelNumber`; `promise` completes once the last of them is written.
+    func send(_ channelNumber: UInt8, _ bytes: ByteBuffer, promise: EventLoopPromise<Void>) {
+        if let failure { promise.fail(failure); return }
+        queue.append(Pending(channelNumber: channelNumber, bytes: bytes, promise: promise))
+        pump()
+    }
+
+    /// Queues END on `channelNumber` behind the DATA already waiting.
+    func sendEnd(_ channelNumber: UInt8, promise: EventLoopPromise<Void>?) {
+        if let failure { promise?.fail(failure); return }
+        queue.append(Pending(channelNumber: channelNumber, bytes: ByteBuffer(), promise: promise, isEnd: true))
+        pump()
+    }
+
+    /// A CREDIT from the peer; false when it would overflow the window (a protocol violation).
+    func grant(_ credit: UInt32) -> Bool {
+        available += Int(credit)
+        guard available <= Int(UInt32.max) else { return false }
+        pump()
+        return true
+    }
+
+    /// Fails what still waits for credit (the call ended or the connection closed).
+    func fail(_ error: Error) {
+        failure = error
+        let waiting = queue
+        queue.removeAll()
+        waiting.forEach { $0.promise?.fail(error) }
+    }
+
+    private func pump() {
+        var wrote = false
+        while let first = queue.first {
+            if first.isEnd {
+                var payload = channel.allocator.buffer(capacity: 1)
+                payload.writeInteger(first.channelNumber)
+                channel.write(Frame(type: .end, stream: stream, payload: payload), promise: queue.removeFirst().promise)
+                wrote = true
+                continue
+            }
+            guard available > 1 else { break }
+            let count = min(available - 1, first.bytes.readableBytes)
+            var payload = channel.allocator.buffer(capacity: count + 1)
+            payload.writeInteger(first.channelNumber)
+            var slice = queue[0].bytes.readSlice(length: count)!
+            payload.writeBuffer(&slice)
+            available -= count + 1
+            let frame = Frame(type: .data, stream: stream, payload: payload)
+            if queue[0].bytes.readableBytes == 0 {
+                channel.write(frame, promise: queue.removeFirst().promise)
+            } else {
+                channel.write(frame, promise: nil)
+            }
+            wrote = true
+        }
+        if wrote { channel.flush() }
+    }
+}
+
+/// The receiving half: counts DATA against the credit given and returns credit as the
+/// application consumes. Event-loop confined.
+final class ReceiveWindow: @unchecked Sendable {
+    private var remaining = streamWindow
+    private var consumedSinceCredit = 0
+
+    /// False when the peer sent more than its credit allowed (a protocol violation).
+    func received(_ count: Int) -> Bool {
+        remaining -= count
+        return remaining >= 0
+    }
+
+    /// The credit to return now, if enough was consumed since the last one.
+    func consumed(_ count: Int) -> UInt32? {
+        consumedSinceCredit += count
+        guard consumedSinceCredit >= creditBatch else { return nil }
+        let credit = consumedSinceCredit
+        consumedSinceCredit = 0
+        remaining += credit
+        return UInt32(credit)
+    }
+
+    /// Runs on the channel's loop: returns credit for `count` consumed bytes of `stream`.
+    static func consume(_ window: ReceiveWindow, _ count: Int, stream: UInt32, on channel: Channel) {
+        channel.eventLoop.execute {
+            guard let credit = window.consumed(count) else { return }
+            var payload = channel.allocator.buffer(capacity: 4)
+            payload.writeInteger(credit)
+            channel.writeAndFlush(Frame(type: .credit, stream: stream, payload: payload), promise: nil)
+        }
+    }
+}
+
+/// A call's incoming events or inputs; taking a DATA item returns its bytes as credit.
+public struct CreditedStream<Element: Sendable>: AsyncSequence, Sendable {
+    let base: AsyncStream<Element>
+    let dataSize: @Sendable (Element) -> Int
+    let consumed: @Sendable (Int) -> Void
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        public typealias Failure = Never
+        var base: AsyncStream<Element>.AsyncIterator
+        let dataSize: @Sendable (Element) -> Int
+        let consumed: @Sendable (Int) -> Void
+
+        public mutating func next() async -> Element? {
+            guard let element = await base.next() else { return nil }
+            let size = dataSize(element)
+            if size > 0 { consumed(size) }
+            return element
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(base: base.makeAsyncIterator(), dataSize: dataSize, consumed: consumed)
+    }
+}
+
+extension Frame {
+    /// The credit a CREDIT frame grants, nil when its payload is not one u32.
+    var creditIncrement: UInt32? {
+        guard payload.readableBytes == 4 else { return nil }
+        return payload.getInteger(at: payload.readerIndex, as: UInt32.self)
+    }
+}
