@@ -4,30 +4,25 @@ import Wire
 
 /// The beancounter file inside each VPS (`/run/berth/user_beancounters`): the table of
 /// `berth stats NAME`, rewritten by the agent every `beancounterInterval` seconds while the VPS
-/// runs. It lives in a host directory the VPS gets as a read-only mount; each rewrite replaces
-/// the file, so a reader always sees one whole table.
+/// runs. It lives on a small tmpfs the monitor mounts at `RUN/NAME/beancounters` and hands the
+/// VPS read-only; each rewrite replaces the file, so a reader always sees one whole table.
 extension VPSManager {
-    func beancounterDirectory(_ name: String) -> String { store.directory(name) + "/beancounters" }
+    func beancounterDirectory(_ name: String) -> String { runDir(name) + "/beancounters" }
 
-    /// Writes NAME's current table and returns its directory (for the spawn spec).
-    @discardableResult
-    func writeBeancounters(_ name: String) throws -> String {
+    /// Writes NAME's current table, once its monitor has mounted the directory.
+    func writeBeancounters(_ name: String) throws {
         let directory = beancounterDirectory(name)
+        guard FileIO.isMountPoint(directory) else { return }
         let stats = try stats(name)
-        // The VPS's root is not the owner (its ids are mapped): it reads as "other".
-        if mkdir(directory, 0o755) != 0 && errno != EEXIST {
-            throw AgentError(.kernel, "mkdir \(directory): \(errnoName(errno))", stage: "beancounters", errno: errno)
-        }
-        chmod(directory, 0o755)
         let refresh = beancounterInterval > 0 ? "every \(beancounterInterval) s" : "at start only"
         let header = "VPS \(name), taken \(ISO8601DateFormatter().string(from: Date())) (refreshed \(refresh))\n"
         do {
+            // The VPS's root is not the owner (its ids are mapped): it reads as "other".
             try FileIO.writeAtomically(directory + "/" + Rootfs.beancountersFile, Array((header + stats.table).utf8),
                                        mode: 0o444, durable: false)
         } catch {
             throw AgentError.kernel("writing the beancounter file of \(name)", error)
         }
-        return directory
     }
 
     /// One refresh of every running VPS's file; a VPS whose file cannot be written is logged and

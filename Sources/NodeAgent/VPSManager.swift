@@ -417,7 +417,7 @@ public actor VPSManager {
         }
         record.state = .running
         record.lastExit = ""
-        // The table written for the start held nothing yet; this one has the booted init.
+        // The monitor has mounted the table's directory: its first table, with the booted init.
         try? writeBeancounters(name)
         if record.config.desiredState != .running {
             record.config.desiredState = .running
@@ -460,7 +460,7 @@ public actor VPSManager {
         spec.cgroupMounts = guestCgroupMounts
         spec.idmap = idmap
         spec.dropCapabilities = dropCapabilities
-        spec.beancounters = try writeBeancounters(name)
+        spec.beancounters = beancounterDirectory(name)
         if FileIO.exists(paths.lxcfs + "/proc/meminfo") {
             spec.lxcfs = paths.lxcfs
         } else if !warnedNoLxcfs {
@@ -564,6 +564,7 @@ public actor VPSManager {
         if FileIO.isMountPoint(root) {
             if umount2(root, 0) != 0 { umount2(root, Int32(MNT_DETACH)) }
         }
+        if FileIO.isMountPoint(beancounterDirectory(name)) { umount2(beancounterDirectory(name), Int32(MNT_DETACH)) }
         try? FileManager.default.removeItem(atPath: runDir(name))
     }
 

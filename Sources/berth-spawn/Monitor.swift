@@ -9,6 +9,7 @@ import Glibc
 final class Monitor {
     let spec: SpawnSpec
     var rootMounted = false
+    var beancountersMounted = false
     var consoleMaster: Int32 = -1
     /// Kept open so the master never sees a hangup between boots or while init has no console.
     var consoleSlaveFD: Int32 = -1
@@ -29,6 +30,7 @@ final class Monitor {
         if signalFD < 0 { throw IsolationError.sys("signalfd") }
         do {
             try mountDisk()
+            try mountBeancounters()
             try listenConsole()
         } catch {
             teardown(reason: "setup failed")
@@ -58,6 +60,18 @@ final class Monitor {
         let hostFlags = spec.idmap == nil ? 0 : UInt(MS_NOSUID | MS_NODEV)
         try check("mount \(path) on \(spec.rootPath)") { mount(path, spec.rootPath, "ext4", hostFlags, "") }
         rootMounted = true
+    }
+
+    /// A tmpfs of its own for the VPS's beancounter table, which the agent rewrites and the VPS
+    /// sees read-only: its own filesystem, so the VPS's mountinfo shows no host path.
+    func mountBeancounters() throws(IsolationError) {
+        guard let directory = spec.beancounters else { return }
+        if FileIO.isMountPoint(directory) { umount2(directory, Int32(MNT_DETACH)) }
+        if mkdir(directory, 0o755) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir \(directory)") }
+        try check("mount tmpfs on \(directory)") {
+            mount("tmpfs", directory, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), "size=64k,nr_inodes=16,mode=755")
+        }
+        beancountersMounted = true
     }
 
     /// Takes the console of a new boot (a pty of the VPS's own devpts) in place of the last one.
@@ -211,6 +225,11 @@ final class Monitor {
             // operator's shell sitting in the root.
             if umount2(spec.rootPath, 0) != 0 { umount2(spec.rootPath, Int32(MNT_DETACH)) }
             rootMounted = false
+        }
+        if beancountersMounted, let directory = spec.beancounters {
+            umount2(directory, Int32(MNT_DETACH))
+            rmdir(directory)
+            beancountersMounted = false
         }
         unlink(spec.runDir + "/" + RunState.stateFile)
         // What the console said last outlives the VPS: the first place to look when a boot fails.

@@ -262,9 +262,12 @@ t_beancounter_file_inside() {
     "$BERTH" exec "$B" -- sh -c "echo 0 > $file" 2>/dev/null && fail "root inside wrote the beancounter file"
     "$BERTH" exec "$B" -- rm -f "$file" 2>/dev/null && fail "root inside removed the beancounter file"
     "$BERTH" exec "$B" -- touch /run/berth/planted 2>/dev/null && fail "root inside created a file beside it"
-    [ -e "$WORK/data/vps/$B/beancounters/planted" ] && fail "a file planted inside reached the host"
-    "$BERTH" destroy "$B" --force >/dev/null
-    [ -e "$WORK/data/vps/$B" ] && fail "destroy left the VPS directory"
+    [ -e "$WORK/run/$B/beancounters/planted" ] && fail "a file planted inside reached the host"
+    # Its own tmpfs: the VPS's mount table names no host path.
+    expect_contains "$("$BERTH" exec "$B" -- grep ' /run/berth ' /proc/self/mountinfo)" " / /run/berth ro,"
+    "$BERTH" stop "$B" >/dev/null
+    grep -qF "$WORK/run/$B/beancounters" /proc/self/mountinfo && fail "stop left the beancounter tmpfs mounted"
+    "$BERTH" destroy "$B" >/dev/null
     true
 }
 
