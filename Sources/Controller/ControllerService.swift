@@ -309,12 +309,97 @@ public final class ControllerService: WireService {
             var list = Berth_V1_EventList()
             list.events = found
             response.events = list
+        case .templateUpload(let r):
+            let identity = try authorise(peer, .operate, call: "template import")
+            response.templateUpload = try await distributeTemplate(r, by: identity, stream: stream)
         case .templateBuild, .templateImport, .templateRemove, .templateList, .nodeInfo:
-            throw WireError(.invalidArgument, "templates and node info are per node: run this against the node's agent (berth --agent), or see `berth node show NODE`")
+            throw WireError(.invalidArgument, "templates and node info are per node: run this against the node's agent (berth --agent), or see `berth node show NODE`; `berth template import NAME FILE` through the controller sends a tarball to every node")
         case nil:
             throw WireError(.invalidArgument, "the request names no call (is the client newer than this controller?)")
         }
         return response
+    }
+
+    // MARK: - Templates
+
+    /// `template import` through the controller: the tarball is received once, checked against
+    /// its size and SHA-256, then sent to each target node (every node that is up, or the ones
+    /// named), at most four at a time, each under its own stream credit. One node's failure does
+    /// not stop the others; the result says per node what happened.
+    func distributeTemplate(_ r: Berth_V1_TemplateUploadRequest, by identity: CertificateIdentity,
+                            stream: ServerStream) async throws -> Berth_V1_TemplateUploadResult {
+        guard !r.name.isEmpty, r.name.count <= 63,
+              r.name.utf8.allSatisfy({ (97...122).contains($0) || (48...57).contains($0) || $0 == 45 }),
+              r.name.first != "-" else {
+            throw WireError(.invalidArgument, "template: '\(r.name)' must be 1-63 of a-z, 0-9 and '-', starting with a letter or digit", field: "template")
+        }
+        guard ["tar", "tar.gz", "tar.xz"].contains(r.format) else {
+            throw WireError(.invalidArgument, "format: '\(r.format)' is not tar, tar.gz or tar.xz", field: "format")
+        }
+        let nodes = try store.nodes()
+        var targets: [NodeRecord] = []
+        if r.nodes.isEmpty {
+            targets = nodes.filter { liveness.isAlive($0.name) }
+            guard !targets.isEmpty else { throw WireError(.unavailable, "no node is up to take template \(r.name)") }
+        } else {
+            for name in Set(r.nodes).sorted() {
+                guard let node = nodes.first(where: { $0.name == name }) else {
+                    throw WireError(.notFound, "node: no node named \(name) (see `berth node list`)", field: "node")
+                }
+                guard liveness.isAlive(name) else { throw WireError(.unavailable, "node: \(name) is down", field: "node") }
+                targets.append(node)
+            }
+        }
+        let staging = settings.uploadDirectory + "/template-\(r.name)-\(UUID().uuidString).\(r.format)"
+        defer { unlink(staging) }
+        try await FileTransfer.receive(into: staging, size: r.size, sha256: r.sha256, from: stream.input, field: "tarball")
+        stream.progress("received \(r.size) bytes, sha256 verified; sending to \(targets.map(\.name).joined(separator: ", "))")
+        var placed: [Berth_V1_TemplatePlacement] = []
+        try await withThrowingTaskGroup(of: Berth_V1_TemplatePlacement.self) { group in
+            var pending = targets[...]
+            for _ in 0..<4 {
+                guard let node = pending.popFirst() else { break }
+                group.addTask { await self.sendTemplate(staging, r, to: node, stream: stream) }
+            }
+            while let done = try await group.next() {
+                placed.append(done)
+                if let node = pending.popFirst() {
+                    group.addTask { await self.sendTemplate(staging, r, to: node, stream: stream) }
+                }
+            }
+        }
+        placed.sort { $0.node < $1.node }
+        let good = placed.filter { $0.hasTemplate }.map(\.node)
+        try? store.addEvent(kind: "template.distributed", subject: r.name,
+                            message: "to \(good.isEmpty ? "no node" : good.joined(separator: ",")) by \(identity.name)")
+        logger.info("template distributed", metadata: ["template": "\(r.name)", "nodes": "\(good)", "by": "\(identity.name)"])
+        var result = Berth_V1_TemplateUploadResult()
+        result.placed = placed
+        return result
+    }
+
+    func sendTemplate(_ path: String, _ r: Berth_V1_TemplateUploadRequest, to node: NodeRecord,
+                      stream: ServerStream) async -> Berth_V1_TemplatePlacement {
+        var placement = Berth_V1_TemplatePlacement()
+        placement.node = node.name
+        do {
+            var upload = r
+            upload.nodes = []
+            var request = Berth_V1_Request()
+            request.templateUpload = upload
+            let call = try await links.client(for: node).start(request)
+            try await FileTransfer.send(path, on: call)
+            let response = try await call.result { stream.progress("\(node.name): \($0.step)") }
+            guard let template = response.templateUpload.placed.first?.template else {
+                throw WireError(.internalError, "node \(node.name) answered without the template")
+            }
+            placement.template = template
+            stream.progress("\(node.name): imported")
+        } catch {
+            placement.error = WireServerHandler.wireError(from: error).reply
+            stream.progress("\(node.name): failed: \(placement.error.message)")
+        }
+        return placement
     }
 
     // MARK: - VPS calls

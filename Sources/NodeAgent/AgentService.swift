@@ -6,6 +6,7 @@ import Metrics
 import NIOCore
 import NIOPosix
 import Wire
+import WireTLS
 
 /// The agent's RPC surface: decodes nothing itself (Wire did), checks who is calling, and maps
 /// each call onto the VPS manager. Exec and console calls stream through `ServerStream`.
@@ -89,6 +90,8 @@ public struct AgentService: WireService {
             }
         case .templateImport(let r):
             response.template = Self.wire(try await manager.templates.importTarball(name: r.name, path: r.tarballPath) { stream.progress($0) })
+        case .templateUpload(let r):
+            response.templateUpload = try await upload(r, stream: stream)
         case .templateRemove(let r):
             try manager.templates.remove(r.name)
             response.ok = Berth_V1_Empty()
@@ -122,12 +125,36 @@ public struct AgentService: WireService {
         case .console: return "console"
         case .templateBuild: return "template_build"
         case .templateImport: return "template_import"
+        case .templateUpload: return "template_upload"
         case .templateRemove: return "template_remove"
         case .templateList: return "template_list"
         case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
              .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList: return "cluster"
         case nil: return "none"
         }
+    }
+
+    /// A template tarball sent on the stream: received into the template store's staging area,
+    /// checked against its announced size and SHA-256, then imported like a local tarball.
+    func upload(_ r: Berth_V1_TemplateUploadRequest, stream: ServerStream) async throws -> Berth_V1_TemplateUploadResult {
+        _ = try Validation.name(r.name, field: "template")
+        guard ["tar", "tar.gz", "tar.xz"].contains(r.format) else {
+            throw AgentError.invalid("format", "'\(r.format)' is not tar, tar.gz or tar.xz")
+        }
+        let staging = manager.templates.root + "/.upload-\(r.name)-\(UUID().uuidString).\(r.format)"
+        defer { unlink(staging) }
+        stream.progress("receiving \(ByteSize.format(r.size))", done: 0, total: r.size)
+        try await FileTransfer.receive(into: staging, size: r.size, sha256: r.sha256, from: stream.input, field: "tarball")
+        stream.progress("received \(ByteSize.format(r.size)), sha256 verified", done: r.size, total: r.size)
+        let info = try await manager.templates.importTarball(name: r.name, path: staging, source: "upload: sha256 \(r.sha256)") {
+            stream.progress($0)
+        }
+        var placed = Berth_V1_TemplatePlacement()
+        placed.node = manager.nodeName
+        placed.template = Self.wire(info)
+        var result = Berth_V1_TemplateUploadResult()
+        result.placed = [placed]
+        return result
     }
 
     static func wire(_ info: TemplateInfo) -> Berth_V1_TemplateInfo {

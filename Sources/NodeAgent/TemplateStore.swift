@@ -101,7 +101,7 @@ public final class TemplateStore: @unchecked Sendable {
     }
 
     /// Imports a rootfs tarball (.tar, .tar.gz/.tgz, .tar.xz) after validating every entry.
-    public func importTarball(name: String, path: String, progress: (String) -> Void = { _ in }) async throws -> TemplateInfo {
+    public func importTarball(name: String, path: String, source: String? = nil, progress: (String) -> Void = { _ in }) async throws -> TemplateInfo {
         _ = try Validation.name(name, field: "template")
         guard FileManager.default.fileExists(atPath: path) else {
             throw AgentError(.notFound, "tarball \(path) does not exist on this node", field: "tarball")
@@ -132,7 +132,7 @@ public final class TemplateStore: @unchecked Sendable {
             throw AgentError.invalid("tarball", "the archive has no /sbin/init: a VPS needs an init to boot")
         }
         let stopSignal: Int32 = initTarget.contains("systemd") ? Self.systemdHaltSignal : initTarget.contains("busybox") ? SIGUSR2 : SIGPWR
-        let info = TemplateInfo(name: name, source: "import: \(path)", createdAt: Self.now(), stopSignal: stopSignal, sizeBytes: Self.treeSize(tree))
+        let info = TemplateInfo(name: name, source: source ?? "import: \(path)", createdAt: Self.now(), stopSignal: stopSignal, sizeBytes: Self.treeSize(tree))
         try install(staging: staging, info: info)
         return info
     }

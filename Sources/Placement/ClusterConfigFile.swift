@@ -7,6 +7,8 @@ public struct ControllerSettings: Sendable {
     public var policy = SchedulerPolicy()
     /// Disk a VPS commits when its create names no --disk (the agent's default).
     public var defaultDiskBytes: UInt64 = 2 << 30
+    /// Where uploads (template tarballs on their way to nodes) are kept while they are relayed.
+    public var uploadDirectory = "/tmp"
 
     public init() {}
 }

@@ -222,7 +222,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
         streams[id] = (stream, task)
     }
 
-    static func wireError(from error: Error) -> WireError {
+    package static func wireError(from error: Error) -> WireError {
         if let convertible = error as? WireErrorConvertible { return convertible.wireError }
         if error is CancellationError { return WireError(.cancelled, "the call was cancelled") }
         return WireError(.internalError, "internal error: \(error)")

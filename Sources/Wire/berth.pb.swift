@@ -565,6 +565,79 @@ public nonisolated struct Berth_V1_TemplateImportRequest: Sendable {
   public init() {}
 }
 
+/// A rootfs tarball sent by the client on the call's stream: `size` bytes of DATA on channel 0,
+/// then END on channel 0 (Docs/wire.md, "File transfer").
+public nonisolated struct Berth_V1_TemplateUploadRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var size: UInt64 = 0
+
+  /// lower-case hex of the whole file
+  public var sha256: String = String()
+
+  /// "tar", "tar.gz" or "tar.xz"
+  public var format: String = String()
+
+  /// controller: the nodes that get it ("" = every node that is up)
+  public var nodes: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Where an uploaded template went: one entry per node (node-local: this node).
+public nonisolated struct Berth_V1_TemplateUploadResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var placed: [Berth_V1_TemplatePlacement] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_TemplatePlacement: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var node: String = String()
+
+  /// set when it was imported there
+  public var template: Berth_V1_TemplateInfo {
+    get {_template ?? Berth_V1_TemplateInfo()}
+    set {_template = newValue}
+  }
+  /// Returns true if `template` has been explicitly set.
+  public var hasTemplate: Bool {self._template != nil}
+  /// Clears the value of `template`. Subsequent reads from it will return its default value.
+  public mutating func clearTemplate() {self._template = nil}
+
+  /// set when that node refused or failed it
+  public var error: Berth_V1_ErrorReply {
+    get {_error ?? Berth_V1_ErrorReply()}
+    set {_error = newValue}
+  }
+  /// Returns true if `error` has been explicitly set.
+  public var hasError: Bool {self._error != nil}
+  /// Clears the value of `error`. Subsequent reads from it will return its default value.
+  public mutating func clearError() {self._error = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _template: Berth_V1_TemplateInfo? = nil
+  fileprivate var _error: Berth_V1_ErrorReply? = nil
+}
+
 public nonisolated struct Berth_V1_TemplateInfo: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1345,6 +1418,14 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .operationList(newValue)}
   }
 
+  public var templateUpload: Berth_V1_TemplateUploadRequest {
+    get {
+      if case .templateUpload(let v)? = call {return v}
+      return Berth_V1_TemplateUploadRequest()
+    }
+    set {call = .templateUpload(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -1379,6 +1460,7 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case events(Berth_V1_EventsRequest)
     case operationShow(Berth_V1_OperationRequest)
     case operationList(Berth_V1_Empty)
+    case templateUpload(Berth_V1_TemplateUploadRequest)
 
   }
 
@@ -1547,6 +1629,14 @@ public nonisolated struct Berth_V1_Response: @unchecked Sendable {
     set {_uniqueStorage()._result = .operations(newValue)}
   }
 
+  public var templateUpload: Berth_V1_TemplateUploadResult {
+    get {
+      if case .templateUpload(let v)? = _storage._result {return v}
+      return Berth_V1_TemplateUploadResult()
+    }
+    set {_uniqueStorage()._result = .templateUpload(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -1569,6 +1659,7 @@ public nonisolated struct Berth_V1_Response: @unchecked Sendable {
     case events(Berth_V1_EventList)
     case operation(Berth_V1_Operation)
     case operations(Berth_V1_OperationList)
+    case templateUpload(Berth_V1_TemplateUploadResult)
 
   }
 
@@ -2675,6 +2766,130 @@ nonisolated extension Berth_V1_TemplateImportRequest: SwiftProtobuf.Message, Swi
   public static func ==(lhs: Berth_V1_TemplateImportRequest, rhs: Berth_V1_TemplateImportRequest) -> Bool {
     if lhs.name != rhs.name {return false}
     if lhs.tarballPath != rhs.tarballPath {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_TemplateUploadRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TemplateUploadRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}size\0\u{1}sha256\0\u{1}format\0\u{1}nodes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.size) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.sha256) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.format) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.nodes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularUInt64Field(value: self.size, fieldNumber: 2)
+    }
+    if !self.sha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.sha256, fieldNumber: 3)
+    }
+    if !self.format.isEmpty {
+      try visitor.visitSingularStringField(value: self.format, fieldNumber: 4)
+    }
+    if !self.nodes.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.nodes, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_TemplateUploadRequest, rhs: Berth_V1_TemplateUploadRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.size != rhs.size {return false}
+    if lhs.sha256 != rhs.sha256 {return false}
+    if lhs.format != rhs.format {return false}
+    if lhs.nodes != rhs.nodes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_TemplateUploadResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TemplateUploadResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}placed\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.placed) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.placed.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.placed, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_TemplateUploadResult, rhs: Berth_V1_TemplateUploadResult) -> Bool {
+    if lhs.placed != rhs.placed {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_TemplatePlacement: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TemplatePlacement"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}template\0\u{1}error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._template) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._error) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
+    }
+    try { if let v = self._template {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._error {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_TemplatePlacement, rhs: Berth_V1_TemplatePlacement) -> Bool {
+    if lhs.node != rhs.node {return false}
+    if lhs._template != rhs._template {return false}
+    if lhs._error != rhs._error {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3829,7 +4044,7 @@ nonisolated extension Berth_V1_OperationList: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4229,6 +4444,19 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .operationList(v)
         }
       }()
+      case 40: try {
+        var v: Berth_V1_TemplateUploadRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .templateUpload(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .templateUpload(v)
+        }
+      }()
       default: break
       }
     }
@@ -4366,6 +4594,10 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       guard case .operationList(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 39)
     }()
+    case .templateUpload?: try {
+      guard case .templateUpload(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 40)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -4382,7 +4614,7 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0\u{1}operation\0\u{1}operations\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0\u{1}operation\0\u{1}operations\0\u{3}template_upload\0")
 
   fileprivate class _StorageClass {
     var _result: Berth_V1_Response.OneOf_Result?
@@ -4662,6 +4894,19 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
             _storage._result = .operations(v)
           }
         }()
+        case 29: try {
+          var v: Berth_V1_TemplateUploadResult?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .templateUpload(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .templateUpload(v)
+          }
+        }()
         default: break
         }
       }
@@ -4750,6 +4995,10 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
       case .operations?: try {
         guard case .operations(let v)? = _storage._result else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 28)
+      }()
+      case .templateUpload?: try {
+        guard case .templateUpload(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 29)
       }()
       case nil: break
       }

@@ -50,7 +50,10 @@ struct BerthController: AsyncParsableCommand {
         }
         let logger = Logger(label: "berth-controller")
         do {
-            let settings = try config.map { try ClusterConfigFile.load(path: $0) } ?? ControllerSettings()
+            var settings = try config.map { try ClusterConfigFile.load(path: $0) } ?? ControllerSettings()
+            settings.uploadDirectory = dataDir + "/uploads"
+            try FileManager.default.createDirectory(atPath: settings.uploadDirectory, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
             let (host, port) = try parseHostPort(listen, field: "listen", anyPort: true)
             let ca = try ClusterCA.load(directory: caDir)
             let store = try SQLiteStore(directory: dataDir)

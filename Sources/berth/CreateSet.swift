@@ -1,5 +1,9 @@
 import ArgumentParser
 import Wire
+import WireTLS
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The resource and identity flags shared by create and set (DESIGN.md CLI contract).
 struct VPSSettings: ParsableArguments {
@@ -210,20 +214,52 @@ struct TemplateCommand: AsyncParsableCommand {
     }
 
     struct ImportTemplate: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "import", abstract: "Import a rootfs tarball (.tar, .tar.gz, .tar.xz) as a template.")
+        static let configuration = CommandConfiguration(
+            commandName: "import", abstract: "Import a rootfs tarball (.tar, .tar.gz, .tar.xz) as a template.",
+            discussion: "The tarball is read here and sent over the connection (its size and SHA-256 are checked on arrival). Through a controller it goes to every node that is up, or to the --node ones.")
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "Template name.") var name: String
-        @Argument(help: "Tarball path on this node.") var tarball: String
+        @Argument(help: "Tarball on this machine.") var tarball: String
+        @Option(name: .customLong("node"), help: "Cluster mode: a node that gets the template (repeatable; default: every node that is up).")
+        var nodes: [String] = []
 
         func run() async throws {
             let path = absolutePath(tarball)
-            let response = try await connection.withClient {
-                try await $0.call(request {
-                    $0.templateImport.name = name
-                    $0.templateImport.tarballPath = path
-                }, onProgress: showProgress)
+            guard let format = FileTransfer.tarFormat(of: path) else {
+                fail(WireError(.invalidArgument, "tarball: \(tarball) is not a .tar, .tar.gz, .tgz or .tar.xz file", field: "tarball"))
             }
-            print("template \(response.template.name) imported")
+            if !nodes.isEmpty { requireCluster(connection, "template import --node") }
+            let size: UInt64, sha256: String
+            do throws(WireError) {
+                (size, sha256) = try FileTransfer.digest(of: path)
+            } catch {
+                fail(WireError(error.code, "tarball: \(error.message)", field: "tarball"))
+            }
+            let result = try await connection.withClient { client in
+                let call = try await client.start(request {
+                    $0.templateUpload.name = name
+                    $0.templateUpload.size = size
+                    $0.templateUpload.sha256 = sha256
+                    $0.templateUpload.format = format
+                    $0.templateUpload.nodes = nodes
+                })
+                // The answer may come before every byte went out (a refusal): it wins.
+                async let sending: Void = FileTransfer.send(path, on: call)
+                let response = try await call.result(onProgress: showProgress)
+                try? await sending
+                return response.templateUpload
+            }
+            var failed: WireError?
+            for placed in result.placed {
+                if placed.hasTemplate {
+                    print("template \(placed.template.name) imported on \(placed.node) (\(humanBytes(placed.template.sizeBytes)))")
+                } else {
+                    let error = WireError(reply: placed.error)
+                    writeErr("berth: \(placed.node): \(error.message)\n")
+                    failed = failed ?? error
+                }
+            }
+            if let failed { Glibc.exit(failed.exitCode) }
         }
     }
 

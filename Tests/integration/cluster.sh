@@ -367,6 +367,40 @@ t_bad_input() {
     true
 }
 
+templates_of() { cl node show "$1" --json | field templates; }
+
+t_templates_are_distributed() {
+    local tar="$WORK/tiny.tar" T="tiny-$RUN_ID" out
+    tar -C "$WORK/n1/data/templates/busybox/rootfs" -cf "$tar" .
+    # Sent once to the controller, which checks it and sends it on to every node that is up.
+    out=$(cl template import "$T" "$tar")
+    for n in n1 n2 n3; do expect_contains "$out" "template $T imported on $n"; done
+    for n in n1 n2 n3; do
+        for _ in $(seq 50); do case ",$(templates_of $n)," in *",$T,"*) break;; esac; sleep 0.1; done
+        expect_contains ",$(templates_of $n)," ",$T,"
+    done
+    cl create "$RUN_ID-tt" --template "$T" --disk 64M --node n3 >/dev/null
+    cl start "$RUN_ID-tt" >/dev/null
+    expect_eq "$(cl exec "$RUN_ID-tt" -- cat /etc/os-release | head -1)" 'NAME="Berth busybox"'
+    cl destroy "$RUN_ID-tt" --force >/dev/null
+    # --node: only the nodes named.
+    expect_contains "$(expect_fail 3 cl template import "one-$RUN_ID" "$tar.gz")" "tarball: cannot open"
+    gzip -c "$tar" >"$tar.gz"
+    out=$(cl template import "one-$RUN_ID" "$tar.gz" --node n2)
+    expect_eq "$out" "template one-$RUN_ID imported on n2 ($(echo "$out" | sed 's/.*(\(.*\))/\1/'))"
+    sleep 1.5
+    case ",$(templates_of n1)," in *",one-$RUN_ID,"*) fail "a --node n2 import reached n1";; esac
+    # Bad input: an unknown node, a name that is no name, a file that is no tarball, a viewer.
+    expect_contains "$(expect_fail 3 cl template import "two-$RUN_ID" "$tar" --node nope)" "no node named nope"
+    expect_contains "$(expect_fail 2 cl template import "Bad_Name" "$tar")" "template"
+    echo hello >"$WORK/notes.txt"
+    expect_contains "$(expect_fail 2 cl template import "two-$RUN_ID" "$WORK/notes.txt")" "not a .tar"
+    "$BERTH" ca issue --dir "$WORK/ca" --role viewer --name tvera --out "$WORK/tviewer" >/dev/null
+    expect_fail 5 as "$WORK/tviewer" template import "two-$RUN_ID" "$tar" >/dev/null
+    case ",$(templates_of n1)," in *",two-$RUN_ID,"*) fail "a refused import left a template";; esac
+    true
+}
+
 run_test "three agents enrol with single-use tokens and report ready" t_nodes_enrolled
 run_test "placement spreads, honours constraints and capacity, leaves nothing when refused" t_placement_spreads_and_respects_constraints
 run_test "anti-affinity never shares a node; cordoned nodes take nothing new" t_anti_affinity_and_cordon
@@ -378,6 +412,7 @@ run_test "a killed agent's node is down within the window; its VPS is not starte
 run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, hostname mismatch, TLS <= 1.2" t_mtls_battery
 run_test "roles and tenants (T05): viewers read only, tenants see only their own, nodes are not operators" t_roles_and_tenants
 run_test "revocation (T04) closes open sessions and refuses new ones" t_revocation_closes_open_sessions
+run_test "templates: one upload to the controller reaches every node (or the --node ones); bad input refused" t_templates_are_distributed
 run_test "bad pools, placements, names, roles, addresses and tokens: clear errors, nothing applied" t_bad_input
 
 echo
