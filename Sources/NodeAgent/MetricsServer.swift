@@ -62,6 +62,7 @@ public final class MetricsServer: @unchecked Sendable {
             ("berth_vps_pids_failcnt", "Forks refused by the pids limit", { Double($0.pidsFailcount) }),
             ("berth_vps_cpu_seconds_total", "CPU time used", { Double($0.cpuNanoseconds) / 1e9 }),
             ("berth_vps_cpu_throttled_periods_total", "CFS periods throttled by the CPU limit", { Double($0.cpuThrottledPeriods) }),
+            ("berth_vps_cpu_throttled_seconds_total", "Time the CPU limit held the VPS back", { Double($0.cpuThrottledNanoseconds) / 1e9 }),
             ("berth_vps_io_bytes_total", "Bytes read and written on the VPS's disk", { Double($0.ioBytes) }),
         ]
         func header(_ name: String, _ help: String) { text += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n" }

@@ -739,6 +739,7 @@ public actor VPSManager {
             counter("swap", usage.swapBytes, usage.swapPeakBytes, usage.swapLimitBytes, usage.swapFailcount),
             counter("pids", usage.pids, usage.pidsPeak, usage.pidsLimit, usage.pidsFailcount),
             counter("cpu_throttled", usage.cpuThrottledPeriods, 0, limits.cpuLimitPercent.map(UInt64.init), usage.cpuThrottledPeriods),
+            counter("cpu_throttled_ms", usage.cpuThrottledNanoseconds / 1_000_000, 0, nil, 0),
             counter("oom_kill", usage.oomKills, 0, nil, usage.oomKills),
             counter("io_bytes", usage.ioBytes, 0, limits.ioBytesPerSecond, 0),
             counter("io_ops", usage.ioOperations, 0, limits.ioOperationsPerSecond.map(UInt64.init), 0),

@@ -106,6 +106,8 @@ t_cpu_limit_holds() {
     echo "two busy loops under --cpu-limit 50: ${pct}% of one CPU"
     [ "$pct" -ge 40 ] && [ "$pct" -le 60 ] || fail "--cpu-limit 50 gave ${pct}%"
     [ "$(stat_field "$C" cpu_throttled held)" -ge 1 ] || fail "no throttled periods counted"
+    # Two loops held to half a CPU for seconds: well over a second spent throttled.
+    [ "$(stat_field "$C" cpu_throttled_ms held)" -ge 1000 ] || fail "throttled time $(stat_field "$C" cpu_throttled_ms held) ms"
     "$BERTH" destroy "$C" --force >/dev/null
 }
 
