@@ -49,7 +49,8 @@ public final class AgentServer: Service, @unchecked Sendable {
         defer { membership?.cancel() }
         let interval = manager.beancounterInterval
         let beancounters: Task<Void, Never>? = interval > 0 ? Task { [manager] in
-            while (try? await Task.sleep(for: .seconds(interval))) != nil { await manager.refreshBeancounters() }
+            // Each pass rewrites only the tables read since their last write and the stale ones.
+            while (try? await Task.sleep(for: .seconds(1))) != nil { await manager.refreshBeancounters() }
         } : nil
         defer { beancounters?.cancel() }
         let server = try await UnixWireServer.bind(path: socketPath, service: service, group: group)

@@ -80,13 +80,15 @@ public actor VPSManager {
     let onlineCPUs: Int
     public let overcommit: Overcommit
     public let settings: NodeSettings
-    /// Seconds between rewrites of the running VPSs' beancounter files; 0 leaves them as written
-    /// at start.
+    /// Seconds after which an unread beancounter table is rewritten (a read one is within 1 s);
+    /// 0 leaves the tables as written at start.
     public let beancounterInterval: Int
+    let beancounterReaders = BeancounterReaders()
+    var beancounterWritten: [String: ContinuousClock.Instant] = [:]
 
     public init(paths: AgentPaths, nodeName: String, cgroups: any CgroupDriver, logger: Logger,
                 overcommit: Overcommit = Overcommit(), settings: NodeSettings = NodeSettings(),
-                beancounterInterval: Int = 5) throws {
+                beancounterInterval: Int = 30) throws {
         self.beancounterInterval = beancounterInterval
         self.overcommit = overcommit
         self.settings = settings
@@ -565,6 +567,7 @@ public actor VPSManager {
             if umount2(root, 0) != 0 { umount2(root, Int32(MNT_DETACH)) }
         }
         if FileIO.isMountPoint(beancounterDirectory(name)) { umount2(beancounterDirectory(name), Int32(MNT_DETACH)) }
+        forgetBeancounters(name)
         try? FileManager.default.removeItem(atPath: runDir(name))
     }
 

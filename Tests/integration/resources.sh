@@ -24,7 +24,7 @@ if command -v lxcfs >/dev/null && [ -e /dev/fuse ]; then
     LXCFS_PID=$!
     for _ in $(seq 50); do [ -e "$WORK/lxcfs/proc/meminfo" ] && break; sleep 0.1; done
 fi
-export AGENT_EXTRA="--lxcfs $WORK/lxcfs --beancounter-interval 1"
+export AGENT_EXTRA="--lxcfs $WORK/lxcfs"
 echo "resource run $RUN_ID (work dir $WORK, cgroup parent $CGROUP_PARENT)"
 agent_start || exit 1
 "$BERTH" template build busybox >/dev/null || { echo "template build failed"; exit 1; }
@@ -260,6 +260,16 @@ t_beancounter_file_inside() {
     done
     [ "$failcnt" -ge 1 ] || fail "the file's pids failcnt stayed at $failcnt"
     [ "$failcnt" -le "$(stat_field "$B" pids failcnt)" ] || fail "the file counts more refusals than stats"
+    # An unread table is left alone (default: rewritten every 30 s); a read one is rewritten
+    # within a second of the read.
+    local host_file="$WORK/run/$B/beancounters/user_beancounters" before
+    sleep 1.5   # the rewrite the reads above asked for
+    before=$(stat -c %Y.%y "$host_file")
+    sleep 2.5
+    expect_eq "$(stat -c %Y.%y "$host_file")" "$before" "(an unread table was rewritten)"
+    "$BERTH" exec "$B" -- cat "$file" >/dev/null
+    for _ in $(seq 30); do [ "$(stat -c %Y.%y "$host_file")" != "$before" ] && break; sleep 0.1; done
+    [ "$(stat -c %Y.%y "$host_file")" != "$before" ] || fail "a read table was not rewritten within 3 s"
     # Read-only for the VPS's root: no write, no removal, no new file beside it.
     "$BERTH" exec "$B" -- sh -c "echo 0 > $file" 2>/dev/null && fail "root inside wrote the beancounter file"
     "$BERTH" exec "$B" -- rm -f "$file" 2>/dev/null && fail "root inside removed the beancounter file"
