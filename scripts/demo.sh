@@ -107,8 +107,8 @@ say "berth status demo1 --json"
 "$BERTH" status demo1 --json
 say "berth exec demo1 -- free -m" "# its own 256M (lxcfs renders /proc/meminfo from its cgroup)"
 "$BERTH" exec demo1 -- free -m
-say "berth exec demo1 -- cat /run/berth/user_beancounters" "# the table of 'berth stats demo1', read-only inside"
-"$BERTH" exec demo1 -- cat /run/berth/user_beancounters
+say "berth exec demo1 -- cat /run/beancounters/user_beancounters" "# the table of 'berth stats demo1', read-only inside"
+"$BERTH" exec demo1 -- cat /run/beancounters/user_beancounters
 # The fleet: a controller and three agents in their own network namespaces, enrolled with
 # single-use tokens over mutual TLS; the scheduler spreads VPSs across them.
 [ -d "$BERTH_CLUSTER_DIR" ] && "$DEV" down >/dev/null

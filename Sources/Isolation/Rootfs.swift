@@ -37,7 +37,7 @@ public enum Rootfs {
 
     /// Where a VPS finds its beancounter table (`user_beancounters`, as OpenVZ names it). procfs
     /// takes no new files, so the table lives in a read-only host directory mounted here.
-    public static let beancountersDirectory = "run/berth"
+    public static let beancountersDirectory = "run/beancounters"
     public static let beancountersFile = "user_beancounters"
 
     /// Returns the master of the VPS's console: a pty of the VPS's own devpts instance, whose

@@ -2,7 +2,7 @@ import Foundation
 import Isolation
 import Wire
 
-/// The beancounter file inside each VPS (`/run/berth/user_beancounters`): the table of
+/// The beancounter file inside each VPS (`/run/beancounters/user_beancounters`): the table of
 /// `berth stats NAME`. It lives on a small tmpfs the monitor mounts at `RUN/NAME/beancounters`
 /// and hands the VPS read-only; each rewrite replaces the file, so a reader always sees one whole
 /// table. A table that was opened is rewritten within a second (an inotify watch sees the VPS's

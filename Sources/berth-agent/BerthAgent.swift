@@ -51,7 +51,7 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Where lxcfs is mounted (its /proc views show each VPS its own limits; off when nothing serves there).")
     var lxcfs = "/var/lib/lxcfs"
 
-    @Option(help: "Seconds after which an unread beancounter table (/run/berth/user_beancounters inside each VPS) is rewritten; one that was read is rewritten within 1 s. 0 writes it only at start.")
+    @Option(help: "Seconds after which an unread beancounter table (/run/beancounters/user_beancounters inside each VPS) is rewritten; one that was read is rewritten within 1 s. 0 writes it only at start.")
     var beancounterInterval = 30
 
     @Option(help: "Where downloaded distribution trees are cached for template builds (shared by all data directories).")

@@ -243,7 +243,7 @@ t_beancounter_file_inside() {
     local B; B=$(vps_name bc)
     "$BERTH" create "$B" --template busybox --disk 64M --memory 96M --pids 48 >/dev/null
     "$BERTH" start "$B" >/dev/null
-    local file=/run/berth/user_beancounters table
+    local file=/run/beancounters/user_beancounters table
     table=$("$BERTH" exec "$B" -- cat "$file") || fail "no $file inside"
     echo "$table" | grep -q "^VPS $B, taken" || fail "no header naming the VPS: $table"
     # The limits are the ones stats reports, in the same table layout.
@@ -273,10 +273,10 @@ t_beancounter_file_inside() {
     # Read-only for the VPS's root: no write, no removal, no new file beside it.
     "$BERTH" exec "$B" -- sh -c "echo 0 > $file" 2>/dev/null && fail "root inside wrote the beancounter file"
     "$BERTH" exec "$B" -- rm -f "$file" 2>/dev/null && fail "root inside removed the beancounter file"
-    "$BERTH" exec "$B" -- touch /run/berth/planted 2>/dev/null && fail "root inside created a file beside it"
+    "$BERTH" exec "$B" -- touch /run/beancounters/planted 2>/dev/null && fail "root inside created a file beside it"
     [ -e "$WORK/run/$B/beancounters/planted" ] && fail "a file planted inside reached the host"
     # Its own tmpfs: the VPS's mount table names no host path.
-    expect_contains "$("$BERTH" exec "$B" -- grep ' /run/berth ' /proc/self/mountinfo)" " / /run/berth ro,"
+    expect_contains "$("$BERTH" exec "$B" -- grep ' /run/beancounters ' /proc/self/mountinfo)" " / /run/beancounters ro,"
     "$BERTH" stop "$B" >/dev/null
     grep -qF "$WORK/run/$B/beancounters" /proc/self/mountinfo && fail "stop left the beancounter tmpfs mounted"
     "$BERTH" destroy "$B" >/dev/null
