@@ -6,7 +6,7 @@ import WireTLS
 /// opened on first use and replaced when it breaks. The agent must present a certificate for
 /// exactly that node, so a stolen certificate of another node cannot pose as it.
 public actor AgentLinks {
-    let bundle: CredentialBundle
+    var bundle: CredentialBundle
     let group: EventLoopGroup
     var clients: [String: WireClient] = [:]
 
@@ -17,8 +17,9 @@ public actor AgentLinks {
 
     public func client(for node: NodeRecord) async throws -> WireClient {
         if let client = clients[node.name], client.isActive, client.peerIdentity?.serial == node.certificateSerial { return client }
-        await clients[node.name]?.close()
-        clients[node.name] = nil
+        // A link to a node that renewed its certificate is retired, not closed: calls still on
+        // it (an exec stream) finish; the agent closes it once it has been idle.
+        if let stale = clients.removeValue(forKey: node.name), !stale.isActive { await stale.close() }
         let (host, port) = try parseHostPort(node.address, field: "address")
         let client: WireClient
         do {
@@ -38,6 +39,11 @@ public actor AgentLinks {
         }
         clients[node.name] = client
         return client
+    }
+
+    /// The controller's rotated credentials, for the links made from now on.
+    public func replaceBundle(_ replacement: CredentialBundle) {
+        bundle = replacement
     }
 
     public func closeAll() async {

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import Placement
 import ServiceLifecycle
+import Synchronization
 import Wire
 import WireTLS
 
@@ -12,6 +13,8 @@ public final class ControllerServer: Service, Sendable {
     let service: ControllerService
     let links: AgentLinks
     let bundle: CredentialBundle
+    let ca: ClusterCA
+    let hosts: [String]
     let registry: PeerRegistry
     let host: String
     let port: Int
@@ -24,7 +27,9 @@ public final class ControllerServer: Service, Sendable {
         var hosts = ["localhost", "127.0.0.1", "::1", ProcessInfo.processInfo.hostName] + extraHosts
         if host != "0.0.0.0" && host != "::" { hosts.insert(host, at: 0) }
         var seen = Set<String>()
-        bundle = try ca.issueBundle(role: .controller, name: "controller", hosts: hosts.filter { seen.insert($0).inserted })
+        self.hosts = hosts.filter { seen.insert($0).inserted }
+        self.ca = ca
+        bundle = try ca.issueBundle(role: .controller, name: "controller", hosts: self.hosts)
         registry = PeerRegistry()
         links = AgentLinks(bundle: bundle, group: group)
         service = try ControllerService(store: store, ca: ca, links: links, settings: settings, registry: registry, logger: logger)
@@ -40,6 +45,22 @@ public final class ControllerServer: Service, Sendable {
                                                   registry: registry, allowAnonymous: true)
         logger.info("controller serving", metadata: ["listen": "\(host):\(server.port)"])
         if let portFile { try? "\(server.port)\n".write(toFile: portFile, atomically: true, encoding: .utf8) }
+        // Rotation: a fresh key and certificate for new connections (the listener's and the
+        // agent links'); sessions already open keep theirs, so nothing is cut off.
+        let current = Mutex(try bundle.identity().serial)
+        service.controllerRotation.withLock { rotation in
+            rotation = { [ca, hosts, links] in
+                let fresh = try ca.issueBundle(role: .controller, name: "controller", hosts: hosts)
+                let serial = try fresh.identity().serial
+                try server.replaceCredentials(fresh)
+                await links.replaceBundle(fresh)
+                let old = current.withLock { value in
+                    defer { value = serial }
+                    return value
+                }
+                return (serial, old)
+            }
+        }
         let watcher = Task { await service.watchLiveness() }
         await withGracefulShutdownHandler {
             try? await server.closeFuture.get()

@@ -36,8 +36,16 @@ public final class ControllerService: WireService {
         var revoked: [String] = []
         var lastReport: [String: [Berth_V1_VpsStatus]] = [:]
         var lastMeta: [String: Berth_V1_Heartbeat] = [:]
+        /// Renewed certificates not yet seen on a heartbeat: the node switches to them (its
+        /// listener first), and its first heartbeat with one makes it the node's current serial.
+        var pendingSerials: [String: String] = [:]
+        /// Nodes an admin asked to renew (`berth node rotate`), told so in heartbeat replies.
+        var renewRequested: Set<String> = []
     }
     let heartbeatCache = Mutex(HeartbeatCache())
+    /// Set by the server once it listens: takes a new controller certificate for new connections
+    /// and agent links, returning the new and the old serial.
+    let controllerRotation = Mutex<(@Sendable () async throws -> (new: String, old: String))?>(nil)
 
     public init(store: ClusterStore, ca: ClusterCA, links: AgentLinks, settings: ControllerSettings,
                 registry: PeerRegistry, logger: Logger) throws {
@@ -175,6 +183,10 @@ public final class ControllerService: WireService {
             response.enrolled = try enroll(r)
         case .heartbeat(let r):
             response.heartbeat = try heartbeat(r, peer: peer)
+        case .renew(let r):
+            response.enrolled = try renew(r, peer: peer)
+        case .rotate(let r):
+            response.rotated = try await rotate(r, peer: peer)
         case .nodeJoinToken(let r):
             _ = try authorise(peer, .admin, call: "node join-token")
             response.joinToken = try joinToken(ttl: r.ttlSeconds)
@@ -733,6 +745,7 @@ public final class ControllerService: WireService {
         wire.lastHeartbeatMsAgo = liveness.millisecondsSinceHeartbeat(node.name) ?? 0
         wire.vpsCount = UInt32(placement.withLock { $0.usage[node.name]?.count ?? 0 })
         wire.templates = report?.templates.map { $0.sorted() } ?? []
+        wire.certificateSerial = node.certificateSerial
         return wire
     }
 
@@ -799,6 +812,79 @@ public final class ControllerService: WireService {
         return reply
     }
 
+    /// A node's new certificate for a new key, asked for over its current session (see
+    /// ClusterMember.renew). It becomes the node's serial at the first heartbeat made with it.
+    func renew(_ request: Berth_V1_RenewRequest, peer: PeerIdentity) throws -> Berth_V1_EnrollReply {
+        guard case .certificate(let identity) = peer, identity.role == .node else {
+            throw WireError(.permissionDenied, "renew: only nodes renew their certificates (operators get a new bundle with `berth ca issue`)")
+        }
+        guard heartbeatCache.withLock({ $0.serials[identity.name] == identity.serial }), let node = try store.node(identity.name) else {
+            throw WireError(.unauthenticated, "renew: node \(identity.name) is not enrolled with this certificate")
+        }
+        let publicKey: P256.Signing.PublicKey
+        do { publicKey = try P256.Signing.PublicKey(pemRepresentation: request.publicKeyPem) } catch {
+            throw WireError(.invalidArgument, "public_key_pem: not a P-256 public key in PEM", field: "public_key_pem")
+        }
+        let (host, _) = try parseHostPort(node.address, field: "address")
+        let certificate = try ca.issue(role: .node, name: node.name, publicKey: publicKey, hosts: [host, node.name])
+        let serial = try CertificateIdentity(certificate: certificate).serial
+        heartbeatCache.withLock { $0.pendingSerials[node.name] = serial }
+        logger.notice("node certificate renewed", metadata: ["node": "\(node.name)", "serial": "\(serial)"])
+        var reply = Berth_V1_EnrollReply()
+        do { reply.certificatePem = try certificate.serializeAsPEM().pemString } catch {
+            throw WireError(.internalError, "cannot encode the node certificate: \(error)")
+        }
+        reply.caPem = ca.certificatePEM
+        return reply
+    }
+
+    /// A heartbeat made with a renewed certificate: it is now the node's, and the old one is
+    /// revoked (the node no longer uses it; links re-pin to the new serial).
+    func commitRenewal(node name: String, serial: String) throws {
+        guard let node = try store.node(name) else { return }
+        let old = node.certificateSerial
+        try store.saveNode(NodeRecord(name: node.name, address: node.address, labels: node.labels, info: node.info,
+                                      cordoned: node.cordoned, certificateSerial: serial))
+        heartbeatCache.withLock { cache in
+            cache.serials[name] = serial
+            cache.pendingSerials[name] = nil
+            cache.renewRequested.remove(name)
+        }
+        if !old.isEmpty && old != serial {
+            try store.revoke(old)
+            registry.revoke([old])
+            noteRevoked(old)
+        }
+        try? store.addEvent(kind: "node.certificate-renewed", subject: name, message: "serial \(serial) replaces \(old)")
+    }
+
+    /// Admin: the controller takes a new certificate now, and/or a node is asked to renew.
+    func rotate(_ request: Berth_V1_RotateRequest, peer: PeerIdentity) async throws -> Berth_V1_RotateResult {
+        let identity = try authorise(peer, .admin, call: "rotate")
+        guard request.controller || !request.node.isEmpty else {
+            throw WireError(.invalidArgument, "rotate: name a node (--node NAME) or the controller (--controller-cert)")
+        }
+        var result = Berth_V1_RotateResult()
+        if !request.node.isEmpty {
+            guard try store.node(request.node) != nil else {
+                throw WireError(.notFound, "node: no node named \(request.node) (see `berth node list`)", field: "node")
+            }
+            heartbeatCache.withLock { _ = $0.renewRequested.insert(request.node) }
+            result.node = request.node
+            try? store.addEvent(kind: "node.renew-requested", subject: request.node, message: "by \(identity.name)")
+        }
+        if request.controller {
+            guard let rotation = controllerRotation.withLock({ $0 }) else {
+                throw WireError(.unavailable, "rotate: the controller is not serving yet")
+            }
+            let (new, old) = try await rotation()
+            result.controllerSerial = new
+            try? store.addEvent(kind: "controller.certificate-rotated", subject: new, message: "replaces \(old), by \(identity.name)")
+            logger.notice("controller certificate rotated", metadata: ["serial": "\(new)", "old": "\(old)", "by": "\(identity.name)"])
+        }
+        return result
+    }
+
     func noteRevoked(_ serial: String) {
         heartbeatCache.withLock { cache in
             if !cache.revoked.contains(serial) { cache.revoked = (cache.revoked + [serial]).sorted() }
@@ -813,13 +899,15 @@ public final class ControllerService: WireService {
         }
         var meta = request
         meta.vpses = []
-        let (enrolled, unchanged, sameMeta, revoked) = heartbeatCache.withLock { cache in
-            (cache.serials[identity.name] == identity.serial, cache.lastReport[identity.name] == request.vpses,
-             cache.lastMeta[identity.name] == meta, cache.revoked)
+        let (enrolled, renewed, unchanged, sameMeta, revoked, renew) = heartbeatCache.withLock { cache in
+            (cache.serials[identity.name] == identity.serial, cache.pendingSerials[identity.name] == identity.serial,
+             cache.lastReport[identity.name] == request.vpses, cache.lastMeta[identity.name] == meta, cache.revoked,
+             cache.renewRequested.contains(identity.name))
         }
-        guard enrolled else {
+        guard enrolled || renewed else {
             throw WireError(.unauthenticated, "heartbeat: node \(identity.name) is not enrolled with this certificate")
         }
+        if renewed { try commitRenewal(node: identity.name, serial: identity.serial) }
         if liveness.heartbeat(node: identity.name, info: request.info, templates: request.templates) {
             logger.notice("node up", metadata: ["node": "\(identity.name)"])
             try? store.addEvent(kind: "node.up", subject: identity.name, message: "heartbeat received")
@@ -841,6 +929,7 @@ public final class ControllerService: WireService {
         var reply = Berth_V1_HeartbeatReply()
         reply.intervalMs = UInt32(settings.heartbeatInterval.components.seconds * 1000 + settings.heartbeatInterval.components.attoseconds / 1_000_000_000_000_000)
         reply.revokedSerials = revoked
+        reply.renewCertificate = renew && !renewed
         return reply
     }
 

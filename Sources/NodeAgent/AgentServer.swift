@@ -43,7 +43,7 @@ public final class AgentServer: Service, @unchecked Sendable {
             let bundle = try await member.credentials()
             let server = try await member.serve(service: service, bundle: bundle)
             listener = server
-            membership = Task { try? await member.heartbeats(bundle: bundle, registry: server.registry) }
+            membership = Task { try? await member.heartbeats(bundle: bundle, server: server) }
         }
         let clusterServer = listener
         defer { membership?.cancel() }

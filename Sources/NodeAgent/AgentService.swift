@@ -100,7 +100,7 @@ public struct AgentService: WireService {
             list.templates = manager.templates.list().map(Self.wire)
             response.templates = list
         case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
-             .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList:
+             .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList, .renew, .rotate:
             throw AgentError(.invalidArgument, "this is a node agent: cluster calls go to the controller (berth --controller HOST:PORT)")
         case nil:
             throw AgentError(.invalidArgument, "the request names no call (is the client newer than this agent?)")
@@ -129,7 +129,7 @@ public struct AgentService: WireService {
         case .templateRemove: return "template_remove"
         case .templateList: return "template_list"
         case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
-             .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList: return "cluster"
+             .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList, .renew, .rotate: return "cluster"
         case nil: return "none"
         }
     }

@@ -109,9 +109,12 @@ public final class ClusterMember: Sendable {
         return server
     }
 
-    /// Heartbeats until cancelled; failures are logged and retried every interval.
-    public func heartbeats(bundle: CredentialBundle, registry: PeerRegistry) async throws {
+    /// Heartbeats until cancelled; failures are logged and retried every interval. The node
+    /// renews its certificate when the controller asks (an admin's `berth node rotate`) or when
+    /// two thirds of its validity have passed.
+    public func heartbeats(bundle initial: CredentialBundle, server: TLSWireServer) async throws {
         let (host, port) = try parseHostPort(options.controller, field: "controller")
+        var bundle = initial
         var interval: Duration = .seconds(1)
         var client: WireClient?
         var failing = false
@@ -135,7 +138,18 @@ public final class ClusterMember: Sendable {
                 request.heartbeat = beat
                 request.deadlineMs = 5000
                 let reply = try await client!.call(request).heartbeat
-                registry.revoke(reply.revokedSerials)
+                server.registry.revoke(reply.revokedSerials)
+                if reply.renewCertificate || bundle.needsRenewal() {
+                    do {
+                        bundle = try await renew(bundle, over: client!, server: server)
+                        // The next heartbeat goes out on a connection with the new certificate.
+                        await client?.close()
+                        client = nil
+                    } catch {
+                        // The old certificate stays in use; the next heartbeat tries again.
+                        logger.warning("certificate renewal failed", metadata: ["error": "\(error)"])
+                    }
+                }
                 if reply.intervalMs > 0 { interval = .milliseconds(Int(reply.intervalMs)) }
                 if failing { logger.notice("heartbeats reach the controller again") }
                 failing = false
@@ -148,5 +162,36 @@ public final class ClusterMember: Sendable {
             try? await Task.sleep(for: interval)
         }
         await client?.close()
+    }
+
+    /// Certificate rotation without downtime, over the node's current mTLS session:
+    /// ```
+    /// agent                                          controller
+    ///   | REQUEST renew {new public key} ------------->|  caller: node N with N's current serial
+    ///   |<- RESPONSE enrolled {new node cert, CA}      |  N's serial := new; old revoked in 2 s
+    ///   | DATA/cluster/*.pem replaced as one unit       |
+    ///   | listener: new connections get the new cert   |  links to N reconnect, pin the new serial
+    ///   | heartbeats reconnect with the new cert  ---->|
+    /// ```
+    /// VPSs and open sessions are untouched; a failure keeps the old certificate and is retried
+    /// at the next heartbeat.
+    func renew(_ current: CredentialBundle, over client: WireClient, server: TLSWireServer) async throws -> CredentialBundle {
+        let key = ClusterCA.generateKeyPair()
+        var request = Berth_V1_Request()
+        request.renew.publicKeyPem = key.publicKeyPEM
+        request.deadlineMs = 10_000
+        let reply = try await client.call(request).enrolled
+        guard try ClusterCA.fingerprint(ofPEM: reply.caPem) == ClusterCA.fingerprint(ofPEM: current.caPEM) else {
+            throw WireError(.unauthenticated, "renew: the controller answered with another CA")
+        }
+        let bundle = CredentialBundle(caPEM: reply.caPem, certificatePEM: reply.certificatePem, keyPEM: key.privateKeyPEM)
+        let identity = try bundle.identity()
+        guard identity.role == .node, identity.name == manager.nodeName else {
+            throw WireError(.unauthenticated, "renew: the controller issued a certificate for \(identity.role) \(identity.name)")
+        }
+        try bundle.replace(directory: directory)
+        try server.replaceCredentials(bundle)
+        logger.notice("certificate renewed", metadata: ["node": "\(manager.nodeName)", "serial": "\(identity.serial)"])
+        return bundle
     }
 }

@@ -837,6 +837,53 @@ public nonisolated struct Berth_V1_EnrollReply: Sendable {
   public init() {}
 }
 
+/// A node's new key for a fresh certificate, sent over its current mTLS session (no token):
+/// answered with an EnrollReply; the old certificate is revoked a moment later.
+public nonisolated struct Berth_V1_RenewRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var publicKeyPem: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Admin: certificate rotation without downtime.
+public nonisolated struct Berth_V1_RotateRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// the controller takes a new certificate and key now
+  public var controller: Bool = false
+
+  /// this node renews its certificate at its next heartbeat
+  public var node: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_RotateResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// the controller's new serial (rotate controller)
+  public var controllerSerial: String = String()
+
+  /// the node asked to renew
+  public var node: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// Every interval (1 s by default) from each enrolled agent; the node is the certificate's.
 public nonisolated struct Berth_V1_Heartbeat: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -889,6 +936,9 @@ public nonisolated struct Berth_V1_HeartbeatReply: Sendable {
 
   /// the cluster's denylist, hex
   public var revokedSerials: [String] = []
+
+  /// an admin asked this node to renew (RenewRequest) now
+  public var renewCertificate: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -943,6 +993,12 @@ public nonisolated struct Berth_V1_ClusterNode: @unchecked Sendable {
   public var templates: [String] {
     get {_storage._templates}
     set {_uniqueStorage()._templates = newValue}
+  }
+
+  /// the node's current certificate (hex)
+  public var certificateSerial: String {
+    get {_storage._certificateSerial}
+    set {_uniqueStorage()._certificateSerial = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -1426,6 +1482,22 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .templateUpload(newValue)}
   }
 
+  public var renew: Berth_V1_RenewRequest {
+    get {
+      if case .renew(let v)? = call {return v}
+      return Berth_V1_RenewRequest()
+    }
+    set {call = .renew(newValue)}
+  }
+
+  public var rotate: Berth_V1_RotateRequest {
+    get {
+      if case .rotate(let v)? = call {return v}
+      return Berth_V1_RotateRequest()
+    }
+    set {call = .rotate(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -1461,6 +1533,8 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case operationShow(Berth_V1_OperationRequest)
     case operationList(Berth_V1_Empty)
     case templateUpload(Berth_V1_TemplateUploadRequest)
+    case renew(Berth_V1_RenewRequest)
+    case rotate(Berth_V1_RotateRequest)
 
   }
 
@@ -1637,6 +1711,14 @@ public nonisolated struct Berth_V1_Response: @unchecked Sendable {
     set {_uniqueStorage()._result = .templateUpload(newValue)}
   }
 
+  public var rotated: Berth_V1_RotateResult {
+    get {
+      if case .rotated(let v)? = _storage._result {return v}
+      return Berth_V1_RotateResult()
+    }
+    set {_uniqueStorage()._result = .rotated(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -1660,6 +1742,7 @@ public nonisolated struct Berth_V1_Response: @unchecked Sendable {
     case operation(Berth_V1_Operation)
     case operations(Berth_V1_OperationList)
     case templateUpload(Berth_V1_TemplateUploadResult)
+    case rotated(Berth_V1_RotateResult)
 
   }
 
@@ -3339,6 +3422,106 @@ nonisolated extension Berth_V1_EnrollReply: SwiftProtobuf.Message, SwiftProtobuf
   }
 }
 
+nonisolated extension Berth_V1_RenewRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RenewRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}public_key_pem\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.publicKeyPem) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.publicKeyPem.isEmpty {
+      try visitor.visitSingularStringField(value: self.publicKeyPem, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_RenewRequest, rhs: Berth_V1_RenewRequest) -> Bool {
+    if lhs.publicKeyPem != rhs.publicKeyPem {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_RotateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RotateRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}controller\0\u{1}node\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.controller) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.controller != false {
+      try visitor.visitSingularBoolField(value: self.controller, fieldNumber: 1)
+    }
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_RotateRequest, rhs: Berth_V1_RotateRequest) -> Bool {
+    if lhs.controller != rhs.controller {return false}
+    if lhs.node != rhs.node {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_RotateResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RotateResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}controller_serial\0\u{1}node\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.controllerSerial) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.controllerSerial.isEmpty {
+      try visitor.visitSingularStringField(value: self.controllerSerial, fieldNumber: 1)
+    }
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_RotateResult, rhs: Berth_V1_RotateResult) -> Bool {
+    if lhs.controllerSerial != rhs.controllerSerial {return false}
+    if lhs.node != rhs.node {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Berth_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}info\0\u{1}vpses\0\u{1}address\0\u{1}labels\0\u{1}templates\0")
@@ -3439,7 +3622,7 @@ nonisolated extension Berth_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Berth_V1_HeartbeatReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeartbeatReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}interval_ms\0\u{3}revoked_serials\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}interval_ms\0\u{3}revoked_serials\0\u{3}renew_certificate\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3449,6 +3632,7 @@ nonisolated extension Berth_V1_HeartbeatReply: SwiftProtobuf.Message, SwiftProto
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.intervalMs) }()
       case 2: try { try decoder.decodeRepeatedStringField(value: &self.revokedSerials) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.renewCertificate) }()
       default: break
       }
     }
@@ -3461,12 +3645,16 @@ nonisolated extension Berth_V1_HeartbeatReply: SwiftProtobuf.Message, SwiftProto
     if !self.revokedSerials.isEmpty {
       try visitor.visitRepeatedStringField(value: self.revokedSerials, fieldNumber: 2)
     }
+    if self.renewCertificate != false {
+      try visitor.visitSingularBoolField(value: self.renewCertificate, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Berth_V1_HeartbeatReply, rhs: Berth_V1_HeartbeatReply) -> Bool {
     if lhs.intervalMs != rhs.intervalMs {return false}
     if lhs.revokedSerials != rhs.revokedSerials {return false}
+    if lhs.renewCertificate != rhs.renewCertificate {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3474,7 +3662,7 @@ nonisolated extension Berth_V1_HeartbeatReply: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Berth_V1_ClusterNode: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ClusterNode"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}address\0\u{1}labels\0\u{1}info\0\u{3}last_heartbeat_ms_ago\0\u{3}vps_count\0\u{1}templates\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}address\0\u{1}labels\0\u{1}info\0\u{3}last_heartbeat_ms_ago\0\u{3}vps_count\0\u{1}templates\0\u{3}certificate_serial\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -3485,6 +3673,7 @@ nonisolated extension Berth_V1_ClusterNode: SwiftProtobuf.Message, SwiftProtobuf
     var _lastHeartbeatMsAgo: UInt64 = 0
     var _vpsCount: UInt32 = 0
     var _templates: [String] = []
+    var _certificateSerial: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3503,6 +3692,7 @@ nonisolated extension Berth_V1_ClusterNode: SwiftProtobuf.Message, SwiftProtobuf
       _lastHeartbeatMsAgo = source._lastHeartbeatMsAgo
       _vpsCount = source._vpsCount
       _templates = source._templates
+      _certificateSerial = source._certificateSerial
     }
   }
 
@@ -3529,6 +3719,7 @@ nonisolated extension Berth_V1_ClusterNode: SwiftProtobuf.Message, SwiftProtobuf
         case 6: try { try decoder.decodeSingularUInt64Field(value: &_storage._lastHeartbeatMsAgo) }()
         case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._vpsCount) }()
         case 8: try { try decoder.decodeRepeatedStringField(value: &_storage._templates) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._certificateSerial) }()
         default: break
         }
       }
@@ -3565,6 +3756,9 @@ nonisolated extension Berth_V1_ClusterNode: SwiftProtobuf.Message, SwiftProtobuf
       if !_storage._templates.isEmpty {
         try visitor.visitRepeatedStringField(value: _storage._templates, fieldNumber: 8)
       }
+      if !_storage._certificateSerial.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._certificateSerial, fieldNumber: 9)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3582,6 +3776,7 @@ nonisolated extension Berth_V1_ClusterNode: SwiftProtobuf.Message, SwiftProtobuf
         if _storage._lastHeartbeatMsAgo != rhs_storage._lastHeartbeatMsAgo {return false}
         if _storage._vpsCount != rhs_storage._vpsCount {return false}
         if _storage._templates != rhs_storage._templates {return false}
+        if _storage._certificateSerial != rhs_storage._certificateSerial {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -4044,7 +4239,7 @@ nonisolated extension Berth_V1_OperationList: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4457,6 +4652,32 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .templateUpload(v)
         }
       }()
+      case 41: try {
+        var v: Berth_V1_RenewRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .renew(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .renew(v)
+        }
+      }()
+      case 42: try {
+        var v: Berth_V1_RotateRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .rotate(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .rotate(v)
+        }
+      }()
       default: break
       }
     }
@@ -4598,6 +4819,14 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       guard case .templateUpload(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 40)
     }()
+    case .renew?: try {
+      guard case .renew(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 41)
+    }()
+    case .rotate?: try {
+      guard case .rotate(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 42)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -4614,7 +4843,7 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0\u{1}operation\0\u{1}operations\0\u{3}template_upload\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0\u{1}operation\0\u{1}operations\0\u{3}template_upload\0\u{1}rotated\0")
 
   fileprivate class _StorageClass {
     var _result: Berth_V1_Response.OneOf_Result?
@@ -4907,6 +5136,19 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
             _storage._result = .templateUpload(v)
           }
         }()
+        case 30: try {
+          var v: Berth_V1_RotateResult?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .rotated(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .rotated(v)
+          }
+        }()
         default: break
         }
       }
@@ -4999,6 +5241,10 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
       case .templateUpload?: try {
         guard case .templateUpload(let v)? = _storage._result else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 29)
+      }()
+      case .rotated?: try {
+        guard case .rotated(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
       }()
       case nil: break
       }

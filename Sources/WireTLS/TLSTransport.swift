@@ -249,6 +249,10 @@ final class IdleCloser: ChannelInboundHandler {
 public final class TLSWireServer: Sendable {
     let channel: Channel
     public let registry: PeerRegistry
+    /// What new connections get: replaced by `replaceCredentials`, while connections already
+    /// established keep the certificate they were made with.
+    let context: NIOLockedValueBox<NIOSSLContext>
+    let allowAnonymous: Bool
 
     /// `allowAnonymous` admits peers without a certificate as `.anonymous` (the controller's
     /// enrolment path); the service must refuse them everything else.
@@ -256,14 +260,14 @@ public final class TLSWireServer: Sendable {
                             group: EventLoopGroup, registry: PeerRegistry = PeerRegistry(),
                             allowAnonymous: Bool = false, maxStreams: Int = 256,
                             handshakeTimeout: TimeAmount = .seconds(10)) async throws -> TLSWireServer {
-        let context = try BerthTLS.serverContext(bundle: bundle, allowAnonymous: allowAnonymous)
+        let context = NIOLockedValueBox(try BerthTLS.serverContext(bundle: bundle, allowAnonymous: allowAnonymous))
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context.withLockedValue { $0 }))
                     try channel.pipeline.syncOperations.addHandler(
                         TLSAdmissionHandler(service: service, registry: registry, maxStreams: maxStreams, handshakeTimeout: handshakeTimeout))
                 }
@@ -274,12 +278,21 @@ public final class TLSWireServer: Sendable {
         } catch {
             throw WireError(.unavailable, "listen: cannot listen on \(host):\(port): \(error)", field: "listen")
         }
-        return TLSWireServer(channel: channel, registry: registry)
+        return TLSWireServer(channel: channel, registry: registry, context: context, allowAnonymous: allowAnonymous)
     }
 
-    init(channel: Channel, registry: PeerRegistry) {
+    init(channel: Channel, registry: PeerRegistry, context: NIOLockedValueBox<NIOSSLContext>, allowAnonymous: Bool) {
         self.channel = channel
         self.registry = registry
+        self.context = context
+        self.allowAnonymous = allowAnonymous
+    }
+
+    /// Certificate rotation without downtime: connections from now on get `bundle`'s
+    /// certificate; the open ones go on with theirs.
+    public func replaceCredentials(_ bundle: CredentialBundle) throws(WireError) {
+        let replacement = try BerthTLS.serverContext(bundle: bundle, allowAnonymous: allowAnonymous)
+        context.withLockedValue { $0 = replacement }
     }
 
     public var port: Int { channel.localAddress?.port ?? 0 }

@@ -36,6 +36,7 @@ public struct CredentialBundle: Sendable {
     }
 
     public static func load(directory: String) throws(WireError) -> CredentialBundle {
+        try finishReplacement(directory: directory)
         func read(_ file: String) throws(WireError) -> String {
             let path = directory + "/" + file
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
@@ -50,6 +51,56 @@ public struct CredentialBundle: Sendable {
         try writeSecretFile(directory + "/ca.pem", caPEM, mode: 0o644)
         try writeSecretFile(directory + "/cert.pem", certificatePEM, mode: 0o644)
         try writeSecretFile(directory + "/key.pem", keyPEM, mode: 0o600)
+    }
+
+    static let files = [("ca.pem", mode_t(0o644)), ("cert.pem", mode_t(0o644)), ("key.pem", mode_t(0o600))]
+    static let replacementMarker = "replace.commit"
+
+    /// Replaces the bundle in `directory` as one unit (certificate rotation): the new files are
+    /// written beside the old ones, a marker commits them, then each is renamed into place. A
+    /// crash at any point leaves either the old bundle or, at the next `load`, the new one;
+    /// never a certificate with the other key.
+    public func replace(directory: String) throws(WireError) {
+        for (file, _) in Self.files { unlink(directory + "/" + file + ".next") }
+        for ((file, mode), text) in zip(Self.files, [caPEM, certificatePEM, keyPEM]) {
+            try writeSecretFile(directory + "/" + file + ".next", text, mode: mode)
+        }
+        try writeSecretFile(directory + "/" + Self.replacementMarker, "", mode: 0o600)
+        try Self.finishReplacement(directory: directory)
+    }
+
+    /// Completes a committed replacement (renames the `.next` files into place) or discards an
+    /// uncommitted one.
+    static func finishReplacement(directory: String) throws(WireError) {
+        let marker = directory + "/" + replacementMarker
+        guard access(marker, F_OK) == 0 else {
+            for (file, _) in files { unlink(directory + "/" + file + ".next") }
+            return
+        }
+        for (file, _) in files where access(directory + "/" + file + ".next", F_OK) == 0 {
+            guard rename(directory + "/" + file + ".next", directory + "/" + file) == 0 else {
+                throw WireError(.kernel, "cannot rename \(directory)/\(file).next into place", stage: "rename", errno: errno)
+            }
+        }
+        unlink(marker)
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 { fsync(fd); close(fd) }
+    }
+
+    /// When our certificate became valid and when it stops being valid.
+    public func validity() throws(WireError) -> (notBefore: Date, notAfter: Date) {
+        do {
+            let certificate = try Certificate(pemEncoded: certificatePEM)
+            return (certificate.notValidBefore, certificate.notValidAfter)
+        } catch {
+            throw WireError(.invalidArgument, "cert.pem is not a PEM certificate: \(error)", field: "config-dir")
+        }
+    }
+
+    /// Past two thirds of its validity: time to renew, long before it expires.
+    public func needsRenewal(now: Date = Date()) -> Bool {
+        guard let (start, end) = try? validity() else { return false }
+        return now >= start.addingTimeInterval(end.timeIntervalSince(start) * 2 / 3)
     }
 
     /// The identity our own certificate carries.

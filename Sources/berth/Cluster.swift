@@ -27,7 +27,7 @@ extension Berth_V1_ClusterNode {
     var json: JSON {
         .object(["name": .string(name), "state": .string(state), "address": .string(address),
                  "labels": .object(labels.mapValues(JSON.string)), "vps_count": .int(Int64(vpsCount)),
-                 "last_heartbeat_ms_ago": .int(Int64(lastHeartbeatMsAgo)), "templates": .array(templates.map(JSON.string)),
+                 "last_heartbeat_ms_ago": .int(Int64(lastHeartbeatMsAgo)), "templates": .array(templates.map(JSON.string)), "certificate_serial": .string(certificateSerial),
                  "cpus": .int(Int64(info.cpus)), "memory_bytes": .int(Int64(info.memoryBytes)), "disk_bytes": .int(Int64(info.diskBytes)),
                  "cgroup": .string(info.cgroupMode), "kernel": .string(info.kernel)])
     }
@@ -38,6 +38,7 @@ func showClusterNode(_ node: Berth_V1_ClusterNode) {
     print("  kernel \(node.info.kernel), cgroup \(node.info.cgroupMode), \(node.info.cpus) CPUs, \(humanBytes(node.info.memoryBytes)) memory, \(humanBytes(node.info.diskBytes)) disk")
     print("  VPSs: \(node.vpsCount); templates: \(node.templates.isEmpty ? "-" : node.templates.joined(separator: ","))")
     if !node.labels.isEmpty { print("  labels: " + labelText(node.labels)) }
+    if !node.certificateSerial.isEmpty { print("  certificate serial: \(node.certificateSerial)") }
 }
 
 extension NodeCommand {
@@ -118,7 +119,7 @@ func parseDuration(_ text: String) -> UInt64? {
 struct CACommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ca", abstract: "The cluster certificate authority: create it, issue operator certificates, revoke.",
-        subcommands: [Init.self, Issue.self, Revoke.self])
+        subcommands: [Init.self, Issue.self, Revoke.self, Rotate.self])
 
     struct Init: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -180,6 +181,44 @@ struct CACommand: AsyncParsableCommand {
             requireCluster(connection, "ca revoke")
             _ = try await connection.withClient { try await $0.call(request { $0.revoke.serial = serial }) }
             print("revoked \(serial)")
+        }
+    }
+}
+
+extension CACommand {
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rotate",
+            abstract: "Cluster mode (admin): new certificates without downtime, for the controller and/or nodes.",
+            discussion: "--controller-cert: the controller takes a new key and certificate for new connections; open sessions keep theirs (revoke the old serial with `berth ca revoke` to cut them). --node NAME: the node renews its certificate at its next heartbeat; the command waits until the controller uses the new one and the old one is revoked. VPSs keep running either way. Nodes also renew on their own once two thirds of their certificate's validity have passed.")
+        @OptionGroup var connection: ConnectionOptions
+        @Flag(name: .customLong("controller-cert"), help: "Rotate the controller's own certificate.") var controllerCertificate = false
+        @Option(name: .customLong("node"), help: "A node that renews its certificate (repeatable).") var nodes: [String] = []
+
+        func run() async throws {
+            requireCluster(connection, "ca rotate")
+            guard controllerCertificate || !nodes.isEmpty else {
+                fail(WireError(.invalidArgument, "rotate: name --controller-cert and/or --node NAME", field: "node"))
+            }
+            try await connection.withClient { client in
+                if controllerCertificate {
+                    let result = try await client.call(request { $0.rotate.controller = true }).rotated
+                    print("controller: new certificate, serial \(result.controllerSerial)")
+                }
+                for node in nodes {
+                    let before = try await client.call(request { $0.nodeShow.name = node }).clusterNode.certificateSerial
+                    _ = try await client.call(request { $0.rotate.node = node })
+                    var after = before
+                    for _ in 0..<150 where after == before {
+                        try await Task.sleep(nanoseconds: 100_000_000)
+                        after = try await client.call(request { $0.nodeShow.name = node }).clusterNode.certificateSerial
+                    }
+                    guard after != before else {
+                        fail(WireError(.deadlineExceeded, "node \(node) did not renew within 15 s (is it up? `berth node show \(node)`)"))
+                    }
+                    print("\(node): new certificate, serial \(after) (\(before) revoked)")
+                }
+            }
         }
     }
 }

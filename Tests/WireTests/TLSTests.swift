@@ -42,6 +42,47 @@ struct WhoAmIService: WireService {
         return try await client.call(request).status.name
     }
 
+    /// Rotation replaces a bundle on disk as one unit: a crash before the commit marker leaves
+    /// the old bundle, a crash after it the new one, never a certificate with the other key.
+    @Test func bundleReplacementIsAllOrNothing() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try ClusterCA.create(directory: dir + "/ca")
+        let old = try ca.issueBundle(role: .node, name: "n1"), new = try ca.issueBundle(role: .node, name: "n1")
+        try FileManager.default.createDirectory(atPath: dir + "/node", withIntermediateDirectories: true)
+        try old.write(directory: dir + "/node")
+        // Crashed while writing the new files: no marker, so they are discarded.
+        try new.certificatePEM.write(toFile: dir + "/node/cert.pem.next", atomically: true, encoding: .utf8)
+        #expect(try CredentialBundle.load(directory: dir + "/node").identity().serial == old.identity().serial)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/node/cert.pem.next"))
+        // Crashed after the marker, before the renames: the next load finishes them.
+        for (file, text) in [("ca.pem", new.caPEM), ("cert.pem", new.certificatePEM), ("key.pem", new.keyPEM)] {
+            try text.write(toFile: dir + "/node/\(file).next", atomically: true, encoding: .utf8)
+        }
+        FileManager.default.createFile(atPath: dir + "/node/replace.commit", contents: nil)
+        let loaded = try CredentialBundle.load(directory: dir + "/node")
+        #expect(try loaded.identity().serial == new.identity().serial)
+        #expect(loaded.keyPEM == new.keyPEM)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/node/replace.commit"))
+        // The ordinary path.
+        try old.replace(directory: dir + "/node")
+        #expect(try CredentialBundle.load(directory: dir + "/node").identity().serial == old.identity().serial)
+        var info = stat()
+        #expect(stat(dir + "/node/key.pem", &info) == 0 && info.st_mode & 0o777 == 0o600)
+    }
+
+    /// A node renews on its own once two thirds of its certificate's validity have passed.
+    @Test func renewalIsDueAfterTwoThirdsOfTheValidity() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try ClusterCA.create(directory: dir)
+        let bundle = try ca.issueBundle(role: .node, name: "n1", validity: 3000)
+        let (start, end) = try bundle.validity()
+        #expect(end.timeIntervalSince(start) == 3000)
+        #expect(!bundle.needsRenewal(now: start.addingTimeInterval(1900)))
+        #expect(bundle.needsRenewal(now: start.addingTimeInterval(2100)))
+    }
+
     @Test func caIssuesCertificatesWithRoleAndName() throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }

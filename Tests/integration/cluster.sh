@@ -401,6 +401,57 @@ t_templates_are_distributed() {
     true
 }
 
+# The serial of the certificate a TLS server presents to a new connection (admin credentials).
+served_serial() { # HOST PORT
+    nsenter --net=/run/netns/"$FAB" /usr/bin/python3 - "$1" "$2" "$ADMIN" <<'PY'
+import socket, ssl, sys
+from cryptography import x509
+host, port, creds = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False
+ctx.load_verify_locations(creds + "/ca.pem"); ctx.load_cert_chain(creds + "/cert.pem", creds + "/key.pem")
+ctx.set_alpn_protocols(["berth/1"])
+with socket.create_connection((host, port), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
+    print(format(x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number, "x"))
+PY
+}
+file_serial() { /usr/bin/python3 -c 'import sys; from cryptography import x509; print(format(x509.load_pem_x509_certificate(open(sys.argv[1], "rb").read()).serial_number, "x"))' "$1"; }
+
+t_certificates_rotate_without_downtime() {
+    local V="$RUN_ID-rot" out before after
+    cl create "$V" --template busybox --disk 64M --node n2 >/dev/null
+    cl start "$V" >/dev/null
+    # A stream through the controller to n2 that spans both rotations.
+    cl exec "$V" -- sh -c 'sleep 4; echo survived' >"$WORK/rot.out" 2>&1 &
+    local streaming=$!
+    sleep 0.5
+    # The controller: new connections get the new certificate; open sessions keep theirs.
+    before=$(served_serial 198.18.100.1 7443)
+    out=$(cl ca rotate --controller-cert)
+    after=$(served_serial 198.18.100.1 7443)
+    [ "$before" != "$after" ] || fail "the controller still serves certificate $before"
+    expect_contains "$out" "serial $after"
+    # A node: renewed over its own session, in use once its heartbeat shows it, the old one revoked.
+    before=$(cl node show n2 --json | field certificate_serial)
+    out=$(cl ca rotate --node n2)
+    after=$(cl node show n2 --json | field certificate_serial)
+    [ "$before" != "$after" ] || fail "n2 kept certificate $before"
+    expect_contains "$out" "n2: new certificate, serial $after ($before revoked)"
+    expect_eq "$(file_serial "$WORK/n2/data/cluster/cert.pem")" "$after"
+    expect_eq "$(served_serial 198.18.100.12 7000)" "$after"   # n2's listener serves it to new connections
+    wait "$streaming" || fail "the exec across the rotations failed: $(cat "$WORK/rot.out")"
+    expect_eq "$(cat "$WORK/rot.out")" survived
+    expect_eq "$(cl exec "$V" -- echo after)" after
+    expect_eq "$(node_state n2)" ready
+    # The renewed certificate is what n2 uses after a restart (its old one is revoked).
+    "$DEV" agent-kill 2
+    "$DEV" agent-start 2 || fail "n2 did not restart"
+    for _ in $(seq 50); do [ "$(node_state n2)" = ready ] && break; sleep 0.1; done
+    expect_eq "$(node_state n2)" ready
+    expect_eq "$(cl exec "$V" -- echo restarted)" restarted
+    expect_contains "$(expect_fail 3 cl ca rotate --node nope)" "no node named nope"
+    cl destroy "$V" --force >/dev/null
+}
+
 run_test "three agents enrol with single-use tokens and report ready" t_nodes_enrolled
 run_test "placement spreads, honours constraints and capacity, leaves nothing when refused" t_placement_spreads_and_respects_constraints
 run_test "anti-affinity never shares a node; cordoned nodes take nothing new" t_anti_affinity_and_cordon
@@ -413,6 +464,7 @@ run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, h
 run_test "roles and tenants (T05): viewers read only, tenants see only their own, nodes are not operators" t_roles_and_tenants
 run_test "revocation (T04) closes open sessions and refuses new ones" t_revocation_closes_open_sessions
 run_test "templates: one upload to the controller reaches every node (or the --node ones); bad input refused" t_templates_are_distributed
+run_test "certificate rotation: controller and node get new certificates; a stream across it survives" t_certificates_rotate_without_downtime
 run_test "bad pools, placements, names, roles, addresses and tokens: clear errors, nothing applied" t_bad_input
 
 echo
