@@ -197,6 +197,9 @@ public struct AgentService: WireService {
             throw error
         }
         let (stdinPipe, stdoutPipe, stderrPipe) = (pipes[0], pipes[1], pipes[2])
+        // Bulk streams (a tarball through `exec cat`) move in fewer, larger reads and writes;
+        // a pipe that cannot grow keeps the kernel's default.
+        for pipe in [stdinPipe, stdoutPipe] { _ = fcntl(pipe.write, 1031 /* F_SETPIPE_SZ */, Int32(Self.streamPipeBytes)) }
         let resizePipe = request.tty ? pipes[3] : nil
         var fds = [stdinPipe.read, stdoutPipe.write, request.tty ? stdoutPipe.write : stderrPipe.write]
         if let resizePipe { fds.append(resizePipe.read) }
@@ -214,7 +217,9 @@ public struct AgentService: WireService {
         // Stdin is written with plain channel writes, each awaited until it reached the pipe:
         // closing the pipe (the client's end of stdin) must never drop bytes still queued in NIO.
         let stdinChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdinPipe.write).get()
-        let stdoutChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: stdoutPipe.read) { channel in
+        let stdoutChannel = try await NIOPipeBootstrap(group: group)
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: Self.streamPipeBytes))
+            .takingOwnershipOfDescriptor(input: stdoutPipe.read) { channel in
             channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
         }
         let stderrChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: stderrPipe.read) { channel in
@@ -276,6 +281,8 @@ public struct AgentService: WireService {
             return result
         }
     }
+
+    static let streamPipeBytes = 1 << 20
 
     // MARK: - console
 

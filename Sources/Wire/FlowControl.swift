@@ -32,7 +32,9 @@ final class SendWindow: @unchecked Sendable {
         self.stream = stream
     }
 
-    /// Queues `bytes` on `channelNumber`; `promise` completes once the last of them is written.
+    /// Queues `bytes` on `channelNumber`; `promise` completes once the last of them went out
+    /// under the peer's credit (handed to the channel). The credit, not the socket, bounds what
+    /// is buffered, so a producer may have a window's worth in flight instead of one chunk.
     func send(_ channelNumber: UInt8, _ bytes: ByteBuffer, promise: EventLoopPromise<Void>) {
         if let failure { promise.fail(failure); return }
         queue.append(Pending(channelNumber: channelNumber, bytes: bytes, promise: promise))
@@ -79,12 +81,8 @@ final class SendWindow: @unchecked Sendable {
             var slice = queue[0].bytes.readSlice(length: count)!
             payload.writeBuffer(&slice)
             available -= count + 1
-            let frame = Frame(type: .data, stream: stream, payload: payload)
-            if queue[0].bytes.readableBytes == 0 {
-                channel.write(frame, promise: queue.removeFirst().promise)
-            } else {
-                channel.write(frame, promise: nil)
-            }
+            channel.write(Frame(type: .data, stream: stream, payload: payload), promise: nil)
+            if queue[0].bytes.readableBytes == 0 { queue.removeFirst().promise?.succeed() }
             wrote = true
         }
         if wrote { channel.flush() }

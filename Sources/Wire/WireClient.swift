@@ -37,8 +37,7 @@ public final class ClientCall: @unchecked Sendable {
         }, consumed: { count in ReceiveWindow.consume(window, count, stream: id, on: channel) })
     }
 
-    /// Sends stream bytes; the future completes once the server's credit let them out and they
-    /// were written.
+    /// Sends stream bytes; the future completes once the server's credit let them out.
     public func send(_ channelNumber: Frame.Channel, _ bytes: [UInt8]) -> EventLoopFuture<Void> {
         let promise = channel.eventLoop.makePromise(of: Void.self)
         let buffer = channel.allocator.buffer(bytes: bytes)

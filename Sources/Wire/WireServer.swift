@@ -49,8 +49,8 @@ public final class ServerStream: @unchecked Sendable {
         }, consumed: { count in ReceiveWindow.consume(window, count, stream: id, on: channel) })
     }
 
-    /// Sends stream bytes; suspends until the client's credit let them out and NIO wrote them:
-    /// a slow client holds back the producer instead of buffering in the server.
+    /// Sends stream bytes; suspends until the client's credit let them out: a slow client holds
+    /// back the producer instead of buffering in the server.
     public func send(_ channelNumber: Frame.Channel, _ bytes: ByteBuffer) async throws {
         let promise = channel.eventLoop.makePromise(of: Void.self)
         channel.eventLoop.execute { self.sendWindow.send(channelNumber.rawValue, bytes, promise: promise) }

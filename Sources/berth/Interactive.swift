@@ -136,7 +136,7 @@ func writeAll(_ fd: Int32, _ buffer: ByteBuffer) {
 func forwardStdin(_ call: ClientCall, detachByte: UInt8?) {
     // A dedicated thread: the reads block, which must not tie up the concurrency pool.
     PosixThread.detach {
-        var buffer = [UInt8](repeating: 0, count: 32768)
+        var buffer = [UInt8](repeating: 0, count: 128 << 10)
         while true {
             let n = read(0, &buffer, buffer.count)
             if n < 0 && errno == EINTR { continue }
