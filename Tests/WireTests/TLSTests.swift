@@ -36,7 +36,7 @@ struct WhoAmIService: WireService {
         await server.close()
     }
 
-    func whoAmI(_ client: WireClient) async throws -> String {
+    static func whoAmI(_ client: WireClient) async throws -> String {
         var request = Berth_V1_Request()
         request.status.name = "x"
         return try await client.call(request).status.name
@@ -129,7 +129,7 @@ struct WhoAmIService: WireService {
             let client = try await WireClient.connect(host: "127.0.0.1", port: port,
                                                       bundle: try ca.issueBundle(role: .viewer, name: "vera"),
                                                       group: MultiThreadedEventLoopGroup.singleton)
-            #expect(try await whoAmI(client) == "viewer/vera")
+            #expect(try await Self.whoAmI(client) == "viewer/vera")
             #expect(client.peerIdentity?.role == .controller)
             await client.close()
         }
@@ -146,7 +146,7 @@ struct WhoAmIService: WireService {
             foreign.caPEM = ca.certificatePEM
             await #expect(throws: (any Error).self) {
                 let client = try await WireClient.connect(host: "127.0.0.1", port: port, bundle: foreign, group: MultiThreadedEventLoopGroup.singleton)
-                _ = try await whoAmI(client)
+                _ = try await Self.whoAmI(client)
             }
             // The server's certificate does not name "localhost6": the client refuses it.
             await #expect(throws: (any Error).self) {
@@ -166,7 +166,7 @@ struct WhoAmIService: WireService {
             var enroll = Berth_V1_Request()
             enroll.enroll.token = "t"
             #expect(try await client.call(enroll).status.name == "anonymous")
-            await #expect(throws: WireError.self) { _ = try await whoAmI(client) }
+            await #expect(throws: WireError.self) { _ = try await Self.whoAmI(client) }
             await client.close()
             // A pinned hash of another CA: the enrolling client refuses the server.
             await #expect(throws: (any Error).self) {
@@ -183,13 +183,13 @@ struct WhoAmIService: WireService {
         try await withServer(ca) { port, server in
             let bundle = try ca.issueBundle(role: .operator_, name: "olga")
             let client = try await WireClient.connect(host: "127.0.0.1", port: port, bundle: bundle, group: MultiThreadedEventLoopGroup.singleton)
-            #expect(try await whoAmI(client) == "operator/olga")
+            #expect(try await Self.whoAmI(client) == "operator/olga")
             server.registry.revoke([try bundle.identity().serial])
             for _ in 0..<100 where client.isActive { try await Task.sleep(for: .milliseconds(10)) }
             #expect(!client.isActive)
             await #expect(throws: WireError.self) {
                 let again = try await WireClient.connect(host: "127.0.0.1", port: port, bundle: bundle, group: MultiThreadedEventLoopGroup.singleton)
-                _ = try await whoAmI(again)
+                _ = try await Self.whoAmI(again)
             }
         }
     }
@@ -224,8 +224,84 @@ struct WhoAmIService: WireService {
     }
 }
 
+/// R11 under load: 500 peers that connect and never handshake do not keep a real client from
+/// being served, and all of them are closed at the handshake limit.
+@Suite struct SlowPeerLoadTests {
+    @Test func manySilentPeersDoNotStarveARealClient() async throws {
+        let dir = try TLSTests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try ClusterCA.create(directory: dir)
+        let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: WhoAmIService(),
+                                                  bundle: try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"]),
+                                                  group: MultiThreadedEventLoopGroup.singleton, handshakeTimeout: .seconds(1))
+        defer { Task { await server.close() } }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(server.port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var silent: [Int32] = []
+        defer { silent.forEach { close($0) } }
+        for _ in 0..<500 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            #expect(connected == 0)
+            _ = send(fd, [0x16], 1, 0)   // one byte of a TLS record, then nothing
+            silent.append(fd)
+        }
+        let client = try await WireClient.connect(host: "127.0.0.1", port: server.port,
+                                                  bundle: try ca.issueBundle(role: .admin, name: "ann"), group: MultiThreadedEventLoopGroup.singleton)
+        for _ in 0..<20 { #expect(try await TLSTests.whoAmI(client) == "admin/ann") }
+        await client.close()
+        // Every silent peer is closed by the server (EOF), none left to time out here.
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        var closed = 0
+        for fd in silent {
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var byte: UInt8 = 0
+            if recv(fd, &byte, 1, 0) <= 0 { closed += 1 }
+        }
+        #expect(closed == silent.count)
+    }
+}
+
 /// R12: a connection cannot hold more calls at once than the server's cap.
 @Suite struct StreamCapTests {
+    /// A start-and-cancel flood (the HTTP/2 Rapid Reset pattern): 5,000 calls started and
+    /// cancelled at once leave nothing held; afterwards the connection takes a full cap of calls.
+    @Test func startAndCancelFloodsLeaveNothingHeld() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-flood-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("s.sock").path
+        let server = try await UnixWireServer.bind(path: path, service: EchoService(), group: MultiThreadedEventLoopGroup.singleton,
+                                                   allowedUIDs: [getuid()], maxStreams: 16)
+        defer { Task { await server.close() } }
+        let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
+        var slow = Berth_V1_Request()
+        slow.status.name = "slow"
+        for _ in 0..<5000 {
+            let call = try await client.start(slow)
+            call.cancel()
+            _ = try? await call.result()
+        }
+        // All 16 slots are free again: 16 slow calls are accepted, a 17th is refused.
+        let held = try await (0..<16).asyncMap { _ in try await client.start(slow) }
+        var quick = Berth_V1_Request()
+        quick.status.name = "web1"
+        do {
+            _ = try await client.call(quick)
+            Issue.record("a call beyond the cap was accepted")
+        } catch let error as WireError {
+            #expect(error.code == .tooManyStreams)
+        }
+        held.forEach { $0.cancel() }
+        for call in held { _ = try? await call.result() }
+        #expect(try await client.call(quick).status.name == "web1")
+        await client.close()
+    }
+
     @Test func callsBeyondTheCapAreRefusedWhileOthersRun() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-cap-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -257,5 +333,13 @@ struct WhoAmIService: WireService {
         // Once they are gone the connection serves again.
         #expect(try await client.call(quick).status.name == "web1")
         await client.close()
+    }
+}
+
+extension Sequence {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
     }
 }
