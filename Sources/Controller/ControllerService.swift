@@ -340,12 +340,10 @@ public final class ControllerService: WireService {
     /// not stop the others; the result says per node what happened.
     func distributeTemplate(_ r: Berth_V1_TemplateUploadRequest, by identity: CertificateIdentity,
                             stream: ServerStream) async throws -> Berth_V1_TemplateUploadResult {
-        guard !r.name.isEmpty, r.name.count <= 63,
-              r.name.utf8.allSatisfy({ (97...122).contains($0) || (48...57).contains($0) || $0 == 45 }),
-              r.name.first != "-" else {
-            throw WireError(.invalidArgument, "template: '\(r.name)' must be 1-63 of a-z, 0-9 and '-', starting with a letter or digit", field: "template")
+        guard Role.isValidName(r.name) else {
+            throw WireError(.invalidArgument, "template: '\(r.name)' must be 1-63 of [a-z0-9-]", field: "template")
         }
-        guard ["tar", "tar.gz", "tar.xz"].contains(r.format) else {
+        guard FileTransfer.tarFormats.contains(r.format) else {
             throw WireError(.invalidArgument, "format: '\(r.format)' is not tar, tar.gz or tar.xz", field: "format")
         }
         let nodes = try store.nodes()

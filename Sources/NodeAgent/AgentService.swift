@@ -138,7 +138,7 @@ public struct AgentService: WireService {
     /// checked against its announced size and SHA-256, then imported like a local tarball.
     func upload(_ r: Berth_V1_TemplateUploadRequest, stream: ServerStream) async throws -> Berth_V1_TemplateUploadResult {
         _ = try Validation.name(r.name, field: "template")
-        guard ["tar", "tar.gz", "tar.xz"].contains(r.format) else {
+        guard FileTransfer.tarFormats.contains(r.format) else {
             throw AgentError.invalid("format", "'\(r.format)' is not tar, tar.gz or tar.xz")
         }
         let staging = manager.templates.root + "/.upload-\(r.name)-\(UUID().uuidString).\(r.format)"

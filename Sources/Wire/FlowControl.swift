@@ -145,6 +145,16 @@ public struct CreditedStream<Element: Sendable>: AsyncSequence, Sendable {
     public func makeAsyncIterator() -> AsyncIterator {
         AsyncIterator(base: base.makeAsyncIterator(), dataSize: dataSize, consumed: consumed)
     }
+
+    /// The incoming side of stream `id`: taking an item of `dataSize` > 0 bytes returns that
+    /// much credit through `window`.
+    static func make(stream id: UInt32, channel: Channel, window: ReceiveWindow,
+                     dataSize: @escaping @Sendable (Element) -> Int) -> (CreditedStream, AsyncStream<Element>.Continuation) {
+        let (base, continuation) = AsyncStream.makeStream(of: Element.self, bufferingPolicy: .unbounded)
+        let stream = CreditedStream(base: base, dataSize: dataSize,
+                                    consumed: { count in ReceiveWindow.consume(window, count, stream: id, on: channel) })
+        return (stream, continuation)
+    }
 }
 
 extension Frame {

@@ -28,13 +28,10 @@ public final class ClientCall: @unchecked Sendable {
         self.id = id
         self.channel = channel
         sendWindow = SendWindow(channel: channel, stream: id)
-        let (base, continuation) = AsyncStream.makeStream(of: ClientEvent.self, bufferingPolicy: .unbounded)
-        self.continuation = continuation
-        let window = receiveWindow
-        events = CreditedStream(base: base, dataSize: { event in
+        (events, continuation) = CreditedStream.make(stream: id, channel: channel, window: receiveWindow) { event in
             if case .data(_, let bytes) = event { return bytes.readableBytes + 1 }
             return 0
-        }, consumed: { count in ReceiveWindow.consume(window, count, stream: id, on: channel) })
+        }
     }
 
     /// Sends stream bytes; the future completes once the server's credit let them out.

@@ -40,13 +40,10 @@ public final class ServerStream: @unchecked Sendable {
         self.peer = peer
         self.channel = channel
         sendWindow = SendWindow(channel: channel, stream: id)
-        let (base, continuation) = AsyncStream.makeStream(of: StreamInput.self, bufferingPolicy: .unbounded)
-        self.continuation = continuation
-        let window = receiveWindow
-        input = CreditedStream(base: base, dataSize: { input in
+        (input, continuation) = CreditedStream.make(stream: id, channel: channel, window: receiveWindow) { input in
             if case .data(_, let bytes) = input { return bytes.readableBytes + 1 }
             return 0
-        }, consumed: { count in ReceiveWindow.consume(window, count, stream: id, on: channel) })
+        }
     }
 
     /// Sends stream bytes; suspends until the client's credit let them out: a slow client holds

@@ -102,6 +102,9 @@ public enum FileTransfer {
         kept = true
     }
 
+    /// The archive formats a template upload may announce.
+    public static let tarFormats = ["tar", "tar.gz", "tar.xz"]
+
     /// "tar", "tar.gz" or "tar.xz" from a file name; nil for anything else.
     public static func tarFormat(of path: String) -> String? {
         let lower = path.lowercased()
@@ -125,11 +128,5 @@ public enum FileTransfer {
         }
     }
 
-    static func hex(_ digest: SHA256.Digest) -> String {
-        digest.map { String($0, radix: 16).leftPadded2 }.joined()
-    }
-}
-
-extension String {
-    fileprivate var leftPadded2: String { count < 2 ? String(repeating: "0", count: 2 - count) + self : self }
+    static func hex(_ digest: SHA256.Digest) -> String { hexString(digest) }
 }

@@ -46,6 +46,17 @@ struct EchoService: WireService {
         await server.close()
     }
 
+    /// A connection that speaks frames and nothing else: no HELLO, no credit, unless the test sends them.
+    func rawFrames(_ path: String) async throws -> NIOAsyncChannel<Frame, Frame> {
+        try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(unixDomainSocketPath: path) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel)
+            }
+        }
+    }
+
     @Test func unaryCallsProgressAndTypedErrors() async throws {
         try await withServer { path in
             let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
@@ -193,14 +204,7 @@ struct EchoService: WireService {
     /// A peer that sends more DATA than the credit it was given loses the connection.
     @Test func dataBeyondTheCreditIsAProtocolViolation() async throws {
         try await withServer { path in
-            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connect(unixDomainSocketPath: path) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
-                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                        return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel)
-                    }
-                }
+            let channel = try await rawFrames(path)
             try await channel.executeThenClose { inbound, outbound in
                 var hello = Berth_V1_Hello()
                 hello.minVersion = wireProtocolVersion
@@ -226,14 +230,7 @@ struct EchoService: WireService {
     @Test func rejectsPeersThatSkipHelloOrSpeakAnotherVersion() async throws {
         try await withServer { path in
             // A raw client that sends a request first gets a protocol-violation error and a close.
-            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connect(unixDomainSocketPath: path) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
-                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                        return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel)
-                    }
-                }
+            let channel = try await rawFrames(path)
             try await channel.executeThenClose { inbound, outbound in
                 try await outbound.write(Frame(type: .request, stream: 1))
                 var iterator = inbound.makeAsyncIterator()
