@@ -23,7 +23,8 @@ final class SendWindow: @unchecked Sendable {
     }
     private var available = streamWindow
     private var queue: [Pending] = []
-    private var failure: Error?
+    /// Why sends fail from now on; made only when something asks (most calls never send).
+    private var failure: (() -> Error)?
     let channel: Channel
     let stream: UInt32
 
@@ -36,14 +37,14 @@ final class SendWindow: @unchecked Sendable {
     /// under the peer's credit (handed to the channel). The credit, not the socket, bounds what
     /// is buffered, so a producer may have a window's worth in flight instead of one chunk.
     func send(_ channelNumber: UInt8, _ bytes: ByteBuffer, promise: EventLoopPromise<Void>) {
-        if let failure { promise.fail(failure); return }
+        if let failure { promise.fail(failure()); return }
         queue.append(Pending(channelNumber: channelNumber, bytes: bytes, promise: promise))
         pump()
     }
 
     /// Queues END on `channelNumber` behind the DATA already waiting.
     func sendEnd(_ channelNumber: UInt8, promise: EventLoopPromise<Void>?) {
-        if let failure { promise?.fail(failure); return }
+        if let failure { promise?.fail(failure()); return }
         queue.append(Pending(channelNumber: channelNumber, bytes: ByteBuffer(), promise: promise, isEnd: true))
         pump()
     }
@@ -56,12 +57,15 @@ final class SendWindow: @unchecked Sendable {
         return true
     }
 
-    /// Fails what still waits for credit (the call ended or the connection closed).
-    func fail(_ error: Error) {
+    /// Fails what still waits for credit, and every later send (the call ended or the
+    /// connection closed).
+    func fail(_ error: @escaping @autoclosure () -> Error) {
         failure = error
+        guard !queue.isEmpty else { return }
         let waiting = queue
         queue.removeAll()
-        waiting.forEach { $0.promise?.fail(error) }
+        let reason = error()
+        waiting.forEach { $0.promise?.fail(reason) }
     }
 
     private func pump() {
