@@ -324,6 +324,10 @@ public final class ControllerService: WireService {
         case .templateUpload(let r):
             let identity = try authorise(peer, .operate, call: "template import")
             response.templateUpload = try await distributeTemplate(r, by: identity, stream: stream)
+        case .templateExport(let r):
+            _ = try authorise(peer, .operate, call: "template export")
+            // The tar stream is relayed from the node under each hop's credit.
+            return try await forward(request, to: try exportingNode(r), stream: stream)
         case .templateBuild, .templateImport, .templateRemove, .templateList, .nodeInfo:
             throw WireError(.invalidArgument, "templates and node info are per node: run this against the node's agent (berth --agent), or see `berth node show NODE`; `berth template import NAME FILE` through the controller sends a tarball to every node")
         case nil:
@@ -386,6 +390,23 @@ public final class ControllerService: WireService {
         var result = Berth_V1_TemplateUploadResult()
         result.placed = placed
         return result
+    }
+
+    /// The node a template export comes from: the one named, or the first node that is up and
+    /// reported holding the template.
+    func exportingNode(_ r: Berth_V1_TemplateExportRequest) throws -> NodeRecord {
+        let nodes = try store.nodes()
+        if !r.node.isEmpty {
+            guard let node = nodes.first(where: { $0.name == r.node }) else {
+                throw WireError(.notFound, "node: no node named \(r.node) (see `berth node list`)", field: "node")
+            }
+            guard liveness.isAlive(node.name) else { throw WireError(.unavailable, "node: \(node.name) is down", field: "node") }
+            return node
+        }
+        guard let node = nodes.first(where: { liveness.isAlive($0.name) && (liveness.report($0.name)?.templates?.contains(r.name) ?? false) }) else {
+            throw WireError(.notFound, "template: no node that is up holds template \(r.name)", field: "template")
+        }
+        return node
     }
 
     func sendTemplate(_ path: String, _ r: Berth_V1_TemplateUploadRequest, to node: NodeRecord,

@@ -92,6 +92,8 @@ public struct AgentService: WireService {
             response.template = Self.wire(try await manager.templates.importTarball(name: r.name, path: r.tarballPath) { stream.progress($0) })
         case .templateUpload(let r):
             response.templateUpload = try await upload(r, stream: stream)
+        case .templateExport(let r):
+            response.template = try await export(r, stream: stream)
         case .templateRemove(let r):
             try manager.templates.remove(r.name)
             response.ok = Berth_V1_Empty()
@@ -126,6 +128,7 @@ public struct AgentService: WireService {
         case .templateBuild: return "template_build"
         case .templateImport: return "template_import"
         case .templateUpload: return "template_upload"
+        case .templateExport: return "template_export"
         case .templateRemove: return "template_remove"
         case .templateList: return "template_list"
         case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
@@ -155,6 +158,48 @@ public struct AgentService: WireService {
         var result = Berth_V1_TemplateUploadResult()
         result.placed = [placed]
         return result
+    }
+
+    /// A template's tree as a tar stream (owners numeric, xattrs and file capabilities kept), so
+    /// a template built on one node can be imported on others.
+    func export(_ r: Berth_V1_TemplateExportRequest, stream: ServerStream) async throws -> Berth_V1_TemplateInfo {
+        _ = try Validation.name(r.name, field: "template")
+        guard let info = manager.templates.info(r.name) else {
+            throw AgentError(.notFound, "template \(r.name) does not exist on node \(manager.nodeName)", field: "template")
+        }
+        let out = try Subprocess.makePipe()
+        let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(devnull) }
+        let child: (pid: Int32, pidfd: Int32)
+        do {
+            child = try Subprocess.spawn(["/bin/tar", "-c", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                                          "-C", manager.templates.rootfs(r.name), "."], fds: [devnull, out.write, devnull])
+        } catch {
+            close(out.read); close(out.write)
+            throw error
+        }
+        close(out.write)
+        _ = fcntl(out.read, 1031 /* F_SETPIPE_SZ */, Int32(Self.streamPipeBytes))
+        let reader = try await NIOPipeBootstrap(group: group)
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: Self.streamPipeBytes))
+            .takingOwnershipOfDescriptor(input: out.read) { channel in
+                channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+            }
+        do {
+            try await reader.executeThenClose { inbound, _ in
+                for try await chunk in inbound { try await stream.send(.stdout, chunk) }
+            }
+        } catch {
+            kill(child.pid, SIGKILL)
+            _ = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd)
+            throw error
+        }
+        let status = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd) ?? 0
+        guard case .exited(0) = InitExit(status: status) else {
+            throw AgentError(.kernel, "tar of template \(r.name) failed (\(InitExit(status: status).reason))", stage: "tar")
+        }
+        try await stream.sendEnd(.stdout)
+        return Self.wire(info)
     }
 
     static func wire(_ info: TemplateInfo) -> Berth_V1_TemplateInfo {

@@ -590,6 +590,22 @@ public nonisolated struct Berth_V1_TemplateUploadRequest: Sendable {
   public init() {}
 }
 
+/// A template as a tarball: DATA on channel 1, END on channel 1, then RESPONSE `template`.
+public nonisolated struct Berth_V1_TemplateExportRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// controller: the node to take it from ("" = any up node that holds it)
+  public var node: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// Where an uploaded template went: one entry per node (node-local: this node).
 public nonisolated struct Berth_V1_TemplateUploadResult: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -1498,6 +1514,14 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .rotate(newValue)}
   }
 
+  public var templateExport: Berth_V1_TemplateExportRequest {
+    get {
+      if case .templateExport(let v)? = call {return v}
+      return Berth_V1_TemplateExportRequest()
+    }
+    set {call = .templateExport(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -1535,6 +1559,7 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case templateUpload(Berth_V1_TemplateUploadRequest)
     case renew(Berth_V1_RenewRequest)
     case rotate(Berth_V1_RotateRequest)
+    case templateExport(Berth_V1_TemplateExportRequest)
 
   }
 
@@ -2904,6 +2929,41 @@ nonisolated extension Berth_V1_TemplateUploadRequest: SwiftProtobuf.Message, Swi
   }
 }
 
+nonisolated extension Berth_V1_TemplateExportRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TemplateExportRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}node\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_TemplateExportRequest, rhs: Berth_V1_TemplateExportRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.node != rhs.node {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Berth_V1_TemplateUploadResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TemplateUploadResult"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}placed\0")
@@ -4239,7 +4299,7 @@ nonisolated extension Berth_V1_OperationList: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0\u{3}template_export\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4678,6 +4738,19 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .rotate(v)
         }
       }()
+      case 43: try {
+        var v: Berth_V1_TemplateExportRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .templateExport(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .templateExport(v)
+        }
+      }()
       default: break
       }
     }
@@ -4826,6 +4899,10 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     case .rotate?: try {
       guard case .rotate(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 42)
+    }()
+    case .templateExport?: try {
+      guard case .templateExport(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 43)
     }()
     case nil: break
     }

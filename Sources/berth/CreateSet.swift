@@ -164,7 +164,7 @@ struct SetCommand: AsyncParsableCommand {
 struct TemplateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "template", abstract: "Manage the templates VPSs are created from.",
-        subcommands: [ListTemplates.self, BuildTemplate.self, ImportTemplate.self, RemoveTemplate.self])
+        subcommands: [ListTemplates.self, BuildTemplate.self, ImportTemplate.self, ExportTemplate.self, RemoveTemplate.self])
 
     struct ListTemplates: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "list", abstract: "List templates.")
@@ -260,6 +260,67 @@ struct TemplateCommand: AsyncParsableCommand {
                 }
             }
             if let failed { Glibc.exit(failed.exitCode) }
+        }
+    }
+
+    struct ExportTemplate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "export", abstract: "Write a template as a tarball (numeric owners, xattrs kept) that `template import` takes.",
+            discussion: "Through a controller it comes from --node, or from any node that is up and holds the template.")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "Template name.") var name: String
+        @Argument(help: "The .tar file to write on this machine (must not exist).") var file: String
+        @Option(help: "Cluster mode: the node to take it from.") var node: String?
+
+        func run() async throws {
+            let path = absolutePath(file)
+            guard FileTransfer.tarFormat(of: path) == "tar" else {
+                fail(WireError(.invalidArgument, "file: \(file) must end in .tar (the export is an uncompressed tarball)", field: "file"))
+            }
+            if node != nil { requireCluster(connection, "template export --node") }
+            guard access(path, F_OK) != 0 else { fail(WireError(.alreadyExists, "file: \(file) exists", field: "file")) }
+            // Written under a temporary name and linked into place only when complete: an error
+            // (which ends the command at once) leaves no truncated tarball under the real name.
+            let partial = path + ".part"
+            unlink(partial)
+            let fd = open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { fail(WireError(.kernel, "file: cannot create \(partial): \(String(cString: strerror(errno)))", field: "file")) }
+            defer {
+                close(fd)
+                unlink(partial)
+            }
+            let (template, bytes) = try await connection.withClient { client in
+                let call = try await client.start(request {
+                    $0.templateExport.name = name
+                    $0.templateExport.node = node ?? ""
+                })
+                var written: UInt64 = 0
+                for await event in call.events {
+                    switch event {
+                    case .data(.stdout, let chunk):
+                        try chunk.withUnsafeReadableBytes { raw in
+                            var offset = 0
+                            while offset < raw.count {
+                                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                                if n < 0 && errno == EINTR { continue }
+                                guard n > 0 else {
+                                    throw WireError(.kernel, "file: writing \(file): \(String(cString: strerror(errno)))", stage: "write", errno: errno)
+                                }
+                                offset += n
+                            }
+                        }
+                        written += UInt64(chunk.readableBytes)
+                    case .response(let response): return (response.template, written)
+                    case .failure(let error): throw error
+                    default: continue
+                    }
+                }
+                throw WireError(.unavailable, "the connection closed before the export finished")
+            }
+            guard fsync(fd) == 0, link(partial, path) == 0 else {
+                fail(WireError(.kernel, "file: finishing \(file): \(String(cString: strerror(errno)))", stage: "write", errno: errno))
+            }
+            print("template \(template.name) exported to \(path) (\(humanBytes(bytes)))")
         }
     }
 

@@ -390,6 +390,11 @@ t_templates_are_distributed() {
     expect_eq "$out" "template one-$RUN_ID imported on n2 ($(echo "$out" | sed 's/.*(\(.*\))/\1/'))"
     sleep 1.5
     case ",$(templates_of n1)," in *",one-$RUN_ID,"*) fail "a --node n2 import reached n1";; esac
+    # A template taken from one node through the controller (as after building it there).
+    expect_contains "$(cl template export busybox "$WORK/from-n3.tar" --node n3)" "exported to $WORK/from-n3.tar"
+    out=$(cl template import "copy-$RUN_ID" "$WORK/from-n3.tar")
+    for n in n1 n2 n3; do expect_contains "$out" "template copy-$RUN_ID imported on $n"; done
+    expect_contains "$(expect_fail 3 cl template export "nosuch-$RUN_ID" "$WORK/none.tar")" "no node that is up holds"
     # Bad input: an unknown node, a name that is no name, a file that is no tarball, a viewer.
     expect_contains "$(expect_fail 3 cl template import "two-$RUN_ID" "$tar" --node nope)" "no node named nope"
     expect_contains "$(expect_fail 2 cl template import "Bad_Name" "$tar")" "template"

@@ -397,6 +397,18 @@ PY
     "$BERTH" template import good "$dir/good.tar" >/dev/null
     "$BERTH" template list | grep -q '^good'
     "$BERTH" template remove good >/dev/null
+    # Export and import round trip: the copy boots like the original.
+    expect_contains "$("$BERTH" template export busybox "$dir/bb.tar")" "exported to $dir/bb.tar"
+    expect_contains "$(expect_fail 4 "$BERTH" template export busybox "$dir/bb.tar")" "exists"
+    expect_contains "$(expect_fail 3 "$BERTH" template export nosuch "$dir/none.tar")" "does not exist"
+    [ -e "$dir/none.tar" ] && fail "a failed export left a file"
+    "$BERTH" template import "bbcopy-$RUN_ID" "$dir/bb.tar" >/dev/null
+    local V; V=$(vps_name copy)
+    "$BERTH" create "$V" --template "bbcopy-$RUN_ID" --disk 64M >/dev/null
+    "$BERTH" start "$V" >/dev/null
+    expect_eq "$("$BERTH" exec "$V" -- cat /etc/os-release | head -1)" 'NAME="Berth busybox"'
+    "$BERTH" destroy "$V" --force >/dev/null
+    "$BERTH" template remove "bbcopy-$RUN_ID" >/dev/null
 }
 
 t_twenty_concurrent() {
@@ -473,7 +485,7 @@ run_test "Prometheus metrics endpoint: per-VPS gauges and request metrics" t_met
 run_test "node capacity: allocatable and committed resources" t_node_capacity
 run_test "bad input: clear errors, nothing changes" t_bad_input
 run_test "a hand-broken config is reported and left alone" t_corrupt_config
-run_test "template import rejects absolute, .., escaping symlinks" t_template_import_rejects_escapes
+run_test "template import rejects absolute, .., escaping symlinks; export and import round trip" t_template_import_rejects_escapes
 run_test "20 VPSs started and stopped concurrently" t_twenty_concurrent
 run_test "cgroup v2 driver on this host's cgroup2 mount: lifecycle, exec, BPF devices, refusal, cleanup" t_v2_driver
 
