@@ -122,16 +122,17 @@ echo
 echo "density figures: MemAvailable and Slab move with other work on this machine; run on a quiet host."
 
 echo
-echo "== 4. CPU-bound work: busybox awk loop inside a VPS vs on the host (user+sys CPU s, 7 alternating rounds)"
+echo "== 4. CPU-bound work: busybox awk loop inside a VPS vs on the host (user+sys CPU s, 15 alternating rounds)"
+echo "   (a shared VM's CPU time varies by 20 % or more from run to run: the best of each side is the estimate)"
 for i in $(seq 1 "$DENSITY"); do "$B" stop "d$i" --kill >/dev/null 2>&1; done
 sleep 5   # let the kernel finish freeing the stopped VPSs' namespaces and cgroups
 "$B" create cpuv --template busybox --disk 64M >/dev/null
 "$B" start cpuv >/dev/null
-LOOP='BEGIN { for (i = 0; i < 6000000; i++) s += i }'
+LOOP='BEGIN { for (i = 0; i < 3000000; i++) s += i }'
 # busybox time prints "user<TAB>0m 1.18s": minutes and seconds are separate fields.
 cpu_s() { awk '/^user|^sys/ { t += $2 * 60 + $3 } END { printf "%.2f", t }'; }
 : >"$W/cpu-host"; : >"$W/cpu-vps"
-for r in 1 2 3 4 5 6 7; do
+for r in $(seq 1 15); do
     if [ $((r % 2)) = 1 ]; then
         busybox time busybox awk "$LOOP" 2>&1 >/dev/null | cpu_s >>"$W/cpu-host"; echo >>"$W/cpu-host"
         "$B" exec cpuv -- time awk "$LOOP" 2>&1 >/dev/null | cpu_s >>"$W/cpu-vps"; echo >>"$W/cpu-vps"
@@ -145,7 +146,7 @@ import statistics, sys
 host = [float(x) for x in open(sys.argv[1]).read().split()]
 vps = [float(x) for x in open(sys.argv[2]).read().split()]
 h, v = statistics.median(host), statistics.median(vps)
-print(f"median: host {h:.2f} s, inside a VPS {v:.2f} s, overhead {100 * (v - h) / h:+.1f} %; "
-      f"best: host {min(host):.2f} s, VPS {min(vps):.2f} s, {100 * (min(vps) - min(host)) / min(host):+.1f} % (target <= 1 %)")
+print(f"best: host {min(host):.2f} s, VPS {min(vps):.2f} s, overhead {100 * (min(vps) - min(host)) / min(host):+.1f} % (target <= 1 %); "
+      f"median: host {h:.2f} s, inside a VPS {v:.2f} s, {100 * (v - h) / h:+.1f} %")
 print(f"runs: host {host}, VPS {vps}")
 PY
