@@ -83,8 +83,7 @@ extension VPSManager {
             throw AgentError.invalid("disk-inodes", "\(inodes) is not more than the \(used) inodes in use on \(name)'s disk")
         }
         try await tool(["/sbin/e2fsck", "-f", "-p", image], stage: "e2fsck", okExit: [0, 1])
-        let source = store.directory(name) + "/rebuild-source"
-        let rebuilt = image + ".rebuild"
+        let (source, rebuilt) = rebuildPaths(name)
         try? FileManager.default.removeItem(atPath: rebuilt)
         if mkdir(source, 0o700) != 0 && errno != EEXIST {
             throw AgentError(.kernel, "mkdir \(source): \(errnoName(errno))", stage: "rebuild disk", errno: errno)
@@ -122,6 +121,20 @@ extension VPSManager {
             throw AgentError(.kernel, "replacing \(name)'s disk: \(errnoName(err))", stage: "rename", errno: err)
         }
         FileIO.syncDirectory(store.directory(name))
+    }
+
+    /// Where an inode rebuild mounts the old disk and writes the new image.
+    func rebuildPaths(_ name: String) -> (source: String, image: String) {
+        (store.directory(name) + "/rebuild-source", store.diskPath(name) + ".rebuild")
+    }
+
+    /// What an inode rebuild cut short by an agent crash left: the read-only mount of the old
+    /// disk and the half-made image. The old image itself is untouched until the final rename.
+    func removeRebuildLeftovers(_ name: String) {
+        let (source, rebuilt) = rebuildPaths(name)
+        if FileIO.isMountPoint(source) { umount2(source, Int32(MNT_DETACH)) }
+        rmdir(source)
+        unlink(rebuilt)
     }
 
     /// Runs a tool; `okExit` lists the exit codes that mean success (e2fsck: 1 = fixed something).

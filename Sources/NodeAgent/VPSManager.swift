@@ -138,6 +138,7 @@ public actor VPSManager {
             } else {
                 record.lastExit = exitReason(name) ?? ""
                 cleanupAfterExit(name)
+                removeRebuildLeftovers(name)
                 if config.desiredState == .running {
                     logger.notice("VPS stopped while the agent was down", metadata: ["vps": "\(name)", "reason": "\(record.lastExit)"])
                 }
