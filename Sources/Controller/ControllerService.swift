@@ -196,9 +196,7 @@ public final class ControllerService: WireService {
             guard !serial.isEmpty, serial.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else {
                 throw WireError(.invalidArgument, "serial: \"\(r.serial)\" is not a hex certificate serial", field: "serial")
             }
-            try store.revoke(serial)
-            registry.revoke([serial])
-            noteRevoked(serial)
+            try revokeSerial(serial)
             try? store.addEvent(kind: "certificate.revoked", subject: serial, message: "revoked by \(identity.name)")
             logger.notice("certificate revoked", metadata: ["serial": "\(serial)", "by": "\(identity.name)"])
             response.ok = Berth_V1_Empty()
@@ -797,25 +795,18 @@ public final class ControllerService: WireService {
         guard Role.isValidName(request.nodeName) else {
             throw WireError(.invalidArgument, "name: node name '\(request.nodeName)' must be 1-63 of [a-z0-9-]", field: "name")
         }
-        let (host, _) = try parseHostPort(request.address, field: "listen")
-        let publicKey: P256.Signing.PublicKey
-        do { publicKey = try P256.Signing.PublicKey(pemRepresentation: request.publicKeyPem) } catch {
-            throw WireError(.invalidArgument, "public_key_pem: not a P-256 public key in PEM", field: "public_key_pem")
-        }
+        _ = try parseHostPort(request.address, field: "listen")
         guard token.caFingerprint == ca.fingerprint else {
             throw WireError(.unauthenticated, "join: the token was made for another cluster CA")
         }
         guard try store.consumeJoinToken(id: token.id, secretHash: token.secretHash, now: Date()) else {
             throw WireError(.unauthenticated, "join: the token is unknown, expired or already used (tokens are single-use: make a new one with `berth node join-token`)")
         }
-        let certificate = try ca.issue(role: .node, name: request.nodeName, publicKey: publicKey, hosts: [host, request.nodeName])
-        let serial = try CertificateIdentity(certificate: certificate).serial
+        let (reply, serial) = try nodeCertificate(name: request.nodeName, address: request.address, publicKeyPEM: request.publicKeyPem)
         let previous = try store.node(request.nodeName)
         if let previous, !previous.certificateSerial.isEmpty, previous.certificateSerial != serial {
             // Re-enrolment replaces the node's certificate: the old one stops working at once.
-            try store.revoke(previous.certificateSerial)
-            registry.revoke([previous.certificateSerial])
-            noteRevoked(previous.certificateSerial)
+            try revokeSerial(previous.certificateSerial)
         }
         try store.saveNode(NodeRecord(name: request.nodeName, address: request.address, labels: request.labels,
                                       info: previous?.info ?? Berth_V1_NodeInfo(), cordoned: previous?.cordoned ?? false,
@@ -823,12 +814,31 @@ public final class ControllerService: WireService {
         heartbeatCache.withLock { $0.serials[request.nodeName] = serial; $0.lastReport[request.nodeName] = nil }
         try? store.addEvent(kind: "node.enrolled", subject: request.nodeName, message: "at \(request.address)")
         logger.notice("node enrolled", metadata: ["node": "\(request.nodeName)", "address": "\(request.address)"])
+        return reply
+    }
+
+    /// A node certificate for `publicKeyPEM` (CN the node, SANs the host of its listen address
+    /// and its name), as enrolment and renewal hand it out.
+    func nodeCertificate(name: String, address: String, publicKeyPEM: String) throws -> (Berth_V1_EnrollReply, serial: String) {
+        let (host, _) = try parseHostPort(address, field: "listen")
+        let publicKey: P256.Signing.PublicKey
+        do { publicKey = try P256.Signing.PublicKey(pemRepresentation: publicKeyPEM) } catch {
+            throw WireError(.invalidArgument, "public_key_pem: not a P-256 public key in PEM", field: "public_key_pem")
+        }
+        let certificate = try ca.issue(role: .node, name: name, publicKey: publicKey, hosts: [host, name])
         var reply = Berth_V1_EnrollReply()
         do { reply.certificatePem = try certificate.serializeAsPEM().pemString } catch {
             throw WireError(.internalError, "cannot encode the node certificate: \(error)")
         }
         reply.caPem = ca.certificatePEM
-        return reply
+        return (reply, try CertificateIdentity(certificate: certificate).serial)
+    }
+
+    /// The denylist, the open connections of the serial, and the list heartbeats hand to agents.
+    func revokeSerial(_ serial: String) throws {
+        try store.revoke(serial)
+        registry.revoke([serial])
+        noteRevoked(serial)
     }
 
     /// A node's new certificate for a new key, asked for over its current session (see
@@ -840,20 +850,9 @@ public final class ControllerService: WireService {
         guard heartbeatCache.withLock({ $0.serials[identity.name] == identity.serial }), let node = try store.node(identity.name) else {
             throw WireError(.unauthenticated, "renew: node \(identity.name) is not enrolled with this certificate")
         }
-        let publicKey: P256.Signing.PublicKey
-        do { publicKey = try P256.Signing.PublicKey(pemRepresentation: request.publicKeyPem) } catch {
-            throw WireError(.invalidArgument, "public_key_pem: not a P-256 public key in PEM", field: "public_key_pem")
-        }
-        let (host, _) = try parseHostPort(node.address, field: "address")
-        let certificate = try ca.issue(role: .node, name: node.name, publicKey: publicKey, hosts: [host, node.name])
-        let serial = try CertificateIdentity(certificate: certificate).serial
+        let (reply, serial) = try nodeCertificate(name: node.name, address: node.address, publicKeyPEM: request.publicKeyPem)
         heartbeatCache.withLock { $0.pendingSerials[node.name] = serial }
         logger.notice("node certificate renewed", metadata: ["node": "\(node.name)", "serial": "\(serial)"])
-        var reply = Berth_V1_EnrollReply()
-        do { reply.certificatePem = try certificate.serializeAsPEM().pemString } catch {
-            throw WireError(.internalError, "cannot encode the node certificate: \(error)")
-        }
-        reply.caPem = ca.certificatePEM
         return reply
     }
 
@@ -869,11 +868,7 @@ public final class ControllerService: WireService {
             cache.pendingSerials[name] = nil
             cache.renewRequested.remove(name)
         }
-        if !old.isEmpty && old != serial {
-            try store.revoke(old)
-            registry.revoke([old])
-            noteRevoked(old)
-        }
+        if !old.isEmpty && old != serial { try revokeSerial(old) }
         try? store.addEvent(kind: "node.certificate-renewed", subject: name, message: "serial \(serial) replaces \(old)")
     }
 

@@ -61,9 +61,7 @@ public enum Rootfs {
         try mountAt(rootFD, "run", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NODEV, data: "mode=755,size=20%")
         try mountAt(rootFD, "run/lock", source: "tmpfs", type: "tmpfs", flags: MS_NOSUID | MS_NODEV | MS_NOEXEC, data: "mode=1777,size=5m")
         if beancounters >= 0 {
-            if mkdirat(rootFD, beancountersDirectory, 0o755) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir /\(beancountersDirectory) in VPS root") }
-            let target = berth_open_beneath_nofollow(rootFD, beancountersDirectory, O_PATH | O_DIRECTORY, 0)
-            if target < 0 { throw IsolationError.sys("open /\(beancountersDirectory) in VPS root") }
+            let target = try mountPoint(rootFD, beancountersDirectory)
             defer { close(target) }
             try check("attach the beancounter table") { berth_move_mount_to_fd(beancounters, target) }
         }
@@ -135,13 +133,20 @@ public enum Rootfs {
     /// Mounts onto `rootFD/relative` resolved without following any symlink: a VPS that turned
     /// /proc or /dev into a symlink gets a clear error, never a mount somewhere on the host.
     static func mountAt(_ rootFD: Int32, _ relative: String, source: String, type: String, flags: Int, data: String? = nil) throws(IsolationError) {
-        if mkdirat(rootFD, relative, 0o755) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir /\(relative) in VPS root") }
-        let target = berth_open_beneath_nofollow(rootFD, relative, O_PATH | O_DIRECTORY, 0)
-        if target < 0 { throw IsolationError.sys("open /\(relative) in VPS root (must be a real directory)") }
+        let target = try mountPoint(rootFD, relative)
         defer { close(target) }
         try check("mount \(type) on /\(relative)") {
             mount(source, "/proc/self/fd/\(target)", type, UInt(flags), data)
         }
+    }
+
+    /// An O_PATH fd of the directory `rootFD/relative` (made if missing), resolved without
+    /// following any symlink.
+    static func mountPoint(_ rootFD: Int32, _ relative: String) throws(IsolationError) -> Int32 {
+        if mkdirat(rootFD, relative, 0o755) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir /\(relative) in VPS root") }
+        let target = berth_open_beneath_nofollow(rootFD, relative, O_PATH | O_DIRECTORY, 0)
+        if target < 0 { throw IsolationError.sys("open /\(relative) in VPS root (must be a real directory)") }
+        return target
     }
 
     static func bindReadOnly(_ path: String) throws(IsolationError) {

@@ -90,14 +90,25 @@ public final class ClusterMember: Sendable {
         enroll.labels = options.labels
         request.enroll = enroll
         request.deadlineMs = 10_000
-        let reply = try await client.call(request).enrolled
-        let bundle = CredentialBundle(caPEM: reply.caPem, certificatePEM: reply.certificatePem, keyPEM: key.privateKeyPEM)
-        guard try ClusterCA.fingerprint(ofPEM: reply.caPem) == token.caFingerprint else {
-            throw WireError(.unauthenticated, "join: the controller answered with a CA that does not match the token")
-        }
+        let bundle = try nodeBundle(try await client.call(request).enrolled, key: key, caFingerprint: token.caFingerprint, call: "join")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try bundle.write(directory: directory)
         logger.notice("enrolled", metadata: ["node": "\(manager.nodeName)", "controller": "\(options.controller)"])
+        return bundle
+    }
+
+    /// The credentials an enrolment or renewal answer gives, checked: the CA must be the one the
+    /// node already trusts and the certificate this node's.
+    func nodeBundle(_ reply: Berth_V1_EnrollReply, key: (privateKeyPEM: String, publicKeyPEM: String), caFingerprint: String,
+                    call: String) throws -> CredentialBundle {
+        guard try ClusterCA.fingerprint(ofPEM: reply.caPem) == caFingerprint else {
+            throw WireError(.unauthenticated, "\(call): the controller answered with a CA other than the one this node trusts")
+        }
+        let bundle = CredentialBundle(caPEM: reply.caPem, certificatePEM: reply.certificatePem, keyPEM: key.privateKeyPEM)
+        let identity = try bundle.identity()
+        guard identity.role == .node, identity.name == manager.nodeName else {
+            throw WireError(.unauthenticated, "\(call): the controller issued a certificate for \(identity.role) \(identity.name)")
+        }
         return bundle
     }
 
@@ -180,18 +191,12 @@ public final class ClusterMember: Sendable {
         var request = Berth_V1_Request()
         request.renew.publicKeyPem = key.publicKeyPEM
         request.deadlineMs = 10_000
-        let reply = try await client.call(request).enrolled
-        guard try ClusterCA.fingerprint(ofPEM: reply.caPem) == ClusterCA.fingerprint(ofPEM: current.caPEM) else {
-            throw WireError(.unauthenticated, "renew: the controller answered with another CA")
-        }
-        let bundle = CredentialBundle(caPEM: reply.caPem, certificatePEM: reply.certificatePem, keyPEM: key.privateKeyPEM)
-        let identity = try bundle.identity()
-        guard identity.role == .node, identity.name == manager.nodeName else {
-            throw WireError(.unauthenticated, "renew: the controller issued a certificate for \(identity.role) \(identity.name)")
-        }
+        let bundle = try nodeBundle(try await client.call(request).enrolled, key: key,
+                                    caFingerprint: try ClusterCA.fingerprint(ofPEM: current.caPEM), call: "renew")
         try bundle.replace(directory: directory)
         try server.replaceCredentials(bundle)
-        logger.notice("certificate renewed", metadata: ["node": "\(manager.nodeName)", "serial": "\(identity.serial)"])
+        let serial = try bundle.identity().serial
+        logger.notice("certificate renewed", metadata: ["node": "\(manager.nodeName)", "serial": "\(serial)"])
         return bundle
     }
 }

@@ -93,9 +93,7 @@ extension VPSManager {
         try await tool(["/bin/mount", "-t", "ext4", "-o", "ro,nosuid,nodev,noexec,loop", image, source], stage: "mount the disk read-only")
         let mkfs: ProcessResult
         do {
-            mkfs = try await Subprocess.run(["/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", String("berth-\(name)".prefix(16)),
-                                             "-U", uuid, "-E", "root_owner=0:0", "-N", String(inodes), "-d", source,
-                                             rebuilt, "\(bytes / 1024)k"])
+            mkfs = try await Subprocess.run(mkfsArguments(name, from: source, image: rebuilt, bytes: bytes, inodes: inodes, uuid: uuid))
         } catch {
             _ = try? await Subprocess.run(["/bin/umount", source])
             throw error
@@ -121,6 +119,15 @@ extension VPSManager {
             throw AgentError(.kernel, "replacing \(name)'s disk: \(errnoName(err))", stage: "rename", errno: err)
         }
         FileIO.syncDirectory(store.directory(name))
+    }
+
+    /// mke2fs making a VPS disk of `bytes` filled from the tree `from` (create, inode rebuild).
+    func mkfsArguments(_ name: String, from tree: String, image: String, bytes: UInt64, inodes: UInt64?, uuid: String? = nil) -> [String] {
+        var argv = ["/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", String("berth-\(name)".prefix(16)),
+                    "-E", "root_owner=0:0", "-d", tree]
+        if let inodes { argv += ["-N", String(inodes)] }
+        if let uuid { argv += ["-U", uuid] }
+        return argv + [image, "\(bytes / 1024)k"]
     }
 
     /// Where an inode rebuild mounts the old disk and writes the new image.

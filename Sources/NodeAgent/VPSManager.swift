@@ -297,11 +297,8 @@ public actor VPSManager {
             try FileManager.default.createDirectory(atPath: store.rootPath(name), withIntermediateDirectories: true)
             chmod(dir, 0o700)
             progress("creating \(ByteSize.format(limits.diskBytes)) disk from template \(template.name)")
-            var mkfs = ["/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", String("berth-\(name)".prefix(16)),
-                        "-E", "root_owner=0:0", "-d", templates.rootfs(template.name)]
-            if let inodes = limits.diskInodes { mkfs += ["-N", String(inodes)] }
-            mkfs += [store.diskPath(name), "\(limits.diskBytes / 1024)k"]
-            let result = try await Subprocess.run(mkfs)
+            let result = try await Subprocess.run(mkfsArguments(name, from: templates.rootfs(template.name), image: store.diskPath(name),
+                                                                bytes: limits.diskBytes, inodes: limits.diskInodes))
             guard result.status == 0 else {
                 throw AgentError(.kernel, "creating the disk image failed: \(result.stderr.trimmed)", stage: "mke2fs")
             }

@@ -1,4 +1,7 @@
 import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // Credit-based flow control of stream bytes (Docs/wire.md, "Flow control"): each side of a call
 // may have at most `streamWindow` bytes of DATA payload in flight that the other side's
@@ -166,5 +169,23 @@ extension Frame {
     var creditIncrement: UInt32? {
         guard payload.readableBytes == 4 else { return nil }
         return payload.getInteger(at: payload.readerIndex, as: UInt32.self)
+    }
+}
+
+/// Writes all of `buffer` to `fd`, retrying short writes and EINTR; `what` names the file in the
+/// error. Shared by everything that lands stream bytes in a file or on a terminal.
+public func writeAll(fd: Int32, _ buffer: ByteBuffer, what: @autoclosure () -> String) throws(WireError) {
+    let failed: Int32? = buffer.withUnsafeReadableBytes { raw in
+        var offset = 0
+        while offset < raw.count {
+            let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return errno }
+            offset += n
+        }
+        return nil
+    }
+    if let failed {
+        throw WireError(.kernel, "writing \(what()): \(String(cString: strerror(failed)))", stage: "write", errno: failed)
     }
 }

@@ -74,16 +74,8 @@ public enum FileTransfer {
                 guard received <= size else {
                     throw WireError(.invalidArgument, "\(field): more bytes arrived than the \(size) announced", field: field)
                 }
-                try bytes.withUnsafeReadableBytes { raw throws(WireError) in
-                    hasher.update(bufferPointer: raw)
-                    var offset = 0
-                    while offset < raw.count {
-                        let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                        if n < 0 && errno == EINTR { continue }
-                        guard n > 0 else { throw WireError(.kernel, "write \(destination): \(String(cString: strerror(errno)))", stage: "write", errno: errno) }
-                        offset += n
-                    }
-                }
+                bytes.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+                try writeAll(fd: fd, bytes, what: destination)
             case .end(.stdin):
                 ended = true
             default:

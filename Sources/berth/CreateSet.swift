@@ -298,17 +298,7 @@ struct TemplateCommand: AsyncParsableCommand {
                 for await event in call.events {
                     switch event {
                     case .data(.stdout, let chunk):
-                        try chunk.withUnsafeReadableBytes { raw in
-                            var offset = 0
-                            while offset < raw.count {
-                                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                                if n < 0 && errno == EINTR { continue }
-                                guard n > 0 else {
-                                    throw WireError(.kernel, "file: writing \(file): \(String(cString: strerror(errno)))", stage: "write", errno: errno)
-                                }
-                                offset += n
-                            }
-                        }
+                        try Wire.writeAll(fd: fd, chunk, what: file)
                         written += UInt64(chunk.readableBytes)
                     case .response(let response): return (response.template, written)
                     case .failure(let error): throw error

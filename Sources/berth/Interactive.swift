@@ -120,15 +120,10 @@ func runSession(connection: ConnectionOptions, name: String, argv: [String], tty
     }
 }
 
+/// A session's output: a closed terminal or pipe ends nothing here (the command's exit code
+/// still comes back).
 func writeAll(_ fd: Int32, _ buffer: ByteBuffer) {
-    buffer.withUnsafeReadableBytes { raw in
-        var offset = 0
-        while offset < raw.count {
-            let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-            if n < 0 { if errno == EINTR { continue }; return }
-            offset += n
-        }
-    }
+    try? Wire.writeAll(fd: fd, buffer, what: "fd \(fd)")
 }
 
 /// Copies our stdin to the call on a plain thread (blocking reads); the send futures give

@@ -112,7 +112,7 @@ struct EchoService: WireService {
 
     /// A peer that completes HELLO and then never answers (a stalled connection): a call with a
     /// deadline still ends, with deadline-exceeded, and the peer is told to cancel it.
-    @Test func aStalledPeerCannotHoldACallPastItsDeadline() async throws {
+    @Test(.timeLimit(.minutes(1))) func aStalledPeerCannotHoldACallPastItsDeadline() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-stall-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
