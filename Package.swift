@@ -1,6 +1,15 @@
 // swift-tools-version:6.2
 import PackageDescription
 
+// The CLI and berth-spawn start once per command, per exec and per VPS start, and berth-spawn stays
+// resident as each VPS's monitor. Linked as static, non-PIE executables they skip the dynamic loader
+// and the relocation of every pointer in their data: measured here, a CLI command starts 1.9 ms
+// sooner, berth-spawn starts in 1.1 ms instead of 1.7 ms, and a monitor keeps 164 kB of private
+// memory instead of 496 kB. The daemons keep glibc's dynamic NSS (host names, users) and stay PIE.
+// Release builds only, and with --static-swift-stdlib (as `make bench` builds): a debug link would
+// miss the static libraries that Foundation's own libraries pull in.
+let staticExecutable: [LinkerSetting] = [.unsafeFlags(["-static-executable"], .when(configuration: .release))]
+
 // Dependencies are pinned exactly: the local mirror carries specific versions and CI builds from a
 // clean clone, so "from:" could drift to a different mirrored patch release between machines.
 let package = Package(
@@ -94,7 +103,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-            ]
+            ],
+            linkerSettings: staticExecutable
         ),
         .executableTarget(
             name: "berth-agent",
@@ -107,7 +117,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
-        .executableTarget(name: "berth-spawn", dependencies: ["Isolation", "CIsolation"]),
+        .executableTarget(name: "berth-spawn", dependencies: ["Isolation", "CIsolation"], linkerSettings: staticExecutable),
         .executableTarget(
             name: "berth-controller",
             dependencies: [

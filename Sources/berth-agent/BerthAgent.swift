@@ -69,6 +69,9 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(name: .customLong("label"), help: "Cluster mode: a node label K=V for placement constraints (repeatable).")
     var labels: [String] = []
 
+    @Flag(inversion: .prefixedNo, help: "Turn on the host's cgroup option favordynmods, so that moving a process into a VPS's cgroup (exec, start) does not wait for an RCU grace period (Docs/cli.md).")
+    var cgroupFavordynmods = true
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -148,6 +151,15 @@ struct BerthAgent: AsyncParsableCommand {
                                      settings: settings, beancounterInterval: beancounterInterval)
         // Running VPS monitors keep the helper's read-only bind alive; the path goes with the agent.
         defer { manager.releaseHelper() }
+        if cgroupFavordynmods {
+            let plan = CgroupMigrationTuning.plan(mountinfo: FileIO.read("/proc/self/mountinfo") ?? "")
+            do {
+                try CgroupMigrationTuning.apply(plan, namedHierarchyMountPoint: runDir + "/cgroup-favordynmods")
+                logger.info("cgroup migrations favoured (favordynmods)", metadata: ["how": "\(plan)"])
+            } catch {
+                logger.notice("cgroup migrations keep waiting for an RCU grace period: favordynmods is unavailable (\(error))")
+            }
+        }
         logger.info("starting", metadata: ["node": "\(nodeName)", "cgroup": "\(mode.driver().modeName)", "data": "\(dataDir)"])
         let group = MultiThreadedEventLoopGroup.singleton
         var metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)?

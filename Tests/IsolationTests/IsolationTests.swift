@@ -180,6 +180,27 @@ final class FakeTree {
         #expect(CgroupV2Driver(root: "/sys/fs/cgroup", parent: "berth").guestMounts() == [CgroupGuestMount(type: "cgroup2", directory: "", options: "", writable: true)])
     }
 
+    /// favordynmods goes onto the cgroup2 superblock with every option it has (a reconfigure
+    /// clears the flags it is not given); a v1-only host gets a named hierarchy; a host that has
+    /// it anywhere is left alone.
+    @Test func favordynmodsPlanKeepsTheCgroup2OptionsItHas() {
+        let hybrid = """
+        32 31 0:29 / /sys/fs/cgroup/cpu rw,nosuid,nodev,noexec,relatime shared:9 - cgroup cgroup rw,cpu
+        41 31 0:38 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+        """
+        #expect(CgroupMigrationTuning.plan(mountinfo: hybrid)
+            == .reconfigureCgroup2(mountPoint: "/sys/fs/cgroup/unified", options: ["nsdelegate", "memory_recursiveprot", "favordynmods"]))
+        let unified = "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw"
+        #expect(CgroupMigrationTuning.plan(mountinfo: unified) == .reconfigureCgroup2(mountPoint: "/sys/fs/cgroup", options: ["favordynmods"]))
+        let v1Only = """
+        32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+        35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+        """
+        #expect(CgroupMigrationTuning.plan(mountinfo: v1Only) == .mountNamedHierarchy)
+        let done = v1Only + "\n60 31 0:50 / /run/berth/cgroup-favordynmods rw - cgroup berth-favordynmods rw,favordynmods,name=berth-favordynmods"
+        #expect(CgroupMigrationTuning.plan(mountinfo: done) == .alreadyOn(mountPoint: "/run/berth/cgroup-favordynmods"))
+    }
+
     /// A VPS's systemd leaves slices and scopes below the VPS cgroup: removal goes deepest first.
     @Test func destroyRemovesCgroupsTheVPSMadeBelowItsOwn() throws {
         let tree = FakeTree()

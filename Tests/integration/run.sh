@@ -156,6 +156,19 @@ t_exec_streams_and_exit_code() {
     expect_eq "$("$BERTH" exec "$A" -- head -c 10 < "$WORK/blob" | wc -c)" 10
 }
 
+# The agent turns on the host's cgroup option favordynmods (exec and start move processes between
+# cgroups, which otherwise wait for an RCU grace period), or says why it could not.
+t_cgroup_favordynmods() {
+    if grep -q "cgroup migrations favoured" "$WORK/agent.log"; then
+        grep -E " - cgroup2? " /proc/self/mountinfo | grep -q "favordynmods" || fail "the agent logged favordynmods, no cgroup mount has it"
+    else
+        grep "favordynmods is unavailable" "$WORK/agent.log" >&2 || fail "the agent said nothing about favordynmods"
+    fi
+    # A command run by exec lands in the VPS's cgroup.
+    local cg; cg=$("$BERTH" exec "$A" -- cat /proc/self/cgroup)
+    echo "$cg" | grep -qE "^[0-9]+:(memory|):/$" || fail "exec'd process is not at the root of its cgroup namespace: $cg"
+}
+
 t_enter_has_a_pty() {
     local out; out=$(printf 'tty; exit 3\n' | "$BERTH" enter "$A" 2>&1) || true
     expect_contains "$out" /dev/pts/
@@ -472,6 +485,7 @@ run_test "user namespace, minimal /dev, dropped capabilities, device cgroup, sec
 run_test "--privileged: no user namespace, no CAP_SYS_ADMIN; --capability" t_privileged
 run_test "no agent fd, environment or cwd leaks into the VPS" t_no_agent_fds_or_env
 run_test "exec streams stdio and returns the exit code" t_exec_streams_and_exit_code
+run_test "the host's cgroup option favordynmods is on (or the agent says why not)" t_cgroup_favordynmods
 run_test "enter gets a pty inside the VPS" t_enter_has_a_pty
 run_test "console replays output from before attach" t_console_ring_buffer
 run_test "a file written inside survives stop/start" t_file_survives_stop_start

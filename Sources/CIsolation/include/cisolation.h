@@ -131,3 +131,9 @@ pid_t berth_clone_fork_owned(unsigned long flags, uid_t owner);
 /// the owner is privileged there without needing CAP_SYS_RESOURCE on the host (it can lower
 /// or keep the hard limit, not raise it).
 int berth_set_nofile_limit_as(pid_t pid, unsigned long long value, uid_t owner);
+
+/* Superblock options (superblock.c). */
+/// Reconfigures the filesystem mounted at `path` (fspick + fsconfig + FSCONFIG_CMD_RECONFIGURE)
+/// with `options` ("flag" or "key=value"); the mount's own flags (nosuid, ro, ...) are untouched.
+/// Returns 0, or -1 with errno.
+int berth_reconfigure_superblock(const char *path, const char *const *options, int count);
