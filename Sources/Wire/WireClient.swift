@@ -65,13 +65,44 @@ public final class ClientCall: @unchecked Sendable {
     }
 }
 
+/// A request/response call: one promise for the answer and nothing else (no stream, no credit).
+final class UnaryCall: @unchecked Sendable {
+    let answer: EventLoopPromise<Berth_V1_Response>
+    /// Event-loop confined: 0 until the request is on its way.
+    var id: UInt32 = 0
+    var cancelled = false
+    var deadlineTask: Scheduled<Void>?
+
+    init(answer: EventLoopPromise<Berth_V1_Response>) { self.answer = answer }
+}
+
 final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = Frame
     var calls: [UInt32: ClientCall] = [:]
+    var unaryCalls: [UInt32: UnaryCall] = [:]
     var hello: EventLoopPromise<Berth_V1_Hello>?
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if let unary = unaryCalls[frame.stream] {
+            // Progress, stream bytes and credit have no taker on a unary call.
+            switch frame.type {
+            case .response:
+                finishUnary(frame.stream)
+                do {
+                    unary.answer.succeed(try Berth_V1_Response(serializedBytes: Array(frame.payload.readableBytesView)))
+                } catch {
+                    unary.answer.fail(WireError(.malformedFrame, "malformed RESPONSE from the server"))
+                }
+            case .error:
+                finishUnary(frame.stream)
+                unary.answer.fail((try? Berth_V1_ErrorReply(serializedBytes: Array(frame.payload.readableBytesView))).map(WireError.init(reply:))
+                    ?? WireError(.malformedFrame, "malformed ERROR from the server"))
+            default:
+                break
+            }
+            return
+        }
         let bytes = Array(frame.payload.readableBytesView)
         if frame.stream == 0 {
             switch frame.type {
@@ -131,7 +162,18 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
         calls[id] = nil
     }
 
+    func finishUnary(_ id: UInt32) {
+        unaryCalls[id]?.deadlineTask?.cancel()
+        unaryCalls[id] = nil
+    }
+
     func failAll(_ error: WireError) {
+        let unary = unaryCalls.values
+        unaryCalls.removeAll()
+        for call in unary {
+            call.deadlineTask?.cancel()
+            call.answer.fail(error)
+        }
         for call in calls.values {
             call.deadlineTask?.cancel()
             call.sendWindow.fail(error)
@@ -254,8 +296,57 @@ public final class WireClient: @unchecked Sendable {
         }.get()
     }
 
-    public func call(_ request: Berth_V1_Request, onProgress: (Berth_V1_Progress) -> Void = { _ in }) async throws -> Berth_V1_Response {
+    /// A call whose progress the caller follows; the stream's bytes are dropped.
+    public func call(_ request: Berth_V1_Request, onProgress: (Berth_V1_Progress) -> Void) async throws -> Berth_V1_Response {
         try await start(request).result(onProgress: onProgress)
+    }
+
+    /// A request and its response. Unlike `start`, nothing waits for the event loop to register
+    /// the call, and no stream or credit state is made: one hop to the loop, one promise back.
+    public func call(_ request: Berth_V1_Request) async throws -> Berth_V1_Response {
+        let payload = ByteBuffer(bytes: try request.serializedBytes() as [UInt8])
+        let call = UnaryCall(answer: channel.eventLoop.makePromise(of: Berth_V1_Response.self))
+        let loop = channel.eventLoop
+        return try await withTaskCancellationHandler {
+            loop.execute { self.send(call, payload: payload, deadlineMs: request.deadlineMs) }
+            return try await call.answer.futureResult.get()
+        } onCancel: {
+            loop.execute {
+                call.cancelled = true
+                guard call.id != 0, self.handler.unaryCalls[call.id] === call else { return }
+                self.handler.finishUnary(call.id)
+                self.channel.writeAndFlush(Frame(type: .cancel, stream: call.id), promise: nil)
+                call.answer.fail(WireError(.cancelled, "the call was cancelled"))
+            }
+        }
+    }
+
+    /// Event-loop confined.
+    private func send(_ call: UnaryCall, payload: ByteBuffer, deadlineMs: UInt32) {
+        guard !call.cancelled else { return call.answer.fail(WireError(.cancelled, "the call was cancelled")) }
+        guard channel.isActive else { return call.answer.fail(WireError(.unavailable, "the connection to the server was closed")) }
+        let id = nextStream
+        nextStream &+= 2
+        call.id = id
+        handler.unaryCalls[id] = call
+        if deadlineMs > 0 {
+            // As for streamed calls: a stalled connection never delivers the server's
+            // deadline error, so a second later the call ends here and the server is told.
+            let handler = self.handler, channel = self.channel
+            call.deadlineTask = channel.eventLoop.scheduleTask(in: .milliseconds(Int64(deadlineMs) + 1000)) {
+                guard handler.unaryCalls[id] === call else { return }
+                handler.finishUnary(id)
+                call.answer.fail(WireError(.deadlineExceeded, "no answer from the server within \(deadlineMs) ms"))
+                channel.writeAndFlush(Frame(type: .cancel, stream: id), promise: nil)
+            }
+        }
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        coalescer.write(Frame(type: .request, stream: id, payload: payload), promise: written)
+        written.futureResult.whenFailure { error in
+            guard self.handler.unaryCalls[id] === call else { return }
+            self.handler.finishUnary(id)
+            call.answer.fail(WireError(.unavailable, "cannot send the request: \(error)"))
+        }
     }
 
     public func close() async {

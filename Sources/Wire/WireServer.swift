@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import SwiftProtobuf
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -27,23 +28,52 @@ public enum StreamInput: Sendable {
 public final class ServerStream: @unchecked Sendable {
     public let id: UInt32
     public let peer: PeerIdentity
-    /// What the client sends on the stream; taking DATA returns its credit to the client.
-    public let input: CreditedStream<StreamInput>
-    let continuation: AsyncStream<StreamInput>.Continuation
     let channel: Channel
-    /// Event-loop confined, like the handler that feeds them.
-    let sendWindow: SendWindow
     let receiveWindow = ReceiveWindow()
+    // Most calls are a request and a response: the input stream and the send window are made
+    // when first needed (by the handler or by the client's first stream frame), not per call.
+    private let inputLock = Mutex<(CreditedStream<StreamInput>, AsyncStream<StreamInput>.Continuation)?>(nil)
+    /// Event-loop confined, like the handler that feeds it.
+    private var madeSendWindow: SendWindow?
 
     init(id: UInt32, peer: PeerIdentity, channel: Channel) {
         self.id = id
         self.peer = peer
         self.channel = channel
-        sendWindow = SendWindow(channel: channel, stream: id)
-        (input, continuation) = CreditedStream.make(stream: id, channel: channel, window: receiveWindow) { input in
-            if case .data(_, let bytes) = input { return bytes.readableBytes + 1 }
-            return 0
+    }
+
+    /// What the client sends on the stream; taking DATA returns its credit to the client.
+    public var input: CreditedStream<StreamInput> { inputPair().0 }
+    var continuation: AsyncStream<StreamInput>.Continuation { inputPair().1 }
+
+    private func inputPair() -> (CreditedStream<StreamInput>, AsyncStream<StreamInput>.Continuation) {
+        inputLock.withLock { made in
+            if let made { return made }
+            let pair = CreditedStream.make(stream: id, channel: channel, window: receiveWindow) { (input: StreamInput) -> Int in
+                if case .data(_, let bytes) = input { return bytes.readableBytes + 1 }
+                return 0
+            }
+            made = pair
+            return pair
         }
+    }
+
+    /// Ends the input stream, if anyone made it.
+    func finishInput() {
+        inputLock.withLock { $0?.1.finish() }
+    }
+
+    /// Event-loop confined.
+    var sendWindow: SendWindow {
+        if let madeSendWindow { return madeSendWindow }
+        let window = SendWindow(channel: channel, stream: id)
+        madeSendWindow = window
+        return window
+    }
+
+    /// Fails pending and later sends, if anything ever sent (event-loop confined).
+    func failSends(_ error: @escaping @autoclosure () -> Error) {
+        madeSendWindow?.fail(error())
     }
 
     /// Sends stream bytes; suspends until the client's credit let them out: a slow client holds
@@ -128,7 +158,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             }
             stream.continuation.yield(frame.type == .data ? .data(ch, payload) : .end(ch))
         case .cancel:
-            streams[frame.stream]?.0.sendWindow.fail(CancellationError())
+            streams[frame.stream]?.0.failSends(CancellationError())
             streams[frame.stream]?.1.cancel()
         case .credit:
             guard let credit = frame.creditIncrement else {
@@ -208,10 +238,10 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             case .failure(let error):
                 frame = Frame(type: .error, stream: id, payload: ByteBuffer(bytes: (try? Self.wireError(from: error).reply.serializedBytes() as [UInt8]) ?? []))
             }
-            stream.continuation.finish()
+            stream.finishInput()
             // One hop to the event loop for the answer and the bookkeeping.
             channel.eventLoop.execute {
-                stream.sendWindow.fail(WireError(.cancelled, "the call has finished"))
+                stream.failSends(WireError(.cancelled, "the call has finished"))
                 coalescer.write(frame)
                 self.streams[id] = nil
             }
@@ -244,8 +274,8 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
 
     package func channelInactive(context: ChannelHandlerContext) {
         for (stream, task) in streams.values {
-            stream.continuation.finish()
-            stream.sendWindow.fail(WireError(.unavailable, "the connection closed"))
+            stream.finishInput()
+            stream.failSends(WireError(.unavailable, "the connection closed"))
             task.cancel()
         }
         streams.removeAll()

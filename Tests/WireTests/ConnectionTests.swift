@@ -142,6 +142,35 @@ struct EchoService: WireService {
         try await server.close()
     }
 
+    /// Cancelling the task of a request/response call ends it at once with `cancelled` and
+    /// tells the peer to cancel the work.
+    @Test(.timeLimit(.minutes(1))) func cancellingACallTellsThePeer() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-cancel-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("s.sock").path
+        let group = MultiThreadedEventLoopGroup.singleton
+        let cancelled = group.next().makePromise(of: UInt32.self)
+        let server = try await ServerBootstrap(group: group).childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                try channel.pipeline.syncOperations.addHandler(SilentPeer(cancelled: cancelled))
+            }
+        }.bind(unixDomainSocketPath: path).get()
+        let client = try await WireClient.connect(unixPath: path, group: group)
+        var request = Berth_V1_Request()
+        request.status.name = "web1"
+        let call = Task { try await client.call(request) }
+        try await Task.sleep(for: .milliseconds(200))
+        call.cancel()
+        await #expect(throws: WireError(.cancelled, "the call was cancelled")) { try await call.value }
+        let stream = try await cancelled.futureResult.get()
+        #expect(stream % 2 == 1)
+        await client.close()
+        try await server.close()
+    }
+
     @Test func streamsBytesBothWays() async throws {
         try await withServer { path in
             let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
