@@ -50,6 +50,9 @@ final class VPSRecord {
     var lastExit = ""
     /// Bumped on every start so a late exit notice of an earlier run is ignored.
     var generation = 0
+    /// Stops waiting for the monitor's exit, by ticket; resumed when it exits or their time is up.
+    var exitWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
+    var nextExitTicket = 0
 
     init(config: VPSConfig) { self.config = config }
 }
@@ -529,6 +532,9 @@ public actor VPSManager {
         record.lastExit = reason
         record.run = nil
         cleanupAfterExit(name)
+        let waiters = record.exitWaiters.values
+        record.exitWaiters.removeAll()
+        waiters.forEach { $0.resume() }
         if record.state == .stopping { 
             record.state = .stopped
             return
@@ -597,13 +603,23 @@ public actor VPSManager {
         logger.info("stopped VPS", metadata: ["vps": "\(name)", "reason": "\(record.lastExit)"])
     }
 
+    /// Waits for the monitor's exit (told by `monitorExited`, not polled) or `seconds`.
     private func waitUntilStopped(_ record: VPSRecord, seconds: Double) async -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while record.state == .stopping && record.run != nil {
-            if Date() >= deadline { return false }
-            try? await Task.sleep(nanoseconds: 10_000_000)
+        if record.state == .stopping && record.run != nil {
+            let ticket = record.nextExitTicket
+            record.nextExitTicket += 1
+            let timer = Task {
+                try? await Task.sleep(for: .seconds(seconds))
+                if !Task.isCancelled { self.endExitWait(record, ticket: ticket) }
+            }
+            await withCheckedContinuation { record.exitWaiters[ticket] = $0 }
+            timer.cancel()
         }
-        return true
+        return !(record.state == .stopping && record.run != nil)
+    }
+
+    private func endExitWait(_ record: VPSRecord, ticket: Int) {
+        record.exitWaiters.removeValue(forKey: ticket)?.resume()
     }
 
     public func restart(_ name: String) async throws -> Berth_V1_VpsStatus {
