@@ -90,6 +90,26 @@ struct ConnectionOptions: ParsableArguments {
 
     var isCluster: Bool { controllerAddress != nil }
 
+    /// One request and its response (progress steps to `onProgress`). On the node the call
+    /// takes the synchronous client: a command that makes one call has no use for event loop
+    /// threads. Wire errors become one stderr line and a documented exit code.
+    func call(_ request: Berth_V1_Request, onProgress: ((Berth_V1_Progress) -> Void)? = nil) async throws -> Berth_V1_Response {
+        var request = request
+        if request.operationID.isEmpty { request.operationID = operationId ?? environment("BERTH_OPERATION_ID") ?? "" }
+        if isCluster {
+            let sent = request
+            return try await withClient { client in
+                if let onProgress { return try await client.call(sent, onProgress: onProgress) }
+                return try await client.call(sent)
+            }
+        }
+        do {
+            return try BlockingWireClient(unixPath: socketPath).call(request, onProgress: onProgress ?? { _ in })
+        } catch {
+            fail(error)
+        }
+    }
+
     /// Runs `body` against the agent (or, in cluster mode, the controller over mTLS); wire errors
     /// become one stderr line and a documented exit code.
     func withClient<T>(_ body: (WireClient) async throws -> T) async throws -> T {

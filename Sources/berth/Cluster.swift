@@ -49,7 +49,7 @@ extension NodeCommand {
 
         func run() async throws {
             requireCluster(connection, "node list")
-            let nodes = try await connection.withClient { try await $0.call(request { $0.nodeList = Berth_V1_Empty() }) }.nodes.nodes
+            let nodes = try await connection.call(request { $0.nodeList = Berth_V1_Empty() }).nodes.nodes
             if json { printJSON(.array(nodes.map(\.json))); return }
             printTable([["NAME", "STATE", "ADDRESS", "VPSS", "CPUS", "MEMORY", "HEARTBEAT", "LABELS"]] + nodes.map {
                 [$0.name, $0.state, $0.address, String($0.vpsCount), String($0.info.cpus), humanBytes($0.info.memoryBytes),
@@ -60,9 +60,7 @@ extension NodeCommand {
 
     static func setCordon(_ cordon: Bool, node name: String, connection: ConnectionOptions) async throws {
         requireCluster(connection, cordon ? "node cordon" : "node uncordon")
-        let node = try await connection.withClient {
-            try await $0.call(request { if cordon { $0.nodeCordon.name = name } else { $0.nodeUncordon.name = name } })
-        }.clusterNode
+        let node = try await connection.call(request { if cordon { $0.nodeCordon.name = name } else { $0.nodeUncordon.name = name } }).clusterNode
         print("\(node.name) \(node.state)")
     }
 
@@ -94,9 +92,7 @@ extension NodeCommand {
             guard let seconds = parseDuration(ttl), seconds > 0 else {
                 fail(WireError(.invalidArgument, "ttl: '\(ttl)' is not a positive duration such as 30m, 1h or 2d", field: "ttl"))
             }
-            let token = try await connection.withClient {
-                try await $0.call(request { $0.nodeJoinToken.ttlSeconds = UInt32(clamping: seconds) })
-            }.joinToken
+            let token = try await connection.call(request { $0.nodeJoinToken.ttlSeconds = UInt32(clamping: seconds) }).joinToken
             print(token.token)
         }
     }
@@ -179,7 +175,7 @@ struct CACommand: AsyncParsableCommand {
 
         func run() async throws {
             requireCluster(connection, "ca revoke")
-            _ = try await connection.withClient { try await $0.call(request { $0.revoke.serial = serial }) }
+            _ = try await connection.call(request { $0.revoke.serial = serial })
             print("revoked \(serial)")
         }
     }
@@ -243,13 +239,11 @@ struct IPPoolCommand: AsyncParsableCommand {
 
         func run() async throws {
             requireCluster(connection, "ippool add")
-            let pool = try await connection.withClient {
-                try await $0.call(request {
+            let pool = try await connection.call(request {
                     $0.ippoolAdd.name = name
                     $0.ippoolAdd.cidr = cidr
                     $0.ippoolAdd.gateway = gateway ?? ""
-                })
-            }.ippool
+                }).ippool
             print("\(pool.name) \(pool.cidr) \(pool.size) addresses")
         }
     }
@@ -261,7 +255,7 @@ struct IPPoolCommand: AsyncParsableCommand {
 
         func run() async throws {
             requireCluster(connection, "ippool list")
-            let pools = try await connection.withClient { try await $0.call(request { $0.ippoolList = Berth_V1_Empty() }) }.ippools.pools
+            let pools = try await connection.call(request { $0.ippoolList = Berth_V1_Empty() }).ippools.pools
             if json {
                 printJSON(.array(pools.map {
                     .object(["name": .string($0.name), "cidr": .string($0.cidr), "gateway": .string($0.gateway),
@@ -282,7 +276,7 @@ struct IPPoolCommand: AsyncParsableCommand {
 
         func run() async throws {
             requireCluster(connection, "ippool remove")
-            _ = try await connection.withClient { try await $0.call(request { $0.ippoolRemove.name = name }) }
+            _ = try await connection.call(request { $0.ippoolRemove.name = name })
             print("removed \(name)")
         }
     }
@@ -398,7 +392,7 @@ struct OperationCommand: AsyncParsableCommand {
 
         func run() async throws {
             requireCluster(connection, "operation list")
-            let operations = try await connection.withClient { try await $0.call(request { $0.operationList = Berth_V1_Empty() }) }.operations.operations
+            let operations = try await connection.call(request { $0.operationList = Berth_V1_Empty() }).operations.operations
             printTable([["ID", "KIND", "VPS", "STATE", "STARTED", "PROGRESS"]] + operations.map {
                 [$0.id, $0.kind, $0.subject, $0.state, formatTime($0.startedUnixMs), $0.progress.isEmpty ? "-" : $0.progress]
             })

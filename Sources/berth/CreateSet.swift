@@ -116,9 +116,7 @@ struct Create: AsyncParsableCommand {
         create.antiAffinity = antiAffinity ?? ""
         create.privileged = privileged
         create.capabilities = settings.capabilities()
-        let response = try await connection.withClient {
-            try await $0.call(request { $0.create = create }, onProgress: showProgress)
-        }
+        let response = try await connection.call(request { $0.create = create }, onProgress: showProgress)
         print(response.status.line)
     }
 }
@@ -153,7 +151,7 @@ struct SetCommand: AsyncParsableCommand {
             set.setOnboot = true
             set.onboot = value
         }
-        let response = try await connection.withClient { try await $0.call(request { $0.set = set }) }
+        let response = try await connection.call(request { $0.set = set })
         let result = response.set
         print(result.status.line)
         if !result.appliedLive.isEmpty { print("applied live: \(result.appliedLive.joined(separator: ", "))") }
@@ -172,7 +170,7 @@ struct TemplateCommand: AsyncParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() async throws {
-            let response = try await connection.withClient { try await $0.call(request { $0.templateList = Berth_V1_Empty() }) }
+            let response = try await connection.call(request { $0.templateList = Berth_V1_Empty() })
             let templates = response.templates.templates
             if json {
                 printJSON(.array(templates.map {
@@ -197,15 +195,13 @@ struct TemplateCommand: AsyncParsableCommand {
         @Flag(help: "debian-12: download and bootstrap again even when the tree is cached.") var rebuild = false
 
         func run() async throws {
-            let response = try await connection.withClient {
-                try await $0.call(request {
+            let response = try await connection.call(request {
                     $0.templateBuild.kind = kind
                     $0.templateBuild.name = name ?? ""
                     $0.templateBuild.mirror = mirror ?? ""
                     $0.templateBuild.include = include.flatMap { $0.split(separator: ",").map { String($0) } }
                     $0.templateBuild.rebuild = rebuild
                 }, onProgress: showProgress)
-            }
             print("template \(response.template.name) built: \(response.template.source)")
             for (unit, reason) in response.template.maskedUnits.sorted(by: { $0.key < $1.key }) {
                 print("  masked \(unit): \(reason)")
@@ -320,7 +316,7 @@ struct TemplateCommand: AsyncParsableCommand {
         @Argument(help: "Template name.") var name: String
 
         func run() async throws {
-            _ = try await connection.withClient { try await $0.call(request { $0.templateRemove.name = name }) }
+            _ = try await connection.call(request { $0.templateRemove.name = name })
             print("template \(name) removed")
         }
     }

@@ -87,12 +87,24 @@ struct Console: AsyncParsableCommand {
 
 /// Shared by exec and enter: start the call, pump stdin in, stdout/stderr out, return the code.
 func runSession(connection: ConnectionOptions, name: String, argv: [String], tty: Bool, env: [String: String]) async throws -> Int32 {
-    try await connection.withClient { client in
-        var exec = Berth_V1_ExecRequest()
-        exec.name = name
-        exec.argv = argv
-        exec.tty = tty
-        exec.env = env
+    var exec = Berth_V1_ExecRequest()
+    exec.name = name
+    exec.argv = argv
+    exec.tty = tty
+    exec.env = env
+    if !tty && !connection.isCluster {
+        // No terminal to drive: the synchronous client streams in one poll loop.
+        do {
+            let client = try BlockingWireClient(unixPath: connection.socketPath)
+            let response = try client.session(request { $0.exec = exec }, input: 0) { channel, bytes throws(WireError) in
+                writeAll(channel == .stderr ? 2 : 1, bytes)
+            }
+            return response.exec.exitCode
+        } catch {
+            fail(error)
+        }
+    }
+    return try await connection.withClient { client in
         var terminal: RawTerminal?
         if tty, let size = terminalSize() {
             exec.rows = UInt32(size.rows)

@@ -7,7 +7,7 @@ struct Start: AsyncParsableCommand {
     @Argument(help: "VPS name.") var name: String
 
     func run() async throws {
-        let response = try await connection.withClient { try await $0.call(request { $0.start.name = name }) }
+        let response = try await connection.call(request { $0.start.name = name })
         print(response.status.line)
     }
 }
@@ -20,13 +20,11 @@ struct Stop: AsyncParsableCommand {
     @Flag(help: "Kill every process of the VPS at once instead of a clean shutdown.") var kill = false
 
     func run() async throws {
-        let response = try await connection.withClient {
-            try await $0.call(request {
+        let response = try await connection.call(request {
                 $0.stop.name = name
                 $0.stop.timeoutSeconds = timeout ?? 0
                 $0.stop.kill = kill
             })
-        }
         print(response.status.line)
     }
 }
@@ -37,7 +35,7 @@ struct Restart: AsyncParsableCommand {
     @Argument(help: "VPS name.") var name: String
 
     func run() async throws {
-        let response = try await connection.withClient { try await $0.call(request { $0.restart.name = name }) }
+        let response = try await connection.call(request { $0.restart.name = name })
         print(response.status.line)
     }
 }
@@ -49,12 +47,10 @@ struct Destroy: AsyncParsableCommand {
     @Flag(help: "Kill the VPS first if it is running.") var force = false
 
     func run() async throws {
-        _ = try await connection.withClient {
-            try await $0.call(request {
+        _ = try await connection.call(request {
                 $0.destroy.name = name
                 $0.destroy.force = force
             })
-        }
         print("\(name) destroyed")
     }
 }
@@ -66,7 +62,7 @@ struct Status: AsyncParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
-        let response = try await connection.withClient { try await $0.call(request { $0.status.name = name }) }
+        let response = try await connection.call(request { $0.status.name = name })
         if json { printJSON(response.status.json) } else { print(response.status.line) }
     }
 }
@@ -80,12 +76,10 @@ struct List: AsyncParsableCommand {
 
     func run() async throws {
         let labels = keyValues(selector, field: "selector")
-        let response = try await connection.withClient {
-            try await $0.call(request {
+        let response = try await connection.call(request {
                 $0.list.all = all
                 $0.list.selector = labels
             })
-        }
         let vpses = response.list.vpses
         if json { printJSON(.array(vpses.map(\.json))); return }
         var rows = [["NAME", "STATE", "PID", "HOSTNAME", "TEMPLATE", "IPS"]] + vpses.map {
@@ -109,7 +103,7 @@ struct Stats: AsyncParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
-        let stats = try await connection.withClient { try await $0.call(request { $0.stats.name = name }) }.stats
+        let stats = try await connection.call(request { $0.stats.name = name }).stats
         if json {
             var resources: [String: JSON] = [:]
             for c in stats.counters {
@@ -140,12 +134,12 @@ struct NodeCommand: AsyncParsableCommand {
         func run() async throws {
             if connection.isCluster {
                 guard let name else { fail(WireError(.invalidArgument, "name: cluster mode needs a node name (see `berth node list`)", field: "name")) }
-                let node = try await connection.withClient { try await $0.call(request { $0.nodeShow.name = name }) }.clusterNode
+                let node = try await connection.call(request { $0.nodeShow.name = name }).clusterNode
                 if json { printJSON(node.json); return }
                 showClusterNode(node)
                 return
             }
-            let node = try await connection.withClient { try await $0.call(request { $0.nodeInfo = Berth_V1_Empty() }) }.node
+            let node = try await connection.call(request { $0.nodeInfo = Berth_V1_Empty() }).node
             if let name, name != node.name {
                 fail(WireError(.notFound, "node \(name) is not this node (\(node.name)); other nodes need cluster mode", field: "name"))
             }

@@ -171,6 +171,77 @@ struct EchoService: WireService {
         try await server.close()
     }
 
+    /// Runs blocking client code on its own thread, off the concurrency pool the server needs.
+    func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread { continuation.resume(with: Result { try body() }) }.start()
+        }
+    }
+
+    /// The CLI's synchronous client: HELLO, a call with its progress, and typed errors, like
+    /// the event-loop client; an absent agent is named with its path.
+    @Test func blockingClientCallsProgressAndTypedErrors() async throws {
+        try await withServer { path in
+            let (name, steps) = try await onThread { () throws -> (String, [String]) in
+                let client = try BlockingWireClient(unixPath: path)
+                #expect(client.serverSoftware == wireSoftware)
+                var request = Berth_V1_Request()
+                request.status.name = "web1"
+                var steps: [String] = []
+                let response = try client.call(request) { steps.append($0.step) }
+                request.status.name = "missing"
+                #expect(throws: WireError(.notFound, "VPS missing does not exist", field: "name")) { try client.call(request) }
+                // The connection stays usable after a typed error.
+                request.status.name = "web2"
+                #expect(try client.call(request).status.name == "web2")
+                return (response.status.name, steps)
+            }
+            #expect(name == "web1")
+            #expect(steps == ["looking up"])
+        }
+        let error = #expect(throws: WireError.self) { try BlockingWireClient(unixPath: "/nonexistent/berth.sock") }
+        #expect(error?.code == .unavailable)
+        #expect(error?.message.contains("/nonexistent/berth.sock") == true)
+    }
+
+    /// A session moves more than a credit window each way through the echo, in order, and
+    /// returns the exit code; stdin's end reaches the server.
+    @Test(.timeLimit(.minutes(1))) func blockingSessionStreamsMoreThanAWindowBothWays() async throws {
+        try await withServer { path in
+            let size = 3 * streamWindow + 12345
+            let sent = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 9) }
+            var fds: [Int32] = [0, 0]
+            #expect(pipe(&fds) == 0)
+            let (readEnd, writeEnd) = (fds[0], fds[1])
+            Thread {
+                sent.withUnsafeBytes { raw in
+                    var offset = 0
+                    while offset < raw.count {
+                        let n = write(writeEnd, raw.baseAddress! + offset, raw.count - offset)
+                        if n <= 0 { break }
+                        offset += n
+                    }
+                }
+                close(writeEnd)
+            }.start()
+            let (received, code) = try await onThread { () throws -> ([UInt8], Int32) in
+                let client = try BlockingWireClient(unixPath: path)
+                var request = Berth_V1_Request()
+                request.exec.name = "v"
+                var received: [UInt8] = []
+                let response = try client.session(request, input: readEnd) { channel, bytes throws(WireError) in
+                    #expect(channel == .stdout)
+                    received += bytes.readableBytesView
+                }
+                return (received, response.exec.exitCode)
+            }
+            close(readEnd)
+            #expect(received.count == sent.count)
+            #expect(received == sent)
+            #expect(code == 7)
+        }
+    }
+
     @Test func streamsBytesBothWays() async throws {
         try await withServer { path in
             let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
