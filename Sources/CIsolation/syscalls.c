@@ -122,7 +122,10 @@ int berth_loop_attach(const char *image, int read_only, char *devpath, size_t de
         struct loop_config config;
         memset(&config, 0, sizeof config);
         config.fd = (unsigned)backing;
-        config.info.lo_flags = LO_FLAGS_AUTOCLEAR | (read_only ? LO_FLAGS_READ_ONLY : 0);
+        // Direct I/O to the image: without it every block a VPS reads is cached twice, once in
+        // its own filesystem and once as the image file's pages on the host, both charged to
+        // the VPS. The kernel falls back to buffered I/O where the image's filesystem cannot.
+        config.info.lo_flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO | (read_only ? LO_FLAGS_READ_ONLY : 0);
         if (ioctl(loopfd, LOOP_CONFIGURE, &config) == 0) {
             close(control);
             close(backing);
