@@ -15,6 +15,9 @@ public struct AgentService: WireService {
     let group: EventLoopGroup
     let logger: Logger
 
+    /// Every call awaits the VPS manager (an actor) before any work of its own.
+    public var startsOnEventLoop: Bool { true }
+
     public init(manager: VPSManager, group: EventLoopGroup, logger: Logger) {
         self.manager = manager
         self.group = group

@@ -6,6 +6,9 @@ import Testing
 
 /// A service that echoes: status calls return the requested name, exec streams stdin back.
 struct EchoService: WireService {
+    var onLoop = false
+    var startsOnEventLoop: Bool { onLoop }
+
     func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
         var response = Berth_V1_Response()
         switch request.call {
@@ -32,12 +35,12 @@ struct EchoService: WireService {
 }
 
 @Suite(.serialized) struct ConnectionTests {
-    func withServer(_ body: (String) async throws -> Void) async throws {
+    func withServer(onLoop: Bool = false, _ body: (String) async throws -> Void) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-wire-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("s.sock").path
-        let server = try await UnixWireServer.bind(path: path, service: EchoService(), group: MultiThreadedEventLoopGroup.singleton,
+        let server = try await UnixWireServer.bind(path: path, service: EchoService(onLoop: onLoop), group: MultiThreadedEventLoopGroup.singleton,
                                                    allowedUIDs: [getuid()])
         var mode = stat()
         stat(path, &mode)
@@ -239,6 +242,43 @@ struct EchoService: WireService {
             #expect(received.count == sent.count)
             #expect(received == sent)
             #expect(code == 7)
+        }
+    }
+
+    /// A service whose calls start on the event loop: a call answered without suspending, one
+    /// that suspends until its deadline, a typed error and a byte stream all behave as usual,
+    /// and many at once on one connection each get their own answer.
+    @Test(.timeLimit(.minutes(1))) func callsThatStartOnTheEventLoop() async throws {
+        try await withServer(onLoop: true) { path in
+            let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
+            var request = Berth_V1_Request()
+            request.status.name = "web1"
+            #expect(try await client.call(request).status.name == "web1")
+            request.status.name = "missing"
+            await #expect(throws: WireError(.notFound, "VPS missing does not exist", field: "name")) { try await client.call(request) }
+            request.status.name = "slow"
+            request.deadlineMs = 100
+            await #expect(throws: WireError.self) { try await client.call(request) }
+            let names = try await withThrowingTaskGroup(of: String.self) { group in
+                for i in 0..<200 {
+                    group.addTask {
+                        var one = Berth_V1_Request()
+                        one.status.name = "v\(i)"
+                        return try await client.call(one).status.name
+                    }
+                }
+                return try await group.reduce(into: Set<String>()) { $0.insert($1) }
+            }
+            #expect(names == Set((0..<200).map { "v\($0)" }))
+            var exec = Berth_V1_Request()
+            exec.exec.name = "v"
+            let call = try await client.start(exec)
+            _ = try await call.send(.stdin, Array("on the loop".utf8)).get()
+            call.sendEnd(.stdin)
+            var received: [UInt8] = []
+            for await event in call.events { if case .data(.stdout, let bytes) = event { received += bytes.readableBytesView } }
+            #expect(String(decoding: received, as: UTF8.self) == "on the loop")
+            await client.close()
         }
     }
 
