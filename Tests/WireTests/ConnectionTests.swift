@@ -116,7 +116,25 @@ struct EchoService: WireService {
     /// A peer that completes HELLO and then never answers (a stalled connection): a call with a
     /// deadline still ends, with deadline-exceeded, and the peer is told to cancel it.
     @Test(.timeLimit(.minutes(1))) func aStalledPeerCannotHoldACallPastItsDeadline() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-stall-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try await withSilentPeer { client, cancelled in
+            var request = Berth_V1_Request()
+            request.status.name = "web1"
+            request.deadlineMs = 200
+            do {
+                _ = try await client.call(request)
+                Issue.record("a silent peer answered")
+            } catch let error as WireError {
+                #expect(error.code == .deadlineExceeded)
+            }
+            let stream = try await cancelled.get()
+            #expect(stream % 2 == 1)
+        }
+    }
+
+    /// A client connected to a peer that completes HELLO and then never answers; the future
+    /// gets the stream of the first CANCEL the peer receives.
+    func withSilentPeer(_ body: (WireClient, EventLoopFuture<UInt32>) async throws -> Void) async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-silent-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("s.sock").path
@@ -130,17 +148,7 @@ struct EchoService: WireService {
             }
         }.bind(unixDomainSocketPath: path).get()
         let client = try await WireClient.connect(unixPath: path, group: group)
-        var request = Berth_V1_Request()
-        request.status.name = "web1"
-        request.deadlineMs = 200
-        do {
-            _ = try await client.call(request)
-            Issue.record("a silent peer answered")
-        } catch let error as WireError {
-            #expect(error.code == .deadlineExceeded)
-        }
-        let stream = try await cancelled.futureResult.get()
-        #expect(stream % 2 == 1)
+        try await body(client, cancelled.futureResult)
         await client.close()
         try await server.close()
     }
@@ -148,30 +156,16 @@ struct EchoService: WireService {
     /// Cancelling the task of a request/response call ends it at once with `cancelled` and
     /// tells the peer to cancel the work.
     @Test(.timeLimit(.minutes(1))) func cancellingACallTellsThePeer() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-cancel-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("s.sock").path
-        let group = MultiThreadedEventLoopGroup.singleton
-        let cancelled = group.next().makePromise(of: UInt32.self)
-        let server = try await ServerBootstrap(group: group).childChannelInitializer { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
-                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                try channel.pipeline.syncOperations.addHandler(SilentPeer(cancelled: cancelled))
-            }
-        }.bind(unixDomainSocketPath: path).get()
-        let client = try await WireClient.connect(unixPath: path, group: group)
-        var request = Berth_V1_Request()
-        request.status.name = "web1"
-        let call = Task { try await client.call(request) }
-        try await Task.sleep(for: .milliseconds(200))
-        call.cancel()
-        await #expect(throws: WireError(.cancelled, "the call was cancelled")) { try await call.value }
-        let stream = try await cancelled.futureResult.get()
-        #expect(stream % 2 == 1)
-        await client.close()
-        try await server.close()
+        try await withSilentPeer { client, cancelled in
+            var request = Berth_V1_Request()
+            request.status.name = "web1"
+            let call = Task { try await client.call(request) }
+            try await Task.sleep(for: .milliseconds(200))
+            call.cancel()
+            await #expect(throws: WireError(.cancelled, "the call was cancelled")) { try await call.value }
+            let stream = try await cancelled.get()
+            #expect(stream % 2 == 1)
+        }
     }
 
     /// Runs blocking client code on its own thread, off the concurrency pool the server needs.
