@@ -39,11 +39,7 @@ func residentKiB() -> Int {
     return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
 }
 
-/// Answers without blocking or suspending, so its calls start on the event loop (as the
-/// agent's do; the controller's, which write SQLite first, start on the concurrency pool).
 struct EchoStatus: WireService {
-    var startsOnEventLoop: Bool { true }
-
     func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
         var response = Berth_V1_Response()
         response.status.name = request.status.name

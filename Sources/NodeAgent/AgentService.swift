@@ -15,9 +15,6 @@ public struct AgentService: WireService {
     let group: EventLoopGroup
     let logger: Logger
 
-    /// Every call awaits the VPS manager (an actor) before any work of its own.
-    public var startsOnEventLoop: Bool { true }
-
     public init(manager: VPSManager, group: EventLoopGroup, logger: Logger) {
         self.manager = manager
         self.group = group
@@ -183,15 +180,8 @@ public struct AgentService: WireService {
         }
         close(out.write)
         _ = fcntl(out.read, 1031 /* F_SETPIPE_SZ */, Int32(Self.streamPipeBytes))
-        let reader = try await NIOPipeBootstrap(group: group)
-            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: Self.streamPipeBytes))
-            .takingOwnershipOfDescriptor(input: out.read) { channel in
-                channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
-            }
         do {
-            try await reader.executeThenClose { inbound, _ in
-                for try await chunk in inbound { try await stream.send(.stdout, chunk) }
-            }
+            try await relay(pipe: out.read, to: stream, as: .stdout, bulk: true)
         } catch {
             kill(child.pid, SIGKILL)
             _ = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd)
@@ -265,14 +255,6 @@ public struct AgentService: WireService {
         // Stdin is written with plain channel writes, each awaited until it reached the pipe:
         // closing the pipe (the client's end of stdin) must never drop bytes still queued in NIO.
         let stdinChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdinPipe.write).get()
-        let stdoutChannel = try await NIOPipeBootstrap(group: group)
-            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: Self.streamPipeBytes))
-            .takingOwnershipOfDescriptor(input: stdoutPipe.read) { channel in
-            channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
-        }
-        let stderrChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: stderrPipe.read) { channel in
-            channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
-        }
 
         return try await withThrowingTaskGroup(of: Int32?.self) { group in
             // Client → command: stdin bytes, end of stdin, terminal size changes.
@@ -301,19 +283,12 @@ public struct AgentService: WireService {
                 if resizeFD >= 0 { close(resizeFD) }
                 return nil
             }
-            group.addTask {
-                try await stdoutChannel.executeThenClose { inbound, _ in
-                    for try await chunk in inbound { try await stream.send(.stdout, chunk) }
+            for (pipe, channel) in [(stdoutPipe.read, Frame.Channel.stdout), (stderrPipe.read, .stderr)] {
+                group.addTask {
+                    try await self.relay(pipe: pipe, to: stream, as: channel, bulk: channel == .stdout)
+                    try? await stream.sendEnd(channel)
+                    return nil
                 }
-                try? await stream.sendEnd(.stdout)
-                return nil
-            }
-            group.addTask {
-                try await stderrChannel.executeThenClose { inbound, _ in
-                    for try await chunk in inbound { try await stream.send(.stderr, chunk) }
-                }
-                try? await stream.sendEnd(.stderr)
-                return nil
             }
             let status = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd) ?? 0
             // Output still in flight is delivered before the result: wait for both readers.
@@ -331,6 +306,22 @@ public struct AgentService: WireService {
     }
 
     static let streamPipeBytes = 1 << 20
+
+    /// Sends what comes out of the pipe `fd` (taken over, closed at its end) as DATA on `channel`,
+    /// each chunk under the client's credit. `bulk` streams (a tarball, `exec cat`) are read in
+    /// chunks up to the grown pipe's size.
+    func relay(pipe fd: Int32, to stream: ServerStream, as channel: Frame.Channel, bulk: Bool) async throws {
+        var bootstrap = NIOPipeBootstrap(group: group)
+        if bulk {
+            bootstrap = bootstrap.channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: Self.streamPipeBytes))
+        }
+        let reader = try await bootstrap.takingOwnershipOfDescriptor(input: fd) { pipe in
+            pipe.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: pipe) }
+        }
+        try await reader.executeThenClose { inbound, _ in
+            for try await chunk in inbound { try await stream.send(channel, chunk) }
+        }
+    }
 
     // MARK: - console
 

@@ -605,7 +605,8 @@ public actor VPSManager {
 
     /// Waits for the monitor's exit (told by `monitorExited`, not polled) or `seconds`.
     private func waitUntilStopped(_ record: VPSRecord, seconds: Double) async -> Bool {
-        if record.state == .stopping && record.run != nil {
+        let monitorRunning = { record.state == .stopping && record.run != nil }
+        if monitorRunning() {
             let ticket = record.nextExitTicket
             record.nextExitTicket += 1
             let timer = Task {
@@ -615,7 +616,7 @@ public actor VPSManager {
             await withCheckedContinuation { record.exitWaiters[ticket] = $0 }
             timer.cancel()
         }
-        return !(record.state == .stopping && record.run != nil)
+        return !monitorRunning()
     }
 
     private func endExitWait(_ record: VPSRecord, ticket: Int) {

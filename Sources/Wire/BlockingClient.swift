@@ -33,11 +33,7 @@ public final class BlockingWireClient {
             throw WireError(.unavailable, "cannot reach the agent at \(unixPath): \(String(cString: strerror(connected))) (is berth-agent running?)")
         }
         do throws(WireError) {
-            var hello = Berth_V1_Hello()
-            hello.minVersion = wireProtocolVersion
-            hello.maxVersion = wireProtocolVersion
-            hello.software = wireSoftware
-            try send(Frame(type: .hello, stream: 0, payload: ByteBuffer(bytes: Self.encode(hello))))
+            try send(Frame(type: .hello, stream: 0, payload: ByteBuffer(bytes: Self.encode(Berth_V1_Hello.clientOffer))))
             let answer = try readFrame()
             switch answer.type {
             case .hello:
@@ -46,7 +42,7 @@ public final class BlockingWireClient {
                 }
                 serverSoftware = message.software
             case .error:
-                throw Self.error(from: answer)
+                throw answer.serverError
             default:
                 throw WireError(.protocolViolation, "the server answered HELLO with \(answer.type)")
             }
@@ -98,14 +94,13 @@ public final class BlockingWireClient {
         while true {
             // Frames already buffered come first: poll would not report them.
             if let frame = try FrameParser.parse(&inbound) {
-                if frame.stream == 0 && frame.type == .error { throw Self.error(from: frame) }
+                if frame.stream == 0 && frame.type == .error { throw frame.serverError }
                 guard frame.stream == id else { continue }
                 switch frame.type {
                 case .response:
-                    do { return try Berth_V1_Response(serializedBytes: Array(frame.payload.readableBytesView)) }
-                    catch { throw WireError(.malformedFrame, "malformed RESPONSE from the server") }
+                    return try frame.serverResponse()
                 case .error:
-                    throw Self.error(from: frame)
+                    throw frame.serverError
                 case .progress:
                     if let progress = try? Berth_V1_Progress(serializedBytes: Array(frame.payload.readableBytesView)) { onProgress(progress) }
                 case .data:
@@ -187,10 +182,5 @@ public final class BlockingWireClient {
 
     private static func encode(_ message: some SwiftProtobuf.Message) throws(WireError) -> [UInt8] {
         do { return try message.serializedBytes() } catch { throw WireError(.internalError, "cannot encode \(type(of: message)): \(error)") }
-    }
-
-    private static func error(from frame: Frame) -> WireError {
-        (try? Berth_V1_ErrorReply(serializedBytes: Array(frame.payload.readableBytesView))).map(WireError.init(reply:))
-            ?? WireError(.malformedFrame, "malformed ERROR from the server")
     }
 }

@@ -39,6 +39,33 @@ public struct Frame: Sendable, Equatable {
     }
 }
 
+/// What a client reads out of the server's frames (the NIO client and the CLI's blocking one).
+extension Frame {
+    /// The typed error an ERROR frame carries.
+    var serverError: WireError {
+        (try? Berth_V1_ErrorReply(serializedBytes: Array(payload.readableBytesView))).map(WireError.init(reply:))
+            ?? WireError(.malformedFrame, "malformed ERROR from the server")
+    }
+
+    /// The answer a RESPONSE frame carries.
+    func serverResponse() throws(WireError) -> Berth_V1_Response {
+        do { return try Berth_V1_Response(serializedBytes: Array(payload.readableBytesView)) } catch {
+            throw WireError(.malformedFrame, "malformed RESPONSE from the server")
+        }
+    }
+}
+
+extension Berth_V1_Hello {
+    /// The HELLO a client opens with.
+    static var clientOffer: Berth_V1_Hello {
+        var hello = Berth_V1_Hello()
+        hello.minVersion = wireProtocolVersion
+        hello.maxVersion = wireProtocolVersion
+        hello.software = wireSoftware
+        return hello
+    }
+}
+
 public enum FrameParser {
     /// Takes one complete frame off `buffer`, or returns nil (buffer untouched) when more bytes
     /// are needed. The declared length is checked against `maxPayload` before anything is

@@ -89,15 +89,10 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
             switch frame.type {
             case .response:
                 finishUnary(frame.stream)
-                do {
-                    unary.answer.succeed(try Berth_V1_Response(serializedBytes: Array(frame.payload.readableBytesView)))
-                } catch {
-                    unary.answer.fail(WireError(.malformedFrame, "malformed RESPONSE from the server"))
-                }
+                do throws(WireError) { unary.answer.succeed(try frame.serverResponse()) } catch { unary.answer.fail(error) }
             case .error:
                 finishUnary(frame.stream)
-                unary.answer.fail((try? Berth_V1_ErrorReply(serializedBytes: Array(frame.payload.readableBytesView))).map(WireError.init(reply:))
-                    ?? WireError(.malformedFrame, "malformed ERROR from the server"))
+                unary.answer.fail(frame.serverError)
             default:
                 break
             }
@@ -111,8 +106,7 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
                 else { hello?.fail(WireError(.malformedFrame, "malformed HELLO from the server")) }
                 hello = nil
             case .error:
-                let error = (try? Berth_V1_ErrorReply(serializedBytes: bytes)).map(WireError.init(reply:))
-                    ?? WireError(.malformedFrame, "malformed ERROR from the server")
+                let error = frame.serverError
                 hello?.fail(error)
                 hello = nil
                 failAll(error)
@@ -134,16 +128,14 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
         case .progress:
             if let p = try? Berth_V1_Progress(serializedBytes: bytes) { call.continuation.yield(.progress(p)) }
         case .response:
-            do {
-                call.continuation.yield(.response(try Berth_V1_Response(serializedBytes: bytes)))
+            do throws(WireError) {
+                call.continuation.yield(.response(try frame.serverResponse()))
             } catch {
-                call.continuation.yield(.failure(WireError(.malformedFrame, "malformed RESPONSE from the server")))
+                call.continuation.yield(.failure(error))
             }
             finish(frame.stream)
         case .error:
-            let error = (try? Berth_V1_ErrorReply(serializedBytes: bytes)).map(WireError.init(reply:))
-                ?? WireError(.malformedFrame, "malformed ERROR from the server")
-            call.continuation.yield(.failure(error))
+            call.continuation.yield(.failure(frame.serverError))
             finish(frame.stream)
         case .credit:
             guard let credit = frame.creditIncrement, call.sendWindow.grant(credit) else {
@@ -225,11 +217,7 @@ public final class WireClient: @unchecked Sendable {
             try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
             try channel.pipeline.syncOperations.addHandler(handler)
             handler.hello = promise
-            var hello = Berth_V1_Hello()
-            hello.minVersion = wireProtocolVersion
-            hello.maxVersion = wireProtocolVersion
-            hello.software = wireSoftware
-            let payload = ByteBuffer(bytes: try hello.serializedBytes() as [UInt8])
+            let payload = ByteBuffer(bytes: try Berth_V1_Hello.clientOffer.serializedBytes() as [UInt8])
             channel.writeAndFlush(Frame(type: .hello, stream: 0, payload: payload), promise: nil)
         }.get()
         // A server that accepts but never answers HELLO must not hang the client.
@@ -313,12 +301,18 @@ public final class WireClient: @unchecked Sendable {
         } onCancel: {
             loop.execute {
                 call.cancelled = true
-                guard call.id != 0, self.handler.unaryCalls[call.id] === call else { return }
-                self.handler.finishUnary(call.id)
-                self.channel.writeAndFlush(Frame(type: .cancel, stream: call.id), promise: nil)
-                call.answer.fail(WireError(.cancelled, "the call was cancelled"))
+                self.abandon(call, WireError(.cancelled, "the call was cancelled"))
             }
         }
+    }
+
+    /// Ends a unary call here with `error` and tells the server to stop its work (event-loop
+    /// confined; a call already answered or not yet sent is left alone).
+    private func abandon(_ call: UnaryCall, _ error: WireError) {
+        guard call.id != 0, handler.unaryCalls[call.id] === call else { return }
+        handler.finishUnary(call.id)
+        call.answer.fail(error)
+        channel.writeAndFlush(Frame(type: .cancel, stream: call.id), promise: nil)
     }
 
     /// Event-loop confined.
@@ -332,12 +326,8 @@ public final class WireClient: @unchecked Sendable {
         if deadlineMs > 0 {
             // As for streamed calls: a stalled connection never delivers the server's
             // deadline error, so a second later the call ends here and the server is told.
-            let handler = self.handler, channel = self.channel
             call.deadlineTask = channel.eventLoop.scheduleTask(in: .milliseconds(Int64(deadlineMs) + 1000)) {
-                guard handler.unaryCalls[id] === call else { return }
-                handler.finishUnary(id)
-                call.answer.fail(WireError(.deadlineExceeded, "no answer from the server within \(deadlineMs) ms"))
-                channel.writeAndFlush(Frame(type: .cancel, stream: id), promise: nil)
+                self.abandon(call, WireError(.deadlineExceeded, "no answer from the server within \(deadlineMs) ms"))
             }
         }
         let written = channel.eventLoop.makePromise(of: Void.self)

@@ -107,15 +107,6 @@ public final class ServerStream: @unchecked Sendable {
 
 public protocol WireService: Sendable {
     func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response
-    /// True when `handle` does no blocking work before its first suspension (the agent's hop to
-    /// its VPS manager at once): calls then start on the connection's event loop, and one that
-    /// never suspends is answered without a hop to the concurrency pool and back. A service
-    /// that may block first (the controller writes SQLite synchronously) keeps the default.
-    var startsOnEventLoop: Bool { get }
-}
-
-extension WireService {
-    public var startsOnEventLoop: Bool { false }
 }
 
 /// Serves one connection: the hello exchange, then one task per request stream.
@@ -127,8 +118,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
     let peer: PeerIdentity
     let maxStreams: Int
     var helloDone = false
-    /// The task is nil while a call's handler is still running synchronously on the loop.
-    var streams: [UInt32: (ServerStream, Task<Void, Never>?)] = [:]
+    var streams: [UInt32: (ServerStream, Task<Void, Never>)] = [:]
 
     /// Calls in progress (read on the event loop).
     package var openCalls: Int { streams.count }
@@ -169,7 +159,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             stream.continuation.yield(frame.type == .data ? .data(ch, payload) : .end(ch))
         case .cancel:
             streams[frame.stream]?.0.failSends(CancellationError())
-            streams[frame.stream]?.1?.cancel()
+            streams[frame.stream]?.1.cancel()
         case .credit:
             guard let credit = frame.creditIncrement else {
                 fail(context: context, WireError(.malformedFrame, "CREDIT payload is not one u32"))
@@ -228,8 +218,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
         let stream = ServerStream(id: id, peer: peer, channel: channel)
         let service = self.service
         let coalescer = self.coalescer(for: channel)
-        streams[id] = (stream, nil)
-        let work: @Sendable () async -> Void = {
+        let task = Task {
             let result: Result<Berth_V1_Response, Error>
             do {
                 if request.deadlineMs > 0 {
@@ -250,17 +239,14 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
                 frame = Frame(type: .error, stream: id, payload: ByteBuffer(bytes: (try? Self.wireError(from: error).reply.serializedBytes() as [UInt8]) ?? []))
             }
             stream.finishInput()
-            let finish = {
+            // One hop to the event loop for the answer and the bookkeeping.
+            channel.eventLoop.execute {
                 stream.failSends(WireError(.cancelled, "the call has finished"))
                 coalescer.write(frame)
                 self.streams[id] = nil
             }
-            // Still on the loop when the handler never suspended; otherwise one hop back to it.
-            if channel.eventLoop.inEventLoop { finish() } else { channel.eventLoop.execute(finish) }
         }
-        let task = service.startsOnEventLoop ? Task.immediate(operation: work) : Task(operation: work)
-        // A handler that finished synchronously has removed its entry already.
-        if streams[id] != nil { streams[id] = (stream, task) }
+        streams[id] = (stream, task)
     }
 
     package static func wireError(from error: Error) -> WireError {
@@ -290,7 +276,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
         for (stream, task) in streams.values {
             stream.finishInput()
             stream.failSends(WireError(.unavailable, "the connection closed"))
-            task?.cancel()
+            task.cancel()
         }
         streams.removeAll()
         context.fireChannelInactive()

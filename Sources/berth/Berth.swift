@@ -95,7 +95,8 @@ struct ConnectionOptions: ParsableArguments {
     /// threads. Wire errors become one stderr line and a documented exit code.
     func call(_ request: Berth_V1_Request, onProgress: ((Berth_V1_Progress) -> Void)? = nil) async throws -> Berth_V1_Response {
         var request = request
-        if request.operationID.isEmpty { request.operationID = operationId ?? environment("BERTH_OPERATION_ID") ?? "" }
+        // Only create/start/stop/restart/destroy use it; one command makes one such call.
+        request.operationID = operationId ?? environment("BERTH_OPERATION_ID") ?? ""
         if isCluster {
             let sent = request
             return try await withClient { client in
@@ -104,16 +105,20 @@ struct ConnectionOptions: ParsableArguments {
             }
         }
         do {
-            return try BlockingWireClient(unixPath: socketPath).call(request, onProgress: onProgress ?? { _ in })
+            return try nodeClient().call(request, onProgress: onProgress ?? { _ in })
         } catch {
             fail(error)
         }
     }
 
+    /// The synchronous client connected to this node's agent.
+    func nodeClient() -> BlockingWireClient {
+        do { return try BlockingWireClient(unixPath: socketPath) } catch { fail(error) }
+    }
+
     /// Runs `body` against the agent (or, in cluster mode, the controller over mTLS); wire errors
     /// become one stderr line and a documented exit code.
     func withClient<T>(_ body: (WireClient) async throws -> T) async throws -> T {
-        operationIDForRequests = operationId ?? environment("BERTH_OPERATION_ID") ?? ""
         let client: WireClient
         do {
             if let controllerAddress {
@@ -151,13 +156,9 @@ func fail(_ error: WireError) -> Never {
     exit(error.exitCode)
 }
 
-/// The --operation-id of this invocation (one command makes at most one mutating call).
-nonisolated(unsafe) var operationIDForRequests = ""
-
 func request(_ build: (inout Berth_V1_Request) -> Void) -> Berth_V1_Request {
     var request = Berth_V1_Request()
     build(&request)
-    request.operationID = operationIDForRequests
     return request
 }
 

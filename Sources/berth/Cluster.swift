@@ -240,10 +240,10 @@ struct IPPoolCommand: AsyncParsableCommand {
         func run() async throws {
             requireCluster(connection, "ippool add")
             let pool = try await connection.call(request {
-                    $0.ippoolAdd.name = name
-                    $0.ippoolAdd.cidr = cidr
-                    $0.ippoolAdd.gateway = gateway ?? ""
-                }).ippool
+                $0.ippoolAdd.name = name
+                $0.ippoolAdd.cidr = cidr
+                $0.ippoolAdd.gateway = gateway ?? ""
+            }).ippool
             print("\(pool.name) \(pool.cidr) \(pool.size) addresses")
         }
     }

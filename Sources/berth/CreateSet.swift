@@ -196,12 +196,12 @@ struct TemplateCommand: AsyncParsableCommand {
 
         func run() async throws {
             let response = try await connection.call(request {
-                    $0.templateBuild.kind = kind
-                    $0.templateBuild.name = name ?? ""
-                    $0.templateBuild.mirror = mirror ?? ""
-                    $0.templateBuild.include = include.flatMap { $0.split(separator: ",").map { String($0) } }
-                    $0.templateBuild.rebuild = rebuild
-                }, onProgress: showProgress)
+                $0.templateBuild.kind = kind
+                $0.templateBuild.name = name ?? ""
+                $0.templateBuild.mirror = mirror ?? ""
+                $0.templateBuild.include = include.flatMap { $0.split(separator: ",").map { String($0) } }
+                $0.templateBuild.rebuild = rebuild
+            }, onProgress: showProgress)
             print("template \(response.template.name) built: \(response.template.source)")
             for (unit, reason) in response.template.maskedUnits.sorted(by: { $0.key < $1.key }) {
                 print("  masked \(unit): \(reason)")

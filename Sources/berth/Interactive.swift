@@ -95,11 +95,9 @@ func runSession(connection: ConnectionOptions, name: String, argv: [String], tty
     if !tty && !connection.isCluster {
         // No terminal to drive: the synchronous client streams in one poll loop.
         do {
-            let client = try BlockingWireClient(unixPath: connection.socketPath)
-            let response = try client.session(request { $0.exec = exec }, input: 0) { channel, bytes throws(WireError) in
+            return try connection.nodeClient().session(request { $0.exec = exec }, input: 0) { channel, bytes throws(WireError) in
                 writeAll(channel == .stderr ? 2 : 1, bytes)
-            }
-            return response.exec.exitCode
+            }.exec.exitCode
         } catch {
             fail(error)
         }

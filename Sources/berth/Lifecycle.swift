@@ -21,10 +21,10 @@ struct Stop: AsyncParsableCommand {
 
     func run() async throws {
         let response = try await connection.call(request {
-                $0.stop.name = name
-                $0.stop.timeoutSeconds = timeout ?? 0
-                $0.stop.kill = kill
-            })
+            $0.stop.name = name
+            $0.stop.timeoutSeconds = timeout ?? 0
+            $0.stop.kill = kill
+        })
         print(response.status.line)
     }
 }
@@ -48,9 +48,9 @@ struct Destroy: AsyncParsableCommand {
 
     func run() async throws {
         _ = try await connection.call(request {
-                $0.destroy.name = name
-                $0.destroy.force = force
-            })
+            $0.destroy.name = name
+            $0.destroy.force = force
+        })
         print("\(name) destroyed")
     }
 }
@@ -77,9 +77,9 @@ struct List: AsyncParsableCommand {
     func run() async throws {
         let labels = keyValues(selector, field: "selector")
         let response = try await connection.call(request {
-                $0.list.all = all
-                $0.list.selector = labels
-            })
+            $0.list.all = all
+            $0.list.selector = labels
+        })
         let vpses = response.list.vpses
         if json { printJSON(.array(vpses.map(\.json))); return }
         var rows = [["NAME", "STATE", "PID", "HOSTNAME", "TEMPLATE", "IPS"]] + vpses.map {

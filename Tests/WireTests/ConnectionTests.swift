@@ -6,9 +6,6 @@ import Testing
 
 /// A service that echoes: status calls return the requested name, exec streams stdin back.
 struct EchoService: WireService {
-    var onLoop = false
-    var startsOnEventLoop: Bool { onLoop }
-
     func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
         var response = Berth_V1_Response()
         switch request.call {
@@ -35,12 +32,12 @@ struct EchoService: WireService {
 }
 
 @Suite(.serialized) struct ConnectionTests {
-    func withServer(onLoop: Bool = false, _ body: (String) async throws -> Void) async throws {
+    func withServer(_ body: (String) async throws -> Void) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-wire-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("s.sock").path
-        let server = try await UnixWireServer.bind(path: path, service: EchoService(onLoop: onLoop), group: MultiThreadedEventLoopGroup.singleton,
+        let server = try await UnixWireServer.bind(path: path, service: EchoService(), group: MultiThreadedEventLoopGroup.singleton,
                                                    allowedUIDs: [getuid()])
         var mode = stat()
         stat(path, &mode)
@@ -116,7 +113,7 @@ struct EchoService: WireService {
     /// A peer that completes HELLO and then never answers (a stalled connection): a call with a
     /// deadline still ends, with deadline-exceeded, and the peer is told to cancel it.
     @Test(.timeLimit(.minutes(1))) func aStalledPeerCannotHoldACallPastItsDeadline() async throws {
-        try await withSilentPeer { client, cancelled in
+        try await withSilentPeer { client, _, cancelled in
             var request = Berth_V1_Request()
             request.status.name = "web1"
             request.deadlineMs = 200
@@ -131,24 +128,25 @@ struct EchoService: WireService {
         }
     }
 
-    /// A client connected to a peer that completes HELLO and then never answers; the future
-    /// gets the stream of the first CANCEL the peer receives.
-    func withSilentPeer(_ body: (WireClient, EventLoopFuture<UInt32>) async throws -> Void) async throws {
+    /// A client connected to a peer that completes HELLO and then never answers; the futures
+    /// get the stream of the first REQUEST and of the first CANCEL the peer receives.
+    func withSilentPeer(_ body: (WireClient, EventLoopFuture<UInt32>, EventLoopFuture<UInt32>) async throws -> Void) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-silent-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("s.sock").path
         let group = MultiThreadedEventLoopGroup.singleton
+        let requested = group.next().makePromise(of: UInt32.self)
         let cancelled = group.next().makePromise(of: UInt32.self)
         let server = try await ServerBootstrap(group: group).childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
                 try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                try channel.pipeline.syncOperations.addHandler(SilentPeer(cancelled: cancelled))
+                try channel.pipeline.syncOperations.addHandler(SilentPeer(requested: requested, cancelled: cancelled))
             }
         }.bind(unixDomainSocketPath: path).get()
         let client = try await WireClient.connect(unixPath: path, group: group)
-        try await body(client, cancelled.futureResult)
+        try await body(client, requested.futureResult, cancelled.futureResult)
         await client.close()
         try await server.close()
     }
@@ -156,11 +154,12 @@ struct EchoService: WireService {
     /// Cancelling the task of a request/response call ends it at once with `cancelled` and
     /// tells the peer to cancel the work.
     @Test(.timeLimit(.minutes(1))) func cancellingACallTellsThePeer() async throws {
-        try await withSilentPeer { client, cancelled in
+        try await withSilentPeer { client, requested, cancelled in
             var request = Berth_V1_Request()
             request.status.name = "web1"
             let call = Task { try await client.call(request) }
-            try await Task.sleep(for: .milliseconds(200))
+            // Cancelled once the request is out, so the peer has something to cancel.
+            _ = try await requested.get()
             call.cancel()
             await #expect(throws: WireError(.cancelled, "the call was cancelled")) { try await call.value }
             let stream = try await cancelled.get()
@@ -236,43 +235,6 @@ struct EchoService: WireService {
             #expect(received.count == sent.count)
             #expect(received == sent)
             #expect(code == 7)
-        }
-    }
-
-    /// A service whose calls start on the event loop: a call answered without suspending, one
-    /// that suspends until its deadline, a typed error and a byte stream all behave as usual,
-    /// and many at once on one connection each get their own answer.
-    @Test(.timeLimit(.minutes(1))) func callsThatStartOnTheEventLoop() async throws {
-        try await withServer(onLoop: true) { path in
-            let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
-            var request = Berth_V1_Request()
-            request.status.name = "web1"
-            #expect(try await client.call(request).status.name == "web1")
-            request.status.name = "missing"
-            await #expect(throws: WireError(.notFound, "VPS missing does not exist", field: "name")) { try await client.call(request) }
-            request.status.name = "slow"
-            request.deadlineMs = 100
-            await #expect(throws: WireError.self) { try await client.call(request) }
-            let names = try await withThrowingTaskGroup(of: String.self) { group in
-                for i in 0..<200 {
-                    group.addTask {
-                        var one = Berth_V1_Request()
-                        one.status.name = "v\(i)"
-                        return try await client.call(one).status.name
-                    }
-                }
-                return try await group.reduce(into: Set<String>()) { $0.insert($1) }
-            }
-            #expect(names == Set((0..<200).map { "v\($0)" }))
-            var exec = Berth_V1_Request()
-            exec.exec.name = "v"
-            let call = try await client.start(exec)
-            _ = try await call.send(.stdin, Array("on the loop".utf8)).get()
-            call.sendEnd(.stdin)
-            var received: [UInt8] = []
-            for await event in call.events { if case .data(.stdout, let bytes) = event { received += bytes.readableBytesView } }
-            #expect(String(decoding: received, as: UTF8.self) == "on the loop")
-            await client.close()
         }
     }
 
@@ -381,9 +343,14 @@ struct EchoService: WireService {
 final class SilentPeer: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = Frame
     typealias OutboundOut = Frame
+    let requested: EventLoopPromise<UInt32>
     let cancelled: EventLoopPromise<UInt32>
+    var sawRequest = false, sawCancel = false
 
-    init(cancelled: EventLoopPromise<UInt32>) { self.cancelled = cancelled }
+    init(requested: EventLoopPromise<UInt32>, cancelled: EventLoopPromise<UInt32>) {
+        self.requested = requested
+        self.cancelled = cancelled
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
@@ -395,7 +362,11 @@ final class SilentPeer: ChannelInboundHandler, @unchecked Sendable {
             hello.software = "silent"
             let payload = ByteBuffer(bytes: (try? hello.serializedBytes() as [UInt8]) ?? [])
             context.writeAndFlush(wrapOutboundOut(Frame(type: .hello, stream: 0, payload: payload)), promise: nil)
-        case .cancel:
+        case .request where !sawRequest:
+            sawRequest = true
+            requested.succeed(frame.stream)
+        case .cancel where !sawCancel:
+            sawCancel = true
             cancelled.succeed(frame.stream)
         default:
             break
