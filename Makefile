@@ -78,7 +78,10 @@ demo-stop:
 # user namespaces; release build.
 bench: deps
 	@BERTH_BENCH=1 ./scripts/install-deps.sh
-	$(SWIFT) build -c release --static-swift-stdlib
+	@# One product at a time: building everything would also link GRDB's dynamic-library product,
+	@# which cannot take a static standard library.
+	@for product in berth berth-agent berth-spawn berth-controller cluster-bench; do \
+	  $(SWIFT) build -c release --static-swift-stdlib --product $$product || exit 1; done
 	@BUILD=$(RELEASE) ./Benchmarks/run.sh
 	@BUILD=$(RELEASE) ./Benchmarks/network.sh
 	@BUILD=$(RELEASE) ./Benchmarks/cluster.sh

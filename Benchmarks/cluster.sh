@@ -1,7 +1,8 @@
 #!/bin/bash
 # Cluster benchmarks on the release build:
 #   BUILD=.build/release Benchmarks/cluster.sh [AGENTS] [HEARTBEAT_SECONDS]
-#   1. RPC over mTLS on loopback: 64 concurrent callers (calls/s, p50, p99), one caller (p50)
+#   1. RPC over mTLS on loopback: 64 concurrent callers (calls/s, p50, p99), one caller (p50);
+#      against a server process of its own (as the controller runs), then in one process
 #   2. the scheduler: 10,000 simulated nodes, 100,000 placements (spread and binpack)
 #   3. the controller store with 100,000 VPS records (import, load, resident memory)
 #   4. heartbeats: AGENTS simulated agents (default 1000) enrol with real tokens and beat every
@@ -33,6 +34,7 @@ want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 if want 1; then
 echo "== 1. RPC over mTLS (targets: >= 30,000 calls/s with p99 < 2 ms at 64 callers; p50 < 0.25 ms for one)"
 echo "   (client and server share this machine's cores: the server gets about half of them)"
+echo "   (first line pair: server in its own process, as deployed; second: both in one process)"
 "$BENCH" rpc --callers 64 --connections 8 --seconds 5
 fi
 

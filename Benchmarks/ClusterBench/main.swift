@@ -1,7 +1,8 @@
 // Cluster benchmarks (Benchmarks/cluster.sh runs them on a release build):
 //   cluster-bench rpc [--callers 64] [--connections 8] [--seconds 5]
 //       request/response over mTLS on loopback: throughput and latency with N concurrent callers,
-//       then one caller in sequence (p50)
+//       then one caller in sequence (p50); first against a server process of its own (as the
+//       controller is deployed), then with client and server in this one process
 //   cluster-bench scheduler [--nodes 10000] [--placements 100000]
 //       the pure scheduler placing a batch on a simulated fleet
 //   cluster-bench store [--vpses 100000]
@@ -59,12 +60,57 @@ func rpc() async throws {
     let dir = try temporaryDirectory("rpc")
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let ca = try ClusterCA.create(directory: dir + "/ca")
-    let group = MultiThreadedEventLoopGroup.singleton
-    let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: EchoStatus(),
-                                              bundle: try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"]), group: group)
+    let serverBundle = try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"])
     let bundle = try ca.issueBundle(role: .admin, name: "bench")
+    let group = MultiThreadedEventLoopGroup.singleton
+
+    // As deployed: the server (the controller) is a process of its own, so the callers' tasks and
+    // the server's handlers do not share one concurrency pool.
+    try FileManager.default.createDirectory(atPath: dir + "/server", withIntermediateDirectories: true)
+    try serverBundle.write(directory: dir + "/server")
+    let server = Process()
+    server.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+    server.arguments = ["rpc-server", "--dir", dir + "/server"]
+    let toServer = Pipe(), fromServer = Pipe()
+    server.standardInput = toServer
+    server.standardOutput = fromServer
+    try server.run()
+    var portLine = ""
+    while !portLine.hasSuffix("\n"), let byte = try fromServer.fileHandleForReading.read(upToCount: 1), !byte.isEmpty {
+        portLine += String(decoding: byte, as: UTF8.self)
+    }
+    guard let port = Int(portLine.dropFirst("port ".count).dropLast()) else {
+        throw WireError(.unavailable, "rpc-server printed no port: \(portLine)")
+    }
+    try await measure(label: "server in its own process", port: port, bundle: bundle, group: group,
+                      callers: callers, connections: connections, seconds: seconds)
+    try toServer.fileHandleForWriting.close()
+    server.waitUntilExit()
+
+    let inline = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: EchoStatus(), bundle: serverBundle, group: group)
+    try await measure(label: "client and server in one process", port: inline.port, bundle: bundle, group: group,
+                      callers: callers, connections: connections, seconds: seconds)
+    await inline.close()
+}
+
+/// `cluster-bench rpc-server --dir D`: serves the echo service over mTLS with the bundle in D,
+/// prints `port N`, and stops when its standard input closes.
+func rpcServer() async throws {
+    guard let dir = stringOption("dir") else { throw WireError(.invalidArgument, "rpc-server needs --dir", field: "dir") }
+    let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: EchoStatus(),
+                                              bundle: try CredentialBundle.load(directory: dir), group: MultiThreadedEventLoopGroup.singleton)
+    print("port \(server.port)")
+    await Task.detached {
+        var byte: UInt8 = 0
+        while read(0, &byte, 1) > 0 {}
+    }.value
+    await server.close()
+}
+
+func measure(label: String, port: Int, bundle: CredentialBundle, group: MultiThreadedEventLoopGroup,
+             callers: Int, connections: Int, seconds: Int) async throws {
     var clients: [WireClient] = []
-    for _ in 0..<connections { clients.append(try await WireClient.connect(host: "127.0.0.1", port: server.port, bundle: bundle, group: group)) }
+    for _ in 0..<connections { clients.append(try await WireClient.connect(host: "127.0.0.1", port: port, bundle: bundle, group: group)) }
     var request = Berth_V1_Request()
     request.status.name = "web1"
     let frozen = request
@@ -91,8 +137,8 @@ func rpc() async throws {
     }
     let elapsed = ContinuousClock.now - started
     let wall = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-    print(String(format: "rpc %d callers on %d mTLS connections: %.0f calls/s, p50 %.3f ms, p99 %.3f ms (%d calls in %.1f s)",
-                 callers, connections, Double(latencies.count) / wall, percentile(latencies, 0.5) / 1000,
+    print(String(format: "rpc, %@: %d callers on %d mTLS connections: %.0f calls/s, p50 %.3f ms, p99 %.3f ms (%d calls in %.1f s)",
+                 label, callers, connections, Double(latencies.count) / wall, percentile(latencies, 0.5) / 1000,
                  percentile(latencies, 0.99) / 1000, latencies.count, wall))
 
     var sequential: [UInt64] = []
@@ -102,10 +148,9 @@ func rpc() async throws {
         sequential.append(DispatchTime.now().uptimeNanoseconds - t0)
     }
     sequential.sort()
-    print(String(format: "rpc 1 caller in sequence: p50 %.3f ms, p99 %.3f ms (10000 calls)",
-                 percentile(sequential, 0.5) / 1000, percentile(sequential, 0.99) / 1000))
+    print(String(format: "rpc, %@: 1 caller in sequence: p50 %.3f ms, p99 %.3f ms (10000 calls)",
+                 label, percentile(sequential, 0.5) / 1000, percentile(sequential, 0.99) / 1000))
     for client in clients { await client.close() }
-    await server.close()
 }
 
 func scheduler() {
@@ -224,6 +269,7 @@ func heartbeats() async throws {
 setvbuf(stdout, nil, _IOLBF, 0)
 switch CommandLine.arguments.dropFirst().first {
 case "rpc": try await rpc()
+case "rpc-server": try await rpcServer()
 case "scheduler": scheduler()
 case "store": try store()
 case "heartbeats": try await heartbeats()
