@@ -54,6 +54,9 @@ public struct SpawnSpec: Equatable, Sendable {
     public var cgroupMounts: [CgroupGuestMount] = []
     /// The VPS's own user namespace; nil for a privileged VPS (the host's user namespace).
     public var idmap: IDMap?
+    /// A layered VPS: its root is an overlay of this shared template tree (read-only) over
+    /// `upper` and `work` on its own disk, which is mounted at `diskMount` instead of the root.
+    public var layer: SharedLayer?
 
     public init(name: String, diskImage: String, rootPath: String, runDir: String, hostname: String,
                 cgroupProcsFiles: [String], initArgv: [String] = ["/sbin/init"],
@@ -94,6 +97,10 @@ public struct SpawnSpec: Equatable, Sendable {
         if let beancounters { put("beancounters", beancounters) }
         cgroupMounts.forEach { put("cgroupfs", $0.specText) }
         if let idmap { put("idmap", idmap.specText) }
+        if let layer {
+            put("layer", layer.template)
+            put("diskmount", layer.diskMount)
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -108,7 +115,7 @@ public struct SpawnSpec: Equatable, Sendable {
             let value = try unescape(String(line[line.index(after: eq)...]))
             switch key {
             case "cgroup", "init", "env", "drop", "device-write", "cgroupfs": multi[key, default: []].append(value)
-            case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs", "beancounters", "idmap":
+            case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs", "beancounters", "idmap", "layer", "diskmount":
                 if single[key] != nil { throw IsolationError(.invalidSpec, "spawn spec key \(key) repeated") }
                 single[key] = value
             default: throw IsolationError(.invalidSpec, "spawn spec has unknown key \(key)")
@@ -151,6 +158,12 @@ public struct SpawnSpec: Equatable, Sendable {
             guard let idmap = IDMap.parse(text) else { throw IsolationError(.invalidSpec, "spawn spec idmap is not 'BASE COUNT' above 0") }
             spec.idmap = idmap
         }
+        switch (single["layer"], single["diskmount"]) {
+        case (nil, nil): break
+        case (let template?, let diskMount?) where template.hasPrefix("/") && diskMount.hasPrefix("/"):
+            spec.layer = SharedLayer(template: template, diskMount: diskMount)
+        default: throw IsolationError(.invalidSpec, "spawn spec layer needs both absolute paths, layer and diskmount")
+        }
         for entry in multi["cgroupfs"] ?? [] {
             guard let mount = CgroupGuestMount.parse(entry) else { throw IsolationError(.invalidSpec, "spawn spec cgroupfs entry is malformed: \(entry)") }
             spec.cgroupMounts.append(mount)
@@ -185,6 +198,17 @@ public struct SpawnSpec: Equatable, Sendable {
             }
         }
         return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// The template tree a layered VPS shares, and where its own disk is mounted.
+public struct SharedLayer: Equatable, Sendable {
+    public var template: String
+    public var diskMount: String
+
+    public init(template: String, diskMount: String) {
+        self.template = template
+        self.diskMount = diskMount
     }
 }
 

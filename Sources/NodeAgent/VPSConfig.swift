@@ -71,15 +71,23 @@ public struct VPSConfig: Codable, Equatable, Sendable {
     public var idmapBase: UInt32?
     /// Per-VPS changes to the default capability set: libcap name → "on" | "off".
     public var capabilities: [String: String]?
+    /// `--storage layered`: the root is the template's tree (shared, read-only) under what the
+    /// VPS changed, which its disk holds. Absent: the disk holds a full copy of the template.
+    public var storage: Storage?
+
+    public enum Storage: String, Codable, Sendable {
+        case image, layered
+    }
 
     public var isPrivileged: Bool { privileged ?? false }
+    public var isLayered: Bool { storage == .layered }
 
     /// Capability name → kept, from `capabilities`.
     public var capabilityOverrides: [String: Bool] { (capabilities ?? [:]).mapValues { $0 == "on" } }
 
     public static let defaultDiskBytes: UInt64 = 2 << 30
     static let keys: Set<String> = ["schemaVersion", "name", "template", "hostname", "limits", "labels", "onboot", "desiredState", "createdAt", "stopSignal",
-                                   "network", "nameservers", "searchDomains", "privileged", "idmapBase", "capabilities"]
+                                   "network", "nameservers", "searchDomains", "privileged", "idmapBase", "capabilities", "storage"]
 
     public init(name: String, template: String, hostname: String, limits: Limits = Limits(), labels: [String: String] = [:],
                 onboot: Bool = false, stopSignal: Int32) {
@@ -211,6 +219,8 @@ public struct ConfigStore: Sendable {
     public func configPath(_ name: String) -> String { directory(name) + "/config.json" }
     public func diskPath(_ name: String) -> String { directory(name) + "/disk.img" }
     public func rootPath(_ name: String) -> String { directory(name) + "/root" }
+    /// Where a layered VPS's own disk is mounted while it runs (its root is the overlay).
+    public func diskMountPath(_ name: String) -> String { directory(name) + "/disk" }
 
     public func names() -> [String] {
         FileIO.listDirectory(vpsRoot).filter { FileIO.exists(configPath($0)) }

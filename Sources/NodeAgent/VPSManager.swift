@@ -225,6 +225,7 @@ public actor VPSManager {
         status.searchdomains = config.searchDomains ?? []
         status.privileged = config.isPrivileged
         status.idmap = config.idmapBase.map { "\($0):\(IDMap.defaultCount)" } ?? ""
+        status.storage = (config.storage ?? .image).rawValue
         status.capabilities = config.capabilities ?? [:]
         if record.state == .running || record.state == .stopping {
             // The init pid changes on an in-VPS reboot: the monitor's state file is current.
@@ -252,6 +253,15 @@ public actor VPSManager {
         return wire
     }
 
+    /// A layered VPS reads its template's tree for as long as it exists: that tree must not be
+    /// replaced or removed under it.
+    public func requireTemplateReplaceable(_ template: String) throws {
+        let users = records.values.filter { $0.config.isLayered && $0.config.template == template }.map(\.config.name).sorted()
+        guard users.isEmpty else {
+            throw AgentError(.conflict, "template \(template) is the shared layer of layered VPS \(users.joined(separator: ", ")): destroy \(users.count == 1 ? "it" : "them") first", field: "template")
+        }
+    }
+
     // MARK: - Create / destroy
 
     public func create(_ request: Berth_V1_CreateRequest, progress: @Sendable (String) -> Void = { _ in }) async throws -> Berth_V1_VpsStatus {
@@ -267,7 +277,14 @@ public actor VPSManager {
         let searchDomains = try Validation.searchDomains(request.searchdomains)
         var limits = VPSConfig.Limits()
         try applyLimits(request.limits, to: &limits, creating: true)
-        let minimum = template.sizeBytes + template.sizeBytes / 4 + (16 << 20)
+        let storage: VPSConfig.Storage
+        switch request.storage {
+        case "", "image": storage = .image
+        case "layered": storage = .layered
+        default: throw AgentError.invalid("storage", "'\(request.storage)' is not a storage kind (image, layered)")
+        }
+        // A layered disk holds only what the VPS changes.
+        let minimum = storage == .layered ? UInt64(16 << 20) : template.sizeBytes + template.sizeBytes / 4 + (16 << 20)
         if limits.diskBytes < minimum {
             throw AgentError.invalid("disk", "\(ByteSize.format(limits.diskBytes)) is too small for template \(template.name) (needs at least \(minimum >> 20)M)")
         }
@@ -295,13 +312,24 @@ public actor VPSManager {
         config.privileged = request.privileged ? true : nil
         config.idmapBase = idmapBase
         config.capabilities = capabilities.isEmpty ? nil : capabilities
+        config.storage = storage == .layered ? .layered : nil
         let dir = store.directory(name)
         do {
             try FileManager.default.createDirectory(atPath: store.rootPath(name), withIntermediateDirectories: true)
             chmod(dir, 0o700)
-            progress("creating \(ByteSize.format(limits.diskBytes)) disk from template \(template.name)")
-            let result = try await Subprocess.run(mkfsArguments(name, from: templates.rootfs(template.name), image: store.diskPath(name),
+            let tree: String
+            if storage == .layered {
+                // The disk starts empty; the monitor makes its upper and work directories.
+                tree = dir + "/empty"
+                try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+                progress("creating \(ByteSize.format(limits.diskBytes)) disk layered over template \(template.name)")
+            } else {
+                tree = templates.rootfs(template.name)
+                progress("creating \(ByteSize.format(limits.diskBytes)) disk from template \(template.name)")
+            }
+            let result = try await Subprocess.run(mkfsArguments(name, from: tree, image: store.diskPath(name),
                                                                 bytes: limits.diskBytes, inodes: limits.diskInodes))
+            if storage == .layered { try? FileManager.default.removeItem(atPath: tree) }
             guard result.status == 0 else {
                 throw AgentError(.kernel, "creating the disk image failed: \(result.stderr.trimmed)", stage: "mke2fs")
             }
@@ -381,9 +409,8 @@ public actor VPSManager {
             case .stopped, .failed: break
             }
         }
-        let root = store.rootPath(name)
-        if FileIO.isMountPoint(root) {
-            throw AgentError(.conflict, "\(root) is still mounted; refusing to delete through a mounted VPS root")
+        for mounted in [store.rootPath(name), store.diskMountPath(name)] where FileIO.isMountPoint(mounted) {
+            throw AgentError(.conflict, "\(mounted) is still mounted; refusing to delete through a mounted VPS disk")
         }
         do {
             try FileManager.default.removeItem(atPath: store.directory(name))
@@ -464,6 +491,12 @@ public actor VPSManager {
         spec.idmap = idmap
         spec.dropCapabilities = dropCapabilities
         spec.beancounters = beancounterDirectory(name)
+        if record.config.isLayered {
+            guard templates.info(record.config.template) != nil else {
+                throw AgentError(.notFound, "template \(record.config.template), the shared layer of layered VPS \(name), is gone", field: "template")
+            }
+            spec.layer = SharedLayer(template: templates.rootfs(record.config.template), diskMount: store.diskMountPath(name))
+        }
         if FileIO.exists(paths.lxcfs + "/proc/meminfo") {
             spec.lxcfs = paths.lxcfs
         } else if !warnedNoLxcfs {
@@ -566,9 +599,9 @@ public actor VPSManager {
                 logger.warning("cannot remove cgroup", metadata: ["vps": "\(name)", "error": "\(error)"])
             }
         }
-        let root = store.rootPath(name)
-        if FileIO.isMountPoint(root) {
-            if umount2(root, 0) != 0 { umount2(root, Int32(MNT_DETACH)) }
+        // The root first: a layered VPS's overlay holds its disk mount busy.
+        for mounted in [store.rootPath(name), store.diskMountPath(name)] where FileIO.isMountPoint(mounted) {
+            if umount2(mounted, 0) != 0 { umount2(mounted, Int32(MNT_DETACH)) }
         }
         if FileIO.isMountPoint(beancounterDirectory(name)) { umount2(beancounterDirectory(name), Int32(MNT_DETACH)) }
         forgetBeancounters(name)
@@ -764,7 +797,8 @@ public actor VPSManager {
         ]
         // The disk is the mounted image: its own filesystem's totals are the hard limits.
         var fs = statvfs()
-        if running && FileIO.isMountPoint(store.rootPath(name)) && statvfs(store.rootPath(name), &fs) == 0 {
+        let disk = record.config.isLayered ? store.diskMountPath(name) : store.rootPath(name)
+        if running && FileIO.isMountPoint(disk) && statvfs(disk, &fs) == 0 {
             let block = UInt64(fs.f_frsize)
             stats.counters.append(counter("disk_bytes", UInt64(fs.f_blocks - fs.f_bfree) * block, 0, UInt64(fs.f_blocks) * block, 0))
             stats.counters.append(counter("disk_inodes", UInt64(fs.f_files - fs.f_ffree), 0, UInt64(fs.f_files), 0))

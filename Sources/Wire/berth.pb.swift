@@ -173,6 +173,12 @@ public nonisolated struct Berth_V1_CreateRequest: @unchecked Sendable {
     set {_uniqueStorage()._capabilities = newValue}
   }
 
+  /// "image" (default: the disk holds a copy of the template) | "layered"
+  public var storage: String {
+    get {_storage._storage}
+    set {_uniqueStorage()._storage = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -504,6 +510,12 @@ public nonisolated struct Berth_V1_VpsStatus: @unchecked Sendable {
   public var capabilities: Dictionary<String,String> {
     get {_storage._capabilities}
     set {_uniqueStorage()._capabilities = newValue}
+  }
+
+  /// "image" | "layered"
+  public var storage: String {
+    get {_storage._storage}
+    set {_uniqueStorage()._storage = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -1951,7 +1963,7 @@ nonisolated extension Berth_V1_Limits: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}template\0\u{1}hostname\0\u{1}ips\0\u{1}nameservers\0\u{1}limits\0\u{1}net\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0\u{1}node\0\u{1}constraints\0\u{3}anti_affinity\0\u{1}privileged\0\u{1}capabilities\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}template\0\u{1}hostname\0\u{1}ips\0\u{1}nameservers\0\u{1}limits\0\u{1}net\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0\u{1}node\0\u{1}constraints\0\u{3}anti_affinity\0\u{1}privileged\0\u{1}capabilities\0\u{1}storage\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -1969,6 +1981,7 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
     var _antiAffinity: String = String()
     var _privileged: Bool = false
     var _capabilities: Dictionary<String,String> = [:]
+    var _storage: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1994,6 +2007,7 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
       _antiAffinity = source._antiAffinity
       _privileged = source._privileged
       _capabilities = source._capabilities
+      _storage = source._storage
     }
   }
 
@@ -2027,6 +2041,7 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
         case 13: try { try decoder.decodeSingularStringField(value: &_storage._antiAffinity) }()
         case 14: try { try decoder.decodeSingularBoolField(value: &_storage._privileged) }()
         case 15: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._capabilities) }()
+        case 16: try { try decoder.decodeSingularStringField(value: &_storage._storage) }()
         default: break
         }
       }
@@ -2084,6 +2099,9 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
       if !_storage._capabilities.isEmpty {
         try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._capabilities, fieldNumber: 15)
       }
+      if !_storage._storage.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._storage, fieldNumber: 16)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2108,6 +2126,7 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
         if _storage._antiAffinity != rhs_storage._antiAffinity {return false}
         if _storage._privileged != rhs_storage._privileged {return false}
         if _storage._capabilities != rhs_storage._capabilities {return false}
+        if _storage._storage != rhs_storage._storage {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -2563,7 +2582,7 @@ nonisolated extension Berth_V1_ConsoleRequest: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".VpsStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}hostname\0\u{1}ips\0\u{1}template\0\u{1}node\0\u{1}pid\0\u{1}labels\0\u{1}onboot\0\u{1}limits\0\u{3}last_exit\0\u{3}started_at_unix\0\u{1}net\0\u{3}host_interface\0\u{1}mac\0\u{1}nameservers\0\u{1}searchdomains\0\u{1}privileged\0\u{1}idmap\0\u{1}capabilities\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}hostname\0\u{1}ips\0\u{1}template\0\u{1}node\0\u{1}pid\0\u{1}labels\0\u{1}onboot\0\u{1}limits\0\u{3}last_exit\0\u{3}started_at_unix\0\u{1}net\0\u{3}host_interface\0\u{1}mac\0\u{1}nameservers\0\u{1}searchdomains\0\u{1}privileged\0\u{1}idmap\0\u{1}capabilities\0\u{1}storage\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -2586,6 +2605,7 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
     var _privileged: Bool = false
     var _idmap: String = String()
     var _capabilities: Dictionary<String,String> = [:]
+    var _storage: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2616,6 +2636,7 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
       _privileged = source._privileged
       _idmap = source._idmap
       _capabilities = source._capabilities
+      _storage = source._storage
     }
   }
 
@@ -2654,6 +2675,7 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
         case 18: try { try decoder.decodeSingularBoolField(value: &_storage._privileged) }()
         case 19: try { try decoder.decodeSingularStringField(value: &_storage._idmap) }()
         case 20: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._capabilities) }()
+        case 21: try { try decoder.decodeSingularStringField(value: &_storage._storage) }()
         default: break
         }
       }
@@ -2726,6 +2748,9 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._capabilities.isEmpty {
         try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._capabilities, fieldNumber: 20)
       }
+      if !_storage._storage.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._storage, fieldNumber: 21)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2755,6 +2780,7 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._privileged != rhs_storage._privileged {return false}
         if _storage._idmap != rhs_storage._idmap {return false}
         if _storage._capabilities != rhs_storage._capabilities {return false}
+        if _storage._storage != rhs_storage._storage {return false}
         return true
       }
       if !storagesAreEqual {return false}

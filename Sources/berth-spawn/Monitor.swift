@@ -9,6 +9,8 @@ import Glibc
 final class Monitor {
     let spec: SpawnSpec
     var rootMounted = false
+    /// A layered VPS's disk, mounted apart from its root (see SpawnSpec.layer).
+    var diskMounted = false
     var beancountersMounted = false
     var consoleMaster: Int32 = -1
     /// Kept open so the master never sees a hangup between boots or while init has no console.
@@ -39,9 +41,9 @@ final class Monitor {
     }
 
     func mountDisk() throws(IsolationError) {
-        if FileIO.isMountPoint(spec.rootPath) {
+        for leftover in [spec.rootPath, spec.layer?.diskMount].compactMap({ $0 }) where FileIO.isMountPoint(leftover) {
             // A leftover of a crash: the agent only starts a VPS that is not running.
-            umount2(spec.rootPath, Int32(MNT_DETACH))
+            umount2(leftover, Int32(MNT_DETACH))
         }
         var device = [CChar](repeating: 0, count: 64)
         let loopFD = berth_loop_attach(spec.diskImage, 0, &device, device.count)
@@ -58,8 +60,28 @@ final class Monitor {
         // With a user namespace the VPS sees an idmapped copy; the host's own view of the disk
         // gives a setuid-root file the VPS planted no meaning (the VPS's root is uid 0 on disk).
         let hostFlags = spec.idmap == nil ? 0 : UInt(MS_NOSUID | MS_NODEV)
-        try check("mount \(path) on \(spec.rootPath)") { mount(path, spec.rootPath, "ext4", hostFlags, "") }
-        rootMounted = true
+        guard let layer = spec.layer else {
+            try check("mount \(path) on \(spec.rootPath)") { mount(path, spec.rootPath, "ext4", hostFlags, "") }
+            rootMounted = true
+            return
+        }
+        if mkdir(layer.diskMount, 0o700) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir \(layer.diskMount)") }
+        try check("mount \(path) on \(layer.diskMount)") { mount(path, layer.diskMount, "ext4", hostFlags, "") }
+        diskMounted = true
+        // The disk's top level holds only these two; the VPS sees neither by name.
+        for directory in ["upper", "work"] where mkdir(layer.diskMount + "/" + directory, 0o755) != 0 && errno != EEXIST {
+            throw IsolationError.sys("mkdir \(layer.diskMount)/\(directory)")
+        }
+        // With a user namespace the child gets an idmapped overlay instead (see Start.swift);
+        // the host then has no merged view, only the disk.
+        if spec.idmap == nil {
+            let tree = try check("overlay of \(layer.template) and \(layer.diskMount)") {
+                berth_overlay_tree(layer.template, layer.diskMount, -1, 0)
+            }
+            defer { close(tree) }
+            try check("attach the overlay at \(spec.rootPath)") { berth_move_mount_to(tree, spec.rootPath) }
+            rootMounted = true
+        }
     }
 
     /// A tmpfs of its own for the VPS's beancounter table, which the agent rewrites and the VPS
@@ -225,6 +247,10 @@ final class Monitor {
             // operator's shell sitting in the root.
             if umount2(spec.rootPath, 0) != 0 { umount2(spec.rootPath, Int32(MNT_DETACH)) }
             rootMounted = false
+        }
+        if diskMounted, let layer = spec.layer {
+            if umount2(layer.diskMount, 0) != 0 { umount2(layer.diskMount, Int32(MNT_DETACH)) }
+            diskMounted = false
         }
         if beancountersMounted, let directory = spec.beancounters {
             umount2(directory, Int32(MNT_DETACH))

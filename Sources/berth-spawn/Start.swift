@@ -9,6 +9,8 @@ import Glibc
 //   agent                      berth-spawn (monitor)                 child (becomes VPS init)
 //     | spec on fd 3, EOF -------->|                                      |
 //     |                            | attach loop, mount disk.img          |
+//     |                            |   [layered: at the disk mount; the   |
+//     |                            |    overlay at the root if no userns] |
 //     |                            | bind console.sock                    |
 //     |                            | clone(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET[|NEWUSER]) ->|
 //     |                            |   [userns: owned by the VPS's root uid, cwd = its root]
@@ -17,6 +19,8 @@ import Glibc
 //     |                            | move the child into the VPS cgroups  |
 //     |                            | RLIMIT_NOFILE (prlimit)              |
 //     |                            | [userns] idmapped copy of the root   |
+//     |                            |   [layered: overlay of idmapped      |
+//     |                            |    template and disk]                |
 //     |                            | read-only copy of the beancounter dir|
 //     |                            |-- setup socket: "i" [+ mount fd] --->| [userns] become root,
 //     |                            |-- setup socket: "b" [+ mount fd] --->|   move_mount the idmapped root
@@ -192,7 +196,13 @@ func prepareChild(_ pid: Int32, spec: SpawnSpec, setupSocket: Int32) throws(Isol
     if spec.idmap != nil {
         let userns = try check("open the VPS user namespace") { open("/proc/\(pid)/ns/user", O_RDONLY | O_CLOEXEC) }
         defer { close(userns) }
-        rootTree = try check("idmapped mount of \(spec.rootPath)") { berth_idmapped_tree(spec.rootPath, userns) }
+        if let layer = spec.layer, let idmap = spec.idmap {
+            rootTree = try check("idmapped overlay of \(layer.template) and \(layer.diskMount)") {
+                berth_overlay_tree(layer.template, layer.diskMount, userns, UInt32(idmap.hostBase))
+            }
+        } else {
+            rootTree = try check("idmapped mount of \(spec.rootPath)") { berth_idmapped_tree(spec.rootPath, userns) }
+        }
     }
     defer { if rootTree >= 0 { close(rootTree) } }
     try check("hand the child its setup") { berth_send_byte_and_fd(setupSocket, CChar(UInt8(ascii: "i")), rootTree) }

@@ -210,6 +210,7 @@ extension Berth_V1_VpsStatus {
                         "limits": .object(limits), "last_exit": .string(lastExit), "started_at": .int(startedAtUnix),
                         "net": .string(net), "host_interface": .string(hostInterface), "mac": .string(mac),
                         "nameservers": .array(nameservers.map(JSON.string)), "searchdomains": .array(searchdomains.map(JSON.string)),
-                        "privileged": .bool(privileged), "idmap": .string(idmap), "capabilities": .object(capabilities.mapValues(JSON.string))])
+                        "privileged": .bool(privileged), "idmap": .string(idmap), "capabilities": .object(capabilities.mapValues(JSON.string)),
+                        "storage": .string(storage.isEmpty ? "image" : storage)])
     }
 }

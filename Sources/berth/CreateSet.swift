@@ -94,6 +94,8 @@ struct Create: AsyncParsableCommand {
     @Option(help: "Cluster mode: never place two VPSs of this group on one node.") var antiAffinity: String?
     @Flag(help: "UNSAFE: no user namespace, the VPS's root is the host's root (only for workloads that need host privileges; see Docs/security.md).")
     var privileged = false
+    @Option(help: "image (default): the disk holds a copy of the template. layered: the template's files are shared read-only by every layered VPS made from it (memory and disk once per node) and the disk holds only what this VPS changes; the template can then not be rebuilt or removed while such a VPS exists.")
+    var storage: String?
     @OptionGroup var settings: VPSSettings
 
     func run() async throws {
@@ -115,6 +117,7 @@ struct Create: AsyncParsableCommand {
         create.constraints = keyValues(constraint, field: "constraint")
         create.antiAffinity = antiAffinity ?? ""
         create.privileged = privileged
+        create.storage = storage ?? ""
         create.capabilities = settings.capabilities()
         let response = try await connection.call(request { $0.create = create }, onProgress: showProgress)
         print(response.status.line)

@@ -326,4 +326,16 @@ enum TarBuilder {
         config.idmapBase = 12345
         #expect(throws: AgentError.self) { try VPSConfig.decode(try config.encoded(), expectedName: "web1", path: "t") }
     }
+
+    /// A config from before layered storage is an image VPS; an unknown storage kind is a broken config.
+    @Test func configStorageKind() throws {
+        var config = VPSConfig(name: "web1", template: "busybox", hostname: "web1", stopSignal: 12)
+        let old = try VPSConfig.decode(try config.encoded(), expectedName: "web1", path: "t")
+        #expect(old.storage == nil && !old.isLayered)
+        config.storage = .layered
+        let layered = try VPSConfig.decode(try config.encoded(), expectedName: "web1", path: "t")
+        #expect(layered.isLayered && layered == config)
+        let text = String(decoding: try config.encoded(), as: UTF8.self).replacingOccurrences(of: "\"layered\"", with: "\"zfs\"")
+        #expect(throws: (any Error).self) { try VPSConfig.decode(Data(text.utf8), expectedName: "web1", path: "t") }
+    }
 }

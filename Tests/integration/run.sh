@@ -231,6 +231,47 @@ t_stop_restart_destroy_leave_nothing() {
     expect_fail 3 "$BERTH" status "$C" >/dev/null
 }
 
+t_layered_storage() {
+    # The template's tree is the VPS's shared, read-only lower layer; its disk holds what it changes.
+    local L P template="$WORK/data/templates/busybox/rootfs"
+    L=$(vps_name lay); P=$(vps_name layp)
+    expect_contains "$(expect_fail 2 "$BERTH" create "$L" --template busybox --storage zfs)" "storage"
+    [ ! -e "$WORK/data/vps/$L" ] || fail "a refused create left a directory"
+    local before; before=$(cd "$template" && sha256sum etc/os-release bin/busybox && ls -ln etc)
+    "$BERTH" create "$L" --template busybox --storage layered --disk 32M >/dev/null
+    "$BERTH" create "$P" --template busybox --storage layered --disk 32M --privileged >/dev/null
+    expect_contains "$("$BERTH" status "$L" --json)" '"storage": "layered"'
+    for v in "$L" "$P"; do
+        "$BERTH" start "$v" >/dev/null
+        expect_eq "$("$BERTH" exec "$v" -- sh -c 'echo changed >> /etc/os-release; echo kept > /root/keep; rm /bin/ls; stat -c %u /etc/os-release; mount | sed -n "s/^.* on \/ type \([a-z]*\).*/\1/p"')" "0
+overlay"
+    done
+    # The VPS's root sees files as its own root, and nothing it did reached the shared tree.
+    expect_eq "$(cd "$template" && sha256sum etc/os-release bin/busybox && ls -ln etc)" "$before" "(template changed)"
+    [ -L "$template/bin/ls" ] || fail "a VPS removed a file of the shared template"
+    # Its changes live on its own disk and survive stop/start; stop leaves nothing mounted.
+    "$BERTH" stop "$L" >/dev/null
+    [ -z "$(leftovers_of "$L")" ] || fail "leftovers after stop: $(leftovers_of "$L")"
+    "$BERTH" start "$L" >/dev/null
+    expect_eq "$("$BERTH" exec "$L" -- sh -c 'cat /root/keep; tail -1 /etc/os-release; ls /bin/ls 2>&1 | grep -c "No such"')" "kept
+changed
+1"
+    expect_eq "$("$BERTH" exec "$P" -- cat /root/keep)" "kept"
+    # Writes stop at its own disk's size, as for an image VPS.
+    "$BERTH" exec "$L" -- sh -c 'dd if=/dev/zero of=/root/big bs=1M count=48 2>&1; rm -f /root/big' | grep -q "No space" \
+        || fail "a 48M write fit on a 32M layered disk"
+    # Its disk is only its changes: far below the template's size in use.
+    local used; used=$("$BERTH" stats "$L" | awk '$1 == "disk_bytes" {print $2}')
+    [ -n "$used" ] && [ "$used" -lt $((2 << 20)) ] || fail "disk in use $used bytes: more than the VPS's own changes"
+    # The shared tree stays as long as a layered VPS needs it.
+    expect_contains "$(expect_fail 4 "$BERTH" template remove busybox)" "shared layer"
+    expect_contains "$(expect_fail 4 "$BERTH" template build busybox)" "shared layer"
+    "$BERTH" destroy "$L" --force >/dev/null
+    "$BERTH" destroy "$P" --force >/dev/null
+    [ -z "$(leftovers_of "$L")$(leftovers_of "$P")" ] || fail "leftovers after destroy"
+    [ ! -e "$WORK/data/vps/$L" ] && [ ! -e "$WORK/data/vps/$P" ] || fail "VPS directory left after destroy"
+}
+
 t_agent_kill9_readopts() {
     local init_a; init_a=$(vps_pid "$A")
     local cgroups_before; cgroups_before=$(find /sys/fs/cgroup -maxdepth 3 -path "*$CGROUP_PARENT/*" -type d | wc -l)
@@ -491,6 +532,7 @@ run_test "console replays output from before attach" t_console_ring_buffer
 run_test "a file written inside survives stop/start" t_file_survives_stop_start
 run_test "reboot inside restarts the VPS, poweroff stops it" t_reboot_and_poweroff_inside
 run_test "stop/restart/destroy leave nothing behind" t_stop_restart_destroy_leave_nothing
+run_test "--storage layered: the template is a shared read-only layer, the disk holds the changes" t_layered_storage
 run_test "agent kill -9 and restart re-adopts running VPSs" t_agent_kill9_readopts
 run_test "onboot VPSs start on the first agent start after a host boot" t_onboot_after_host_boot
 run_test "set applies limits live and saves them" t_set_live

@@ -108,6 +108,13 @@ int berth_idmapped_tree(const char *path, int userns_fd);
 /// A detached read-only, nosuid, nodev, noexec copy of the mount tree at `path`, for a VPS to
 /// attach with berth_move_mount_to (host files it may read but never change).
 int berth_readonly_tree(const char *path);
+/* Layered VPS roots (overlay.c). */
+/// A detached overlayfs mount: `lower` (a template's tree, shared read-only by every VPS made
+/// from it) under `disk`/upper with `disk`/work (the VPS's own disk). With userns_fd >= 0 both
+/// layers are idmapped through that user namespace and the overlay is created as the VPS's root
+/// (`host_root`), so what the VPS writes lands on its disk owned as in an image VPS. Redirects,
+/// metacopy and the inode index are off. Returns the mount fd, or -1 with errno.
+int berth_overlay_tree(const char *lower, const char *disk, int userns_fd, unsigned int host_root);
 /// Attaches a detached mount (from berth_idmapped_tree) at `target` in the caller's mount ns.
 int berth_move_mount_to(int tree_fd, const char *target);
 /// The same onto the directory `target_fd` (an O_PATH fd; move_mount follows no final symlink,
