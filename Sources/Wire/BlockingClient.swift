@@ -155,7 +155,7 @@ public final class BlockingWireClient {
     private func send(_ frame: Frame) throws(WireError) {
         var bytes = ByteBuffer()
         FrameParser.write(frame, into: &bytes)
-        do { try writeAll(fd: socket, bytes, what: "the agent socket") } catch {
+        do { try writeAll(fd: socket, bytes, what: "the agent socket", socket: true) } catch {
             throw WireError(.unavailable, "the connection to the agent broke: \(error.message)")
         }
     }

@@ -174,11 +174,14 @@ extension Frame {
 
 /// Writes all of `buffer` to `fd`, retrying short writes and EINTR; `what` names the file in the
 /// error. Shared by everything that lands stream bytes in a file or on a terminal.
-public func writeAll(fd: Int32, _ buffer: ByteBuffer, what: @autoclosure () -> String) throws(WireError) {
+/// `socket`: `fd` is a socket, written with MSG_NOSIGNAL: a peer that went away is an error
+/// to report, not a SIGPIPE that ends the process without a word.
+public func writeAll(fd: Int32, _ buffer: ByteBuffer, what: @autoclosure () -> String, socket: Bool = false) throws(WireError) {
     let failed: Int32? = buffer.withUnsafeReadableBytes { raw in
         var offset = 0
         while offset < raw.count {
-            let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+            let n = socket ? send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+                           : write(fd, raw.baseAddress! + offset, raw.count - offset)
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { return errno }
             offset += n
