@@ -51,9 +51,11 @@ test-cluster:
 test-debian:
 	@BUILD=$(BUILD) ./Tests/integration/debian.sh
 
-# The in-VPS escape battery of security.md §1 (E01-E38): prints "N/38 blocked".
+# The in-VPS escape battery of security.md §1 (E01-E38): prints "N/38 blocked"; once against
+# image VPSs, once against layered ones (their root an overlay on the shared template).
 test-security:
 	@BUILD=$(BUILD) ./Tests/security/escape.sh
+	@STORAGE=layered BUILD=$(BUILD) ./Tests/security/escape.sh
 
 # The local multi-node testbed for trying the cluster by hand (Docs/cluster.md).
 cluster-up: build

@@ -5,6 +5,8 @@
 # boot id, module list, neighbour table, clock, cgroup limits, ...). Prints "N/38 blocked".
 # Exceptions (checks that cannot pass on a mainline kernel, or are covered elsewhere) are listed
 # with their reasons in Docs/security.md.
+# STORAGE=layered runs it all against VPSs whose root is an overlay on the shared template
+# (create --storage layered); make test runs it both ways.
 #
 # The node is a network namespace made here ($RUN_ID-node, the agent runs in it) with an uplink
 # to a LAN-client namespace ($RUN_ID-lan); addresses are in 198.18.30.0/24, no route leaves them.
@@ -52,11 +54,13 @@ agent_start || exit 1
 "$CC" -static -O1 -o "$WORK/probe" Tests/security/probe.c || { echo "cannot build the probe"; exit 1; }
 
 A=$(vps_name a); B=$(vps_name b); C=$(vps_name c)
+STORAGE=${STORAGE:-image}
+echo "VPS storage: $STORAGE"
 A4=198.18.30.10 B4=198.18.30.11 GW=198.18.30.1 LAN4=198.18.30.100
-"$BERTH" create "$A" --template busybox --ip "$A4" --memory 128M --disk 128M >/dev/null
-"$BERTH" create "$B" --template busybox --ip "$B4" --disk 128M >/dev/null
+"$BERTH" create "$A" --template busybox --ip "$A4" --memory 128M --disk 128M --storage "$STORAGE" >/dev/null
+"$BERTH" create "$B" --template busybox --ip "$B4" --disk 128M --storage "$STORAGE" >/dev/null
 # C takes the destructive attacks: small limits, its own mount namespace to spoil.
-"$BERTH" create "$C" --template busybox --memory 96M --pids 64 --files 1024 --disk 96M --disk-inodes 3000 >/dev/null
+"$BERTH" create "$C" --template busybox --memory 96M --pids 64 --files 1024 --disk 96M --disk-inodes 3000 --storage "$STORAGE" >/dev/null
 for v in "$A" "$B" "$C"; do
     "$BERTH" start "$v" >/dev/null || exit 1
     "$BERTH" exec "$v" -- sh -c 'cat > /sbin/probe && chmod 755 /sbin/probe' <"$WORK/probe" || exit 1
@@ -152,18 +156,34 @@ e11() { # the VPS sees its own resources, through read-only views
 
 # Device nodes on a VPS's disk (imported tarballs, older VPSs) are opened through the device
 # cgroup alone: plant them from the host, where mknod works, then open them inside.
-plant_node() { # VPS NAME TYPE MAJOR MINOR
-    mknod "$WORK/data/vps/$1/root/tmp/$2" "$3" "$4" "$5" && chmod 666 "$WORK/data/vps/$1/root/tmp/$2"
+plant_node() { # DIRECTORY NAME TYPE MAJOR MINOR
+    mknod "$1/$2" "$3" "$4" "$5" && chmod 666 "$1/$2"
 }
 e12() {
-    in_vps "$A" true || fail "exec into $A failed"
-    plant_node "$A" mem c 1 1; plant_node "$A" loop0 b 7 0; plant_node "$A" kmsg c 1 11
-    in_vps "$A" ls /tmp/mem /tmp/loop0 /tmp/kmsg >/dev/null || fail "the planted nodes are not visible inside"
-    in_vps "$A" sh -c 'mknod /tmp/sda b 8 0 2>/dev/null; head -c1 /tmp/sda' >/dev/null 2>&1 && fail "raw disk readable"
-    in_vps "$A" head -c1 /tmp/mem >/dev/null 2>&1 && fail "/dev/mem readable"
-    in_vps "$A" head -c1 /tmp/loop0 >/dev/null 2>&1 && fail "a host loop device readable"
-    in_vps "$A" head -c1 /tmp/kmsg >/dev/null 2>&1 && fail "/dev/kmsg readable"
-    in_vps "$A" head -c1 /dev/zero | wc -c | grep -qx 1 || fail "allowlisted /dev/zero does not open (the check would be vacuous)"
+    local target=$A inside=/tmp dir="$WORK/data/vps/$A/root/tmp"
+    if [ "$STORAGE" = layered ]; then
+        # A layered VPS's files also come from its template (the host has no merged view of a
+        # running one): plant the nodes in a template of their own and boot a VPS on it (in
+        # /mnt: the boot scripts empty /tmp).
+        "$BERTH" template build busybox --name devnodes >/dev/null
+        target=$(vps_name dev) inside=/mnt dir="$WORK/data/templates/devnodes/rootfs/mnt"
+    fi
+    plant_node "$dir" mem c 1 1; plant_node "$dir" loop0 b 7 0; plant_node "$dir" kmsg c 1 11
+    if [ "$STORAGE" = layered ]; then
+        "$BERTH" create "$target" --template devnodes --storage layered --disk 64M >/dev/null
+        "$BERTH" start "$target" >/dev/null
+    fi
+    in_vps "$target" true || fail "exec into $target failed"
+    in_vps "$target" ls $inside/mem $inside/loop0 $inside/kmsg >/dev/null || fail "the planted nodes are not visible inside"
+    in_vps "$target" sh -c 'mknod /tmp/sda b 8 0 2>/dev/null; head -c1 /tmp/sda' >/dev/null 2>&1 && fail "raw disk readable"
+    in_vps "$target" head -c1 $inside/mem >/dev/null 2>&1 && fail "/dev/mem readable"
+    in_vps "$target" head -c1 $inside/loop0 >/dev/null 2>&1 && fail "a host loop device readable"
+    in_vps "$target" head -c1 $inside/kmsg >/dev/null 2>&1 && fail "/dev/kmsg readable"
+    in_vps "$target" head -c1 /dev/zero | wc -c | grep -qx 1 || fail "allowlisted /dev/zero does not open (the check would be vacuous)"
+    if [ "$STORAGE" = layered ]; then
+        "$BERTH" destroy "$target" --force >/dev/null
+        "$BERTH" template remove devnodes >/dev/null
+    fi
 }
 e13() {
     if [ -d /sys/fs/cgroup/devices ]; then
@@ -258,7 +278,7 @@ e25() { # /proc/PID/exe of the helper: the operator runs a command the VPS made 
     wait "$watcher" || fail "$(cat "$WORK/e25.out")"
     # A privileged VPS is host root: only the read-only bind of the helper stands in the way.
     local P; P=$(vps_name p)
-    "$BERTH" create "$P" --template busybox --disk 64M --privileged >/dev/null
+    "$BERTH" create "$P" --template busybox --disk 64M --privileged --storage "$STORAGE" >/dev/null
     "$BERTH" start "$P" >/dev/null
     "$BERTH" exec "$P" -- sh -c 'cat > /sbin/probe && chmod 755 /sbin/probe && printf "#!/proc/self/exe\n" > /sbin/opcmd && chmod 755 /sbin/opcmd' <"$WORK/probe"
     in_vps "$P" probe watch 5 "$WORK" >"$WORK/e25p.out" 2>&1 &

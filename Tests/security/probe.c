@@ -186,6 +186,36 @@ static int release_agent(void) {
     return blocked("no writable release_agent, also not through a nested user+cgroup namespace mount");
 }
 
+static int read_comm(pid_t pid, char *name, size_t size) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/comm", pid);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, name, size - 1);
+    close(fd);
+    return n > 0;
+}
+
+/* Whether this VPS can trace the exec helper `pid` (its comm said "berth..." a moment ago). That
+   comm was read before the seize: by then the helper may have exec'd the operator's command,
+   which the VPS may trace like any of its processes. An exe only ever changes from the helper to
+   the command, so an exe still naming berth once the seize succeeded means the helper itself was
+   reachable. Seize, unlike attach, sends no SIGSTOP that would outlive this probe; the tracee is
+   stopped and detached cleanly. */
+static int helper_traceable(pid_t pid) {
+    if (ptrace(PTRACE_SEIZE, pid, 0, 0) != 0) return 0;
+    char path[64], target[512];
+    snprintf(path, sizeof path, "/proc/%d/exe", pid);
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    int reachable = 0;
+    if (n > 0) { target[n] = 0; reachable = strstr(target, "berth") != NULL; }
+    int status;
+    if (ptrace(PTRACE_INTERRUPT, pid, 0, 0) == 0 && waitpid(pid, &status, __WALL) == pid && WIFSTOPPED(status)) {
+        ptrace(PTRACE_DETACH, pid, 0, 0);
+    }
+    return reachable;
+}
+
 /* E24/E25/E26: watch new processes while an operator runs exec: ptrace them, open their exe
    for writing (never writing), look for host fds, cwd and environment. `marker`: a host path
    prefix that must never show up. */
@@ -220,17 +250,10 @@ static int watch(int seconds, const char *marker) {
                 for (ssize_t i = 0; i < got; i++) if (buffer[i] == 0) buffer[i] = '\n';
                 if (got > 0) { buffer[got] = 0; if (strstr(buffer, "BERTH_") || strstr(buffer, marker)) { printf("pid %d environment leaks the host's\n", pid); findings = 1; } }
             }
-            snprintf(path, sizeof path, "/proc/%d/comm", pid);
-            int comm = open(path, O_RDONLY);
-            if (comm >= 0) {
-                char name[32] = {0};
-                read(comm, name, sizeof name - 1);
-                close(comm);
-                if (strncmp(name, "berth", 5) == 0 && ptrace(PTRACE_ATTACH, pid, 0, 0) == 0) {
-                    printf("ptrace-attached the helper %d (%s)\n", pid, name);
-                    ptrace(PTRACE_DETACH, pid, 0, 0);
-                    findings = 1;
-                }
+            char name[32] = {0};
+            if (read_comm(pid, name, sizeof name) && strncmp(name, "berth", 5) == 0 && helper_traceable(pid)) {
+                printf("ptrace-attached the helper %d (%s)\n", pid, name);
+                findings = 1;
             }
         }
         if (proc) closedir(proc);
