@@ -159,6 +159,29 @@ t_destroy_leaves_nothing() {
     expect_eq "$(leftovers_of "$A")$(leftovers_of "$B")" ""
 }
 
+# A layered VPS: systemd boots from the shared template tree; what it changes (a package, its
+# journal, its identity) lands on its own disk, never in the template.
+t_layered_boot() {
+    local L; L=$(vps_name lay)
+    local template="$WORK/data/templates/debian-12/rootfs"
+    local before; before=$(cd "$template" && sha256sum var/lib/dpkg/status etc/machine-id 2>/dev/null; ls usr/bin | wc -l)
+    "$BERTH" create "$L" --template debian-12 --storage layered --disk 256M >/dev/null
+    "$BERTH" start "$L" >/dev/null
+    expect_eq "$(booted "$L")" "running" "(systemctl --failed: $(in_vps "$L" systemctl --failed --no-legend 2>&1))"
+    local deb; deb=$(ls "$WORK"/debs/hello_*.deb 2>/dev/null | head -1)
+    if [ -n "$deb" ]; then
+        in_vps "$L" sh -c 'cat > /tmp/hello.deb' <"$deb"
+        in_vps "$L" dpkg -i /tmp/hello.deb >/dev/null
+        expect_eq "$(in_vps "$L" hello)" "Hello, world!"
+    fi
+    expect_eq "$(cd "$template" && sha256sum var/lib/dpkg/status etc/machine-id 2>/dev/null; ls usr/bin | wc -l)" "$before" "(the shared template changed)"
+    "$BERTH" stop "$L" >/dev/null
+    expect_contains "$("$BERTH" status "$L")" 'last_exit="poweroff"'
+    [ -z "$(leftovers_of "$L")" ] || fail "leftovers after stop: $(leftovers_of "$L")"
+    "$BERTH" destroy "$L" >/dev/null
+    expect_eq "$(leftovers_of "$L")" ""
+}
+
 # systemd on a cgroup2 mount (its "unified" mode, what production v2 hosts give a VPS): on a
 # hybrid host, through the v2 driver on the host's own cgroup2 mount.
 t_v2_boot() {
@@ -203,6 +226,7 @@ if "$BERTH" template list | grep -q '^debian-12'; then
     run_test "reboot inside restarts the VPS" t_reboot_inside
     run_test "poweroff inside stops the VPS" t_poweroff_inside
     run_test "destroy removes systemd's cgroups too" t_destroy_leaves_nothing
+    run_test "a layered Debian VPS boots systemd from the shared template and keeps its changes to itself" t_layered_boot
     run_test "systemd boots on a cgroup2 mount (v2 driver)" t_v2_boot
 else
     FAILED=$((FAILED + 1)); FAILED_NAMES+=("no debian-12 template"); echo "FAIL - no debian-12 template: the VPS tests cannot run"
