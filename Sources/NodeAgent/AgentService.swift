@@ -78,12 +78,9 @@ public struct AgentService: WireService {
                 guard r.mirror.isEmpty, r.include.isEmpty else {
                     throw AgentError.invalid(r.mirror.isEmpty ? "include" : "mirror", "the busybox template is built from the host's busybox-static; it downloads nothing")
                 }
-                let name = r.name.isEmpty ? "busybox" : r.name
-                try await manager.requireTemplateReplaceable(name)
                 stream.progress("building busybox template")
-                response.template = Self.wire(try await manager.templates.buildBusybox(name: name))
+                response.template = Self.wire(try await manager.templates.buildBusybox(name: r.name.isEmpty ? "busybox" : r.name))
             case "debian-12":
-                try await manager.requireTemplateReplaceable(r.name.isEmpty ? "debian-12" : r.name)
                 let request = DebianTemplateRequest(name: r.name.isEmpty ? "debian-12" : r.name,
                                                     mirror: r.mirror.isEmpty ? DebianTemplateRequest.defaultMirror : r.mirror,
                                                     include: r.include, rebuild: r.rebuild)
@@ -92,14 +89,12 @@ public struct AgentService: WireService {
                 throw AgentError.invalid("template", "'\(r.kind)' cannot be built here (buildable: busybox, debian-12; any rootfs tarball can be imported)")
             }
         case .templateImport(let r):
-            try await manager.requireTemplateReplaceable(r.name)
             response.template = Self.wire(try await manager.templates.importTarball(name: r.name, path: r.tarballPath) { stream.progress($0) })
         case .templateUpload(let r):
             response.templateUpload = try await upload(r, stream: stream)
         case .templateExport(let r):
             response.template = try await export(r, stream: stream)
         case .templateRemove(let r):
-            try await manager.requireTemplateReplaceable(r.name)
             try manager.templates.remove(r.name)
             response.ok = Berth_V1_Empty()
         case .templateList:
@@ -151,7 +146,8 @@ public struct AgentService: WireService {
         }
         let staging = manager.templates.root + "/.upload-\(r.name)-\(UUID().uuidString).\(r.format)"
         defer { unlink(staging) }
-        try await manager.requireTemplateReplaceable(r.name)
+        // Before the bytes come: the import at their end would refuse them.
+        try manager.templates.requireReplaceable(r.name)
         stream.progress("receiving \(ByteSize.format(r.size))", done: 0, total: r.size)
         try await FileTransfer.receive(into: staging, size: r.size, sha256: r.sha256, from: stream.input, field: "tarball")
         stream.progress("received \(ByteSize.format(r.size)), sha256 verified", done: r.size, total: r.size)

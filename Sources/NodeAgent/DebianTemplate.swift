@@ -73,6 +73,7 @@ extension TemplateStore {
     /// in the cache directory, so a rebuild without `rebuild` costs an unpack, not a download.
     public func buildDebian(_ request: DebianTemplateRequest, progress: @escaping @Sendable (String) -> Void) async throws -> TemplateInfo {
         let request = try request.validated()
+        try requireReplaceable(request.name)
         let fm = FileManager.default
         let staging = root + "/.build-\(request.name)-\(getpid())"
         try? fm.removeItem(atPath: staging)

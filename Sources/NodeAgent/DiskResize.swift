@@ -122,9 +122,11 @@ extension VPSManager {
     }
 
     /// mke2fs making a VPS disk of `bytes` filled from the tree `from` (create, inode rebuild).
-    func mkfsArguments(_ name: String, from tree: String, image: String, bytes: UInt64, inodes: UInt64?, uuid: String? = nil) -> [String] {
+    /// `tree`: what the new file system starts with (nil: empty).
+    func mkfsArguments(_ name: String, from tree: String?, image: String, bytes: UInt64, inodes: UInt64?, uuid: String? = nil) -> [String] {
         var argv = ["/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", String("berth-\(name)".prefix(16)),
-                    "-E", "root_owner=0:0", "-d", tree]
+                    "-E", "root_owner=0:0"]
+        if let tree { argv += ["-d", tree] }
         if let inodes { argv += ["-N", String(inodes)] }
         if let uuid { argv += ["-U", uuid] }
         return argv + [image, "\(bytes / 1024)k"]

@@ -20,6 +20,8 @@ public final class TemplateStore: @unchecked Sendable {
     /// Downloaded trees shared across data directories (see `AgentPaths.templateCache`).
     public let cacheDir: String
     let lock = NSLock()
+    /// Template → the layered VPSs whose shared lower layer it is (guarded by `lock`).
+    private var layerUsers: [String: Set<String>] = [:]
 
     public init(dataDir: String, cacheDir: String = "/var/cache/berth/templates") {
         root = dataDir + "/templates"
@@ -43,12 +45,44 @@ public final class TemplateStore: @unchecked Sendable {
     public func remove(_ name: String) throws {
         _ = try Validation.name(name, field: "template")
         guard info(name) != nil else { throw AgentError(.notFound, "template \(name) does not exist", field: "template") }
+        lock.lock()
+        defer { lock.unlock() }
+        try requireUnshared(name)
         try FileManager.default.removeItem(atPath: root + "/" + name)
+    }
+
+    /// A layered VPS reads `template`'s tree for as long as it exists: from now on the tree is
+    /// neither replaced nor removed (checked under the lock where that happens).
+    public func share(_ template: String, with vps: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        layerUsers[template, default: []].insert(vps)
+    }
+
+    public func unshare(_ template: String, with vps: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        layerUsers[template]?.remove(vps)
+        if layerUsers[template]?.isEmpty == true { layerUsers[template] = nil }
+    }
+
+    /// Refuses early a build or import that `install` would refuse at its end.
+    public func requireReplaceable(_ name: String) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        try requireUnshared(name)
+    }
+
+    /// Call with `lock` held.
+    private func requireUnshared(_ name: String) throws {
+        guard let users = layerUsers[name]?.sorted(), !users.isEmpty else { return }
+        throw AgentError(.conflict, "template \(name) is the shared layer of layered VPS \(users.joined(separator: ", ")): destroy \(users.count == 1 ? "it" : "them") first", field: "template")
     }
 
     /// busybox-static's single binary plus one symlink per applet, a SysV-style inittab and rcS.
     public func buildBusybox(name: String = "busybox", busybox: String = "/bin/busybox") async throws -> TemplateInfo {
         _ = try Validation.name(name, field: "template")
+        try requireReplaceable(name)
         guard let binary = FileManager.default.contents(atPath: busybox) else {
             throw AgentError(.notFound, "\(busybox) not found: install Debian's busybox-static package", field: "template")
         }
@@ -103,6 +137,7 @@ public final class TemplateStore: @unchecked Sendable {
     /// Imports a rootfs tarball (.tar, .tar.gz/.tgz, .tar.xz) after validating every entry.
     public func importTarball(name: String, path: String, source: String? = nil, progress: (String) -> Void = { _ in }) async throws -> TemplateInfo {
         _ = try Validation.name(name, field: "template")
+        try requireReplaceable(name)
         guard FileManager.default.fileExists(atPath: path) else {
             throw AgentError(.notFound, "tarball \(path) does not exist on this node", field: "tarball")
         }
@@ -145,6 +180,7 @@ public final class TemplateStore: @unchecked Sendable {
         try encoder.encode(info).write(to: URL(fileURLWithPath: staging + "/template.json"))
         lock.lock()
         defer { lock.unlock() }
+        try requireUnshared(info.name)
         let target = root + "/" + info.name
         let fm = FileManager.default
         if fm.fileExists(atPath: target) {

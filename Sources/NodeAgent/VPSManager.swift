@@ -132,6 +132,7 @@ public actor VPSManager {
             }
             let record = VPSRecord(config: config)
             records[name] = record
+            if config.isLayered { templates.share(config.template, with: name) }
             if let run = RunState.read(runDir: runDir(name)), run.monitorAlive {
                 record.run = run
                 record.state = .running
@@ -253,15 +254,6 @@ public actor VPSManager {
         return wire
     }
 
-    /// A layered VPS reads its template's tree for as long as it exists: that tree must not be
-    /// replaced or removed under it.
-    public func requireTemplateReplaceable(_ template: String) throws {
-        let users = records.values.filter { $0.config.isLayered && $0.config.template == template }.map(\.config.name).sorted()
-        guard users.isEmpty else {
-            throw AgentError(.conflict, "template \(template) is the shared layer of layered VPS \(users.joined(separator: ", ")): destroy \(users.count == 1 ? "it" : "them") first", field: "template")
-        }
-    }
-
     // MARK: - Create / destroy
 
     public func create(_ request: Berth_V1_CreateRequest, progress: @Sendable (String) -> Void = { _ in }) async throws -> Berth_V1_VpsStatus {
@@ -317,25 +309,19 @@ public actor VPSManager {
         do {
             try FileManager.default.createDirectory(atPath: store.rootPath(name), withIntermediateDirectories: true)
             chmod(dir, 0o700)
-            let tree: String
-            if storage == .layered {
-                // The disk starts empty; the monitor makes its upper and work directories.
-                tree = dir + "/empty"
-                try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
-                progress("creating \(ByteSize.format(limits.diskBytes)) disk layered over template \(template.name)")
-            } else {
-                tree = templates.rootfs(template.name)
-                progress("creating \(ByteSize.format(limits.diskBytes)) disk from template \(template.name)")
-            }
+            // A layered disk starts empty; the monitor makes its upper and work directories.
+            let tree = storage == .layered ? nil : templates.rootfs(template.name)
+            if storage == .layered { templates.share(template.name, with: name) }
+            progress("creating \(ByteSize.format(limits.diskBytes)) disk " + (tree == nil ? "layered over" : "from") + " template \(template.name)")
             let result = try await Subprocess.run(mkfsArguments(name, from: tree, image: store.diskPath(name),
                                                                 bytes: limits.diskBytes, inodes: limits.diskInodes))
-            if storage == .layered { try? FileManager.default.removeItem(atPath: tree) }
             guard result.status == 0 else {
                 throw AgentError(.kernel, "creating the disk image failed: \(result.stderr.trimmed)", stage: "mke2fs")
             }
             try store.save(config)
         } catch {
             try? FileManager.default.removeItem(atPath: dir)
+            if storage == .layered { templates.unshare(template.name, with: name) }
             throw error
         }
         let record = VPSRecord(config: config)
@@ -418,6 +404,7 @@ public actor VPSManager {
             throw AgentError(.kernel, "removing \(store.directory(name)) failed: \(error.localizedDescription)")
         }
         try? FileManager.default.removeItem(atPath: runDir(name))
+        if let config = records[name]?.config, config.isLayered { templates.unshare(config.template, with: name) }
         records[name] = nil
         broken[name] = nil
         logger.info("destroyed VPS", metadata: ["vps": "\(name)"])
@@ -492,10 +479,12 @@ public actor VPSManager {
         spec.dropCapabilities = dropCapabilities
         spec.beancounters = beancounterDirectory(name)
         if record.config.isLayered {
-            guard templates.info(record.config.template) != nil else {
+            let tree = templates.rootfs(record.config.template)
+            // The agent never removes a shared tree; this catches one deleted by hand.
+            guard FileIO.exists(tree) else {
                 throw AgentError(.notFound, "template \(record.config.template), the shared layer of layered VPS \(name), is gone", field: "template")
             }
-            spec.layer = SharedLayer(template: templates.rootfs(record.config.template), diskMount: store.diskMountPath(name))
+            spec.layer = SharedLayer(template: tree, diskMount: store.diskMountPath(name))
         }
         if FileIO.exists(paths.lxcfs + "/proc/meminfo") {
             spec.lxcfs = paths.lxcfs

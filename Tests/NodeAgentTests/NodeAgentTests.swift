@@ -327,6 +327,37 @@ enum TarBuilder {
         #expect(throws: AgentError.self) { try VPSConfig.decode(try config.encoded(), expectedName: "web1", path: "t") }
     }
 
+    /// A template shared by a layered VPS is neither replaced (at the final rename of a build or
+    /// import) nor removed until the last such VPS lets go of it.
+    @Test func sharedTemplateIsNeitherReplacedNorRemoved() throws {
+        let dataDir = NSTemporaryDirectory() + "berth-templates-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: dataDir) }
+        let templates = TemplateStore(dataDir: dataDir, cacheDir: dataDir + "/cache")
+        func install() throws {
+            let staging = templates.root + "/.staging"
+            try FileManager.default.createDirectory(atPath: staging + "/rootfs", withIntermediateDirectories: true)
+            try templates.install(staging: staging, info: TemplateInfo(name: "t", source: "test", createdAt: Date(timeIntervalSince1970: 0),
+                                                                       stopSignal: 12, sizeBytes: 0))
+        }
+        try install()
+        templates.share("t", with: "web1")
+        templates.share("t", with: "web2")
+        for attempt in [install, { try templates.remove("t") }, { try templates.requireReplaceable("t") }] {
+            do {
+                try attempt()
+                Issue.record("a shared template was replaced or removed")
+            } catch let error as AgentError {
+                #expect(error.wireError.field == "template")
+                #expect(error.description.contains("web1, web2"))
+            }
+        }
+        templates.unshare("t", with: "web1")
+        templates.unshare("t", with: "web2")
+        try install()
+        try templates.remove("t")
+        #expect(templates.info("t") == nil)
+    }
+
     /// A config from before layered storage is an image VPS; an unknown storage kind is a broken config.
     @Test func configStorageKind() throws {
         var config = VPSConfig(name: "web1", template: "busybox", hostname: "web1", stopSignal: 12)
