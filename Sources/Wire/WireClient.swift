@@ -212,14 +212,22 @@ public final class WireClient: @unchecked Sendable {
     package static func handshake(channel: Channel) async throws -> WireClient {
         let handler = WireClientHandler()
         let promise = channel.eventLoop.makePromise(of: Berth_V1_Hello.self)
-        try await channel.eventLoop.submit {
-            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
-            try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-            try channel.pipeline.syncOperations.addHandler(handler)
-            handler.hello = promise
-            let payload = ByteBuffer(bytes: try Berth_V1_Hello.clientOffer.serializedBytes() as [UInt8])
-            channel.writeAndFlush(Frame(type: .hello, stream: 0, payload: payload), promise: nil)
-        }.get()
+        do {
+            try await channel.eventLoop.submit {
+                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                try channel.pipeline.syncOperations.addHandler(handler)
+                handler.hello = promise
+                let payload = ByteBuffer(bytes: try Berth_V1_Hello.clientOffer.serializedBytes() as [UInt8])
+                channel.writeAndFlush(Frame(type: .hello, stream: 0, payload: payload), promise: nil)
+            }.get()
+        } catch {
+            // The channel may close before the codec is in (a TLS handshake the server refused):
+            // the HELLO promise must still be completed.
+            promise.fail(error)
+            try? await channel.close().get()
+            throw error
+        }
         // A server that accepts but never answers HELLO must not hang the client.
         let helloTimeout = channel.eventLoop.scheduleTask(in: .seconds(10)) {
             guard let pending = handler.hello else { return }
