@@ -5,7 +5,7 @@ SWIFT ?= swift
 BUILD := .build/debug
 RELEASE := .build/release
 
-.PHONY: all deps build test test-unit test-integration test-network test-resources test-cluster test-debian test-security test-fuzz demo demo-stop bench proto clean-leftovers cluster-up cluster-down
+.PHONY: all deps build test test-unit test-integration test-network test-resources test-cluster test-debian test-security test-fuzz demo demo-stop bench device-bundle proto clean-leftovers cluster-up cluster-down
 
 all: build
 
@@ -89,6 +89,11 @@ bench: deps
 	@BUILD=$(RELEASE) ./Benchmarks/cluster.sh
 	@BUILD=$(RELEASE) ./Benchmarks/debian.sh
 	@BUILD=$(RELEASE) ./Benchmarks/security.sh
+
+# What Tests/device/run.sh needs on a host without Swift (a pure cgroup-v2 machine): static
+# release binaries and Debian's tools in .build-device/bundle.tar.xz (Docs/testing.md).
+device-bundle: deps
+	@./scripts/device-bundle.sh
 
 # Regenerates Sources/Wire/berth.pb.swift with Debian's protoc and a locally built plugin.
 proto:

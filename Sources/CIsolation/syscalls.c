@@ -144,6 +144,10 @@ int berth_loop_attach(const char *image, int read_only, char *devpath, size_t de
 
 int berth_loop_set_capacity(int loop_fd) { return ioctl(loop_fd, LOOP_SET_CAPACITY, 0); }
 
+/* <linux/ext4.h> is not in every libc's headers: _IOW('f', 16, __u64). */
+#define BERTH_EXT4_IOC_RESIZE_FS _IOW('f', 16, uint64_t)
+int berth_ext4_resize(int fs_fd, uint64_t blocks) { return ioctl(fs_fd, BERTH_EXT4_IOC_RESIZE_FS, &blocks); }
+
 #include <sys/vfs.h>
 long berth_fs_magic(const char *path) {
     struct statfs fs;

@@ -42,6 +42,12 @@ public struct RunState: Equatable, Sendable {
         FileIO.read(runDir + "/" + stateFile).flatMap(decode)
     }
 
+    /// `path` as the monitor sees it, while it runs: a VPS's disk, overlay and beancounter
+    /// tmpfs are mounted in the monitor's own mount namespace, not in the host's.
+    public func monitorView(_ path: String) -> String? {
+        monitorAlive ? "/proc/\(monitorPid)/root" + path : nil
+    }
+
     /// The monitor is alive and is the same process that wrote this state.
     public var monitorAlive: Bool { HostProcess.isAlive(pid: monitorPid, startTime: monitorStart) }
     public var initAlive: Bool { HostProcess.isAlive(pid: initPid, startTime: initStart) }

@@ -4,17 +4,18 @@ import Wire
 
 /// The beancounter file inside each VPS (`/run/beancounters/user_beancounters`): the table of
 /// `berth stats NAME`. It lives on a small tmpfs the monitor mounts at `RUN/NAME/beancounters`
-/// and hands the VPS read-only; each rewrite replaces the file, so a reader always sees one whole
+/// (in its own mount namespace) and hands the VPS read-only; each rewrite replaces the file, so a reader always sees one whole
 /// table. A table that was opened is rewritten within a second (an inotify watch sees the VPS's
 /// opens: its read-only mount shares the tmpfs's inodes), any other one every
 /// `beancounterInterval` seconds: an idle node does not rewrite hundreds of unread tables.
 extension VPSManager {
     func beancounterDirectory(_ name: String) -> String { runDir(name) + "/beancounters" }
 
-    /// Writes NAME's current table, once its monitor has mounted the directory.
+    /// Writes NAME's current table, once its monitor has mounted the directory (in its own
+    /// mount namespace: the agent reaches it through the monitor's root).
     func writeBeancounters(_ name: String, taken: String? = nil) throws {
-        let directory = beancounterDirectory(name)
-        guard FileIO.isMountPoint(directory) else { return }
+        guard let directory = records[name]?.run?.monitorView(beancounterDirectory(name)),
+              FileIO.isMountPoint(directory) else { return }
         beancounterReaders.watch(name, directory: directory)
         let stats = try stats(name)
         let header = "VPS \(name), taken \(taken ?? Self.timestamp()) (refreshed within 1 s of a read, else every \(beancounterInterval) s)\n"

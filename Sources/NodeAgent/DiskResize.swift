@@ -29,8 +29,20 @@ extension VPSManager {
                 let err = errno
                 close(fd)
                 guard capacity == 0 else { throw AgentError(.kernel, "LOOP_SET_CAPACITY on \(loop): \(errnoName(err))", stage: "loop capacity", errno: err) }
-                // resize2fs grows a mounted ext4 online (EXT4_IOC_RESIZE_FS).
-                try await tool(["/sbin/resize2fs", loop], stage: "resize2fs")
+                // What resize2fs does to a mounted ext4, asked of the filesystem itself: it is
+                // mounted in the monitor's namespace, where resize2fs run here would not see it
+                // and would take it for an unmounted one.
+                guard let record = records[name], let mounted = mountedDisk(record) else {
+                    throw AgentError(.kernel, "the disk of \(name) is not mounted by its monitor", stage: "find the mounted disk")
+                }
+                let root = open(mounted, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                guard root >= 0 else { throw AgentError(.kernel, "open \(mounted): \(errnoName(errno))", stage: "open the mounted disk", errno: errno) }
+                defer { close(root) }
+                var fs = statvfs()
+                guard fstatvfs(root, &fs) == 0 else { throw AgentError(.kernel, "statvfs \(mounted): \(errnoName(errno))", stage: "statvfs", errno: errno) }
+                guard berth_ext4_resize(root, new / UInt64(fs.f_frsize)) == 0 else {
+                    throw AgentError(.kernel, "EXT4_IOC_RESIZE_FS on \(name)'s disk: \(errnoName(errno))", stage: "ext4 online resize", errno: errno)
+                }
             } catch {
                 try? setImageSize(image, old)
                 throw error

@@ -588,7 +588,8 @@ public actor VPSManager {
                 logger.warning("cannot remove cgroup", metadata: ["vps": "\(name)", "error": "\(error)"])
             }
         }
-        // The root first: a layered VPS's overlay holds its disk mount busy.
+        // Left in the host's namespace only by a monitor of an earlier version (today's mount in
+        // their own). The root first: a layered VPS's overlay holds its disk mount busy.
         for mounted in [store.rootPath(name), store.diskMountPath(name)] where FileIO.isMountPoint(mounted) {
             if umount2(mounted, 0) != 0 { umount2(mounted, Int32(MNT_DETACH)) }
         }
@@ -786,13 +787,21 @@ public actor VPSManager {
         ]
         // The disk is the mounted image: its own filesystem's totals are the hard limits.
         var fs = statvfs()
-        let disk = record.config.isLayered ? store.diskMountPath(name) : store.rootPath(name)
-        if running && FileIO.isMountPoint(disk) && statvfs(disk, &fs) == 0 {
+        if running, let disk = mountedDisk(record), statvfs(disk, &fs) == 0 {
             let block = UInt64(fs.f_frsize)
             stats.counters.append(counter("disk_bytes", UInt64(fs.f_blocks - fs.f_bfree) * block, 0, UInt64(fs.f_blocks) * block, 0))
             stats.counters.append(counter("disk_inodes", UInt64(fs.f_files - fs.f_ffree), 0, UInt64(fs.f_files), 0))
         }
         return stats
+    }
+
+    /// The mounted filesystem of a running VPS's disk as its monitor sees it (the host's own
+    /// namespace never has it mounted); nil when it is not mounted.
+    func mountedDisk(_ record: VPSRecord) -> String? {
+        let name = record.config.name
+        guard let view = record.run?.monitorView(record.config.isLayered ? store.diskMountPath(name) : store.rootPath(name)),
+              FileIO.isMountPoint(view) else { return nil }
+        return view
     }
 
     /// Capacity of this node and what its VPSs' limits commit of it.

@@ -31,6 +31,8 @@ final class Monitor {
         signalFD = berth_sigchld_fd()
         if signalFD < 0 { throw IsolationError.sys("signalfd") }
         do {
+            unmountLeftovers()
+            try enterOwnMountNamespace()
             try mountDisk()
             try mountBeancounters()
             try listenConsole()
@@ -40,11 +42,26 @@ final class Monitor {
         }
     }
 
-    func mountDisk() throws(IsolationError) {
-        for leftover in [spec.rootPath, spec.layer?.diskMount].compactMap({ $0 }) where FileIO.isMountPoint(leftover) {
-            // A leftover of a crash: the agent only starts a VPS that is not running.
+    /// Mounts in the host's namespace that an earlier version's monitor left when it crashed
+    /// (the agent only starts a VPS that is not running).
+    func unmountLeftovers() {
+        for leftover in [spec.rootPath, spec.layer?.diskMount, spec.beancounters].compactMap({ $0 }) where FileIO.isMountPoint(leftover) {
             umount2(leftover, Int32(MNT_DETACH))
         }
+    }
+
+    /// The VPS's mounts (disk, overlay, beancounter tmpfs) live in a mount namespace of the
+    /// monitor's own, never in the host's: there, any process that unshares a namespace of its
+    /// own (`ip netns exec`, a service's private /tmp) keeps a copy of them, so the loop device
+    /// and the ext4 stay mounted after stop and the next start mounts the same image twice.
+    /// Slave: the host's later mounts and unmounts still reach this namespace, nothing mounted
+    /// here reaches the host. The agent sees these mounts through /proc/MONITOR/root.
+    func enterOwnMountNamespace() throws(IsolationError) {
+        try check("unshare the monitor's mount namespace") { berth_unshare(Int32(NamespaceFlag.mount)) }
+        try check("make the monitor's mounts slaves of the host's") { mount("", "/", nil, UInt(MS_REC | MS_SLAVE), nil) }
+    }
+
+    func mountDisk() throws(IsolationError) {
         var device = [CChar](repeating: 0, count: 64)
         let loopFD = berth_loop_attach(spec.diskImage, 0, &device, device.count)
         if loopFD < 0 { throw IsolationError.sys("attach \(spec.diskImage) to a loop device") }
@@ -88,7 +105,6 @@ final class Monitor {
     /// sees read-only: its own filesystem, so the VPS's mountinfo shows no host path.
     func mountBeancounters() throws(IsolationError) {
         guard let directory = spec.beancounters else { return }
-        if FileIO.isMountPoint(directory) { umount2(directory, Int32(MNT_DETACH)) }
         if mkdir(directory, 0o755) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir \(directory)") }
         try check("mount tmpfs on \(directory)") {
             mount("tmpfs", directory, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), "size=64k,nr_inodes=16,mode=755")

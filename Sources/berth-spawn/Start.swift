@@ -8,6 +8,8 @@ import Glibc
 //
 //   agent                      berth-spawn (monitor)                 child (becomes VPS init)
 //     | spec on fd 3, EOF -------->|                                      |
+//     |                            | unshare(NEWNS): its own mounts,      |
+//     |                            |   never the host's (Monitor.swift)   |
 //     |                            | attach loop, mount disk.img          |
 //     |                            |   [layered: at the disk mount; the   |
 //     |                            |    overlay at the root if no userns] |

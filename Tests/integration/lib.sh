@@ -71,6 +71,14 @@ hybrid_cgroup2_or_skip() {
     [ -n "$mountpoint" ] || { echo "no cgroup2 mount on this host" >&2; exit 77; }
     echo "$mountpoint"
 }
+# lxcfs_start: an lxcfs instance of this run at $WORK/lxcfs (pid in $WORK/lxcfs.pid), when the
+# host has lxcfs and /dev/fuse; tests that need it skip otherwise.
+lxcfs_start() {
+    mkdir -p "$WORK/lxcfs"
+    command -v lxcfs >/dev/null && [ -e /dev/fuse ] || return 0
+    lxcfs -f -p "$WORK/lxcfs.pid" "$WORK/lxcfs" >"$WORK/lxcfs.log" 2>&1 &
+    for _ in $(seq 50); do [ -e "$WORK/lxcfs/proc/meminfo" ] && break; sleep 0.1; done
+}
 fail() { echo "assertion failed: $*" >&2; exit 1; }
 expect_eq() { [ "$1" = "$2" ] || fail "expected '$2', got '$1' ${3:-}"; }
 expect_contains() { case "$1" in *"$2"*) ;; *) fail "expected output to contain '$2', got: $1";; esac; }
@@ -85,6 +93,10 @@ expect_fail() {
 }
 
 vps_name() { echo "$RUN_ID-$1"; }
+# A running VPS's mounts (disk, beancounter tmpfs) are in its monitor's own mount namespace
+# only: the host reaches them through the monitor's /proc root.
+monitor_root() { echo "/proc/$(sed -n 's/^monitor=//p' "$WORK/run/$1/state")/root"; }
+vps_disk_view() { echo "$(monitor_root "$1")$WORK/data/vps/$1/root"; }
 # Host pid of a running VPS's init (0 when stopped).
 vps_pid() { "$BERTH" status "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; }
 
@@ -101,6 +113,8 @@ leftovers_of() {
 
 cleanup_all() {
     agent_stop
+    # LOG_DIR=DIR keeps the agent's log of every run (Tests/device/run.sh brings them back).
+    [ -n "${LOG_DIR:-}" ] && [ -f "$WORK/agent.log" ] && cp "$WORK/agent.log" "$LOG_DIR/$RUN_ID-agent.log"
     # VPS processes of this run: every pid in our cgroups, then the monitors.
     for procs in /sys/fs/cgroup/*/"$CGROUP_PARENT"/*/cgroup.procs /sys/fs/cgroup/"$CGROUP_PARENT"/*/cgroup.procs; do
         [ -f "$procs" ] && xargs -r kill -9 <"$procs" 2>/dev/null

@@ -11,19 +11,13 @@ if [ "$(id -u)" != 0 ]; then
     echo "skip - resource tier: needs root"; echo "resources: 0 passed, 0 failed, 1 skipped"; exit 0
 fi
 # lxcfs renders /proc views per cgroup; this run mounts its own instance and stops it after.
-LXCFS_PID=""
 resources_cleanup() {
-    [ -n "$LXCFS_PID" ] && kill "$LXCFS_PID" 2>/dev/null
+    [ -f "$WORK/lxcfs.pid" ] && kill "$(cat "$WORK/lxcfs.pid")" 2>/dev/null
     mountpoint -q "$WORK/lxcfs" 2>/dev/null && umount -l "$WORK/lxcfs"
     cleanup_all
 }
 trap resources_cleanup EXIT
-mkdir -p "$WORK/lxcfs"
-if command -v lxcfs >/dev/null && [ -e /dev/fuse ]; then
-    lxcfs -f -p "$WORK/lxcfs.pid" "$WORK/lxcfs" >"$WORK/lxcfs.log" 2>&1 &
-    LXCFS_PID=$!
-    for _ in $(seq 50); do [ -e "$WORK/lxcfs/proc/meminfo" ] && break; sleep 0.1; done
-fi
+lxcfs_start
 export AGENT_EXTRA="--lxcfs $WORK/lxcfs"
 echo "resource run $RUN_ID (work dir $WORK, cgroup parent $CGROUP_PARENT)"
 agent_start || exit 1
@@ -188,7 +182,7 @@ t_disk_inodes_change_offline() {
         ln -s file /keep/sym && chown 1000:1000 /keep/file && chmod 4750 /keep/file && mkfifo /keep/fifo &&
         mkdir /many && cd /many && i=0 && while [ $i -lt 1200 ]; do : >$i; i=$((i + 1)); done'
     # An extended attribute (as ping's file capability is) set through the host's view of the disk.
-    /usr/bin/python3 -c "import os,sys; os.setxattr(sys.argv[1], 'user.berth', b'kept')" "$WORK/data/vps/$N/root/keep/file"
+    /usr/bin/python3 -c "import os,sys; os.setxattr(sys.argv[1], 'user.berth', b'kept')" "$(vps_disk_view "$N")/keep/file"
     local before; before=$("$BERTH" exec "$N" -- df -i / | awk 'NR==2 {print $2}')
     expect_contains "$(expect_fail 2 "$BERTH" set "$N" --disk-inodes 8192)" "stop it first"
     "$BERTH" stop "$N" >/dev/null
@@ -207,7 +201,7 @@ t_disk_inodes_change_offline() {
     expect_eq "$("$BERTH" exec "$N" -- readlink /keep/sym)" file
     expect_eq "$("$BERTH" exec "$N" -- stat -c %F /keep/fifo)" fifo
     expect_eq "$("$BERTH" exec "$N" -- ls /many | wc -l)" 1200
-    expect_eq "$(/usr/bin/python3 -c "import os,sys; print(os.getxattr(sys.argv[1], 'user.berth').decode())" "$WORK/data/vps/$N/root/keep/file")" kept
+    expect_eq "$(/usr/bin/python3 -c "import os,sys; print(os.getxattr(sys.argv[1], 'user.berth').decode())" "$(vps_disk_view "$N")/keep/file")" kept
     "$BERTH" destroy "$N" --force >/dev/null
     [ -e "$WORK/data/vps/$N" ] && fail "destroy left the VPS directory"
     true
@@ -262,7 +256,7 @@ t_beancounter_file_inside() {
     [ "$failcnt" -le "$(stat_field "$B" pids failcnt)" ] || fail "the file counts more refusals than stats"
     # An unread table is left alone (default: rewritten every 30 s); a read one is rewritten
     # within a second of the read.
-    local host_file="$WORK/run/$B/beancounters/user_beancounters" before
+    local host_file before; host_file="$(monitor_root "$B")$WORK/run/$B/beancounters/user_beancounters"
     sleep 1.5   # the rewrite the reads above asked for
     before=$(stat -c %Y.%y "$host_file")
     sleep 2.5
@@ -274,7 +268,7 @@ t_beancounter_file_inside() {
     "$BERTH" exec "$B" -- sh -c "echo 0 > $file" 2>/dev/null && fail "root inside wrote the beancounter file"
     "$BERTH" exec "$B" -- rm -f "$file" 2>/dev/null && fail "root inside removed the beancounter file"
     "$BERTH" exec "$B" -- touch /run/beancounters/planted 2>/dev/null && fail "root inside created a file beside it"
-    [ -e "$WORK/run/$B/beancounters/planted" ] && fail "a file planted inside reached the host"
+    [ -e "$(monitor_root "$B")$WORK/run/$B/beancounters/planted" ] && fail "a file planted inside reached the host"
     # Its own tmpfs: the VPS's mount table names no host path.
     expect_contains "$("$BERTH" exec "$B" -- grep ' /run/beancounters ' /proc/self/mountinfo)" " / /run/beancounters ro,"
     "$BERTH" stop "$B" >/dev/null
@@ -290,6 +284,8 @@ t_views_inside_show_the_vps_limits() {
     "$BERTH" start "$V" >/dev/null
     # What procps' free and top read.
     expect_eq "$("$BERTH" exec "$V" -- awk '/^MemTotal/ {print $2}' /proc/meminfo)" 262144
+    expect_eq "$("$BERTH" exec "$V" -- awk '/^Cpus_allowed_list/ {print $2}' /proc/self/status)" 0 \
+        "(affinity inside; the cgroup's cpuset files: $(grep -H . /sys/fs/cgroup/{,cpuset/}"$CGROUP_PARENT/$V"/cpuset.{cpus,cpus.effective} 2>/dev/null | tr '\n' ' '))"
     expect_eq "$("$BERTH" exec "$V" -- nproc)" 1
     # The busybox template's free and uptime read those files (busybox's applets ask sysinfo(2)).
     expect_eq "$("$BERTH" exec "$V" -- free | awk '/^Mem:/ {print $2}')" 262144

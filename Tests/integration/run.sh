@@ -231,6 +231,27 @@ t_stop_restart_destroy_leave_nothing() {
     expect_fail 3 "$BERTH" status "$C" >/dev/null
 }
 
+# A mount namespace made on the host while a VPS runs (ip netns exec, a service's private /tmp)
+# copies the host's mounts. The VPS's disk is not among them: stop frees its loop device and the
+# next start mounts the image once.
+t_host_namespace_copy_holds_no_disk() {
+    local M copy; M=$(vps_name copy)
+    "$BERTH" create "$M" --template busybox --disk 64M >/dev/null
+    "$BERTH" start "$M" >/dev/null
+    ! grep -F "$WORK/data/vps/$M/" /proc/self/mountinfo || fail "the VPS's disk is mounted in the host's namespace"
+    [ -f "$(vps_disk_view "$M")/etc/inittab" ] || fail "the monitor's view of the disk has no /etc/inittab"
+    unshare -m sleep 20 &
+    copy=$!
+    sleep 0.2
+    "$BERTH" stop "$M" >/dev/null
+    local left; left=$(leftovers_of "$M")
+    [ -z "$left" ] || { kill "$copy"; fail "a host namespace copy kept: $left"; }
+    "$BERTH" start "$M" >/dev/null
+    expect_eq "$(losetup -j "$WORK/data/vps/$M/disk.img" | wc -l)" 1 "(loop devices on the disk image)"
+    kill "$copy"; wait "$copy" 2>/dev/null || true
+    "$BERTH" destroy "$M" --force >/dev/null
+}
+
 t_layered_storage() {
     # The template's tree is the VPS's shared, read-only lower layer; its disk holds what it changes.
     local L P template="$WORK/data/templates/busybox/rootfs"
@@ -532,6 +553,7 @@ run_test "console replays output from before attach" t_console_ring_buffer
 run_test "a file written inside survives stop/start" t_file_survives_stop_start
 run_test "reboot inside restarts the VPS, poweroff stops it" t_reboot_and_poweroff_inside
 run_test "stop/restart/destroy leave nothing behind" t_stop_restart_destroy_leave_nothing
+run_test "a host mount namespace made while a VPS runs holds none of its mounts" t_host_namespace_copy_holds_no_disk
 run_test "--storage layered: the template is a shared read-only layer, the disk holds the changes" t_layered_storage
 run_test "agent kill -9 and restart re-adopts running VPSs" t_agent_kill9_readopts
 run_test "onboot VPSs start on the first agent start after a host boot" t_onboot_after_host_boot

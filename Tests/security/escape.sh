@@ -15,8 +15,11 @@ RUN_ID=${RUN_ID:-bsc$$}
 source Tests/integration/lib.sh
 
 tier_prelude security ip nsenter python3 tcpdump sha256sum
-CC=${CC:-$(command -v cc || command -v gcc || command -v clang)}
-[ -n "$CC" ] || { echo "missing a C compiler (cc, gcc or the Swift toolchain's clang) for the probe" >&2; exit 1; }
+# PROBE=FILE: a probe built elsewhere (a host without a compiler, Tests/device/run.sh).
+if [ -z "${PROBE:-}" ]; then
+    CC=${CC:-$(command -v cc || command -v gcc || command -v clang)}
+    [ -n "$CC" ] || { echo "missing a C compiler (cc, gcc or the Swift toolchain's clang) for the probe" >&2; exit 1; }
+fi
 NODE=$RUN_ID-node LAN=$RUN_ID-lan
 in_node() { ip netns exec "$NODE" "$@"; }
 in_lan() { ip netns exec "$LAN" "$@"; }
@@ -36,11 +39,7 @@ ip -n "$NODE" link set up0 up
 ip -n "$LAN" link set lo up
 ip -n "$LAN" addr add 198.18.30.100/24 dev lan0
 ip -n "$LAN" link set lan0 up
-mkdir -p "$WORK/lxcfs"
-if command -v lxcfs >/dev/null && [ -e /dev/fuse ]; then
-    lxcfs -f -p "$WORK/lxcfs.pid" "$WORK/lxcfs" >"$WORK/lxcfs.log" 2>&1 &
-    for _ in $(seq 50); do [ -e "$WORK/lxcfs/proc/meminfo" ] && break; sleep 0.1; done
-fi
+lxcfs_start
 stop_lxcfs() { [ -f "$WORK/lxcfs.pid" ] && kill "$(cat "$WORK/lxcfs.pid")" 2>/dev/null; mountpoint -q "$WORK/lxcfs" && umount -l "$WORK/lxcfs"; true; }
 trap "stop_lxcfs; [ -n \"${KEEP:-}\" ] || security_cleanup" EXIT
 cat >"$WORK/node.json" <<EOF
@@ -51,7 +50,8 @@ export AGENT_EXTRA="--config $WORK/node.json --lxcfs $WORK/lxcfs"
 echo "security run $RUN_ID (node namespace $NODE, work dir $WORK)"
 agent_start || exit 1
 "$BERTH" template build busybox >/dev/null || { echo "template build failed"; exit 1; }
-"$CC" -static -O1 -o "$WORK/probe" Tests/security/probe.c || { echo "cannot build the probe"; exit 1; }
+if [ -n "${PROBE:-}" ]; then cp "$PROBE" "$WORK/probe"; else "$CC" -static -O1 -o "$WORK/probe" Tests/security/probe.c; fi ||
+    { echo "cannot build the probe"; exit 1; }
 
 A=$(vps_name a); B=$(vps_name b); C=$(vps_name c)
 STORAGE=${STORAGE:-image}
@@ -160,7 +160,7 @@ plant_node() { # DIRECTORY NAME TYPE MAJOR MINOR
     mknod "$1/$2" "$3" "$4" "$5" && chmod 666 "$1/$2"
 }
 e12() {
-    local target=$A inside=/tmp dir="$WORK/data/vps/$A/root/tmp"
+    local target=$A inside=/tmp dir; dir="$(vps_disk_view "$A")/tmp"
     if [ "$STORAGE" = layered ]; then
         # A layered VPS's files also come from its template (the host has no merged view of a
         # running one): plant the nodes in a template of their own and boot a VPS on it (in

@@ -59,6 +59,8 @@ unsigned int berth_minor(dev_t dev);
 
 /// ext4 online grow is an ioctl too: resizes the loop device after the backing file grew.
 int berth_loop_set_capacity(int loop_fd);
+/* Grows the mounted ext4 that fs_fd is a directory of to `blocks` filesystem blocks (online). */
+int berth_ext4_resize(int fs_fd, uint64_t blocks);
 
 #endif
 
