@@ -146,6 +146,7 @@ let package = Package(
         .testTarget(name: "IsolationTests", dependencies: ["Isolation"]),
         .testTarget(name: "ControllerTests", dependencies: ["Controller", "Placement", "Wire"]),
         .testTarget(name: "NodeAgentTests", dependencies: ["NodeAgent", "Isolation", "Wire"]),
+        .testTarget(name: "CLITests", dependencies: ["berth", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     ],
     // Swift 5 language mode: NIO channel handlers and the syscall layer share mutable state
     // across the event loop by design; full Swift 6 isolation checking comes in a later pass.

@@ -60,6 +60,10 @@ struct Berth: AsyncParsableCommand {
                 break
             }
         }
+        if let command = PlainCommand(arguments) {
+            await command.run(Connection.fromEnvironment)
+            return
+        }
         do {
             var command = try parseAsRoot(arguments)
             if var asyncCommand = command as? AsyncParsableCommand {
@@ -86,6 +90,29 @@ struct ConnectionOptions: ParsableArguments {
 
     @Option(help: "Cluster mode: name this create/start/stop/restart/destroy so that running it again re-attaches to it instead of repeating it (env BERTH_OPERATION_ID).")
     var operationId: String?
+
+    /// The flags given, each falling back to its environment variable.
+    var resolved: Connection { Connection(agent: agent, controller: controller, configDir: configDir, operationId: operationId) }
+
+    var socketPath: String { resolved.socketPath }
+    var controllerAddress: String? { resolved.controllerAddress }
+    var isCluster: Bool { resolved.isCluster }
+    func call(_ request: Berth_V1_Request, onProgress: ((Berth_V1_Progress) -> Void)? = nil) async throws -> Berth_V1_Response {
+        try await resolved.call(request, onProgress: onProgress)
+    }
+    func nodeClient() -> BlockingWireClient { resolved.nodeClient() }
+    func withClient<T>(_ body: (WireClient) async throws -> T) async throws -> T { try await resolved.withClient(body) }
+}
+
+/// Which agent (or controller) a command talks to, and how. Built from ConnectionOptions, or
+/// from the environment alone for a command that skipped the parser (PlainCommand).
+struct Connection {
+    var agent: String?
+    var controller: String?
+    var configDir: String?
+    var operationId: String?
+
+    static var fromEnvironment: Connection { Connection() }
 
     var socketPath: String {
         agent ?? environment("BERTH_AGENT") ?? "/run/berth/agent.sock"

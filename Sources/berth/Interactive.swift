@@ -23,7 +23,11 @@ struct Exec: AsyncParsableCommand {
             guard let eq = item.firstIndex(of: "="), eq != item.startIndex else { fail(WireError(.invalidArgument, "env: '\(item)' is not K=V", field: "env")) }
             variables[String(item[..<eq])] = String(item[item.index(after: eq)...])
         }
-        let code = try await runSession(connection: connection, name: name, argv: command, tty: tty, env: variables)
+        try await Self.exec(connection.resolved, name: name, command: command, tty: tty, env: variables)
+    }
+
+    static func exec(_ connection: Connection, name: String, command: [String], tty: Bool = false, env: [String: String] = [:]) async throws -> Never {
+        let code = try await runSession(connection: connection, name: name, argv: command, tty: tty, env: env)
         Glibc.exit(code)
     }
 }
@@ -35,7 +39,7 @@ struct Enter: AsyncParsableCommand {
     @Option(help: "Shell to run.") var shell = "/bin/sh"
 
     func run() async throws {
-        let code = try await runSession(connection: connection, name: name, argv: [shell, "-l"], tty: true, env: ["TERM": environment("TERM") ?? "xterm"])
+        let code = try await runSession(connection: connection.resolved, name: name, argv: [shell, "-l"], tty: true, env: ["TERM": environment("TERM") ?? "xterm"])
         Glibc.exit(code)
     }
 }
@@ -86,7 +90,7 @@ struct Console: AsyncParsableCommand {
 }
 
 /// Shared by exec and enter: start the call, pump stdin in, stdout/stderr out, return the code.
-func runSession(connection: ConnectionOptions, name: String, argv: [String], tty: Bool, env: [String: String]) async throws -> Int32 {
+func runSession(connection: Connection, name: String, argv: [String], tty: Bool, env: [String: String]) async throws -> Int32 {
     var exec = Berth_V1_ExecRequest()
     exec.name = name
     exec.argv = argv

@@ -6,7 +6,9 @@ struct Start: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name.") var name: String
 
-    func run() async throws {
+    func run() async throws { try await Self.start(connection.resolved, name: name) }
+
+    static func start(_ connection: Connection, name: String) async throws {
         let response = try await connection.call(request { $0.start.name = name })
         print(response.status.line)
     }
@@ -19,7 +21,9 @@ struct Stop: AsyncParsableCommand {
     @Option(help: "Seconds to wait for a clean shutdown before killing (default 30).") var timeout: UInt32?
     @Flag(help: "Kill every process of the VPS at once instead of a clean shutdown.") var kill = false
 
-    func run() async throws {
+    func run() async throws { try await Self.stop(connection.resolved, name: name, timeout: timeout, kill: kill) }
+
+    static func stop(_ connection: Connection, name: String, timeout: UInt32? = nil, kill: Bool = false) async throws {
         let response = try await connection.call(request {
             $0.stop.name = name
             $0.stop.timeoutSeconds = timeout ?? 0
@@ -61,7 +65,9 @@ struct Status: AsyncParsableCommand {
     @Argument(help: "VPS name.") var name: String
     @Flag(help: "Print JSON.") var json = false
 
-    func run() async throws {
+    func run() async throws { try await Self.status(connection.resolved, name: name, json: json) }
+
+    static func status(_ connection: Connection, name: String, json: Bool = false) async throws {
         let response = try await connection.call(request { $0.status.name = name })
         if json { printJSON(response.status.json) } else { print(response.status.line) }
     }
@@ -74,7 +80,9 @@ struct List: AsyncParsableCommand {
     @Flag(help: "Print a JSON array of status objects.") var json = false
     @Option(help: "Only VPSs with this label (K=V); repeatable.") var selector: [String] = []
 
-    func run() async throws {
+    func run() async throws { try await Self.list(connection.resolved, all: all, json: json, selector: selector) }
+
+    static func list(_ connection: Connection, all: Bool = false, json: Bool = false, selector: [String] = []) async throws {
         let labels = keyValues(selector, field: "selector")
         let response = try await connection.call(request {
             $0.list.all = all
