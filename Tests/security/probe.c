@@ -202,13 +202,31 @@ static int read_comm(pid_t pid, char *name, size_t size) {
    the command, so an exe still naming berth once the seize succeeded means the helper itself was
    reachable. Seize, unlike attach, sends no SIGSTOP that would outlive this probe; the tracee is
    stopped and detached cleanly. */
-static int helper_traceable(pid_t pid) {
-    if (ptrace(PTRACE_SEIZE, pid, 0, 0) != 0) return 0;
-    char path[64], target[512];
+/* The helper at work for the operator: its exe is berth-spawn and its arguments still say which
+   role (`berth-spawn exec --init-pid ...`). A command the VPS made run the helper's binary itself
+   ('#!/proc/self/exe', E25) has the interpreter's arguments instead: it is the VPS's own command,
+   as traceable as any other, and only the read-only bind keeps its exe from being written. */
+static int helper_at_work(pid_t pid) {
+    char path[64], target[512], args[256];
     snprintf(path, sizeof path, "/proc/%d/exe", pid);
     ssize_t n = readlink(path, target, sizeof target - 1);
-    int reachable = 0;
-    if (n > 0) { target[n] = 0; reachable = strstr(target, "berth") != NULL; }
+    if (n <= 0) return 0;
+    target[n] = 0;
+    if (!strstr(target, "berth")) return 0;
+    snprintf(path, sizeof path, "/proc/%d/cmdline", pid);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return 0;
+    ssize_t len = read(fd, args, sizeof args - 1);
+    close(fd);
+    if (len <= 0) return 0;
+    args[len] = 0;
+    const char *role = args + strlen(args) + 1; /* the second argument */
+    return role < args + len && (!strcmp(role, "exec") || !strcmp(role, "start") || !strcmp(role, "configure"));
+}
+
+static int helper_traceable(pid_t pid) {
+    if (ptrace(PTRACE_SEIZE, pid, 0, 0) != 0) return 0;
+    int reachable = helper_at_work(pid);
     int status;
     if (ptrace(PTRACE_INTERRUPT, pid, 0, 0) == 0 && waitpid(pid, &status, __WALL) == pid && WIFSTOPPED(status)) {
         ptrace(PTRACE_DETACH, pid, 0, 0);
