@@ -425,26 +425,33 @@ public actor VPSManager {
         }
         record.state = .starting
         record.generation += 1
+        let desiredBefore = record.config.desiredState
         do {
-            try await launch(record)
+            // The desired state is saved (fsync and all) while the monitor boots the VPS.
+            try await launch(record, whileBooting: {
+                guard record.config.desiredState != .running else { return }
+                record.config.desiredState = .running
+                try? self.store.save(record.config)
+            })
         } catch {
             record.state = .stopped
             cleanupAfterExit(name)
+            if record.config.desiredState != desiredBefore {
+                record.config.desiredState = desiredBefore
+                try? store.save(record.config)
+            }
             throw error
         }
         record.state = .running
         record.lastExit = ""
         // The monitor has mounted the table's directory: its first table, with the booted init.
         try? writeBeancounters(name)
-        if record.config.desiredState != .running {
-            record.config.desiredState = .running
-            try? store.save(record.config)
-        }
         logger.info("started VPS", metadata: ["vps": "\(name)", "pid": "\(record.run?.initPid ?? 0)"])
         return makeStatus(record)
     }
 
-    private func launch(_ record: VPSRecord) async throws {
+    /// `whileBooting` runs once the monitor has its spec, before its report is awaited.
+    private func launch(_ record: VPSRecord, whileBooting: () -> Void = {}) async throws {
         let name = record.config.name
         if !record.config.isPrivileged && record.config.idmapBase == nil {
             // A VPS created before user namespaces: its files need no change (the root is
@@ -522,6 +529,7 @@ public actor VPSManager {
         close(statusPipe.write)
         try? FileIO.writeAll(fd: specPipe.write, Array(spec.encode().utf8), stage: "spec")
         close(specPipe.write)
+        whileBooting()
         let reply = await Subprocess.readToEnd(statusPipe.read).trimmed
         if reply.hasPrefix("ok ") {
             guard let state = RunState.read(runDir: run) else {
