@@ -29,7 +29,9 @@ booted() {
     local state=""
     for _ in $(seq 200); do
         state=$(in_vps "$1" timeout 60 systemctl is-system-running --wait 2>/dev/null) || true
-        [ -n "$state" ] && break
+        # "offline": systemd has not yet made /run/systemd/system (start returns once init was
+        # exec'd, and an exec right after can be that early).
+        [ -n "$state" ] && [ "$state" != offline ] && break
         sleep 0.05
     done
     echo "$state"
