@@ -31,7 +31,6 @@ final class Monitor {
         signalFD = berth_sigchld_fd()
         if signalFD < 0 { throw IsolationError.sys("signalfd") }
         do {
-            unmountLeftovers()
             try enterOwnMountNamespace()
             try mountDisk()
             try mountBeancounters()
@@ -42,20 +41,14 @@ final class Monitor {
         }
     }
 
-    /// Mounts in the host's namespace that an earlier version's monitor left when it crashed
-    /// (the agent only starts a VPS that is not running).
-    func unmountLeftovers() {
-        for leftover in [spec.rootPath, spec.layer?.diskMount, spec.beancounters].compactMap({ $0 }) where FileIO.isMountPoint(leftover) {
-            umount2(leftover, Int32(MNT_DETACH))
-        }
-    }
-
     /// The VPS's mounts (disk, overlay, beancounter tmpfs) live in a mount namespace of the
     /// monitor's own, never in the host's: there, any process that unshares a namespace of its
     /// own (`ip netns exec`, a service's private /tmp) keeps a copy of them, so the loop device
     /// and the ext4 stay mounted after stop and the next start mounts the same image twice.
     /// Slave: the host's later mounts and unmounts still reach this namespace, nothing mounted
-    /// here reaches the host. The agent sees these mounts through /proc/MONITOR/root.
+    /// here reaches the host. The agent sees these mounts through /proc/MONITOR/root, and
+    /// removes what an earlier version's monitor left in the host's namespace whenever a VPS
+    /// stops (cleanupAfterExit), so none is there when this one starts.
     func enterOwnMountNamespace() throws(IsolationError) {
         try check("unshare the monitor's mount namespace") { berth_unshare(Int32(NamespaceFlag.mount)) }
         try check("make the monitor's mounts slaves of the host's") { mount("", "/", nil, UInt(MS_REC | MS_SLAVE), nil) }

@@ -94,8 +94,6 @@ struct ConnectionOptions: ParsableArguments {
     /// The flags given, each falling back to its environment variable.
     var resolved: Connection { Connection(agent: agent, controller: controller, configDir: configDir, operationId: operationId) }
 
-    var socketPath: String { resolved.socketPath }
-    var controllerAddress: String? { resolved.controllerAddress }
     var isCluster: Bool { resolved.isCluster }
     func call(_ request: Berth_V1_Request, onProgress: ((Berth_V1_Progress) -> Void)? = nil) async throws -> Berth_V1_Response {
         try await resolved.call(request, onProgress: onProgress)

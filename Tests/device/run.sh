@@ -9,9 +9,7 @@
 # Writes to $OUT (default ./device-out): host.txt (what the host offers), one log per tier,
 # agents.tar.gz (the agent logs of every run). Exit status: 0 when every tier passed.
 # The host is a throwaway machine: the bundle's libraries it lacks go to /usr/lib/x86_64-linux-gnu,
-# a tool the agent runs by absolute path that it lacks is put there, and where its cgroup2 root
-# holds processes that keep controllers from being enabled, they are moved to a leaf cgroup (what
-# container entry points do); host.txt reports each.
+# and a tool the agent runs by absolute path that it lacks is put there; host.txt reports each.
 cd "$(dirname "$0")/../.." || exit 1
 BUNDLE=${1:?usage: Tests/device/run.sh BUNDLE [TIER...]}
 shift
@@ -55,25 +53,6 @@ if [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" != cgroup2fs ]; then
     fi
 fi
 
-# Controllers for the tiers' parents: the root's subtree_control must offer them. A cgroup
-# namespace root that holds processes cannot enable any (no-internal-processes rule).
-wanted="cpu cpuset memory pids io"
-enable_controllers() {
-    local c ok=0
-    for c in $wanted; do
-        grep -qw "$c" /sys/fs/cgroup/cgroup.controllers || continue
-        grep -qw "$c" /sys/fs/cgroup/cgroup.subtree_control || echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || ok=1
-    done
-    return $ok
-}
-if ! enable_controllers; then
-    mkdir -p /sys/fs/cgroup/device-init
-    while read -r pid; do echo "$pid" >/sys/fs/cgroup/device-init/cgroup.procs 2>/dev/null; done </sys/fs/cgroup/cgroup.procs
-    enable_controllers && note "moved the root cgroup's processes to /device-init to enable controllers" ||
-        note "could not enable every controller at the root: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
-fi
-note "root subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
-
 # Loop devices back every VPS disk.
 if [ ! -e /dev/loop-control ]; then
     modprobe loop 2>/dev/null
@@ -84,8 +63,10 @@ fi
 # The bundle's libraries that the host lacks (by soname), where the loader looks without a
 # cache (the network tier copies nft and what ldd lists into a template that has none).
 for library in "$STAGE"/lib/*; do
-    ldconfig -p | grep -q "^[[:space:]]*$(basename "$library") " ||
-        { cp -n "$library" /usr/lib/x86_64-linux-gnu/ && note "installed the bundle's $(basename "$library")"; }
+    [ "$(basename "$library")" = liblxcfs.so ] && continue   # lxcfs loads it from its own path (below)
+    target=/usr/lib/x86_64-linux-gnu/$(basename "$library")
+    ldconfig -p | grep -q "^[[:space:]]*$(basename "$library") " || [ -e "$target" ] ||
+        { cp "$library" "$target" && note "installed the bundle's $(basename "$library")"; }
 done
 ldconfig
 # Tools the agent runs by absolute path; the rest come through PATH (the host's first).
