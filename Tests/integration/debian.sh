@@ -170,6 +170,10 @@ t_layered_boot() {
     "$BERTH" create "$L" --template debian-12 --storage layered --disk 256M >/dev/null
     "$BERTH" start "$L" >/dev/null
     expect_eq "$(booted "$L")" "running" "(systemctl --failed: $(in_vps "$L" systemctl --failed --no-legend 2>&1))"
+    # A file of its own in a directory the template fills, always; a package too when the host
+    # could fetch one (t_install_deb).
+    in_vps "$L" sh -c 'echo mine > /usr/bin/berth-layer-check'
+    expect_eq "$(in_vps "$L" cat /usr/bin/berth-layer-check)" mine
     local deb; deb=$(ls "$WORK"/debs/hello_*.deb 2>/dev/null | head -1)
     if [ -n "$deb" ]; then
         in_vps "$L" sh -c 'cat > /tmp/hello.deb' <"$deb"
