@@ -5,7 +5,7 @@ SWIFT ?= swift
 BUILD := .build/debug
 RELEASE := .build/release
 
-.PHONY: all deps build test test-unit test-integration test-network test-resources test-cluster test-debian test-security test-fuzz demo demo-stop bench device-bundle proto clean-leftovers cluster-up cluster-down
+.PHONY: all deps build test test-unit test-integration test-network test-resources test-cluster test-debian test-security test-fuzz demo demo-stop bench device-bundle release proto clean-leftovers cluster-up cluster-down
 
 all: build
 
@@ -80,10 +80,7 @@ demo-stop:
 # user namespaces; release build.
 bench: deps
 	@BERTH_BENCH=1 ./scripts/install-deps.sh
-	@# One product at a time: building everything would also link GRDB's dynamic-library product,
-	@# which cannot take a static standard library.
-	@for product in berth berth-agent berth-spawn berth-controller cluster-bench; do \
-	  $(SWIFT) build -c release --static-swift-stdlib --product $$product || exit 1; done
+	@$(MAKE) --no-print-directory release
 	@BUILD=$(RELEASE) ./Benchmarks/run.sh
 	@BUILD=$(RELEASE) ./Benchmarks/network.sh
 	@BUILD=$(RELEASE) ./Benchmarks/cluster.sh
@@ -93,7 +90,15 @@ bench: deps
 # What Tests/device/run.sh needs on a host without Swift (a pure cgroup-v2 machine): static
 # release binaries and Debian's tools in .build-device/bundle.tar.xz (Docs/testing.md).
 device-bundle: deps
+	@$(MAKE) --no-print-directory release PRODUCTS="berth berth-agent berth-spawn"
 	@./scripts/device-bundle.sh
+
+# Release builds with the Swift standard library linked in, one product at a time: building
+# everything would also link GRDB's dynamic-library product, which cannot take a static one.
+PRODUCTS ?= berth berth-agent berth-spawn berth-controller cluster-bench
+release:
+	@for product in $(PRODUCTS); do \
+	  $(SWIFT) build -c release --static-swift-stdlib --product $$product || exit 1; done
 
 # Regenerates Sources/Wire/berth.pb.swift with Debian's protoc and a locally built plugin.
 proto:

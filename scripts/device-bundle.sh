@@ -6,15 +6,14 @@
 # load. Tests/device/run.sh unpacks it there. Output: .build-device/bundle.tar.xz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH=/opt/swift/usr/bin:$PATH
 OUTPUT=.build-device
 STAGE=$OUTPUT/stage
 rm -rf "$STAGE"
 mkdir -p "$STAGE/bin" "$STAGE/tools" "$STAGE/lib"
 
-# One product at a time: GRDB's dynamic-library product cannot take a static standard library.
+# Built by `make release` (make device-bundle runs it first).
 for product in berth berth-agent berth-spawn; do
-    swift build -c release --static-swift-stdlib --product "$product"
+    [ -x ".build/release/$product" ] || { echo "no .build/release/$product: run make device-bundle" >&2; exit 1; }
     install -m 755 ".build/release/$product" "$STAGE/bin/"
 done
 strip "$STAGE"/bin/*
