@@ -1,8 +1,10 @@
 // Cluster benchmarks (Benchmarks/cluster.sh runs them on a release build):
 //   cluster-bench rpc [--callers 64] [--connections 8] [--seconds 5]
-//       request/response over mTLS on loopback: throughput and latency with N concurrent callers,
-//       then one caller in sequence (p50); first against a server process of its own (as the
-//       controller is deployed), then with client and server in this one process
+//       request/response over mTLS on loopback: throughput and latency with N concurrent callers
+//       (after a second of all of them as warm-up), then one caller in sequence; against a server
+//       process of its own (as the controller is deployed) whose handler runs on the event loop
+//       (a handler that never blocks), then on the cooperative pool (every other handler), then
+//       with client and server in this one process. Callers run on their connection's event loop.
 //   cluster-bench scheduler [--nodes 10000] [--placements 100000]
 //       the pure scheduler placing a batch on a simulated fleet
 //   cluster-bench store [--vpses 100000]
@@ -41,6 +43,10 @@ func residentKiB() -> Int {
 }
 
 struct EchoStatus: WireService {
+    var onEventLoop = true
+
+    func handlesOnEventLoop(_ request: Berth_V1_Request) -> Bool { onEventLoop }
+
     func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
         var response = Berth_V1_Response()
         response.status.name = request.status.name
@@ -68,36 +74,39 @@ func rpc() async throws {
     // the server's handlers do not share one concurrency pool.
     try FileManager.default.createDirectory(atPath: dir + "/server", withIntermediateDirectories: true)
     try serverBundle.write(directory: dir + "/server")
-    let server = Process()
-    server.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-    server.arguments = ["rpc-server", "--dir", dir + "/server"]
-    let toServer = Pipe(), fromServer = Pipe()
-    server.standardInput = toServer
-    server.standardOutput = fromServer
-    try server.run()
-    var portLine = ""
-    while !portLine.hasSuffix("\n"), let byte = try fromServer.fileHandleForReading.read(upToCount: 1), !byte.isEmpty {
-        portLine += String(decoding: byte, as: UTF8.self)
+    for handlers in ["event-loop", "pool"] {
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+        server.arguments = ["rpc-server", "--dir", dir + "/server", "--handlers", handlers]
+        let toServer = Pipe(), fromServer = Pipe()
+        server.standardInput = toServer
+        server.standardOutput = fromServer
+        try server.run()
+        var portLine = ""
+        while !portLine.hasSuffix("\n"), let byte = try fromServer.fileHandleForReading.read(upToCount: 1), !byte.isEmpty {
+            portLine += String(decoding: byte, as: UTF8.self)
+        }
+        guard let port = Int(portLine.dropFirst("port ".count).dropLast()) else {
+            throw WireError(.unavailable, "rpc-server printed no port: \(portLine)")
+        }
+        try await measure(label: "server in its own process, handler on the \(handlers == "pool" ? "cooperative pool" : "event loop")",
+                          port: port, bundle: bundle, group: group, callers: callers, connections: connections, seconds: seconds)
+        try toServer.fileHandleForWriting.close()
+        server.waitUntilExit()
     }
-    guard let port = Int(portLine.dropFirst("port ".count).dropLast()) else {
-        throw WireError(.unavailable, "rpc-server printed no port: \(portLine)")
-    }
-    try await measure(label: "server in its own process", port: port, bundle: bundle, group: group,
-                      callers: callers, connections: connections, seconds: seconds)
-    try toServer.fileHandleForWriting.close()
-    server.waitUntilExit()
 
     let inline = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: EchoStatus(), bundle: serverBundle, group: group)
-    try await measure(label: "client and server in one process", port: inline.port, bundle: bundle, group: group,
+    try await measure(label: "client and server in one process, handler on the event loop", port: inline.port, bundle: bundle, group: group,
                       callers: callers, connections: connections, seconds: seconds)
     await inline.close()
 }
 
-/// `cluster-bench rpc-server --dir D`: serves the echo service over mTLS with the bundle in D,
-/// prints `port N`, and stops when its standard input closes.
+/// `cluster-bench rpc-server --dir D [--handlers event-loop|pool]`: serves the echo service over
+/// mTLS with the bundle in D, prints `port N`, and stops when its standard input closes.
 func rpcServer() async throws {
     guard let dir = stringOption("dir") else { throw WireError(.invalidArgument, "rpc-server needs --dir", field: "dir") }
-    let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: EchoStatus(),
+    let service = EchoStatus(onEventLoop: stringOption("handlers") != "pool")
+    let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: service,
                                               bundle: try CredentialBundle.load(directory: dir), group: MultiThreadedEventLoopGroup.singleton)
     print("port \(server.port)")
     await Task.detached {
@@ -114,17 +123,17 @@ func measure(label: String, port: Int, bundle: CredentialBundle, group: MultiThr
     var request = Berth_V1_Request()
     request.status.name = "web1"
     let frozen = request
-    // Warm-up.
-    for client in clients { for _ in 0..<200 { _ = try await client.call(frozen) } }
-
-    let deadline = ContinuousClock.now + .seconds(seconds)
-    let started = ContinuousClock.now
+    // Warm-up: a second of all callers at once (the first tenth of a second of such a burst runs
+    // slower while buffers and caches grow), then the measured run.
+    let warmUp = ContinuousClock.now + .seconds(1)
+    let deadline = warmUp + .seconds(seconds)
     let latencies = try await withThrowingTaskGroup(of: [UInt64].self) { tasks in
         for caller in 0..<callers {
             let client = clients[caller % clients.count]
-            tasks.addTask {
+            tasks.addTask(executorPreference: client.executor) {
                 var mine: [UInt64] = []
                 mine.reserveCapacity(100_000)
+                while ContinuousClock.now < warmUp { _ = try await client.call(frozen) }
                 while ContinuousClock.now < deadline {
                     let t0 = DispatchTime.now().uptimeNanoseconds
                     _ = try await client.call(frozen)
@@ -135,19 +144,22 @@ func measure(label: String, port: Int, bundle: CredentialBundle, group: MultiThr
         }
         return try await tasks.reduce(into: [UInt64]()) { $0 += $1 }.sorted()
     }
-    let elapsed = ContinuousClock.now - started
+    let elapsed = ContinuousClock.now - warmUp
     let wall = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-    print(String(format: "rpc, %@: %d callers on %d mTLS connections: %.0f calls/s, p50 %.3f ms, p99 %.3f ms (%d calls in %.1f s)",
+    print(String(format: "rpc, %@: %d callers on %d mTLS connections: %.0f calls/s, p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms (%d calls in %.1f s)",
                  label, callers, connections, Double(latencies.count) / wall, percentile(latencies, 0.5) / 1000,
-                 percentile(latencies, 0.99) / 1000, latencies.count, wall))
+                 percentile(latencies, 0.99) / 1000, percentile(latencies, 0.999) / 1000, latencies.count, wall))
 
-    var sequential: [UInt64] = []
-    for _ in 0..<10_000 {
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        _ = try await clients[0].call(frozen)
-        sequential.append(DispatchTime.now().uptimeNanoseconds - t0)
+    let first = clients[0]
+    let sequential = try await withTaskExecutorPreference(first.executor) {
+        var latencies: [UInt64] = []
+        for _ in 0..<10_000 {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            _ = try await first.call(frozen)
+            latencies.append(DispatchTime.now().uptimeNanoseconds - t0)
+        }
+        return latencies.sorted()
     }
-    sequential.sort()
     print(String(format: "rpc, %@: 1 caller in sequence: p50 %.3f ms, p99 %.3f ms (10000 calls)",
                  label, percentile(sequential, 0.5) / 1000, percentile(sequential, 0.99) / 1000))
     for client in clients { await client.close() }

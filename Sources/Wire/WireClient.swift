@@ -249,6 +249,7 @@ public final class WireClient: @unchecked Sendable {
 
     init(channel: Channel, handler: WireClientHandler, serverSoftware: String, peerIdentity: CertificateIdentity?) {
         self.coalescer = FlushCoalescer(channel: channel)
+        self.executor = EventLoopTaskExecutor(eventLoop: channel.eventLoop)
         self.channel = channel
         self.handler = handler
         self.serverSoftware = serverSoftware
@@ -259,6 +260,11 @@ public final class WireClient: @unchecked Sendable {
     public package(set) var peerIdentity: CertificateIdentity?
 
     public var isActive: Bool { channel.isActive }
+
+    /// Runs tasks on this connection's event loop: a caller that makes many calls in a row
+    /// (`withTaskExecutorPreference(client.executor) { … }`) is then resumed by each answer on
+    /// the thread that read it, with no hop to the cooperative pool and back.
+    public let executor: EventLoopTaskExecutor
 
     /// Starts a call; events (progress, stream bytes, the final response) arrive on the result.
     public func start(_ request: Berth_V1_Request) async throws -> ClientCall {

@@ -31,13 +31,29 @@ struct EchoService: WireService {
     }
 }
 
+/// Says where its handler ran; calls named "loop…" may run on the event loop, "loop-slow" sleeps.
+struct PlacementService: WireService {
+    func handlesOnEventLoop(_ request: Berth_V1_Request) -> Bool { request.status.name.hasPrefix("loop") }
+
+    func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
+        let before = stream.channel.eventLoop.inEventLoop
+        if request.status.name == "loop-slow" { try await Task.sleep(nanoseconds: 5_000_000_000) }
+        // After a suspension the handler is still where it started.
+        try await Task.sleep(nanoseconds: 1_000_000)
+        var response = Berth_V1_Response()
+        response.status.name = request.status.name
+        response.status.state = before && stream.channel.eventLoop.inEventLoop ? "event-loop" : before ? "moved" : "pool"
+        return response
+    }
+}
+
 @Suite(.serialized) struct ConnectionTests {
-    func withServer(_ body: (String) async throws -> Void) async throws {
+    func withServer(_ service: WireService = EchoService(), _ body: (String) async throws -> Void) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-wire-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("s.sock").path
-        let server = try await UnixWireServer.bind(path: path, service: EchoService(), group: MultiThreadedEventLoopGroup.singleton,
+        let server = try await UnixWireServer.bind(path: path, service: service, group: MultiThreadedEventLoopGroup.singleton,
                                                    allowedUIDs: [getuid()])
         var mode = stat()
         stat(path, &mode)
@@ -88,6 +104,34 @@ struct EchoService: WireService {
                 for try await name in group { names.insert(name) }
                 #expect(names.count == 50)
             }
+            await client.close()
+        }
+    }
+
+    @Test func handlersRunOnTheEventLoopOnlyWhereTheServiceSaysSo() async throws {
+        try await withServer(PlacementService()) { path in
+            let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
+            var request = Berth_V1_Request()
+            request.status.name = "loop"
+            #expect(try await client.call(request).status.state == "event-loop")
+            request.status.name = "other"
+            #expect(try await client.call(request).status.state == "pool")
+            // A deadline still cancels a handler on the event loop, and the loop stays free meanwhile.
+            var slowRequest = Berth_V1_Request()
+            slowRequest.status.name = "loop-slow"
+            slowRequest.deadlineMs = 100
+            let slow = Task { [slowRequest] in try await client.call(slowRequest) }
+            var quick = Berth_V1_Request()
+            quick.status.name = "loop"
+            #expect(try await client.call(quick).status.state == "event-loop")
+            await #expect(throws: WireError(.deadlineExceeded, "the call did not finish within its deadline of 100 ms")) {
+                _ = try await slow.value
+            }
+            // A caller may run on the connection's event loop too, and calls from there work.
+            let (onLoop, answered) = try await withTaskExecutorPreference(client.executor) {
+                (client.channel.eventLoop.inEventLoop, try await client.call(quick).status.name)
+            }
+            #expect(onLoop && answered == "loop")
             await client.close()
         }
     }
