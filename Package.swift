@@ -142,7 +142,7 @@ let package = Package(
             dependencies: ["Controller", "Placement", "Wire", "WireTLS", .product(name: "NIOCore", package: "swift-nio"),
                            .product(name: "NIOPosix", package: "swift-nio")],
             path: "Benchmarks/ClusterBench"),
-        .testTarget(name: "WireTests", dependencies: ["Wire", "WireTLS"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "WireTLS", .product(name: "NIOEmbedded", package: "swift-nio")]),
         .testTarget(name: "IsolationTests", dependencies: ["Isolation"]),
         .testTarget(name: "ControllerTests", dependencies: ["Controller", "Placement", "Wire"]),
         .testTarget(name: "NodeAgentTests", dependencies: ["NodeAgent", "Isolation", "Wire"]),

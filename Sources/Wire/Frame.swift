@@ -120,11 +120,49 @@ public final class FrameDecoder: ByteToMessageDecoder {
     }
 }
 
-public final class FrameEncoder: MessageToByteEncoder {
+/// Encodes the frames written to a connection into one buffer that goes down the pipeline at the
+/// next flush: the frames one flush carries become one TLS record (up to 16 KiB) and one buffer,
+/// not a record and a buffer each. Order is kept: every frame passes through here.
+public final class FrameWriter: ChannelOutboundHandler, RemovableChannelHandler {
     public typealias OutboundIn = Frame
+    public typealias OutboundOut = ByteBuffer
+    /// A buffer this large goes on without waiting for the flush (bounds what waits here).
+    static let passOnBytes = 64 * 1024
+    private var pending: ByteBuffer?
+    /// Completes with the write of `pending`; the promises of the other frames in it follow it.
+    private var pendingPromise: EventLoopPromise<Void>?
+
     public init() {}
-    public func encode(data: Frame, out: inout ByteBuffer) throws {
-        FrameParser.write(data, into: &out)
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = unwrapOutboundIn(data)
+        var buffer = pending ?? context.channel.allocator.buffer(capacity: 4 + Frame.headerSize + frame.payload.readableBytes)
+        pending = nil
+        FrameParser.write(frame, into: &buffer)
+        pending = buffer
+        if let promise {
+            if let pendingPromise { pendingPromise.futureResult.cascade(to: promise) } else { pendingPromise = promise }
+        }
+        if buffer.readableBytes >= Self.passOnBytes { passOn(context) }
+    }
+
+    public func flush(context: ChannelHandlerContext) {
+        passOn(context)
+        context.flush()
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        pending = nil
+        pendingPromise?.fail(ChannelError.ioOnClosedChannel)
+        pendingPromise = nil
+    }
+
+    private func passOn(_ context: ChannelHandlerContext) {
+        guard let buffer = pending else { return }
+        let promise = pendingPromise
+        pending = nil
+        pendingPromise = nil
+        context.write(wrapOutboundOut(buffer), promise: promise)
     }
 }
 

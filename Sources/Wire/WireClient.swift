@@ -215,7 +215,7 @@ public final class WireClient: @unchecked Sendable {
         do {
             try await channel.eventLoop.submit {
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
-                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                try channel.pipeline.syncOperations.addHandler(FrameWriter())
                 try channel.pipeline.syncOperations.addHandler(handler)
                 handler.hello = promise
                 let payload = ByteBuffer(bytes: try Berth_V1_Hello.clientOffer.serializedBytes() as [UInt8])

@@ -310,7 +310,7 @@ package func addWireServerHandlers(to pipeline: ChannelPipeline.SynchronousOpera
                                    peer: PeerIdentity, maxStreams: Int) throws -> WireServerHandler {
     let handler = WireServerHandler(service: service, peer: peer, maxStreams: maxStreams)
     try pipeline.addHandler(ByteToMessageHandler(FrameDecoder()))
-    try pipeline.addHandler(MessageToByteHandler(FrameEncoder()))
+    try pipeline.addHandler(FrameWriter())
     try pipeline.addHandler(handler)
     return handler
 }

@@ -1,8 +1,32 @@
 import NIOCore
+import NIOEmbedded
 import Testing
 @testable import Wire
 
 @Suite struct FrameTests {
+    @Test func theFramesOfOneFlushGoDownAsOneBufferInOrder() throws {
+        let channel = EmbeddedChannel(handler: FrameWriter())
+        let frames = (1...3).map { Frame(type: .response, stream: UInt32($0), payload: ByteBuffer(bytes: [UInt8($0)])) }
+        var written: [EventLoopFuture<Void>] = []
+        for frame in frames {
+            let promise = channel.eventLoop.makePromise(of: Void.self)
+            channel.write(frame, promise: promise)
+            written.append(promise.futureResult)
+        }
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil)
+        channel.flush()
+        var out = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil)
+        for frame in frames { #expect(try FrameParser.parse(&out) == frame) }
+        #expect(out.readableBytes == 0)
+        for future in written { try future.wait() }
+        // What is still held when the connection goes fails instead of vanishing.
+        let held = channel.eventLoop.makePromise(of: Void.self)
+        channel.write(frames[0], promise: held)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+        #expect(throws: ChannelError.ioOnClosedChannel) { try held.futureResult.wait() }
+    }
+
     @Test func roundTripsEveryFrameType() throws {
         for type in [FrameType.hello, .request, .response, .data, .end, .cancel, .error, .credit, .ping, .pong, .progress] {
             var out = ByteBuffer()
