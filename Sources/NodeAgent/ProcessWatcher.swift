@@ -145,6 +145,27 @@ public enum Subprocess {
         return ProcessResult(status: status, stdout: await stdout, stderr: await stderr)
     }
 
+    /// The first line `fd` delivers (without its newline), or what came before EOF; closes `fd`.
+    /// A monitor's report is one line: taking it as it arrives does not wait for the close that
+    /// follows it, which a monitor preempted by its VPS's boot may make a timeslice later.
+    static func readFirstLine(_ fd: Int32) async -> String {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                var bytes: [UInt8] = []
+                var chunk = [UInt8](repeating: 0, count: 512)
+                while !bytes.contains(10) {
+                    let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                    if count < 0 && errno == EINTR { continue }
+                    if count <= 0 { break }
+                    bytes += chunk[..<count]
+                }
+                close(fd)
+                let line = bytes.firstIndex(of: 10).map { bytes[..<$0] } ?? bytes[...]
+                continuation.resume(returning: String(decoding: line, as: UTF8.self))
+            }
+        }
+    }
+
     static func readToEnd(_ fd: Int32, onLine: (@Sendable (String) -> Void)? = nil) async -> String {
         await withCheckedContinuation { continuation in
             Thread.detachNewThread {

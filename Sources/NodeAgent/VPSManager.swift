@@ -530,7 +530,7 @@ public actor VPSManager {
         try? FileIO.writeAll(fd: specPipe.write, Array(spec.encode().utf8), stage: "spec")
         close(specPipe.write)
         whileBooting()
-        let reply = await Subprocess.readToEnd(statusPipe.read).trimmed
+        let reply = await Subprocess.readFirstLine(statusPipe.read).trimmed
         if reply.hasPrefix("ok ") {
             guard let state = RunState.read(runDir: run) else {
                 throw AgentError(.kernel, "berth-spawn reported success but wrote no state file")

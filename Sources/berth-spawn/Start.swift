@@ -62,7 +62,9 @@ func runStart() -> Never {
         m.run()
         exit(0)
     } catch {
-        report("error\t\(error.stage)\t\(error.errno)\t\(error.message)\n")
+        // One line: the agent takes the report up to its first newline.
+        let message = String(error.message.map { $0 == "\n" ? " " : $0 })
+        report("error\t\(error.stage)\t\(error.errno)\t\(message)\n")
         monitor?.teardown(reason: "failed to start: \(error.message)")
         exit(1)
     }
