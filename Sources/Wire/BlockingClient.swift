@@ -9,10 +9,13 @@ import Glibc
 /// credit as `WireClient` (Docs/wire.md) for one call at a time. Starting NIO's threads, pipeline
 /// and promise machinery cost the CLI 2.6 ms per command, more than the call itself.
 ///
+/// Its HELLO goes out in one write with its first REQUEST instead of a round trip ahead of it
+/// (a third of a millisecond of every command when measured): the server takes frames in order,
+/// and refuses a HELLO with ERROR on stream 0 and a close, which this client reads first.
+///
 ///   CLI (this client)                       agent
-///     | HELLO (versions) ---------------------->|
+///     | HELLO (versions) + REQUEST stream 1 ->|   one write
 ///     |<---------------------- HELLO (chosen) --|
-///     | REQUEST stream 1 ---------------------->|
 ///     |   [session] DATA stdin / END stdin ---->|   (within the agent's credit)
 ///     |<---------- DATA stdout|stderr, END ----|   (CREDIT back per 256 KiB written out)
 ///     |<------------- PROGRESS (0..n) ---------|
@@ -21,9 +24,14 @@ public final class BlockingWireClient {
     private let socket: Int32
     private var inbound = ByteBuffer()
     private var nextStream: UInt32 = 1
+    /// Sent with the first request.
+    private var helloSent = false
+    /// The server's HELLO has been read (the first frame it sends).
+    private var helloAnswered = false
+    /// Known once the first call has read the server's HELLO.
     public private(set) var serverSoftware = ""
 
-    /// Connects and exchanges HELLOs; errors read like `WireClient.connect`'s.
+    /// Connects; the HELLO exchange happens with the first call. Errors read like `WireClient`'s.
     public init(unixPath: String) throws(WireError) {
         socket = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard socket >= 0 else { throw WireError(.unavailable, "cannot make a socket: \(String(cString: strerror(errno)))") }
@@ -32,23 +40,21 @@ public final class BlockingWireClient {
             close(socket)
             throw WireError(.unavailable, "cannot reach the agent at \(unixPath): \(String(cString: strerror(connected))) (is berth-agent running?)")
         }
-        do throws(WireError) {
-            try send(Frame(type: .hello, stream: 0, payload: ByteBuffer(bytes: Self.encode(Berth_V1_Hello.clientOffer))))
-            let answer = try readFrame()
-            switch answer.type {
-            case .hello:
-                guard let message = try? Berth_V1_Hello(serializedBytes: Array(answer.payload.readableBytesView)) else {
-                    throw WireError(.malformedFrame, "malformed HELLO from the server")
-                }
-                serverSoftware = message.software
-            case .error:
-                throw answer.serverError
-            default:
-                throw WireError(.protocolViolation, "the server answered HELLO with \(answer.type)")
+    }
+
+    /// The server's first frame: its HELLO, or the error that refused ours.
+    private func takeHello(_ answer: Frame) throws(WireError) {
+        switch answer.type {
+        case .hello:
+            guard let message = try? Berth_V1_Hello(serializedBytes: Array(answer.payload.readableBytesView)) else {
+                throw WireError(.malformedFrame, "malformed HELLO from the server")
             }
-        } catch {
-            close(socket)
-            throw error
+            serverSoftware = message.software
+            helloAnswered = true
+        case .error:
+            throw answer.serverError
+        default:
+            throw WireError(.protocolViolation, "the server answered HELLO with \(answer.type)")
         }
     }
 
@@ -86,7 +92,13 @@ public final class BlockingWireClient {
                         onProgress: (Berth_V1_Progress) -> Void = { _ in }) throws(WireError) -> Berth_V1_Response {
         let id = nextStream
         nextStream &+= 2
-        try send(Frame(type: .request, stream: id, payload: ByteBuffer(bytes: Self.encode(request))))
+        var out = ByteBuffer()
+        if !helloSent {
+            FrameParser.write(Frame(type: .hello, stream: 0, payload: ByteBuffer(bytes: try Self.encode(Berth_V1_Hello.clientOffer))), into: &out)
+            helloSent = true
+        }
+        FrameParser.write(Frame(type: .request, stream: id, payload: ByteBuffer(bytes: try Self.encode(request))), into: &out)
+        try write(out)
         var inputOpen = input != nil
         var sendCredit = streamWindow
         let receiveWindow = ReceiveWindow()
@@ -94,6 +106,10 @@ public final class BlockingWireClient {
         while true {
             // Frames already buffered come first: poll would not report them.
             if let frame = try FrameParser.parse(&inbound) {
+                if !helloAnswered {
+                    try takeHello(frame)
+                    continue
+                }
                 if frame.stream == 0 && frame.type == .error { throw frame.serverError }
                 guard frame.stream == id else { continue }
                 switch frame.type {
@@ -155,15 +171,12 @@ public final class BlockingWireClient {
     private func send(_ frame: Frame) throws(WireError) {
         var bytes = ByteBuffer()
         FrameParser.write(frame, into: &bytes)
-        do { try writeAll(fd: socket, bytes, what: "the agent socket", socket: true) } catch {
-            throw WireError(.unavailable, "the connection to the agent broke: \(error.message)")
-        }
+        try write(bytes)
     }
 
-    private func readFrame() throws(WireError) -> Frame {
-        while true {
-            if let frame = try FrameParser.parse(&inbound) { return frame }
-            try fill()
+    private func write(_ bytes: ByteBuffer) throws(WireError) {
+        do { try writeAll(fd: socket, bytes, what: "the agent socket", socket: true) } catch {
+            throw WireError(.unavailable, "the connection to the agent broke: \(error.message)")
         }
     }
 

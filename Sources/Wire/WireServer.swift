@@ -129,6 +129,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
     let peer: PeerIdentity
     let maxStreams: Int
     var helloDone = false
+    var failed = false
     var streams: [UInt32: (ServerStream, Task<Void, Never>)] = [:]
 
     /// Calls in progress (read on the event loop).
@@ -160,6 +161,9 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        // The connection failed and is closing: what the peer sent behind (requests pipelined
+        // after a refused HELLO) is dropped, the first error stands.
+        if failed { return }
         if !helloDone {
             handleHello(context: context, frame: frame)
             return
@@ -283,6 +287,8 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
 
     /// A connection-level error: report it on stream 0 and close.
     private func fail(context: ChannelHandlerContext, _ error: WireError) {
+        guard !failed else { return }
+        failed = true
         let payload = ByteBuffer(bytes: (try? error.reply.serializedBytes() as [UInt8]) ?? [])
         context.writeAndFlush(wrapOutboundOut(Frame(type: .error, stream: 0, payload: payload))).whenComplete { _ in
             context.close(promise: nil)

@@ -47,6 +47,23 @@ struct PlacementService: WireService {
     }
 }
 
+/// Answers the first frame (a HELLO, with a REQUEST behind it) with a version refusal and closes.
+final class RefusingPeer: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Frame
+    typealias OutboundOut = Frame
+    var answered = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !answered else { return }
+        answered = true
+        let reply = WireError(.incompatibleVersion, "this server speaks wire version 9").reply
+        let payload = ByteBuffer(bytes: (try? reply.serializedBytes() as [UInt8]) ?? [])
+        context.writeAndFlush(wrapOutboundOut(Frame(type: .error, stream: 0, payload: payload))).whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+}
+
 @Suite(.serialized) struct ConnectionTests {
     func withServer(_ service: WireService = EchoService(), _ body: (String) async throws -> Void) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-wire-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
@@ -224,11 +241,12 @@ struct PlacementService: WireService {
         try await withServer { path in
             let (name, steps) = try await onThread { () throws -> (String, [String]) in
                 let client = try BlockingWireClient(unixPath: path)
-                #expect(client.serverSoftware == wireSoftware)
                 var request = Berth_V1_Request()
                 request.status.name = "web1"
                 var steps: [String] = []
+                // HELLO went out with this first request, and the server's came back before the answer.
                 let response = try client.call(request) { steps.append($0.step) }
+                #expect(client.serverSoftware == wireSoftware)
                 request.status.name = "missing"
                 #expect(throws: WireError(.notFound, "VPS missing does not exist", field: "name")) { try client.call(request) }
                 // The connection stays usable after a typed error.
@@ -242,6 +260,30 @@ struct PlacementService: WireService {
         let error = #expect(throws: WireError.self) { try BlockingWireClient(unixPath: "/nonexistent/berth.sock") }
         #expect(error?.code == .unavailable)
         #expect(error?.message.contains("/nonexistent/berth.sock") == true)
+    }
+
+    /// A server that refuses the HELLO: its error is what the caller gets, although the
+    /// request went out right behind the HELLO.
+    @Test(.timeLimit(.minutes(1))) func blockingClientReportsARefusedHelloNotItsRequest() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-refuse-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("s.sock").path
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                try channel.pipeline.syncOperations.addHandler(FrameWriter())
+                try channel.pipeline.syncOperations.addHandler(RefusingPeer())
+            }
+        }.bind(unixDomainSocketPath: path).get()
+        let error = try await onThread { () -> WireError? in
+            let client = try BlockingWireClient(unixPath: path)
+            var request = Berth_V1_Request()
+            request.status.name = "web1"
+            do { _ = try client.call(request); return nil } catch let error as WireError { return error }
+        }
+        #expect(error == WireError(.incompatibleVersion, "this server speaks wire version 9"))
+        try await server.close()
     }
 
     /// A session moves more than a credit window each way through the echo, in order, and
