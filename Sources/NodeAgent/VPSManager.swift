@@ -459,6 +459,74 @@ public actor VPSManager {
             record.config.idmapBase = try allocateIdmap()
             try store.save(record.config)
         }
+        let run = runDir(name)
+        try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
+        chmod(run, 0o700)
+        for file in [RunState.exitFile, RunState.stopRequestFile, RunState.stateFile] { unlink(run + "/" + file) }
+
+        // The monitor starts first and waits for its spec while this side makes the cgroups
+        // and the spec: its exec and runtime start-up (about a millisecond) overlap that work
+        // instead of following it. A spec pipe closed empty makes it exit without doing anything.
+        //
+        //   agent                                  berth-spawn start
+        //     | spawn --------------------------------->| exec, runtime start-up
+        //     | cgroups, guest spec, spawn spec         | read(fd 3) blocks
+        //     | spec on fd 3, EOF --------------------->| decode, boot (Start.swift)
+        //     |   [a failure here: EOF alone] --------->|   empty spec: report, exit 1
+        let specPipe = try Subprocess.makePipe()
+        let statusPipe: (read: Int32, write: Int32)
+        do { statusPipe = try Subprocess.makePipe() } catch {
+            close(specPipe.read); close(specPipe.write)
+            throw error
+        }
+        let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        let log = open(run + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        defer { close(devnull); if log >= 0 { close(log) } }
+        let child: (pid: Int32, pidfd: Int32)
+        do {
+            child = try Subprocess.spawn([paths.spawnBinary, "start"],
+                                         fds: [devnull, log >= 0 ? log : devnull, log >= 0 ? log : devnull, specPipe.read, statusPipe.write],
+                                         environment: [], newSession: true)
+        } catch {
+            [specPipe.read, specPipe.write, statusPipe.read, statusPipe.write].forEach { close($0) }
+            throw AgentError(.kernel, "cannot run \(paths.spawnBinary): \(error)", stage: "spawn")
+        }
+        close(specPipe.read)
+        close(statusPipe.write)
+        let spec: SpawnSpec
+        do {
+            spec = try spawnSpec(record, runDir: run)
+        } catch {
+            close(specPipe.write)
+            close(statusPipe.read)
+            _ = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd)
+            throw error
+        }
+        try? FileIO.writeAll(fd: specPipe.write, Array(spec.encode().utf8), stage: "spec")
+        close(specPipe.write)
+        whileBooting()
+        let reply = await Subprocess.readFirstLine(statusPipe.read).trimmed
+        if reply.hasPrefix("ok ") {
+            guard let state = RunState.read(runDir: run) else {
+                throw AgentError(.kernel, "berth-spawn reported success but wrote no state file")
+            }
+            record.run = state
+            watchMonitor(name, record: record, pid: child.pid, pidfd: child.pidfd)
+            return
+        }
+        _ = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd)
+        let parts = reply.split(separator: "\t", maxSplits: 3, omittingEmptySubsequences: false).map(String.init)
+        if parts.count == 4 && parts[0] == "error" {
+            throw AgentError(.kernel, "starting \(name) failed: \(parts[3])", stage: parts[1], errno: Int32(parts[2]) ?? 0)
+        }
+        let logText = (FileIO.read(run + "/monitor.log") ?? "").trimmed
+        throw AgentError(.kernel, "starting \(name) failed: berth-spawn exited without a status\(logText.isEmpty ? "" : ": " + logText)", stage: "spawn")
+    }
+
+    /// The VPS's cgroups (made and limited here), its guest spec file, and the spec the monitor
+    /// boots it from.
+    private func spawnSpec(_ record: VPSRecord, runDir run: String) throws -> SpawnSpec {
+        let name = record.config.name
         let idmap = record.config.idmapBase.map { IDMap(hostBase: $0) }
         let dropCapabilities: [String]
         do {
@@ -469,10 +537,6 @@ public actor VPSManager {
         } catch {
             throw AgentError.kernel("setting up the cgroup of \(name)", error)
         }
-        let run = runDir(name)
-        try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
-        chmod(run, 0o700)
-        for file in [RunState.exitFile, RunState.stopRequestFile, RunState.stateFile] { unlink(run + "/" + file) }
         do {
             try FileIO.writeAtomically(run + "/" + GuestSpec.fileName, Array(guestSpec(record.config).encode().utf8), mode: 0o600, durable: false)
         } catch {
@@ -506,46 +570,7 @@ public actor VPSManager {
                 throw AgentError.kernel("I/O limits of \(name)", error)
             }
         }
-
-        let specPipe = try Subprocess.makePipe()
-        let statusPipe: (read: Int32, write: Int32)
-        do { statusPipe = try Subprocess.makePipe() } catch {
-            close(specPipe.read); close(specPipe.write)
-            throw error
-        }
-        let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        let log = open(run + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        defer { close(devnull); if log >= 0 { close(log) } }
-        let child: (pid: Int32, pidfd: Int32)
-        do {
-            child = try Subprocess.spawn([paths.spawnBinary, "start"],
-                                         fds: [devnull, log >= 0 ? log : devnull, log >= 0 ? log : devnull, specPipe.read, statusPipe.write],
-                                         environment: [], newSession: true)
-        } catch {
-            [specPipe.read, specPipe.write, statusPipe.read, statusPipe.write].forEach { close($0) }
-            throw AgentError(.kernel, "cannot run \(paths.spawnBinary): \(error)", stage: "spawn")
-        }
-        close(specPipe.read)
-        close(statusPipe.write)
-        try? FileIO.writeAll(fd: specPipe.write, Array(spec.encode().utf8), stage: "spec")
-        close(specPipe.write)
-        whileBooting()
-        let reply = await Subprocess.readFirstLine(statusPipe.read).trimmed
-        if reply.hasPrefix("ok ") {
-            guard let state = RunState.read(runDir: run) else {
-                throw AgentError(.kernel, "berth-spawn reported success but wrote no state file")
-            }
-            record.run = state
-            watchMonitor(name, record: record, pid: child.pid, pidfd: child.pidfd)
-            return
-        }
-        _ = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd)
-        let parts = reply.split(separator: "\t", maxSplits: 3, omittingEmptySubsequences: false).map(String.init)
-        if parts.count == 4 && parts[0] == "error" {
-            throw AgentError(.kernel, "starting \(name) failed: \(parts[3])", stage: parts[1], errno: Int32(parts[2]) ?? 0)
-        }
-        let logText = (FileIO.read(run + "/monitor.log") ?? "").trimmed
-        throw AgentError(.kernel, "starting \(name) failed: berth-spawn exited without a status\(logText.isEmpty ? "" : ": " + logText)", stage: "spawn")
+        return spec
     }
 
     private func watchMonitor(_ name: String, record: VPSRecord, pid: Int32, pidfd: Int32) {
