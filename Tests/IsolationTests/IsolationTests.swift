@@ -299,7 +299,9 @@ final class FakeTree {
         #expect(!spec.encode().contains("line\nbreak"))
     }
 
-    @Test(arguments: ["name=x\n", "garbage\n", "name=a\nname=b\n", "surprise=1\n",
+    // "": what the agent closes the spec pipe on when it gives up before sending one (the
+    // monitor must then exit untouched).
+    @Test(arguments: ["", "name=x\n", "garbage\n", "name=a\nname=b\n", "surprise=1\n",
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nring=1\n",
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=%zz\n",
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=cgroup ../etc cpu ro -\n",
