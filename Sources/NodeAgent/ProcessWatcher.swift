@@ -149,45 +149,36 @@ public enum Subprocess {
     /// A monitor's report is one line: taking it as it arrives does not wait for the close that
     /// follows it, which a monitor preempted by its VPS's boot may make a timeslice later.
     static func readFirstLine(_ fd: Int32) async -> String {
+        let bytes = await drain(fd, stopAfterFirstLine: true)
+        return String(decoding: bytes.firstIndex(of: 10).map { bytes[..<$0] } ?? bytes[...], as: UTF8.self)
+    }
+
+    static func readToEnd(_ fd: Int32, onLine: (@Sendable (String) -> Void)? = nil) async -> String {
+        String(decoding: await drain(fd, onLine: onLine), as: UTF8.self)
+    }
+
+    /// Reads `fd` on a thread of its own (a blocking read must not hold one of the pool's) until
+    /// EOF, or the first complete line with `stopAfterFirstLine`; hands each complete line to
+    /// `onLine` as it arrives, closes `fd` and returns what it read.
+    private static func drain(_ fd: Int32, onLine: (@Sendable (String) -> Void)? = nil, stopAfterFirstLine: Bool = false) async -> [UInt8] {
         await withCheckedContinuation { continuation in
             Thread.detachNewThread {
                 var bytes: [UInt8] = []
-                var chunk = [UInt8](repeating: 0, count: 512)
-                while !bytes.contains(10) {
+                var chunk = [UInt8](repeating: 0, count: 16384)
+                var lineStart = 0
+                reading: while true {
                     let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
                     if count < 0 && errno == EINTR { continue }
                     if count <= 0 { break }
                     bytes += chunk[..<count]
-                }
-                close(fd)
-                let line = bytes.firstIndex(of: 10).map { bytes[..<$0] } ?? bytes[...]
-                continuation.resume(returning: String(decoding: line, as: UTF8.self))
-            }
-        }
-    }
-
-    static func readToEnd(_ fd: Int32, onLine: (@Sendable (String) -> Void)? = nil) async -> String {
-        await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
-                var bytes: [UInt8] = []
-                if let onLine {
-                    var chunk = [UInt8](repeating: 0, count: 16384)
-                    var lineStart = 0
-                    while true {
-                        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                        if count < 0 && errno == EINTR { continue }
-                        if count <= 0 { break }
-                        bytes += chunk[..<count]
-                        while let newline = bytes[lineStart...].firstIndex(of: 10) {
-                            onLine(String(decoding: bytes[lineStart..<newline], as: UTF8.self))
-                            lineStart = newline + 1
-                        }
+                    while let newline = bytes[lineStart...].firstIndex(of: 10) {
+                        onLine?(String(decoding: bytes[lineStart..<newline], as: UTF8.self))
+                        lineStart = newline + 1
+                        if stopAfterFirstLine { break reading }
                     }
-                } else {
-                    bytes = FileIO.readAll(fd: fd) ?? []
                 }
                 close(fd)
-                continuation.resume(returning: String(decoding: bytes, as: UTF8.self))
+                continuation.resume(returning: bytes)
             }
         }
     }

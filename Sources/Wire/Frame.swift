@@ -137,7 +137,7 @@ public final class FrameWriter: ChannelOutboundHandler, RemovableChannelHandler 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let frame = unwrapOutboundIn(data)
         var buffer = pending ?? context.channel.allocator.buffer(capacity: 4 + Frame.headerSize + frame.payload.readableBytes)
-        pending = nil
+        pending = nil  // the only reference while it grows: appending then copies nothing
         FrameParser.write(frame, into: &buffer)
         pending = buffer
         if let promise {
