@@ -80,6 +80,7 @@ public actor VPSManager {
     /// VPSs with a `set` in flight (it may await the kernel): a second one waits its turn.
     var changing: Set<String> = []
     var warnedNoLxcfs = false
+    var checkedLxcfsControllers = false
     let onlineCPUs: Int
     public let overcommit: Overcommit
     public let settings: NodeSettings
@@ -523,6 +524,18 @@ public actor VPSManager {
         throw AgentError(.kernel, "starting \(name) failed: berth-spawn exited without a status\(logText.isEmpty ? "" : ": " + logText)", stage: "spawn")
     }
 
+    /// Says once, when lxcfs first serves a VPS, that it cannot narrow the CPU views: what an
+    /// operator sees as "every VPS shows all host CPUs" has its cause outside Berth.
+    private func warnIfLxcfsIsBlindToCPUs() {
+        guard !checkedLxcfsControllers else { return }
+        checkedLxcfsControllers = true
+        guard let v2 = cgroups as? CgroupV2Driver, let pidOne = FileIO.read("/proc/1/cgroup"),
+              let seen = v2.controllersSeenByLxcfs(pidOneCgroup: pidOne) else { return }
+        guard !seen.contains("cpuset") else { return }
+        logger.warning("lxcfs takes its cgroup controllers from the cgroup of the host's PID 1, which lacks cpuset: /proc/cpuinfo and /proc/stat inside VPSs list every host CPU (their cpusets still hold)",
+                       metadata: ["pid1_cgroup": "\(pidOne.trimmed)", "controllers_seen": "\(seen.sorted().joined(separator: " "))"])
+    }
+
     /// The VPS's cgroups (made and limited here), its guest spec file, and the spec the monitor
     /// boots it from.
     private func spawnSpec(_ record: VPSRecord, runDir run: String) throws -> SpawnSpec {
@@ -559,6 +572,7 @@ public actor VPSManager {
         }
         if FileIO.exists(paths.lxcfs + "/proc/meminfo") {
             spec.lxcfs = paths.lxcfs
+            warnIfLxcfsIsBlindToCPUs()
         } else if !warnedNoLxcfs {
             warnedNoLxcfs = true
             logger.notice("lxcfs is not serving: VPSs see the host's /proc/meminfo, cpuinfo, uptime", metadata: ["expected": "\(paths.lxcfs)"])
