@@ -1,10 +1,12 @@
 // Cluster benchmarks (Benchmarks/cluster.sh runs them on a release build):
-//   cluster-bench rpc [--callers 64] [--connections 8] [--seconds 5]
+//   cluster-bench rpc [--callers 64] [--connections 8] [--seconds 5] [--client-loops N] [--server-loops N]
 //       request/response over mTLS on loopback: throughput and latency with N concurrent callers
 //       (after a second of all of them as warm-up), then one caller in sequence; against a server
 //       process of its own (as the controller is deployed) whose handler runs on the event loop
 //       (a handler that never blocks), then on the cooperative pool (every other handler), then
 //       with client and server in this one process. Callers run on their connection's event loop.
+//       Each side has one event loop per core unless told otherwise: on a small machine the
+//       loops of both sides outnumber the cores, which is what the tail latency shows.
 //   cluster-bench scheduler [--nodes 10000] [--placements 100000]
 //       the pure scheduler placing a batch on a simulated fleet
 //   cluster-bench store [--vpses 100000]
@@ -68,7 +70,7 @@ func rpc() async throws {
     let ca = try ClusterCA.create(directory: dir + "/ca")
     let serverBundle = try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"])
     let bundle = try ca.issueBundle(role: .admin, name: "bench")
-    let group = MultiThreadedEventLoopGroup.singleton
+    let group = loopGroup("client-loops")
 
     // As deployed: the server (the controller) is a process of its own, so the callers' tasks and
     // the server's handlers do not share one concurrency pool.
@@ -77,7 +79,7 @@ func rpc() async throws {
     for handlers in ["event-loop", "pool"] {
         let server = Process()
         server.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-        server.arguments = ["rpc-server", "--dir", dir + "/server", "--handlers", handlers]
+        server.arguments = ["rpc-server", "--dir", dir + "/server", "--handlers", handlers] + (stringOption("server-loops").map { ["--loops", $0] } ?? [])
         let toServer = Pipe(), fromServer = Pipe()
         server.standardInput = toServer
         server.standardOutput = fromServer
@@ -107,13 +109,19 @@ func rpcServer() async throws {
     guard let dir = stringOption("dir") else { throw WireError(.invalidArgument, "rpc-server needs --dir", field: "dir") }
     let service = EchoStatus(onEventLoop: stringOption("handlers") != "pool")
     let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: service,
-                                              bundle: try CredentialBundle.load(directory: dir), group: MultiThreadedEventLoopGroup.singleton)
+                                              bundle: try CredentialBundle.load(directory: dir), group: loopGroup("loops"))
     print("port \(server.port)")
     await Task.detached {
         var byte: UInt8 = 0
         while read(0, &byte, 1) > 0 {}
     }.value
     await server.close()
+}
+
+/// The event loops of one side: `--NAME N` threads, or one per core (NIO's shared group).
+func loopGroup(_ name: String) -> MultiThreadedEventLoopGroup {
+    let threads = option(name, 0)
+    return threads > 0 ? MultiThreadedEventLoopGroup(numberOfThreads: threads) : .singleton
 }
 
 func measure(label: String, port: Int, bundle: CredentialBundle, group: MultiThreadedEventLoopGroup,
