@@ -180,12 +180,13 @@ public struct CgroupV2Driver: CgroupDriver {
         FileIO.listDirectory("\(root)/\(parent)").filter { FileIO.isDirectory("\(root)/\(parent)/\($0)") }
     }
 
-    /// The controllers lxcfs renders its per-VPS views from on this host. lxcfs (5.x) reads
-    /// them once, at its start, from cgroup.controllers of the cgroup the host's PID 1 is in
-    /// (`/init.scope` counts as its parent): where PID 1 sits deeper, in a cgroup whose parent
-    /// enables only some controllers, lxcfs shows every VPS the host's CPUs. `pidOneCgroup` is
-    /// the text of /proc/1/cgroup; nil when it names no cgroup2 path.
-    public func controllersSeenByLxcfs(pidOneCgroup: String) -> Set<String>? {
+    /// The controllers lxcfs renders its per-VPS views from on a pure cgroup-v2 host whose
+    /// cgroup2 mount is `root`. lxcfs (5.x) reads them once, at its start, from cgroup.controllers
+    /// of the cgroup the host's PID 1 is in (`/init.scope` counts as its parent): where PID 1
+    /// sits deeper, in a cgroup whose parent enables only some controllers, lxcfs shows every
+    /// VPS the host's CPUs. `pidOneCgroup` is the text of /proc/1/cgroup; nil when it names no
+    /// cgroup2 path. (A hybrid host's lxcfs uses the v1 hierarchies instead.)
+    public static func controllersSeenByLxcfs(root: String, pidOneCgroup: String) -> Set<String>? {
         guard let line = pidOneCgroup.split(separator: "\n").first(where: { $0.hasPrefix("0::/") }) else { return nil }
         var path = String(line.dropFirst(3))
         if path.hasSuffix("/init.scope") { path.removeLast("/init.scope".count) }

@@ -529,8 +529,8 @@ public actor VPSManager {
     private func warnIfLxcfsIsBlindToCPUs() {
         guard !checkedLxcfsControllers else { return }
         checkedLxcfsControllers = true
-        guard let v2 = cgroups as? CgroupV2Driver, let pidOne = FileIO.read("/proc/1/cgroup"),
-              let seen = v2.controllersSeenByLxcfs(pidOneCgroup: pidOne) else { return }
+        guard case .v2(let root) = CgroupMode.detect(), let pidOne = FileIO.read("/proc/1/cgroup"),
+              let seen = CgroupV2Driver.controllersSeenByLxcfs(root: root, pidOneCgroup: pidOne) else { return }
         guard !seen.contains("cpuset") else { return }
         logger.warning("lxcfs takes its cgroup controllers from the cgroup of the host's PID 1, which lacks cpuset: /proc/cpuinfo and /proc/stat inside VPSs list every host CPU (their cpusets still hold)",
                        metadata: ["pid1_cgroup": "\(pidOne.trimmed)", "controllers_seen": "\(seen.sorted().joined(separator: " "))"])
