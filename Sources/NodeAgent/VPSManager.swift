@@ -498,9 +498,7 @@ public actor VPSManager {
         do {
             spec = try spawnSpec(record, runDir: run)
         } catch {
-            close(specPipe.write)
-            close(statusPipe.read)
-            _ = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd)
+            await abandonStart(monitor: child, closing: [specPipe.write, statusPipe.read])
             throw error
         }
         try? FileIO.writeAll(fd: specPipe.write, Array(spec.encode().utf8), stage: "spec")
@@ -534,6 +532,23 @@ public actor VPSManager {
         guard !seen.contains("cpuset") else { return }
         logger.warning("lxcfs takes its cgroup controllers from the cgroup of the host's PID 1, which lacks cpuset: /proc/cpuinfo and /proc/stat inside VPSs list every host CPU (their cpusets still hold)",
                        metadata: ["pid1_cgroup": "\(pidOne.trimmed)", "controllers_seen": "\(seen.sorted().joined(separator: " "))"])
+    }
+
+    /// Ends a start this side gave up on before sending the spec: EOF on its spec pipe makes the
+    /// monitor exit untouched. One still there after a while (stuck in the kernel, or deaf to
+    /// EOF) is killed, and whatever it started is ended with the VPS's cgroup (cleanupAfterExit):
+    /// a start fails, it never hangs.
+    private func abandonStart(monitor: (pid: Int32, pidfd: Int32), closing fds: [Int32]) async {
+        fds.forEach { close($0) }
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask { await ProcessWatcher.shared.waitForExit(pid: monitor.pid, pidfd: monitor.pidfd); return true }
+            group.addTask { (try? await Task.sleep(for: .seconds(10))) != nil ? false : true }
+            if await group.next() == false {
+                logger.warning("the monitor of an abandoned start did not exit: killed", metadata: ["pid": "\(monitor.pid)"])
+                kill(monitor.pid, SIGKILL)
+            }
+            group.cancelAll()
+        }
     }
 
     /// The VPS's cgroups (made and limited here), its guest spec file, and the spec the monitor

@@ -523,6 +523,16 @@ t_v2_driver() {
     if [ ! -e "$mountpoint/$CGROUP_PARENT/$V/memory.max" ]; then
         expect_contains "$(expect_fail 2 "$BERTH" set "$V" --memory 256M)" "memory controller"
         grep -q memoryBytes "$WORK/data/vps/$V/config.json" && grep -q '"memoryBytes" : 268435456' "$WORK/data/vps/$V/config.json" && fail "refused limit was saved"
+        # Refused at start, while the monitor already runs and waits for its spec: it exits on
+        # the empty spec by itself (the agent kills one that does not), and nothing is left.
+        local W err; W=$(vps_name v2refused)
+        "$BERTH" create "$W" --template busybox --disk 64M --memory 256M >/dev/null
+        err=$("$BERTH" start "$W" 2>&1 >/dev/null) && fail "a start with a limit the mount cannot enforce succeeded"
+        expect_contains "$err" "memory controller"
+        expect_eq "$("$BERTH" status "$W" | cut -d' ' -f2)" stopped
+        [ -z "$(leftovers_of "$W")" ] || fail "the refused start left: $(leftovers_of "$W")"
+        grep -q "did not exit: killed" "$WORK/agent.log" && fail "the monitor went on although the agent gave up (the agent had to kill it)"
+        "$BERTH" destroy "$W" >/dev/null
     fi
     # Restarting the agent re-adopts; kill uses cgroup.kill; nothing is left behind.
     agent_stop
