@@ -18,6 +18,8 @@ DENSITY_STORAGE=${DENSITY_STORAGE:-layered}
 ANCHORS=${ANCHORS:-$(cd ../shared/anchors 2>/dev/null && pwd)}
 [ -n "$ANCHORS" ] && [ -f "$ANCHORS/bench-lib.sh" ] || { echo "needs the shared anchor scripts (../shared/anchors)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+# Without the anchor every ratio would compare against a failing command.
+command -v crun >/dev/null || { echo "needs crun, the anchor (make bench installs it; or apt-get install crun)" >&2; exit 1; }
 BUILD=$(cd "${BUILD:-.build/release}" && pwd)
 export ANCHOR_WORK=${ANCHOR_WORK:-/tmp/berth-bench-anchors}
 # bench-lib re-execs this script in a private mount namespace (crun 1.8 vs hybrid cgroups).
