@@ -540,12 +540,16 @@ public actor VPSManager {
     /// a start fails, it never hangs.
     private func abandonStart(monitor: (pid: Int32, pidfd: Int32), closing fds: [Int32]) async {
         fds.forEach { close($0) }
+        // A pidfd of its own: the watcher closes its copy once the monitor is reaped, and a late
+        // kill through this one can only reach the monitor (or nothing), never a reused pid.
+        let pidfd = dup(monitor.pidfd)
+        defer { if pidfd >= 0 { close(pidfd) } }
         await withTaskGroup(of: Bool.self) { group in
             group.addTask { await ProcessWatcher.shared.waitForExit(pid: monitor.pid, pidfd: monitor.pidfd); return true }
             group.addTask { (try? await Task.sleep(for: .seconds(10))) != nil ? false : true }
             if await group.next() == false {
                 logger.warning("the monitor of an abandoned start did not exit: killed", metadata: ["pid": "\(monitor.pid)"])
-                kill(monitor.pid, SIGKILL)
+                _ = berth_pidfd_send_signal(pidfd, SIGKILL)
             }
             group.cancelAll()
         }
