@@ -546,7 +546,8 @@ public actor VPSManager {
         defer { if pidfd >= 0 { close(pidfd) } }
         await withTaskGroup(of: Bool.self) { group in
             group.addTask { await ProcessWatcher.shared.waitForExit(pid: monitor.pid, pidfd: monitor.pidfd); return true }
-            group.addTask { (try? await Task.sleep(for: .seconds(10))) != nil ? false : true }
+            group.addTask { try? await Task.sleep(for: .seconds(10)); return false }
+            // The first to finish: the exit, or the timer (cancelled once the exit came first).
             if await group.next() == false {
                 logger.warning("the monitor of an abandoned start did not exit: killed", metadata: ["pid": "\(monitor.pid)"])
                 _ = berth_pidfd_send_signal(pidfd, SIGKILL)

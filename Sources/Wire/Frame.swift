@@ -39,6 +39,13 @@ public struct Frame: Sendable, Equatable {
     }
 }
 
+extension Frame {
+    /// The ERROR frame that carries `error` on `stream` (0: the connection's own).
+    public static func error(_ error: WireError, stream: UInt32) -> Frame {
+        Frame(type: .error, stream: stream, payload: ByteBuffer(bytes: (try? error.reply.serializedBytes() as [UInt8]) ?? []))
+    }
+}
+
 /// What a client reads out of the server's frames (the NIO client and the CLI's blocking one).
 extension Frame {
     /// The typed error an ERROR frame carries.

@@ -261,7 +261,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             case .success(let response):
                 frame = Frame(type: .response, stream: id, payload: ByteBuffer(bytes: (try? response.serializedBytes() as [UInt8]) ?? []))
             case .failure(let error):
-                frame = Frame(type: .error, stream: id, payload: ByteBuffer(bytes: (try? Self.wireError(from: error).reply.serializedBytes() as [UInt8]) ?? []))
+                frame = .error(Self.wireError(from: error), stream: id)
             }
             stream.finishInput()
             // One hop to the event loop for the answer and the bookkeeping.
@@ -281,16 +281,14 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
     }
 
     static func sendError(_ channel: Channel, stream: UInt32, _ error: WireError) {
-        let payload = ByteBuffer(bytes: (try? error.reply.serializedBytes() as [UInt8]) ?? [])
-        channel.writeAndFlush(Frame(type: .error, stream: stream, payload: payload), promise: nil)
+        channel.writeAndFlush(Frame.error(error, stream: stream), promise: nil)
     }
 
     /// A connection-level error: report it on stream 0 and close.
     private func fail(context: ChannelHandlerContext, _ error: WireError) {
         guard !failed else { return }
         failed = true
-        let payload = ByteBuffer(bytes: (try? error.reply.serializedBytes() as [UInt8]) ?? [])
-        context.writeAndFlush(wrapOutboundOut(Frame(type: .error, stream: 0, payload: payload))).whenComplete { _ in
+        context.writeAndFlush(wrapOutboundOut(.error(error, stream: 0))).whenComplete { _ in
             context.close(promise: nil)
         }
     }

@@ -223,7 +223,7 @@ final class TLSAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler 
     /// An ERROR frame on stream 0, written below the (not yet installed) frame encoder.
     private func refuse(context: ChannelHandlerContext, _ error: WireError) {
         var buffer = context.channel.allocator.buffer(capacity: 128)
-        FrameParser.write(Frame(type: .error, stream: 0, payload: ByteBuffer(bytes: (try? error.reply.serializedBytes() as [UInt8]) ?? [])), into: &buffer)
+        FrameParser.write(.error(error, stream: 0), into: &buffer)
         context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in context.close(promise: nil) }
     }
 }

@@ -192,7 +192,6 @@ struct Connection {
     }
 }
 
-/// "k1=v1,k2=v2", keys sorted.
 /// `parts.joined(separator:)` by hand: the generic one instantiates its metadata at run time on
 /// first use, a conformance scan of this binary that costs more than the status line it builds.
 func joinedText(_ parts: [String], separator: String) -> String {
@@ -206,6 +205,7 @@ func joinedText(_ parts: [String], separator: String) -> String {
     return text
 }
 
+/// "k1=v1,k2=v2", keys sorted.
 func labelText(_ labels: [String: String]) -> String {
     labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
 }

@@ -56,9 +56,8 @@ final class RefusingPeer: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !answered else { return }
         answered = true
-        let reply = WireError(.incompatibleVersion, "this server speaks wire version 9").reply
-        let payload = ByteBuffer(bytes: (try? reply.serializedBytes() as [UInt8]) ?? [])
-        context.writeAndFlush(wrapOutboundOut(Frame(type: .error, stream: 0, payload: payload))).whenComplete { _ in
+        let refusal = WireError(.incompatibleVersion, "this server speaks wire version 9")
+        context.writeAndFlush(wrapOutboundOut(.error(refusal, stream: 0))).whenComplete { _ in
             context.close(promise: nil)
         }
     }
