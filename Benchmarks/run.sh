@@ -84,19 +84,28 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 pss_kb() { awk '/^Pss:/ {s+=$2} END {print s+0}' "/proc/$1/smaps_rollup" 2>/dev/null; }
 sync; echo 2 > /proc/sys/vm/drop_caches
 sleep 1
-slab0=$(meminfo Slab); ks0=$(meminfo KernelStack); pt0=$(meminfo PageTables); agent0=$(rss_kb $AGENT)
+slab0=$(meminfo Slab); sr0=$(meminfo SReclaimable); ks0=$(meminfo KernelStack); pt0=$(meminfo PageTables); pc0=$(meminfo Percpu); agent0=$(rss_kb $AGENT)
 t0=$EPOCHREALTIME
 for i in $(seq 1 "$DENSITY"); do "$B" create "d$i" --template busybox --disk 64M --storage "$DENSITY_STORAGE" >/dev/null || exit 1; done
 t1=$EPOCHREALTIME
 for i in $(seq 1 "$DENSITY"); do "$B" start "d$i" >/dev/null || exit 1; done
 t2=$EPOCHREALTIME
 sleep 3
-slab1=$(meminfo Slab); ks1=$(meminfo KernelStack); pt1=$(meminfo PageTables); agent1=$(rss_kb $AGENT)
-charged=0; monitors=0; monitor_rss=0
+slab1=$(meminfo Slab); sr1=$(meminfo SReclaimable); ks1=$(meminfo KernelStack); pt1=$(meminfo PageTables); pc1=$(meminfo Percpu); agent1=$(rss_kb $AGENT)
+# A memory cgroup's usage includes the kernel memory charged to it (slab, kernel stacks, page
+# tables, per-CPU data), which the global rows below already count: only the rest, the VPS's
+# own pages, is added from the cgroup.
+charged=0; charged_kernel=0; monitors=0; monitor_rss=0
 for i in $(seq 1 "$DENSITY"); do
-    f=/sys/fs/cgroup/memory/berth-$RUN_ID/d$i/memory.usage_in_bytes
-    [ -f "$f" ] || f=/sys/fs/cgroup/berth-$RUN_ID/d$i/memory.current
-    charged=$((charged + $(cat "$f") / 1024))
+    v1=/sys/fs/cgroup/memory/berth-$RUN_ID/d$i v2=/sys/fs/cgroup/berth-$RUN_ID/d$i
+    if [ -f "$v1/memory.usage_in_bytes" ]; then
+        usage=$(cat "$v1/memory.usage_in_bytes"); kernel=$(cat "$v1/memory.kmem.usage_in_bytes")
+    else
+        usage=$(cat "$v2/memory.current")
+        kernel=$(awk '$1 == "kernel" {k = $2; found = 1} $1 ~ /^(slab|kernel_stack|pagetables|percpu|sock)$/ {sum += $2}
+                      END {print found ? k : sum}' "$v2/memory.stat")
+    fi
+    charged=$((charged + (usage - kernel) / 1024)); charged_kernel=$((charged_kernel + kernel / 1024))
     m=$(sed -n 's/^monitor=//p' "$W/run/d$i/state")
     monitors=$((monitors + $(pss_kb "$m"))); monitor_rss=$((monitor_rss + $(rss_kb "$m")))
 done
@@ -105,11 +114,12 @@ sleep 10
 read -r _ _ _ _ _ _ _ _ _ _ _ _ _ u1 s1 _ < "/proc/$AGENT/stat"
 hz=$(getconf CLK_TCK)
 idle_pct=$(python3 -c "print(f'{($u1+$s1-$u0-$s0)/$hz/10*100:.2f}')")
-slab=$((slab1 - slab0)); ks=$((ks1 - ks0)); pt=$((pt1 - pt0))
-total=$((charged + monitors + slab + ks + pt))
+slab=$((slab1 - slab0)); reclaimable=$((sr1 - sr0)); ks=$((ks1 - ks0)); pt=$((pt1 - pt0)); percpu=$((pc1 - pc0))
+total=$((charged + monitors + slab + ks + pt + percpu))
 printf '%-44s %10s %12s\n' "figure" "total kB" "per VPS kB"
-for row in "cgroup-charged (VPS processes + their kernel objects):$charged" "monitor processes (PSS; RSS sum $monitor_rss kB):$monitors" \
-           "slab growth:$slab" "kernel stacks:$ks" "page tables:$pt" "all-in:$total"; do
+for row in "VPS pages (cgroup-charged, less kernel):$charged" "monitor processes (PSS; RSS sum $monitor_rss kB):$monitors" \
+           "slab growth ($reclaimable kB reclaimable):$slab" "kernel stacks:$ks" "page tables:$pt" "per-CPU data:$percpu" "all-in:$total" \
+           "  (kernel part charged to the VPS cgroups):$charged_kernel"; do
     printf '%-44s %10d %12d\n' "${row%%:*}" "${row##*:}" $(( ${row##*:} / DENSITY ))
 done
 echo "all-in per VPS: $(python3 -c "print(f'{$total/$DENSITY/1024:.2f}')") MiB (target <= 0.5 MiB)"

@@ -24,12 +24,23 @@ install -m 755 /bin/busybox "$STAGE/tools/busybox"
 # Debian's builds of the tools the tiers use, with the libraries they load (not glibc: the
 # host's newer one runs programs linked against Debian 12's). The runner registers only the
 # libraries the host lacks.
+bundle_tool() {
+    install -m 755 "$1" "$STAGE/tools/"
+    ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// && $3 !~ /\/(libc|libm|libpthread|libdl|librt)\.so/ {print $3}' |
+        while read -r library; do cp -L "$library" "$STAGE/lib/"; done
+}
 for tool in /usr/sbin/ip /usr/bin/tcpdump /usr/sbin/nft /usr/bin/lxcfs /usr/bin/nsenter /usr/bin/ipcmk /usr/bin/ipcrm \
             /usr/sbin/losetup /usr/sbin/mke2fs /usr/sbin/resize2fs /usr/sbin/e2fsck /usr/sbin/dumpe2fs; do
-    install -m 755 "$tool" "$STAGE/tools/"
-    ldd "$tool" | awk '$2 == "=>" && $3 ~ /^\// && $3 !~ /\/(libc|libm|libpthread|libdl|librt)\.so/ {print $3}' |
-        while read -r library; do cp -L "$library" "$STAGE/lib/"; done
+    bundle_tool "$tool"
 done
+# The benchmark's anchor (Tests/device/run.sh bench): crun with its libraries, and the shared
+# anchor scripts it is measured with, which are run from the bundle, never added to the project.
+if command -v crun >/dev/null && [ -f ../shared/anchors/bench-lib.sh ]; then
+    bundle_tool "$(command -v crun)"
+    cp -r ../shared/anchors "$STAGE/anchors"
+else
+    echo "no crun or ../shared/anchors here: the bundle cannot run the bench tier" >&2
+fi
 # lxcfs loads its filesystem from a fixed path; the runner installs it there when missing.
 cp -L /usr/lib/x86_64-linux-gnu/lxcfs/liblxcfs.so "$STAGE/lib/"
 git rev-parse --short HEAD >"$STAGE/commit"

@@ -4,7 +4,9 @@
 # binaries and tools come from the bundle scripts/device-bundle.sh makes; the test scripts are
 # this checkout's.
 #
-#   Tests/device/run.sh BUNDLE [TIER...]      TIER: integration resources network security security-layered
+#   Tests/device/run.sh BUNDLE [TIER...]      TIER: integration resources network security security-layered bench
+#
+# bench is Benchmarks/run.sh (BENCH_ROUNDS, BENCH_DENSITY) against the bundle's crun, never run unasked.
 #
 # Writes to $OUT (default ./device-out): host.txt (what the host offers), one log per tier,
 # agents.tar.gz (the agent logs of every run). Exit status: 0 when every tier passed.
@@ -74,6 +76,7 @@ install_if_missing() { [ -e "$2" ] || { mkdir -p "$(dirname "$2")"; cp "$STAGE/t
 for tool in mke2fs resize2fs e2fsck dumpe2fs; do install_if_missing "$tool" "/sbin/$tool"; done
 install_if_missing nft /usr/sbin/nft
 install_if_missing busybox /bin/busybox
+[ -x "$STAGE/tools/crun" ] && install_if_missing crun /usr/bin/crun
 # An ELF program header of type PT_INTERP (3) names the dynamic loader.
 elf_is_dynamic() {
     local phoff phentsize phnum i
@@ -100,6 +103,7 @@ script_of() {
         resources) echo Tests/integration/resources.sh ;;
         network) echo Tests/integration/network.sh ;;
         security|security-layered) echo Tests/security/escape.sh ;;
+        bench) [ -d "$STAGE/anchors" ] && echo "Benchmarks/run.sh ${BENCH_ROUNDS:-20} ${BENCH_DENSITY:-200}" ;;
         *) return 1 ;;
     esac
 }
@@ -110,12 +114,14 @@ for tier in "${TIERS[@]}"; do
     script=$(script_of "$tier") || { note "unknown tier $tier"; status=1; continue; }
     storage=image; [ "$tier" = security-layered ] && storage=layered
     started=$(date +%s)
-    STORAGE=$storage RUN_ID="dv${tier:0:3}${storage:0:1}$$" timeout -k 15 "$TIER_TIMEOUT" "$script" >"$OUT/$tier.log" 2>&1 || status=1
+    # shellcheck disable=SC2086 # bench's script carries its arguments
+    ANCHORS="$STAGE/anchors" STORAGE=$storage RUN_ID="dv${tier:0:3}${storage:0:1}$$" \
+        timeout -k 15 "$TIER_TIMEOUT" $script >"$OUT/$tier.log" 2>&1 || status=1
     note "$tier took $(( $(date +%s) - started )) s"
 done
 for tier in "${TIERS[@]}"; do
     [ -f "$OUT/$tier.log" ] || continue
-    note "$tier: $(grep -E '[0-9]+ passed|blocked' "$OUT/$tier.log" | tail -2 | tr '\n' ' ')"
+    note "$tier: $(grep -E '[0-9]+ passed|blocked|^\| (crun|berth)|^all-in' "$OUT/$tier.log" | tail -8 | tr '\n' ' ')"
     grep -E "^(FAIL|skip) " "$OUT/$tier.log" | sed 's/^/    /' | tee -a "$HOST"
 done
 tar -C "$LOG_DIR" -czf "$OUT/agents.tar.gz" . 2>/dev/null
