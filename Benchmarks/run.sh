@@ -2,11 +2,11 @@
 # Berth benchmarks against crun on the same busybox rootfs, measured side by side in one run.
 #   BUILD=.build/release Benchmarks/run.sh [ROUNDS] [DENSITY_N]
 # Uses the shared anchor scripts (../shared/anchors) for crun's rootfs/bundle and the timing
-# harness; they are run from there, never copied here. Prints three tables:
+# harness; they are run from there, never copied here. Prints four sections:
 #   1. start: `berth start` (returns with init running) vs `crun run -d`, wall and CPU
 #   2. exec:  `berth exec v true` vs `crun exec id true`
-#   3. density: N running busybox VPSs (DENSITY_STORAGE=layered by default, or image): memory
-#      per VPS all-in, agent RSS, agent idle CPU, and a
+#   3. density: N running busybox VPSs (DENSITY_STORAGE=layered by default, or image) and N crun
+#      containers: memory per VPS all-in, counted alike for both, agent RSS, agent idle CPU, and a
 #      full accounting sweep (a Prometheus scrape reads every VPS's counters from the kernel)
 #   4. CPU-bound work inside a VPS vs on the host (the same busybox awk loop, alternating)
 set -u
@@ -35,6 +35,7 @@ B="$BUILD/berth"
 mkdir -p "$W"
 cleanup() {
     crun delete -f bench-crun-d >/dev/null 2>&1
+    crun list -q 2>/dev/null | grep '^bench-crun-n' | xargs -r -n1 crun delete -f >/dev/null 2>&1
     [ -n "${AGENT:-}" ] && kill -TERM "$AGENT" 2>/dev/null
     # lib.sh derives the cgroup parent (berth-$RUN_ID) from RUN_ID, as the agent above was told.
     WORK=$W RUN_ID=$RUN_ID BUILD=$BUILD bash -c 'source Tests/integration/lib.sh; cleanup_all' >/dev/null 2>&1
@@ -78,26 +79,19 @@ crun delete -f bench-crun-d >/dev/null 2>&1
 "$B" stop bv --kill >/dev/null
 
 echo
-echo "== 3. density: $DENSITY running busybox VPSs (--storage $DENSITY_STORAGE)"
+echo "== 3. density: $DENSITY running busybox VPSs (--storage $DENSITY_STORAGE) vs $DENSITY crun containers (sleep as init)"
 meminfo() { awk -v k="$1:" '$1==k {print $2}' /proc/meminfo; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 pss_kb() { awk '/^Pss:/ {s+=$2} END {print s+0}' "/proc/$1/smaps_rollup" 2>/dev/null; }
-sync; echo 2 > /proc/sys/vm/drop_caches
-sleep 1
-slab0=$(meminfo Slab); sr0=$(meminfo SReclaimable); ks0=$(meminfo KernelStack); pt0=$(meminfo PageTables); pc0=$(meminfo Percpu); agent0=$(rss_kb $AGENT)
-t0=$EPOCHREALTIME
-for i in $(seq 1 "$DENSITY"); do "$B" create "d$i" --template busybox --disk 64M --storage "$DENSITY_STORAGE" >/dev/null || exit 1; done
-t1=$EPOCHREALTIME
-for i in $(seq 1 "$DENSITY"); do "$B" start "d$i" >/dev/null || exit 1; done
-t2=$EPOCHREALTIME
-sleep 3
-slab1=$(meminfo Slab); sr1=$(meminfo SReclaimable); ks1=$(meminfo KernelStack); pt1=$(meminfo PageTables); pc1=$(meminfo Percpu); agent1=$(rss_kb $AGENT)
-# A memory cgroup's usage includes the kernel memory charged to it (slab, kernel stacks, page
-# tables, per-CPU data), which the global rows below already count: only the rest, the VPS's
-# own pages, is added from the cgroup.
-charged=0; charged_kernel=0; monitors=0; monitor_rss=0
-for i in $(seq 1 "$DENSITY"); do
-    v1=/sys/fs/cgroup/memory/berth-$RUN_ID/d$i v2=/sys/fs/cgroup/berth-$RUN_ID/d$i
+# The host-wide kernel counters that grow with each VPS or container.
+kernel_counters() { echo "$(meminfo Slab) $(meminfo SReclaimable) $(meminfo KernelStack) $(meminfo PageTables) $(meminfo Percpu) $(meminfo VmallocUsed)"; }
+quiet_counters() { sync; echo 2 > /proc/sys/vm/drop_caches; sleep 1; kernel_counters; }
+# memcg_split_kb CGROUP: "PAGES KERNEL" in kB for a memory cgroup (a path below the hierarchy's
+# root). Its usage includes the kernel memory charged to it (slab, stacks, page tables, per-CPU
+# data), which the host-wide counters already hold: only the rest, the group's own pages, is
+# added from the cgroup.
+memcg_split_kb() {
+    local usage kernel v1=/sys/fs/cgroup/memory/$1 v2=/sys/fs/cgroup/$1
     if [ -f "$v1/memory.usage_in_bytes" ]; then
         usage=$(cat "$v1/memory.usage_in_bytes"); kernel=$(cat "$v1/memory.kmem.usage_in_bytes")
     else
@@ -105,26 +99,45 @@ for i in $(seq 1 "$DENSITY"); do
         kernel=$(awk '$1 == "kernel" {k = $2; found = 1} $1 ~ /^(slab|kernel_stack|pagetables|percpu|sock)$/ {sum += $2}
                       END {print found ? k : sum}' "$v2/memory.stat")
     fi
-    charged=$((charged + (usage - kernel) / 1024)); charged_kernel=$((charged_kernel + kernel / 1024))
+    echo $(( (usage - kernel) / 1024 )) $(( kernel / 1024 ))
+}
+# memcg_of PID: the memory cgroup PID is in (its v1 memory hierarchy, else the unified one).
+memcg_of() { awk -F: '$2 == "memory" {m = $3} $1 == "0" {u = $3} END {print (m != "" ? m : u)}' "/proc/$1/cgroup"; }
+# account SUBJECT N PAGES PROCESSES BEFORE AFTER: one column of the table, in kB per unit. Kernel
+# stacks are vmalloc memory on x86_64 and arm64 (VMAP_STACK): the vmalloc row is the rest.
+declare -A per
+account() {
+    local s=$1 n=$2 pages=$3 procs=$4
+    local -a b a
+    read -r -a b <<<"$5"; read -r -a a <<<"$6"
+    local slab=$((a[0] - b[0])) ks=$((a[2] - b[2])) pt=$((a[3] - b[3])) pc=$((a[4] - b[4])) vm=$(( (a[5] - b[5]) - (a[2] - b[2]) ))
+    [ "$vm" -lt 0 ] && vm=0
+    per[$s,pages]=$((pages / n)) per[$s,procs]=$((procs / n)) per[$s,slab]=$((slab / n)) per[$s,reclaimable]=$(( (a[1] - b[1]) / n ))
+    per[$s,stacks]=$((ks / n)) per[$s,pagetables]=$((pt / n)) per[$s,percpu]=$((pc / n)) per[$s,vmalloc]=$((vm / n))
+    per[$s,total]=$(( (pages + procs + slab + ks + pt + pc + vm) / n ))
+}
+
+before=$(quiet_counters); agent0=$(rss_kb $AGENT)
+t0=$EPOCHREALTIME
+for i in $(seq 1 "$DENSITY"); do "$B" create "d$i" --template busybox --disk 64M --storage "$DENSITY_STORAGE" >/dev/null || exit 1; done
+t1=$EPOCHREALTIME
+for i in $(seq 1 "$DENSITY"); do "$B" start "d$i" >/dev/null || exit 1; done
+t2=$EPOCHREALTIME
+sleep 3
+after=$(kernel_counters); agent1=$(rss_kb $AGENT)
+pages=0; charged_kernel=0; monitors=0; monitor_rss=0
+for i in $(seq 1 "$DENSITY"); do
+    read -r p k <<<"$(memcg_split_kb "berth-$RUN_ID/d$i")"
+    pages=$((pages + p)); charged_kernel=$((charged_kernel + k))
     m=$(sed -n 's/^monitor=//p' "$W/run/d$i/state")
     monitors=$((monitors + $(pss_kb "$m"))); monitor_rss=$((monitor_rss + $(rss_kb "$m")))
 done
+account berth "$DENSITY" "$pages" "$monitors" "$before" "$after"
 read -r _ _ _ _ _ _ _ _ _ _ _ _ _ u0 s0 _ < "/proc/$AGENT/stat"
 sleep 10
 read -r _ _ _ _ _ _ _ _ _ _ _ _ _ u1 s1 _ < "/proc/$AGENT/stat"
 hz=$(getconf CLK_TCK)
 idle_pct=$(python3 -c "print(f'{($u1+$s1-$u0-$s0)/$hz/10*100:.2f}')")
-slab=$((slab1 - slab0)); reclaimable=$((sr1 - sr0)); ks=$((ks1 - ks0)); pt=$((pt1 - pt0)); percpu=$((pc1 - pc0))
-total=$((charged + monitors + slab + ks + pt + percpu))
-printf '%-44s %10s %12s\n' "figure" "total kB" "per VPS kB"
-for row in "VPS pages (cgroup-charged, less kernel):$charged" "monitor processes (PSS; RSS sum $monitor_rss kB):$monitors" \
-           "slab growth ($reclaimable kB reclaimable):$slab" "kernel stacks:$ks" "page tables:$pt" "per-CPU data:$percpu" "all-in:$total" \
-           "  (kernel part charged to the VPS cgroups):$charged_kernel"; do
-    printf '%-44s %10d %12d\n' "${row%%:*}" "${row##*:}" $(( ${row##*:} / DENSITY ))
-done
-echo "all-in per VPS: $(python3 -c "print(f'{$total/$DENSITY/1024:.2f}')") MiB (target <= 0.5 MiB)"
-echo "agent RSS: $((agent0 / 1024)) MiB idle before, $((agent1 / 1024)) MiB with $DENSITY VPSs; agent idle CPU over 10 s: ${idle_pct}% of one CPU (target < 1 %)"
-echo "create $DENSITY: $(python3 -c "print(f'{($t1-$t0)*1000/$DENSITY:.1f}')") ms/VPS; start $DENSITY sequentially: $(python3 -c "print(f'{($t2-$t1)*1000/$DENSITY:.1f}')") ms/VPS"
 sweep=$(python3 - "$(cat "$W/run/metrics.addr")" "$DENSITY" <<'PY'
 import statistics, sys, time, urllib.request
 url, n = f"http://{sys.argv[1]}/metrics", int(sys.argv[2])
@@ -135,15 +148,40 @@ running = sum(1 for line in body.splitlines() if line.startswith("berth_vps_runn
 print(f"{statistics.median(times[2:]):.1f} ms for {running} running VPSs")
 PY
 )
-echo "accounting sweep (one /metrics scrape: every VPS's memory, pids, CPU from the kernel): $sweep (target < 20 ms for 200)"
-echo
-echo "density figures: MemAvailable and Slab move with other work on this machine; run on a quiet host."
-
-echo
-echo "== 4. CPU-bound work: busybox awk loop inside a VPS vs on the host (user+sys CPU s, 15 alternating rounds)"
-echo "   (a shared VM's CPU time varies by 20 % or more from run to run: the best of each side is the estimate)"
+# The anchor, counted the same way: crun leaves no process beside the container's own. Its
+# containers start beside the running VPSs, so neither side reuses memory the other freed (the
+# kernel keeps freed slab and per-CPU pages for reuse, which would hide a later side's growth).
+before=$(quiet_counters)
+for i in $(seq 1 "$DENSITY"); do crun run -d --bundle "$DBUNDLE" "bench-crun-n$i" >/dev/null 2>&1 || { echo "crun run -d failed" >&2; exit 1; }; done
+sleep 3
+after=$(kernel_counters)
+pages=0
+for i in $(seq 1 "$DENSITY"); do
+    pid=$(crun state "bench-crun-n$i" | python3 -c 'import json, sys; print(json.load(sys.stdin)["pid"])')
+    read -r p _ <<<"$(memcg_split_kb "$(memcg_of "$pid")")"
+    pages=$((pages + p))
+done
+account crun "$DENSITY" "$pages" 0 "$before" "$after"
+for i in $(seq 1 "$DENSITY"); do crun delete -f "bench-crun-n$i" >/dev/null 2>&1; done
 for i in $(seq 1 "$DENSITY"); do "$B" stop "d$i" --kill >/dev/null 2>&1; done
 sleep 5   # let the kernel finish freeing the stopped VPSs' namespaces and cgroups
+
+printf '%-46s %14s %18s\n' "figure (kB)" "Berth per VPS" "crun per container"
+for row in "pages:VPS or container pages (charged, less kernel)" "procs:monitor processes (PSS; RSS sum $monitor_rss kB)" \
+           "slab:slab growth" "reclaimable:  of which reclaimable" "stacks:kernel stacks" "pagetables:page tables" \
+           "percpu:per-CPU data" "vmalloc:vmalloc besides kernel stacks" "total:all-in"; do
+    printf '%-46s %14d %18d\n' "${row#*:}" "${per[berth,${row%%:*}]}" "${per[crun,${row%%:*}]}"
+done
+echo "kernel memory charged to the VPS cgroups (counted in the rows above): $((charged_kernel / DENSITY)) kB per VPS"
+echo "all-in per VPS: $(python3 -c "print(f'{${per[berth,total]}/1024:.2f} MiB, {${per[berth,total]}/max(1, ${per[crun,total]}):.2f}x crun ({${per[crun,total]}/1024:.2f} MiB per container)')") (target <= 0.5 MiB)"
+echo "agent RSS: $((agent0 / 1024)) MiB idle before, $((agent1 / 1024)) MiB with $DENSITY VPSs; agent idle CPU over 10 s: ${idle_pct}% of one CPU (target < 1 %)"
+echo "create $DENSITY: $(python3 -c "print(f'{($t1-$t0)*1000/$DENSITY:.1f}')") ms/VPS; start $DENSITY sequentially: $(python3 -c "print(f'{($t2-$t1)*1000/$DENSITY:.1f}')") ms/VPS"
+echo "accounting sweep (one /metrics scrape: every VPS's memory, pids, CPU from the kernel): $sweep (target < 20 ms for 200)"
+echo
+echo "density figures: Slab and the other counters move with other work on this machine; run on a quiet host."
+
+echo "== 4. CPU-bound work: busybox awk loop inside a VPS vs on the host (user+sys CPU s, 15 alternating rounds)"
+echo "   (a shared VM's CPU time varies by 20 % or more from run to run: the best of each side is the estimate)"
 "$B" create cpuv --template busybox --disk 64M >/dev/null
 "$B" start cpuv >/dev/null
 LOOP='BEGIN { for (i = 0; i < 3000000; i++) s += i }'
