@@ -93,7 +93,8 @@ quiet_counters() { sync; echo 2 > /proc/sys/vm/drop_caches; sleep 1; kernel_coun
 memcg_split_kb() {
     local usage kernel v1=/sys/fs/cgroup/memory/$1 v2=/sys/fs/cgroup/$1
     if [ -f "$v1/memory.usage_in_bytes" ]; then
-        usage=$(cat "$v1/memory.usage_in_bytes"); kernel=$(cat "$v1/memory.kmem.usage_in_bytes")
+        # A kernel without kmem accounting in v1 has no such file: nothing to take off.
+        usage=$(cat "$v1/memory.usage_in_bytes"); kernel=$(cat "$v1/memory.kmem.usage_in_bytes" 2>/dev/null || echo 0)
     else
         usage=$(cat "$v2/memory.current")
         kernel=$(awk '$1 == "kernel" {k = $2; found = 1} $1 ~ /^(slab|kernel_stack|pagetables|percpu|sock)$/ {sum += $2}
@@ -180,6 +181,7 @@ echo "accounting sweep (one /metrics scrape: every VPS's memory, pids, CPU from 
 echo
 echo "density figures: Slab and the other counters move with other work on this machine; run on a quiet host."
 
+echo
 echo "== 4. CPU-bound work: busybox awk loop inside a VPS vs on the host (user+sys CPU s, 15 alternating rounds)"
 echo "   (a shared VM's CPU time varies by 20 % or more from run to run: the best of each side is the estimate)"
 "$B" create cpuv --template busybox --disk 64M >/dev/null
