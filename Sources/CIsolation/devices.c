@@ -10,7 +10,7 @@
 
 #define INSN(c, d, s, o, i) ((struct bpf_insn){ .code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i) })
 
-int berth_attach_device_filter(int cgroup_fd, const struct berth_device_rule *rules, int count) {
+int berth_load_device_filter(const struct berth_device_rule *rules, int count) {
     if (count < 0 || count > 64) { errno = EINVAL; return -1; }
     // 6 set-up instructions + at most 8 per rule + the final deny (2).
     struct bpf_insn *prog = calloc((size_t)(8 + 8 * count), sizeof *prog);
@@ -50,17 +50,18 @@ int berth_attach_device_filter(int cgroup_fd, const struct berth_device_rule *ru
     attr.insns = (unsigned long)prog;
     attr.insn_cnt = (unsigned)n;
     attr.license = (unsigned long)"Apache-2.0";
-    int prog_fd = (int)syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr);
+    int prog_fd = (int)syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr);  // close-on-exec
     int saved = errno;
     free(prog);
-    if (prog_fd < 0) { errno = saved; return -1; }
+    errno = saved;
+    return prog_fd;
+}
+
+int berth_attach_device_program(int cgroup_fd, int prog_fd) {
+    union bpf_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.target_fd = (unsigned)cgroup_fd;
     attr.attach_bpf_fd = (unsigned)prog_fd;
     attr.attach_type = BPF_CGROUP_DEVICE;
-    int rc = (int)syscall(SYS_bpf, BPF_PROG_ATTACH, &attr, sizeof attr);
-    saved = errno;
-    close(prog_fd);  // the attachment keeps the program alive
-    errno = saved;
-    return rc;
+    return (int)syscall(SYS_bpf, BPF_PROG_ATTACH, &attr, sizeof attr);
 }

@@ -12,12 +12,15 @@ public struct CgroupV1Driver: CgroupDriver {
     /// distro's own init see a consistent placement.
     public static let controllers = ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd"]
 
+    /// The hierarchies of `controllers` this host mounts, looked up once: every start, stop and
+    /// accounting pass asks, and a host does not mount or unmount its hierarchies under the agent.
+    let present: [String]
+
     public init(root: String, parent: String) {
         self.root = root
         self.parent = parent
+        present = Self.controllers.filter { FileIO.isDirectory("\(root)/\($0)") }
     }
-
-    var present: [String] { Self.controllers.filter { FileIO.isDirectory("\(root)/\($0)") } }
 
     func path(_ controller: String, _ name: String) -> String { "\(root)/\(controller)/\(parent)/\(name)" }
 

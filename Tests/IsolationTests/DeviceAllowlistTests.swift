@@ -24,6 +24,22 @@ import Testing
         return nil
     }
 
+    /// Every VPS's cgroup gets the one program loaded for the rules, whose fd no child inherits.
+    @Test(.enabled(if: getuid() == 0, "needs root to load a BPF device program"),
+          .enabled(if: cgroup2Mount != nil, "needs a cgroup2 mount"))
+    func oneLoadedProgramServesEveryCgroup() throws {
+        let cgroups = (1...2).map { Self.cgroup2Mount! + "/berth-devshare-\(getpid())-\($0)" }
+        defer { for cgroup in cgroups { rmdir(cgroup) } }
+        for cgroup in cgroups {
+            try FileManager.default.createDirectory(atPath: cgroup, withIntermediateDirectories: false)
+            try DeviceAllowlist.attach(toCgroup: cgroup)
+        }
+        let first = try DeviceAllowlist.loadedPrograms.program(for: DeviceAllowlist.rules)
+        #expect(try DeviceAllowlist.loadedPrograms.program(for: DeviceAllowlist.rules) == first)
+        #expect(fcntl(first, F_GETFD) & FD_CLOEXEC != 0)
+        #expect(throws: IsolationError.self) { try DeviceAllowlist.loadedPrograms.program(for: ["c 1:3 rwm", "x"]) }
+    }
+
     /// The BPF program on a real kernel: allowlisted devices open, others refuse even after mknod.
     @Test(.enabled(if: getuid() == 0, "needs root to load a BPF device program"),
           .enabled(if: cgroup2Mount != nil, "needs a cgroup2 mount"))

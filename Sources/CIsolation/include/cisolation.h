@@ -96,10 +96,12 @@ struct berth_device_rule {
     unsigned access;
 };
 
-/// cgroup v2 has no devices.allow: builds a BPF_PROG_TYPE_CGROUP_DEVICE program that allows
-/// exactly `rules` and denies everything else, and attaches it to the cgroup directory
-/// `cgroup_fd`. Returns 0, or -1 with errno (EEXIST: the cgroup already has a device program).
-int berth_attach_device_filter(int cgroup_fd, const struct berth_device_rule *rules, int count);
+/// cgroup v2 has no devices.allow: builds and loads a BPF_PROG_TYPE_CGROUP_DEVICE program that
+/// allows exactly `rules` and denies everything else. Returns its close-on-exec fd, or -1 with errno.
+int berth_load_device_filter(const struct berth_device_rule *rules, int count);
+/// Attaches a loaded device program to the cgroup directory `cgroup_fd` (the attachment holds
+/// the program). Returns 0, or -1 with errno (EEXIST: the cgroup already has a device program).
+int berth_attach_device_program(int cgroup_fd, int prog_fd);
 
 /* User namespaces (userns.c). */
 /// A detached copy of the mount at `path` whose file ownership is seen through the uid/gid maps
