@@ -145,7 +145,7 @@ public struct CgroupV1Driver: CgroupDriver {
 
     public func exists(_ name: String) -> Bool { present.contains { FileIO.isDirectory(path($0, name)) } }
 
-    public func usage(_ name: String) -> CgroupUsage {
+    public func usage(_ name: String, scope: UsageScope) -> CgroupUsage {
         var usage = CgroupUsage()
         let memory = path("memory", name)
         usage.memoryBytes = readNumber(memory + "/memory.usage_in_bytes") ?? 0
@@ -154,7 +154,7 @@ public struct CgroupV1Driver: CgroupDriver {
         usage.memoryFailcount = readNumber(memory + "/memory.failcnt") ?? 0
         usage.oomKills = readKeyed(memory + "/memory.oom_control", "oom_kill") ?? 0
         // v1 accounts memory+swap together: swap is the difference.
-        if let memsw = readNumber(memory + "/memory.memsw.usage_in_bytes") {
+        if scope == .full, let memsw = readNumber(memory + "/memory.memsw.usage_in_bytes") {
             usage.swapBytes = memsw > usage.memoryBytes ? memsw - usage.memoryBytes : 0
             let peak = readNumber(memory + "/memory.memsw.max_usage_in_bytes") ?? 0
             usage.swapPeakBytes = peak > usage.memoryPeakBytes ? peak - usage.memoryPeakBytes : 0
@@ -165,12 +165,14 @@ public struct CgroupV1Driver: CgroupDriver {
         }
         let pids = path("pids", name)
         usage.pids = readNumber(pids + "/pids.current") ?? 0
-        usage.pidsPeak = readNumber(pids + "/pids.peak") ?? 0
-        usage.pidsLimit = readLimit(pids + "/pids.max")
         usage.pidsFailcount = readKeyed(pids + "/pids.events", "max") ?? 0
         usage.cpuNanoseconds = readNumber(path("cpuacct", name) + "/cpuacct.usage") ?? 0
         usage.ioBytes = readKeyed(path("blkio", name) + "/blkio.throttle.io_service_bytes", "Total") ?? 0
-        usage.ioOperations = readKeyed(path("blkio", name) + "/blkio.throttle.io_serviced", "Total") ?? 0
+        if scope == .full {
+            usage.pidsPeak = readNumber(pids + "/pids.peak") ?? 0
+            usage.pidsLimit = readLimit(pids + "/pids.max")
+            usage.ioOperations = readKeyed(path("blkio", name) + "/blkio.throttle.io_serviced", "Total") ?? 0
+        }
         let cpuStat = FileIO.read(path("cpu", name) + "/cpu.stat") ?? ""
         usage.cpuThrottledPeriods = keyedValue(cpuStat, "nr_throttled") ?? 0
         usage.cpuThrottledNanoseconds = keyedValue(cpuStat, "throttled_time") ?? 0

@@ -142,23 +142,27 @@ public struct CgroupV2Driver: CgroupDriver {
     public static let maxDelegatedDepth = 32
     public static let maxDelegatedDescendants = 4096
 
-    public func usage(_ name: String) -> CgroupUsage {
+    public func usage(_ name: String, scope: UsageScope) -> CgroupUsage {
         var usage = CgroupUsage()
         let dir = path(name)
         usage.memoryBytes = readNumber(dir + "/memory.current") ?? 0
         usage.memoryPeakBytes = readNumber(dir + "/memory.peak") ?? 0
         usage.memoryLimitBytes = readLimit(dir + "/memory.max")
-        usage.memoryFailcount = readKeyed(dir + "/memory.events", "max") ?? 0
-        usage.oomKills = readKeyed(dir + "/memory.events", "oom_kill") ?? 0
-        usage.swapBytes = readNumber(dir + "/memory.swap.current") ?? 0
-        usage.swapPeakBytes = readNumber(dir + "/memory.swap.peak") ?? 0
-        usage.swapLimitBytes = readLimit(dir + "/memory.swap.max")
-        usage.swapFailcount = readKeyed(dir + "/memory.swap.events", "fail") ?? 0
+        let memoryEvents = FileIO.read(dir + "/memory.events") ?? ""
+        usage.memoryFailcount = keyedValue(memoryEvents, "max") ?? 0
+        usage.oomKills = keyedValue(memoryEvents, "oom_kill") ?? 0
         usage.pids = readNumber(dir + "/pids.current") ?? 0
-        usage.pidsPeak = readNumber(dir + "/pids.peak") ?? 0
-        usage.pidsLimit = readLimit(dir + "/pids.max")
         usage.pidsFailcount = readKeyed(dir + "/pids.events", "max") ?? 0
-        usage.cpuNanoseconds = (readKeyed(dir + "/cpu.stat", "usage_usec") ?? 0) * 1000
+        if scope == .full {
+            usage.swapBytes = readNumber(dir + "/memory.swap.current") ?? 0
+            usage.swapPeakBytes = readNumber(dir + "/memory.swap.peak") ?? 0
+            usage.swapLimitBytes = readLimit(dir + "/memory.swap.max")
+            usage.swapFailcount = readKeyed(dir + "/memory.swap.events", "fail") ?? 0
+            usage.pidsPeak = readNumber(dir + "/pids.peak") ?? 0
+            usage.pidsLimit = readLimit(dir + "/pids.max")
+        }
+        let cpuStat = FileIO.read(dir + "/cpu.stat") ?? ""
+        usage.cpuNanoseconds = (keyedValue(cpuStat, "usage_usec") ?? 0) * 1000
         // io.stat: one line per device, "8:0 rbytes=N wbytes=N rios=N wios=N dbytes=N dios=N".
         for line in (FileIO.read(dir + "/io.stat") ?? "").split(separator: "\n") {
             for field in line.split(separator: " ").dropFirst() {
@@ -171,8 +175,8 @@ public struct CgroupV2Driver: CgroupDriver {
                 }
             }
         }
-        usage.cpuThrottledPeriods = readKeyed(dir + "/cpu.stat", "nr_throttled") ?? 0
-        usage.cpuThrottledNanoseconds = (readKeyed(dir + "/cpu.stat", "throttled_usec") ?? 0) * 1000
+        usage.cpuThrottledPeriods = keyedValue(cpuStat, "nr_throttled") ?? 0
+        usage.cpuThrottledNanoseconds = (keyedValue(cpuStat, "throttled_usec") ?? 0) * 1000
         return usage
     }
 

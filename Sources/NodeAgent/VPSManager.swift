@@ -922,7 +922,7 @@ public actor VPSManager {
         let usages = UsageBuffer(count: states.count)
         let driver = cgroups
         DispatchQueue.concurrentPerform(iterations: states.count) { i in
-            if states[i].running { usages.set(i, driver.usage(states[i].name)) }
+            if states[i].running { usages.set(i, driver.usage(states[i].name, scope: .scrape)) }
         }
         return states.indices.map { (states[$0].name, states[$0].running, usages.get($0)) }
     }

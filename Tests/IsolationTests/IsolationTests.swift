@@ -125,6 +125,26 @@ final class FakeTree {
         #expect(usage.cpuNanoseconds == 1_500_000)
     }
 
+    @Test func aScrapeReadsWhatMetricsExportAndLeavesSwapAlone() {
+        let tree = FakeTree()
+        tree.write("berth/v/memory.current", "4096\n")
+        tree.write("berth/v/memory.max", "8192\n")
+        tree.write("berth/v/memory.events", "max 3\noom_kill 1\n")
+        tree.write("berth/v/memory.swap.current", "512\n")
+        tree.write("berth/v/memory.swap.max", "1024\n")
+        tree.write("berth/v/pids.current", "7\n")
+        tree.write("berth/v/pids.max", "64\n")
+        tree.write("berth/v/cpu.stat", "usage_usec 1500\nnr_throttled 4\nthrottled_usec 9\n")
+        let driver = CgroupV2Driver(root: tree.root, parent: "berth", attachDeviceFilter: false)
+        let scrape = driver.usage("v", scope: .scrape)
+        #expect(scrape.memoryBytes == 4096 && scrape.memoryLimitBytes == 8192 && scrape.memoryFailcount == 3 && scrape.oomKills == 1)
+        #expect(scrape.pids == 7 && scrape.cpuNanoseconds == 1_500_000 && scrape.cpuThrottledPeriods == 4 && scrape.cpuThrottledNanoseconds == 9000)
+        #expect(scrape.swapBytes == 0 && scrape.swapLimitBytes == nil && scrape.pidsLimit == nil)
+        let full = driver.usage("v")
+        #expect(full.swapBytes == 512 && full.swapLimitBytes == 1024 && full.pidsLimit == 64)
+        #expect(full.memoryBytes == scrape.memoryBytes && full.cpuThrottledNanoseconds == scrape.cpuThrottledNanoseconds)
+    }
+
     @Test func detectsModeFromTheFilesystemType() {
         // A plain directory is not cgroup2: treated as v1 hierarchies.
         let tree = FakeTree()
@@ -283,6 +303,9 @@ final class FakeTree {
         #expect(usage.pids == 3 && usage.pidsLimit == nil && usage.pidsFailcount == 5)
         #expect(usage.cpuThrottledPeriods == 4 && usage.cpuThrottledNanoseconds == 900)
         #expect(usage.cpuNanoseconds == 123456)
+        let scrape = CgroupV1Driver(root: tree.root, parent: "berth").usage("v", scope: .scrape)
+        #expect(scrape.memoryBytes == 1000 && scrape.memoryLimitBytes == 8192 && scrape.pidsFailcount == 5 && scrape.cpuNanoseconds == 123456)
+        #expect(scrape.swapBytes == 0 && scrape.swapLimitBytes == nil)
         tree.write("memory/berth/v/memory.limit_in_bytes", "9223372036854771712\n")
         #expect(CgroupV1Driver(root: tree.root, parent: "berth").usage("v").memoryLimitBytes == nil)
     }
