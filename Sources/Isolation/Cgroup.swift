@@ -37,8 +37,6 @@ public struct CgroupLimits: Equatable, Sendable {
     public static func cfsQuota(percent: UInt32) -> UInt64 { UInt64(percent) * cfsPeriodMicroseconds / 100 }
 }
 
-/// Usage counters in the beancounter shape (held, peak, limit, failcount). A nil limit means
-/// unlimited; a peak of 0 means the kernel does not track it for that resource.
 /// How much of a VPS's accounting a reader needs. A Prometheus scrape reads every running VPS
 /// at once and exports no swap or pids peak/limit figures: skipping those files cuts a sweep's
 /// reads by about a third.
@@ -53,6 +51,8 @@ extension CgroupDriver {
     public func usage(_ name: String) -> CgroupUsage { usage(name, scope: .full) }
 }
 
+/// Usage counters in the beancounter shape (held, peak, limit, failcount). A nil limit means
+/// unlimited; a peak of 0 means the kernel does not track it for that resource.
 public struct CgroupUsage: Equatable, Sendable {
     public var memoryBytes: UInt64 = 0
     public var memoryPeakBytes: UInt64 = 0

@@ -5,7 +5,7 @@ import Wire
 /// The network half of VPS management: node set-up at agent start, address validation and
 /// allocation on create/set, the guest spec handed to berth-spawn, and live changes.
 extension VPSManager {
-    /// Forwarding, proxy NDP on the uplink, and the anti-spoofing ruleset with the elements of
+    /// Forwarding, undelayed proxy ARP/NDP on the uplink, and the anti-spoofing ruleset with the elements of
     /// VPSs already running — one nft transaction, so a restarted agent leaves no gap.
     public func setUpNodeNetwork() async throws {
         guard let network = settings.network else { return }
@@ -17,9 +17,17 @@ extension VPSManager {
             throw AgentError.invalid("network.bridges[\(i)].name", "bridge \(bridge.name) does not exist on this node")
         }
         var sysctls = [("/proc/sys/net/ipv4/ip_forward", "1")]
+        // The node alone answers for its VPSs' addresses on the uplink. The random delay that
+        // RFC 4861 asks of proxy and anycast answers (the kernel's proxy_delay, up to 0.8 s)
+        // only keeps two proxies from colliding; here it would slow every first contact from
+        // the LAN (ARP and NDP alike) by up to that much.
+        if let uplink = network.uplink { sysctls.append(("/proc/sys/net/ipv4/neigh/\(uplink)/proxy_delay", "0")) }
         if FileIO.exists("/proc/sys/net/ipv6") {
             sysctls.append(("/proc/sys/net/ipv6/conf/all/forwarding", "1"))
-            if let uplink = network.uplink { sysctls.append(("/proc/sys/net/ipv6/conf/\(uplink)/proxy_ndp", "1")) }
+            if let uplink = network.uplink {
+                sysctls.append(("/proc/sys/net/ipv6/conf/\(uplink)/proxy_ndp", "1"))
+                sysctls.append(("/proc/sys/net/ipv6/neigh/\(uplink)/proxy_delay", "0"))
+            }
         }
         for (path, value) in sysctls {
             do { try FileIO.write(path, value) } catch { throw AgentError.kernel("node network set-up", error) }

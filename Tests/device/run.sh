@@ -111,7 +111,7 @@ script_of() {
 # filesystem, its mount table) that another tier's VPSs would disturb.
 status=0
 for tier in "${TIERS[@]}"; do
-    script=$(script_of "$tier") || { note "unknown tier $tier"; status=1; continue; }
+    script=$(script_of "$tier") || { note "cannot run tier $tier: unknown, or the bundle lacks what it needs (bench: crun and ../shared/anchors)"; status=1; continue; }
     storage=image; [ "$tier" = security-layered ] && storage=layered
     started=$(date +%s)
     # shellcheck disable=SC2086 # bench's script carries its arguments

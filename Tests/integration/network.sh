@@ -108,6 +108,9 @@ t_net_create_start() {
     expect_contains "$(in_node ip neigh show dev "bv-$A")" "PERMANENT"
     expect_contains "$(in_node ip neigh show proxy)" "$A4 dev up0"
     expect_contains "$(in_node ip -6 neigh show proxy)" "$A6 dev up0"
+    # Proxied ARP/NDP answers go out at once, not after the kernel's random delay of up to 0.8 s.
+    expect_eq "$(in_node cat /proc/sys/net/ipv4/neigh/up0/proxy_delay)" 0
+    expect_eq "$(in_node cat /proc/sys/net/ipv6/neigh/up0/proxy_delay)" 0
 }
 
 t_net_reach_icmp() {
