@@ -97,7 +97,8 @@ memcg_split_kb() {
         usage=$(cat "$v1/memory.usage_in_bytes"); kernel=$(cat "$v1/memory.kmem.usage_in_bytes" 2>/dev/null || echo 0)
     else
         usage=$(cat "$v2/memory.current")
-        kernel=$(awk '$1 == "kernel" {k = $2; found = 1} $1 ~ /^(slab|kernel_stack|pagetables|percpu|sock)$/ {sum += $2}
+        # Kernels before 5.18 have no "kernel" line: the same parts, one by one.
+        kernel=$(awk '$1 == "kernel" {k = $2; found = 1} $1 ~ /^(slab|kernel_stack|pagetables|percpu|vmalloc)$/ {sum += $2}
                       END {print found ? k : sum}' "$v2/memory.stat")
     fi
     echo $(( (usage - kernel) / 1024 )) $(( kernel / 1024 ))

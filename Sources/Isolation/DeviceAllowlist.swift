@@ -37,33 +37,29 @@ public enum DeviceAllowlist {
     /// Attaches the allowlist to a cgroup-v2 directory as a BPF device program. A cgroup that
     /// already has one (a leftover of this VPS's previous run) keeps it.
     public static func attach(toCgroup directory: String, rules: [String] = rules) throws(IsolationError) {
-        let program = try loadedPrograms.program(for: rules)
+        let programFD = try program(for: rules)
         let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd < 0 { throw IsolationError.sys("open \(directory)") }
         defer { close(fd) }
-        if berth_attach_device_program(fd, program) != 0 && errno != EEXIST {
+        if berth_attach_device_program(fd, programFD) != 0 && errno != EEXIST {
             throw IsolationError.sys("attach the device allowlist to \(directory)")
         }
     }
 
     /// One loaded program per rule list, attached to every VPS's cgroup: the kernel verifies
     /// it once instead of at every start, and holds one copy instead of one per VPS.
-    static let loadedPrograms = LoadedPrograms()
+    private static let loadedPrograms = Mutex<[[String]: Int32]>([:])
 
-    final class LoadedPrograms: Sendable {
-        private let programs = Mutex<[[String]: Int32]>([:])
-
-        /// A failed load is not kept: the next attach tries again.
-        func program(for rules: [String]) throws(IsolationError) -> Int32 {
-            try programs.withLock { (loaded: inout [[String]: Int32]) throws(IsolationError) -> Int32 in
-                if let fd = loaded[rules] { return fd }
-                let parsed = rules.compactMap(DeviceAllowlist.parse)
-                guard parsed.count == rules.count else { throw IsolationError(.invalidSpec, "malformed device rule in \(rules)") }
-                let fd = parsed.withUnsafeBufferPointer { berth_load_device_filter($0.baseAddress, Int32($0.count)) }
-                if fd < 0 { throw IsolationError.sys("load the device allowlist program") }
-                loaded[rules] = fd
-                return fd
-            }
+    /// The loaded program of `rules`. A failed load is not kept: the next attach tries again.
+    static func program(for rules: [String]) throws(IsolationError) -> Int32 {
+        try loadedPrograms.withLock { (loaded: inout [[String]: Int32]) throws(IsolationError) -> Int32 in
+            if let fd = loaded[rules] { return fd }
+            let parsed = rules.compactMap(parse)
+            guard parsed.count == rules.count else { throw IsolationError(.invalidSpec, "malformed device rule in \(rules)") }
+            let fd = parsed.withUnsafeBufferPointer { berth_load_device_filter($0.baseAddress, Int32($0.count)) }
+            if fd < 0 { throw IsolationError.sys("load the device allowlist program") }
+            loaded[rules] = fd
+            return fd
         }
     }
 }

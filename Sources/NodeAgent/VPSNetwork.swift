@@ -16,17 +16,17 @@ extension VPSManager {
         for (i, bridge) in network.bridges.enumerated() where NetworkSetup.interfaceIndex(bridge.name) == 0 {
             throw AgentError.invalid("network.bridges[\(i)].name", "bridge \(bridge.name) does not exist on this node")
         }
+        let ipv6 = FileIO.exists("/proc/sys/net/ipv6")
         var sysctls = [("/proc/sys/net/ipv4/ip_forward", "1")]
-        // The node alone answers for its VPSs' addresses on the uplink. The random delay that
-        // RFC 4861 asks of proxy and anycast answers (the kernel's proxy_delay, up to 0.8 s)
-        // only keeps two proxies from colliding; here it would slow every first contact from
-        // the LAN (ARP and NDP alike) by up to that much.
-        if let uplink = network.uplink { sysctls.append(("/proc/sys/net/ipv4/neigh/\(uplink)/proxy_delay", "0")) }
-        if FileIO.exists("/proc/sys/net/ipv6") {
-            sysctls.append(("/proc/sys/net/ipv6/conf/all/forwarding", "1"))
-            if let uplink = network.uplink {
-                sysctls.append(("/proc/sys/net/ipv6/conf/\(uplink)/proxy_ndp", "1"))
-                sysctls.append(("/proc/sys/net/ipv6/neigh/\(uplink)/proxy_delay", "0"))
+        if ipv6 { sysctls.append(("/proc/sys/net/ipv6/conf/all/forwarding", "1")) }
+        if let uplink = network.uplink {
+            // The node alone answers for its VPSs' addresses on the uplink. The random delay that
+            // RFC 4861 asks of proxy and anycast answers (the kernel's proxy_delay, up to 0.8 s)
+            // only keeps two proxies from colliding; here it would slow every first contact from
+            // the LAN (ARP and NDP alike) by up to that much.
+            sysctls.append(("/proc/sys/net/ipv4/neigh/\(uplink)/proxy_delay", "0"))
+            if ipv6 {
+                sysctls += [("/proc/sys/net/ipv6/conf/\(uplink)/proxy_ndp", "1"), ("/proc/sys/net/ipv6/neigh/\(uplink)/proxy_delay", "0")]
             }
         }
         for (path, value) in sysctls {

@@ -34,10 +34,10 @@ import Testing
             try FileManager.default.createDirectory(atPath: cgroup, withIntermediateDirectories: false)
             try DeviceAllowlist.attach(toCgroup: cgroup)
         }
-        let first = try DeviceAllowlist.loadedPrograms.program(for: DeviceAllowlist.rules)
-        #expect(try DeviceAllowlist.loadedPrograms.program(for: DeviceAllowlist.rules) == first)
+        let first = try DeviceAllowlist.program(for: DeviceAllowlist.rules)
+        #expect(try DeviceAllowlist.program(for: DeviceAllowlist.rules) == first)
         #expect(fcntl(first, F_GETFD) & FD_CLOEXEC != 0)
-        #expect(throws: IsolationError.self) { try DeviceAllowlist.loadedPrograms.program(for: ["c 1:3 rwm", "x"]) }
+        #expect(throws: IsolationError.self) { try DeviceAllowlist.program(for: ["c 1:3 rwm", "x"]) }
     }
 
     /// The BPF program on a real kernel: allowlisted devices open, others refuse even after mknod.

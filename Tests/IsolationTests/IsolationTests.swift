@@ -108,14 +108,24 @@ final class FakeTree {
         #expect(throws: IsolationError.self) { try driver.apply("v", CgroupLimits(memoryBytes: 1 << 30, pids: 50)) }
     }
 
-    @Test func usageReadsBeancounterFields() {
+    /// A VPS's cgroup-v2 accounting files, as the kernel writes them.
+    static func usageTree() -> FakeTree {
         let tree = FakeTree()
         tree.write("berth/v/memory.current", "4096\n")
         tree.write("berth/v/memory.peak", "8192\n")
+        tree.write("berth/v/memory.max", "8192\n")
         tree.write("berth/v/memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+        tree.write("berth/v/memory.swap.current", "512\n")
+        tree.write("berth/v/memory.swap.max", "1024\n")
         tree.write("berth/v/pids.current", "7\n")
-        tree.write("berth/v/cpu.stat", "usage_usec 1500\nuser_usec 1000\n")
+        tree.write("berth/v/pids.max", "64\n")
+        tree.write("berth/v/cpu.stat", "usage_usec 1500\nuser_usec 1000\nnr_throttled 4\nthrottled_usec 9\n")
         tree.write("berth/v/io.stat", "7:3 rbytes=100 wbytes=200 rios=1 wios=2 dbytes=0 dios=0\n8:0 rbytes=1 wbytes=0 rios=1 wios=0\n")
+        return tree
+    }
+
+    @Test func usageReadsBeancounterFields() {
+        let tree = Self.usageTree()
         let usage = CgroupV2Driver(root: tree.root, parent: "berth").usage("v")
         #expect(usage.ioBytes == 301 && usage.ioOperations == 4 && usage.oomKills == 1)
         #expect(usage.memoryBytes == 4096)
@@ -126,15 +136,7 @@ final class FakeTree {
     }
 
     @Test func aScrapeReadsWhatMetricsExportAndLeavesSwapAlone() {
-        let tree = FakeTree()
-        tree.write("berth/v/memory.current", "4096\n")
-        tree.write("berth/v/memory.max", "8192\n")
-        tree.write("berth/v/memory.events", "max 3\noom_kill 1\n")
-        tree.write("berth/v/memory.swap.current", "512\n")
-        tree.write("berth/v/memory.swap.max", "1024\n")
-        tree.write("berth/v/pids.current", "7\n")
-        tree.write("berth/v/pids.max", "64\n")
-        tree.write("berth/v/cpu.stat", "usage_usec 1500\nnr_throttled 4\nthrottled_usec 9\n")
+        let tree = Self.usageTree()
         let driver = CgroupV2Driver(root: tree.root, parent: "berth", attachDeviceFilter: false)
         let scrape = driver.usage("v", scope: .scrape)
         #expect(scrape.memoryBytes == 4096 && scrape.memoryLimitBytes == 8192 && scrape.memoryFailcount == 3 && scrape.oomKills == 1)

@@ -46,6 +46,12 @@ ip -n "$LAN2" link set lo up
 ip -n "$LAN2" addr add 198.18.1.100/24 dev lan2
 ip -n "$LAN2" addr add fd00:b17:1::100/64 dev lan2 nodad
 ip -n "$LAN2" link set lan2 up
+# Until the links' link-local addresses pass duplicate address detection (1-2 s after they come
+# up) the node cannot solicit a LAN neighbour: a first ping to the LAN right after would wait
+# past its deadline. A real LAN is up long before its VPSs start.
+links_settled() { local ns; for ns in "$NODE" "$LAN" "$LAN2"; do [ -z "$(ip -n "$ns" -6 addr show tentative)" ] || return 1; done; }
+for _ in $(seq 100); do links_settled && break; sleep 0.05; done
+links_settled || { echo "the test links still have tentative IPv6 addresses after 5 s"; exit 1; }
 
 mkdir -p "$WORK"
 cat >"$WORK/node.json" <<EOF
