@@ -42,9 +42,6 @@ public struct SpawnSpec: Equatable, Sendable {
     public var consoleRingBytes: Int
     /// RLIMIT_NOFILE of the VPS init (soft = hard), inherited by every process in the VPS.
     public var openFilesLimit: UInt64?
-    /// Control-file writes made once the disk's loop device exists, before init runs (I/O
-    /// limits); `IOLimits.devicePlaceholder` in a value becomes the device's "MAJ:MIN".
-    public var deviceWrites: [CgroupWrite] = []
     /// Host mount point of lxcfs whose /proc views replace the host-wide ones inside the VPS.
     public var lxcfs: String?
     /// Host directory the agent keeps the VPS's beancounter table in, shown read-only at
@@ -92,7 +89,6 @@ public struct SpawnSpec: Equatable, Sendable {
         dropCapabilities.forEach { put("drop", $0) }
         put("ring", String(consoleRingBytes))
         if let openFilesLimit { put("nofile", String(openFilesLimit)) }
-        deviceWrites.forEach { put("device-write", $0.path + "\t" + $0.value) }
         if let lxcfs { put("lxcfs", lxcfs) }
         if let beancounters { put("beancounters", beancounters) }
         cgroupMounts.forEach { put("cgroupfs", $0.specText) }
@@ -114,7 +110,7 @@ public struct SpawnSpec: Equatable, Sendable {
             let key = String(line[..<eq])
             let value = try unescape(String(line[line.index(after: eq)...]))
             switch key {
-            case "cgroup", "init", "env", "drop", "device-write", "cgroupfs": multi[key, default: []].append(value)
+            case "cgroup", "init", "env", "drop", "cgroupfs": multi[key, default: []].append(value)
             case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs", "beancounters", "idmap", "layer", "diskmount":
                 if single[key] != nil { throw IsolationError(.invalidSpec, "spawn spec key \(key) repeated") }
                 single[key] = value
@@ -148,11 +144,6 @@ public struct SpawnSpec: Equatable, Sendable {
         if let beancounters = single["beancounters"] {
             guard beancounters.hasPrefix("/") else { throw IsolationError(.invalidSpec, "spawn spec beancounters is not an absolute path") }
             spec.beancounters = beancounters
-        }
-        for entry in multi["device-write"] ?? [] {
-            let parts = entry.split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
-            guard parts.count == 2, parts[0].hasPrefix("/") else { throw IsolationError(.invalidSpec, "spawn spec device-write is not PATH<TAB>VALUE") }
-            spec.deviceWrites.append(CgroupWrite(path: String(parts[0]), value: String(parts[1])))
         }
         if let text = single["idmap"] {
             guard let idmap = IDMap.parse(text) else { throw IsolationError(.invalidSpec, "spawn spec idmap is not 'BASE COUNT' above 0") }
@@ -198,6 +189,40 @@ public struct SpawnSpec: Equatable, Sendable {
             }
         }
         return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// The agent's second message to the monitor, on the cgroup pipe after the spec: the VPS's
+/// cgroups exist and carry their limits. The monitor mounts the disk while the agent makes
+/// them, and moves init into them only after this. Nothing at all (EOF) means the agent gave
+/// up: the monitor undoes its mounts and exits.
+public struct CgroupsReady: Equatable, Sendable {
+    /// Control-file writes made once the disk's loop device exists, before init runs (I/O
+    /// limits); `IOLimits.devicePlaceholder` in a value becomes the device's "MAJ:MIN".
+    public var deviceWrites: [CgroupWrite]
+
+    public init(deviceWrites: [CgroupWrite] = []) { self.deviceWrites = deviceWrites }
+
+    public func encode() -> String {
+        (["cgroups=ready"] + deviceWrites.map { "device-write=" + SpawnSpec.escape($0.path + "\t" + $0.value) })
+            .joined(separator: "\n") + "\n"
+    }
+
+    public static func decode(_ text: String) throws(IsolationError) -> CgroupsReady {
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: true)[...]
+        guard lines.popFirst() == "cgroups=ready" else {
+            throw IsolationError(.invalidSpec, text.isEmpty ? "the agent gave up before the VPS's cgroups were ready"
+                                                            : "the cgroup message does not start with cgroups=ready")
+        }
+        var ready = CgroupsReady()
+        for line in lines {
+            guard line.hasPrefix("device-write=") else { throw IsolationError(.invalidSpec, "the cgroup message has an unknown line: \(line)") }
+            let parts = try SpawnSpec.unescape(String(line.dropFirst("device-write=".count)))
+                .split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2, parts[0].hasPrefix("/") else { throw IsolationError(.invalidSpec, "a device-write is not PATH<TAB>VALUE") }
+            ready.deviceWrites.append(CgroupWrite(path: String(parts[0]), value: String(parts[1])))
+        }
+        return ready
     }
 }
 

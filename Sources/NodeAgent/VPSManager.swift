@@ -445,8 +445,9 @@ public actor VPSManager {
         }
         record.state = .running
         record.lastExit = ""
-        // The monitor has mounted the table's directory: its first table, with the booted init.
-        try? writeBeancounters(name)
+        // The monitor has mounted the table's directory: its first table, with the booted init,
+        // written once this reply is on its way (reading the counters is no part of a start).
+        Task { try? self.writeBeancounters(name) }
         logger.info("started VPS", metadata: ["vps": "\(name)", "pid": "\(record.run?.initPid ?? 0)"])
         return makeStatus(record)
     }
@@ -465,18 +466,29 @@ public actor VPSManager {
         chmod(run, 0o700)
         for file in [RunState.exitFile, RunState.stopRequestFile, RunState.stateFile] { unlink(run + "/" + file) }
 
-        // The monitor starts first and waits for its spec while this side makes the cgroups
-        // and the spec: its exec and runtime start-up (about a millisecond) overlap that work
-        // instead of following it. A spec pipe closed empty makes it exit without doing anything.
+        // The monitor starts first and waits for its spec while this side writes it: its exec
+        // and runtime start-up (about a millisecond) overlap that work instead of following it.
+        // It then mounts the VPS's disk while this side makes the cgroups, and clones init
+        // only once they are ready. A pipe closed empty makes it undo what it did and exit.
         //
         //   agent                                  berth-spawn start
         //     | spawn --------------------------------->| exec, runtime start-up
-        //     | cgroups, guest spec, spawn spec         | read(fd 3) blocks
-        //     | spec on fd 3, EOF --------------------->| decode, boot (Start.swift)
+        //     | guest spec, spawn spec                  | read(fd 3) blocks
+        //     | spec on fd 3, EOF --------------------->| decode, mount the disk (Start.swift)
         //     |   [a failure here: EOF alone] --------->|   empty spec: report, exit 1
+        //     | make and limit the cgroups              | read(fd 5) blocks
+        //     | "cgroups=ready" on fd 5, EOF ---------->| clone init into them, boot
+        //     |   [a failure here: EOF alone] --------->|   unmount, report, exit 1
         let specPipe = try Subprocess.makePipe()
         let statusPipe: (read: Int32, write: Int32)
-        do { statusPipe = try Subprocess.makePipe() } catch {
+        let cgroupPipe: (read: Int32, write: Int32)
+        do {
+            statusPipe = try Subprocess.makePipe()
+            do { cgroupPipe = try Subprocess.makePipe() } catch {
+                close(statusPipe.read); close(statusPipe.write)
+                throw error
+            }
+        } catch {
             close(specPipe.read); close(specPipe.write)
             throw error
         }
@@ -486,23 +498,34 @@ public actor VPSManager {
         let child: (pid: Int32, pidfd: Int32)
         do {
             child = try Subprocess.spawn([paths.spawnBinary, "start"],
-                                         fds: [devnull, log >= 0 ? log : devnull, log >= 0 ? log : devnull, specPipe.read, statusPipe.write],
+                                         fds: [devnull, log >= 0 ? log : devnull, log >= 0 ? log : devnull, specPipe.read, statusPipe.write,
+                                               cgroupPipe.read],
                                          environment: [], newSession: true)
         } catch {
-            [specPipe.read, specPipe.write, statusPipe.read, statusPipe.write].forEach { close($0) }
+            [specPipe.read, specPipe.write, statusPipe.read, statusPipe.write, cgroupPipe.read, cgroupPipe.write].forEach { close($0) }
             throw AgentError(.kernel, "cannot run \(paths.spawnBinary): \(error)", stage: "spawn")
         }
         close(specPipe.read)
         close(statusPipe.write)
+        close(cgroupPipe.read)
         let spec: SpawnSpec
         do {
             spec = try spawnSpec(record, runDir: run)
         } catch {
-            await abandonStart(monitor: child, closing: [specPipe.write, statusPipe.read])
+            await abandonStart(monitor: child, closing: [specPipe.write, statusPipe.read, cgroupPipe.write])
             throw error
         }
         try? FileIO.writeAll(fd: specPipe.write, Array(spec.encode().utf8), stage: "spec")
         close(specPipe.write)
+        let ready: CgroupsReady
+        do {
+            ready = try makeCgroups(record)
+        } catch {
+            await abandonStart(monitor: child, closing: [cgroupPipe.write, statusPipe.read])
+            throw error
+        }
+        try? FileIO.writeAll(fd: cgroupPipe.write, Array(ready.encode().utf8), stage: "cgroups")
+        close(cgroupPipe.write)
         whileBooting()
         let reply = await Subprocess.readFirstLine(statusPipe.read).trimmed
         if reply.hasPrefix("ok ") {
@@ -534,8 +557,9 @@ public actor VPSManager {
                        metadata: ["pid1_cgroup": "\(pidOne.trimmed)", "controllers_seen": "\(seen.sorted().joined(separator: " "))"])
     }
 
-    /// Ends a start this side gave up on before sending the spec: EOF on its spec pipe makes the
-    /// monitor exit untouched. One still there after a while (stuck in the kernel, or deaf to
+    /// Ends a start this side gave up on before the monitor could boot: EOF on its spec pipe
+    /// makes it exit untouched, EOF on its cgroup pipe makes it undo its mounts and exit. One
+    /// still there after a while (stuck in the kernel, or deaf to
     /// EOF) is killed, and whatever it started is ended with the VPS's cgroup (cleanupAfterExit):
     /// a start fails, it never hangs.
     private func abandonStart(monitor: (pid: Int32, pidfd: Int32), closing fds: [Int32]) async {
@@ -556,19 +580,34 @@ public actor VPSManager {
         }
     }
 
-    /// The VPS's cgroups (made and limited here), its guest spec file, and the spec the monitor
-    /// boots it from.
+    /// The VPS's cgroups, made and limited, and the writes the monitor makes once it knows the
+    /// disk's loop device.
+    private func makeCgroups(_ record: VPSRecord) throws -> CgroupsReady {
+        let name = record.config.name
+        do {
+            try cgroups.create(name)
+            try cgroups.apply(name, record.config.limits.cgroup)
+            if let base = record.config.idmapBase { try cgroups.delegate(name, uid: base, gid: base) }
+        } catch {
+            throw AgentError.kernel("setting up the cgroup of \(name)", error)
+        }
+        guard record.config.limits.io != IOLimits() else { return CgroupsReady() }
+        do {
+            return CgroupsReady(deviceWrites: try cgroups.ioSettings(name, record.config.limits.io, device: IOLimits.devicePlaceholder))
+        } catch {
+            throw AgentError.kernel("I/O limits of \(name)", error)
+        }
+    }
+
+    /// The VPS's guest spec file, and the spec the monitor boots it from.
     private func spawnSpec(_ record: VPSRecord, runDir run: String) throws -> SpawnSpec {
         let name = record.config.name
         let idmap = record.config.idmapBase.map { IDMap(hostBase: $0) }
         let dropCapabilities: [String]
         do {
-            try cgroups.create(name)
-            try cgroups.apply(name, record.config.limits.cgroup)
-            if let idmap { try cgroups.delegate(name, uid: idmap.hostBase, gid: idmap.hostBase) }
             dropCapabilities = try Capabilities.dropList(userns: idmap != nil, overrides: record.config.capabilityOverrides)
         } catch {
-            throw AgentError.kernel("setting up the cgroup of \(name)", error)
+            throw AgentError.kernel("capabilities of \(name)", error)
         }
         do {
             try FileIO.writeAtomically(run + "/" + GuestSpec.fileName, Array(guestSpec(record.config).encode().utf8), mode: 0o600, durable: false)
@@ -596,13 +635,6 @@ public actor VPSManager {
         } else if !warnedNoLxcfs {
             warnedNoLxcfs = true
             logger.notice("lxcfs is not serving: VPSs see the host's /proc/meminfo, cpuinfo, uptime", metadata: ["expected": "\(paths.lxcfs)"])
-        }
-        if record.config.limits.io != IOLimits() {
-            do {
-                spec.deviceWrites = try cgroups.ioSettings(name, record.config.limits.io, device: IOLimits.devicePlaceholder)
-            } catch {
-                throw AgentError.kernel("I/O limits of \(name)", error)
-            }
         }
         return spec
     }

@@ -22,6 +22,8 @@ final class Monitor {
     var signalFD: Int32 = -1
     /// What the last boot wired up (teardown removes exactly that).
     var guest: GuestSpec?
+    /// The disk's loop device, which I/O limits name.
+    var loopDevice = ""
 
     init(spec: SpawnSpec) throws(IsolationError) {
         self.spec = spec
@@ -60,13 +62,7 @@ final class Monitor {
         if loopFD < 0 { throw IsolationError.sys("attach \(spec.diskImage) to a loop device") }
         defer { close(loopFD) }
         let path = String(cString: device)
-        if !spec.deviceWrites.isEmpty {
-            // I/O limits name the loop device, which exists only now; init has not run yet.
-            let number = try FileIO.deviceNumber(path)
-            for write in spec.deviceWrites {
-                try FileIO.write(write.path, write.value.replacingPlaceholder(IOLimits.devicePlaceholder, with: number))
-            }
-        }
+        loopDevice = path
         // With a user namespace the VPS sees an idmapped copy; the host's own view of the disk
         // gives a setuid-root file the VPS planted no meaning (the VPS's root is uid 0 on disk).
         let hostFlags = spec.idmap == nil ? 0 : UInt(MS_NOSUID | MS_NODEV)
@@ -91,6 +87,20 @@ final class Monitor {
             defer { close(tree) }
             try check("attach the overlay at \(spec.rootPath)") { berth_move_mount_to(tree, spec.rootPath) }
             rootMounted = true
+        }
+    }
+
+    /// Waits for the agent's word that the VPS's cgroups are ready (fd 5; see launch in
+    /// VPSManager.swift), then makes the writes that name the loop device: I/O limits. Init is
+    /// not cloned before this returns.
+    func awaitCgroups(fd: Int32) throws(IsolationError) {
+        let message = FileIO.readAll(fd: fd) ?? []
+        close(fd)
+        let ready = try CgroupsReady.decode(String(decoding: message, as: UTF8.self))
+        guard !ready.deviceWrites.isEmpty else { return }
+        let number = try FileIO.deviceNumber(loopDevice)
+        for write in ready.deviceWrites {
+            try FileIO.write(write.path, write.value.replacingPlaceholder(IOLimits.devicePlaceholder, with: number))
         }
     }
 
@@ -142,11 +152,15 @@ final class Monitor {
     }
 
     /// The guest spec is re-read at every boot: addresses added live survive an in-VPS reboot.
+    /// Writes the state file while init execs (an exec that fails takes it away again, in
+    /// teardown): the agent reads it as soon as this boot is reported.
     func boot() throws(IsolationError) -> Int32 {
         let loaded = try GuestSpec.read(runDir: spec.runDir) ?? GuestSpec(hostname: spec.hostname)
         guest = loaded
-        let started = try cloneInit(spec: spec, guest: loaded)
-        initPid = started.pid
+        let started = try cloneInit(spec: spec, guest: loaded) { pid throws(IsolationError) in
+            initPid = pid
+            try writeState()
+        }
         adoptConsole(started.consoleMaster)
         return initPid
     }
@@ -197,7 +211,6 @@ final class Monitor {
                     ring.append(Array("\r\n[berth] VPS \(spec.name) is rebooting\r\n".utf8)[...])
                     do {
                         _ = try boot()
-                        try writeState()
                         continue
                     } catch {
                         teardown(reason: "reboot failed: \(error.message)")
@@ -268,7 +281,11 @@ final class Monitor {
         }
         unlink(spec.runDir + "/" + RunState.stateFile)
         // What the console said last outlives the VPS: the first place to look when a boot fails.
-        try? FileIO.writeAtomically(FileIO.directory(of: spec.diskImage) + "/" + RunState.consoleLogFile, ring.contents(), mode: 0o600)
+        // A start that failed before init said anything keeps the last boot's log.
+        let history = ring.contents()
+        if !history.isEmpty {
+            try? FileIO.writeAtomically(FileIO.directory(of: spec.diskImage) + "/" + RunState.consoleLogFile, history, mode: 0o600)
+        }
         let record = "reason=\(reason)\ntime=\(time(nil))\n" + networkRecord
         try? FileIO.writeAtomically(spec.runDir + "/" + RunState.exitFile, Array(record.utf8), mode: 0o644)
     }

@@ -8,12 +8,14 @@ import Glibc
 //
 //   agent                      berth-spawn (monitor)                 child (becomes VPS init)
 //     | spec on fd 3, EOF -------->|                                      |
-//     |                            | unshare(NEWNS): its own mounts,      |
-//     |                            |   never the host's (Monitor.swift)   |
+//     | make the VPS cgroups       | unshare(NEWNS): its own mounts,      |
+//     |   (beside the mounts)      |   never the host's (Monitor.swift)   |
 //     |                            | attach loop, mount disk.img          |
 //     |                            |   [layered: at the disk mount; the   |
 //     |                            |    overlay at the root if no userns] |
 //     |                            | bind console.sock                    |
+//     | fd 5: "cgroups=ready", EOF>| waits for it [EOF alone: undo, exit] |
+//     |                            | I/O limits name the loop device      |
 //     |                            | clone(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET[|NEWUSER]) ->|
 //     |                            |   [userns: owned by the VPS's root uid, cwd = its root]
 //     |                            |                                      | waits on the setup socket
@@ -33,10 +35,9 @@ import Glibc
 //     |                            | veth, routes, filter (NetworkSetup)  |
 //     |                            |   into the child's netns             |
 //     |                            |-- go pipe: one byte (network ready) ->| waits for it
-//     |                            |                                      | seccomp, drop caps, close fds
+//     |                            | write run/NAME/state                 | seccomp, drop caps, close fds
 //     |                            |<-- error pipe: EOF (exec ok) or text  | execve(/sbin/init)
-//     |                            | write run/NAME/state                 |
-//     |<-- fd 4: "ok MONITOR INIT" |                                      |
+//     |<-- fd 4: "ok MONITOR INIT" |   [text: state file removed]         |
 //     |                            | loop: console ring, reap init,       |
 //     |                            |       reboot = clone again           |
 //     |  (agent may exit/restart; the monitor and VPS keep running)      |
@@ -55,8 +56,8 @@ func runStart() -> Never {
         let spec = try SpawnSpec.decode(String(decoding: specBytes, as: UTF8.self))
         let m = try Monitor(spec: spec)
         monitor = m
+        try m.awaitCgroups(fd: 5)
         let initPid = try m.boot()
-        try m.writeState()
         report("ok \(getpid()) \(initPid)\n")
         close(4)
         m.run()
@@ -71,9 +72,11 @@ func runStart() -> Never {
 }
 
 /// Forks a child with the VPS namespaces that sets itself up and execs init, while this process
-/// maps its ids, places it in its cgroups and wires its network namespace. Returns the child's
-/// pid once the exec happened, or throws what failed (the child is killed and the network undone).
-func cloneInit(spec: SpawnSpec, guest: GuestSpec) throws(IsolationError) -> (pid: Int32, consoleMaster: Int32) {
+/// maps its ids, places it in its cgroups and wires its network namespace. `whileInitExecs` runs
+/// once the child may exec, beside that exec. Returns the child's pid once the exec happened, or
+/// throws what failed (the child is killed and the network undone).
+func cloneInit(spec: SpawnSpec, guest: GuestSpec,
+               whileInitExecs: (Int32) throws(IsolationError) -> Void) throws(IsolationError) -> (pid: Int32, consoleMaster: Int32) {
     var errorPipe: [Int32] = [0, 0]
     var goPipe: [Int32] = [0, 0]
     var setup: [Int32] = [0, 0]
@@ -152,13 +155,16 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec) throws(IsolationError) -> (pid
     }
     _ = write(goPipe[1], "g", 1)
     close(goPipe[1])
+    var sideError: IsolationError?
+    do { try whileInitExecs(pid) } catch { sideError = error }
     let reply = FileIO.readAll(fd: errorPipe[0]) ?? []
     close(errorPipe[0])
-    if reply.isEmpty { return (pid, consoleMaster) }
+    if reply.isEmpty && sideError == nil { return (pid, consoleMaster) }
+    if reply.isEmpty { kill(pid, SIGKILL) }
     close(consoleMaster)
     var status: Int32 = 0
     waitpid(pid, &status, 0)
-    throw childError(reply) ?? IsolationError(.childFailed, "VPS init setup failed")
+    throw childError(reply) ?? sideError ?? IsolationError(.childFailed, "VPS init setup failed")
 }
 
 /// The child's "STAGE<TAB>ERRNO<TAB>MESSAGE" report, nil when it sent none.

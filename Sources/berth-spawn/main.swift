@@ -1,6 +1,6 @@
 // berth-spawn: the single-threaded helper between the multi-threaded agent and a VPS.
 //
-//   berth-spawn start            spec on fd 3, one status line on fd 4; then stays as the monitor
+//   berth-spawn start            spec on fd 3, cgroups ready on fd 5, one status line on fd 4; then stays as the monitor
 //   berth-spawn exec [options] -- CMD [ARG...]   joins a running VPS and runs CMD in it
 //   berth-spawn configure --run-dir D --init-pid P --init-start T   applies a new guest spec (stdin) live
 //

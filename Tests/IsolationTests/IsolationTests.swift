@@ -330,7 +330,6 @@ final class FakeTree {
         spec.openFilesLimit = 4096
         spec.lxcfs = "/var/lib/lxcfs"
         spec.beancounters = "/var/lib/berth/vps/web1/beancounters"
-        spec.deviceWrites = [CgroupWrite(path: "/sys/fs/cgroup/blkio/berth/web1/blkio.throttle.read_bps_device", value: "{device} 1048576")]
         spec.idmap = IDMap(hostBase: 1_065_536)
         spec.layer = SharedLayer(template: "/var/lib/berth/templates/busybox/rootfs", diskMount: "/var/lib/berth/vps/web1/disk")
         spec.cgroupMounts = [CgroupGuestMount(type: "cgroup", directory: "cpu,cpuacct", options: "cpu,cpuacct", writable: false, aliases: ["cpu", "cpuacct"]),
@@ -338,6 +337,20 @@ final class FakeTree {
         let decoded = try SpawnSpec.decode(spec.encode())
         #expect(decoded == spec)
         #expect(!spec.encode().contains("line\nbreak"))
+    }
+
+    @Test func cgroupsReadyRoundTripsAndEmptyMeansGiveUp() throws {
+        let ready = CgroupsReady(deviceWrites: [
+            CgroupWrite(path: "/sys/fs/cgroup/blkio/berth/web1/blkio.throttle.read_bps_device", value: "{device} 1048576"),
+            CgroupWrite(path: "/sys/fs/cgroup/berth/web 1%/io.max", value: "{device} rbps=max\twbps=1"),
+        ])
+        #expect(try CgroupsReady.decode(ready.encode()) == ready)
+        #expect(try CgroupsReady.decode(CgroupsReady().encode()) == CgroupsReady())
+        // EOF alone: the agent could not make the cgroups, and the monitor must not boot.
+        for broken in ["", "device-write=/a%09b\n", "cgroups=ready\ndevice-write=relative%09b\n",
+                       "cgroups=ready\ndevice-write=/no-tab\n", "cgroups=ready\nsurprise=1\n"] {
+            #expect(throws: IsolationError.self) { try CgroupsReady.decode(broken) }
+        }
     }
 
     // "": what the agent closes the spec pipe on when it gives up before sending one (the
