@@ -83,8 +83,17 @@ public enum Rootfs {
         for path in maskedFiles where FileIO.exists("\(root)/\(path)") {
             try check("mask /\(path)") { mount("/dev/null", "\(root)/\(path)", nil, UInt(MS_BIND), nil) }
         }
+        // One empty read-only tmpfs, bound over every masked directory: each superblock more
+        // costs a VPS kernel memory (and every memory cgroup on the host a slot for its shrinker).
+        var maskSource: String?
         for path in maskedDirectories where FileIO.isDirectory("\(root)/\(path)") {
-            try check("mask /\(path)") { mount("tmpfs", "\(root)/\(path)", "tmpfs", UInt(MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC), "size=0") }
+            let target = "\(root)/\(path)"
+            if let maskSource {
+                try check("mask /\(path)") { mount(maskSource, target, nil, UInt(MS_BIND), nil) }
+                continue
+            }
+            try check("mask /\(path)") { mount("tmpfs", target, "tmpfs", UInt(MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC), "size=0") }
+            maskSource = target
         }
         for path in readOnlyPaths where FileIO.exists("\(root)/\(path)") {
             try bindReadOnly("\(root)/\(path)")

@@ -174,7 +174,10 @@ final class Monitor {
 
     /// The event loop: console bytes in and out, init's exit. Returns when the VPS has stopped.
     func run() {
-        var buffer = [UInt8](repeating: 0, count: 16384)
+        // Not zero-filled: console reads are short, and pages never written take no memory.
+        let bufferSize = 16384
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 16)
+        defer { buffer.deallocate() }
         while true {
             var fds = [pollfd(fd: consoleMaster, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: listener, events: Int16(POLLIN), revents: 0),
@@ -185,17 +188,18 @@ final class Monitor {
                 break
             }
             if fds[0].revents & Int16(POLLIN) != 0 {
-                let n = buffer.withUnsafeMutableBytes { read(consoleMaster, $0.baseAddress, $0.count) }
+                let n = read(consoleMaster, buffer.baseAddress, bufferSize)
                 if n > 0 {
-                    ring.append(buffer[0..<n])
-                    if client >= 0 { sendToClient(Array(buffer[0..<n])) }
+                    let bytes = Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                    ring.append(bytes[...])
+                    if client >= 0 { sendToClient(bytes) }
                 }
             }
             if fds[1].revents & Int16(POLLIN) != 0 { acceptClient() }
             if fds.count > 3 && fds[3].revents != 0 {
-                let n = buffer.withUnsafeMutableBytes { read(client, $0.baseAddress, $0.count) }
+                let n = read(client, buffer.baseAddress, bufferSize)
                 if n > 0 {
-                    _ = buffer.withUnsafeBytes { write(consoleMaster, $0.baseAddress, n) }
+                    _ = write(consoleMaster, buffer.baseAddress, n)
                 } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
                     close(client)
                     client = -1
