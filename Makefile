@@ -12,9 +12,16 @@ all: build
 deps:
 	@./scripts/install-deps.sh
 
+# berth-monitor is plain C and must stay free of the Swift runtime (SwiftPM would link it in):
+# built here, next to berth-spawn, which execs it (Sources/berth-monitor/main.c).
+MONITOR_FLAGS := -O2 -Wall -Wextra -static
+# Any C compiler: the Swift toolchain's clang where Debian's is not installed.
+MONITOR_CC := $(shell command -v cc || command -v gcc || command -v clang)
+
 # One debug build of every product and test target; every test tier reuses it.
 build: deps
 	$(SWIFT) build --build-tests
+	$(MONITOR_CC) $(MONITOR_FLAGS) -o $(BUILD)/berth-monitor Sources/berth-monitor/main.c
 
 test: build
 	@$(MAKE) --no-print-directory test-unit
@@ -99,6 +106,7 @@ PRODUCTS ?= berth berth-agent berth-spawn berth-controller cluster-bench
 release:
 	@for product in $(PRODUCTS); do \
 	  $(SWIFT) build -c release --static-swift-stdlib --product $$product || exit 1; done
+	$(MONITOR_CC) $(MONITOR_FLAGS) -o $(RELEASE)/berth-monitor Sources/berth-monitor/main.c
 
 # Regenerates Sources/Wire/berth.pb.swift with Debian's protoc and a locally built plugin.
 proto:

@@ -25,8 +25,8 @@ if [ "${1:-}" = stop ]; then
     [ -d "$BERTH_CLUSTER_DIR" ] && "$DEV" down >/dev/null
     for v in demo1 demo2; do "$BERTH" destroy "$v" --force 2>/dev/null || true; done
     [ -f "$PIDFILE" ] && kill -TERM "$(cat "$PIDFILE")" 2>/dev/null && rm -f "$PIDFILE"
-    # The agent runs its helper from a read-only bind of it (Docs/security.md).
-    while umount -l /run/berth/berth-spawn 2>/dev/null; do :; done
+    # The agent runs its helpers from read-only binds of them (Docs/security.md).
+    for helper in berth-spawn berth-monitor; do while umount -l /run/berth/$helper 2>/dev/null; do :; done; done
     ip netns del "$NODE_NS" 2>/dev/null || true
     ip netns del "$LAN_NS" 2>/dev/null || true
     rm -f "$NODE_CONFIG"

@@ -12,7 +12,7 @@ rm -rf "$STAGE"
 mkdir -p "$STAGE/bin" "$STAGE/tools" "$STAGE/lib"
 
 # Built by `make release` (make device-bundle runs it first).
-for product in berth berth-agent berth-spawn; do
+for product in berth berth-agent berth-spawn berth-monitor; do
     [ -x ".build/release/$product" ] || { echo "no .build/release/$product: run make device-bundle" >&2; exit 1; }
     install -m 755 ".build/release/$product" "$STAGE/bin/"
 done

@@ -54,6 +54,8 @@ public struct SpawnSpec: Equatable, Sendable {
     /// A layered VPS: its root is an overlay of this shared template tree (read-only) over
     /// `upper` and `work` on its own disk, which is mounted at `diskMount` instead of the root.
     public var layer: SharedLayer?
+    /// berth-monitor, which the monitor execs once the VPS has booted (Sources/berth-monitor).
+    public var monitorBinary: String?
 
     public init(name: String, diskImage: String, rootPath: String, runDir: String, hostname: String,
                 cgroupProcsFiles: [String], initArgv: [String] = ["/sbin/init"],
@@ -97,6 +99,7 @@ public struct SpawnSpec: Equatable, Sendable {
             put("layer", layer.template)
             put("diskmount", layer.diskMount)
         }
+        if let monitorBinary { put("monitor", monitorBinary) }
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -111,7 +114,7 @@ public struct SpawnSpec: Equatable, Sendable {
             let value = try unescape(String(line[line.index(after: eq)...]))
             switch key {
             case "cgroup", "init", "env", "drop", "cgroupfs": multi[key, default: []].append(value)
-            case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs", "beancounters", "idmap", "layer", "diskmount":
+            case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs", "beancounters", "idmap", "layer", "diskmount", "monitor":
                 if single[key] != nil { throw IsolationError(.invalidSpec, "spawn spec key \(key) repeated") }
                 single[key] = value
             default: throw IsolationError(.invalidSpec, "spawn spec has unknown key \(key)")
@@ -154,6 +157,10 @@ public struct SpawnSpec: Equatable, Sendable {
         case (let template?, let diskMount?) where template.hasPrefix("/") && diskMount.hasPrefix("/"):
             spec.layer = SharedLayer(template: template, diskMount: diskMount)
         default: throw IsolationError(.invalidSpec, "spawn spec layer needs both absolute paths, layer and diskmount")
+        }
+        if let monitor = single["monitor"] {
+            guard monitor.hasPrefix("/") else { throw IsolationError(.invalidSpec, "spawn spec monitor is not an absolute path") }
+            spec.monitorBinary = monitor
         }
         for entry in multi["cgroupfs"] ?? [] {
             guard let mount = CgroupGuestMount.parse(entry) else { throw IsolationError(.invalidSpec, "spawn spec cgroupfs entry is malformed: \(entry)") }

@@ -27,17 +27,20 @@ public struct AgentPaths: Sendable {
     public var runDir: String
     /// The berth-spawn helper binary.
     public var spawnBinary: String
+    /// berth-monitor, which each VPS's monitor becomes once the VPS has booted.
+    public var monitorBinary: String
     /// Where lxcfs is mounted; VPSs started while it serves there get its /proc views.
     public var lxcfs: String
     /// Downloaded distribution trees (debootstrap output), kept across template rebuilds and
     /// shared by every data directory on the host.
     public var templateCache: String
 
-    public init(dataDir: String, runDir: String, spawnBinary: String, lxcfs: String = "/var/lib/lxcfs",
+    public init(dataDir: String, runDir: String, spawnBinary: String, monitorBinary: String, lxcfs: String = "/var/lib/lxcfs",
                 templateCache: String = "/var/cache/berth/templates") {
         self.dataDir = dataDir
         self.runDir = runDir
         self.spawnBinary = spawnBinary
+        self.monitorBinary = monitorBinary
         self.lxcfs = lxcfs
         self.templateCache = templateCache
     }
@@ -100,6 +103,7 @@ public actor VPSManager {
                                                 attributes: [.posixPermissions: 0o755])
         var paths = paths
         paths.spawnBinary = try Self.readOnlyHelper(paths.spawnBinary, runDir: paths.runDir)
+        paths.monitorBinary = try Self.readOnlyHelper(paths.monitorBinary, runDir: paths.runDir)
         self.paths = paths
         self.nodeName = nodeName
         self.cgroups = cgroups
@@ -621,6 +625,7 @@ public actor VPSManager {
         spec.idmap = idmap
         spec.dropCapabilities = dropCapabilities
         spec.beancounters = beancounterDirectory(name)
+        spec.monitorBinary = paths.monitorBinary
         if record.config.isLayered {
             let tree = templates.rootfs(record.config.template)
             // The agent never removes a shared tree; this catches one deleted by hand.
@@ -975,11 +980,12 @@ public actor VPSManager {
         return (run, cgroups.procsFiles(name))
     }
 
-    /// A read-only bind of the helper binary in the run directory, run instead of the original:
-    /// a process in a VPS that reaches the helper through /proc/PID/exe (CVE-2019-5736) cannot
-    /// open it for writing (EROFS), even in a privileged VPS where it is host root.
+    /// A read-only bind of a helper binary in the run directory, under the same name, run
+    /// instead of the original: a process in a VPS that reaches the helper through /proc/PID/exe
+    /// (CVE-2019-5736) cannot open it for writing (EROFS), even in a privileged VPS where it is
+    /// host root.
     static func readOnlyHelper(_ binary: String, runDir: String) throws -> String {
-        let target = runDir + "/berth-spawn"
+        let target = runDir + "/" + FileIO.baseName(binary)
         // A previous agent's bind: replace it, the binary may have been upgraded since (monitors
         // still running from it keep it alive; a lazy unmount does not disturb them).
         for _ in 0..<16 where umount2(target, Int32(MNT_DETACH)) == 0 {}
@@ -998,9 +1004,10 @@ public actor VPSManager {
     /// Detaches the helper's read-only bind when the agent exits (processes started from it keep
     /// running); the next agent makes a fresh one.
     public nonisolated func releaseHelper() {
-        guard paths.spawnBinary == paths.runDir + "/berth-spawn" else { return }
-        for _ in 0..<16 where umount2(paths.spawnBinary, Int32(MNT_DETACH)) == 0 {}
-        unlink(paths.spawnBinary)
+        for helper in [paths.spawnBinary, paths.monitorBinary] where FileIO.directory(of: helper) == paths.runDir {
+            for _ in 0..<16 where umount2(helper, Int32(MNT_DETACH)) == 0 {}
+            unlink(helper)
+        }
     }
 
     /// The lowest free id range of this node (saved configs and creates in flight).

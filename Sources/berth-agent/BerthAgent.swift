@@ -27,7 +27,7 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "This node's name (default: the host name).")
     var name: String?
 
-    @Option(help: "Path of the berth-spawn helper (default: next to this binary).")
+    @Option(help: "Path of the berth-spawn helper (default: next to this binary); berth-monitor must be next to it.")
     var spawn: String?
 
     @Option(help: "Parent cgroup of every VPS cgroup (one per node; tests use their own).")
@@ -127,6 +127,13 @@ struct BerthAgent: AsyncParsableCommand {
             FileHandle.standardError.write(Data("berth-agent: helper \(spawnBinary) not found or not executable (use --spawn)\n".utf8))
             throw ExitCode(2)
         }
+        // Built by the Makefile (plain C, no Swift runtime), beside berth-spawn.
+        let monitorBinary = URL(fileURLWithPath: spawnBinary).resolvingSymlinksInPath()
+            .deletingLastPathComponent().appendingPathComponent("berth-monitor").path
+        guard FileManager.default.isExecutableFile(atPath: monitorBinary) else {
+            FileHandle.standardError.write(Data("berth-agent: helper \(monitorBinary) not found or not executable (it belongs next to berth-spawn; `make build` or `make release` makes it)\n".utf8))
+            throw ExitCode(2)
+        }
         var mode = CgroupMode.detect()
         if let cgroup2Root {
             guard CgroupMode.detect(root: cgroup2Root) == .v2(root: cgroup2Root) else {
@@ -145,7 +152,7 @@ struct BerthAgent: AsyncParsableCommand {
             }
         }
         let nodeName = name ?? ProcessInfo.processInfo.hostName
-        let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, lxcfs: lxcfs, templateCache: templateCache),
+        let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, monitorBinary: monitorBinary, lxcfs: lxcfs, templateCache: templateCache),
                                      nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger,
                                      overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit),
                                      settings: settings, beancounterInterval: beancounterInterval)

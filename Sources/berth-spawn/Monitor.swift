@@ -24,6 +24,10 @@ final class Monitor {
     var guest: GuestSpec?
     /// The disk's loop device, which I/O limits name.
     var loopDevice = ""
+    /// The spec in a memfd and this very executable (O_PATH), both kept across the hand-offs to
+    /// berth-monitor and back (handOff, init(resuming:)).
+    var specFD: Int32 = -1
+    var selfFD: Int32 = -1
 
     init(spec: SpawnSpec) throws(IsolationError) {
         self.spec = spec
@@ -41,6 +45,30 @@ final class Monitor {
             teardown(reason: "setup failed")
             throw error
         }
+    }
+
+    /// The monitor again after berth-monitor handed the VPS back (its init exited): what the first
+    /// boot mounted is still mounted in this process's namespace, the descriptors are the same.
+    init(resuming spec: SpawnSpec, state: ResumedState) {
+        self.spec = spec
+        ring = ConsoleRing(capacity: spec.consoleRingBytes)
+        rootMounted = spec.layer == nil || spec.idmap == nil
+        diskMounted = spec.layer != nil
+        beancountersMounted = spec.beancounters != nil
+        initPid = state.initPid
+        consoleMaster = state.master
+        consoleSlaveFD = state.slave
+        listener = state.listener
+        signalFD = state.signals
+        client = state.client
+        specFD = state.spec
+        selfFD = state.selfExecutable
+        for fd in [consoleMaster, consoleSlaveFD, listener, signalFD, client, specFD, selfFD] where fd >= 0 {
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        lseek(state.history, 0, SEEK_SET)
+        ring.append(FileIO.readAll(fd: state.history)?[...] ?? [])
+        close(state.history)
     }
 
     /// The VPS's mounts (disk, overlay, beancounter tmpfs) live in a mount namespace of the
@@ -210,22 +238,70 @@ final class Monitor {
                 var status: Int32 = 0
                 let reaped = waitpid(initPid, &status, WNOHANG)
                 guard reaped == initPid else { continue }
-                let exit = InitExit(status: status)
-                if exit.isRebootRequest && !FileIO.exists(spec.runDir + "/" + RunState.stopRequestFile) {
-                    ring.append(Array("\r\n[berth] VPS \(spec.name) is rebooting\r\n".utf8)[...])
-                    do {
-                        _ = try boot()
-                        continue
-                    } catch {
-                        teardown(reason: "reboot failed: \(error.message)")
-                        return
-                    }
-                }
-                teardown(reason: exit.reason)
-                return
+                guard initExited(status: status) else { return }
+                handOff()
             }
         }
         teardown(reason: "monitor failed")
+    }
+
+    /// Init exited with `status`: a reboot from inside boots the VPS again (true), anything else
+    /// ends it (false, torn down).
+    func initExited(status: Int32) -> Bool {
+        let exit = InitExit(status: status)
+        guard exit.isRebootRequest && !FileIO.exists(spec.runDir + "/" + RunState.stopRequestFile) else {
+            teardown(reason: exit.reason)
+            return false
+        }
+        ring.append(Array("\r\n[berth] VPS \(spec.name) is rebooting\r\n".utf8)[...])
+        do {
+            _ = try boot()
+            return true
+        } catch {
+            teardown(reason: "reboot failed: \(error.message)")
+            return false
+        }
+    }
+
+    /// Replaces this process with berth-monitor while the VPS runs: it keeps the console and
+    /// waits for init in a fraction of this process's memory, and execs this binary back
+    /// (`berth-spawn resume`) when init exits. Returns only if the exec failed; the loop here
+    /// then carries on.
+    func handOff() {
+        guard let monitor = spec.monitorBinary else { return }
+        if specFD < 0 {
+            specFD = berth_memfd("berth-spawn-spec")
+            guard specFD >= 0, (try? FileIO.writeAll(fd: specFD, Array(spec.encode().utf8), stage: "spec")) != nil else {
+                return notice("berth-spawn: no memfd for the spec (\(errnoName(errno))): monitoring in berth-spawn\n")
+            }
+        }
+        if selfFD < 0 {
+            selfFD = open("/proc/self/exe", O_PATH | O_CLOEXEC)
+            guard selfFD >= 0 else { return notice("berth-spawn: cannot open its own executable (\(errnoName(errno))): monitoring in berth-spawn\n") }
+        }
+        let history = berth_memfd("berth-console-history")
+        guard history >= 0, (try? FileIO.writeAll(fd: history, ring.contents(), stage: "history")) != nil else {
+            if history >= 0 { close(history) }
+            return notice("berth-spawn: no memfd for the console history (\(errnoName(errno))): monitoring in berth-spawn\n")
+        }
+        defer { close(history) }
+        let passed = [consoleMaster, consoleSlaveFD, listener, signalFD, client, specFD, selfFD, history]
+        for fd in passed where fd >= 0 { _ = berth_keep_on_exec(fd) }
+        let arguments = ["--self": selfFD, "--init": initPid, "--master": consoleMaster, "--slave": consoleSlaveFD,
+                         "--listener": listener, "--signals": signalFD, "--client": client, "--spec": specFD,
+                         "--history": history, "--capacity": Int32(spec.consoleRingBytes)]
+        let argv = [monitor, "--run-dir", spec.runDir] + arguments.flatMap { [$0.key, String($0.value)] }
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let environment: [UnsafeMutablePointer<CChar>?] = [nil]
+        execve(monitor, cArgv, environment)
+        let err = errno
+        cArgv.forEach { free($0) }
+        for fd in passed where fd >= 0 && fd != history { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        notice("berth-spawn: cannot run \(monitor) (\(errnoName(err))): monitoring in berth-spawn\n")
+    }
+
+    private func notice(_ line: String) {
+        _ = line.withCString { write(2, $0, strlen($0)) }
     }
 
     func acceptClient() {
@@ -295,6 +371,21 @@ final class Monitor {
     }
 }
 
+
+/// What berth-monitor hands back to `berth-spawn resume` (main.swift): init's wait status and
+/// the descriptors of the running VPS's monitor.
+struct ResumedState {
+    var status: Int32
+    var initPid: Int32
+    var master: Int32
+    var slave: Int32
+    var listener: Int32
+    var signals: Int32
+    var client: Int32
+    var spec: Int32
+    var history: Int32
+    var selfExecutable: Int32
+}
 
 extension String {
     func replacingPlaceholder(_ placeholder: String, with value: String) -> String {

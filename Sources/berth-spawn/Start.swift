@@ -38,8 +38,10 @@ import Glibc
 //     |                            | write run/NAME/state                 | seccomp, drop caps, close fds
 //     |                            |<-- error pipe: EOF (exec ok) or text  | execve(/sbin/init)
 //     |<-- fd 4: "ok MONITOR INIT" |   [text: state file removed]         |
-//     |                            | loop: console ring, reap init,       |
-//     |                            |       reboot = clone again           |
+//     |                            | exec berth-monitor: console ring,    |
+//     |                            |   reap init; its exit execs this     |
+//     |                            |   binary back (resume): reboot =     |
+//     |                            |   clone again, or tear down          |
 //     |  (agent may exit/restart; the monitor and VPS keep running)      |
 //     |                            | on final exit: umount, write exit    |
 
@@ -60,6 +62,7 @@ func runStart() -> Never {
         let initPid = try m.boot()
         report("ok \(getpid()) \(initPid)\n")
         close(4)
+        m.handOff()
         m.run()
         exit(0)
     } catch {
@@ -297,4 +300,40 @@ func cpuMicros() -> Int64 {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
     return Int64(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1_000_000 + Int64(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
+}
+
+/// `berth-spawn resume`: berth-monitor handing a VPS back once its init exited (Monitor.handOff).
+/// Reboots it and hands it off again, or tears it down and exits.
+func runResume(_ args: [String]) -> Never {
+    var values: [String: String] = [:]
+    var index = 0
+    while index + 1 < args.count {
+        values[args[index]] = args[index + 1]
+        index += 2
+    }
+    func number(_ key: String) -> Int32? { values[key].flatMap { Int32($0) } }
+    guard let status = number("--status"), let initPid = number("--init"), let master = number("--master"),
+          let slave = number("--slave"), let listener = number("--listener"), let signals = number("--signals"),
+          let client = number("--client"), let specFD = number("--spec"), let history = number("--history"),
+          let selfFD = number("--self") else {
+        let line = "berth-spawn resume: incomplete hand-back from berth-monitor: \(args)\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+        exit(2)
+    }
+    lseek(specFD, 0, SEEK_SET)
+    let spec: SpawnSpec
+    do {
+        spec = try SpawnSpec.decode(String(decoding: FileIO.readAll(fd: specFD) ?? [], as: UTF8.self))
+    } catch {
+        let line = "berth-spawn resume: the spec berth-monitor handed back does not decode: \(error.message)\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+        exit(1)
+    }
+    let monitor = Monitor(resuming: spec, state: ResumedState(status: status, initPid: initPid, master: master, slave: slave,
+                                                              listener: listener, signals: signals, client: client, spec: specFD,
+                                                              history: history, selfExecutable: selfFD))
+    guard monitor.initExited(status: status) else { exit(0) }
+    monitor.handOff()
+    monitor.run()
+    exit(0)
 }

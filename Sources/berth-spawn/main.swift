@@ -3,6 +3,7 @@
 //   berth-spawn start            spec on fd 3, cgroups ready on fd 5, one status line on fd 4; then stays as the monitor
 //   berth-spawn exec [options] -- CMD [ARG...]   joins a running VPS and runs CMD in it
 //   berth-spawn configure --run-dir D --init-pid P --init-start T   applies a new guest spec (stdin) live
+//   berth-spawn resume --status S ...   berth-monitor hands a VPS back when its init exited
 //
 // It never starts a thread: clone, setns and unshare are only safe in a single-threaded process.
 import Isolation
@@ -18,6 +19,8 @@ case "exec":
     runExec(Array(arguments.dropFirst()))
 case "configure":
     runConfigure(Array(arguments.dropFirst()))
+case "resume":
+    runResume(Array(arguments.dropFirst()))
 default:
     let message = "usage: berth-spawn start | exec --init-pid PID --init-start T [--cgroup FILE]... [--tty ROWS COLS] [--env K=V]... -- CMD [ARG...]\n(an internal helper of berth-agent, not meant to be run by hand)\n"
     _ = message.withCString { write(2, $0, strlen($0)) }

@@ -359,7 +359,7 @@ t_bad_input() {
             --socket "$WORK/n9/agent.sock" --cgroup-parent "berth-$RUN_ID-n9" --controller "$CONTROLLER" --listen 198.18.100.1:7009 \
             --join "${bad%%:*}" 2>&1) && fail "a bad token enrolled a node"
         expect_contains "$err" "${bad#*:}"
-        umount -l "$WORK/n9/run/berth-spawn" 2>/dev/null || true
+        umount -l "$WORK/n9/run/berth-spawn" "$WORK/n9/run/berth-monitor" 2>/dev/null || true
         rm -rf "$WORK/n9"
     done
     cl node list | grep -q n9 && fail "n9 was registered"

@@ -195,12 +195,20 @@ t_reboot_and_poweroff_inside() {
     local before after
     local boot_id; boot_id=$(cat /proc/sys/kernel/random/boot_id)
     before=$(vps_pid "$A")
+    # Once booted, the monitor is berth-monitor (berth-spawn execs it); a reboot hands the VPS
+    # back to berth-spawn and then to berth-monitor again, in the same process, history and all.
+    local monitor; monitor=$(sed -n 's/^monitor=//p' "$WORK/run/$A/state")
+    expect_eq "$(cat "/proc/$monitor/comm")" berth-monitor "(the monitor of a booted VPS)"
     "$BERTH" exec "$A" -- reboot
     for _ in $(seq 100); do
         after=$("$BERTH" status "$A" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["pid"])')
         [ "$after" != "$before" ] && [ "$after" != 0 ] && break; sleep 0.1
     done
     [ "$after" != "$before" ] || fail "init pid unchanged after reboot"
+    expect_eq "$(sed -n 's/^monitor=//p' "$WORK/run/$A/state")" "$monitor" "(the monitor after the reboot)"
+    for _ in $(seq 50); do [ "$(cat "/proc/$monitor/comm")" = berth-monitor ] && break; sleep 0.1; done
+    expect_eq "$(cat "/proc/$monitor/comm")" berth-monitor "(the monitor after the reboot)"
+    expect_contains "$( (sleep 1; printf '\035') | timeout 10 "$BERTH" console "$A" 2>/dev/null )" "is rebooting"
     expect_eq "$("$BERTH" status "$A" | cut -d' ' -f2)" running
     expect_eq "$(cat /proc/sys/kernel/random/boot_id)" "$boot_id" "(the host rebooted?)"
     for _ in $(seq 50); do "$BERTH" exec "$A" -- test -f /run/boot-complete 2>/dev/null && break; sleep 0.1; done
