@@ -215,6 +215,9 @@ int main(int argc, char **argv) {
 
     unsigned char buffer[4096];
     for (;;) {
+        // The client polled below: an attach in this round replaces it, and the new one has
+        // not been polled (its socket blocks).
+        int polled_client = client;
         struct pollfd fds[4] = {
             { .fd = o.master, .events = POLLIN },
             { .fd = o.listener, .events = POLLIN },
@@ -233,7 +236,7 @@ int main(int argc, char **argv) {
             }
         }
         if (fds[1].revents & POLLIN) {
-            int accepted = accept4(o.listener, NULL, NULL, SOCK_CLOEXEC);
+            int accepted = accept4(o.listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
             if (accepted >= 0) {
                 // One operator at a time, like a serial console: a new attach takes it over.
                 if (client >= 0) close(client);
@@ -241,7 +244,7 @@ int main(int argc, char **argv) {
                 ring_contents(send_to_client, -1);
             }
         }
-        if (client >= 0 && fds[3].revents) {
+        if (client >= 0 && client == polled_client && fds[3].revents) {
             ssize_t n = read(client, buffer, sizeof buffer);
             if (n > 0) {
                 write_all(o.master, buffer, (size_t)n);

@@ -223,8 +223,10 @@ final class Monitor {
                     if client >= 0 { sendToClient(bytes) }
                 }
             }
+            // An attach in this round replaces the polled client; the new one was not polled.
+            let polledClient = client
             if fds[1].revents & Int16(POLLIN) != 0 { acceptClient() }
-            if fds.count > 3 && fds[3].revents != 0 {
+            if fds.count > 3 && fds[3].revents != 0 && client == polledClient {
                 let n = read(client, buffer.baseAddress, bufferSize)
                 if n > 0 {
                     _ = write(consoleMaster, buffer.baseAddress, n)
