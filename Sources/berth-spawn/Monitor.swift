@@ -309,6 +309,8 @@ final class Monitor {
     func acceptClient() {
         let fd = berth_accept_cloexec(listener)
         guard fd >= 0 else { return }
+        // Never blocks the loop: a read it was not polled for comes back empty-handed.
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         // One operator at a time, like a serial console: a new attach takes it over.
         if client >= 0 { close(client) }
         client = fd
