@@ -3,9 +3,9 @@
 // berth-spawn (Swift) boots a VPS and then execs this program in its own process: same pid,
 // same mount namespace, same open descriptors. While the VPS runs, this loop is all its monitor
 // does: keep the console's history in a ring, serve `berth console` on the console socket and
-// wait for init to exit. It holds about a sixth of the memory a waiting berth-spawn does (its
-// static Swift runtime alone dirties more). When init exits it execs berth-spawn back
-// (`berth-spawn resume`), which reboots the VPS or tears it down, as before this split.
+// wait for init to exit. It holds under a quarter of the memory berth-spawn held as the monitor
+// (the static Swift runtime alone dirtied more than this whole program). When init exits it
+// execs berth-spawn back (`berth-spawn resume`), which reboots the VPS or tears it down.
 //
 //   berth-spawn start / resume          berth-monitor (this program)
 //     | boot: clone init, report ok        |
