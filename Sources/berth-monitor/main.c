@@ -101,8 +101,10 @@ static void send_to_client(int unused, const unsigned char *bytes, size_t n) {
     }
 }
 
+// One buffer for every read: the history at start, then the console and the client.
+static unsigned char buffer[4096];
+
 static void load_history(int fd, size_t capacity) {
-    unsigned char buffer[4096];
     ssize_t n;
     off_t offset = 0;
     while ((n = pread(fd, buffer, sizeof buffer, offset)) > 0) {
@@ -213,7 +215,6 @@ int main(int argc, char **argv) {
     int status;
     if (waitpid(o.init, &status, WNOHANG) == o.init) resume(&o, status);
 
-    unsigned char buffer[4096];
     for (;;) {
         // The client polled below: an attach in this round replaces it, and the new one has
         // not been polled (its socket blocks).
