@@ -175,10 +175,6 @@ int berth_execvpe(const char *file, char *const argv[], char *const envp[]) { re
 int berth_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
 #include <sys/mman.h>
 int berth_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
-int berth_keep_on_exec(int fd) {
-    int flags = fcntl(fd, F_GETFD);
-    return flags < 0 ? -1 : fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
-}
 int berth_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 #include <sys/eventfd.h>
 int berth_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }

@@ -483,19 +483,14 @@ public actor VPSManager {
         //     | make and limit the cgroups              | read(fd 5) blocks
         //     | "cgroups=ready" on fd 5, EOF ---------->| clone init into them, boot
         //     |   [a failure here: EOF alone] --------->|   unmount, report, exit 1
-        let specPipe = try Subprocess.makePipe()
-        let statusPipe: (read: Int32, write: Int32)
-        let cgroupPipe: (read: Int32, write: Int32)
+        var pipes: [(read: Int32, write: Int32)] = []
         do {
-            statusPipe = try Subprocess.makePipe()
-            do { cgroupPipe = try Subprocess.makePipe() } catch {
-                close(statusPipe.read); close(statusPipe.write)
-                throw error
-            }
+            for _ in 0..<3 { pipes.append(try Subprocess.makePipe()) }
         } catch {
-            close(specPipe.read); close(specPipe.write)
+            pipes.forEach { close($0.read); close($0.write) }
             throw error
         }
+        let (specPipe, statusPipe, cgroupPipe) = (pipes[0], pipes[1], pipes[2])
         let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
         let log = open(run + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         defer { close(devnull); if log >= 0 { close(log) } }
@@ -563,9 +558,8 @@ public actor VPSManager {
 
     /// Ends a start this side gave up on before the monitor could boot: EOF on its spec pipe
     /// makes it exit untouched, EOF on its cgroup pipe makes it undo its mounts and exit. One
-    /// still there after a while (stuck in the kernel, or deaf to
-    /// EOF) is killed, and whatever it started is ended with the VPS's cgroup (cleanupAfterExit):
-    /// a start fails, it never hangs.
+    /// still there after a while (stuck in the kernel, or deaf to EOF) is killed, and whatever
+    /// it started is ended with the VPS's cgroup (cleanupAfterExit): a start fails, it never hangs.
     private func abandonStart(monitor: (pid: Int32, pidfd: Int32), closing fds: [Int32]) async {
         fds.forEach { close($0) }
         // A pidfd of its own: the watcher closes its copy once the monitor is reaped, and a late

@@ -44,7 +44,7 @@ struct options {
     size_t capacity;        // console ring bytes
 };
 
-// The newest `capacity` console bytes: `data` grows up to `capacity`, then wraps at `start`.
+// The newest `capacity` console bytes: `ring` grows up to `capacity`, then wraps at `ring_start`.
 static unsigned char *ring;
 static size_t ring_size, ring_allocated, ring_start;
 

@@ -32,8 +32,7 @@ struct ExecOptions {
 }
 
 func fail(_ message: String, code: Int32 = 125) -> Never {
-    let line = "berth: " + message + "\n"
-    _ = line.withCString { write(2, $0, strlen($0)) }
+    writeStderr("berth: " + message + "\n")
     exit(code)
 }
 

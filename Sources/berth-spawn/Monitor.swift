@@ -274,21 +274,21 @@ final class Monitor {
         if specFD < 0 {
             specFD = berth_memfd("berth-spawn-spec")
             guard specFD >= 0, (try? FileIO.writeAll(fd: specFD, Array(spec.encode().utf8), stage: "spec")) != nil else {
-                return notice("berth-spawn: no memfd for the spec (\(errnoName(errno))): monitoring in berth-spawn\n")
+                return writeStderr("berth-spawn: no memfd for the spec (\(errnoName(errno))): monitoring in berth-spawn\n")
             }
         }
         if selfFD < 0 {
             selfFD = open("/proc/self/exe", O_PATH | O_CLOEXEC)
-            guard selfFD >= 0 else { return notice("berth-spawn: cannot open its own executable (\(errnoName(errno))): monitoring in berth-spawn\n") }
+            guard selfFD >= 0 else { return writeStderr("berth-spawn: cannot open its own executable (\(errnoName(errno))): monitoring in berth-spawn\n") }
         }
         let history = berth_memfd("berth-console-history")
         guard history >= 0, (try? FileIO.writeAll(fd: history, ring.contents(), stage: "history")) != nil else {
             if history >= 0 { close(history) }
-            return notice("berth-spawn: no memfd for the console history (\(errnoName(errno))): monitoring in berth-spawn\n")
+            return writeStderr("berth-spawn: no memfd for the console history (\(errnoName(errno))): monitoring in berth-spawn\n")
         }
         defer { close(history) }
         let passed = [consoleMaster, consoleSlaveFD, listener, signalFD, client, specFD, selfFD, history]
-        for fd in passed where fd >= 0 { _ = berth_keep_on_exec(fd) }
+        for fd in passed where fd >= 0 { _ = fcntl(fd, F_SETFD, 0) }
         let arguments = ["--self": selfFD, "--init": initPid, "--master": consoleMaster, "--slave": consoleSlaveFD,
                          "--listener": listener, "--signals": signalFD, "--client": client, "--spec": specFD,
                          "--history": history, "--capacity": Int32(spec.consoleRingBytes)]
@@ -299,11 +299,7 @@ final class Monitor {
         let err = errno
         cArgv.forEach { free($0) }
         for fd in passed where fd >= 0 && fd != history { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        notice("berth-spawn: cannot run \(monitor) (\(errnoName(err))): monitoring in berth-spawn\n")
-    }
-
-    private func notice(_ line: String) {
-        _ = line.withCString { write(2, $0, strlen($0)) }
+        writeStderr("berth-spawn: cannot run \(monitor) (\(errnoName(err))): monitoring in berth-spawn\n")
     }
 
     func acceptClient() {
@@ -376,10 +372,9 @@ final class Monitor {
 }
 
 
-/// What berth-monitor hands back to `berth-spawn resume` (main.swift): init's wait status and
-/// the descriptors of the running VPS's monitor.
+/// The descriptors of a running VPS's monitor that berth-monitor hands back to
+/// `berth-spawn resume` (Start.swift), with init's pid.
 struct ResumedState {
-    var status: Int32
     var initPid: Int32
     var master: Int32
     var slave: Int32

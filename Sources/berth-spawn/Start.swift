@@ -141,8 +141,7 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec,
             let wall0 = monotonicMicros(), cpu0 = cpuMicros()
             try NetworkSetup.attach(link, vpsNetns: netns)
             // For operators and Benchmarks/network.sh: what wiring the VPS cost this process.
-            let line = "berth-spawn: network set-up of \(link.hostInterface): wall_us=\(monotonicMicros() - wall0) cpu_us=\(cpuMicros() - cpu0)\n"
-            _ = line.withCString { write(2, $0, strlen($0)) }
+            writeStderr("berth-spawn: network set-up of \(link.hostInterface): wall_us=\(monotonicMicros() - wall0) cpu_us=\(cpuMicros() - cpu0)\n")
         }
     } catch {
         // The child may have failed first and said why: that is the better message.
@@ -316,8 +315,7 @@ func runResume(_ args: [String]) -> Never {
           let slave = number("--slave"), let listener = number("--listener"), let signals = number("--signals"),
           let client = number("--client"), let specFD = number("--spec"), let history = number("--history"),
           let selfFD = number("--self") else {
-        let line = "berth-spawn resume: incomplete hand-back from berth-monitor: \(args)\n"
-        _ = line.withCString { write(2, $0, strlen($0)) }
+        writeStderr("berth-spawn resume: incomplete hand-back from berth-monitor: \(args)\n")
         exit(2)
     }
     lseek(specFD, 0, SEEK_SET)
@@ -325,11 +323,10 @@ func runResume(_ args: [String]) -> Never {
     do {
         spec = try SpawnSpec.decode(String(decoding: FileIO.readAll(fd: specFD) ?? [], as: UTF8.self))
     } catch {
-        let line = "berth-spawn resume: the spec berth-monitor handed back does not decode: \(error.message)\n"
-        _ = line.withCString { write(2, $0, strlen($0)) }
+        writeStderr("berth-spawn resume: the spec berth-monitor handed back does not decode: \(error.message)\n")
         exit(1)
     }
-    let monitor = Monitor(resuming: spec, state: ResumedState(status: status, initPid: initPid, master: master, slave: slave,
+    let monitor = Monitor(resuming: spec, state: ResumedState(initPid: initPid, master: master, slave: slave,
                                                               listener: listener, signals: signals, client: client, spec: specFD,
                                                               history: history, selfExecutable: selfFD))
     guard monitor.initExited(status: status) else { exit(0) }

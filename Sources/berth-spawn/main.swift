@@ -11,6 +11,12 @@ import Isolation
 import Glibc
 #endif
 
+/// One line to stderr: the agent's log of this helper (RUN/NAME/monitor.log), or the user's
+/// terminal for exec.
+func writeStderr(_ line: String) {
+    _ = line.withCString { write(2, $0, strlen($0)) }
+}
+
 let arguments = Array(CommandLine.arguments.dropFirst())
 switch arguments.first {
 case "start":
@@ -23,6 +29,6 @@ case "resume":
     runResume(Array(arguments.dropFirst()))
 default:
     let message = "usage: berth-spawn start | exec --init-pid PID --init-start T [--cgroup FILE]... [--tty ROWS COLS] [--env K=V]... -- CMD [ARG...]\n(an internal helper of berth-agent, not meant to be run by hand)\n"
-    _ = message.withCString { write(2, $0, strlen($0)) }
+    writeStderr(message)
     exit(2)
 }

@@ -342,8 +342,10 @@ t_monitor_fallbacks() {
     "$BERTH" create "$F" --template busybox >/dev/null
     "$BERTH" start "$F" >/dev/null
     local monitor; monitor=$(sed -n 's/^monitor=//p' "$WORK/run/$F/state")
-    expect_eq "$(cat "/proc/$monitor/comm")" berth-spawn
+    # The hand-off is tried just after the start is reported: wait for its verdict.
+    for _ in $(seq 50); do grep -q "monitoring in berth-spawn" "$WORK/run/$F/monitor.log" && break; sleep 0.1; done
     expect_contains "$(cat "$WORK/run/$F/monitor.log")" "monitoring in berth-spawn"
+    expect_eq "$(cat "/proc/$monitor/comm")" berth-spawn
     expect_eq "$("$BERTH" exec "$F" -- hostname)" "$F"
     "$BERTH" exec "$F" -- sh -c 'echo fallback-marker > /dev/console'
     expect_contains "$( (sleep 1; printf '\035') | timeout 10 "$BERTH" console "$F" 2>/dev/null )" fallback-marker

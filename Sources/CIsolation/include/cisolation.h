@@ -85,8 +85,6 @@ int berth_execvpe(const char *file, char *const argv[], char *const envp[]);
 int berth_accept_cloexec(int fd);
 /* An anonymous file (close-on-exec) that carries state across the monitor's execs. */
 int berth_memfd(const char *name);
-/* Clears close-on-exec: the descriptor survives the next exec. */
-int berth_keep_on_exec(int fd);
 int berth_pipe_cloexec(int fds[2]);
 /// A non-blocking, close-on-exec eventfd (for waking poll loops).
 int berth_eventfd(void);
