@@ -5,8 +5,8 @@
 # harness; they are run from there, never copied here. Prints four sections:
 #   1. start: `berth start` (returns with init running) vs `crun run -d`, wall and CPU
 #   2. exec:  `berth exec v true` vs `crun exec id true`
-#   3. density: N running busybox VPSs (DENSITY_STORAGE=layered by default, or image) and N crun
-#      containers: memory per VPS all-in, counted alike for both, agent RSS, agent idle CPU, and a
+#   3. density: N running busybox VPSs (DENSITY_STORAGE=layered by default, or image;
+#      DENSITY_LAYOUT=pool by default, or loop) and N crun containers: memory per VPS all-in, counted alike for both, agent RSS, agent idle CPU, and a
 #      full accounting sweep (a Prometheus scrape reads every VPS's counters from the kernel)
 #   4. CPU-bound work inside a VPS vs on the host (the same busybox awk loop, alternating)
 set -u
@@ -15,6 +15,8 @@ ROUNDS=${1:-30}
 DENSITY=${2:-200}
 # layered: every VPS reads the template's files from one shared tree (image: its own copy).
 DENSITY_STORAGE=${DENSITY_STORAGE:-layered}
+# pool: every VPS's disk is a subvolume of one btrfs pool (loop: an ext4 image of its own).
+DENSITY_LAYOUT=${DENSITY_LAYOUT:-pool}
 ANCHORS=${ANCHORS:-$(cd ../shared/anchors 2>/dev/null && pwd)}
 [ -n "$ANCHORS" ] && [ -f "$ANCHORS/bench-lib.sh" ] || { echo "needs the shared anchor scripts (../shared/anchors)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
@@ -60,13 +62,19 @@ echo
 echo "== 1. start: returns with init running (the pair's stop/delete runs after, unmeasured columns)"
 "$B" create bv --template busybox --disk 64M >/dev/null
 "$B" create bl --template busybox --disk 64M --storage layered >/dev/null
+"$B" create bp --template busybox --disk 64M --layout pool >/dev/null || exit 1
+"$B" create bq --template busybox --disk 64M --layout pool --storage layered >/dev/null
 BENCH_ROTATE=0 bench "$ROUNDS" \
     "crun run -d (sleep as init)" "crun run -d --bundle $DBUNDLE bench-crun-d" \
     "berth start (busybox init)" "$B start bv" \
     "berth start (--storage layered)" "$B start bl" \
+    "berth start (--layout pool)" "$B start bp" \
+    "berth start (pool, layered)" "$B start bq" \
     "  (crun delete -f)" "crun delete -f bench-crun-d" \
     "  (berth stop --kill)" "$B stop bv --kill" \
-    "  (berth stop --kill, layered)" "$B stop bl --kill"
+    "  (berth stop --kill, layered)" "$B stop bl --kill" \
+    "  (berth stop --kill, pool)" "$B stop bp --kill" \
+    "  (berth stop --kill, pool layered)" "$B stop bq --kill"
 
 echo
 echo "== 2. exec: run /bin/true in a running container"
@@ -79,7 +87,7 @@ crun delete -f bench-crun-d >/dev/null 2>&1
 "$B" stop bv --kill >/dev/null
 
 echo
-echo "== 3. density: $DENSITY running busybox VPSs (--storage $DENSITY_STORAGE) vs $DENSITY crun containers (sleep as init)"
+echo "== 3. density: $DENSITY running busybox VPSs (--storage $DENSITY_STORAGE --layout $DENSITY_LAYOUT) vs $DENSITY crun containers (sleep as init)"
 meminfo() { awk -v k="$1:" '$1==k {print $2}' /proc/meminfo; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 pss_kb() { awk '/^Pss:/ {s+=$2} END {print s+0}' "/proc/$1/smaps_rollup" 2>/dev/null; }
@@ -121,7 +129,7 @@ account() {
 
 before=$(quiet_counters); agent0=$(rss_kb $AGENT)
 t0=$EPOCHREALTIME
-for i in $(seq 1 "$DENSITY"); do "$B" create "d$i" --template busybox --disk 64M --storage "$DENSITY_STORAGE" >/dev/null || exit 1; done
+for i in $(seq 1 "$DENSITY"); do "$B" create "d$i" --template busybox --disk 64M --storage "$DENSITY_STORAGE" --layout "$DENSITY_LAYOUT" >/dev/null || exit 1; done
 t1=$EPOCHREALTIME
 for i in $(seq 1 "$DENSITY"); do "$B" start "d$i" >/dev/null || exit 1; done
 t2=$EPOCHREALTIME

@@ -4,9 +4,13 @@
 // kernel keyrings (not namespaced), BPF and perf (kernel attack surface), userfaultfd (a tool of
 // kernel exploits), process accounting, swap, the kernel log, the clock, and io_uring (Docker
 // blocks it since 25.0: a large, often-patched surface; programs fall back on ENOSYS).
+// On a btrfs pool, creating a subvolume or snapshot is refused with ENOTTY, the answer of a
+// filesystem without them: data written in a subvolume of its own would count against that
+// subvolume's quota group, not the VPS's, and escape the VPS's disk limit.
 #include "cisolation.h"
 #include <errno.h>
 #include <linux/audit.h>
+#include <linux/btrfs.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
@@ -31,6 +35,12 @@
 #define SYS_io_uring_setup 425
 #define SYS_io_uring_enter 426
 #define SYS_io_uring_register 427
+#endif
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define BERTH_LOW_WORD 0
+#else
+#define BERTH_LOW_WORD 4
 #endif
 
 #define DENY_WITH(nr, err) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), \
@@ -74,6 +84,14 @@ int berth_install_baseline_seccomp(void) {
         DENY_WITH(SYS_io_uring_setup, ENOSYS),
         DENY_WITH(SYS_io_uring_enter, ENOSYS),
         DENY_WITH(SYS_io_uring_register, ENOSYS),
+        /* Not ioctl: skip its request checks (one load and four two-instruction checks). */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_ioctl, 0, 1 + 4 * 2),
+        /* The request is an unsigned int: the kernel reads only the low 32 bits of the argument. */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1]) + BERTH_LOW_WORD),
+        DENY_WITH(BTRFS_IOC_SUBVOL_CREATE, ENOTTY),
+        DENY_WITH(BTRFS_IOC_SUBVOL_CREATE_V2, ENOTTY),
+        DENY_WITH(BTRFS_IOC_SNAP_CREATE, ENOTTY),
+        DENY_WITH(BTRFS_IOC_SNAP_CREATE_V2, ENOTTY),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = { .len = (unsigned short)(sizeof filter / sizeof filter[0]), .filter = filter };

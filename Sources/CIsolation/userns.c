@@ -71,6 +71,20 @@ int berth_readonly_tree(const char *path) {
     return detached_tree(path, &attr);
 }
 
+int berth_bind_tree_to(const char *source, const char *target, int host_view_only) {
+    struct berth_mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    if (host_view_only) attr.attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    else attr.attr_clr = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    int tree = detached_tree(source, &attr);
+    if (tree < 0) return -1;
+    int rc = berth_move_mount_to(tree, target);
+    int saved = errno;
+    close(tree);
+    errno = saved;
+    return rc;
+}
+
 int berth_move_mount_to(int tree_fd, const char *target) {
     return (int)syscall(SYS_move_mount, tree_fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH);
 }

@@ -28,7 +28,8 @@ public struct IDMap: Equatable, Sendable {
 /// (values percent-escaped) so the helper needs no JSON decoder and stays small in memory.
 public struct SpawnSpec: Equatable, Sendable {
     public var name: String
-    /// ext4 image attached to a loop device and mounted at `rootPath`.
+    /// ext4 image attached to a loop device and mounted at `rootPath` (unless `volume` is set);
+    /// its directory keeps the console log of the last boot.
     public var diskImage: String
     public var rootPath: String
     /// Runtime directory of this VPS (/run/berth/NAME): state file, console socket.
@@ -54,6 +55,9 @@ public struct SpawnSpec: Equatable, Sendable {
     /// A layered VPS: its root is an overlay of this shared template tree (read-only) over
     /// `upper` and `work` on its own disk, which is mounted at `diskMount` instead of the root.
     public var layer: SharedLayer?
+    /// A `--layout pool` VPS: its disk is this subvolume of the node's btrfs pool, bound where
+    /// `diskImage` would be mounted. No loop device, no filesystem to mount.
+    public var volume: PoolVolume?
     /// berth-monitor, which the monitor execs once the VPS has booted (Sources/berth-monitor).
     public var monitorBinary: String?
 
@@ -99,6 +103,10 @@ public struct SpawnSpec: Equatable, Sendable {
             put("layer", layer.template)
             put("diskmount", layer.diskMount)
         }
+        if let volume {
+            put("volume", volume.subvolume)
+            if let device = volume.device { put("volumedevice", device) }
+        }
         if let monitorBinary { put("monitor", monitorBinary) }
         return lines.joined(separator: "\n") + "\n"
     }
@@ -114,7 +122,8 @@ public struct SpawnSpec: Equatable, Sendable {
             let value = try unescape(String(line[line.index(after: eq)...]))
             switch key {
             case "cgroup", "init", "env", "drop", "cgroupfs": multi[key, default: []].append(value)
-            case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs", "beancounters", "idmap", "layer", "diskmount", "monitor":
+            case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs", "beancounters", "idmap", "layer", "diskmount", "monitor",
+                 "volume", "volumedevice":
                 if single[key] != nil { throw IsolationError(.invalidSpec, "spawn spec key \(key) repeated") }
                 single[key] = value
             default: throw IsolationError(.invalidSpec, "spawn spec has unknown key \(key)")
@@ -157,6 +166,12 @@ public struct SpawnSpec: Equatable, Sendable {
         case (let template?, let diskMount?) where template.hasPrefix("/") && diskMount.hasPrefix("/"):
             spec.layer = SharedLayer(template: template, diskMount: diskMount)
         default: throw IsolationError(.invalidSpec, "spawn spec layer needs both absolute paths, layer and diskmount")
+        }
+        switch (single["volume"], single["volumedevice"]) {
+        case (nil, nil): break
+        case (let subvolume?, let device) where subvolume.hasPrefix("/") && (device?.hasPrefix("/dev/") ?? true):
+            spec.volume = PoolVolume(subvolume: subvolume, device: device)
+        default: throw IsolationError(.invalidSpec, "spawn spec volume needs an absolute path, and volumedevice (if any) a /dev path")
         }
         if let monitor = single["monitor"] {
             guard monitor.hasPrefix("/") else { throw IsolationError(.invalidSpec, "spawn spec monitor is not an absolute path") }
@@ -241,6 +256,18 @@ public struct SharedLayer: Equatable, Sendable {
     public init(template: String, diskMount: String) {
         self.template = template
         self.diskMount = diskMount
+    }
+}
+
+/// A `--layout pool` VPS's disk: its subvolume in the node's btrfs pool, and the block device the
+/// pool lives on (I/O limits name it; nil when the agent could not tell).
+public struct PoolVolume: Equatable, Sendable {
+    public var subvolume: String
+    public var device: String?
+
+    public init(subvolume: String, device: String?) {
+        self.subvolume = subvolume
+        self.device = device
     }
 }
 

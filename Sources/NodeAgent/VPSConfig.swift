@@ -74,20 +74,28 @@ public struct VPSConfig: Codable, Equatable, Sendable {
     /// `--storage layered`: the root is the template's tree (shared, read-only) under what the
     /// VPS changed, which its disk holds. Absent: the disk holds a full copy of the template.
     public var storage: Storage?
+    /// `--layout pool`: the disk is a subvolume of the node's btrfs pool with a quota
+    /// (StoragePool.swift). Absent: an ext4 image of its own on a loop device (`loop`).
+    public var layout: Layout?
 
     public enum Storage: String, Codable, Sendable {
         case image, layered
     }
 
+    public enum Layout: String, Codable, Sendable {
+        case loop, pool
+    }
+
     public var isPrivileged: Bool { privileged ?? false }
     public var isLayered: Bool { storage == .layered }
+    public var isPooled: Bool { layout == .pool }
 
     /// Capability name → kept, from `capabilities`.
     public var capabilityOverrides: [String: Bool] { (capabilities ?? [:]).mapValues { $0 == "on" } }
 
     public static let defaultDiskBytes: UInt64 = 2 << 30
     static let keys: Set<String> = ["schemaVersion", "name", "template", "hostname", "limits", "labels", "onboot", "desiredState", "createdAt", "stopSignal",
-                                   "network", "nameservers", "searchDomains", "privileged", "idmapBase", "capabilities", "storage"]
+                                   "network", "nameservers", "searchDomains", "privileged", "idmapBase", "capabilities", "storage", "layout"]
 
     public init(name: String, template: String, hostname: String, limits: Limits = Limits(), labels: [String: String] = [:],
                 onboot: Bool = false, stopSignal: Int32) {

@@ -34,15 +34,19 @@ public struct AgentPaths: Sendable {
     /// Downloaded distribution trees (debootstrap output), kept across template rebuilds and
     /// shared by every data directory on the host.
     public var templateCache: String
+    /// Size of the storage pool image the first `create --layout pool` makes (nil: a fifth of the
+    /// free space, 5–30 GiB; see StoragePool).
+    public var poolSize: UInt64?
 
     public init(dataDir: String, runDir: String, spawnBinary: String, monitorBinary: String, lxcfs: String = "/var/lib/lxcfs",
-                templateCache: String = "/var/cache/berth/templates") {
+                templateCache: String = "/var/cache/berth/templates", poolSize: UInt64? = nil) {
         self.dataDir = dataDir
         self.runDir = runDir
         self.spawnBinary = spawnBinary
         self.monitorBinary = monitorBinary
         self.lxcfs = lxcfs
         self.templateCache = templateCache
+        self.poolSize = poolSize
     }
 }
 
@@ -83,6 +87,8 @@ public actor VPSManager {
     /// VPSs with a `set` in flight (it may await the kernel): a second one waits its turn.
     var changing: Set<String> = []
     var warnedNoLxcfs = false
+    /// The node's btrfs pool once a pool VPS needed it (StoragePool.swift).
+    var pool: StoragePool?
     var checkedLxcfsControllers = false
     let onlineCPUs: Int
     public let overcommit: Overcommit
@@ -232,6 +238,7 @@ public actor VPSManager {
         status.privileged = config.isPrivileged
         status.idmap = config.idmapBase.map { "\($0):\(IDMap.defaultCount)" } ?? ""
         status.storage = (config.storage ?? .image).rawValue
+        status.layout = (config.layout ?? .loop).rawValue
         status.capabilities = config.capabilities ?? [:]
         if record.state == .running || record.state == .stopping {
             // The init pid changes on an in-VPS reboot: the monitor's state file is current.
@@ -280,6 +287,15 @@ public actor VPSManager {
         case "layered": storage = .layered
         default: throw AgentError.invalid("storage", "'\(request.storage)' is not a storage kind (image, layered)")
         }
+        let layout: VPSConfig.Layout
+        switch request.layout {
+        case "", "loop": layout = .loop
+        case "pool": layout = .pool
+        default: throw AgentError.invalid("layout", "'\(request.layout)' is not a disk layout (loop, pool)")
+        }
+        if layout == .pool, limits.diskInodes != nil {
+            throw AgentError.invalid("disk-inodes", "a pool VPS's disk is a btrfs subvolume, which has no inode limit; leave --disk-inodes out or use --layout loop")
+        }
         // A layered disk holds only what the VPS changes.
         let minimum = storage == .layered ? UInt64(16 << 20) : template.sizeBytes + template.sizeBytes / 4 + (16 << 20)
         if limits.diskBytes < minimum {
@@ -310,21 +326,31 @@ public actor VPSManager {
         config.idmapBase = idmapBase
         config.capabilities = capabilities.isEmpty ? nil : capabilities
         config.storage = storage == .layered ? .layered : nil
+        config.layout = layout == .pool ? .pool : nil
         let dir = store.directory(name)
+        var volumeIn: StoragePool?
         do {
             try FileManager.default.createDirectory(atPath: store.rootPath(name), withIntermediateDirectories: true)
             chmod(dir, 0o700)
             // A layered disk starts empty; the monitor makes its upper and work directories.
             let tree = storage == .layered ? nil : templates.rootfs(template.name)
             if storage == .layered { templates.share(template.name, with: name) }
-            progress("creating \(ByteSize.format(limits.diskBytes)) disk " + (tree == nil ? "layered over" : "from") + " template \(template.name)")
-            let result = try await Subprocess.run(mkfsArguments(name, from: tree, image: store.diskPath(name),
-                                                                bytes: limits.diskBytes, inodes: limits.diskInodes))
-            guard result.status == 0 else {
-                throw AgentError(.kernel, "creating the disk image failed: \(result.stderr.trimmed)", stage: "mke2fs")
+            if layout == .pool {
+                let pool = try await storagePool(creating: true)
+                progress("creating a \(ByteSize.format(limits.diskBytes)) subvolume in the storage pool " + (tree == nil ? "layered over" : "from") + " template \(template.name)")
+                try await createVolume(name, in: pool, bytes: limits.diskBytes, copying: tree)
+                volumeIn = pool
+            } else {
+                progress("creating \(ByteSize.format(limits.diskBytes)) disk " + (tree == nil ? "layered over" : "from") + " template \(template.name)")
+                let result = try await Subprocess.run(mkfsArguments(name, from: tree, image: store.diskPath(name),
+                                                                    bytes: limits.diskBytes, inodes: limits.diskInodes))
+                guard result.status == 0 else {
+                    throw AgentError(.kernel, "creating the disk image failed: \(result.stderr.trimmed)", stage: "mke2fs")
+                }
             }
             try store.save(config)
         } catch {
+            if let volumeIn { try? deleteVolume(name, in: volumeIn) }
             try? FileManager.default.removeItem(atPath: dir)
             if storage == .layered { templates.unshare(template.name, with: name) }
             throw error
@@ -403,6 +429,9 @@ public actor VPSManager {
         for mounted in [store.rootPath(name), store.diskMountPath(name)] where FileIO.isMountPoint(mounted) {
             throw AgentError(.conflict, "\(mounted) is still mounted; refusing to delete through a mounted VPS disk")
         }
+        if records[name]?.config.isPooled ?? false {
+            try deleteVolume(name, in: try await storagePool(creating: false))
+        }
         do {
             try FileManager.default.removeItem(atPath: store.directory(name))
         } catch {
@@ -425,8 +454,14 @@ public actor VPSManager {
         case .starting, .stopping: throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); try again when it is done")
         case .stopped, .failed: break
         }
-        guard FileManager.default.fileExists(atPath: store.diskPath(name)) else {
-            throw AgentError(.notFound, "the disk of VPS \(name) is missing")
+        if record.config.isPooled {
+            guard FileIO.isDirectory(try await storagePool(creating: false).volume(name)) else {
+                throw AgentError(.notFound, "the disk of VPS \(name) (its subvolume in the storage pool) is missing")
+            }
+        } else {
+            guard FileManager.default.fileExists(atPath: store.diskPath(name)) else {
+                throw AgentError(.notFound, "the disk of VPS \(name) is missing")
+            }
         }
         record.state = .starting
         record.generation += 1
@@ -465,6 +500,7 @@ public actor VPSManager {
             record.config.idmapBase = try allocateIdmap()
             try store.save(record.config)
         }
+        let pool = record.config.isPooled ? try await storagePool(creating: false) : nil
         let run = runDir(name)
         try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
         chmod(run, 0o700)
@@ -509,7 +545,7 @@ public actor VPSManager {
         close(cgroupPipe.read)
         let spec: SpawnSpec
         do {
-            spec = try spawnSpec(record, runDir: run)
+            spec = try spawnSpec(record, runDir: run, pool: pool)
         } catch {
             await abandonStart(monitor: child, closing: [specPipe.write, statusPipe.read, cgroupPipe.write])
             throw error
@@ -598,7 +634,7 @@ public actor VPSManager {
     }
 
     /// The VPS's guest spec file, and the spec the monitor boots it from.
-    private func spawnSpec(_ record: VPSRecord, runDir run: String) throws -> SpawnSpec {
+    private func spawnSpec(_ record: VPSRecord, runDir run: String, pool: StoragePool?) throws -> SpawnSpec {
         let name = record.config.name
         let idmap = record.config.idmapBase.map { IDMap(hostBase: $0) }
         let dropCapabilities: [String]
@@ -620,6 +656,7 @@ public actor VPSManager {
         spec.dropCapabilities = dropCapabilities
         spec.beancounters = beancounterDirectory(name)
         spec.monitorBinary = paths.monitorBinary
+        if let pool { spec.volume = PoolVolume(subvolume: pool.volume(name), device: pool.device) }
         if record.config.isLayered {
             let tree = templates.rootfs(record.config.template)
             // The agent never removes a shared tree; this catches one deleted by hand.
@@ -794,7 +831,15 @@ public actor VPSManager {
         defer { pendingNetworks[name] = nil }
 
         let old = record.config.limits
-        if let inodes = config.limits.diskInodes, inodes != old.diskInodes {
+        if config.isPooled {
+            if config.limits.diskInodes != nil {
+                throw AgentError.invalid("disk-inodes", "a pool VPS's disk is a btrfs subvolume, which has no inode limit")
+            }
+            if old.diskBytes != config.limits.diskBytes {
+                try await resizeVolume(name, to: config.limits.diskBytes)
+                if running { live.append("disk") }
+            }
+        } else if let inodes = config.limits.diskInodes, inodes != old.diskInodes {
             try await rebuildDisk(name, inodes: inodes, bytes: config.limits.diskBytes, running: running)
         } else if old.diskBytes != config.limits.diskBytes {
             try await resizeDisk(name, from: old.diskBytes, to: config.limits.diskBytes, running: running)
@@ -883,6 +928,13 @@ public actor VPSManager {
             counter("io_bytes", usage.ioBytes, 0, limits.ioBytesPerSecond, 0),
             counter("io_ops", usage.ioOperations, 0, limits.ioOperationsPerSecond.map(UInt64.init), 0),
         ]
+        // A pool VPS's disk is its quota group; the limit stands whether it runs or not.
+        if record.config.isPooled {
+            if let usage = (try? mountedPool())??.usage(name) {
+                stats.counters.append(counter("disk_bytes", usage.used, 0, usage.limit ?? limits.diskBytes, 0))
+            }
+            return stats
+        }
         // The disk is the mounted image: its own filesystem's totals are the hard limits.
         var fs = statvfs()
         if running, let disk = mountedDisk(record), statvfs(disk, &fs) == 0 {

@@ -179,6 +179,12 @@ public nonisolated struct Berth_V1_CreateRequest: @unchecked Sendable {
     set {_uniqueStorage()._storage = newValue}
   }
 
+  /// "loop" (default: an ext4 image of its own) | "pool" (a subvolume of the node's btrfs pool)
+  public var layout: String {
+    get {_storage._layout}
+    set {_uniqueStorage()._layout = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -516,6 +522,12 @@ public nonisolated struct Berth_V1_VpsStatus: @unchecked Sendable {
   public var storage: String {
     get {_storage._storage}
     set {_uniqueStorage()._storage = newValue}
+  }
+
+  /// "loop" | "pool"
+  public var layout: String {
+    get {_storage._layout}
+    set {_uniqueStorage()._layout = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -1963,7 +1975,7 @@ nonisolated extension Berth_V1_Limits: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}template\0\u{1}hostname\0\u{1}ips\0\u{1}nameservers\0\u{1}limits\0\u{1}net\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0\u{1}node\0\u{1}constraints\0\u{3}anti_affinity\0\u{1}privileged\0\u{1}capabilities\0\u{1}storage\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}template\0\u{1}hostname\0\u{1}ips\0\u{1}nameservers\0\u{1}limits\0\u{1}net\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0\u{1}node\0\u{1}constraints\0\u{3}anti_affinity\0\u{1}privileged\0\u{1}capabilities\0\u{1}storage\0\u{1}layout\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -1982,6 +1994,7 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
     var _privileged: Bool = false
     var _capabilities: Dictionary<String,String> = [:]
     var _storage: String = String()
+    var _layout: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2008,6 +2021,7 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
       _privileged = source._privileged
       _capabilities = source._capabilities
       _storage = source._storage
+      _layout = source._layout
     }
   }
 
@@ -2042,6 +2056,7 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
         case 14: try { try decoder.decodeSingularBoolField(value: &_storage._privileged) }()
         case 15: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._capabilities) }()
         case 16: try { try decoder.decodeSingularStringField(value: &_storage._storage) }()
+        case 17: try { try decoder.decodeSingularStringField(value: &_storage._layout) }()
         default: break
         }
       }
@@ -2102,6 +2117,9 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
       if !_storage._storage.isEmpty {
         try visitor.visitSingularStringField(value: _storage._storage, fieldNumber: 16)
       }
+      if !_storage._layout.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._layout, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2127,6 +2145,7 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
         if _storage._privileged != rhs_storage._privileged {return false}
         if _storage._capabilities != rhs_storage._capabilities {return false}
         if _storage._storage != rhs_storage._storage {return false}
+        if _storage._layout != rhs_storage._layout {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -2582,7 +2601,7 @@ nonisolated extension Berth_V1_ConsoleRequest: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".VpsStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}hostname\0\u{1}ips\0\u{1}template\0\u{1}node\0\u{1}pid\0\u{1}labels\0\u{1}onboot\0\u{1}limits\0\u{3}last_exit\0\u{3}started_at_unix\0\u{1}net\0\u{3}host_interface\0\u{1}mac\0\u{1}nameservers\0\u{1}searchdomains\0\u{1}privileged\0\u{1}idmap\0\u{1}capabilities\0\u{1}storage\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}hostname\0\u{1}ips\0\u{1}template\0\u{1}node\0\u{1}pid\0\u{1}labels\0\u{1}onboot\0\u{1}limits\0\u{3}last_exit\0\u{3}started_at_unix\0\u{1}net\0\u{3}host_interface\0\u{1}mac\0\u{1}nameservers\0\u{1}searchdomains\0\u{1}privileged\0\u{1}idmap\0\u{1}capabilities\0\u{1}storage\0\u{1}layout\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -2606,6 +2625,7 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
     var _idmap: String = String()
     var _capabilities: Dictionary<String,String> = [:]
     var _storage: String = String()
+    var _layout: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2637,6 +2657,7 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
       _idmap = source._idmap
       _capabilities = source._capabilities
       _storage = source._storage
+      _layout = source._layout
     }
   }
 
@@ -2676,6 +2697,7 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
         case 19: try { try decoder.decodeSingularStringField(value: &_storage._idmap) }()
         case 20: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._capabilities) }()
         case 21: try { try decoder.decodeSingularStringField(value: &_storage._storage) }()
+        case 22: try { try decoder.decodeSingularStringField(value: &_storage._layout) }()
         default: break
         }
       }
@@ -2751,6 +2773,9 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._storage.isEmpty {
         try visitor.visitSingularStringField(value: _storage._storage, fieldNumber: 21)
       }
+      if !_storage._layout.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._layout, fieldNumber: 22)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2781,6 +2806,7 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._idmap != rhs_storage._idmap {return false}
         if _storage._capabilities != rhs_storage._capabilities {return false}
         if _storage._storage != rhs_storage._storage {return false}
+        if _storage._layout != rhs_storage._layout {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -57,6 +57,9 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Where downloaded distribution trees are cached for template builds (shared by all data directories).")
     var templateCache = "/var/cache/berth/templates"
 
+    @Option(help: "Size of the btrfs storage pool image (DATA/pool.img, sparse) that the first `create --layout pool` makes, e.g. 50G (default: a fifth of the free space, 5G to 30G). A btrfs mounted at DATA/pool by hand is used as it is.")
+    var poolSize: String?
+
     @Option(help: "Cluster mode: the controller's HOST:PORT (mTLS). Needs --listen.")
     var controller: String?
 
@@ -151,8 +154,22 @@ struct BerthAgent: AsyncParsableCommand {
                 throw ExitCode(2)
             }
         }
+        var poolBytes: UInt64?
+        if let poolSize {
+            do {
+                poolBytes = try ByteSize.parse(poolSize, field: "pool-size")
+            } catch {
+                FileHandle.standardError.write(Data("berth-agent: --pool-size \(poolSize): \(error)\n".utf8))
+                throw ExitCode(2)
+            }
+            guard poolBytes! >= 256 << 20 else {
+                FileHandle.standardError.write(Data("berth-agent: --pool-size \(poolSize): must be at least 256M (btrfs needs room for its metadata)\n".utf8))
+                throw ExitCode(2)
+            }
+        }
         let nodeName = name ?? ProcessInfo.processInfo.hostName
-        let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, monitorBinary: monitorBinary, lxcfs: lxcfs, templateCache: templateCache),
+        let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, monitorBinary: monitorBinary, lxcfs: lxcfs,
+                                                       templateCache: templateCache, poolSize: poolBytes),
                                      nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger,
                                      overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit),
                                      settings: settings, beancounterInterval: beancounterInterval)

@@ -85,22 +85,29 @@ final class Monitor {
     }
 
     func mountDisk() throws(IsolationError) {
-        var device = [CChar](repeating: 0, count: 64)
-        let loopFD = berth_loop_attach(spec.diskImage, 0, &device, device.count)
-        if loopFD < 0 { throw IsolationError.sys("attach \(spec.diskImage) to a loop device") }
-        defer { close(loopFD) }
-        let path = String(cString: device)
-        loopDevice = path
         // With a user namespace the VPS sees an idmapped copy; the host's own view of the disk
         // gives a setuid-root file the VPS planted no meaning (the VPS's root is uid 0 on disk).
-        let hostFlags = spec.idmap == nil ? 0 : UInt(MS_NOSUID | MS_NODEV)
+        let hostViewOnly = spec.idmap != nil
+        let target = spec.layer?.diskMount ?? spec.rootPath
+        if spec.layer != nil && mkdir(target, 0o700) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir \(target)") }
+        if let volume = spec.volume {
+            // The pool is mounted once for the node: its subvolume is bound like a disk would be mounted.
+            loopDevice = volume.device ?? ""
+            try check("bind \(volume.subvolume) on \(target)") { berth_bind_tree_to(volume.subvolume, target, hostViewOnly ? 1 : 0) }
+        } else {
+            var device = [CChar](repeating: 0, count: 64)
+            let loopFD = berth_loop_attach(spec.diskImage, 0, &device, device.count)
+            if loopFD < 0 { throw IsolationError.sys("attach \(spec.diskImage) to a loop device") }
+            defer { close(loopFD) }
+            let path = String(cString: device)
+            loopDevice = path
+            let flags = hostViewOnly ? UInt(MS_NOSUID | MS_NODEV) : 0
+            try check("mount \(path) on \(target)") { mount(path, target, "ext4", flags, "") }
+        }
         guard let layer = spec.layer else {
-            try check("mount \(path) on \(spec.rootPath)") { mount(path, spec.rootPath, "ext4", hostFlags, "") }
             rootMounted = true
             return
         }
-        if mkdir(layer.diskMount, 0o700) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir \(layer.diskMount)") }
-        try check("mount \(path) on \(layer.diskMount)") { mount(path, layer.diskMount, "ext4", hostFlags, "") }
         diskMounted = true
         // The disk's top level holds only these two; the VPS sees neither by name.
         for directory in ["upper", "work"] where mkdir(layer.diskMount + "/" + directory, 0o755) != 0 && errno != EEXIST {
@@ -126,6 +133,9 @@ final class Monitor {
         close(fd)
         let ready = try CgroupsReady.decode(String(decoding: message, as: UTF8.self))
         guard !ready.deviceWrites.isEmpty else { return }
+        guard !loopDevice.isEmpty else {
+            throw IsolationError(.unsupported, "I/O limits need the block device of the VPS's disk, and the agent named none for its pool", stage: "I/O limits")
+        }
         let number = try FileIO.deviceNumber(loopDevice)
         for write in ready.deviceWrites {
             try FileIO.write(write.path, write.value.replacingPlaceholder(IOLimits.devicePlaceholder, with: number))

@@ -4,6 +4,7 @@
 //   berth-spawn exec [options] -- CMD [ARG...]   joins a running VPS and runs CMD in it
 //   berth-spawn configure --run-dir D --init-pid P --init-start T   applies a new guest spec (stdin) live
 //   berth-spawn resume --status S ...   berth-monitor hands a VPS back when its init exited
+//   berth-spawn pool-mount IMAGE DIR    mounts the node's btrfs storage pool (Pool.swift)
 //
 // It never starts a thread: clone, setns and unshare are only safe in a single-threaded process.
 import Isolation
@@ -27,6 +28,8 @@ case "configure":
     runConfigure(Array(arguments.dropFirst()))
 case "resume":
     runResume(Array(arguments.dropFirst()))
+case "pool-mount":
+    runPoolMount(Array(arguments.dropFirst()))
 default:
     let message = "usage: berth-spawn start | exec --init-pid PID --init-start T [--cgroup FILE]... [--tty ROWS COLS] [--env K=V]... -- CMD [ARG...]\n(an internal helper of berth-agent, not meant to be run by hand)\n"
     writeStderr(message)

@@ -261,6 +261,6 @@ extension Berth_V1_VpsStatus {
                         "net": .string(net), "host_interface": .string(hostInterface), "mac": .string(mac),
                         "nameservers": .array(nameservers.map(JSON.string)), "searchdomains": .array(searchdomains.map(JSON.string)),
                         "privileged": .bool(privileged), "idmap": .string(idmap), "capabilities": .object(capabilities.mapValues(JSON.string)),
-                        "storage": .string(storage.isEmpty ? "image" : storage)])
+                        "storage": .string(storage.isEmpty ? "image" : storage), "layout": .string(layout.isEmpty ? "loop" : layout)])
     }
 }

@@ -96,6 +96,8 @@ struct Create: AsyncParsableCommand {
     var privileged = false
     @Option(help: "image (default): the disk holds a copy of the template. layered: the template's files are shared read-only by every layered VPS made from it (memory and disk once per node) and the disk holds only what this VPS changes; the template can then not be rebuilt or removed while such a VPS exists.")
     var storage: String?
+    @Option(help: "loop (default): the disk is an ext4 image of its own on a loop device (like OpenVZ's ploop); df inside shows its size. pool: a subvolume of the node's btrfs storage pool (DATA/pool, made on first use) whose size a btrfs quota limits: nothing to mount at start, so starts are faster and each VPS holds less kernel memory; no --disk-inodes.")
+    var layout: String?
     @OptionGroup var settings: VPSSettings
 
     func run() async throws {
@@ -118,6 +120,7 @@ struct Create: AsyncParsableCommand {
         create.antiAffinity = antiAffinity ?? ""
         create.privileged = privileged
         create.storage = storage ?? ""
+        create.layout = layout ?? ""
         create.capabilities = settings.capabilities()
         let response = try await connection.call(request { $0.create = create }, onProgress: showProgress)
         print(response.status.line)

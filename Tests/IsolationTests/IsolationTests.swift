@@ -333,6 +333,7 @@ final class FakeTree {
         spec.idmap = IDMap(hostBase: 1_065_536)
         spec.layer = SharedLayer(template: "/var/lib/berth/templates/busybox/rootfs", diskMount: "/var/lib/berth/vps/web1/disk")
         spec.monitorBinary = "/run/berth/berth-monitor"
+        spec.volume = PoolVolume(subvolume: "/var/lib/berth/pool/vps/web 1%", device: "/dev/loop7")
         spec.cgroupMounts = [CgroupGuestMount(type: "cgroup", directory: "cpu,cpuacct", options: "cpu,cpuacct", writable: false, aliases: ["cpu", "cpuacct"]),
                              CgroupGuestMount(type: "cgroup", directory: "systemd", options: "none,name=systemd", writable: true)]
         let decoded = try SpawnSpec.decode(spec.encode())
@@ -367,7 +368,10 @@ final class FakeTree {
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nidmap=4294967000 65536\n",
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nlayer=/t/rootfs\n",
                       "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nlayer=t/rootfs\ndiskmount=/d/disk\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nmonitor=berth-monitor\n"])
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nmonitor=berth-monitor\n",
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nvolume=pool/vps/v\n",
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nvolumedevice=/dev/loop1\n",
+                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nvolume=/p/vps/v\nvolumedevice=/etc/passwd\n"])
     func rejectsBrokenSpecs(_ text: String) {
         #expect(throws: IsolationError.self) { try SpawnSpec.decode(text) }
     }

@@ -369,4 +369,37 @@ enum TarBuilder {
         let text = String(decoding: try config.encoded(), as: UTF8.self).replacingOccurrences(of: "\"layered\"", with: "\"zfs\"")
         #expect(throws: (any Error).self) { try VPSConfig.decode(Data(text.utf8), expectedName: "web1", path: "t") }
     }
+
+    /// A config from before pool layouts is a loop VPS; an unknown layout is a broken config.
+    @Test func configDiskLayout() throws {
+        var config = VPSConfig(name: "web1", template: "busybox", hostname: "web1", stopSignal: 12)
+        #expect(try !VPSConfig.decode(try config.encoded(), expectedName: "web1", path: "t").isPooled)
+        config.layout = .pool
+        let pooled = try VPSConfig.decode(try config.encoded(), expectedName: "web1", path: "t")
+        #expect(pooled.isPooled && pooled == config)
+        let text = String(decoding: try config.encoded(), as: UTF8.self).replacingOccurrences(of: "\"pool\"", with: "\"zfs\"")
+        #expect(throws: (any Error).self) { try VPSConfig.decode(Data(text.utf8), expectedName: "web1", path: "t") }
+    }
+
+    /// The pool's block device is the source of the mount that holds its directory, the
+    /// deepest one; a pool on a filesystem without a device of its own names none.
+    @Test func poolDeviceFromMountinfo() {
+        let mountinfo = """
+        22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+        40 22 0:45 / /var/lib/berth/pool rw,nosuid,nodev shared:20 - btrfs /dev/loop3 rw,space_cache=v2
+        41 22 0:46 / /var/lib/berth/pool-other rw - btrfs /dev/loop4 rw
+        50 22 0:50 / /srv/tmp rw - tmpfs tmpfs rw
+        """
+        #expect(StoragePool.mountSource(of: "/var/lib/berth/pool", mountinfo: mountinfo) == "/dev/loop3")
+        #expect(StoragePool.mountSource(of: "/var/lib/berth/pool/vps/web1", mountinfo: mountinfo) == "/dev/loop3")
+        #expect(StoragePool.mountSource(of: "/var/lib/berth/poolx", mountinfo: mountinfo) == "/dev/vda")
+        #expect(StoragePool.mountSource(of: "/srv/tmp/pool", mountinfo: mountinfo) == nil)
+    }
+
+    /// A new pool image takes a fifth of the free space, at least 5 GiB and at most 30 GiB.
+    @Test func poolDefaultSize() {
+        #expect(StoragePool.defaultSize(freeBytes: 1 << 30) == 5 << 30)
+        #expect(StoragePool.defaultSize(freeBytes: 100 << 30) == 20 << 30)
+        #expect(StoragePool.defaultSize(freeBytes: 1 << 40) == 30 << 30)
+    }
 }

@@ -1,7 +1,7 @@
 #!/bin/bash
-# Resource tier: what a VPS's limits do under attack, on real cgroups and a real loop-mounted
-# ext4 disk: memory bomb, fork bomb, disk and inode fill, CPU cap and CPU weights, online disk
-# grow. Timing-sensitive checks use generous bounds (this is a shared 2-CPU VM); the figures
+# Resource tier: what a VPS's limits do under attack, on real cgroups, a real loop-mounted ext4
+# disk and a real btrfs pool: memory bomb, fork bomb, disk and inode fill, CPU cap and CPU
+# weights, online disk grow. Timing-sensitive checks use generous bounds (this is a shared 2-CPU VM); the figures
 # themselves belong to the benchmarks.
 cd "$(dirname "$0")/../.." || exit 1
 RUN_ID=${RUN_ID:-brs$$}
@@ -327,6 +327,70 @@ t_cpuinfo_inside_lists_the_vps_cpus() {
     skip "lxcfs cannot narrow /proc/cpuinfo on this host: $blind (the agent's warning was checked)"
 }
 
+# --layout pool: the disk is a subvolume of the node's btrfs pool under a quota group.
+t_pool_layout_limits_resizes_and_leaves_nothing() {
+    grep -qw btrfs /proc/filesystems || modprobe btrfs 2>/dev/null || true
+    grep -qw btrfs /proc/filesystems || skip "this kernel has no btrfs, which --layout pool needs"
+    command -v mkfs.btrfs >/dev/null || skip "no mkfs.btrfs (btrfs-progs) to make the storage pool"
+    local cc; cc=${CC:-$(command -v cc || command -v gcc || command -v clang)}
+    [ -n "$cc" ] || skip "no C compiler for the probe (Tests/security/probe.c)"
+    "$cc" -static -O1 -o "$WORK/probe" Tests/security/probe.c || fail "cannot build the probe"
+    local P; P=$(vps_name pool)
+    expect_contains "$(expect_fail 2 "$BERTH" create "$P" --template busybox --layout zfs)" "not a disk layout (loop, pool)"
+    expect_contains "$(expect_fail 2 "$BERTH" create "$P" --template busybox --layout pool --disk-inodes 4096)" "no inode limit"
+    [ ! -e "$WORK/data/vps/$P" ] || fail "a refused create left $WORK/data/vps/$P"
+    "$BERTH" create "$P" --template busybox --disk 64M --layout pool >/dev/null
+    [ -d "$WORK/data/pool/vps/$P/sbin" ] || fail "the template was not copied into the subvolume"
+    [ ! -e "$WORK/data/vps/$P/disk.img" ] || fail "a pool VPS got a disk image"
+    expect_eq "$("$BERTH" status "$P" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["layout"])')" pool
+    "$BERTH" start "$P" >/dev/null
+    expect_eq "$("$BERTH" exec "$P" -- hostname)" "$P"
+    # The pool's own loop device is the only one of this run: the VPS attached none.
+    expect_eq "$(losetup -a | grep -cF "$WORK/")" 1
+    local out; out=$("$BERTH" exec "$P" -- dd if=/dev/zero of=/big bs=1M count=200 2>&1) && fail "dd wrote 200M into a 64M disk"
+    expect_contains "$out" "Disk quota exceeded"
+    [ "$(stat_field "$P" disk_bytes limit)" = $((64 << 20)) ] || fail "disk_bytes limit is not 64M"
+    local held; held=$(stat_field "$P" disk_bytes held)
+    [ "$held" -gt $((50 << 20)) ] && [ "$held" -le $((64 << 20)) ] || fail "disk_bytes held $held after filling a 64M disk"
+    expect_contains "$(expect_fail 2 "$BERTH" set "$P" --disk 32M)" "is less than the"
+    grep -q '"diskBytes" : 67108864' "$WORK/data/vps/$P/config.json" || fail "a refused shrink changed the config"
+    expect_contains "$("$BERTH" set "$P" --disk 256M)" "applied live: disk"
+    "$BERTH" exec "$P" -- dd if=/dev/zero of=/more bs=1M count=100 2>/dev/null || fail "cannot use the new space"
+    # A restarted agent finds the pool (still mounted) and re-adopts the VPS with its disk figures.
+    local init; init=$(vps_pid "$P")
+    agent_kill9
+    agent_start || fail "the agent did not come back"
+    expect_eq "$(vps_pid "$P")" "$init"
+    [ "$(stat_field "$P" disk_bytes limit)" = $((256 << 20)) ] || fail "disk_bytes limit is not 256M after the agent restart"
+    # A subvolume of its own would escape the quota: refused inside, while host root can (control).
+    "$BERTH" exec "$P" -- sh -c 'cat > /sbin/probe && chmod 755 /sbin/probe' <"$WORK/probe" || fail "cannot copy the probe in"
+    out=$("$BERTH" exec "$P" -- /sbin/probe subvolume /) || fail "inside the VPS: $out"
+    expect_contains "$out" "blocked"
+    out=$("$WORK/probe" subvolume "$WORK/data/pool/vps/$P/tmp") && fail "the probe cannot tell: host root made no subvolume ($out)"
+    btrfs subvolume delete "$WORK/data/pool/vps/$P/tmp/.berth-probe-subvolume" >/dev/null || fail "cannot delete the control subvolume"
+    "$BERTH" exec "$P" -- sh -c 'echo keep > /keep; rm /big /more'
+    "$BERTH" restart "$P" >/dev/null
+    expect_eq "$("$BERTH" exec "$P" -- cat /keep)" keep
+    # After a host reboot nothing has the pool mounted: the next start mounts it again.
+    "$BERTH" stop "$P" >/dev/null
+    agent_stop
+    umount "$WORK/data/pool" || fail "cannot unmount the pool"
+    agent_start || fail "the agent did not come back"
+    "$BERTH" start "$P" >/dev/null
+    expect_eq "$("$BERTH" exec "$P" -- cat /keep)" keep
+    local L; L=$(vps_name pool-layered)
+    "$BERTH" create "$L" --template busybox --disk 32M --layout pool --storage layered >/dev/null
+    "$BERTH" start "$L" >/dev/null
+    "$BERTH" exec "$L" -- sh -c 'echo mine > /etc/mine'
+    expect_eq "$(cat "$WORK/data/pool/vps/$L/upper/etc/mine")" mine
+    "$BERTH" destroy "$L" --force >/dev/null
+    "$BERTH" destroy "$P" --force >/dev/null
+    for gone in "$WORK/data/pool/vps/$P" "$WORK/data/pool/vps/$L" "$WORK/data/vps/$P" "$WORK/data/vps/$L"; do
+        [ ! -e "$gone" ] || fail "destroy left $gone"
+    done
+    ! grep -F "$WORK/data/vps/" /proc/self/mountinfo || fail "a VPS mount is left in the host's namespace"
+}
+
 run_test "a memory bomb is OOM-killed inside its VPS only" t_memory_bomb_is_killed_inside
 run_test "a fork bomb stops at the pids limit; exec into another VPS answers within 1 s" t_fork_bomb_stops_at_pids
 run_test "disk and inode fills stop at the VPS limit; the host filesystem is untouched" t_disk_and_inode_fill_stop_at_the_limit
@@ -339,6 +403,7 @@ run_test "set --disk-inodes rebuilds a stopped VPS's disk with its files intact;
 run_test "--io-bps holds direct writes and reads within 15 %, changed live" t_io_bps_holds
 run_test "set --disk grows a running VPS online; shrinking it is refused" t_disk_grows_online
 run_test "set --disk on a stopped VPS grows, and shrinks only above the data in it" t_disk_resizes_offline
+run_test "--layout pool: a btrfs subvolume with a quota, grown live, no subvolumes inside, nothing left after destroy" t_pool_layout_limits_resizes_and_leaves_nothing
 
 echo
 [ ${#FAILED_NAMES[@]} -eq 0 ] || printf 'failed: %s\n' "${FAILED_NAMES[@]}"

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/bpf.h>
+#include <linux/btrfs.h>
 #include <linux/filter.h>
 #include <linux/if_ether.h>
 #include <linux/keyctl.h>
@@ -335,6 +336,25 @@ static int exhaust(int hold_seconds) {
     return 0;
 }
 
+/* A subvolume or snapshot of its own would hold data that the quota group of the VPS's
+   subvolume does not count (a pool VPS's disk limit, StoragePool.swift). */
+static int subvolume(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) { printf("open %s: %s\n", dir, strerror(errno)); return 2; }
+    struct btrfs_ioctl_vol_args args;
+    memset(&args, 0, sizeof args);
+    strcpy(args.name, ".berth-probe-subvolume");
+    if (ioctl(fd, BTRFS_IOC_SUBVOL_CREATE, &args) == 0) return open_("made a btrfs subvolume of its own");
+    int subvolume_errno = errno;
+    struct btrfs_ioctl_vol_args_v2 snapshot;
+    memset(&snapshot, 0, sizeof snapshot);
+    snapshot.fd = fd;
+    strcpy(snapshot.name, ".berth-probe-snapshot");
+    if (ioctl(fd, BTRFS_IOC_SNAP_CREATE_V2, &snapshot) == 0) return open_("made a btrfs snapshot of its own");
+    printf("subvolume: %s, snapshot: %s\n", strerror(subvolume_errno), strerror(errno));
+    return blocked("btrfs subvolume and snapshot creation refused");
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: probe ATTACK [ARGS]\n"); return 2; }
     const char *attack = argv[1];
@@ -351,6 +371,7 @@ int main(int argc, char **argv) {
     if (!strcmp(attack, "sniff") && argc == 4) return sniff(atoi(argv[2]), argv[3]);
     if (!strcmp(attack, "sched-fifo")) return sched_fifo();
     if (!strcmp(attack, "exhaust") && argc == 3) return exhaust(atoi(argv[2]));
+    if (!strcmp(attack, "subvolume") && argc == 3) return subvolume(argv[2]);
     fprintf(stderr, "probe: unknown attack or arguments: %s\n", attack);
     return 2;
 }

@@ -64,9 +64,24 @@ int berth_ext4_resize(int fs_fd, uint64_t blocks);
 
 #endif
 
+/* The btrfs storage pool (btrfs.c). Each returns -1 with errno on failure. */
+/// Creates the subvolume `name` in the directory `parent`.
+int berth_btrfs_subvolume_create(const char *parent, const char *name);
+/// Deletes the subvolume `name` of `parent`, and everything in it.
+int berth_btrfs_subvolume_delete(const char *parent, const char *name);
+/// Turns quotas on for the filesystem of `path`: 2 = simple quotas, 1 = full qgroups (kernels
+/// before 6.7).
+int berth_btrfs_quota_enable(const char *path);
+/// The id of the subvolume `path` is the top of (its quota group is 0/id).
+long long berth_btrfs_subvolume_id(const char *path);
+/// Limits the subvolume `subvolume` is the top of to `bytes` of data and metadata.
+int berth_btrfs_qgroup_limit(const char *subvolume, uint64_t bytes);
+/// The filesystem's UUID as /sys/fs/btrfs names its directory.
+int berth_btrfs_fsid(const char *path, char *uuid, size_t uuid_len);
+
 /// Installs Berth's seccomp denylist (seccomp.c lists it and says why): kexec, open_by_handle_at,
 /// module loading, keyrings, bpf, perf, userfaultfd, acct, swap, syslog, clock setting fail with
-/// EPERM, io_uring with ENOSYS, and any non-native syscall ABI (x32, i386) fails with ENOSYS so
+/// EPERM, io_uring with ENOSYS, btrfs subvolume and snapshot creation with ENOTTY, and any non-native syscall ABI (x32, i386) fails with ENOSYS so
 /// the list cannot be bypassed.
 /// Must be called while the caller still holds CAP_SYS_ADMIN or after PR_SET_NO_NEW_PRIVS.
 int berth_install_baseline_seccomp(void);
@@ -114,6 +129,10 @@ int berth_idmapped_tree(const char *path, int userns_fd);
 /// A detached read-only, nosuid, nodev, noexec copy of the mount tree at `path`, for a VPS to
 /// attach with berth_move_mount_to (host files it may read but never change).
 int berth_readonly_tree(const char *path);
+/// Binds the directory `source` at `target` (a detached clone attached there): nosuid and nodev
+/// set when `host_view_only` (the host's view of a disk whose VPS sees an idmapped copy), cleared
+/// otherwise (a privileged VPS boots from this very mount).
+int berth_bind_tree_to(const char *source, const char *target, int host_view_only);
 /* Layered VPS roots (overlay.c). */
 /// A detached overlayfs mount: `lower` (a template's tree, shared read-only by every VPS made
 /// from it) under `disk`/upper with `disk`/work (the VPS's own disk). With userns_fd >= 0 both

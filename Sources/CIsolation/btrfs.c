@@ -1,0 +1,107 @@
+// The btrfs storage pool of `--layout pool` VPSs: one subvolume per VPS, its size limited by a
+// quota group. Plain ioctls on directory fds; nothing here mounts or forks.
+#include "cisolation.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/btrfs.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+/* BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA (linux 6.7), which older headers lack. */
+#define BERTH_QUOTA_CTL_ENABLE_SIMPLE 4
+/* The inode number of every subvolume's top directory (<linux/btrfs_tree.h>). */
+#define BERTH_FIRST_FREE_OBJECTID 256ULL
+
+static int open_directory(const char *path) { return open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW); }
+
+static int name_fits(const char *name, struct btrfs_ioctl_vol_args *args) {
+    if (strlen(name) > BTRFS_PATH_NAME_MAX || strchr(name, '/') != NULL) { errno = EINVAL; return -1; }
+    memset(args, 0, sizeof *args);
+    strncpy(args->name, name, BTRFS_PATH_NAME_MAX);
+    return 0;
+}
+
+static int volume_ioctl(const char *parent, const char *name, unsigned long request) {
+    struct btrfs_ioctl_vol_args args;
+    if (name_fits(name, &args) != 0) return -1;
+    int dir = open_directory(parent);
+    if (dir < 0) return -1;
+    int rc = ioctl(dir, request, &args);
+    int saved = errno;
+    close(dir);
+    errno = saved;
+    return rc;
+}
+
+int berth_btrfs_subvolume_create(const char *parent, const char *name) {
+    return volume_ioctl(parent, name, BTRFS_IOC_SUBVOL_CREATE);
+}
+
+int berth_btrfs_subvolume_delete(const char *parent, const char *name) {
+    return volume_ioctl(parent, name, BTRFS_IOC_SNAP_DESTROY);
+}
+
+int berth_btrfs_quota_enable(const char *path) {
+    int dir = open_directory(path);
+    if (dir < 0) return -1;
+    /* Simple quotas count each extent once, against the subvolume that wrote it, at a fraction
+       of full qgroups' cost; kernels before 6.7 refuse them (EINVAL) and get full qgroups. */
+    struct btrfs_ioctl_quota_ctl_args args = { .cmd = BERTH_QUOTA_CTL_ENABLE_SIMPLE };
+    int mode = 2;
+    if (ioctl(dir, BTRFS_IOC_QUOTA_CTL, &args) != 0) {
+        args.cmd = BTRFS_QUOTA_CTL_ENABLE;
+        args.status = 0;
+        mode = ioctl(dir, BTRFS_IOC_QUOTA_CTL, &args) == 0 ? 1 : -1;
+    }
+    int saved = errno;
+    close(dir);
+    errno = saved;
+    return mode;
+}
+
+long long berth_btrfs_subvolume_id(const char *path) {
+    int dir = open_directory(path);
+    if (dir < 0) return -1;
+    struct btrfs_ioctl_ino_lookup_args args;
+    memset(&args, 0, sizeof args);
+    args.objectid = BERTH_FIRST_FREE_OBJECTID;
+    int rc = ioctl(dir, BTRFS_IOC_INO_LOOKUP, &args);
+    int saved = errno;
+    close(dir);
+    errno = saved;
+    return rc == 0 ? (long long)args.treeid : -1;
+}
+
+int berth_btrfs_qgroup_limit(const char *subvolume, uint64_t bytes) {
+    int dir = open_directory(subvolume);
+    if (dir < 0) return -1;
+    struct btrfs_ioctl_qgroup_limit_args args;
+    memset(&args, 0, sizeof args);
+    /* qgroupid 0: the quota group of the subvolume the fd is in. Referenced and exclusive are
+       the same figure under simple quotas; under full qgroups the VPS's extents are its own. */
+    args.lim.flags = BTRFS_QGROUP_LIMIT_MAX_RFER | BTRFS_QGROUP_LIMIT_MAX_EXCL;
+    args.lim.max_rfer = bytes;
+    args.lim.max_excl = bytes;
+    int rc = ioctl(dir, BTRFS_IOC_QGROUP_LIMIT, &args);
+    int saved = errno;
+    close(dir);
+    errno = saved;
+    return rc;
+}
+
+int berth_btrfs_fsid(const char *path, char *uuid, size_t uuid_len) {
+    int dir = open_directory(path);
+    if (dir < 0) return -1;
+    struct btrfs_ioctl_fs_info_args info;
+    memset(&info, 0, sizeof info);
+    int rc = ioctl(dir, BTRFS_IOC_FS_INFO, &info);
+    int saved = errno;
+    close(dir);
+    if (rc != 0) { errno = saved; return -1; }
+    const unsigned char *b = info.fsid;
+    snprintf(uuid, uuid_len, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    return 0;
+}
