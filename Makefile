@@ -63,6 +63,7 @@ test-debian:
 test-security:
 	@BUILD=$(BUILD) ./Tests/security/escape.sh
 	@STORAGE=layered BUILD=$(BUILD) ./Tests/security/escape.sh
+	@LAYOUT=pool BUILD=$(BUILD) ./Tests/security/escape.sh
 
 # The local multi-node testbed for trying the cluster by hand (Docs/cluster.md).
 cluster-up: build

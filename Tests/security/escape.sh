@@ -6,7 +6,8 @@
 # Exceptions (checks that cannot pass on a mainline kernel, or are covered elsewhere) are listed
 # with their reasons in Docs/security.md.
 # STORAGE=layered runs it all against VPSs whose root is an overlay on the shared template
-# (create --storage layered); make test runs it both ways.
+# (create --storage layered); LAYOUT=pool against VPSs whose disk is a subvolume of the node's
+# btrfs pool (create --layout pool); make test runs it all three ways.
 #
 # The node is a network namespace made here ($RUN_ID-node, the agent runs in it) with an uplink
 # to a LAN-client namespace ($RUN_ID-lan); addresses are in 198.18.30.0/24, no route leaves them.
@@ -55,12 +56,16 @@ if [ -n "${PROBE:-}" ]; then cp "$PROBE" "$WORK/probe"; else "$CC" -static -O1 -
 
 A=$(vps_name a); B=$(vps_name b); C=$(vps_name c)
 STORAGE=${STORAGE:-image}
-echo "VPS storage: $STORAGE"
+LAYOUT=${LAYOUT:-loop}
+echo "VPS storage: $STORAGE, disk layout: $LAYOUT"
+# A pool subvolume has no inode limit of its own.
+INODES="--disk-inodes 3000"
+[ "$LAYOUT" = pool ] && INODES=""
 A4=198.18.30.10 B4=198.18.30.11 GW=198.18.30.1 LAN4=198.18.30.100
-"$BERTH" create "$A" --template busybox --ip "$A4" --memory 128M --disk 128M --storage "$STORAGE" >/dev/null
-"$BERTH" create "$B" --template busybox --ip "$B4" --disk 128M --storage "$STORAGE" >/dev/null
+"$BERTH" create "$A" --template busybox --ip "$A4" --memory 128M --disk 128M --storage "$STORAGE" --layout "$LAYOUT" >/dev/null || exit 1
+"$BERTH" create "$B" --template busybox --ip "$B4" --disk 128M --storage "$STORAGE" --layout "$LAYOUT" >/dev/null
 # C takes the destructive attacks: small limits, its own mount namespace to spoil.
-"$BERTH" create "$C" --template busybox --memory 96M --pids 64 --files 1024 --disk 96M --disk-inodes 3000 --storage "$STORAGE" >/dev/null
+"$BERTH" create "$C" --template busybox --memory 96M --pids 64 --files 1024 --disk 96M $INODES --storage "$STORAGE" --layout "$LAYOUT" >/dev/null
 for v in "$A" "$B" "$C"; do
     "$BERTH" start "$v" >/dev/null || exit 1
     "$BERTH" exec "$v" -- sh -c 'cat > /sbin/probe && chmod 755 /sbin/probe' <"$WORK/probe" || exit 1
@@ -387,6 +392,15 @@ e34() { # memory bomb against --memory 96M
 e35() { # disk and inode fill against --disk 96M --disk-inodes 3000
     local image_before free_before
     free_before=$(df -k --output=avail "$WORK" | tail -1)
+    if [ "$LAYOUT" = pool ]; then
+        # A subvolume counts no inodes: each file's metadata counts against the same byte quota,
+        # so once the data fill reaches it no file can be made either.
+        in_vps "$C" sh -c 'dd if=/dev/zero of=/big bs=1M 2>&1' | grep -q 'Disk quota exceeded' || fail "the disk fill did not end in EDQUOT"
+        in_vps "$C" sh -c 'touch /one-more' 2>/dev/null && fail "a file was created past the quota"
+        [ $(( free_before - $(df -k --output=avail "$WORK" | tail -1) )) -lt $((100 * 1024)) ] || fail "the host filesystem lost more than the VPS's disk"
+        in_vps "$C" sh -c 'rm -f /big'
+        return
+    fi
     in_vps "$C" sh -c 'dd if=/dev/zero of=/big bs=1M 2>&1' | grep -q 'No space left' || fail "the disk fill did not end in ENOSPC"
     in_vps "$C" sh -c 'i=0; while touch /f$i 2>/dev/null; do i=$((i+1)); done; echo made=$i' | grep -q 'made=' || fail "inode fill"
     in_vps "$C" sh -c 'touch /one-more' 2>/dev/null && fail "a file was created past the inode limit"
