@@ -69,6 +69,16 @@ extension VPSManager {
     /// (the first `create --layout pool`); otherwise a missing pool is an error.
     func storagePool(creating: Bool) async throws -> StoragePool {
         if let mounted = try mountedPool() { return mounted }
+        // Two first creates must not both format the image, nor one mount it half-made: the
+        // second waits for the first's set-up.
+        if let pending = poolSetUp { return try await pending.value }
+        let setUp = Task { try await self.setUpPool(creating: creating) }
+        poolSetUp = setUp
+        defer { poolSetUp = nil }
+        return try await setUp.value
+    }
+
+    private func setUpPool(creating: Bool) async throws -> StoragePool {
         let directory = store.poolDirectory
         do {
             let image = store.poolImage

@@ -89,6 +89,8 @@ public actor VPSManager {
     var warnedNoLxcfs = false
     /// The node's btrfs pool once a pool VPS needed it (StoragePool.swift).
     var pool: StoragePool?
+    /// The pool's mount or first format while it is in progress.
+    var poolSetUp: Task<StoragePool, any Error>?
     var checkedLxcfsControllers = false
     let onlineCPUs: Int
     public let overcommit: Overcommit
@@ -431,6 +433,9 @@ public actor VPSManager {
         }
         if records[name]?.config.isPooled ?? false {
             try deleteVolume(name, in: try await storagePool(creating: false))
+        } else if let pool = try? mountedPool(), FileIO.exists(pool.volume(name)) {
+            // A pool VPS whose config is broken, or what an interrupted destroy left.
+            try deleteVolume(name, in: pool)
         }
         do {
             try FileManager.default.removeItem(atPath: store.directory(name))

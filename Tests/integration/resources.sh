@@ -335,11 +335,17 @@ t_pool_layout_limits_resizes_and_leaves_nothing() {
     local cc; cc=${CC:-$(command -v cc || command -v gcc || command -v clang)}
     [ -n "$cc" ] || skip "no C compiler for the probe (Tests/security/probe.c)"
     "$cc" -static -O1 -o "$WORK/probe" Tests/security/probe.c || fail "cannot build the probe"
-    local P; P=$(vps_name pool)
+    local P L; P=$(vps_name pool); L=$(vps_name pool-layered)
     expect_contains "$(expect_fail 2 "$BERTH" create "$P" --template busybox --layout zfs)" "not a disk layout (loop, pool)"
     expect_contains "$(expect_fail 2 "$BERTH" create "$P" --template busybox --layout pool --disk-inodes 4096)" "no inode limit"
     [ ! -e "$WORK/data/vps/$P" ] || fail "a refused create left $WORK/data/vps/$P"
-    "$BERTH" create "$P" --template busybox --disk 64M --layout pool >/dev/null
+    # The first two creates arrive together: one makes the pool, the other waits for it.
+    "$BERTH" create "$P" --template busybox --disk 64M --layout pool >"$WORK/create-p.out" 2>&1 &
+    local first=$!
+    "$BERTH" create "$L" --template busybox --disk 32M --layout pool --storage layered >"$WORK/create-l.out" 2>&1 ||
+        fail "the second pool create failed: $(cat "$WORK/create-l.out")"
+    wait "$first" || fail "the first pool create failed: $(cat "$WORK/create-p.out")"
+    expect_eq "$(grep -c "made the storage pool" "$WORK/agent.log")" 1
     [ -d "$WORK/data/pool/vps/$P/sbin" ] || fail "the template was not copied into the subvolume"
     [ ! -e "$WORK/data/vps/$P/disk.img" ] || fail "a pool VPS got a disk image"
     expect_eq "$("$BERTH" status "$P" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["layout"])')" pool
@@ -378,8 +384,6 @@ t_pool_layout_limits_resizes_and_leaves_nothing() {
     agent_start || fail "the agent did not come back"
     "$BERTH" start "$P" >/dev/null
     expect_eq "$("$BERTH" exec "$P" -- cat /keep)" keep
-    local L; L=$(vps_name pool-layered)
-    "$BERTH" create "$L" --template busybox --disk 32M --layout pool --storage layered >/dev/null
     "$BERTH" start "$L" >/dev/null
     "$BERTH" exec "$L" -- sh -c 'echo mine > /etc/mine'
     expect_eq "$(cat "$WORK/data/pool/vps/$L/upper/etc/mine")" mine
