@@ -191,8 +191,15 @@ extension VPSManager {
         }
     }
 
-    /// "MAJ:MIN" of a running VPS's loop device (what I/O limits name).
+    /// "MAJ:MIN" of a running VPS's loop device, or of the storage pool's device for a pool VPS
+    /// (what I/O limits name).
     func diskDeviceNumber(_ name: String) throws(IsolationError) -> String {
+        if records[name]?.config.isPooled ?? false {
+            guard let device = (try? mountedPool())??.device else {
+                throw IsolationError(.unsupported, "the storage pool has no block device of its own for I/O limits to name", stage: "find the pool's device")
+            }
+            return try FileIO.deviceNumber(device)
+        }
         guard let loop = Self.loopDevice(backing: store.diskPath(name)) else {
             throw IsolationError(.notFound, "the loop device of \(name)'s disk was not found", stage: "find loop device")
         }
