@@ -87,6 +87,8 @@ public actor VPSManager {
     /// VPSs with a `set` in flight (it may await the kernel): a second one waits its turn.
     var changing: Set<String> = []
     var warnedNoLxcfs = false
+    /// The disk layout of a VPS created without `--layout` (`berth-agent --default-layout`).
+    public let defaultLayout: VPSConfig.Layout
     /// The node's btrfs pool once a pool VPS needed it (StoragePool.swift).
     var pool: StoragePool?
     /// The pool's mount or first format while it is in progress.
@@ -103,8 +105,9 @@ public actor VPSManager {
 
     public init(paths: AgentPaths, nodeName: String, cgroups: any CgroupDriver, logger: Logger,
                 overcommit: Overcommit = Overcommit(), settings: NodeSettings = NodeSettings(),
-                beancounterInterval: Int = 30) throws {
+                beancounterInterval: Int = 30, defaultLayout: VPSConfig.Layout = .loop) throws {
         self.beancounterInterval = beancounterInterval
+        self.defaultLayout = defaultLayout
         self.overcommit = overcommit
         self.settings = settings
         try FileManager.default.createDirectory(atPath: paths.runDir, withIntermediateDirectories: true,
@@ -291,7 +294,8 @@ public actor VPSManager {
         }
         let layout: VPSConfig.Layout
         switch request.layout {
-        case "", "loop": layout = .loop
+        case "": layout = defaultLayout
+        case "loop": layout = .loop
         case "pool": layout = .pool
         default: throw AgentError.invalid("layout", "'\(request.layout)' is not a disk layout (loop, pool)")
         }

@@ -60,6 +60,9 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Size of the btrfs storage pool image (DATA/pool.img, sparse) that the first `create --layout pool` makes, e.g. 50G (default: a fifth of the free space, 5G to 30G). A btrfs mounted at DATA/pool by hand is used as it is.")
     var poolSize: String?
 
+    @Option(help: "Disk layout of a VPS created without --layout: loop (an ext4 image of its own) or pool (a subvolume of the btrfs storage pool), like vz.conf's VE_LAYOUT.")
+    var defaultLayout = "loop"
+
     @Option(help: "Cluster mode: the controller's HOST:PORT (mTLS). Needs --listen.")
     var controller: String?
 
@@ -167,12 +170,16 @@ struct BerthAgent: AsyncParsableCommand {
                 throw ExitCode(2)
             }
         }
+        guard let layout = VPSConfig.Layout(rawValue: defaultLayout) else {
+            FileHandle.standardError.write(Data("berth-agent: --default-layout \(defaultLayout): not a disk layout (loop, pool)\n".utf8))
+            throw ExitCode(2)
+        }
         let nodeName = name ?? ProcessInfo.processInfo.hostName
         let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, monitorBinary: monitorBinary, lxcfs: lxcfs,
                                                        templateCache: templateCache, poolSize: poolBytes),
                                      nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger,
                                      overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit),
-                                     settings: settings, beancounterInterval: beancounterInterval)
+                                     settings: settings, beancounterInterval: beancounterInterval, defaultLayout: layout)
         // Running VPS monitors keep the helper's read-only bind alive; the path goes with the agent.
         defer { manager.releaseHelper() }
         if cgroupFavordynmods {

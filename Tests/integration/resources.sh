@@ -390,15 +390,24 @@ t_pool_layout_limits_resizes_and_leaves_nothing() {
     "$BERTH" stop "$P" >/dev/null
     agent_stop
     umount "$WORK/data/pool" || fail "cannot unmount the pool"
+    local extra=$AGENT_EXTRA
+    AGENT_EXTRA="$extra --default-layout pool"
     agent_start || fail "the agent did not come back"
+    AGENT_EXTRA=$extra
     "$BERTH" start "$P" >/dev/null
     expect_eq "$("$BERTH" exec "$P" -- cat /keep)" keep
+    # The node's default layout: a create without --layout gets a subvolume.
+    local D; D=$(vps_name pool-default)
+    "$BERTH" create "$D" --template busybox --disk 32M >/dev/null
+    expect_eq "$("$BERTH" status "$D" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["layout"])')" pool
+    [ -d "$WORK/data/pool/vps/$D" ] || fail "the default layout made no subvolume"
+    "$BERTH" destroy "$D" >/dev/null
     "$BERTH" start "$L" >/dev/null
     "$BERTH" exec "$L" -- sh -c 'echo mine > /etc/mine'
     expect_eq "$(cat "$WORK/data/pool/vps/$L/upper/etc/mine")" mine
     "$BERTH" destroy "$L" --force >/dev/null
     "$BERTH" destroy "$P" --force >/dev/null
-    for gone in "$WORK/data/pool/vps/$P" "$WORK/data/pool/vps/$L" "$WORK/data/vps/$P" "$WORK/data/vps/$L"; do
+    for gone in "$WORK/data/pool/vps/$P" "$WORK/data/pool/vps/$L" "$WORK/data/pool/vps/$D" "$WORK/data/vps/$P" "$WORK/data/vps/$L" "$WORK/data/vps/$D"; do
         [ ! -e "$gone" ] || fail "destroy left $gone"
     done
     ! grep -F "$WORK/data/vps/" /proc/self/mountinfo || fail "a VPS mount is left in the host's namespace"
