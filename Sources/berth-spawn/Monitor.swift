@@ -22,8 +22,8 @@ final class Monitor {
     var signalFD: Int32 = -1
     /// What the last boot wired up (teardown removes exactly that).
     var guest: GuestSpec?
-    /// The disk's loop device, which I/O limits name.
-    var loopDevice = ""
+    /// The disk's block device, which I/O limits name: its own loop device, or the pool's.
+    var diskDevice = ""
     /// The spec in a memfd and this very executable (O_PATH), both kept across the hand-offs to
     /// berth-monitor and back (handOff, init(resuming:)).
     var specFD: Int32 = -1
@@ -92,7 +92,7 @@ final class Monitor {
         if spec.layer != nil && mkdir(target, 0o700) != 0 && errno != EEXIST { throw IsolationError.sys("mkdir \(target)") }
         if let volume = spec.volume {
             // The pool is mounted once for the node: its subvolume is bound like a disk would be mounted.
-            loopDevice = volume.device ?? ""
+            diskDevice = volume.device ?? ""
             try check("bind \(volume.subvolume) on \(target)") { berth_bind_tree_to(volume.subvolume, target, hostViewOnly ? 1 : 0) }
         } else {
             var device = [CChar](repeating: 0, count: 64)
@@ -100,7 +100,7 @@ final class Monitor {
             if loopFD < 0 { throw IsolationError.sys("attach \(spec.diskImage) to a loop device") }
             defer { close(loopFD) }
             let path = String(cString: device)
-            loopDevice = path
+            diskDevice = path
             let flags = hostViewOnly ? UInt(MS_NOSUID | MS_NODEV) : 0
             try check("mount \(path) on \(target)") { mount(path, target, "ext4", flags, "") }
         }
@@ -133,10 +133,10 @@ final class Monitor {
         close(fd)
         let ready = try CgroupsReady.decode(String(decoding: message, as: UTF8.self))
         guard !ready.deviceWrites.isEmpty else { return }
-        guard !loopDevice.isEmpty else {
+        guard !diskDevice.isEmpty else {
             throw IsolationError(.unsupported, "I/O limits need the block device of the VPS's disk, and the agent named none for its pool", stage: "I/O limits")
         }
-        let number = try FileIO.deviceNumber(loopDevice)
+        let number = try FileIO.deviceNumber(diskDevice)
         for write in ready.deviceWrites {
             try FileIO.write(write.path, write.value.replacingPlaceholder(IOLimits.devicePlaceholder, with: number))
         }

@@ -11,6 +11,7 @@ import Glibc
 //     | make the VPS cgroups       | unshare(NEWNS): its own mounts,      |
 //     |   (beside the mounts)      |   never the host's (Monitor.swift)   |
 //     |                            | attach loop, mount disk.img          |
+//     |                            |   [pool: bind its subvolume instead] |
 //     |                            |   [layered: at the disk mount; the   |
 //     |                            |    overlay at the root if no userns] |
 //     |                            | bind console.sock                    |
