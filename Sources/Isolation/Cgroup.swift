@@ -263,7 +263,7 @@ func readLimit(_ path: String) -> UInt64? {
 }
 
 /// "key value" lines (memory.events, cpu.stat, pids.events).
-func readKeyed(_ file: String, _ key: String) -> UInt64? { keyedValue(FileIO.read(file) ?? "", key) }
+func readKeyed(_ file: String, _ key: String) -> UInt64? { keyedValue(FileIO.readControl(file) ?? "", key) }
 
 /// The value of `key` in "key value" lines (cpu.stat, pids.events, memory.events, ...).
 func keyedValue(_ text: String, _ key: String) -> UInt64? {
@@ -275,7 +275,7 @@ func keyedValue(_ text: String, _ key: String) -> UInt64? {
 }
 
 func readNumber(_ path: String) -> UInt64? {
-    guard let text = FileIO.read(path) else { return nil }
+    guard let text = FileIO.readControl(path) else { return nil }
     return UInt64(text.split(whereSeparator: { $0 == "\n" || $0 == " " }).first ?? "")
 }
 

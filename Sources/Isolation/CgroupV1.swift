@@ -173,7 +173,7 @@ public struct CgroupV1Driver: CgroupDriver {
             usage.pidsLimit = readLimit(pids + "/pids.max")
             usage.ioOperations = readKeyed(path("blkio", name) + "/blkio.throttle.io_serviced", "Total") ?? 0
         }
-        let cpuStat = FileIO.read(path("cpu", name) + "/cpu.stat") ?? ""
+        let cpuStat = FileIO.readControl(path("cpu", name) + "/cpu.stat") ?? ""
         usage.cpuThrottledPeriods = keyedValue(cpuStat, "nr_throttled") ?? 0
         usage.cpuThrottledNanoseconds = keyedValue(cpuStat, "throttled_time") ?? 0
         return usage
