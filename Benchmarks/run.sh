@@ -3,7 +3,8 @@
 #   BUILD=.build/release Benchmarks/run.sh [ROUNDS] [DENSITY_N]
 # Uses the shared anchor scripts (../shared/anchors) for crun's rootfs/bundle and the timing
 # harness; they are run from there, never copied here. Prints four sections:
-#   1. start: `berth start` (returns with init running) vs `crun run -d`, wall and CPU
+#   1. start: `berth start` (returns with init running) vs `crun run -d`, wall and CPU, and the
+#      95th percentile of each
 #   2. exec:  `berth exec v true` vs `crun exec id true`
 #   3. density: N running busybox VPSs (DENSITY_STORAGE=layered by default, or image;
 #      DENSITY_LAYOUT=pool by default, or loop) and N crun containers: memory per VPS all-in, counted alike for both, agent RSS, agent idle CPU, and a
@@ -64,7 +65,7 @@ echo "== 1. start: returns with init running (the pair's stop/delete runs after,
 "$B" create bl --template busybox --disk 64M --storage layered >/dev/null
 "$B" create bp --template busybox --disk 64M --layout pool >/dev/null || exit 1
 "$B" create bq --template busybox --disk 64M --layout pool --storage layered >/dev/null
-BENCH_ROTATE=0 bench "$ROUNDS" \
+BENCH_ROTATE=0 BENCH_RAW=$W/start.raw bench "$ROUNDS" \
     "crun run -d (sleep as init)" "crun run -d --bundle $DBUNDLE bench-crun-d" \
     "berth start (busybox init)" "$B start bv" \
     "berth start (--storage layered)" "$B start bl" \
@@ -75,6 +76,14 @@ BENCH_ROTATE=0 bench "$ROUNDS" \
     "  (berth stop --kill, layered)" "$B stop bl --kill" \
     "  (berth stop --kill, pool)" "$B stop bp --kill" \
     "  (berth stop --kill, pool layered)" "$B stop bq --kill"
+# The 95th percentile of each start, from the harness's raw samples (ROUND INDEX MICROSECONDS ...).
+awk -F'\t' '/^#/ { label[substr($1, 2)] = $2; next }
+    { n[$2]++; t[$2, n[$2]] = $3 }
+    function p95(i,   j, k, v, a) { for (j = 1; j <= n[i]; j++) a[j] = t[i, j]
+        for (j = 2; j <= n[i]; j++) { v = a[j]; k = j - 1; while (k > 0 && a[k] > v) { a[k + 1] = a[k]; k-- } a[k + 1] = v }
+        return a[int(n[i] * 0.95 + 0.999)] }
+    END { base = p95(0); printf "p95:"
+        for (i = 0; i <= 4; i++) printf "  %s %.1f ms (%.2fx)", label[i], p95(i) / 1000, p95(i) / base; print "" }' "$W/start.raw"
 
 echo
 echo "== 2. exec: run /bin/true in a running container"
