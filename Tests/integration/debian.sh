@@ -188,6 +188,35 @@ t_layered_boot() {
     expect_eq "$(leftovers_of "$L")" ""
 }
 
+# A pool VPS: systemd boots from a subvolume of the node's btrfs pool (idmapped, no loop device
+# of its own), reboots inside it, and keeps what it wrote.
+t_pool_boot() {
+    grep -qw btrfs /proc/filesystems || modprobe btrfs 2>/dev/null || true
+    grep -qw btrfs /proc/filesystems || skip "this kernel has no btrfs, which --layout pool needs"
+    command -v mkfs.btrfs >/dev/null || skip "no mkfs.btrfs (btrfs-progs) to make the storage pool"
+    local P; P=$(vps_name pool)
+    "$BERTH" create "$P" --template debian-12 --layout pool --disk 1G >/dev/null
+    "$BERTH" start "$P" >/dev/null
+    expect_eq "$(booted "$P")" "running" "(systemctl --failed: $(in_vps "$P" systemctl --failed --no-legend 2>&1))"
+    in_vps "$P" sh -c 'echo mine > /root/pool-check'
+    local first; first=$(vps_pid "$P")
+    in_vps "$P" systemctl reboot || true
+    for _ in $(seq 200); do
+        local now; now=$(vps_pid "$P")
+        [ "$now" != 0 ] && [ "$now" != "$first" ] && break
+        sleep 0.1
+    done
+    [ "$(vps_pid "$P")" != "$first" ] || fail "the VPS did not come back from its reboot"
+    expect_eq "$(booted "$P")" "running" "(after the reboot; systemctl --failed: $(in_vps "$P" systemctl --failed --no-legend 2>&1))"
+    expect_eq "$(in_vps "$P" cat /root/pool-check)" mine
+    "$BERTH" stop "$P" >/dev/null
+    expect_contains "$("$BERTH" status "$P")" 'last_exit="poweroff"'
+    [ -z "$(leftovers_of "$P")" ] || fail "leftovers after stop: $(leftovers_of "$P")"
+    "$BERTH" destroy "$P" >/dev/null
+    expect_eq "$(leftovers_of "$P")" ""
+    [ ! -e "$WORK/data/pool/vps/$P" ] || fail "destroy left the subvolume"
+}
+
 # systemd on a cgroup2 mount (its "unified" mode, what production v2 hosts give a VPS): on a
 # hybrid host, through the v2 driver on the host's own cgroup2 mount.
 t_v2_boot() {
@@ -233,6 +262,7 @@ if "$BERTH" template list | grep -q '^debian-12'; then
     run_test "poweroff inside stops the VPS" t_poweroff_inside
     run_test "destroy removes systemd's cgroups too" t_destroy_leaves_nothing
     run_test "a layered Debian VPS boots systemd from the shared template and keeps its changes to itself" t_layered_boot
+    run_test "a pool Debian VPS boots systemd from its btrfs subvolume, reboots, keeps its files" t_pool_boot
     run_test "systemd boots on a cgroup2 mount (v2 driver)" t_v2_boot
 else
     FAILED=$((FAILED + 1)); FAILED_NAMES+=("no debian-12 template"); echo "FAIL - no debian-12 template: the VPS tests cannot run"
