@@ -91,6 +91,18 @@ int berth_btrfs_qgroup_limit(const char *subvolume, uint64_t bytes) {
     return rc;
 }
 
+int berth_btrfs_grow_to_device(const char *path) {
+    struct btrfs_ioctl_vol_args args;
+    if (name_fits("max", &args) != 0) return -1;
+    int dir = open_directory(path);
+    if (dir < 0) return -1;
+    int rc = ioctl(dir, BTRFS_IOC_RESIZE, &args);
+    int saved = errno;
+    close(dir);
+    errno = saved;
+    return rc;
+}
+
 int berth_btrfs_fsid(const char *path, char *uuid, size_t uuid_len) {
     int dir = open_directory(path);
     if (dir < 0) return -1;

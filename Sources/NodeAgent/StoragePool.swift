@@ -154,7 +154,37 @@ extension VPSManager {
         }
         let mode = FileIO.read(sysfs + "/qgroups/mode")?.trimmed ?? "qgroup"
         let device = StoragePool.mountSource(of: directory, mountinfo: FileIO.read("/proc/self/mountinfo") ?? "")
+        if let device { try growPoolImage(directory, device: device) }
         return StoragePool(directory: directory, device: device, sysfs: sysfs, quotaMode: mode)
+    }
+
+    /// A `--pool-size` above the size of the pool image the agent made grows the image, its loop
+    /// device and the btrfs on it, online. A smaller one shrinks nothing (btrfs would have to
+    /// move the VPSs' data first): it is logged.
+    private func growPoolImage(_ directory: String, device: String) throws {
+        let image = store.poolImage
+        guard let wanted = paths.poolSize, Self.loopDevice(backing: image) == device else { return }
+        var info = stat()
+        guard stat(image, &info) == 0 else { return }
+        let current = UInt64(info.st_size)
+        if wanted < current {
+            logger.warning("--pool-size is below the storage pool's size: the pool is not shrunk",
+                           metadata: ["pool-size": "\(wanted)", "pool": "\(current)"])
+            return
+        }
+        guard wanted > current else { return }
+        guard truncate(image, off_t(wanted)) == 0 else {
+            throw AgentError(.kernel, "growing \(image) to \(ByteSize.format(wanted)): \(errnoName(errno))", stage: "pool grow", errno: errno)
+        }
+        let loop = open(device, O_RDONLY | O_CLOEXEC)
+        let capacity = loop >= 0 ? berth_loop_set_capacity(loop) : -1
+        let err = errno
+        if loop >= 0 { close(loop) }
+        guard capacity == 0, berth_btrfs_grow_to_device(directory) == 0 else {
+            let cause = capacity == 0 ? errno : err
+            throw AgentError(.kernel, "growing the storage pool to \(ByteSize.format(wanted)): \(errnoName(cause))", stage: "pool grow", errno: cause)
+        }
+        logger.notice("grew the storage pool", metadata: ["from": "\(current)", "to": "\(wanted)"])
     }
 
     /// Makes `name`'s subvolume with its limit and, unless layered, a copy of the template.

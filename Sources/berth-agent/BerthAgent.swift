@@ -57,7 +57,7 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Where downloaded distribution trees are cached for template builds (shared by all data directories).")
     var templateCache = "/var/cache/berth/templates"
 
-    @Option(help: "Size of the btrfs storage pool image (DATA/pool.img, sparse) that the first `create --layout pool` makes, e.g. 50G (default: a fifth of the free space, 5G to 30G). A btrfs mounted at DATA/pool by hand is used as it is.")
+    @Option(help: "Size of the btrfs storage pool image (DATA/pool.img, sparse) that the first `create --layout pool` makes, e.g. 50G (default: a fifth of the free space, 5G to 30G); a larger size later grows the pool online, a smaller one shrinks nothing. A btrfs mounted at DATA/pool by hand is used as it is.")
     var poolSize: String?
 
     @Option(help: "Disk layout of a VPS created without --layout: loop (an ext4 image of its own) or pool (a subvolume of the btrfs storage pool), like vz.conf's VE_LAYOUT.")

@@ -391,11 +391,14 @@ t_pool_layout_limits_resizes_and_leaves_nothing() {
     agent_stop
     umount "$WORK/data/pool" || fail "cannot unmount the pool"
     local extra=$AGENT_EXTRA
-    AGENT_EXTRA="$extra --default-layout pool"
+    # A larger --pool-size grows the pool (image, loop device and btrfs) when the agent mounts it.
+    AGENT_EXTRA="$extra --default-layout pool --pool-size 40G"
     agent_start || fail "the agent did not come back"
     AGENT_EXTRA=$extra
     "$BERTH" start "$P" >/dev/null
     expect_eq "$("$BERTH" exec "$P" -- cat /keep)" keep
+    expect_eq "$(stat -c %s "$WORK/data/pool.img")" $((40 << 30))
+    [ "$(df -k --output=size "$WORK/data/pool" | tail -1)" -gt $((35 << 20)) ] || fail "the pool's btrfs did not grow to 40G"
     # The node's default layout: a create without --layout gets a subvolume.
     local D; D=$(vps_name pool-default)
     "$BERTH" create "$D" --template busybox --disk 32M >/dev/null

@@ -76,6 +76,8 @@ int berth_btrfs_quota_enable(const char *path);
 long long berth_btrfs_subvolume_id(const char *path);
 /// Limits the subvolume `subvolume` is the top of to `bytes` of data and metadata.
 int berth_btrfs_qgroup_limit(const char *subvolume, uint64_t bytes);
+/// Grows the (single-device) btrfs that `path` is in to the whole of its device.
+int berth_btrfs_grow_to_device(const char *path);
 /// The filesystem's UUID as /sys/fs/btrfs names its directory.
 int berth_btrfs_fsid(const char *path, char *uuid, size_t uuid_len);
 
