@@ -74,13 +74,17 @@ long long berth_btrfs_subvolume_id(const char *path) {
     return rc == 0 ? (long long)args.treeid : -1;
 }
 
-int berth_btrfs_qgroup_limit(const char *subvolume, uint64_t bytes) {
-    int dir = open_directory(subvolume);
+int berth_btrfs_qgroup_limit(const char *pool, uint64_t subvolume_id, uint64_t bytes) {
+    /* Through the pool's top, not the subvolume: the ioctl's transaction reserves metadata in
+       the root of its fd, which a subvolume at its limit refuses (EDQUOT) to the very call that
+       would raise it. */
+    int dir = open_directory(pool);
     if (dir < 0) return -1;
     struct btrfs_ioctl_qgroup_limit_args args;
     memset(&args, 0, sizeof args);
-    /* qgroupid 0: the quota group of the subvolume the fd is in. Referenced and exclusive are
-       the same figure under simple quotas; under full qgroups the VPS's extents are its own. */
+    /* Level 0: the subvolume's own quota group has the subvolume's id. Referenced and exclusive
+       are the same figure under simple quotas; under full qgroups the VPS's extents are its own. */
+    args.qgroupid = subvolume_id;
     args.lim.flags = BTRFS_QGROUP_LIMIT_MAX_RFER | BTRFS_QGROUP_LIMIT_MAX_EXCL;
     args.lim.max_rfer = bytes;
     args.lim.max_excl = bytes;

@@ -209,7 +209,8 @@ extension VPSManager {
     }
 
     func limitVolume(_ name: String, in pool: StoragePool, bytes: UInt64) throws {
-        guard berth_btrfs_qgroup_limit(pool.volume(name), bytes) == 0 else {
+        let id = berth_btrfs_subvolume_id(pool.volume(name))
+        guard id > 0, berth_btrfs_qgroup_limit(pool.directory, UInt64(id), bytes) == 0 else {
             throw AgentError(.kernel, "limiting subvolume \(pool.volume(name)) to \(ByteSize.format(bytes)): \(errnoName(errno))", stage: "qgroup limit", errno: errno)
         }
     }

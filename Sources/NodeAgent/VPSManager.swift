@@ -982,6 +982,10 @@ public actor VPSManager {
             info.diskBytes = UInt64(fs.f_blocks) * UInt64(fs.f_frsize)
             info.diskFreeBytes = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
         }
+        if let pool = try? mountedPool(), statvfs(pool.directory, &fs) == 0 {
+            info.poolBytes = UInt64(fs.f_blocks) * UInt64(fs.f_frsize)
+            info.poolFreeBytes = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
+        }
         info.cpuOvercommit = overcommit.cpu
         info.memoryOvercommit = overcommit.memory
         info.diskOvercommit = overcommit.disk
@@ -992,6 +996,7 @@ public actor VPSManager {
             info.committedCpuPct += cpuShare
             info.committedMemoryBytes += (limits.memoryBytes ?? 0) + (limits.swapBytes ?? 0)
             info.committedDiskBytes += limits.diskBytes
+            if record.config.isPooled { info.committedPoolBytes += limits.diskBytes }
             info.vpsTotal += 1
             if record.state == .running { info.vpsRunning += 1 }
         }

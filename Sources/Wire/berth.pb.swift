@@ -757,49 +757,113 @@ public nonisolated struct Berth_V1_VpsStats: Sendable {
 
 /// A node's capacity and what its VPSs have committed of it (limits, not usage). Allocatable =
 /// capacity x the node's overcommit ratio; the scheduler places against allocatable - committed.
-public nonisolated struct Berth_V1_NodeInfo: Sendable {
+public nonisolated struct Berth_V1_NodeInfo: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var name: String = String()
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
 
-  public var kernel: String = String()
+  public var kernel: String {
+    get {_storage._kernel}
+    set {_uniqueStorage()._kernel = newValue}
+  }
 
   /// "v1" | "v2"
-  public var cgroupMode: String = String()
+  public var cgroupMode: String {
+    get {_storage._cgroupMode}
+    set {_uniqueStorage()._cgroupMode = newValue}
+  }
 
-  public var cpus: UInt32 = 0
+  public var cpus: UInt32 {
+    get {_storage._cpus}
+    set {_uniqueStorage()._cpus = newValue}
+  }
 
-  public var memoryBytes: UInt64 = 0
+  public var memoryBytes: UInt64 {
+    get {_storage._memoryBytes}
+    set {_uniqueStorage()._memoryBytes = newValue}
+  }
 
   /// the filesystem holding the VPS disks
-  public var diskBytes: UInt64 = 0
+  public var diskBytes: UInt64 {
+    get {_storage._diskBytes}
+    set {_uniqueStorage()._diskBytes = newValue}
+  }
 
-  public var cpuOvercommit: Double = 0
+  public var cpuOvercommit: Double {
+    get {_storage._cpuOvercommit}
+    set {_uniqueStorage()._cpuOvercommit = newValue}
+  }
 
-  public var memoryOvercommit: Double = 0
+  public var memoryOvercommit: Double {
+    get {_storage._memoryOvercommit}
+    set {_uniqueStorage()._memoryOvercommit = newValue}
+  }
 
-  public var diskOvercommit: Double = 0
+  public var diskOvercommit: Double {
+    get {_storage._diskOvercommit}
+    set {_uniqueStorage()._diskOvercommit = newValue}
+  }
 
   /// sum of --cpu-limit (a VPS without one counts as all CPUs)
-  public var committedCpuPct: UInt64 = 0
+  public var committedCpuPct: UInt64 {
+    get {_storage._committedCpuPct}
+    set {_uniqueStorage()._committedCpuPct = newValue}
+  }
 
   /// sum of memory + swap limits
-  public var committedMemoryBytes: UInt64 = 0
+  public var committedMemoryBytes: UInt64 {
+    get {_storage._committedMemoryBytes}
+    set {_uniqueStorage()._committedMemoryBytes = newValue}
+  }
 
   /// sum of disk sizes
-  public var committedDiskBytes: UInt64 = 0
+  public var committedDiskBytes: UInt64 {
+    get {_storage._committedDiskBytes}
+    set {_uniqueStorage()._committedDiskBytes = newValue}
+  }
 
-  public var vpsTotal: UInt32 = 0
+  public var vpsTotal: UInt32 {
+    get {_storage._vpsTotal}
+    set {_uniqueStorage()._vpsTotal = newValue}
+  }
 
-  public var vpsRunning: UInt32 = 0
+  public var vpsRunning: UInt32 {
+    get {_storage._vpsRunning}
+    set {_uniqueStorage()._vpsRunning = newValue}
+  }
 
-  public var diskFreeBytes: UInt64 = 0
+  public var diskFreeBytes: UInt64 {
+    get {_storage._diskFreeBytes}
+    set {_uniqueStorage()._diskFreeBytes = newValue}
+  }
+
+  /// the btrfs storage pool of --layout pool VPSs; 0 while it is not mounted
+  public var poolBytes: UInt64 {
+    get {_storage._poolBytes}
+    set {_uniqueStorage()._poolBytes = newValue}
+  }
+
+  public var poolFreeBytes: UInt64 {
+    get {_storage._poolFreeBytes}
+    set {_uniqueStorage()._poolFreeBytes = newValue}
+  }
+
+  /// sum of the disk sizes of pool VPSs
+  public var committedPoolBytes: UInt64 {
+    get {_storage._committedPoolBytes}
+    set {_uniqueStorage()._committedPoolBytes = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Berth_V1_Empty: Sendable {
@@ -925,46 +989,34 @@ public nonisolated struct Berth_V1_RotateResult: Sendable {
 }
 
 /// Every interval (1 s by default) from each enrolled agent; the node is the certificate's.
-public nonisolated struct Berth_V1_Heartbeat: @unchecked Sendable {
+public nonisolated struct Berth_V1_Heartbeat: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var info: Berth_V1_NodeInfo {
-    get {_storage._info ?? Berth_V1_NodeInfo()}
-    set {_uniqueStorage()._info = newValue}
+    get {_info ?? Berth_V1_NodeInfo()}
+    set {_info = newValue}
   }
   /// Returns true if `info` has been explicitly set.
-  public var hasInfo: Bool {_storage._info != nil}
+  public var hasInfo: Bool {self._info != nil}
   /// Clears the value of `info`. Subsequent reads from it will return its default value.
-  public mutating func clearInfo() {_uniqueStorage()._info = nil}
+  public mutating func clearInfo() {self._info = nil}
 
-  public var vpses: [Berth_V1_VpsStatus] {
-    get {_storage._vpses}
-    set {_uniqueStorage()._vpses = newValue}
-  }
+  public var vpses: [Berth_V1_VpsStatus] = []
 
-  public var address: String {
-    get {_storage._address}
-    set {_uniqueStorage()._address = newValue}
-  }
+  public var address: String = String()
 
-  public var labels: Dictionary<String,String> {
-    get {_storage._labels}
-    set {_uniqueStorage()._labels = newValue}
-  }
+  public var labels: Dictionary<String,String> = [:]
 
   /// names of the templates this node holds
-  public var templates: [String] {
-    get {_storage._templates}
-    set {_uniqueStorage()._templates = newValue}
-  }
+  public var templates: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _storage = _StorageClass.defaultInstance
+  fileprivate var _info: Berth_V1_NodeInfo? = nil
 }
 
 public nonisolated struct Berth_V1_HeartbeatReply: Sendable {
@@ -985,67 +1037,43 @@ public nonisolated struct Berth_V1_HeartbeatReply: Sendable {
   public init() {}
 }
 
-public nonisolated struct Berth_V1_ClusterNode: @unchecked Sendable {
+public nonisolated struct Berth_V1_ClusterNode: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var name: String {
-    get {_storage._name}
-    set {_uniqueStorage()._name = newValue}
-  }
+  public var name: String = String()
 
   /// ready | cordoned | down
-  public var state: String {
-    get {_storage._state}
-    set {_uniqueStorage()._state = newValue}
-  }
+  public var state: String = String()
 
-  public var address: String {
-    get {_storage._address}
-    set {_uniqueStorage()._address = newValue}
-  }
+  public var address: String = String()
 
-  public var labels: Dictionary<String,String> {
-    get {_storage._labels}
-    set {_uniqueStorage()._labels = newValue}
-  }
+  public var labels: Dictionary<String,String> = [:]
 
   public var info: Berth_V1_NodeInfo {
-    get {_storage._info ?? Berth_V1_NodeInfo()}
-    set {_uniqueStorage()._info = newValue}
+    get {_info ?? Berth_V1_NodeInfo()}
+    set {_info = newValue}
   }
   /// Returns true if `info` has been explicitly set.
-  public var hasInfo: Bool {_storage._info != nil}
+  public var hasInfo: Bool {self._info != nil}
   /// Clears the value of `info`. Subsequent reads from it will return its default value.
-  public mutating func clearInfo() {_uniqueStorage()._info = nil}
+  public mutating func clearInfo() {self._info = nil}
 
-  public var lastHeartbeatMsAgo: UInt64 {
-    get {_storage._lastHeartbeatMsAgo}
-    set {_uniqueStorage()._lastHeartbeatMsAgo = newValue}
-  }
+  public var lastHeartbeatMsAgo: UInt64 = 0
 
-  public var vpsCount: UInt32 {
-    get {_storage._vpsCount}
-    set {_uniqueStorage()._vpsCount = newValue}
-  }
+  public var vpsCount: UInt32 = 0
 
-  public var templates: [String] {
-    get {_storage._templates}
-    set {_uniqueStorage()._templates = newValue}
-  }
+  public var templates: [String] = []
 
   /// the node's current certificate (hex)
-  public var certificateSerial: String {
-    get {_storage._certificateSerial}
-    set {_uniqueStorage()._certificateSerial = newValue}
-  }
+  public var certificateSerial: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _storage = _StorageClass.defaultInstance
+  fileprivate var _info: Berth_V1_NodeInfo? = nil
 }
 
 public nonisolated struct Berth_V1_NodeList: Sendable {
@@ -3267,99 +3295,184 @@ nonisolated extension Berth_V1_VpsStats: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kernel\0\u{3}cgroup_mode\0\u{1}cpus\0\u{3}memory_bytes\0\u{3}disk_bytes\0\u{3}cpu_overcommit\0\u{3}memory_overcommit\0\u{3}disk_overcommit\0\u{3}committed_cpu_pct\0\u{3}committed_memory_bytes\0\u{3}committed_disk_bytes\0\u{3}vps_total\0\u{3}vps_running\0\u{3}disk_free_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kernel\0\u{3}cgroup_mode\0\u{1}cpus\0\u{3}memory_bytes\0\u{3}disk_bytes\0\u{3}cpu_overcommit\0\u{3}memory_overcommit\0\u{3}disk_overcommit\0\u{3}committed_cpu_pct\0\u{3}committed_memory_bytes\0\u{3}committed_disk_bytes\0\u{3}vps_total\0\u{3}vps_running\0\u{3}disk_free_bytes\0\u{3}pool_bytes\0\u{3}pool_free_bytes\0\u{3}committed_pool_bytes\0")
+
+  fileprivate class _StorageClass {
+    var _name: String = String()
+    var _kernel: String = String()
+    var _cgroupMode: String = String()
+    var _cpus: UInt32 = 0
+    var _memoryBytes: UInt64 = 0
+    var _diskBytes: UInt64 = 0
+    var _cpuOvercommit: Double = 0
+    var _memoryOvercommit: Double = 0
+    var _diskOvercommit: Double = 0
+    var _committedCpuPct: UInt64 = 0
+    var _committedMemoryBytes: UInt64 = 0
+    var _committedDiskBytes: UInt64 = 0
+    var _vpsTotal: UInt32 = 0
+    var _vpsRunning: UInt32 = 0
+    var _diskFreeBytes: UInt64 = 0
+    var _poolBytes: UInt64 = 0
+    var _poolFreeBytes: UInt64 = 0
+    var _committedPoolBytes: UInt64 = 0
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _name = source._name
+      _kernel = source._kernel
+      _cgroupMode = source._cgroupMode
+      _cpus = source._cpus
+      _memoryBytes = source._memoryBytes
+      _diskBytes = source._diskBytes
+      _cpuOvercommit = source._cpuOvercommit
+      _memoryOvercommit = source._memoryOvercommit
+      _diskOvercommit = source._diskOvercommit
+      _committedCpuPct = source._committedCpuPct
+      _committedMemoryBytes = source._committedMemoryBytes
+      _committedDiskBytes = source._committedDiskBytes
+      _vpsTotal = source._vpsTotal
+      _vpsRunning = source._vpsRunning
+      _diskFreeBytes = source._diskFreeBytes
+      _poolBytes = source._poolBytes
+      _poolFreeBytes = source._poolFreeBytes
+      _committedPoolBytes = source._committedPoolBytes
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.kernel) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.cgroupMode) }()
-      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.cpus) }()
-      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.memoryBytes) }()
-      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.diskBytes) }()
-      case 7: try { try decoder.decodeSingularDoubleField(value: &self.cpuOvercommit) }()
-      case 8: try { try decoder.decodeSingularDoubleField(value: &self.memoryOvercommit) }()
-      case 9: try { try decoder.decodeSingularDoubleField(value: &self.diskOvercommit) }()
-      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.committedCpuPct) }()
-      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.committedMemoryBytes) }()
-      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.committedDiskBytes) }()
-      case 13: try { try decoder.decodeSingularUInt32Field(value: &self.vpsTotal) }()
-      case 14: try { try decoder.decodeSingularUInt32Field(value: &self.vpsRunning) }()
-      case 15: try { try decoder.decodeSingularUInt64Field(value: &self.diskFreeBytes) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._kernel) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._cgroupMode) }()
+        case 4: try { try decoder.decodeSingularUInt32Field(value: &_storage._cpus) }()
+        case 5: try { try decoder.decodeSingularUInt64Field(value: &_storage._memoryBytes) }()
+        case 6: try { try decoder.decodeSingularUInt64Field(value: &_storage._diskBytes) }()
+        case 7: try { try decoder.decodeSingularDoubleField(value: &_storage._cpuOvercommit) }()
+        case 8: try { try decoder.decodeSingularDoubleField(value: &_storage._memoryOvercommit) }()
+        case 9: try { try decoder.decodeSingularDoubleField(value: &_storage._diskOvercommit) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._committedCpuPct) }()
+        case 11: try { try decoder.decodeSingularUInt64Field(value: &_storage._committedMemoryBytes) }()
+        case 12: try { try decoder.decodeSingularUInt64Field(value: &_storage._committedDiskBytes) }()
+        case 13: try { try decoder.decodeSingularUInt32Field(value: &_storage._vpsTotal) }()
+        case 14: try { try decoder.decodeSingularUInt32Field(value: &_storage._vpsRunning) }()
+        case 15: try { try decoder.decodeSingularUInt64Field(value: &_storage._diskFreeBytes) }()
+        case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._poolBytes) }()
+        case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._poolFreeBytes) }()
+        case 18: try { try decoder.decodeSingularUInt64Field(value: &_storage._committedPoolBytes) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.name.isEmpty {
-      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
-    }
-    if !self.kernel.isEmpty {
-      try visitor.visitSingularStringField(value: self.kernel, fieldNumber: 2)
-    }
-    if !self.cgroupMode.isEmpty {
-      try visitor.visitSingularStringField(value: self.cgroupMode, fieldNumber: 3)
-    }
-    if self.cpus != 0 {
-      try visitor.visitSingularUInt32Field(value: self.cpus, fieldNumber: 4)
-    }
-    if self.memoryBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.memoryBytes, fieldNumber: 5)
-    }
-    if self.diskBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.diskBytes, fieldNumber: 6)
-    }
-    if self.cpuOvercommit.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.cpuOvercommit, fieldNumber: 7)
-    }
-    if self.memoryOvercommit.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.memoryOvercommit, fieldNumber: 8)
-    }
-    if self.diskOvercommit.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.diskOvercommit, fieldNumber: 9)
-    }
-    if self.committedCpuPct != 0 {
-      try visitor.visitSingularUInt64Field(value: self.committedCpuPct, fieldNumber: 10)
-    }
-    if self.committedMemoryBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.committedMemoryBytes, fieldNumber: 11)
-    }
-    if self.committedDiskBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.committedDiskBytes, fieldNumber: 12)
-    }
-    if self.vpsTotal != 0 {
-      try visitor.visitSingularUInt32Field(value: self.vpsTotal, fieldNumber: 13)
-    }
-    if self.vpsRunning != 0 {
-      try visitor.visitSingularUInt32Field(value: self.vpsRunning, fieldNumber: 14)
-    }
-    if self.diskFreeBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.diskFreeBytes, fieldNumber: 15)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 1)
+      }
+      if !_storage._kernel.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._kernel, fieldNumber: 2)
+      }
+      if !_storage._cgroupMode.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._cgroupMode, fieldNumber: 3)
+      }
+      if _storage._cpus != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._cpus, fieldNumber: 4)
+      }
+      if _storage._memoryBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._memoryBytes, fieldNumber: 5)
+      }
+      if _storage._diskBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._diskBytes, fieldNumber: 6)
+      }
+      if _storage._cpuOvercommit.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._cpuOvercommit, fieldNumber: 7)
+      }
+      if _storage._memoryOvercommit.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._memoryOvercommit, fieldNumber: 8)
+      }
+      if _storage._diskOvercommit.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._diskOvercommit, fieldNumber: 9)
+      }
+      if _storage._committedCpuPct != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._committedCpuPct, fieldNumber: 10)
+      }
+      if _storage._committedMemoryBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._committedMemoryBytes, fieldNumber: 11)
+      }
+      if _storage._committedDiskBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._committedDiskBytes, fieldNumber: 12)
+      }
+      if _storage._vpsTotal != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._vpsTotal, fieldNumber: 13)
+      }
+      if _storage._vpsRunning != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._vpsRunning, fieldNumber: 14)
+      }
+      if _storage._diskFreeBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._diskFreeBytes, fieldNumber: 15)
+      }
+      if _storage._poolBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._poolBytes, fieldNumber: 16)
+      }
+      if _storage._poolFreeBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._poolFreeBytes, fieldNumber: 17)
+      }
+      if _storage._committedPoolBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._committedPoolBytes, fieldNumber: 18)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Berth_V1_NodeInfo, rhs: Berth_V1_NodeInfo) -> Bool {
-    if lhs.name != rhs.name {return false}
-    if lhs.kernel != rhs.kernel {return false}
-    if lhs.cgroupMode != rhs.cgroupMode {return false}
-    if lhs.cpus != rhs.cpus {return false}
-    if lhs.memoryBytes != rhs.memoryBytes {return false}
-    if lhs.diskBytes != rhs.diskBytes {return false}
-    if lhs.cpuOvercommit != rhs.cpuOvercommit {return false}
-    if lhs.memoryOvercommit != rhs.memoryOvercommit {return false}
-    if lhs.diskOvercommit != rhs.diskOvercommit {return false}
-    if lhs.committedCpuPct != rhs.committedCpuPct {return false}
-    if lhs.committedMemoryBytes != rhs.committedMemoryBytes {return false}
-    if lhs.committedDiskBytes != rhs.committedDiskBytes {return false}
-    if lhs.vpsTotal != rhs.vpsTotal {return false}
-    if lhs.vpsRunning != rhs.vpsRunning {return false}
-    if lhs.diskFreeBytes != rhs.diskFreeBytes {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._name != rhs_storage._name {return false}
+        if _storage._kernel != rhs_storage._kernel {return false}
+        if _storage._cgroupMode != rhs_storage._cgroupMode {return false}
+        if _storage._cpus != rhs_storage._cpus {return false}
+        if _storage._memoryBytes != rhs_storage._memoryBytes {return false}
+        if _storage._diskBytes != rhs_storage._diskBytes {return false}
+        if _storage._cpuOvercommit != rhs_storage._cpuOvercommit {return false}
+        if _storage._memoryOvercommit != rhs_storage._memoryOvercommit {return false}
+        if _storage._diskOvercommit != rhs_storage._diskOvercommit {return false}
+        if _storage._committedCpuPct != rhs_storage._committedCpuPct {return false}
+        if _storage._committedMemoryBytes != rhs_storage._committedMemoryBytes {return false}
+        if _storage._committedDiskBytes != rhs_storage._committedDiskBytes {return false}
+        if _storage._vpsTotal != rhs_storage._vpsTotal {return false}
+        if _storage._vpsRunning != rhs_storage._vpsRunning {return false}
+        if _storage._diskFreeBytes != rhs_storage._diskFreeBytes {return false}
+        if _storage._poolBytes != rhs_storage._poolBytes {return false}
+        if _storage._poolFreeBytes != rhs_storage._poolFreeBytes {return false}
+        if _storage._committedPoolBytes != rhs_storage._committedPoolBytes {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3638,95 +3751,51 @@ nonisolated extension Berth_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}info\0\u{1}vpses\0\u{1}address\0\u{1}labels\0\u{1}templates\0")
 
-  fileprivate class _StorageClass {
-    var _info: Berth_V1_NodeInfo? = nil
-    var _vpses: [Berth_V1_VpsStatus] = []
-    var _address: String = String()
-    var _labels: Dictionary<String,String> = [:]
-    var _templates: [String] = []
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _info = source._info
-      _vpses = source._vpses
-      _address = source._address
-      _labels = source._labels
-      _templates = source._templates
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
-
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._info) }()
-        case 2: try { try decoder.decodeRepeatedMessageField(value: &_storage._vpses) }()
-        case 3: try { try decoder.decodeSingularStringField(value: &_storage._address) }()
-        case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
-        case 5: try { try decoder.decodeRepeatedStringField(value: &_storage._templates) }()
-        default: break
-        }
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._info) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.vpses) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.labels) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.templates) }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      try { if let v = _storage._info {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-      } }()
-      if !_storage._vpses.isEmpty {
-        try visitor.visitRepeatedMessageField(value: _storage._vpses, fieldNumber: 2)
-      }
-      if !_storage._address.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._address, fieldNumber: 3)
-      }
-      if !_storage._labels.isEmpty {
-        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._labels, fieldNumber: 4)
-      }
-      if !_storage._templates.isEmpty {
-        try visitor.visitRepeatedStringField(value: _storage._templates, fieldNumber: 5)
-      }
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._info {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.vpses.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.vpses, fieldNumber: 2)
+    }
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 3)
+    }
+    if !self.labels.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.labels, fieldNumber: 4)
+    }
+    if !self.templates.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.templates, fieldNumber: 5)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Berth_V1_Heartbeat, rhs: Berth_V1_Heartbeat) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._info != rhs_storage._info {return false}
-        if _storage._vpses != rhs_storage._vpses {return false}
-        if _storage._address != rhs_storage._address {return false}
-        if _storage._labels != rhs_storage._labels {return false}
-        if _storage._templates != rhs_storage._templates {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs._info != rhs._info {return false}
+    if lhs.vpses != rhs.vpses {return false}
+    if lhs.address != rhs.address {return false}
+    if lhs.labels != rhs.labels {return false}
+    if lhs.templates != rhs.templates {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3776,123 +3845,71 @@ nonisolated extension Berth_V1_ClusterNode: SwiftProtobuf.Message, SwiftProtobuf
   public static let protoMessageName: String = _protobuf_package + ".ClusterNode"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}address\0\u{1}labels\0\u{1}info\0\u{3}last_heartbeat_ms_ago\0\u{3}vps_count\0\u{1}templates\0\u{3}certificate_serial\0")
 
-  fileprivate class _StorageClass {
-    var _name: String = String()
-    var _state: String = String()
-    var _address: String = String()
-    var _labels: Dictionary<String,String> = [:]
-    var _info: Berth_V1_NodeInfo? = nil
-    var _lastHeartbeatMsAgo: UInt64 = 0
-    var _vpsCount: UInt32 = 0
-    var _templates: [String] = []
-    var _certificateSerial: String = String()
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _name = source._name
-      _state = source._state
-      _address = source._address
-      _labels = source._labels
-      _info = source._info
-      _lastHeartbeatMsAgo = source._lastHeartbeatMsAgo
-      _vpsCount = source._vpsCount
-      _templates = source._templates
-      _certificateSerial = source._certificateSerial
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
-
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
-        case 2: try { try decoder.decodeSingularStringField(value: &_storage._state) }()
-        case 3: try { try decoder.decodeSingularStringField(value: &_storage._address) }()
-        case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
-        case 5: try { try decoder.decodeSingularMessageField(value: &_storage._info) }()
-        case 6: try { try decoder.decodeSingularUInt64Field(value: &_storage._lastHeartbeatMsAgo) }()
-        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._vpsCount) }()
-        case 8: try { try decoder.decodeRepeatedStringField(value: &_storage._templates) }()
-        case 9: try { try decoder.decodeSingularStringField(value: &_storage._certificateSerial) }()
-        default: break
-        }
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.state) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.labels) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._info) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.lastHeartbeatMsAgo) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.vpsCount) }()
+      case 8: try { try decoder.decodeRepeatedStringField(value: &self.templates) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.certificateSerial) }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      if !_storage._name.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 1)
-      }
-      if !_storage._state.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._state, fieldNumber: 2)
-      }
-      if !_storage._address.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._address, fieldNumber: 3)
-      }
-      if !_storage._labels.isEmpty {
-        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._labels, fieldNumber: 4)
-      }
-      try { if let v = _storage._info {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
-      } }()
-      if _storage._lastHeartbeatMsAgo != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._lastHeartbeatMsAgo, fieldNumber: 6)
-      }
-      if _storage._vpsCount != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._vpsCount, fieldNumber: 7)
-      }
-      if !_storage._templates.isEmpty {
-        try visitor.visitRepeatedStringField(value: _storage._templates, fieldNumber: 8)
-      }
-      if !_storage._certificateSerial.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._certificateSerial, fieldNumber: 9)
-      }
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.state.isEmpty {
+      try visitor.visitSingularStringField(value: self.state, fieldNumber: 2)
+    }
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 3)
+    }
+    if !self.labels.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.labels, fieldNumber: 4)
+    }
+    try { if let v = self._info {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    if self.lastHeartbeatMsAgo != 0 {
+      try visitor.visitSingularUInt64Field(value: self.lastHeartbeatMsAgo, fieldNumber: 6)
+    }
+    if self.vpsCount != 0 {
+      try visitor.visitSingularUInt32Field(value: self.vpsCount, fieldNumber: 7)
+    }
+    if !self.templates.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.templates, fieldNumber: 8)
+    }
+    if !self.certificateSerial.isEmpty {
+      try visitor.visitSingularStringField(value: self.certificateSerial, fieldNumber: 9)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Berth_V1_ClusterNode, rhs: Berth_V1_ClusterNode) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._name != rhs_storage._name {return false}
-        if _storage._state != rhs_storage._state {return false}
-        if _storage._address != rhs_storage._address {return false}
-        if _storage._labels != rhs_storage._labels {return false}
-        if _storage._info != rhs_storage._info {return false}
-        if _storage._lastHeartbeatMsAgo != rhs_storage._lastHeartbeatMsAgo {return false}
-        if _storage._vpsCount != rhs_storage._vpsCount {return false}
-        if _storage._templates != rhs_storage._templates {return false}
-        if _storage._certificateSerial != rhs_storage._certificateSerial {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs.name != rhs.name {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.address != rhs.address {return false}
+    if lhs.labels != rhs.labels {return false}
+    if lhs._info != rhs._info {return false}
+    if lhs.lastHeartbeatMsAgo != rhs.lastHeartbeatMsAgo {return false}
+    if lhs.vpsCount != rhs.vpsCount {return false}
+    if lhs.templates != rhs.templates {return false}
+    if lhs.certificateSerial != rhs.certificateSerial {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -163,6 +163,8 @@ struct NodeCommand: AsyncParsableCommand {
                     "disk": .object(["bytes": .int(Int64(node.diskBytes)), "free_bytes": .int(Int64(node.diskFreeBytes)),
                                      "allocatable_bytes": .int(allocatable(Double(node.diskBytes), node.diskOvercommit)),
                                      "committed_bytes": .int(Int64(node.committedDiskBytes))]),
+                    "pool": .object(["bytes": .int(Int64(node.poolBytes)), "free_bytes": .int(Int64(node.poolFreeBytes)),
+                                     "committed_bytes": .int(Int64(node.committedPoolBytes))]),
                 ]))
                 return
             }
@@ -174,7 +176,10 @@ struct NodeCommand: AsyncParsableCommand {
                  humanBytes(UInt64(allocatable(Double(node.memoryBytes), node.memoryOvercommit))), humanBytes(node.committedMemoryBytes)],
                 ["disk", humanBytes(node.diskBytes), "\(node.diskOvercommit)",
                  humanBytes(UInt64(allocatable(Double(node.diskBytes), node.diskOvercommit))), humanBytes(node.committedDiskBytes)],
-            ])
+            ] + (node.poolBytes == 0 ? [] : [
+                // The pool shares the disk's filesystem (its image is sparse) and bounds its VPSs too.
+                ["disk pool", humanBytes(node.poolBytes), "-", "\(humanBytes(node.poolFreeBytes)) free", humanBytes(node.committedPoolBytes)],
+            ]))
         }
     }
 }

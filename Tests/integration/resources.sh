@@ -399,6 +399,9 @@ t_pool_layout_limits_resizes_and_leaves_nothing() {
     expect_eq "$("$BERTH" exec "$P" -- cat /keep)" keep
     expect_eq "$(stat -c %s "$WORK/data/pool.img")" $((40 << 30))
     [ "$(df -k --output=size "$WORK/data/pool" | tail -1)" -gt $((35 << 20)) ] || fail "the pool's btrfs did not grow to 40G"
+    local pool; pool=$("$BERTH" node show --json | python3 -c 'import json,sys; p = json.load(sys.stdin)["pool"]; print(p["bytes"] > 35 << 30, p["free_bytes"] > 0, p["committed_bytes"])')
+    expect_eq "$pool" "True True $(( (256 << 20) + (32 << 20) ))"
+    expect_contains "$("$BERTH" node show)" "disk pool"
     # The node's default layout: a create without --layout gets a subvolume.
     local D; D=$(vps_name pool-default)
     "$BERTH" create "$D" --template busybox --disk 32M >/dev/null

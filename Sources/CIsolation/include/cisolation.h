@@ -74,8 +74,9 @@ int berth_btrfs_subvolume_delete(const char *parent, const char *name);
 int berth_btrfs_quota_enable(const char *path);
 /// The id of the subvolume `path` is the top of (its quota group is 0/id).
 long long berth_btrfs_subvolume_id(const char *path);
-/// Limits the subvolume `subvolume` is the top of to `bytes` of data and metadata.
-int berth_btrfs_qgroup_limit(const char *subvolume, uint64_t bytes);
+/// Limits the subvolume with id `subvolume_id` to `bytes` of data and metadata; `pool` is the
+/// filesystem's top directory (outside every limited subvolume).
+int berth_btrfs_qgroup_limit(const char *pool, uint64_t subvolume_id, uint64_t bytes);
 /// Grows the (single-device) btrfs that `path` is in to the whole of its device.
 int berth_btrfs_grow_to_device(const char *path);
 /// The filesystem's UUID as /sys/fs/btrfs names its directory.
