@@ -80,23 +80,21 @@ extension VPSManager {
 
     private func setUpPool(creating: Bool) async throws -> StoragePool {
         let directory = store.poolDirectory
-        do {
-            let image = store.poolImage
-            if !FileIO.exists(image) {
-                guard creating else {
-                    throw AgentError(.notFound, "the node's storage pool is gone: \(directory) is no btrfs and \(image) does not exist", field: "layout")
-                }
-                try await makePoolImage(image)
+        let image = store.poolImage
+        if !FileIO.exists(image) {
+            guard creating else {
+                throw AgentError(.notFound, "the node's storage pool is gone: \(directory) is no btrfs and \(image) does not exist", field: "layout")
             }
-            if mkdir(directory, 0o700) != 0 && errno != EEXIST {
-                throw AgentError(.kernel, "mkdir \(directory): \(errnoName(errno))", stage: "pool directory", errno: errno)
-            }
-            let result = try await Subprocess.run([paths.spawnBinary, "pool-mount", image, directory])
-            guard result.status == 0 else {
-                throw AgentError(.kernel, "mounting the storage pool failed: \((result.stderr + result.stdout).trimmed)", stage: "pool mount")
-            }
-            logger.notice("mounted the storage pool", metadata: ["image": "\(image)", "at": "\(directory)", "device": "\(result.stdout.trimmed)"])
+            try await makePoolImage(image)
         }
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw AgentError(.kernel, "mkdir \(directory): \(errnoName(errno))", stage: "pool directory", errno: errno)
+        }
+        let result = try await Subprocess.run([paths.spawnBinary, "pool-mount", image, directory])
+        guard result.status == 0 else {
+            throw AgentError(.kernel, "mounting the storage pool failed: \((result.stderr + result.stdout).trimmed)", stage: "pool mount")
+        }
+        logger.notice("mounted the storage pool", metadata: ["image": "\(image)", "at": "\(directory)", "device": "\(result.stdout.trimmed)"])
         let found = try openPool(directory)
         pool = found
         return found
