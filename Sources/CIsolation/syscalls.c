@@ -172,7 +172,7 @@ void berth_drain_signalfd(int fd) {
     while (read(fd, &info, sizeof info) > 0) {}
 }
 int berth_execvpe(const char *file, char *const argv[], char *const envp[]) { return execvpe(file, argv, envp); }
-int berth_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+int berth_accept_cloexec_nonblock(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
 #include <sys/mman.h>
 int berth_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 int berth_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }

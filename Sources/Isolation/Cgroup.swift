@@ -242,18 +242,9 @@ func readPidTree(_ path: String, depth: Int = 0) -> [Int32] {
     return pids
 }
 
-/// The cgroup mounts of this (the host's) mount namespace: mount point and super options.
-func hostCgroupMounts(mountinfo: String) -> [(mountPoint: String, type: String, options: [String])] {
-    var result: [(String, String, [String])] = []
-    for line in mountinfo.split(separator: "\n") {
-        // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - TYPE SOURCE SUPEROPTS"
-        let halves = line.split(separator: " - ", maxSplits: 1).map { $0.split(separator: " ") }
-        guard halves.count == 2, halves[0].count >= 5, halves[1].count >= 3 else { continue }
-        let type = String(halves[1][0])
-        guard type == "cgroup" || type == "cgroup2" else { continue }
-        result.append((String(halves[0][4]), type, halves[1][2].split(separator: ",").map(String.init)))
-    }
-    return result
+/// The cgroup mounts of this (the host's) mount namespace.
+func hostCgroupMounts(mountinfo: String) -> [MountEntry] {
+    MountEntry.parse(mountinfo: mountinfo).filter { $0.type == "cgroup" || $0.type == "cgroup2" }
 }
 
 /// A limit file's value: "max" and v1's "unlimited" (a value near 2^63) read as nil.
@@ -263,7 +254,7 @@ func readLimit(_ path: String) -> UInt64? {
 }
 
 /// "key value" lines (memory.events, cpu.stat, pids.events).
-func readKeyed(_ file: String, _ key: String) -> UInt64? { keyedValue(FileIO.readControl(file) ?? "", key) }
+func readKeyed(_ file: String, _ key: String) -> UInt64? { keyedValue(FileIO.read(file, control: true) ?? "", key) }
 
 /// The value of `key` in "key value" lines (cpu.stat, pids.events, memory.events, ...).
 func keyedValue(_ text: String, _ key: String) -> UInt64? {
@@ -275,7 +266,7 @@ func keyedValue(_ text: String, _ key: String) -> UInt64? {
 }
 
 func readNumber(_ path: String) -> UInt64? {
-    guard let text = FileIO.readControl(path) else { return nil }
+    guard let text = FileIO.read(path, control: true) else { return nil }
     return UInt64(text.split(whereSeparator: { $0 == "\n" || $0 == " " }).first ?? "")
 }
 

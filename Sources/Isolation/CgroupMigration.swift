@@ -27,11 +27,11 @@ public enum CgroupMigrationTuning {
 
     public static func plan(mountinfo: String) -> Plan {
         let mounts = hostCgroupMounts(mountinfo: mountinfo)
-        if let on = mounts.first(where: { $0.options.contains("favordynmods") }) {
+        if let on = mounts.first(where: { $0.superOptions.contains("favordynmods") }) {
             return .alreadyOn(mountPoint: on.mountPoint)
         }
         if let unified = mounts.first(where: { $0.type == "cgroup2" }) {
-            let kept = unified.options.filter { $0 != "rw" && $0 != "ro" }
+            let kept = unified.superOptions.filter { $0 != "rw" && $0 != "ro" }
             return .reconfigureCgroup2(mountPoint: unified.mountPoint, options: kept + ["favordynmods"])
         }
         return .mountNamedHierarchy

@@ -173,7 +173,7 @@ public struct CgroupV1Driver: CgroupDriver {
             usage.pidsLimit = readLimit(pids + "/pids.max")
             usage.ioOperations = readKeyed(path("blkio", name) + "/blkio.throttle.io_serviced", "Total") ?? 0
         }
-        let cpuStat = FileIO.readControl(path("cpu", name) + "/cpu.stat") ?? ""
+        let cpuStat = FileIO.read(path("cpu", name) + "/cpu.stat", control: true) ?? ""
         usage.cpuThrottledPeriods = keyedValue(cpuStat, "nr_throttled") ?? 0
         usage.cpuThrottledNanoseconds = keyedValue(cpuStat, "throttled_time") ?? 0
         return usage
@@ -192,7 +192,7 @@ public struct CgroupV1Driver: CgroupDriver {
         for mount in hostCgroupMounts(mountinfo: mountinfo) where mount.type == "cgroup" && FileIO.directory(of: mount.mountPoint) == root {
             let directory = String(mount.mountPoint.dropFirst(root.count + 1))
             guard joined.contains(directory) else { continue }
-            let controllers = mount.options.filter { !["rw", "ro", "relatime", "noatime", "nosuid", "nodev", "noexec", "clone_children", "noprefix", "xattr"].contains($0) && !$0.hasPrefix("release_agent=") }
+            let controllers = mount.superOptions.filter { !["rw", "ro", "relatime", "noatime", "nosuid", "nodev", "noexec", "clone_children", "noprefix", "xattr"].contains($0) && !$0.hasPrefix("release_agent=") }
             guard !controllers.isEmpty else { continue }
             let named = controllers.contains { $0.hasPrefix("name=") }
             let subsystems = controllers.filter { !$0.hasPrefix("name=") }

@@ -148,7 +148,7 @@ public struct CgroupV2Driver: CgroupDriver {
         usage.memoryBytes = readNumber(dir + "/memory.current") ?? 0
         usage.memoryPeakBytes = readNumber(dir + "/memory.peak") ?? 0
         usage.memoryLimitBytes = readLimit(dir + "/memory.max")
-        let memoryEvents = FileIO.readControl(dir + "/memory.events") ?? ""
+        let memoryEvents = FileIO.read(dir + "/memory.events", control: true) ?? ""
         usage.memoryFailcount = keyedValue(memoryEvents, "max") ?? 0
         usage.oomKills = keyedValue(memoryEvents, "oom_kill") ?? 0
         usage.pids = readNumber(dir + "/pids.current") ?? 0
@@ -161,10 +161,10 @@ public struct CgroupV2Driver: CgroupDriver {
             usage.pidsPeak = readNumber(dir + "/pids.peak") ?? 0
             usage.pidsLimit = readLimit(dir + "/pids.max")
         }
-        let cpuStat = FileIO.readControl(dir + "/cpu.stat") ?? ""
+        let cpuStat = FileIO.read(dir + "/cpu.stat", control: true) ?? ""
         usage.cpuNanoseconds = (keyedValue(cpuStat, "usage_usec") ?? 0) * 1000
         // io.stat: one line per device, "8:0 rbytes=N wbytes=N rios=N wios=N dbytes=N dios=N".
-        for line in (FileIO.readControl(dir + "/io.stat") ?? "").split(separator: "\n") {
+        for line in (FileIO.read(dir + "/io.stat", control: true) ?? "").split(separator: "\n") {
             for field in line.split(separator: " ").dropFirst() {
                 let pair = field.split(separator: "=")
                 guard pair.count == 2, let value = UInt64(pair[1]) else { continue }

@@ -5,33 +5,20 @@ import Glibc
 
 /// Small Foundation-free file helpers for cgroupfs, procfs and run files.
 public enum FileIO {
-    /// Whole file as a String, or nil when it cannot be opened.
-    public static func read(_ path: String) -> String? {
+    /// Whole file as a String, or nil when it cannot be opened. `control`: a cgroup control file,
+    /// whose text the kernel makes whole on the first read: a first read that does not fill the
+    /// buffer had all of it, and the read that would only find EOF is skipped (a quarter of the
+    /// system calls of a sweep over hundreds of them).
+    public static func read(_ path: String, control: Bool = false) -> String? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { return nil }
         defer { close(fd) }
-        return readAll(fd: fd).map { String(decoding: $0, as: UTF8.self) }
+        return readAll(fd: fd, shortReadIsEnd: control).map { String(decoding: $0, as: UTF8.self) }
     }
 
-    /// A kernel control file (cgroupfs, procfs) as a String. The kernel makes such a file's text
-    /// whole on the first read, so a read that does not fill the buffer had all of it: the read
-    /// that would find EOF is skipped, a quarter of the system calls of a sweep over hundreds.
-    public static func readControl(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { return nil }
-        defer { close(fd) }
-        let capacity = 4096
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: capacity) { buffer -> String? in
-            var n: Int
-            repeat { n = Glibc.read(fd, buffer.baseAddress, capacity) } while n < 0 && errno == EINTR
-            if n < 0 { return nil }
-            if n < capacity { return String(decoding: buffer[0..<n], as: UTF8.self) }
-            guard let rest = readAll(fd: fd) else { return nil }
-            return String(decoding: Array(buffer) + rest, as: UTF8.self)
-        }
-    }
-
-    public static func readAll(fd: Int32) -> [UInt8]? {
+    /// Everything until EOF. `shortReadIsEnd`: a first read that leaves the small buffer part
+    /// empty is all there is (never for pipes or sockets, whose writer may not be done).
+    public static func readAll(fd: Int32, shortReadIsEnd: Bool = false) -> [UInt8]? {
         // Most callers read small control files (cgroupfs, procfs): a small first read, on the
         // stack, keeps a sweep over hundreds of them cheap; larger files continue in 8 KiB steps.
         var out: [UInt8] = []
@@ -44,7 +31,7 @@ public enum FileIO {
             }
         }
         if small < 0 { return nil }
-        if small == 0 { return out }
+        if small == 0 || (shortReadIsEnd && small < 512) { return out }
         var buffer = [UInt8](repeating: 0, count: 8192)
         while true {
             let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }

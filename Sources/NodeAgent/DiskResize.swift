@@ -195,9 +195,7 @@ extension VPSManager {
     /// (what I/O limits name).
     func diskDeviceNumber(_ name: String) throws(IsolationError) -> String {
         if records[name]?.config.isPooled ?? false {
-            guard let device = (try? mountedPool())??.device else {
-                throw IsolationError(.unsupported, "the storage pool has no block device of its own for I/O limits to name", stage: "find the pool's device")
-            }
+            guard let device = (try? mountedPool())??.device else { throw StoragePool.noDeviceForIOLimits }
             return try FileIO.deviceNumber(device)
         }
         guard let loop = Self.loopDevice(backing: store.diskPath(name)) else {

@@ -20,8 +20,10 @@ struct StoragePool: Sendable {
     let device: String?
     /// The filesystem's directory in /sys/fs/btrfs, where the quota groups' figures are read.
     let sysfs: String
-    /// "squota" (simple quotas, kernel 6.7+) or "qgroup" (full quota groups).
-    let quotaMode: String
+
+    /// A pool without a block device of its own (multi-device) leaves I/O limits nothing to name.
+    static let noDeviceForIOLimits = IsolationError(.unsupported, "the storage pool has no block device of its own for I/O limits to name",
+                                                    stage: "find the pool's device")
 
     var volumes: String { directory + "/vps" }
     func volume(_ name: String) -> String { volumes + "/" + name }
@@ -43,18 +45,12 @@ struct StoragePool: Sendable {
     /// The mount source of the filesystem `path` is on, from a /proc/PID/mountinfo text: the
     /// mount point that is the longest prefix of `path`. nil unless it is a /dev node.
     static func mountSource(of path: String, mountinfo: String) -> String? {
-        var best: (point: String, source: String)?
-        for line in mountinfo.split(separator: "\n") {
-            let halves = line.components(separatedBy: " - ")
-            guard halves.count == 2 else { continue }
-            let fields = halves[0].split(separator: " ")
-            let tail = halves[1].split(separator: " ")
-            guard fields.count >= 5, tail.count >= 2 else { continue }
-            let point = String(fields[4])
-            let covers = point == "/" || path == point || path.hasPrefix(point + "/")
-            if covers && point.count >= (best?.point.count ?? -1) { best = (point, String(tail[1])) }
+        let covering = MountEntry.parse(mountinfo: mountinfo).filter {
+            $0.mountPoint == "/" || path == $0.mountPoint || path.hasPrefix($0.mountPoint + "/")
         }
-        guard let source = best?.source, source.hasPrefix("/dev/") else { return nil }
+        // The last of the deepest: a later mount on the same point hides the earlier ones.
+        let deepest = covering.map(\.mountPoint.count).max()
+        guard let source = covering.last(where: { $0.mountPoint.count == deepest })?.source, source.hasPrefix("/dev/") else { return nil }
         return source
     }
 }
@@ -142,7 +138,7 @@ extension VPSManager {
         }
         let sysfs = "/sys/fs/btrfs/" + String(cString: uuid)
         if !FileIO.exists(sysfs + "/qgroups") {
-            guard berth_btrfs_quota_enable(directory) > 0 else {
+            guard berth_btrfs_quota_enable(directory) == 0 else {
                 throw AgentError(.kernel, "turning on quotas of the storage pool \(directory): \(errnoName(errno))", stage: "pool quota", errno: errno)
             }
         }
@@ -150,10 +146,9 @@ extension VPSManager {
         if mkdir(volumes, 0o700) != 0 && errno != EEXIST {
             throw AgentError(.kernel, "mkdir \(volumes): \(errnoName(errno))", stage: "pool directory", errno: errno)
         }
-        let mode = FileIO.read(sysfs + "/qgroups/mode")?.trimmed ?? "qgroup"
         let device = StoragePool.mountSource(of: directory, mountinfo: FileIO.read("/proc/self/mountinfo") ?? "")
         if let device { try growPoolImage(directory, device: device) }
-        return StoragePool(directory: directory, device: device, sysfs: sysfs, quotaMode: mode)
+        return StoragePool(directory: directory, device: device, sysfs: sysfs)
     }
 
     /// A `--pool-size` above the size of the pool image the agent made grows the image, its loop

@@ -463,8 +463,9 @@ public actor VPSManager {
         case .starting, .stopping: throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); try again when it is done")
         case .stopped, .failed: break
         }
-        if record.config.isPooled {
-            guard FileIO.isDirectory(try await storagePool(creating: false).volume(name)) else {
+        let pool = record.config.isPooled ? try await storagePool(creating: false) : nil
+        if let pool {
+            guard FileIO.isDirectory(pool.volume(name)) else {
                 throw AgentError(.notFound, "the disk of VPS \(name) (its subvolume in the storage pool) is missing")
             }
         } else {
@@ -477,7 +478,7 @@ public actor VPSManager {
         let desiredBefore = record.config.desiredState
         do {
             // The desired state is saved (fsync and all) while the monitor boots the VPS.
-            try await launch(record, whileBooting: {
+            try await launch(record, pool: pool, whileBooting: {
                 guard record.config.desiredState != .running else { return }
                 record.config.desiredState = .running
                 try? self.store.save(record.config)
@@ -500,8 +501,9 @@ public actor VPSManager {
         return makeStatus(record)
     }
 
-    /// `whileBooting` runs once the monitor has its spec, before its report is awaited.
-    private func launch(_ record: VPSRecord, whileBooting: () -> Void = {}) async throws {
+    /// `pool`: the storage pool of a pool VPS. `whileBooting` runs once the monitor has its spec,
+    /// before its report is awaited.
+    private func launch(_ record: VPSRecord, pool: StoragePool?, whileBooting: () -> Void = {}) async throws {
         let name = record.config.name
         if !record.config.isPrivileged && record.config.idmapBase == nil {
             // A VPS created before user namespaces: its files need no change (the root is
@@ -509,7 +511,9 @@ public actor VPSManager {
             record.config.idmapBase = try allocateIdmap()
             try store.save(record.config)
         }
-        let pool = record.config.isPooled ? try await storagePool(creating: false) : nil
+        if let pool, pool.device == nil, record.config.limits.io != IOLimits() {
+            throw AgentError.kernel("I/O limits of \(name)", StoragePool.noDeviceForIOLimits)
+        }
         let run = runDir(name)
         try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
         chmod(run, 0o700)

@@ -84,6 +84,18 @@ final class Monitor {
         try check("make the monitor's mounts slaves of the host's") { mount("", "/", nil, UInt(MS_REC | MS_SLAVE), nil) }
     }
 
+    /// Attaches `image` to a loop device that frees itself on the last unmount, mounts it at
+    /// `target` and returns the device.
+    static func mountImage(_ image: String, at target: String, type: String, flags: UInt) throws(IsolationError) -> String {
+        var device = [CChar](repeating: 0, count: 64)
+        let loopFD = berth_loop_attach(image, 0, &device, device.count)
+        if loopFD < 0 { throw IsolationError.sys("attach \(image) to a loop device") }
+        defer { close(loopFD) }
+        let path = String(cString: device)
+        try check("mount \(path) (\(image)) on \(target)") { mount(path, target, type, flags, "") }
+        return path
+    }
+
     func mountDisk() throws(IsolationError) {
         // With a user namespace the VPS sees an idmapped copy; the host's own view of the disk
         // gives a setuid-root file the VPS planted no meaning (the VPS's root is uid 0 on disk).
@@ -95,14 +107,7 @@ final class Monitor {
             diskDevice = volume.device ?? ""
             try check("bind \(volume.subvolume) on \(target)") { berth_bind_tree_to(volume.subvolume, target, hostViewOnly ? 1 : 0) }
         } else {
-            var device = [CChar](repeating: 0, count: 64)
-            let loopFD = berth_loop_attach(spec.diskImage, 0, &device, device.count)
-            if loopFD < 0 { throw IsolationError.sys("attach \(spec.diskImage) to a loop device") }
-            defer { close(loopFD) }
-            let path = String(cString: device)
-            diskDevice = path
-            let flags = hostViewOnly ? UInt(MS_NOSUID | MS_NODEV) : 0
-            try check("mount \(path) on \(target)") { mount(path, target, "ext4", flags, "") }
+            diskDevice = try Self.mountImage(spec.diskImage, at: target, type: "ext4", flags: hostViewOnly ? UInt(MS_NOSUID | MS_NODEV) : 0)
         }
         guard let layer = spec.layer else {
             rootMounted = true
@@ -133,9 +138,6 @@ final class Monitor {
         close(fd)
         let ready = try CgroupsReady.decode(String(decoding: message, as: UTF8.self))
         guard !ready.deviceWrites.isEmpty else { return }
-        guard !diskDevice.isEmpty else {
-            throw IsolationError(.unsupported, "I/O limits need the block device of the VPS's disk, and the agent named none for its pool", stage: "I/O limits")
-        }
         let number = try FileIO.deviceNumber(diskDevice)
         for write in ready.deviceWrites {
             try FileIO.write(write.path, write.value.replacingPlaceholder(IOLimits.devicePlaceholder, with: number))
@@ -313,10 +315,8 @@ final class Monitor {
     }
 
     func acceptClient() {
-        let fd = berth_accept_cloexec(listener)
+        let fd = berth_accept_cloexec_nonblock(listener)
         guard fd >= 0 else { return }
-        // Never blocks the loop: a read it was not polled for comes back empty-handed.
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         // One operator at a time, like a serial console: a new attach takes it over.
         if client >= 0 { close(client) }
         client = fd

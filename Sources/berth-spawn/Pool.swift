@@ -1,4 +1,3 @@
-import CIsolation
 import Isolation
 #if canImport(Glibc)
 import Glibc
@@ -13,21 +12,11 @@ func runPoolMount(_ args: [String]) -> Never {
     guard args.count == 2, args.allSatisfy({ $0.hasPrefix("/") }) else {
         fail("usage: berth-spawn pool-mount IMAGE DIR (absolute paths)", code: 2)
     }
-    let (image, directory) = (args[0], args[1])
-    var device = [CChar](repeating: 0, count: 64)
-    let loopFD = berth_loop_attach(image, 0, &device, device.count)
-    guard loopFD >= 0 else { fail("attach \(image) to a loop device: \(String(cString: strerror(errno)))", code: 1) }
-    let path = String(cString: device)
-    guard mount(path, directory, "btrfs", UInt(MS_NOSUID | MS_NODEV), "") == 0 else {
-        let err = errno
-        close(loopFD)
-        fail("mount \(path) (\(image)) on \(directory): \(String(cString: strerror(err)))", code: 1)
+    do {
+        let device = try Monitor.mountImage(args[0], at: args[1], type: "btrfs", flags: UInt(MS_NOSUID | MS_NODEV))
+        writeText(device + "\n", to: 1)
+        exit(0)
+    } catch {
+        fail(error.message, code: 1)
     }
-    close(loopFD)
-    writeStdout(path + "\n")
-    exit(0)
-}
-
-func writeStdout(_ line: String) {
-    _ = line.withCString { write(1, $0, strlen($0)) }
 }

@@ -46,10 +46,7 @@ import Glibc
 //     |  (agent may exit/restart; the monitor and VPS keep running)      |
 //     |                            | on final exit: umount, write exit    |
 
-func report(_ line: String) {
-    let bytes = Array(line.utf8)
-    _ = bytes.withUnsafeBytes { write(4, $0.baseAddress, $0.count) }
-}
+func report(_ line: String) { writeText(line, to: 4) }
 
 func runStart() -> Never {
     let specBytes = FileIO.readAll(fd: 3) ?? []

@@ -14,8 +14,10 @@ import Glibc
 
 /// One line to stderr: the agent's log of this helper (RUN/NAME/monitor.log), or the user's
 /// terminal for exec.
-func writeStderr(_ line: String) {
-    _ = line.withCString { write(2, $0, strlen($0)) }
+func writeStderr(_ line: String) { writeText(line, to: 2) }
+
+func writeText(_ text: String, to fd: Int32) {
+    _ = text.withCString { write(fd, $0, strlen($0)) }
 }
 
 let arguments = Array(CommandLine.arguments.dropFirst())

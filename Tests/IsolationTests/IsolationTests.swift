@@ -444,17 +444,17 @@ final class FakeTree {
         unlink(path)
     }
 
-    /// One read answers a control file shorter than the buffer; a longer one (or one exactly
-    /// its size) is read on to the end. The kernel's own files as well as plain ones.
-    @Test(arguments: [0, 17, 4095, 4096, 4097, 20_000])
+    /// One read answers a control file shorter than the first read's buffer; a longer one (or
+    /// one exactly its size) is read on to the end. The kernel's own files as well as plain ones.
+    @Test(arguments: [0, 17, 511, 512, 513, 4095, 4096, 4097, 20_000])
     func controlFilesReadWhole(size: Int) {
         let path = NSTemporaryDirectory() + "berth-control-\(getpid())-\(size)"
         let text = String((0..<size).map { Character(UnicodeScalar(UInt8(97 + $0 % 26))) })
         try? FileIO.writeAtomically(path, Array(text.utf8))
-        #expect(FileIO.readControl(path) == text)
+        #expect(FileIO.read(path, control: true) == text)
         unlink(path)
-        #expect(FileIO.readControl(path) == nil)
+        #expect(FileIO.read(path, control: true) == nil)
         let mountinfo = FileIO.read("/proc/self/mountinfo")
-        #expect(mountinfo != nil && FileIO.readControl("/proc/self/mountinfo") == mountinfo)
+        #expect(mountinfo != nil && FileIO.read("/proc/self/mountinfo", control: true) == mountinfo)
     }
 }

@@ -199,6 +199,8 @@ t_reboot_and_poweroff_inside() {
     # back to berth-spawn and then to berth-monitor again, in the same process, history and all.
     local monitor; monitor=$(sed -n 's/^monitor=//p' "$WORK/run/$A/state")
     expect_eq "$(cat "/proc/$monitor/comm")" berth-monitor "(the monitor of a booted VPS)"
+    # Written before the reboot: only the history berth-monitor handed back can still show it.
+    "$BERTH" exec "$A" -- sh -c "echo history-$RUN_ID >/dev/console"
     "$BERTH" exec "$A" -- reboot
     for _ in $(seq 100); do
         after=$("$BERTH" status "$A" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["pid"])')
@@ -208,7 +210,9 @@ t_reboot_and_poweroff_inside() {
     expect_eq "$(sed -n 's/^monitor=//p' "$WORK/run/$A/state")" "$monitor" "(the monitor after the reboot)"
     for _ in $(seq 50); do [ "$(cat "/proc/$monitor/comm")" = berth-monitor ] && break; sleep 0.1; done
     expect_eq "$(cat "/proc/$monitor/comm")" berth-monitor "(the monitor after the reboot)"
-    expect_contains "$( (sleep 1; printf '\035') | timeout 10 "$BERTH" console "$A" 2>/dev/null )" "is rebooting"
+    local console; console=$( (sleep 1; printf '\035') | timeout 10 "$BERTH" console "$A" 2>/dev/null )
+    expect_contains "$console" "is rebooting"
+    expect_contains "$console" "history-$RUN_ID"
     expect_eq "$("$BERTH" status "$A" | cut -d' ' -f2)" running
     expect_eq "$(cat /proc/sys/kernel/random/boot_id)" "$boot_id" "(the host rebooted?)"
     for _ in $(seq 50); do "$BERTH" exec "$A" -- test -f /run/boot-complete 2>/dev/null && break; sleep 0.1; done
@@ -329,7 +333,7 @@ t_monitor_fallbacks() {
     mkdir -p "$WORK/fb"
     cp "$BUILD/berth-spawn" "$WORK/fb/"
     # Without berth-monitor next to berth-spawn the agent refuses to start and says where it belongs.
-    local err; err=$("$BUILD/berth-agent" --data-dir "$WORK/fb/data" --run-dir "$WORK/fb/run" --socket "$WORK/fb/agent.sock" \
+    local err; err=$(timeout 10 "$BUILD/berth-agent" --data-dir "$WORK/fb/data" --run-dir "$WORK/fb/run" --socket "$WORK/fb/agent.sock" \
         --cgroup-parent "$CGROUP_PARENT-fb" --spawn "$WORK/fb/berth-spawn" 2>&1) && fail "the agent started without berth-monitor"
     expect_contains "$err" "$WORK/fb/berth-monitor not found"
     # One that cannot run (not a program): the monitor stays berth-spawn, says so in the VPS's

@@ -69,8 +69,8 @@ int berth_ext4_resize(int fs_fd, uint64_t blocks);
 int berth_btrfs_subvolume_create(const char *parent, const char *name);
 /// Deletes the subvolume `name` of `parent`, and everything in it.
 int berth_btrfs_subvolume_delete(const char *parent, const char *name);
-/// Turns quotas on for the filesystem of `path`: 2 = simple quotas, 1 = full qgroups (kernels
-/// before 6.7).
+/// Turns quotas on for the filesystem of `path`: simple quotas, or full qgroups on kernels
+/// before 6.7.
 int berth_btrfs_quota_enable(const char *path);
 /// The id of the subvolume `path` is the top of (its quota group is 0/id).
 long long berth_btrfs_subvolume_id(const char *path);
@@ -100,7 +100,8 @@ int berth_sigchld_fd(void);
 /// Empties a signalfd (each record is 128 bytes).
 void berth_drain_signalfd(int fd);
 int berth_execvpe(const char *file, char *const argv[], char *const envp[]);
-int berth_accept_cloexec(int fd);
+/// A connection that neither leaks into an exec nor blocks a poll loop on a read it was not polled for.
+int berth_accept_cloexec_nonblock(int fd);
 /* An anonymous file (close-on-exec) that carries state across the monitor's execs. */
 int berth_memfd(const char *name);
 int berth_pipe_cloexec(int fds[2]);
