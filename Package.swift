@@ -41,14 +41,18 @@ let package = Package(
         // pivot_root, pidfd_*, ioctls (variadic in C, so unreachable from Swift).
         .target(name: "CIsolation", cSettings: [.define("_GNU_SOURCE")]),
         .systemLibrary(name: "CLibcap", providers: [.apt(["libcap-dev"])]),
+        // The rules every layer shares (names, addresses, host:port, sizes, limits and what a VPS
+        // commits, error codes): no dependencies, no Foundation, so each layer may import it.
+        .target(name: "BerthCore"),
         // Kernel mechanism only. Deliberately Foundation-free: berth-spawn links it and stays
         // resident as the per-VPS monitor, so every MiB it maps is paid once per running VPS.
-        .target(name: "Isolation", dependencies: ["CIsolation", "CLibcap"]),
+        .target(name: "Isolation", dependencies: ["BerthCore", "CIsolation", "CLibcap"]),
         // The protocol: frames, messages, the Unix-socket transport, identities and the small
-        // text formats (roles, join tokens, HOST:PORT). No TLS, so the fuzzers stay cheap to build.
+        // text formats (roles, join tokens). No TLS, so the fuzzers stay cheap to build.
         .target(
             name: "Wire",
             dependencies: [
+                "BerthCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -59,7 +63,7 @@ let package = Package(
         .target(
             name: "WireTLS",
             dependencies: [
-                "Wire",
+                "BerthCore", "Wire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
@@ -71,11 +75,11 @@ let package = Package(
             ]
         ),
         // Pure placement policy: the scheduler, IP pool arithmetic, the controller's settings.
-        .target(name: "Placement", dependencies: ["Wire"]),
+        .target(name: "Placement", dependencies: ["BerthCore", "Wire"]),
         .target(
             name: "NodeAgent",
             dependencies: [
-                "Isolation", "Wire", "WireTLS",
+                "BerthCore", "Isolation", "Wire", "WireTLS",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -89,7 +93,7 @@ let package = Package(
         .target(
             name: "Controller",
             dependencies: [
-                "Wire", "WireTLS", "Placement",
+                "BerthCore", "Wire", "WireTLS", "Placement",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -101,7 +105,7 @@ let package = Package(
         .executableTarget(
             name: "berth",
             dependencies: [
-                "Wire", "WireTLS",
+                "BerthCore", "Wire", "WireTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -111,7 +115,7 @@ let package = Package(
         .executableTarget(
             name: "berth-agent",
             dependencies: [
-                "NodeAgent", "Isolation", "Wire",
+                "BerthCore", "NodeAgent", "Isolation", "Wire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -123,7 +127,7 @@ let package = Package(
         .executableTarget(
             name: "berth-controller",
             dependencies: [
-                "Controller", "Wire", "WireTLS", "Placement",
+                "BerthCore", "Controller", "Wire", "WireTLS", "Placement",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -134,18 +138,21 @@ let package = Package(
         .target(name: "CFuzzDriver", path: "Tests/fuzz/CFuzzDriver"),
         .executableTarget(
             name: "fuzz-decoders",
-            dependencies: ["CFuzzDriver", "Wire", "Isolation", "Placement", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["CFuzzDriver", "BerthCore", "Wire", "Isolation", "Placement", .product(name: "NIOCore", package: "swift-nio")],
             path: "Tests/fuzz/FuzzDecoders"),
         // Cluster benchmarks (Benchmarks/cluster.sh): RPC, scheduler, store, heartbeats.
         .executableTarget(
             name: "cluster-bench",
-            dependencies: ["Controller", "Placement", "Wire", "WireTLS", .product(name: "NIOCore", package: "swift-nio"),
+            dependencies: ["BerthCore", "Controller", "Placement", "Wire", "WireTLS", .product(name: "NIOCore", package: "swift-nio"),
                            .product(name: "NIOPosix", package: "swift-nio")],
             path: "Benchmarks/ClusterBench"),
-        .testTarget(name: "WireTests", dependencies: ["Wire", "WireTLS", .product(name: "NIOEmbedded", package: "swift-nio")]),
-        .testTarget(name: "IsolationTests", dependencies: ["Isolation"]),
-        .testTarget(name: "ControllerTests", dependencies: ["Controller", "Placement", "Wire"]),
-        .testTarget(name: "NodeAgentTests", dependencies: ["NodeAgent", "Isolation", "Wire"]),
+        .testTarget(name: "WireTests", dependencies: ["BerthCore", "Wire", "WireTLS", .product(name: "NIOEmbedded", package: "swift-nio"),
+                                                    .product(name: "NIOSSL", package: "swift-nio-ssl")]),
+        .testTarget(name: "IsolationTests", dependencies: ["BerthCore", "Isolation"]),
+        .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore"]),
+        .testTarget(name: "PlacementTests", dependencies: ["Placement", "BerthCore", "Wire"]),
+        .testTarget(name: "ControllerTests", dependencies: ["BerthCore", "Controller", "Placement", "Wire"]),
+        .testTarget(name: "NodeAgentTests", dependencies: ["BerthCore", "NodeAgent", "Isolation", "Wire"]),
         .testTarget(name: "CLITests", dependencies: ["berth", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     ],
     // Swift 5 language mode: NIO channel handlers and the syscall layer share mutable state

@@ -13,6 +13,7 @@
 //       a controller store with that many VPS records: import time, start-up load, resident memory
 //   cluster-bench heartbeats --controller H:P --admin DIR [--agents 1000] [--seconds 10]
 //       simulated agents enrol with real tokens and heartbeat at 1 s against a running controller
+import BerthCore
 import Controller
 import Foundation
 import NIOCore
@@ -234,7 +235,8 @@ func heartbeats() async throws {
         exit(2)
     }
     let agents = option("agents", 1000), seconds = option("seconds", 10)
-    let (host, port) = try parseHostPort(address, field: "controller")
+    let controller = try HostPort(parsing: address, field: "controller")
+    let (host, port) = (controller.host, controller.port)
     let group = MultiThreadedEventLoopGroup.singleton
     let adminClient = try await WireClient.connect(host: host, port: port, bundle: try CredentialBundle.load(directory: admin), group: group)
     // Enrol every simulated agent the real way: a token each, a key each.

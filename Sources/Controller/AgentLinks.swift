@@ -1,3 +1,4 @@
+import BerthCore
 import NIOCore
 import Wire
 import WireTLS
@@ -20,10 +21,10 @@ public actor AgentLinks {
         // A link to a node that renewed its certificate is retired, not closed: calls still on
         // it (an exec stream) finish; the agent closes it once it has been idle.
         if let stale = clients.removeValue(forKey: node.name), !stale.isActive { await stale.close() }
-        let (host, port) = try parseHostPort(node.address, field: "address")
+        let agent = try HostPort(parsing: node.address, field: "address")
         let client: WireClient
         do {
-            client = try await WireClient.connect(host: host, port: port, bundle: bundle, group: group, timeout: .seconds(3))
+            client = try await WireClient.connect(host: agent.host, port: agent.port, bundle: bundle, group: group, timeout: .seconds(3))
         } catch let error as WireError {
             throw WireError(.unavailable, "node \(node.name) (\(node.address)) is unreachable: \(error.message)")
         }

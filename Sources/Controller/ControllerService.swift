@@ -1,3 +1,4 @@
+import BerthCore
 import Crypto
 import Foundation
 import Logging
@@ -66,7 +67,7 @@ public final class ControllerService: WireService {
             cache.revoked = revoked.sorted()
         }
         var usage: [String: NodeUsage] = [:]
-        for vps in try store.vpses() { usage[vps.node, default: NodeUsage()].add(vps.spec, cost: placementCost(vps.spec)) }
+        for vps in try store.vpses() { usage[vps.node, default: NodeUsage()].add(vps.spec, cost: Self.placementCost(vps.spec)) }
         let loaded = usage
         placement.withLock { $0.usage = loaded }
     }
@@ -74,7 +75,7 @@ public final class ControllerService: WireService {
     /// Removes a VPS record and its share of its node's usage.
     func forget(_ record: VPSRecord) throws {
         guard try store.removeVPS(record.name) else { return }  // someone else already did
-        let cost = placementCost(record.spec)
+        let cost = Self.placementCost(record.spec)
         placement.withLock { $0.usage[record.node]?.remove(record.spec, cost: cost) }
     }
 
@@ -112,6 +113,12 @@ public final class ControllerService: WireService {
     }
 
     public func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
+        // A connection without a certificate may enrol and nothing else, whatever the call.
+        if stream.peer == .anonymous {
+            guard case .enroll = request.call else {
+                throw WireError(.unauthenticated, "a client certificate from the cluster CA is required (only enrolment works without one)")
+            }
+        }
         switch request.call {
         case .create(let r): return try await operation(request, kind: "create", subject: r.name, stream: stream)
         case .start(let r): return try await operation(request, kind: "start", subject: r.name, stream: stream)
@@ -192,10 +199,7 @@ public final class ControllerService: WireService {
             response.joinToken = try joinToken(ttl: r.ttlSeconds)
         case .revoke(let r):
             let identity = try authorise(peer, .admin, call: "ca revoke")
-            let serial = r.serial.lowercased().replacingOccurrences(of: ":", with: "")
-            guard !serial.isEmpty, serial.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else {
-                throw WireError(.invalidArgument, "serial: \"\(r.serial)\" is not a hex certificate serial", field: "serial")
-            }
+            let serial = try CertificateIdentity.canonicalSerial(r.serial)
             try revokeSerial(serial)
             try? store.addEvent(kind: "certificate.revoked", subject: serial, message: "revoked by \(identity.name)")
             logger.notice("certificate revoked", metadata: ["serial": "\(serial)", "by": "\(identity.name)"])
@@ -342,9 +346,7 @@ public final class ControllerService: WireService {
     /// not stop the others; the result says per node what happened.
     func distributeTemplate(_ r: Berth_V1_TemplateUploadRequest, by identity: CertificateIdentity,
                             stream: ServerStream) async throws -> Berth_V1_TemplateUploadResult {
-        guard Role.isValidName(r.name) else {
-            throw WireError(.invalidArgument, "template: '\(r.name)' must be 1-63 of [a-z0-9-]", field: "template")
-        }
+        try Name.validate(r.name, field: "template")
         guard FileTransfer.tarFormats.contains(r.format) else {
             throw WireError(.invalidArgument, "format: '\(r.format)' is not tar, tar.gz or tar.xz", field: "format")
         }
@@ -500,10 +502,10 @@ public final class ControllerService: WireService {
         try? store.releaseAddresses(r.ipDel.compactMap(IPPoolMath.canonical).filter { !holds.contains($0) }, of: r.name)
         // New limits change what the VPS commits on its node.
         if var record = try store.vps(r.name) {
-            let reservedCost = resize?.new ?? placementCost(record.spec)
+            let reservedCost = resize?.new ?? Self.placementCost(record.spec)
             record.spec.ips = response.set.status.ips
             record.spec.limits = response.set.status.limits
-            let newCost = placementCost(record.spec)
+            let newCost = Self.placementCost(record.spec)
             try? store.updateVPS(record)
             placement.withLock { state in
                 state.usage[record.node]?.remove(record.spec, cost: reservedCost)
@@ -524,12 +526,10 @@ public final class ControllerService: WireService {
 
     func reserveResize(_ r: Berth_V1_SetRequest) throws -> ResizeReservation? {
         guard let record = try store.vps(r.name) else { return nil }
-        var wanted = record.spec
-        if r.limits.memoryBytes > 0 { wanted.limits.memoryBytes = r.limits.memoryBytes }
-        if r.limits.swapBytes > 0 { wanted.limits.swapBytes = r.limits.swapBytes }
-        if r.limits.cpuLimitPct > 0 { wanted.limits.cpuLimitPct = r.limits.cpuLimitPct }
-        if r.limits.diskBytes > 0 { wanted.limits.diskBytes = r.limits.diskBytes }
-        let old = placementCost(record.spec), new = placementCost(wanted)
+        // Bad limits are refused here, before anything is reserved; the node checks them again
+        // against its own CPUs.
+        let wanted = try Limits(record.spec.limits).merging(r.limits.update, onlineCPUs: nil)
+        let old = Self.placementCost(record.spec), new = PlacementRequest(wanted.commitment)
         if old.cpuMillis == new.cpuMillis && old.memoryBytes == new.memoryBytes && old.diskBytes == new.diskBytes { return nil }
         try placement.withLock { state in
             guard let node = try store.node(record.node) else { return }
@@ -586,10 +586,10 @@ public final class ControllerService: WireService {
     }
 
     func create(_ request: Berth_V1_CreateRequest, by identity: CertificateIdentity, stream: ServerStream) async throws -> Berth_V1_VpsStatus {
-        guard Role.isValidName(request.name) else {
-            throw WireError(.invalidArgument, "name: '\(request.name)' must be 1-63 of lowercase letters, digits and '-', starting with a letter or digit", field: "name")
-        }
+        try Name.validate(request.name)
         guard !request.template.isEmpty else { throw WireError(.invalidArgument, "template: required", field: "template") }
+        // Limits out of Berth's bounds are refused before a node is chosen or an address taken.
+        _ = try request.limits.requested
         var explicit: [String] = []
         var automatic: [String: Int] = [:]
         let pools = try store.pools()
@@ -624,7 +624,7 @@ public final class ControllerService: WireService {
             status.template = spec.template
             let record = VPSRecord(name: spec.name, node: node, tenant: owner, spec: spec, status: status, phase: "creating")
             let allocated = try store.reserveVPS(record, autoAddresses: automatic.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
-            state.usage[node, default: NodeUsage()].add(spec, cost: placementCost(spec))
+            state.usage[node, default: NodeUsage()].add(spec, cost: Self.placementCost(spec))
             return (record, allocated)
         }
         logger.info("placing VPS", metadata: ["vps": "\(record.name)", "node": "\(record.node)", "by": "\(identity.name)"])
@@ -685,7 +685,7 @@ public final class ControllerService: WireService {
     /// Runs the scheduler on the current snapshot (or checks an explicit --node).
     func choose(for spec: Berth_V1_CreateRequest, state: inout PlacementState) throws -> String {
         let snapshots = try store.nodes().map { snapshot(of: $0, usage: state.usage[$0.name]) }
-        var request = placementCost(spec)
+        var request = Self.placementCost(spec)
         request.constraints = spec.constraints
         request.antiAffinityGroup = spec.antiAffinity.isEmpty ? nil : spec.antiAffinity
         request.template = spec.template
@@ -706,11 +706,9 @@ public final class ControllerService: WireService {
         }
     }
 
-    func placementCost(_ spec: Berth_V1_CreateRequest) -> PlacementRequest {
-        let limits = spec.limits
-        return PlacementRequest(cpuMillis: UInt64(limits.cpuLimitPct) * 10,
-                                memoryBytes: limits.memoryBytes &+ limits.swapBytes,
-                                diskBytes: limits.diskBytes == 0 ? settings.defaultDiskBytes : limits.diskBytes)
+    /// What a VPS commits to its node: BerthCore's rule, the same one the agent's `node show` sums.
+    static func placementCost(_ spec: Berth_V1_CreateRequest) -> PlacementRequest {
+        PlacementRequest(Limits(spec.limits).commitment)
     }
 
     /// Relays one call to an agent: request stream input goes to the agent, the agent's
@@ -792,10 +790,8 @@ public final class ControllerService: WireService {
 
     func enroll(_ request: Berth_V1_EnrollRequest) throws -> Berth_V1_EnrollReply {
         let token = try JoinTokenText(parsing: request.token)
-        guard Role.isValidName(request.nodeName) else {
-            throw WireError(.invalidArgument, "name: node name '\(request.nodeName)' must be 1-63 of [a-z0-9-]", field: "name")
-        }
-        _ = try parseHostPort(request.address, field: "listen")
+        try Name.validate(request.nodeName)
+        _ = try HostPort(parsing: request.address, field: "listen")
         guard token.caFingerprint == ca.fingerprint else {
             throw WireError(.unauthenticated, "join: the token was made for another cluster CA")
         }
@@ -820,7 +816,7 @@ public final class ControllerService: WireService {
     /// A node certificate for `publicKeyPEM` (CN the node, SANs the host of its listen address
     /// and its name), as enrolment and renewal hand it out.
     func nodeCertificate(name: String, address: String, publicKeyPEM: String) throws -> (Berth_V1_EnrollReply, serial: String) {
-        let (host, _) = try parseHostPort(address, field: "listen")
+        let host = try HostPort(parsing: address, field: "listen").host
         let publicKey: P256.Signing.PublicKey
         do { publicKey = try P256.Signing.PublicKey(pemRepresentation: publicKeyPEM) } catch {
             throw WireError(.invalidArgument, "public_key_pem: not a P-256 public key in PEM", field: "public_key_pem")

@@ -1,3 +1,4 @@
+import BerthCore
 import CIsolation
 import Foundation
 import Isolation
@@ -140,7 +141,7 @@ public struct AgentService: WireService {
     /// A template tarball sent on the stream: received into the template store's staging area,
     /// checked against its announced size and SHA-256, then imported like a local tarball.
     func upload(_ r: Berth_V1_TemplateUploadRequest, stream: ServerStream) async throws -> Berth_V1_TemplateUploadResult {
-        _ = try Validation.name(r.name, field: "template")
+        _ = try Name.validate(r.name, field: "template")
         guard FileTransfer.tarFormats.contains(r.format) else {
             throw AgentError.invalid("format", "'\(r.format)' is not tar, tar.gz or tar.xz")
         }
@@ -165,7 +166,7 @@ public struct AgentService: WireService {
     /// A template's tree as a tar stream (owners numeric, xattrs and file capabilities kept), so
     /// a template built on one node can be imported on others.
     func export(_ r: Berth_V1_TemplateExportRequest, stream: ServerStream) async throws -> Berth_V1_TemplateInfo {
-        _ = try Validation.name(r.name, field: "template")
+        _ = try Name.validate(r.name, field: "template")
         guard let info = manager.templates.info(r.name) else {
             throw AgentError(.notFound, "template \(r.name) does not exist on node \(manager.nodeName)", field: "template")
         }

@@ -1,3 +1,4 @@
+import BerthCore
 import Foundation
 import Logging
 import NIOCore
@@ -67,11 +68,11 @@ public final class ClusterMember: Sendable {
             throw WireError(.invalidArgument, "join: this node is not enrolled yet: pass --join TOKEN (from `berth node join-token`)", field: "join")
         }
         let token = try JoinTokenText(parsing: tokenText)
-        let (host, port) = try parseHostPort(options.controller, field: "controller")
+        let controller = try HostPort(parsing: options.controller, field: "controller")
         let key = ClusterCA.generateKeyPair()
         let client: WireClient
         do {
-            client = try await WireClient.connect(host: host, port: port, bundle: nil, pinnedCA: token.caFingerprint, group: group)
+            client = try await WireClient.connect(host: controller.host, port: controller.port, bundle: nil, pinnedCA: token.caFingerprint, group: group)
         } catch let error as WireError where error.message.contains("CERTIFICATE_VERIFY_FAILED") {
             throw WireError(.unauthenticated, "join: the controller at \(options.controller) did not present the CA the token names (sha-256 \(token.caFingerprint.prefix(16))…): wrong controller or wrong token", field: "join")
         }
@@ -114,8 +115,8 @@ public final class ClusterMember: Sendable {
 
     /// Binds the listener the controller calls (a failure here fails the agent's start).
     public func serve(service: AgentService, bundle: CredentialBundle) async throws -> TLSWireServer {
-        let (host, port) = try parseHostPort(options.listen, field: "listen")
-        let server = try await TLSWireServer.bind(host: host, port: port, service: service, bundle: bundle, group: group)
+        let listen = try HostPort(parsing: options.listen, field: "listen")
+        let server = try await TLSWireServer.bind(host: listen.host, port: listen.port, service: service, bundle: bundle, group: group)
         logger.info("serving the controller", metadata: ["listen": "\(options.listen)"])
         return server
     }
@@ -124,7 +125,7 @@ public final class ClusterMember: Sendable {
     /// renews its certificate when the controller asks (an admin's `berth node rotate`) or when
     /// two thirds of its validity have passed.
     public func heartbeats(bundle initial: CredentialBundle, server: TLSWireServer) async throws {
-        let (host, port) = try parseHostPort(options.controller, field: "controller")
+        let controller = try HostPort(parsing: options.controller, field: "controller")
         var bundle = initial
         var interval: Duration = .seconds(1)
         var client: WireClient?
@@ -132,7 +133,7 @@ public final class ClusterMember: Sendable {
         while !Task.isCancelled {
             do {
                 if client == nil || client?.isActive == false {
-                    client = try await WireClient.connect(host: host, port: port, bundle: bundle, group: group, timeout: .seconds(2))
+                    client = try await WireClient.connect(host: controller.host, port: controller.port, bundle: bundle, group: group, timeout: .seconds(2))
                     guard client?.peerIdentity?.role == .controller else {
                         await client?.close()
                         client = nil

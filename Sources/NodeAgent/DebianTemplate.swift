@@ -1,3 +1,4 @@
+import BerthCore
 import Foundation
 import Isolation
 import Synchronization
@@ -26,7 +27,7 @@ public struct DebianTemplateRequest: Sendable {
 
     /// Checks every field before anything is downloaded.
     public func validated() throws -> DebianTemplateRequest {
-        _ = try Validation.name(name, field: "name")
+        _ = try Name.validate(name, field: "name")
         guard let url = URL(string: mirror), ["http", "https"].contains(url.scheme ?? ""), url.host != nil,
               !mirror.contains(where: { $0 == " " || $0 == "\n" || $0 == "\t" }) else {
             throw AgentError.invalid("mirror", "'\(mirror)' is not an http:// or https:// archive URL")

@@ -1,3 +1,4 @@
+import BerthCore
 import CIsolation
 import Foundation
 import Isolation

@@ -1,3 +1,4 @@
+import BerthCore
 import Foundation
 import Isolation
 import Wire
@@ -43,7 +44,7 @@ public final class TemplateStore: @unchecked Sendable {
     }
 
     public func remove(_ name: String) throws {
-        _ = try Validation.name(name, field: "template")
+        _ = try Name.validate(name, field: "template")
         guard info(name) != nil else { throw AgentError(.notFound, "template \(name) does not exist", field: "template") }
         lock.lock()
         defer { lock.unlock() }
@@ -81,7 +82,7 @@ public final class TemplateStore: @unchecked Sendable {
 
     /// busybox-static's single binary plus one symlink per applet, a SysV-style inittab and rcS.
     public func buildBusybox(name: String = "busybox", busybox: String = "/bin/busybox") async throws -> TemplateInfo {
-        _ = try Validation.name(name, field: "template")
+        _ = try Name.validate(name, field: "template")
         try requireReplaceable(name)
         guard let binary = FileManager.default.contents(atPath: busybox) else {
             throw AgentError(.notFound, "\(busybox) not found: install Debian's busybox-static package", field: "template")
@@ -136,7 +137,7 @@ public final class TemplateStore: @unchecked Sendable {
 
     /// Imports a rootfs tarball (.tar, .tar.gz/.tgz, .tar.xz) after validating every entry.
     public func importTarball(name: String, path: String, source: String? = nil, progress: (String) -> Void = { _ in }) async throws -> TemplateInfo {
-        _ = try Validation.name(name, field: "template")
+        _ = try Name.validate(name, field: "template")
         try requireReplaceable(name)
         guard FileManager.default.fileExists(atPath: path) else {
             throw AgentError(.notFound, "tarball \(path) does not exist on this node", field: "tarball")

@@ -1,3 +1,4 @@
+import BerthCore
 import Foundation
 import Isolation
 import Wire
@@ -7,32 +8,8 @@ import Wire
 public struct VPSConfig: Codable, Equatable, Sendable {
     public static let currentSchema = 1
 
-    public struct Limits: Codable, Equatable, Sendable {
-        public var memoryBytes: UInt64?
-        public var swapBytes: UInt64?
-        public var pids: UInt32?
-        public var cpuUnits: UInt32?
-        public var cpuLimitPercent: UInt32?
-        public var cpus: String?
-        public var files: UInt64?
-        public var diskBytes: UInt64
-        public var diskInodes: UInt64?
-        public var ioWeight: UInt32?
-        public var ioBytesPerSecond: UInt64?
-        public var ioOperationsPerSecond: UInt32?
-
-        public init(diskBytes: UInt64 = VPSConfig.defaultDiskBytes) { self.diskBytes = diskBytes }
-
-        var cgroup: CgroupLimits {
-            CgroupLimits(memoryBytes: memoryBytes, swapBytes: swapBytes, pids: pids, cpuUnits: cpuUnits,
-                         cpuLimitPercent: cpuLimitPercent, cpus: cpus)
-        }
-
-        var io: IOLimits { IOLimits(weight: ioWeight, bytesPerSecond: ioBytesPerSecond, operationsPerSecond: ioOperationsPerSecond) }
-
-        static let keys: Set<String> = ["memoryBytes", "swapBytes", "pids", "cpuUnits", "cpuLimitPercent", "cpus", "files", "diskBytes", "diskInodes",
-                                        "ioWeight", "ioBytesPerSecond", "ioOperationsPerSecond"]
-    }
+    /// Limits are BerthCore's model; their cgroup and I/O forms are below.
+    public typealias Limits = BerthCore.Limits
 
     public enum DesiredState: String, Codable, Sendable { case running, stopped }
 
@@ -93,7 +70,6 @@ public struct VPSConfig: Codable, Equatable, Sendable {
     /// Capability name → kept, from `capabilities`.
     public var capabilityOverrides: [String: Bool] { (capabilities ?? [:]).mapValues { $0 == "on" } }
 
-    public static let defaultDiskBytes: UInt64 = 2 << 30
     static let keys: Set<String> = ["schemaVersion", "name", "template", "hostname", "limits", "labels", "onboot", "desiredState", "createdAt", "stopSignal",
                                    "network", "nameservers", "searchDomains", "privileged", "idmapBase", "capabilities", "storage", "layout"]
 
@@ -156,7 +132,7 @@ public struct VPSConfig: Codable, Equatable, Sendable {
         }
         guard config.name == expectedName else { throw corrupt("name '\(config.name)' does not match its directory '\(expectedName)'") }
         do {
-            _ = try Validation.name(config.name)
+            _ = try Name.validate(config.name)
             _ = try Validation.hostname(config.hostname)
             for (key, value) in config.labels { try Validation.label(key: key, value: value) }
             if let network = config.network {
@@ -248,4 +224,14 @@ public struct ConfigStore: Sendable {
             throw AgentError.kernel("saving the config of \(config.name)", error)
         }
     }
+}
+
+extension Limits {
+    /// The cgroup driver's view of these limits.
+    var cgroup: CgroupLimits {
+        CgroupLimits(memoryBytes: memoryBytes, swapBytes: swapBytes, pids: pids, cpuUnits: cpuUnits,
+                     cpuLimitPercent: cpuLimitPercent, cpus: cpus)
+    }
+
+    var io: IOLimits { IOLimits(weight: ioWeight, bytesPerSecond: ioBytesPerSecond, operationsPerSecond: ioOperationsPerSecond) }
 }

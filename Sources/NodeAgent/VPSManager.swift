@@ -1,3 +1,4 @@
+import BerthCore
 import CIsolation
 import Foundation
 import Isolation
@@ -194,7 +195,7 @@ public actor VPSManager {
     }
 
     public func status(_ name: String) throws -> Berth_V1_VpsStatus {
-        _ = try Validation.name(name)
+        _ = try Name.validate(name)
         return makeStatus(try record(name))
     }
 
@@ -231,7 +232,7 @@ public actor VPSManager {
         status.labels = config.labels
         status.onboot = config.onboot
         status.lastExit = record.lastExit
-        status.limits = Self.wireLimits(config.limits)
+        status.limits = Berth_V1_Limits(config.limits)
         if let network = config.network {
             status.net = network.mode
             status.ips = network.ips
@@ -254,29 +255,12 @@ public actor VPSManager {
         return status
     }
 
-    static func wireLimits(_ limits: VPSConfig.Limits) -> Berth_V1_Limits {
-        var wire = Berth_V1_Limits()
-        wire.memoryBytes = limits.memoryBytes ?? 0
-        wire.swapBytes = limits.swapBytes ?? 0
-        wire.pids = limits.pids ?? 0
-        wire.cpuUnits = limits.cpuUnits ?? 0
-        wire.cpuLimitPct = limits.cpuLimitPercent ?? 0
-        wire.cpus = limits.cpus ?? ""
-        wire.files = limits.files ?? 0
-        wire.ioWeight = limits.ioWeight ?? 0
-        wire.ioBps = limits.ioBytesPerSecond ?? 0
-        wire.ioIops = limits.ioOperationsPerSecond ?? 0
-        wire.diskBytes = limits.diskBytes
-        wire.diskInodes = limits.diskInodes ?? 0
-        return wire
-    }
-
     // MARK: - Create / destroy
 
     public func create(_ request: Berth_V1_CreateRequest, progress: @Sendable (String) -> Void = { _ in }) async throws -> Berth_V1_VpsStatus {
-        let name = try Validation.name(request.name)
+        let name = try Name.validate(request.name)
         guard !request.template.isEmpty else { throw AgentError.invalid("template", "is required") }
-        _ = try Validation.name(request.template, field: "template")
+        _ = try Name.validate(request.template, field: "template")
         guard let template = templates.info(request.template) else {
             throw AgentError(.notFound, "template \(request.template) does not exist (see 'berth template list')", field: "template")
         }
@@ -284,8 +268,7 @@ public actor VPSManager {
         for (key, value) in request.labels { try Validation.label(key: key, value: value) }
         let nameservers = try request.nameservers.map { try Validation.nameserver($0).description }
         let searchDomains = try Validation.searchDomains(request.searchdomains)
-        var limits = VPSConfig.Limits()
-        try applyLimits(request.limits, to: &limits, creating: true)
+        let limits = try Limits().merging(request.limits.update, onlineCPUs: onlineCPUs)
         let storage: VPSConfig.Storage
         switch request.storage {
         case "", "image": storage = .image
@@ -367,60 +350,8 @@ public actor VPSManager {
         return makeStatus(record)
     }
 
-    /// Merges wire limits into the config's; zero means "unchanged" (or unlimited on create).
-    func applyLimits(_ wire: Berth_V1_Limits, to limits: inout VPSConfig.Limits, creating: Bool) throws {
-        if wire.memoryBytes > 0 {
-            guard wire.memoryBytes >= 16 << 20 else { throw AgentError.invalid("memory", "must be at least 16M") }
-            limits.memoryBytes = wire.memoryBytes
-        }
-        if wire.swapBytes > 0 {
-            guard limits.memoryBytes != nil else { throw AgentError.invalid("swap", "needs --memory: swap is granted on top of a memory limit") }
-            limits.swapBytes = wire.swapBytes
-        }
-        if wire.pids > 0 {
-            guard wire.pids >= 8 else { throw AgentError.invalid("pids", "must be at least 8 (init and a shell need a few)") }
-            limits.pids = wire.pids
-        }
-        if wire.cpuUnits > 0 {
-            guard (8...500_000).contains(wire.cpuUnits) else { throw AgentError.invalid("cpu-units", "must be between 8 and 500000") }
-            limits.cpuUnits = wire.cpuUnits
-        }
-        if wire.cpuLimitPct > 0 {
-            guard wire.cpuLimitPct <= UInt32(onlineCPUs * 100) else {
-                throw AgentError.invalid("cpu-limit", "\(wire.cpuLimitPct)% exceeds this node's \(onlineCPUs) CPUs (\(onlineCPUs * 100)%)")
-            }
-            limits.cpuLimitPercent = wire.cpuLimitPct
-        }
-        if !wire.cpus.isEmpty { limits.cpus = try Validation.cpus(wire.cpus, onlineCPUs: onlineCPUs) }
-        if wire.files > 0 {
-            guard wire.files >= 64, wire.files <= 1 << 20 else { throw AgentError.invalid("files", "must be between 64 and 1048576") }
-            limits.files = wire.files
-        }
-        if wire.diskBytes > 0 {
-            guard wire.diskBytes <= 16 << 40 else { throw AgentError.invalid("disk", "must be at most 16T") }
-            guard wire.diskBytes >= 16 << 20 else { throw AgentError.invalid("disk", "must be at least 16M") }
-            limits.diskBytes = wire.diskBytes
-        }
-        if wire.diskInodes > 0 {
-            guard wire.diskInodes >= 1024, wire.diskInodes <= 1 << 32 else { throw AgentError.invalid("disk-inodes", "must be between 1024 and 4294967296") }
-            limits.diskInodes = wire.diskInodes
-        }
-        if wire.ioWeight > 0 {
-            guard (1...1000).contains(wire.ioWeight) else { throw AgentError.invalid("io-weight", "must be between 1 and 1000 (BFQ weight, default 100)") }
-            limits.ioWeight = wire.ioWeight
-        }
-        if wire.ioBps > 0 {
-            guard wire.ioBps >= 64 << 10, wire.ioBps <= 1 << 40 else { throw AgentError.invalid("io-bps", "must be between 64K and 1T per second") }
-            limits.ioBytesPerSecond = wire.ioBps
-        }
-        if wire.ioIops > 0 {
-            guard (10...10_000_000).contains(wire.ioIops) else { throw AgentError.invalid("io-iops", "must be between 10 and 10000000") }
-            limits.ioOperationsPerSecond = wire.ioIops
-        }
-    }
-
     public func destroy(_ name: String, force: Bool) async throws {
-        _ = try Validation.name(name)
+        _ = try Name.validate(name)
         if let message = broken[name] {
             guard force else { throw AgentError(.corruptState, "\(message); use --force to destroy it anyway") }
         } else {
@@ -456,7 +387,7 @@ public actor VPSManager {
     // MARK: - Start / stop
 
     public func start(_ name: String) async throws -> Berth_V1_VpsStatus {
-        _ = try Validation.name(name)
+        _ = try Name.validate(name)
         let record = try record(name)
         switch record.state {
         case .running: throw AgentError(.conflict, "VPS \(name) is already running")
@@ -616,7 +547,7 @@ public actor VPSManager {
         let pidfd = dup(monitor.pidfd)
         defer { if pidfd >= 0 { close(pidfd) } }
         await withTaskGroup(of: Bool.self) { group in
-            group.addTask { await ProcessWatcher.shared.waitForExit(pid: monitor.pid, pidfd: monitor.pidfd); return true }
+            group.addTask { _ = await ProcessWatcher.shared.waitForExit(pid: monitor.pid, pidfd: monitor.pidfd); return true }
             group.addTask { try? await Task.sleep(for: .seconds(10)); return false }
             // The first to finish: the exit, or the timer (cancelled once the exit came first).
             if await group.next() == false {
@@ -692,7 +623,7 @@ public actor VPSManager {
         let generation = record.generation
         Task {
             _ = await ProcessWatcher.shared.waitForExit(pid: pid, pidfd: pidfd)
-            await self.monitorExited(name, generation: generation)
+            self.monitorExited(name, generation: generation)
         }
     }
 
@@ -747,14 +678,14 @@ public actor VPSManager {
     }
 
     public func stop(_ name: String, timeout: UInt32, kill: Bool) async throws {
-        _ = try Validation.name(name)
+        _ = try Name.validate(name)
         let record = try record(name)
         guard record.state == .running else {
             throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue), not running")
         }
         record.state = .stopping
         let run = runDir(name)
-        FileManager.default.createFile(atPath: run + "/" + RunState.stopRequestFile, contents: nil)
+        _ = FileManager.default.createFile(atPath: run + "/" + RunState.stopRequestFile, contents: nil)
         if kill {
             try? cgroups.killAll(name)
         } else if let state = RunState.read(runDir: run), state.initAlive {
@@ -803,7 +734,7 @@ public actor VPSManager {
     // MARK: - Set
 
     public func set(_ request: Berth_V1_SetRequest) async throws -> Berth_V1_SetResult {
-        let name = try Validation.name(request.name)
+        let name = try Name.validate(request.name)
         let record = try record(name)
         if record.state == .starting || record.state == .stopping {
             throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); try again when it is done")
@@ -817,7 +748,7 @@ public actor VPSManager {
         var live: [String] = [], restart: [String] = []
         let running = record.state == .running
         // Everything is validated before anything is applied, so bad input changes nothing.
-        try applyLimits(request.limits, to: &config.limits, creating: false)
+        config.limits = try config.limits.merging(request.limits.update, onlineCPUs: onlineCPUs)
         var guestChanged: [String] = []
         if !request.hostname.isEmpty && request.hostname != config.hostname {
             config.hostname = try Validation.hostname(request.hostname)
@@ -905,7 +836,7 @@ public actor VPSManager {
     /// Beancounter-style counters from the VPS's cgroup and its mounted disk. A stopped VPS
     /// reports its configured limits with nothing held; disk counters appear while it runs.
     public func stats(_ name: String) throws -> Berth_V1_VpsStats {
-        _ = try Validation.name(name)
+        _ = try Name.validate(name)
         let record = try record(name)
         let running = record.state == .running || record.state == .stopping
         var usage = CgroupUsage()
@@ -995,24 +926,15 @@ public actor VPSManager {
         info.diskOvercommit = overcommit.disk
         for record in records.values {
             let limits = record.config.limits
-            let cpuShare = limits.cpuLimitPercent.map(UInt64.init)
-                ?? UInt64(limits.cpus.map { Self.cpuCount($0) } ?? onlineCPUs) * 100
-            info.committedCpuPct += cpuShare
-            info.committedMemoryBytes += (limits.memoryBytes ?? 0) + (limits.swapBytes ?? 0)
-            info.committedDiskBytes += limits.diskBytes
+            let commitment = limits.commitment
+            info.committedCpuPct += commitment.cpuPercent
+            info.committedMemoryBytes += commitment.memoryBytes
+            info.committedDiskBytes += commitment.diskBytes
             if record.config.isPooled { info.committedPoolBytes += limits.diskBytes }
             info.vpsTotal += 1
             if record.state == .running { info.vpsRunning += 1 }
         }
         return info
-    }
-
-    /// CPUs named by a cpuset list ("0-1,3" = 3).
-    static func cpuCount(_ list: String) -> Int {
-        list.split(separator: ",").reduce(0) { total, part in
-            let bounds = part.split(separator: "-").compactMap { Int($0) }
-            return total + (bounds.count == 2 ? bounds[1] - bounds[0] + 1 : 1)
-        }
     }
 
     /// Every VPS with its kernel counters, for the metrics endpoint.
@@ -1036,7 +958,7 @@ public actor VPSManager {
 
     /// What berth-spawn exec needs to join `name`.
     func joinTarget(_ name: String) throws -> (run: RunState, cgroupFiles: [String]) {
-        _ = try Validation.name(name)
+        _ = try Name.validate(name)
         let record = try record(name)
         guard record.state == .running, let run = RunState.read(runDir: runDir(name)), run.initAlive else {
             throw AgentError(.conflict, "VPS \(name) is not running")
@@ -1098,7 +1020,7 @@ public actor VPSManager {
     /// What the console showed during the VPS's last run, kept by its monitor when it stopped:
     /// a failed boot's last words. Empty for a VPS that never ran.
     func consoleLog(_ name: String) throws -> [UInt8] {
-        _ = try Validation.name(name)
+        _ = try Name.validate(name)
         _ = try record(name)
         let fd = open(store.directory(name) + "/" + RunState.consoleLogFile, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { return [] }

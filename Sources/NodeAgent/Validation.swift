@@ -1,24 +1,9 @@
+import BerthCore
 import Isolation
 import Wire
 
 /// Input checks shared by every entry point; each failure names the field and the rule.
 public enum Validation {
-    /// VPS and template names: `[a-z0-9][a-z0-9-]{0,62}` (safe as a path component, a cgroup
-    /// name, a hostname label and part of a network interface name).
-    public static func name(_ value: String, field: String = "name") throws -> String {
-        let bytes = Array(value.utf8)
-        guard let first = bytes.first else { throw AgentError.invalid(field, "must not be empty") }
-        guard bytes.count <= 63 else { throw AgentError.invalid(field, "'\(value)' is longer than 63 characters") }
-        func lowerAlnum(_ b: UInt8) -> Bool { (b >= 0x61 && b <= 0x7a) || (b >= 0x30 && b <= 0x39) }
-        guard lowerAlnum(first) else {
-            throw AgentError.invalid(field, "'\(value)' must start with a lowercase letter or digit")
-        }
-        guard bytes.allSatisfy({ lowerAlnum($0) || $0 == 0x2d }) else {
-            throw AgentError.invalid(field, "'\(value)' may contain only lowercase letters, digits and '-'")
-        }
-        return value
-    }
-
     /// RFC 1123 host name: dot-separated labels of letters, digits and '-', at most 253 bytes.
     public static func hostname(_ value: String, field: String = "hostname") throws -> String {
         guard !value.isEmpty, value.utf8.count <= 253 else { throw AgentError.invalid(field, "must be 1 to 253 characters") }
@@ -43,26 +28,6 @@ public enum Validation {
         guard value.utf8.count <= 255, value.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x7f && $0 != 0x3d }) else {
             throw AgentError.invalid("label", "value of '\(key)' must be at most 255 printable characters without '='")
         }
-    }
-
-    /// cpuset list syntax ("0-3,5") or a count ("2" = the first two CPUs); every CPU must exist.
-    public static func cpus(_ value: String, onlineCPUs: Int) throws -> String {
-        if let count = Int(value) {
-            guard count >= 1, count <= onlineCPUs else {
-                throw AgentError.invalid("cpus", "\(count) CPUs requested but this node has \(onlineCPUs)")
-            }
-            return count == 1 ? "0" : "0-\(count - 1)"
-        }
-        for part in value.split(separator: ",", omittingEmptySubsequences: false) {
-            let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
-            guard (1...2).contains(bounds.count), let low = Int(bounds[0]), let high = Int(bounds.last!), low <= high else {
-                throw AgentError.invalid("cpus", "'\(value)' is neither a CPU count nor a CPU list like 0-1,3")
-            }
-            guard high < onlineCPUs else {
-                throw AgentError.invalid("cpus", "CPU \(high) does not exist on this node (it has CPUs 0-\(onlineCPUs - 1))")
-            }
-        }
-        return value
     }
 
     /// Linux interface names: 1-15 bytes, no '/', ':', whitespace (dev_valid_name).

@@ -5,8 +5,6 @@ public struct ControllerSettings: Sendable {
     public var heartbeatInterval: Duration = .seconds(1)
     public var downAfter: Duration = .seconds(5)
     public var policy = SchedulerPolicy()
-    /// Disk a VPS commits when its create names no --disk (the agent's default).
-    public var defaultDiskBytes: UInt64 = 2 << 30
     /// Where uploads (template tarballs on their way to nodes) are kept while they are relayed.
     public var uploadDirectory = "/tmp"
 

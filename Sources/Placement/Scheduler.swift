@@ -1,3 +1,5 @@
+import BerthCore
+
 /// Placement of VPSs on nodes: a pure function of a snapshot, no I/O, so it is tested with an
 /// in-memory harness and can be run by the controller on every request.
 public enum NodeState: String, Sendable {
@@ -72,6 +74,13 @@ public struct PlacementRequest: Sendable, Equatable {
     public var antiAffinityGroup: String?
     /// The template the VPS is created from: only nodes holding it qualify.
     public var template: String?
+
+    /// What a VPS committing `commitment` asks of a node (BerthCore's rule, in the scheduler's
+    /// units: CPU in thousandths of a CPU).
+    public init(_ commitment: Commitment, constraints: [String: String] = [:], antiAffinityGroup: String? = nil, template: String? = nil) {
+        self.init(cpuMillis: commitment.cpuPercent &* 10, memoryBytes: commitment.memoryBytes, diskBytes: commitment.diskBytes,
+                  constraints: constraints, antiAffinityGroup: antiAffinityGroup, template: template)
+    }
 
     public init(cpuMillis: UInt64 = 0, memoryBytes: UInt64 = 0, diskBytes: UInt64 = 0,
                 constraints: [String: String] = [:], antiAffinityGroup: String? = nil, template: String? = nil) {

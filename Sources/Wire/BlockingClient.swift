@@ -111,6 +111,10 @@ public final class BlockingWireClient {
                     continue
                 }
                 if frame.stream == 0 && frame.type == .error { throw frame.serverError }
+                if frame.type == .ping {
+                    try send(Frame(type: .pong, stream: frame.stream, payload: frame.payload))
+                    continue
+                }
                 guard frame.stream == id else { continue }
                 switch frame.type {
                 case .response:

@@ -15,6 +15,25 @@ public enum FrameType: UInt8, Sendable {
     case progress = 11
 }
 
+extension FrameType: CustomStringConvertible {
+    /// The name Docs/wire.md gives the type, for messages.
+    public var description: String {
+        switch self {
+        case .hello: "HELLO"
+        case .request: "REQUEST"
+        case .response: "RESPONSE"
+        case .data: "DATA"
+        case .end: "END"
+        case .cancel: "CANCEL"
+        case .error: "ERROR"
+        case .credit: "CREDIT"
+        case .ping: "PING"
+        case .pong: "PONG"
+        case .progress: "PROGRESS"
+        }
+    }
+}
+
 /// One frame: `[u32 length][u8 type][u8 flags][u32 stream][payload]`, big-endian, where length
 /// counts everything after itself.
 public struct Frame: Sendable, Equatable {

@@ -1,5 +1,7 @@
+import BerthCore
+
 /// Identities and the small text formats of the cluster that every layer parses: roles, join
-/// tokens, HOST:PORT. The certificates behind them live in WireTLS.
+/// tokens. The certificates behind them live in WireTLS.
 
 /// Who a certificate says its holder is. The role travels in the subject's OU and the name in its
 /// CN, so a plain `openssl x509 -subject` shows both; nothing in a request payload can change it.
@@ -21,8 +23,8 @@ public enum Role: Sendable, Equatable, Hashable, CustomStringConvertible {
                 throw WireError(.invalidArgument, "role: \"\(text)\" is not one of admin, operator, viewer, tenant:NAME", field: "role")
             }
             let tenant = String(text.dropFirst("tenant:".count))
-            guard Role.isValidName(tenant) else {
-                throw WireError(.invalidArgument, "role: tenant name \"\(tenant)\" must be 1-63 of [a-z0-9-], starting with a letter or digit", field: "role")
+            if let problem = Name.problem(tenant) {
+                throw WireError(.invalidArgument, "role: tenant name \(problem)", field: "role")
             }
             self = .tenant(tenant)
         }
@@ -37,12 +39,6 @@ public enum Role: Sendable, Equatable, Hashable, CustomStringConvertible {
         case .node: return "node"
         case .controller: return "controller"
         }
-    }
-
-    /// Names of nodes, tenants and certificate holders: what a DNS label allows.
-    public static func isValidName(_ name: String) -> Bool {
-        guard (1...63).contains(name.utf8.count), let first = name.utf8.first, first != UInt8(ascii: "-") else { return false }
-        return name.utf8.allSatisfy { (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "-") }
     }
 }
 
@@ -100,27 +96,4 @@ public struct JoinTokenText: Sendable, Equatable {
 
     public var text: String { "\(id).\(secret).\(caFingerprint)" }
 
-}
-
-/// "HOST:PORT" or "[V6]:PORT". `anyPort` admits port 0, "pick a free one", for listeners.
-public func parseHostPort(_ text: String, field: String, anyPort: Bool = false) throws(WireError) -> (host: String, port: Int) {
-    var host: Substring
-    var portText: Substring
-    if text.hasPrefix("[") {
-        guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
-            throw WireError(.invalidArgument, "\(field): \"\(text)\" is not [ADDRESS]:PORT", field: field)
-        }
-        host = text[text.index(after: text.startIndex)..<close]
-        portText = text[text.index(close, offsetBy: 2)...]
-    } else {
-        guard let colon = text.lastIndex(of: ":") else {
-            throw WireError(.invalidArgument, "\(field): \"\(text)\" is not HOST:PORT", field: field)
-        }
-        host = text[..<colon]
-        portText = text[text.index(after: colon)...]
-    }
-    guard !host.isEmpty, let port = Int(portText), ((anyPort ? 0 : 1)...65535).contains(port) else {
-        throw WireError(.invalidArgument, "\(field): \"\(text)\" is not HOST:PORT with a port from \(anyPort ? 0 : 1) to 65535", field: field)
-    }
-    return (String(host), port)
 }

@@ -84,6 +84,11 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if frame.type == .ping {
+            // Either side may PING (Docs/wire.md); the answer goes back on the PING's stream.
+            context.writeAndFlush(NIOAny(Frame(type: .pong, stream: frame.stream, payload: frame.payload)), promise: nil)
+            return
+        }
         if let unary = unaryCalls[frame.stream] {
             // Progress, stream bytes and credit have no taker on a unary call.
             switch frame.type {

@@ -1,48 +1,10 @@
-/// An error that crosses the wire: a stable code (Docs/errors.md), a message for humans, the
-/// input field at fault, and for kernel failures the stage and errno.
-public struct WireError: Error, CustomStringConvertible, Sendable, Equatable {
-    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
-        public var rawValue: String
-        public init(rawValue: String) { self.rawValue = rawValue }
-        public init(_ raw: String) { self.rawValue = raw }
-        public var description: String { rawValue }
+import BerthCore
 
-        public static let invalidArgument = Code("invalid-argument")
-        public static let notFound = Code("not-found")
-        public static let alreadyExists = Code("already-exists")
-        public static let conflict = Code("conflict")
-        public static let permissionDenied = Code("permission-denied")
-        public static let unauthenticated = Code("unauthenticated")
-        public static let noCapacity = Code("no-capacity")
-        public static let unavailable = Code("unavailable")
-        public static let deadlineExceeded = Code("deadline-exceeded")
-        public static let cancelled = Code("cancelled")
-        public static let kernel = Code("kernel")
-        public static let internalError = Code("internal")
-        public static let corruptState = Code("corrupt-state")
-        public static let malformedFrame = Code("wire.malformed-frame")
-        public static let frameTooLarge = Code("wire.frame-too-large")
-        public static let incompatibleVersion = Code("wire.incompatible-version")
-        public static let protocolViolation = Code("wire.protocol-violation")
-        public static let tooManyStreams = Code("wire.too-many-streams")
-    }
+/// An error that crosses the wire is Berth's error as every layer above the kernel reports it;
+/// the wire adds its protobuf form.
+public typealias WireError = BerthError
 
-    public var code: Code
-    public var message: String
-    public var field: String
-    public var stage: String
-    public var errno: Int32
-
-    public init(_ code: Code, _ message: String, field: String = "", stage: String = "", errno: Int32 = 0) {
-        self.code = code
-        self.message = message
-        self.field = field
-        self.stage = stage
-        self.errno = errno
-    }
-
-    public var description: String { message }
-
+extension BerthError {
     public var reply: Berth_V1_ErrorReply {
         var reply = Berth_V1_ErrorReply()
         reply.code = code.rawValue
@@ -63,7 +25,7 @@ public struct WireError: Error, CustomStringConvertible, Sendable, Equatable {
         case .invalidArgument: return 2
         case .notFound: return 3
         case .alreadyExists, .conflict, .noCapacity: return 4
-        case .unavailable, .incompatibleVersion, .permissionDenied, .unauthenticated: return 5
+        case .unavailable, .incompatibleVersion, .permissionDenied, .unauthenticated, .tooManyConnections: return 5
         case .kernel: return 6
         case .deadlineExceeded: return 7
         case .corruptState: return 8

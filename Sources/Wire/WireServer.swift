@@ -9,6 +9,8 @@ import Glibc
 /// 2: credit-based flow control of stream bytes (CREDIT frames).
 public let wireProtocolVersion: UInt32 = 2
 public let wireSoftware = "berth/0.1.0"
+/// How long a server keeps a connection that has not sent its HELLO.
+public let wireHelloTimeout = TimeAmount.seconds(10)
 
 /// Who is on the other end, as established by the transport (never by a payload field).
 public enum PeerIdentity: Sendable, Equatable {
@@ -120,14 +122,19 @@ extension WireService {
     public func handlesOnEventLoop(_ request: Berth_V1_Request) -> Bool { false }
 }
 
-/// Serves one connection: the hello exchange, then one task per request stream.
+/// Serves one connection: the hello exchange, then one task per request stream. What a client
+/// may send and what each mistake costs (a stream or the connection) is Docs/wire.md's
+/// "Rules for clients"; each rule is checked here and nowhere else.
 package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendable {
     package typealias InboundIn = Frame
     package typealias OutboundOut = Frame
 
+
     let service: WireService
     let peer: PeerIdentity
     let maxStreams: Int
+    let helloTimeout: TimeAmount
+    var helloTimer: Scheduled<Void>?
     var helloDone = false
     var failed = false
     var streams: [UInt32: (ServerStream, Task<Void, Never>)] = [:]
@@ -153,10 +160,23 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
         return made
     }
 
-    init(service: WireService, peer: PeerIdentity, maxStreams: Int) {
+    init(service: WireService, peer: PeerIdentity, maxStreams: Int, helloTimeout: TimeAmount = wireHelloTimeout) {
         self.service = service
         self.peer = peer
         self.maxStreams = maxStreams
+        self.helloTimeout = helloTimeout
+    }
+
+    package func handlerAdded(context: ChannelHandlerContext) {
+        let limit = helloTimeout
+        helloTimer = context.eventLoop.scheduleTask(in: limit) { [self] in
+            guard !helloDone else { return }
+            fail(context: context, WireError(.protocolViolation, "no HELLO within \(limit.nanoseconds / 1_000_000_000) s of the connection"))
+        }
+    }
+
+    package func handlerRemoved(context: ChannelHandlerContext) {
+        helloTimer?.cancel()
     }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -171,7 +191,9 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
         switch frame.type {
         case .request: startRequest(context: context, frame: frame)
         case .data, .end:
-            guard let (stream, _) = streams[frame.stream] else { return }  // late input for a finished call
+            // No open call: late input for a call that has ended (or one never opened). It is
+            // dropped and counts against no window, since the stream's window ended with it.
+            guard let (stream, _) = streams[frame.stream] else { return }
             if frame.type == .data && !stream.receiveWindow.received(frame.payload.readableBytes) {
                 fail(context: context, WireError(.protocolViolation, "DATA on stream \(frame.stream) beyond the credit given"))
                 return
@@ -187,7 +209,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             streams[frame.stream]?.1.cancel()
         case .credit:
             guard let credit = frame.creditIncrement else {
-                fail(context: context, WireError(.malformedFrame, "CREDIT payload is not one u32"))
+                fail(context: context, WireError(.protocolViolation, "CREDIT on stream \(frame.stream) carries \(frame.payload.readableBytes) bytes, not one u32"))
                 return
             }
             // Credit for a call that already finished is late, not wrong.
@@ -198,14 +220,24 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             context.writeAndFlush(wrapOutboundOut(Frame(type: .pong, stream: frame.stream, payload: frame.payload)), promise: nil)
         case .pong:
             break
-        default:
-            fail(context: context, WireError(.protocolViolation, "unexpected \(frame.type) frame from a client"))
+        case .hello:
+            fail(context: context, WireError(.protocolViolation, "a second HELLO on the connection"))
+        case .response, .error, .progress:
+            fail(context: context, WireError(.protocolViolation, "\(frame.type) frames go from server to client only"))
         }
     }
 
     private func handleHello(context: ChannelHandlerContext, frame: Frame) {
-        guard frame.type == .hello, let hello = try? Berth_V1_Hello(serializedBytes: Array(frame.payload.readableBytesView)) else {
-            fail(context: context, WireError(.protocolViolation, "the first frame must be HELLO"))
+        guard frame.type == .hello else {
+            fail(context: context, WireError(.protocolViolation, "the first frame must be HELLO, not \(frame.type)"))
+            return
+        }
+        guard frame.stream == 0 else {
+            fail(context: context, WireError(.protocolViolation, "HELLO on stream \(frame.stream): it belongs on stream 0"))
+            return
+        }
+        guard let hello = try? Berth_V1_Hello(serializedBytes: Array(frame.payload.readableBytesView)) else {
+            fail(context: context, WireError(.malformedFrame, "the HELLO payload is not a valid Hello message"))
             return
         }
         guard hello.minVersion <= wireProtocolVersion && wireProtocolVersion <= hello.maxVersion else {
@@ -213,6 +245,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             return
         }
         helloDone = true
+        helloTimer?.cancel()
         var answer = Berth_V1_Hello()
         answer.minVersion = wireProtocolVersion
         answer.maxVersion = wireProtocolVersion
@@ -224,8 +257,12 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
 
     private func startRequest(context: ChannelHandlerContext, frame: Frame) {
         let id = frame.stream
-        guard id != 0, streams[id] == nil else {
-            fail(context: context, WireError(.protocolViolation, "request on stream \(id) which is reserved or in use"))
+        guard id % 2 == 1 else {
+            fail(context: context, WireError(.protocolViolation, "REQUEST on stream \(id): clients open calls on odd stream ids"))
+            return
+        }
+        guard streams[id] == nil else {
+            fail(context: context, WireError(.protocolViolation, "REQUEST on stream \(id), whose call is still open"))
             return
         }
         guard streams.count < maxStreams else {
@@ -237,6 +274,10 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             request = try Berth_V1_Request(serializedBytes: Array(frame.payload.readableBytesView))
         } catch {
             Self.sendError(context.channel, stream: id, WireError(.malformedFrame, "request body is not a valid Request message"))
+            return
+        }
+        guard request.call != nil else {
+            Self.sendError(context.channel, stream: id, WireError(.invalidArgument, "the request names no call (is the client newer than this server?)", field: "call"))
             return
         }
         let channel = context.channel
@@ -256,13 +297,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             } catch {
                 result = .failure(error)
             }
-            let frame: Frame
-            switch result {
-            case .success(let response):
-                frame = Frame(type: .response, stream: id, payload: ByteBuffer(bytes: (try? response.serializedBytes() as [UInt8]) ?? []))
-            case .failure(let error):
-                frame = .error(Self.wireError(from: error), stream: id)
-            }
+            let frame = Self.answer(result, stream: id)
             stream.finishInput()
             // One hop to the event loop for the answer and the bookkeeping.
             channel.eventLoop.execute {
@@ -272,6 +307,21 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             }
         }
         streams[id] = (stream, task)
+    }
+
+    /// The frame that ends a call. No frame the server sends exceeds the payload limit a client
+    /// enforces: a response that would is replaced by an error on its stream alone.
+    static func answer(_ result: Result<Berth_V1_Response, Error>, stream: UInt32) -> Frame {
+        switch result {
+        case .success(let response):
+            let bytes = (try? response.serializedBytes() as [UInt8]) ?? []
+            guard bytes.count <= Frame.defaultMaxPayload else {
+                return .error(WireError(.frameTooLarge, "the response of \(bytes.count) bytes exceeds the frame limit of \(Frame.defaultMaxPayload) bytes; ask for less (a selector, a limit)"), stream: stream)
+            }
+            return Frame(type: .response, stream: stream, payload: ByteBuffer(bytes: bytes))
+        case .failure(let error):
+            return .error(wireError(from: error), stream: stream)
+        }
     }
 
     package static func wireError(from error: Error) -> WireError {
@@ -298,6 +348,7 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
+        helloTimer?.cancel()
         for (stream, task) in streams.values {
             stream.finishInput()
             stream.failSends(WireError(.unavailable, "the connection closed"))
@@ -311,8 +362,9 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
 /// The frame codec and the request dispatcher, on a connection whose peer is already known.
 @discardableResult
 package func addWireServerHandlers(to pipeline: ChannelPipeline.SynchronousOperations, service: WireService,
-                                   peer: PeerIdentity, maxStreams: Int) throws -> WireServerHandler {
-    let handler = WireServerHandler(service: service, peer: peer, maxStreams: maxStreams)
+                                   peer: PeerIdentity, maxStreams: Int,
+                                   helloTimeout: TimeAmount = wireHelloTimeout) throws -> WireServerHandler {
+    let handler = WireServerHandler(service: service, peer: peer, maxStreams: maxStreams, helloTimeout: helloTimeout)
     try pipeline.addHandler(ByteToMessageHandler(FrameDecoder()))
     try pipeline.addHandler(FrameWriter())
     try pipeline.addHandler(handler)
@@ -339,7 +391,8 @@ public final class UnixWireServer: @unchecked Sendable {
     let channel: Channel
 
     public static func bind(path: String, service: WireService, group: EventLoopGroup,
-                            allowedUIDs: Set<UInt32> = [0], maxStreams: Int = 256) async throws -> UnixWireServer {
+                            allowedUIDs: Set<UInt32> = [0], maxStreams: Int = 256,
+                            helloTimeout: TimeAmount = wireHelloTimeout) async throws -> UnixWireServer {
         unlink(path)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
@@ -350,7 +403,8 @@ public final class UnixWireServer: @unchecked Sendable {
                     guard allowedUIDs.contains(peer.uid) else { return channel.close() }
                     return channel.eventLoop.makeCompletedFuture {
                         try addWireServerHandlers(to: channel.pipeline.syncOperations, service: service,
-                                                  peer: .unixUser(uid: peer.uid, pid: peer.pid), maxStreams: maxStreams)
+                                                  peer: .unixUser(uid: peer.uid, pid: peer.pid), maxStreams: maxStreams,
+                                                  helloTimeout: helloTimeout)
                     }
                 }
             }
@@ -382,6 +436,12 @@ struct PeerCredentials {
     var pid: Int32 = 0
     var uid: UInt32 = 0
     var gid: UInt32 = 0
+}
+
+/// Ends a connection from outside its frame handlers (revocation, the idle limit): an ERROR on
+/// stream 0 that says why, then the close. Safe from any thread.
+package func closeConnection(_ channel: Channel, with error: WireError) {
+    channel.writeAndFlush(Frame.error(error, stream: 0)).whenComplete { _ in channel.close(promise: nil) }
 }
 
 extension WireError {

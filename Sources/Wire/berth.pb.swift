@@ -8,7 +8,7 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// Berth wire messages, version 1. Carried inside Berth frames (Docs/wire.md); never on their own.
+/// Berth wire messages, wire version 2 (Docs/wire.md). Carried inside Berth frames; never on their own.
 /// Field numbers are forever: add fields, never renumber or reuse.
 
 import SwiftProtobuf
@@ -45,7 +45,8 @@ public nonisolated struct Berth_V1_Hello: Sendable {
 }
 
 /// Resource limits in cgroup-v2 units. Unset (0 / empty) means "no limit" on create and
-/// "unchanged" on set; clear_* flags reset a limit explicitly.
+/// "unchanged" on set. swap_bytes alone has presence: set to 0 it means "no swap" (vzctl's
+/// --swap 0), absent it leaves swap as it is (on create: no swap once memory is limited).
 public nonisolated struct Berth_V1_Limits: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -53,7 +54,14 @@ public nonisolated struct Berth_V1_Limits: Sendable {
 
   public var memoryBytes: UInt64 = 0
 
-  public var swapBytes: UInt64 = 0
+  public var swapBytes: UInt64 {
+    get {_swapBytes ?? 0}
+    set {_swapBytes = newValue}
+  }
+  /// Returns true if `swapBytes` has been explicitly set.
+  public var hasSwapBytes: Bool {self._swapBytes != nil}
+  /// Clears the value of `swapBytes`. Subsequent reads from it will return its default value.
+  public mutating func clearSwapBytes() {self._swapBytes = nil}
 
   public var pids: UInt32 = 0
 
@@ -81,6 +89,8 @@ public nonisolated struct Berth_V1_Limits: Sendable {
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _swapBytes: UInt64? = nil
 }
 
 public nonisolated struct Berth_V1_CreateRequest: @unchecked Sendable {
@@ -1927,7 +1937,7 @@ nonisolated extension Berth_V1_Limits: SwiftProtobuf.Message, SwiftProtobuf._Mes
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.memoryBytes) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.swapBytes) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self._swapBytes) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.pids) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.cpuUnits) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.cpuLimitPct) }()
@@ -1944,12 +1954,16 @@ nonisolated extension Berth_V1_Limits: SwiftProtobuf.Message, SwiftProtobuf._Mes
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.memoryBytes != 0 {
       try visitor.visitSingularUInt64Field(value: self.memoryBytes, fieldNumber: 1)
     }
-    if self.swapBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.swapBytes, fieldNumber: 2)
-    }
+    try { if let v = self._swapBytes {
+      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 2)
+    } }()
     if self.pids != 0 {
       try visitor.visitSingularUInt32Field(value: self.pids, fieldNumber: 3)
     }
@@ -1985,7 +1999,7 @@ nonisolated extension Berth_V1_Limits: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
   public static func ==(lhs: Berth_V1_Limits, rhs: Berth_V1_Limits) -> Bool {
     if lhs.memoryBytes != rhs.memoryBytes {return false}
-    if lhs.swapBytes != rhs.swapBytes {return false}
+    if lhs._swapBytes != rhs._swapBytes {return false}
     if lhs.pids != rhs.pids {return false}
     if lhs.cpuUnits != rhs.cpuUnits {return false}
     if lhs.cpuLimitPct != rhs.cpuLimitPct {return false}

@@ -1,3 +1,4 @@
+import BerthCore
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
@@ -14,6 +15,21 @@ enum BerthTLS {
     /// `berth-enroll/1` may go without a certificate, and then only to enrol.
     static let protocolName = "berth/1"
     static let enrolProtocolName = "berth-enroll/1"
+
+    /// The one ALPN rule of a Berth server: `berth/1` with a certificate, `berth-enroll/1` with or
+    /// without one; anything else (none, `h2`, ...) is refused, so that no other protocol's
+    /// client is ever read as Berth frames.
+    static func alpnRefusal(negotiated: String?, identity: PeerIdentity) -> WireError? {
+        switch negotiated {
+        case protocolName?:
+            guard identity == .anonymous else { return nil }
+            return WireError(.unauthenticated, "a client certificate from the cluster CA is required (connections without one may only enrol a node)")
+        case enrolProtocolName?:
+            return nil
+        default:
+            return WireError(.protocolViolation, "ALPN must be \(protocolName) (or \(enrolProtocolName) to enrol a node); the client offered none that this server speaks")
+        }
+    }
 
     static func certificates(_ pem: String, what: String) throws(WireError) -> [NIOSSLCertificate] {
         do {
@@ -49,10 +65,11 @@ enum BerthTLS {
         }
     }
 
-    static func clientContext(bundle: CredentialBundle?) throws(WireError) -> NIOSSLContext {
+    /// `applicationProtocols` replaces the ALPN offer (tests of other clients' offers).
+    static func clientContext(bundle: CredentialBundle?, applicationProtocols: [String]? = nil) throws(WireError) -> NIOSSLContext {
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.minimumTLSVersion = .tlsv13
-        configuration.applicationProtocols = [bundle == nil ? enrolProtocolName : protocolName]
+        configuration.applicationProtocols = applicationProtocols ?? [bundle == nil ? enrolProtocolName : protocolName]
         if let bundle {
             configuration.certificateChain = try certificates(bundle.certificatePEM, what: "cert.pem").map { .certificate($0) }
             configuration.privateKey = .privateKey(try key(bundle.keyPEM))
@@ -111,17 +128,20 @@ public final class PeerRegistry: Sendable {
 
     public func isRevoked(_ serial: String) -> Bool { state.withLockedValue { $0.revoked.contains(serial) } }
 
-    /// Adds serials to the denylist and closes their open connections.
+    /// Adds serials to the denylist and closes their open connections, each with an ERROR that
+    /// names the certificate.
     public func revoke<Serials: Sequence>(_ serials: Serials) where Serials.Element == String {
-        let doomed = state.withLockedValue { state -> [Channel] in
-            var doomed: [Channel] = []
+        let doomed = state.withLockedValue { state -> [(String, Channel)] in
+            var doomed: [(String, Channel)] = []
             for serial in serials {
                 state.revoked.insert(serial)
-                doomed += state.open.removeValue(forKey: serial)?.values.map { $0 } ?? []
+                doomed += state.open.removeValue(forKey: serial)?.values.map { (serial, $0) } ?? []
             }
             return doomed
         }
-        for channel in doomed { channel.close(promise: nil) }
+        for (serial, channel) in doomed {
+            closeConnection(channel, with: WireError(.unauthenticated, "certificate \(serial) has been revoked"))
+        }
     }
 
     func admit(_ identity: PeerIdentity, channel: Channel) -> WireError? {
@@ -131,7 +151,7 @@ public final class PeerRegistry: Sendable {
                 state.anonymous += 1
                 return true
             }
-            guard admitted else { return WireError(.tooManyStreams, "too many enrolments in progress; retry shortly") }
+            guard admitted else { return WireError(.tooManyConnections, "more than \(Self.maxAnonymousConnections) enrolments in progress; retry shortly") }
             channel.closeFuture.whenComplete { [state] _ in state.withLockedValue { $0.anonymous -= 1 } }
             return nil
         }
@@ -142,7 +162,7 @@ public final class PeerRegistry: Sendable {
                 return WireError(.unauthenticated, "certificate \(certificate.serial) (\(certificate.role) \(certificate.name)) has been revoked")
             }
             if state.open[certificate.serial, default: [:]].count >= maxConnectionsPerPeer {
-                return WireError(.tooManyStreams, "more than \(maxConnectionsPerPeer) connections from \(certificate.role) \(certificate.name)")
+                return WireError(.tooManyConnections, "more than \(maxConnectionsPerPeer) connections from \(certificate.role) \(certificate.name)")
             }
             state.open[certificate.serial, default: [:]][key] = channel
             return nil
@@ -167,19 +187,19 @@ final class TLSAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler 
     let service: WireService
     let registry: PeerRegistry
     let maxStreams: Int
-    let handshakeTimeout: TimeAmount
+    let limits: TLSServerLimits
     var timer: Scheduled<Void>?
 
-    init(service: WireService, registry: PeerRegistry, maxStreams: Int, handshakeTimeout: TimeAmount) {
+    init(service: WireService, registry: PeerRegistry, maxStreams: Int, limits: TLSServerLimits) {
         self.service = service
         self.registry = registry
         self.maxStreams = maxStreams
-        self.handshakeTimeout = handshakeTimeout
+        self.limits = limits
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         let channel = context.channel
-        timer = context.eventLoop.scheduleTask(in: handshakeTimeout) { channel.close(promise: nil) }
+        timer = context.eventLoop.scheduleTask(in: limits.handshake) { channel.close(promise: nil) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -200,8 +220,8 @@ final class TLSAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler 
             refuse(context: context, (error as? WireError) ?? WireError(.unauthenticated, "unreadable peer certificate: \(error)"))
             return
         }
-        if identity == .anonymous && negotiated != BerthTLS.enrolProtocolName {
-            refuse(context: context, WireError(.unauthenticated, "a client certificate from the cluster CA is required (connections without one may only enrol a node)"))
+        if let refusal = BerthTLS.alpnRefusal(negotiated: negotiated, identity: identity) {
+            refuse(context: context, refusal)
             return
         }
         if let refusal = registry.admit(identity, channel: context.channel) {
@@ -209,9 +229,11 @@ final class TLSAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler 
             return
         }
         do {
-            try context.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: .minutes(5)), position: .after(self))
-            let server = try addWireServerHandlers(to: context.pipeline.syncOperations, service: service, peer: identity, maxStreams: maxStreams)
-            try context.pipeline.syncOperations.addHandler(IdleCloser(server: server))
+            try context.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: limits.idle), position: .after(self))
+            // An enrolling connection makes its one call (enroll) and goes.
+            let server = try addWireServerHandlers(to: context.pipeline.syncOperations, service: service, peer: identity,
+                                                   maxStreams: identity == .anonymous ? 1 : maxStreams, helloTimeout: limits.hello)
+            try context.pipeline.syncOperations.addHandler(IdleCloser(server: server, limit: limits.idle))
         } catch {
             context.close(promise: nil)
             return
@@ -229,19 +251,42 @@ final class TLSAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler 
 }
 
 /// Closes a connection on which nothing moved either way for the idle limit and no call is
-/// open (a quiet exec or console keeps its connection).
+/// open (a quiet exec or console keeps its connection), with an ERROR that says so.
 final class IdleCloser: ChannelInboundHandler {
     typealias InboundIn = NIOAny
     let server: WireServerHandler
+    let limit: TimeAmount
 
-    init(server: WireServerHandler) { self.server = server }
+    init(server: WireServerHandler, limit: TimeAmount) {
+        self.server = server
+        self.limit = limit
+    }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .all {
-            if server.openCalls == 0 { context.close(promise: nil) }
+            if server.openCalls == 0 {
+                closeConnection(context.channel, with: WireError(.unavailable, "the server closes connections idle for \(limit.nanoseconds / 1_000_000_000) s with no call open; connect again"))
+            }
             return
         }
         context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// The time limits of a TLS server's connections (Docs/wire.md, "Limits"); tests shorten them.
+public struct TLSServerLimits: Sendable {
+    /// From accept to the end of the TLS handshake.
+    public var handshake: TimeAmount = .seconds(10)
+    /// From the handshake to the client's HELLO.
+    public var hello: TimeAmount = wireHelloTimeout
+    /// Nothing moved either way and no call open.
+    public var idle: TimeAmount = .minutes(5)
+
+    public init(handshake: TimeAmount = .seconds(10), hello: TimeAmount = wireHelloTimeout,
+                idle: TimeAmount = .minutes(5)) {
+        self.handshake = handshake
+        self.hello = hello
+        self.idle = idle
     }
 }
 
@@ -259,7 +304,7 @@ public final class TLSWireServer: Sendable {
     public static func bind(host: String, port: Int, service: WireService, bundle: CredentialBundle,
                             group: EventLoopGroup, registry: PeerRegistry = PeerRegistry(),
                             allowAnonymous: Bool = false, maxStreams: Int = 256,
-                            handshakeTimeout: TimeAmount = .seconds(10)) async throws -> TLSWireServer {
+                            limits: TLSServerLimits = TLSServerLimits()) async throws -> TLSWireServer {
         let context = NIOLockedValueBox(try BerthTLS.serverContext(bundle: bundle, allowAnonymous: allowAnonymous))
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
@@ -269,7 +314,7 @@ public final class TLSWireServer: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context.withLockedValue { $0 }))
                     try channel.pipeline.syncOperations.addHandler(
-                        TLSAdmissionHandler(service: service, registry: registry, maxStreams: maxStreams, handshakeTimeout: handshakeTimeout))
+                        TLSAdmissionHandler(service: service, registry: registry, maxStreams: maxStreams, limits: limits))
                 }
             }
         let channel: Channel
@@ -311,7 +356,7 @@ extension WireClient {
     public static func connect(host: String, port: Int, bundle: CredentialBundle?, pinnedCA: String? = nil,
                                group: EventLoopGroup, timeout: TimeAmount = .seconds(10)) async throws -> WireClient {
         let context = try BerthTLS.clientContext(bundle: bundle)
-        let isAddress = ClusterCA.ipAddressBytes(host) != nil
+        let isAddress = (try? IPAddress(host)) != nil
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(timeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)

@@ -1,3 +1,4 @@
+import BerthCore
 import Crypto
 import Foundation
 import SwiftASN1
@@ -19,6 +20,20 @@ extension CertificateIdentity {
             throw WireError(.unauthenticated, "the peer certificate has no Berth role (subject OU) or name (subject CN)")
         }
         self.init(role: try Role(parsing: unit), name: commonName, serial: hexString(certificate.serialNumber.bytes))
+    }
+
+    /// A serial as an operator may type it (upper or lower case, `:` between bytes, as
+    /// `openssl x509 -serial` or an integer printed in hex writes it) in the one form that
+    /// `serial` has and revocation compares: two lower-case digits per byte, no leading zero
+    /// byte, the leading zero digit of a first byte below 0x10 kept.
+    public static func canonicalSerial(_ text: String) throws(WireError) -> String {
+        var digits = text.lowercased().replacingOccurrences(of: ":", with: "")
+        guard !digits.isEmpty, digits.count <= 42, digits.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else {
+            throw WireError(.invalidArgument, "serial: \"\(text)\" is not a hex certificate serial (up to 20 bytes)", field: "serial")
+        }
+        if digits.count % 2 == 1 { digits = "0" + digits }
+        while digits.count > 2 && digits.hasPrefix("00") { digits.removeFirst(2) }
+        return digits
     }
 }
 
@@ -235,9 +250,9 @@ public struct ClusterCA: Sendable {
     /// where they parse as one, DNS names otherwise).
     public func issue(role: Role, name: String, publicKey: P256.Signing.PublicKey, hosts: [String] = [],
                       notBefore: Date? = nil, validity: TimeInterval = ClusterCA.defaultLeafValidity) throws(WireError) -> Certificate {
-        guard Role.isValidName(name) || role == .admin || role == .operator_ || role == .viewer else {
-            throw WireError(.invalidArgument, "name: \"\(name)\" must be 1-63 of [a-z0-9-]", field: "name")
-        }
+        // Operators' own names may be any CN below; nodes', tenants' and the controller's are
+        // names in the Berth sense, since they become host names, paths and labels.
+        if ![.admin, .operator_, .viewer].contains(role) { try Name.validate(name) }
         guard !name.isEmpty, name.utf8.count <= 64, !name.contains(where: { $0.isNewline || $0 == "," }) else {
             throw WireError(.invalidArgument, "name: \"\(name)\" must be 1-64 characters without commas or newlines", field: "name")
         }
@@ -249,7 +264,7 @@ public struct ClusterCA: Sendable {
             }
             let start = notBefore ?? Date().addingTimeInterval(-300)
             let alternativeNames = hosts.map { host -> GeneralName in
-                if let bytes = Self.ipAddressBytes(host) { return .ipAddress(ASN1OctetString(contentBytes: bytes[...])) }
+                if let address = try? IPAddress(host) { return .ipAddress(ASN1OctetString(contentBytes: address.bytes[...])) }
                 return .dnsName(host)
             }
             return try Certificate(
@@ -278,14 +293,6 @@ public struct ClusterCA: Sendable {
             throw WireError(.internalError, "cannot encode the certificate for \(name): \(error)")
         }
         return CredentialBundle(caPEM: certificatePEM, certificatePEM: pem, keyPEM: key.pemRepresentation)
-    }
-
-    static func ipAddressBytes(_ text: String) -> [UInt8]? {
-        var v4 = in_addr()
-        if inet_pton(AF_INET, text, &v4) == 1 { return withUnsafeBytes(of: v4) { Array($0) } }
-        var v6 = in6_addr()
-        if inet_pton(AF_INET6, text, &v6) == 1 { return withUnsafeBytes(of: v6) { Array($0) } }
-        return nil
     }
 }
 

@@ -1,3 +1,4 @@
+import BerthCore
 import ArgumentParser
 import Foundation
 import Isolation
@@ -88,9 +89,7 @@ struct BerthAgent: AsyncParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level: '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
         }
-        if (try? Validation.name(cgroupParent, field: "cgroup-parent")) == nil {
-            throw ValidationError("--cgroup-parent: '\(cgroupParent)' must be lowercase letters, digits and '-'")
-        }
+        if let problem = Name.problem(cgroupParent) { throw ValidationError("--cgroup-parent: \(problem)") }
         for (flag, value) in [("--cpu-overcommit", cpuOvercommit), ("--memory-overcommit", memoryOvercommit), ("--disk-overcommit", diskOvercommit)]
         where !(value >= 0.1 && value <= 100) {
             throw ValidationError("\(flag): \(value) must be between 0.1 and 100")
@@ -101,7 +100,7 @@ struct BerthAgent: AsyncParsableCommand {
         if (controller == nil) != (listen == nil) {
             throw ValidationError("--controller and --listen go together: the agent calls the controller and serves it")
         }
-        if let listen, let (host, _) = try? parseHostPort(listen, field: "listen"), (try? IPAddress.parse(host).get())?.isUnspecified == true {
+        if let listen, let host = try? HostPort(parsing: listen, field: "listen").host, (try? IPAddress(host))?.isUnspecified == true {
             throw ValidationError("--listen: '\(listen)' must name the address the controller dials (it goes into this node's certificate), not a wildcard")
         }
         if join != nil && controller == nil {
@@ -110,7 +109,7 @@ struct BerthAgent: AsyncParsableCommand {
         for label in labels where label.split(separator: "=", maxSplits: 1).count != 2 {
             throw ValidationError("--label: '\(label)' is not KEY=VALUE")
         }
-        if let metricsListen, (try? parseHostPort(metricsListen, field: "metrics-listen", anyPort: true)) == nil {
+        if let metricsListen, (try? HostPort(parsing: metricsListen, field: "metrics-listen", anyPort: true)) == nil {
             throw ValidationError("--metrics-listen: '\(metricsListen)' is not HOST:PORT (e.g. 127.0.0.1:9737)")
         }
     }
@@ -194,10 +193,10 @@ struct BerthAgent: AsyncParsableCommand {
         logger.info("starting", metadata: ["node": "\(nodeName)", "cgroup": "\(mode.driver().modeName)", "data": "\(dataDir)"])
         let group = MultiThreadedEventLoopGroup.singleton
         var metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)?
-        if let metricsListen, let (host, port) = try? parseHostPort(metricsListen, field: "metrics-listen", anyPort: true) {
+        if let metricsListen, let endpoint = try? HostPort(parsing: metricsListen, field: "metrics-listen", anyPort: true) {
             let registry = PrometheusCollectorRegistry()
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-            metrics = (host, port, registry)
+            metrics = (endpoint.host, endpoint.port, registry)
         }
         var cluster: ClusterOptions?
         if let controller, let listen {

@@ -1,3 +1,4 @@
+import BerthCore
 import ArgumentParser
 import Controller
 import Foundation
@@ -54,11 +55,11 @@ struct BerthController: AsyncParsableCommand {
             settings.uploadDirectory = dataDir + "/uploads"
             try FileManager.default.createDirectory(atPath: settings.uploadDirectory, withIntermediateDirectories: true,
                                                     attributes: [.posixPermissions: 0o700])
-            let (host, port) = try parseHostPort(listen, field: "listen", anyPort: true)
+            let endpoint = try HostPort(parsing: listen, field: "listen", anyPort: true)
             let ca = try ClusterCA.load(directory: caDir)
             let store = try SQLiteStore(directory: dataDir)
-            let server = try ControllerServer(store: store, ca: ca, settings: settings, host: host,
-                                              port: port, extraHosts: extraHosts,
+            let server = try ControllerServer(store: store, ca: ca, settings: settings, host: endpoint.host,
+                                              port: endpoint.port, extraHosts: extraHosts,
                                               group: MultiThreadedEventLoopGroup.singleton, logger: logger, portFile: portFile)
             let services = ServiceGroup(configuration: .init(
                 services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

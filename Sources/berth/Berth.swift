@@ -1,3 +1,4 @@
+import BerthCore
 import ArgumentParser
 #if canImport(Glibc)
 import Glibc
@@ -43,7 +44,7 @@ struct Berth: AsyncParsableCommand {
                       CACommand.self, IPPoolCommand.self, Events.self, OperationCommand.self])
 
     /// The connection flags may also come before the command (`berth --controller H:P list`, as
-    /// DESIGN.md writes them); they are handed to every command through their environment names.
+    /// Docs/cli.md writes them); they are handed to every command through their environment names.
     static func main() async {
         var arguments = Array(CommandLine.arguments.dropFirst())
         while let first = arguments.first, first.hasPrefix("--") {
@@ -170,8 +171,8 @@ struct Connection {
             if let controllerAddress {
                 let directory = configDir ?? environment("BERTH_CONFIG") ?? ((environment("HOME") ?? "/root") + "/.config/berth")
                 let bundle = try CredentialBundle.load(directory: directory)
-                let (host, port) = try parseHostPort(controllerAddress, field: "controller")
-                client = try await WireClient.connect(host: host, port: port, bundle: bundle, group: MultiThreadedEventLoopGroup.singleton)
+                let controller = try HostPort(parsing: controllerAddress, field: "controller")
+                client = try await WireClient.connect(host: controller.host, port: controller.port, bundle: bundle, group: MultiThreadedEventLoopGroup.singleton)
                 guard client.peerIdentity?.role == .controller else {
                     await client.close()
                     throw WireError(.unauthenticated, "\(controllerAddress) did not present a controller certificate")
@@ -247,7 +248,7 @@ extension Berth_V1_VpsStatus {
     var json: JSON {
         var limits: [String: JSON] = ["disk_bytes": .int(Int64(self.limits.diskBytes))]
         if self.limits.memoryBytes > 0 { limits["memory_bytes"] = .int(Int64(self.limits.memoryBytes)) }
-        if self.limits.swapBytes > 0 { limits["swap_bytes"] = .int(Int64(self.limits.swapBytes)) }
+        if self.limits.hasSwapBytes { limits["swap_bytes"] = .int(Int64(self.limits.swapBytes)) }
         if self.limits.pids > 0 { limits["pids"] = .int(Int64(self.limits.pids)) }
         if self.limits.cpuUnits > 0 { limits["cpu_units"] = .int(Int64(self.limits.cpuUnits)) }
         if self.limits.cpuLimitPct > 0 { limits["cpu_limit_pct"] = .int(Int64(self.limits.cpuLimitPct)) }

@@ -1,3 +1,4 @@
+import BerthCore
 import ArgumentParser
 #if canImport(Glibc)
 import Glibc

@@ -1,3 +1,4 @@
+import BerthCore
 import ArgumentParser
 import Wire
 import WireTLS
@@ -5,13 +6,13 @@ import WireTLS
 import Glibc
 #endif
 
-/// The resource and identity flags shared by create and set (DESIGN.md CLI contract).
+/// The resource and identity flags shared by create and set (Docs/cli.md).
 struct VPSSettings: ParsableArguments {
     @Option(help: "Host name inside the VPS (default: the VPS name).") var hostname: String?
     @Option(help: "Nameserver for /etc/resolv.conf; repeatable (set: replaces the list).") var nameserver: [String] = []
     @Option(help: "Search domain for /etc/resolv.conf; repeatable (set: replaces the list).") var searchdomain: [String] = []
     @Option(help: "Memory limit, e.g. 512M or 2G.") var memory: String?
-    @Option(help: "Swap on top of --memory (VSwap).") var swap: String?
+    @Option(help: "Swap on top of --memory (VSwap); 0 = no swap (also the default once --memory is set).") var swap: String?
     @Option(help: "CPU count or list (e.g. 2 or 0-1,3).") var cpus: String?
     @Option(help: "Relative CPU weight (OpenVZ cpuunits, default 1000).") var cpuUnits: String?
     @Option(help: "CPU cap in % of one CPU (200 = two CPUs).") var cpuLimit: String?
@@ -42,7 +43,7 @@ struct VPSSettings: ParsableArguments {
         var limits = Berth_V1_Limits()
         do {
             if let memory { limits.memoryBytes = try ByteSize.parse(memory, field: "memory") }
-            if let swap { limits.swapBytes = try ByteSize.parse(swap, field: "swap") }
+            if let swap { limits.swapBytes = try ByteSize.parse(swap, field: "swap", allowZero: true) }
             if let disk { limits.diskBytes = try ByteSize.parse(disk, field: "disk") }
             if let ioBps { limits.ioBps = try ByteSize.parse(ioBps, field: "io-bps") }
             if let cpus { limits.cpus = cpus }

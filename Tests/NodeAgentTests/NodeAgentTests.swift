@@ -5,41 +5,10 @@ import Wire
 import Isolation
 
 @Suite struct ValidationTests {
-    @Test(arguments: ["web1", "a", "0", "a-b-c", String(repeating: "x", count: 63)])
-    func acceptsNames(_ name: String) throws {
-        #expect(try Validation.name(name) == name)
-    }
-
-    @Test(arguments: ["", "-a", "Web", "a_b", "a.b", "a b", "ä", "../x", String(repeating: "x", count: 64)])
-    func rejectsNames(_ name: String) {
-        #expect(throws: AgentError.self) { try Validation.name(name) }
-    }
-
-    @Test func nameErrorsSayWhichField() {
-        do {
-            _ = try Validation.name("Bad", field: "template")
-        } catch let error as AgentError {
-            #expect(error.wireError.field == "template")
-            #expect(error.wireError.code == .invalidArgument)
-            #expect(error.description.contains("lowercase"))
-        } catch {
-            Issue.record("unexpected \(error)")
-        }
-    }
-
     @Test func hostnames() throws {
         #expect(try Validation.hostname("web1.example.com") == "web1.example.com")
         for bad in ["", "-a", "a-", "a..b", "a_b", String(repeating: "a", count: 64)] {
             #expect(throws: AgentError.self) { try Validation.hostname(bad) }
-        }
-    }
-
-    @Test func cpus() throws {
-        #expect(try Validation.cpus("2", onlineCPUs: 4) == "0-1")
-        #expect(try Validation.cpus("1", onlineCPUs: 4) == "0")
-        #expect(try Validation.cpus("0-1,3", onlineCPUs: 4) == "0-1,3")
-        for bad in ["0", "5", "0-4", "3-1", "a", "1,,2", "-1"] {
-            #expect(throws: AgentError.self) { try Validation.cpus(bad, onlineCPUs: 4) }
         }
     }
 
@@ -174,13 +143,6 @@ enum TarBuilder {
     }
 }
 
-@Suite struct CapacityTests {
-    @Test func cpuListsCountTheirCPUs() {
-        #expect(VPSManager.cpuCount("0") == 1)
-        #expect(VPSManager.cpuCount("0-1,3") == 3)
-        #expect(VPSManager.cpuCount("2-5,7,9-10") == 7)
-    }
-}
 
 @Suite struct NodeSettingsTests {
     func error(_ json: String) -> String {
@@ -262,8 +224,13 @@ enum TarBuilder {
             (DebianTemplateRequest(name: "../x"), "name"),
         ]
         for (request, field) in cases {
-            #expect(throws: AgentError.self) { try request.validated() }
-            do { _ = try request.validated() } catch let error as AgentError { #expect(error.wireError.field == field) }
+            do {
+                _ = try request.validated()
+                Issue.record("accepted \(request)")
+            } catch let error as WireErrorConvertible {
+                #expect(error.wireError.field == field)
+                #expect(error.wireError.code == .invalidArgument)
+            }
         }
     }
 

@@ -83,36 +83,6 @@ import Testing
     }
 }
 
-@Suite struct ByteSizeTests {
-    @Test(arguments: [("512", UInt64(512)), ("1K", 1024), ("1k", 1024), ("2M", 2 << 20), ("3G", 3 << 30),
-                      ("1T", 1 << 40), ("10GB", 10 << 30), ("10GiB", 10 << 30), (" 5M ", 5 << 20)])
-    func parsesSizes(_ text: String, _ bytes: UInt64) throws {
-        #expect(try ByteSize.parse(text, field: "memory") == bytes)
-    }
-
-    @Test(arguments: ["-1", "0", "1.5.G", "1.5G", "", "G", "12Q", "99999999999T", "0x10", "١٢"])
-    func rejectsBadSizes(_ text: String) {
-        #expect(throws: WireError.self) { try ByteSize.parse(text, field: "memory") }
-    }
-
-    @Test func errorNamesTheField() {
-        do {
-            _ = try ByteSize.parse("1.5.G", field: "swap")
-            Issue.record("accepted 1.5.G")
-        } catch {
-            #expect(error.field == "swap")
-            #expect(error.message.hasPrefix("swap:"))
-            #expect(error.exitCode == 2)
-        }
-    }
-
-    @Test func formats() {
-        #expect(ByteSize.format(2 << 30) == "2G")
-        #expect(ByteSize.format(1536) == "1536")
-        #expect(ByteSize.format(3 << 20) == "3M")
-    }
-}
-
 @Suite struct TextTableTests {
     @Test func padsColumnsAndTrimsTrailingBlanks() {
         #expect(textTable([["A", "BB"], ["CCC", "D"], ["E"]]) == "A    BB\nCCC  D\nE\n")

@@ -1,3 +1,4 @@
+import BerthCore
 import Foundation
 import NIOCore
 import NIOPosix
@@ -59,7 +60,7 @@ struct WhoAmIService: WireService {
         for (file, text) in [("ca.pem", new.caPEM), ("cert.pem", new.certificatePEM), ("key.pem", new.keyPEM)] {
             try text.write(toFile: dir + "/node/\(file).next", atomically: true, encoding: .utf8)
         }
-        FileManager.default.createFile(atPath: dir + "/node/replace.commit", contents: nil)
+        _ = FileManager.default.createFile(atPath: dir + "/node/replace.commit", contents: nil)
         let loaded = try CredentialBundle.load(directory: dir + "/node")
         #expect(try loaded.identity().serial == new.identity().serial)
         #expect(loaded.keyPEM == new.keyPEM)
@@ -113,11 +114,27 @@ struct WhoAmIService: WireService {
         }
     }
 
+    /// Every way an operator may write a serial revokes the certificate whose `serial` it is.
+    @Test func serialsAreCanonicalisedForRevocation() throws {
+        #expect(try CertificateIdentity.canonicalSerial("0A:3F:00") == "0a3f00")
+        #expect(try CertificateIdentity.canonicalSerial("a3f00") == "0a3f00")
+        #expect(try CertificateIdentity.canonicalSerial("000a3f00") == "0a3f00")
+        #expect(try CertificateIdentity.canonicalSerial("00") == "00")
+        for bad in ["", ":", "0x12", "12 34", "g1", String(repeating: "ab", count: 22)] {
+            #expect(throws: WireError.self) { try CertificateIdentity.canonicalSerial(bad) }
+        }
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let serial = try ClusterCA.create(directory: dir).issueBundle(role: .viewer, name: "v").identity().serial
+        #expect(try CertificateIdentity.canonicalSerial(serial.uppercased()) == serial)
+    }
+
     @Test func hostPortParsing() throws {
-        #expect(try parseHostPort("198.18.0.1:7443", field: "f") == ("198.18.0.1", 7443))
-        #expect(try parseHostPort("[fd00:b17::1]:7000", field: "f") == ("fd00:b17::1", 7000))
-        for bad in ["host", "host:0", "host:65536", ":80", "[::1]80", "h:-1"] {
-            #expect(throws: WireError.self) { try parseHostPort(bad, field: "f") }
+        #expect(try HostPort(parsing: "198.18.0.1:7443", field: "f") == HostPort(host: "198.18.0.1", port: 7443))
+        #expect(try HostPort(parsing: "[fd00:b17::1]:7000", field: "f") == HostPort(host: "fd00:b17::1", port: 7000))
+        #expect(try HostPort(parsing: "[::]:0", field: "f", anyPort: true).description == "[::]:0")
+        for bad in ["host", "host:0", "host:65536", ":80", "[::1]80", "h:-1", "h:+80", "fd00::1:80", "h:"] {
+            #expect(throws: WireError.self) { try HostPort(parsing: bad, field: "f") }
         }
     }
 
@@ -201,7 +218,7 @@ struct WhoAmIService: WireService {
         let ca = try ClusterCA.create(directory: dir)
         let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: WhoAmIService(),
                                                   bundle: try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"]),
-                                                  group: MultiThreadedEventLoopGroup.singleton, handshakeTimeout: .milliseconds(300))
+                                                  group: MultiThreadedEventLoopGroup.singleton, limits: TLSServerLimits(handshake: .milliseconds(300)))
         defer { Task { await server.close() } }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         #expect(fd >= 0)
@@ -233,7 +250,7 @@ struct WhoAmIService: WireService {
         let ca = try ClusterCA.create(directory: dir)
         let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: WhoAmIService(),
                                                   bundle: try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"]),
-                                                  group: MultiThreadedEventLoopGroup.singleton, handshakeTimeout: .seconds(1))
+                                                  group: MultiThreadedEventLoopGroup.singleton, limits: TLSServerLimits(handshake: .seconds(1)))
         defer { Task { await server.close() } }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)

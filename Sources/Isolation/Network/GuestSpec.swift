@@ -1,3 +1,4 @@
+import BerthCore
 /// What a VPS is on the network and what the host writes into it: host name, interface,
 /// addresses, resolver. The agent writes it to `RUN/NAME/guest`; the monitor reads it at every
 /// boot (a reboot inside picks up addresses added live) and at teardown.

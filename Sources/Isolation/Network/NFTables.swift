@@ -1,3 +1,4 @@
+import BerthCore
 /// Host-side anti-spoofing with nftables. The rules are fixed and installed once per agent start
 /// (`nft -f`, see `ruleset`); they drop everything arriving from a VPS interface (`bv-*`) unless
 /// the (interface, source) pair is in a set. Starting a VPS only adds set elements, over

@@ -1,3 +1,4 @@
+import BerthCore
 import CIsolation
 #if canImport(Glibc)
 import Glibc

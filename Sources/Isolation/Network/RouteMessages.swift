@@ -1,3 +1,4 @@
+import BerthCore
 #if canImport(Glibc)
 import Glibc
 #endif

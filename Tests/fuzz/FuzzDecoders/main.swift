@@ -2,6 +2,7 @@
 // the protobuf messages they carry, the spawn spec, the run-state file, the guest spec,
 // netlink replies from the kernel, and the cluster's text formats (roles, join tokens,
 // HOST:PORT, IP pools, the controller's config file).
+import BerthCore
 import CFuzzDriver
 import Foundation
 import Isolation
@@ -52,7 +53,7 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         if let role = try? Role(parsing: text) {
             precondition((try? Role(parsing: role.description)) == role, "role did not round-trip")
         }
-        _ = try? parseHostPort(text, field: "f")
+        _ = try? HostPort(parsing: text, field: "f")
     case 8:
         let parts = String(decoding: body, as: UTF8.self).split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
         if let pool = try? IPPoolMath.validatePool(name: "p", cidr: parts[0], gateway: parts.count > 1 ? parts[1] : "") {

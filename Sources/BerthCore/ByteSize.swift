@@ -1,7 +1,7 @@
 /// Parses operator sizes: a whole number with an optional K/M/G/T suffix (powers of 1024,
 /// case-insensitive, optional trailing "B" or "iB"). Anything else is an error naming the field.
 public enum ByteSize {
-    public static func parse(_ text: String, field: String, allowZero: Bool = false) throws(WireError) -> UInt64 {
+    public static func parse(_ text: String, field: String, allowZero: Bool = false) throws(BerthError) -> UInt64 {
         var digits = Substring(text.trimmingSpaces)
         var shift: UInt64 = 0
         let upper = digits.uppercased()
@@ -14,14 +14,14 @@ public enum ByteSize {
             digits = digits.dropLast()
         }
         guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let value = UInt64(digits) else {
-            throw WireError(.invalidArgument, "\(field): '\(text)' is not a size (use a whole number with an optional K, M, G or T suffix, e.g. 512M)", field: field)
+            throw BerthError(.invalidArgument, "\(field): '\(text)' is not a size (use a whole number with an optional K, M, G or T suffix, e.g. 512M)", field: field)
         }
         guard value.leadingZeroBitCount >= Int(shift) else {
-            throw WireError(.invalidArgument, "\(field): '\(text)' is too large", field: field)
+            throw BerthError(.invalidArgument, "\(field): '\(text)' is too large", field: field)
         }
         let bytes = value << shift
         if bytes == 0 && !allowZero {
-            throw WireError(.invalidArgument, "\(field): must be greater than zero", field: field)
+            throw BerthError(.invalidArgument, "\(field): must be greater than zero", field: field)
         }
         return bytes
     }
@@ -35,6 +35,7 @@ public enum ByteSize {
 }
 
 extension String {
+    /// Without leading and trailing spaces (Foundation's trimming, without Foundation).
     var trimmingSpaces: String {
         var s = Substring(self)
         while let f = s.first, f == " " { s = s.dropFirst() }

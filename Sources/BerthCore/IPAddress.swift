@@ -2,8 +2,10 @@
 import Glibc
 #endif
 
-/// An IPv4 or IPv6 address in network byte order. Parsing is strict: operators' typos like
-/// `010.0.0.1` (octal to some tools, decimal to others) are errors, never guesses.
+/// An IPv4 or IPv6 address in network byte order: the one address parser of the project (node
+/// ranges, VPS addresses, IP pools, certificate SANs, listen addresses). Parsing is strict:
+/// operators' typos like `010.0.0.1` (octal to some tools, decimal to others) are errors, never
+/// guesses; IPv6 zone ids (`%eth0`) are refused.
 public struct IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
     public let bytes: [UInt8]
 
@@ -81,6 +83,15 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable
         return nil
     }
 
+    /// The address as a number (IPv4 in the low 32 bits), for arithmetic over ranges.
+    public var value: UInt128 { bytes.reduce(UInt128(0)) { $0 << 8 | UInt128($1) } }
+
+    /// The IPv4 (`v4`) or IPv6 address whose number is `value`, truncated to the family's width.
+    public init(value: UInt128, v4: Bool) {
+        let count = v4 ? 4 : 16
+        bytes = (0..<count).map { UInt8(truncatingIfNeeded: value >> UInt128(8 * (count - 1 - $0))) }
+    }
+
     /// The modified EUI-64 link-local address derived from a MAC (RFC 4291 appendix A).
     public static func linkLocal(mac: [UInt8]) -> IPAddress {
         let suffix = [mac[0] ^ 0x02, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]]
@@ -138,28 +149,16 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
         return CIDR(address: other, prefixLength: prefixLength).network == network
     }
 
+    /// How many addresses the range holds (saturating at UInt128.max for ::/0).
+    public var size: UInt128 {
+        let hostBits = address.bitWidth - prefixLength
+        return hostBits >= 128 ? UInt128.max : UInt128(1) << UInt128(hostBits)
+    }
+
     public func overlaps(_ other: CIDR) -> Bool {
         guard other.address.bytes.count == address.bytes.count else { return false }
         return prefixLength <= other.prefixLength ? contains(other.address) : other.contains(address)
     }
 
     public var description: String { "\(address)/\(prefixLength)" }
-}
-
-/// A MAC address, "02:b7:0a:00:00:01".
-public enum MACAddress {
-    public static func parse(_ text: String) -> [UInt8]? {
-        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 6 else { return nil }
-        var out: [UInt8] = []
-        for part in parts {
-            guard part.count == 2, let value = UInt8(part, radix: 16) else { return nil }
-            out.append(value)
-        }
-        return out
-    }
-
-    public static func format(_ bytes: [UInt8]) -> String {
-        bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
-    }
 }
