@@ -172,6 +172,9 @@ void berth_drain_signalfd(int fd) {
     while (read(fd, &info, sizeof info) > 0) {}
 }
 int berth_execvpe(const char *file, char *const argv[], char *const envp[]) { return execvpe(file, argv, envp); }
+int berth_execveat_empty(int fd, char *const argv[], char *const envp[]) {
+    return (int)syscall(SYS_execveat, fd, "", argv, envp, AT_EMPTY_PATH);
+}
 int berth_accept_cloexec_nonblock(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
 #include <sys/mman.h>
 int berth_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }

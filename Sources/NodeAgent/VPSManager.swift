@@ -477,8 +477,9 @@ public actor VPSManager {
         let child: (pid: Int32, pidfd: Int32)
         do {
             child = try Subprocess.spawn([paths.spawnBinary, "start"],
-                                         fds: [devnull, log >= 0 ? log : devnull, log >= 0 ? log : devnull, specPipe.read, statusPipe.write,
-                                               cgroupPipe.read],
+                                         fds: HelperProtocol.StartDescriptor.table(
+                                            stdin: devnull, stdout: log >= 0 ? log : devnull, stderr: log >= 0 ? log : devnull,
+                                            spec: specPipe.read, report: statusPipe.write, cgroupsReady: cgroupPipe.read),
                                          environment: [], newSession: true)
         } catch {
             [specPipe.read, specPipe.write, statusPipe.read, statusPipe.write, cgroupPipe.read, cgroupPipe.write].forEach { close($0) }
@@ -506,8 +507,8 @@ public actor VPSManager {
         try? FileIO.writeAll(fd: cgroupPipe.write, Array(ready.encode().utf8), stage: "cgroups")
         close(cgroupPipe.write)
         whileBooting()
-        let reply = await Subprocess.readFirstLine(statusPipe.read).trimmed
-        if reply.hasPrefix("ok ") {
+        let reply = await Subprocess.readFirstLine(statusPipe.read)
+        if case .started = HelperProtocol.StartReport(line: reply) {
             guard let state = RunState.read(runDir: run) else {
                 throw AgentError(.kernel, "berth-spawn reported success but wrote no state file")
             }
@@ -516,9 +517,8 @@ public actor VPSManager {
             return
         }
         _ = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd)
-        let parts = reply.split(separator: "\t", maxSplits: 3, omittingEmptySubsequences: false).map(String.init)
-        if parts.count == 4 && parts[0] == "error" {
-            throw AgentError(.kernel, "starting \(name) failed: \(parts[3])", stage: parts[1], errno: Int32(parts[2]) ?? 0)
+        if case .failed(let stage, let errno, let message) = HelperProtocol.StartReport(line: reply) {
+            throw AgentError(.kernel, "starting \(name) failed: \(message)", stage: stage, errno: errno)
         }
         let logText = (FileIO.read(run + "/monitor.log") ?? "").trimmed
         throw AgentError(.kernel, "starting \(name) failed: berth-spawn exited without a status\(logText.isEmpty ? "" : ": " + logText)", stage: "spawn")
@@ -647,16 +647,16 @@ public actor VPSManager {
         logger.notice("VPS stopped by itself", metadata: ["vps": "\(name)", "reason": "\(reason)"])
     }
 
-    func exitReason(_ name: String) -> String? {
-        guard let text = FileIO.read(runDir(name) + "/" + RunState.exitFile) else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix("reason=") { return String(line.dropFirst(7)) }
-        return nil
+    func exitRecord(_ name: String) -> HelperProtocol.ExitRecord? {
+        FileIO.read(runDir(name) + "/" + RunState.exitFile).flatMap(HelperProtocol.ExitRecord.init(text:))
     }
+
+    func exitReason(_ name: String) -> String? { exitRecord(name)?.reason }
 
     /// Removes what a stopped VPS leaves: stray processes, its cgroup, its run directory and a
     /// root mount whose monitor died. Idempotent.
     func cleanupAfterExit(_ name: String) {
-        let monitorDetached = FileIO.read(runDir(name) + "/" + RunState.exitFile)?.contains("network=detached") ?? false
+        let monitorDetached = exitRecord(name)?.networkDetached ?? false
         if !monitorDetached, let config = records[name]?.config, let link = guestSpec(config).link {
             // The monitor removes these itself; this covers a monitor that died mid-way.
             NetworkSetup.detach(link, removeInterface: false)

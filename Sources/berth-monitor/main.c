@@ -36,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "helper_protocol.h"
+
 struct options {
     int self;               // berth-spawn's own executable (O_PATH), run again when init exits
     const char *run_dir;    // the VPS's run directory (exit file)
@@ -126,23 +128,23 @@ static int parse(int argc, char **argv, struct options *o) {
     o->client = -1;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *key = argv[i], *text = argv[i + 1];
-        if (!strcmp(key, "--run-dir")) { o->run_dir = text; continue; }
+        if (!strcmp(key, BERTH_OPTION_RUN_DIR)) { o->run_dir = text; continue; }
         long long value;
         if (parse_int(text, &value) != 0) return -1;
-        if (!strcmp(key, "--init")) o->init = (pid_t)value;
-        else if (!strcmp(key, "--self")) o->self = (int)value;
-        else if (!strcmp(key, "--master")) o->master = (int)value;
-        else if (!strcmp(key, "--slave")) o->slave = (int)value;
-        else if (!strcmp(key, "--listener")) o->listener = (int)value;
-        else if (!strcmp(key, "--signals")) o->signals = (int)value;
-        else if (!strcmp(key, "--client")) o->client = (int)value;
-        else if (!strcmp(key, "--spec")) o->spec = (int)value;
-        else if (!strcmp(key, "--history")) o->history = (int)value;
-        else if (!strcmp(key, "--capacity")) o->capacity = (size_t)value;
+        if (!strcmp(key, BERTH_OPTION_INIT)) o->init = (pid_t)value;
+        else if (!strcmp(key, BERTH_OPTION_SELF)) o->self = (int)value;
+        else if (!strcmp(key, BERTH_OPTION_MASTER)) o->master = (int)value;
+        else if (!strcmp(key, BERTH_OPTION_SLAVE)) o->slave = (int)value;
+        else if (!strcmp(key, BERTH_OPTION_LISTENER)) o->listener = (int)value;
+        else if (!strcmp(key, BERTH_OPTION_SIGNALS)) o->signals = (int)value;
+        else if (!strcmp(key, BERTH_OPTION_CLIENT)) o->client = (int)value;
+        else if (!strcmp(key, BERTH_OPTION_SPEC)) o->spec = (int)value;
+        else if (!strcmp(key, BERTH_OPTION_HISTORY)) o->history = (int)value;
+        else if (!strcmp(key, BERTH_OPTION_CAPACITY)) o->capacity = (size_t)value;
         else return -1;
     }
     return o->run_dir && o->self > 2 && o->init > 0 && o->master > 2 && o->listener > 2 && o->signals > 2
-        && o->spec > 2 && o->history > 2 && o->capacity >= 4096 ? 0 : -1;
+        && o->spec > 2 && o->history > 2 && o->capacity >= BERTH_MINIMUM_CAPACITY ? 0 : -1;
 }
 
 static void note(const char *text) { write_all(2, (const unsigned char *)text, strlen(text)); }
@@ -150,9 +152,10 @@ static void note(const char *text) { write_all(2, (const unsigned char *)text, s
 // The same record berth-spawn's teardown leaves, for the agent (VPSManager.exitReason).
 static void give_up(const struct options *o, const char *why) {
     char path[4096], tmp[4096], record[512];
-    snprintf(path, sizeof path, "%s/exit", o->run_dir);
-    snprintf(tmp, sizeof tmp, "%s/exit.tmp", o->run_dir);
-    int n = snprintf(record, sizeof record, "reason=monitor failed: %s\ntime=%lld\n", why, (long long)time(NULL));
+    snprintf(path, sizeof path, "%s/" BERTH_EXIT_FILE, o->run_dir);
+    snprintf(tmp, sizeof tmp, "%s/" BERTH_EXIT_FILE ".tmp", o->run_dir);
+    int n = snprintf(record, sizeof record, BERTH_EXIT_REASON_KEY BERTH_EXIT_MONITOR_FAILED "%s\n" BERTH_EXIT_TIME_KEY "%lld\n",
+                     why, (long long)time(NULL));
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd >= 0) {
         write_all(fd, (const unsigned char *)record, (size_t)n);
@@ -175,25 +178,26 @@ static char *number(long long value) {
 
 // Hands the VPS back to berth-spawn with init's wait status and the console's history.
 static void resume(const struct options *o, int status) {
-    int history = memfd_create("berth-console-history", 0);
+    int history = memfd_create(BERTH_HISTORY_MEMFD_NAME, 0);
     if (history < 0) give_up(o, "memfd_create for the console history failed");
     ring_contents(write_all, history);
     if (client >= 0) fcntl(client, F_SETFD, 0); // accepted here close-on-exec; berth-spawn takes it over
     char *argv[32];
     int argc = 0;
     argv[argc++] = "berth-spawn";
-    argv[argc++] = "resume";
-    argv[argc++] = "--status";   argv[argc++] = number(status);
-    argv[argc++] = "--run-dir";  argv[argc++] = (char *)o->run_dir;
-    argv[argc++] = "--self";     argv[argc++] = number(o->self);
-    argv[argc++] = "--init";     argv[argc++] = number(o->init);
-    argv[argc++] = "--master";   argv[argc++] = number(o->master);
-    argv[argc++] = "--slave";    argv[argc++] = number(o->slave);
-    argv[argc++] = "--listener"; argv[argc++] = number(o->listener);
-    argv[argc++] = "--signals";  argv[argc++] = number(o->signals);
-    argv[argc++] = "--client";   argv[argc++] = number(client);
-    argv[argc++] = "--spec";     argv[argc++] = number(o->spec);
-    argv[argc++] = "--history";  argv[argc++] = number(history);
+    argv[argc++] = BERTH_RESUME_COMMAND;
+    argv[argc++] = BERTH_OPTION_STATUS;   argv[argc++] = number(status);
+    argv[argc++] = BERTH_OPTION_RUN_DIR;  argv[argc++] = (char *)o->run_dir;
+    argv[argc++] = BERTH_OPTION_SELF;     argv[argc++] = number(o->self);
+    argv[argc++] = BERTH_OPTION_INIT;     argv[argc++] = number(o->init);
+    argv[argc++] = BERTH_OPTION_MASTER;   argv[argc++] = number(o->master);
+    argv[argc++] = BERTH_OPTION_SLAVE;    argv[argc++] = number(o->slave);
+    argv[argc++] = BERTH_OPTION_LISTENER; argv[argc++] = number(o->listener);
+    argv[argc++] = BERTH_OPTION_SIGNALS;  argv[argc++] = number(o->signals);
+    argv[argc++] = BERTH_OPTION_CLIENT;   argv[argc++] = number(client);
+    argv[argc++] = BERTH_OPTION_SPEC;     argv[argc++] = number(o->spec);
+    argv[argc++] = BERTH_OPTION_HISTORY;  argv[argc++] = number(history);
+    argv[argc++] = BERTH_OPTION_CAPACITY; argv[argc++] = number((long long)o->capacity);
     argv[argc] = NULL;
     char *environment[] = { NULL };
     // The very binary that booted the VPS, even if an agent upgrade has replaced the file since.

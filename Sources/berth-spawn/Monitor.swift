@@ -28,6 +28,8 @@ final class Monitor {
     /// berth-monitor and back (handOff, init(resuming:)).
     var specFD: Int32 = -1
     var selfFD: Int32 = -1
+    /// berth-monitor (O_PATH), opened and checked before the VPS boots: -1 when it cannot run.
+    var monitorFD: Int32 = -1
 
     init(spec: SpawnSpec) throws(IsolationError) {
         self.spec = spec
@@ -36,6 +38,12 @@ final class Monitor {
         signal(SIGPIPE, SIG_IGN)
         signalFD = berth_sigchld_fd()
         if signalFD < 0 { throw IsolationError.sys("signalfd") }
+        // A start whose monitor could not run would boot a VPS nobody watches: it fails first.
+        monitorFD = Self.openMonitor(spec)
+        guard monitorFD >= 0 else {
+            throw IsolationError(.invalidSpec, "berth-monitor \(spec.monitorBinary ?? "(none named)") cannot be run: it must be an executable ELF file next to berth-spawn",
+                                 stage: "berth-monitor")
+        }
         do {
             try enterOwnMountNamespace()
             try mountDisk()
@@ -49,26 +57,40 @@ final class Monitor {
 
     /// The monitor again after berth-monitor handed the VPS back (its init exited): what the first
     /// boot mounted is still mounted in this process's namespace, the descriptors are the same.
-    init(resuming spec: SpawnSpec, state: ResumedState) {
+    init(resuming spec: SpawnSpec, from handOff: HelperProtocol.HandOff) {
         self.spec = spec
         ring = ConsoleRing(capacity: spec.consoleRingBytes)
         rootMounted = spec.layer == nil || spec.idmap == nil
         diskMounted = spec.layer != nil
         beancountersMounted = spec.beancounters != nil
-        initPid = state.initPid
-        consoleMaster = state.master
-        consoleSlaveFD = state.slave
-        listener = state.listener
-        signalFD = state.signals
-        client = state.client
-        specFD = state.spec
-        selfFD = state.selfExecutable
-        for fd in [consoleMaster, consoleSlaveFD, listener, signalFD, client, specFD, selfFD] where fd >= 0 {
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        initPid = handOff.initPid
+        consoleMaster = handOff.master
+        consoleSlaveFD = handOff.slave
+        listener = handOff.listener
+        signalFD = handOff.signals
+        client = handOff.client
+        specFD = handOff.spec
+        selfFD = handOff.selfExecutable
+        for fd in handOff.descriptors where fd != handOff.history { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        lseek(handOff.history, 0, SEEK_SET)
+        ring.append(FileIO.readAll(fd: handOff.history)?[...] ?? [])
+        close(handOff.history)
+        monitorFD = Self.openMonitor(spec)
+    }
+
+    /// berth-monitor opened for execveat, if it is a regular executable ELF file; else -1.
+    static func openMonitor(_ spec: SpawnSpec) -> Int32 {
+        guard let path = spec.monitorBinary else { return -1 }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return -1 }
+        var info = stat()
+        var magic = [UInt8](repeating: 0, count: 4)
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_mode & 0o111 != 0,
+              pread(fd, &magic, 4, 0) == 4, magic == [0x7f, 0x45, 0x4c, 0x46] else {
+            close(fd)
+            return -1
         }
-        lseek(state.history, 0, SEEK_SET)
-        ring.append(FileIO.readAll(fd: state.history)?[...] ?? [])
-        close(state.history)
+        return fd
     }
 
     /// The VPS's mounts (disk, overlay, beancounter tmpfs) live in a mount namespace of the
@@ -212,59 +234,16 @@ final class Monitor {
         try FileIO.writeAtomically(spec.runDir + "/" + RunState.stateFile, Array(state.encode().utf8), mode: 0o644, durable: false)
     }
 
-    /// The event loop: console bytes in and out, init's exit. Returns when the VPS has stopped.
-    func run() {
-        // Not zero-filled: console reads are short, and pages never written take no memory.
-        let bufferSize = 16384
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 16)
-        defer { buffer.deallocate() }
-        while true {
-            var fds = [pollfd(fd: consoleMaster, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: listener, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)]
-            if client >= 0 { fds.append(pollfd(fd: client, events: Int16(POLLIN), revents: 0)) }
-            if poll(&fds, nfds_t(fds.count), -1) < 0 {
-                if errno == EINTR { continue }
-                break
-            }
-            if fds[0].revents & Int16(POLLIN) != 0 {
-                let n = read(consoleMaster, buffer.baseAddress, bufferSize)
-                if n > 0 {
-                    let bytes = Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-                    ring.append(bytes[...])
-                    if client >= 0 { sendToClient(bytes) }
-                }
-            }
-            // An attach in this round replaces the polled client; the new one was not polled.
-            let polledClient = client
-            if fds[1].revents & Int16(POLLIN) != 0 { acceptClient() }
-            if fds.count > 3 && fds[3].revents != 0 && client == polledClient {
-                let n = read(client, buffer.baseAddress, bufferSize)
-                if n > 0 {
-                    _ = write(consoleMaster, buffer.baseAddress, n)
-                } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
-                    close(client)
-                    client = -1
-                }
-            }
-            if fds[2].revents & Int16(POLLIN) != 0 {
-                berth_drain_signalfd(signalFD)
-                var status: Int32 = 0
-                let reaped = waitpid(initPid, &status, WNOHANG)
-                guard reaped == initPid else { continue }
-                guard initExited(status: status) else { return }
-                handOff()
-            }
-        }
-        teardown(reason: "monitor failed")
-    }
-
     /// Init exited with `status`: a reboot from inside boots the VPS again (true), anything else
     /// ends it (false, torn down).
     func initExited(status: Int32) -> Bool {
         let exit = InitExit(status: status)
         guard exit.isRebootRequest && !FileIO.exists(spec.runDir + "/" + RunState.stopRequestFile) else {
             teardown(reason: exit.reason)
+            return false
+        }
+        guard monitorFD >= 0 else {
+            teardown(reason: HelperProtocol.ExitRecord.monitorFailed + "berth-monitor cannot be run, so the VPS was not booted again")
             return false
         }
         ring.append(Array("\r\n[berth] VPS \(spec.name) is rebooting\r\n".utf8)[...])
@@ -279,74 +258,56 @@ final class Monitor {
 
     /// Replaces this process with berth-monitor while the VPS runs: it keeps the console and
     /// waits for init in a fraction of this process's memory, and execs this binary back
-    /// (`berth-spawn resume`) when init exits. Returns only if the exec failed; the loop here
-    /// then carries on.
-    func handOff() {
-        guard let monitor = spec.monitorBinary else { return }
+    /// (`berth-spawn resume`) when init exits. berth-monitor is the only console monitor: when
+    /// it cannot be run, the VPS is torn down with the reason in its exit record (the agent
+    /// then finds it stopped, nothing left running).
+    func handOff() -> Never {
         if specFD < 0 {
             specFD = berth_memfd("berth-spawn-spec")
             guard specFD >= 0, (try? FileIO.writeAll(fd: specFD, Array(spec.encode().utf8), stage: "spec")) != nil else {
-                return writeStderr("berth-spawn: no memfd for the spec (\(errnoName(errno))): monitoring in berth-spawn\n")
+                giveUp("no memfd for the spec (\(errnoName(errno)))")
             }
         }
         if selfFD < 0 {
             selfFD = open("/proc/self/exe", O_PATH | O_CLOEXEC)
-            guard selfFD >= 0 else { return writeStderr("berth-spawn: cannot open its own executable (\(errnoName(errno))): monitoring in berth-spawn\n") }
+            guard selfFD >= 0 else { giveUp("cannot open its own executable (\(errnoName(errno)))") }
         }
-        let history = berth_memfd("berth-console-history")
+        let history = berth_memfd(HelperProtocol.HandOff.historyMemfdName)
         guard history >= 0, (try? FileIO.writeAll(fd: history, ring.contents(), stage: "history")) != nil else {
-            if history >= 0 { close(history) }
-            return writeStderr("berth-spawn: no memfd for the console history (\(errnoName(errno))): monitoring in berth-spawn\n")
+            giveUp("no memfd for the console history (\(errnoName(errno)))")
         }
-        defer { close(history) }
-        let passed = [consoleMaster, consoleSlaveFD, listener, signalFD, client, specFD, selfFD, history]
-        for fd in passed where fd >= 0 { _ = fcntl(fd, F_SETFD, 0) }
-        let arguments = ["--self": selfFD, "--init": initPid, "--master": consoleMaster, "--slave": consoleSlaveFD,
-                         "--listener": listener, "--signals": signalFD, "--client": client, "--spec": specFD,
-                         "--history": history, "--capacity": Int32(spec.consoleRingBytes)]
-        let argv = [monitor, "--run-dir", spec.runDir] + arguments.flatMap { [$0.key, String($0.value)] }
+        let handOff = HelperProtocol.HandOff(selfExecutable: selfFD, runDir: spec.runDir, initPid: initPid, master: consoleMaster,
+                                             slave: consoleSlaveFD, listener: listener, signals: signalFD, client: client,
+                                             spec: specFD, history: history, capacity: spec.consoleRingBytes)
+        for fd in handOff.descriptors { _ = fcntl(fd, F_SETFD, 0) }
+        let argv = ["berth-monitor"] + handOff.monitorArguments
         let cArgv = argv.map { strdup($0) } + [nil]
         let environment: [UnsafeMutablePointer<CChar>?] = [nil]
-        execve(monitor, cArgv, environment)
+        berth_execveat_empty(monitorFD, cArgv, environment)
         let err = errno
         cArgv.forEach { free($0) }
-        for fd in passed where fd >= 0 && fd != history { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        writeStderr("berth-spawn: cannot run \(monitor) (\(errnoName(err))): monitoring in berth-spawn\n")
+        close(history)
+        giveUp("cannot run \(spec.monitorBinary ?? "berth-monitor") (\(errnoName(err)))")
     }
 
-    func acceptClient() {
-        let fd = berth_accept_cloexec_nonblock(listener)
-        guard fd >= 0 else { return }
-        // One operator at a time, like a serial console: a new attach takes it over.
-        if client >= 0 { close(client) }
-        client = fd
-        let history = ring.contents()
-        if !history.isEmpty { sendToClient(history) }
-    }
-
-    /// Console output must never block the monitor: a client that cannot keep up misses live
-    /// bytes (they stay in the ring) rather than stalling the VPS's console writes.
-    func sendToClient(_ bytes: [UInt8]) {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { send(client, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
-            if n <= 0 {
-                if n < 0 && errno == EINTR { continue }
-                if n < 0 && errno == EAGAIN { return }
-                close(client)
-                client = -1
-                return
-            }
-            offset += n
+    /// The monitor cannot go on: the VPS ends, and the reason is left for the agent.
+    func giveUp(_ why: String) -> Never {
+        writeStderr("berth-spawn: \(why)\n")
+        if initPid > 0 {
+            kill(initPid, SIGKILL)
+            var status: Int32 = 0
+            _ = waitpid(initPid, &status, 0)
         }
+        teardown(reason: HelperProtocol.ExitRecord.monitorFailed + why)
+        exit(1)
     }
 
     func teardown(reason: String) {
         // The latest spec: `berth set --ip-add/--ip-del` rewrites it after changing the live VPS.
-        var networkRecord = ""
+        var networkDetached = false
         if let link = (try? GuestSpec.read(runDir: spec.runDir))??.link ?? guest?.link {
             NetworkSetup.detach(link, removeInterface: false)
-            networkRecord = "network=detached\n"
+            networkDetached = true
         }
         if client >= 0 { close(client); client = -1 }
         if listener >= 0 {
@@ -376,25 +337,11 @@ final class Monitor {
         if !history.isEmpty {
             try? FileIO.writeAtomically(FileIO.directory(of: spec.diskImage) + "/" + RunState.consoleLogFile, history, mode: 0o600)
         }
-        let record = "reason=\(reason)\ntime=\(time(nil))\n" + networkRecord
-        try? FileIO.writeAtomically(spec.runDir + "/" + RunState.exitFile, Array(record.utf8), mode: 0o644)
+        let record = HelperProtocol.ExitRecord(reason: reason, time: Int64(time(nil)), networkDetached: networkDetached)
+        try? FileIO.writeAtomically(spec.runDir + "/" + RunState.exitFile, Array(record.text.utf8), mode: 0o644)
     }
 }
 
-
-/// The descriptors of a running VPS's monitor that berth-monitor hands back to
-/// `berth-spawn resume` (Start.swift), with init's pid.
-struct ResumedState {
-    var initPid: Int32
-    var master: Int32
-    var slave: Int32
-    var listener: Int32
-    var signals: Int32
-    var client: Int32
-    var spec: Int32
-    var history: Int32
-    var selfExecutable: Int32
-}
 
 extension String {
     func replacingPlaceholder(_ placeholder: String, with value: String) -> String {

@@ -4,10 +4,14 @@ import Isolation
 import Glibc
 #endif
 
-// Start handshake (agent ⇄ berth-spawn ⇄ VPS init):
+// Start handshake (agent ⇄ berth-spawn ⇄ VPS init). The descriptors, the report line, the
+// hand-off arguments and the exit record are HelperProtocol (Sources/Isolation/HelperProtocol.swift);
+// Docs/architecture.md §4 has the whole life of a VPS's monitor.
 //
 //   agent                      berth-spawn (monitor)                 child (becomes VPS init)
 //     | spec on fd 3, EOF -------->|                                      |
+//     |                            | open berth-monitor, check it is an   |
+//     |                            |   executable ELF [not: fd 4 error]   |
 //     | make the VPS cgroups       | unshare(NEWNS): its own mounts,      |
 //     |   (beside the mounts)      |   never the host's (Monitor.swift)   |
 //     |                            | attach loop, mount disk.img          |
@@ -39,34 +43,32 @@ import Glibc
 //     |                            | write run/NAME/state                 | seccomp, drop caps, close fds
 //     |                            |<-- error pipe: EOF (exec ok) or text  | execve(/sbin/init)
 //     |<-- fd 4: "ok MONITOR INIT" |   [text: state file removed]         |
-//     |                            | exec berth-monitor: console ring,    |
+//     |                            | execveat berth-monitor: console ring,|
+//     |                            |   [fails: kill init, tear down, exit |
+//     |                            |    record "monitor failed: …"]       |
 //     |                            |   reap init; its exit execs this     |
 //     |                            |   binary back (resume): reboot =     |
 //     |                            |   clone again, or tear down          |
 //     |  (agent may exit/restart; the monitor and VPS keep running)      |
 //     |                            | on final exit: umount, write exit    |
 
-func report(_ line: String) { writeText(line, to: 4) }
+func report(_ report: HelperProtocol.StartReport) { writeText(report.line, to: HelperProtocol.StartDescriptor.report) }
 
 func runStart() -> Never {
-    let specBytes = FileIO.readAll(fd: 3) ?? []
-    close(3)
+    let specBytes = FileIO.readAll(fd: HelperProtocol.StartDescriptor.spec) ?? []
+    close(HelperProtocol.StartDescriptor.spec)
     var monitor: Monitor?
     do {
         let spec = try SpawnSpec.decode(String(decoding: specBytes, as: UTF8.self))
         let m = try Monitor(spec: spec)
         monitor = m
-        try m.awaitCgroups(fd: 5)
+        try m.awaitCgroups(fd: HelperProtocol.StartDescriptor.cgroupsReady)
         let initPid = try m.boot()
-        report("ok \(getpid()) \(initPid)\n")
-        close(4)
+        report(.started(monitorPid: getpid(), initPid: initPid))
+        close(HelperProtocol.StartDescriptor.report)
         m.handOff()
-        m.run()
-        exit(0)
     } catch {
-        // One line: the agent takes the report up to its first newline.
-        let message = String(error.message.map { $0 == "\n" ? " " : $0 })
-        report("error\t\(error.stage)\t\(error.errno)\t\(message)\n")
+        report(.failed(stage: error.stage, errno: error.errno, message: error.message))
         monitor?.teardown(reason: "failed to start: \(error.message)")
         exit(1)
     }
@@ -302,33 +304,19 @@ func cpuMicros() -> Int64 {
 /// `berth-spawn resume`: berth-monitor handing a VPS back once its init exited (Monitor.handOff).
 /// Reboots it and hands it off again, or tears it down and exits.
 func runResume(_ args: [String]) -> Never {
-    var values: [String: String] = [:]
-    var index = 0
-    while index + 1 < args.count {
-        values[args[index]] = args[index + 1]
-        index += 2
-    }
-    func number(_ key: String) -> Int32? { values[key].flatMap { Int32($0) } }
-    guard let status = number("--status"), let initPid = number("--init"), let master = number("--master"),
-          let slave = number("--slave"), let listener = number("--listener"), let signals = number("--signals"),
-          let client = number("--client"), let specFD = number("--spec"), let history = number("--history"),
-          let selfFD = number("--self") else {
+    guard let (handOff, status) = HelperProtocol.HandOff.resumed(args) else {
         writeStderr("berth-spawn resume: incomplete hand-back from berth-monitor: \(args)\n")
         exit(2)
     }
-    lseek(specFD, 0, SEEK_SET)
+    lseek(handOff.spec, 0, SEEK_SET)
     let spec: SpawnSpec
     do {
-        spec = try SpawnSpec.decode(String(decoding: FileIO.readAll(fd: specFD) ?? [], as: UTF8.self))
+        spec = try SpawnSpec.decode(String(decoding: FileIO.readAll(fd: handOff.spec) ?? [], as: UTF8.self))
     } catch {
         writeStderr("berth-spawn resume: the spec berth-monitor handed back does not decode: \(error.message)\n")
         exit(1)
     }
-    let monitor = Monitor(resuming: spec, state: ResumedState(initPid: initPid, master: master, slave: slave,
-                                                              listener: listener, signals: signals, client: client, spec: specFD,
-                                                              history: history, selfExecutable: selfFD))
+    let monitor = Monitor(resuming: spec, from: handOff)
     guard monitor.initExited(status: status) else { exit(0) }
     monitor.handOff()
-    monitor.run()
-    exit(0)
 }

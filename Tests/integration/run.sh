@@ -329,30 +329,32 @@ t_agent_kill9_readopts() {
     expect_eq "$("$BERTH" status "$A" | cut -d' ' -f2)" running
 }
 
-t_monitor_fallbacks() {
+t_monitor_must_run() {
     mkdir -p "$WORK/fb"
     cp "$BUILD/berth-spawn" "$WORK/fb/"
     # Without berth-monitor next to berth-spawn the agent refuses to start and says where it belongs.
     local err; err=$(timeout 10 "$BUILD/berth-agent" --data-dir "$WORK/fb/data" --run-dir "$WORK/fb/run" --socket "$WORK/fb/agent.sock" \
         --cgroup-parent "$CGROUP_PARENT-fb" --spawn "$WORK/fb/berth-spawn" 2>&1) && fail "the agent started without berth-monitor"
     expect_contains "$err" "$WORK/fb/berth-monitor not found"
-    # One that cannot run (not a program): the monitor stays berth-spawn, says so in the VPS's
-    # monitor.log, and the VPS works as before, console included.
+    # One that cannot run (not a program): berth-monitor is the only console monitor, so the
+    # start fails naming it, before anything boots, and leaves nothing behind.
     printf 'not a program\n' >"$WORK/fb/berth-monitor"
     chmod 755 "$WORK/fb/berth-monitor"
     agent_stop
     AGENT_EXTRA="--spawn $WORK/fb/berth-spawn" agent_start
     local F; F=$(vps_name fb)
     "$BERTH" create "$F" --template busybox >/dev/null
+    local out; out=$(expect_fail 6 "$BERTH" start "$F")
+    expect_contains "$out" "berth-monitor"
+    expect_contains "$out" "cannot be run"
+    expect_eq "$("$BERTH" status "$F" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')" stopped
+    [ -z "$(leftovers_of "$F")" ] || fail "leftovers after the refused start: $(leftovers_of "$F")"
+    # A real berth-monitor put back: the same VPS starts and serves its console.
+    cp "$BUILD/berth-monitor" "$WORK/fb/berth-monitor"
     "$BERTH" start "$F" >/dev/null
     local monitor; monitor=$(sed -n 's/^monitor=//p' "$WORK/run/$F/state")
-    # The hand-off is tried just after the start is reported: wait for its verdict.
-    for _ in $(seq 50); do grep -q "monitoring in berth-spawn" "$WORK/run/$F/monitor.log" && break; sleep 0.1; done
-    expect_contains "$(cat "$WORK/run/$F/monitor.log")" "monitoring in berth-spawn"
-    expect_eq "$(cat "/proc/$monitor/comm")" berth-spawn
-    expect_eq "$("$BERTH" exec "$F" -- hostname)" "$F"
-    "$BERTH" exec "$F" -- sh -c 'echo fallback-marker > /dev/console'
-    expect_contains "$( (sleep 1; printf '\035') | timeout 10 "$BERTH" console "$F" 2>/dev/null )" fallback-marker
+    for _ in $(seq 50); do [ "$(cat "/proc/$monitor/comm" 2>/dev/null)" = berth-monitor ] && break; sleep 0.1; done
+    expect_eq "$(cat "/proc/$monitor/comm")" berth-monitor
     "$BERTH" stop "$F" --kill >/dev/null
     alive "$monitor" && fail "monitor survived stop"
     [ -z "$(leftovers_of "$F")" ] || fail "leftovers after stop: $(leftovers_of "$F")"
@@ -640,7 +642,7 @@ run_test "stop/restart/destroy leave nothing behind" t_stop_restart_destroy_leav
 run_test "a host mount namespace made while a VPS runs holds none of its mounts" t_host_namespace_copy_holds_no_disk
 run_test "--storage layered: the template is a shared read-only layer, the disk holds the changes" t_layered_storage
 run_test "agent kill -9 and restart re-adopts running VPSs" t_agent_kill9_readopts
-run_test "a missing berth-monitor stops the agent; one that cannot run leaves monitoring in berth-spawn" t_monitor_fallbacks
+run_test "a missing berth-monitor stops the agent; one that cannot run fails the start and leaves nothing" t_monitor_must_run
 run_test "onboot VPSs start on the first agent start after a host boot" t_onboot_after_host_boot
 run_test "set applies limits live and saves them" t_set_live
 run_test "stats: held/peak/limit/failcnt from the kernel" t_stats_beancounters

@@ -100,6 +100,9 @@ int berth_sigchld_fd(void);
 /// Empties a signalfd (each record is 128 bytes).
 void berth_drain_signalfd(int fd);
 int berth_execvpe(const char *file, char *const argv[], char *const envp[]);
+/// Runs the program open at `fd` (execveat with AT_EMPTY_PATH): the file checked, not a path
+/// that may have been replaced since. Returns only on failure.
+int berth_execveat_empty(int fd, char *const argv[], char *const envp[]);
 /// A connection that neither leaks into an exec nor blocks a poll loop on a read it was not polled for.
 int berth_accept_cloexec_nonblock(int fd);
 /* An anonymous file (close-on-exec) that carries state across the monitor's execs. */

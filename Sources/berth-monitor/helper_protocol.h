@@ -1,0 +1,32 @@
+// The berth-spawn <-> berth-monitor contract as the C monitor needs it. The Swift side is
+// Sources/Isolation/HelperProtocol.swift; HelperProtocolTests (Tests/IsolationTests) reads this
+// file and fails when the two differ. Docs/architecture.md §4 draws the sequence.
+#ifndef BERTH_HELPER_PROTOCOL_H
+#define BERTH_HELPER_PROTOCOL_H
+
+// Hand-off options, berth-spawn -> berth-monitor and back (HelperProtocol.HandOff.Option).
+#define BERTH_OPTION_RUN_DIR "--run-dir"
+#define BERTH_OPTION_SELF "--self"
+#define BERTH_OPTION_INIT "--init"
+#define BERTH_OPTION_MASTER "--master"
+#define BERTH_OPTION_SLAVE "--slave"
+#define BERTH_OPTION_LISTENER "--listener"
+#define BERTH_OPTION_SIGNALS "--signals"
+#define BERTH_OPTION_CLIENT "--client"
+#define BERTH_OPTION_SPEC "--spec"
+#define BERTH_OPTION_HISTORY "--history"
+#define BERTH_OPTION_CAPACITY "--capacity"
+#define BERTH_OPTION_STATUS "--status"
+
+// `berth-spawn resume`, the least console ring, the history memfd's name (HelperProtocol.HandOff).
+#define BERTH_RESUME_COMMAND "resume"
+#define BERTH_MINIMUM_CAPACITY 4096
+#define BERTH_HISTORY_MEMFD_NAME "berth-console-history"
+
+// The exit record in RUN/NAME/exit (HelperProtocol.ExitRecord, RunState.exitFile).
+#define BERTH_EXIT_FILE "exit"
+#define BERTH_EXIT_REASON_KEY "reason="
+#define BERTH_EXIT_TIME_KEY "time="
+#define BERTH_EXIT_MONITOR_FAILED "monitor failed: "
+
+#endif

@@ -1,0 +1,77 @@
+import Foundation
+import Testing
+@testable import Isolation
+
+/// The agent ⇄ berth-spawn ⇄ berth-monitor contract: each message survives its own encoder and
+/// decoder, and the C monitor's header says what the Swift side says.
+@Suite struct HelperProtocolTests {
+    @Test func startReportsRoundTrip() {
+        let reports: [HelperProtocol.StartReport] = [
+            .started(monitorPid: 4242, initPid: 4243),
+            .failed(stage: "mount /x", errno: 2, message: "no such file"),
+        ]
+        for report in reports { #expect(HelperProtocol.StartReport(line: report.line) == report) }
+        // A message with a newline or a tab stays one report line with four fields.
+        let awkward = HelperProtocol.StartReport.failed(stage: "a\tb", errno: 1, message: "two\nlines\tand a tab")
+        #expect(HelperProtocol.StartReport(line: awkward.line) == .failed(stage: "a b", errno: 1, message: "two lines and a tab"))
+        for garbage in ["", "ok", "ok 1", "ok x 2", "error\tstage\tnot-a-number\tm", "fine 1 2"] {
+            #expect(HelperProtocol.StartReport(line: garbage) == nil, "\(garbage)")
+        }
+    }
+
+    /// What berth-spawn hands berth-monitor comes back from berth-monitor as it went, with
+    /// init's status in front (berth-monitor writes the same options, see main.c resume).
+    @Test func handOffRoundTrips() throws {
+        let handOff = HelperProtocol.HandOff(selfExecutable: 7, runDir: "/run/berth/vps/web1", initPid: 99, master: 8, slave: 9,
+                                             listener: 10, signals: 11, client: -1, spec: 12, history: 13, capacity: 65536)
+        let back = [HelperProtocol.HandOff.Option.status, "256"] + handOff.monitorArguments
+        let (resumed, status) = try #require(HelperProtocol.HandOff.resumed(back))
+        #expect(resumed == handOff && status == 256)
+        #expect(handOff.descriptors == [7, 8, 9, 10, 11, 12, 13])
+        #expect(HelperProtocol.HandOff.resumed(Array(back.dropLast(2))) == nil)
+    }
+
+    @Test func exitRecordsRoundTrip() throws {
+        let record = HelperProtocol.ExitRecord(reason: "poweroff", time: 1_700_000_000, networkDetached: true)
+        #expect(HelperProtocol.ExitRecord(text: record.text) == record)
+        #expect(HelperProtocol.ExitRecord(text: "time=5\n") == nil)
+        // What berth-monitor's give_up writes (main.c): the reason and the time, no network line.
+        let fromC = try #require(HelperProtocol.ExitRecord(text: "reason=monitor failed: poll failed\ntime=12\n"))
+        #expect(fromC == HelperProtocol.ExitRecord(reason: "monitor failed: poll failed", time: 12))
+    }
+
+    @Test func startDescriptorsSitWhereBerthSpawnReadsThem() {
+        let table = HelperProtocol.StartDescriptor.table(stdin: 100, stdout: 101, stderr: 102, spec: 103, report: 104, cgroupsReady: 105)
+        #expect(table == [100, 101, 102, 103, 104, 105])
+        #expect([HelperProtocol.StartDescriptor.spec, HelperProtocol.StartDescriptor.report, HelperProtocol.StartDescriptor.cgroupsReady] == [3, 4, 5])
+    }
+
+    /// Every constant of Sources/berth-monitor/helper_protocol.h against its Swift twin; a
+    /// constant in the header that this test does not know fails too.
+    @Test func theCHeaderSaysWhatTheSwiftSideSays() throws {
+        let header = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Sources/berth-monitor/helper_protocol.h")
+        let text = try String(contentsOf: header, encoding: .utf8)
+        var defined: [String: String] = [:]
+        for line in text.split(separator: "\n") where line.hasPrefix("#define BERTH_") && !line.hasPrefix("#define BERTH_HELPER_PROTOCOL_H") {
+            let words = line.split(separator: " ", maxSplits: 2).map(String.init)
+            guard words.count == 3 else { continue }
+            defined[words[1]] = words[2].hasPrefix("\"") ? String(words[2].dropFirst().dropLast()) : words[2]
+        }
+        typealias Option = HelperProtocol.HandOff.Option
+        let swift: [String: String] = [
+            "BERTH_OPTION_RUN_DIR": Option.runDir, "BERTH_OPTION_SELF": Option.selfExecutable, "BERTH_OPTION_INIT": Option.initPid,
+            "BERTH_OPTION_MASTER": Option.master, "BERTH_OPTION_SLAVE": Option.slave, "BERTH_OPTION_LISTENER": Option.listener,
+            "BERTH_OPTION_SIGNALS": Option.signals, "BERTH_OPTION_CLIENT": Option.client, "BERTH_OPTION_SPEC": Option.spec,
+            "BERTH_OPTION_HISTORY": Option.history, "BERTH_OPTION_CAPACITY": Option.capacity, "BERTH_OPTION_STATUS": Option.status,
+            "BERTH_RESUME_COMMAND": HelperProtocol.HandOff.resumeCommand,
+            "BERTH_MINIMUM_CAPACITY": String(HelperProtocol.HandOff.minimumCapacity),
+            "BERTH_HISTORY_MEMFD_NAME": HelperProtocol.HandOff.historyMemfdName,
+            "BERTH_EXIT_FILE": RunState.exitFile,
+            "BERTH_EXIT_REASON_KEY": HelperProtocol.ExitRecord.reasonKey,
+            "BERTH_EXIT_TIME_KEY": HelperProtocol.ExitRecord.timeKey,
+            "BERTH_EXIT_MONITOR_FAILED": HelperProtocol.ExitRecord.monitorFailed,
+        ]
+        #expect(defined == swift)
+    }
+}
