@@ -147,6 +147,8 @@ public struct Commitment: Equatable, Sendable {
     public static func + (a: Commitment, b: Commitment) -> Commitment {
         Commitment(cpuPercent: a.cpuPercent &+ b.cpuPercent, memoryBytes: a.memoryBytes &+ b.memoryBytes, diskBytes: a.diskBytes &+ b.diskBytes)
     }
+
+    public static func += (a: inout Commitment, b: Commitment) { a = a + b }
 }
 
 /// `--cpus` as operators give it: a count ("2") or a cpuset list ("0-1,3"). The agent stores the

@@ -47,27 +47,27 @@ public struct AgentService: WireService {
         var response = Berth_V1_Response()
         switch request.call {
         case .create(let create):
-            response.status = try await manager.create(create) { stream.progress($0) }
+            response.status = Berth_V1_VpsStatus(try await manager.create(VPSCreation(create)) { stream.progress($0) })
         case .start(let r):
-            response.status = try await manager.start(r.name)
+            response.status = Berth_V1_VpsStatus(try await manager.start(r.name))
         case .stop(let r):
             try await manager.stop(r.name, timeout: r.timeoutSeconds, kill: r.kill)
-            response.status = try await manager.status(r.name)
+            response.status = Berth_V1_VpsStatus(try await manager.status(r.name))
         case .restart(let r):
-            response.status = try await manager.restart(r.name)
+            response.status = Berth_V1_VpsStatus(try await manager.restart(r.name))
         case .destroy(let r):
             try await manager.destroy(r.name, force: r.force)
             response.ok = Berth_V1_Empty()
         case .status(let r):
-            response.status = try await manager.status(r.name)
+            response.status = Berth_V1_VpsStatus(try await manager.status(r.name))
         case .list(let r):
-            response.list = await manager.list(all: r.all, selector: r.selector)
+            response.list = Berth_V1_VpsList(await manager.list(all: r.all, selector: r.selector), node: manager.nodeName)
         case .set(let r):
-            response.set = try await manager.set(r)
+            response.set = Berth_V1_SetResult(try await manager.set(VPSChange(r)))
         case .stats(let r):
-            response.stats = try await manager.stats(r.name)
+            response.stats = Berth_V1_VpsStats(try await manager.stats(r.name))
         case .nodeInfo:
-            response.node = await manager.nodeInfo()
+            response.node = Berth_V1_NodeInfo(await manager.nodeInfo())
         case .exec(let r):
             response.exec = try await exec(r, stream: stream)
         case .console(let r):

@@ -1,6 +1,6 @@
 import Foundation
+import BerthCore
 import Isolation
-import Wire
 
 /// The beancounter file inside each VPS (`/run/beancounters/user_beancounters`): the table of
 /// `berth stats NAME`. It lives on a small tmpfs the monitor mounts at `RUN/NAME/beancounters`

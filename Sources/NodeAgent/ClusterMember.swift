@@ -141,8 +141,8 @@ public final class ClusterMember: Sendable {
                     }
                 }
                 var beat = Berth_V1_Heartbeat()
-                beat.info = await manager.nodeInfo()
-                beat.vpses = await manager.list(all: true, selector: [:]).vpses
+                beat.info = Berth_V1_NodeInfo(await manager.nodeInfo())
+                beat.vpses = Berth_V1_VpsList(await manager.list(all: true, selector: [:]), node: manager.nodeName).vpses
                 beat.address = options.listen
                 beat.labels = options.labels
                 beat.templates = manager.templates.list().map(\.name)

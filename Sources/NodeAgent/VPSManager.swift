@@ -3,11 +3,7 @@ import CIsolation
 import Foundation
 import Isolation
 import Logging
-import Wire
 
-public enum VPSState: String, Sendable {
-    case stopped, starting, running, stopping, failed
-}
 
 /// Where the agent keeps things and what it runs.
 /// How far this node may promise more than it has (Virtuozzo/Nomad style): allocatable =
@@ -53,7 +49,9 @@ public struct AgentPaths: Sendable {
 
 final class VPSRecord {
     var config: VPSConfig
-    var state: VPSState = .stopped
+    /// Every change of `state` goes through here.
+    var lifecycle = VPSLifecycle()
+    var state: VPSState { lifecycle.state }
     var run: RunState?
     var lastExit = ""
     /// Bumped on every start so a late exit notice of an earlier run is ignored.
@@ -85,8 +83,6 @@ public actor VPSManager {
     var pendingNetworks: [String: VPSConfig.Network] = [:]
     /// Id ranges handed to creates still in flight (their configs are not saved yet).
     var pendingIdmaps: Set<UInt32> = []
-    /// VPSs with a `set` in flight (it may await the kernel): a second one waits its turn.
-    var changing: Set<String> = []
     var warnedNoLxcfs = false
     /// The disk layout of a VPS created without `--layout` (`berth-agent --default-layout`).
     public let defaultLayout: VPSConfig.Layout
@@ -152,7 +148,7 @@ public actor VPSManager {
             if config.isLayered { templates.share(config.template, with: name) }
             if let run = RunState.read(runDir: runDir(name)), run.monitorAlive {
                 record.run = run
-                record.state = .running
+                record.lifecycle.adoptRunning()
                 let pidfd = berth_pidfd_open(run.monitorPid, 0)
                 if pidfd >= 0 { watchMonitor(name, record: record, pid: run.monitorPid, pidfd: pidfd) }
                 logger.info("re-adopted running VPS", metadata: ["vps": "\(name)", "pid": "\(run.initPid)"])
@@ -194,70 +190,38 @@ public actor VPSManager {
         return record
     }
 
-    public func status(_ name: String) throws -> Berth_V1_VpsStatus {
+    public func status(_ name: String) throws -> VPSView {
         _ = try Name.validate(name)
-        return makeStatus(try record(name))
+        return view(try record(name))
     }
 
-    public func list(all: Bool, selector: [String: String]) -> Berth_V1_VpsList {
-        var list = Berth_V1_VpsList()
-        for name in records.keys.sorted() {
+    /// The VPSs (running ones only unless `all`) whose labels match `selector`, by name; with
+    /// `all` and no selector also the directories whose config is broken.
+    public func list(all: Bool, selector: [String: String]) -> (vpses: [VPSView], broken: [BrokenVPS]) {
+        let vpses = records.keys.sorted().compactMap { name -> VPSView? in
             let record = records[name]!
-            if !all && record.state == .stopped { continue }
-            if !selector.allSatisfy({ record.config.labels[$0.key] == $0.value }) { continue }
-            list.vpses.append(makeStatus(record))
+            if !all && record.state == .stopped { return nil }
+            if !selector.allSatisfy({ record.config.labels[$0.key] == $0.value }) { return nil }
+            return view(record)
         }
-        if all && selector.isEmpty {
-            for (name, message) in broken.sorted(by: { $0.key < $1.key }) {
-                var status = Berth_V1_VpsStatus()
-                status.name = name
-                status.state = VPSState.failed.rawValue
-                status.node = nodeName
-                status.lastExit = message
-                list.vpses.append(status)
-            }
-        }
-        list.vpses.sort { $0.name < $1.name }
-        return list
+        let broken = all && selector.isEmpty ? self.broken.sorted { $0.key < $1.key }.map { BrokenVPS(name: $0.key, reason: $0.value) } : []
+        return (vpses, broken)
     }
 
-    func makeStatus(_ record: VPSRecord) -> Berth_V1_VpsStatus {
-        let config = record.config
-        var status = Berth_V1_VpsStatus()
-        status.name = config.name
-        status.state = record.state.rawValue
-        status.hostname = config.hostname
-        status.template = config.template
-        status.node = nodeName
-        status.labels = config.labels
-        status.onboot = config.onboot
-        status.lastExit = record.lastExit
-        status.limits = Berth_V1_Limits(config.limits)
-        if let network = config.network {
-            status.net = network.mode
-            status.ips = network.ips
-            status.hostInterface = network.hostInterface
-            status.mac = network.mac
-        }
-        status.nameservers = config.nameservers ?? []
-        status.searchdomains = config.searchDomains ?? []
-        status.privileged = config.isPrivileged
-        status.idmap = config.idmapBase.map { "\($0):\(IDMap.defaultCount)" } ?? ""
-        status.storage = (config.storage ?? .image).rawValue
-        status.layout = (config.layout ?? .loop).rawValue
-        status.capabilities = config.capabilities ?? [:]
-        if record.state == .running || record.state == .stopping {
+    func view(_ record: VPSRecord) -> VPSView {
+        var view = VPSView(config: record.config, state: record.state, node: nodeName, lastExit: record.lastExit)
+        if record.state.hasMonitor {
             // The init pid changes on an in-VPS reboot: the monitor's state file is current.
-            if let run = RunState.read(runDir: runDir(config.name)) { record.run = run }
-            status.pid = record.run?.initPid ?? 0
-            status.startedAtUnix = record.run?.bootedAt ?? 0
+            if let run = RunState.read(runDir: runDir(record.config.name)) { record.run = run }
+            view.initPid = record.run?.initPid
+            view.bootedAt = record.run?.bootedAt
         }
-        return status
+        return view
     }
 
     // MARK: - Create / destroy
 
-    public func create(_ request: Berth_V1_CreateRequest, progress: @Sendable (String) -> Void = { _ in }) async throws -> Berth_V1_VpsStatus {
+    public func create(_ request: VPSCreation, progress: @Sendable (String) -> Void = { _ in }) async throws -> VPSView {
         let name = try Name.validate(request.name)
         guard !request.template.isEmpty else { throw AgentError.invalid("template", "is required") }
         _ = try Name.validate(request.template, field: "template")
@@ -267,8 +231,8 @@ public actor VPSManager {
         let hostname = try Validation.hostname(request.hostname.isEmpty ? name : request.hostname)
         for (key, value) in request.labels { try Validation.label(key: key, value: value) }
         let nameservers = try request.nameservers.map { try Validation.nameserver($0).description }
-        let searchDomains = try Validation.searchDomains(request.searchdomains)
-        let limits = try Limits().merging(request.limits.update, onlineCPUs: onlineCPUs)
+        let searchDomains = try Validation.searchDomains(request.searchDomains)
+        let limits = try Limits().merging(request.limits, onlineCPUs: onlineCPUs)
         let storage: VPSConfig.Storage
         switch request.storage {
         case "", "image": storage = .image
@@ -347,7 +311,7 @@ public actor VPSManager {
         let record = VPSRecord(config: config)
         records[name] = record
         logger.info("created VPS", metadata: ["vps": "\(name)", "template": "\(template.name)"])
-        return makeStatus(record)
+        return view(record)
     }
 
     public func destroy(_ name: String, force: Bool) async throws {
@@ -355,12 +319,8 @@ public actor VPSManager {
         if let message = broken[name] {
             guard force else { throw AgentError(.corruptState, "\(message); use --force to destroy it anyway") }
         } else {
-            let record = try record(name)
-            switch record.state {
-            case .running, .stopping, .starting:
-                guard force else { throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); stop it first or use --force") }
-                if record.state == .running { try await stop(name, timeout: 0, kill: true) }
-            case .stopped, .failed: break
+            if try record(name).lifecycle.destroyPlan(name, force: force) == .killThenDelete {
+                try await stop(name, timeout: 0, kill: true)
             }
         }
         for mounted in [store.rootPath(name), store.diskMountPath(name)] where FileIO.isMountPoint(mounted) {
@@ -386,14 +346,11 @@ public actor VPSManager {
 
     // MARK: - Start / stop
 
-    public func start(_ name: String) async throws -> Berth_V1_VpsStatus {
+    public func start(_ name: String) async throws -> VPSView {
         _ = try Name.validate(name)
         let record = try record(name)
-        switch record.state {
-        case .running: throw AgentError(.conflict, "VPS \(name) is already running")
-        case .starting, .stopping: throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); try again when it is done")
-        case .stopped, .failed: break
-        }
+        // Before the disk is looked for: a running VPS answers "already running".
+        try record.lifecycle.checkStart(name)
         let pool = record.config.isPooled ? try await storagePool(creating: false) : nil
         if let pool {
             guard FileIO.isDirectory(pool.volume(name)) else {
@@ -404,7 +361,7 @@ public actor VPSManager {
                 throw AgentError(.notFound, "the disk of VPS \(name) is missing")
             }
         }
-        record.state = .starting
+        try record.lifecycle.beginStart(name)
         record.generation += 1
         let desiredBefore = record.config.desiredState
         do {
@@ -415,7 +372,7 @@ public actor VPSManager {
                 try? self.store.save(record.config)
             })
         } catch {
-            record.state = .stopped
+            record.lifecycle.startFailed()
             cleanupAfterExit(name)
             if record.config.desiredState != desiredBefore {
                 record.config.desiredState = desiredBefore
@@ -423,13 +380,13 @@ public actor VPSManager {
             }
             throw error
         }
-        record.state = .running
+        record.lifecycle.startSucceeded()
         record.lastExit = ""
         // The monitor has mounted the table's directory: its first table, with the booted init,
         // written once this reply is on its way (reading the counters is no part of a start).
         Task { try? self.writeBeancounters(name) }
         logger.info("started VPS", metadata: ["vps": "\(name)", "pid": "\(record.run?.initPid ?? 0)"])
-        return makeStatus(record)
+        return view(record)
     }
 
     /// `pool`: the storage pool of a pool VPS. `whileBooting` runs once the monitor has its spec,
@@ -636,12 +593,8 @@ public actor VPSManager {
         let waiters = record.exitWaiters.values
         record.exitWaiters.removeAll()
         waiters.forEach { $0.resume() }
-        if record.state == .stopping { 
-            record.state = .stopped
-            return
-        }
-        // Stopped from inside (poweroff/halt) or crashed.
-        record.state = reason == "poweroff" ? .stopped : .failed
+        // Stopped as asked, or from inside (poweroff/halt), or crashed.
+        guard record.lifecycle.monitorExited(reason: reason) != .stoppedAsAsked else { return }
         record.config.desiredState = .stopped
         try? store.save(record.config)
         logger.notice("VPS stopped by itself", metadata: ["vps": "\(name)", "reason": "\(reason)"])
@@ -680,10 +633,7 @@ public actor VPSManager {
     public func stop(_ name: String, timeout: UInt32, kill: Bool) async throws {
         _ = try Name.validate(name)
         let record = try record(name)
-        guard record.state == .running else {
-            throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue), not running")
-        }
-        record.state = .stopping
+        try record.lifecycle.beginStop(name)
         let run = runDir(name)
         _ = FileManager.default.createFile(atPath: run + "/" + RunState.stopRequestFile, contents: nil)
         if kill {
@@ -696,7 +646,7 @@ public actor VPSManager {
             logger.notice("clean stop timed out, killing", metadata: ["vps": "\(name)"])
             try? cgroups.killAll(name)
             if !(await waitUntilStopped(record, seconds: 10)) {
-                record.state = .running
+                record.lifecycle.stopFailed()
                 throw AgentError(.deadlineExceeded, "VPS \(name) did not stop even after SIGKILL")
             }
         }
@@ -725,7 +675,8 @@ public actor VPSManager {
         record.exitWaiters.removeValue(forKey: ticket)?.resume()
     }
 
-    public func restart(_ name: String) async throws -> Berth_V1_VpsStatus {
+    public func restart(_ name: String) async throws -> VPSView {
+        _ = try Name.validate(name)
         let record = try record(name)
         if record.state == .running { try await stop(name, timeout: 0, kill: false) }
         return try await start(name)
@@ -733,22 +684,16 @@ public actor VPSManager {
 
     // MARK: - Set
 
-    public func set(_ request: Berth_V1_SetRequest) async throws -> Berth_V1_SetResult {
+    public func set(_ request: VPSChange) async throws -> VPSChangeOutcome {
         let name = try Name.validate(request.name)
         let record = try record(name)
-        if record.state == .starting || record.state == .stopping {
-            throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); try again when it is done")
-        }
-        guard !changing.contains(name) else {
-            throw AgentError(.conflict, "another change to VPS \(name) is in progress; try again when it is done")
-        }
-        changing.insert(name)
-        defer { changing.remove(name) }
+        try record.lifecycle.beginChange(name)
+        defer { record.lifecycle.endChange() }
         var config = record.config
         var live: [String] = [], restart: [String] = []
         let running = record.state == .running
         // Everything is validated before anything is applied, so bad input changes nothing.
-        config.limits = try config.limits.merging(request.limits.update, onlineCPUs: onlineCPUs)
+        config.limits = try config.limits.merging(request.limits, onlineCPUs: onlineCPUs)
         var guestChanged: [String] = []
         if !request.hostname.isEmpty && request.hostname != config.hostname {
             config.hostname = try Validation.hostname(request.hostname)
@@ -761,7 +706,7 @@ public actor VPSManager {
                 config.labels[key] = value
             }
         }
-        if request.setOnboot { config.onboot = request.onboot }
+        if let onboot = request.onboot { config.onboot = onboot }
         if !request.capabilities.isEmpty {
             var merged = config.capabilities ?? [:]
             for (capability, value) in try Validation.capabilities(request.capabilities) { merged[capability] = value }
@@ -824,18 +769,14 @@ public actor VPSManager {
         }
         try store.save(config)
         record.config = config
-        var result = Berth_V1_SetResult()
-        result.status = makeStatus(record)
-        result.appliedLive = live
-        result.needsRestart = restart
-        return result
+        return VPSChangeOutcome(vps: view(record), appliedLive: live, needsRestart: restart)
     }
 
     // MARK: - Accounting
 
     /// Beancounter-style counters from the VPS's cgroup and its mounted disk. A stopped VPS
     /// reports its configured limits with nothing held; disk counters appear while it runs.
-    public func stats(_ name: String) throws -> Berth_V1_VpsStats {
+    public func stats(_ name: String) throws -> VPSAccounting {
         _ = try Name.validate(name)
         let record = try record(name)
         let running = record.state == .running || record.state == .stopping
@@ -848,18 +789,10 @@ public actor VPSManager {
             usage.swapLimitBytes = limits.memoryBytes == nil ? nil : limits.swapBytes ?? 0
             usage.pidsLimit = limits.pids.map(UInt64.init)
         }
-        func counter(_ resource: String, _ held: UInt64, _ peak: UInt64, _ limit: UInt64?, _ failcnt: UInt64) -> Berth_V1_ResourceCounter {
-            var c = Berth_V1_ResourceCounter()
-            c.resource = resource
-            c.held = held
-            c.peak = peak
-            c.limit = limit ?? Berth_V1_ResourceCounter.unlimited
-            c.failcnt = failcnt
-            return c
+        func counter(_ resource: String, _ held: UInt64, _ peak: UInt64, _ limit: UInt64?, _ failcnt: UInt64) -> VPSAccounting.Counter {
+            VPSAccounting.Counter(resource: resource, held: held, peak: peak, limit: limit, failures: failcnt)
         }
-        var stats = Berth_V1_VpsStats()
-        stats.name = name
-        stats.cpuNanoseconds = usage.cpuNanoseconds
+        var stats = VPSAccounting(name: name, cpuNanoseconds: usage.cpuNanoseconds, counters: [])
         stats.counters = [
             // Some kernels count no failed charge when the OOM killer resolves it: a kill is a
             // failure too (OpenVZ's privvmpages failcnt rises on either).
@@ -899,14 +832,13 @@ public actor VPSManager {
     }
 
     /// Capacity of this node and what its VPSs' limits commit of it.
-    public func nodeInfo() -> Berth_V1_NodeInfo {
-        var info = Berth_V1_NodeInfo()
-        info.name = nodeName
+    public func nodeInfo() -> NodeCapacity {
+        var info = NodeCapacity(name: nodeName, overcommit: overcommit)
         var uts = utsname()
         uname(&uts)
         info.kernel = withUnsafePointer(to: &uts.release) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
         info.cgroupMode = cgroups.modeName
-        info.cpus = UInt32(onlineCPUs)
+        info.cpus = onlineCPUs
         let meminfo = FileIO.read("/proc/meminfo") ?? ""
         if let line = meminfo.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
            let kib = UInt64(line.split(separator: " ").dropFirst().first ?? "") {
@@ -921,15 +853,9 @@ public actor VPSManager {
             info.poolBytes = UInt64(fs.f_blocks) * UInt64(fs.f_frsize)
             info.poolFreeBytes = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
         }
-        info.cpuOvercommit = overcommit.cpu
-        info.memoryOvercommit = overcommit.memory
-        info.diskOvercommit = overcommit.disk
         for record in records.values {
             let limits = record.config.limits
-            let commitment = limits.commitment
-            info.committedCpuPct += commitment.cpuPercent
-            info.committedMemoryBytes += commitment.memoryBytes
-            info.committedDiskBytes += commitment.diskBytes
+            info.committed += limits.commitment
             if record.config.isPooled { info.committedPoolBytes += limits.diskBytes }
             info.vpsTotal += 1
             if record.state == .running { info.vpsRunning += 1 }

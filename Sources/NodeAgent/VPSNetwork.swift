@@ -144,7 +144,7 @@ extension VPSManager {
 
     /// `set --ip-add/--ip-del/--nameserver/--searchdomain`: validates and merges into `config`;
     /// `changed` collects what berth-spawn must apply to a running VPS.
-    func applyNetworkChanges(_ request: Berth_V1_SetRequest, to config: inout VPSConfig, changed: inout [String],
+    func applyNetworkChanges(_ request: VPSChange, to config: inout VPSConfig, changed: inout [String],
                              restart: inout [String], running: Bool) throws {
         if !request.nameservers.isEmpty {
             let servers = try request.nameservers.map { try Validation.nameserver($0).description }
@@ -153,8 +153,8 @@ extension VPSManager {
                 changed.append("nameserver")
             }
         }
-        if !request.searchdomains.isEmpty {
-            let domains = try Validation.searchDomains(request.searchdomains)
+        if !request.searchDomains.isEmpty {
+            let domains = try Validation.searchDomains(request.searchDomains)
             if domains != config.searchDomains ?? [] {
                 config.searchDomains = domains
                 changed.append("searchdomain")

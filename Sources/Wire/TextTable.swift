@@ -1,27 +1,29 @@
-/// Columns padded to their widest cell, two spaces apart, no trailing blanks: the CLI's tables
-/// and the beancounter file inside a VPS share this one layout.
-public func textTable(_ rows: [[String]]) -> String {
-    let columns = rows.map(\.count).max() ?? 0
-    let widths = (0..<columns).map { column in rows.map { column < $0.count ? $0[column].count : 0 }.max() ?? 0 }
-    var text = ""
-    for row in rows {
-        var line = row.enumerated().map { cell in
-            cell.element + String(repeating: " ", count: max(0, widths[cell.offset] - cell.element.count))
-        }.joined(separator: "  ")
-        while line.last == " " { line.removeLast() }
-        text += line + "\n"
-    }
-    return text
-}
+import BerthCore
 
 extension Berth_V1_VpsStats {
-    /// `berth stats NAME` as text: one row per resource and the cumulative CPU time. The agent
-    /// writes the same text into the VPS as its beancounter file.
-    public var table: String {
-        let rows = [["RESOURCE", "HELD", "PEAK", "LIMIT", "FAILCNT"]] + counters.map {
-            [$0.resource, String($0.held), String($0.peak),
-             $0.limit == Berth_V1_ResourceCounter.unlimited ? "unlimited" : String($0.limit), String($0.failcnt)]
+    /// The wire form of a VPS's beancounters (`unlimited` for no limit, as OpenVZ writes it).
+    public init(_ accounting: VPSAccounting) {
+        self.init()
+        name = accounting.name
+        cpuNanoseconds = accounting.cpuNanoseconds
+        counters = accounting.counters.map { counter in
+            var wire = Berth_V1_ResourceCounter()
+            wire.resource = counter.resource
+            wire.held = counter.held
+            wire.peak = counter.peak
+            wire.limit = counter.limit ?? Berth_V1_ResourceCounter.unlimited
+            wire.failcnt = counter.failures
+            return wire
         }
-        return textTable(rows) + "cpu time: \(cpuNanoseconds / 1_000_000) ms\n"
     }
+
+    public var accounting: VPSAccounting {
+        VPSAccounting(name: name, cpuNanoseconds: cpuNanoseconds, counters: counters.map {
+            VPSAccounting.Counter(resource: $0.resource, held: $0.held, peak: $0.peak,
+                                  limit: $0.limit == Berth_V1_ResourceCounter.unlimited ? nil : $0.limit, failures: $0.failcnt)
+        })
+    }
+
+    /// `berth stats NAME` as text (VPSAccounting.table).
+    public var table: String { accounting.table }
 }

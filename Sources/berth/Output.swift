@@ -1,3 +1,4 @@
+import BerthCore
 // Output helpers without Foundation: the CLI runs once per operator command, and not loading
 // Foundation (and its ICU data) cuts its start-up time by more than half.
 #if canImport(Glibc)

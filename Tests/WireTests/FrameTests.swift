@@ -1,3 +1,4 @@
+import BerthCore
 import NIOCore
 import NIOEmbedded
 import Testing

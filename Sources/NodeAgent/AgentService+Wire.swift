@@ -1,0 +1,120 @@
+import BerthCore
+import Isolation
+import Wire
+
+// The agent's wire edge: every conversion between its protobuf messages and the node's own
+// types, in one place. Nothing below AgentService sees a `Berth_V1_*` type.
+
+extension VPSCreation {
+    init(_ wire: Berth_V1_CreateRequest) {
+        self.init(name: wire.name, template: wire.template)
+        hostname = wire.hostname
+        ips = wire.ips
+        nameservers = wire.nameservers
+        searchDomains = wire.searchdomains
+        limits = wire.limits.update
+        net = wire.net
+        onboot = wire.onboot
+        labels = wire.labels
+        privileged = wire.privileged
+        capabilities = wire.capabilities
+        storage = wire.storage
+        layout = wire.layout
+    }
+}
+
+extension VPSChange {
+    init(_ wire: Berth_V1_SetRequest) {
+        self.init(name: wire.name)
+        limits = wire.limits.update
+        hostname = wire.hostname
+        ipAdd = wire.ipAdd
+        ipDel = wire.ipDel
+        nameservers = wire.nameservers
+        searchDomains = wire.searchdomains
+        onboot = wire.setOnboot ? wire.onboot : nil
+        labels = wire.labels
+        capabilities = wire.capabilities
+    }
+}
+
+extension Berth_V1_VpsStatus {
+    init(_ view: VPSView) {
+        self.init()
+        let config = view.config
+        name = config.name
+        state = view.state.rawValue
+        hostname = config.hostname
+        template = config.template
+        node = view.node
+        labels = config.labels
+        onboot = config.onboot
+        lastExit = view.lastExit
+        limits = Berth_V1_Limits(config.limits)
+        if let network = config.network {
+            net = network.mode
+            ips = network.ips
+            hostInterface = network.hostInterface
+            mac = network.mac
+        }
+        nameservers = config.nameservers ?? []
+        searchdomains = config.searchDomains ?? []
+        privileged = config.isPrivileged
+        idmap = config.idmapBase.map { "\($0):\(IDMap.defaultCount)" } ?? ""
+        storage = (config.storage ?? .image).rawValue
+        layout = (config.layout ?? .loop).rawValue
+        capabilities = config.capabilities ?? [:]
+        pid = view.initPid ?? 0
+        startedAtUnix = view.bootedAt ?? 0
+    }
+
+    /// A VPS whose config is broken: failed, with the reason where the last exit would be.
+    init(_ broken: BrokenVPS, node: String) {
+        self.init()
+        name = broken.name
+        state = VPSState.failed.rawValue
+        self.node = node
+        lastExit = broken.reason
+    }
+}
+
+extension Berth_V1_VpsList {
+    init(_ listed: (vpses: [VPSView], broken: [BrokenVPS]), node: String) {
+        self.init()
+        vpses = (listed.vpses.map(Berth_V1_VpsStatus.init) + listed.broken.map { Berth_V1_VpsStatus($0, node: node) })
+            .sorted { $0.name < $1.name }
+    }
+}
+
+extension Berth_V1_SetResult {
+    init(_ outcome: VPSChangeOutcome) {
+        self.init()
+        status = Berth_V1_VpsStatus(outcome.vps)
+        appliedLive = outcome.appliedLive
+        needsRestart = outcome.needsRestart
+    }
+}
+
+extension Berth_V1_NodeInfo {
+    init(_ capacity: NodeCapacity) {
+        self.init()
+        name = capacity.name
+        kernel = capacity.kernel
+        cgroupMode = capacity.cgroupMode
+        cpus = UInt32(capacity.cpus)
+        memoryBytes = capacity.memoryBytes
+        diskBytes = capacity.diskBytes
+        diskFreeBytes = capacity.diskFreeBytes
+        poolBytes = capacity.poolBytes
+        poolFreeBytes = capacity.poolFreeBytes
+        cpuOvercommit = capacity.overcommit.cpu
+        memoryOvercommit = capacity.overcommit.memory
+        diskOvercommit = capacity.overcommit.disk
+        committedCpuPct = capacity.committed.cpuPercent
+        committedMemoryBytes = capacity.committed.memoryBytes
+        committedDiskBytes = capacity.committed.diskBytes
+        committedPoolBytes = capacity.committedPoolBytes
+        vpsTotal = UInt32(capacity.vpsTotal)
+        vpsRunning = UInt32(capacity.vpsRunning)
+    }
+}

@@ -1,0 +1,20 @@
+import BerthCore
+
+/// A VPS as callers see it at one moment: its configuration, where it is in its lifecycle, how it
+/// last stopped and, while it runs, its init. The RPC layer turns it into the wire's status.
+public struct VPSView: Sendable {
+    public var config: VPSConfig
+    public var state: VPSState
+    public var node: String
+    /// How the VPS last stopped ("poweroff", "killed by SIGKILL", ...), or why its config is broken.
+    public var lastExit: String
+    /// Host pid of init and when it booted, while the VPS runs.
+    public var initPid: Int32?
+    public var bootedAt: Int64?
+}
+
+/// A VPS directory whose config could not be read: listed so an operator sees it, never touched.
+public struct BrokenVPS: Sendable {
+    public var name: String
+    public var reason: String
+}
