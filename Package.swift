@@ -152,7 +152,8 @@ let package = Package(
         .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "BerthCore", "Wire"]),
         .testTarget(name: "ControllerTests", dependencies: ["BerthCore", "Controller", "Placement", "Wire"]),
-        .testTarget(name: "NodeAgentTests", dependencies: ["BerthCore", "NodeAgent", "Isolation", "Wire"]),
+        .testTarget(name: "NodeAgentTests", dependencies: ["BerthCore", "NodeAgent", "Isolation", "Wire",
+                                                         .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CLITests", dependencies: ["berth", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     ],
     // Swift 5 language mode: NIO channel handlers and the syscall layer share mutable state

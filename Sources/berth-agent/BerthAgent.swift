@@ -174,11 +174,12 @@ struct BerthAgent: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let nodeName = name ?? ProcessInfo.processInfo.hostName
-        let manager = try VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, monitorBinary: monitorBinary, lxcfs: lxcfs,
+        let manager = VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, monitorBinary: monitorBinary, lxcfs: lxcfs,
                                                        templateCache: templateCache, poolSize: poolBytes),
                                      nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger,
                                      overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit),
                                      settings: settings, beancounterInterval: beancounterInterval, defaultLayout: layout)
+        try await manager.prepare()
         // Running VPS monitors keep the helper's read-only bind alive; the path goes with the agent.
         defer { manager.releaseHelper() }
         if cgroupFavordynmods {

@@ -1,0 +1,59 @@
+import BerthCore
+import CIsolation
+import Foundation
+import Isolation
+import Logging
+
+/// An agent start: VPSs that ran on are re-adopted, the rest cleaned up, onboot ones started.
+extension VPSManager {
+    /// Re-adopts running VPSs, notices the ones that exited while no agent ran, cleans their
+    /// leftovers, and — on the first agent start after a host boot — starts `onboot` VPSs.
+    public func recover() async {
+        for name in store.names() {
+            let config: VPSConfig
+            do {
+                config = try store.load(name)
+            } catch {
+                broken[name] = "\(error)"
+                logger.error("cannot load VPS config", metadata: ["vps": "\(name)", "error": "\(error)"])
+                continue
+            }
+            let record = VPSRecord(config: config)
+            records[name] = record
+            if config.isLayered { templates.share(config.template, with: name) }
+            if let run = RunState.read(runDir: runDir(name)), run.monitorAlive {
+                record.run = run
+                record.lifecycle.adoptRunning()
+                let pidfd = berth_pidfd_open(run.monitorPid, 0)
+                if pidfd >= 0 { watchMonitor(name, record: record, pid: run.monitorPid, pidfd: pidfd) }
+                logger.info("re-adopted running VPS", metadata: ["vps": "\(name)", "pid": "\(run.initPid)"])
+            } else {
+                record.lastExit = exitReason(name) ?? ""
+                cleanupAfterExit(name)
+                removeRebuildLeftovers(name)
+                if config.desiredState == .running {
+                    logger.notice("VPS stopped while the agent was down", metadata: ["vps": "\(name)", "reason": "\(record.lastExit)"])
+                }
+            }
+        }
+        if hostBootedSinceLastAgent() {
+            for record in records.values where record.config.onboot && record.state == .stopped {
+                do {
+                    _ = try await start(record.config.name)
+                    logger.info("started onboot VPS", metadata: ["vps": "\(record.config.name)"])
+                } catch {
+                    logger.error("onboot start failed", metadata: ["vps": "\(record.config.name)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// /run is empty after a host boot: a boot-id marker there tells a restart from a reboot.
+    func hostBootedSinceLastAgent() -> Bool {
+        let bootID = (FileIO.read("/proc/sys/kernel/random/boot_id") ?? "").trimmed
+        let marker = paths.runDir + "/agent.boot-id"
+        let previous = (FileIO.read(marker) ?? "").trimmed
+        try? FileIO.writeAtomically(marker, Array((bootID + "\n").utf8), mode: 0o644)
+        return previous != bootID
+    }
+}

@@ -1,0 +1,135 @@
+import BerthCore
+import Foundation
+import Isolation
+import Logging
+import Synchronization
+import Testing
+@testable import NodeAgent
+
+/// A cgroup driver that keeps its cgroups in memory and can be told to fail.
+final class FakeCgroups: CgroupDriver, @unchecked Sendable {
+    struct State {
+        var existing: Set<String> = []
+        var applied: [String: CgroupLimits] = [:]
+        var failCreate = false
+    }
+    let state = Mutex(State())
+    var modeName: String { "fake" }
+
+    func create(_ name: String) throws(IsolationError) {
+        try state.withLock { (state: inout State) throws(IsolationError) in
+            if state.failCreate { throw IsolationError(.syscall, "mkdir: EACCES", stage: "mkdir", errno: EACCES) }
+            state.existing.insert(name)
+        }
+    }
+    func apply(_ name: String, _ limits: CgroupLimits) throws(IsolationError) { state.withLock { $0.applied[name] = limits } }
+    func procsFiles(_ name: String) -> [String] { [] }
+    func pids(_ name: String) -> [Int32] { [] }
+    func killAll(_ name: String) throws(IsolationError) {}
+    func destroy(_ name: String) throws(IsolationError) { _ = state.withLock { $0.existing.remove(name) } }
+    func exists(_ name: String) -> Bool { state.withLock { $0.existing.contains(name) } }
+    func usage(_ name: String, scope: UsageScope) -> CgroupUsage { CgroupUsage() }
+    func list() -> [String] { state.withLock { Array($0.existing) } }
+    func ioSettings(_ name: String, _ io: IOLimits, device: String) throws(IsolationError) -> [CgroupWrite] { [] }
+    func guestMounts() -> [CgroupGuestMount] { [] }
+    func delegate(_ name: String, uid: UInt32, gid: UInt32) throws(IsolationError) {}
+}
+
+/// The manager built without root or a kernel to spare: a temporary data directory, the fake
+/// cgroups, and a berth-spawn that does not exist (the launcher that fails). What each refused or
+/// failed operation leaves is checked on disk.
+@Suite(.serialized) struct VPSManagerTests {
+    struct Node {
+        let dir: String
+        let manager: VPSManager
+        let cgroups: FakeCgroups
+        var store: ConfigStore { ConfigStore(dataDir: dir + "/data") }
+
+        func savedConfig(_ name: String) throws -> VPSConfig { try store.load(name) }
+    }
+
+    /// A node holding one stopped VPS `web1` (memory 256M), re-adopted from its saved config.
+    func withNode(_ body: (Node) async throws -> Void) async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-manager-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for sub in ["data/vps/web1", "data/templates", "run"] {
+            try FileManager.default.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true)
+        }
+        var limits = Limits()
+        limits.memoryBytes = 256 << 20
+        try ConfigStore(dataDir: dir + "/data").save(VPSConfig(name: "web1", template: "busybox", hostname: "web1", limits: limits, stopSignal: SIGUSR2))
+        _ = FileManager.default.createFile(atPath: dir + "/data/vps/web1/disk.img", contents: Data(count: 4096))
+        let cgroups = FakeCgroups()
+        let manager = VPSManager(paths: AgentPaths(dataDir: dir + "/data", runDir: dir + "/run", spawnBinary: dir + "/missing/berth-spawn",
+                                                   monitorBinary: dir + "/missing/berth-monitor"),
+                                 nodeName: "n1", cgroups: cgroups, logger: Logger(label: "test"), onlineCPUs: 4)
+        await manager.recover()
+        try await body(Node(dir: dir, manager: manager, cgroups: cgroups))
+    }
+
+    @Test func aStartWhoseHelperCannotRunLeavesTheVPSAsItWas() async throws {
+        try await withNode { (node: Node) async throws in
+            for _ in 0..<2 {  // the first failure leaves nothing busy: the second fails the same way
+                let error = await #expect(throws: AgentError.self) { try await node.manager.start("web1") }
+                #expect(error?.wireError.code == .kernel)
+                #expect(error?.wireError.stage == "spawn")
+            }
+            #expect(try await node.manager.status("web1").state == .stopped)
+            #expect(try node.savedConfig("web1").desiredState == .stopped)
+            #expect(node.cgroups.list().isEmpty)
+            #expect(!FileManager.default.fileExists(atPath: node.dir + "/run/web1"))
+        }
+    }
+
+    @Test func badSetInputChangesNothingAndGoodInputIsSaved() async throws {
+        try await withNode { (node: Node) async throws in
+            let before = try node.savedConfig("web1")
+            var bad = VPSChange(name: "web1")
+            bad.limits.memoryBytes = 1 << 20
+            bad.labels = ["tier": "gold"]
+            let error = await #expect(throws: BerthError.self) { try await node.manager.set(bad) }
+            #expect(error?.field == "memory")
+            #expect(try node.savedConfig("web1") == before)
+            var good = VPSChange(name: "web1")
+            good.limits.memoryBytes = 512 << 20
+            good.limits.swapBytes = 0
+            good.labels = ["tier": "gold"]
+            let outcome = try await node.manager.set(good)
+            #expect(outcome.appliedLive.isEmpty)
+            let saved = try node.savedConfig("web1")
+            #expect(saved.limits.memoryBytes == 512 << 20 && saved.limits.swapBytes == 0 && saved.labels == ["tier": "gold"])
+            // A second set after the first is done is not refused as concurrent.
+            _ = try await node.manager.set(VPSChange(name: "web1"))
+        }
+    }
+
+    @Test func refusalsNameTheConflict() async throws {
+        try await withNode { (node: Node) async throws in
+            let stop = await #expect(throws: BerthError.self) { try await node.manager.stop("web1", timeout: 1, kill: false) }
+            #expect(stop?.message == "VPS web1 is stopped, not running")
+            let missing = await #expect(throws: AgentError.self) { try await node.manager.status("web2") }
+            #expect(missing?.wireError.code == .notFound)
+            let create = await #expect(throws: AgentError.self) { try await node.manager.create(VPSCreation(name: "web2", template: "nothing")) }
+            #expect(create?.wireError.code == .notFound)
+            #expect(!FileManager.default.fileExists(atPath: node.dir + "/data/vps/web2"))
+        }
+    }
+
+    @Test func destroyRemovesAStoppedVPS() async throws {
+        try await withNode { (node: Node) async throws in
+            try await node.manager.destroy("web1", force: false)
+            #expect(!FileManager.default.fileExists(atPath: node.dir + "/data/vps/web1"))
+            let error = await #expect(throws: AgentError.self) { try await node.manager.status("web1") }
+            #expect(error?.wireError.code == .notFound)
+        }
+    }
+
+    /// `node show` sums every VPS's commitment (BerthCore's rule).
+    @Test func nodeCapacityCountsWhatVPSsCommit() async throws {
+        try await withNode { (node: Node) async throws in
+            let capacity = await node.manager.nodeInfo()
+            #expect(capacity.committed == Commitment(cpuPercent: 0, memoryBytes: 256 << 20, diskBytes: Limits.defaultDiskBytes))
+            #expect(capacity.vpsTotal == 1 && capacity.vpsRunning == 0 && capacity.cpus == 4)
+        }
+    }
+}
