@@ -23,118 +23,46 @@ public struct AgentService: WireService {
     }
 
     public func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
-        let call = Self.callName(request.call)
-        let timer = Timer(label: "berth_agent_request_duration_seconds", dimensions: [("call", call)], preferredDisplayUnit: .seconds)
+        let call = AgentCall.of(request.call)
+        let timer = Timer(label: "berth_agent_request_duration_seconds", dimensions: [("call", call.name)], preferredDisplayUnit: .seconds)
         let start = DispatchTime.now()
         do {
-            let response = try await dispatch(request, stream: stream)
+            try Self.authorise(stream.peer)
+            let response = try await call.handle(self, stream)
             timer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds))
             return response
         } catch {
-            Counter(label: "berth_agent_request_errors_total", dimensions: [("call", call)]).increment()
+            Counter(label: "berth_agent_request_errors_total", dimensions: [("call", call.name)]).increment()
             throw error
         }
     }
 
-    func dispatch(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
-        // The Unix socket is root-only (mode 0600 and SO_PEERCRED); checked again per call so a
-        // future transport cannot skip it.
-        switch stream.peer {
-        case .unixUser(let uid, _) where uid == 0: break
-        case .certificate(let identity) where identity.role == .controller: break
+    /// The Unix socket is root-only (mode 0600 and SO_PEERCRED); checked again per call so a
+    /// future transport cannot skip it. Every call an agent serves needs the same caller.
+    static func authorise(_ peer: PeerIdentity) throws(AgentError) {
+        switch peer {
+        case .unixUser(let uid, _) where uid == 0: return
+        case .certificate(let identity) where identity.role == .controller: return
         default: throw AgentError(.permissionDenied, "only root on this node or the cluster controller may manage its VPSs")
         }
-        var response = Berth_V1_Response()
-        switch request.call {
-        case .create(let create):
-            response.status = Berth_V1_VpsStatus(try await manager.create(VPSCreation(create)) { stream.progress($0) })
-        case .start(let r):
-            response.status = Berth_V1_VpsStatus(try await manager.start(r.name))
-        case .stop(let r):
-            try await manager.stop(r.name, timeout: r.timeoutSeconds, kill: r.kill)
-            response.status = Berth_V1_VpsStatus(try await manager.status(r.name))
-        case .restart(let r):
-            response.status = Berth_V1_VpsStatus(try await manager.restart(r.name))
-        case .destroy(let r):
-            try await manager.destroy(r.name, force: r.force)
-            response.ok = Berth_V1_Empty()
-        case .status(let r):
-            response.status = Berth_V1_VpsStatus(try await manager.status(r.name))
-        case .list(let r):
-            response.list = Berth_V1_VpsList(await manager.list(all: r.all, selector: r.selector), node: manager.nodeName)
-        case .set(let r):
-            response.set = Berth_V1_SetResult(try await manager.set(VPSChange(r)))
-        case .stats(let r):
-            response.stats = Berth_V1_VpsStats(try await manager.stats(r.name))
-        case .nodeInfo:
-            response.node = Berth_V1_NodeInfo(await manager.nodeInfo())
-        case .exec(let r):
-            response.exec = try await exec(r, stream: stream)
-        case .console(let r):
-            try await console(r, stream: stream)
-            response.ok = Berth_V1_Empty()
-        case .templateBuild(let r):
-            switch r.kind {
-            case "busybox":
-                guard r.mirror.isEmpty, r.include.isEmpty else {
-                    throw AgentError.invalid(r.mirror.isEmpty ? "include" : "mirror", "the busybox template is built from the host's busybox-static; it downloads nothing")
-                }
-                stream.progress("building busybox template")
-                response.template = Self.wire(try await manager.templates.buildBusybox(name: r.name.isEmpty ? "busybox" : r.name))
-            case "debian-12":
-                let request = DebianTemplateRequest(name: r.name.isEmpty ? "debian-12" : r.name,
-                                                    mirror: r.mirror.isEmpty ? DebianTemplateRequest.defaultMirror : r.mirror,
-                                                    include: r.include, rebuild: r.rebuild)
-                response.template = Self.wire(try await manager.templates.buildDebian(request) { stream.progress($0) })
-            default:
-                throw AgentError.invalid("template", "'\(r.kind)' cannot be built here (buildable: busybox, debian-12; any rootfs tarball can be imported)")
-            }
-        case .templateImport(let r):
-            response.template = Self.wire(try await manager.templates.importTarball(name: r.name, path: r.tarballPath) { stream.progress($0) })
-        case .templateUpload(let r):
-            response.templateUpload = try await upload(r, stream: stream)
-        case .templateExport(let r):
-            response.template = try await export(r, stream: stream)
-        case .templateRemove(let r):
-            try manager.templates.remove(r.name)
-            response.ok = Berth_V1_Empty()
-        case .templateList:
-            var list = Berth_V1_TemplateList()
-            list.templates = manager.templates.list().map(Self.wire)
-            response.templates = list
-        case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
-             .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList, .renew, .rotate:
-            throw AgentError(.invalidArgument, "this is a node agent: cluster calls go to the controller (berth --controller HOST:PORT)")
-        case nil:
-            throw AgentError(.invalidArgument, "the request names no call (is the client newer than this agent?)")
-        }
-        return response
     }
 
-    /// The metric label of a call.
-    static func callName(_ call: Berth_V1_Request.OneOf_Call?) -> String {
-        switch call {
-        case .create: return "create"
-        case .start: return "start"
-        case .stop: return "stop"
-        case .restart: return "restart"
-        case .destroy: return "destroy"
-        case .status: return "status"
-        case .list: return "list"
-        case .set: return "set"
-        case .stats: return "stats"
-        case .nodeInfo: return "node_info"
-        case .exec: return "exec"
-        case .console: return "console"
-        case .templateBuild: return "template_build"
-        case .templateImport: return "template_import"
-        case .templateUpload: return "template_upload"
-        case .templateExport: return "template_export"
-        case .templateRemove: return "template_remove"
-        case .templateList: return "template_list"
-        case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
-             .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList, .renew, .rotate: return "cluster"
-        case nil: return "none"
+    /// `template build busybox|debian-12`.
+    func build(_ r: Berth_V1_TemplateBuildRequest, stream: ServerStream) async throws -> Berth_V1_TemplateInfo {
+        switch r.kind {
+        case "busybox":
+            guard r.mirror.isEmpty, r.include.isEmpty else {
+                throw AgentError.invalid(r.mirror.isEmpty ? "include" : "mirror", "the busybox template is built from the host's busybox-static; it downloads nothing")
+            }
+            stream.progress("building busybox template")
+            return Self.wire(try await manager.templates.buildBusybox(name: r.name.isEmpty ? "busybox" : r.name))
+        case "debian-12":
+            let request = DebianTemplateRequest(name: r.name.isEmpty ? "debian-12" : r.name,
+                                                mirror: r.mirror.isEmpty ? DebianTemplateRequest.defaultMirror : r.mirror,
+                                                include: r.include, rebuild: r.rebuild)
+            return Self.wire(try await manager.templates.buildDebian(request) { stream.progress($0) })
+        default:
+            throw AgentError.invalid("template", "'\(r.kind)' cannot be built here (buildable: busybox, debian-12; any rootfs tarball can be imported)")
         }
     }
 
