@@ -204,8 +204,7 @@ func store() throws {
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let before = residentKiB()
     let store = try SQLiteStore(directory: dir + "/db")
-    var spec = Berth_V1_CreateRequest()
-    spec.template = "debian-12"
+    var spec = VPSSpec(name: "", template: "debian-12")
     spec.limits.memoryBytes = 1 << 30
     spec.labels = ["tenant": "acme", "tier": "web"]
     var status = Berth_V1_VpsStatus()
@@ -217,7 +216,7 @@ func store() throws {
     for i in 0..<count {
         spec.name = "vps\(i)"
         status.name = spec.name
-        batch.append(VPSRecord(name: spec.name, node: "n\(i % 1000)", tenant: "", spec: spec, status: status, phase: "ready"))
+        batch.append(VPSRecord(name: spec.name, node: "n\(i % 1000)", tenant: "", spec: spec, status: status, phase: .ready))
         if batch.count == 10_000 { try store.importVPSes(batch); batch.removeAll(keepingCapacity: true) }
     }
     try store.importVPSes(batch)

@@ -48,18 +48,16 @@ public final class ControllerServer: Service, Sendable {
         // Rotation: a fresh key and certificate for new connections (the listener's and the
         // agent links'); sessions already open keep theirs, so nothing is cut off.
         let current = Mutex(try bundle.identity().serial)
-        service.controllerRotation.withLock { rotation in
-            rotation = { [ca, hosts, links] in
-                let fresh = try ca.issueBundle(role: .controller, name: "controller", hosts: hosts)
-                let serial = try fresh.identity().serial
-                try server.replaceCredentials(fresh)
-                await links.replaceBundle(fresh)
-                let old = current.withLock { value in
-                    defer { value = serial }
-                    return value
-                }
-                return (serial, old)
+        service.setControllerRotation { [ca, hosts, links] in
+            let fresh = try ca.issueBundle(role: .controller, name: "controller", hosts: hosts)
+            let serial = try fresh.identity().serial
+            try server.replaceCredentials(fresh)
+            await links.replaceBundle(fresh)
+            let old = current.withLock { value in
+                defer { value = serial }
+                return value
             }
+            return (serial, old)
         }
         let watcher = Task { await service.watchLiveness() }
         await withGracefulShutdownHandler {

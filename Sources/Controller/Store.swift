@@ -3,39 +3,6 @@ import GRDB
 import Placement
 import Wire
 
-/// A node as the controller remembers it across restarts. Liveness is not stored: it is judged
-/// on the controller's monotonic clock from heartbeats (see `Liveness`).
-public struct NodeRecord: Sendable, Equatable {
-    public var name: String
-    public var address: String
-    public var labels: [String: String]
-    public var info: Berth_V1_NodeInfo
-    public var cordoned: Bool
-    public var certificateSerial: String
-}
-
-/// A VPS placed by the controller: where it lives, who owns it, what it was created with and
-/// the status its agent last reported.
-public struct VPSRecord: Sendable, Equatable {
-    public var name: String
-    public var node: String
-    /// "" for VPSs created by admins and operators; a tenant sees only its own.
-    public var tenant: String
-    public var spec: Berth_V1_CreateRequest
-    public var status: Berth_V1_VpsStatus
-    /// "creating" until the agent confirmed the create; "ready" after.
-    public var phase: String
-
-    public init(name: String, node: String, tenant: String, spec: Berth_V1_CreateRequest, status: Berth_V1_VpsStatus, phase: String) {
-        self.name = name
-        self.node = node
-        self.tenant = tenant
-        self.spec = spec
-        self.status = status
-        self.phase = phase
-    }
-}
-
 /// The controller's durable state. SQLite through GRDB is the default; the protocol is what a
 /// replicated engine (PostgreSQL) would implement for a highly available controller.
 public protocol ClusterStore: Sendable {
@@ -132,6 +99,17 @@ public final class SQLiteStore: ClusterStore {
                 CREATE INDEX operation_started ON operation(started);
                 """)
         }
+        // Specs were the create request's protobuf; from here on they are the controller's own
+        // record (VPSSpec as JSON), so the wire can change without touching stored rows.
+        migrator.registerMigration("v3 VPS specs as records") { db in
+            for row in try Row.fetchAll(db, sql: "SELECT name, spec FROM vps") {
+                let name: String = row["name"]
+                let request = (try? Berth_V1_CreateRequest(serializedBytes: [UInt8](row["spec"] as Data))) ?? Berth_V1_CreateRequest()
+                var spec = VPSSpec(request)
+                spec.name = name
+                try db.execute(sql: "UPDATE vps SET spec = ? WHERE name = ?", arguments: [try specData(spec), name])
+            }
+        }
         return migrator
     }
 
@@ -179,11 +157,24 @@ public final class SQLiteStore: ClusterStore {
 
     // MARK: VPSs
 
-    static func vps(_ row: Row) -> VPSRecord {
-        VPSRecord(name: row["name"], node: row["node"], tenant: row["tenant"],
-                  spec: (try? Berth_V1_CreateRequest(serializedBytes: [UInt8](row["spec"] as Data))) ?? Berth_V1_CreateRequest(),
-                  status: (try? Berth_V1_VpsStatus(serializedBytes: [UInt8](row["status"] as Data))) ?? Berth_V1_VpsStatus(),
-                  phase: row["phase"])
+    static func specData(_ spec: VPSSpec) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return try encoder.encode(spec)
+    }
+
+    static func vps(_ row: Row) throws -> VPSRecord {
+        let name: String = row["name"]
+        let spec: VPSSpec
+        do { spec = try JSONDecoder().decode(VPSSpec.self, from: row["spec"] as Data) } catch {
+            throw WireError(.corruptState, "the stored spec of VPS \(name) cannot be read: \(error)")
+        }
+        guard let phase = VPSRecord.Phase(rawValue: row["phase"]) else {
+            throw WireError(.corruptState, "VPS \(name) has the unknown phase '\(row["phase"] as String)'")
+        }
+        return VPSRecord(name: name, node: row["node"], tenant: row["tenant"], spec: spec,
+                         status: (try? Berth_V1_VpsStatus(serializedBytes: [UInt8](row["status"] as Data))) ?? Berth_V1_VpsStatus(),
+                         phase: phase)
     }
 
     public func vpses() throws -> [VPSRecord] {
@@ -210,7 +201,7 @@ public final class SQLiteStore: ClusterStore {
                 }
             }
             try db.execute(sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
-                           arguments: [record.name, record.node, record.tenant, Data(), status, record.phase])
+                           arguments: [record.name, record.node, record.tenant, Data(), status, record.phase.rawValue])
             for address in spec.ips {
                 try db.execute(sql: "INSERT INTO ip_address (address, pool, vps) VALUES (?, NULL, ?)",
                                arguments: [IPPoolMath.canonical(address) ?? address, record.name])
@@ -233,17 +224,17 @@ public final class SQLiteStore: ClusterStore {
                 allocated += addresses
             }
             spec.ips += allocated
-            try db.execute(sql: "UPDATE vps SET spec = ? WHERE name = ?", arguments: [Data(try spec.serializedBytes() as [UInt8]), record.name])
+            try db.execute(sql: "UPDATE vps SET spec = ? WHERE name = ?", arguments: [try Self.specData(spec), record.name])
             return allocated
         }
     }
 
     public func updateVPS(_ record: VPSRecord) throws {
-        let spec = Data(try record.spec.serializedBytes() as [UInt8])
+        let spec = try Self.specData(record.spec)
         let status = Data(try record.status.serializedBytes() as [UInt8])
         try pool.write { db in
             try db.execute(sql: "UPDATE vps SET node = ?, tenant = ?, spec = ?, status = ?, phase = ? WHERE name = ?",
-                           arguments: [record.node, record.tenant, spec, status, record.phase, record.name])
+                           arguments: [record.node, record.tenant, spec, status, record.phase.rawValue, record.name])
         }
     }
 
@@ -322,8 +313,8 @@ public final class SQLiteStore: ClusterStore {
         try pool.write { db in
             for record in records {
                 try db.execute(sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
-                               arguments: [record.name, record.node, record.tenant, Data(try record.spec.serializedBytes() as [UInt8]),
-                                           Data(try record.status.serializedBytes() as [UInt8]), record.phase])
+                               arguments: [record.name, record.node, record.tenant, try Self.specData(record.spec),
+                                           Data(try record.status.serializedBytes() as [UInt8]), record.phase.rawValue])
             }
         }
     }

@@ -36,8 +36,8 @@ public struct NodeSnapshot: Sendable, Equatable {
     }
 }
 
-/// What the VPSs on one node commit: kept up to date by the controller as it places and
-/// destroys, so building a snapshot does not read every VPS.
+/// What the VPSs on one node commit: kept up to date by `PlacementLedger` as VPSs are placed,
+/// resized and destroyed, so building a snapshot does not read every VPS.
 public struct NodeUsage: Sendable, Equatable {
     public var cpuMillis: UInt64 = 0
     public var memoryBytes: UInt64 = 0

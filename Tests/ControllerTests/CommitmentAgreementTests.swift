@@ -24,16 +24,16 @@ import Wire
         limits { $0.memoryBytes = 512 << 20; $0.swapBytes = 256 << 20; $0.diskBytes = 10 << 30 },
     ])
     func controllerAndAgentAgree(_ wire: Berth_V1_Limits) throws {
-        var spec = Berth_V1_CreateRequest()
-        spec.limits = wire
-        let scheduler = ControllerService.placementCost(spec)
+        var request = Berth_V1_CreateRequest()
+        request.limits = wire
+        let scheduler = VPSSpec(request).cost
         let stored = try Limits().merging(wire.update, onlineCPUs: 4)
         let agent = stored.commitment
         #expect(scheduler.cpuMillis == agent.cpuPercent * 10)
         #expect(scheduler.memoryBytes == agent.memoryBytes)
         #expect(scheduler.diskBytes == agent.diskBytes)
         // Once the agent's answer replaces the request's limits, the charge does not move.
-        spec.limits = Berth_V1_Limits(stored)
-        #expect(ControllerService.placementCost(spec) == scheduler)
+        request.limits = Berth_V1_Limits(stored)
+        #expect(VPSSpec(request).cost == scheduler)
     }
 }

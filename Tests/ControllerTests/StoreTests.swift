@@ -11,10 +11,9 @@ import Wire
     }
 
     func record(_ name: String, ips: [String] = []) -> VPSRecord {
-        var spec = Berth_V1_CreateRequest()
-        spec.name = name
+        var spec = VPSSpec(name: name, template: "busybox")
         spec.ips = ips
-        return VPSRecord(name: name, node: "n1", tenant: "", spec: spec, status: Berth_V1_VpsStatus(), phase: "creating")
+        return VPSRecord(name: name, node: "n1", tenant: "", spec: spec, status: Berth_V1_VpsStatus(), phase: .creating)
     }
 
     @Test func concurrentReservationsNeverShareAnAddress() async throws {

@@ -1,0 +1,66 @@
+import Wire
+
+/// One row of the controller's call table: who may make the call, its name (in authorisation
+/// errors, as an operation's kind, in logs) and its handler. `ControllerService.handle`
+/// authorises and dispatches every call through it; there is no other list of calls.
+struct ControllerCall: Sendable {
+    typealias Handler = @Sendable (ServedCall) async throws -> Berth_V1_Response
+
+    let name: String
+    let access: Authorisation.Access
+    /// The VPS a mutating call acts on: such calls run as operations (`OperationJournal`).
+    let operationSubject: String?
+    let handler: Handler
+
+    init(_ name: String, _ access: Authorisation.Access, operationOn subject: String? = nil, _ handler: @escaping Handler) {
+        self.name = name
+        self.access = access
+        operationSubject = subject
+        self.handler = handler
+    }
+
+    static let perNodeRefusal = "templates and node info are per node: run this against the node's agent (berth --agent), or see `berth node show NODE`; `berth template import NAME FILE` through the controller sends a tarball to every node"
+
+    // The table. Per-node calls are refused as invalid whoever asks (`anyone`), before any
+    // role check, as Docs/wire.md says.
+    static func of(_ call: Berth_V1_Request.OneOf_Call) -> ControllerCall {
+        switch call {
+        // VPSs
+        case .create(let r): return ControllerCall("create", .writeVPS, operationOn: r.name) { try await $0.create(r) }
+        case .start(let r): return ControllerCall("start", .writeVPS, operationOn: r.name) { try await $0.relay(r.name) }
+        case .restart(let r): return ControllerCall("restart", .writeVPS, operationOn: r.name) { try await $0.relay(r.name) }
+        case .stop(let r): return ControllerCall("stop", .writeVPS, operationOn: r.name) { try await $0.relay(r.name) }
+        case .destroy(let r): return ControllerCall("destroy", .writeVPS, operationOn: r.name) { try await $0.destroy(r.name) }
+        case .set(let r): return ControllerCall("set", .writeVPS) { try await $0.set(r) }
+        case .exec(let r): return ControllerCall("exec", .writeVPS) { try await $0.relay(r.name) }
+        case .console(let r): return ControllerCall("console", .writeVPS) { try await $0.relay(r.name) }
+        case .status(let r): return ControllerCall("status", .read) { try await $0.status(r.name) }
+        case .stats(let r): return ControllerCall("stats", .read) { try await $0.stats(r.name) }
+        case .list(let r): return ControllerCall("list", .read) { try await $0.list(r) }
+        // Operations and events
+        case .operationShow(let r): return ControllerCall("operation show", .read) { try await $0.operationShow(r) }
+        case .operationList: return ControllerCall("operation list", .read) { try await $0.operationList() }
+        case .events(let r): return ControllerCall("events", .readCluster(hidden: "the cluster's event log")) { try await $0.events(r) }
+        // Nodes and pools
+        case .nodeList: return ControllerCall("node list", .readCluster(hidden: "nodes")) { try await $0.nodeList() }
+        case .nodeShow(let r): return ControllerCall("node show", .readCluster(hidden: "nodes")) { try await $0.nodeShow(r.name) }
+        case .nodeCordon(let r): return ControllerCall("node cordon", .operate) { try await $0.cordon(r.name, true) }
+        case .nodeUncordon(let r): return ControllerCall("node uncordon", .operate) { try await $0.cordon(r.name, false) }
+        case .ippoolAdd(let r): return ControllerCall("ippool add", .operate) { try await $0.ippoolAdd(r) }
+        case .ippoolList: return ControllerCall("ippool list", .readCluster(hidden: "pools")) { try await $0.ippoolList() }
+        case .ippoolRemove(let r): return ControllerCall("ippool remove", .operate) { try await $0.ippoolRemove(r.name) }
+        // Templates
+        case .templateUpload(let r): return ControllerCall("template import", .operate) { try await $0.templateUpload(r) }
+        case .templateExport: return ControllerCall("template export", .operate) { try await $0.templateExport() }
+        case .templateBuild, .templateImport, .templateRemove, .templateList, .nodeInfo:
+            return ControllerCall("per-node call", .anyone) { _ in throw WireError(.invalidArgument, perNodeRefusal) }
+        // Certificates and nodes' own calls
+        case .nodeJoinToken(let r): return ControllerCall("node join-token", .admin) { try await $0.joinToken(r) }
+        case .enroll(let r): return ControllerCall("enroll", .anyone) { try await $0.enroll(r) }
+        case .renew(let r): return ControllerCall("renew", .node(refusal: "only nodes renew their certificates (operators get a new bundle with `berth ca issue`)")) { try await $0.renew(r) }
+        case .heartbeat(let r): return ControllerCall("heartbeat", .node(refusal: "only node certificates send heartbeats")) { try await $0.heartbeat(r) }
+        case .rotate(let r): return ControllerCall("rotate", .admin) { try await $0.rotate(r) }
+        case .revoke(let r): return ControllerCall("ca revoke", .admin) { try await $0.revoke(r) }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+import Logging
+import Placement
+import Synchronization
+import Wire
+import WireTLS
+
+/// Nodes checking in: each heartbeat proves the node's current certificate, refreshes its
+/// liveness and report, and brings back the revoked serials and whether to renew. Also the
+/// revocation list (denylist, open connections, what agents are told) and the watch that logs
+/// nodes going down.
+final class Heartbeats: Sendable {
+    /// What a heartbeat needs without touching SQLite: each node's current certificate serial,
+    /// the revoked serials (both change only through the controller), and the last report per
+    /// node, so an unchanged one is not compared row by row again.
+    struct Cache {
+        var serials: [String: String] = [:]
+        var revoked: [String] = []
+        var lastReport: [String: [Berth_V1_VpsStatus]] = [:]
+        var lastMeta: [String: Berth_V1_Heartbeat] = [:]
+        /// Renewed certificates not yet seen on a heartbeat: the node switches to them (its
+        /// listener first), and its first heartbeat with one makes it the node's current serial.
+        var pendingSerials: [String: String] = [:]
+        /// Nodes an admin asked to renew (`berth ca rotate --node`), told so in heartbeat replies.
+        var renewRequested: Set<String> = []
+    }
+
+    let cache = Mutex(Cache())
+    let store: ClusterStore
+    let liveness: Liveness
+    let registry: PeerRegistry
+    let settings: ControllerSettings
+    let logger: Logger
+
+    init(store: ClusterStore, liveness: Liveness, registry: PeerRegistry, settings: ControllerSettings, logger: Logger) throws {
+        self.store = store
+        self.liveness = liveness
+        self.registry = registry
+        self.settings = settings
+        self.logger = logger
+        let nodes = try store.nodes()
+        let revoked = try store.revoked()
+        liveness.seed(nodes)
+        registry.revoke(revoked)
+        cache.withLock { cache in
+            for node in nodes { cache.serials[node.name] = node.certificateSerial }
+            cache.revoked = revoked.sorted()
+        }
+    }
+
+    func isCurrent(serial: String, of node: String) -> Bool {
+        cache.withLock { $0.serials[node] == serial }
+    }
+
+    /// A node (re-)enrolled with a new certificate; its next report is compared in full.
+    func enrolled(_ node: String, serial: String) {
+        cache.withLock { $0.serials[node] = serial; $0.lastReport[node] = nil }
+    }
+
+    /// A renewed certificate the node will switch to; the first heartbeat with it commits it.
+    func renewed(_ node: String, serial: String) {
+        cache.withLock { $0.pendingSerials[node] = serial }
+    }
+
+    func requestRenewal(of node: String) {
+        cache.withLock { _ = $0.renewRequested.insert(node) }
+    }
+
+    /// The node's next report is compared row by row, whatever it says (a call changed a VPS).
+    func forgetReport(of node: String) {
+        cache.withLock { $0.lastReport[node] = nil }
+    }
+
+    /// The denylist, the open connections of the serial, and the list heartbeats hand to agents.
+    func revoke(_ serial: String) throws {
+        try store.revoke(serial)
+        registry.revoke([serial])
+        cache.withLock { cache in
+            if !cache.revoked.contains(serial) { cache.revoked = (cache.revoked + [serial]).sorted() }
+        }
+    }
+
+    /// The hot path of a large fleet (every node, every second): SQLite is touched only when
+    /// something the node reports has changed.
+    func beat(_ request: Berth_V1_Heartbeat, from identity: CertificateIdentity) throws -> Berth_V1_HeartbeatReply {
+        var meta = request
+        meta.vpses = []
+        let (enrolled, renewed, unchanged, sameMeta, revoked, renew) = cache.withLock { cache in
+            (cache.serials[identity.name] == identity.serial, cache.pendingSerials[identity.name] == identity.serial,
+             cache.lastReport[identity.name] == request.vpses, cache.lastMeta[identity.name] == meta, cache.revoked,
+             cache.renewRequested.contains(identity.name))
+        }
+        guard enrolled || renewed else {
+            throw WireError(.unauthenticated, "heartbeat: node \(identity.name) is not enrolled with this certificate")
+        }
+        if renewed { try commitRenewal(node: identity.name, serial: identity.serial) }
+        if liveness.heartbeat(node: identity.name, info: request.info, templates: request.templates) {
+            logger.notice("node up", metadata: ["node": "\(identity.name)"])
+            try? store.addEvent(kind: "node.up", subject: identity.name, message: "heartbeat received")
+        }
+        if !sameMeta {
+            cache.withLock { $0.lastMeta[identity.name] = meta }
+            if let node = try store.node(identity.name) {
+                let address = request.address.isEmpty ? node.address : request.address
+                if address != node.address || node.labels != request.labels || node.info != request.info {
+                    try store.updateNodeReport(name: node.name, serial: identity.serial, address: address,
+                                               labels: request.labels, info: request.info)
+                }
+            }
+        }
+        if !unchanged {
+            _ = try store.recordStatuses(node: identity.name, request.vpses)
+            cache.withLock { $0.lastReport[identity.name] = request.vpses }
+        }
+        var reply = Berth_V1_HeartbeatReply()
+        let interval = settings.heartbeatInterval.components
+        reply.intervalMs = UInt32(interval.seconds * 1000 + interval.attoseconds / 1_000_000_000_000_000)
+        reply.revokedSerials = revoked
+        reply.renewCertificate = renew && !renewed
+        return reply
+    }
+
+    /// A heartbeat made with a renewed certificate: it is now the node's, and the old one is
+    /// revoked (the node no longer uses it; links re-pin to the new serial).
+    func commitRenewal(node name: String, serial: String) throws {
+        guard var node = try store.node(name) else { return }
+        let old = node.certificateSerial
+        node.certificateSerial = serial
+        try store.saveNode(node)
+        cache.withLock { cache in
+            cache.serials[name] = serial
+            cache.pendingSerials[name] = nil
+            cache.renewRequested.remove(name)
+        }
+        if !old.isEmpty && old != serial { try revoke(old) }
+        try? store.addEvent(kind: "node.certificate-renewed", subject: name, message: "serial \(serial) replaces \(old)")
+    }
+
+    /// Logs each node's transition to `down` once (the state itself is computed on demand).
+    func watchLiveness() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(250))
+            guard let nodes = try? store.nodes().map(\.name) else { continue }
+            for node in liveness.newlyDown(among: nodes) {
+                logger.warning("node down", metadata: ["node": "\(node)", "after": "\(settings.downAfter)"])
+                try? store.addEvent(kind: "node.down", subject: node, message: "no heartbeat for \(settings.downAfter)")
+            }
+        }
+    }
+}

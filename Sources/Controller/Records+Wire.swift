@@ -1,0 +1,73 @@
+import Foundation
+import BerthCore
+import Placement
+import Wire
+
+// The one place where the controller's records and the wire's messages meet.
+
+extension VPSSpec {
+    /// The record of a create request, with its limits as BerthCore's `Limits` (unchecked: the
+    /// create checks them first, a stored old row is taken as it was).
+    public init(_ request: Berth_V1_CreateRequest) {
+        self.init(name: request.name, template: request.template)
+        hostname = request.hostname
+        ips = request.ips
+        nameservers = request.nameservers
+        searchDomains = request.searchdomains
+        limits = Limits(request.limits)
+        net = request.net
+        onBoot = request.onboot
+        labels = request.labels
+        privileged = request.privileged
+        capabilities = request.capabilities
+        storage = request.storage
+        layout = request.layout
+        pinnedNode = request.node
+        constraints = request.constraints
+        antiAffinity = request.antiAffinity
+    }
+}
+
+extension Berth_V1_ClusterNode {
+    /// A node as `node list`/`node show` print it: its record, its liveness and its last report.
+    init(_ node: NodeRecord, state: NodeState, liveness: Liveness, vpsCount: Int) {
+        self.init()
+        name = node.name
+        address = node.address
+        labels = node.labels
+        let report = liveness.report(node.name)
+        info = report?.info ?? node.info
+        self.state = state.rawValue
+        lastHeartbeatMsAgo = liveness.millisecondsSinceHeartbeat(node.name) ?? 0
+        self.vpsCount = UInt32(vpsCount)
+        templates = report?.templates.map { $0.sorted() } ?? []
+        certificateSerial = node.certificateSerial
+    }
+}
+
+extension Berth_V1_IpPool {
+    init(_ pool: IPPoolRecord, used: Int) {
+        self.init()
+        name = pool.name
+        cidr = pool.cidr
+        gateway = pool.gateway
+        self.used = UInt32(used)
+        size = IPPoolMath.size(cidr: pool.cidr)
+    }
+}
+
+extension Berth_V1_JoinToken {
+    init(_ token: Enrolment.JoinToken) {
+        self.init()
+        self.token = token.text
+        expiresUnix = Int64(token.expires.timeIntervalSince1970)
+    }
+}
+
+extension Berth_V1_EnrollReply {
+    init(_ certificate: Enrolment.IssuedCertificate) {
+        self.init()
+        certificatePem = certificate.certificatePEM
+        caPem = certificate.caPEM
+    }
+}

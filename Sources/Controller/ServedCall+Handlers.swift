@@ -1,0 +1,166 @@
+import BerthCore
+import Placement
+import Wire
+
+// The handlers of the call table (ControllerCall.of): wire in, wire out; the work is done by the
+// controller's parts. All are async so the table calls them alike.
+
+extension ServedCall {
+    func response(_ fill: (inout Berth_V1_Response) throws -> Void) rethrows -> Berth_V1_Response {
+        var response = Berth_V1_Response()
+        try fill(&response)
+        return response
+    }
+
+    // MARK: VPSs
+
+    func create(_ r: Berth_V1_CreateRequest) async throws -> Berth_V1_Response {
+        let status = try await service.vps.create(r, by: caller, stream: stream)
+        return response { $0.status = status }
+    }
+
+    func relay(_ name: String) async throws -> Berth_V1_Response {
+        try await service.vps.relay(request, name: name, by: caller, stream: stream)
+    }
+
+    func set(_ r: Berth_V1_SetRequest) async throws -> Berth_V1_Response {
+        try await service.vps.set(r, request: request, by: caller, stream: stream)
+    }
+
+    func destroy(_ name: String) async throws -> Berth_V1_Response {
+        try await service.vps.destroy(request, name: name, by: caller, stream: stream)
+    }
+
+    func status(_ name: String) async throws -> Berth_V1_Response {
+        try await service.vps.status(request, name: name, by: caller, stream: stream)
+    }
+
+    func stats(_ name: String) async throws -> Berth_V1_Response {
+        try await service.vps.stats(request, name: name, by: caller, stream: stream)
+    }
+
+    func list(_ r: Berth_V1_ListRequest) async throws -> Berth_V1_Response {
+        let statuses = try service.vps.list(all: r.all, selector: r.selector, by: caller)
+        return response { $0.list.vpses = statuses }
+    }
+
+    // MARK: operations and events
+
+    func operationShow(_ r: Berth_V1_OperationRequest) async throws -> Berth_V1_Response {
+        let operation = try await service.journal.show(r.id, waitMs: r.waitMs, to: caller)
+        return response { $0.operation = operation }
+    }
+
+    func operationList() async throws -> Berth_V1_Response {
+        let operations = try service.journal.recent(to: caller)
+        return response { $0.operations.operations = operations }
+    }
+
+    /// A long poll of the event log: events after `after_id`, waiting up to `wait_ms` for one.
+    func events(_ r: Berth_V1_EventsRequest) async throws -> Berth_V1_Response {
+        guard r.waitMs <= 30_000, r.limit <= 1000 else {
+            throw WireError(.invalidArgument, "events: wait_ms is at most 30000 and limit at most 1000", field: "wait_ms")
+        }
+        guard let after = Int64(exactly: r.afterID) else { throw WireError(.invalidArgument, "events: after_id out of range", field: "after_id") }
+        let limit = r.limit == 0 ? 100 : Int(r.limit)
+        let deadline = ContinuousClock.now + .milliseconds(Int(r.waitMs))
+        var found = try service.store.events(after: after, limit: limit)
+        while found.isEmpty && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(200))
+            found = try service.store.events(after: after, limit: limit)
+        }
+        return response { $0.events.events = found }
+    }
+
+    // MARK: nodes and pools
+
+    func nodeList() async throws -> Berth_V1_Response {
+        let nodes = try service.store.nodes().map(service.clusterNode)
+        return response { $0.nodes.nodes = nodes }
+    }
+
+    func nodeShow(_ name: String) async throws -> Berth_V1_Response {
+        guard let node = try service.store.node(name) else { throw WireError(.notFound, "name: no node named \(name)", field: "name") }
+        return response { $0.clusterNode = service.clusterNode(node) }
+    }
+
+    func cordon(_ name: String, _ cordon: Bool) async throws -> Berth_V1_Response {
+        guard try service.store.setCordoned(name, cordon), let node = try service.store.node(name) else {
+            throw WireError(.notFound, "name: no node named \(name)", field: "name")
+        }
+        try? service.store.addEvent(kind: cordon ? "node.cordoned" : "node.uncordoned", subject: name, message: "by \(caller.name)")
+        return response { $0.clusterNode = service.clusterNode(node) }
+    }
+
+    func ippoolAdd(_ r: Berth_V1_IpPool) async throws -> Berth_V1_Response {
+        let pool = try IPPoolMath.validatePool(name: r.name, cidr: r.cidr, gateway: r.gateway)
+        try service.store.addPool(pool)
+        return response { $0.ippool = Berth_V1_IpPool(pool, used: 0) }
+    }
+
+    func ippoolList() async throws -> Berth_V1_Response {
+        let usage = try service.store.poolUsage()
+        let pools = try service.store.pools().map { Berth_V1_IpPool($0, used: usage[$0.name] ?? 0) }
+        return response { $0.ippools.pools = pools }
+    }
+
+    func ippoolRemove(_ name: String) async throws -> Berth_V1_Response {
+        try service.store.removePool(name)
+        return response { $0.ok = Berth_V1_Empty() }
+    }
+
+    // MARK: templates
+
+    func templateUpload(_ r: Berth_V1_TemplateUploadRequest) async throws -> Berth_V1_Response {
+        let result = try await service.templates.distribute(r, by: caller, stream: stream)
+        return response { $0.templateUpload = result }
+    }
+
+    func templateExport() async throws -> Berth_V1_Response {
+        try await service.templates.export(request, stream: stream)
+    }
+
+    // MARK: certificates and nodes' own calls
+
+    func joinToken(_ r: Berth_V1_JoinTokenRequest) async throws -> Berth_V1_Response {
+        let token = try service.enrolment.joinToken(ttl: r.ttlSeconds)
+        return response { $0.joinToken = Berth_V1_JoinToken(token) }
+    }
+
+    func enroll(_ r: Berth_V1_EnrollRequest) async throws -> Berth_V1_Response {
+        let issued = try service.enrolment.enroll(token: r.token, node: r.nodeName, address: r.address, labels: r.labels,
+                                                  publicKeyPEM: r.publicKeyPem)
+        return response { $0.enrolled = Berth_V1_EnrollReply(issued) }
+    }
+
+    func renew(_ r: Berth_V1_RenewRequest) async throws -> Berth_V1_Response {
+        let issued = try service.enrolment.renew(try certificate, publicKeyPEM: r.publicKeyPem)
+        return response { $0.enrolled = Berth_V1_EnrollReply(issued) }
+    }
+
+    func heartbeat(_ r: Berth_V1_Heartbeat) async throws -> Berth_V1_Response {
+        let reply = try service.heartbeats.beat(r, from: try certificate)
+        return response { $0.heartbeat = reply }
+    }
+
+    /// Admin: the controller takes a new certificate now, and/or a node is asked to renew.
+    func rotate(_ r: Berth_V1_RotateRequest) async throws -> Berth_V1_Response {
+        guard r.controller || !r.node.isEmpty else {
+            throw WireError(.invalidArgument, "rotate: name a node (--node NAME) or the controller (--controller-cert)")
+        }
+        var result = Berth_V1_RotateResult()
+        if !r.node.isEmpty {
+            try service.enrolment.requestRenewal(of: r.node, by: caller)
+            result.node = r.node
+        }
+        if r.controller {
+            result.controllerSerial = try await service.enrolment.rotateControllerCertificate(by: caller)
+        }
+        return response { $0.rotated = result }
+    }
+
+    func revoke(_ r: Berth_V1_RevokeRequest) async throws -> Berth_V1_Response {
+        try service.enrolment.revoke(r.serial, by: caller)
+        return response { $0.ok = Berth_V1_Empty() }
+    }
+}

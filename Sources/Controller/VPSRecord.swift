@@ -1,0 +1,31 @@
+import Placement
+import Wire
+
+/// A VPS placed by the controller: where it lives, who owns it, what it was created with and
+/// the status its agent last reported.
+public struct VPSRecord: Sendable, Equatable {
+    /// Whether the node has confirmed the create.
+    public enum Phase: String, Sendable {
+        case creating, ready
+    }
+
+    public var name: String
+    public var node: String
+    /// "" for VPSs created by admins and operators; a tenant sees only its own.
+    public var tenant: String
+    public var spec: VPSSpec
+    public var status: Berth_V1_VpsStatus
+    public var phase: Phase
+
+    public init(name: String, node: String, tenant: String, spec: VPSSpec, status: Berth_V1_VpsStatus, phase: Phase) {
+        self.name = name
+        self.node = node
+        self.tenant = tenant
+        self.spec = spec
+        self.status = status
+        self.phase = phase
+    }
+
+    /// The VPS as the placement ledger counts it.
+    public var placed: PlacedVPS { PlacedVPS(name: name, node: node, cost: spec.cost, group: spec.antiAffinity) }
+}
