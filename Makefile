@@ -5,7 +5,7 @@ SWIFT ?= swift
 BUILD := .build/debug
 RELEASE := .build/release
 
-.PHONY: all deps build test test-unit test-integration test-network test-resources test-cluster test-debian test-security test-fuzz demo demo-stop bench device-bundle release proto clean-leftovers cluster-up cluster-down
+.PHONY: all deps build check test test-unit test-integration test-network test-resources test-cluster test-debian test-security test-fuzz demo demo-stop bench device-bundle release proto clean-leftovers cluster-up cluster-down
 
 all: build
 
@@ -18,12 +18,19 @@ MONITOR_FLAGS := -O2 -Wall -Wextra -static
 # Any C compiler: the Swift toolchain's clang where Debian's is not installed.
 MONITOR_CC := $(shell command -v cc || command -v gcc || command -v clang)
 
-# One debug build of every product and test target; every test tier reuses it.
+# One debug build of every product and test target; every test tier reuses it. Berth's own
+# targets are built with warnings as errors (BERTH_STRICT, Package.swift).
 build: deps
-	$(SWIFT) build --build-tests
+	BERTH_STRICT=1 $(SWIFT) build --build-tests
 	$(MONITOR_CC) $(MONITOR_FLAGS) -o $(BUILD)/berth-monitor Sources/berth-monitor/main.c
 
+# The format, the wire edge rule and a warning-free build (scripts/check.sh); `make test` runs
+# it first, on the build it has just made.
+check: deps
+	@./scripts/check.sh
+
 test: build
+	@BERTH_CHECK_BUILD=0 ./scripts/check.sh
 	@$(MAKE) --no-print-directory test-unit
 	@$(MAKE) --no-print-directory test-fuzz
 	@$(MAKE) --no-print-directory test-integration

@@ -8,12 +8,18 @@ import PackageDescription
 // memory instead of 496 kB. The daemons keep glibc's dynamic NSS (host names, users) and stay PIE.
 // Release builds only: a debug build links the Swift libraries dynamically, and its link would
 // miss the static libraries that Foundation's own libraries pull in (they are named below).
-let staticExecutable: [LinkerSetting] = [.unsafeFlags(["-static-executable"], .when(configuration: .release))]
+let staticExecutable: [LinkerSetting] =
+    [.unsafeFlags(["-static-executable"], .when(configuration: .release))]
     // Without --static-swift-stdlib the driver names no static library that Foundation's own pull in.
     + ["_FoundationCollections", "_FoundationCShims", "swiftSynchronization"].map { .linkedLibrary($0, .when(configuration: .release)) }
 
 // Dependencies are pinned exactly: the local mirror carries specific versions and CI builds from a
 // clean clone, so "from:" could drift to a different mirrored patch release between machines.
+/// `make build`, `make test` and `make check` build Berth's own targets with warnings as errors
+/// (BERTH_STRICT=1); a plain `swift build` does not, so a newer toolchain's new warnings do not
+/// stop a user's build.
+let ownSwiftSettings: [SwiftSetting] = Context.environment["BERTH_STRICT"] == "1" ? [.unsafeFlags(["-warnings-as-errors"])] : []
+
 let package = Package(
     name: "Berth",
     products: [
@@ -143,21 +149,39 @@ let package = Package(
         // Cluster benchmarks (Benchmarks/cluster.sh): RPC, scheduler, store, heartbeats.
         .executableTarget(
             name: "cluster-bench",
-            dependencies: ["BerthCore", "Controller", "Placement", "Wire", "WireTLS", .product(name: "NIOCore", package: "swift-nio"),
-                           .product(name: "NIOPosix", package: "swift-nio")],
+            dependencies: [
+                "BerthCore", "Controller", "Placement", "Wire", "WireTLS", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             path: "Benchmarks/ClusterBench"),
-        .testTarget(name: "WireTests", dependencies: ["BerthCore", "Wire", "WireTLS", .product(name: "NIOEmbedded", package: "swift-nio"),
-                                                    .product(name: "NIOSSL", package: "swift-nio-ssl")]),
+        .testTarget(
+            name: "WireTests",
+            dependencies: [
+                "BerthCore", "Wire", "WireTLS", .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]),
         .testTarget(name: "IsolationTests", dependencies: ["BerthCore", "Isolation"]),
         .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "BerthCore", "Wire"]),
-        .testTarget(name: "ControllerTests", dependencies: ["BerthCore", "Controller", "Placement", "Wire",
-                                                        .product(name: "GRDB", package: "GRDB.swift")]),
-        .testTarget(name: "NodeAgentTests", dependencies: ["BerthCore", "NodeAgent", "Isolation", "Wire",
-                                                         .product(name: "Logging", package: "swift-log")]),
+        .testTarget(
+            name: "ControllerTests",
+            dependencies: [
+                "BerthCore", "Controller", "Placement", "Wire",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]),
+        .testTarget(
+            name: "NodeAgentTests",
+            dependencies: [
+                "BerthCore", "NodeAgent", "Isolation", "Wire",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(name: "CLITests", dependencies: ["berth", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     ],
     // Swift 5 language mode: NIO channel handlers and the syscall layer share mutable state
     // across the event loop by design; full Swift 6 isolation checking comes in a later pass.
     swiftLanguageModes: [.v5]
 )
+
+for target in package.targets where target.type != .system && !["CIsolation", "CFuzzDriver"].contains(target.name) {
+    target.swiftSettings = (target.swiftSettings ?? []) + ownSwiftSettings
+}

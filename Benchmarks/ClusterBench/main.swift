@@ -92,15 +92,17 @@ func rpc() async throws {
         guard let port = Int(portLine.dropFirst("port ".count).dropLast()) else {
             throw WireError(.unavailable, "rpc-server printed no port: \(portLine)")
         }
-        try await measure(label: "server in its own process, handler on the \(handlers == "pool" ? "cooperative pool" : "event loop")",
-                          port: port, bundle: bundle, group: group, callers: callers, connections: connections, seconds: seconds)
+        try await measure(
+            label: "server in its own process, handler on the \(handlers == "pool" ? "cooperative pool" : "event loop")",
+            port: port, bundle: bundle, group: group, callers: callers, connections: connections, seconds: seconds)
         try toServer.fileHandleForWriting.close()
         server.waitUntilExit()
     }
 
     let inline = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: EchoStatus(), bundle: serverBundle, group: group)
-    try await measure(label: "client and server in one process, handler on the event loop", port: inline.port, bundle: bundle, group: group,
-                      callers: callers, connections: connections, seconds: seconds)
+    try await measure(
+        label: "client and server in one process, handler on the event loop", port: inline.port, bundle: bundle, group: group,
+        callers: callers, connections: connections, seconds: seconds)
     await inline.close()
 }
 
@@ -109,8 +111,9 @@ func rpc() async throws {
 func rpcServer() async throws {
     guard let dir = stringOption("dir") else { throw WireError(.invalidArgument, "rpc-server needs --dir", field: "dir") }
     let service = EchoStatus(onEventLoop: stringOption("handlers") != "pool")
-    let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: service,
-                                              bundle: try CredentialBundle.load(directory: dir), group: loopGroup("loops"))
+    let server = try await TLSWireServer.bind(
+        host: "127.0.0.1", port: 0, service: service,
+        bundle: try CredentialBundle.load(directory: dir), group: loopGroup("loops"))
     print("port \(server.port)")
     await Task.detached {
         var byte: UInt8 = 0
@@ -125,8 +128,10 @@ func loopGroup(_ name: String) -> MultiThreadedEventLoopGroup {
     return threads > 0 ? MultiThreadedEventLoopGroup(numberOfThreads: threads) : .singleton
 }
 
-func measure(label: String, port: Int, bundle: CredentialBundle, group: MultiThreadedEventLoopGroup,
-             callers: Int, connections: Int, seconds: Int) async throws {
+func measure(
+    label: String, port: Int, bundle: CredentialBundle, group: MultiThreadedEventLoopGroup,
+    callers: Int, connections: Int, seconds: Int
+) async throws {
     var clients: [WireClient] = []
     for _ in 0..<connections { clients.append(try await WireClient.connect(host: "127.0.0.1", port: port, bundle: bundle, group: group)) }
     var request = Berth_V1_Request()
@@ -155,9 +160,11 @@ func measure(label: String, port: Int, bundle: CredentialBundle, group: MultiThr
     }
     let elapsed = ContinuousClock.now - warmUp
     let wall = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-    print(String(format: "rpc, %@: %d callers on %d mTLS connections: %.0f calls/s, p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms (%d calls in %.1f s)",
-                 label, callers, connections, Double(latencies.count) / wall, percentile(latencies, 0.5) / 1000,
-                 percentile(latencies, 0.99) / 1000, percentile(latencies, 0.999) / 1000, latencies.count, wall))
+    print(
+        String(
+            format: "rpc, %@: %d callers on %d mTLS connections: %.0f calls/s, p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms (%d calls in %.1f s)",
+            label, callers, connections, Double(latencies.count) / wall, percentile(latencies, 0.5) / 1000,
+            percentile(latencies, 0.99) / 1000, percentile(latencies, 0.999) / 1000, latencies.count, wall))
 
     let first = clients[0]
     let sequential = try await withTaskExecutorPreference(first.executor) {
@@ -169,23 +176,27 @@ func measure(label: String, port: Int, bundle: CredentialBundle, group: MultiThr
         }
         return latencies.sorted()
     }
-    print(String(format: "rpc, %@: 1 caller in sequence: p50 %.3f ms, p99 %.3f ms (10000 calls)",
-                 label, percentile(sequential, 0.5) / 1000, percentile(sequential, 0.99) / 1000))
+    print(
+        String(
+            format: "rpc, %@: 1 caller in sequence: p50 %.3f ms, p99 %.3f ms (10000 calls)",
+            label, percentile(sequential, 0.5) / 1000, percentile(sequential, 0.99) / 1000))
     for client in clients { await client.close() }
 }
 
 func scheduler() {
     let nodeCount = option("nodes", 10_000), placements = option("placements", 100_000)
     let nodes = (0..<nodeCount).map { i -> NodeSnapshot in
-        var node = NodeSnapshot(name: String(format: "n%05d", i), labels: ["zone": "z\(i % 5)"],
-                                cpuMillis: 32_000, memoryBytes: 256 << 30, diskBytes: 4 << 40)
+        var node = NodeSnapshot(
+            name: String(format: "n%05d", i), labels: ["zone": "z\(i % 5)"],
+            cpuMillis: 32_000, memoryBytes: 256 << 30, diskBytes: 4 << 40)
         node.templates = ["busybox", "debian-12"]
         return node
     }
     let requests = (0..<placements).map { i in
-        PlacementRequest(cpuMillis: 500, memoryBytes: 1 << 30, diskBytes: 10 << 30,
-                         constraints: i % 4 == 0 ? ["zone": "z\(i % 5)"] : [:],
-                         antiAffinityGroup: i % 10 == 0 ? "g\(i % 1000)" : nil, template: "debian-12")
+        PlacementRequest(
+            cpuMillis: 500, memoryBytes: 1 << 30, diskBytes: 10 << 30,
+            constraints: i % 4 == 0 ? ["zone": "z\(i % 5)"] : [:],
+            antiAffinityGroup: i % 10 == 0 ? "g\(i % 1000)" : nil, template: "debian-12")
     }
     for strategy in [SchedulerPolicy.Strategy.spread, .binpack] {
         let scheduler = Scheduler(policy: SchedulerPolicy(strategy: strategy))
@@ -193,8 +204,10 @@ func scheduler() {
         let result = scheduler.placeAll(requests, on: nodes)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         let placed = result.filter { if case .node = $0 { return true } else { return false } }.count
-        print(String(format: "scheduler %@: %d placements on %d nodes in %.2f s = %.0f placements/s (%d placed)",
-                     strategy.rawValue, placements, nodeCount, seconds, Double(placements) / seconds, placed))
+        print(
+            String(
+                format: "scheduler %@: %d placements on %d nodes in %.2f s = %.0f placements/s (%d placed)",
+                strategy.rawValue, placements, nodeCount, seconds, Double(placements) / seconds, placed))
     }
 }
 
@@ -224,8 +237,10 @@ func store() throws {
     let t1 = DispatchTime.now().uptimeNanoseconds
     let all = try store.vpses()
     let loaded = Double(DispatchTime.now().uptimeNanoseconds - t1) / 1e9
-    print(String(format: "store: %d VPS records imported in %.2f s; loading all (what a controller start reads) %.2f s; resident %.0f MiB (+%.0f MiB)",
-                 all.count, imported, loaded, Double(residentKiB()) / 1024, Double(residentKiB() - before) / 1024))
+    print(
+        String(
+            format: "store: %d VPS records imported in %.2f s; loading all (what a controller start reads) %.2f s; resident %.0f MiB (+%.0f MiB)",
+            all.count, imported, loaded, Double(residentKiB()) / 1024, Double(residentKiB() - before) / 1024))
 }
 
 func heartbeats() async throws {
@@ -245,8 +260,9 @@ func heartbeats() async throws {
         tokenRequest.nodeJoinToken.ttlSeconds = 600
         let token = try await adminClient.call(tokenRequest).joinToken.token
         let key = ClusterCA.generateKeyPair()
-        let enrolClient = try await WireClient.connect(host: host, port: port, bundle: nil,
-                                                       pinnedCA: try JoinTokenText(parsing: token).caFingerprint, group: group)
+        let enrolClient = try await WireClient.connect(
+            host: host, port: port, bundle: nil,
+            pinnedCA: try JoinTokenText(parsing: token).caFingerprint, group: group)
         var enrol = Berth_V1_Request()
         enrol.enroll.token = token
         enrol.enroll.nodeName = String(format: "sim%04d", i)

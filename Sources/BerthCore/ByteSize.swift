@@ -14,7 +14,8 @@ public enum ByteSize {
             digits = digits.dropLast()
         }
         guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let value = UInt64(digits) else {
-            throw BerthError(.invalidArgument, "\(field): '\(text)' is not a size (use a whole number with an optional K, M, G or T suffix, e.g. 512M)", field: field)
+            throw BerthError(
+                .invalidArgument, "\(field): '\(text)' is not a size (use a whole number with an optional K, M, G or T suffix, e.g. 512M)", field: field)
         }
         guard value.leadingZeroBitCount >= Int(shift) else {
             throw BerthError(.invalidArgument, "\(field): '\(text)' is too large", field: field)

@@ -30,7 +30,8 @@ public struct HostPort: Sendable, Equatable, CustomStringConvertible {
             }
         }
         guard !host.isEmpty, !portText.isEmpty, portText.utf8.allSatisfy({ (0x30...0x39).contains($0) }), portText.utf8.count <= 5,
-              let port = Int(portText), ((anyPort ? 0 : 1)...65535).contains(port) else {
+            let port = Int(portText), ((anyPort ? 0 : 1)...65535).contains(port)
+        else {
             throw BerthError(.invalidArgument, "\(field): \"\(text)\" is not HOST:PORT with a port from \(anyPort ? 0 : 1) to 65535", field: field)
         }
         self.init(host: String(host), port: port)

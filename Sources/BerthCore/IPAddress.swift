@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// An IPv4 or IPv6 address in network byte order: the one address parser of the project (node
@@ -120,7 +120,8 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
         guard parts.count == 2 else { throw AddressError("'\(text)' is not a CIDR range like 198.18.0.0/24") }
         let address = try IPAddress(String(parts[0]))
         guard let length = Int(parts[1]), parts[1].utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
-              parts[1].count == 1 || parts[1].first != "0", length >= 0, length <= address.bitWidth else {
+            parts[1].count == 1 || parts[1].first != "0", length >= 0, length <= address.bitWidth
+        else {
             throw AddressError("'\(text)': prefix length must be 0-\(address.bitWidth)")
         }
         let range = CIDR(address: address, prefixLength: length)

@@ -26,8 +26,10 @@ public struct Limits: Codable, Equatable, Sendable {
     public init(diskBytes: UInt64 = Limits.defaultDiskBytes) { self.diskBytes = diskBytes }
 
     /// The keys of the stored form, for refusing unknown ones in a hand-edited file.
-    public static let keys: Set<String> = ["memoryBytes", "swapBytes", "pids", "cpuUnits", "cpuLimitPercent", "cpus", "files", "diskBytes",
-                                           "diskInodes", "ioWeight", "ioBytesPerSecond", "ioOperationsPerSecond"]
+    public static let keys: Set<String> = [
+        "memoryBytes", "swapBytes", "pids", "cpuUnits", "cpuLimitPercent", "cpus", "files", "diskBytes",
+        "diskInodes", "ioWeight", "ioBytesPerSecond", "ioOperationsPerSecond",
+    ]
 }
 
 /// A change to a VPS's limits, as `berth create` and `berth set` give it: nil leaves a limit as

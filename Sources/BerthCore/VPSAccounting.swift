@@ -32,9 +32,11 @@ public struct VPSAccounting: Sendable, Equatable {
     /// `berth stats NAME` as text: one row per resource and the cumulative CPU time. The agent
     /// writes the same text into the VPS as its beancounter file.
     public var table: String {
-        let rows = [["RESOURCE", "HELD", "PEAK", "LIMIT", "FAILCNT"]] + counters.map {
-            [$0.resource, String($0.held), String($0.peak), $0.limit.map(String.init) ?? "unlimited", String($0.failures)]
-        }
+        let rows =
+            [["RESOURCE", "HELD", "PEAK", "LIMIT", "FAILCNT"]]
+            + counters.map {
+                [$0.resource, String($0.held), String($0.peak), $0.limit.map(String.init) ?? "unlimited", String($0.failures)]
+            }
         return textTable(rows) + "cpu time: \(cpuNanoseconds / 1_000_000) ms\n"
     }
 }

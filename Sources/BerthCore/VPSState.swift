@@ -6,15 +6,15 @@ public enum VPSState: String, Sendable, CaseIterable {
     /// The moves a lifecycle may make; every other is a bug in the caller.
     public func canMove(to next: VPSState) -> Bool {
         switch (self, next) {
-        case (.stopped, .starting), (.failed, .starting): return true     // start
-        case (.starting, .running): return true                           // booted
-        case (.starting, .stopped): return true                           // the start failed and was undone
-        case (.running, .stopping): return true                           // stop
-        case (.stopping, .stopped): return true                           // stopped as asked
-        case (.stopping, .running): return true                           // it did not stop even after SIGKILL
-        case (.running, .stopped): return true                            // poweroff from inside
-        case (.running, .failed): return true                             // halt, crash, monitor lost
-        case (.stopped, .running): return true                            // re-adopted after an agent restart
+        case (.stopped, .starting), (.failed, .starting): return true  // start
+        case (.starting, .running): return true  // booted
+        case (.starting, .stopped): return true  // the start failed and was undone
+        case (.running, .stopping): return true  // stop
+        case (.stopping, .stopped): return true  // stopped as asked
+        case (.stopping, .running): return true  // it did not stop even after SIGKILL
+        case (.running, .stopped): return true  // poweroff from inside
+        case (.running, .failed): return true  // halt, crash, monitor lost
+        case (.stopped, .running): return true  // re-adopted after an agent restart
         default: return false
         }
     }

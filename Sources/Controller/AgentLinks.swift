@@ -30,9 +30,12 @@ public actor AgentLinks {
         }
         // The node's current certificate only: a replaced or revoked key cannot answer as it.
         guard client.peerIdentity?.role == .node, client.peerIdentity?.name == node.name,
-              client.peerIdentity?.serial == node.certificateSerial else {
+            client.peerIdentity?.serial == node.certificateSerial
+        else {
             await client.close()
-            throw WireError(.unauthenticated, "the agent at \(node.address) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not node \(node.name)")
+            throw WireError(
+                .unauthenticated,
+                "the agent at \(node.address) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not node \(node.name)")
         }
         if let raced = clients[node.name], raced.isActive {
             await client.close()

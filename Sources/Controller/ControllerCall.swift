@@ -19,7 +19,8 @@ struct ControllerCall: Sendable {
         self.handler = handler
     }
 
-    static let perNodeRefusal = "templates and node info are per node: run this against the node's agent (berth --agent), or see `berth node show NODE`; `berth template import NAME FILE` through the controller sends a tarball to every node"
+    static let perNodeRefusal =
+        "templates and node info are per node: run this against the node's agent (berth --agent), or see `berth node show NODE`; `berth template import NAME FILE` through the controller sends a tarball to every node"
 
     // The table. Per-node calls are refused as invalid whoever asks (`anyone`), before any
     // role check, as Docs/wire.md says.
@@ -57,7 +58,10 @@ struct ControllerCall: Sendable {
         // Certificates and nodes' own calls
         case .nodeJoinToken(let r): return ControllerCall("node join-token", .admin) { try await $0.joinToken(r) }
         case .enroll(let r): return ControllerCall("enroll", .anyone) { try await $0.enroll(r) }
-        case .renew(let r): return ControllerCall("renew", .node(refusal: "only nodes renew their certificates (operators get a new bundle with `berth ca issue`)")) { try await $0.renew(r) }
+        case .renew(let r):
+            return ControllerCall("renew", .node(refusal: "only nodes renew their certificates (operators get a new bundle with `berth ca issue`)")) {
+                try await $0.renew(r)
+            }
         case .heartbeat(let r): return ControllerCall("heartbeat", .node(refusal: "only node certificates send heartbeats")) { try await $0.heartbeat(r) }
         case .rotate(let r): return ControllerCall("rotate", .admin) { try await $0.rotate(r) }
         case .revoke(let r): return ControllerCall("ca revoke", .admin) { try await $0.revoke(r) }

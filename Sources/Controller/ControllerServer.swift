@@ -22,8 +22,10 @@ public final class ControllerServer: Service, Sendable {
     let logger: Logger
     let portFile: String?
 
-    public init(store: ClusterStore, ca: ClusterCA, settings: ControllerSettings, host: String, port: Int,
-                extraHosts: [String], group: EventLoopGroup, logger: Logger, portFile: String?) throws {
+    public init(
+        store: ClusterStore, ca: ClusterCA, settings: ControllerSettings, host: String, port: Int,
+        extraHosts: [String], group: EventLoopGroup, logger: Logger, portFile: String?
+    ) throws {
         var hosts = ["localhost", "127.0.0.1", "::1", ProcessInfo.processInfo.hostName] + extraHosts
         if host != "0.0.0.0" && host != "::" { hosts.insert(host, at: 0) }
         var seen = Set<String>()
@@ -41,8 +43,9 @@ public final class ControllerServer: Service, Sendable {
     }
 
     public func run() async throws {
-        let server = try await TLSWireServer.bind(host: host, port: port, service: service, bundle: bundle, group: group,
-                                                  registry: registry, allowAnonymous: true)
+        let server = try await TLSWireServer.bind(
+            host: host, port: port, service: service, bundle: bundle, group: group,
+            registry: registry, allowAnonymous: true)
         logger.info("controller serving", metadata: ["listen": "\(host):\(server.port)"])
         if let portFile { try? "\(server.port)\n".write(toFile: portFile, atomically: true, encoding: .utf8) }
         // Rotation: a fresh key and certificate for new connections (the listener's and the

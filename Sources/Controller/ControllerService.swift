@@ -19,8 +19,10 @@ public final class ControllerService: WireService {
     let templates: TemplateDistribution
     let vps: VPSCalls
 
-    public init(store: ClusterStore, ca: ClusterCA, links: AgentLinks, settings: ControllerSettings,
-                registry: PeerRegistry, logger: Logger) throws {
+    public init(
+        store: ClusterStore, ca: ClusterCA, links: AgentLinks, settings: ControllerSettings,
+        registry: PeerRegistry, logger: Logger
+    ) throws {
         self.store = store
         liveness = Liveness(downAfter: settings.downAfter)
         nodes = SchedulerView(store: store, liveness: liveness)

@@ -51,8 +51,10 @@ final class Enrolment: Sendable {
     /// A node joins with a token: it gets a certificate for its key, and its record (a node that
     /// enrols again under its name keeps its cordon and capacity, and its old certificate stops
     /// working at once).
-    func enroll(token text: String, node name: String, address: String, labels: [String: String],
-                publicKeyPEM: String) throws -> IssuedCertificate {
+    func enroll(
+        token text: String, node name: String, address: String, labels: [String: String],
+        publicKeyPEM: String
+    ) throws -> IssuedCertificate {
         let token = try JoinTokenText(parsing: text)
         try Name.validate(name)
         _ = try HostPort(parsing: address, field: "listen")
@@ -60,16 +62,19 @@ final class Enrolment: Sendable {
             throw WireError(.unauthenticated, "join: the token was made for another cluster CA")
         }
         guard try store.consumeJoinToken(id: token.id, secretHash: token.secretHash, now: Date()) else {
-            throw WireError(.unauthenticated, "join: the token is unknown, expired or already used (tokens are single-use: make a new one with `berth node join-token`)")
+            throw WireError(
+                .unauthenticated, "join: the token is unknown, expired or already used (tokens are single-use: make a new one with `berth node join-token`)")
         }
         let issued = try nodeCertificate(name: name, address: address, publicKeyPEM: publicKeyPEM)
         let previous = try store.node(name)
         if let previous, !previous.certificateSerial.isEmpty, previous.certificateSerial != issued.serial {
             try heartbeats.revoke(previous.certificateSerial)
         }
-        try store.saveNode(NodeRecord(name: name, address: address, labels: labels,
-                                      info: previous?.info ?? Berth_V1_NodeInfo(), cordoned: previous?.cordoned ?? false,
-                                      certificateSerial: issued.serial))
+        try store.saveNode(
+            NodeRecord(
+                name: name, address: address, labels: labels,
+                info: previous?.info ?? Berth_V1_NodeInfo(), cordoned: previous?.cordoned ?? false,
+                certificateSerial: issued.serial))
         heartbeats.enrolled(name, serial: issued.serial)
         try? store.addEvent(kind: "node.enrolled", subject: name, message: "at \(address)")
         logger.notice("node enrolled", metadata: ["node": "\(name)", "address": "\(address)"])

@@ -53,7 +53,9 @@ final class Heartbeats: Sendable {
 
     /// A node (re-)enrolled with a new certificate; its next report is compared in full.
     func enrolled(_ node: String, serial: String) {
-        cache.withLock { $0.serials[node] = serial; $0.lastReport[node] = nil }
+        cache.withLock {
+            $0.serials[node] = serial; $0.lastReport[node] = nil
+        }
     }
 
     /// A renewed certificate the node will switch to; the first heartbeat with it commits it.
@@ -85,9 +87,11 @@ final class Heartbeats: Sendable {
         var meta = request
         meta.vpses = []
         let (enrolled, renewed, unchanged, sameMeta, revoked, renew) = cache.withLock { cache in
-            (cache.serials[identity.name] == identity.serial, cache.pendingSerials[identity.name] == identity.serial,
-             cache.lastReport[identity.name] == request.vpses, cache.lastMeta[identity.name] == meta, cache.revoked,
-             cache.renewRequested.contains(identity.name))
+            (
+                cache.serials[identity.name] == identity.serial, cache.pendingSerials[identity.name] == identity.serial,
+                cache.lastReport[identity.name] == request.vpses, cache.lastMeta[identity.name] == meta, cache.revoked,
+                cache.renewRequested.contains(identity.name)
+            )
         }
         guard enrolled || renewed else {
             throw WireError(.unauthenticated, "heartbeat: node \(identity.name) is not enrolled with this certificate")
@@ -102,8 +106,9 @@ final class Heartbeats: Sendable {
             if let node = try store.node(identity.name) {
                 let address = request.address.isEmpty ? node.address : request.address
                 if address != node.address || node.labels != request.labels || node.info != request.info {
-                    try store.updateNodeReport(name: node.name, serial: identity.serial, address: address,
-                                               labels: request.labels, info: request.info)
+                    try store.updateNodeReport(
+                        name: node.name, serial: identity.serial, address: address,
+                        labels: request.labels, info: request.info)
                 }
             }
         }

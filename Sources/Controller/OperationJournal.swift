@@ -15,8 +15,10 @@ final class OperationJournal: Sendable {
 
     /// Runs `work` as the operation `requestedID` (a random id when empty), or follows the one
     /// already recorded under that id.
-    func run(id requestedID: String, kind: String, subject: String, by caller: Caller, stream: ServerStream,
-             work: @escaping @Sendable () async throws -> Berth_V1_Response) async throws -> Berth_V1_Response {
+    func run(
+        id requestedID: String, kind: String, subject: String, by caller: Caller, stream: ServerStream,
+        work: @escaping @Sendable () async throws -> Berth_V1_Response
+    ) async throws -> Berth_V1_Response {
         let id = requestedID.isEmpty ? randomHex(bytes: 12) : requestedID
         try Self.validate(id)
         let owner = caller.operationOwner

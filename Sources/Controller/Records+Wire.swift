@@ -1,5 +1,5 @@
-import Foundation
 import BerthCore
+import Foundation
 import Placement
 import Wire
 

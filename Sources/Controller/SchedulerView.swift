@@ -24,8 +24,9 @@ struct SchedulerView: PlacementNodeSource {
     func snapshot(_ node: NodeRecord) -> NodeSnapshot {
         let report = liveness.report(node.name)
         let info = report?.info ?? node.info
-        var snapshot = NodeSnapshot(name: node.name, state: state(of: node), labels: node.labels,
-                                    cpuMillis: UInt64(info.cpus) * 1000, memoryBytes: info.memoryBytes, diskBytes: info.diskBytes)
+        var snapshot = NodeSnapshot(
+            name: node.name, state: state(of: node), labels: node.labels,
+            cpuMillis: UInt64(info.cpus) * 1000, memoryBytes: info.memoryBytes, diskBytes: info.diskBytes)
         snapshot.templates = report?.templates
         return snapshot
     }

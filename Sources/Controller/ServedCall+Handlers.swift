@@ -128,8 +128,9 @@ extension ServedCall {
     }
 
     func enroll(_ r: Berth_V1_EnrollRequest) async throws -> Berth_V1_Response {
-        let issued = try service.enrolment.enroll(token: r.token, node: r.nodeName, address: r.address, labels: r.labels,
-                                                  publicKeyPEM: r.publicKeyPem)
+        let issued = try service.enrolment.enroll(
+            token: r.token, node: r.nodeName, address: r.address, labels: r.labels,
+            publicKeyPEM: r.publicKeyPem)
         return response { $0.enrolled = Berth_V1_EnrollReply(issued) }
     }
 

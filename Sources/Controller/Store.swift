@@ -72,32 +72,34 @@ public final class SQLiteStore: ClusterStore {
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
-            try db.execute(sql: """
-                CREATE TABLE node (
-                  name TEXT PRIMARY KEY NOT NULL, address TEXT NOT NULL, labels TEXT NOT NULL,
-                  info BLOB NOT NULL, cordoned INTEGER NOT NULL DEFAULT 0, certificate_serial TEXT NOT NULL);
-                CREATE TABLE vps (
-                  name TEXT PRIMARY KEY NOT NULL, node TEXT NOT NULL, tenant TEXT NOT NULL,
-                  spec BLOB NOT NULL, status BLOB NOT NULL, phase TEXT NOT NULL);
-                CREATE INDEX vps_node ON vps(node);
-                CREATE TABLE ip_pool (name TEXT PRIMARY KEY NOT NULL, cidr TEXT NOT NULL, gateway TEXT NOT NULL);
-                CREATE TABLE ip_address (
-                  address TEXT PRIMARY KEY NOT NULL,
-                  pool TEXT REFERENCES ip_pool(name),  -- NULL: an address given explicitly
-                  vps TEXT NOT NULL REFERENCES vps(name) ON DELETE CASCADE);
-                CREATE TABLE join_token (id TEXT PRIMARY KEY NOT NULL, secret_hash TEXT NOT NULL, expires REAL NOT NULL, used REAL);
-                CREATE TABLE revoked (serial TEXT PRIMARY KEY NOT NULL, at REAL NOT NULL);
-                CREATE TABLE event (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, message TEXT NOT NULL);
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE node (
+                      name TEXT PRIMARY KEY NOT NULL, address TEXT NOT NULL, labels TEXT NOT NULL,
+                      info BLOB NOT NULL, cordoned INTEGER NOT NULL DEFAULT 0, certificate_serial TEXT NOT NULL);
+                    CREATE TABLE vps (
+                      name TEXT PRIMARY KEY NOT NULL, node TEXT NOT NULL, tenant TEXT NOT NULL,
+                      spec BLOB NOT NULL, status BLOB NOT NULL, phase TEXT NOT NULL);
+                    CREATE INDEX vps_node ON vps(node);
+                    CREATE TABLE ip_pool (name TEXT PRIMARY KEY NOT NULL, cidr TEXT NOT NULL, gateway TEXT NOT NULL);
+                    CREATE TABLE ip_address (
+                      address TEXT PRIMARY KEY NOT NULL,
+                      pool TEXT REFERENCES ip_pool(name),  -- NULL: an address given explicitly
+                      vps TEXT NOT NULL REFERENCES vps(name) ON DELETE CASCADE);
+                    CREATE TABLE join_token (id TEXT PRIMARY KEY NOT NULL, secret_hash TEXT NOT NULL, expires REAL NOT NULL, used REAL);
+                    CREATE TABLE revoked (serial TEXT PRIMARY KEY NOT NULL, at REAL NOT NULL);
+                    CREATE TABLE event (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, message TEXT NOT NULL);
+                    """)
         }
         migrator.registerMigration("v2 operations") { db in
-            try db.execute(sql: """
-                CREATE TABLE operation (
-                  id TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, owner TEXT NOT NULL,
-                  state TEXT NOT NULL, progress TEXT NOT NULL, error BLOB, result BLOB,
-                  started REAL NOT NULL, finished REAL);
-                CREATE INDEX operation_started ON operation(started);
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE operation (
+                      id TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, owner TEXT NOT NULL,
+                      state TEXT NOT NULL, progress TEXT NOT NULL, error BLOB, result BLOB,
+                      started REAL NOT NULL, finished REAL);
+                    CREATE INDEX operation_started ON operation(started);
+                    """)
         }
         // Specs were the create request's protobuf; from here on they are the controller's own
         // record (VPSSpec as JSON), so the wire can change without touching stored rows.
@@ -124,9 +126,10 @@ public final class SQLiteStore: ClusterStore {
     }
 
     static func node(_ row: Row) -> NodeRecord {
-        NodeRecord(name: row["name"], address: row["address"], labels: labels(row["labels"]),
-                   info: (try? Berth_V1_NodeInfo(serializedBytes: [UInt8](row["info"] as Data))) ?? Berth_V1_NodeInfo(),
-                   cordoned: row["cordoned"], certificateSerial: row["certificate_serial"])
+        NodeRecord(
+            name: row["name"], address: row["address"], labels: labels(row["labels"]),
+            info: (try? Berth_V1_NodeInfo(serializedBytes: [UInt8](row["info"] as Data))) ?? Berth_V1_NodeInfo(),
+            cordoned: row["cordoned"], certificateSerial: row["certificate_serial"])
     }
 
     public func nodes() throws -> [NodeRecord] {
@@ -140,11 +143,12 @@ public final class SQLiteStore: ClusterStore {
     public func saveNode(_ node: NodeRecord) throws {
         let info = Data(try node.info.serializedBytes() as [UInt8])
         try pool.write { db in
-            try db.execute(sql: """
-                INSERT INTO node (name, address, labels, info, cordoned, certificate_serial) VALUES (?, ?, ?, ?, ?, ?)
-                ON CONFLICT(name) DO UPDATE SET address = excluded.address, labels = excluded.labels, info = excluded.info,
-                  cordoned = excluded.cordoned, certificate_serial = excluded.certificate_serial
-                """, arguments: [node.name, node.address, Self.labelsText(node.labels), info, node.cordoned, node.certificateSerial])
+            try db.execute(
+                sql: """
+                    INSERT INTO node (name, address, labels, info, cordoned, certificate_serial) VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(name) DO UPDATE SET address = excluded.address, labels = excluded.labels, info = excluded.info,
+                      cordoned = excluded.cordoned, certificate_serial = excluded.certificate_serial
+                    """, arguments: [node.name, node.address, Self.labelsText(node.labels), info, node.cordoned, node.certificateSerial])
         }
     }
 
@@ -172,9 +176,10 @@ public final class SQLiteStore: ClusterStore {
         guard let phase = VPSRecord.Phase(rawValue: row["phase"]) else {
             throw WireError(.corruptState, "VPS \(name) has the unknown phase '\(row["phase"] as String)'")
         }
-        return VPSRecord(name: name, node: row["node"], tenant: row["tenant"], spec: spec,
-                         status: (try? Berth_V1_VpsStatus(serializedBytes: [UInt8](row["status"] as Data))) ?? Berth_V1_VpsStatus(),
-                         phase: phase)
+        return VPSRecord(
+            name: name, node: row["node"], tenant: row["tenant"], spec: spec,
+            status: (try? Berth_V1_VpsStatus(serializedBytes: [UInt8](row["status"] as Data))) ?? Berth_V1_VpsStatus(),
+            phase: phase)
     }
 
     public func vpses() throws -> [VPSRecord] {
@@ -195,16 +200,20 @@ public final class SQLiteStore: ClusterStore {
             var allocated: [String] = []
             // Explicit addresses must not collide with pool allocations of other VPSs.
             for address in spec.ips {
-                if let owner = try String.fetchOne(db, sql: "SELECT vps FROM ip_address WHERE address = ?", arguments: [IPPoolMath.canonical(address) ?? address]) {
+                if let owner = try String.fetchOne(
+                    db, sql: "SELECT vps FROM ip_address WHERE address = ?", arguments: [IPPoolMath.canonical(address) ?? address])
+                {
                     _ = owner  // not named: the owner may be another tenant's VPS
                     throw WireError(.alreadyExists, "ip: \(address) is already assigned in the cluster", field: "ip")
                 }
             }
-            try db.execute(sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
-                           arguments: [record.name, record.node, record.tenant, Data(), status, record.phase.rawValue])
+            try db.execute(
+                sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
+                arguments: [record.name, record.node, record.tenant, Data(), status, record.phase.rawValue])
             for address in spec.ips {
-                try db.execute(sql: "INSERT INTO ip_address (address, pool, vps) VALUES (?, NULL, ?)",
-                               arguments: [IPPoolMath.canonical(address) ?? address, record.name])
+                try db.execute(
+                    sql: "INSERT INTO ip_address (address, pool, vps) VALUES (?, NULL, ?)",
+                    arguments: [IPPoolMath.canonical(address) ?? address, record.name])
             }
             for request in autoAddresses {
                 guard let row = try Row.fetchOne(db, sql: "SELECT * FROM ip_pool WHERE name = ?", arguments: [request.pool]) else {
@@ -233,8 +242,9 @@ public final class SQLiteStore: ClusterStore {
         let spec = try Self.specData(record.spec)
         let status = Data(try record.status.serializedBytes() as [UInt8])
         try pool.write { db in
-            try db.execute(sql: "UPDATE vps SET node = ?, tenant = ?, spec = ?, status = ?, phase = ? WHERE name = ?",
-                           arguments: [record.node, record.tenant, spec, status, record.phase.rawValue, record.name])
+            try db.execute(
+                sql: "UPDATE vps SET node = ?, tenant = ?, spec = ?, status = ?, phase = ? WHERE name = ?",
+                arguments: [record.node, record.tenant, spec, status, record.phase.rawValue, record.name])
         }
     }
 
@@ -280,8 +290,9 @@ public final class SQLiteStore: ClusterStore {
     public func updateNodeReport(name: String, serial: String, address: String, labels: [String: String], info: Berth_V1_NodeInfo) throws {
         let bytes = Data(try info.serializedBytes() as [UInt8])
         try pool.write { db in
-            try db.execute(sql: "UPDATE node SET address = ?, labels = ?, info = ? WHERE name = ? AND certificate_serial = ?",
-                           arguments: [address, Self.labelsText(labels), bytes, name, serial])
+            try db.execute(
+                sql: "UPDATE node SET address = ?, labels = ?, info = ? WHERE name = ? AND certificate_serial = ?",
+                arguments: [address, Self.labelsText(labels), bytes, name, serial])
         }
     }
 
@@ -312,9 +323,12 @@ public final class SQLiteStore: ClusterStore {
     public func importVPSes(_ records: [VPSRecord]) throws {
         try pool.write { db in
             for record in records {
-                try db.execute(sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
-                               arguments: [record.name, record.node, record.tenant, try Self.specData(record.spec),
-                                           Data(try record.status.serializedBytes() as [UInt8]), record.phase.rawValue])
+                try db.execute(
+                    sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
+                    arguments: [
+                        record.name, record.node, record.tenant, try Self.specData(record.spec),
+                        Data(try record.status.serializedBytes() as [UInt8]), record.phase.rawValue,
+                    ])
             }
         }
     }
@@ -355,7 +369,9 @@ public final class SQLiteStore: ClusterStore {
     public func poolUsage() throws -> [String: Int] {
         try pool.read { db in
             var usage: [String: Int] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT pool, count(*) AS n FROM ip_address WHERE pool IS NOT NULL GROUP BY pool") { usage[row["pool"]] = row["n"] }
+            for row in try Row.fetchAll(db, sql: "SELECT pool, count(*) AS n FROM ip_address WHERE pool IS NOT NULL GROUP BY pool") {
+                usage[row["pool"]] = row["n"]
+            }
             return usage
         }
     }
@@ -364,15 +380,17 @@ public final class SQLiteStore: ClusterStore {
 
     public func addJoinToken(id: String, secretHash: String, expires: Date) throws {
         try pool.write { db in
-            try db.execute(sql: "INSERT INTO join_token (id, secret_hash, expires) VALUES (?, ?, ?)",
-                           arguments: [id, secretHash, expires.timeIntervalSince1970])
+            try db.execute(
+                sql: "INSERT INTO join_token (id, secret_hash, expires) VALUES (?, ?, ?)",
+                arguments: [id, secretHash, expires.timeIntervalSince1970])
         }
     }
 
     public func consumeJoinToken(id: String, secretHash: String, now: Date) throws -> Bool {
         try pool.write { db in
-            try db.execute(sql: "UPDATE join_token SET used = ? WHERE id = ? AND secret_hash = ? AND used IS NULL AND expires > ?",
-                           arguments: [now.timeIntervalSince1970, id, secretHash, now.timeIntervalSince1970])
+            try db.execute(
+                sql: "UPDATE join_token SET used = ? WHERE id = ? AND secret_hash = ? AND used IS NULL AND expires > ?",
+                arguments: [now.timeIntervalSince1970, id, secretHash, now.timeIntervalSince1970])
             return db.changesCount == 1
         }
     }
@@ -403,8 +421,9 @@ public final class SQLiteStore: ClusterStore {
 
     public func beginOperation(id: String, kind: String, subject: String, owner: String) throws -> Bool {
         try pool.write { db in
-            try db.execute(sql: "INSERT OR IGNORE INTO operation (id, kind, subject, owner, state, progress, started) VALUES (?, ?, ?, ?, 'running', '', ?)",
-                           arguments: [id, kind, subject, owner, Date().timeIntervalSince1970])
+            try db.execute(
+                sql: "INSERT OR IGNORE INTO operation (id, kind, subject, owner, state, progress, started) VALUES (?, ?, ?, ?, 'running', '', ?)",
+                arguments: [id, kind, subject, owner, Date().timeIntervalSince1970])
             return db.changesCount == 1
         }
     }
@@ -417,8 +436,9 @@ public final class SQLiteStore: ClusterStore {
         let resultBytes = try result.map { Data(try $0.serializedBytes() as [UInt8]) }
         let errorBytes = try error.map { Data(try $0.serializedBytes() as [UInt8]) }
         try pool.write { db in
-            try db.execute(sql: "UPDATE operation SET state = ?, result = ?, error = ?, finished = ? WHERE id = ?",
-                           arguments: [error == nil ? "succeeded" : "failed", resultBytes, errorBytes, Date().timeIntervalSince1970, id])
+            try db.execute(
+                sql: "UPDATE operation SET state = ?, result = ?, error = ?, finished = ? WHERE id = ?",
+                arguments: [error == nil ? "succeeded" : "failed", resultBytes, errorBytes, Date().timeIntervalSince1970, id])
         }
     }
 
@@ -436,8 +456,9 @@ public final class SQLiteStore: ClusterStore {
         reply.message = "the controller restarted while this operation ran; check the VPS's status"
         let bytes = Data(try reply.serializedBytes() as [UInt8])
         try pool.write { db in
-            try db.execute(sql: "UPDATE operation SET state = 'failed', error = ?, finished = ? WHERE state = 'running'",
-                           arguments: [bytes, Date().timeIntervalSince1970])
+            try db.execute(
+                sql: "UPDATE operation SET state = 'failed', error = ?, finished = ? WHERE state = 'running'",
+                arguments: [bytes, Date().timeIntervalSince1970])
         }
     }
 
@@ -457,8 +478,9 @@ public final class SQLiteStore: ClusterStore {
 
     public func addEvent(kind: String, subject: String, message: String) throws {
         try pool.write { db in
-            try db.execute(sql: "INSERT INTO event (at, kind, subject, message) VALUES (?, ?, ?, ?)",
-                           arguments: [Date().timeIntervalSince1970, kind, subject, message])
+            try db.execute(
+                sql: "INSERT INTO event (at, kind, subject, message) VALUES (?, ?, ?, ?)",
+                arguments: [Date().timeIntervalSince1970, kind, subject, message])
         }
     }
 }

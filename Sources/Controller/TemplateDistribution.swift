@@ -52,8 +52,9 @@ final class TemplateDistribution: Sendable {
         }
         placed.sort { $0.node < $1.node }
         let good = placed.filter { $0.hasTemplate }.map(\.node)
-        try? store.addEvent(kind: "template.distributed", subject: r.name,
-                            message: "to \(good.isEmpty ? "no node" : good.joined(separator: ",")) by \(caller.name)")
+        try? store.addEvent(
+            kind: "template.distributed", subject: r.name,
+            message: "to \(good.isEmpty ? "no node" : good.joined(separator: ",")) by \(caller.name)")
         logger.info("template distributed", metadata: ["template": "\(r.name)", "nodes": "\(good)", "by": "\(caller.name)"])
         var result = Berth_V1_TemplateUploadResult()
         result.placed = placed

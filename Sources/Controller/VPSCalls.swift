@@ -39,7 +39,10 @@ final class VPSCalls: Sendable {
             throw WireError(.corruptState, "VPS \(record.name) is placed on node \(record.node), which is not registered")
         }
         guard liveness.isAlive(node.name) else {
-            throw WireError(.unavailable, "node \(node.name) of VPS \(record.name) is down (no heartbeat for \(liveness.millisecondsSinceHeartbeat(node.name).map { "\($0) ms" } ?? "ever"))")
+            throw WireError(
+                .unavailable,
+                "node \(node.name) of VPS \(record.name) is down (no heartbeat for \(liveness.millisecondsSinceHeartbeat(node.name).map { "\($0) ms" } ?? "ever"))"
+            )
         }
         return node
     }
@@ -56,8 +59,7 @@ final class VPSCalls: Sendable {
         status.name = record.name
         status.node = record.node
         if status.template.isEmpty { status.template = record.spec.template }
-        if record.phase == .creating { status.state = "creating" }
-        else if !liveness.isAlive(record.node) { status.state = "unknown" }
+        if record.phase == .creating { status.state = "creating" } else if !liveness.isAlive(record.node) { status.state = "unknown" }
         return status
     }
 
@@ -100,8 +102,9 @@ final class VPSCalls: Sendable {
         let owner = caller.tenant ?? ""
 
         let (node, allocated) = try ledger.place(spec.name, spec.placementRequest, pinnedTo: spec.pinnedNode.isEmpty ? nil : spec.pinnedNode) { node in
-            try store.reserveVPS(VPSRecord(name: spec.name, node: node, tenant: owner, spec: spec, status: Self.creatingStatus(spec, on: node), phase: .creating),
-                                 autoAddresses: automatic)
+            try store.reserveVPS(
+                VPSRecord(name: spec.name, node: node, tenant: owner, spec: spec, status: Self.creatingStatus(spec, on: node), phase: .creating),
+                autoAddresses: automatic)
         }
         spec.ips = explicit + allocated
         let record = VPSRecord(name: spec.name, node: node, tenant: owner, spec: spec, status: Self.creatingStatus(spec, on: node), phase: .creating)
@@ -133,7 +136,10 @@ final class VPSCalls: Sendable {
         } catch let error as WireError where [.unavailable, .deadlineExceeded, .cancelled].contains(error.code) {
             // The node may have created it before the answer was lost: keep the record (state
             // `creating`); the node's next heartbeat settles it, and destroy removes it if not.
-            throw WireError(error.code, "\(error.message) (the create may have reached \(record.node): `berth status \(record.name)` shows it once the node reports; `berth destroy` removes the record otherwise)")
+            throw WireError(
+                error.code,
+                "\(error.message) (the create may have reached \(record.node): `berth status \(record.name)` shows it once the node reports; `berth destroy` removes the record otherwise)"
+            )
         } catch {
             // The node refused it: give the name, the addresses and the capacity back.
             try? forget(record)
@@ -182,7 +188,8 @@ final class VPSCalls: Sendable {
     func status(_ request: Berth_V1_Request, name: String, by caller: Caller, stream: ServerStream) async throws -> Berth_V1_Response {
         let record = try visibleVPS(name, to: caller)
         if liveness.isAlive(record.node), record.phase == .ready, let node = try store.node(record.node),
-           var fresh = try? await links.forward(request, to: node, stream: stream) {
+            var fresh = try? await links.forward(request, to: node, stream: stream)
+        {
             fresh.status.node = node.name
             return fresh
         }
@@ -208,7 +215,8 @@ final class VPSCalls: Sendable {
         var added: [String] = []
         for ip in r.ipAdd {
             guard let canonical = IPPoolMath.canonical(ip) else {
-                throw WireError(.invalidArgument, "ip-add: '\(ip)' is not an IPv4 or IPv6 address (pool addresses are given at create: --ip auto[:POOL])", field: "ip-add")
+                throw WireError(
+                    .invalidArgument, "ip-add: '\(ip)' is not an IPv4 or IPv6 address (pool addresses are given at create: --ip auto[:POOL])", field: "ip-add")
             }
             added.append(canonical)
         }
@@ -256,7 +264,7 @@ final class VPSCalls: Sendable {
         do {
             response = try await links.forward(request, to: try placedNode(record), stream: stream)
         } catch let error as WireError where error.code == .notFound && record.phase == .creating {
-            response.ok = Berth_V1_Empty()   // an earlier create never reached the node
+            response.ok = Berth_V1_Empty()  // an earlier create never reached the node
         }
         try forget(record)
         try? store.addEvent(kind: "vps.destroyed", subject: record.name, message: "on \(record.node) by \(caller.name)")

@@ -39,7 +39,8 @@ public struct VPSSpec: Codable, Sendable, Equatable {
 
     /// What the scheduler is asked when the VPS is placed.
     public var placementRequest: PlacementRequest {
-        PlacementRequest(limits.commitment, constraints: constraints,
-                         antiAffinityGroup: antiAffinity.isEmpty ? nil : antiAffinity, template: template)
+        PlacementRequest(
+            limits.commitment, constraints: constraints,
+            antiAffinityGroup: antiAffinity.isEmpty ? nil : antiAffinity, template: template)
     }
 }

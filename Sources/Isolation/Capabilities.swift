@@ -1,6 +1,7 @@
 import CLibcap
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Capability policy (security.md §2). A VPS in its own user namespace keeps the full set except
@@ -18,11 +19,11 @@ public enum Capabilities {
     /// Dropped by default from a privileged VPS (no user namespace).
     public static let baselineDrop = [
         "cap_sys_module", "cap_sys_rawio", "cap_sys_time", "cap_mac_admin", "cap_mac_override",
-        "cap_sys_nice",            // SCHED_FIFO escapes cpu limits
-        "cap_sys_resource",        // ignores disk quota hard limits
-        "cap_sys_ptrace",          // eases attacks on the exec helper
-        "cap_dac_read_search",     // open_by_handle_at ("shocker")
-        "cap_sys_admin",           // host root without a user namespace
+        "cap_sys_nice",  // SCHED_FIFO escapes cpu limits
+        "cap_sys_resource",  // ignores disk quota hard limits
+        "cap_sys_ptrace",  // eases attacks on the exec helper
+        "cap_dac_read_search",  // open_by_handle_at ("shocker")
+        "cap_sys_admin",  // host root without a user namespace
         "cap_sys_pacct", "cap_syslog", "cap_audit_control", "cap_audit_read", "cap_wake_alarm",
         "cap_block_suspend", "cap_perfmon", "cap_bpf", "cap_checkpoint_restore",
     ]

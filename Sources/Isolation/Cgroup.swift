@@ -1,6 +1,7 @@
 import CIsolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A VPS's resource limits in one model (cgroup-v2 units where they exist, OpenVZ units where
@@ -16,8 +17,10 @@ public struct CgroupLimits: Equatable, Sendable {
     /// CPU list in cpuset syntax ("0-1,3").
     public var cpus: String?
 
-    public init(memoryBytes: UInt64? = nil, swapBytes: UInt64? = nil, pids: UInt32? = nil,
-                cpuUnits: UInt32? = nil, cpuLimitPercent: UInt32? = nil, cpus: String? = nil) {
+    public init(
+        memoryBytes: UInt64? = nil, swapBytes: UInt64? = nil, pids: UInt32? = nil,
+        cpuUnits: UInt32? = nil, cpuLimitPercent: UInt32? = nil, cpus: String? = nil
+    ) {
         self.memoryBytes = memoryBytes
         self.swapBytes = swapBytes
         self.pids = pids
@@ -167,8 +170,10 @@ public struct CgroupGuestMount: Equatable, Sendable {
 
     /// "TYPE DIRECTORY OPTIONS rw|ro ALIAS,..." for the spawn spec.
     public var specText: String {
-        [type, directory.isEmpty ? "." : directory, options.isEmpty ? "-" : options, writable ? "rw" : "ro",
-         aliases.isEmpty ? "-" : aliases.joined(separator: ",")].joined(separator: " ")
+        [
+            type, directory.isEmpty ? "." : directory, options.isEmpty ? "-" : options, writable ? "rw" : "ro",
+            aliases.isEmpty ? "-" : aliases.joined(separator: ","),
+        ].joined(separator: " ")
     }
 
     public static func parse(_ text: String) -> CgroupGuestMount? {
@@ -178,8 +183,9 @@ public struct CgroupGuestMount: Equatable, Sendable {
         let names = [directory] + (parts[4] == "-" ? [] : parts[4].split(separator: ",").map(String.init))
         // Plain names only: these become entries of a fresh tmpfs inside the VPS.
         guard names.allSatisfy({ !$0.contains("/") && $0 != ".." }), parts[0] == "cgroup2" || !directory.isEmpty else { return nil }
-        return CgroupGuestMount(type: parts[0], directory: directory, options: parts[2] == "-" ? "" : parts[2],
-                                writable: parts[3] == "rw", aliases: parts[4] == "-" ? [] : Array(names.dropFirst()))
+        return CgroupGuestMount(
+            type: parts[0], directory: directory, options: parts[2] == "-" ? "" : parts[2],
+            writable: parts[3] == "rw", aliases: parts[4] == "-" ? [] : Array(names.dropFirst()))
     }
 }
 

@@ -1,6 +1,7 @@
 import CIsolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Moving a process into a cgroup (every `exec`, every VPS start) write-locks the kernel's global
@@ -46,14 +47,17 @@ public enum CgroupMigrationTuning {
             let copies = options.map { strdup($0) }
             defer { copies.forEach { free($0) } }
             let arguments: [UnsafePointer<CChar>?] = copies.map { UnsafePointer($0) }
-            if berth_reconfigure_superblock(mountPoint, arguments, Int32(arguments.count)) != 0 { throw IsolationError.sys("reconfigure cgroup2 at \(mountPoint) with favordynmods") }
+            if berth_reconfigure_superblock(mountPoint, arguments, Int32(arguments.count)) != 0 {
+                throw IsolationError.sys("reconfigure cgroup2 at \(mountPoint) with favordynmods")
+            }
         case .mountNamedHierarchy:
             if mkdir(namedHierarchyMountPoint, 0o700) != 0 && errno != EEXIST {
                 throw IsolationError.sys("mkdir \(namedHierarchyMountPoint)")
             }
             try check("mount the cgroup v1 hierarchy \(hierarchyName) with favordynmods") {
-                mount(hierarchyName, namedHierarchyMountPoint, "cgroup", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC),
-                      "none,name=\(hierarchyName),favordynmods")
+                mount(
+                    hierarchyName, namedHierarchyMountPoint, "cgroup", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC),
+                    "none,name=\(hierarchyName),favordynmods")
             }
         }
     }

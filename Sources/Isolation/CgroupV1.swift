@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// cgroup v1: one directory per controller hierarchy, `<root>/<controller>/<parent>/<name>`.
@@ -192,14 +192,19 @@ public struct CgroupV1Driver: CgroupDriver {
         for mount in hostCgroupMounts(mountinfo: mountinfo) where mount.type == "cgroup" && FileIO.directory(of: mount.mountPoint) == root {
             let directory = String(mount.mountPoint.dropFirst(root.count + 1))
             guard joined.contains(directory) else { continue }
-            let controllers = mount.superOptions.filter { !["rw", "ro", "relatime", "noatime", "nosuid", "nodev", "noexec", "clone_children", "noprefix", "xattr"].contains($0) && !$0.hasPrefix("release_agent=") }
+            let controllers = mount.superOptions.filter {
+                !["rw", "ro", "relatime", "noatime", "nosuid", "nodev", "noexec", "clone_children", "noprefix", "xattr"].contains($0)
+                    && !$0.hasPrefix("release_agent=")
+            }
             guard !controllers.isEmpty else { continue }
             let named = controllers.contains { $0.hasPrefix("name=") }
             let subsystems = controllers.filter { !$0.hasPrefix("name=") }
             let options = (subsystems.isEmpty && named ? ["none"] : []) + controllers
             let aliases = subsystems.count > 1 ? subsystems.filter { $0 != directory } : []
-            mounts.append(CgroupGuestMount(type: "cgroup", directory: directory, options: options.joined(separator: ","),
-                                           writable: subsystems.isEmpty && controllers.contains("name=systemd"), aliases: aliases))
+            mounts.append(
+                CgroupGuestMount(
+                    type: "cgroup", directory: directory, options: options.joined(separator: ","),
+                    writable: subsystems.isEmpty && controllers.contains("name=systemd"), aliases: aliases))
         }
         return mounts.sorted { $0.directory < $1.directory }
     }

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// cgroup v2: one tree, `<root>/<parent>/<name>`. Controllers are enabled in the parent's
@@ -46,13 +46,16 @@ public struct CgroupV2Driver: CgroupDriver {
         let dir = path(name)
         try set(dir, "memory.max", limits.memoryBytes.map(String.init), requested: limits.memoryBytes != nil, what: "--memory")
         // VSwap: swap.max is the swap on top of memory.max (v1's memsw is the sum).
-        try set(dir, "memory.swap.max", limits.memoryBytes == nil ? nil : String(limits.swapBytes ?? 0),
-                requested: limits.swapBytes != nil, what: "--swap")
+        try set(
+            dir, "memory.swap.max", limits.memoryBytes == nil ? nil : String(limits.swapBytes ?? 0),
+            requested: limits.swapBytes != nil, what: "--swap")
         try set(dir, "pids.max", limits.pids.map(String.init), requested: limits.pids != nil, what: "--pids")
-        try set(dir, "cpu.weight", String(CgroupLimits.cpuWeight(units: limits.cpuUnits ?? CgroupLimits.defaultCpuUnits)),
-                requested: limits.cpuUnits != nil, what: "--cpu-units")
-        try set(dir, "cpu.max", (limits.cpuLimitPercent.map { String(CgroupLimits.cfsQuota(percent: $0)) } ?? "max") + " \(CgroupLimits.cfsPeriodMicroseconds)",
-                requested: limits.cpuLimitPercent != nil, what: "--cpu-limit")
+        try set(
+            dir, "cpu.weight", String(CgroupLimits.cpuWeight(units: limits.cpuUnits ?? CgroupLimits.defaultCpuUnits)),
+            requested: limits.cpuUnits != nil, what: "--cpu-units")
+        try set(
+            dir, "cpu.max", (limits.cpuLimitPercent.map { String(CgroupLimits.cfsQuota(percent: $0)) } ?? "max") + " \(CgroupLimits.cfsPeriodMicroseconds)",
+            requested: limits.cpuLimitPercent != nil, what: "--cpu-limit")
         try set(dir, "cpuset.cpus", limits.cpus ?? "", requested: limits.cpus != nil, what: "--cpus")
     }
 
@@ -64,7 +67,8 @@ public struct CgroupV2Driver: CgroupDriver {
         guard FileIO.exists(full) else {
             if requested {
                 let controller = String(file.prefix { $0 != "." })
-                throw IsolationError(.unsupported, "\(what) needs the cgroup v2 \(controller) controller, which this host does not enable for \(root)/\(parent)")
+                throw IsolationError(
+                    .unsupported, "\(what) needs the cgroup v2 \(controller) controller, which this host does not enable for \(root)/\(parent)")
             }
             return
         }
@@ -81,12 +85,15 @@ public struct CgroupV2Driver: CgroupDriver {
                 // io.weight is 1-10000 with default 100, BFQ's 1-1000 scaled alike.
                 writes.append(CgroupWrite(path: dir + "/io.weight", value: "default \(weight)"))
             } else {
-                throw IsolationError(.unsupported, "--io-weight needs BFQ or the io.cost controller (io.bfq.weight / io.weight), which this host does not offer")
+                throw IsolationError(
+                    .unsupported, "--io-weight needs BFQ or the io.cost controller (io.bfq.weight / io.weight), which this host does not offer")
             }
         }
         let throttled = io.bytesPerSecond != nil || io.operationsPerSecond != nil
         guard FileIO.exists(dir + "/io.max") else {
-            if throttled { throw IsolationError(.unsupported, "--io-bps/--io-iops need the cgroup v2 io controller, which this host does not enable for \(root)/\(parent)") }
+            if throttled {
+                throw IsolationError(.unsupported, "--io-bps/--io-iops need the cgroup v2 io controller, which this host does not enable for \(root)/\(parent)")
+            }
             return writes
         }
         let bps = io.bytesPerSecond.map(String.init) ?? "max", iops = io.operationsPerSecond.map(String.init) ?? "max"

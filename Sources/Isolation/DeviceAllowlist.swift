@@ -1,7 +1,8 @@
 import CIsolation
 import Synchronization
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The devices a VPS may use, in cgroup-v1 syntax: the OCI default set plus its own ptys.

@@ -1,6 +1,7 @@
 import CIsolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Small Foundation-free file helpers for cgroupfs, procfs and run files.

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The contract between the agent, `berth-spawn` and `berth-monitor`, in one place: which
@@ -80,8 +80,10 @@ public enum HelperProtocol {
         public var history: Int32
         public var capacity: Int
 
-        public init(selfExecutable: Int32, runDir: String, initPid: Int32, master: Int32, slave: Int32, listener: Int32,
-                    signals: Int32, client: Int32, spec: Int32, history: Int32, capacity: Int) {
+        public init(
+            selfExecutable: Int32, runDir: String, initPid: Int32, master: Int32, slave: Int32, listener: Int32,
+            signals: Int32, client: Int32, spec: Int32, history: Int32, capacity: Int
+        ) {
             self.selfExecutable = selfExecutable
             self.runDir = runDir
             self.initPid = initPid
@@ -121,10 +123,12 @@ public enum HelperProtocol {
 
         /// berth-monitor's arguments after its program name.
         public var monitorArguments: [String] {
-            [Option.runDir, runDir, Option.selfExecutable, String(selfExecutable), Option.initPid, String(initPid),
-             Option.master, String(master), Option.slave, String(slave), Option.listener, String(listener),
-             Option.signals, String(signals), Option.client, String(client), Option.spec, String(spec),
-             Option.history, String(history), Option.capacity, String(capacity)]
+            [
+                Option.runDir, runDir, Option.selfExecutable, String(selfExecutable), Option.initPid, String(initPid),
+                Option.master, String(master), Option.slave, String(slave), Option.listener, String(listener),
+                Option.signals, String(signals), Option.client, String(client), Option.spec, String(spec),
+                Option.history, String(history), Option.capacity, String(capacity),
+            ]
         }
 
         /// The descriptors a hand-off passes (they must not be close-on-exec).
@@ -143,12 +147,16 @@ public enum HelperProtocol {
             }
             func number(_ key: String) -> Int32? { values[key].flatMap { Int32($0) } }
             guard let status = number(Option.status), let runDir = values[Option.runDir], let selfFD = number(Option.selfExecutable),
-                  let initPid = number(Option.initPid), let master = number(Option.master), let slave = number(Option.slave),
-                  let listener = number(Option.listener), let signals = number(Option.signals), let client = number(Option.client),
-                  let spec = number(Option.spec), let history = number(Option.history),
-                  let capacity = number(Option.capacity), Int(capacity) >= minimumCapacity else { return nil }
-            return (HandOff(selfExecutable: selfFD, runDir: runDir, initPid: initPid, master: master, slave: slave, listener: listener,
-                            signals: signals, client: client, spec: spec, history: history, capacity: Int(capacity)), status)
+                let initPid = number(Option.initPid), let master = number(Option.master), let slave = number(Option.slave),
+                let listener = number(Option.listener), let signals = number(Option.signals), let client = number(Option.client),
+                let spec = number(Option.spec), let history = number(Option.history),
+                let capacity = number(Option.capacity), Int(capacity) >= minimumCapacity
+            else { return nil }
+            return (
+                HandOff(
+                    selfExecutable: selfFD, runDir: runDir, initPid: initPid, master: master, slave: slave, listener: listener,
+                    signals: signals, client: client, spec: spec, history: history, capacity: Int(capacity)), status
+            )
         }
     }
 
@@ -173,7 +181,8 @@ public enum HelperProtocol {
         public static let monitorFailed = "monitor failed: "
 
         public var text: String {
-            "\(Self.reasonKey)\(String(reason.map { $0 == "\n" ? " " : $0 }))\n\(Self.timeKey)\(time)\n" + (networkDetached ? Self.networkDetachedLine + "\n" : "")
+            "\(Self.reasonKey)\(String(reason.map { $0 == "\n" ? " " : $0 }))\n\(Self.timeKey)\(time)\n"
+                + (networkDetached ? Self.networkDetachedLine + "\n" : "")
         }
 
         public init?(text: String) {

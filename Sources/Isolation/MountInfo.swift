@@ -11,8 +11,9 @@ public struct MountEntry: Sendable, Equatable {
         mountinfo.split(separator: "\n").compactMap { line in
             let halves = line.split(separator: " - ", maxSplits: 1).map { $0.split(separator: " ") }
             guard halves.count == 2, halves[0].count >= 5, halves[1].count >= 3 else { return nil }
-            return MountEntry(mountPoint: String(halves[0][4]), type: String(halves[1][0]), source: String(halves[1][1]),
-                              superOptions: halves[1][2].split(separator: ",").map(String.init))
+            return MountEntry(
+                mountPoint: String(halves[0][4]), type: String(halves[1][0]), source: String(halves[1][1]),
+                superOptions: halves[1][2].split(separator: ",").map(String.init))
         }
     }
 }

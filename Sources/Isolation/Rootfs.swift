@@ -1,6 +1,7 @@
 import CIsolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Builds the VPS's filesystem view inside its new mount namespace and pivots into it.
@@ -11,10 +12,14 @@ public enum Rootfs {
     public static let ptyLimit = 256
 
     /// Docker's masked paths: read as empty.
-    public static let maskedFiles = ["proc/kcore", "proc/keys", "proc/latency_stats", "proc/timer_list",
-                                     "proc/timer_stats", "proc/sched_debug", "proc/interrupts"]
-    public static let maskedDirectories = ["proc/acpi", "proc/asound", "proc/scsi", "sys/firmware",
-                                           "sys/devices/virtual/powercap"]
+    public static let maskedFiles = [
+        "proc/kcore", "proc/keys", "proc/latency_stats", "proc/timer_list",
+        "proc/timer_stats", "proc/sched_debug", "proc/interrupts",
+    ]
+    public static let maskedDirectories = [
+        "proc/acpi", "proc/asound", "proc/scsi", "sys/firmware",
+        "sys/devices/virtual/powercap",
+    ]
     /// Docker's read-only paths. /proc/sys/net is made writable again on top: those sysctls belong
     /// to the VPS's own network namespace (LXC's "proc:mixed").
     public static let readOnlyPaths = ["proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger"]
@@ -46,9 +51,11 @@ public enum Rootfs {
     /// VPS sees under /sys/fs/cgroup (call after unsharing the cgroup namespace). `userns`: the
     /// caller is root of a user namespace of its own, where mknod is refused. `beancounters`: a
     /// detached read-only mount (berth_readonly_tree) attached at `beancountersDirectory`, or -1.
-    public static func enter(root: String, hostname: String, lxcfs: String? = nil,
-                             cgroupMounts: [CgroupGuestMount] = [], userns: Bool = false,
-                             beancounters: Int32 = -1) throws(IsolationError) -> Int32 {
+    public static func enter(
+        root: String, hostname: String, lxcfs: String? = nil,
+        cgroupMounts: [CgroupGuestMount] = [], userns: Bool = false,
+        beancounters: Int32 = -1
+    ) throws(IsolationError) -> Int32 {
         try check("make / private") { mount("", "/", nil, UInt(MS_REC | MS_PRIVATE), nil) }
         let rootFD = try check("open root \(root)") { open(root, O_PATH | O_DIRECTORY | O_CLOEXEC) }
         defer { close(rootFD) }
@@ -187,12 +194,15 @@ public enum Rootfs {
         for dir in ["pts", "shm", "mqueue"] {
             try check("mkdir /dev/\(dir)") { mkdirat(devFD, dir, dir == "shm" ? 0o1777 : 0o755) }
         }
-        try mountAt(devFD, "pts", source: "devpts", type: "devpts", flags: MS_NOSUID | MS_NOEXEC,
-                    data: "newinstance,ptmxmode=0666,mode=0620,gid=5,max=\(ptyLimit)")
+        try mountAt(
+            devFD, "pts", source: "devpts", type: "devpts", flags: MS_NOSUID | MS_NOEXEC,
+            data: "newinstance,ptmxmode=0666,mode=0620,gid=5,max=\(ptyLimit)")
         try mountAt(devFD, "shm", source: "shm", type: "tmpfs", flags: MS_NOSUID | MS_NODEV, data: "mode=1777")
         try mountAt(devFD, "mqueue", source: "mqueue", type: "mqueue", flags: MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        let links = [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                     ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
+        let links = [
+            ("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+        ]
         for (name, target) in links {
             try check("symlink /dev/\(name)") { symlinkat(target, devFD, name) }
         }

@@ -33,9 +33,11 @@ public struct RunState: Equatable, Sendable {
             values[String(line[..<eq])] = String(line[line.index(after: eq)...])
         }
         guard let monitor = values["monitor"].flatMap({ Int32($0) }), let monitorStart = values["monitor_start"].flatMap({ UInt64($0) }),
-              let initPid = values["init"].flatMap({ Int32($0) }), let initStart = values["init_start"].flatMap({ UInt64($0) }) else { return nil }
-        return RunState(monitorPid: monitor, monitorStart: monitorStart, initPid: initPid, initStart: initStart,
-                        bootedAt: values["booted_at"].flatMap { Int64($0) } ?? 0)
+            let initPid = values["init"].flatMap({ Int32($0) }), let initStart = values["init_start"].flatMap({ UInt64($0) })
+        else { return nil }
+        return RunState(
+            monitorPid: monitor, monitorStart: monitorStart, initPid: initPid, initStart: initStart,
+            bootedAt: values["booted_at"].flatMap { Int64($0) } ?? 0)
     }
 
     public static func read(runDir: String) -> RunState? {

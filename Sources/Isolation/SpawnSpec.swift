@@ -19,7 +19,8 @@ public struct IDMap: Equatable, Sendable {
     public static func parse(_ text: String) -> IDMap? {
         let parts = text.split(separator: " ")
         guard parts.count == 2, let base = UInt32(parts[0]), let count = UInt32(parts[1]), base > 0, count > 0,
-              UInt64(base) + UInt64(count) <= UInt64(UInt32.max) else { return nil }
+            UInt64(base) + UInt64(count) <= UInt64(UInt32.max)
+        else { return nil }
         return IDMap(hostBase: base, count: count)
     }
 }
@@ -61,10 +62,12 @@ public struct SpawnSpec: Equatable, Sendable {
     /// berth-monitor, which the monitor execs once the VPS has booted (Sources/berth-monitor).
     public var monitorBinary: String?
 
-    public init(name: String, diskImage: String, rootPath: String, runDir: String, hostname: String,
-                cgroupProcsFiles: [String], initArgv: [String] = ["/sbin/init"],
-                environment: [String] = SpawnSpec.defaultEnvironment,
-                dropCapabilities: [String] = Capabilities.baselineDrop, consoleRingBytes: Int = 128 * 1024) {
+    public init(
+        name: String, diskImage: String, rootPath: String, runDir: String, hostname: String,
+        cgroupProcsFiles: [String], initArgv: [String] = ["/sbin/init"],
+        environment: [String] = SpawnSpec.defaultEnvironment,
+        dropCapabilities: [String] = Capabilities.baselineDrop, consoleRingBytes: Int = 128 * 1024
+    ) {
         self.name = name
         self.diskImage = diskImage
         self.rootPath = rootPath
@@ -123,7 +126,7 @@ public struct SpawnSpec: Equatable, Sendable {
             switch key {
             case "cgroup", "init", "env", "drop", "cgroupfs": multi[key, default: []].append(value)
             case "name", "disk", "root", "run", "hostname", "ring", "nofile", "lxcfs", "beancounters", "idmap", "layer", "diskmount", "monitor",
-                 "volume", "volumedevice":
+                "volume", "volumedevice":
                 if single[key] != nil { throw IsolationError(.invalidSpec, "spawn spec key \(key) repeated") }
                 single[key] = value
             default: throw IsolationError(.invalidSpec, "spawn spec has unknown key \(key)")
@@ -143,11 +146,12 @@ public struct SpawnSpec: Equatable, Sendable {
             guard let value = UInt64(text), value > 0 else { throw IsolationError(.invalidSpec, "spawn spec nofile is not a number") }
             nofile = value
         }
-        var spec = SpawnSpec(name: try need("name"), diskImage: try need("disk"), rootPath: try need("root"),
-                         runDir: try need("run"), hostname: try need("hostname"),
-                         cgroupProcsFiles: multi["cgroup"] ?? [], initArgv: argv,
-                         environment: multi["env"] ?? [], dropCapabilities: multi["drop"] ?? [],
-                         consoleRingBytes: ring)
+        var spec = SpawnSpec(
+            name: try need("name"), diskImage: try need("disk"), rootPath: try need("root"),
+            runDir: try need("run"), hostname: try need("hostname"),
+            cgroupProcsFiles: multi["cgroup"] ?? [], initArgv: argv,
+            environment: multi["env"] ?? [], dropCapabilities: multi["drop"] ?? [],
+            consoleRingBytes: ring)
         spec.openFilesLimit = nofile
         if let lxcfs = single["lxcfs"] {
             guard lxcfs.hasPrefix("/") else { throw IsolationError(.invalidSpec, "spawn spec lxcfs is not an absolute path") }
@@ -202,7 +206,8 @@ public struct SpawnSpec: Equatable, Sendable {
         while let byte = iterator.next() {
             if byte == UInt8(ascii: "%") {
                 guard let h = iterator.next(), let l = iterator.next(),
-                      let v = UInt8(String(decoding: [h, l], as: UTF8.self), radix: 16) else {
+                    let v = UInt8(String(decoding: [h, l], as: UTF8.self), radix: 16)
+                else {
                     throw IsolationError(.invalidSpec, "bad escape in spawn spec")
                 }
                 bytes.append(v)
@@ -233,8 +238,11 @@ public struct CgroupsReady: Equatable, Sendable {
     public static func decode(_ text: String) throws(IsolationError) -> CgroupsReady {
         var lines = text.split(separator: "\n", omittingEmptySubsequences: true)[...]
         guard lines.popFirst() == "cgroups=ready" else {
-            throw IsolationError(.invalidSpec, text.isEmpty ? "the agent gave up before the VPS's cgroups were ready"
-                                                            : "the cgroup message does not start with cgroups=ready")
+            throw IsolationError(
+                .invalidSpec,
+                text.isEmpty
+                    ? "the agent gave up before the VPS's cgroups were ready"
+                    : "the cgroup message does not start with cgroups=ready")
         }
         var ready = CgroupsReady()
         for line in lines {

@@ -83,7 +83,7 @@ struct AgentCall: Sendable {
                 out.templates = list
             }
         case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
-             .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList, .renew, .rotate:
+            .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList, .renew, .rotate:
             return AgentCall("cluster") { _, _ in
                 throw AgentError(.invalidArgument, "this is a node agent: cluster calls go to the controller (berth --controller HOST:PORT)")
             }

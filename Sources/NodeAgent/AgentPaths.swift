@@ -15,8 +15,10 @@ public struct AgentPaths: Sendable {
     /// free space, 5–30 GiB; see StoragePool).
     public var poolSize: UInt64?
 
-    public init(dataDir: String, runDir: String, spawnBinary: String, monitorBinary: String, lxcfs: String = "/var/lib/lxcfs",
-                templateCache: String = "/var/cache/berth/templates", poolSize: UInt64? = nil) {
+    public init(
+        dataDir: String, runDir: String, spawnBinary: String, monitorBinary: String, lxcfs: String = "/var/lib/lxcfs",
+        templateCache: String = "/var/cache/berth/templates", poolSize: UInt64? = nil
+    ) {
         self.dataDir = dataDir
         self.runDir = runDir
         self.spawnBinary = spawnBinary

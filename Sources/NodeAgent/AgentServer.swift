@@ -18,9 +18,11 @@ public final class AgentServer: Service, @unchecked Sendable {
     let metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)?
     let cluster: ClusterOptions?
 
-    public init(manager: VPSManager, socketPath: String, group: EventLoopGroup, logger: Logger,
-                metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)? = nil,
-                cluster: ClusterOptions? = nil) {
+    public init(
+        manager: VPSManager, socketPath: String, group: EventLoopGroup, logger: Logger,
+        metrics: (host: String, port: Int, registry: PrometheusCollectorRegistry)? = nil,
+        cluster: ClusterOptions? = nil
+    ) {
         self.cluster = cluster
         self.manager = manager
         self.socketPath = socketPath
@@ -48,19 +50,23 @@ public final class AgentServer: Service, @unchecked Sendable {
         let clusterServer = listener
         defer { membership?.cancel() }
         let interval = manager.beancounterInterval
-        let beancounters: Task<Void, Never>? = interval > 0 ? Task { [manager] in
-            // Each pass rewrites only the tables read since their last write and the stale ones.
-            while (try? await Task.sleep(for: .seconds(1))) != nil { await manager.refreshBeancounters() }
-        } : nil
+        let beancounters: Task<Void, Never>? =
+            interval > 0
+            ? Task { [manager] in
+                // Each pass rewrites only the tables read since their last write and the stale ones.
+                while (try? await Task.sleep(for: .seconds(1))) != nil { await manager.refreshBeancounters() }
+            } : nil
         defer { beancounters?.cancel() }
         let server = try await UnixWireServer.bind(path: socketPath, service: service, group: group)
         logger.info("agent serving", metadata: ["socket": "\(socketPath)", "node": "\(manager.nodeName)"])
-        let metricsServer: MetricsServer? = if let metrics {
-            try await MetricsServer.bind(host: metrics.host, port: metrics.port, manager: manager,
-                                         registry: metrics.registry, group: group)
-        } else {
-            nil
-        }
+        let metricsServer: MetricsServer? =
+            if let metrics {
+                try await MetricsServer.bind(
+                    host: metrics.host, port: metrics.port, manager: manager,
+                    registry: metrics.registry, group: group)
+            } else {
+                nil
+            }
         if let bound = metricsServer {
             // The bound address (port 0 picks one) for scripts and tests.
             try? FileIO.writeAtomically(manager.paths.runDir + "/metrics.addr", Array((bound.address + "\n").utf8), mode: 0o644)

@@ -52,14 +52,16 @@ public struct AgentService: WireService {
         switch r.kind {
         case "busybox":
             guard r.mirror.isEmpty, r.include.isEmpty else {
-                throw AgentError.invalid(r.mirror.isEmpty ? "include" : "mirror", "the busybox template is built from the host's busybox-static; it downloads nothing")
+                throw AgentError.invalid(
+                    r.mirror.isEmpty ? "include" : "mirror", "the busybox template is built from the host's busybox-static; it downloads nothing")
             }
             stream.progress("building busybox template")
             return Self.wire(try await manager.templates.buildBusybox(name: r.name.isEmpty ? "busybox" : r.name))
         case "debian-12":
-            let request = DebianTemplateRequest(name: r.name.isEmpty ? "debian-12" : r.name,
-                                                mirror: r.mirror.isEmpty ? DebianTemplateRequest.defaultMirror : r.mirror,
-                                                include: r.include, rebuild: r.rebuild)
+            let request = DebianTemplateRequest(
+                name: r.name.isEmpty ? "debian-12" : r.name,
+                mirror: r.mirror.isEmpty ? DebianTemplateRequest.defaultMirror : r.mirror,
+                include: r.include, rebuild: r.rebuild)
             return Self.wire(try await manager.templates.buildDebian(request) { stream.progress($0) })
         default:
             throw AgentError.invalid("template", "'\(r.kind)' cannot be built here (buildable: busybox, debian-12; any rootfs tarball can be imported)")
@@ -103,8 +105,11 @@ public struct AgentService: WireService {
         defer { close(devnull) }
         let child: (pid: Int32, pidfd: Int32)
         do {
-            child = try Subprocess.spawn(["/bin/tar", "-c", "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                                          "-C", manager.templates.rootfs(r.name), "."], fds: [devnull, out.write, devnull])
+            child = try Subprocess.spawn(
+                [
+                    "/bin/tar", "-c", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                    "-C", manager.templates.rootfs(r.name), ".",
+                ], fds: [devnull, out.write, devnull])
         } catch {
             close(out.read); close(out.write)
             throw error
@@ -148,8 +153,10 @@ public struct AgentService: WireService {
             environment.removeAll { $0.hasPrefix(key + "=") }
             environment.append(key + "=" + value)
         }
-        var argv = [manager.paths.spawnBinary, "exec", "--init-pid", String(target.run.initPid),
-                    "--init-start", String(target.run.initStart)]
+        var argv = [
+            manager.paths.spawnBinary, "exec", "--init-pid", String(target.run.initPid),
+            "--init-start", String(target.run.initStart),
+        ]
         for file in target.cgroupFiles { argv += ["--cgroup", file] }
         for variable in environment { argv += ["--env", variable] }
         if request.tty { argv += ["--tty", String(request.rows == 0 ? 24 : request.rows), String(request.cols == 0 ? 80 : request.cols)] }
@@ -162,7 +169,9 @@ public struct AgentService: WireService {
         do {
             for _ in 0..<(request.tty ? 4 : 3) { pipes.append(try Subprocess.makePipe()) }
         } catch {
-            pipes.forEach { close($0.read); close($0.write) }
+            pipes.forEach {
+                close($0.read); close($0.write)
+            }
             throw error
         }
         let (stdinPipe, stdoutPipe, stderrPipe) = (pipes[0], pipes[1], pipes[2])
@@ -176,7 +185,9 @@ public struct AgentService: WireService {
         do {
             child = try Subprocess.spawn(argv, fds: fds, environment: [])
         } catch {
-            pipes.forEach { close($0.read); close($0.write) }
+            pipes.forEach {
+                close($0.read); close($0.write)
+            }
             throw AgentError(.kernel, "cannot run \(manager.paths.spawnBinary): \(error)", stage: "spawn")
         }
         // Only the ends the agent uses stay open here.
@@ -244,7 +255,8 @@ public struct AgentService: WireService {
     func relay(pipe fd: Int32, to stream: ServerStream, as channel: Frame.Channel, bulk: Bool) async throws {
         var bootstrap = NIOPipeBootstrap(group: group)
         if bulk {
-            bootstrap = bootstrap.channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: Self.streamPipeBytes))
+            bootstrap = bootstrap.channelOption(
+                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: Self.streamPipeBytes))
         }
         let reader = try await bootstrap.takingOwnershipOfDescriptor(input: fd) { pipe in
             pipe.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: pipe) }

@@ -1,5 +1,5 @@
-import Foundation
 import BerthCore
+import Foundation
 import Isolation
 
 /// The beancounter file inside each VPS (`/run/beancounters/user_beancounters`): the table of
@@ -15,14 +15,16 @@ extension VPSManager {
     /// mount namespace: the agent reaches it through the monitor's root).
     func writeBeancounters(_ name: String, taken: String? = nil) throws {
         guard let directory = records[name]?.run?.monitorView(beancounterDirectory(name)),
-              FileIO.isMountPoint(directory) else { return }
+            FileIO.isMountPoint(directory)
+        else { return }
         beancounterReaders.watch(name, directory: directory)
         let stats = try stats(name)
         let header = "VPS \(name), taken \(taken ?? Self.timestamp()) (refreshed within 1 s of a read, else every \(beancounterInterval) s)\n"
         do {
             // The VPS's root is not the owner (its ids are mapped): it reads as "other".
-            try FileIO.writeAtomically(directory + "/" + Rootfs.beancountersFile, Array((header + stats.table).utf8),
-                                       mode: 0o444, durable: false)
+            try FileIO.writeAtomically(
+                directory + "/" + Rootfs.beancountersFile, Array((header + stats.table).utf8),
+                mode: 0o444, durable: false)
         } catch {
             throw AgentError.kernel("writing the beancounter file of \(name)", error)
         }
@@ -91,9 +93,11 @@ final class BeancounterReaders {
             // struct inotify_event: i32 wd, u32 mask, u32 cookie, u32 len, char name[len].
             while offset + 16 <= count {
                 let (wd, mask, length) = buffer.withUnsafeBytes { raw in
-                    (raw.loadUnaligned(fromByteOffset: offset, as: Int32.self),
-                     raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self),
-                     Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self)))
+                    (
+                        raw.loadUnaligned(fromByteOffset: offset, as: Int32.self),
+                        raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self),
+                        Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self))
+                    )
                 }
                 let nameBytes = buffer[(offset + 16)..<min(count, offset + 16 + length)].prefix { $0 != 0 }
                 if String(decoding: nameBytes, as: UTF8.self) == Rootfs.beancountersFile, let vps = names[wd] {

@@ -59,7 +59,8 @@ public final class ClusterMember: Sendable {
             let bundle = try CredentialBundle.load(directory: directory)
             let identity = try bundle.identity()
             guard identity.role == .node, identity.name == manager.nodeName else {
-                throw WireError(.invalidArgument, "name: \(directory)/cert.pem belongs to \(identity.role) \(identity.name), not node \(manager.nodeName)", field: "name")
+                throw WireError(
+                    .invalidArgument, "name: \(directory)/cert.pem belongs to \(identity.role) \(identity.name), not node \(manager.nodeName)", field: "name")
             }
             if options.joinToken != nil { logger.notice("already enrolled; --join is ignored", metadata: ["dir": "\(directory)"]) }
             return bundle
@@ -74,13 +75,19 @@ public final class ClusterMember: Sendable {
         do {
             client = try await WireClient.connect(host: controller.host, port: controller.port, bundle: nil, pinnedCA: token.caFingerprint, group: group)
         } catch let error as WireError where error.message.contains("CERTIFICATE_VERIFY_FAILED") {
-            throw WireError(.unauthenticated, "join: the controller at \(options.controller) did not present the CA the token names (sha-256 \(token.caFingerprint.prefix(16))…): wrong controller or wrong token", field: "join")
+            throw WireError(
+                .unauthenticated,
+                "join: the controller at \(options.controller) did not present the CA the token names (sha-256 \(token.caFingerprint.prefix(16))…): wrong controller or wrong token",
+                field: "join")
         }
         defer { Task { await client.close() } }
         // Any certificate of the cluster chains to the pinned CA: only the controller's may
         // receive the token.
         guard client.peerIdentity?.role == .controller else {
-            throw WireError(.unauthenticated, "join: \(options.controller) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not the controller", field: "join")
+            throw WireError(
+                .unauthenticated,
+                "join: \(options.controller) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not the controller",
+                field: "join")
         }
         var request = Berth_V1_Request()
         var enroll = Berth_V1_EnrollRequest()
@@ -100,8 +107,10 @@ public final class ClusterMember: Sendable {
 
     /// The credentials an enrolment or renewal answer gives, checked: the CA must be the one the
     /// node already trusts and the certificate this node's.
-    func nodeBundle(_ reply: Berth_V1_EnrollReply, key: (privateKeyPEM: String, publicKeyPEM: String), caFingerprint: String,
-                    call: String) throws -> CredentialBundle {
+    func nodeBundle(
+        _ reply: Berth_V1_EnrollReply, key: (privateKeyPEM: String, publicKeyPEM: String), caFingerprint: String,
+        call: String
+    ) throws -> CredentialBundle {
         guard try ClusterCA.fingerprint(ofPEM: reply.caPem) == caFingerprint else {
             throw WireError(.unauthenticated, "\(call): the controller answered with a CA other than the one this node trusts")
         }
@@ -192,8 +201,9 @@ public final class ClusterMember: Sendable {
         var request = Berth_V1_Request()
         request.renew.publicKeyPem = key.publicKeyPEM
         request.deadlineMs = 10_000
-        let bundle = try nodeBundle(try await client.call(request).enrolled, key: key,
-                                    caFingerprint: try ClusterCA.fingerprint(ofPEM: current.caPEM), call: "renew")
+        let bundle = try nodeBundle(
+            try await client.call(request).enrolled, key: key,
+            caFingerprint: try ClusterCA.fingerprint(ofPEM: current.caPEM), call: "renew")
         try bundle.replace(directory: directory)
         try server.replaceCredentials(bundle)
         let serial = try bundle.identity().serial

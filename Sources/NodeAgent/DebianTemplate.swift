@@ -29,7 +29,8 @@ public struct DebianTemplateRequest: Sendable {
     public func validated() throws -> DebianTemplateRequest {
         _ = try Name.validate(name, field: "name")
         guard let url = URL(string: mirror), ["http", "https"].contains(url.scheme ?? ""), url.host != nil,
-              !mirror.contains(where: { $0 == " " || $0 == "\n" || $0 == "\t" }) else {
+            !mirror.contains(where: { $0 == " " || $0 == "\n" || $0 == "\t" })
+        else {
             throw AgentError.invalid("mirror", "'\(mirror)' is not an http:// or https:// archive URL")
         }
         for package in include {
@@ -37,7 +38,8 @@ public struct DebianTemplateRequest: Sendable {
             let bytes = Array(package.utf8)
             let alphanumeric = { (byte: UInt8) in (97...122).contains(byte) || (48...57).contains(byte) }
             guard (2...100).contains(bytes.count), alphanumeric(bytes[0]),
-                  bytes.allSatisfy({ alphanumeric($0) || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ".") }) else {
+                bytes.allSatisfy({ alphanumeric($0) || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ".") })
+            else {
                 throw AgentError.invalid("include", "'\(package)' is not a Debian package name")
             }
         }
@@ -102,8 +104,10 @@ extension TemplateStore {
             let steps = Mutex(0)
             let packages = Array(Set(DebianTemplateRequest.basePackages + request.include)).sorted()
             let run = try await Subprocess.run(
-                ["/usr/sbin/debootstrap", "--variant=minbase", "--include=" + packages.joined(separator: ","),
-                 DebianTemplateRequest.suite, tree, request.mirror],
+                [
+                    "/usr/sbin/debootstrap", "--variant=minbase", "--include=" + packages.joined(separator: ","),
+                    DebianTemplateRequest.suite, tree, request.mirror,
+                ],
                 environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C"]
             ) { line in
                 // "I: Retrieving libc6 2.36" — one progress step per package action.
@@ -138,8 +142,9 @@ extension TemplateStore {
 
         progress("preparing the tree for VPSs")
         try Self.prepareDebianTree(tree)
-        let info = TemplateInfo(name: request.name, source: source, createdAt: Self.now(), stopSignal: Self.systemdHaltSignal,
-                                sizeBytes: Self.treeSize(tree), maskedUnits: Self.debianMaskedUnits)
+        let info = TemplateInfo(
+            name: request.name, source: source, createdAt: Self.now(), stopSignal: Self.systemdHaltSignal,
+            sizeBytes: Self.treeSize(tree), maskedUnits: Self.debianMaskedUnits)
         try install(staging: staging, info: info)
         return info
     }
@@ -167,14 +172,16 @@ extension TemplateStore {
         }
         try write("etc/hostname", "debian\n")
         try write("etc/fstab", "# Berth mounts this VPS's filesystems; nothing to mount here.\n")
-        try write("etc/network/interfaces", """
-        # Berth configures eth0 (addresses and routes) from the host: berth set NAME --ip-add/--ip-del.
-        auto lo
-        iface lo inet loopback
+        try write(
+            "etc/network/interfaces",
+            """
+            # Berth configures eth0 (addresses and routes) from the host: berth set NAME --ip-add/--ip-del.
+            auto lo
+            iface lo inet loopback
 
-        source /etc/network/interfaces.d/*
+            source /etc/network/interfaces.d/*
 
-        """)
+            """)
         let unitDir = tree + "/etc/systemd/system"
         try fm.createDirectory(atPath: unitDir, withIntermediateDirectories: true)
         for unit in debianMaskedUnits.keys.sorted() {

@@ -17,7 +17,10 @@ extension VPSManager {
                 throw AgentError.invalid("disk", "cannot shrink the disk of a running VPS (\(ByteSize.format(old)) to \(ByteSize.format(new))); stop it first")
             }
             guard Self.agentHasCapability(24 /* CAP_SYS_RESOURCE */) else {
-                throw AgentError.invalid("disk", "growing the disk of a running VPS needs CAP_SYS_RESOURCE (ext4 online resize), which this agent does not have; stop the VPS and set --disk again")
+                throw AgentError.invalid(
+                    "disk",
+                    "growing the disk of a running VPS needs CAP_SYS_RESOURCE (ext4 online resize), which this agent does not have; stop the VPS and set --disk again"
+                )
             }
             guard let loop = Self.loopDevice(backing: image) else {
                 throw AgentError(.kernel, "the loop device of \(name)'s disk was not found", stage: "find loop device")
@@ -62,7 +65,9 @@ extension VPSManager {
             guard result.status == 0 else {
                 let text = (result.stderr + result.stdout).trimmed
                 if text.contains("smaller than minimum") || text.contains("No space left") {
-                    throw AgentError.invalid("disk", "\(ByteSize.format(new)) is smaller than the data in the VPS's disk needs (resize2fs: \(text.split(separator: "\n").last ?? ""))")
+                    throw AgentError.invalid(
+                        "disk",
+                        "\(ByteSize.format(new)) is smaller than the data in the VPS's disk needs (resize2fs: \(text.split(separator: "\n").last ?? ""))")
                 }
                 throw AgentError(.kernel, "resize2fs failed: \(text)", stage: "resize2fs")
             }
@@ -77,7 +82,8 @@ extension VPSManager {
     /// image is untouched, so a refusal or failure leaves the disk as it was.
     func rebuildDisk(_ name: String, inodes: UInt64, bytes: UInt64, running: Bool) async throws {
         guard !running else {
-            throw AgentError.invalid("disk-inodes", "cannot change the inode count of a running VPS's disk (ext4 fixes it when the filesystem is made); stop it first")
+            throw AgentError.invalid(
+                "disk-inodes", "cannot change the inode count of a running VPS's disk (ext4 fixes it when the filesystem is made); stop it first")
         }
         let image = store.diskPath(name)
         // The superblock's counts, read before e2fsck (which stamps the image) so that a refusal
@@ -88,7 +94,8 @@ extension VPSManager {
                 .map { $0.dropFirst(key.count + 1).trimmingCharacters(in: .whitespaces) }
         }
         guard header.status == 0, let total = field("Inode count").flatMap(UInt64.init),
-              let free = field("Free inodes").flatMap(UInt64.init), let uuid = field("Filesystem UUID") else {
+            let free = field("Free inodes").flatMap(UInt64.init), let uuid = field("Filesystem UUID")
+        else {
             throw AgentError(.kernel, "dumpe2fs of \(name)'s disk failed: \(header.stderr.trimmed)", stage: "dumpe2fs")
         }
         let used = total - min(free, total)
@@ -137,8 +144,10 @@ extension VPSManager {
     /// mke2fs making a VPS disk of `bytes` filled from the tree `from` (create, inode rebuild).
     /// `tree`: what the new file system starts with (nil: empty).
     func mkfsArguments(_ name: String, from tree: String?, image: String, bytes: UInt64, inodes: UInt64?, uuid: String? = nil) -> [String] {
-        var argv = ["/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", String("berth-\(name)".prefix(16)),
-                    "-E", "root_owner=0:0"]
+        var argv = [
+            "/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", String("berth-\(name)".prefix(16)),
+            "-E", "root_owner=0:0",
+        ]
         if let tree { argv += ["-d", tree] }
         if let inodes { argv += ["-N", String(inodes)] }
         if let uuid { argv += ["-U", uuid] }
@@ -170,8 +179,9 @@ extension VPSManager {
 
     static func agentHasCapability(_ bit: Int) -> Bool {
         guard let status = FileIO.read("/proc/self/status"),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
-              let mask = UInt64(line.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16) else { return false }
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+            let mask = UInt64(line.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16)
+        else { return false }
         return mask & (1 << UInt64(bit)) != 0
     }
 

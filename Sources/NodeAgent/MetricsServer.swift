@@ -14,8 +14,10 @@ public final class MetricsServer: @unchecked Sendable {
     let manager: VPSManager
     let channel: Channel
 
-    public static func bind(host: String, port: Int, manager: VPSManager, registry: PrometheusCollectorRegistry,
-                            group: EventLoopGroup) async throws -> MetricsServer {
+    public static func bind(
+        host: String, port: Int, manager: VPSManager, registry: PrometheusCollectorRegistry,
+        group: EventLoopGroup
+    ) async throws -> MetricsServer {
         let box = RendererBox()
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)

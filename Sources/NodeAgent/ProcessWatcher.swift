@@ -95,8 +95,10 @@ public enum Subprocess {
     }
 
     /// Starts `argv` with `fds[i]` as fd i. Returns pid and pidfd.
-    public static func spawn(_ argv: [String], fds: [Int32], environment: [String] = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
-                             newSession: Bool = false) throws -> (pid: Int32, pidfd: Int32) {
+    public static func spawn(
+        _ argv: [String], fds: [Int32], environment: [String] = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+        newSession: Bool = false
+    ) throws -> (pid: Int32, pidfd: Int32) {
         let cArgv = argv.map { strdup($0) } + [nil]
         let cEnv = environment.map { strdup($0) } + [nil]
         defer {
@@ -114,15 +116,18 @@ public enum Subprocess {
 
     /// Runs to completion with stdin from /dev/null, capturing stdout and stderr. `onLine` sees
     /// each output line (either stream) as it arrives: progress of long builds.
-    public static func run(_ argv: [String], input: [UInt8]? = nil, environment: [String]? = nil,
-                           onLine: (@Sendable (String) -> Void)? = nil) async throws -> ProcessResult {
+    public static func run(
+        _ argv: [String], input: [UInt8]? = nil, environment: [String]? = nil,
+        onLine: (@Sendable (String) -> Void)? = nil
+    ) async throws -> ProcessResult {
         let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(devnull) }
         let out = try makePipe(), err = try makePipe()
         let inPipe = input == nil ? nil : try makePipe()
         let child: (pid: Int32, pidfd: Int32)
         do {
-            child = try environment.map { try spawn(argv, fds: [inPipe?.read ?? devnull, out.write, err.write], environment: $0) }
+            child =
+                try environment.map { try spawn(argv, fds: [inPipe?.read ?? devnull, out.write, err.write], environment: $0) }
                 ?? spawn(argv, fds: [inPipe?.read ?? devnull, out.write, err.write])
         } catch {
             [out.read, out.write, err.read, err.write, inPipe?.read ?? -1, inPipe?.write ?? -1].filter { $0 >= 0 }.forEach { close($0) }

@@ -23,8 +23,9 @@ struct StoragePool: Sendable {
     let sysfs: String
 
     /// A pool without a block device of its own (multi-device) leaves I/O limits nothing to name.
-    static let noDeviceForIOLimits = IsolationError(.unsupported, "the storage pool has no block device of its own for I/O limits to name",
-                                                    stage: "find the pool's device")
+    static let noDeviceForIOLimits = IsolationError(
+        .unsupported, "the storage pool has no block device of its own for I/O limits to name",
+        stage: "find the pool's device")
 
     var volumes: String { directory + "/vps" }
     func volume(_ name: String) -> String { volumes + "/" + name }
@@ -162,8 +163,9 @@ extension VPSManager {
         guard stat(image, &info) == 0 else { return }
         let current = UInt64(info.st_size)
         if wanted < current {
-            logger.warning("--pool-size is below the storage pool's size: the pool is not shrunk",
-                           metadata: ["pool-size": "\(wanted)", "pool": "\(current)"])
+            logger.warning(
+                "--pool-size is below the storage pool's size: the pool is not shrunk",
+                metadata: ["pool-size": "\(wanted)", "pool": "\(current)"])
             return
         }
         guard wanted > current else { return }
@@ -187,7 +189,10 @@ extension VPSManager {
         guard berth_btrfs_subvolume_create(pool.volumes, name) == 0 else {
             let err = errno
             if err == EEXIST {
-                throw AgentError(.alreadyExists, "the storage pool already holds a subvolume \(pool.volume(name)) (left by an interrupted destroy?); delete it with 'btrfs subvolume delete' first", field: "name")
+                throw AgentError(
+                    .alreadyExists,
+                    "the storage pool already holds a subvolume \(pool.volume(name)) (left by an interrupted destroy?); delete it with 'btrfs subvolume delete' first",
+                    field: "name")
             }
             throw AgentError(.kernel, "creating subvolume \(pool.volume(name)): \(errnoName(err))", stage: "subvolume create", errno: err)
         }
@@ -205,7 +210,8 @@ extension VPSManager {
     func limitVolume(_ name: String, in pool: StoragePool, bytes: UInt64) throws {
         let id = berth_btrfs_subvolume_id(pool.volume(name))
         guard id > 0, berth_btrfs_qgroup_limit(pool.directory, UInt64(id), bytes) == 0 else {
-            throw AgentError(.kernel, "limiting subvolume \(pool.volume(name)) to \(ByteSize.format(bytes)): \(errnoName(errno))", stage: "qgroup limit", errno: errno)
+            throw AgentError(
+                .kernel, "limiting subvolume \(pool.volume(name)) to \(ByteSize.format(bytes)): \(errnoName(errno))", stage: "qgroup limit", errno: errno)
         }
     }
 

@@ -35,12 +35,14 @@ public struct TarValidator {
             case UInt8(ascii: "g"): continue
             default: break
             }
-            var name = longName ?? {
-                let prefix = cString(header[header.startIndex + 345..<header.startIndex + 500])
-                let base = cString(header[header.startIndex..<header.startIndex + 100])
-                let magic = cString(header[header.startIndex + 257..<header.startIndex + 262])
-                return magic == "ustar" && !prefix.isEmpty ? prefix + "/" + base : base
-            }()
+            var name =
+                longName
+                ?? {
+                    let prefix = cString(header[header.startIndex + 345..<header.startIndex + 500])
+                    let base = cString(header[header.startIndex..<header.startIndex + 100])
+                    let magic = cString(header[header.startIndex + 257..<header.startIndex + 262])
+                    return magic == "ustar" && !prefix.isEmpty ? prefix + "/" + base : base
+                }()
             let link = longLink ?? cString(header[header.startIndex + 157..<header.startIndex + 257])
             longName = nil
             longLink = nil
@@ -127,8 +129,9 @@ public struct TarValidator {
         var index = 0
         while index < data.count {
             guard let space = data[index...].firstIndex(of: 0x20),
-                  let length = Int(String(decoding: data[index..<space], as: UTF8.self)),
-                  length > 0, index + length <= data.count else { break }
+                let length = Int(String(decoding: data[index..<space], as: UTF8.self)),
+                length > 0, index + length <= data.count
+            else { break }
             let record = data[(space + 1)..<(index + length - 1)]
             if let eq = record.firstIndex(of: 0x3d) {
                 result[String(decoding: record[record.startIndex..<eq], as: UTF8.self)] =

@@ -77,7 +77,10 @@ public final class TemplateStore: @unchecked Sendable {
     /// Call with `lock` held.
     private func requireUnshared(_ name: String) throws {
         guard let users = layerUsers[name]?.sorted(), !users.isEmpty else { return }
-        throw AgentError(.conflict, "template \(name) is the shared layer of layered VPS \(users.joined(separator: ", ")): destroy \(users.count == 1 ? "it" : "them") first", field: "template")
+        throw AgentError(
+            .conflict,
+            "template \(name) is the shared layer of layered VPS \(users.joined(separator: ", ")): destroy \(users.count == 1 ? "it" : "them") first",
+            field: "template")
     }
 
     /// busybox-static's single binary plus one symlink per applet, a SysV-style inittab and rcS.
@@ -129,8 +132,9 @@ public final class TemplateStore: @unchecked Sendable {
         // `busybox` without arguments prints its version banner first.
         let banner = (try? await Subprocess.run([busybox]))?.stdout ?? ""
         let version = banner.split(separator: "\n").first.map(String.init) ?? "unknown version"
-        let info = TemplateInfo(name: name, source: "busybox-static: \(version)", createdAt: Self.now(),
-                                stopSignal: SIGUSR2, sizeBytes: Self.treeSize(tree))
+        let info = TemplateInfo(
+            name: name, source: "busybox-static: \(version)", createdAt: Self.now(),
+            stopSignal: SIGUSR2, sizeBytes: Self.treeSize(tree))
         try install(staging: staging, info: info)
         return info
     }
@@ -207,77 +211,77 @@ public final class TemplateStore: @unchecked Sendable {
     }
 
     static let busyboxInittab = """
-    # Berth busybox template. Fields: id:runlevels:action:process (busybox ignores the first two).
-    ::sysinit:/etc/init.d/rcS
-    # The console shell waits for Enter, so output produced before attaching stays readable.
-    ::askfirst:-/bin/sh
-    ::ctrlaltdel:/sbin/reboot
-    ::shutdown:/etc/init.d/rcK
+        # Berth busybox template. Fields: id:runlevels:action:process (busybox ignores the first two).
+        ::sysinit:/etc/init.d/rcS
+        # The console shell waits for Enter, so output produced before attaching stays readable.
+        ::askfirst:-/bin/sh
+        ::ctrlaltdel:/sbin/reboot
+        ::shutdown:/etc/init.d/rcK
 
-    """
+        """
 
     static let busyboxRcS = """
-    #!/bin/sh
-    # System start-up: run by init (sysinit) on every boot of the VPS.
-    export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-    rm -rf /run/* /tmp/* 2>/dev/null
-    ip link set lo up 2>/dev/null
-    for script in /etc/init.d/S[0-9][0-9]*; do
-        [ -x "$script" ] && "$script" start
-    done
-    echo "$(date +%s) $(hostname)" > /run/boot-complete
-    echo "rcS: $(hostname) is up"
+        #!/bin/sh
+        # System start-up: run by init (sysinit) on every boot of the VPS.
+        export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+        rm -rf /run/* /tmp/* 2>/dev/null
+        ip link set lo up 2>/dev/null
+        for script in /etc/init.d/S[0-9][0-9]*; do
+            [ -x "$script" ] && "$script" start
+        done
+        echo "$(date +%s) $(hostname)" > /run/boot-complete
+        echo "rcS: $(hostname) is up"
 
-    """
+        """
 
     /// busybox's free and uptime take their figures from sysinfo(2), which always shows the host;
     /// these read /proc/meminfo, /proc/uptime and /proc/loadavg instead, which lxcfs renders from
     /// the VPS's own cgroup (the same columns as busybox's applets).
     static let busyboxFree = #"""
-    #!/bin/sh
-    # free [-b|-k|-m|-g]: memory from /proc/meminfo (the VPS's own under lxcfs), not sysinfo(2).
-    case "${1:--k}" in
-        -b) unit=1 ;; -k) unit=1024 ;; -m) unit=1048576 ;; -g) unit=1073741824 ;;
-        *) echo "Usage: free [-bkmg]" >&2; exit 1 ;;
-    esac
-    exec awk -v unit="$unit" '
-        { kb[$1] = $2 }
-        function show(v) { return sprintf("%d", (v * 1024 + unit / 2) / unit) }
-        END {
-            total = kb["MemTotal:"]; free = kb["MemFree:"]
-            cache = kb["Buffers:"] + kb["Cached:"] + kb["SReclaimable:"]
-            used = total - free - cache; if (used < 0) used = total - free
-            printf "%19s%12s%12s%12s%12s%12s\n", "total", "used", "free", "shared", "buff/cache", "available"
-            printf "Mem:%15s%12s%12s%12s%12s%12s\n", show(total), show(used), show(free), show(kb["Shmem:"]), show(cache), show(kb["MemAvailable:"])
-            st = kb["SwapTotal:"]; sf = kb["SwapFree:"]
-            printf "Swap:%14s%12s%12s\n", show(st), show(st - sf), show(sf)
-        }' /proc/meminfo
+        #!/bin/sh
+        # free [-b|-k|-m|-g]: memory from /proc/meminfo (the VPS's own under lxcfs), not sysinfo(2).
+        case "${1:--k}" in
+            -b) unit=1 ;; -k) unit=1024 ;; -m) unit=1048576 ;; -g) unit=1073741824 ;;
+            *) echo "Usage: free [-bkmg]" >&2; exit 1 ;;
+        esac
+        exec awk -v unit="$unit" '
+            { kb[$1] = $2 }
+            function show(v) { return sprintf("%d", (v * 1024 + unit / 2) / unit) }
+            END {
+                total = kb["MemTotal:"]; free = kb["MemFree:"]
+                cache = kb["Buffers:"] + kb["Cached:"] + kb["SReclaimable:"]
+                used = total - free - cache; if (used < 0) used = total - free
+                printf "%19s%12s%12s%12s%12s%12s\n", "total", "used", "free", "shared", "buff/cache", "available"
+                printf "Mem:%15s%12s%12s%12s%12s%12s\n", show(total), show(used), show(free), show(kb["Shmem:"]), show(cache), show(kb["MemAvailable:"])
+                st = kb["SwapTotal:"]; sf = kb["SwapFree:"]
+                printf "Swap:%14s%12s%12s\n", show(st), show(st - sf), show(sf)
+            }' /proc/meminfo
 
-    """#
+        """#
 
     static let busyboxUptime = #"""
-    #!/bin/sh
-    # uptime: from /proc/uptime and /proc/loadavg (the VPS's own under lxcfs), not sysinfo(2).
-    read up _ </proc/uptime
-    read l1 l5 l15 _ </proc/loadavg
-    up=${up%.*}
-    days=$((up / 86400)); hours=$((up % 86400 / 3600)); mins=$((up % 3600 / 60))
-    since=""
-    [ "$days" -gt 0 ] && since="$days day$([ "$days" -gt 1 ] && echo s), "
-    if [ "$hours" -gt 0 ]; then since="$since$(printf '%d:%02d' "$hours" "$mins")"; else since="$since$mins min"; fi
-    echo " $(date +%H:%M:%S) up $since,  load average: $l1, $l5, $l15"
+        #!/bin/sh
+        # uptime: from /proc/uptime and /proc/loadavg (the VPS's own under lxcfs), not sysinfo(2).
+        read up _ </proc/uptime
+        read l1 l5 l15 _ </proc/loadavg
+        up=${up%.*}
+        days=$((up / 86400)); hours=$((up % 86400 / 3600)); mins=$((up % 3600 / 60))
+        since=""
+        [ "$days" -gt 0 ] && since="$days day$([ "$days" -gt 1 ] && echo s), "
+        if [ "$hours" -gt 0 ]; then since="$since$(printf '%d:%02d' "$hours" "$mins")"; else since="$since$mins min"; fi
+        echo " $(date +%H:%M:%S) up $since,  load average: $l1, $l5, $l15"
 
-    """#
+        """#
 
     static let busyboxRcK = """
-    #!/bin/sh
-    # System shutdown: stop services in reverse order.
-    for script in $(ls -r /etc/init.d/S[0-9][0-9]* 2>/dev/null); do
-        [ -x "$script" ] && "$script" stop
-    done
-    sync
+        #!/bin/sh
+        # System shutdown: stop services in reverse order.
+        for script in $(ls -r /etc/init.d/S[0-9][0-9]* 2>/dev/null); do
+            [ -x "$script" ] && "$script" stop
+        done
+        sync
 
-    """
+        """
 }
 
 extension String {

@@ -70,11 +70,15 @@ public struct VPSConfig: Codable, Equatable, Sendable {
     /// Capability name → kept, from `capabilities`.
     public var capabilityOverrides: [String: Bool] { (capabilities ?? [:]).mapValues { $0 == "on" } }
 
-    static let keys: Set<String> = ["schemaVersion", "name", "template", "hostname", "limits", "labels", "onboot", "desiredState", "createdAt", "stopSignal",
-                                   "network", "nameservers", "searchDomains", "privileged", "idmapBase", "capabilities", "storage", "layout"]
+    static let keys: Set<String> = [
+        "schemaVersion", "name", "template", "hostname", "limits", "labels", "onboot", "desiredState", "createdAt", "stopSignal",
+        "network", "nameservers", "searchDomains", "privileged", "idmapBase", "capabilities", "storage", "layout",
+    ]
 
-    public init(name: String, template: String, hostname: String, limits: Limits = Limits(), labels: [String: String] = [:],
-                onboot: Bool = false, stopSignal: Int32) {
+    public init(
+        name: String, template: String, hostname: String, limits: Limits = Limits(), labels: [String: String] = [:],
+        onboot: Bool = false, stopSignal: Int32
+    ) {
         schemaVersion = Self.currentSchema
         self.name = name
         self.template = template
@@ -140,7 +144,8 @@ public struct VPSConfig: Codable, Equatable, Sendable {
                 guard MACAddress.parse(network.mac) != nil else { throw AgentError.invalid("network.mac", "'\(network.mac)' is not a MAC address") }
                 _ = try Validation.interfaceName(network.hostInterface, field: "network.hostInterface")
                 guard network.hostInterface.hasPrefix(NFTables.interfacePrefix) else {
-                    throw AgentError.invalid("network.hostInterface", "must start with \(NFTables.interfacePrefix) (the anti-spoofing filter matches that prefix)")
+                    throw AgentError.invalid(
+                        "network.hostInterface", "must start with \(NFTables.interfacePrefix) (the anti-spoofing filter matches that prefix)")
                 }
             }
             for ip in config.nameservers ?? [] { _ = try Validation.nameserver(ip) }

@@ -59,7 +59,8 @@ extension VPSManager {
     func mountedDisk(_ record: VPSRecord) -> String? {
         let name = record.config.name
         guard let view = record.run?.monitorView(record.config.isLayered ? store.diskMountPath(name) : store.rootPath(name)),
-              FileIO.isMountPoint(view) else { return nil }
+            FileIO.isMountPoint(view)
+        else { return nil }
         return view
     }
 
@@ -73,7 +74,8 @@ extension VPSManager {
         info.cpus = onlineCPUs
         let meminfo = FileIO.read("/proc/meminfo") ?? ""
         if let line = meminfo.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
-           let kib = UInt64(line.split(separator: " ").dropFirst().first ?? "") {
+            let kib = UInt64(line.split(separator: " ").dropFirst().first ?? "")
+        {
             info.memoryBytes = kib * 1024
         }
         var fs = statvfs()

@@ -32,15 +32,18 @@ extension VPSManager {
         default: throw AgentError.invalid("layout", "'\(request.layout)' is not a disk layout (loop, pool)")
         }
         if layout == .pool, limits.diskInodes != nil {
-            throw AgentError.invalid("disk-inodes", "a pool VPS's disk is a btrfs subvolume, which has no inode limit; leave --disk-inodes out or use --layout loop")
+            throw AgentError.invalid(
+                "disk-inodes", "a pool VPS's disk is a btrfs subvolume, which has no inode limit; leave --disk-inodes out or use --layout loop")
         }
         // A layered disk holds only what the VPS changes.
         let minimum = storage == .layered ? UInt64(16 << 20) : template.sizeBytes + template.sizeBytes / 4 + (16 << 20)
         if limits.diskBytes < minimum {
-            throw AgentError.invalid("disk", "\(ByteSize.format(limits.diskBytes)) is too small for template \(template.name) (needs at least \(minimum >> 20)M)")
+            throw AgentError.invalid(
+                "disk", "\(ByteSize.format(limits.diskBytes)) is too small for template \(template.name) (needs at least \(minimum >> 20)M)")
         }
         guard records[name] == nil, broken[name] == nil, !creating.contains(name),
-              !FileManager.default.fileExists(atPath: store.directory(name)) else {
+            !FileManager.default.fileExists(atPath: store.directory(name))
+        else {
             throw AgentError(.alreadyExists, "VPS \(name) already exists", field: "name")
         }
         let capabilities = try Validation.capabilities(request.capabilities)
@@ -55,8 +58,9 @@ extension VPSManager {
             if let idmapBase { pendingIdmaps.remove(idmapBase) }
         }
 
-        var config = VPSConfig(name: name, template: template.name, hostname: hostname, limits: limits,
-                               labels: request.labels, onboot: request.onboot, stopSignal: template.stopSignal)
+        var config = VPSConfig(
+            name: name, template: template.name, hostname: hostname, limits: limits,
+            labels: request.labels, onboot: request.onboot, stopSignal: template.stopSignal)
         config.network = network
         config.nameservers = nameservers.isEmpty ? nil : nameservers
         config.searchDomains = searchDomains.isEmpty ? nil : searchDomains
@@ -75,13 +79,17 @@ extension VPSManager {
             if storage == .layered { templates.share(template.name, with: name) }
             if layout == .pool {
                 let pool = try await storagePool(creating: true)
-                progress("creating a \(ByteSize.format(limits.diskBytes)) subvolume in the storage pool " + (tree == nil ? "layered over" : "from") + " template \(template.name)")
+                progress(
+                    "creating a \(ByteSize.format(limits.diskBytes)) subvolume in the storage pool " + (tree == nil ? "layered over" : "from")
+                        + " template \(template.name)")
                 try await createVolume(name, in: pool, bytes: limits.diskBytes, copying: tree)
                 volumeIn = pool
             } else {
                 progress("creating \(ByteSize.format(limits.diskBytes)) disk " + (tree == nil ? "layered over" : "from") + " template \(template.name)")
-                let result = try await Subprocess.run(mkfsArguments(name, from: tree, image: store.diskPath(name),
-                                                                    bytes: limits.diskBytes, inodes: limits.diskInodes))
+                let result = try await Subprocess.run(
+                    mkfsArguments(
+                        name, from: tree, image: store.diskPath(name),
+                        bytes: limits.diskBytes, inodes: limits.diskInodes))
                 guard result.status == 0 else {
                     throw AgentError(.kernel, "creating the disk image failed: \(result.stderr.trimmed)", stage: "mke2fs")
                 }
@@ -98,7 +106,6 @@ extension VPSManager {
         logger.info("created VPS", metadata: ["vps": "\(name)", "template": "\(template.name)"])
         return view(record)
     }
-
 
     public func destroy(_ name: String, force: Bool) async throws {
         _ = try Name.validate(name)

@@ -32,7 +32,8 @@ extension VPSManager {
             close(fd)
         }
         guard mount(binary, target, nil, UInt(MS_BIND), nil) == 0,
-              mount("", target, nil, UInt(MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV), nil) == 0 else {
+            mount("", target, nil, UInt(MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV), nil) == 0
+        else {
             throw AgentError(.kernel, "cannot bind \(binary) read-only at \(target): \(errnoName(errno))", stage: "mount", errno: errno)
         }
     }
@@ -54,8 +55,9 @@ extension VPSManager {
         for name in broken.keys {
             // Unreadable as a config, maybe still running: its range stays taken if it names one.
             if let data = FileManager.default.contents(atPath: store.configPath(name)),
-               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-               let base = object["idmapBase"] as? NSNumber {
+                let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                let base = object["idmapBase"] as? NSNumber
+            {
                 used.insert(base.uint32Value)
             }
         }

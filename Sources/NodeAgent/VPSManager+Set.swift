@@ -23,7 +23,9 @@ extension VPSManager {
         }
         try applyNetworkChanges(request, to: &config, changed: &guestChanged, restart: &restart, running: running)
         for (key, value) in request.labels {
-            if value.isEmpty { config.labels[key] = nil } else {
+            if value.isEmpty {
+                config.labels[key] = nil
+            } else {
                 try Validation.label(key: key, value: value)
                 config.labels[key] = value
             }

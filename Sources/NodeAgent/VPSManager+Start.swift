@@ -26,11 +26,13 @@ extension VPSManager {
         let desiredBefore = record.config.desiredState
         do {
             // The desired state is saved (fsync and all) while the monitor boots the VPS.
-            try await launch(record, pool: pool, whileBooting: {
-                guard record.config.desiredState != .running else { return }
-                record.config.desiredState = .running
-                try? self.store.save(record.config)
-            })
+            try await launch(
+                record, pool: pool,
+                whileBooting: {
+                    guard record.config.desiredState != .running else { return }
+                    record.config.desiredState = .running
+                    try? self.store.save(record.config)
+                })
         } catch {
             record.lifecycle.startFailed()
             cleanupAfterExit(name)
@@ -84,7 +86,9 @@ extension VPSManager {
         do {
             for _ in 0..<3 { pipes.append(try Subprocess.makePipe()) }
         } catch {
-            pipes.forEach { close($0.read); close($0.write) }
+            pipes.forEach {
+                close($0.read); close($0.write)
+            }
             throw error
         }
         let (specPipe, statusPipe, cgroupPipe) = (pipes[0], pipes[1], pipes[2])
@@ -93,11 +97,12 @@ extension VPSManager {
         defer { close(devnull); if log >= 0 { close(log) } }
         let child: (pid: Int32, pidfd: Int32)
         do {
-            child = try Subprocess.spawn([paths.spawnBinary, "start"],
-                                         fds: HelperProtocol.StartDescriptor.table(
-                                            stdin: devnull, stdout: log >= 0 ? log : devnull, stderr: log >= 0 ? log : devnull,
-                                            spec: specPipe.read, report: statusPipe.write, cgroupsReady: cgroupPipe.read),
-                                         environment: [], newSession: true)
+            child = try Subprocess.spawn(
+                [paths.spawnBinary, "start"],
+                fds: HelperProtocol.StartDescriptor.table(
+                    stdin: devnull, stdout: log >= 0 ? log : devnull, stderr: log >= 0 ? log : devnull,
+                    spec: specPipe.read, report: statusPipe.write, cgroupsReady: cgroupPipe.read),
+                environment: [], newSession: true)
         } catch {
             [specPipe.read, specPipe.write, statusPipe.read, statusPipe.write, cgroupPipe.read, cgroupPipe.write].forEach { close($0) }
             throw AgentError(.kernel, "cannot run \(paths.spawnBinary): \(error)", stage: "spawn")
@@ -147,10 +152,12 @@ extension VPSManager {
         guard !checkedLxcfsControllers else { return }
         checkedLxcfsControllers = true
         guard case .v2(let root) = CgroupMode.detect(), let pidOne = FileIO.read("/proc/1/cgroup"),
-              let seen = CgroupV2Driver.controllersSeenByLxcfs(root: root, pidOneCgroup: pidOne) else { return }
+            let seen = CgroupV2Driver.controllersSeenByLxcfs(root: root, pidOneCgroup: pidOne)
+        else { return }
         guard !seen.contains("cpuset") else { return }
-        logger.warning("lxcfs takes its cgroup controllers from the cgroup of the host's PID 1, which lacks cpuset: /proc/cpuinfo and /proc/stat inside VPSs list every host CPU (their cpusets still hold)",
-                       metadata: ["pid1_cgroup": "\(pidOne.trimmed)", "controllers_seen": "\(seen.sorted().joined(separator: " "))"])
+        logger.warning(
+            "lxcfs takes its cgroup controllers from the cgroup of the host's PID 1, which lacks cpuset: /proc/cpuinfo and /proc/stat inside VPSs list every host CPU (their cpusets still hold)",
+            metadata: ["pid1_cgroup": "\(pidOne.trimmed)", "controllers_seen": "\(seen.sorted().joined(separator: " "))"])
     }
 
     /// Ends a start this side gave up on before the monitor could boot: EOF on its spec pipe
@@ -164,8 +171,12 @@ extension VPSManager {
         let pidfd = dup(monitor.pidfd)
         defer { if pidfd >= 0 { close(pidfd) } }
         await withTaskGroup(of: Bool.self) { group in
-            group.addTask { _ = await ProcessWatcher.shared.waitForExit(pid: monitor.pid, pidfd: monitor.pidfd); return true }
-            group.addTask { try? await Task.sleep(for: .seconds(10)); return false }
+            group.addTask {
+                _ = await ProcessWatcher.shared.waitForExit(pid: monitor.pid, pidfd: monitor.pidfd); return true
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(10)); return false
+            }
             // The first to finish: the exit, or the timer (cancelled once the exit came first).
             if await group.next() == false {
                 logger.warning("the monitor of an abandoned start did not exit: killed", metadata: ["pid": "\(monitor.pid)"])
@@ -209,8 +220,9 @@ extension VPSManager {
         } catch {
             throw AgentError.kernel("writing the guest spec of \(name)", error)
         }
-        var spec = SpawnSpec(name: name, diskImage: store.diskPath(name), rootPath: store.rootPath(name), runDir: run,
-                             hostname: record.config.hostname, cgroupProcsFiles: cgroups.procsFiles(name))
+        var spec = SpawnSpec(
+            name: name, diskImage: store.diskPath(name), rootPath: store.rootPath(name), runDir: run,
+            hostname: record.config.hostname, cgroupProcsFiles: cgroups.procsFiles(name))
         spec.openFilesLimit = record.config.limits.files
         spec.cgroupMounts = guestCgroupMounts
         spec.idmap = idmap

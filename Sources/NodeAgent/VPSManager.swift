@@ -45,10 +45,12 @@ public actor VPSManager {
 
     /// No I/O: a unit test builds a manager over a temporary directory and a fake cgroup driver.
     /// The daemon calls `prepare()` before anything else.
-    public init(paths: AgentPaths, nodeName: String, cgroups: any CgroupDriver, logger: Logger,
-                overcommit: Overcommit = Overcommit(), settings: NodeSettings = NodeSettings(),
-                beancounterInterval: Int = 30, defaultLayout: VPSConfig.Layout = .loop,
-                onlineCPUs: Int = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) {
+    public init(
+        paths: AgentPaths, nodeName: String, cgroups: any CgroupDriver, logger: Logger,
+        overcommit: Overcommit = Overcommit(), settings: NodeSettings = NodeSettings(),
+        beancounterInterval: Int = 30, defaultLayout: VPSConfig.Layout = .loop,
+        onlineCPUs: Int = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+    ) {
         self.beancounterInterval = beancounterInterval
         self.defaultLayout = defaultLayout
         self.overcommit = overcommit
@@ -69,8 +71,9 @@ public actor VPSManager {
     /// What a starting agent does before it serves: its directories, the read-only helper
     /// copies its VPSs run (readOnlyHelper), and the host's cgroup layout VPSs are shown.
     public func prepare() throws {
-        try FileManager.default.createDirectory(atPath: paths.runDir, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o755])
+        try FileManager.default.createDirectory(
+            atPath: paths.runDir, withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o755])
         try Self.readOnlyHelper(helperSources.spawn, at: paths.spawnBinary)
         try Self.readOnlyHelper(helperSources.monitor, at: paths.monitorBinary)
         guestCgroupMounts = cgroups.guestMounts()

@@ -48,22 +48,30 @@ extension VPSManager {
         guard result.status == 0 else {
             throw AgentError(.kernel, "installing the anti-spoofing ruleset failed: \(result.stderr.trimmed)", stage: "nft")
         }
-        logger.info("node network ready", metadata: ["ranges": "\(network.ranges.map(\.description).joined(separator: ","))",
-                                                     "uplink": "\(network.uplink ?? "-")", "running": "\(records.values.filter { $0.state == .running }.count)"])
+        logger.info(
+            "node network ready",
+            metadata: [
+                "ranges": "\(network.ranges.map(\.description).joined(separator: ","))",
+                "uplink": "\(network.uplink ?? "-")", "running": "\(records.values.filter { $0.state == .running }.count)",
+            ])
     }
 
     /// What berth-spawn needs to wire this VPS and write its /etc files.
     func guestSpec(_ config: VPSConfig) -> GuestSpec {
-        var spec = GuestSpec(hostname: config.hostname,
-                             nameservers: (config.nameservers ?? []).compactMap { try? IPAddress($0) },
-                             searchDomains: config.searchDomains ?? [])
+        var spec = GuestSpec(
+            hostname: config.hostname,
+            nameservers: (config.nameservers ?? []).compactMap { try? IPAddress($0) },
+            searchDomains: config.searchDomains ?? [])
         guard let network = config.network, let nodeNetwork = settings.network, let mac = MACAddress.parse(network.mac) else { return spec }
         let addresses = network.ips.compactMap { try? IPAddress($0) }.map { address in
-            CIDR(address: address, prefixLength: network.bridge == nil ? address.bitWidth : nodeNetwork.range(containing: address)?.prefixLength ?? address.bitWidth)
+            CIDR(
+                address: address,
+                prefixLength: network.bridge == nil ? address.bitWidth : nodeNetwork.range(containing: address)?.prefixLength ?? address.bitWidth)
         }
         let bridge = network.bridge.flatMap { nodeNetwork.bridge($0) }
-        spec.link = GuestSpec.Link(bridge: network.bridge, hostInterface: network.hostInterface, mac: mac, addresses: addresses,
-                                   gateway4: bridge?.gateway4, gateway6: bridge?.gateway6, uplink: nodeNetwork.uplink)
+        spec.link = GuestSpec.Link(
+            bridge: network.bridge, hostInterface: network.hostInterface, mac: mac, addresses: addresses,
+            gateway4: bridge?.gateway4, gateway6: bridge?.gateway6, uplink: nodeNetwork.uplink)
         return spec
     }
 
@@ -71,7 +79,9 @@ extension VPSManager {
     func newNetwork(name: String, net: String, ips: [String]) throws -> VPSConfig.Network? {
         guard let nodeNetwork = settings.network else {
             if !ips.isEmpty { throw AgentError.invalid("ip", "this node has no network settings (berth-agent --config FILE with network.ranges)") }
-            if !net.isEmpty && net != "routed" { throw AgentError.invalid("net", "this node has no network settings (berth-agent --config FILE with network.bridges)") }
+            if !net.isEmpty && net != "routed" {
+                throw AgentError.invalid("net", "this node has no network settings (berth-agent --config FILE with network.bridges)")
+            }
             return nil
         }
         var bridge: String?
@@ -79,7 +89,8 @@ extension VPSManager {
             let name = String(net.dropFirst("bridged:".count))
             guard nodeNetwork.bridge(name) != nil else {
                 let known = nodeNetwork.bridges.map(\.name)
-                throw AgentError.invalid("net", "bridge '\(name)' is not in this node's network.bridges (\(known.isEmpty ? "none configured" : known.joined(separator: ", ")))")
+                throw AgentError.invalid(
+                    "net", "bridge '\(name)' is not in this node's network.bridges (\(known.isEmpty ? "none configured" : known.joined(separator: ", ")))")
             }
             bridge = name
         } else if !net.isEmpty && net != "routed" {
@@ -93,7 +104,8 @@ extension VPSManager {
         var mac: [UInt8]
         repeat {
             mac = [0x02, 0xb7] + (0..<4).map { _ in UInt8.random(in: 0...255) }
-        } while records.values.contains { $0.config.network?.mac == MACAddress.format(mac) } || pendingNetworks.values.contains { $0.mac == MACAddress.format(mac) }
+        } while records.values.contains { $0.config.network?.mac == MACAddress.format(mac) }
+            || pendingNetworks.values.contains { $0.mac == MACAddress.format(mac) }
         return VPSConfig.Network(bridge: bridge, ips: addresses.map(\.description), mac: MACAddress.format(mac), hostInterface: hostInterface)
     }
 
@@ -133,9 +145,12 @@ extension VPSManager {
         guard let run = RunState.read(runDir: runDir(config.name)), run.initAlive else {
             throw AgentError(.conflict, "VPS \(config.name) is not running")
         }
-        let result = try await Subprocess.run([paths.spawnBinary, "configure", "--run-dir", runDir(config.name),
-                                               "--init-pid", String(run.initPid), "--init-start", String(run.initStart)],
-                                              input: Array(guestSpec(config).encode().utf8))
+        let result = try await Subprocess.run(
+            [
+                paths.spawnBinary, "configure", "--run-dir", runDir(config.name),
+                "--init-pid", String(run.initPid), "--init-start", String(run.initStart),
+            ],
+            input: Array(guestSpec(config).encode().utf8))
         guard result.status == 0 else {
             let message = result.stderr.trimmed.replacingOccurrences(of: "berth: ", with: "")
             throw AgentError(.kernel, "changing \(config.name) live failed: \(message)", stage: "configure")
@@ -144,8 +159,10 @@ extension VPSManager {
 
     /// `set --ip-add/--ip-del/--nameserver/--searchdomain`: validates and merges into `config`;
     /// `changed` collects what berth-spawn must apply to a running VPS.
-    func applyNetworkChanges(_ request: VPSChange, to config: inout VPSConfig, changed: inout [String],
-                             restart: inout [String], running: Bool) throws {
+    func applyNetworkChanges(
+        _ request: VPSChange, to config: inout VPSConfig, changed: inout [String],
+        restart: inout [String], running: Bool
+    ) throws {
         if !request.nameservers.isEmpty {
             let servers = try request.nameservers.map { try Validation.nameserver($0).description }
             if servers != config.nameservers ?? [] {
@@ -162,7 +179,8 @@ extension VPSManager {
         }
         if request.ipAdd.isEmpty && request.ipDel.isEmpty { return }
         guard let nodeNetwork = settings.network else {
-            throw AgentError.invalid(request.ipAdd.isEmpty ? "ip-del" : "ip-add", "this node has no network settings (berth-agent --config FILE with network.ranges)")
+            throw AgentError.invalid(
+                request.ipAdd.isEmpty ? "ip-del" : "ip-add", "this node has no network settings (berth-agent --config FILE with network.ranges)")
         }
         let wired = config.network != nil
         guard var network = try config.network ?? newNetwork(name: config.name, net: "", ips: []) else { return }

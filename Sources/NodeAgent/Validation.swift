@@ -11,7 +11,8 @@ public enum Validation {
             let bytes = Array(label.utf8)
             guard !bytes.isEmpty, bytes.count <= 63 else { throw AgentError.invalid(field, "'\(value)' has an empty or over-long label") }
             guard bytes.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x41 && $0 <= 0x5a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2d }),
-                  bytes.first != 0x2d, bytes.last != 0x2d else {
+                bytes.first != 0x2d, bytes.last != 0x2d
+            else {
                 throw AgentError.invalid(field, "'\(value)' is not a valid host name (letters, digits and inner '-' per label)")
             }
         }
@@ -22,7 +23,10 @@ public enum Validation {
     public static func label(key: String, value: String) throws {
         let keyBytes = Array(key.utf8)
         guard !keyBytes.isEmpty, keyBytes.count <= 63,
-              keyBytes.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x41 && $0 <= 0x5a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2e || $0 == 0x5f || $0 == 0x2d || $0 == 0x2f }) else {
+            keyBytes.allSatisfy({
+                ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x41 && $0 <= 0x5a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2e || $0 == 0x5f || $0 == 0x2d || $0 == 0x2f
+            })
+        else {
             throw AgentError.invalid("label", "key '\(key)' must be 1-63 characters of letters, digits, '.', '_', '-', '/'")
         }
         guard value.utf8.count <= 255, value.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x7f && $0 != 0x3d }) else {
@@ -34,7 +38,8 @@ public enum Validation {
     public static func interfaceName(_ value: String, field: String) throws -> String {
         let bytes = Array(value.utf8)
         guard !bytes.isEmpty, bytes.count <= 15, value != ".", value != "..",
-              bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != 0x2f && $0 != 0x3a }) else {
+            bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != 0x2f && $0 != 0x3a })
+        else {
             throw AgentError.invalid(field, "'\(value)' is not an interface name (1-15 characters, no '/', ':' or spaces)")
         }
         return value

@@ -60,7 +60,8 @@ public enum ClusterConfigFile {
         if let d = try milliseconds("heartbeatIntervalMs", 100...60_000) { settings.heartbeatInterval = d }
         if let d = try milliseconds("downAfterMs", 300...600_000) { settings.downAfter = d }
         guard settings.downAfter >= settings.heartbeatInterval * 2 else {
-            throw WireError(.invalidArgument, "downAfterMs: must be at least twice heartbeatIntervalMs, or one late heartbeat marks a node down", field: "downAfterMs")
+            throw WireError(
+                .invalidArgument, "downAfterMs: must be at least twice heartbeatIntervalMs, or one late heartbeat marks a node down", field: "downAfterMs")
         }
         return settings
     }

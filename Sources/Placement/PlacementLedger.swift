@@ -52,8 +52,10 @@ public final class PlacementLedger: Sendable {
     /// Chooses a node for `request` (or checks `pinned`: it skips scoring, not the filters) and,
     /// still under the lock, runs `reserve` with it. The VPS's commitment is counted only once
     /// `reserve` succeeded, so a failed reservation leaves nothing behind.
-    public func place<Reservation: Sendable>(_ name: String, _ request: PlacementRequest, pinnedTo pinned: String?,
-                                             reserve: (String) throws -> Reservation) throws -> (node: String, reservation: Reservation) {
+    public func place<Reservation: Sendable>(
+        _ name: String, _ request: PlacementRequest, pinnedTo pinned: String?,
+        reserve: (String) throws -> Reservation
+    ) throws -> (node: String, reservation: Reservation) {
         try state.withLock { state throws -> (node: String, reservation: Reservation) in
             let snapshots = try source.placementNodes().map { Self.adding(state.usage[$0.name], to: $0) }
             let node: String
@@ -99,7 +101,8 @@ public final class PlacementLedger: Sendable {
             if let node = try source.placementNode(vps.node) {
                 let snapshot = Self.adding(state.usage[node.name], to: node)
                 if let rejection = scheduler.resizeRejection(of: snapshot, from: old, to: new) {
-                    throw WireError(.noCapacity, "\(rejection.rawValue) on \(node.name) for the new limits of \(vps.name) (\(capacityText(snapshot, rejection)))")
+                    throw WireError(
+                        .noCapacity, "\(rejection.rawValue) on \(node.name) for the new limits of \(vps.name) (\(capacityText(snapshot, rejection)))")
                 }
             }
             state.usage[vps.node]?.remove(group: vps.group, cost: old)
@@ -149,8 +152,11 @@ public final class PlacementLedger: Sendable {
         let policy = scheduler.policy
         switch rejection {
         case .cpu: return "\(UInt64(Double(node.cpuMillis) * policy.cpuOvercommit) / 10)% CPU allocatable, \(node.usedCpuMillis / 10)% committed"
-        case .memory: return "\(ByteSize.format(UInt64(Double(node.memoryBytes) * policy.memoryOvercommit))) allocatable, \(ByteSize.format(node.usedMemoryBytes)) committed"
-        case .disk: return "\(ByteSize.format(UInt64(Double(node.diskBytes) * policy.diskOvercommit))) allocatable, \(ByteSize.format(node.usedDiskBytes)) committed"
+        case .memory:
+            return
+                "\(ByteSize.format(UInt64(Double(node.memoryBytes) * policy.memoryOvercommit))) allocatable, \(ByteSize.format(node.usedMemoryBytes)) committed"
+        case .disk:
+            return "\(ByteSize.format(UInt64(Double(node.diskBytes) * policy.diskOvercommit))) allocatable, \(ByteSize.format(node.usedDiskBytes)) committed"
         default: return rejection.rawValue
         }
     }

@@ -25,8 +25,10 @@ public struct NodeSnapshot: Sendable, Equatable {
     /// Templates the node holds; nil when unknown (then any template is assumed present).
     public var templates: Set<String>? = nil
 
-    public init(name: String, state: NodeState = .ready, labels: [String: String] = [:],
-                cpuMillis: UInt64, memoryBytes: UInt64, diskBytes: UInt64) {
+    public init(
+        name: String, state: NodeState = .ready, labels: [String: String] = [:],
+        cpuMillis: UInt64, memoryBytes: UInt64, diskBytes: UInt64
+    ) {
         self.name = name
         self.state = state
         self.labels = labels
@@ -78,12 +80,15 @@ public struct PlacementRequest: Sendable, Equatable {
     /// What a VPS committing `commitment` asks of a node (BerthCore's rule, in the scheduler's
     /// units: CPU in thousandths of a CPU).
     public init(_ commitment: Commitment, constraints: [String: String] = [:], antiAffinityGroup: String? = nil, template: String? = nil) {
-        self.init(cpuMillis: commitment.cpuPercent &* 10, memoryBytes: commitment.memoryBytes, diskBytes: commitment.diskBytes,
-                  constraints: constraints, antiAffinityGroup: antiAffinityGroup, template: template)
+        self.init(
+            cpuMillis: commitment.cpuPercent &* 10, memoryBytes: commitment.memoryBytes, diskBytes: commitment.diskBytes,
+            constraints: constraints, antiAffinityGroup: antiAffinityGroup, template: template)
     }
 
-    public init(cpuMillis: UInt64 = 0, memoryBytes: UInt64 = 0, diskBytes: UInt64 = 0,
-                constraints: [String: String] = [:], antiAffinityGroup: String? = nil, template: String? = nil) {
+    public init(
+        cpuMillis: UInt64 = 0, memoryBytes: UInt64 = 0, diskBytes: UInt64 = 0,
+        constraints: [String: String] = [:], antiAffinityGroup: String? = nil, template: String? = nil
+    ) {
         self.template = template
         self.cpuMillis = cpuMillis
         self.memoryBytes = memoryBytes
@@ -180,7 +185,8 @@ public struct Scheduler: Sendable {
         func share(_ used: UInt64, _ wanted: UInt64, _ capacity: UInt64, _ ratio: Double) -> Double {
             capacity == 0 ? 1 : Double(used &+ wanted) / (Double(capacity) * ratio)
         }
-        return (share(node.usedMemoryBytes, request.memoryBytes, node.memoryBytes, policy.memoryOvercommit)
+        return
+            (share(node.usedMemoryBytes, request.memoryBytes, node.memoryBytes, policy.memoryOvercommit)
             + share(node.usedCpuMillis, request.cpuMillis, node.cpuMillis, policy.cpuOvercommit)
             + share(node.usedDiskBytes, request.diskBytes, node.diskBytes, policy.diskOvercommit)) / 3
     }
@@ -218,7 +224,8 @@ public struct Scheduler: Sendable {
             let score = policy.strategy == .binpack ? load : -load
             let count = policy.strategy == .binpack ? node.vpsCount : -node.vpsCount
             if let current = best {
-                let better = score > current.score
+                let better =
+                    score > current.score
                     || (score == current.score && (count > current.count || (count == current.count && node.name < nodes[current.index].name)))
                 if !better { continue }
             }

@@ -1,7 +1,8 @@
 import NIOCore
 import SwiftProtobuf
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A synchronous client of the node-local Unix socket, for short-lived processes such as the
@@ -88,8 +89,10 @@ public final class BlockingWireClient {
     /// its end as stdin DATA within the server's credit, hands each DATA it receives to `output`,
     /// and returns credit once that returns, so a slow reader of our output holds back the
     /// command inside the VPS.
-    public func session(_ request: Berth_V1_Request, input: Int32?, output: (Frame.Channel, ByteBuffer) throws(WireError) -> Void,
-                        onProgress: (Berth_V1_Progress) -> Void = { _ in }) throws(WireError) -> Berth_V1_Response {
+    public func session(
+        _ request: Berth_V1_Request, input: Int32?, output: (Frame.Channel, ByteBuffer) throws(WireError) -> Void,
+        onProgress: (Berth_V1_Progress) -> Void = { _ in }
+    ) throws(WireError) -> Berth_V1_Response {
         let id = nextStream
         nextStream &+= 2
         var out = ByteBuffer()
@@ -147,8 +150,10 @@ public final class BlockingWireClient {
                 }
                 continue
             }
-            var fds = [pollfd(fd: socket, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: inputOpen && sendCredit > 1 ? input! : -1, events: Int16(POLLIN), revents: 0)]
+            var fds = [
+                pollfd(fd: socket, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: inputOpen && sendCredit > 1 ? input! : -1, events: Int16(POLLIN), revents: 0),
+            ]
             if poll(&fds, 2, -1) < 0 {
                 if errno == EINTR { continue }
                 throw WireError(.kernel, "poll: \(String(cString: strerror(errno)))", stage: "poll", errno: errno)

@@ -1,6 +1,7 @@
 import NIOCore
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // Credit-based flow control of stream bytes (Docs/wire.md, "Flow control"): each side of a call
@@ -155,11 +156,14 @@ public struct CreditedStream<Element: Sendable>: AsyncSequence, Sendable {
 
     /// The incoming side of stream `id`: taking an item of `dataSize` > 0 bytes returns that
     /// much credit through `window`.
-    static func make(stream id: UInt32, channel: Channel, window: ReceiveWindow,
-                     dataSize: @escaping @Sendable (Element) -> Int) -> (CreditedStream, AsyncStream<Element>.Continuation) {
+    static func make(
+        stream id: UInt32, channel: Channel, window: ReceiveWindow,
+        dataSize: @escaping @Sendable (Element) -> Int
+    ) -> (CreditedStream, AsyncStream<Element>.Continuation) {
         let (base, continuation) = AsyncStream.makeStream(of: Element.self, bufferingPolicy: .unbounded)
-        let stream = CreditedStream(base: base, dataSize: dataSize,
-                                    consumed: { count in ReceiveWindow.consume(window, count, stream: id, on: channel) })
+        let stream = CreditedStream(
+            base: base, dataSize: dataSize,
+            consumed: { count in ReceiveWindow.consume(window, count, stream: id, on: channel) })
         return (stream, continuation)
     }
 }
@@ -180,8 +184,10 @@ public func writeAll(fd: Int32, _ buffer: ByteBuffer, what: @autoclosure () -> S
     let failed: Int32? = buffer.withUnsafeReadableBytes { raw in
         var offset = 0
         while offset < raw.count {
-            let n = socket ? send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
-                           : write(fd, raw.baseAddress! + offset, raw.count - offset)
+            let n =
+                socket
+                ? send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+                : write(fd, raw.baseAddress! + offset, raw.count - offset)
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { return errno }
             offset += n

@@ -66,7 +66,6 @@ package func hexString<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.El
     bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
 }
 
-
 /// A join token: `<id>.<secret>.<sha-256 of the CA certificate>`. The controller stores only a
 /// hash of the secret; the agent uses the CA hash to authenticate the controller before it holds
 /// any certificate of its own (the kubeadm discovery-hash scheme).

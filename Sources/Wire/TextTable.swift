@@ -18,10 +18,13 @@ extension Berth_V1_VpsStats {
     }
 
     public var accounting: VPSAccounting {
-        VPSAccounting(name: name, cpuNanoseconds: cpuNanoseconds, counters: counters.map {
-            VPSAccounting.Counter(resource: $0.resource, held: $0.held, peak: $0.peak,
-                                  limit: $0.limit == Berth_V1_ResourceCounter.unlimited ? nil : $0.limit, failures: $0.failcnt)
-        })
+        VPSAccounting(
+            name: name, cpuNanoseconds: cpuNanoseconds,
+            counters: counters.map {
+                VPSAccounting.Counter(
+                    resource: $0.resource, held: $0.held, peak: $0.peak,
+                    limit: $0.limit == Berth_V1_ResourceCounter.unlimited ? nil : $0.limit, failures: $0.failcnt)
+            })
     }
 
     /// `berth stats NAME` as text (VPSAccounting.table).

@@ -107,8 +107,11 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
         if frame.stream == 0 {
             switch frame.type {
             case .hello:
-                if let message = try? Berth_V1_Hello(serializedBytes: bytes) { hello?.succeed(message) }
-                else { hello?.fail(WireError(.malformedFrame, "malformed HELLO from the server")) }
+                if let message = try? Berth_V1_Hello(serializedBytes: bytes) {
+                    hello?.succeed(message)
+                } else {
+                    hello?.fail(WireError(.malformedFrame, "malformed HELLO from the server"))
+                }
                 hello = nil
             case .error:
                 let error = frame.serverError

@@ -2,8 +2,9 @@ import NIOCore
 import NIOPosix
 import SwiftProtobuf
 import Synchronization
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// 2: credit-based flow control of stream bytes (CREDIT frames).
@@ -129,7 +130,6 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
     package typealias InboundIn = Frame
     package typealias OutboundOut = Frame
 
-
     let service: WireService
     let peer: PeerIdentity
     let maxStreams: Int
@@ -209,7 +209,9 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             streams[frame.stream]?.1.cancel()
         case .credit:
             guard let credit = frame.creditIncrement else {
-                fail(context: context, WireError(.protocolViolation, "CREDIT on stream \(frame.stream) carries \(frame.payload.readableBytes) bytes, not one u32"))
+                fail(
+                    context: context,
+                    WireError(.protocolViolation, "CREDIT on stream \(frame.stream) carries \(frame.payload.readableBytes) bytes, not one u32"))
                 return
             }
             // Credit for a call that already finished is late, not wrong.
@@ -241,7 +243,10 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             return
         }
         guard hello.minVersion <= wireProtocolVersion && wireProtocolVersion <= hello.maxVersion else {
-            fail(context: context, WireError(.incompatibleVersion, "client speaks wire versions \(hello.minVersion)-\(hello.maxVersion); this server speaks \(wireProtocolVersion)"))
+            fail(
+                context: context,
+                WireError(
+                    .incompatibleVersion, "client speaks wire versions \(hello.minVersion)-\(hello.maxVersion); this server speaks \(wireProtocolVersion)"))
             return
         }
         helloDone = true
@@ -277,7 +282,8 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             return
         }
         guard request.call != nil else {
-            Self.sendError(context.channel, stream: id, WireError(.invalidArgument, "the request names no call (is the client newer than this server?)", field: "call"))
+            Self.sendError(
+                context.channel, stream: id, WireError(.invalidArgument, "the request names no call (is the client newer than this server?)", field: "call"))
             return
         }
         let channel = context.channel
@@ -288,9 +294,10 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
             let result: Result<Berth_V1_Response, Error>
             do {
                 if request.deadlineMs > 0 {
-                    result = .success(try await withDeadline(milliseconds: request.deadlineMs) {
-                        try await service.handle(request, stream: stream)
-                    })
+                    result = .success(
+                        try await withDeadline(milliseconds: request.deadlineMs) {
+                            try await service.handle(request, stream: stream)
+                        })
                 } else {
                     result = .success(try await service.handle(request, stream: stream))
                 }
@@ -316,7 +323,11 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
         case .success(let response):
             let bytes = (try? response.serializedBytes() as [UInt8]) ?? []
             guard bytes.count <= Frame.defaultMaxPayload else {
-                return .error(WireError(.frameTooLarge, "the response of \(bytes.count) bytes exceeds the frame limit of \(Frame.defaultMaxPayload) bytes; ask for less (a selector, a limit)"), stream: stream)
+                return .error(
+                    WireError(
+                        .frameTooLarge,
+                        "the response of \(bytes.count) bytes exceeds the frame limit of \(Frame.defaultMaxPayload) bytes; ask for less (a selector, a limit)"),
+                    stream: stream)
             }
             return Frame(type: .response, stream: stream, payload: ByteBuffer(bytes: bytes))
         case .failure(let error):
@@ -361,9 +372,11 @@ package final class WireServerHandler: ChannelInboundHandler, @unchecked Sendabl
 
 /// The frame codec and the request dispatcher, on a connection whose peer is already known.
 @discardableResult
-package func addWireServerHandlers(to pipeline: ChannelPipeline.SynchronousOperations, service: WireService,
-                                   peer: PeerIdentity, maxStreams: Int,
-                                   helloTimeout: TimeAmount = wireHelloTimeout) throws -> WireServerHandler {
+package func addWireServerHandlers(
+    to pipeline: ChannelPipeline.SynchronousOperations, service: WireService,
+    peer: PeerIdentity, maxStreams: Int,
+    helloTimeout: TimeAmount = wireHelloTimeout
+) throws -> WireServerHandler {
     let handler = WireServerHandler(service: service, peer: peer, maxStreams: maxStreams, helloTimeout: helloTimeout)
     try pipeline.addHandler(ByteToMessageHandler(FrameDecoder()))
     try pipeline.addHandler(FrameWriter())
@@ -390,9 +403,11 @@ public final class UnixWireServer: @unchecked Sendable {
     let group: EventLoopGroup
     let channel: Channel
 
-    public static func bind(path: String, service: WireService, group: EventLoopGroup,
-                            allowedUIDs: Set<UInt32> = [0], maxStreams: Int = 256,
-                            helloTimeout: TimeAmount = wireHelloTimeout) async throws -> UnixWireServer {
+    public static func bind(
+        path: String, service: WireService, group: EventLoopGroup,
+        allowedUIDs: Set<UInt32> = [0], maxStreams: Int = 256,
+        helloTimeout: TimeAmount = wireHelloTimeout
+    ) async throws -> UnixWireServer {
         unlink(path)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
@@ -402,9 +417,10 @@ public final class UnixWireServer: @unchecked Sendable {
                 return credentials.flatMap { peer in
                     guard allowedUIDs.contains(peer.uid) else { return channel.close() }
                     return channel.eventLoop.makeCompletedFuture {
-                        try addWireServerHandlers(to: channel.pipeline.syncOperations, service: service,
-                                                  peer: .unixUser(uid: peer.uid, pid: peer.pid), maxStreams: maxStreams,
-                                                  helloTimeout: helloTimeout)
+                        try addWireServerHandlers(
+                            to: channel.pipeline.syncOperations, service: service,
+                            peer: .unixUser(uid: peer.uid, pid: peer.pid), maxStreams: maxStreams,
+                            helloTimeout: helloTimeout)
                     }
                 }
             }
@@ -429,7 +445,6 @@ public final class UnixWireServer: @unchecked Sendable {
 
     public var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
 }
-
 
 /// struct ucred of <sys/socket.h> (hidden behind _GNU_SOURCE in the Glibc module).
 struct PeerCredentials {

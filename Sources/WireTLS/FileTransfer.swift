@@ -1,8 +1,9 @@
 import Crypto
 import NIOCore
 import Wire
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// File transfer on a call's stream (Docs/wire.md, "File transfer"): the request names the
@@ -49,8 +50,10 @@ public enum FileTransfer {
     /// Receives a file announced as `size` bytes with `sha256` from `input` into `destination`
     /// (created here, mode 0600; it must not exist). Throws, removing the file, when the bytes
     /// do not match the announcement.
-    public static func receive(into destination: String, size: UInt64, sha256: String,
-                               from input: CreditedStream<StreamInput>, field: String) async throws {
+    public static func receive(
+        into destination: String, size: UInt64, sha256: String,
+        from input: CreditedStream<StreamInput>, field: String
+    ) async throws {
         guard size <= maxSize else {
             throw WireError(.invalidArgument, "\(field): \(size) bytes is more than the \(maxSize >> 30) GiB a transfer may carry", field: field)
         }

@@ -27,7 +27,8 @@ enum BerthTLS {
         case enrolProtocolName?:
             return nil
         default:
-            return WireError(.protocolViolation, "ALPN must be \(protocolName) (or \(enrolProtocolName) to enrol a node); the client offered none that this server speaks")
+            return WireError(
+                .protocolViolation, "ALPN must be \(protocolName) (or \(enrolProtocolName) to enrol a node); the client offered none that this server speaks")
         }
     }
 
@@ -94,9 +95,10 @@ enum BerthTLS {
             do {
                 let certificates = try chain.map { try Certificate(derEncoded: $0.toDERBytes()) }
                 guard let leaf = certificates.first,
-                      let ca = certificates.first(where: { ClusterCA.fingerprint(of: $0) == fingerprint }),
-                      leaf.issuer == ca.subject, ca.publicKey.isValidSignature(leaf.signature, for: leaf),
-                      leaf.notValidBefore <= Date(), Date() <= leaf.notValidAfter else {
+                    let ca = certificates.first(where: { ClusterCA.fingerprint(of: $0) == fingerprint }),
+                    leaf.issuer == ca.subject, ca.publicKey.isValidSignature(leaf.signature, for: leaf),
+                    leaf.notValidBefore <= Date(), Date() <= leaf.notValidAfter
+                else {
                     promise.succeed(.failed)
                     return
                 }
@@ -231,8 +233,9 @@ final class TLSAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler 
         do {
             try context.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: limits.idle), position: .after(self))
             // An enrolling connection makes its one call (enroll) and goes.
-            let server = try addWireServerHandlers(to: context.pipeline.syncOperations, service: service, peer: identity,
-                                                   maxStreams: identity == .anonymous ? 1 : maxStreams, helloTimeout: limits.hello)
+            let server = try addWireServerHandlers(
+                to: context.pipeline.syncOperations, service: service, peer: identity,
+                maxStreams: identity == .anonymous ? 1 : maxStreams, helloTimeout: limits.hello)
             try context.pipeline.syncOperations.addHandler(IdleCloser(server: server, limit: limits.idle))
         } catch {
             context.close(promise: nil)
@@ -265,7 +268,10 @@ final class IdleCloser: ChannelInboundHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .all {
             if server.openCalls == 0 {
-                closeConnection(context.channel, with: WireError(.unavailable, "the server closes connections idle for \(limit.nanoseconds / 1_000_000_000) s with no call open; connect again"))
+                closeConnection(
+                    context.channel,
+                    with: WireError(
+                        .unavailable, "the server closes connections idle for \(limit.nanoseconds / 1_000_000_000) s with no call open; connect again"))
             }
             return
         }
@@ -282,8 +288,10 @@ public struct TLSServerLimits: Sendable {
     /// Nothing moved either way and no call open.
     public var idle: TimeAmount = .minutes(5)
 
-    public init(handshake: TimeAmount = .seconds(10), hello: TimeAmount = wireHelloTimeout,
-                idle: TimeAmount = .minutes(5)) {
+    public init(
+        handshake: TimeAmount = .seconds(10), hello: TimeAmount = wireHelloTimeout,
+        idle: TimeAmount = .minutes(5)
+    ) {
         self.handshake = handshake
         self.hello = hello
         self.idle = idle
@@ -301,10 +309,12 @@ public final class TLSWireServer: Sendable {
 
     /// `allowAnonymous` admits peers without a certificate as `.anonymous` (the controller's
     /// enrolment path); the service must refuse them everything else.
-    public static func bind(host: String, port: Int, service: WireService, bundle: CredentialBundle,
-                            group: EventLoopGroup, registry: PeerRegistry = PeerRegistry(),
-                            allowAnonymous: Bool = false, maxStreams: Int = 256,
-                            limits: TLSServerLimits = TLSServerLimits()) async throws -> TLSWireServer {
+    public static func bind(
+        host: String, port: Int, service: WireService, bundle: CredentialBundle,
+        group: EventLoopGroup, registry: PeerRegistry = PeerRegistry(),
+        allowAnonymous: Bool = false, maxStreams: Int = 256,
+        limits: TLSServerLimits = TLSServerLimits()
+    ) async throws -> TLSWireServer {
         let context = NIOLockedValueBox(try BerthTLS.serverContext(bundle: bundle, allowAnonymous: allowAnonymous))
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
@@ -353,8 +363,10 @@ extension WireClient {
     /// Connects over TLS. With a `bundle`, the client authenticates with its certificate and
     /// checks the server's certificate against the bundle's CA and `host` (IP or DNS SAN). Without
     /// one (enrolment), the server must present a chain with the CA whose hash is `pinnedCA`.
-    public static func connect(host: String, port: Int, bundle: CredentialBundle?, pinnedCA: String? = nil,
-                               group: EventLoopGroup, timeout: TimeAmount = .seconds(10)) async throws -> WireClient {
+    public static func connect(
+        host: String, port: Int, bundle: CredentialBundle?, pinnedCA: String? = nil,
+        group: EventLoopGroup, timeout: TimeAmount = .seconds(10)
+    ) async throws -> WireClient {
         let context = try BerthTLS.clientContext(bundle: bundle)
         let isAddress = (try? IPAddress(host)) != nil
         let bootstrap = ClientBootstrap(group: group)
@@ -364,8 +376,9 @@ extension WireClient {
                 channel.eventLoop.makeCompletedFuture {
                     let tls: NIOSSLClientHandler
                     if let pinnedCA {
-                        tls = try NIOSSLClientHandler(context: context, serverHostname: nil,
-                                                      customVerificationCallback: BerthTLS.pinnedCAVerifier(fingerprint: pinnedCA))
+                        tls = try NIOSSLClientHandler(
+                            context: context, serverHostname: nil,
+                            customVerificationCallback: BerthTLS.pinnedCAVerifier(fingerprint: pinnedCA))
                     } else {
                         tls = try NIOSSLClientHandler(context: context, serverHostname: isAddress ? nil : host)
                     }
@@ -379,12 +392,14 @@ extension WireClient {
             throw WireError(.unavailable, "cannot reach \(host):\(port): \(error)")
         }
         let client = try await handshake(channel: channel)
-        client.peerIdentity = try? await channel.eventLoop.submit { () -> CertificateIdentity? in
-            guard let tls = try? channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self),
-                  let peer = tls.peerCertificate, let der = try? peer.toDERBytes(),
-                  let certificate = try? Certificate(derEncoded: der) else { return nil }
-            return try? CertificateIdentity(certificate: certificate)
-        }.get() ?? nil
+        client.peerIdentity =
+            try? await channel.eventLoop.submit { () -> CertificateIdentity? in
+                guard let tls = try? channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self),
+                    let peer = tls.peerCertificate, let der = try? peer.toDERBytes(),
+                    let certificate = try? Certificate(derEncoded: der)
+                else { return nil }
+                return try? CertificateIdentity(certificate: certificate)
+            }.get() ?? nil
         return client
     }
 }

@@ -55,7 +55,10 @@ public struct CredentialBundle: Sendable {
         func read(_ file: String) throws(WireError) -> String {
             let path = directory + "/" + file
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-                throw WireError(.invalidArgument, "config-dir: cannot read \(path) (expected ca.pem, cert.pem and key.pem, as written by `berth ca init` or `berth ca issue`)", field: "config-dir")
+                throw WireError(
+                    .invalidArgument,
+                    "config-dir: cannot read \(path) (expected ca.pem, cert.pem and key.pem, as written by `berth ca init` or `berth ca issue`)",
+                    field: "config-dir")
             }
             return text
         }
@@ -228,7 +231,8 @@ public struct ClusterCA: Sendable {
 
     public static func load(directory: String) throws(WireError) -> ClusterCA {
         guard let pem = try? String(contentsOfFile: directory + "/ca.pem", encoding: .utf8),
-              let keyPEM = try? String(contentsOfFile: directory + "/ca-key.pem", encoding: .utf8) else {
+            let keyPEM = try? String(contentsOfFile: directory + "/ca-key.pem", encoding: .utf8)
+        else {
             throw WireError(.notFound, "ca-dir: \(directory) has no ca.pem and ca-key.pem (run `berth ca init --dir \(directory)`)", field: "ca-dir")
         }
         do {
@@ -248,8 +252,10 @@ public struct ClusterCA: Sendable {
     /// Issues a certificate for `publicKey`. Every certificate is usable for both TLS client and
     /// server auth, since agents and the controller are both. `hosts` become SANs (IP addresses
     /// where they parse as one, DNS names otherwise).
-    public func issue(role: Role, name: String, publicKey: P256.Signing.PublicKey, hosts: [String] = [],
-                      notBefore: Date? = nil, validity: TimeInterval = ClusterCA.defaultLeafValidity) throws(WireError) -> Certificate {
+    public func issue(
+        role: Role, name: String, publicKey: P256.Signing.PublicKey, hosts: [String] = [],
+        notBefore: Date? = nil, validity: TimeInterval = ClusterCA.defaultLeafValidity
+    ) throws(WireError) -> Certificate {
         // Operators' own names may be any CN below; nodes', tenants' and the controller's are
         // names in the Berth sense, since they become host names, paths and labels.
         if ![.admin, .operator_, .viewer].contains(role) { try Name.validate(name) }
@@ -285,7 +291,9 @@ public struct ClusterCA: Sendable {
     }
 
     /// A fresh key and a certificate for it, as a bundle a client can use as `--config-dir`.
-    public func issueBundle(role: Role, name: String, hosts: [String] = [], validity: TimeInterval = ClusterCA.defaultLeafValidity) throws(WireError) -> CredentialBundle {
+    public func issueBundle(role: Role, name: String, hosts: [String] = [], validity: TimeInterval = ClusterCA.defaultLeafValidity) throws(WireError)
+        -> CredentialBundle
+    {
         let key = P256.Signing.PrivateKey()
         let certificate = try issue(role: role, name: name, publicKey: key.publicKey, hosts: hosts, validity: validity)
         let pem: String

@@ -1,12 +1,12 @@
-import BerthCore
 import ArgumentParser
+import BerthCore
 import Foundation
 import Isolation
 import Logging
 import Metrics
 import NIOPosix
-import Prometheus
 import NodeAgent
+import Prometheus
 import ServiceLifecycle
 import Wire
 
@@ -52,16 +52,25 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Where lxcfs is mounted (its /proc views show each VPS its own limits; off when nothing serves there).")
     var lxcfs = "/var/lib/lxcfs"
 
-    @Option(help: "Seconds after which an unread beancounter table (/run/beancounters/user_beancounters inside each VPS) is rewritten; one that was read is rewritten within 1 s. 0 writes it only at start.")
+    @Option(
+        help:
+            "Seconds after which an unread beancounter table (/run/beancounters/user_beancounters inside each VPS) is rewritten; one that was read is rewritten within 1 s. 0 writes it only at start."
+    )
     var beancounterInterval = 30
 
     @Option(help: "Where downloaded distribution trees are cached for template builds (shared by all data directories).")
     var templateCache = "/var/cache/berth/templates"
 
-    @Option(help: "Size of the btrfs storage pool image (DATA/pool.img, sparse) that the first `create --layout pool` makes, e.g. 50G (default: a fifth of the free space, 5G to 30G); a larger size later grows the pool online, a smaller one shrinks nothing. A btrfs mounted at DATA/pool by hand is used as it is.")
+    @Option(
+        help:
+            "Size of the btrfs storage pool image (DATA/pool.img, sparse) that the first `create --layout pool` makes, e.g. 50G (default: a fifth of the free space, 5G to 30G); a larger size later grows the pool online, a smaller one shrinks nothing. A btrfs mounted at DATA/pool by hand is used as it is."
+    )
     var poolSize: String?
 
-    @Option(help: "Disk layout of a VPS created without --layout: loop (an ext4 image of its own) or pool (a subvolume of the btrfs storage pool), like vz.conf's VE_LAYOUT.")
+    @Option(
+        help:
+            "Disk layout of a VPS created without --layout: loop (an ext4 image of its own) or pool (a subvolume of the btrfs storage pool), like vz.conf's VE_LAYOUT."
+    )
     var defaultLayout = "loop"
 
     @Option(help: "Cluster mode: the controller's HOST:PORT (mTLS). Needs --listen.")
@@ -76,7 +85,11 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(name: .customLong("label"), help: "Cluster mode: a node label K=V for placement constraints (repeatable).")
     var labels: [String] = []
 
-    @Flag(inversion: .prefixedNo, help: "Turn on the host's cgroup option favordynmods, so that moving a process into a VPS's cgroup (exec, start) does not wait for an RCU grace period (Docs/cli.md).")
+    @Flag(
+        inversion: .prefixedNo,
+        help:
+            "Turn on the host's cgroup option favordynmods, so that moving a process into a VPS's cgroup (exec, start) does not wait for an RCU grace period (Docs/cli.md)."
+    )
     var cgroupFavordynmods = true
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
@@ -126,7 +139,9 @@ struct BerthAgent: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "berth-agent")
-        let spawnBinary = spawn ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        let spawnBinary =
+            spawn
+            ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
             .deletingLastPathComponent().appendingPathComponent("berth-spawn").path
         guard FileManager.default.isExecutableFile(atPath: spawnBinary) else {
             FileHandle.standardError.write(Data("berth-agent: helper \(spawnBinary) not found or not executable (use --spawn)\n".utf8))
@@ -136,7 +151,10 @@ struct BerthAgent: AsyncParsableCommand {
         let monitorBinary = URL(fileURLWithPath: spawnBinary).resolvingSymlinksInPath()
             .deletingLastPathComponent().appendingPathComponent("berth-monitor").path
         guard FileManager.default.isExecutableFile(atPath: monitorBinary) else {
-            FileHandle.standardError.write(Data("berth-agent: helper \(monitorBinary) not found or not executable (it belongs next to berth-spawn; `make build` or `make release` makes it)\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "berth-agent: helper \(monitorBinary) not found or not executable (it belongs next to berth-spawn; `make build` or `make release` makes it)\n"
+                        .utf8))
             throw ExitCode(2)
         }
         var mode = CgroupMode.detect()
@@ -174,11 +192,13 @@ struct BerthAgent: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let nodeName = name ?? ProcessInfo.processInfo.hostName
-        let manager = VPSManager(paths: AgentPaths(dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, monitorBinary: monitorBinary, lxcfs: lxcfs,
-                                                       templateCache: templateCache, poolSize: poolBytes),
-                                     nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger,
-                                     overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit),
-                                     settings: settings, beancounterInterval: beancounterInterval, defaultLayout: layout)
+        let manager = VPSManager(
+            paths: AgentPaths(
+                dataDir: dataDir, runDir: runDir, spawnBinary: spawnBinary, monitorBinary: monitorBinary, lxcfs: lxcfs,
+                templateCache: templateCache, poolSize: poolBytes),
+            nodeName: nodeName, cgroups: mode.driver(parent: cgroupParent), logger: logger,
+            overcommit: Overcommit(cpu: cpuOvercommit, memory: memoryOvercommit, disk: diskOvercommit),
+            settings: settings, beancounterInterval: beancounterInterval, defaultLayout: layout)
         try await manager.prepare()
         // Running VPS monitors keep the helper's read-only bind alive; the path goes with the agent.
         defer { manager.releaseHelper() }
@@ -209,10 +229,11 @@ struct BerthAgent: AsyncParsableCommand {
             cluster = ClusterOptions(controller: controller, listen: listen, joinToken: join, labels: labelMap)
         }
         let server = AgentServer(manager: manager, socketPath: socket, group: group, logger: logger, metrics: metrics, cluster: cluster)
-        let services = ServiceGroup(configuration: .init(
-            services: [.init(service: server)],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger))
+        let services = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: server)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
         try await services.run()
     }
 }

@@ -1,10 +1,10 @@
-import BerthCore
 import ArgumentParser
+import BerthCore
 import Controller
 import Foundation
 import Logging
-import Placement
 import NIOPosix
+import Placement
 import ServiceLifecycle
 import Wire
 import WireTLS
@@ -53,16 +53,19 @@ struct BerthController: AsyncParsableCommand {
         do {
             var settings = try config.map { try ClusterConfigFile.load(path: $0) } ?? ControllerSettings()
             settings.uploadDirectory = dataDir + "/uploads"
-            try FileManager.default.createDirectory(atPath: settings.uploadDirectory, withIntermediateDirectories: true,
-                                                    attributes: [.posixPermissions: 0o700])
+            try FileManager.default.createDirectory(
+                atPath: settings.uploadDirectory, withIntermediateDirectories: true,
+                attributes: [.posixPermissions: 0o700])
             let endpoint = try HostPort(parsing: listen, field: "listen", anyPort: true)
             let ca = try ClusterCA.load(directory: caDir)
             let store = try SQLiteStore(directory: dataDir)
-            let server = try ControllerServer(store: store, ca: ca, settings: settings, host: endpoint.host,
-                                              port: endpoint.port, extraHosts: extraHosts,
-                                              group: MultiThreadedEventLoopGroup.singleton, logger: logger, portFile: portFile)
-            let services = ServiceGroup(configuration: .init(
-                services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            let server = try ControllerServer(
+                store: store, ca: ca, settings: settings, host: endpoint.host,
+                port: endpoint.port, extraHosts: extraHosts,
+                group: MultiThreadedEventLoopGroup.singleton, logger: logger, portFile: portFile)
+            let services = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await services.run()
         } catch let error as WireError {
             FileHandle.standardError.write(Data("berth-controller: \(error.message)\n".utf8))

@@ -1,7 +1,8 @@
 import CIsolation
 import Isolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // Live change of a running VPS's identity (agent → berth-spawn configure):
@@ -41,7 +42,7 @@ func runConfigure(_ args: [String]) -> Never {
             try NetworkSetup.update(from: before, to: after, vpsNetns: netns)
             close(netns)
         default:
-            break // an interface appears or goes at the next boot (the agent says so)
+            break  // an interface appears or goes at the next boot (the agent says so)
         }
         try FileIO.writeAtomically(runDir + "/" + GuestSpec.fileName, Array(new.encode().utf8), mode: 0o600)
         // In a VPS with its own user namespace, files on its idmapped root can only be written

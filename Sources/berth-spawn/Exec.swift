@@ -1,7 +1,8 @@
 import CIsolation
 import Isolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // Exec handshake (agent → berth-spawn exec → command inside the VPS):
@@ -131,7 +132,9 @@ func runExec(_ args: [String]) -> Never {
         do { try Capabilities.drop(drop) } catch { fail(error.message) }
         _ = berth_close_range(3, UInt32.max, 0)
         chdir("/")
-        let path = options.environment.first { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) } ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        let path =
+            options.environment.first { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) }
+            ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         setenv("PATH", path, 1)
         let argv = options.argv.map { strdup($0) } + [nil]
         let envp = options.environment.map { strdup($0) } + [nil]
@@ -177,10 +180,12 @@ func relay(master: Int32, childSignals: Int32, child: Int32, resizeFD: Int32) ->
         }
     }
     while true {
-        var fds = [pollfd(fd: master, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: childSignals, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: stdinOpen ? 0 : -1, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: resizeOpen ? resizeFD : -1, events: Int16(POLLIN), revents: 0)]
+        var fds = [
+            pollfd(fd: master, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: childSignals, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: stdinOpen ? 0 : -1, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: resizeOpen ? resizeFD : -1, events: Int16(POLLIN), revents: 0),
+        ]
         let ready = poll(&fds, nfds_t(fds.count), eofPending ? 500 : eofSent ? 1000 : -1)
         if ready < 0 {
             if errno == EINTR { continue }
@@ -212,7 +217,9 @@ func relay(master: Int32, childSignals: Int32, child: Int32, resizeFD: Int32) ->
         }
         if fds[3].revents != 0 {
             let n = buffer.withUnsafeMutableBytes { read(resizeFD, $0.baseAddress, $0.count) }
-            if n <= 0 { resizeOpen = false } else {
+            if n <= 0 {
+                resizeOpen = false
+            } else {
                 resizeLine.append(contentsOf: buffer[0..<n])
                 while let newline = resizeLine.firstIndex(of: 10) {
                     let parts = String(decoding: resizeLine[..<newline], as: UTF8.self).split(separator: " ")

@@ -1,7 +1,8 @@
 import CIsolation
 import Isolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The per-VPS monitor: owns the mounted disk and the console, reaps init, turns an in-VPS
@@ -41,8 +42,9 @@ final class Monitor {
         // A start whose monitor could not run would boot a VPS nobody watches: it fails first.
         monitorFD = Self.openMonitor(spec)
         guard monitorFD >= 0 else {
-            throw IsolationError(.invalidSpec, "berth-monitor \(spec.monitorBinary ?? "(none named)") cannot be run: it must be an executable ELF file next to berth-spawn",
-                                 stage: "berth-monitor")
+            throw IsolationError(
+                .invalidSpec, "berth-monitor \(spec.monitorBinary ?? "(none named)") cannot be run: it must be an executable ELF file next to berth-spawn",
+                stage: "berth-monitor")
         }
         do {
             try enterOwnMountNamespace()
@@ -86,7 +88,8 @@ final class Monitor {
         var info = stat()
         var magic = [UInt8](repeating: 0, count: 4)
         guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_mode & 0o111 != 0,
-              pread(fd, &magic, 4, 0) == 4, magic == [0x7f, 0x45, 0x4c, 0x46] else {
+            pread(fd, &magic, 4, 0) == 4, magic == [0x7f, 0x45, 0x4c, 0x46]
+        else {
             close(fd)
             return -1
         }
@@ -193,7 +196,9 @@ final class Monitor {
     func listenConsole() throws(IsolationError) {
         let path = spec.runDir + "/" + RunState.consoleSocket
         unlink(path)
-        listener = try check("console socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0) }
+        listener = try check("console socket") {
+            socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
@@ -228,9 +233,10 @@ final class Monitor {
     }
 
     func writeState() throws(IsolationError) {
-        let state = RunState(monitorPid: getpid(), monitorStart: HostProcess.startTime(pid: getpid()) ?? 0,
-                             initPid: initPid, initStart: HostProcess.startTime(pid: initPid) ?? 0,
-                             bootedAt: Int64(time(nil)))
+        let state = RunState(
+            monitorPid: getpid(), monitorStart: HostProcess.startTime(pid: getpid()) ?? 0,
+            initPid: initPid, initStart: HostProcess.startTime(pid: initPid) ?? 0,
+            bootedAt: Int64(time(nil)))
         try FileIO.writeAtomically(spec.runDir + "/" + RunState.stateFile, Array(state.encode().utf8), mode: 0o644, durable: false)
     }
 
@@ -276,9 +282,10 @@ final class Monitor {
         guard history >= 0, (try? FileIO.writeAll(fd: history, ring.contents(), stage: "history")) != nil else {
             giveUp("no memfd for the console history (\(errnoName(errno)))")
         }
-        let handOff = HelperProtocol.HandOff(selfExecutable: selfFD, runDir: spec.runDir, initPid: initPid, master: consoleMaster,
-                                             slave: consoleSlaveFD, listener: listener, signals: signalFD, client: client,
-                                             spec: specFD, history: history, capacity: spec.consoleRingBytes)
+        let handOff = HelperProtocol.HandOff(
+            selfExecutable: selfFD, runDir: spec.runDir, initPid: initPid, master: consoleMaster,
+            slave: consoleSlaveFD, listener: listener, signals: signalFD, client: client,
+            spec: specFD, history: history, capacity: spec.consoleRingBytes)
         for fd in handOff.descriptors { _ = fcntl(fd, F_SETFD, 0) }
         let argv = ["berth-monitor"] + handOff.monitorArguments
         let cArgv = argv.map { strdup($0) } + [nil]
@@ -341,7 +348,6 @@ final class Monitor {
         try? FileIO.writeAtomically(spec.runDir + "/" + RunState.exitFile, Array(record.text.utf8), mode: 0o644)
     }
 }
-
 
 extension String {
     func replacingPlaceholder(_ placeholder: String, with value: String) -> String {

@@ -1,6 +1,7 @@
 import Isolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `berth-spawn pool-mount IMAGE DIR`: mounts the node's btrfs storage pool (a file the agent

@@ -1,7 +1,8 @@
 import CIsolation
 import Isolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // Start handshake (agent ⇄ berth-spawn ⇄ VPS init). The descriptors, the report line, the
@@ -36,7 +37,7 @@ import Glibc
 //     |                            |                                      | unshare(NEWCGROUP), mounts, a
 //     |                            |                                      |   console pty of its own devpts,
 //     |                            |                                      |   pivot_root, hostname, /etc files
-//     |                            |<-- setup socket: "c" + console master| 
+//     |                            |<-- setup socket: "c" + console master|
 //     |                            | veth, routes, filter (NetworkSetup)  |
 //     |                            |   into the child's netns             |
 //     |                            |-- go pipe: one byte (network ready) ->| waits for it
@@ -78,8 +79,10 @@ func runStart() -> Never {
 /// maps its ids, places it in its cgroups and wires its network namespace. `whileInitExecs` runs
 /// once the child may exec, beside that exec. Returns the child's pid once the exec happened, or
 /// throws what failed (the child is killed and the network undone).
-func cloneInit(spec: SpawnSpec, guest: GuestSpec,
-               whileInitExecs: (Int32) throws(IsolationError) -> Void) throws(IsolationError) -> (pid: Int32, consoleMaster: Int32) {
+func cloneInit(
+    spec: SpawnSpec, guest: GuestSpec,
+    whileInitExecs: (Int32) throws(IsolationError) -> Void
+) throws(IsolationError) -> (pid: Int32, consoleMaster: Int32) {
     var errorPipe: [Int32] = [0, 0]
     var goPipe: [Int32] = [0, 0]
     var setup: [Int32] = [0, 0]
@@ -173,8 +176,9 @@ func cloneInit(spec: SpawnSpec, guest: GuestSpec,
 func childError(_ reply: [UInt8]) -> IsolationError? {
     if reply.isEmpty { return nil }
     let parts = String(decoding: reply, as: UTF8.self).split(separator: "\t", maxSplits: 2, omittingEmptySubsequences: false)
-    return IsolationError(.childFailed, parts.count == 3 ? String(parts[2]) : "VPS init setup failed",
-                          stage: parts.first.map(String.init) ?? "", errno: parts.count > 1 ? Int32(parts[1]) ?? 0 : 0)
+    return IsolationError(
+        .childFailed, parts.count == 3 ? String(parts[2]) : "VPS init setup failed",
+        stage: parts.first.map(String.init) ?? "", errno: parts.count > 1 ? Int32(parts[1]) ?? 0 : 0)
 }
 
 /// What only the host side can do for the child, before it may go on: its id maps, its cgroups
@@ -188,7 +192,7 @@ func prepareChild(_ pid: Int32, spec: SpawnSpec, setupSocket: Int32) throws(Isol
     for file in spec.cgroupProcsFiles {
         do throws(IsolationError) {
             try FileIO.write(file, String(pid))
-        } catch where error.errno == EBUSY {
+        } catch  where error.errno == EBUSY {
             // cgroup v2 after an in-VPS reboot: the last boot's systemd left child cgroups and
             // controllers enabled for them, so the VPS cgroup takes no process until reset.
             try resetCgroupSubtree(FileIO.directory(of: file))
@@ -250,9 +254,10 @@ func becomeInit(spec: SpawnSpec, guest: GuestSpec, setupSocket: Int32, goPipe: I
         root = "/proc/self/fd/\(rootTree)"
     }
     try check("unshare cgroup namespace") { berth_unshare(Int32(NamespaceFlag.cgroup)) }
-    let consoleMaster = try Rootfs.enter(root: root, hostname: guest.hostname, lxcfs: spec.lxcfs,
-                                         cgroupMounts: spec.cgroupMounts, userns: spec.idmap != nil,
-                                         beancounters: beancounters)
+    let consoleMaster = try Rootfs.enter(
+        root: root, hostname: guest.hostname, lxcfs: spec.lxcfs,
+        cgroupMounts: spec.cgroupMounts, userns: spec.idmap != nil,
+        beancounters: beancounters)
     if beancounters >= 0 { close(beancounters) }
     let newRoot = try check("open the VPS root") { open("/", O_PATH | O_DIRECTORY | O_CLOEXEC) }
     try GuestFiles.write(guest, rootFD: newRoot)

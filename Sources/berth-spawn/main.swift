@@ -8,8 +8,9 @@
 //
 // It never starts a thread: clone, setns and unshare are only safe in a single-threaded process.
 import Isolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One line to stderr: the agent's log of this helper (RUN/NAME/monitor.log), or the user's
@@ -33,7 +34,8 @@ case "resume":
 case "pool-mount":
     runPoolMount(Array(arguments.dropFirst()))
 default:
-    let message = "usage: berth-spawn start | exec --init-pid PID --init-start T [--cgroup FILE]... [--tty ROWS COLS] [--env K=V]... -- CMD [ARG...]\n(an internal helper of berth-agent, not meant to be run by hand)\n"
+    let message =
+        "usage: berth-spawn start | exec --init-pid PID --init-start T [--cgroup FILE]... [--tty ROWS COLS] [--env K=V]... -- CMD [ARG...]\n(an internal helper of berth-agent, not meant to be run by hand)\n"
     writeStderr(message)
     exit(2)
 }

@@ -1,12 +1,13 @@
-import BerthCore
 import ArgumentParser
-#if canImport(Glibc)
-import Glibc
-#endif
+import BerthCore
 import NIOCore
 import NIOPosix
 import Wire
 import WireTLS
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The process entry. An `async` main would park the main thread in `dispatch_main()`, which ends
 /// it with `pthread_exit`: a forced unwind that, in this statically linked binary, first sorts the
@@ -39,9 +40,11 @@ struct Berth: AsyncParsableCommand {
         // `berth list` run when measured).
         commandName: "berth",
         abstract: "Run and manage VPSs: system containers with their own init, limits and isolation.",
-        subcommands: [TemplateCommand.self, Create.self, Start.self, Stop.self, Restart.self, Destroy.self,
-                      Status.self, List.self, Stats.self, NodeCommand.self, Exec.self, Enter.self, Console.self, SetCommand.self,
-                      CACommand.self, IPPoolCommand.self, Events.self, OperationCommand.self])
+        subcommands: [
+            TemplateCommand.self, Create.self, Start.self, Stop.self, Restart.self, Destroy.self,
+            Status.self, List.self, Stats.self, NodeCommand.self, Exec.self, Enter.self, Console.self, SetCommand.self,
+            CACommand.self, IPPoolCommand.self, Events.self, OperationCommand.self,
+        ])
 
     /// The connection flags may also come before the command (`berth --controller H:P list`, as
     /// Docs/cli.md writes them); they are handed to every command through their environment names.
@@ -101,7 +104,10 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Directory with ca.pem, cert.pem, key.pem for cluster mode (env BERTH_CONFIG).")
     var configDir: String?
 
-    @Option(help: "Cluster mode: name this create/start/stop/restart/destroy so that running it again re-attaches to it instead of repeating it (env BERTH_OPERATION_ID).")
+    @Option(
+        help:
+            "Cluster mode: name this create/start/stop/restart/destroy so that running it again re-attaches to it instead of repeating it (env BERTH_OPERATION_ID)."
+    )
     var operationId: String?
 
     /// The flags given, each falling back to its environment variable.
@@ -172,7 +178,8 @@ struct Connection {
                 let directory = configDir ?? environment("BERTH_CONFIG") ?? ((environment("HOME") ?? "/root") + "/.config/berth")
                 let bundle = try CredentialBundle.load(directory: directory)
                 let controller = try HostPort(parsing: controllerAddress, field: "controller")
-                client = try await WireClient.connect(host: controller.host, port: controller.port, bundle: bundle, group: MultiThreadedEventLoopGroup.singleton)
+                client = try await WireClient.connect(
+                    host: controller.host, port: controller.port, bundle: bundle, group: MultiThreadedEventLoopGroup.singleton)
                 guard client.peerIdentity?.role == .controller else {
                     await client.close()
                     throw WireError(.unauthenticated, "\(controllerAddress) did not present a controller certificate")
@@ -255,13 +262,15 @@ extension Berth_V1_VpsStatus {
         if !self.limits.cpus.isEmpty { limits["cpus"] = .string(self.limits.cpus) }
         if self.limits.files > 0 { limits["files"] = .int(Int64(self.limits.files)) }
         if self.limits.diskInodes > 0 { limits["disk_inodes"] = .int(Int64(self.limits.diskInodes)) }
-        return .object(["name": .string(name), "state": .string(state), "hostname": .string(hostname),
-                        "ips": .array(ips.map(JSON.string)), "template": .string(template), "node": .string(node),
-                        "pid": .int(Int64(pid)), "labels": .object(labels.mapValues(JSON.string)), "onboot": .bool(onboot),
-                        "limits": .object(limits), "last_exit": .string(lastExit), "started_at": .int(startedAtUnix),
-                        "net": .string(net), "host_interface": .string(hostInterface), "mac": .string(mac),
-                        "nameservers": .array(nameservers.map(JSON.string)), "searchdomains": .array(searchdomains.map(JSON.string)),
-                        "privileged": .bool(privileged), "idmap": .string(idmap), "capabilities": .object(capabilities.mapValues(JSON.string)),
-                        "storage": .string(storage.isEmpty ? "image" : storage), "layout": .string(layout.isEmpty ? "loop" : layout)])
+        return .object([
+            "name": .string(name), "state": .string(state), "hostname": .string(hostname),
+            "ips": .array(ips.map(JSON.string)), "template": .string(template), "node": .string(node),
+            "pid": .int(Int64(pid)), "labels": .object(labels.mapValues(JSON.string)), "onboot": .bool(onboot),
+            "limits": .object(limits), "last_exit": .string(lastExit), "started_at": .int(startedAtUnix),
+            "net": .string(net), "host_interface": .string(hostInterface), "mac": .string(mac),
+            "nameservers": .array(nameservers.map(JSON.string)), "searchdomains": .array(searchdomains.map(JSON.string)),
+            "privileged": .bool(privileged), "idmap": .string(idmap), "capabilities": .object(capabilities.mapValues(JSON.string)),
+            "storage": .string(storage.isEmpty ? "image" : storage), "layout": .string(layout.isEmpty ? "loop" : layout),
+        ])
     }
 }

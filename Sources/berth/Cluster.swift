@@ -1,10 +1,11 @@
-import BerthCore
 import ArgumentParser
-#if canImport(Glibc)
-import Glibc
-#endif
+import BerthCore
 import Wire
 import WireTLS
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// "K=V" items into a map; a malformed one is an error naming the flag.
 func keyValues(_ items: [String], field: String) -> [String: String] {
@@ -20,23 +21,30 @@ func keyValues(_ items: [String], field: String) -> [String: String] {
 
 func requireCluster(_ connection: ConnectionOptions, _ command: String) {
     guard connection.isCluster else {
-        fail(WireError(.invalidArgument, "controller: `\(command)` is a cluster command: pass --controller HOST:PORT (or set BERTH_CONTROLLER)", field: "controller"))
+        fail(
+            WireError(
+                .invalidArgument, "controller: `\(command)` is a cluster command: pass --controller HOST:PORT (or set BERTH_CONTROLLER)", field: "controller"))
     }
 }
 
 extension Berth_V1_ClusterNode {
     var json: JSON {
-        .object(["name": .string(name), "state": .string(state), "address": .string(address),
-                 "labels": .object(labels.mapValues(JSON.string)), "vps_count": .int(Int64(vpsCount)),
-                 "last_heartbeat_ms_ago": .int(Int64(lastHeartbeatMsAgo)), "templates": .array(templates.map(JSON.string)), "certificate_serial": .string(certificateSerial),
-                 "cpus": .int(Int64(info.cpus)), "memory_bytes": .int(Int64(info.memoryBytes)), "disk_bytes": .int(Int64(info.diskBytes)),
-                 "cgroup": .string(info.cgroupMode), "kernel": .string(info.kernel)])
+        .object([
+            "name": .string(name), "state": .string(state), "address": .string(address),
+            "labels": .object(labels.mapValues(JSON.string)), "vps_count": .int(Int64(vpsCount)),
+            "last_heartbeat_ms_ago": .int(Int64(lastHeartbeatMsAgo)), "templates": .array(templates.map(JSON.string)),
+            "certificate_serial": .string(certificateSerial),
+            "cpus": .int(Int64(info.cpus)), "memory_bytes": .int(Int64(info.memoryBytes)), "disk_bytes": .int(Int64(info.diskBytes)),
+            "cgroup": .string(info.cgroupMode), "kernel": .string(info.kernel),
+        ])
     }
 }
 
 func showClusterNode(_ node: Berth_V1_ClusterNode) {
     print("\(node.name): \(node.state), \(node.address), last heartbeat \(node.lastHeartbeatMsAgo) ms ago")
-    print("  kernel \(node.info.kernel), cgroup \(node.info.cgroupMode), \(node.info.cpus) CPUs, \(humanBytes(node.info.memoryBytes)) memory, \(humanBytes(node.info.diskBytes)) disk")
+    print(
+        "  kernel \(node.info.kernel), cgroup \(node.info.cgroupMode), \(node.info.cpus) CPUs, \(humanBytes(node.info.memoryBytes)) memory, \(humanBytes(node.info.diskBytes)) disk"
+    )
     print("  VPSs: \(node.vpsCount); templates: \(node.templates.isEmpty ? "-" : node.templates.joined(separator: ","))")
     if !node.labels.isEmpty { print("  labels: " + labelText(node.labels)) }
     if !node.certificateSerial.isEmpty { print("  certificate serial: \(node.certificateSerial)") }
@@ -52,10 +60,14 @@ extension NodeCommand {
             requireCluster(connection, "node list")
             let nodes = try await connection.call(request { $0.nodeList = Berth_V1_Empty() }).nodes.nodes
             if json { printJSON(.array(nodes.map(\.json))); return }
-            printTable([["NAME", "STATE", "ADDRESS", "VPSS", "CPUS", "MEMORY", "HEARTBEAT", "LABELS"]] + nodes.map {
-                [$0.name, $0.state, $0.address, String($0.vpsCount), String($0.info.cpus), humanBytes($0.info.memoryBytes),
-                 "\($0.lastHeartbeatMsAgo)ms", $0.labels.isEmpty ? "-" : labelText($0.labels)]
-            })
+            printTable(
+                [["NAME", "STATE", "ADDRESS", "VPSS", "CPUS", "MEMORY", "HEARTBEAT", "LABELS"]]
+                    + nodes.map {
+                        [
+                            $0.name, $0.state, $0.address, String($0.vpsCount), String($0.info.cpus), humanBytes($0.info.memoryBytes),
+                            "\($0.lastHeartbeatMsAgo)ms", $0.labels.isEmpty ? "-" : labelText($0.labels),
+                        ]
+                    })
         }
     }
 
@@ -151,7 +163,10 @@ struct CACommand: AsyncParsableCommand {
             do throws(WireError) {
                 let parsed = try Role(parsing: role)
                 guard parsed != .node && parsed != .controller else {
-                    throw WireError(.invalidArgument, "role: node certificates come from enrolment (`berth node join-token`), controller certificates from berth-controller itself", field: "role")
+                    throw WireError(
+                        .invalidArgument,
+                        "role: node certificates come from enrolment (`berth node join-token`), controller certificates from berth-controller itself",
+                        field: "role")
                 }
                 guard (1...3650).contains(days) else {
                     throw WireError(.invalidArgument, "days: \(days) must be from 1 to 3650", field: "days")
@@ -187,7 +202,9 @@ extension CACommand {
         static let configuration = CommandConfiguration(
             commandName: "rotate",
             abstract: "Cluster mode (admin): new certificates without downtime, for the controller and/or nodes.",
-            discussion: "--controller-cert: the controller takes a new key and certificate for new connections; open sessions keep theirs (revoke the old serial with `berth ca revoke` to cut them). --node NAME: the node renews its certificate at its next heartbeat; the command waits until the controller uses the new one and the old one is revoked. VPSs keep running either way. Nodes also renew on their own once two thirds of their certificate's validity have passed.")
+            discussion:
+                "--controller-cert: the controller takes a new key and certificate for new connections; open sessions keep theirs (revoke the old serial with `berth ca revoke` to cut them). --node NAME: the node renews its certificate at its next heartbeat; the command waits until the controller uses the new one and the old one is revoked. VPSs keep running either way. Nodes also renew on their own once two thirds of their certificate's validity have passed."
+        )
         @OptionGroup var connection: ConnectionOptions
         @Flag(name: .customLong("controller-cert"), help: "Rotate the controller's own certificate.") var controllerCertificate = false
         @Option(name: .customLong("node"), help: "A node that renews its certificate (repeatable).") var nodes: [String] = []
@@ -240,11 +257,13 @@ struct IPPoolCommand: AsyncParsableCommand {
 
         func run() async throws {
             requireCluster(connection, "ippool add")
-            let pool = try await connection.call(request {
-                $0.ippoolAdd.name = name
-                $0.ippoolAdd.cidr = cidr
-                $0.ippoolAdd.gateway = gateway ?? ""
-            }).ippool
+            let pool = try await connection.call(
+                request {
+                    $0.ippoolAdd.name = name
+                    $0.ippoolAdd.cidr = cidr
+                    $0.ippoolAdd.gateway = gateway ?? ""
+                }
+            ).ippool
             print("\(pool.name) \(pool.cidr) \(pool.size) addresses")
         }
     }
@@ -258,15 +277,21 @@ struct IPPoolCommand: AsyncParsableCommand {
             requireCluster(connection, "ippool list")
             let pools = try await connection.call(request { $0.ippoolList = Berth_V1_Empty() }).ippools.pools
             if json {
-                printJSON(.array(pools.map {
-                    .object(["name": .string($0.name), "cidr": .string($0.cidr), "gateway": .string($0.gateway),
-                             "used": .int(Int64($0.used)), "size": .int(Int64(clamping: $0.size))])
-                }))
+                printJSON(
+                    .array(
+                        pools.map {
+                            .object([
+                                "name": .string($0.name), "cidr": .string($0.cidr), "gateway": .string($0.gateway),
+                                "used": .int(Int64($0.used)), "size": .int(Int64(clamping: $0.size)),
+                            ])
+                        }))
                 return
             }
-            printTable([["NAME", "CIDR", "GATEWAY", "USED", "SIZE"]] + pools.map {
-                [$0.name, $0.cidr, $0.gateway.isEmpty ? "-" : $0.gateway, String($0.used), String($0.size)]
-            })
+            printTable(
+                [["NAME", "CIDR", "GATEWAY", "USED", "SIZE"]]
+                    + pools.map {
+                        [$0.name, $0.cidr, $0.gateway.isEmpty ? "-" : $0.gateway, String($0.used), String($0.size)]
+                    })
         }
     }
 
@@ -301,7 +326,11 @@ struct Events: AsyncParsableCommand {
             var after: UInt64 = 0
             var backlog: [Berth_V1_Event] = []
             while true {
-                let page = try await client.call(request { $0.events.afterID = after; $0.events.limit = 1000 }).events.events
+                let page = try await client.call(
+                    request {
+                        $0.events.afterID = after; $0.events.limit = 1000
+                    }
+                ).events.events
                 backlog = Array((backlog + page).suffix(last))
                 guard let newest = page.last else { break }
                 after = newest.id
@@ -309,11 +338,13 @@ struct Events: AsyncParsableCommand {
             }
             backlog.forEach(show)
             while follow {
-                let page = try await client.call(request {
-                    $0.events.afterID = after
-                    $0.events.waitMs = 25_000
-                    $0.deadlineMs = 35_000
-                }).events.events
+                let page = try await client.call(
+                    request {
+                        $0.events.afterID = after
+                        $0.events.waitMs = 25_000
+                        $0.deadlineMs = 35_000
+                    }
+                ).events.events
                 page.forEach(show)
                 if let newest = page.last { after = newest.id }
             }
@@ -322,8 +353,11 @@ struct Events: AsyncParsableCommand {
 
     func show(_ event: Berth_V1_Event) {
         if json {
-            writeOut(JSON.object(["id": .int(Int64(event.id)), "at_ms": .int(event.atUnixMs), "kind": .string(event.kind),
-                                  "subject": .string(event.subject), "message": .string(event.message)]).render().split(separator: "\n").map { $0.trimmingPrefixSpaces() }.joined(separator: " ") + "\n")
+            writeOut(
+                JSON.object([
+                    "id": .int(Int64(event.id)), "at_ms": .int(event.atUnixMs), "kind": .string(event.kind),
+                    "subject": .string(event.subject), "message": .string(event.message),
+                ]).render().split(separator: "\n").map { $0.trimmingPrefixSpaces() }.joined(separator: " ") + "\n")
         } else {
             writeOut("\(formatTime(event.atUnixMs))  \(event.kind)  \(event.subject)  \(event.message)\n")
         }
@@ -362,10 +396,12 @@ struct OperationCommand: AsyncParsableCommand {
             let operation = try await connection.withClient { client -> Berth_V1_Operation in
                 var shown = ""
                 while true {
-                    let operation = try await client.call(request {
-                        $0.operationShow.id = id
-                        $0.operationShow.waitMs = wait ? 1000 : 0
-                    }).operation
+                    let operation = try await client.call(
+                        request {
+                            $0.operationShow.id = id
+                            $0.operationShow.waitMs = wait ? 1000 : 0
+                        }
+                    ).operation
                     if wait && operation.progress != shown && !operation.progress.isEmpty && isatty(2) != 0 {
                         shown = operation.progress
                         writeErr("… \(shown)\n")
@@ -374,10 +410,13 @@ struct OperationCommand: AsyncParsableCommand {
                 }
             }
             if json {
-                printJSON(.object(["id": .string(operation.id), "kind": .string(operation.kind), "subject": .string(operation.subject),
-                                   "state": .string(operation.state), "progress": .string(operation.progress),
-                                   "error": .string(operation.error.message), "error_code": .string(operation.error.code),
-                                   "started_ms": .int(operation.startedUnixMs), "finished_ms": .int(operation.finishedUnixMs)]))
+                printJSON(
+                    .object([
+                        "id": .string(operation.id), "kind": .string(operation.kind), "subject": .string(operation.subject),
+                        "state": .string(operation.state), "progress": .string(operation.progress),
+                        "error": .string(operation.error.message), "error_code": .string(operation.error.code),
+                        "started_ms": .int(operation.startedUnixMs), "finished_ms": .int(operation.finishedUnixMs),
+                    ]))
             } else {
                 var line = "\(operation.id) \(operation.kind) \(operation.subject) \(operation.state)"
                 if operation.state == "failed" { line += ": \(operation.error.message)" }
@@ -394,9 +433,11 @@ struct OperationCommand: AsyncParsableCommand {
         func run() async throws {
             requireCluster(connection, "operation list")
             let operations = try await connection.call(request { $0.operationList = Berth_V1_Empty() }).operations.operations
-            printTable([["ID", "KIND", "VPS", "STATE", "STARTED", "PROGRESS"]] + operations.map {
-                [$0.id, $0.kind, $0.subject, $0.state, formatTime($0.startedUnixMs), $0.progress.isEmpty ? "-" : $0.progress]
-            })
+            printTable(
+                [["ID", "KIND", "VPS", "STATE", "STARTED", "PROGRESS"]]
+                    + operations.map {
+                        [$0.id, $0.kind, $0.subject, $0.state, formatTime($0.startedUnixMs), $0.progress.isEmpty ? "-" : $0.progress]
+                    })
         }
     }
 }

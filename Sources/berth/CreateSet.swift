@@ -1,9 +1,10 @@
-import BerthCore
 import ArgumentParser
+import BerthCore
 import Wire
 import WireTLS
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The resource and identity flags shared by create and set (Docs/cli.md).
@@ -24,8 +25,10 @@ struct VPSSettings: ParsableArguments {
     @Option(help: "I/O bandwidth cap, e.g. 50M (per second).") var ioBps: String?
     @Option(help: "I/O operations per second cap.") var ioIops: String?
     @Option(help: "Label K=V; repeatable.") var label: [String] = []
-    @Option(help: ArgumentHelp("Capability NAME:on|off (e.g. net_admin:off, sys_nice:on); repeatable.",
-                               discussion: "Changes the VPS's default set (vzctl --capability); never beyond the agent's policy. set: takes effect at the next start."))
+    @Option(
+        help: ArgumentHelp(
+            "Capability NAME:on|off (e.g. net_admin:off, sys_nice:on); repeatable.",
+            discussion: "Changes the VPS's default set (vzctl --capability); never beyond the agent's policy. set: takes effect at the next start."))
     var capability: [String] = []
 
     func capabilities() -> [String: String] {
@@ -95,9 +98,15 @@ struct Create: AsyncParsableCommand {
     @Option(help: "Cluster mode: never place two VPSs of this group on one node.") var antiAffinity: String?
     @Flag(help: "UNSAFE: no user namespace, the VPS's root is the host's root (only for workloads that need host privileges; see Docs/security.md).")
     var privileged = false
-    @Option(help: "image (default): the disk holds a copy of the template. layered: the template's files are shared read-only by every layered VPS made from it (memory and disk once per node) and the disk holds only what this VPS changes; the template can then not be rebuilt or removed while such a VPS exists.")
+    @Option(
+        help:
+            "image (default): the disk holds a copy of the template. layered: the template's files are shared read-only by every layered VPS made from it (memory and disk once per node) and the disk holds only what this VPS changes; the template can then not be rebuilt or removed while such a VPS exists."
+    )
     var storage: String?
-    @Option(help: "loop (default): the disk is an ext4 image of its own on a loop device (like OpenVZ's ploop); df inside shows its size. pool: a subvolume of the node's btrfs storage pool (DATA/pool, made on first use) whose size a btrfs quota limits: nothing to mount at start, so starts are faster and each VPS holds less kernel memory; no --disk-inodes.")
+    @Option(
+        help:
+            "loop (default): the disk is an ext4 image of its own on a loop device (like OpenVZ's ploop); df inside shows its size. pool: a subvolume of the node's btrfs storage pool (DATA/pool, made on first use) whose size a btrfs quota limits: nothing to mount at start, so starts are faster and each VPS holds less kernel memory; no --disk-inodes."
+    )
     var layout: String?
     @OptionGroup var settings: VPSSettings
 
@@ -180,10 +189,14 @@ struct TemplateCommand: AsyncParsableCommand {
             let response = try await connection.call(request { $0.templateList = Berth_V1_Empty() })
             let templates = response.templates.templates
             if json {
-                printJSON(.array(templates.map {
-                    .object(["name": .string($0.name), "source": .string($0.source), "size_bytes": .int(Int64($0.sizeBytes)),
-                             "created": .int($0.createdUnix)])
-                }))
+                printJSON(
+                    .array(
+                        templates.map {
+                            .object([
+                                "name": .string($0.name), "source": .string($0.source), "size_bytes": .int(Int64($0.sizeBytes)),
+                                "created": .int($0.createdUnix),
+                            ])
+                        }))
                 return
             }
             for t in templates { print("\(t.name)\t\(ByteSize.format(t.sizeBytes / 1024 * 1024))\t\(t.source)") }
@@ -193,7 +206,9 @@ struct TemplateCommand: AsyncParsableCommand {
     struct BuildTemplate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "build", abstract: "Build a template on this node: busybox (from busybox-static) or debian-12 (debootstrap).",
-            discussion: "debian-12 downloads Debian's minbase plus systemd once and caches the tree under the agent's --template-cache; later builds reuse it unless --rebuild is given.")
+            discussion:
+                "debian-12 downloads Debian's minbase plus systemd once and caches the tree under the agent's --template-cache; later builds reuse it unless --rebuild is given."
+        )
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "What to build: busybox | debian-12.") var kind: String
         @Option(help: "Template name (default: the kind).") var name: String?
@@ -202,13 +217,14 @@ struct TemplateCommand: AsyncParsableCommand {
         @Flag(help: "debian-12: download and bootstrap again even when the tree is cached.") var rebuild = false
 
         func run() async throws {
-            let response = try await connection.call(request {
-                $0.templateBuild.kind = kind
-                $0.templateBuild.name = name ?? ""
-                $0.templateBuild.mirror = mirror ?? ""
-                $0.templateBuild.include = include.flatMap { $0.split(separator: ",").map { String($0) } }
-                $0.templateBuild.rebuild = rebuild
-            }, onProgress: showProgress)
+            let response = try await connection.call(
+                request {
+                    $0.templateBuild.kind = kind
+                    $0.templateBuild.name = name ?? ""
+                    $0.templateBuild.mirror = mirror ?? ""
+                    $0.templateBuild.include = include.flatMap { $0.split(separator: ",").map { String($0) } }
+                    $0.templateBuild.rebuild = rebuild
+                }, onProgress: showProgress)
             print("template \(response.template.name) built: \(response.template.source)")
             for (unit, reason) in response.template.maskedUnits.sorted(by: { $0.key < $1.key }) {
                 print("  masked \(unit): \(reason)")
@@ -219,7 +235,9 @@ struct TemplateCommand: AsyncParsableCommand {
     struct ImportTemplate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "import", abstract: "Import a rootfs tarball (.tar, .tar.gz, .tar.xz) as a template.",
-            discussion: "The tarball is read here and sent over the connection (its size and SHA-256 are checked on arrival). Through a controller it goes to every node that is up, or to the --node ones.")
+            discussion:
+                "The tarball is read here and sent over the connection (its size and SHA-256 are checked on arrival). Through a controller it goes to every node that is up, or to the --node ones."
+        )
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "Template name.") var name: String
         @Argument(help: "Tarball on this machine.") var tarball: String
@@ -239,13 +257,14 @@ struct TemplateCommand: AsyncParsableCommand {
                 fail(WireError(error.code, "tarball: \(error.message)", field: "tarball"))
             }
             let result = try await connection.withClient { client in
-                let call = try await client.start(request {
-                    $0.templateUpload.name = name
-                    $0.templateUpload.size = size
-                    $0.templateUpload.sha256 = sha256
-                    $0.templateUpload.format = format
-                    $0.templateUpload.nodes = nodes
-                })
+                let call = try await client.start(
+                    request {
+                        $0.templateUpload.name = name
+                        $0.templateUpload.size = size
+                        $0.templateUpload.sha256 = sha256
+                        $0.templateUpload.format = format
+                        $0.templateUpload.nodes = nodes
+                    })
                 // The answer may come before every byte went out (a refusal): it wins.
                 async let sending: Void = FileTransfer.send(path, on: call)
                 let response = try await call.result(onProgress: showProgress)
@@ -293,10 +312,11 @@ struct TemplateCommand: AsyncParsableCommand {
                 unlink(partial)
             }
             let (template, bytes) = try await connection.withClient { client in
-                let call = try await client.start(request {
-                    $0.templateExport.name = name
-                    $0.templateExport.node = node ?? ""
-                })
+                let call = try await client.start(
+                    request {
+                        $0.templateExport.name = name
+                        $0.templateExport.node = node ?? ""
+                    })
                 var written: UInt64 = 0
                 for await event in call.events {
                     switch event {

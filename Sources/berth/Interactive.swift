@@ -1,10 +1,11 @@
 import ArgumentParser
 import Dispatch
 import NIOCore
-#if canImport(Glibc)
-import Glibc
-#endif
 import Wire
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 struct Exec: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,7 +18,9 @@ struct Exec: AsyncParsableCommand {
     @Argument(parsing: .postTerminator, help: "Command and arguments (after --).") var command: [String] = []
 
     func run() async throws {
-        guard !command.isEmpty else { fail(WireError(.invalidArgument, "command: give the command after --, e.g. berth exec \(name) -- uname -a", field: "command")) }
+        guard !command.isEmpty else {
+            fail(WireError(.invalidArgument, "command: give the command after --, e.g. berth exec \(name) -- uname -a", field: "command"))
+        }
         var variables: [String: String] = [:]
         for item in env {
             guard let eq = item.firstIndex(of: "="), eq != item.startIndex else { fail(WireError(.invalidArgument, "env: '\(item)' is not K=V", field: "env")) }
@@ -39,7 +42,8 @@ struct Enter: AsyncParsableCommand {
     @Option(help: "Shell to run.") var shell = "/bin/sh"
 
     func run() async throws {
-        let code = try await runSession(connection: connection.resolved, name: name, argv: [shell, "-l"], tty: true, env: ["TERM": environment("TERM") ?? "xterm"])
+        let code = try await runSession(
+            connection: connection.resolved, name: name, argv: [shell, "-l"], tty: true, env: ["TERM": environment("TERM") ?? "xterm"])
         Glibc.exit(code)
     }
 }
@@ -47,7 +51,9 @@ struct Enter: AsyncParsableCommand {
 struct Console: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "console", abstract: "Attach to a VPS's console (/dev/console); Ctrl-] detaches.",
-        discussion: "Output the VPS wrote while nobody was attached is replayed first (bounded buffer). --show-log prints what the console showed during the last run, also after the VPS stopped (a failed boot's messages).")
+        discussion:
+            "Output the VPS wrote while nobody was attached is replayed first (bounded buffer). --show-log prints what the console showed during the last run, also after the VPS stopped (a failed boot's messages)."
+    )
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name.") var name: String
     @Flag(help: "Print the console output of the VPS's last run instead of attaching.") var showLog = false
@@ -55,10 +61,11 @@ struct Console: AsyncParsableCommand {
     func run() async throws {
         if showLog {
             try await connection.withClient { client in
-                let call = try await client.start(request {
-                    $0.console.name = name
-                    $0.console.showLog = true
-                })
+                let call = try await client.start(
+                    request {
+                        $0.console.name = name
+                        $0.console.showLog = true
+                    })
                 for await event in call.events {
                     switch event {
                     case .data(_, let bytes): writeAll(1, bytes)
@@ -212,10 +219,12 @@ enum PosixThread {
     static func detach(_ body: @escaping () -> Void) {
         let box = Unmanaged.passRetained(Box(body)).toOpaque()
         var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
-            return nil
-        }, box)
+        let rc = pthread_create(
+            &thread, nil,
+            { raw in
+                Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
+                return nil
+            }, box)
         if rc == 0 { pthread_detach(thread) } else { Unmanaged<Box>.fromOpaque(box).release() }
     }
 }

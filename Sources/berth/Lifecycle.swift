@@ -24,11 +24,12 @@ struct Stop: AsyncParsableCommand {
     func run() async throws { try await Self.stop(connection.resolved, name: name, timeout: timeout, kill: kill) }
 
     static func stop(_ connection: Connection, name: String, timeout: UInt32? = nil, kill: Bool = false) async throws {
-        let response = try await connection.call(request {
-            $0.stop.name = name
-            $0.stop.timeoutSeconds = timeout ?? 0
-            $0.stop.kill = kill
-        })
+        let response = try await connection.call(
+            request {
+                $0.stop.name = name
+                $0.stop.timeoutSeconds = timeout ?? 0
+                $0.stop.kill = kill
+            })
         print(response.status.line)
     }
 }
@@ -51,10 +52,11 @@ struct Destroy: AsyncParsableCommand {
     @Flag(help: "Kill the VPS first if it is running.") var force = false
 
     func run() async throws {
-        _ = try await connection.call(request {
-            $0.destroy.name = name
-            $0.destroy.force = force
-        })
+        _ = try await connection.call(
+            request {
+                $0.destroy.name = name
+                $0.destroy.force = force
+            })
         print("\(name) destroyed")
     }
 }
@@ -84,15 +86,18 @@ struct List: AsyncParsableCommand {
 
     static func list(_ connection: Connection, all: Bool = false, json: Bool = false, selector: [String] = []) async throws {
         let labels = keyValues(selector, field: "selector")
-        let response = try await connection.call(request {
-            $0.list.all = all
-            $0.list.selector = labels
-        })
+        let response = try await connection.call(
+            request {
+                $0.list.all = all
+                $0.list.selector = labels
+            })
         let vpses = response.list.vpses
         if json { printJSON(.array(vpses.map(\.json))); return }
-        var rows = [["NAME", "STATE", "PID", "HOSTNAME", "TEMPLATE", "IPS"]] + vpses.map {
-            [$0.name, $0.state, $0.pid == 0 ? "-" : String($0.pid), $0.hostname, $0.template, $0.ips.isEmpty ? "-" : $0.ips.joined(separator: ",")]
-        }
+        var rows =
+            [["NAME", "STATE", "PID", "HOSTNAME", "TEMPLATE", "IPS"]]
+            + vpses.map {
+                [$0.name, $0.state, $0.pid == 0 ? "-" : String($0.pid), $0.hostname, $0.template, $0.ips.isEmpty ? "-" : $0.ips.joined(separator: ",")]
+            }
         if connection.isCluster {
             rows[0].append("NODE")
             for (i, vps) in vpses.enumerated() { rows[i + 1].append(vps.node) }
@@ -105,7 +110,9 @@ struct Stats: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stats",
         abstract: "Resource accounting of a VPS: held, peak, limit and failcount per resource.",
-        discussion: "A peak of 0 means the kernel does not track it; JSON gives unlimited as 9223372036854775807 (OpenVZ's convention). cpu_throttled counts CFS periods in which --cpu-limit held the VPS back (its limit is the limit in %). Disk counters appear while the VPS runs.")
+        discussion:
+            "A peak of 0 means the kernel does not track it; JSON gives unlimited as 9223372036854775807 (OpenVZ's convention). cpu_throttled counts CFS periods in which --cpu-limit held the VPS back (its limit is the limit in %). Disk counters appear while the VPS runs."
+    )
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name.") var name: String
     @Flag(help: "Print JSON.") var json = false
@@ -115,11 +122,16 @@ struct Stats: AsyncParsableCommand {
         if json {
             var resources: [String: JSON] = [:]
             for c in stats.counters {
-                resources[c.resource] = .object(["held": .int(Int64(c.held)), "peak": .int(Int64(c.peak)),
-                                                 "limit": .int(Int64(c.limit)), "failcnt": .int(Int64(c.failcnt))])
+                resources[c.resource] = .object([
+                    "held": .int(Int64(c.held)), "peak": .int(Int64(c.peak)),
+                    "limit": .int(Int64(c.limit)), "failcnt": .int(Int64(c.failcnt)),
+                ])
             }
-            printJSON(.object(["name": .string(stats.name), "cpu_nanoseconds": .int(Int64(stats.cpuNanoseconds)),
-                               "resources": .object(resources)]))
+            printJSON(
+                .object([
+                    "name": .string(stats.name), "cpu_nanoseconds": .int(Int64(stats.cpuNanoseconds)),
+                    "resources": .object(resources),
+                ]))
             return
         }
         print(stats.table, terminator: "")
@@ -153,33 +165,53 @@ struct NodeCommand: AsyncParsableCommand {
             }
             func allocatable(_ capacity: Double, _ ratio: Double) -> Int64 { Int64(capacity * ratio) }
             if json {
-                printJSON(.object([
-                    "name": .string(node.name), "kernel": .string(node.kernel), "cgroup": .string(node.cgroupMode),
-                    "vps_total": .int(Int64(node.vpsTotal)), "vps_running": .int(Int64(node.vpsRunning)),
-                    "cpu": .object(["cpus": .int(Int64(node.cpus)), "allocatable_pct": .int(allocatable(Double(node.cpus) * 100, node.cpuOvercommit)),
-                                    "committed_pct": .int(Int64(node.committedCpuPct))]),
-                    "memory": .object(["bytes": .int(Int64(node.memoryBytes)), "allocatable_bytes": .int(allocatable(Double(node.memoryBytes), node.memoryOvercommit)),
-                                       "committed_bytes": .int(Int64(node.committedMemoryBytes))]),
-                    "disk": .object(["bytes": .int(Int64(node.diskBytes)), "free_bytes": .int(Int64(node.diskFreeBytes)),
-                                     "allocatable_bytes": .int(allocatable(Double(node.diskBytes), node.diskOvercommit)),
-                                     "committed_bytes": .int(Int64(node.committedDiskBytes))]),
-                    "pool": .object(["bytes": .int(Int64(node.poolBytes)), "free_bytes": .int(Int64(node.poolFreeBytes)),
-                                     "committed_bytes": .int(Int64(node.committedPoolBytes))]),
-                ]))
+                printJSON(
+                    .object([
+                        "name": .string(node.name), "kernel": .string(node.kernel), "cgroup": .string(node.cgroupMode),
+                        "vps_total": .int(Int64(node.vpsTotal)), "vps_running": .int(Int64(node.vpsRunning)),
+                        "cpu": .object([
+                            "cpus": .int(Int64(node.cpus)), "allocatable_pct": .int(allocatable(Double(node.cpus) * 100, node.cpuOvercommit)),
+                            "committed_pct": .int(Int64(node.committedCpuPct)),
+                        ]),
+                        "memory": .object([
+                            "bytes": .int(Int64(node.memoryBytes)), "allocatable_bytes": .int(allocatable(Double(node.memoryBytes), node.memoryOvercommit)),
+                            "committed_bytes": .int(Int64(node.committedMemoryBytes)),
+                        ]),
+                        "disk": .object([
+                            "bytes": .int(Int64(node.diskBytes)), "free_bytes": .int(Int64(node.diskFreeBytes)),
+                            "allocatable_bytes": .int(allocatable(Double(node.diskBytes), node.diskOvercommit)),
+                            "committed_bytes": .int(Int64(node.committedDiskBytes)),
+                        ]),
+                        "pool": .object([
+                            "bytes": .int(Int64(node.poolBytes)), "free_bytes": .int(Int64(node.poolFreeBytes)),
+                            "committed_bytes": .int(Int64(node.committedPoolBytes)),
+                        ]),
+                    ]))
                 return
             }
             print("\(node.name): kernel \(node.kernel), cgroup \(node.cgroupMode), \(node.vpsRunning)/\(node.vpsTotal) VPSs running")
-            printTable([
-                ["RESOURCE", "CAPACITY", "OVERCOMMIT", "ALLOCATABLE", "COMMITTED"],
-                ["cpu", "\(node.cpus * 100)%", "\(node.cpuOvercommit)", "\(allocatable(Double(node.cpus) * 100, node.cpuOvercommit))%", "\(node.committedCpuPct)%"],
-                ["memory", humanBytes(node.memoryBytes), "\(node.memoryOvercommit)",
-                 humanBytes(UInt64(allocatable(Double(node.memoryBytes), node.memoryOvercommit))), humanBytes(node.committedMemoryBytes)],
-                ["disk", humanBytes(node.diskBytes), "\(node.diskOvercommit)",
-                 humanBytes(UInt64(allocatable(Double(node.diskBytes), node.diskOvercommit))), humanBytes(node.committedDiskBytes)],
-            ] + (node.poolBytes == 0 ? [] : [
-                // The pool shares the disk's filesystem (its image is sparse) and bounds its VPSs too.
-                ["disk pool", humanBytes(node.poolBytes), "-", "\(humanBytes(node.poolFreeBytes)) free", humanBytes(node.committedPoolBytes)],
-            ]))
+            printTable(
+                [
+                    ["RESOURCE", "CAPACITY", "OVERCOMMIT", "ALLOCATABLE", "COMMITTED"],
+                    [
+                        "cpu", "\(node.cpus * 100)%", "\(node.cpuOvercommit)", "\(allocatable(Double(node.cpus) * 100, node.cpuOvercommit))%",
+                        "\(node.committedCpuPct)%",
+                    ],
+                    [
+                        "memory", humanBytes(node.memoryBytes), "\(node.memoryOvercommit)",
+                        humanBytes(UInt64(allocatable(Double(node.memoryBytes), node.memoryOvercommit))), humanBytes(node.committedMemoryBytes),
+                    ],
+                    [
+                        "disk", humanBytes(node.diskBytes), "\(node.diskOvercommit)",
+                        humanBytes(UInt64(allocatable(Double(node.diskBytes), node.diskOvercommit))), humanBytes(node.committedDiskBytes),
+                    ],
+                ]
+                    + (node.poolBytes == 0
+                        ? []
+                        : [
+                            // The pool shares the disk's filesystem (its image is sparse) and bounds its VPSs too.
+                            ["disk pool", humanBytes(node.poolBytes), "-", "\(humanBytes(node.poolFreeBytes)) free", humanBytes(node.committedPoolBytes)]
+                        ]))
         }
     }
 }

@@ -1,10 +1,11 @@
 import BerthCore
+import Wire
+
 // Output helpers without Foundation: the CLI runs once per operator command, and not loading
 // Foundation (and its ICU data) cuts its start-up time by more than half.
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
-import Wire
 
 func environment(_ key: String) -> String? { getenv(key).map { String(cString: $0) } }
 
@@ -38,7 +39,8 @@ indirect enum JSON {
             return "[\n" + items.map { inner + $0.render(inner) }.joined(separator: ",\n") + "\n" + indent + "]"
         case .object(let fields):
             if fields.isEmpty { return "{}" }
-            return "{\n" + fields.keys.sorted().map { inner + JSON.quote($0) + ": " + fields[$0]!.render(inner) }
+            return "{\n"
+                + fields.keys.sorted().map { inner + JSON.quote($0) + ": " + fields[$0]!.render(inner) }
                 .joined(separator: ",\n") + "\n" + indent + "}"
         }
     }

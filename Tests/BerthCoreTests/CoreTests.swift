@@ -1,4 +1,5 @@
 import Testing
+
 @testable import BerthCore
 
 @Suite struct AddressTests {
@@ -13,8 +14,10 @@ import Testing
     }
 
     @Test func classifiesAddressesAVPSCannotHave() throws {
-        let unusable = ["0.0.0.0", "127.0.0.1", "224.0.0.1", "239.1.1.1", "169.254.0.1", "255.255.255.255", "240.0.0.1",
-                        "::", "::1", "ff02::1", "fe80::1", "::ffff:198.18.0.1"]
+        let unusable = [
+            "0.0.0.0", "127.0.0.1", "224.0.0.1", "239.1.1.1", "169.254.0.1", "255.255.255.255", "240.0.0.1",
+            "::", "::1", "ff02::1", "fe80::1", "::ffff:198.18.0.1",
+        ]
         for text in unusable { #expect(try IPAddress(text).unusableForVPS != nil, "\(text)") }
         for text in ["198.18.0.1", "fd00:b17::1", "10.0.0.1"] { #expect(try IPAddress(text).unusableForVPS == nil, "\(text)") }
     }
@@ -67,8 +70,10 @@ import Testing
 }
 
 @Suite struct ByteSizeTests {
-    @Test(arguments: [("512", UInt64(512)), ("1K", 1024), ("1k", 1024), ("2M", 2 << 20), ("3G", 3 << 30),
-                      ("1T", 1 << 40), ("10GB", 10 << 30), ("10GiB", 10 << 30), (" 5M ", 5 << 20)])
+    @Test(arguments: [
+        ("512", UInt64(512)), ("1K", 1024), ("1k", 1024), ("2M", 2 << 20), ("3G", 3 << 30),
+        ("1T", 1 << 40), ("10GB", 10 << 30), ("10GiB", 10 << 30), (" 5M ", 5 << 20),
+    ])
     func parsesSizes(_ text: String, _ bytes: UInt64) throws {
         #expect(try ByteSize.parse(text, field: "memory") == bytes)
     }
@@ -95,7 +100,6 @@ import Testing
         #expect(ByteSize.format(3 << 20) == "3M")
     }
 }
-
 
 @Suite struct LimitsTests {
     @Test func anUpdateChangesOnlyWhatItNames() throws {

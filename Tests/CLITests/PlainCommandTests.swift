@@ -1,5 +1,6 @@
 import ArgumentParser
 import Testing
+
 @testable import berth
 
 /// PlainCommand skips ArgumentParser for a few plain command lines; it must take exactly the

@@ -1,7 +1,8 @@
 import BerthCore
 import Testing
-@testable import Controller
 import Wire
+
+@testable import Controller
 
 /// The call table gives every role exactly the access of Docs/wire.md's roles table.
 @Suite struct CallTableTests {

@@ -1,8 +1,9 @@
 import BerthCore
 import Testing
+import Wire
+
 @testable import Controller
 @testable import Placement
-import Wire
 
 /// The scheduler and `node show` charge a VPS the same: the controller from the create request
 /// it keeps (a `--cpus` count, no disk given), the agent from the limits it stored after checking
@@ -19,9 +20,15 @@ import Wire
         limits { $0.cpuLimitPct = 150 },
         limits { $0.cpus = "2" },
         limits { $0.cpus = "0,2-3" },
-        limits { $0.cpus = "1"; $0.cpuLimitPct = 40 },
-        limits { $0.memoryBytes = 512 << 20; $0.swapBytes = 0 },
-        limits { $0.memoryBytes = 512 << 20; $0.swapBytes = 256 << 20; $0.diskBytes = 10 << 30 },
+        limits {
+            $0.cpus = "1"; $0.cpuLimitPct = 40
+        },
+        limits {
+            $0.memoryBytes = 512 << 20; $0.swapBytes = 0
+        },
+        limits {
+            $0.memoryBytes = 512 << 20; $0.swapBytes = 256 << 20; $0.diskBytes = 10 << 30
+        },
     ])
     func controllerAndAgentAgree(_ wire: Berth_V1_Limits) throws {
         var request = Berth_V1_CreateRequest()

@@ -2,9 +2,10 @@ import BerthCore
 import Foundation
 import GRDB
 import Testing
+import Wire
+
 @testable import Controller
 @testable import Placement
-import Wire
 
 /// Databases written before specs were the controller's own records (the create request's
 /// protobuf in `vps.spec`) open with every spec intact.
@@ -41,9 +42,12 @@ import Wire
             let old = try DatabasePool(path: dir + "/controller.sqlite")
             try SQLiteStore.migrator.migrate(old, upTo: "v2 operations")
             try old.write { db in
-                try db.execute(sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
-                               arguments: ["web1", "n2", "acme", Data(try request.serializedBytes() as [UInt8]),
-                                           Data(try status.serializedBytes() as [UInt8]), "ready"])
+                try db.execute(
+                    sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
+                    arguments: [
+                        "web1", "n2", "acme", Data(try request.serializedBytes() as [UInt8]),
+                        Data(try status.serializedBytes() as [UInt8]), "ready",
+                    ])
             }
             try old.close()
         }
@@ -52,7 +56,7 @@ import Wire
         let record = try #require(try store.vps("web1"))
         #expect(record.spec == VPSSpec(request))
         #expect(record.spec.limits.memoryBytes == 512 << 20)
-        #expect(record.spec.limits.swapBytes == 0)           // "no swap" keeps its presence
+        #expect(record.spec.limits.swapBytes == 0)  // "no swap" keeps its presence
         #expect(record.spec.limits.diskBytes == Limits.defaultDiskBytes)
         #expect(record.spec.pinnedNode == "n2")
         #expect(record.spec.antiAffinity == "web")

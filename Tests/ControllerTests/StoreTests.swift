@@ -1,8 +1,9 @@
 import Foundation
 import Testing
+import Wire
+
 @testable import Controller
 @testable import Placement
-import Wire
 
 @Suite struct StoreTests {
     func store() throws -> (SQLiteStore, String) {

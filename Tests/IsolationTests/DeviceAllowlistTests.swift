@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import Isolation
 
 @Suite struct DeviceAllowlistTests {
@@ -25,8 +26,9 @@ import Testing
     }
 
     /// Every VPS's cgroup gets the one program loaded for the rules, whose fd no child inherits.
-    @Test(.enabled(if: getuid() == 0, "needs root to load a BPF device program"),
-          .enabled(if: cgroup2Mount != nil, "needs a cgroup2 mount"))
+    @Test(
+        .enabled(if: getuid() == 0, "needs root to load a BPF device program"),
+        .enabled(if: cgroup2Mount != nil, "needs a cgroup2 mount"))
     func oneLoadedProgramServesEveryCgroup() throws {
         let cgroups = (1...2).map { Self.cgroup2Mount! + "/berth-devshare-\(getpid())-\($0)" }
         defer { for cgroup in cgroups { rmdir(cgroup) } }
@@ -41,8 +43,9 @@ import Testing
     }
 
     /// The BPF program on a real kernel: allowlisted devices open, others refuse even after mknod.
-    @Test(.enabled(if: getuid() == 0, "needs root to load a BPF device program"),
-          .enabled(if: cgroup2Mount != nil, "needs a cgroup2 mount"))
+    @Test(
+        .enabled(if: getuid() == 0, "needs root to load a BPF device program"),
+        .enabled(if: cgroup2Mount != nil, "needs a cgroup2 mount"))
     func bpfProgramEnforcesTheAllowlist() throws {
         let cgroup = Self.cgroup2Mount! + "/berth-devtest-\(getpid())"
         let scratch = NSTemporaryDirectory() + "berth-devtest-\(getpid())"
@@ -57,12 +60,12 @@ import Testing
         // Opening (not reading) is what the device program decides; a control run outside the
         // cgroup proves that the same opens succeed without it.
         let probe = """
-        head -c1 /dev/zero | wc -c
-        [ -e \(scratch)/dev/kmsg ] || mknod \(scratch)/dev/kmsg c 1 11 && echo mknod-ok
-        ( exec 3< \(scratch)/dev/kmsg ) 2>/dev/null && echo kmsg-open || echo kmsg-denied
-        [ -e \(scratch)/dev/blk ] || mknod \(scratch)/dev/blk b 7 0
-        ( exec 3< \(scratch)/dev/blk ) 2>/dev/null && echo blk-open || echo blk-denied
-        """
+            head -c1 /dev/zero | wc -c
+            [ -e \(scratch)/dev/kmsg ] || mknod \(scratch)/dev/kmsg c 1 11 && echo mknod-ok
+            ( exec 3< \(scratch)/dev/kmsg ) 2>/dev/null && echo kmsg-open || echo kmsg-denied
+            [ -e \(scratch)/dev/blk ] || mknod \(scratch)/dev/blk b 7 0
+            ( exec 3< \(scratch)/dev/blk ) 2>/dev/null && echo blk-open || echo blk-denied
+            """
         func run(_ script: String) throws -> (Int32, [String]) {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/bin/sh")

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import Isolation
 
 /// The agent ⇄ berth-spawn ⇄ berth-monitor contract: each message survives its own encoder and
@@ -22,8 +23,9 @@ import Testing
     /// What berth-spawn hands berth-monitor comes back from berth-monitor as it went, with
     /// init's status in front (berth-monitor writes the same options, see main.c resume).
     @Test func handOffRoundTrips() throws {
-        let handOff = HelperProtocol.HandOff(selfExecutable: 7, runDir: "/run/berth/vps/web1", initPid: 99, master: 8, slave: 9,
-                                             listener: 10, signals: 11, client: -1, spec: 12, history: 13, capacity: 65536)
+        let handOff = HelperProtocol.HandOff(
+            selfExecutable: 7, runDir: "/run/berth/vps/web1", initPid: 99, master: 8, slave: 9,
+            listener: 10, signals: 11, client: -1, spec: 12, history: 13, capacity: 65536)
         let back = [HelperProtocol.HandOff.Option.status, "256"] + handOff.monitorArguments
         let (resumed, status) = try #require(HelperProtocol.HandOff.resumed(back))
         #expect(resumed == handOff && status == 256)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import Isolation
 
 /// A throw-away directory standing in for a cgroupfs mount.
@@ -61,8 +62,11 @@ final class FakeTree {
         let tree = FakeTree()
         prepareLeaf(tree, "web1")
         let driver = CgroupV2Driver(root: tree.root, parent: "berth")
-        try driver.apply("web1", CgroupLimits(memoryBytes: 1 << 30, swapBytes: 512 << 20, pids: 300, cpuUnits: 2000,
-                                              cpuLimitPercent: 150, cpus: "0-1"))
+        try driver.apply(
+            "web1",
+            CgroupLimits(
+                memoryBytes: 1 << 30, swapBytes: 512 << 20, pids: 300, cpuUnits: 2000,
+                cpuLimitPercent: 150, cpus: "0-1"))
         #expect(tree.read("berth/web1/memory.max") == "1073741824")
         #expect(tree.read("berth/web1/memory.swap.max") == "536870912")
         #expect(tree.read("berth/web1/pids.max") == "300")
@@ -78,8 +82,11 @@ final class FakeTree {
         tree.write("berth/v/io.bfq.weight", "")
         let driver = CgroupV2Driver(root: tree.root, parent: "berth")
         let writes = try driver.ioSettings("v", IOLimits(weight: 300, bytesPerSecond: 4 << 20), device: "7:3")
-        #expect(writes == [CgroupWrite(path: tree.root + "/berth/v/io.bfq.weight", value: "300"),
-                           CgroupWrite(path: tree.root + "/berth/v/io.max", value: "7:3 rbps=4194304 wbps=4194304 riops=max wiops=max")])
+        #expect(
+            writes == [
+                CgroupWrite(path: tree.root + "/berth/v/io.bfq.weight", value: "300"),
+                CgroupWrite(path: tree.root + "/berth/v/io.max", value: "7:3 rbps=4194304 wbps=4194304 riops=max wiops=max"),
+            ])
         tree.write("berth/w/cgroup.procs", "")
         #expect(throws: IsolationError.self) { try driver.ioSettings("w", IOLimits(bytesPerSecond: 1 << 20), device: "7:4") }
         #expect(try driver.ioSettings("w", IOLimits(), device: "7:4").isEmpty)
@@ -161,8 +168,10 @@ final class FakeTree {
         tree.write("cpuset/cpuset.cpus", "0-1\n")
         tree.write("cpuset/cpuset.mems", "0\n")
         // Files the kernel would create in a new cgroup.
-        for file in ["cpuset/berth/v/cpuset.cpus", "cpuset/berth/v/cpuset.mems", "devices/berth/v/devices.deny",
-                     "devices/berth/v/devices.allow", "cpuset/berth/cpuset.cpus", "cpuset/berth/cpuset.mems"] {
+        for file in [
+            "cpuset/berth/v/cpuset.cpus", "cpuset/berth/v/cpuset.mems", "devices/berth/v/devices.deny",
+            "devices/berth/v/devices.allow", "cpuset/berth/cpuset.cpus", "cpuset/berth/cpuset.mems",
+        ] {
             tree.write(file, "")
         }
         let driver = CgroupV1Driver(root: tree.root, parent: "berth")
@@ -177,8 +186,10 @@ final class FakeTree {
 
     @Test func convertsLimitsForV1() throws {
         let tree = FakeTree()
-        for file in ["memory/berth/v/memory.limit_in_bytes", "memory/berth/v/memory.memsw.limit_in_bytes",
-                     "pids/berth/v/pids.max", "cpu/berth/v/cpu.shares", "cpu/berth/v/cpu.cfs_period_us", "cpu/berth/v/cpu.cfs_quota_us"] {
+        for file in [
+            "memory/berth/v/memory.limit_in_bytes", "memory/berth/v/memory.memsw.limit_in_bytes",
+            "pids/berth/v/pids.max", "cpu/berth/v/cpu.shares", "cpu/berth/v/cpu.cfs_period_us", "cpu/berth/v/cpu.cfs_quota_us",
+        ] {
             tree.write(file, "")
         }
         let driver = CgroupV1Driver(root: tree.root, parent: "berth")
@@ -198,24 +209,28 @@ final class FakeTree {
     /// a cgroup2 mount that must stay out of the VPS, and a mount elsewhere that is not ours.
     @Test func guestMountsMirrorTheHostsV1Hierarchies() {
         let mountinfo = """
-        31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-        32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
-        35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
-        40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,release_agent=/lib/systemd/systemd-cgroups-agent,name=systemd
-        41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate
-        50 23 0:39 / /mnt/other rw,relatime - cgroup cgroup rw,pids
-        51 31 0:40 / /sys/fs/cgroup/net_cls rw,relatime - cgroup cgroup rw,net_cls
-        """
+            31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+            32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
+            35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+            40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,release_agent=/lib/systemd/systemd-cgroups-agent,name=systemd
+            41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate
+            50 23 0:39 / /mnt/other rw,relatime - cgroup cgroup rw,pids
+            51 31 0:40 / /sys/fs/cgroup/net_cls rw,relatime - cgroup cgroup rw,net_cls
+            """
         // net_cls is mounted but not joined: the VPS would sit at its root, so it is left out.
         let mounts = CgroupV1Driver(root: "/sys/fs/cgroup", parent: "berth")
             .guestMounts(mountinfo: mountinfo, joined: ["cpu,cpuacct", "memory", "systemd"])
-        #expect(mounts == [
-            CgroupGuestMount(type: "cgroup", directory: "cpu,cpuacct", options: "cpu,cpuacct", writable: false, aliases: ["cpu", "cpuacct"]),
-            CgroupGuestMount(type: "cgroup", directory: "memory", options: "memory", writable: false),
-            CgroupGuestMount(type: "cgroup", directory: "systemd", options: "none,name=systemd", writable: true),
-        ])
+        #expect(
+            mounts == [
+                CgroupGuestMount(type: "cgroup", directory: "cpu,cpuacct", options: "cpu,cpuacct", writable: false, aliases: ["cpu", "cpuacct"]),
+                CgroupGuestMount(type: "cgroup", directory: "memory", options: "memory", writable: false),
+                CgroupGuestMount(type: "cgroup", directory: "systemd", options: "none,name=systemd", writable: true),
+            ])
         for mount in mounts { #expect(CgroupGuestMount.parse(mount.specText) == mount) }
-        #expect(CgroupV2Driver(root: "/sys/fs/cgroup", parent: "berth").guestMounts() == [CgroupGuestMount(type: "cgroup2", directory: "", options: "", writable: true)])
+        #expect(
+            CgroupV2Driver(root: "/sys/fs/cgroup", parent: "berth").guestMounts() == [
+                CgroupGuestMount(type: "cgroup2", directory: "", options: "", writable: true)
+            ])
     }
 
     /// favordynmods goes onto the cgroup2 superblock with every option it has (a reconfigure
@@ -223,17 +238,18 @@ final class FakeTree {
     /// it anywhere is left alone.
     @Test func favordynmodsPlanKeepsTheCgroup2OptionsItHas() {
         let hybrid = """
-        32 31 0:29 / /sys/fs/cgroup/cpu rw,nosuid,nodev,noexec,relatime shared:9 - cgroup cgroup rw,cpu
-        41 31 0:38 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
-        """
-        #expect(CgroupMigrationTuning.plan(mountinfo: hybrid)
-            == .reconfigureCgroup2(mountPoint: "/sys/fs/cgroup/unified", options: ["nsdelegate", "memory_recursiveprot", "favordynmods"]))
+            32 31 0:29 / /sys/fs/cgroup/cpu rw,nosuid,nodev,noexec,relatime shared:9 - cgroup cgroup rw,cpu
+            41 31 0:38 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+            """
+        #expect(
+            CgroupMigrationTuning.plan(mountinfo: hybrid)
+                == .reconfigureCgroup2(mountPoint: "/sys/fs/cgroup/unified", options: ["nsdelegate", "memory_recursiveprot", "favordynmods"]))
         let unified = "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw"
         #expect(CgroupMigrationTuning.plan(mountinfo: unified) == .reconfigureCgroup2(mountPoint: "/sys/fs/cgroup", options: ["favordynmods"]))
         let v1Only = """
-        32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-        35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
-        """
+            32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+            35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+            """
         #expect(CgroupMigrationTuning.plan(mountinfo: v1Only) == .mountNamedHierarchy)
         let done = v1Only + "\n60 31 0:50 / /run/berth/cgroup-favordynmods rw - cgroup berth-favordynmods rw,favordynmods,name=berth-favordynmods"
         #expect(CgroupMigrationTuning.plan(mountinfo: done) == .alreadyOn(mountPoint: "/run/berth/cgroup-favordynmods"))
@@ -324,9 +340,10 @@ final class FakeTree {
 
 @Suite struct SpawnProtocolTests {
     @Test func specRoundTripsIncludingAwkwardValues() throws {
-        var spec = SpawnSpec(name: "web1", diskImage: "/var/lib/berth/vps/web1/disk.img", rootPath: "/r", runDir: "/run/berth/web1",
-                             hostname: "web1", cgroupProcsFiles: ["/sys/fs/cgroup/a/cgroup.procs", "/b"],
-                             initArgv: ["/sbin/init", "--with=equals", "line\nbreak", "50%"], environment: ["A=1", "PCT=%20"])
+        var spec = SpawnSpec(
+            name: "web1", diskImage: "/var/lib/berth/vps/web1/disk.img", rootPath: "/r", runDir: "/run/berth/web1",
+            hostname: "web1", cgroupProcsFiles: ["/sys/fs/cgroup/a/cgroup.procs", "/b"],
+            initArgv: ["/sbin/init", "--with=equals", "line\nbreak", "50%"], environment: ["A=1", "PCT=%20"])
         spec.openFilesLimit = 4096
         spec.lxcfs = "/var/lib/lxcfs"
         spec.beancounters = "/var/lib/berth/vps/web1/beancounters"
@@ -334,8 +351,10 @@ final class FakeTree {
         spec.layer = SharedLayer(template: "/var/lib/berth/templates/busybox/rootfs", diskMount: "/var/lib/berth/vps/web1/disk")
         spec.monitorBinary = "/run/berth/berth-monitor"
         spec.volume = PoolVolume(subvolume: "/var/lib/berth/pool/vps/web 1%", device: "/dev/loop7")
-        spec.cgroupMounts = [CgroupGuestMount(type: "cgroup", directory: "cpu,cpuacct", options: "cpu,cpuacct", writable: false, aliases: ["cpu", "cpuacct"]),
-                             CgroupGuestMount(type: "cgroup", directory: "systemd", options: "none,name=systemd", writable: true)]
+        spec.cgroupMounts = [
+            CgroupGuestMount(type: "cgroup", directory: "cpu,cpuacct", options: "cpu,cpuacct", writable: false, aliases: ["cpu", "cpuacct"]),
+            CgroupGuestMount(type: "cgroup", directory: "systemd", options: "none,name=systemd", writable: true),
+        ]
         let decoded = try SpawnSpec.decode(spec.encode())
         #expect(decoded == spec)
         #expect(!spec.encode().contains("line\nbreak"))
@@ -349,29 +368,33 @@ final class FakeTree {
         #expect(try CgroupsReady.decode(ready.encode()) == ready)
         #expect(try CgroupsReady.decode(CgroupsReady().encode()) == CgroupsReady())
         // EOF alone: the agent could not make the cgroups, and the monitor must not boot.
-        for broken in ["", "device-write=/a%09b\n", "cgroups=ready\ndevice-write=relative%09b\n",
-                       "cgroups=ready\ndevice-write=/no-tab\n", "cgroups=ready\nsurprise=1\n"] {
+        for broken in [
+            "", "device-write=/a%09b\n", "cgroups=ready\ndevice-write=relative%09b\n",
+            "cgroups=ready\ndevice-write=/no-tab\n", "cgroups=ready\nsurprise=1\n",
+        ] {
             #expect(throws: IsolationError.self) { try CgroupsReady.decode(broken) }
         }
     }
 
     // "": what the agent closes the spec pipe on when it gives up before sending one (the
     // monitor must then exit untouched).
-    @Test(arguments: ["", "name=x\n", "garbage\n", "name=a\nname=b\n", "surprise=1\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nring=1\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=%zz\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=cgroup ../etc cpu ro -\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=cgroup . cpu ro -\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=tmpfs x cpu rw -\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nidmap=0 65536\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nbeancounters=relative/dir\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nidmap=4294967000 65536\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nlayer=/t/rootfs\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nlayer=t/rootfs\ndiskmount=/d/disk\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nmonitor=berth-monitor\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nvolume=pool/vps/v\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nvolumedevice=/dev/loop1\n",
-                      "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nvolume=/p/vps/v\nvolumedevice=/etc/passwd\n"])
+    @Test(arguments: [
+        "", "name=x\n", "garbage\n", "name=a\nname=b\n", "surprise=1\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nring=1\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=%zz\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=cgroup ../etc cpu ro -\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=cgroup . cpu ro -\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\ncgroupfs=tmpfs x cpu rw -\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nidmap=0 65536\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nbeancounters=relative/dir\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nidmap=4294967000 65536\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nlayer=/t/rootfs\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nlayer=t/rootfs\ndiskmount=/d/disk\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nmonitor=berth-monitor\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nvolume=pool/vps/v\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nvolumedevice=/dev/loop1\n",
+        "name=v\ndisk=/d\nroot=/r\nrun=/x\nhostname=h\ninit=/sbin/init\nvolume=/p/vps/v\nvolumedevice=/etc/passwd\n",
+    ])
     func rejectsBrokenSpecs(_ text: String) {
         #expect(throws: IsolationError.self) { try SpawnSpec.decode(text) }
     }
@@ -411,8 +434,8 @@ final class FakeTree {
     }
 
     @Test func initExitClassification() {
-        #expect(InitExit(status: 1).isRebootRequest)          // killed by SIGHUP
-        #expect(InitExit(status: 2).reason == "poweroff")      // killed by SIGINT
+        #expect(InitExit(status: 1).isRebootRequest)  // killed by SIGHUP
+        #expect(InitExit(status: 2).reason == "poweroff")  // killed by SIGINT
         #expect(InitExit(status: 3 << 8) == .exited(3))
         #expect(InitExit(status: 3 << 8).shellCode == 3)
         #expect(InitExit(status: 9).shellCode == 137)

@@ -1,8 +1,9 @@
 import Foundation
-import Testing
-@testable import NodeAgent
-import Wire
 import Isolation
+import Testing
+import Wire
+
+@testable import NodeAgent
 
 @Suite struct ValidationTests {
     @Test func hostnames() throws {
@@ -49,7 +50,10 @@ import Isolation
 
     @Test func rejectsUnknownMissingAndMistypedFields() throws {
         try corruption({ $0["surprise"] = 1 }, expect: "unknown field(s) surprise")
-        try corruption({ var l = $0["limits"] as! [String: Any]; l["turbo"] = true; $0["limits"] = l }, expect: "limits.turbo")
+        try corruption(
+            {
+                var l = $0["limits"] as! [String: Any]; l["turbo"] = true; $0["limits"] = l
+            }, expect: "limits.turbo")
         try corruption({ $0["hostname"] = nil }, expect: "missing field hostname")
         try corruption({ $0["onboot"] = "yes" }, expect: "wrong type at onboot")
         try corruption({ $0["schemaVersion"] = 99 }, expect: "schema version 99")
@@ -100,8 +104,10 @@ enum TarBuilder {
 
 @Suite struct TarValidatorTests {
     @Test func acceptsANormalRootfs() throws {
-        let tar = TarBuilder.archive([("./", "5", "", []), ("./bin/busybox", "0", "", [1, 2, 3]), ("./sbin/init", "2", "/bin/busybox", []),
-                                      ("./etc/rel", "2", "../bin/busybox", []), ("./bin/sh", "1", "bin/busybox", [])])
+        let tar = TarBuilder.archive([
+            ("./", "5", "", []), ("./bin/busybox", "0", "", [1, 2, 3]), ("./sbin/init", "2", "/bin/busybox", []),
+            ("./etc/rel", "2", "../bin/busybox", []), ("./bin/sh", "1", "bin/busybox", []),
+        ])
         let entries = try TarValidator.validate(tar)
         #expect(entries.map(\.path) == ["", "bin/busybox", "sbin/init", "etc/rel", "bin/sh"])
     }
@@ -143,7 +149,6 @@ enum TarBuilder {
     }
 }
 
-
 @Suite struct NodeSettingsTests {
     func error(_ json: String) -> String {
         do {
@@ -155,10 +160,12 @@ enum TarBuilder {
     }
 
     @Test func parsesANodeNetwork() throws {
-        let settings = try NodeSettings.parse(Data("""
-            {"network": {"uplink": "eth0", "ranges": ["198.18.0.0/24", "fd00:b17::/64"],
-                         "bridges": [{"name": "br0", "gateway4": "198.18.0.1"}]}}
-            """.utf8))
+        let settings = try NodeSettings.parse(
+            Data(
+                """
+                {"network": {"uplink": "eth0", "ranges": ["198.18.0.0/24", "fd00:b17::/64"],
+                             "bridges": [{"name": "br0", "gateway4": "198.18.0.1"}]}}
+                """.utf8))
         let network = try #require(settings.network)
         #expect(network.uplink == "eth0" && network.ranges.map(\.description) == ["198.18.0.0/24", "fd00:b17::/64"])
         #expect(network.bridge("br0")?.gateway4?.description == "198.18.0.1")
@@ -175,17 +182,23 @@ enum TarBuilder {
         #expect(error(#"{"network": {"ranges": ["198.18.0.0/24"], "uplink": "a/b"}}"#).contains("network.uplink"))
         #expect(error(#"{"network": {"ranges": ["198.18.0.0/24"], "mtu": 9000}}"#).contains("network.mtu: unknown setting"))
         #expect(error(#"{"netwrok": {}}"#).contains("netwrok: unknown setting"))
-        #expect(error(#"{"network": {"ranges": ["198.18.0.0/24"], "bridges": [{"name": "b", "gateway4": "fd00::1"}]}}"#).contains("network.bridges[0].gateway4"))
+        #expect(
+            error(#"{"network": {"ranges": ["198.18.0.0/24"], "bridges": [{"name": "b", "gateway4": "fd00::1"}]}}"#).contains("network.bridges[0].gateway4"))
         #expect(error(#"{"network": {"ranges": ["198.18.0.0/24"], "bridges": [{"name": "b"}, {"name": "b"}]}}"#).contains("listed twice"))
         #expect(error("[1]").contains("not a JSON object"))
     }
 
     @Test func vpsAddressesComeFromTheNodeRanges() throws {
-        let network = try #require(try NodeSettings.parse(Data(#"{"network": {"ranges": ["198.18.0.0/24", "fd00:b17::/64"], "bridges": [{"name": "br0", "gateway4": "198.18.0.1"}]}}"#.utf8)).network)
+        let network = try #require(
+            try NodeSettings.parse(
+                Data(#"{"network": {"ranges": ["198.18.0.0/24", "fd00:b17::/64"], "bridges": [{"name": "br0", "gateway4": "198.18.0.1"}]}}"#.utf8)
+            ).network)
         #expect(try Validation.vpsAddress("198.18.0.10", field: "ip", network: network).description == "198.18.0.10")
         #expect(try Validation.vpsAddress("fd00:b17:0::0a", field: "ip", network: network).description == "fd00:b17::a")
-        for (bad, reason) in [("198.18.1.1", "outside"), ("198.18.0.0", "network or broadcast"), ("198.18.0.255", "network or broadcast"),
-                              ("198.18.0.1", "bridge gateway"), ("010.0.0.1", "leading zero"), ("0.0.0.0", "unspecified"), ("ff02::1", "multicast")] {
+        for (bad, reason) in [
+            ("198.18.1.1", "outside"), ("198.18.0.0", "network or broadcast"), ("198.18.0.255", "network or broadcast"),
+            ("198.18.0.1", "bridge gateway"), ("010.0.0.1", "leading zero"), ("0.0.0.0", "unspecified"), ("ff02::1", "multicast"),
+        ] {
             do {
                 _ = try Validation.vpsAddress(bad, field: "ip", network: network)
                 Issue.record("\(bad) accepted")
@@ -271,8 +284,10 @@ enum TarBuilder {
 
     @Test func capabilitySettingsNameTheFieldAndTheReason() throws {
         #expect(try Validation.capabilities(["NET_ADMIN": "off", "sys_nice": "on"]) == ["cap_net_admin": "off", "cap_sys_nice": "on"])
-        for (input, reason) in [(["nosuch": "on"], "not a Linux capability"), (["net_raw": "yes"], "on or off"),
-                                (["sys_module": "on"], "never granted")] {
+        for (input, reason) in [
+            (["nosuch": "on"], "not a Linux capability"), (["net_raw": "yes"], "on or off"),
+            (["sys_module": "on"], "never granted"),
+        ] {
             do {
                 _ = try Validation.capabilities(input)
                 Issue.record("accepted \(input)")
@@ -303,8 +318,11 @@ enum TarBuilder {
         func install() throws {
             let staging = templates.root + "/.staging"
             try FileManager.default.createDirectory(atPath: staging + "/rootfs", withIntermediateDirectories: true)
-            try templates.install(staging: staging, info: TemplateInfo(name: "t", source: "test", createdAt: Date(timeIntervalSince1970: 0),
-                                                                       stopSignal: 12, sizeBytes: 0))
+            try templates.install(
+                staging: staging,
+                info: TemplateInfo(
+                    name: "t", source: "test", createdAt: Date(timeIntervalSince1970: 0),
+                    stopSignal: 12, sizeBytes: 0))
         }
         try install()
         templates.share("t", with: "web1")
@@ -352,11 +370,11 @@ enum TarBuilder {
     /// deepest one; a pool on a filesystem without a device of its own names none.
     @Test func poolDeviceFromMountinfo() {
         let mountinfo = """
-        22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
-        40 22 0:45 / /var/lib/berth/pool rw,nosuid,nodev shared:20 - btrfs /dev/loop3 rw,space_cache=v2
-        41 22 0:46 / /var/lib/berth/pool-other rw - btrfs /dev/loop4 rw
-        50 22 0:50 / /srv/tmp rw - tmpfs tmpfs rw
-        """
+            22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+            40 22 0:45 / /var/lib/berth/pool rw,nosuid,nodev shared:20 - btrfs /dev/loop3 rw,space_cache=v2
+            41 22 0:46 / /var/lib/berth/pool-other rw - btrfs /dev/loop4 rw
+            50 22 0:50 / /srv/tmp rw - tmpfs tmpfs rw
+            """
         #expect(StoragePool.mountSource(of: "/var/lib/berth/pool", mountinfo: mountinfo) == "/dev/loop3")
         #expect(StoragePool.mountSource(of: "/var/lib/berth/pool/vps/web1", mountinfo: mountinfo) == "/dev/loop3")
         #expect(StoragePool.mountSource(of: "/var/lib/berth/poolx", mountinfo: mountinfo) == "/dev/vda")

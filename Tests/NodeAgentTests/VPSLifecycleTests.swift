@@ -1,5 +1,6 @@
 import BerthCore
 import Testing
+
 @testable import NodeAgent
 
 /// Every move of a VPS's lifecycle, and every refusal with the conflict an operator reads.
@@ -101,8 +102,10 @@ import Testing
 
     /// The table the lifecycle enforces: exactly these moves, nothing else.
     @Test func theStateTable() {
-        let allowed: Set<String> = ["stopped>starting", "failed>starting", "starting>running", "starting>stopped", "running>stopping",
-                                    "stopping>stopped", "stopping>running", "running>stopped", "running>failed", "stopped>running"]
+        let allowed: Set<String> = [
+            "stopped>starting", "failed>starting", "starting>running", "starting>stopped", "running>stopping",
+            "stopping>stopped", "stopping>running", "running>stopped", "running>failed", "stopped>running",
+        ]
         for from in VPSState.allCases {
             for to in VPSState.allCases {
                 #expect(from.canMove(to: to) == allowed.contains("\(from)>\(to)"), "\(from) → \(to)")

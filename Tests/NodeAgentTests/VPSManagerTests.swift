@@ -4,6 +4,7 @@ import Isolation
 import Logging
 import Synchronization
 import Testing
+
 @testable import NodeAgent
 
 /// A cgroup driver that keeps its cgroups in memory and can be told to fail.
@@ -60,9 +61,11 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
         try ConfigStore(dataDir: dir + "/data").save(VPSConfig(name: "web1", template: "busybox", hostname: "web1", limits: limits, stopSignal: SIGUSR2))
         _ = FileManager.default.createFile(atPath: dir + "/data/vps/web1/disk.img", contents: Data(count: 4096))
         let cgroups = FakeCgroups()
-        let manager = VPSManager(paths: AgentPaths(dataDir: dir + "/data", runDir: dir + "/run", spawnBinary: dir + "/missing/berth-spawn",
-                                                   monitorBinary: dir + "/missing/berth-monitor"),
-                                 nodeName: "n1", cgroups: cgroups, logger: Logger(label: "test"), onlineCPUs: 4)
+        let manager = VPSManager(
+            paths: AgentPaths(
+                dataDir: dir + "/data", runDir: dir + "/run", spawnBinary: dir + "/missing/berth-spawn",
+                monitorBinary: dir + "/missing/berth-monitor"),
+            nodeName: "n1", cgroups: cgroups, logger: Logger(label: "test"), onlineCPUs: 4)
         await manager.recover()
         try await body(Node(dir: dir, manager: manager, cgroups: cgroups))
     }

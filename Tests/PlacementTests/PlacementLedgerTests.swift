@@ -2,6 +2,7 @@ import BerthCore
 import Synchronization
 import Testing
 import Wire
+
 @testable import Placement
 
 /// The nodes a test sets, as the controller's store and liveness would give them.
@@ -26,8 +27,9 @@ final class FakeNodes: PlacementNodeSource {
     }
 
     @Test func placementsCountWhatIsAlreadyPlaced() throws {
-        let ledger = PlacementLedger(policy: SchedulerPolicy(), source: FakeNodes([Self.node("a"), Self.node("b")]),
-                                     placed: [Self.vps("old", on: "a", memory: 3)])
+        let ledger = PlacementLedger(
+            policy: SchedulerPolicy(), source: FakeNodes([Self.node("a"), Self.node("b")]),
+            placed: [Self.vps("old", on: "a", memory: 3)])
         let (node, _) = try ledger.place("new", PlacementRequest(memoryBytes: 2 * Self.gib), pinnedTo: nil) { _ in true }
         #expect(node == "b")
         #expect(ledger.vpsCount(on: "a") == 1)
@@ -61,8 +63,9 @@ final class FakeNodes: PlacementNodeSource {
     }
 
     @Test func aPinnedNodeIsCheckedButNotScored() throws {
-        let ledger = PlacementLedger(policy: SchedulerPolicy(), source: FakeNodes([Self.node("a"), Self.node("b", state: .cordoned)]),
-                                     placed: [Self.vps("x", on: "a", memory: 3)])
+        let ledger = PlacementLedger(
+            policy: SchedulerPolicy(), source: FakeNodes([Self.node("a"), Self.node("b", state: .cordoned)]),
+            placed: [Self.vps("x", on: "a", memory: 3)])
         #expect(try ledger.place("web1", PlacementRequest(memoryBytes: Self.gib), pinnedTo: "a") { _ in true }.node == "a")
         let cordoned = #expect(throws: WireError.self) { try ledger.place("web2", PlacementRequest(), pinnedTo: "b") { _ in true } }
         #expect(cordoned?.code == .noCapacity)
@@ -83,8 +86,9 @@ final class FakeNodes: PlacementNodeSource {
 
     @Test func resizesReserveGrowthAndReleaseItOnRefusal() throws {
         let web = Self.vps("web", on: "a", memory: 1)
-        let ledger = PlacementLedger(policy: SchedulerPolicy(), source: FakeNodes([Self.node("a")]),
-                                     placed: [web, Self.vps("other", on: "a", memory: 2)])
+        let ledger = PlacementLedger(
+            policy: SchedulerPolicy(), source: FakeNodes([Self.node("a")]),
+            placed: [web, Self.vps("other", on: "a", memory: 2)])
         let full = #expect(throws: WireError.self) { try ledger.reserveResize(web, to: PlacementRequest(memoryBytes: 2 * Self.gib + 1)) }
         #expect(full?.code == .noCapacity)
         #expect(full?.message == "insufficient memory on a for the new limits of web (4G allocatable, 3G committed)")

@@ -1,15 +1,18 @@
 import Foundation
 import Testing
-@testable import Placement
 import Wire
+
+@testable import Placement
 
 @Suite struct IPPoolMathTests {
     @Test func validatesAndCanonicalisesPools() throws {
         let pool = try IPPoolMath.validatePool(name: "web", cidr: "fd00:b17:0::/64", gateway: "fd00:b17::0001")
         #expect(pool.cidr == "fd00:b17::/64")
         #expect(pool.gateway == "fd00:b17::1")
-        for (cidr, gateway) in [("198.18.0.1/24", ""), ("010.0.0.0/8", ""), ("198.18.0.0/33", ""), ("198.18.0.0/24", "198.18.1.1"),
-                                ("198.18.0.0/31", ""), ("198.18.0.0", ""), ("198.18.0.0/024", ""), ("198.18.0.0/24", "fd00::1")] {
+        for (cidr, gateway) in [
+            ("198.18.0.1/24", ""), ("010.0.0.0/8", ""), ("198.18.0.0/33", ""), ("198.18.0.0/24", "198.18.1.1"),
+            ("198.18.0.0/31", ""), ("198.18.0.0", ""), ("198.18.0.0/024", ""), ("198.18.0.0/24", "fd00::1"),
+        ] {
             #expect(throws: WireError.self) { try IPPoolMath.validatePool(name: "p", cidr: cidr, gateway: gateway) }
         }
         #expect(throws: WireError.self) { try IPPoolMath.validatePool(name: "Bad Name", cidr: "198.18.0.0/24", gateway: "") }
@@ -33,8 +36,10 @@ import Wire
         #expect(settings.policy.cpuOvercommit == 2)
         #expect(settings.heartbeatInterval == .milliseconds(500))
         #expect(settings.downAfter == .milliseconds(2000))
-        for bad in [#"{"stratgy": "spread"}"#, #"{"strategy": "random"}"#, #"{"cpuOvercommit": 0}"#,
-                    #"{"heartbeatIntervalMs": 1000, "downAfterMs": 1500}"#, "[]", "{"] {
+        for bad in [
+            #"{"stratgy": "spread"}"#, #"{"strategy": "random"}"#, #"{"cpuOvercommit": 0}"#,
+            #"{"heartbeatIntervalMs": 1000, "downAfterMs": 1500}"#, "[]", "{",
+        ] {
             #expect(throws: WireError.self) { try ClusterConfigFile.parse(Data(bad.utf8)) }
         }
     }

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import Placement
 
 @Suite struct SchedulerTests {
@@ -18,8 +19,10 @@ import Testing
     }
 
     @Test func filtersByStateCapacityAndConstraints() {
-        let nodes = [node("down", state: .down), node("cord", state: .cordoned), node("full", used: 8),
-                     node("zone-b", labels: ["zone": "b"]), node("ok", labels: ["zone": "a"])]
+        let nodes = [
+            node("down", state: .down), node("cord", state: .cordoned), node("full", used: 8),
+            node("zone-b", labels: ["zone": "b"]), node("ok", labels: ["zone": "a"]),
+        ]
         let request = PlacementRequest(memoryBytes: gib, constraints: ["zone": "a"])
         #expect(Scheduler().place(request, on: nodes) == .node("ok"))
     }
@@ -28,7 +31,7 @@ import Testing
     /// and a cordoned node's VPSs may still grow.
     @Test func resizesCountOnlyWhatGrows() {
         let scheduler = Scheduler()
-        let full = node("n", memory: 8, used: 6, state: .cordoned)   // this VPS holds 2 of the 6
+        let full = node("n", memory: 8, used: 6, state: .cordoned)  // this VPS holds 2 of the 6
         let two = PlacementRequest(memoryBytes: 2 * gib)
         #expect(scheduler.resizeRejection(of: full, from: two, to: PlacementRequest(memoryBytes: 4 * gib)) == nil)
         #expect(scheduler.resizeRejection(of: full, from: two, to: PlacementRequest(memoryBytes: 5 * gib)) == .memory)
@@ -113,7 +116,7 @@ import Testing
         var perNode: [String: Int] = [:]
         for case .node(let name) in placements { perNode[name, default: 0] += 1 }
         #expect(perNode.values.reduce(0, +) == 2000)
-        #expect(perNode.count > 900)          // spread reaches nearly every node
-        #expect(perNode.values.max()! <= 4)   // and never piles up on a few
+        #expect(perNode.count > 900)  // spread reaches nearly every node
+        #expect(perNode.values.max()! <= 4)  // and never piles up on a few
     }
 }

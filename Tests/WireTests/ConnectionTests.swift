@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import Testing
+
 @testable import Wire
 
 /// A service that echoes: status calls return the requested name, exec streams stdin back.
@@ -69,8 +70,9 @@ final class RefusingPeer: ChannelInboundHandler, @unchecked Sendable {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("s.sock").path
-        let server = try await UnixWireServer.bind(path: path, service: service, group: MultiThreadedEventLoopGroup.singleton,
-                                                   allowedUIDs: [getuid()])
+        let server = try await UnixWireServer.bind(
+            path: path, service: service, group: MultiThreadedEventLoopGroup.singleton,
+            allowedUIDs: [getuid()])
         var mode = stat()
         stat(path, &mode)
         #expect(mode.st_mode & 0o777 == 0o600)

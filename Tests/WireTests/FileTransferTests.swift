@@ -2,8 +2,9 @@ import Foundation
 import NIOCore
 import NIOPosix
 import Testing
-@testable import Wire
 import WireTLS
+
+@testable import Wire
 
 /// Receives template uploads into a directory, as the agent does, and answers ok.
 struct UploadService: WireService {
@@ -11,8 +12,9 @@ struct UploadService: WireService {
 
     func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
         guard case .templateUpload(let r) = request.call else { throw WireError(.invalidArgument, "unsupported") }
-        try await FileTransfer.receive(into: directory + "/" + r.name, size: r.size, sha256: r.sha256,
-                                       from: stream.input, field: "tarball")
+        try await FileTransfer.receive(
+            into: directory + "/" + r.name, size: r.size, sha256: r.sha256,
+            from: stream.input, field: "tarball")
         var response = Berth_V1_Response()
         response.ok = Berth_V1_Empty()
         return response
@@ -27,8 +29,9 @@ struct UploadService: WireService {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let source = dir + "/source.tar"
         try Data(bytes).write(to: URL(fileURLWithPath: source))
-        let server = try await UnixWireServer.bind(path: dir + "/s.sock", service: UploadService(directory: dir + "/in"),
-                                                   group: MultiThreadedEventLoopGroup.singleton, allowedUIDs: [getuid()])
+        let server = try await UnixWireServer.bind(
+            path: dir + "/s.sock", service: UploadService(directory: dir + "/in"),
+            group: MultiThreadedEventLoopGroup.singleton, allowedUIDs: [getuid()])
         let client = try await WireClient.connect(unixPath: dir + "/s.sock", group: MultiThreadedEventLoopGroup.singleton)
         try await body(client, source, dir + "/in")
         await client.close()

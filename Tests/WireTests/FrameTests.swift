@@ -2,6 +2,7 @@ import BerthCore
 import NIOCore
 import NIOEmbedded
 import Testing
+
 @testable import Wire
 
 @Suite struct FrameTests {
@@ -103,12 +104,13 @@ import Testing
         pids.limit = Berth_V1_ResourceCounter.unlimited
         stats.counters = [memory, pids]
         stats.cpuNanoseconds = 1_500_000_000
-        #expect(stats.table == """
-            RESOURCE  HELD  PEAK  LIMIT      FAILCNT
-            memory    5     7     1048576    2
-            pids      0     0     unlimited  0
-            cpu time: 1500 ms
+        #expect(
+            stats.table == """
+                RESOURCE  HELD  PEAK  LIMIT      FAILCNT
+                memory    5     7     1048576    2
+                pids      0     0     unlimited  0
+                cpu time: 1500 ms
 
-            """)
+                """)
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import Testing
+
 @testable import Wire
 @testable import WireTLS
 
@@ -28,11 +29,14 @@ struct WhoAmIService: WireService {
         return path
     }
 
-    func withServer(_ ca: ClusterCA, allowAnonymous: Bool = false,
-                    _ body: (Int, TLSWireServer) async throws -> Void) async throws {
+    func withServer(
+        _ ca: ClusterCA, allowAnonymous: Bool = false,
+        _ body: (Int, TLSWireServer) async throws -> Void
+    ) async throws {
         let bundle = try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1", "localhost"])
-        let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: WhoAmIService(), bundle: bundle,
-                                                  group: MultiThreadedEventLoopGroup.singleton, allowAnonymous: allowAnonymous)
+        let server = try await TLSWireServer.bind(
+            host: "127.0.0.1", port: 0, service: WhoAmIService(), bundle: bundle,
+            group: MultiThreadedEventLoopGroup.singleton, allowAnonymous: allowAnonymous)
         do { try await body(server.port, server) } catch { await server.close(); throw error }
         await server.close()
     }
@@ -143,9 +147,10 @@ struct WhoAmIService: WireService {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let ca = try ClusterCA.create(directory: dir)
         try await withServer(ca) { port, _ in
-            let client = try await WireClient.connect(host: "127.0.0.1", port: port,
-                                                      bundle: try ca.issueBundle(role: .viewer, name: "vera"),
-                                                      group: MultiThreadedEventLoopGroup.singleton)
+            let client = try await WireClient.connect(
+                host: "127.0.0.1", port: port,
+                bundle: try ca.issueBundle(role: .viewer, name: "vera"),
+                group: MultiThreadedEventLoopGroup.singleton)
             #expect(try await Self.whoAmI(client) == "viewer/vera")
             #expect(client.peerIdentity?.role == .controller)
             await client.close()
@@ -167,8 +172,9 @@ struct WhoAmIService: WireService {
             }
             // The server's certificate does not name "localhost6": the client refuses it.
             await #expect(throws: (any Error).self) {
-                _ = try await WireClient.connect(host: "::1", port: port, bundle: try ca.issueBundle(role: .admin, name: "a"),
-                                                 group: MultiThreadedEventLoopGroup.singleton, timeout: .seconds(1))
+                _ = try await WireClient.connect(
+                    host: "::1", port: port, bundle: try ca.issueBundle(role: .admin, name: "a"),
+                    group: MultiThreadedEventLoopGroup.singleton, timeout: .seconds(1))
             }
         }
     }
@@ -178,8 +184,9 @@ struct WhoAmIService: WireService {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let ca = try ClusterCA.create(directory: dir)
         try await withServer(ca, allowAnonymous: true) { port, _ in
-            let client = try await WireClient.connect(host: "127.0.0.1", port: port, bundle: nil, pinnedCA: ca.fingerprint,
-                                                      group: MultiThreadedEventLoopGroup.singleton)
+            let client = try await WireClient.connect(
+                host: "127.0.0.1", port: port, bundle: nil, pinnedCA: ca.fingerprint,
+                group: MultiThreadedEventLoopGroup.singleton)
             var enroll = Berth_V1_Request()
             enroll.enroll.token = "t"
             #expect(try await client.call(enroll).status.name == "anonymous")
@@ -187,8 +194,9 @@ struct WhoAmIService: WireService {
             await client.close()
             // A pinned hash of another CA: the enrolling client refuses the server.
             await #expect(throws: (any Error).self) {
-                _ = try await WireClient.connect(host: "127.0.0.1", port: port, bundle: nil,
-                                                 pinnedCA: String(repeating: "0", count: 64), group: MultiThreadedEventLoopGroup.singleton)
+                _ = try await WireClient.connect(
+                    host: "127.0.0.1", port: port, bundle: nil,
+                    pinnedCA: String(repeating: "0", count: 64), group: MultiThreadedEventLoopGroup.singleton)
             }
         }
     }
@@ -216,9 +224,10 @@ struct WhoAmIService: WireService {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let ca = try ClusterCA.create(directory: dir)
-        let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: WhoAmIService(),
-                                                  bundle: try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"]),
-                                                  group: MultiThreadedEventLoopGroup.singleton, limits: TLSServerLimits(handshake: .milliseconds(300)))
+        let server = try await TLSWireServer.bind(
+            host: "127.0.0.1", port: 0, service: WhoAmIService(),
+            bundle: try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"]),
+            group: MultiThreadedEventLoopGroup.singleton, limits: TLSServerLimits(handshake: .milliseconds(300)))
         defer { Task { await server.close() } }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         #expect(fd >= 0)
@@ -248,9 +257,10 @@ struct WhoAmIService: WireService {
         let dir = try TLSTests.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let ca = try ClusterCA.create(directory: dir)
-        let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: WhoAmIService(),
-                                                  bundle: try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"]),
-                                                  group: MultiThreadedEventLoopGroup.singleton, limits: TLSServerLimits(handshake: .seconds(1)))
+        let server = try await TLSWireServer.bind(
+            host: "127.0.0.1", port: 0, service: WhoAmIService(),
+            bundle: try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"]),
+            group: MultiThreadedEventLoopGroup.singleton, limits: TLSServerLimits(handshake: .seconds(1)))
         defer { Task { await server.close() } }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -264,11 +274,12 @@ struct WhoAmIService: WireService {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
             #expect(connected == 0)
-            _ = send(fd, [0x16], 1, 0)   // one byte of a TLS record, then nothing
+            _ = send(fd, [0x16], 1, 0)  // one byte of a TLS record, then nothing
             silent.append(fd)
         }
-        let client = try await WireClient.connect(host: "127.0.0.1", port: server.port,
-                                                  bundle: try ca.issueBundle(role: .admin, name: "ann"), group: MultiThreadedEventLoopGroup.singleton)
+        let client = try await WireClient.connect(
+            host: "127.0.0.1", port: server.port,
+            bundle: try ca.issueBundle(role: .admin, name: "ann"), group: MultiThreadedEventLoopGroup.singleton)
         for _ in 0..<20 { #expect(try await TLSTests.whoAmI(client) == "admin/ann") }
         await client.close()
         // Every silent peer is closed by the server (EOF), none left to time out here.
@@ -292,8 +303,9 @@ struct WhoAmIService: WireService {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("s.sock").path
-        let server = try await UnixWireServer.bind(path: path, service: EchoService(), group: MultiThreadedEventLoopGroup.singleton,
-                                                   allowedUIDs: [getuid()], maxStreams: 16)
+        let server = try await UnixWireServer.bind(
+            path: path, service: EchoService(), group: MultiThreadedEventLoopGroup.singleton,
+            allowedUIDs: [getuid()], maxStreams: 16)
         defer { Task { await server.close() } }
         let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
         var slow = Berth_V1_Request()
@@ -324,8 +336,9 @@ struct WhoAmIService: WireService {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("s.sock").path
-        let server = try await UnixWireServer.bind(path: path, service: EchoService(), group: MultiThreadedEventLoopGroup.singleton,
-                                                   allowedUIDs: [getuid()], maxStreams: 2)
+        let server = try await UnixWireServer.bind(
+            path: path, service: EchoService(), group: MultiThreadedEventLoopGroup.singleton,
+            allowedUIDs: [getuid()], maxStreams: 2)
         defer { Task { await server.close() } }
         let client = try await WireClient.connect(unixPath: path, group: MultiThreadedEventLoopGroup.singleton)
         var slow = Berth_V1_Request()

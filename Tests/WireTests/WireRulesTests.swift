@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import Testing
+
 @testable import Wire
 @testable import WireTLS
 
@@ -21,20 +22,22 @@ struct RawPeer {
     let channel: NIOAsyncChannel<Frame, Frame>
 
     static func unix(_ path: String) async throws -> RawPeer {
-        RawPeer(channel: try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(unixDomainSocketPath: path) { channel in
-            channel.eventLoop.makeCompletedFuture { try framing(channel) }
-        })
+        RawPeer(
+            channel: try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(unixDomainSocketPath: path) { channel in
+                channel.eventLoop.makeCompletedFuture { try framing(channel) }
+            })
     }
 
     /// Over TLS with `bundle`'s certificate, offering `alpn` (empty: no ALPN extension at all).
     static func tls(port: Int, bundle: CredentialBundle, alpn: [String]) async throws -> RawPeer {
         let context = try BerthTLS.clientContext(bundle: bundle, applicationProtocols: alpn)
-        return RawPeer(channel: try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port) { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: nil))
-                return try framing(channel)
-            }
-        })
+        return RawPeer(
+            channel: try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: nil))
+                    return try framing(channel)
+                }
+            })
     }
 
     private static func framing(_ channel: Channel) throws -> NIOAsyncChannel<Frame, Frame> {
@@ -77,9 +80,11 @@ struct RawPeer {
 
     /// Sends `frames` and returns the frames that answer them, up to and including the one
     /// `until` accepts; the connection stays open for the next exchange.
-    func send(_ frames: [Frame], until: (Frame) -> Bool,
-              _ inbound: inout NIOAsyncChannelInboundStream<Frame>.AsyncIterator,
-              _ outbound: NIOAsyncChannelOutboundWriter<Frame>) async throws -> [Frame] {
+    func send(
+        _ frames: [Frame], until: (Frame) -> Bool,
+        _ inbound: inout NIOAsyncChannelInboundStream<Frame>.AsyncIterator,
+        _ outbound: NIOAsyncChannelOutboundWriter<Frame>
+    ) async throws -> [Frame] {
         for frame in frames { try await outbound.write(frame) }
         var received: [Frame] = []
         while let frame = try await inbound.next() {
@@ -105,14 +110,17 @@ extension Frame {
 /// Each rule of Docs/wire.md's "Rules for clients": what breaking it costs, the stream or the
 /// connection, and with which code.
 @Suite(.serialized) struct WireRulesTests {
-    func withServer(_ service: WireService = EchoService(), helloTimeout: TimeAmount = wireHelloTimeout,
-                    _ body: (String) async throws -> Void) async throws {
+    func withServer(
+        _ service: WireService = EchoService(), helloTimeout: TimeAmount = wireHelloTimeout,
+        _ body: (String) async throws -> Void
+    ) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-rules-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("s.sock").path
-        let server = try await UnixWireServer.bind(path: path, service: service, group: MultiThreadedEventLoopGroup.singleton,
-                                                   allowedUIDs: [getuid()], helloTimeout: helloTimeout)
+        let server = try await UnixWireServer.bind(
+            path: path, service: service, group: MultiThreadedEventLoopGroup.singleton,
+            allowedUIDs: [getuid()], helloTimeout: helloTimeout)
         do { try await body(path) } catch { await server.close(); throw error }
         await server.close()
     }
@@ -149,8 +157,9 @@ extension Frame {
             let peer = try await RawPeer.unix(path)
             let frames = try await peer.channel.executeThenClose { inbound, outbound in
                 var inbound = inbound.makeAsyncIterator()
-                let answered = try await peer.send([RawPeer.hello, RawPeer.status("flagged", stream: 1, flags: 0xff)],
-                                                   until: { $0.type == .response }, &inbound, outbound)
+                let answered = try await peer.send(
+                    [RawPeer.hello, RawPeer.status("flagged", stream: 1, flags: 0xff)],
+                    until: { $0.type == .response }, &inbound, outbound)
                 #expect(answered.last?.type == .response && answered.last?.stream == 1)
                 // Below the frame codec: the raw bytes of a frame of type 12.
                 try await peer.writeRaw(unknown)
@@ -183,8 +192,9 @@ extension Frame {
             try await peer.channel.executeThenClose { inbound, outbound in
                 var inbound = inbound.makeAsyncIterator()
                 _ = try await peer.send([RawPeer.hello], until: { $0.type == .hello }, &inbound, outbound)
-                let garbled = try await peer.send([Frame(type: .request, stream: 1, payload: ByteBuffer(bytes: [0xff, 0xff]))],
-                                                  until: { $0.type == .error }, &inbound, outbound)
+                let garbled = try await peer.send(
+                    [Frame(type: .request, stream: 1, payload: ByteBuffer(bytes: [0xff, 0xff]))],
+                    until: { $0.type == .error }, &inbound, outbound)
                 #expect(garbled.last?.stream == 1 && garbled.last?.errorReply?.code == "wire.malformed-frame")
                 let empty = try await peer.send([Frame(type: .request, stream: 3)], until: { $0.type == .error }, &inbound, outbound)
                 #expect(empty.last?.stream == 3 && empty.last?.errorReply?.code == "invalid-argument")
@@ -212,8 +222,9 @@ extension Frame {
                 var inbound = inbound.makeAsyncIterator()
                 _ = try await peer.send([RawPeer.hello], until: { $0.type == .hello }, &inbound, outbound)
                 for stream: UInt32 in [0, 7] {
-                    let answer = try await peer.send([Frame(type: .ping, stream: stream, payload: ByteBuffer(bytes: [1, 2, 3]))],
-                                                     until: { $0.type == .pong }, &inbound, outbound)
+                    let answer = try await peer.send(
+                        [Frame(type: .ping, stream: stream, payload: ByteBuffer(bytes: [1, 2, 3]))],
+                        until: { $0.type == .pong }, &inbound, outbound)
                     #expect(answer.last?.stream == stream)
                     #expect(answer.last.map { Array($0.payload.readableBytesView) } == [1, 2, 3])
                 }
@@ -230,8 +241,9 @@ extension Frame {
                 var inbound = inbound.makeAsyncIterator()
                 _ = try await peer.send([RawPeer.hello], until: { $0.type == .hello }, &inbound, outbound)
                 let data = Frame(type: .data, stream: 1, payload: ByteBuffer(bytes: [0] + Array(repeating: 7, count: 1000)))
-                let answered = try await peer.send([RawPeer.status("web1", stream: 1), data, Frame(type: .end, stream: 1, payload: ByteBuffer(bytes: [0]))],
-                                                   until: { $0.type == .response }, &inbound, outbound)
+                let answered = try await peer.send(
+                    [RawPeer.status("web1", stream: 1), data, Frame(type: .end, stream: 1, payload: ByteBuffer(bytes: [0]))],
+                    until: { $0.type == .response }, &inbound, outbound)
                 #expect(answered.last?.stream == 1)
                 var stray = data
                 stray.stream = 9
@@ -280,15 +292,18 @@ extension Frame {
 
 /// The TLS side of the rules: ALPN, the connection cap, revocation and idle closes say why.
 @Suite(.serialized) struct TLSRulesTests {
-    func withServer(registry: PeerRegistry = PeerRegistry(), limits: TLSServerLimits = TLSServerLimits(),
-                    _ body: (Int, TLSWireServer, ClusterCA) async throws -> Void) async throws {
+    func withServer(
+        registry: PeerRegistry = PeerRegistry(), limits: TLSServerLimits = TLSServerLimits(),
+        _ body: (Int, TLSWireServer, ClusterCA) async throws -> Void
+    ) async throws {
         let dir = try TLSTests.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let ca = try ClusterCA.create(directory: dir)
-        let server = try await TLSWireServer.bind(host: "127.0.0.1", port: 0, service: WhoAmIService(),
-                                                  bundle: try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"]),
-                                                  group: MultiThreadedEventLoopGroup.singleton, registry: registry,
-                                                  allowAnonymous: true, limits: limits)
+        let server = try await TLSWireServer.bind(
+            host: "127.0.0.1", port: 0, service: WhoAmIService(),
+            bundle: try ca.issueBundle(role: .controller, name: "controller", hosts: ["127.0.0.1"]),
+            group: MultiThreadedEventLoopGroup.singleton, registry: registry,
+            allowAnonymous: true, limits: limits)
         do { try await body(server.port, server, ca) } catch { await server.close(); throw error }
         await server.close()
     }

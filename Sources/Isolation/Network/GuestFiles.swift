@@ -1,6 +1,7 @@
 import CIsolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Writes /etc/hostname, /etc/hosts, /etc/machine-id and /etc/resolv.conf into a VPS root. The root belongs to
@@ -14,7 +15,7 @@ public enum GuestFiles {
     public static func write(_ spec: GuestSpec, rootFD: Int32) throws(IsolationError) {
         let etc = berth_open_in_root(rootFD, "/etc", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)
         if etc < 0 {
-            if errno == ENOENT { return } // a root without /etc has nothing to configure
+            if errno == ENOENT { return }  // a root without /etc has nothing to configure
             throw IsolationError.sys("open /etc in the VPS")
         }
         defer { close(etc) }

@@ -1,4 +1,5 @@
 import BerthCore
+
 /// What a VPS is on the network and what the host writes into it: host name, interface,
 /// addresses, resolver. The agent writes it to `RUN/NAME/guest`; the monitor reads it at every
 /// boot (a reboot inside picks up addresses added live) and at teardown.
@@ -16,8 +17,10 @@ public struct GuestSpec: Equatable, Sendable {
         /// The node's LAN interface that answers ARP/NDP for routed VPS addresses.
         public var uplink: String?
 
-        public init(bridge: String?, hostInterface: String, mac: [UInt8], addresses: [CIDR],
-                    gateway4: IPAddress? = nil, gateway6: IPAddress? = nil, uplink: String? = nil) {
+        public init(
+            bridge: String?, hostInterface: String, mac: [UInt8], addresses: [CIDR],
+            gateway4: IPAddress? = nil, gateway6: IPAddress? = nil, uplink: String? = nil
+        ) {
             self.bridge = bridge
             self.hostInterface = hostInterface
             self.mac = mac
@@ -103,8 +106,9 @@ public struct GuestSpec: Equatable, Sendable {
         guard !hostname.isEmpty else { throw IsolationError(.invalidSpec, "guest spec lacks hostname") }
         var spec = GuestSpec(hostname: hostname, nameservers: nameservers, searchDomains: search)
         if let hostInterface, let mac {
-            spec.link = Link(bridge: bridge, hostInterface: hostInterface, mac: mac, addresses: addresses,
-                             gateway4: gateway4, gateway6: gateway6, uplink: uplink)
+            spec.link = Link(
+                bridge: bridge, hostInterface: hostInterface, mac: mac, addresses: addresses,
+                gateway4: gateway4, gateway6: gateway6, uplink: uplink)
         } else if hostInterface != nil || mac != nil || !addresses.isEmpty {
             throw IsolationError(.invalidSpec, "guest spec has a partial interface (host-interface and mac go together)")
         }

@@ -1,4 +1,5 @@
 import BerthCore
+
 /// Host-side anti-spoofing with nftables. The rules are fixed and installed once per agent start
 /// (`nft -f`, see `ruleset`); they drop everything arriving from a VPS interface (`bv-*`) unless
 /// the (interface, source) pair is in a set. Starting a VPS only adds set elements, over
@@ -47,7 +48,7 @@ public enum NFTables {
         return bytes + [UInt8](repeating: 0, count: 16 - bytes.count)
     }
 
-    static let subsystem: UInt16 = 10 // NFNL_SUBSYS_NFTABLES
+    static let subsystem: UInt16 = 10  // NFNL_SUBSYS_NFTABLES
     static let batchBegin: UInt16 = 0x10, batchEnd: UInt16 = 0x11
     static let newSetElement: UInt16 = 12, deleteSetElement: UInt16 = 14
 
@@ -79,9 +80,11 @@ public enum NFTables {
                     }
                 }
             }
-            messages.append(NetlinkMessage(type: subsystem << 8 | (add ? newSetElement : deleteSetElement),
-                                           flags: Netlink.request | Netlink.ack | (add ? Netlink.create : 0),
-                                           body: generalHeader(family: family.rawValue, resourceID: 0) + attributes.bytes))
+            messages.append(
+                NetlinkMessage(
+                    type: subsystem << 8 | (add ? newSetElement : deleteSetElement),
+                    flags: Netlink.request | Netlink.ack | (add ? Netlink.create : 0),
+                    body: generalHeader(family: family.rawValue, resourceID: 0) + attributes.bytes))
         }
         messages.append(NetlinkMessage(type: batchEnd, flags: Netlink.request, body: generalHeader(family: 0, resourceID: subsystem)))
         return messages
@@ -105,63 +108,63 @@ public enum NFTables {
         }
         let vps = "\"\(interfacePrefix)*\""
         return """
-        table inet \(table)
-        delete table inet \(table)
-        table inet \(table) {
-        \(sets(.inet, v6: true))  counter spoofed {}
-          counter to_node {}
-          chain prerouting {
-            type filter hook prerouting priority raw; policy accept;
-            iifname != \(vps) accept
-            iifname . ether saddr . ip saddr @src4 accept
-            icmpv6 type { nd-router-advert, nd-redirect } counter name spoofed drop
-            iifname . ether saddr . ip6 saddr @src6 accept
-            counter name spoofed drop
-          }
-          chain input {
-            type filter hook input priority filter; policy accept;
-            iifname != \(vps) accept
-            # Stateless on purpose: a ct rule would put every forwarded VPS packet through
-            # conntrack. New TCP connections and all UDP to the node are refused; segments of
-            # connections the node opened, ICMP errors, echo and neighbour discovery pass.
-            icmp type { echo-request, echo-reply, destination-unreachable, time-exceeded } accept
-            icmpv6 type { echo-request, echo-reply, destination-unreachable, packet-too-big, time-exceeded, nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept
-            tcp flags & (syn | ack) != syn accept
-            counter name to_node drop
-          }
-          chain output {
-            type filter hook output priority filter; policy accept;
-            # A VPS link is point to point: the node's multicast listener reports would only be
-            # chatter a VPS could capture.
-            oifname \(vps) icmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report } drop
-          }
-        }
-        table arp \(table)
-        delete table arp \(table)
-        table arp \(table) {
-        \(sets(.arp, v6: false))  counter spoofed {}
-          chain input {
-            type filter hook input priority filter; policy accept;
-            iifname != \(vps) accept
-            iifname . arp saddr ether . arp saddr ip @src4 accept
-            counter name spoofed drop
-          }
-        }
-        table bridge \(table)
-        delete table bridge \(table)
-        table bridge \(table) {
-        \(sets(.bridge, v6: true))  counter spoofed {}
-          chain prerouting {
-            type filter hook prerouting priority filter; policy accept;
-            iifname != \(vps) accept
-            ether type ip iifname . ether saddr . ip saddr @src4 accept
-            ether type arp iifname . ether saddr . arp saddr ip @src4 iifname . arp saddr ether . arp saddr ip @src4 accept
-            icmpv6 type { nd-router-advert, nd-redirect } counter name spoofed drop
-            ether type ip6 iifname . ether saddr . ip6 saddr @src6 accept
-            counter name spoofed drop
-          }
-        }
+            table inet \(table)
+            delete table inet \(table)
+            table inet \(table) {
+            \(sets(.inet, v6: true))  counter spoofed {}
+              counter to_node {}
+              chain prerouting {
+                type filter hook prerouting priority raw; policy accept;
+                iifname != \(vps) accept
+                iifname . ether saddr . ip saddr @src4 accept
+                icmpv6 type { nd-router-advert, nd-redirect } counter name spoofed drop
+                iifname . ether saddr . ip6 saddr @src6 accept
+                counter name spoofed drop
+              }
+              chain input {
+                type filter hook input priority filter; policy accept;
+                iifname != \(vps) accept
+                # Stateless on purpose: a ct rule would put every forwarded VPS packet through
+                # conntrack. New TCP connections and all UDP to the node are refused; segments of
+                # connections the node opened, ICMP errors, echo and neighbour discovery pass.
+                icmp type { echo-request, echo-reply, destination-unreachable, time-exceeded } accept
+                icmpv6 type { echo-request, echo-reply, destination-unreachable, packet-too-big, time-exceeded, nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept
+                tcp flags & (syn | ack) != syn accept
+                counter name to_node drop
+              }
+              chain output {
+                type filter hook output priority filter; policy accept;
+                # A VPS link is point to point: the node's multicast listener reports would only be
+                # chatter a VPS could capture.
+                oifname \(vps) icmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report } drop
+              }
+            }
+            table arp \(table)
+            delete table arp \(table)
+            table arp \(table) {
+            \(sets(.arp, v6: false))  counter spoofed {}
+              chain input {
+                type filter hook input priority filter; policy accept;
+                iifname != \(vps) accept
+                iifname . arp saddr ether . arp saddr ip @src4 accept
+                counter name spoofed drop
+              }
+            }
+            table bridge \(table)
+            delete table bridge \(table)
+            table bridge \(table) {
+            \(sets(.bridge, v6: true))  counter spoofed {}
+              chain prerouting {
+                type filter hook prerouting priority filter; policy accept;
+                iifname != \(vps) accept
+                ether type ip iifname . ether saddr . ip saddr @src4 accept
+                ether type arp iifname . ether saddr . arp saddr ip @src4 iifname . arp saddr ether . arp saddr ip @src4 accept
+                icmpv6 type { nd-router-advert, nd-redirect } counter name spoofed drop
+                ether type ip6 iifname . ether saddr . ip6 saddr @src6 accept
+                counter name spoofed drop
+              }
+            }
 
-        """
+            """
     }
 }

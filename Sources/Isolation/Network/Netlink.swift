@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One netlink request: the message type and flags, and its body (the family header followed by
@@ -95,7 +95,9 @@ public final class NetlinkSocket {
     }
 
     public static func route() throws(IsolationError) -> NetlinkSocket { try NetlinkSocket(protocol: Netlink.routeProtocol, stage: "open an rtnetlink socket") }
-    public static func netfilter() throws(IsolationError) -> NetlinkSocket { try NetlinkSocket(protocol: Netlink.netfilterProtocol, stage: "open an nfnetlink socket") }
+    public static func netfilter() throws(IsolationError) -> NetlinkSocket {
+        try NetlinkSocket(protocol: Netlink.netfilterProtocol, stage: "open an nfnetlink socket")
+    }
 
     deinit { close(fd) }
 

@@ -1,7 +1,8 @@
 import BerthCore
 import CIsolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Wires a VPS's network namespace to the node: one veth pair, host-side routes, permanent
@@ -33,21 +34,31 @@ public enum NetworkSetup {
             var master: Int32?
             if let bridge = link.bridge {
                 let index = interfaceIndex(bridge)
-                guard index != 0 else { throw IsolationError(.notFound, "bridge \(bridge) does not exist on this node", stage: "find bridge \(bridge)", errno: ENODEV) }
+                guard index != 0 else {
+                    throw IsolationError(.notFound, "bridge \(bridge) does not exist on this node", stage: "find bridge \(bridge)", errno: ENODEV)
+                }
                 master = index
             }
-            try host.perform([RouteMessages.createVeth(host: link.hostInterface, hostMAC: link.hostMAC, peer: "eth0",
-                                                       peerMAC: link.mac, peerNetnsFD: vpsNetns, master: master)],
-                             stage: "create veth \(link.hostInterface)")
+            try host.perform(
+                [
+                    RouteMessages.createVeth(
+                        host: link.hostInterface, hostMAC: link.hostMAC, peer: "eth0",
+                        peerMAC: link.mac, peerNetnsFD: vpsNetns, master: master)
+                ],
+                stage: "create veth \(link.hostInterface)")
             let hostIndex = interfaceIndex(link.hostInterface)
-            guard hostIndex != 0 else { throw IsolationError(.notFound, "\(link.hostInterface) vanished after creation", stage: "find \(link.hostInterface)", errno: ENODEV) }
+            guard hostIndex != 0 else {
+                throw IsolationError(.notFound, "\(link.hostInterface) vanished after creation", stage: "find \(link.hostInterface)", errno: ENODEV)
+            }
             try? FileIO.write("/proc/sys/net/ipv6/conf/\(link.hostInterface)/accept_ra", "0")
             // The host end goes up before its routes can exist; the filter is already in place
             // and no packet passes before the VPS end is up too (veth carrier).
             var hostSide = [RouteMessages.disableAddressGeneration(index: hostIndex)]
             if link.bridge == nil {
-                hostSide += [RouteMessages.address(true, index: hostIndex, address: GuestSpec.Link.routedGateway4, prefixLength: 32),
-                             RouteMessages.address(true, index: hostIndex, address: GuestSpec.Link.routedGateway6, prefixLength: 64)]
+                hostSide += [
+                    RouteMessages.address(true, index: hostIndex, address: GuestSpec.Link.routedGateway4, prefixLength: 32),
+                    RouteMessages.address(true, index: hostIndex, address: GuestSpec.Link.routedGateway6, prefixLength: 64),
+                ]
             }
             hostSide.append(RouteMessages.setUp(index: hostIndex))
             if link.bridge == nil {
@@ -60,12 +71,16 @@ public enum NetworkSetup {
                 let inside = try NetlinkSocket.route()
                 let eth0 = interfaceIndex("eth0")
                 guard eth0 != 0 else { throw IsolationError(.notFound, "eth0 missing in the VPS", stage: "find eth0", errno: ENODEV) }
-                var messages = [RouteMessages.setUp(index: 1), RouteMessages.disableAddressGeneration(index: eth0),
-                                RouteMessages.address(true, index: eth0, address: link.vpsLinkLocal, prefixLength: 64)]
+                var messages = [
+                    RouteMessages.setUp(index: 1), RouteMessages.disableAddressGeneration(index: eth0),
+                    RouteMessages.address(true, index: eth0, address: link.vpsLinkLocal, prefixLength: 64),
+                ]
                 messages += link.addresses.map { RouteMessages.address(true, index: eth0, address: $0.address, prefixLength: $0.prefixLength) }
                 if link.bridge == nil {
-                    messages += [RouteMessages.neighbour(true, index: eth0, address: GuestSpec.Link.routedGateway4, mac: link.hostMAC),
-                                 RouteMessages.neighbour(true, index: eth0, address: GuestSpec.Link.routedGateway6, mac: link.hostMAC)]
+                    messages += [
+                        RouteMessages.neighbour(true, index: eth0, address: GuestSpec.Link.routedGateway4, mac: link.hostMAC),
+                        RouteMessages.neighbour(true, index: eth0, address: GuestSpec.Link.routedGateway6, mac: link.hostMAC),
+                    ]
                 }
                 messages.append(RouteMessages.setUp(index: eth0))
                 messages += defaultRoutes(link, index: eth0)
@@ -109,7 +124,9 @@ public enum NetworkSetup {
         if added.isEmpty && removed.isEmpty { return }
         let host = try NetlinkSocket.route()
         let hostIndex = interfaceIndex(new.hostInterface)
-        guard hostIndex != 0 else { throw IsolationError(.notFound, "\(new.hostInterface) does not exist: is the VPS running?", stage: "find \(new.hostInterface)", errno: ENODEV) }
+        guard hostIndex != 0 else {
+            throw IsolationError(.notFound, "\(new.hostInterface) does not exist: is the VPS running?", stage: "find \(new.hostInterface)", errno: ENODEV)
+        }
 
         if !added.isEmpty {
             try netfilter(true, NFTables.elements(interface: new.hostInterface, mac: new.mac, addresses: added.map(\.address), bridged: new.bridge != nil))
@@ -121,17 +138,21 @@ public enum NetworkSetup {
             let eth0 = interfaceIndex("eth0")
             guard eth0 != 0 else { throw IsolationError(.notFound, "eth0 missing in the VPS", stage: "find eth0", errno: ENODEV) }
             if !removed.isEmpty {
-                try inside.perform(removed.map { RouteMessages.address(false, index: eth0, address: $0.address, prefixLength: $0.prefixLength) },
-                                   stage: "remove addresses in the VPS", ignoring: [EADDRNOTAVAIL])
+                try inside.perform(
+                    removed.map { RouteMessages.address(false, index: eth0, address: $0.address, prefixLength: $0.prefixLength) },
+                    stage: "remove addresses in the VPS", ignoring: [EADDRNOTAVAIL])
             }
             if !added.isEmpty {
-                try inside.perform(added.map { RouteMessages.address(true, index: eth0, address: $0.address, prefixLength: $0.prefixLength) } + defaultRoutes(new, index: eth0),
-                                   stage: "add addresses in the VPS")
+                try inside.perform(
+                    added.map { RouteMessages.address(true, index: eth0, address: $0.address, prefixLength: $0.prefixLength) }
+                        + defaultRoutes(new, index: eth0),
+                    stage: "add addresses in the VPS")
             }
         }
         if !removed.isEmpty {
             if new.bridge == nil {
-                try host.perform(hostRoutes(false, old, removed.map(\.address), index: hostIndex), stage: "unroute removed addresses", ignoring: [ESRCH, ENOENT])
+                try host.perform(
+                    hostRoutes(false, old, removed.map(\.address), index: hostIndex), stage: "unroute removed addresses", ignoring: [ESRCH, ENOENT])
             }
             try proxy(false, old, removed.map(\.address), socket: host)
             let elements = NFTables.elements(interface: old.hostInterface, mac: old.mac, addresses: removed.map(\.address), bridged: old.bridge != nil)
@@ -148,11 +169,14 @@ public enum NetworkSetup {
     static func netfilter(_ add: Bool, _ elements: [NFTables.Element], ignoring: Set<Int32> = []) throws(IsolationError) {
         let socket = try NetlinkSocket.netfilter()
         do {
-            try socket.perform(NFTables.batch(add, elements), stage: add ? "allow VPS sources in nftables" : "remove VPS sources from nftables", ignoring: ignoring)
+            try socket.perform(
+                NFTables.batch(add, elements), stage: add ? "allow VPS sources in nftables" : "remove VPS sources from nftables", ignoring: ignoring)
         } catch {
             if add && error.errno == ENOENT {
-                throw IsolationError(.notFound, "the node's anti-spoofing tables (nft inet/arp/bridge \"\(NFTables.table)\") are missing; the agent installs them at start when networking is configured",
-                                     stage: error.stage, errno: ENOENT)
+                throw IsolationError(
+                    .notFound,
+                    "the node's anti-spoofing tables (nft inet/arp/bridge \"\(NFTables.table)\") are missing; the agent installs them at start when networking is configured",
+                    stage: error.stage, errno: ENOENT)
             }
             throw error
         }
@@ -162,8 +186,10 @@ public enum NetworkSetup {
     /// nothing a VPS sends can change how the node reaches any address.
     static func hostRoutes(_ add: Bool, _ link: GuestSpec.Link, _ addresses: [IPAddress], index: Int32) -> [NetlinkMessage] {
         addresses.flatMap { address in
-            [RouteMessages.route(add, destination: CIDR(address: address, prefixLength: address.bitWidth), index: index),
-             RouteMessages.neighbour(add, index: index, address: address, mac: link.mac)]
+            [
+                RouteMessages.route(add, destination: CIDR(address: address, prefixLength: address.bitWidth), index: index),
+                RouteMessages.neighbour(add, index: index, address: address, mac: link.mac),
+            ]
         }
     }
 
@@ -174,9 +200,10 @@ public enum NetworkSetup {
             if !add { return }
             throw IsolationError(.notFound, "uplink \(uplink) does not exist on this node", stage: "find uplink \(uplink)", errno: ENODEV)
         }
-        try socket.perform(addresses.map { RouteMessages.proxyNeighbour(add, index: index, address: $0) },
-                           stage: add ? "answer ARP/NDP for the VPS on \(uplink)" : "stop answering ARP/NDP on \(uplink)",
-                           ignoring: add ? [] : [ENOENT])
+        try socket.perform(
+            addresses.map { RouteMessages.proxyNeighbour(add, index: index, address: $0) },
+            stage: add ? "answer ARP/NDP for the VPS on \(uplink)" : "stop answering ARP/NDP on \(uplink)",
+            ignoring: add ? [] : [ENOENT])
     }
 
     static func defaultRoutes(_ link: GuestSpec.Link, index: Int32) -> [NetlinkMessage] {
@@ -184,12 +211,16 @@ public enum NetworkSetup {
         let hasV4 = link.addresses.contains { $0.address.isV4 }, hasV6 = link.addresses.contains { !$0.address.isV4 }
         let routed = link.bridge == nil
         if hasV4, let gateway = routed ? GuestSpec.Link.routedGateway4 : link.gateway4 {
-            out.append(RouteMessages.route(true, destination: CIDR(address: IPAddress(bytes: [0, 0, 0, 0])!, prefixLength: 0), index: index,
-                                           gateway: gateway, onlink: routed))
+            out.append(
+                RouteMessages.route(
+                    true, destination: CIDR(address: IPAddress(bytes: [0, 0, 0, 0])!, prefixLength: 0), index: index,
+                    gateway: gateway, onlink: routed))
         }
         if hasV6, let gateway = routed ? GuestSpec.Link.routedGateway6 : link.gateway6 {
-            out.append(RouteMessages.route(true, destination: CIDR(address: IPAddress(bytes: [UInt8](repeating: 0, count: 16))!, prefixLength: 0),
-                                           index: index, gateway: gateway, onlink: routed))
+            out.append(
+                RouteMessages.route(
+                    true, destination: CIDR(address: IPAddress(bytes: [UInt8](repeating: 0, count: 16))!, prefixLength: 0),
+                    index: index, gateway: gateway, onlink: routed))
         }
         return out
     }

@@ -1,6 +1,7 @@
 import BerthCore
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// rtnetlink requests (rtnetlink(7)), built byte for byte so they can be tested without root and
@@ -32,8 +33,10 @@ public enum RouteMessages {
     /// A veth pair: `host` stays here, `peer` is created directly in the namespace `peerNetnsFD`
     /// (so no other process ever sees it on the host). `master` enslaves the host end to a bridge.
     /// Both ends are created down.
-    public static func createVeth(host: String, hostMAC: [UInt8], peer: String, peerMAC: [UInt8],
-                                  peerNetnsFD: Int32, master: Int32? = nil, mtu: UInt32? = nil) -> NetlinkMessage {
+    public static func createVeth(
+        host: String, hostMAC: [UInt8], peer: String, peerMAC: [UInt8],
+        peerNetnsFD: Int32, master: Int32? = nil, mtu: UInt32? = nil
+    ) -> NetlinkMessage {
         var attributes = NetlinkAttributes()
         attributes.put(3 /* IFLA_IFNAME */, string: host)
         attributes.put(1 /* IFLA_ADDRESS */, hostMAC)
@@ -93,8 +96,10 @@ public enum RouteMessages {
     /// is a universe-scope route through it (`onlink`: the gateway needs no covering route).
     public static func route(_ add: Bool, destination: CIDR, index: Int32, gateway: IPAddress? = nil, onlink: Bool = false) -> NetlinkMessage {
         let scope: UInt8 = gateway == nil ? 253 /* RT_SCOPE_LINK */ : 0 /* RT_SCOPE_UNIVERSE */
-        var body: [UInt8] = [UInt8(destination.address.family), UInt8(destination.prefixLength), 0, 0,
-                             254 /* RT_TABLE_MAIN */, routeProtocol, scope, 1 /* RTN_UNICAST */]
+        var body: [UInt8] = [
+            UInt8(destination.address.family), UInt8(destination.prefixLength), 0, 0,
+            254 /* RT_TABLE_MAIN */, routeProtocol, scope, 1 /* RTN_UNICAST */,
+        ]
         body.appendLittleEndian(UInt32(onlink ? 4 /* RTNH_F_ONLINK */ : 0))
         var attributes = NetlinkAttributes()
         if destination.prefixLength > 0 { attributes.put(1 /* RTA_DST */, destination.address.bytes) }
@@ -114,9 +119,10 @@ public enum RouteMessages {
         var attributes = NetlinkAttributes()
         attributes.put(1 /* NDA_DST */, address.bytes)
         if add { attributes.put(2 /* NDA_LLADDR */, mac) }
-        return NetlinkMessage(type: add ? newNeighbour : deleteNeighbour,
-                              flags: add ? replaceFlags : changeFlags,
-                              body: body + attributes.bytes)
+        return NetlinkMessage(
+            type: add ? newNeighbour : deleteNeighbour,
+            flags: add ? replaceFlags : changeFlags,
+            body: body + attributes.bytes)
     }
 
     /// A proxy ARP/NDP entry (`ip neigh add proxy ADDR dev UPLINK`): the node answers for a VPS
@@ -128,8 +134,9 @@ public enum RouteMessages {
         body += [0x08 /* NTF_PROXY */, 0]
         var attributes = NetlinkAttributes()
         attributes.put(1, address.bytes)
-        return NetlinkMessage(type: add ? newNeighbour : deleteNeighbour,
-                              flags: add ? replaceFlags : changeFlags,
-                              body: body + attributes.bytes)
+        return NetlinkMessage(
+            type: add ? newNeighbour : deleteNeighbour,
+            flags: add ? replaceFlags : changeFlags,
+            body: body + attributes.bytes)
     }
 }
