@@ -50,6 +50,22 @@ public struct LimitsUpdate: Equatable, Sendable {
     public var ioOperationsPerSecond: UInt32?
 
     public init() {}
+
+    /// Every limit of `limits` as asked for (what a create asks of a fresh VPS).
+    public init(_ limits: Limits) {
+        memoryBytes = limits.memoryBytes
+        swapBytes = limits.swapBytes
+        pids = limits.pids
+        cpuUnits = limits.cpuUnits
+        cpuLimitPercent = limits.cpuLimitPercent
+        cpus = limits.cpus
+        files = limits.files
+        diskBytes = limits.diskBytes
+        diskInodes = limits.diskInodes
+        ioWeight = limits.ioWeight
+        ioBytesPerSecond = limits.ioBytesPerSecond
+        ioOperationsPerSecond = limits.ioOperationsPerSecond
+    }
 }
 
 extension Limits {

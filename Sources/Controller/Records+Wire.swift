@@ -5,29 +5,6 @@ import Wire
 
 // The one place where the controller's records and the wire's messages meet.
 
-extension VPSSpec {
-    /// The record of a create request, with its limits as BerthCore's `Limits` (unchecked: the
-    /// create checks them first, a stored old row is taken as it was).
-    public init(_ request: Berth_V1_CreateRequest) {
-        self.init(name: request.name, template: request.template)
-        hostname = request.hostname
-        ips = request.ips
-        nameservers = request.nameservers
-        searchDomains = request.searchdomains
-        limits = Limits(request.limits)
-        net = request.net
-        onBoot = request.onboot
-        labels = request.labels
-        privileged = request.privileged
-        capabilities = request.capabilities
-        storage = request.storage
-        layout = request.layout
-        pinnedNode = request.node
-        constraints = request.constraints
-        antiAffinity = request.antiAffinity
-    }
-}
-
 extension Berth_V1_ClusterNode {
     /// A node as `node list`/`node show` print it: its record, its liveness and its last report.
     init(_ node: NodeRecord, state: NodeState, liveness: Liveness, vpsCount: Int) {

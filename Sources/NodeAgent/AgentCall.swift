@@ -26,7 +26,7 @@ struct AgentCall: Sendable {
         switch call {
         case .create(let r):
             return answer("create") { s, stream, out in
-                out.status = Berth_V1_VpsStatus(try await s.manager.create(VPSCreation(r)) { stream.progress($0) })
+                out.status = Berth_V1_VpsStatus(try await s.manager.create(VPSSpec(r)) { stream.progress($0) })
             }
         case .start(let r):
             return answer("start") { s, _, out in out.status = Berth_V1_VpsStatus(try await s.manager.start(r.name)) }

@@ -5,24 +5,6 @@ import Wire
 // The agent's wire edge: every conversion between its protobuf messages and the node's own
 // types, in one place. Nothing below AgentService sees a `Berth_V1_*` type.
 
-extension VPSCreation {
-    init(_ wire: Berth_V1_CreateRequest) {
-        self.init(name: wire.name, template: wire.template)
-        hostname = wire.hostname
-        ips = wire.ips
-        nameservers = wire.nameservers
-        searchDomains = wire.searchdomains
-        limits = wire.limits.update
-        net = wire.net
-        onboot = wire.onboot
-        labels = wire.labels
-        privileged = wire.privileged
-        capabilities = wire.capabilities
-        storage = wire.storage
-        layout = wire.layout
-    }
-}
-
 extension VPSChange {
     init(_ wire: Berth_V1_SetRequest) {
         self.init(name: wire.name)

@@ -6,7 +6,7 @@ import Logging
 
 /// Creating a VPS (config, disk, identity) and destroying it.
 extension VPSManager {
-    public func create(_ request: VPSCreation, progress: @Sendable (String) -> Void = { _ in }) async throws -> VPSView {
+    public func create(_ request: VPSSpec, progress: @Sendable (String) -> Void = { _ in }) async throws -> VPSView {
         let name = try Name.validate(request.name)
         guard !request.template.isEmpty else { throw AgentError.invalid("template", "is required") }
         _ = try Name.validate(request.template, field: "template")
@@ -17,7 +17,7 @@ extension VPSManager {
         for (key, value) in request.labels { try Validation.label(key: key, value: value) }
         let nameservers = try request.nameservers.map { try Validation.nameserver($0).description }
         let searchDomains = try Validation.searchDomains(request.searchDomains)
-        let limits = try Limits().merging(request.limits, onlineCPUs: onlineCPUs)
+        let limits = try Limits().merging(LimitsUpdate(request.limits), onlineCPUs: onlineCPUs)
         let storage: VPSConfig.Storage
         switch request.storage {
         case "", "image": storage = .image

@@ -29,7 +29,7 @@ final class Monitor {
     /// berth-monitor and back (handOff, init(resuming:)).
     var specFD: Int32 = -1
     var selfFD: Int32 = -1
-    /// berth-monitor (O_PATH), opened and checked before the VPS boots: -1 when it cannot run.
+    /// berth-monitor, opened (for execveat) and checked before the VPS boots: -1 when it cannot run.
     var monitorFD: Int32 = -1
 
     init(spec: SpawnSpec) throws(IsolationError) {

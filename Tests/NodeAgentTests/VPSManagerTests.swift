@@ -112,7 +112,7 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
             #expect(stop?.message == "VPS web1 is stopped, not running")
             let missing = await #expect(throws: AgentError.self) { try await node.manager.status("web2") }
             #expect(missing?.wireError.code == .notFound)
-            let create = await #expect(throws: AgentError.self) { try await node.manager.create(VPSCreation(name: "web2", template: "nothing")) }
+            let create = await #expect(throws: AgentError.self) { try await node.manager.create(VPSSpec(name: "web2", template: "nothing")) }
             #expect(create?.wireError.code == .notFound)
             #expect(!FileManager.default.fileExists(atPath: node.dir + "/data/vps/web2"))
         }

@@ -1,9 +1,9 @@
-import BerthCore
-import Placement
-
-/// What a VPS was created with, as the controller keeps it (JSON in the `vps.spec` column): the
-/// create request's settings, its addresses once assigned, and how it was placed. The limits are
-/// BerthCore's, so what the VPS commits follows the one rule the agent's `node show` sums too.
+/// What a VPS is created with: the create request's settings, read off the wire once
+/// (Sources/Wire/VPSSpec+Wire.swift). The agent creates from it (and ignores the placement
+/// fields); the controller keeps it as the VPS's record (JSON in the `vps.spec` column), with its
+/// addresses once assigned and how it was placed. The limits are as asked, unchecked: the agent
+/// checks them against its node (`Limits.merging`), and what they commit follows the one rule
+/// the scheduler and `node show` share.
 public struct VPSSpec: Codable, Sendable, Equatable {
     public var name: String
     public var template: String
@@ -15,7 +15,7 @@ public struct VPSSpec: Codable, Sendable, Equatable {
     public var limits = Limits()
     /// "routed" or "bridged:BRIDGE"; "" is the agent's default.
     public var net = ""
-    public var onBoot = false
+    public var onboot = false
     public var labels: [String: String] = [:]
     public var privileged = false
     public var capabilities: [String: String] = [:]
@@ -32,15 +32,5 @@ public struct VPSSpec: Codable, Sendable, Equatable {
     public init(name: String, template: String) {
         self.name = name
         self.template = template
-    }
-
-    /// What the VPS commits to its node, in the scheduler's units.
-    public var cost: PlacementRequest { PlacementRequest(limits.commitment) }
-
-    /// What the scheduler is asked when the VPS is placed.
-    public var placementRequest: PlacementRequest {
-        PlacementRequest(
-            limits.commitment, constraints: constraints,
-            antiAffinityGroup: antiAffinity.isEmpty ? nil : antiAffinity, template: template)
     }
 }
