@@ -100,24 +100,18 @@ public struct AgentService: WireService {
         guard let info = manager.templates.info(r.name) else {
             throw AgentError(.notFound, "template \(r.name) does not exist on node \(manager.nodeName)", field: "template")
         }
-        let out = try Subprocess.makePipe()
-        let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        defer { close(devnull) }
-        let child: (pid: Int32, pidfd: Int32)
+        let out = try PipeEnds()
+        let devnull = FileDescriptor(open("/dev/null", O_RDWR | O_CLOEXEC))
+        let child = try Subprocess.spawn(
+            [
+                "/bin/tar", "-c", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                "-C", manager.templates.rootfs(r.name), ".",
+            ], fds: [devnull.raw, out.write.raw, devnull.raw])
+        out.write.close()
+        _ = fcntl(out.read.raw, 1031 /* F_SETPIPE_SZ */, Int32(Self.streamPipeBytes))
         do {
-            child = try Subprocess.spawn(
-                [
-                    "/bin/tar", "-c", "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                    "-C", manager.templates.rootfs(r.name), ".",
-                ], fds: [devnull, out.write, devnull])
-        } catch {
-            close(out.read); close(out.write)
-            throw error
-        }
-        close(out.write)
-        _ = fcntl(out.read, 1031 /* F_SETPIPE_SZ */, Int32(Self.streamPipeBytes))
-        do {
-            try await relay(pipe: out.read, to: stream, as: .stdout, bulk: true)
+            // NIO takes the read end over and closes it.
+            try await relay(pipe: out.read.release(), to: stream, as: .stdout, bulk: true)
         } catch {
             kill(child.pid, SIGKILL)
             _ = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd)

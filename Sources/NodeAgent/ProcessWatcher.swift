@@ -120,30 +120,25 @@ public enum Subprocess {
         _ argv: [String], input: [UInt8]? = nil, environment: [String]? = nil,
         onLine: (@Sendable (String) -> Void)? = nil
     ) async throws -> ProcessResult {
-        let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        defer { close(devnull) }
-        let out = try makePipe(), err = try makePipe()
-        let inPipe = input == nil ? nil : try makePipe()
-        let child: (pid: Int32, pidfd: Int32)
-        do {
-            child =
-                try environment.map { try spawn(argv, fds: [inPipe?.read ?? devnull, out.write, err.write], environment: $0) }
-                ?? spawn(argv, fds: [inPipe?.read ?? devnull, out.write, err.write])
-        } catch {
-            [out.read, out.write, err.read, err.write, inPipe?.read ?? -1, inPipe?.write ?? -1].filter { $0 >= 0 }.forEach { close($0) }
-            throw error
-        }
-        close(out.write); close(err.write)
-        if let input, let inPipe {
-            close(inPipe.read)
-            let writer = inPipe.write
+        let devnull = FileDescriptor(open("/dev/null", O_RDWR | O_CLOEXEC))
+        let out = try PipeEnds(), err = try PipeEnds()
+        var inPipe = input == nil ? nil : try PipeEnds()
+        let stdin = inPipe?.read.raw ?? devnull.raw
+        let child =
+            try environment.map { try spawn(argv, fds: [stdin, out.write.raw, err.write.raw], environment: $0) }
+            ?? spawn(argv, fds: [stdin, out.write.raw, err.write.raw])
+        out.write.close()
+        err.write.close()
+        if let input, let pipe = inPipe.take() {
+            pipe.read.close()
+            let writer = pipe.write.release()
             Thread.detachNewThread {
                 try? FileIO.writeAll(fd: writer, input, stage: "stdin")
                 close(writer)
             }
         }
         // Drain both pipes on their own threads so a chatty child cannot fill one and block.
-        let (outFD, errFD) = (out.read, err.read)
+        let (outFD, errFD) = (out.read.release(), err.read.release())
         async let stdout = readToEnd(outFD, onLine: onLine)
         async let stderr = readToEnd(errFD, onLine: onLine)
         let status = await ProcessWatcher.shared.waitForExit(pid: child.pid, pidfd: child.pidfd) ?? 0

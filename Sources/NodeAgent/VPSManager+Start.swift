@@ -82,54 +82,44 @@ extension VPSManager {
         //     | make and limit the cgroups              | read(fd 5) blocks
         //     | "cgroups=ready" on fd 5, EOF ---------->| clone init into them, boot
         //     |   [a failure here: EOF alone] --------->|   unmount, report, exit 1
-        var pipes: [(read: Int32, write: Int32)] = []
-        do {
-            for _ in 0..<3 { pipes.append(try Subprocess.makePipe()) }
-        } catch {
-            pipes.forEach {
-                close($0.read); close($0.write)
-            }
-            throw error
-        }
-        let (specPipe, statusPipe, cgroupPipe) = (pipes[0], pipes[1], pipes[2])
-        let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        let log = open(run + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        defer { close(devnull); if log >= 0 { close(log) } }
+        let specPipe = try PipeEnds(), reportPipe = try PipeEnds(), cgroupPipe = try PipeEnds()
+        let devnull = FileDescriptor(open("/dev/null", O_RDWR | O_CLOEXEC))
+        let log = FileDescriptor(open(run + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600))
+        let output = log.isValid ? log.raw : devnull.raw
         let child: (pid: Int32, pidfd: Int32)
         do {
-            child = try Subprocess.spawn(
-                [paths.spawnBinary, "start"],
-                fds: HelperProtocol.StartDescriptor.table(
-                    stdin: devnull, stdout: log >= 0 ? log : devnull, stderr: log >= 0 ? log : devnull,
-                    spec: specPipe.read, report: statusPipe.write, cgroupsReady: cgroupPipe.read),
-                environment: [], newSession: true)
+            child = try Subprocess.spawn([paths.spawnBinary, "start"],
+                                         fds: HelperProtocol.StartDescriptor.table(
+                                            stdin: devnull.raw, stdout: output, stderr: output,
+                                            spec: specPipe.read.raw, report: reportPipe.write.raw, cgroupsReady: cgroupPipe.read.raw),
+                                         environment: [], newSession: true)
         } catch {
-            [specPipe.read, specPipe.write, statusPipe.read, statusPipe.write, cgroupPipe.read, cgroupPipe.write].forEach { close($0) }
             throw AgentError(.kernel, "cannot run \(paths.spawnBinary): \(error)", stage: "spawn")
         }
-        close(specPipe.read)
-        close(statusPipe.write)
-        close(cgroupPipe.read)
+        // berth-spawn holds its ends now; ours go, so that its reads and ours see EOF.
+        specPipe.read.close()
+        reportPipe.write.close()
+        cgroupPipe.read.close()
         let spec: SpawnSpec
         do {
             spec = try spawnSpec(record, runDir: run, pool: pool)
         } catch {
-            await abandonStart(monitor: child, closing: [specPipe.write, statusPipe.read, cgroupPipe.write])
+            await abandonStart(monitor: child, closing: [specPipe.write.release(), reportPipe.read.release(), cgroupPipe.write.release()])
             throw error
         }
-        try? FileIO.writeAll(fd: specPipe.write, Array(spec.encode().utf8), stage: "spec")
-        close(specPipe.write)
+        try? FileIO.writeAll(fd: specPipe.write.raw, Array(spec.encode().utf8), stage: "spec")
+        specPipe.write.close()
         let ready: CgroupsReady
         do {
             ready = try makeCgroups(record)
         } catch {
-            await abandonStart(monitor: child, closing: [cgroupPipe.write, statusPipe.read])
+            await abandonStart(monitor: child, closing: [cgroupPipe.write.release(), reportPipe.read.release()])
             throw error
         }
-        try? FileIO.writeAll(fd: cgroupPipe.write, Array(ready.encode().utf8), stage: "cgroups")
-        close(cgroupPipe.write)
+        try? FileIO.writeAll(fd: cgroupPipe.write.raw, Array(ready.encode().utf8), stage: "cgroups")
+        cgroupPipe.write.close()
         whileBooting()
-        let reply = await Subprocess.readFirstLine(statusPipe.read)
+        let reply = await Subprocess.readFirstLine(reportPipe.read.release())
         if case .started = HelperProtocol.StartReport(line: reply) {
             guard let state = RunState.read(runDir: run) else {
                 throw AgentError(.kernel, "berth-spawn reported success but wrote no state file")

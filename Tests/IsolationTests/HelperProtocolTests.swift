@@ -77,3 +77,32 @@ import Testing
         #expect(defined == swift)
     }
 }
+
+/// An owned descriptor is closed once: when its owner ends, or never when it was handed on.
+@Suite struct FileDescriptorTests {
+    static func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) >= 0 }
+
+    @Test func closesWhenItsOwnerEnds() throws {
+        var numbers: (Int32, Int32) = (-1, -1)
+        do {
+            let ends = try PipeEnds()
+            numbers = (ends.read.raw, ends.write.raw)
+            #expect(Self.isOpen(numbers.0) && Self.isOpen(numbers.1))
+        }
+        #expect(!Self.isOpen(numbers.0) && !Self.isOpen(numbers.1))
+    }
+
+    @Test func closesOnAThrownErrorAndNotWhenReleased() throws {
+        struct Failure: Error {}
+        var seen: Int32 = -1
+        #expect(throws: Failure.self) {
+            let owned = FileDescriptor(open("/dev/null", O_RDONLY | O_CLOEXEC))
+            seen = owned.raw
+            throw Failure()
+        }
+        #expect(seen >= 0 && !Self.isOpen(seen))
+        let handed = FileDescriptor(open("/dev/null", O_RDONLY | O_CLOEXEC)).release()
+        #expect(Self.isOpen(handed))
+        close(handed)
+    }
+}
