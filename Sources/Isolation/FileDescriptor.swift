@@ -1,6 +1,7 @@
 import CIsolation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A file descriptor this code owns: closed exactly once, when its owner is done with it (the end

@@ -88,11 +88,12 @@ extension VPSManager {
         let output = log.isValid ? log.raw : devnull.raw
         let child: (pid: Int32, pidfd: Int32)
         do {
-            child = try Subprocess.spawn([paths.spawnBinary, "start"],
-                                         fds: HelperProtocol.StartDescriptor.table(
-                                            stdin: devnull.raw, stdout: output, stderr: output,
-                                            spec: specPipe.read.raw, report: reportPipe.write.raw, cgroupsReady: cgroupPipe.read.raw),
-                                         environment: [], newSession: true)
+            child = try Subprocess.spawn(
+                [paths.spawnBinary, "start"],
+                fds: HelperProtocol.StartDescriptor.table(
+                    stdin: devnull.raw, stdout: output, stderr: output,
+                    spec: specPipe.read.raw, report: reportPipe.write.raw, cgroupsReady: cgroupPipe.read.raw),
+                environment: [], newSession: true)
         } catch {
             throw AgentError(.kernel, "cannot run \(paths.spawnBinary): \(error)", stage: "spawn")
         }
