@@ -819,7 +819,7 @@ public nonisolated struct Berth_V1_NodeInfo: @unchecked Sendable {
     set {_uniqueStorage()._diskOvercommit = newValue}
   }
 
-  /// sum of --cpu-limit (a VPS without one counts as all CPUs)
+  /// sum of what each VPS commits: --cpu-limit, else 100 per CPU of --cpus, else 0 (Docs/cluster.md)
   public var committedCpuPct: UInt64 {
     get {_storage._committedCpuPct}
     set {_uniqueStorage()._committedCpuPct = newValue}

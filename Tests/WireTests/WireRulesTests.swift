@@ -171,6 +171,18 @@ extension Frame {
         }
     }
 
+    /// The server's HELLO gives the range it speaks itself and the version chosen, on stream 0.
+    @Test func theServersHelloNamesItsOwnRange() async throws {
+        try await withServer { path in
+            let frames = try await RawPeer.unix(path).exchange([RawPeer.hello], readingAtMost: 1)
+            let hello = try #require(frames.first)
+            #expect(hello.type == .hello && hello.stream == 0)
+            let answer = try Berth_V1_Hello(serializedBytes: Array(hello.payload.readableBytesView))
+            #expect(answer.minVersion == wireProtocolVersion && answer.maxVersion == wireProtocolVersion)
+            #expect(answer.chosenVersion == wireProtocolVersion && answer.software == wireSoftware)
+        }
+    }
+
     @Test func helloMustComeFirstOnStreamZeroAndDecode() async throws {
         try await withServer { path in
             let notFirst = try await RawPeer.unix(path).exchange([RawPeer.status("web1", stream: 1)])

@@ -338,6 +338,9 @@ t_bad_input() {
     err=$(expect_fail 2 "$BERTH" ca issue --dir "$WORK/ca" --role root --name x --out "$WORK/x"); expect_contains "$err" "role"
     err=$(expect_fail 4 "$BERTH" ca init --dir "$WORK/ca"); expect_contains "$err" "already holds a CA"
     err=$(expect_fail 2 cl node join-token --ttl 30d); expect_contains "$err" "ttl"
+    # Calls on one node's own files go to its agent (Docs/wire.md, cluster calls).
+    err=$(expect_fail 2 cl template list); expect_contains "$err" "per node"
+    err=$(expect_fail 2 cl template build busybox); expect_contains "$err" "per node"
     # Addresses are unique cluster-wide, also when added later with set --ip-add on another node.
     cl create "$RUN_ID-ua" --template busybox --disk 64M --ip auto >/dev/null
     cl create "$RUN_ID-ub" --template busybox --disk 64M --ip auto >/dev/null
