@@ -1,3 +1,4 @@
+import BerthCore
 import Logging
 import Placement
 import Synchronization
@@ -97,7 +98,8 @@ final class Heartbeats: Sendable {
             throw WireError(.unauthenticated, "heartbeat: node \(identity.name) is not enrolled with this certificate")
         }
         if renewed { try commitRenewal(node: identity.name, serial: identity.serial) }
-        if liveness.heartbeat(node: identity.name, info: request.info, templates: request.templates) {
+        let info = NodeReport(request.info)
+        if liveness.heartbeat(node: identity.name, info: info, templates: request.templates) {
             logger.notice("node up", metadata: ["node": "\(identity.name)"])
             try? store.addEvent(kind: "node.up", subject: identity.name, message: "heartbeat received")
         }
@@ -105,10 +107,10 @@ final class Heartbeats: Sendable {
             cache.withLock { $0.lastMeta[identity.name] = meta }
             if let node = try store.node(identity.name) {
                 let address = request.address.isEmpty ? node.address : request.address
-                if address != node.address || node.labels != request.labels || node.info != request.info {
+                if address != node.address || node.labels != request.labels || node.info != info {
                     try store.updateNodeReport(
                         name: node.name, serial: identity.serial, address: address,
-                        labels: request.labels, info: request.info)
+                        labels: request.labels, info: info)
                 }
             }
         }

@@ -13,7 +13,7 @@ extension Berth_V1_ClusterNode {
         address = node.address
         labels = node.labels
         let report = liveness.report(node.name)
-        info = report?.info ?? node.info
+        info = Berth_V1_NodeInfo(report?.info ?? node.info)
         self.state = state.rawValue
         lastHeartbeatMsAgo = liveness.millisecondsSinceHeartbeat(node.name) ?? 0
         self.vpsCount = UInt32(vpsCount)
@@ -46,5 +46,21 @@ extension Berth_V1_EnrollReply {
         self.init()
         certificatePem = certificate.certificatePEM
         caPem = certificate.caPEM
+    }
+}
+
+// MARK: rows written before the controller kept its own records (read by the store's migrations)
+
+extension VPSSpec {
+    /// A `vps.spec` column before v3: the create request's protobuf (unreadable: an empty one).
+    static func storedCreateRequest(_ data: Data) -> VPSSpec {
+        VPSSpec((try? Berth_V1_CreateRequest(serializedBytes: [UInt8](data))) ?? Berth_V1_CreateRequest())
+    }
+}
+
+extension NodeReport {
+    /// A `node.info` column before v4: the heartbeat's protobuf (unreadable: an empty report).
+    static func storedNodeInfo(_ data: Data) -> NodeReport {
+        NodeReport((try? Berth_V1_NodeInfo(serializedBytes: [UInt8](data))) ?? Berth_V1_NodeInfo())
     }
 }

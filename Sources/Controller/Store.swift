@@ -28,7 +28,7 @@ public protocol ClusterStore: Sendable {
     func updateStatus(_ name: String, _ status: Berth_V1_VpsStatus) throws
     /// A heartbeat's report: address, labels and capacity, for the node holding `serial` only
     /// (cordon state and the certificate are not the heartbeat's to change).
-    func updateNodeReport(name: String, serial: String, address: String, labels: [String: String], info: Berth_V1_NodeInfo) throws
+    func updateNodeReport(name: String, serial: String, address: String, labels: [String: String], info: NodeReport) throws
     /// Writes the statuses an agent reported for the VPSs placed on it; returns how many changed.
     func recordStatuses(node: String, _ statuses: [Berth_V1_VpsStatus]) throws -> Int
     func importVPSes(_ records: [VPSRecord]) throws
@@ -107,13 +107,26 @@ public final class SQLiteStore: ClusterStore {
         migrator.registerMigration("v3 VPS specs as records") { db in
             for row in try Row.fetchAll(db, sql: "SELECT name, spec FROM vps") {
                 let name: String = row["name"]
-                let request = (try? Berth_V1_CreateRequest(serializedBytes: [UInt8](row["spec"] as Data))) ?? Berth_V1_CreateRequest()
-                var spec = VPSSpec(request)
+                var spec = VPSSpec.storedCreateRequest(row["spec"])
                 spec.name = name
                 try db.execute(sql: "UPDATE vps SET spec = ? WHERE name = ?", arguments: [try specData(spec), name])
             }
         }
+        // Node reports were the heartbeat's protobuf; from here on they are NodeReport as JSON.
+        migrator.registerMigration("v4 node reports as records") { db in
+            for row in try Row.fetchAll(db, sql: "SELECT name, info FROM node") {
+                let report = NodeReport.storedNodeInfo(row["info"])
+                try db.execute(sql: "UPDATE node SET info = ? WHERE name = ?", arguments: [try recordData(report), row["name"] as String])
+            }
+        }
         return migrator
+    }
+
+    /// A record as its column holds it: JSON with sorted keys, so equal records are equal bytes.
+    static func recordData<Record: Encodable>(_ record: Record) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return try encoder.encode(record)
     }
 
     // MARK: nodes
@@ -129,7 +142,7 @@ public final class SQLiteStore: ClusterStore {
     static func node(_ row: Row) -> NodeRecord {
         NodeRecord(
             name: row["name"], address: row["address"], labels: labels(row["labels"]),
-            info: (try? Berth_V1_NodeInfo(serializedBytes: [UInt8](row["info"] as Data))) ?? Berth_V1_NodeInfo(),
+            info: (try? JSONDecoder().decode(NodeReport.self, from: row["info"] as Data)) ?? NodeReport(),
             cordoned: row["cordoned"], certificateSerial: row["certificate_serial"])
     }
 
@@ -142,7 +155,7 @@ public final class SQLiteStore: ClusterStore {
     }
 
     public func saveNode(_ node: NodeRecord) throws {
-        let info = Data(try node.info.serializedBytes() as [UInt8])
+        let info = try Self.recordData(node.info)
         try pool.write { db in
             try db.execute(
                 sql: """
@@ -162,11 +175,7 @@ public final class SQLiteStore: ClusterStore {
 
     // MARK: VPSs
 
-    static func specData(_ spec: VPSSpec) throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        return try encoder.encode(spec)
-    }
+    static func specData(_ spec: VPSSpec) throws -> Data { try recordData(spec) }
 
     static func vps(_ row: Row) throws -> VPSRecord {
         let name: String = row["name"]
@@ -288,8 +297,8 @@ public final class SQLiteStore: ClusterStore {
         try pool.write { db in try db.execute(sql: "UPDATE vps SET status = ? WHERE name = ?", arguments: [bytes, name]) }
     }
 
-    public func updateNodeReport(name: String, serial: String, address: String, labels: [String: String], info: Berth_V1_NodeInfo) throws {
-        let bytes = Data(try info.serializedBytes() as [UInt8])
+    public func updateNodeReport(name: String, serial: String, address: String, labels: [String: String], info: NodeReport) throws {
+        let bytes = try Self.recordData(info)
         try pool.write { db in
             try db.execute(
                 sql: "UPDATE node SET address = ?, labels = ?, info = ? WHERE name = ? AND certificate_serial = ?",

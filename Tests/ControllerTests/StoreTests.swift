@@ -88,13 +88,15 @@ import Wire
     @Test func stateSurvivesReopening() throws {
         let (store, dir) = try store()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var info = Berth_V1_NodeInfo()
+        var info = NodeReport(name: "n1")
         info.cpus = 16
+        info.overcommit = NodeReport.Overcommit(cpu: 4, memory: 1.5, disk: 1)
+        info.committed = Commitment(cpuPercent: 250, memoryBytes: 1 << 30, diskBytes: 2 << 30)
         try store.saveNode(NodeRecord(name: "n1", address: "198.18.0.1:7000", labels: ["zone": "a"], info: info, cordoned: true, certificateSerial: "01"))
         _ = try store.reserveVPS(record("a"), autoAddresses: [])
         try store.revoke("beef")
         let reopened = try SQLiteStore(directory: dir)
-        #expect(try reopened.node("n1")?.info.cpus == 16)
+        #expect(try reopened.node("n1")?.info == info)
         #expect(try reopened.node("n1")?.cordoned == true)
         #expect(try reopened.vps("a")?.node == "n1")
         #expect(try reopened.revoked() == ["beef"])
@@ -105,9 +107,9 @@ import Wire
     @Test func aNodeIsDownOnceItsWindowPasses() async throws {
         let liveness = Liveness(downAfter: .milliseconds(200))
         #expect(!liveness.isAlive("n1"))
-        #expect(liveness.heartbeat(node: "n1", info: Berth_V1_NodeInfo(), templates: ["busybox"]))
+        #expect(liveness.heartbeat(node: "n1", info: NodeReport(), templates: ["busybox"]))
         #expect(liveness.isAlive("n1"))
-        #expect(!liveness.heartbeat(node: "n1", info: Berth_V1_NodeInfo(), templates: []))
+        #expect(!liveness.heartbeat(node: "n1", info: NodeReport(), templates: []))
         try await Task.sleep(for: .milliseconds(300))
         #expect(!liveness.isAlive("n1"))
         #expect(liveness.newlyDown(among: ["n1"]) == ["n1"])
