@@ -115,7 +115,7 @@ final class Heartbeats: Sendable {
             }
         }
         if !unchanged {
-            _ = try store.recordStatuses(node: identity.name, request.vpses)
+            _ = try store.recordStatuses(node: identity.name, request.vpses.map(VPSStatusRecord.init))
             cache.withLock { $0.lastReport[identity.name] = request.vpses }
         }
         var reply = Berth_V1_HeartbeatReply()

@@ -22,6 +22,62 @@ extension Berth_V1_ClusterNode {
     }
 }
 
+extension VPSStatusRecord {
+    /// A status as the node reports it (limits only where it gave them).
+    init(_ wire: Berth_V1_VpsStatus) {
+        self.init(name: wire.name, state: wire.state)
+        hostname = wire.hostname
+        ips = wire.ips
+        template = wire.template
+        node = wire.node
+        pid = wire.pid
+        labels = wire.labels
+        onboot = wire.onboot
+        limits = wire.hasLimits ? Limits(wire.limits) : nil
+        lastExit = wire.lastExit
+        startedAtUnix = wire.startedAtUnix
+        net = wire.net
+        hostInterface = wire.hostInterface
+        mac = wire.mac
+        nameservers = wire.nameservers
+        searchDomains = wire.searchdomains
+        privileged = wire.privileged
+        idmap = wire.idmap
+        capabilities = wire.capabilities
+        storage = wire.storage
+        layout = wire.layout
+    }
+}
+
+extension Berth_V1_VpsStatus {
+    /// A stored status as `status` and `list` answer it.
+    init(_ status: VPSStatusRecord) {
+        self.init()
+        name = status.name
+        state = status.state
+        hostname = status.hostname
+        ips = status.ips
+        template = status.template
+        node = status.node
+        pid = status.pid
+        labels = status.labels
+        onboot = status.onboot
+        if let limits = status.limits { self.limits = Berth_V1_Limits(limits) }
+        lastExit = status.lastExit
+        startedAtUnix = status.startedAtUnix
+        net = status.net
+        hostInterface = status.hostInterface
+        mac = status.mac
+        nameservers = status.nameservers
+        searchdomains = status.searchDomains
+        privileged = status.privileged
+        idmap = status.idmap
+        capabilities = status.capabilities
+        storage = status.storage
+        layout = status.layout
+    }
+}
+
 extension Berth_V1_IpPool {
     init(_ pool: IPPoolRecord, used: Int) {
         self.init()
@@ -55,6 +111,13 @@ extension VPSSpec {
     /// A `vps.spec` column before v3: the create request's protobuf (unreadable: an empty one).
     static func storedCreateRequest(_ data: Data) -> VPSSpec {
         VPSSpec((try? Berth_V1_CreateRequest(serializedBytes: [UInt8](data))) ?? Berth_V1_CreateRequest())
+    }
+}
+
+extension VPSStatusRecord {
+    /// A `vps.status` column before v5: the node's protobuf (unreadable: an empty status).
+    static func storedVpsStatus(_ data: Data) -> VPSStatusRecord {
+        VPSStatusRecord((try? Berth_V1_VpsStatus(serializedBytes: [UInt8](data))) ?? Berth_V1_VpsStatus())
     }
 }
 

@@ -25,12 +25,12 @@ public protocol ClusterStore: Sendable {
     /// Deletes the row and releases its addresses; false when there was no such row.
     @discardableResult func removeVPS(_ name: String) throws -> Bool
     /// Writes the status the node answered, nothing else of the record.
-    func updateStatus(_ name: String, _ status: Berth_V1_VpsStatus) throws
+    func updateStatus(_ name: String, _ status: VPSStatusRecord) throws
     /// A heartbeat's report: address, labels and capacity, for the node holding `serial` only
     /// (cordon state and the certificate are not the heartbeat's to change).
     func updateNodeReport(name: String, serial: String, address: String, labels: [String: String], info: NodeReport) throws
     /// Writes the statuses an agent reported for the VPSs placed on it; returns how many changed.
-    func recordStatuses(node: String, _ statuses: [Berth_V1_VpsStatus]) throws -> Int
+    func recordStatuses(node: String, _ statuses: [VPSStatusRecord]) throws -> Int
     func importVPSes(_ records: [VPSRecord]) throws
 
     func pools() throws -> [IPPoolRecord]
@@ -119,6 +119,13 @@ public final class SQLiteStore: ClusterStore {
                 try db.execute(sql: "UPDATE node SET info = ? WHERE name = ?", arguments: [try recordData(report), row["name"] as String])
             }
         }
+        // VPS statuses were the node's protobuf; from here on they are VPSStatusRecord as JSON.
+        migrator.registerMigration("v5 VPS statuses as records") { db in
+            for row in try Row.fetchAll(db, sql: "SELECT name, status FROM vps") {
+                let status = VPSStatusRecord.storedVpsStatus(row["status"])
+                try db.execute(sql: "UPDATE vps SET status = ? WHERE name = ?", arguments: [try recordData(status), row["name"] as String])
+            }
+        }
         return migrator
     }
 
@@ -188,7 +195,7 @@ public final class SQLiteStore: ClusterStore {
         }
         return VPSRecord(
             name: name, node: row["node"], tenant: row["tenant"], spec: spec,
-            status: (try? Berth_V1_VpsStatus(serializedBytes: [UInt8](row["status"] as Data))) ?? Berth_V1_VpsStatus(),
+            status: (try? JSONDecoder().decode(VPSStatusRecord.self, from: row["status"] as Data)) ?? VPSStatusRecord(),
             phase: phase)
     }
 
@@ -201,7 +208,7 @@ public final class SQLiteStore: ClusterStore {
     }
 
     public func reserveVPS(_ record: VPSRecord, autoAddresses: [(pool: String, count: Int)]) throws -> [String] {
-        let status = Data(try record.status.serializedBytes() as [UInt8])
+        let status = try Self.recordData(record.status)
         return try pool.write { db -> [String] in
             if try Row.fetchOne(db, sql: "SELECT 1 FROM vps WHERE name = ?", arguments: [record.name]) != nil {
                 throw WireError(.alreadyExists, "name: a VPS named \(record.name) already exists in the cluster", field: "name")
@@ -250,7 +257,7 @@ public final class SQLiteStore: ClusterStore {
 
     public func updateVPS(_ record: VPSRecord) throws {
         let spec = try Self.specData(record.spec)
-        let status = Data(try record.status.serializedBytes() as [UInt8])
+        let status = try Self.recordData(record.status)
         try pool.write { db in
             try db.execute(
                 sql: "UPDATE vps SET node = ?, tenant = ?, spec = ?, status = ?, phase = ? WHERE name = ?",
@@ -292,8 +299,8 @@ public final class SQLiteStore: ClusterStore {
         }
     }
 
-    public func updateStatus(_ name: String, _ status: Berth_V1_VpsStatus) throws {
-        let bytes = Data(try status.serializedBytes() as [UInt8])
+    public func updateStatus(_ name: String, _ status: VPSStatusRecord) throws {
+        let bytes = try Self.recordData(status)
         try pool.write { db in try db.execute(sql: "UPDATE vps SET status = ? WHERE name = ?", arguments: [bytes, name]) }
     }
 
@@ -306,7 +313,7 @@ public final class SQLiteStore: ClusterStore {
         }
     }
 
-    public func recordStatuses(node: String, _ statuses: [Berth_V1_VpsStatus]) throws -> Int {
+    public func recordStatuses(node: String, _ statuses: [VPSStatusRecord]) throws -> Int {
         let byName = Dictionary(statuses.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         // Read first: a heartbeat that changes nothing (the usual case) costs no write transaction.
         let changes = try pool.read { db -> [(String, Data)] in
@@ -315,7 +322,7 @@ public final class SQLiteStore: ClusterStore {
                 let name: String = row["name"]
                 guard var status = byName[name] else { continue }
                 status.node = node
-                let bytes = Data(try status.serializedBytes() as [UInt8])
+                let bytes = try Self.recordData(status)
                 if bytes != (row["status"] as Data) || (row["phase"] as String) != "ready" { changes.append((name, bytes)) }
             }
             return changes
@@ -337,7 +344,7 @@ public final class SQLiteStore: ClusterStore {
                     sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
                     arguments: [
                         record.name, record.node, record.tenant, try Self.specData(record.spec),
-                        Data(try record.status.serializedBytes() as [UInt8]), record.phase.rawValue,
+                        try Self.recordData(record.status), record.phase.rawValue,
                     ])
             }
         }

@@ -66,4 +66,66 @@ import Wire
         try store.saveNode(changed)
         #expect(try SQLiteStore(directory: dir).node("n1") == changed)
     }
+
+    @Test func aVPSStatusStoredAsProtobufIsReadBackAsARecord() throws {
+        var running = Berth_V1_VpsStatus()
+        running.name = "web1"
+        running.state = "running"
+        running.hostname = "web1.example"
+        running.ips = ["198.18.101.7"]
+        running.template = "busybox"
+        running.node = "n1"
+        running.pid = 4242
+        running.labels = ["tier": "web"]
+        running.onboot = true
+        running.limits.memoryBytes = 512 << 20
+        running.limits.swapBytes = 0
+        running.limits.cpuLimitPct = 150
+        running.limits.diskBytes = 4 << 30
+        running.lastExit = "poweroff"
+        running.startedAtUnix = 1_700_000_000
+        running.net = "bridged:br0"
+        running.hostInterface = "bv-web1"
+        running.mac = "02:00:00:00:00:01"
+        running.nameservers = ["198.18.0.53"]
+        running.searchdomains = ["example"]
+        running.idmap = "100000:65536"
+        running.capabilities = ["net_admin": "on"]
+        running.storage = "layered"
+        running.layout = "pool"
+        var creating = Berth_V1_VpsStatus()  // placed, the node has not answered: no limits
+        creating.name = "web2"
+        creating.state = "creating"
+        creating.node = "n1"
+        creating.template = "busybox"
+        let dir = try Self.oldDatabase(upTo: "v4 node reports as records") { db in
+            for (status, phase) in [(running, "ready"), (creating, "creating")] {
+                try db.execute(
+                    sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
+                    arguments: [
+                        status.name, "n1", "", try SQLiteStore.specData(VPSSpec(name: status.name, template: "busybox")),
+                        Data(try status.serializedBytes() as [UInt8]), phase,
+                    ])
+            }
+        }
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+
+        let store = try SQLiteStore(directory: dir)
+        let web1 = try #require(try store.vps("web1"))
+        #expect(web1.status == VPSStatusRecord(running))
+        #expect(Berth_V1_VpsStatus(web1.status) == running)  // every field survives, as `status` answers it
+        #expect(web1.status.limits?.swapBytes == 0)  // "no swap" keeps its presence
+        #expect(web1.status.limits?.memoryBytes == 512 << 20)
+        let web2 = try #require(try store.vps("web2"))
+        #expect(web2.status.state == "creating")
+        #expect(web2.status.limits == nil)
+        #expect(!Berth_V1_VpsStatus(web2.status).hasLimits)  // not the default limits
+        // Written back as a record, it reads back the same; an unchanged report writes nothing.
+        var changed = web1
+        changed.status.state = "stopped"
+        try store.updateVPS(changed)
+        #expect(try SQLiteStore(directory: dir).vps("web1") == changed)
+        #expect(try store.recordStatuses(node: "n1", [changed.status]) == 0)
+        #expect(try store.recordStatuses(node: "n1", [web1.status]) == 1)
+    }
 }

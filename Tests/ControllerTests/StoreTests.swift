@@ -15,7 +15,7 @@ import Wire
     func record(_ name: String, ips: [String] = []) -> VPSRecord {
         var spec = VPSSpec(name: name, template: "busybox")
         spec.ips = ips
-        return VPSRecord(name: name, node: "n1", tenant: "", spec: spec, status: Berth_V1_VpsStatus(), phase: .creating)
+        return VPSRecord(name: name, node: "n1", tenant: "", spec: spec, status: VPSStatusRecord(), phase: .creating)
     }
 
     @Test func concurrentReservationsNeverShareAnAddress() async throws {
