@@ -13,7 +13,7 @@ public final class ControllerService: WireService {
     public let liveness: Liveness
     let nodes: SchedulerView
     let ledger: PlacementLedger
-    let journal: OperationJournal
+    let journal: OperationJournal<Berth_V1_Response>
     let heartbeats: Heartbeats
     let enrolment: Enrolment
     let templates: TemplateDistribution
@@ -27,7 +27,7 @@ public final class ControllerService: WireService {
         liveness = Liveness(downAfter: settings.downAfter)
         nodes = SchedulerView(store: store, liveness: liveness)
         ledger = PlacementLedger(policy: settings.policy, source: nodes, placed: try store.vpses().map(\.placed))
-        journal = try OperationJournal(store: store)
+        journal = try OperationJournal(store: store, codec: .wire)
         heartbeats = try Heartbeats(store: store, liveness: liveness, registry: registry, settings: settings, logger: logger)
         enrolment = Enrolment(store: store, ca: ca, heartbeats: heartbeats, logger: logger)
         templates = TemplateDistribution(store: store, liveness: liveness, links: links, uploadDirectory: settings.uploadDirectory, logger: logger)

@@ -78,6 +78,45 @@ extension Berth_V1_VpsStatus {
     }
 }
 
+extension Berth_V1_Operation {
+    /// An operation as `operation show/list` answer it: its result and error read from the
+    /// bytes the journal's codec wrote.
+    init(_ record: OperationRecord) {
+        self.init()
+        id = record.id
+        kind = record.kind
+        subject = record.subject
+        state = record.state
+        progress = record.progress
+        if let bytes = record.error { error = (try? Berth_V1_ErrorReply(serializedBytes: [UInt8](bytes))) ?? Berth_V1_ErrorReply() }
+        if let bytes = record.result { result = (try? Berth_V1_Response(serializedBytes: [UInt8](bytes))) ?? Berth_V1_Response() }
+        startedUnixMs = Int64(record.started * 1000)
+        finishedUnixMs = Int64((record.finished ?? 0) * 1000)
+    }
+}
+
+extension OperationJournal.Codec where Result == Berth_V1_Response {
+    /// Results and errors kept as their protobuf bytes (`Berth_V1_Response`, `Berth_V1_ErrorReply`).
+    static var wire: Self {
+        Self(
+            encode: { Data(try $0.serializedBytes() as [UInt8]) },
+            decode: { (try? Berth_V1_Response(serializedBytes: [UInt8]($0))) ?? Berth_V1_Response() },
+            encodeError: { (try? Data(WireError.from($0).reply.serializedBytes() as [UInt8])) ?? Data() },
+            decodeError: { WireError(reply: (try? Berth_V1_ErrorReply(serializedBytes: [UInt8]($0))) ?? Berth_V1_ErrorReply()) })
+    }
+}
+
+extension Berth_V1_Event {
+    init(_ record: EventRecord) {
+        self.init()
+        id = UInt64(record.id)
+        atUnixMs = Int64(record.at * 1000)
+        kind = record.kind
+        subject = record.subject
+        message = record.message
+    }
+}
+
 extension Berth_V1_IpPool {
     init(_ pool: IPPoolRecord, used: Int) {
         self.init()

@@ -48,12 +48,12 @@ extension ServedCall {
 
     func operationShow(_ r: Berth_V1_OperationRequest) async throws -> Berth_V1_Response {
         let operation = try await service.journal.show(r.id, waitMs: r.waitMs, to: caller)
-        return response { $0.operation = operation }
+        return response { $0.operation = Berth_V1_Operation(operation) }
     }
 
     func operationList() async throws -> Berth_V1_Response {
         let operations = try service.journal.recent(to: caller)
-        return response { $0.operations.operations = operations }
+        return response { $0.operations.operations = operations.map(Berth_V1_Operation.init) }
     }
 
     /// A long poll of the event log: events after `after_id`, waiting up to `wait_ms` for one.
@@ -69,7 +69,7 @@ extension ServedCall {
             try await Task.sleep(for: .milliseconds(200))
             found = try service.store.events(after: after, limit: limit)
         }
-        return response { $0.events.events = found }
+        return response { $0.events.events = found.map(Berth_V1_Event.init) }
     }
 
     // MARK: nodes and pools

@@ -50,12 +50,13 @@ public protocol ClusterStore: Sendable {
     /// Registers a new operation; false when one with that id exists already.
     func beginOperation(id: String, kind: String, subject: String, owner: String) throws -> Bool
     func operationProgress(id: String, _ step: String) throws
-    func finishOperation(id: String, result: Berth_V1_Response?, error: Berth_V1_ErrorReply?) throws
-    func operation(_ id: String) throws -> (operation: Berth_V1_Operation, owner: String)?
-    func recentOperations(limit: Int) throws -> [(operation: Berth_V1_Operation, owner: String)]
-    /// Operations a controller crash left running can never finish: mark them failed.
-    func abandonRunningOperations() throws
-    func events(after id: Int64, limit: Int) throws -> [Berth_V1_Event]
+    /// Succeeded when `error` is nil, else failed; both are the journal's opaque bytes.
+    func finishOperation(id: String, result: Data?, error: Data?) throws
+    func operation(_ id: String) throws -> OperationRecord?
+    func recentOperations(limit: Int) throws -> [OperationRecord]
+    /// Operations a controller crash left running can never finish: mark them failed with `error`.
+    func abandonRunningOperations(error: Data) throws
+    func events(after id: Int64, limit: Int) throws -> [EventRecord]
 }
 
 public final class SQLiteStore: ClusterStore {
@@ -422,18 +423,10 @@ public final class SQLiteStore: ClusterStore {
         }
     }
 
-    static func operation(_ row: Row) -> (operation: Berth_V1_Operation, owner: String) {
-        var operation = Berth_V1_Operation()
-        operation.id = row["id"]
-        operation.kind = row["kind"]
-        operation.subject = row["subject"]
-        operation.state = row["state"]
-        operation.progress = row["progress"]
-        if let bytes = row["error"] as Data? { operation.error = (try? Berth_V1_ErrorReply(serializedBytes: [UInt8](bytes))) ?? Berth_V1_ErrorReply() }
-        if let bytes = row["result"] as Data? { operation.result = (try? Berth_V1_Response(serializedBytes: [UInt8](bytes))) ?? Berth_V1_Response() }
-        operation.startedUnixMs = Int64((row["started"] as Double) * 1000)
-        operation.finishedUnixMs = Int64(((row["finished"] as Double?) ?? 0) * 1000)
-        return (operation, row["owner"])
+    static func operation(_ row: Row) -> OperationRecord {
+        OperationRecord(
+            id: row["id"], kind: row["kind"], subject: row["subject"], owner: row["owner"], state: row["state"], progress: row["progress"],
+            error: row["error"], result: row["result"], started: row["started"], finished: row["finished"])
     }
 
     public func beginOperation(id: String, kind: String, subject: String, owner: String) throws -> Bool {
@@ -449,29 +442,23 @@ public final class SQLiteStore: ClusterStore {
         try pool.write { db in try db.execute(sql: "UPDATE operation SET progress = ? WHERE id = ?", arguments: [step, id]) }
     }
 
-    public func finishOperation(id: String, result: Berth_V1_Response?, error: Berth_V1_ErrorReply?) throws {
-        let resultBytes = try result.map { Data(try $0.serializedBytes() as [UInt8]) }
-        let errorBytes = try error.map { Data(try $0.serializedBytes() as [UInt8]) }
+    public func finishOperation(id: String, result: Data?, error: Data?) throws {
         try pool.write { db in
             try db.execute(
                 sql: "UPDATE operation SET state = ?, result = ?, error = ?, finished = ? WHERE id = ?",
-                arguments: [error == nil ? "succeeded" : "failed", resultBytes, errorBytes, Date().timeIntervalSince1970, id])
+                arguments: [error == nil ? "succeeded" : "failed", result, error, Date().timeIntervalSince1970, id])
         }
     }
 
-    public func operation(_ id: String) throws -> (operation: Berth_V1_Operation, owner: String)? {
+    public func operation(_ id: String) throws -> OperationRecord? {
         try pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM operation WHERE id = ?", arguments: [id]).map(Self.operation) }
     }
 
-    public func recentOperations(limit: Int) throws -> [(operation: Berth_V1_Operation, owner: String)] {
+    public func recentOperations(limit: Int) throws -> [OperationRecord] {
         try pool.read { db in try Row.fetchAll(db, sql: "SELECT * FROM operation ORDER BY started DESC LIMIT ?", arguments: [limit]).map(Self.operation) }
     }
 
-    public func abandonRunningOperations() throws {
-        var reply = Berth_V1_ErrorReply()
-        reply.code = "unavailable"
-        reply.message = "the controller restarted while this operation ran; check the VPS's status"
-        let bytes = Data(try reply.serializedBytes() as [UInt8])
+    public func abandonRunningOperations(error bytes: Data) throws {
         try pool.write { db in
             try db.execute(
                 sql: "UPDATE operation SET state = 'failed', error = ?, finished = ? WHERE state = 'running'",
@@ -479,16 +466,10 @@ public final class SQLiteStore: ClusterStore {
         }
     }
 
-    public func events(after id: Int64, limit: Int) throws -> [Berth_V1_Event] {
+    public func events(after id: Int64, limit: Int) throws -> [EventRecord] {
         try pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM event WHERE id > ? ORDER BY id LIMIT ?", arguments: [id, limit]).map { row in
-                var event = Berth_V1_Event()
-                event.id = UInt64(row["id"] as Int64)
-                event.atUnixMs = Int64((row["at"] as Double) * 1000)
-                event.kind = row["kind"]
-                event.subject = row["subject"]
-                event.message = row["message"]
-                return event
+                EventRecord(id: row["id"], at: row["at"], kind: row["kind"], subject: row["subject"], message: row["message"])
             }
         }
     }

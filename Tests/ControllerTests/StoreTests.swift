@@ -71,18 +71,22 @@ import Wire
         #expect(try store.beginOperation(id: "op1", kind: "create", subject: "web1", owner: "admin/a"))
         #expect(try !store.beginOperation(id: "op1", kind: "create", subject: "web1", owner: "admin/a"))
         try store.operationProgress(id: "op1", "placed on n1")
-        #expect(try store.operation("op1")?.operation.state == "running")
-        #expect(try store.operation("op1")?.operation.progress == "placed on n1")
+        #expect(try store.operation("op1")?.state == "running")
+        #expect(try store.operation("op1")?.progress == "placed on n1")
         var response = Berth_V1_Response()
         response.status.name = "web1"
-        try store.finishOperation(id: "op1", result: response, error: nil)
-        #expect(try store.operation("op1")?.operation.state == "succeeded")
-        #expect(try store.operation("op1")?.operation.result.status.name == "web1")
+        try store.finishOperation(id: "op1", result: Data(try response.serializedBytes() as [UInt8]), error: nil)
+        #expect(try store.operation("op1")?.state == "succeeded")
+        #expect(try store.operation("op1").map(Berth_V1_Operation.init)?.result.status.name == "web1")
         // A controller that stopped mid-operation marks the leftovers failed when it starts.
         #expect(try store.beginOperation(id: "op2", kind: "stop", subject: "web1", owner: "admin/a"))
-        try SQLiteStore(directory: dir).abandonRunningOperations()
-        #expect(try store.operation("op2")?.operation.state == "failed")
-        #expect(try store.operation("op1")?.operation.state == "succeeded")
+        // The journal of a restarted controller marks them failed, with an error its codec reads.
+        _ = try OperationJournal(store: SQLiteStore(directory: dir), codec: .wire)
+        let abandoned = try #require(try store.operation("op2"))
+        #expect(abandoned.state == "failed")
+        #expect(Berth_V1_Operation(abandoned).error.code == "unavailable")
+        #expect(try store.operation("op1")?.state == "succeeded")
+        #expect(try store.operation("op1")?.error == nil)
     }
 
     @Test func stateSurvivesReopening() throws {
