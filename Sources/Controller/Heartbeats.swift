@@ -5,6 +5,28 @@ import Synchronization
 import Wire
 import WireTLS
 
+/// What a node says in a heartbeat, read off the wire once (Records+Wire.swift).
+struct HeartbeatReport: Sendable, Equatable {
+    /// Its listen address; "" leaves the enrolled one.
+    var address = ""
+    var labels: [String: String] = [:]
+    var info = NodeReport()
+    /// The templates it holds.
+    var templates: [String] = []
+    /// Its VPSs' statuses.
+    var vpses: [VPSStatusRecord] = []
+}
+
+/// What the controller tells the node back.
+struct HeartbeatAnswer: Sendable, Equatable {
+    /// When to send the next one.
+    var interval: Duration
+    /// The cluster's denylist, hex.
+    var revokedSerials: [String]
+    /// An admin asked this node to renew its certificate now.
+    var renewCertificate: Bool
+}
+
 /// Nodes checking in: each heartbeat proves the node's current certificate, refreshes its
 /// liveness and report, and brings back the revoked serials and whether to renew. Also the
 /// revocation list (denylist, open connections, what agents are told) and the watch that logs
@@ -16,8 +38,8 @@ final class Heartbeats: Sendable {
     struct Cache {
         var serials: [String: String] = [:]
         var revoked: [String] = []
-        var lastReport: [String: [Berth_V1_VpsStatus]] = [:]
-        var lastMeta: [String: Berth_V1_Heartbeat] = [:]
+        var lastReport: [String: [VPSStatusRecord]] = [:]
+        var lastMeta: [String: HeartbeatReport] = [:]
         /// Renewed certificates not yet seen on a heartbeat: the node switches to them (its
         /// listener first), and its first heartbeat with one makes it the node's current serial.
         var pendingSerials: [String: String] = [:]
@@ -84,7 +106,7 @@ final class Heartbeats: Sendable {
 
     /// The hot path of a large fleet (every node, every second): SQLite is touched only when
     /// something the node reports has changed.
-    func beat(_ request: Berth_V1_Heartbeat, from identity: CertificateIdentity) throws -> Berth_V1_HeartbeatReply {
+    func beat(_ request: HeartbeatReport, from identity: CertificateIdentity) throws -> HeartbeatAnswer {
         var meta = request
         meta.vpses = []
         let (enrolled, renewed, unchanged, sameMeta, revoked, renew) = cache.withLock { cache in
@@ -98,7 +120,7 @@ final class Heartbeats: Sendable {
             throw WireError(.unauthenticated, "heartbeat: node \(identity.name) is not enrolled with this certificate")
         }
         if renewed { try commitRenewal(node: identity.name, serial: identity.serial) }
-        let info = NodeReport(request.info)
+        let info = request.info
         if liveness.heartbeat(node: identity.name, info: info, templates: request.templates) {
             logger.notice("node up", metadata: ["node": "\(identity.name)"])
             try? store.addEvent(kind: "node.up", subject: identity.name, message: "heartbeat received")
@@ -115,15 +137,10 @@ final class Heartbeats: Sendable {
             }
         }
         if !unchanged {
-            _ = try store.recordStatuses(node: identity.name, request.vpses.map(VPSStatusRecord.init))
+            _ = try store.recordStatuses(node: identity.name, request.vpses)
             cache.withLock { $0.lastReport[identity.name] = request.vpses }
         }
-        var reply = Berth_V1_HeartbeatReply()
-        let interval = settings.heartbeatInterval.components
-        reply.intervalMs = UInt32(interval.seconds * 1000 + interval.attoseconds / 1_000_000_000_000_000)
-        reply.revokedSerials = revoked
-        reply.renewCertificate = renew && !renewed
-        return reply
+        return HeartbeatAnswer(interval: settings.heartbeatInterval, revokedSerials: revoked, renewCertificate: renew && !renewed)
     }
 
     /// A heartbeat made with a renewed certificate: it is now the node's, and the old one is

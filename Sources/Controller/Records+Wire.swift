@@ -117,6 +117,39 @@ extension Berth_V1_Event {
     }
 }
 
+extension HeartbeatReport {
+    init(_ wire: Berth_V1_Heartbeat) {
+        self.init(
+            address: wire.address, labels: wire.labels, info: NodeReport(wire.info), templates: wire.templates,
+            vpses: wire.vpses.map(VPSStatusRecord.init))
+    }
+}
+
+extension Berth_V1_HeartbeatReply {
+    init(_ answer: HeartbeatAnswer) {
+        self.init()
+        let interval = answer.interval.components
+        intervalMs = UInt32(interval.seconds * 1000 + interval.attoseconds / 1_000_000_000_000_000)
+        revokedSerials = answer.revokedSerials
+        renewCertificate = answer.renewCertificate
+    }
+}
+
+extension TemplateUpload {
+    init(_ wire: Berth_V1_TemplateUploadRequest) {
+        self.init(name: wire.name, format: wire.format, size: wire.size, sha256: wire.sha256, nodes: wire.nodes)
+    }
+}
+
+extension Berth_V1_TemplatePlacement {
+    init(_ placed: TemplatePlaced<Berth_V1_TemplateInfo>) {
+        self.init()
+        node = placed.node
+        if let template = placed.template { self.template = template }
+        if let error = placed.error { self.error = error.reply }
+    }
+}
+
 extension Berth_V1_IpPool {
     init(_ pool: IPPoolRecord, used: Int) {
         self.init()
