@@ -220,8 +220,7 @@ func store() throws {
     var spec = VPSSpec(name: "", template: "debian-12")
     spec.limits.memoryBytes = 1 << 30
     spec.labels = ["tenant": "acme", "tier": "web"]
-    var status = Berth_V1_VpsStatus()
-    status.state = "running"
+    var status = VPSStatusRecord(state: "running")
     status.ips = ["198.18.0.1"]
     status.hostname = "vps.example"
     let t0 = DispatchTime.now().uptimeNanoseconds

@@ -10,10 +10,11 @@ import WireTLS
 /// which converts between the wire and the parts below.
 public final class ControllerService: WireService {
     let store: ClusterStore
+    let links: AgentLinks
     public let liveness: Liveness
     let nodes: SchedulerView
     let ledger: PlacementLedger
-    let journal: OperationJournal
+    let journal: OperationJournal<Berth_V1_Response>
     let heartbeats: Heartbeats
     let enrolment: Enrolment
     let templates: TemplateDistribution
@@ -24,13 +25,14 @@ public final class ControllerService: WireService {
         registry: PeerRegistry, logger: Logger
     ) throws {
         self.store = store
+        self.links = links
         liveness = Liveness(downAfter: settings.downAfter)
         nodes = SchedulerView(store: store, liveness: liveness)
         ledger = PlacementLedger(policy: settings.policy, source: nodes, placed: try store.vpses().map(\.placed))
-        journal = try OperationJournal(store: store)
+        journal = try OperationJournal(store: store, codec: .wire)
         heartbeats = try Heartbeats(store: store, liveness: liveness, registry: registry, settings: settings, logger: logger)
         enrolment = Enrolment(store: store, ca: ca, heartbeats: heartbeats, logger: logger)
-        templates = TemplateDistribution(store: store, liveness: liveness, links: links, uploadDirectory: settings.uploadDirectory, logger: logger)
+        templates = TemplateDistribution(store: store, liveness: liveness, uploadDirectory: settings.uploadDirectory, logger: logger)
         vps = VPSCalls(store: store, liveness: liveness, links: links, ledger: ledger, heartbeats: heartbeats, logger: logger)
     }
 

@@ -73,7 +73,7 @@ final class Enrolment: Sendable {
         try store.saveNode(
             NodeRecord(
                 name: name, address: address, labels: labels,
-                info: previous?.info ?? Berth_V1_NodeInfo(), cordoned: previous?.cordoned ?? false,
+                info: previous?.info ?? NodeReport(), cordoned: previous?.cordoned ?? false,
                 certificateSerial: issued.serial))
         heartbeats.enrolled(name, serial: issued.serial)
         try? store.addEvent(kind: "node.enrolled", subject: name, message: "at \(address)")

@@ -1,8 +1,31 @@
+import BerthCore
 import Logging
 import Placement
 import Synchronization
 import Wire
 import WireTLS
+
+/// What a node says in a heartbeat, read off the wire once (Records+Wire.swift).
+struct HeartbeatReport: Sendable, Equatable {
+    /// Its listen address; "" leaves the enrolled one.
+    var address = ""
+    var labels: [String: String] = [:]
+    var info = NodeReport()
+    /// The templates it holds.
+    var templates: [String] = []
+    /// Its VPSs' statuses.
+    var vpses: [VPSStatusRecord] = []
+}
+
+/// What the controller tells the node back.
+struct HeartbeatAnswer: Sendable, Equatable {
+    /// When to send the next one.
+    var interval: Duration
+    /// The cluster's denylist, hex.
+    var revokedSerials: [String]
+    /// An admin asked this node to renew its certificate now.
+    var renewCertificate: Bool
+}
 
 /// Nodes checking in: each heartbeat proves the node's current certificate, refreshes its
 /// liveness and report, and brings back the revoked serials and whether to renew. Also the
@@ -15,8 +38,8 @@ final class Heartbeats: Sendable {
     struct Cache {
         var serials: [String: String] = [:]
         var revoked: [String] = []
-        var lastReport: [String: [Berth_V1_VpsStatus]] = [:]
-        var lastMeta: [String: Berth_V1_Heartbeat] = [:]
+        var lastReport: [String: [VPSStatusRecord]] = [:]
+        var lastMeta: [String: HeartbeatReport] = [:]
         /// Renewed certificates not yet seen on a heartbeat: the node switches to them (its
         /// listener first), and its first heartbeat with one makes it the node's current serial.
         var pendingSerials: [String: String] = [:]
@@ -83,7 +106,7 @@ final class Heartbeats: Sendable {
 
     /// The hot path of a large fleet (every node, every second): SQLite is touched only when
     /// something the node reports has changed.
-    func beat(_ request: Berth_V1_Heartbeat, from identity: CertificateIdentity) throws -> Berth_V1_HeartbeatReply {
+    func beat(_ request: HeartbeatReport, from identity: CertificateIdentity) throws -> HeartbeatAnswer {
         var meta = request
         meta.vpses = []
         let (enrolled, renewed, unchanged, sameMeta, revoked, renew) = cache.withLock { cache in
@@ -97,7 +120,8 @@ final class Heartbeats: Sendable {
             throw WireError(.unauthenticated, "heartbeat: node \(identity.name) is not enrolled with this certificate")
         }
         if renewed { try commitRenewal(node: identity.name, serial: identity.serial) }
-        if liveness.heartbeat(node: identity.name, info: request.info, templates: request.templates) {
+        let info = request.info
+        if liveness.heartbeat(node: identity.name, info: info, templates: request.templates) {
             logger.notice("node up", metadata: ["node": "\(identity.name)"])
             try? store.addEvent(kind: "node.up", subject: identity.name, message: "heartbeat received")
         }
@@ -105,10 +129,10 @@ final class Heartbeats: Sendable {
             cache.withLock { $0.lastMeta[identity.name] = meta }
             if let node = try store.node(identity.name) {
                 let address = request.address.isEmpty ? node.address : request.address
-                if address != node.address || node.labels != request.labels || node.info != request.info {
+                if address != node.address || node.labels != request.labels || node.info != info {
                     try store.updateNodeReport(
                         name: node.name, serial: identity.serial, address: address,
-                        labels: request.labels, info: request.info)
+                        labels: request.labels, info: info)
                 }
             }
         }
@@ -116,12 +140,7 @@ final class Heartbeats: Sendable {
             _ = try store.recordStatuses(node: identity.name, request.vpses)
             cache.withLock { $0.lastReport[identity.name] = request.vpses }
         }
-        var reply = Berth_V1_HeartbeatReply()
-        let interval = settings.heartbeatInterval.components
-        reply.intervalMs = UInt32(interval.seconds * 1000 + interval.attoseconds / 1_000_000_000_000_000)
-        reply.revokedSerials = revoked
-        reply.renewCertificate = renew && !renewed
-        return reply
+        return HeartbeatAnswer(interval: settings.heartbeatInterval, revokedSerials: revoked, renewCertificate: renew && !renewed)
     }
 
     /// A heartbeat made with a renewed certificate: it is now the node's, and the old one is

@@ -1,5 +1,5 @@
+import BerthCore
 import Synchronization
-import Wire
 
 /// What the controller knows about a node only while it runs: the last heartbeat, judged on the
 /// monotonic clock (wall-clock jumps never make a node look alive or dead), and the node's
@@ -7,7 +7,7 @@ import Wire
 public final class Liveness: Sendable {
     public struct Report: Sendable {
         public var lastSeen: ContinuousClock.Instant
-        public var info: Berth_V1_NodeInfo
+        public var info: NodeReport
         /// nil until the node's first heartbeat after a controller start.
         public var templates: Set<String>?
     }
@@ -22,7 +22,7 @@ public final class Liveness: Sendable {
 
     /// Records a heartbeat; returns true when the node was down (or unknown) before it.
     @discardableResult
-    public func heartbeat(node: String, info: Berth_V1_NodeInfo, templates: [String]) -> Bool {
+    public func heartbeat(node: String, info: NodeReport, templates: [String]) -> Bool {
         let now = clock.now
         let wasAlive = reports.withLock { reports -> Bool in
             let alive = reports[node].map { now - $0.lastSeen <= downAfter } ?? false

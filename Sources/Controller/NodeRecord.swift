@@ -1,4 +1,4 @@
-import Wire
+import BerthCore
 
 /// A node as the controller remembers it across restarts. Liveness is not stored: it is judged
 /// on the controller's monotonic clock from heartbeats (see `Liveness`).
@@ -6,11 +6,12 @@ public struct NodeRecord: Sendable, Equatable {
     public var name: String
     public var address: String
     public var labels: [String: String]
-    public var info: Berth_V1_NodeInfo
+    /// Its last report (capacity and commitments); empty until it has sent one.
+    public var info: NodeReport
     public var cordoned: Bool
     public var certificateSerial: String
 
-    public init(name: String, address: String, labels: [String: String], info: Berth_V1_NodeInfo, cordoned: Bool, certificateSerial: String) {
+    public init(name: String, address: String, labels: [String: String], info: NodeReport, cordoned: Bool, certificateSerial: String) {
         self.name = name
         self.address = address
         self.labels = labels

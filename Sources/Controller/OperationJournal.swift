@@ -1,24 +1,39 @@
 import BerthCore
+import Foundation
 import Wire
 
 /// Mutating VPS calls as operations: recorded with their progress and result, so that the same
 /// operation id (a retry after a lost connection, or another client) re-attaches to one (or gets
-/// its result) instead of doing it twice; `operation show/list` read them back.
-final class OperationJournal: Sendable {
-    let store: ClusterStore
+/// its result) instead of doing it twice; `operation show/list` read them back. `Result` is what
+/// the calls answer; the journal keeps it, and their errors, as the codec's bytes.
+final class OperationJournal<Result: Sendable>: Sendable {
+    /// How results and errors are kept: bytes the RPC layer writes and reads back (see
+    /// Records+Wire.swift); the journal does not look inside them.
+    struct Codec: Sendable {
+        let encode: @Sendable (Result) throws -> Data
+        /// Unreadable bytes read as an empty result.
+        let decode: @Sendable (Data) -> Result
+        let encodeError: @Sendable (any Error) -> Data
+        let decodeError: @Sendable (Data) -> any Error
+    }
 
-    init(store: ClusterStore) throws {
+    let store: ClusterStore
+    let codec: Codec
+
+    init(store: ClusterStore, codec: Codec) throws {
         self.store = store
+        self.codec = codec
         // Operations a controller crash left running can never finish.
-        try store.abandonRunningOperations()
+        try store.abandonRunningOperations(
+            error: codec.encodeError(WireError(.unavailable, "the controller restarted while this operation ran; check the VPS's status")))
     }
 
     /// Runs `work` as the operation `requestedID` (a random id when empty), or follows the one
     /// already recorded under that id.
     func run(
         id requestedID: String, kind: String, subject: String, by caller: Caller, stream: ServerStream,
-        work: @escaping @Sendable () async throws -> Berth_V1_Response
-    ) async throws -> Berth_V1_Response {
+        work: @escaping @Sendable () async throws -> Result
+    ) async throws -> Result {
         let id = requestedID.isEmpty ? randomHex(bytes: 12) : requestedID
         try Self.validate(id)
         let owner = caller.operationOwner
@@ -27,16 +42,17 @@ final class OperationJournal: Sendable {
         }
         stream.progress("operation \(id)")
         let store = self.store
+        let codec = self.codec
         stream.onProgress = { step in try? store.operationProgress(id: id, step) }
         // The work is not a child of this call: a lost connection (or the caller's deadline) must
         // not abort an operation half-way; it runs to its end and a retry re-attaches to it.
         let task = Task {
             do {
                 let response = try await work()
-                try? store.finishOperation(id: id, result: response, error: nil)
+                try? store.finishOperation(id: id, result: codec.encode(response), error: nil)
                 return response
             } catch {
-                try? store.finishOperation(id: id, result: nil, error: WireError.from(error).reply)
+                try? store.finishOperation(id: id, result: nil, error: codec.encodeError(error))
                 throw error
             }
         }
@@ -51,13 +67,13 @@ final class OperationJournal: Sendable {
     }
 
     /// Follows an operation that another call started (or finished) until it ends.
-    func reattach(id: String, kind: String, subject: String, owner: String, stream: ServerStream) async throws -> Berth_V1_Response {
+    func reattach(id: String, kind: String, subject: String, owner: String, stream: ServerStream) async throws -> Result {
         var lastStep = ""
         while true {
-            guard let (operation, startedBy) = try store.operation(id) else {
+            guard let operation = try store.operation(id) else {
                 throw WireError(.notFound, "operation-id: no operation \(id)", field: "operation-id")
             }
-            guard startedBy == owner, operation.kind == kind, operation.subject == subject else {
+            guard operation.owner == owner, operation.kind == kind, operation.subject == subject else {
                 throw WireError(.conflict, "operation-id: \(id) names another operation (ids are chosen once per operation)", field: "operation-id")
             }
             if operation.progress != lastStep && !operation.progress.isEmpty {
@@ -65,19 +81,19 @@ final class OperationJournal: Sendable {
                 stream.progress(lastStep)
             }
             switch operation.state {
-            case "succeeded": return operation.result
-            case "failed": throw WireError(reply: operation.error)
+            case "succeeded": return codec.decode(operation.result ?? Data())
+            case "failed": throw codec.decodeError(operation.error ?? Data())
             default: try await Task.sleep(for: .milliseconds(200))
             }
         }
     }
 
     /// One operation the caller may read, once it ended or `waitMs` (at most 30 s) passed.
-    func show(_ id: String, waitMs: UInt32, to caller: Caller) async throws -> Berth_V1_Operation {
+    func show(_ id: String, waitMs: UInt32, to caller: Caller) async throws -> OperationRecord {
         guard waitMs <= 30_000 else { throw WireError(.invalidArgument, "wait: at most 30 s per call", field: "wait") }
         let deadline = ContinuousClock.now + .milliseconds(Int(waitMs))
         while true {
-            guard let (operation, owner) = try store.operation(id), caller.mayRead(operationOf: owner) else {
+            guard let operation = try store.operation(id), caller.mayRead(operationOf: operation.owner) else {
                 throw WireError(.notFound, "id: no operation \(id)", field: "id")
             }
             if operation.state != "running" || ContinuousClock.now >= deadline { return operation }
@@ -86,7 +102,7 @@ final class OperationJournal: Sendable {
     }
 
     /// The 200 most recent operations the caller may read.
-    func recent(to caller: Caller) throws -> [Berth_V1_Operation] {
-        try store.recentOperations(limit: 200).filter { caller.mayRead(operationOf: $0.owner) }.map(\.operation)
+    func recent(to caller: Caller) throws -> [OperationRecord] {
+        try store.recentOperations(limit: 200).filter { caller.mayRead(operationOf: $0.owner) }
     }
 }

@@ -1,5 +1,4 @@
 import Placement
-import Wire
 
 /// The nodes as the scheduler sees them: each one's record, its last heartbeat report (or its
 /// enrolment info until one arrives) and its state. The placement ledger adds what the VPSs on
@@ -26,7 +25,7 @@ struct SchedulerView: PlacementNodeSource {
         let info = report?.info ?? node.info
         var snapshot = NodeSnapshot(
             name: node.name, state: state(of: node), labels: node.labels,
-            cpuMillis: UInt64(info.cpus) * 1000, memoryBytes: info.memoryBytes, diskBytes: info.diskBytes)
+            cpuMillis: UInt64(clamping: info.cpus) * 1000, memoryBytes: info.memoryBytes, diskBytes: info.diskBytes)
         snapshot.templates = report?.templates
         return snapshot
     }

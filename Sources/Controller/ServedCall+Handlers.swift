@@ -1,6 +1,7 @@
 import BerthCore
 import Placement
 import Wire
+import WireTLS
 
 // The handlers of the call table (ControllerCall.of): wire in, wire out; the work is done by the
 // controller's parts. All are async so the table calls them alike.
@@ -41,19 +42,19 @@ extension ServedCall {
 
     func list(_ r: Berth_V1_ListRequest) async throws -> Berth_V1_Response {
         let statuses = try service.vps.list(all: r.all, selector: r.selector, by: caller)
-        return response { $0.list.vpses = statuses }
+        return response { $0.list.vpses = statuses.map(Berth_V1_VpsStatus.init) }
     }
 
     // MARK: operations and events
 
     func operationShow(_ r: Berth_V1_OperationRequest) async throws -> Berth_V1_Response {
         let operation = try await service.journal.show(r.id, waitMs: r.waitMs, to: caller)
-        return response { $0.operation = operation }
+        return response { $0.operation = Berth_V1_Operation(operation) }
     }
 
     func operationList() async throws -> Berth_V1_Response {
         let operations = try service.journal.recent(to: caller)
-        return response { $0.operations.operations = operations }
+        return response { $0.operations.operations = operations.map(Berth_V1_Operation.init) }
     }
 
     /// A long poll of the event log: events after `after_id`, waiting up to `wait_ms` for one.
@@ -69,7 +70,7 @@ extension ServedCall {
             try await Task.sleep(for: .milliseconds(200))
             found = try service.store.events(after: after, limit: limit)
         }
-        return response { $0.events.events = found }
+        return response { $0.events.events = found.map(Berth_V1_Event.init) }
     }
 
     // MARK: nodes and pools
@@ -111,13 +112,30 @@ extension ServedCall {
 
     // MARK: templates
 
+    /// The tarball goes to each node as this call's upload, without the node list.
     func templateUpload(_ r: Berth_V1_TemplateUploadRequest) async throws -> Berth_V1_Response {
-        let result = try await service.templates.distribute(r, by: caller, stream: stream)
-        return response { $0.templateUpload = result }
+        let (links, stream) = (service.links, stream)
+        let placed = try await service.templates.distribute(TemplateUpload(r), by: caller, stream: stream) { staging, node in
+            var upload = r
+            upload.nodes = []
+            var request = Berth_V1_Request()
+            request.templateUpload = upload
+            let call = try await links.client(for: node).start(request)
+            try await FileTransfer.send(staging, on: call)
+            let response = try await call.result { stream.progress("\(node.name): \($0.step)") }
+            guard let template = response.templateUpload.placed.first?.template else {
+                throw WireError(.internalError, "node \(node.name) answered without the template")
+            }
+            return template
+        }
+        return response { $0.templateUpload.placed = placed.map(Berth_V1_TemplatePlacement.init) }
     }
 
+    /// The tar stream is relayed from the node that holds the template, under each hop's credit.
     func templateExport() async throws -> Berth_V1_Response {
-        try await service.templates.export(request, stream: stream)
+        let r = request.templateExport
+        let node = try service.templates.exportingNode(named: r.node, for: r.name)
+        return try await service.links.forward(request, to: node, stream: stream)
     }
 
     // MARK: certificates and nodes' own calls
@@ -140,8 +158,8 @@ extension ServedCall {
     }
 
     func heartbeat(_ r: Berth_V1_Heartbeat) async throws -> Berth_V1_Response {
-        let reply = try service.heartbeats.beat(r, from: try certificate)
-        return response { $0.heartbeat = reply }
+        let answer = try service.heartbeats.beat(HeartbeatReport(r), from: try certificate)
+        return response { $0.heartbeat = Berth_V1_HeartbeatReply(answer) }
     }
 
     /// Admin: the controller takes a new certificate now, and/or a node is asked to renew.

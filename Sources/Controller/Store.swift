@@ -25,12 +25,12 @@ public protocol ClusterStore: Sendable {
     /// Deletes the row and releases its addresses; false when there was no such row.
     @discardableResult func removeVPS(_ name: String) throws -> Bool
     /// Writes the status the node answered, nothing else of the record.
-    func updateStatus(_ name: String, _ status: Berth_V1_VpsStatus) throws
+    func updateStatus(_ name: String, _ status: VPSStatusRecord) throws
     /// A heartbeat's report: address, labels and capacity, for the node holding `serial` only
     /// (cordon state and the certificate are not the heartbeat's to change).
-    func updateNodeReport(name: String, serial: String, address: String, labels: [String: String], info: Berth_V1_NodeInfo) throws
+    func updateNodeReport(name: String, serial: String, address: String, labels: [String: String], info: NodeReport) throws
     /// Writes the statuses an agent reported for the VPSs placed on it; returns how many changed.
-    func recordStatuses(node: String, _ statuses: [Berth_V1_VpsStatus]) throws -> Int
+    func recordStatuses(node: String, _ statuses: [VPSStatusRecord]) throws -> Int
     func importVPSes(_ records: [VPSRecord]) throws
 
     func pools() throws -> [IPPoolRecord]
@@ -50,12 +50,13 @@ public protocol ClusterStore: Sendable {
     /// Registers a new operation; false when one with that id exists already.
     func beginOperation(id: String, kind: String, subject: String, owner: String) throws -> Bool
     func operationProgress(id: String, _ step: String) throws
-    func finishOperation(id: String, result: Berth_V1_Response?, error: Berth_V1_ErrorReply?) throws
-    func operation(_ id: String) throws -> (operation: Berth_V1_Operation, owner: String)?
-    func recentOperations(limit: Int) throws -> [(operation: Berth_V1_Operation, owner: String)]
-    /// Operations a controller crash left running can never finish: mark them failed.
-    func abandonRunningOperations() throws
-    func events(after id: Int64, limit: Int) throws -> [Berth_V1_Event]
+    /// Succeeded when `error` is nil, else failed; both are the journal's opaque bytes.
+    func finishOperation(id: String, result: Data?, error: Data?) throws
+    func operation(_ id: String) throws -> OperationRecord?
+    func recentOperations(limit: Int) throws -> [OperationRecord]
+    /// Operations a controller crash left running can never finish: mark them failed with `error`.
+    func abandonRunningOperations(error: Data) throws
+    func events(after id: Int64, limit: Int) throws -> [EventRecord]
 }
 
 public final class SQLiteStore: ClusterStore {
@@ -107,13 +108,33 @@ public final class SQLiteStore: ClusterStore {
         migrator.registerMigration("v3 VPS specs as records") { db in
             for row in try Row.fetchAll(db, sql: "SELECT name, spec FROM vps") {
                 let name: String = row["name"]
-                let request = (try? Berth_V1_CreateRequest(serializedBytes: [UInt8](row["spec"] as Data))) ?? Berth_V1_CreateRequest()
-                var spec = VPSSpec(request)
+                var spec = VPSSpec.storedCreateRequest(row["spec"])
                 spec.name = name
                 try db.execute(sql: "UPDATE vps SET spec = ? WHERE name = ?", arguments: [try specData(spec), name])
             }
         }
+        // Node reports were the heartbeat's protobuf; from here on they are NodeReport as JSON.
+        migrator.registerMigration("v4 node reports as records") { db in
+            for row in try Row.fetchAll(db, sql: "SELECT name, info FROM node") {
+                let report = NodeReport.storedNodeInfo(row["info"])
+                try db.execute(sql: "UPDATE node SET info = ? WHERE name = ?", arguments: [try recordData(report), row["name"] as String])
+            }
+        }
+        // VPS statuses were the node's protobuf; from here on they are VPSStatusRecord as JSON.
+        migrator.registerMigration("v5 VPS statuses as records") { db in
+            for row in try Row.fetchAll(db, sql: "SELECT name, status FROM vps") {
+                let status = VPSStatusRecord.storedVpsStatus(row["status"])
+                try db.execute(sql: "UPDATE vps SET status = ? WHERE name = ?", arguments: [try recordData(status), row["name"] as String])
+            }
+        }
         return migrator
+    }
+
+    /// A record as its column holds it: JSON with sorted keys, so equal records are equal bytes.
+    static func recordData<Record: Encodable>(_ record: Record) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return try encoder.encode(record)
     }
 
     // MARK: nodes
@@ -129,7 +150,7 @@ public final class SQLiteStore: ClusterStore {
     static func node(_ row: Row) -> NodeRecord {
         NodeRecord(
             name: row["name"], address: row["address"], labels: labels(row["labels"]),
-            info: (try? Berth_V1_NodeInfo(serializedBytes: [UInt8](row["info"] as Data))) ?? Berth_V1_NodeInfo(),
+            info: (try? JSONDecoder().decode(NodeReport.self, from: row["info"] as Data)) ?? NodeReport(),
             cordoned: row["cordoned"], certificateSerial: row["certificate_serial"])
     }
 
@@ -142,7 +163,7 @@ public final class SQLiteStore: ClusterStore {
     }
 
     public func saveNode(_ node: NodeRecord) throws {
-        let info = Data(try node.info.serializedBytes() as [UInt8])
+        let info = try Self.recordData(node.info)
         try pool.write { db in
             try db.execute(
                 sql: """
@@ -162,11 +183,7 @@ public final class SQLiteStore: ClusterStore {
 
     // MARK: VPSs
 
-    static func specData(_ spec: VPSSpec) throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        return try encoder.encode(spec)
-    }
+    static func specData(_ spec: VPSSpec) throws -> Data { try recordData(spec) }
 
     static func vps(_ row: Row) throws -> VPSRecord {
         let name: String = row["name"]
@@ -179,7 +196,7 @@ public final class SQLiteStore: ClusterStore {
         }
         return VPSRecord(
             name: name, node: row["node"], tenant: row["tenant"], spec: spec,
-            status: (try? Berth_V1_VpsStatus(serializedBytes: [UInt8](row["status"] as Data))) ?? Berth_V1_VpsStatus(),
+            status: (try? JSONDecoder().decode(VPSStatusRecord.self, from: row["status"] as Data)) ?? VPSStatusRecord(),
             phase: phase)
     }
 
@@ -192,7 +209,7 @@ public final class SQLiteStore: ClusterStore {
     }
 
     public func reserveVPS(_ record: VPSRecord, autoAddresses: [(pool: String, count: Int)]) throws -> [String] {
-        let status = Data(try record.status.serializedBytes() as [UInt8])
+        let status = try Self.recordData(record.status)
         return try pool.write { db -> [String] in
             if try Row.fetchOne(db, sql: "SELECT 1 FROM vps WHERE name = ?", arguments: [record.name]) != nil {
                 throw WireError(.alreadyExists, "name: a VPS named \(record.name) already exists in the cluster", field: "name")
@@ -241,7 +258,7 @@ public final class SQLiteStore: ClusterStore {
 
     public func updateVPS(_ record: VPSRecord) throws {
         let spec = try Self.specData(record.spec)
-        let status = Data(try record.status.serializedBytes() as [UInt8])
+        let status = try Self.recordData(record.status)
         try pool.write { db in
             try db.execute(
                 sql: "UPDATE vps SET node = ?, tenant = ?, spec = ?, status = ?, phase = ? WHERE name = ?",
@@ -283,13 +300,13 @@ public final class SQLiteStore: ClusterStore {
         }
     }
 
-    public func updateStatus(_ name: String, _ status: Berth_V1_VpsStatus) throws {
-        let bytes = Data(try status.serializedBytes() as [UInt8])
+    public func updateStatus(_ name: String, _ status: VPSStatusRecord) throws {
+        let bytes = try Self.recordData(status)
         try pool.write { db in try db.execute(sql: "UPDATE vps SET status = ? WHERE name = ?", arguments: [bytes, name]) }
     }
 
-    public func updateNodeReport(name: String, serial: String, address: String, labels: [String: String], info: Berth_V1_NodeInfo) throws {
-        let bytes = Data(try info.serializedBytes() as [UInt8])
+    public func updateNodeReport(name: String, serial: String, address: String, labels: [String: String], info: NodeReport) throws {
+        let bytes = try Self.recordData(info)
         try pool.write { db in
             try db.execute(
                 sql: "UPDATE node SET address = ?, labels = ?, info = ? WHERE name = ? AND certificate_serial = ?",
@@ -297,7 +314,7 @@ public final class SQLiteStore: ClusterStore {
         }
     }
 
-    public func recordStatuses(node: String, _ statuses: [Berth_V1_VpsStatus]) throws -> Int {
+    public func recordStatuses(node: String, _ statuses: [VPSStatusRecord]) throws -> Int {
         let byName = Dictionary(statuses.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         // Read first: a heartbeat that changes nothing (the usual case) costs no write transaction.
         let changes = try pool.read { db -> [(String, Data)] in
@@ -306,7 +323,7 @@ public final class SQLiteStore: ClusterStore {
                 let name: String = row["name"]
                 guard var status = byName[name] else { continue }
                 status.node = node
-                let bytes = Data(try status.serializedBytes() as [UInt8])
+                let bytes = try Self.recordData(status)
                 if bytes != (row["status"] as Data) || (row["phase"] as String) != "ready" { changes.append((name, bytes)) }
             }
             return changes
@@ -328,7 +345,7 @@ public final class SQLiteStore: ClusterStore {
                     sql: "INSERT INTO vps (name, node, tenant, spec, status, phase) VALUES (?, ?, ?, ?, ?, ?)",
                     arguments: [
                         record.name, record.node, record.tenant, try Self.specData(record.spec),
-                        Data(try record.status.serializedBytes() as [UInt8]), record.phase.rawValue,
+                        try Self.recordData(record.status), record.phase.rawValue,
                     ])
             }
         }
@@ -406,18 +423,10 @@ public final class SQLiteStore: ClusterStore {
         }
     }
 
-    static func operation(_ row: Row) -> (operation: Berth_V1_Operation, owner: String) {
-        var operation = Berth_V1_Operation()
-        operation.id = row["id"]
-        operation.kind = row["kind"]
-        operation.subject = row["subject"]
-        operation.state = row["state"]
-        operation.progress = row["progress"]
-        if let bytes = row["error"] as Data? { operation.error = (try? Berth_V1_ErrorReply(serializedBytes: [UInt8](bytes))) ?? Berth_V1_ErrorReply() }
-        if let bytes = row["result"] as Data? { operation.result = (try? Berth_V1_Response(serializedBytes: [UInt8](bytes))) ?? Berth_V1_Response() }
-        operation.startedUnixMs = Int64((row["started"] as Double) * 1000)
-        operation.finishedUnixMs = Int64(((row["finished"] as Double?) ?? 0) * 1000)
-        return (operation, row["owner"])
+    static func operation(_ row: Row) -> OperationRecord {
+        OperationRecord(
+            id: row["id"], kind: row["kind"], subject: row["subject"], owner: row["owner"], state: row["state"], progress: row["progress"],
+            error: row["error"], result: row["result"], started: row["started"], finished: row["finished"])
     }
 
     public func beginOperation(id: String, kind: String, subject: String, owner: String) throws -> Bool {
@@ -433,29 +442,23 @@ public final class SQLiteStore: ClusterStore {
         try pool.write { db in try db.execute(sql: "UPDATE operation SET progress = ? WHERE id = ?", arguments: [step, id]) }
     }
 
-    public func finishOperation(id: String, result: Berth_V1_Response?, error: Berth_V1_ErrorReply?) throws {
-        let resultBytes = try result.map { Data(try $0.serializedBytes() as [UInt8]) }
-        let errorBytes = try error.map { Data(try $0.serializedBytes() as [UInt8]) }
+    public func finishOperation(id: String, result: Data?, error: Data?) throws {
         try pool.write { db in
             try db.execute(
                 sql: "UPDATE operation SET state = ?, result = ?, error = ?, finished = ? WHERE id = ?",
-                arguments: [error == nil ? "succeeded" : "failed", resultBytes, errorBytes, Date().timeIntervalSince1970, id])
+                arguments: [error == nil ? "succeeded" : "failed", result, error, Date().timeIntervalSince1970, id])
         }
     }
 
-    public func operation(_ id: String) throws -> (operation: Berth_V1_Operation, owner: String)? {
+    public func operation(_ id: String) throws -> OperationRecord? {
         try pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM operation WHERE id = ?", arguments: [id]).map(Self.operation) }
     }
 
-    public func recentOperations(limit: Int) throws -> [(operation: Berth_V1_Operation, owner: String)] {
+    public func recentOperations(limit: Int) throws -> [OperationRecord] {
         try pool.read { db in try Row.fetchAll(db, sql: "SELECT * FROM operation ORDER BY started DESC LIMIT ?", arguments: [limit]).map(Self.operation) }
     }
 
-    public func abandonRunningOperations() throws {
-        var reply = Berth_V1_ErrorReply()
-        reply.code = "unavailable"
-        reply.message = "the controller restarted while this operation ran; check the VPS's status"
-        let bytes = Data(try reply.serializedBytes() as [UInt8])
+    public func abandonRunningOperations(error bytes: Data) throws {
         try pool.write { db in
             try db.execute(
                 sql: "UPDATE operation SET state = 'failed', error = ?, finished = ? WHERE state = 'running'",
@@ -463,16 +466,10 @@ public final class SQLiteStore: ClusterStore {
         }
     }
 
-    public func events(after id: Int64, limit: Int) throws -> [Berth_V1_Event] {
+    public func events(after id: Int64, limit: Int) throws -> [EventRecord] {
         try pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM event WHERE id > ? ORDER BY id LIMIT ?", arguments: [id, limit]).map { row in
-                var event = Berth_V1_Event()
-                event.id = UInt64(row["id"] as Int64)
-                event.atUnixMs = Int64((row["at"] as Double) * 1000)
-                event.kind = row["kind"]
-                event.subject = row["subject"]
-                event.message = row["message"]
-                return event
+                EventRecord(id: row["id"], at: row["at"], kind: row["kind"], subject: row["subject"], message: row["message"])
             }
         }
     }

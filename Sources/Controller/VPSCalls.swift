@@ -54,7 +54,7 @@ final class VPSCalls: Sendable {
     }
 
     /// The last reported status, with the node filled in and `unknown` while the node is down.
-    func currentStatus(_ record: VPSRecord) -> Berth_V1_VpsStatus {
+    func currentStatus(_ record: VPSRecord) -> VPSStatusRecord {
         var status = record.status
         status.name = record.name
         status.node = record.node
@@ -128,7 +128,7 @@ final class VPSCalls: Sendable {
             var status = response.status
             status.node = record.node
             var updated = record
-            updated.status = status
+            updated.status = VPSStatusRecord(status)
             updated.phase = .ready
             try store.updateVPS(updated)
             try? store.addEvent(kind: "vps.created", subject: record.name, message: "on \(record.node) by \(caller.name)")
@@ -147,11 +147,9 @@ final class VPSCalls: Sendable {
         }
     }
 
-    static func creatingStatus(_ spec: VPSSpec, on node: String) -> Berth_V1_VpsStatus {
-        var status = Berth_V1_VpsStatus()
-        status.name = spec.name
+    static func creatingStatus(_ spec: VPSSpec, on node: String) -> VPSStatusRecord {
+        var status = VPSStatusRecord(name: spec.name, state: "creating")
         status.node = node
-        status.state = "creating"
         status.template = spec.template
         return status
     }
@@ -168,11 +166,11 @@ final class VPSCalls: Sendable {
         case .status(var status):
             status.node = record.node
             response.status = status
-            try? store.updateStatus(record.name, status)
+            try? store.updateStatus(record.name, VPSStatusRecord(status))
         case .set(var result):
             result.status.node = record.node
             response.set = result
-            try? store.updateStatus(record.name, result.status)
+            try? store.updateStatus(record.name, VPSStatusRecord(result.status))
         default: break
         }
         return response
@@ -194,11 +192,11 @@ final class VPSCalls: Sendable {
             return fresh
         }
         var response = Berth_V1_Response()
-        response.status = currentStatus(record)
+        response.status = Berth_V1_VpsStatus(currentStatus(record))
         return response
     }
 
-    func list(all: Bool, selector: [String: String], by caller: Caller) throws -> [Berth_V1_VpsStatus] {
+    func list(all: Bool, selector: [String: String], by caller: Caller) throws -> [VPSStatusRecord] {
         try store.vpses()
             .filter { caller.sees(vpsOf: $0.tenant) }
             .map(currentStatus)

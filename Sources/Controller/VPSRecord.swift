@@ -1,6 +1,5 @@
 import BerthCore
 import Placement
-import Wire
 
 /// A VPS placed by the controller: where it lives, who owns it, what it was created with and
 /// the status its agent last reported.
@@ -15,10 +14,10 @@ public struct VPSRecord: Sendable, Equatable {
     /// "" for VPSs created by admins and operators; a tenant sees only its own.
     public var tenant: String
     public var spec: VPSSpec
-    public var status: Berth_V1_VpsStatus
+    public var status: VPSStatusRecord
     public var phase: Phase
 
-    public init(name: String, node: String, tenant: String, spec: VPSSpec, status: Berth_V1_VpsStatus, phase: Phase) {
+    public init(name: String, node: String, tenant: String, spec: VPSSpec, status: VPSStatusRecord, phase: Phase) {
         self.name = name
         self.node = node
         self.tenant = tenant
