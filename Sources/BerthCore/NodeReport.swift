@@ -1,21 +1,8 @@
 /// A node's capacity, its overcommit and what its VPSs commit of it, as its agent reports them
 /// (every heartbeat, and `node_info`) and the controller keeps them (the `node.info` column, as
-/// JSON, so the Codable names are a stored format). The same fields as the agent's
-/// `NodeCapacity`; the wire form is converted in Sources/Wire/NodeReport+Wire.swift.
+/// JSON, so the Codable names are a stored format); the wire form is converted in
+/// Sources/Wire/NodeReport+Wire.swift.
 public struct NodeReport: Codable, Sendable, Equatable {
-    /// How far a node may promise more than it has: allocatable = capacity x ratio.
-    public struct Overcommit: Codable, Sendable, Equatable {
-        public var cpu: Double
-        public var memory: Double
-        public var disk: Double
-
-        public init(cpu: Double = 0, memory: Double = 0, disk: Double = 0) {
-            self.cpu = cpu
-            self.memory = memory
-            self.disk = disk
-        }
-    }
-
     public var name = ""
     public var kernel = ""
     /// "v1" or "v2".
@@ -29,7 +16,7 @@ public struct NodeReport: Codable, Sendable, Equatable {
     public var poolBytes: UInt64 = 0
     public var poolFreeBytes: UInt64 = 0
     /// 0 each until the node has reported (a node known only from its enrolment).
-    public var overcommit = Overcommit()
+    public var overcommit = Overcommit(cpu: 0, memory: 0, disk: 0)
     /// The sum of every VPS's `Limits.commitment`.
     public var committed = Commitment()
     /// The disk sizes of pool VPSs.

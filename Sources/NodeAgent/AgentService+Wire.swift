@@ -76,27 +76,3 @@ extension Berth_V1_SetResult {
         needsRestart = outcome.needsRestart
     }
 }
-
-extension Berth_V1_NodeInfo {
-    init(_ capacity: NodeCapacity) {
-        self.init()
-        name = capacity.name
-        kernel = capacity.kernel
-        cgroupMode = capacity.cgroupMode
-        cpus = UInt32(capacity.cpus)
-        memoryBytes = capacity.memoryBytes
-        diskBytes = capacity.diskBytes
-        diskFreeBytes = capacity.diskFreeBytes
-        poolBytes = capacity.poolBytes
-        poolFreeBytes = capacity.poolFreeBytes
-        cpuOvercommit = capacity.overcommit.cpu
-        memoryOvercommit = capacity.overcommit.memory
-        diskOvercommit = capacity.overcommit.disk
-        committedCpuPct = capacity.committed.cpuPercent
-        committedMemoryBytes = capacity.committed.memoryBytes
-        committedDiskBytes = capacity.committed.diskBytes
-        committedPoolBytes = capacity.committedPoolBytes
-        vpsTotal = UInt32(capacity.vpsTotal)
-        vpsRunning = UInt32(capacity.vpsRunning)
-    }
-}

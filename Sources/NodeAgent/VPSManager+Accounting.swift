@@ -65,8 +65,9 @@ extension VPSManager {
     }
 
     /// Capacity of this node and what its VPSs' limits commit of it.
-    public func nodeInfo() -> NodeCapacity {
-        var info = NodeCapacity(name: nodeName, overcommit: overcommit)
+    public func nodeInfo() -> NodeReport {
+        var info = NodeReport(name: nodeName)
+        info.overcommit = overcommit
         var uts = utsname()
         uname(&uts)
         info.kernel = withUnsafePointer(to: &uts.release) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }

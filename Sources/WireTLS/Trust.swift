@@ -27,7 +27,9 @@ extension CertificateIdentity {
     /// `serial` has and revocation compares: two lower-case digits per byte, no leading zero
     /// byte, the leading zero digit of a first byte below 0x10 kept.
     public static func canonicalSerial(_ text: String) throws(WireError) -> String {
-        var digits = text.lowercased().replacingOccurrences(of: ":", with: "")
+        // The standard library only: Foundation's replacingOccurrences would link ICU's 36 MB of
+        // data into the CLI (measured: its data segment grew from 4 to 40 MB).
+        var digits = String(text.lowercased().filter { $0 != ":" })
         guard !digits.isEmpty, digits.count <= 42, digits.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else {
             throw WireError(.invalidArgument, "serial: \"\(text)\" is not a hex certificate serial (up to 20 bytes)", field: "serial")
         }

@@ -55,7 +55,7 @@ import Wire
         #expect(node.info == NodeReport(info))
         #expect(Berth_V1_NodeInfo(node.info) == info)  // every field survives, as `node show` prints it
         #expect(node.info.committed == Commitment(cpuPercent: 350, memoryBytes: 3 << 30, diskBytes: 20 << 30))
-        #expect(node.info.overcommit == NodeReport.Overcommit(cpu: 4, memory: 1.5, disk: 1))
+        #expect(node.info.overcommit == Overcommit(cpu: 4, memory: 1.5, disk: 1))
         #expect(node.labels == ["zone": "a"])
         #expect(node.cordoned)
         #expect(node.certificateSerial == "01")

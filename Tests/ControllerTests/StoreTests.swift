@@ -94,7 +94,7 @@ import Wire
         defer { try? FileManager.default.removeItem(atPath: dir) }
         var info = NodeReport(name: "n1")
         info.cpus = 16
-        info.overcommit = NodeReport.Overcommit(cpu: 4, memory: 1.5, disk: 1)
+        info.overcommit = Overcommit(cpu: 4, memory: 1.5, disk: 1)
         info.committed = Commitment(cpuPercent: 250, memoryBytes: 1 << 30, diskBytes: 2 << 30)
         try store.saveNode(NodeRecord(name: "n1", address: "198.18.0.1:7000", labels: ["zone": "a"], info: info, cordoned: true, certificateSerial: "01"))
         _ = try store.reserveVPS(record("a"), autoAddresses: [])
