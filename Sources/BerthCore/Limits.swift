@@ -172,13 +172,20 @@ public struct Commitment: Equatable, Sendable {
 /// `--cpus` as operators give it: a count ("2") or a cpuset list ("0-1,3"). The agent stores the
 /// list; a count of one is stored as "0", the only list that reads like a count.
 public enum CPUSelection {
-    /// How many CPUs `text` selects: a number from 1 up is a count, anything else a list.
+    /// How many CPUs `text` selects: a number from 1 up is a count, anything else a list (a CPU
+    /// named twice counts once).
     public static func count(_ text: String) -> Int {
         if let count = Int(text), count >= 1 { return count }
-        return text.split(separator: ",").reduce(0) { total, part in
+        var cpus = Set<Int>()
+        for part in text.split(separator: ",") {
             let bounds = part.split(separator: "-").compactMap { Int($0) }
-            return total + (bounds.count == 2 ? bounds[1] - bounds[0] + 1 : 1)
+            if bounds.count == 2, bounds[0] <= bounds[1], bounds[1] - bounds[0] < 1 << 16 {
+                cpus.formUnion(bounds[0]...bounds[1])
+            } else if let cpu = bounds.first {
+                cpus.insert(cpu)
+            }
         }
+        return cpus.count
     }
 
     /// `text` checked: a count becomes the list of the first CPUs when `onlineCPUs` is known,

@@ -48,7 +48,8 @@ public struct CgroupV2Driver: CgroupDriver {
         // VSwap: swap.max is the swap on top of memory.max (v1's memsw is the sum).
         try set(
             dir, "memory.swap.max", limits.memoryBytes == nil ? nil : String(limits.swapBytes ?? 0),
-            requested: limits.swapBytes != nil, what: "--swap")
+            // No swap (`--swap 0`) is what a host without swap accounting gives anyway.
+            requested: (limits.swapBytes ?? 0) > 0, what: "--swap")
         try set(dir, "pids.max", limits.pids.map(String.init), requested: limits.pids != nil, what: "--pids")
         try set(
             dir, "cpu.weight", String(CgroupLimits.cpuWeight(units: limits.cpuUnits ?? CgroupLimits.defaultCpuUnits)),

@@ -66,6 +66,10 @@ public enum HelperProtocol {
     public struct HandOff: Equatable, Sendable {
         /// berth-spawn's own executable (O_PATH), run again by berth-monitor.
         public var selfExecutable: Int32
+        /// berth-monitor as opened and checked before the first boot, run again at each reboot:
+        /// the agent's copy of it may be gone by then (an agent that stopped takes it along).
+        /// -1 from a berth-monitor of an earlier version, which does not pass it back.
+        public var monitorProgram: Int32
         public var runDir: String
         public var initPid: Int32
         public var master: Int32
@@ -81,10 +85,11 @@ public enum HelperProtocol {
         public var capacity: Int
 
         public init(
-            selfExecutable: Int32, runDir: String, initPid: Int32, master: Int32, slave: Int32, listener: Int32,
+            selfExecutable: Int32, monitorProgram: Int32 = -1, runDir: String, initPid: Int32, master: Int32, slave: Int32, listener: Int32,
             signals: Int32, client: Int32, spec: Int32, history: Int32, capacity: Int
         ) {
             self.selfExecutable = selfExecutable
+            self.monitorProgram = monitorProgram
             self.runDir = runDir
             self.initPid = initPid
             self.master = master
@@ -108,6 +113,7 @@ public enum HelperProtocol {
         public enum Option {
             public static let runDir = "--run-dir"
             public static let selfExecutable = "--self"
+            public static let monitorProgram = "--monitor"
             public static let initPid = "--init"
             public static let master = "--master"
             public static let slave = "--slave"
@@ -124,7 +130,8 @@ public enum HelperProtocol {
         /// berth-monitor's arguments after its program name.
         public var monitorArguments: [String] {
             [
-                Option.runDir, runDir, Option.selfExecutable, String(selfExecutable), Option.initPid, String(initPid),
+                Option.runDir, runDir, Option.selfExecutable, String(selfExecutable), Option.monitorProgram, String(monitorProgram),
+                Option.initPid, String(initPid),
                 Option.master, String(master), Option.slave, String(slave), Option.listener, String(listener),
                 Option.signals, String(signals), Option.client, String(client), Option.spec, String(spec),
                 Option.history, String(history), Option.capacity, String(capacity),
@@ -133,7 +140,7 @@ public enum HelperProtocol {
 
         /// The descriptors a hand-off passes (they must not be close-on-exec).
         public var descriptors: [Int32] {
-            [selfExecutable, master, slave, listener, signals, client, spec, history].filter { $0 >= 0 }
+            [selfExecutable, monitorProgram, master, slave, listener, signals, client, spec, history].filter { $0 >= 0 }
         }
 
         /// What `berth-spawn resume` got from berth-monitor (the words after `resume`): the
@@ -154,7 +161,8 @@ public enum HelperProtocol {
             else { return nil }
             return (
                 HandOff(
-                    selfExecutable: selfFD, runDir: runDir, initPid: initPid, master: master, slave: slave, listener: listener,
+                    selfExecutable: selfFD, monitorProgram: number(Option.monitorProgram) ?? -1, runDir: runDir, initPid: initPid, master: master, slave: slave,
+                    listener: listener,
                     signals: signals, client: client, spec: spec, history: history, capacity: Int(capacity)), status
             )
         }

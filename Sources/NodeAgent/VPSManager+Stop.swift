@@ -10,12 +10,14 @@ extension VPSManager {
         let generation = record.generation
         Task {
             _ = await ProcessWatcher.shared.waitForExit(pid: pid, pidfd: pidfd)
-            self.monitorExited(name, generation: generation)
+            self.monitorExited(name, record: record, generation: generation)
         }
     }
 
-    func monitorExited(_ name: String, generation: Int) {
-        guard let record = records[name], record.generation == generation else { return }
+    /// The record as well as the generation: a VPS destroyed with --force while starting and
+    /// created again under its name is a new record, which an old monitor's exit must not touch.
+    func monitorExited(_ name: String, record watched: VPSRecord, generation: Int) {
+        guard let record = records[name], record === watched, record.generation == generation else { return }
         let reason = exitReason(name) ?? "monitor exited unexpectedly"
         record.lastExit = reason
         record.run = nil

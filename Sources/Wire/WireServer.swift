@@ -456,7 +456,11 @@ struct PeerCredentials {
 /// Ends a connection from outside its frame handlers (revocation, the idle limit): an ERROR on
 /// stream 0 that says why, then the close. Safe from any thread.
 package func closeConnection(_ channel: Channel, with error: WireError) {
+    // Nothing more is read from a peer being shut out, and a peer that does not read cannot hold
+    // the close off by leaving the ERROR unwritten: the close comes within a second regardless.
+    channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
     channel.writeAndFlush(Frame.error(error, stream: 0)).whenComplete { _ in channel.close(promise: nil) }
+    channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
 }
 
 extension WireError {

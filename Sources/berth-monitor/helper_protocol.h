@@ -7,6 +7,7 @@
 // Hand-off options, berth-spawn -> berth-monitor and back (HelperProtocol.HandOff.Option).
 #define BERTH_OPTION_RUN_DIR "--run-dir"
 #define BERTH_OPTION_SELF "--self"
+#define BERTH_OPTION_MONITOR "--monitor"
 #define BERTH_OPTION_INIT "--init"
 #define BERTH_OPTION_MASTER "--master"
 #define BERTH_OPTION_SLAVE "--slave"

@@ -40,6 +40,7 @@
 
 struct options {
     int self;               // berth-spawn's own executable (O_PATH), run again when init exits
+    int monitor;            // this program as berth-spawn opened it, handed back for the next boot
     const char *run_dir;    // the VPS's run directory (exit file)
     pid_t init;
     int master, slave, listener, signals, client, spec, history;
@@ -126,6 +127,7 @@ static int parse_int(const char *text, long long *value) {
 static int parse(int argc, char **argv, struct options *o) {
     memset(o, 0, sizeof *o);
     o->client = -1;
+    o->monitor = -1;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *key = argv[i], *text = argv[i + 1];
         if (!strcmp(key, BERTH_OPTION_RUN_DIR)) { o->run_dir = text; continue; }
@@ -133,6 +135,7 @@ static int parse(int argc, char **argv, struct options *o) {
         if (parse_int(text, &value) != 0) return -1;
         if (!strcmp(key, BERTH_OPTION_INIT)) o->init = (pid_t)value;
         else if (!strcmp(key, BERTH_OPTION_SELF)) o->self = (int)value;
+        else if (!strcmp(key, BERTH_OPTION_MONITOR)) o->monitor = (int)value;
         else if (!strcmp(key, BERTH_OPTION_MASTER)) o->master = (int)value;
         else if (!strcmp(key, BERTH_OPTION_SLAVE)) o->slave = (int)value;
         else if (!strcmp(key, BERTH_OPTION_LISTENER)) o->listener = (int)value;
@@ -168,7 +171,7 @@ static void give_up(const struct options *o, const char *why) {
     exit(1);
 }
 
-static char numbers[12][24];
+static char numbers[16][24];
 static int numbers_used;
 
 static char *number(long long value) {
@@ -189,6 +192,7 @@ static void resume(const struct options *o, int status) {
     argv[argc++] = BERTH_OPTION_STATUS;   argv[argc++] = number(status);
     argv[argc++] = BERTH_OPTION_RUN_DIR;  argv[argc++] = (char *)o->run_dir;
     argv[argc++] = BERTH_OPTION_SELF;     argv[argc++] = number(o->self);
+    argv[argc++] = BERTH_OPTION_MONITOR;  argv[argc++] = number(o->monitor);
     argv[argc++] = BERTH_OPTION_INIT;     argv[argc++] = number(o->init);
     argv[argc++] = BERTH_OPTION_MASTER;   argv[argc++] = number(o->master);
     argv[argc++] = BERTH_OPTION_SLAVE;    argv[argc++] = number(o->slave);

@@ -77,7 +77,8 @@ final class Monitor {
         lseek(handOff.history, 0, SEEK_SET)
         ring.append(FileIO.readAll(fd: handOff.history)?[...] ?? [])
         close(handOff.history)
-        monitorFD = Self.openMonitor(spec)
+        // The program berth-monitor handed back; an earlier version hands none: then the path.
+        monitorFD = handOff.monitorProgram >= 0 ? handOff.monitorProgram : Self.openMonitor(spec)
     }
 
     /// berth-monitor opened for execveat, if it is a regular executable ELF file; else -1.
@@ -283,7 +284,7 @@ final class Monitor {
             giveUp("no memfd for the console history (\(errnoName(errno)))")
         }
         let handOff = HelperProtocol.HandOff(
-            selfExecutable: selfFD, runDir: spec.runDir, initPid: initPid, master: consoleMaster,
+            selfExecutable: selfFD, monitorProgram: monitorFD, runDir: spec.runDir, initPid: initPid, master: consoleMaster,
             slave: consoleSlaveFD, listener: listener, signals: signalFD, client: client,
             spec: specFD, history: history, capacity: spec.consoleRingBytes)
         for fd in handOff.descriptors { _ = fcntl(fd, F_SETFD, 0) }

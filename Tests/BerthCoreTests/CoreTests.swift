@@ -163,6 +163,7 @@ import Testing
         #expect(CPUSelection.count("0-1,3") == 3)
         #expect(CPUSelection.count("2-5,7,9-10") == 7)
         #expect(CPUSelection.count("3") == 3)
+        #expect(CPUSelection.count("0,0") == 1 && CPUSelection.count("0-3,2") == 4)
     }
 
     /// One rule for the scheduler's ledger and the agent's `node show`: a cap counts as itself,

@@ -24,12 +24,16 @@ import Testing
     /// init's status in front (berth-monitor writes the same options, see main.c resume).
     @Test func handOffRoundTrips() throws {
         let handOff = HelperProtocol.HandOff(
-            selfExecutable: 7, runDir: "/run/berth/vps/web1", initPid: 99, master: 8, slave: 9,
+            selfExecutable: 7, monitorProgram: 14, runDir: "/run/berth/vps/web1", initPid: 99, master: 8, slave: 9,
             listener: 10, signals: 11, client: -1, spec: 12, history: 13, capacity: 65536)
         let back = [HelperProtocol.HandOff.Option.status, "256"] + handOff.monitorArguments
         let (resumed, status) = try #require(HelperProtocol.HandOff.resumed(back))
         #expect(resumed == handOff && status == 256)
-        #expect(handOff.descriptors == [7, 8, 9, 10, 11, 12, 13])
+        #expect(handOff.descriptors == [7, 14, 8, 9, 10, 11, 12, 13])
+        // A berth-monitor of an earlier version passes no --monitor back: berth-spawn then tries the path.
+        var older = back
+        if let at = older.firstIndex(of: HelperProtocol.HandOff.Option.monitorProgram) { older.removeSubrange(at...(at + 1)) }
+        #expect(HelperProtocol.HandOff.resumed(older)?.handOff.monitorProgram == -1)
         #expect(HelperProtocol.HandOff.resumed(Array(back.dropLast(2))) == nil)
     }
 
@@ -62,7 +66,8 @@ import Testing
         }
         typealias Option = HelperProtocol.HandOff.Option
         let swift: [String: String] = [
-            "BERTH_OPTION_RUN_DIR": Option.runDir, "BERTH_OPTION_SELF": Option.selfExecutable, "BERTH_OPTION_INIT": Option.initPid,
+            "BERTH_OPTION_RUN_DIR": Option.runDir, "BERTH_OPTION_SELF": Option.selfExecutable, "BERTH_OPTION_MONITOR": Option.monitorProgram,
+            "BERTH_OPTION_INIT": Option.initPid,
             "BERTH_OPTION_MASTER": Option.master, "BERTH_OPTION_SLAVE": Option.slave, "BERTH_OPTION_LISTENER": Option.listener,
             "BERTH_OPTION_SIGNALS": Option.signals, "BERTH_OPTION_CLIENT": Option.client, "BERTH_OPTION_SPEC": Option.spec,
             "BERTH_OPTION_HISTORY": Option.history, "BERTH_OPTION_CAPACITY": Option.capacity, "BERTH_OPTION_STATUS": Option.status,

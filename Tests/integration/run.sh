@@ -224,6 +224,26 @@ t_reboot_and_poweroff_inside() {
     "$BERTH" start "$A" >/dev/null
 }
 
+# A reboot inside while no agent runs: the stopped agent took its copy of berth-monitor along,
+# and the monitor boots the VPS again with the program it opened before the first boot.
+t_reboot_while_the_agent_is_stopped() {
+    local before; before=$(sed -n 's/^init=//p' "$WORK/run/$A/state")
+    local monitor; monitor=$(sed -n 's/^monitor=//p' "$WORK/run/$A/state")
+    agent_stop
+    [ ! -e "$WORK/run/berth-monitor" ] || fail "the stopped agent left its copy of berth-monitor"
+    kill -TERM "$before"   # busybox init: reboot
+    local after=""
+    for _ in $(seq 100); do
+        after=$(sed -n 's/^init=//p' "$WORK/run/$A/state" 2>/dev/null)
+        [ -n "$after" ] && [ "$after" != "$before" ] && break; sleep 0.1
+    done
+    agent_start
+    [ -n "$after" ] && [ "$after" != "$before" ] || fail "the VPS did not boot again (exit record: $(cat "$WORK/run/$A/exit" 2>/dev/null))"
+    for _ in $(seq 50); do [ "$(cat "/proc/$monitor/comm" 2>/dev/null)" = berth-monitor ] && break; sleep 0.1; done
+    expect_eq "$(cat "/proc/$monitor/comm")" berth-monitor "(the monitor after the reboot)"
+    expect_eq "$("$BERTH" status "$A" | cut -d' ' -f2)" running
+}
+
 t_stop_restart_destroy_leave_nothing() {
     local C; C=$(vps_name c)
     "$BERTH" create "$C" --template busybox >/dev/null
@@ -638,6 +658,7 @@ run_test "enter gets a pty inside the VPS" t_enter_has_a_pty
 run_test "console replays output from before attach" t_console_ring_buffer
 run_test "a file written inside survives stop/start" t_file_survives_stop_start
 run_test "reboot inside restarts the VPS, poweroff stops it" t_reboot_and_poweroff_inside
+run_test "a reboot inside while the agent is stopped boots the VPS again" t_reboot_while_the_agent_is_stopped
 run_test "stop/restart/destroy leave nothing behind" t_stop_restart_destroy_leave_nothing
 run_test "a host mount namespace made while a VPS runs holds none of its mounts" t_host_namespace_copy_holds_no_disk
 run_test "--storage layered: the template is a shared read-only layer, the disk holds the changes" t_layered_storage
