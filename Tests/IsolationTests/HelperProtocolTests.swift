@@ -84,30 +84,53 @@ import Testing
 }
 
 /// An owned descriptor is closed once: when its owner ends, or never when it was handed on.
+/// Judged by the other end of a pipe (EOF once every write end is closed), not by descriptor
+/// numbers, which a test running in parallel may reuse at once.
 @Suite struct FileDescriptorTests {
-    static func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) >= 0 }
+    /// A non-blocking duplicate of a pipe's read end: 0 from `read` means every write end is closed.
+    static func watcher(_ readEnd: Int32) -> Int32 {
+        let fd = fcntl(readEnd, F_DUPFD_CLOEXEC, 0)
+        _ = fcntl(fd, F_SETFL, O_NONBLOCK)
+        return fd
+    }
+
+    static func writersClosed(_ watcher: Int32) -> Bool {
+        var byte: UInt8 = 0
+        return read(watcher, &byte, 1) == 0
+    }
 
     @Test func closesWhenItsOwnerEnds() throws {
-        var numbers: (Int32, Int32) = (-1, -1)
+        var watcher: Int32 = -1
         do {
             let ends = try PipeEnds()
-            numbers = (ends.read.raw, ends.write.raw)
-            #expect(Self.isOpen(numbers.0) && Self.isOpen(numbers.1))
+            watcher = Self.watcher(ends.read.raw)
+            #expect(!Self.writersClosed(watcher))
         }
-        #expect(!Self.isOpen(numbers.0) && !Self.isOpen(numbers.1))
+        #expect(Self.writersClosed(watcher))
+        close(watcher)
     }
 
     @Test func closesOnAThrownErrorAndNotWhenReleased() throws {
         struct Failure: Error {}
-        var seen: Int32 = -1
+        var ends: [Int32] = [-1, -1]
+        #expect(pipe(&ends) == 0)
+        let watcher = Self.watcher(ends[0])
+        close(ends[0])
         #expect(throws: Failure.self) {
-            let owned = FileDescriptor(open("/dev/null", O_RDONLY | O_CLOEXEC))
-            seen = owned.raw
+            let owned = FileDescriptor(ends[1])
+            let valid = owned.isValid
+            #expect(valid)
             throw Failure()
         }
-        #expect(seen >= 0 && !Self.isOpen(seen))
-        let handed = FileDescriptor(open("/dev/null", O_RDONLY | O_CLOEXEC)).release()
-        #expect(Self.isOpen(handed))
+        #expect(Self.writersClosed(watcher))
+        close(watcher)
+        #expect(pipe(&ends) == 0)
+        let second = Self.watcher(ends[0])
+        close(ends[0])
+        let handed = FileDescriptor(ends[1]).release()
+        #expect(!Self.writersClosed(second))
         close(handed)
+        #expect(Self.writersClosed(second))
+        close(second)
     }
 }
