@@ -260,7 +260,8 @@ extension Frame {
                 var stray = data
                 stray.stream = 9
                 let pong = try await peer.send([stray, Frame(type: .ping, stream: 0)], until: { $0.type == .pong }, &inbound, outbound)
-                #expect(pong.allSatisfy { $0.type != .error })
+                // The stray DATA cost nothing: the next thing the server sends is the PONG.
+                #expect(pong.map(\.type) == [.pong])
             }
         }
     }
@@ -293,11 +294,9 @@ extension Frame {
     /// A client that never says HELLO is closed at the HELLO limit, told why.
     @Test(.timeLimit(.minutes(1))) func aSilentClientIsClosedAtTheHelloLimit() async throws {
         try await withServer(helloTimeout: .milliseconds(300)) { path in
-            let started = ContinuousClock.now
             let frames = try await RawPeer.unix(path).exchange([])
             #expect(Frame.closingError(frames)?.code == "wire.protocol-violation")
             #expect(Frame.closingError(frames)?.message.contains("no HELLO") == true)
-            #expect(ContinuousClock.now - started < .seconds(5))
         }
     }
 }
