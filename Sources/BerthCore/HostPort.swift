@@ -37,6 +37,20 @@ public struct HostPort: Sendable, Equatable, CustomStringConvertible {
         self.init(host: String(host), port: port)
     }
 
+    /// An endpoint a record stored: as `init(parsing:)` reads it, except that an IPv6 address
+    /// without brackets, which versions before the bracket rule accepted and split at the last
+    /// colon, is read back the same way (the address was checked when it was stored).
+    public init(stored text: String, field: String) throws(BerthError) {
+        do {
+            try self.init(parsing: text, field: field)
+        } catch {
+            guard !text.hasPrefix("["), let colon = text.lastIndex(of: ":"), text[..<colon].contains(":"),
+                (try? IPAddress(String(text[..<colon])))?.isV4 == false
+            else { throw error }
+            try self.init(parsing: "[\(text[..<colon])]\(text[colon...])", field: field)
+        }
+    }
+
     /// The form `init(parsing:)` reads back: IPv6 addresses in brackets.
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }

@@ -34,3 +34,32 @@ public struct VPSSpec: Codable, Sendable, Equatable {
         self.template = template
     }
 }
+
+extension VPSSpec {
+    private enum CodingKeys: String, CodingKey {
+        case name, template, hostname, ips, nameservers, searchDomains, limits, net, onboot, labels, privileged, capabilities, storage, layout,
+            pinnedNode, constraints, antiAffinity
+    }
+
+    /// A stored spec: only the name and template are required, so a record written before a
+    /// field existed still reads, with that field's default.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(name: try c.decode(String.self, forKey: .name), template: try c.decode(String.self, forKey: .template))
+        hostname = try c.decodeIfPresent(String.self, forKey: .hostname) ?? hostname
+        ips = try c.decodeIfPresent([String].self, forKey: .ips) ?? ips
+        nameservers = try c.decodeIfPresent([String].self, forKey: .nameservers) ?? nameservers
+        searchDomains = try c.decodeIfPresent([String].self, forKey: .searchDomains) ?? searchDomains
+        limits = try c.decodeIfPresent(Limits.self, forKey: .limits) ?? limits
+        net = try c.decodeIfPresent(String.self, forKey: .net) ?? net
+        onboot = try c.decodeIfPresent(Bool.self, forKey: .onboot) ?? onboot
+        labels = try c.decodeIfPresent([String: String].self, forKey: .labels) ?? labels
+        privileged = try c.decodeIfPresent(Bool.self, forKey: .privileged) ?? privileged
+        capabilities = try c.decodeIfPresent([String: String].self, forKey: .capabilities) ?? capabilities
+        storage = try c.decodeIfPresent(String.self, forKey: .storage) ?? storage
+        layout = try c.decodeIfPresent(String.self, forKey: .layout) ?? layout
+        pinnedNode = try c.decodeIfPresent(String.self, forKey: .pinnedNode) ?? pinnedNode
+        constraints = try c.decodeIfPresent([String: String].self, forKey: .constraints) ?? constraints
+        antiAffinity = try c.decodeIfPresent(String.self, forKey: .antiAffinity) ?? antiAffinity
+    }
+}

@@ -21,7 +21,7 @@ public actor AgentLinks {
         // A link to a node that renewed its certificate is retired, not closed: calls still on
         // it (an exec stream) finish; the agent closes it once it has been idle.
         if let stale = clients.removeValue(forKey: node.name), !stale.isActive { await stale.close() }
-        let agent = try HostPort(parsing: node.address, field: "address")
+        let agent = try HostPort(stored: node.address, field: "address")
         let client: WireClient
         do {
             client = try await WireClient.connect(host: agent.host, port: agent.port, bundle: bundle, group: group, timeout: .seconds(3))

@@ -28,7 +28,11 @@ public final class ControllerService: WireService {
         self.links = links
         liveness = Liveness(downAfter: settings.downAfter)
         nodes = SchedulerView(store: store, liveness: liveness)
-        ledger = PlacementLedger(policy: settings.policy, source: nodes, placed: try store.vpses().map(\.placed))
+        let placed = try store.vpses()
+        for record in placed {
+            if let damage = record.damage { logger.error("stored VPS record is damaged", metadata: ["vps": "\(record.name)", "damage": "\(damage)"]) }
+        }
+        ledger = PlacementLedger(policy: settings.policy, source: nodes, placed: placed.map(\.placed))
         journal = try OperationJournal(store: store, codec: .wire)
         heartbeats = try Heartbeats(store: store, liveness: liveness, registry: registry, settings: settings, logger: logger)
         enrolment = Enrolment(store: store, ca: ca, heartbeats: heartbeats, logger: logger)

@@ -13,38 +13,6 @@ extension ServedCall {
         return response
     }
 
-    // MARK: VPSs
-
-    func create(_ r: Berth_V1_CreateRequest) async throws -> Berth_V1_Response {
-        let status = try await service.vps.create(r, by: caller, stream: stream)
-        return response { $0.status = status }
-    }
-
-    func relay(_ name: String) async throws -> Berth_V1_Response {
-        try await service.vps.relay(request, name: name, by: caller, stream: stream)
-    }
-
-    func set(_ r: Berth_V1_SetRequest) async throws -> Berth_V1_Response {
-        try await service.vps.set(r, request: request, by: caller, stream: stream)
-    }
-
-    func destroy(_ name: String) async throws -> Berth_V1_Response {
-        try await service.vps.destroy(request, name: name, by: caller, stream: stream)
-    }
-
-    func status(_ name: String) async throws -> Berth_V1_Response {
-        try await service.vps.status(request, name: name, by: caller, stream: stream)
-    }
-
-    func stats(_ name: String) async throws -> Berth_V1_Response {
-        try await service.vps.stats(request, name: name, by: caller, stream: stream)
-    }
-
-    func list(_ r: Berth_V1_ListRequest) async throws -> Berth_V1_Response {
-        let statuses = try service.vps.list(all: r.all, selector: r.selector, by: caller)
-        return response { $0.list.vpses = statuses.map(Berth_V1_VpsStatus.init) }
-    }
-
     // MARK: operations and events
 
     func operationShow(_ r: Berth_V1_OperationRequest) async throws -> Berth_V1_Response {

@@ -185,19 +185,29 @@ public final class SQLiteStore: ClusterStore {
 
     static func specData(_ spec: VPSSpec) throws -> Data { try recordData(spec) }
 
-    static func vps(_ row: Row) throws -> VPSRecord {
+    /// A VPS row. One whose spec cannot be read (a damaged or hand-edited row) still loads,
+    /// rebuilt from its last status and marked `damage`, so that the rest of the cluster works
+    /// and its node is still charged for it; the controller names such rows when it starts.
+    static func vps(_ row: Row) -> VPSRecord {
         let name: String = row["name"]
-        let spec: VPSSpec
+        let status = (try? JSONDecoder().decode(VPSStatusRecord.self, from: row["status"] as Data)) ?? VPSStatusRecord()
+        var damage: [String] = []
+        var spec: VPSSpec
         do { spec = try JSONDecoder().decode(VPSSpec.self, from: row["spec"] as Data) } catch {
-            throw WireError(.corruptState, "the stored spec of VPS \(name) cannot be read: \(error)")
+            damage.append("its spec cannot be read (\(error)); rebuilt from its last status")
+            spec = VPSSpec(name: name, template: status.template)
+            spec.ips = status.ips
+            spec.limits = status.limits ?? spec.limits
+            spec.hostname = status.hostname
+            spec.labels = status.labels
         }
-        guard let phase = VPSRecord.Phase(rawValue: row["phase"]) else {
-            throw WireError(.corruptState, "VPS \(name) has the unknown phase '\(row["phase"] as String)'")
+        let phase = VPSRecord.Phase(rawValue: row["phase"]) ?? .creating
+        if VPSRecord.Phase(rawValue: row["phase"]) == nil {
+            damage.append("unknown phase '\(row["phase"] as String)', taken as creating")
         }
-        return VPSRecord(
-            name: name, node: row["node"], tenant: row["tenant"], spec: spec,
-            status: (try? JSONDecoder().decode(VPSStatusRecord.self, from: row["status"] as Data)) ?? VPSStatusRecord(),
-            phase: phase)
+        var record = VPSRecord(name: name, node: row["node"], tenant: row["tenant"], spec: spec, status: status, phase: phase)
+        record.damage = damage.isEmpty ? nil : damage.joined(separator: "; ")
+        return record
     }
 
     public func vpses() throws -> [VPSRecord] {

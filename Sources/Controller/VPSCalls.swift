@@ -2,7 +2,6 @@ import BerthCore
 import Logging
 import Placement
 import Synchronization
-import Wire
 
 /// The VPS calls through the controller: `create` places and reserves, then relays the create to
 /// the chosen node; every other call is relayed to the VPS's node, and what changes there (status,
@@ -29,17 +28,17 @@ final class VPSCalls: Sendable {
     /// The VPS, if it exists and the caller may see it (to a tenant, others' VPSs do not exist).
     func visibleVPS(_ name: String, to caller: Caller) throws -> VPSRecord {
         guard let record = try store.vps(name), caller.sees(vpsOf: record.tenant) else {
-            throw WireError(.notFound, "name: no VPS named \(name) in the cluster", field: "name")
+            throw BerthError(.notFound, "name: no VPS named \(name) in the cluster", field: "name")
         }
         return record
     }
 
     func placedNode(_ record: VPSRecord) throws -> NodeRecord {
         guard let node = try store.node(record.node) else {
-            throw WireError(.corruptState, "VPS \(record.name) is placed on node \(record.node), which is not registered")
+            throw BerthError(.corruptState, "VPS \(record.name) is placed on node \(record.node), which is not registered")
         }
         guard liveness.isAlive(node.name) else {
-            throw WireError(
+            throw BerthError(
                 .unavailable,
                 "node \(node.name) of VPS \(record.name) is down (no heartbeat for \(liveness.millisecondsSinceHeartbeat(node.name).map { "\($0) ms" } ?? "ever"))"
             )
@@ -75,7 +74,7 @@ final class VPSCalls: Sendable {
                 let pool = ip == "auto" ? "" : String(ip.dropFirst(5))
                 if pool.isEmpty {
                     guard pools.count == 1 else {
-                        throw WireError(.invalidArgument, "ip: 'auto' needs a pool name (auto:POOL) when the cluster has \(pools.count) pools", field: "ip")
+                        throw BerthError(.invalidArgument, "ip: 'auto' needs a pool name (auto:POOL) when the cluster has \(pools.count) pools", field: "ip")
                     }
                     automatic[pools[0].name, default: 0] += 1
                 } else {
@@ -83,7 +82,7 @@ final class VPSCalls: Sendable {
                 }
             } else {
                 guard let canonical = IPPoolMath.canonical(ip) else {
-                    throw WireError(.invalidArgument, "ip: '\(ip)' is not an IPv4 or IPv6 address (or auto[:POOL])", field: "ip")
+                    throw BerthError(.invalidArgument, "ip: '\(ip)' is not an IPv4 or IPv6 address (or auto[:POOL])", field: "ip")
                 }
                 explicit.append(canonical)
             }
@@ -91,13 +90,19 @@ final class VPSCalls: Sendable {
         return (explicit, automatic.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
     }
 
-    func create(_ request: Berth_V1_CreateRequest, by caller: Caller, stream: ServerStream) async throws -> Berth_V1_VpsStatus {
-        try Name.validate(request.name)
-        guard !request.template.isEmpty else { throw WireError(.invalidArgument, "template: required", field: "template") }
+    /// Places a new VPS and reserves its name, addresses and share of a node, then has the node
+    /// create it (`createOnNode`, given the spec with every address filled in). `ips` are the
+    /// `--ip` entries as given: explicit addresses and `auto[:POOL]`; `limits` the limits as asked.
+    func create(
+        _ requested: VPSSpec, ips: [String], limits: LimitsUpdate, by caller: Caller, progress: (String) -> Void,
+        createOnNode: (VPSSpec, NodeRecord) async throws -> VPSStatusRecord
+    ) async throws -> VPSStatusRecord {
+        try Name.validate(requested.name)
+        guard !requested.template.isEmpty else { throw BerthError(.invalidArgument, "template: required", field: "template") }
         // Limits out of Berth's bounds are refused before a node is chosen or an address taken.
-        _ = try request.limits.requested
-        let (explicit, automatic) = try addresses(request.ips)
-        var spec = VPSSpec(request)
+        _ = try Limits().merging(limits, onlineCPUs: nil)
+        let (explicit, automatic) = try addresses(ips)
+        var spec = requested
         spec.ips = explicit
         let owner = caller.tenant ?? ""
 
@@ -109,34 +114,24 @@ final class VPSCalls: Sendable {
         spec.ips = explicit + allocated
         let record = VPSRecord(name: spec.name, node: node, tenant: owner, spec: spec, status: Self.creatingStatus(spec, on: node), phase: .creating)
         logger.info("placing VPS", metadata: ["vps": "\(record.name)", "node": "\(record.node)", "by": "\(caller.name)"])
-        stream.progress("placed on \(record.node)" + (allocated.isEmpty ? "" : ", addresses \(allocated.joined(separator: " "))"))
+        progress("placed on \(record.node)" + (allocated.isEmpty ? "" : ", addresses \(allocated.joined(separator: " "))"))
 
-        // The agent gets the request as the client sent it, with the addresses filled in and
-        // without what only the controller reads.
-        var agentRequest = Berth_V1_Request()
-        var create = request
-        create.ips = spec.ips
-        create.node = ""
-        create.constraints = [:]
-        create.antiAffinity = ""
-        agentRequest.create = create
         creating.withLock { _ = $0.insert(record.name) }
         defer { creating.withLock { _ = $0.remove(record.name) } }
         do {
-            guard let node = try store.node(record.node) else { throw WireError(.corruptState, "node \(record.node) vanished") }
-            let response = try await links.forward(agentRequest, to: node, stream: stream)
-            var status = response.status
+            guard let node = try store.node(record.node) else { throw BerthError(.corruptState, "node \(record.node) vanished") }
+            var status = try await createOnNode(spec, node)
             status.node = record.node
             var updated = record
-            updated.status = VPSStatusRecord(status)
+            updated.status = status
             updated.phase = .ready
             try store.updateVPS(updated)
             try? store.addEvent(kind: "vps.created", subject: record.name, message: "on \(record.node) by \(caller.name)")
             return status
-        } catch let error as WireError where [.unavailable, .deadlineExceeded, .cancelled].contains(error.code) {
+        } catch let error as BerthError where [.unavailable, .deadlineExceeded, .cancelled].contains(error.code) {
             // The node may have created it before the answer was lost: keep the record (state
             // `creating`); the node's next heartbeat settles it, and destroy removes it if not.
-            throw WireError(
+            throw BerthError(
                 error.code,
                 "\(error.message) (the create may have reached \(record.node): `berth status \(record.name)` shows it once the node reports; `berth destroy` removes the record otherwise)"
             )
@@ -156,44 +151,37 @@ final class VPSCalls: Sendable {
 
     // MARK: - calls relayed to the VPS's node
 
-    /// start/stop/restart/set/exec/console/stats: relayed to the VPS's node; the stored status
-    /// follows what the node answers.
-    func relay(_ request: Berth_V1_Request, name: String, by caller: Caller, stream: ServerStream) async throws -> Berth_V1_Response {
+    /// start/stop/restart/exec/console: `call` runs on the VPS's node; the stored status
+    /// follows the status the node answers, if it answers one.
+    func relay<Answer>(
+        _ name: String, by caller: Caller, _ call: (NodeRecord) async throws -> (answer: Answer, status: VPSStatusRecord?)
+    ) async throws -> Answer {
         let record = try visibleVPS(name, to: caller)
-        var response = try await links.forward(request, to: try placedNode(record), stream: stream)
+        let (answer, status) = try await call(try placedNode(record))
         heartbeats.forgetReport(of: record.node)
-        switch response.result {
-        case .status(var status):
+        if var status {
             status.node = record.node
-            response.status = status
-            try? store.updateStatus(record.name, VPSStatusRecord(status))
-        case .set(var result):
-            result.status.node = record.node
-            response.set = result
-            try? store.updateStatus(record.name, VPSStatusRecord(result.status))
-        default: break
+            try? store.updateStatus(record.name, status)
         }
-        return response
+        return answer
     }
 
     /// `stats` reads the node's counters; nothing of the record changes.
-    func stats(_ request: Berth_V1_Request, name: String, by caller: Caller, stream: ServerStream) async throws -> Berth_V1_Response {
+    func stats<Answer>(_ name: String, by caller: Caller, _ call: (NodeRecord) async throws -> Answer) async throws -> Answer {
         let record = try visibleVPS(name, to: caller)
-        return try await links.forward(request, to: try placedNode(record), stream: stream)
+        return try await call(try placedNode(record))
     }
 
     /// The node's fresh answer while it is up and the VPS is created, else the last known status.
-    func status(_ request: Berth_V1_Request, name: String, by caller: Caller, stream: ServerStream) async throws -> Berth_V1_Response {
+    func status(_ name: String, by caller: Caller, fresh: (NodeRecord) async throws -> VPSStatusRecord) async throws -> VPSStatusRecord {
         let record = try visibleVPS(name, to: caller)
         if liveness.isAlive(record.node), record.phase == .ready, let node = try store.node(record.node),
-            var fresh = try? await links.forward(request, to: node, stream: stream)
+            var status = try? await fresh(node)
         {
-            fresh.status.node = node.name
-            return fresh
+            status.node = node.name
+            return status
         }
-        var response = Berth_V1_Response()
-        response.status = Berth_V1_VpsStatus(currentStatus(record))
-        return response
+        return currentStatus(record)
     }
 
     func list(all: Bool, selector: [String: String], by caller: Caller) throws -> [VPSStatusRecord] {
@@ -207,65 +195,74 @@ final class VPSCalls: Sendable {
     /// `set`: addresses added live are reserved cluster-wide before the node sees them (the
     /// node only knows its own VPSs), and released when the node refuses them or once removed;
     /// raised limits must fit the VPS's node and are reserved before the node applies them, so
-    /// two concurrent raises cannot both take the last of it.
-    func set(_ r: Berth_V1_SetRequest, request: Berth_V1_Request, by caller: Caller, stream: ServerStream) async throws -> Berth_V1_Response {
-        let record = try visibleVPS(r.name, to: caller)
+    /// two concurrent raises cannot both take the last of it. `call` applies the change on the
+    /// node and gives back the VPS's status after it.
+    func set<Answer>(
+        _ name: String, limits update: LimitsUpdate, ipAdd: [String], ipDel: [String], by caller: Caller,
+        _ call: (NodeRecord) async throws -> (answer: Answer, status: VPSStatusRecord)
+    ) async throws -> Answer {
+        let record = try visibleVPS(name, to: caller)
         var added: [String] = []
-        for ip in r.ipAdd {
+        for ip in ipAdd {
             guard let canonical = IPPoolMath.canonical(ip) else {
-                throw WireError(
+                throw BerthError(
                     .invalidArgument, "ip-add: '\(ip)' is not an IPv4 or IPv6 address (pool addresses are given at create: --ip auto[:POOL])", field: "ip-add")
             }
             added.append(canonical)
         }
         // Bad limits are refused here, before anything is reserved; the node checks them again
         // against its own CPUs.
-        let wanted = try record.spec.limits.merging(r.limits.update, onlineCPUs: nil)
+        let wanted = try record.spec.limits.merging(update, onlineCPUs: nil)
         let resize = try ledger.reserveResize(record.placed, to: PlacementRequest(wanted.commitment))
         let reserved: [String]
         do {
-            reserved = try store.reserveAddresses(added, for: r.name)
+            reserved = try store.reserveAddresses(added, for: name)
         } catch {
             if let resize { ledger.release(resize) }
             throw error
         }
-        let response: Berth_V1_Response
+        let answer: Answer
+        let status: VPSStatusRecord
         do {
-            response = try await relay(request, name: r.name, by: caller, stream: stream)
+            (answer, status) = try await relay(name, by: caller) { node in
+                let (answer, status) = try await call(node)
+                return ((answer, status), status)
+            }
         } catch {
-            try? store.releaseAddresses(reserved, of: r.name)
+            try? store.releaseAddresses(reserved, of: name)
             if let resize { ledger.release(resize) }
             throw error
         }
         // What the VPS holds now decides: an address both added and deleted stays released
         // only if the node really dropped it.
-        let holds = Set(response.set.status.ips.compactMap(IPPoolMath.canonical))
-        try? store.releaseAddresses(r.ipDel.compactMap(IPPoolMath.canonical).filter { !holds.contains($0) }, of: r.name)
+        let holds = Set(status.ips.compactMap(IPPoolMath.canonical))
+        try? store.releaseAddresses(ipDel.compactMap(IPPoolMath.canonical).filter { !holds.contains($0) }, of: name)
         // The limits the node answered are what the VPS commits from now on.
-        if var current = try store.vps(r.name) {
+        if var current = try store.vps(name) {
             var counted = current.placed
             counted.cost = resize?.new ?? counted.cost
-            current.spec.ips = response.set.status.ips
-            current.spec.limits = Limits(response.set.status.limits)
+            current.spec.ips = status.ips
+            current.spec.limits = status.limits ?? current.spec.limits
             try? store.updateVPS(current)
             ledger.recount(counted, as: current.spec.cost)
         }
-        return response
+        return answer
     }
 
-    func destroy(_ request: Berth_V1_Request, name: String, by caller: Caller, stream: ServerStream) async throws -> Berth_V1_Response {
+    /// `destroy`: `call` destroys it on its node; then its record, addresses and share go.
+    func destroy<Answer>(_ name: String, by caller: Caller, _ call: (NodeRecord) async throws -> Answer, neverCreated: Answer) async throws -> Answer {
         let record = try visibleVPS(name, to: caller)
         guard !creating.withLock({ $0.contains(record.name) }) else {
-            throw WireError(.conflict, "name: \(record.name) is still being created on \(record.node); destroy it once the create has finished", field: "name")
+            throw BerthError(.conflict, "name: \(record.name) is still being created on \(record.node); destroy it once the create has finished", field: "name")
         }
-        var response = Berth_V1_Response()
+        let answer: Answer
         do {
-            response = try await links.forward(request, to: try placedNode(record), stream: stream)
-        } catch let error as WireError where error.code == .notFound && record.phase == .creating {
-            response.ok = Berth_V1_Empty()  // an earlier create never reached the node
+            answer = try await call(try placedNode(record))
+        } catch let error as BerthError where error.code == .notFound && record.phase == .creating {
+            answer = neverCreated  // an earlier create never reached the node
         }
         try forget(record)
         try? store.addEvent(kind: "vps.destroyed", subject: record.name, message: "on \(record.node) by \(caller.name)")
-        return response
+        return answer
     }
 }

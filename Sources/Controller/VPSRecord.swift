@@ -16,6 +16,8 @@ public struct VPSRecord: Sendable, Equatable {
     public var spec: VPSSpec
     public var status: VPSStatusRecord
     public var phase: Phase
+    /// Why the stored row could not be read as written, if it could not (`SQLiteStore.vps`).
+    public var damage: String?
 
     public init(name: String, node: String, tenant: String, spec: VPSSpec, status: VPSStatusRecord, phase: Phase) {
         self.name = name

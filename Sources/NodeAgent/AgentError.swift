@@ -32,3 +32,9 @@ public struct AgentError: Error, CustomStringConvertible, WireErrorConvertible {
         return AgentError(code, "\(context): \(error.message)", stage: error.stage, errno: error.errno)
     }
 }
+
+/// An Isolation failure that no caller put in context (a pipe, a descriptor) still reaches the
+/// client with its code, stage and errno rather than as `internal`.
+extension IsolationError: WireErrorConvertible {
+    public var wireError: WireError { AgentError.kernel("node agent", self).wireError }
+}

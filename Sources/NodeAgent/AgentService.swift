@@ -182,7 +182,7 @@ public struct AgentService: WireService {
             pipes.forEach {
                 close($0.read); close($0.write)
             }
-            throw AgentError(.kernel, "cannot run \(manager.paths.spawnBinary): \(error)", stage: "spawn")
+            throw error
         }
         // Only the ends the agent uses stay open here.
         [stdinPipe.read, stdoutPipe.write, stderrPipe.write, resizePipe?.read ?? -1].filter { $0 >= 0 }.forEach { close($0) }

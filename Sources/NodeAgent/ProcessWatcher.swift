@@ -80,11 +80,12 @@ public struct ProcessResult: Sendable {
 /// Runs host tools (mke2fs, tar, berth-spawn) through the C spawn shim: the agent never forks
 /// by itself, and the child gets exactly the fds it is given.
 public enum Subprocess {
-    public struct SpawnFailure: Error, CustomStringConvertible {
-        public let path: String
-        public let stage: Int32
-        public let errno: Int32
-        public var description: String { "cannot run \(path): \(errnoName(errno))" }
+    /// Why the spawn shim could not start `path`: `kernel`, stage `spawn`, with the shim's step.
+    static func spawnFailure(_ path: String, step: berth_spawn_stage, errno: Int32) -> AgentError {
+        let steps: [berth_spawn_stage: String] = [
+            BERTH_SPAWN_FORK: "fork", BERTH_SPAWN_SETSID: "setsid", BERTH_SPAWN_DUP: "dup2", BERTH_SPAWN_EXEC: "exec", BERTH_SPAWN_PIDFD: "pidfd_open",
+        ]
+        return AgentError(.kernel, "cannot run \(path): \(steps[step] ?? "spawn") failed: \(errnoName(errno))", stage: "spawn", errno: errno)
     }
 
     /// A close-on-exec pipe; the child gets an end only by being handed it in `fds`.
@@ -109,8 +110,8 @@ public enum Subprocess {
         let pid = fds.withUnsafeBufferPointer {
             berth_spawn(argv[0], cArgv, cEnv, $0.baseAddress, Int32(fds.count), newSession ? 1 : 0, &pidfd, &stage, &err)
         }
-        if pid < 0 { throw SpawnFailure(path: argv[0], stage: stage, errno: err) }
-        if pidfd < 0 { throw SpawnFailure(path: argv[0], stage: Int32(BERTH_SPAWN_PIDFD.rawValue), errno: ENOSYS) }
+        if pid < 0 { throw spawnFailure(argv[0], step: berth_spawn_stage(UInt32(stage)), errno: err) }
+        if pidfd < 0 { throw spawnFailure(argv[0], step: BERTH_SPAWN_PIDFD, errno: ENOSYS) }
         return (pid, pidfd)
     }
 

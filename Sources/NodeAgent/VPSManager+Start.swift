@@ -86,17 +86,12 @@ extension VPSManager {
         let devnull = FileDescriptor(open("/dev/null", O_RDWR | O_CLOEXEC))
         let log = FileDescriptor(open(run + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600))
         let output = log.isValid ? log.raw : devnull.raw
-        let child: (pid: Int32, pidfd: Int32)
-        do {
-            child = try Subprocess.spawn(
-                [paths.spawnBinary, "start"],
-                fds: HelperProtocol.StartDescriptor.table(
-                    stdin: devnull.raw, stdout: output, stderr: output,
-                    spec: specPipe.read.raw, report: reportPipe.write.raw, cgroupsReady: cgroupPipe.read.raw),
-                environment: [], newSession: true)
-        } catch {
-            throw AgentError(.kernel, "cannot run \(paths.spawnBinary): \(error)", stage: "spawn")
-        }
+        let child = try Subprocess.spawn(
+            [paths.spawnBinary, "start"],
+            fds: HelperProtocol.StartDescriptor.table(
+                stdin: devnull.raw, stdout: output, stderr: output,
+                spec: specPipe.read.raw, report: reportPipe.write.raw, cgroupsReady: cgroupPipe.read.raw),
+            environment: [], newSession: true)
         // berth-spawn holds its ends now; ours go, so that its reads and ours see EOF.
         specPipe.read.close()
         reportPipe.write.close()

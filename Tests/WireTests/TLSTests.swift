@@ -142,6 +142,17 @@ struct WhoAmIService: WireService {
         }
     }
 
+    /// A node address stored before the bracket rule ("fd00:b17::1:7000", split at the last
+    /// colon then) is still dialled; anything else is read as `parsing` reads it.
+    @Test func storedHostPortReadsTheOldUnbracketedForm() throws {
+        #expect(try HostPort(stored: "fd00:b17::1:7000", field: "f") == HostPort(host: "fd00:b17::1", port: 7000))
+        #expect(try HostPort(stored: "[fd00:b17::1]:7000", field: "f") == HostPort(host: "fd00:b17::1", port: 7000))
+        #expect(try HostPort(stored: "198.18.0.1:7443", field: "f") == HostPort(host: "198.18.0.1", port: 7443))
+        for bad in ["host", "fd00::1", "[fd00::1]", "fd00::1:99999"] {
+            #expect(throws: WireError.self) { try HostPort(stored: bad, field: "f") }
+        }
+    }
+
     @Test func mutualTLSCarriesTheCertificateIdentity() async throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }

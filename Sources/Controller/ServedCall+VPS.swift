@@ -1,0 +1,68 @@
+import BerthCore
+import Wire
+
+// The VPS calls of the call table: the request goes to the VPS's node as it came (create's
+// with its addresses filled in), and VPSCalls keeps the controller's records in step with what
+// the node answers.
+
+extension ServedCall {
+    /// The call as it came, run on `node`'s agent.
+    private func forwarded(to node: NodeRecord) async throws -> Berth_V1_Response {
+        try await service.links.forward(request, to: node, stream: stream)
+    }
+
+    func create(_ r: Berth_V1_CreateRequest) async throws -> Berth_V1_Response {
+        let (links, stream) = (service.links, stream)
+        let status = try await service.vps.create(VPSSpec(r), ips: r.ips, limits: r.limits.update, by: caller, progress: { stream.progress($0) }) {
+            spec, node in
+            // The agent gets the request as the client sent it, with the addresses filled in
+            // and without what only the controller reads.
+            var create = r
+            create.ips = spec.ips
+            create.node = ""
+            create.constraints = [:]
+            create.antiAffinity = ""
+            var agentRequest = Berth_V1_Request()
+            agentRequest.create = create
+            return VPSStatusRecord(try await links.forward(agentRequest, to: node, stream: stream).status)
+        }
+        return response { $0.status = Berth_V1_VpsStatus(status) }
+    }
+
+    /// start/stop/restart/exec/console: the answer as the node gave it, its status with the node.
+    func relay(_ name: String) async throws -> Berth_V1_Response {
+        try await service.vps.relay(name, by: caller) { node in
+            var response = try await forwarded(to: node)
+            guard case .status(var status) = response.result else { return (response, nil) }
+            status.node = node.name
+            response.status = status
+            return (response, VPSStatusRecord(status))
+        }
+    }
+
+    func set(_ r: Berth_V1_SetRequest) async throws -> Berth_V1_Response {
+        try await service.vps.set(r.name, limits: r.limits.update, ipAdd: r.ipAdd, ipDel: r.ipDel, by: caller) { node in
+            var response = try await forwarded(to: node)
+            response.set.status.node = node.name
+            return (response, VPSStatusRecord(response.set.status))
+        }
+    }
+
+    func destroy(_ name: String) async throws -> Berth_V1_Response {
+        try await service.vps.destroy(name, by: caller, forwarded, neverCreated: response { $0.ok = Berth_V1_Empty() })
+    }
+
+    func status(_ name: String) async throws -> Berth_V1_Response {
+        let status = try await service.vps.status(name, by: caller) { VPSStatusRecord(try await forwarded(to: $0).status) }
+        return response { $0.status = Berth_V1_VpsStatus(status) }
+    }
+
+    func stats(_ name: String) async throws -> Berth_V1_Response {
+        try await service.vps.stats(name, by: caller, forwarded)
+    }
+
+    func list(_ r: Berth_V1_ListRequest) async throws -> Berth_V1_Response {
+        let statuses = try service.vps.list(all: r.all, selector: r.selector, by: caller)
+        return response { $0.list.vpses = statuses.map(Berth_V1_VpsStatus.init) }
+    }
+}
