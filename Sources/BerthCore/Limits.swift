@@ -1,5 +1,6 @@
 /// A VPS's resource limits: the one model the agent stores (`config.json`'s `limits`, so the
-/// Codable names are a file format), the controller charges to nodes and the wire carries.
+/// Codable names are a file format), the cgroup drivers apply (Isolation/Limits+Cgroup.swift:
+/// the unit conversions), the controller charges to nodes and the wire carries.
 /// nil = no limit. cgroup-v2 units where they exist, OpenVZ units where operators think in them.
 public struct Limits: Codable, Equatable, Sendable {
     public var memoryBytes: UInt64?
@@ -30,42 +31,6 @@ public struct Limits: Codable, Equatable, Sendable {
         "memoryBytes", "swapBytes", "pids", "cpuUnits", "cpuLimitPercent", "cpus", "files", "diskBytes",
         "diskInodes", "ioWeight", "ioBytesPerSecond", "ioOperationsPerSecond",
     ]
-}
-
-/// A change to a VPS's limits, as `berth create` and `berth set` give it: nil leaves a limit as
-/// it is (on create: no limit, or the default disk).
-public struct LimitsUpdate: Equatable, Sendable {
-    public var memoryBytes: UInt64?
-    /// 0 is "no swap" (vzctl's `--swap 0`), not "unchanged".
-    public var swapBytes: UInt64?
-    public var pids: UInt32?
-    public var cpuUnits: UInt32?
-    public var cpuLimitPercent: UInt32?
-    public var cpus: String?
-    public var files: UInt64?
-    public var diskBytes: UInt64?
-    public var diskInodes: UInt64?
-    public var ioWeight: UInt32?
-    public var ioBytesPerSecond: UInt64?
-    public var ioOperationsPerSecond: UInt32?
-
-    public init() {}
-
-    /// Every limit of `limits` as asked for (what a create asks of a fresh VPS).
-    public init(_ limits: Limits) {
-        memoryBytes = limits.memoryBytes
-        swapBytes = limits.swapBytes
-        pids = limits.pids
-        cpuUnits = limits.cpuUnits
-        cpuLimitPercent = limits.cpuLimitPercent
-        cpus = limits.cpus
-        files = limits.files
-        diskBytes = limits.diskBytes
-        diskInodes = limits.diskInodes
-        ioWeight = limits.ioWeight
-        ioBytesPerSecond = limits.ioBytesPerSecond
-        ioOperationsPerSecond = limits.ioOperationsPerSecond
-    }
 }
 
 extension Limits {
@@ -148,65 +113,12 @@ extension Limits {
     }
 }
 
-/// What one VPS holds of its node's capacity, and what a node's VPSs add up to.
-public struct Commitment: Equatable, Sendable {
-    /// % of one CPU (200 = two CPUs).
-    public var cpuPercent: UInt64
-    /// Memory and swap together.
-    public var memoryBytes: UInt64
-    public var diskBytes: UInt64
+extension Limits {
+    /// Whether any disk I/O limit is set (they need the disk's device number to be written).
+    public var hasIOLimits: Bool { ioWeight != nil || ioBytesPerSecond != nil || ioOperationsPerSecond != nil }
 
-    public init(cpuPercent: UInt64 = 0, memoryBytes: UInt64 = 0, diskBytes: UInt64 = 0) {
-        self.cpuPercent = cpuPercent
-        self.memoryBytes = memoryBytes
-        self.diskBytes = diskBytes
-    }
-
-    public static func + (a: Commitment, b: Commitment) -> Commitment {
-        Commitment(cpuPercent: a.cpuPercent &+ b.cpuPercent, memoryBytes: a.memoryBytes &+ b.memoryBytes, diskBytes: a.diskBytes &+ b.diskBytes)
-    }
-
-    public static func += (a: inout Commitment, b: Commitment) { a = a + b }
-}
-
-/// `--cpus` as operators give it: a count ("2") or a cpuset list ("0-1,3"). The agent stores the
-/// list; a count of one is stored as "0", the only list that reads like a count.
-public enum CPUSelection {
-    /// How many CPUs `text` selects: a number from 1 up is a count, anything else a list (a CPU
-    /// named twice counts once).
-    public static func count(_ text: String) -> Int {
-        if let count = Int(text), count >= 1 { return count }
-        var cpus = Set<Int>()
-        for part in text.split(separator: ",") {
-            let bounds = part.split(separator: "-").compactMap { Int($0) }
-            if bounds.count == 2, bounds[0] <= bounds[1], bounds[1] - bounds[0] < 1 << 16 {
-                cpus.formUnion(bounds[0]...bounds[1])
-            } else if let cpu = bounds.first {
-                cpus.insert(cpu)
-            }
-        }
-        return cpus.count
-    }
-
-    /// `text` checked: a count becomes the list of the first CPUs when `onlineCPUs` is known,
-    /// and either form must fit the node's CPUs.
-    public static func checked(_ text: String, onlineCPUs: Int?) throws(BerthError) -> String {
-        func invalid(_ message: String) -> BerthError { BerthError(.invalidArgument, "cpus: \(message)", field: "cpus") }
-        if let count = Int(text) {
-            guard count >= 1 else { throw invalid("\(count) is not a CPU count (1 or more)") }
-            guard let onlineCPUs else { return text }
-            guard count <= onlineCPUs else { throw invalid("\(count) CPUs requested but this node has \(onlineCPUs)") }
-            return count == 1 ? "0" : "0-\(count - 1)"
-        }
-        for part in text.split(separator: ",", omittingEmptySubsequences: false) {
-            let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
-            guard (1...2).contains(bounds.count), let low = Int(bounds[0]), let high = Int(bounds.last!), low >= 0, low <= high else {
-                throw invalid("'\(text)' is neither a CPU count nor a CPU list like 0-1,3")
-            }
-            if let onlineCPUs, high >= onlineCPUs {
-                throw invalid("CPU \(high) does not exist on this node (it has CPUs 0-\(onlineCPUs - 1))")
-            }
-        }
-        return text
+    /// Whether the disk I/O limits equal `other`'s.
+    public func sameIO(as other: Limits) -> Bool {
+        ioWeight == other.ioWeight && ioBytesPerSecond == other.ioBytesPerSecond && ioOperationsPerSecond == other.ioOperationsPerSecond
     }
 }

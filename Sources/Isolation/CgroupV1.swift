@@ -1,3 +1,5 @@
+import BerthCore
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -56,7 +58,7 @@ public struct CgroupV1Driver: CgroupDriver {
         }
     }
 
-    public func apply(_ name: String, _ limits: CgroupLimits) throws(IsolationError) {
+    public func apply(_ name: String, _ limits: Limits) throws(IsolationError) {
         let memory = path("memory", name)
         if present.contains("memory") {
             let unlimited = "-1"
@@ -84,9 +86,9 @@ public struct CgroupV1Driver: CgroupDriver {
         }
         if present.contains("cpu") {
             let cpu = path("cpu", name)
-            try FileIO.write(cpu + "/cpu.shares", String(CgroupLimits.cpuShares(units: limits.cpuUnits ?? CgroupLimits.defaultCpuUnits)))
-            try FileIO.write(cpu + "/cpu.cfs_period_us", String(CgroupLimits.cfsPeriodMicroseconds))
-            try FileIO.write(cpu + "/cpu.cfs_quota_us", limits.cpuLimitPercent.map { String(CgroupLimits.cfsQuota(percent: $0)) } ?? "-1")
+            try FileIO.write(cpu + "/cpu.shares", String(Limits.cpuShares(units: limits.cpuUnits ?? Limits.defaultCpuUnits)))
+            try FileIO.write(cpu + "/cpu.cfs_period_us", String(Limits.cfsPeriodMicroseconds))
+            try FileIO.write(cpu + "/cpu.cfs_quota_us", limits.cpuLimitPercent.map { String(Limits.cfsQuota(percent: $0)) } ?? "-1")
         }
         if present.contains("cpuset") {
             let cpus = limits.cpus ?? (FileIO.read("\(root)/cpuset/\(parent)/cpuset.cpus") ?? "").trimmingNewlines
@@ -94,21 +96,21 @@ public struct CgroupV1Driver: CgroupDriver {
         }
     }
 
-    public func ioSettings(_ name: String, _ io: IOLimits, device: String) throws(IsolationError) -> [CgroupWrite] {
+    public func ioSettings(_ name: String, _ io: Limits, device: String) throws(IsolationError) -> [CgroupWrite] {
         guard present.contains("blkio") else {
-            if io != IOLimits() { throw IsolationError(.unsupported, "I/O limits need the blkio cgroup controller, which this host does not mount") }
+            if io.hasIOLimits { throw IsolationError(.unsupported, "I/O limits need the blkio cgroup controller, which this host does not mount") }
             return []
         }
         let dir = path("blkio", name)
         var writes: [CgroupWrite] = []
-        if let weight = io.weight {
+        if let weight = io.ioWeight {
             guard FileIO.exists(dir + "/blkio.bfq.weight") else {
                 throw IsolationError(.unsupported, "--io-weight needs the BFQ I/O scheduler (blkio.bfq.weight), which this host does not offer")
             }
             writes.append(CgroupWrite(path: dir + "/blkio.bfq.weight", value: String(weight)))
         }
         // A value of 0 removes the device's throttle rule.
-        let bps = String(io.bytesPerSecond ?? 0), iops = String(io.operationsPerSecond ?? 0)
+        let bps = String(io.ioBytesPerSecond ?? 0), iops = String(io.ioOperationsPerSecond ?? 0)
         for (file, value) in [("read_bps_device", bps), ("write_bps_device", bps), ("read_iops_device", iops), ("write_iops_device", iops)] {
             writes.append(CgroupWrite(path: dir + "/blkio.throttle." + file, value: "\(device) \(value)"))
         }

@@ -1,3 +1,5 @@
+import BerthCore
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -42,7 +44,7 @@ public struct CgroupV2Driver: CgroupDriver {
         try FileIO.write(dir + "/cgroup.subtree_control", missing.map { "+" + $0 }.joined(separator: " "))
     }
 
-    public func apply(_ name: String, _ limits: CgroupLimits) throws(IsolationError) {
+    public func apply(_ name: String, _ limits: Limits) throws(IsolationError) {
         let dir = path(name)
         try set(dir, "memory.max", limits.memoryBytes.map(String.init), requested: limits.memoryBytes != nil, what: "--memory")
         // VSwap: swap.max is the swap on top of memory.max (v1's memsw is the sum).
@@ -52,10 +54,10 @@ public struct CgroupV2Driver: CgroupDriver {
             requested: (limits.swapBytes ?? 0) > 0, what: "--swap")
         try set(dir, "pids.max", limits.pids.map(String.init), requested: limits.pids != nil, what: "--pids")
         try set(
-            dir, "cpu.weight", String(CgroupLimits.cpuWeight(units: limits.cpuUnits ?? CgroupLimits.defaultCpuUnits)),
+            dir, "cpu.weight", String(Limits.cpuWeight(units: limits.cpuUnits ?? Limits.defaultCpuUnits)),
             requested: limits.cpuUnits != nil, what: "--cpu-units")
         try set(
-            dir, "cpu.max", (limits.cpuLimitPercent.map { String(CgroupLimits.cfsQuota(percent: $0)) } ?? "max") + " \(CgroupLimits.cfsPeriodMicroseconds)",
+            dir, "cpu.max", (limits.cpuLimitPercent.map { String(Limits.cfsQuota(percent: $0)) } ?? "max") + " \(Limits.cfsPeriodMicroseconds)",
             requested: limits.cpuLimitPercent != nil, what: "--cpu-limit")
         try set(dir, "cpuset.cpus", limits.cpus ?? "", requested: limits.cpus != nil, what: "--cpus")
     }
@@ -76,28 +78,28 @@ public struct CgroupV2Driver: CgroupDriver {
         try FileIO.write(full, value ?? "max")
     }
 
-    public func ioSettings(_ name: String, _ io: IOLimits, device: String) throws(IsolationError) -> [CgroupWrite] {
+    public func ioSettings(_ name: String, _ io: Limits, device: String) throws(IsolationError) -> [CgroupWrite] {
         let dir = path(name)
         var writes: [CgroupWrite] = []
-        if let weight = io.weight {
+        if let weight = io.ioWeight {
             if FileIO.exists(dir + "/io.bfq.weight") {
                 writes.append(CgroupWrite(path: dir + "/io.bfq.weight", value: String(weight)))
-            } else if FileIO.exists(dir + "/io.weight") {
-                // io.weight is 1-10000 with default 100, BFQ's 1-1000 scaled alike.
-                writes.append(CgroupWrite(path: dir + "/io.weight", value: "default \(weight)"))
+            } else if FileIO.exists(dir + "/io.ioWeight") {
+                // io.ioWeight is 1-10000 with default 100, BFQ's 1-1000 scaled alike.
+                writes.append(CgroupWrite(path: dir + "/io.ioWeight", value: "default \(weight)"))
             } else {
                 throw IsolationError(
-                    .unsupported, "--io-weight needs BFQ or the io.cost controller (io.bfq.weight / io.weight), which this host does not offer")
+                    .unsupported, "--io-weight needs BFQ or the io.cost controller (io.bfq.weight / io.ioWeight), which this host does not offer")
             }
         }
-        let throttled = io.bytesPerSecond != nil || io.operationsPerSecond != nil
+        let throttled = io.ioBytesPerSecond != nil || io.ioOperationsPerSecond != nil
         guard FileIO.exists(dir + "/io.max") else {
             if throttled {
                 throw IsolationError(.unsupported, "--io-bps/--io-iops need the cgroup v2 io controller, which this host does not enable for \(root)/\(parent)")
             }
             return writes
         }
-        let bps = io.bytesPerSecond.map(String.init) ?? "max", iops = io.operationsPerSecond.map(String.init) ?? "max"
+        let bps = io.ioBytesPerSecond.map(String.init) ?? "max", iops = io.ioOperationsPerSecond.map(String.init) ?? "max"
         writes.append(CgroupWrite(path: dir + "/io.max", value: "\(device) rbps=\(bps) wbps=\(bps) riops=\(iops) wiops=\(iops)"))
         return writes
     }

@@ -1,30 +1,3 @@
-/// A VPS's user namespace: uids and gids 0..<count inside are hostBase..<hostBase+count outside.
-public struct IDMap: Equatable, Sendable {
-    public var hostBase: UInt32
-    public var count: UInt32
-
-    public init(hostBase: UInt32, count: UInt32 = IDMap.defaultCount) {
-        self.hostBase = hostBase
-        self.count = count
-    }
-
-    /// A full 16-bit range: every uid a distribution uses, nobody (65534) included.
-    public static let defaultCount: UInt32 = 65536
-
-    /// The /proc/PID/uid_map and gid_map line.
-    public var mapLine: String { "0 \(hostBase) \(count)\n" }
-
-    public var specText: String { "\(hostBase) \(count)" }
-
-    public static func parse(_ text: String) -> IDMap? {
-        let parts = text.split(separator: " ")
-        guard parts.count == 2, let base = UInt32(parts[0]), let count = UInt32(parts[1]), base > 0, count > 0,
-            UInt64(base) + UInt64(count) <= UInt64(UInt32.max)
-        else { return nil }
-        return IDMap(hostBase: base, count: count)
-    }
-}
-
 /// What the agent asks berth-spawn to start. Sent on the spec pipe as "key=value" lines
 /// (values percent-escaped) so the helper needs no JSON decoder and stays small in memory.
 public struct SpawnSpec: Equatable, Sendable {
@@ -216,66 +189,6 @@ public struct SpawnSpec: Equatable, Sendable {
             }
         }
         return String(decoding: bytes, as: UTF8.self)
-    }
-}
-
-/// The agent's second message to the monitor, on the cgroup pipe after the spec: the VPS's
-/// cgroups exist and carry their limits. The monitor mounts the disk while the agent makes
-/// them, and moves init into them only after this. Nothing at all (EOF) means the agent gave
-/// up: the monitor undoes its mounts and exits.
-public struct CgroupsReady: Equatable, Sendable {
-    /// Control-file writes made once the disk's loop device exists, before init runs (I/O
-    /// limits); `IOLimits.devicePlaceholder` in a value becomes the device's "MAJ:MIN".
-    public var deviceWrites: [CgroupWrite]
-
-    public init(deviceWrites: [CgroupWrite] = []) { self.deviceWrites = deviceWrites }
-
-    public func encode() -> String {
-        (["cgroups=ready"] + deviceWrites.map { "device-write=" + SpawnSpec.escape($0.path + "\t" + $0.value) })
-            .joined(separator: "\n") + "\n"
-    }
-
-    public static func decode(_ text: String) throws(IsolationError) -> CgroupsReady {
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: true)[...]
-        guard lines.popFirst() == "cgroups=ready" else {
-            throw IsolationError(
-                .invalidSpec,
-                text.isEmpty
-                    ? "the agent gave up before the VPS's cgroups were ready"
-                    : "the cgroup message does not start with cgroups=ready")
-        }
-        var ready = CgroupsReady()
-        for line in lines {
-            guard line.hasPrefix("device-write=") else { throw IsolationError(.invalidSpec, "the cgroup message has an unknown line: \(line)") }
-            let parts = try SpawnSpec.unescape(String(line.dropFirst("device-write=".count)))
-                .split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
-            guard parts.count == 2, parts[0].hasPrefix("/") else { throw IsolationError(.invalidSpec, "a device-write is not PATH<TAB>VALUE") }
-            ready.deviceWrites.append(CgroupWrite(path: String(parts[0]), value: String(parts[1])))
-        }
-        return ready
-    }
-}
-
-/// The template tree a layered VPS shares, and where its own disk is mounted.
-public struct SharedLayer: Equatable, Sendable {
-    public var template: String
-    public var diskMount: String
-
-    public init(template: String, diskMount: String) {
-        self.template = template
-        self.diskMount = diskMount
-    }
-}
-
-/// A `--layout pool` VPS's disk: its subvolume in the node's btrfs pool, and the block device the
-/// pool lives on (I/O limits name it; nil when the agent could not tell).
-public struct PoolVolume: Equatable, Sendable {
-    public var subvolume: String
-    public var device: String?
-
-    public init(subvolume: String, device: String?) {
-        self.subvolume = subvolume
-        self.device = device
     }
 }
 

@@ -193,7 +193,7 @@ extension VPSManager {
 
     /// Writes `io` for a running VPS's disk (a stopped one gets it at its next start, where a
     /// limit the host cannot enforce fails the start with the reason).
-    func applyIO(_ name: String, _ io: IOLimits, running: Bool) -> Result<Void, IsolationError> {
+    func applyIO(_ name: String, _ io: Limits, running: Bool) -> Result<Void, IsolationError> {
         Result { () throws(IsolationError) in
             guard running else { return }
             for write in try cgroups.ioSettings(name, io, device: try diskDeviceNumber(name)) {

@@ -18,10 +18,3 @@ public struct VPSChange: Sendable, Equatable {
 
     public init(name: String) { self.name = name }
 }
-
-/// What a `set` did: the VPS as it is now, what took effect live and what waits for a restart.
-public struct VPSChangeOutcome: Sendable {
-    public var vps: VPSView
-    public var appliedLive: [String]
-    public var needsRestart: [String]
-}

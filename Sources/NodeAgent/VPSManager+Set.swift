@@ -65,19 +65,19 @@ extension VPSManager {
         ].filter(\.1).map(\.0)
         if running && !cgroupChanged.isEmpty {
             do {
-                try cgroups.apply(name, config.limits.cgroup)
+                try cgroups.apply(name, config.limits)
             } catch {
-                try? cgroups.apply(name, old.cgroup)
+                try? cgroups.apply(name, old)
                 throw AgentError.kernel("applying limits to \(name)", error)
             }
             live += cgroupChanged
         }
         if running && old.files != config.limits.files { restart.append("files") }
-        if old.io != config.limits.io {
+        if !old.sameIO(as: config.limits) {
             // Checked for stopped VPSs too: a limit the host cannot enforce is refused now.
-            let result = applyIO(name, config.limits.io, running: running)
+            let result = applyIO(name, config.limits, running: running)
             if case .failure(let error) = result {
-                if !cgroupChanged.isEmpty { try? cgroups.apply(name, old.cgroup) }
+                if !cgroupChanged.isEmpty { try? cgroups.apply(name, old) }
                 throw AgentError.kernel("I/O limits of \(name)", error)
             }
             if running { live.append("io") }
@@ -86,7 +86,7 @@ extension VPSManager {
             do {
                 try await configureLive(record, config)
             } catch {
-                if !cgroupChanged.isEmpty { try? cgroups.apply(name, old.cgroup) }
+                if !cgroupChanged.isEmpty { try? cgroups.apply(name, old) }
                 throw error
             }
             live += guestChanged

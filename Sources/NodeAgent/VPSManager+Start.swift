@@ -61,7 +61,7 @@ extension VPSManager {
             record.config.idmapBase = try allocateIdmap()
             try store.save(record.config)
         }
-        if let pool, pool.device == nil, record.config.limits.io != IOLimits() {
+        if let pool, pool.device == nil, record.config.limits.hasIOLimits {
             throw AgentError.kernel("I/O limits of \(name)", StoragePool.noDeviceForIOLimits)
         }
         let run = runDir(name)
@@ -178,14 +178,14 @@ extension VPSManager {
         let name = record.config.name
         do {
             try cgroups.create(name)
-            try cgroups.apply(name, record.config.limits.cgroup)
+            try cgroups.apply(name, record.config.limits)
             if let base = record.config.idmapBase { try cgroups.delegate(name, uid: base, gid: base) }
         } catch {
             throw AgentError.kernel("setting up the cgroup of \(name)", error)
         }
-        guard record.config.limits.io != IOLimits() else { return CgroupsReady() }
+        guard record.config.limits.hasIOLimits else { return CgroupsReady() }
         do {
-            return CgroupsReady(deviceWrites: try cgroups.ioSettings(name, record.config.limits.io, device: IOLimits.devicePlaceholder))
+            return CgroupsReady(deviceWrites: try cgroups.ioSettings(name, record.config.limits, device: CgroupWrite.devicePlaceholder))
         } catch {
             throw AgentError.kernel("I/O limits of \(name)", error)
         }

@@ -12,9 +12,3 @@ public struct VPSView: Sendable {
     public var initPid: Int32?
     public var bootedAt: Int64?
 }
-
-/// A VPS directory whose config could not be read: listed so an operator sees it, never touched.
-public struct BrokenVPS: Sendable {
-    public var name: String
-    public var reason: String
-}

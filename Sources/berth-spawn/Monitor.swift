@@ -166,7 +166,7 @@ final class Monitor {
         guard !ready.deviceWrites.isEmpty else { return }
         let number = try FileIO.deviceNumber(diskDevice)
         for write in ready.deviceWrites {
-            try FileIO.write(write.path, write.value.replacingPlaceholder(IOLimits.devicePlaceholder, with: number))
+            try FileIO.write(write.path, write.value.replacingPlaceholder(CgroupWrite.devicePlaceholder, with: number))
         }
     }
 

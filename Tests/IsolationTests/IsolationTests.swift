@@ -1,3 +1,4 @@
+import BerthCore
 import Foundation
 import Testing
 
@@ -64,7 +65,7 @@ final class FakeTree {
         let driver = CgroupV2Driver(root: tree.root, parent: "berth")
         try driver.apply(
             "web1",
-            CgroupLimits(
+            cgroupLimits(
                 memoryBytes: 1 << 30, swapBytes: 512 << 20, pids: 300, cpuUnits: 2000,
                 cpuLimitPercent: 150, cpus: "0-1"))
         #expect(tree.read("berth/web1/memory.max") == "1073741824")
@@ -81,22 +82,22 @@ final class FakeTree {
         tree.write("berth/v/io.max", "")
         tree.write("berth/v/io.bfq.weight", "")
         let driver = CgroupV2Driver(root: tree.root, parent: "berth")
-        let writes = try driver.ioSettings("v", IOLimits(weight: 300, bytesPerSecond: 4 << 20), device: "7:3")
+        let writes = try driver.ioSettings("v", cgroupLimits(ioWeight: 300, ioBytesPerSecond: 4 << 20), device: "7:3")
         #expect(
             writes == [
                 CgroupWrite(path: tree.root + "/berth/v/io.bfq.weight", value: "300"),
                 CgroupWrite(path: tree.root + "/berth/v/io.max", value: "7:3 rbps=4194304 wbps=4194304 riops=max wiops=max"),
             ])
         tree.write("berth/w/cgroup.procs", "")
-        #expect(throws: IsolationError.self) { try driver.ioSettings("w", IOLimits(bytesPerSecond: 1 << 20), device: "7:4") }
-        #expect(try driver.ioSettings("w", IOLimits(), device: "7:4").isEmpty)
+        #expect(throws: IsolationError.self) { try driver.ioSettings("w", cgroupLimits(ioBytesPerSecond: 1 << 20), device: "7:4") }
+        #expect(try driver.ioSettings("w", cgroupLimits(), device: "7:4").isEmpty)
     }
 
     @Test func unlimitedIsMax() throws {
         let tree = FakeTree()
         prepareLeaf(tree, "v")
         let driver = CgroupV2Driver(root: tree.root, parent: "berth")
-        try driver.apply("v", CgroupLimits())
+        try driver.apply("v", cgroupLimits())
         #expect(tree.read("berth/v/memory.max") == "max")
         #expect(tree.read("berth/v/memory.swap.max") == "max")
         #expect(tree.read("berth/v/pids.max") == "max")
@@ -109,10 +110,10 @@ final class FakeTree {
         tree.write("berth/v/cgroup.procs", "")
         tree.write("berth/v/pids.max", "")
         let driver = CgroupV2Driver(root: tree.root, parent: "berth", attachDeviceFilter: false)
-        try driver.apply("v", CgroupLimits(pids: 50))
+        try driver.apply("v", cgroupLimits(pids: 50))
         #expect(tree.read("berth/v/pids.max") == "50")
         #expect(tree.read("berth/v/memory.max") == nil)
-        #expect(throws: IsolationError.self) { try driver.apply("v", CgroupLimits(memoryBytes: 1 << 30, pids: 50)) }
+        #expect(throws: IsolationError.self) { try driver.apply("v", cgroupLimits(memoryBytes: 1 << 30, pids: 50)) }
     }
 
     /// A VPS's cgroup-v2 accounting files, as the kernel writes them.
@@ -193,13 +194,13 @@ final class FakeTree {
             tree.write(file, "")
         }
         let driver = CgroupV1Driver(root: tree.root, parent: "berth")
-        try driver.apply("v", CgroupLimits(memoryBytes: 256 << 20, swapBytes: 128 << 20, pids: 64, cpuUnits: 2000, cpuLimitPercent: 50))
+        try driver.apply("v", cgroupLimits(memoryBytes: 256 << 20, swapBytes: 128 << 20, pids: 64, cpuUnits: 2000, cpuLimitPercent: 50))
         #expect(tree.read("memory/berth/v/memory.limit_in_bytes") == String(256 << 20))
         #expect(tree.read("memory/berth/v/memory.memsw.limit_in_bytes") == String(384 << 20))
         #expect(tree.read("pids/berth/v/pids.max") == "64")
         #expect(tree.read("cpu/berth/v/cpu.shares") == "2048")
         #expect(tree.read("cpu/berth/v/cpu.cfs_quota_us") == "50000")
-        try driver.apply("v", CgroupLimits())
+        try driver.apply("v", cgroupLimits())
         #expect(tree.read("memory/berth/v/memory.limit_in_bytes") == "-1")
         #expect(tree.read("cpu/berth/v/cpu.cfs_quota_us") == "-1")
         #expect(tree.read("pids/berth/v/pids.max") == "max")
@@ -329,12 +330,12 @@ final class FakeTree {
     }
 
     @Test func unitConversionsKeepRatios() {
-        #expect(CgroupLimits.cpuShares(units: 1000) == 1024)
-        #expect(CgroupLimits.cpuShares(units: 2000) == 2 * CgroupLimits.cpuShares(units: 1000))
-        #expect(CgroupLimits.cpuWeight(units: 1000) == 100)
-        #expect(CgroupLimits.cpuWeight(units: 1) == 1)
-        #expect(CgroupLimits.cpuWeight(units: 500_000) == 10_000)
-        #expect(CgroupLimits.cfsQuota(percent: 200) == 200_000)
+        #expect(Limits.cpuShares(units: 1000) == 1024)
+        #expect(Limits.cpuShares(units: 2000) == 2 * Limits.cpuShares(units: 1000))
+        #expect(Limits.cpuWeight(units: 1000) == 100)
+        #expect(Limits.cpuWeight(units: 1) == 1)
+        #expect(Limits.cpuWeight(units: 500_000) == 10_000)
+        #expect(Limits.cfsQuota(percent: 200) == 200_000)
     }
 }
 
@@ -480,4 +481,22 @@ final class FakeTree {
         let mountinfo = FileIO.read("/proc/self/mountinfo")
         #expect(mountinfo != nil && FileIO.read("/proc/self/mountinfo", control: true) == mountinfo)
     }
+}
+
+/// Limits with only the cgroup values a driver test sets (BerthCore's `Limits` has no
+/// memberwise initialiser: its stored form is read and checked, not built by hand).
+func cgroupLimits(
+    memoryBytes: UInt64? = nil, swapBytes: UInt64? = nil, pids: UInt32? = nil, cpuUnits: UInt32? = nil,
+    cpuLimitPercent: UInt32? = nil, cpus: String? = nil, ioWeight: UInt32? = nil, ioBytesPerSecond: UInt64? = nil
+) -> Limits {
+    var limits = Limits()
+    limits.memoryBytes = memoryBytes
+    limits.swapBytes = swapBytes
+    limits.pids = pids
+    limits.cpuUnits = cpuUnits
+    limits.cpuLimitPercent = cpuLimitPercent
+    limits.cpus = cpus
+    limits.ioWeight = ioWeight
+    limits.ioBytesPerSecond = ioBytesPerSecond
+    return limits
 }

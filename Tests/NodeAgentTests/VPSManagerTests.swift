@@ -11,7 +11,7 @@ import Testing
 final class FakeCgroups: CgroupDriver, @unchecked Sendable {
     struct State {
         var existing: Set<String> = []
-        var applied: [String: CgroupLimits] = [:]
+        var applied: [String: Limits] = [:]
         var failCreate = false
     }
     let state = Mutex(State())
@@ -23,7 +23,7 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
             state.existing.insert(name)
         }
     }
-    func apply(_ name: String, _ limits: CgroupLimits) throws(IsolationError) { state.withLock { $0.applied[name] = limits } }
+    func apply(_ name: String, _ limits: Limits) throws(IsolationError) { state.withLock { $0.applied[name] = limits } }
     func procsFiles(_ name: String) -> [String] { [] }
     func pids(_ name: String) -> [Int32] { [] }
     func killAll(_ name: String) throws(IsolationError) {}
@@ -31,7 +31,7 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
     func exists(_ name: String) -> Bool { state.withLock { $0.existing.contains(name) } }
     func usage(_ name: String, scope: UsageScope) -> CgroupUsage { CgroupUsage() }
     func list() -> [String] { state.withLock { Array($0.existing) } }
-    func ioSettings(_ name: String, _ io: IOLimits, device: String) throws(IsolationError) -> [CgroupWrite] { [] }
+    func ioSettings(_ name: String, _ io: Limits, device: String) throws(IsolationError) -> [CgroupWrite] { [] }
     func guestMounts() -> [CgroupGuestMount] { [] }
     func delegate(_ name: String, uid: UInt32, gid: UInt32) throws(IsolationError) {}
 }
@@ -50,7 +50,7 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
     }
 
     /// A node holding one stopped VPS `web1` (memory 256M), re-adopted from its saved config.
-    func withNode(_ body: (Node) async throws -> Void) async throws {
+    func withNode(settings: NodeSettings = NodeSettings(), _ body: (Node) async throws -> Void) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-manager-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         for sub in ["data/vps/web1", "data/templates", "run"] {
@@ -65,7 +65,7 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
             paths: AgentPaths(
                 dataDir: dir + "/data", runDir: dir + "/run", spawnBinary: dir + "/missing/berth-spawn",
                 monitorBinary: dir + "/missing/berth-monitor"),
-            nodeName: "n1", cgroups: cgroups, logger: Logger(label: "test"), onlineCPUs: 4)
+            nodeName: "n1", cgroups: cgroups, logger: Logger(label: "test"), settings: settings, onlineCPUs: 4)
         await manager.recover()
         try await body(Node(dir: dir, manager: manager, cgroups: cgroups))
     }
@@ -81,6 +81,126 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
             #expect(try node.savedConfig("web1").desiredState == .stopped)
             #expect(node.cgroups.list().isEmpty)
             #expect(!FileManager.default.fileExists(atPath: node.dir + "/run/web1"))
+        }
+    }
+
+    /// Puts a stand-in `berth-spawn` where the manager runs its helper: a shell script that
+    /// speaks the start protocol (HelperProtocol.StartDescriptor) and fails at a chosen step.
+    static func standInHelper(_ node: Node, _ body: String) async throws {
+        let path = await node.manager.paths.spawnBinary
+        let script = "#!/bin/sh\n" + body + "\n"
+        try Data(script.utf8).write(to: URL(fileURLWithPath: path))
+        chmod(path, 0o755)
+    }
+
+    /// What a failed start must leave: the VPS stopped and startable, its desired state as it
+    /// was, no cgroup, no run directory.
+    static func expectUntouched(_ node: Node) async throws {
+        #expect(try await node.manager.status("web1").state == .stopped)
+        #expect(try node.savedConfig("web1").desiredState == .stopped)
+        #expect(node.cgroups.list().isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: node.dir + "/run/web1"))
+    }
+
+    /// The helper got its spec and the cgroups, then reports a failed step: its stage and errno
+    /// reach the caller, and what the agent made for the start (the cgroup) is gone.
+    @Test func aStartTheHelperReportsFailedIsUndone() async throws {
+        try await withNode { (node: Node) async throws in
+            try await Self.standInHelper(
+                node,
+                """
+                /bin/cat <&3 > "$0.spec"
+                /bin/cat <&5 > "$0.ready"
+                printf 'error\tmount\t5\tmounting the disk failed: EIO\n' >&4
+                exit 1
+                """)
+            let error = await #expect(throws: AgentError.self) { try await node.manager.start("web1") }
+            #expect(error?.wireError.stage == "mount" && error?.wireError.errno == 5)
+            #expect(error?.wireError.message.contains("mounting the disk failed") == true)
+            let spawnPath = await node.manager.paths.spawnBinary
+            // It really was sent the spec and the cgroups' go-ahead before it failed.
+            #expect(FileIO.read(spawnPath + ".spec")?.contains("web1") == true)
+            #expect(FileIO.read(spawnPath + ".ready") != nil)
+            #expect(node.cgroups.state.withLock { $0.applied["web1"] } != nil)
+            try await Self.expectUntouched(node)
+        }
+    }
+
+    /// A helper that dies without a report: the start fails with what it logged.
+    @Test func aHelperThatExitsWithoutAReportFailsTheStart() async throws {
+        try await withNode { (node: Node) async throws in
+            try await Self.standInHelper(node, "/bin/cat <&3 >/dev/null\necho 'segfaulted somewhere' >&2\nexit 139")
+            let error = await #expect(throws: AgentError.self) { try await node.manager.start("web1") }
+            #expect(error?.wireError.stage == "spawn")
+            #expect(error?.wireError.message.contains("exited without a status: segfaulted somewhere") == true)
+            try await Self.expectUntouched(node)
+        }
+    }
+
+    /// The cgroups cannot be made: the helper is told by EOF alone (no go-ahead), exits, and
+    /// the start fails with the cgroup's error; nothing is left.
+    @Test func aStartWhoseCgroupsCannotBeMadeEndsTheHelper() async throws {
+        try await withNode { (node: Node) async throws in
+            node.cgroups.state.withLock { $0.failCreate = true }
+            try await Self.standInHelper(
+                node,
+                """
+                /bin/cat <&3 >/dev/null
+                /bin/cat <&5 > "$0.ready"
+                printf 'error\tcgroups\t0\tno go-ahead\n' >&4
+                exit 1
+                """)
+            let error = await #expect(throws: AgentError.self) { try await node.manager.start("web1") }
+            #expect(error?.wireError.message.contains("setting up the cgroup of web1") == true)
+            #expect(error?.wireError.errno == EACCES)
+            let spawnPath = await node.manager.paths.spawnBinary
+            #expect(FileIO.read(spawnPath + ".ready") == "")  // EOF alone: no go-ahead was sent
+            node.cgroups.state.withLock { $0.failCreate = false }
+            try await Self.expectUntouched(node)
+        }
+    }
+
+    /// A template as `template import` leaves it: metadata and a tree (or, to break the disk
+    /// build, a plain file where the tree belongs).
+    static func addTemplate(_ node: Node, _ name: String, treeIsAFile: Bool = false) throws {
+        let dir = node.dir + "/data/templates/" + name
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        if treeIsAFile {
+            _ = FileManager.default.createFile(atPath: dir + "/rootfs", contents: Data("not a tree".utf8))
+        } else {
+            try FileManager.default.createDirectory(atPath: dir + "/rootfs/sbin", withIntermediateDirectories: true)
+            _ = FileManager.default.createFile(atPath: dir + "/rootfs/sbin/init", contents: Data("#!/bin/sh\n".utf8))
+        }
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        let info = TemplateInfo(name: name, source: "test", createdAt: Date(), stopSignal: SIGTERM, sizeBytes: 4096)
+        try encoder.encode(info).write(to: URL(fileURLWithPath: dir + "/template.json"))
+    }
+
+    /// The disk cannot be built (real mke2fs, no root needed): the create fails with the tool's
+    /// error and leaves no directory, record or reservation, so the same name and addresses are
+    /// created at once from a good template.
+    @Test func aCreateWhoseDiskFailsLeavesNothing() async throws {
+        let network = NodeSettings.Network(uplink: nil, ranges: [try CIDR("198.18.7.0/24")], bridges: [])
+        try await withNode(settings: NodeSettings(network: network)) { (node: Node) async throws in
+            guard FileManager.default.isExecutableFile(atPath: "/sbin/mke2fs") else {
+                print("skip: /sbin/mke2fs is not installed (e2fsprogs)")
+                return
+            }
+            try Self.addTemplate(node, "broken", treeIsAFile: true)
+            try Self.addTemplate(node, "tiny")
+            var spec = VPSSpec(name: "web2", template: "broken")
+            spec.limits.diskBytes = 32 << 20
+            spec.ips = ["198.18.7.2"]
+            spec.net = "routed"
+            let error = await #expect(throws: AgentError.self) { try await node.manager.create(spec) }
+            #expect(error?.wireError.code == .kernel && error?.wireError.stage == "mke2fs")
+            #expect(!FileManager.default.fileExists(atPath: node.dir + "/data/vps/web2"))
+            #expect(await node.manager.list(all: true, selector: [:]).vpses.map(\.config.name) == ["web1"])
+            spec.template = "tiny"
+            let created = try await node.manager.create(spec)
+            #expect(created.state == .stopped && created.config.network?.ips.map(\.description) == ["198.18.7.2"])
+            #expect(try node.savedConfig("web2").template == "tiny")
         }
     }
 
