@@ -13,10 +13,9 @@ extension ServedCall {
 
     func create(_ r: Berth_V1_CreateRequest) async throws -> Berth_V1_Response {
         let (links, stream) = (service.links, stream)
-        let status = try await service.vps.create(VPSSpec(r), ips: r.ips, limits: r.limits.update, by: caller, progress: { stream.progress($0) }) {
-            spec, node in
-            // The agent gets the request as the client sent it, with the addresses filled in
-            // and without what only the controller reads.
+        // The agent gets the request as the client sent it, with the addresses filled in and
+        // without what only the controller reads.
+        let createOnNode: (VPSSpec, NodeRecord) async throws -> VPSStatusRecord = { spec, node in
             var create = r
             create.ips = spec.ips
             create.node = ""
@@ -26,6 +25,8 @@ extension ServedCall {
             agentRequest.create = create
             return VPSStatusRecord(try await links.forward(agentRequest, to: node, stream: stream).status)
         }
+        let status = try await service.vps.create(
+            VPSSpec(r), ips: r.ips, limits: r.limits.update, by: caller, progress: { stream.progress($0) }, createOnNode: createOnNode)
         return response { $0.status = Berth_V1_VpsStatus(status) }
     }
 
