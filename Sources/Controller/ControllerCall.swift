@@ -28,11 +28,12 @@ struct ControllerCall: Sendable {
         switch call {
         // VPSs
         case .create(let r): return ControllerCall("create", .writeVPS, operationOn: r.name) { try await $0.create(r) }
-        case .start(let r): return ControllerCall("start", .writeVPS, operationOn: r.name) { try await $0.relay(r.name) }
-        case .restart(let r): return ControllerCall("restart", .writeVPS, operationOn: r.name) { try await $0.relay(r.name) }
-        case .stop(let r): return ControllerCall("stop", .writeVPS, operationOn: r.name) { try await $0.relay(r.name) }
+        case .start(let r): return ControllerCall("start", .writeVPS, operationOn: r.name) { try await $0.relay(r.name, exclusive: true) }
+        case .restart(let r): return ControllerCall("restart", .writeVPS, operationOn: r.name) { try await $0.relay(r.name, exclusive: true) }
+        case .stop(let r): return ControllerCall("stop", .writeVPS, operationOn: r.name) { try await $0.relay(r.name, exclusive: true) }
         case .destroy(let r): return ControllerCall("destroy", .writeVPS, operationOn: r.name) { try await $0.destroy(r.name) }
         case .set(let r): return ControllerCall("set", .writeVPS) { try await $0.set(r) }
+        case .migrate(let r): return ControllerCall("migrate", .operate, operationOn: r.name) { try await $0.migrate(r) }
         case .exec(let r): return ControllerCall("exec", .writeVPS) { try await $0.relay(r.name) }
         case .console(let r): return ControllerCall("console", .writeVPS) { try await $0.relay(r.name) }
         case .status(let r): return ControllerCall("status", .read) { try await $0.status(r.name) }
@@ -55,6 +56,10 @@ struct ControllerCall: Sendable {
         case .templateExport: return ControllerCall("template export", .operate) { try await $0.templateExport() }
         case .templateBuild, .templateImport, .templateRemove, .templateList, .nodeInfo:
             return ControllerCall("per-node call", .anyone) { _ in throw WireError(.invalidArgument, perNodeRefusal) }
+        case .migrationExpect, .migrationSend, .migrationReceive, .migrationAbort:
+            return ControllerCall("agent migration call", .anyone) { _ in
+                throw WireError(.invalidArgument, "this is the controller: a migration's transfer runs between node agents (berth migrate NAME --to NODE)")
+            }
         // Certificates and nodes' own calls
         case .nodeJoinToken(let r): return ControllerCall("node join-token", .admin) { try await $0.joinToken(r) }
         case .enroll(let r): return ControllerCall("enroll", .anyone) { try await $0.enroll(r) }

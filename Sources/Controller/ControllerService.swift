@@ -19,6 +19,7 @@ public final class ControllerService: WireService {
     let enrolment: Enrolment
     let templates: TemplateDistribution
     let vps: VPSCalls
+    let migrations: Migrations
 
     public init(
         store: ClusterStore, ca: ClusterCA, links: AgentLinks, settings: ControllerSettings,
@@ -38,6 +39,7 @@ public final class ControllerService: WireService {
         enrolment = Enrolment(store: store, ca: ca, heartbeats: heartbeats, logger: logger)
         templates = TemplateDistribution(store: store, liveness: liveness, uploadDirectory: settings.uploadDirectory, logger: logger)
         vps = VPSCalls(store: store, liveness: liveness, links: links, ledger: ledger, heartbeats: heartbeats, logger: logger)
+        migrations = Migrations(store: store, ledger: ledger, vps: vps, transport: links, logger: logger)
     }
 
     /// Set by the server once it listens (see `Enrolment.controllerRotation`).

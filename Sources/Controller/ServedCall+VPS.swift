@@ -31,8 +31,8 @@ extension ServedCall {
     }
 
     /// start/stop/restart/exec/console: the answer as the node gave it, its status with the node.
-    func relay(_ name: String) async throws -> Berth_V1_Response {
-        try await service.vps.relay(name, by: caller) { node in
+    func relay(_ name: String, exclusive: Bool = false) async throws -> Berth_V1_Response {
+        try await service.vps.relay(name, by: caller, exclusive: exclusive) { node in
             var response = try await forwarded(to: node)
             guard case .status(var status) = response.result else { return (response, nil) }
             status.node = node.name
@@ -65,5 +65,11 @@ extension ServedCall {
     func list(_ r: Berth_V1_ListRequest) async throws -> Berth_V1_Response {
         let statuses = try service.vps.list(all: r.all, selector: r.selector, by: caller)
         return response { $0.list.vpses = statuses.map(Berth_V1_VpsStatus.init) }
+    }
+
+    func migrate(_ r: Berth_V1_MigrateRequest) async throws -> Berth_V1_Response {
+        let stream = stream
+        let status = try await service.migrations.migrate(r.name, to: r.to, mode: r.mode, by: caller) { stream.progress($0) }
+        return response { $0.status = Berth_V1_VpsStatus(status) }
     }
 }

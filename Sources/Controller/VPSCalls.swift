@@ -13,8 +13,9 @@ final class VPSCalls: Sendable {
     let ledger: PlacementLedger
     let heartbeats: Heartbeats
     let logger: Logger
-    /// Creates on their way to a node: their records must not be destroyed under them.
-    let creating = Mutex(Set<String>())
+    /// VPSs a long call is working on (a create on its way to a node, a migration), with what it
+    /// does: destroy, set and the lifecycle calls are refused meanwhile (`busy`).
+    let held = Mutex([String: String]())
 
     init(store: ClusterStore, liveness: Liveness, links: AgentLinks, ledger: PlacementLedger, heartbeats: Heartbeats, logger: Logger) {
         self.store = store
@@ -23,6 +24,21 @@ final class VPSCalls: Sendable {
         self.ledger = ledger
         self.heartbeats = heartbeats
         self.logger = logger
+    }
+
+    /// Marks `name` busy with `what`; `busy` (conflict) when another long call holds it.
+    func hold(_ name: String, _ what: String) throws {
+        try held.withLock { (held: inout [String: String]) throws(BerthError) in
+            if let other = held[name] { throw BerthError(.conflict, "name: \(name) is busy: \(other)", field: "name") }
+            held[name] = what
+        }
+    }
+
+    func release(_ name: String) { _ = held.withLock { $0.removeValue(forKey: name) } }
+
+    /// `busy` (conflict) while a long call holds `name`.
+    func checkNotHeld(_ name: String) throws {
+        if let what = held.withLock({ $0[name] }) { throw BerthError(.conflict, "name: \(name) is busy: \(what); try again once that has finished", field: "name") }
     }
 
     /// The VPS, if it exists and the caller may see it (to a tenant, others' VPSs do not exist).
@@ -116,8 +132,8 @@ final class VPSCalls: Sendable {
         logger.info("placing VPS", metadata: ["vps": "\(record.name)", "node": "\(record.node)", "by": "\(caller.name)"])
         progress("placed on \(record.node)" + (allocated.isEmpty ? "" : ", addresses \(allocated.joined(separator: " "))"))
 
-        creating.withLock { _ = $0.insert(record.name) }
-        defer { creating.withLock { _ = $0.remove(record.name) } }
+        try hold(record.name, "being created on \(record.node)")
+        defer { release(record.name) }
         do {
             guard let node = try store.node(record.node) else { throw BerthError(.corruptState, "node \(record.node) vanished") }
             var status = try await createOnNode(spec, node)
@@ -153,10 +169,12 @@ final class VPSCalls: Sendable {
 
     /// start/stop/restart/exec/console: `call` runs on the VPS's node; the stored status
     /// follows the status the node answers, if it answers one.
+    /// `exclusive` calls (start, stop, restart) are refused while a long call holds the VPS.
     func relay<Answer>(
-        _ name: String, by caller: Caller, _ call: (NodeRecord) async throws -> (answer: Answer, status: VPSStatusRecord?)
+        _ name: String, by caller: Caller, exclusive: Bool = false, _ call: (NodeRecord) async throws -> (answer: Answer, status: VPSStatusRecord?)
     ) async throws -> Answer {
         let record = try visibleVPS(name, to: caller)
+        if exclusive { try checkNotHeld(name) }
         let (answer, status) = try await call(try placedNode(record))
         heartbeats.forgetReport(of: record.node)
         if var status {
@@ -202,6 +220,7 @@ final class VPSCalls: Sendable {
         _ call: (NodeRecord) async throws -> (answer: Answer, status: VPSStatusRecord)
     ) async throws -> Answer {
         let record = try visibleVPS(name, to: caller)
+        try checkNotHeld(name)
         var added: [String] = []
         for ip in ipAdd {
             guard let canonical = IPPoolMath.canonical(ip) else {
@@ -252,9 +271,7 @@ final class VPSCalls: Sendable {
     /// `destroy`: `call` destroys it on its node; then its record, addresses and share go.
     func destroy<Answer>(_ name: String, by caller: Caller, _ call: (NodeRecord) async throws -> Answer, neverCreated: Answer) async throws -> Answer {
         let record = try visibleVPS(name, to: caller)
-        guard !creating.withLock({ $0.contains(record.name) }) else {
-            throw BerthError(.conflict, "name: \(record.name) is still being created on \(record.node); destroy it once the create has finished", field: "name")
-        }
+        try checkNotHeld(record.name)
         let answer: Answer
         do {
             answer = try await call(try placedNode(record))

@@ -5,17 +5,29 @@ import Wire
 /// it. Access is the same for every call an agent serves (AgentService.authorise); cluster calls
 /// are refused here, by name, so a misdirected client learns where to go.
 struct AgentCall: Sendable {
+    /// Who may make a call (AgentService.authorise).
+    enum Access: Sendable {
+        /// Root on this node, or the cluster's controller: every call but one.
+        case manage
+        /// Another node of the cluster: the transfer of a migration, under a grant.
+        case peerNode
+    }
+
     let name: String
+    let access: Access
     let handle: @Sendable (AgentService, ServerStream) async throws -> Berth_V1_Response
 
-    init(_ name: String, _ handle: @escaping @Sendable (AgentService, ServerStream) async throws -> Berth_V1_Response) {
+    init(_ name: String, access: Access = .manage, _ handle: @escaping @Sendable (AgentService, ServerStream) async throws -> Berth_V1_Response) {
         self.name = name
+        self.access = access
         self.handle = handle
     }
 
     /// One response built by `fill`.
-    static func answer(_ name: String, _ fill: @escaping @Sendable (AgentService, ServerStream, inout Berth_V1_Response) async throws -> Void) -> AgentCall {
-        AgentCall(name) { service, stream in
+    static func answer(
+        _ name: String, access: Access = .manage, _ fill: @escaping @Sendable (AgentService, ServerStream, inout Berth_V1_Response) async throws -> Void
+    ) -> AgentCall {
+        AgentCall(name, access: access) { service, stream in
             var response = Berth_V1_Response()
             try await fill(service, stream, &response)
             return response
@@ -82,8 +94,22 @@ struct AgentCall: Sendable {
                 list.templates = s.manager.templates.list().map(AgentService.wire)
                 out.templates = list
             }
+        case .migrationExpect(let r):
+            return answer("migration_expect") { s, _, out in
+                try await s.manager.expectMigration(MigrationGrant(r))
+                out.ok = Berth_V1_Empty()
+            }
+        case .migrationAbort(let r):
+            return answer("migration_abort") { s, _, out in
+                try await s.manager.abortMigration(MigrationGrant(r))
+                out.ok = Berth_V1_Empty()
+            }
+        case .migrationSend(let r):
+            return answer("migration_send") { s, stream, out in out.status = try await s.migrationSend(r, stream: stream) }
+        case .migrationReceive(let r):
+            return answer("migration_receive", access: .peerNode) { s, stream, out in out.status = try await s.migrationReceive(r, stream: stream) }
         case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
-            .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList, .renew, .rotate:
+            .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList, .renew, .rotate, .migrate:
             return AgentCall("cluster") { _, _ in
                 throw AgentError(.invalidArgument, "this is a node agent: cluster calls go to the controller (berth --controller HOST:PORT)")
             }

@@ -43,9 +43,10 @@ public final class AgentServer: Service, @unchecked Sendable {
         if let cluster {
             let member = ClusterMember(options: cluster, manager: manager, group: group, logger: logger)
             let bundle = try await member.credentials()
+            service.credentials.replace(bundle)
             let server = try await member.serve(service: service, bundle: bundle)
             listener = server
-            membership = Task { try? await member.heartbeats(bundle: bundle, server: server) }
+            membership = Task { try? await member.heartbeats(bundle: bundle, server: server, credentials: service.credentials) }
         }
         let clusterServer = listener
         defer { membership?.cancel() }

@@ -15,6 +15,8 @@ public struct AgentService: WireService {
     let manager: VPSManager
     let group: EventLoopGroup
     let logger: Logger
+    /// The node's certificate once enrolled, for calls to other agents (migration).
+    public let credentials = NodeCredentials()
 
     public init(manager: VPSManager, group: EventLoopGroup, logger: Logger) {
         self.manager = manager
@@ -27,7 +29,7 @@ public struct AgentService: WireService {
         let timer = Timer(label: "berth_agent_request_duration_seconds", dimensions: [("call", call.name)], preferredDisplayUnit: .seconds)
         let start = DispatchTime.now()
         do {
-            try Self.authorise(stream.peer)
+            try Self.authorise(stream.peer, for: call.access)
             let response = try await call.handle(self, stream)
             timer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds))
             return response
@@ -38,12 +40,15 @@ public struct AgentService: WireService {
     }
 
     /// The Unix socket is root-only (mode 0600 and SO_PEERCRED); checked again per call so a
-    /// future transport cannot skip it. Every call an agent serves needs the same caller.
-    static func authorise(_ peer: PeerIdentity) throws(AgentError) {
-        switch peer {
-        case .unixUser(let uid, _) where uid == 0: return
-        case .certificate(let identity) where identity.role == .controller: return
-        default: throw AgentError(.permissionDenied, "only root on this node or the cluster controller may manage its VPSs")
+    /// future transport cannot skip it. Every call but a migration's transfer needs the same caller.
+    static func authorise(_ peer: PeerIdentity, for access: AgentCall.Access = .manage) throws(AgentError) {
+        switch (peer, access) {
+        case (.unixUser(let uid, _), .manage) where uid == 0: return
+        case (.certificate(let identity), .manage) where identity.role == .controller: return
+        // The call itself checks that this node holds a grant for that node (AgentService+Migration).
+        case (.certificate(let identity), .peerNode) where identity.role == .node: return
+        case (_, .manage): throw AgentError(.permissionDenied, "only root on this node or the cluster controller may manage its VPSs")
+        case (_, .peerNode): throw AgentError(.permissionDenied, "only another node of the cluster may send a migrated VPS")
         }
     }
 

@@ -133,7 +133,7 @@ public final class ClusterMember: Sendable {
     /// Heartbeats until cancelled; failures are logged and retried every interval. The node
     /// renews its certificate when the controller asks (an admin's `berth node rotate`) or when
     /// two thirds of its validity have passed.
-    public func heartbeats(bundle initial: CredentialBundle, server: TLSWireServer) async throws {
+    public func heartbeats(bundle initial: CredentialBundle, server: TLSWireServer, credentials: NodeCredentials) async throws {
         let controller = try HostPort(parsing: options.controller, field: "controller")
         var bundle = initial
         var interval: Duration = .seconds(1)
@@ -163,6 +163,7 @@ public final class ClusterMember: Sendable {
                 if reply.renewCertificate || bundle.needsRenewal() {
                     do {
                         bundle = try await renew(bundle, over: client!, server: server)
+                        credentials.replace(bundle)
                         // The next heartbeat goes out on a connection with the new certificate.
                         await client?.close()
                         client = nil

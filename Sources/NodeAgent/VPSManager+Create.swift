@@ -109,6 +109,7 @@ extension VPSManager {
 
     public func destroy(_ name: String, force: Bool) async throws {
         _ = try Name.validate(name)
+        try checkNotMigrating(name)
         if let message = broken[name] {
             guard force else { throw AgentError(.corruptState, "\(message); use --force to destroy it anyway") }
         } else {
@@ -134,6 +135,7 @@ extension VPSManager {
         if let config = records[name]?.config, config.isLayered { templates.unshare(config.template, with: name) }
         records[name] = nil
         broken[name] = nil
+        receivedMigrations[name] = nil
         logger.info("destroyed VPS", metadata: ["vps": "\(name)"])
     }
 }

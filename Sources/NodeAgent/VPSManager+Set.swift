@@ -9,6 +9,7 @@ extension VPSManager {
     public func set(_ request: VPSChange) async throws -> VPSChangeOutcome {
         let name = try Name.validate(request.name)
         let record = try record(name)
+        try checkNotMigrating(name)
         try record.lifecycle.beginChange(name)
         defer { record.lifecycle.endChange() }
         var config = record.config

@@ -9,6 +9,7 @@ extension VPSManager {
     public func start(_ name: String) async throws -> VPSView {
         _ = try Name.validate(name)
         let record = try record(name)
+        try checkNotMigrating(name)
         // Before the disk is looked for: a running VPS answers "already running".
         try record.lifecycle.checkStart(name)
         let pool = record.config.isPooled ? try await storagePool(creating: false) : nil
@@ -43,6 +44,7 @@ extension VPSManager {
             throw error
         }
         record.lifecycle.startSucceeded()
+        receivedMigrations[name] = nil  // running here: no longer a copy an abort may delete
         record.lastExit = ""
         // The monitor has mounted the table's directory: its first table, with the booted init,
         // written once this reply is on its way (reading the counters is no part of a start).

@@ -27,6 +27,12 @@ public actor VPSManager {
     /// Id ranges handed to creates still in flight (their configs are not saved yet).
     var pendingIdmaps: Set<UInt32> = []
     var warnedNoLxcfs = false
+    /// Migrations this node was told to expect, by grant id (VPSManager+Migration.swift).
+    var expectedMigrations: [String: MigrationGrant] = [:]
+    /// VPSs received by migration, with their grant, until the controller settles the move.
+    var receivedMigrations: [String: String] = [:]
+    /// VPSs whose disk is being sent to another node.
+    var migratingOut: Set<String> = []
     /// The disk layout of a VPS created without `--layout` (`berth-agent --default-layout`).
     public let defaultLayout: VPSConfig.Layout
     /// The node's btrfs pool once a pool VPS needed it (StoragePool.swift).

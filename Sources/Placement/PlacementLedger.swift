@@ -49,15 +49,16 @@ public final class PlacementLedger: Sendable {
         state.withLock { $0.usage = loaded }
     }
 
-    /// Chooses a node for `request` (or checks `pinned`: it skips scoring, not the filters) and,
-    /// still under the lock, runs `reserve` with it. The VPS's commitment is counted only once
+    /// Chooses a node for `request` (or checks `pinned`: it skips scoring, not the filters),
+    /// never one of `excluded` (a migrating VPS's own node), and, still under the lock, runs
+    /// `reserve` with it. The VPS's commitment is counted only once
     /// `reserve` succeeded, so a failed reservation leaves nothing behind.
     public func place<Reservation: Sendable>(
-        _ name: String, _ request: PlacementRequest, pinnedTo pinned: String?,
+        _ name: String, _ request: PlacementRequest, pinnedTo pinned: String?, excluding excluded: Set<String> = [],
         reserve: (String) throws -> Reservation
     ) throws -> (node: String, reservation: Reservation) {
         try state.withLock { state throws -> (node: String, reservation: Reservation) in
-            let snapshots = try source.placementNodes().map { Self.adding(state.usage[$0.name], to: $0) }
+            let snapshots = try source.placementNodes().filter { !excluded.contains($0.name) }.map { Self.adding(state.usage[$0.name], to: $0) }
             let node: String
             if let pinned {
                 guard let snapshot = snapshots.first(where: { $0.name == pinned }) else {
@@ -78,6 +79,11 @@ public final class PlacementLedger: Sendable {
             state.usage[node, default: NodeUsage()].add(group: request.antiAffinityGroup ?? "", cost: request)
             return (node, reservation)
         }
+    }
+
+    /// A VPS is counted on its node again (a migration handed back to its source).
+    public func add(_ vps: PlacedVPS) {
+        state.withLock { $0.usage[vps.node, default: NodeUsage()].add(group: vps.group, cost: vps.cost) }
     }
 
     /// A VPS left its node (destroyed, or its create refused): its commitment is free again.

@@ -11,6 +11,11 @@
 /// Berth wire messages, wire version 2 (Docs/wire.md). Carried inside Berth frames; never on their own.
 /// Field numbers are forever: add fields, never renumber or reuse.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -1584,6 +1589,51 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .templateExport(newValue)}
   }
 
+  /// migration (Docs/migration.md)
+  public var migrate: Berth_V1_MigrateRequest {
+    get {
+      if case .migrate(let v)? = call {return v}
+      return Berth_V1_MigrateRequest()
+    }
+    set {call = .migrate(newValue)}
+  }
+
+  /// controller -> target agent
+  public var migrationExpect: Berth_V1_MigrationGrant {
+    get {
+      if case .migrationExpect(let v)? = call {return v}
+      return Berth_V1_MigrationGrant()
+    }
+    set {call = .migrationExpect(newValue)}
+  }
+
+  /// controller -> source agent
+  public var migrationSend: Berth_V1_MigrationSendRequest {
+    get {
+      if case .migrationSend(let v)? = call {return v}
+      return Berth_V1_MigrationSendRequest()
+    }
+    set {call = .migrationSend(newValue)}
+  }
+
+  /// source agent -> target agent, under the grant
+  public var migrationReceive: Berth_V1_MigrationReceiveRequest {
+    get {
+      if case .migrationReceive(let v)? = call {return v}
+      return Berth_V1_MigrationReceiveRequest()
+    }
+    set {call = .migrationReceive(newValue)}
+  }
+
+  /// controller -> target agent
+  public var migrationAbort: Berth_V1_MigrationGrant {
+    get {
+      if case .migrationAbort(let v)? = call {return v}
+      return Berth_V1_MigrationGrant()
+    }
+    set {call = .migrationAbort(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -1622,8 +1672,105 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case renew(Berth_V1_RenewRequest)
     case rotate(Berth_V1_RotateRequest)
     case templateExport(Berth_V1_TemplateExportRequest)
+    /// migration (Docs/migration.md)
+    case migrate(Berth_V1_MigrateRequest)
+    /// controller -> target agent
+    case migrationExpect(Berth_V1_MigrationGrant)
+    /// controller -> source agent
+    case migrationSend(Berth_V1_MigrationSendRequest)
+    /// source agent -> target agent, under the grant
+    case migrationReceive(Berth_V1_MigrationReceiveRequest)
+    /// controller -> target agent
+    case migrationAbort(Berth_V1_MigrationGrant)
 
   }
+
+  public init() {}
+}
+
+/// `berth migrate NAME [--to NODE] [--mode cold]`.
+public nonisolated struct Berth_V1_MigrateRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// "" lets the scheduler choose
+  public var to: String = String()
+
+  /// "" | "cold" | "warm"
+  public var mode: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// What the controller allows once: `vps` moves from node `source` to node `target` before
+/// `expires_unix`. The target accepts one MigrationReceiveRequest naming `id`, from `source`'s
+/// certificate only.
+public nonisolated struct Berth_V1_MigrationGrant: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String = String()
+
+  public var vps: String = String()
+
+  public var source: String = String()
+
+  public var target: String = String()
+
+  public var expiresUnix: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_MigrationSendRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var grant: Berth_V1_MigrationGrant {
+    get {_grant ?? Berth_V1_MigrationGrant()}
+    set {_grant = newValue}
+  }
+  /// Returns true if `grant` has been explicitly set.
+  public var hasGrant: Bool {self._grant != nil}
+  /// Clears the value of `grant`. Subsequent reads from it will return its default value.
+  public mutating func clearGrant() {self._grant = nil}
+
+  /// the target agent's listener, HOST:PORT
+  public var targetAddress: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _grant: Berth_V1_MigrationGrant? = nil
+}
+
+/// The VPS's stored config and its disk image, announced by size and SHA-256; the image follows
+/// on channel 0 (Docs/wire.md, "File transfer").
+public nonisolated struct Berth_V1_MigrationReceiveRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var grantID: String = String()
+
+  /// the source's config.json
+  public var config: Data = Data()
+
+  public var diskSize: UInt64 = 0
+
+  public var diskSha256: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -4382,7 +4529,7 @@ nonisolated extension Berth_V1_OperationList: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0\u{3}template_export\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0\u{3}template_export\0\u{1}migrate\0\u{3}migration_expect\0\u{3}migration_send\0\u{3}migration_receive\0\u{3}migration_abort\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4834,6 +4981,71 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .templateExport(v)
         }
       }()
+      case 44: try {
+        var v: Berth_V1_MigrateRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .migrate(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .migrate(v)
+        }
+      }()
+      case 45: try {
+        var v: Berth_V1_MigrationGrant?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .migrationExpect(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .migrationExpect(v)
+        }
+      }()
+      case 46: try {
+        var v: Berth_V1_MigrationSendRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .migrationSend(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .migrationSend(v)
+        }
+      }()
+      case 47: try {
+        var v: Berth_V1_MigrationReceiveRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .migrationReceive(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .migrationReceive(v)
+        }
+      }()
+      case 48: try {
+        var v: Berth_V1_MigrationGrant?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .migrationAbort(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .migrationAbort(v)
+        }
+      }()
       default: break
       }
     }
@@ -4987,6 +5199,26 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       guard case .templateExport(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 43)
     }()
+    case .migrate?: try {
+      guard case .migrate(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 44)
+    }()
+    case .migrationExpect?: try {
+      guard case .migrationExpect(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 45)
+    }()
+    case .migrationSend?: try {
+      guard case .migrationSend(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 46)
+    }()
+    case .migrationReceive?: try {
+      guard case .migrationReceive(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 47)
+    }()
+    case .migrationAbort?: try {
+      guard case .migrationAbort(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 48)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -4996,6 +5228,180 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.deadlineMs != rhs.deadlineMs {return false}
     if lhs.operationID != rhs.operationID {return false}
     if lhs.call != rhs.call {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_MigrateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MigrateRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}to\0\u{1}mode\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.to) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.mode) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.to.isEmpty {
+      try visitor.visitSingularStringField(value: self.to, fieldNumber: 2)
+    }
+    if !self.mode.isEmpty {
+      try visitor.visitSingularStringField(value: self.mode, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_MigrateRequest, rhs: Berth_V1_MigrateRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.to != rhs.to {return false}
+    if lhs.mode != rhs.mode {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_MigrationGrant: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MigrationGrant"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}vps\0\u{1}source\0\u{1}target\0\u{3}expires_unix\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.vps) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.source) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.target) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.expiresUnix) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    if !self.vps.isEmpty {
+      try visitor.visitSingularStringField(value: self.vps, fieldNumber: 2)
+    }
+    if !self.source.isEmpty {
+      try visitor.visitSingularStringField(value: self.source, fieldNumber: 3)
+    }
+    if !self.target.isEmpty {
+      try visitor.visitSingularStringField(value: self.target, fieldNumber: 4)
+    }
+    if self.expiresUnix != 0 {
+      try visitor.visitSingularInt64Field(value: self.expiresUnix, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_MigrationGrant, rhs: Berth_V1_MigrationGrant) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.vps != rhs.vps {return false}
+    if lhs.source != rhs.source {return false}
+    if lhs.target != rhs.target {return false}
+    if lhs.expiresUnix != rhs.expiresUnix {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_MigrationSendRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MigrationSendRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}grant\0\u{3}target_address\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._grant) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.targetAddress) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._grant {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.targetAddress.isEmpty {
+      try visitor.visitSingularStringField(value: self.targetAddress, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_MigrationSendRequest, rhs: Berth_V1_MigrationSendRequest) -> Bool {
+    if lhs._grant != rhs._grant {return false}
+    if lhs.targetAddress != rhs.targetAddress {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MigrationReceiveRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}grant_id\0\u{1}config\0\u{3}disk_size\0\u{3}disk_sha256\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.grantID) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.config) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.diskSize) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.diskSha256) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.grantID.isEmpty {
+      try visitor.visitSingularStringField(value: self.grantID, fieldNumber: 1)
+    }
+    if !self.config.isEmpty {
+      try visitor.visitSingularBytesField(value: self.config, fieldNumber: 2)
+    }
+    if self.diskSize != 0 {
+      try visitor.visitSingularUInt64Field(value: self.diskSize, fieldNumber: 3)
+    }
+    if !self.diskSha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.diskSha256, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_MigrationReceiveRequest, rhs: Berth_V1_MigrationReceiveRequest) -> Bool {
+    if lhs.grantID != rhs.grantID {return false}
+    if lhs.config != rhs.config {return false}
+    if lhs.diskSize != rhs.diskSize {return false}
+    if lhs.diskSha256 != rhs.diskSha256 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -43,7 +43,7 @@ struct Berth: AsyncParsableCommand {
         subcommands: [
             TemplateCommand.self, Create.self, Start.self, Stop.self, Restart.self, Destroy.self,
             Status.self, List.self, Stats.self, NodeCommand.self, Exec.self, Enter.self, Console.self, SetCommand.self,
-            CACommand.self, IPPoolCommand.self, Events.self, OperationCommand.self,
+            CACommand.self, IPPoolCommand.self, Events.self, OperationCommand.self, Migrate.self,
         ])
 
     /// The connection flags may also come before the command (`berth --controller H:P list`, as

@@ -222,6 +222,70 @@ t_dead_agent_is_down_and_its_vps_stays_put() {
         || fail "no node.up event as JSON: $(cl events --last 5 --json)"
 }
 
+# Files written inside a VPS, as their checksums: what a migration must carry whole.
+vps_sums() { cl exec "$1" -- sh -c 'cd /srv && sha256sum data.bin notes.txt'; }
+
+t_cold_migration_moves_a_running_vps() {
+    local V=$RUN_ID-mig ip out err
+    cl create "$V" --template busybox --disk 64M --ip auto --node n1 >/dev/null
+    cl start "$V" >/dev/null
+    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1024 count=4096 2>/dev/null && echo "written on n1" > /srv/notes.txt && sync'
+    local before; before=$(vps_sums "$V")
+    expect_contains "$before" "data.bin"
+    expect_contains "$before" "notes.txt"
+    ip=$(cl status "$V" --json | field ips)
+    out=$(cl migrate "$V" --to n2)
+    expect_contains "$out" "$V running"
+    expect_eq "$(node_of "$V")" n2
+    expect_eq "$(cl status "$V" --json | field state)" running
+    expect_eq "$(vps_sums "$V")" "$before"
+    ip netns exec "$FAB" busybox ping -c1 -W2 "$ip" >/dev/null || fail "$ip does not answer after the move"
+    # Nothing is left on the source: no VPS, no directory, no route, no cgroup.
+    "$BERTH" --agent "$WORK/n1/agent.sock" list --all | grep -q "$V" && fail "$V is still on n1"
+    [ -e "$WORK/n1/data/vps/$V" ] && fail "n1 kept the VPS's directory"
+    ip netns exec "$RUN_ID-n1" ip route | grep -q "$ip" && fail "n1 kept a route to $ip"
+    find /sys/fs/cgroup -maxdepth 3 -path "*berth-$RUN_ID-n1*" -name "$V" | grep -q . && fail "n1 kept a cgroup of $V"
+    # The address stays the VPS's own in the cluster's IPAM (once).
+    expect_eq "$(cl list --all --json | grep -c "\"$ip\"")" 1
+    cl events --last 20 | grep -q "vps.migrated  $V" || fail "no vps.migrated event: $(cl events --last 5)"
+    # A stopped VPS moves stopped; without --to the scheduler picks another node.
+    cl stop "$V" >/dev/null
+    out=$(cl migrate "$V")
+    expect_contains "$out" "$V stopped"
+    local third; third=$(node_of "$V")
+    [ "$third" != n2 ] || fail "the scheduler chose the VPS's own node"
+    cl start "$V" >/dev/null
+    expect_eq "$(vps_sums "$V")" "$before"
+    # --detach answers with the operation's id at once; the move completes without the client.
+    local target=n1; [ "$third" = n1 ] && target=n2
+    local id; id=$(cl migrate "$V" --to $target --detach)
+    [ -n "$id" ] || fail "--detach printed no operation id"
+    expect_contains "$(cl operation show "$id" --wait)" "migrate $V succeeded"
+    expect_eq "$(node_of "$V")" $target
+    expect_eq "$(cl status "$V" --json | field state)" running
+    cl destroy "$V" --force >/dev/null
+}
+
+t_migration_refusals_change_nothing() {
+    local V=$RUN_ID-migr err
+    cl create "$V" --template busybox --disk 64M --node n1 >/dev/null
+    err=$(expect_fail 2 cl migrate "$V" --to n1); expect_contains "$err" "already on n1"
+    err=$(expect_fail 3 cl migrate "$V" --to nope); expect_contains "$err" "no node named nope"
+    err=$(expect_fail 2 cl migrate "$V" --mode warm); expect_contains "$err" "warm migration"
+    err=$(expect_fail 2 cl migrate "$V" --mode hot); expect_contains "$err" "not a migration mode"
+    err=$(expect_fail 3 cl migrate "$RUN_ID-none" --to n2); expect_contains "$err" "no VPS named"
+    cl node cordon n3 >/dev/null
+    err=$(expect_fail 4 cl migrate "$V" --to n3); expect_contains "$err" "cordoned"
+    cl node uncordon n3 >/dev/null
+    # Anti-affinity: a member of the group on n2 keeps another member off n2.
+    cl create "$V-aa1" --template busybox --disk 32M --node n2 --anti-affinity mig >/dev/null
+    cl create "$V-aa2" --template busybox --disk 32M --node n1 --anti-affinity mig >/dev/null
+    err=$(expect_fail 4 cl migrate "$V-aa2" --to n2); expect_contains "$err" "anti-affinity"
+    expect_eq "$(node_of "$V")" n1
+    expect_eq "$(node_of "$V-aa2")" n1
+    for v in "$V" "$V-aa1" "$V-aa2"; do cl destroy "$v" >/dev/null; done
+}
+
 # A bundle that trusts the real CA but carries another certificate (T02, T03).
 mixed_bundle() { # DIR CERT KEY
     mkdir -p "$1"; cp "$ADMIN/ca.pem" "$1/ca.pem"; cp "$2" "$1/cert.pem"; cp "$3" "$1/key.pem"
@@ -470,6 +534,8 @@ run_test "a VPS created through the controller runs, streams exec I/O, and the P
 run_test "operations: the same id re-attaches or replays the result, never repeats the work" t_operations_are_idempotent_and_reattachable
 run_test "a controller restart loses nothing" t_controller_restart_loses_nothing
 run_test "a killed agent's node is down within the window; its VPS is not started elsewhere; restart converges" t_dead_agent_is_down_and_its_vps_stays_put
+run_test "cold migration moves a running VPS with its files and address; nothing stays on the source" t_cold_migration_moves_a_running_vps
+run_test "migration refusals (own node, unknown node, cordoned, anti-affinity, modes) change nothing" t_migration_refusals_change_nothing
 run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, hostname mismatch, TLS <= 1.2" t_mtls_battery
 run_test "roles and tenants (T05): viewers read only, tenants see only their own, nodes are not operators" t_roles_and_tenants
 run_test "revocation (T04) closes open sessions and refuses new ones" t_revocation_closes_open_sessions

@@ -1,0 +1,178 @@
+import BerthCore
+import Foundation
+import Logging
+import Placement
+
+/// `berth migrate NAME [--to NODE] [--mode cold]` (Docs/migration.md). A cold migration stops
+/// the VPS, has the source agent send its config and disk straight to the target agent under a
+/// single-use grant, moves the record in one store write (the commit point), starts the VPS on
+/// the target if it was running, and only then deletes the source's copy. Before the commit
+/// every failure leaves the VPS on its source as it was; after it, a target that cannot start
+/// the VPS hands it back.
+final class Migrations: Sendable {
+    let store: ClusterStore
+    let ledger: PlacementLedger
+    let vps: VPSCalls
+    let transport: any MigrationTransport
+    let logger: Logger
+    /// How long a grant holds: a copy that has not begun by then is refused by the target.
+    static let grantLifetimeSeconds: Int64 = 600
+
+    init(store: ClusterStore, ledger: PlacementLedger, vps: VPSCalls, transport: any MigrationTransport, logger: Logger) {
+        self.store = store
+        self.ledger = ledger
+        self.vps = vps
+        self.transport = transport
+        self.logger = logger
+    }
+
+    /// The modes a caller may ask for, and the one a migration runs in.
+    static func mode(_ asked: String) throws -> String {
+        switch asked {
+        case "", "cold": return "cold"
+        case "warm":
+            throw BerthError(
+                .invalidArgument,
+                "mode: warm migration (copying while the VPS runs) is not available yet; --mode cold stops the VPS for the copy", field: "mode")
+        default: throw BerthError(.invalidArgument, "mode: '\(asked)' is not a migration mode (cold, warm)", field: "mode")
+        }
+    }
+
+    func migrate(_ name: String, to wanted: String, mode asked: String, by caller: Caller, progress: @escaping @Sendable (String) -> Void) async throws
+        -> VPSStatusRecord
+    {
+        let mode = try Self.mode(asked)
+        let record = try vps.visibleVPS(name, to: caller)
+        guard record.phase == .ready else {
+            throw BerthError(.conflict, "name: \(name) is still being created on \(record.node)", field: "name")
+        }
+        let source: NodeRecord
+        do { source = try vps.placedNode(record) } catch let error as BerthError where error.code == .unavailable {
+            throw BerthError(.unavailable, "\(error.message): a VPS is migrated from a live node (bringing back the VPSs of a dead node is failover's job)")
+        }
+        if !wanted.isEmpty {
+            guard wanted != source.name else { throw BerthError(.invalidArgument, "to: \(name) is already on \(wanted)", field: "to") }
+            guard try store.node(wanted) != nil else {
+                throw BerthError(.notFound, "to: no node named \(wanted) (see `berth node list`)", field: "to")
+            }
+        }
+        try vps.hold(name, "being migrated from \(source.name)")
+        defer { vps.release(name) }
+
+        // The target's share is reserved as a create's would be, with every filter a create has.
+        let cost = record.spec.placementRequest
+        let target: NodeRecord
+        do {
+            let (chosen, _) = try ledger.place(name, cost, pinnedTo: wanted.isEmpty ? nil : wanted, excluding: [source.name]) { $0 }
+            guard let node = try store.node(chosen) else { throw BerthError(.corruptState, "node \(chosen) vanished") }
+            target = node
+        } catch let error as BerthError where error.field == "node" {
+            throw BerthError(error.code, error.message.replacingOccurrences(of: "node: ", with: "to: "), field: "to")
+        }
+        let reservedOnTarget = PlacedVPS(name: name, node: target.name, cost: cost, group: record.spec.antiAffinity)
+        let grant = MigrationGrant(
+            id: Self.grantID(), vps: name, source: source.name, target: target.name,
+            expiresUnix: Int64(Date().timeIntervalSince1970) + Self.grantLifetimeSeconds)
+        logger.info("migrating VPS", metadata: ["vps": "\(name)", "from": "\(source.name)", "to": "\(target.name)", "by": "\(caller.name)"])
+        try? store.addEvent(kind: "vps.migrating", subject: name, message: "from \(source.name) to \(target.name) (\(mode)) by \(caller.name)")
+        progress("migrating \(name) from \(source.name) to \(target.name) (\(mode))")
+
+        // Before the commit point: any failure puts everything back as it was.
+        var wasRunning = false
+        let received: VPSStatusRecord
+        do {
+            try await transport.expect(grant, on: target)
+            let current = try await transport.status(name, on: source)
+            guard current.state == "running" || current.state == "stopped" else {
+                throw BerthError(.conflict, "\(name) is \(current.state) on \(source.name); migrate it once it is running or stopped", field: "name")
+            }
+            if current.state == "running" {
+                progress("stopping \(name) on \(source.name)")
+                var stopped = try await transport.stop(name, on: source)
+                wasRunning = true
+                stopped.node = source.name
+                try? store.updateStatus(name, stopped)
+            }
+            received = try await transport.send(grant, to: target, from: source, progress: progress)
+        } catch {
+            ledger.remove(reservedOnTarget)
+            try? await transport.abort(grant, on: target)
+            var restarted = ""
+            if wasRunning {
+                if let status = try? await transport.start(name, on: source) {
+                    try? store.updateStatus(name, status)
+                    restarted = ", running again"
+                } else {
+                    restarted = ", but it could not be started again there (berth start \(name))"
+                }
+            }
+            try? store.addEvent(kind: "vps.migration-failed", subject: name, message: "to \(target.name): \(error)")
+            throw Self.failed(error, "migrating \(name) to \(target.name) failed; it stays on \(source.name)\(restarted)")
+        }
+
+        // The commit point: one write moves the VPS to the target.
+        var moved = record
+        moved.node = target.name
+        moved.status = received
+        moved.status.node = target.name
+        do {
+            try store.updateVPS(moved)
+        } catch {
+            ledger.remove(reservedOnTarget)
+            try? await transport.abort(grant, on: target)
+            if wasRunning, let status = try? await transport.start(name, on: source) { try? store.updateStatus(name, status) }
+            throw error
+        }
+        ledger.remove(record.placed)
+        try? store.addEvent(kind: "vps.migrated", subject: name, message: "from \(source.name) to \(target.name) by \(caller.name)")
+        progress("moved to \(target.name)")
+
+        var final = moved.status
+        if wasRunning {
+            do {
+                final = try await transport.start(name, on: target)
+                final.node = target.name
+                try? store.updateStatus(name, final)
+            } catch {
+                try await handBack(record, from: target, to: source, reservedOnTarget: reservedOnTarget, because: error)
+            }
+        }
+        // Only now is the source's copy no longer needed.
+        do {
+            try await transport.destroy(name, on: source)
+        } catch {
+            logger.error("the source's copy of a migrated VPS was not deleted", metadata: ["vps": "\(name)", "node": "\(source.name)", "error": "\(error)"])
+            try? store.addEvent(kind: "vps.migration-leftover", subject: name, message: "the stopped copy on \(source.name) was not deleted: \(error)")
+            progress("warning: the stopped copy on \(source.name) was not deleted: \(error)")
+        }
+        return final
+    }
+
+    /// After the commit the target could not start the VPS: the record goes back to the source
+    /// (whose copy was kept for this), the target's copy is deleted, and the VPS starts where it was.
+    func handBack(_ record: VPSRecord, from target: NodeRecord, to source: NodeRecord, reservedOnTarget: PlacedVPS, because error: any Error) async throws {
+        try store.updateVPS(record)
+        ledger.remove(reservedOnTarget)
+        ledger.add(record.placed)
+        try? await transport.destroy(record.name, on: target)
+        var restarted = ""
+        if let status = try? await transport.start(record.name, on: source) {
+            try? store.updateStatus(record.name, status)
+            restarted = ", running again"
+        }
+        try? store.addEvent(kind: "vps.migration-failed", subject: record.name, message: "started on \(target.name) failed, handed back to \(source.name): \(error)")
+        throw Self.failed(error, "\(record.name) did not start on \(target.name) and was handed back to \(source.name)\(restarted)")
+    }
+
+    /// The error as it was, with what became of the VPS in front of its message.
+    static func failed(_ error: any Error, _ context: String) -> BerthError {
+        guard let known = error as? BerthError else { return BerthError(.internalError, "\(context): \(error)") }
+        var wrapped = known
+        wrapped.message = "\(context): \(known.message)"
+        return wrapped
+    }
+
+    static func grantID() -> String {
+        (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+    }
+}

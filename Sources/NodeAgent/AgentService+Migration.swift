@@ -1,0 +1,72 @@
+import BerthCore
+import Foundation
+import Wire
+import WireTLS
+
+/// The transfer of a cold migration, agent to agent (Docs/migration.md):
+/// ```
+/// controller              source agent                          target agent
+///   | migration_expect(grant) ------------------------------------->| grant kept (single use)
+///   | migration_send(grant, target address) ->|                     |
+///   |                                         | mTLS, node cert ---->| peer: role node
+///   |                                         | migration_receive    | grant: open, for this
+///   |                                         |   {grant id, config, |   peer, unexpired -> taken
+///   |                                         |    size, sha256} --->|
+///   |                                         | DATA disk image ---->| written, size + sha256
+///   |                                         | END ---------------->|   checked, config saved
+///   |                                         |<- status (stopped)   |
+///   |<- status (the target's) ----------------|                     |
+///   | commit (one store transaction), start on the target, destroy on the source
+/// ```
+/// Any failure before the commit: migration_abort(grant) to the target deletes what it received.
+extension AgentService {
+    /// The source's side: sends the stopped VPS named in the grant to the target's listener.
+    func migrationSend(_ r: Berth_V1_MigrationSendRequest, stream: ServerStream) async throws -> Berth_V1_VpsStatus {
+        let grant = MigrationGrant(r.grant)
+        guard let bundle = credentials.current else {
+            throw AgentError(.unavailable, "this node is not enrolled in a cluster: it has no certificate to reach \(grant.target)")
+        }
+        let target = try HostPort(stored: r.targetAddress, field: "target_address")
+        let (config, disk) = try await manager.beginMigrationOut(grant)
+        defer { Task { await manager.endMigrationOut(grant.vps) } }
+        let (size, sha256) = try FileTransfer.digest(of: disk)
+        let client = try await WireClient.connect(host: target.host, port: target.port, bundle: bundle, group: group, timeout: .seconds(5))
+        defer { Task { await client.close() } }
+        guard let peer = client.peerIdentity, peer.role == .node, peer.name == grant.target else {
+            throw AgentError(
+                .unauthenticated,
+                "\(r.targetAddress) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not node \(grant.target)")
+        }
+        var receive = Berth_V1_MigrationReceiveRequest()
+        receive.grantID = grant.id
+        receive.config = Data(config)
+        receive.diskSize = size
+        receive.diskSha256 = sha256
+        var request = Berth_V1_Request()
+        request.migrationReceive = receive
+        let call = try await client.start(request)
+        stream.progress("sending \(ByteSize.format(size)) disk of \(grant.vps) to \(grant.target)")
+        var reported: UInt64 = 0
+        try await FileTransfer.send(disk, on: call) { sent in
+            // About every 64 MiB, so a long copy shows it moves.
+            if sent - reported >= 64 << 20 || sent == size {
+                reported = sent
+                stream.progress("copying disk", done: sent, total: size)
+            }
+        }
+        let response = try await call.result { stream.progress("\(grant.target): \($0.step)") }
+        return response.status
+    }
+
+    /// The target's side: the source node, under a grant the controller gave this node.
+    func migrationReceive(_ r: Berth_V1_MigrationReceiveRequest, stream: ServerStream) async throws -> Berth_V1_VpsStatus {
+        guard case .certificate(let peer) = stream.peer, peer.role == .node else {
+            throw AgentError(.permissionDenied, "only a cluster node may send a migrated VPS")
+        }
+        let grant = try await manager.claimMigration(r.grantID, from: peer.name)
+        let view = try await manager.receiveMigration(grant, config: Array(r.config)) { path in
+            try await FileTransfer.receive(into: path, size: r.diskSize, sha256: r.diskSha256, from: stream.input, field: "disk")
+        }
+        return Berth_V1_VpsStatus(view)
+    }
+}

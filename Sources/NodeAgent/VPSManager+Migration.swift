@@ -1,0 +1,138 @@
+import BerthCore
+import Foundation
+import Isolation
+import Logging
+
+/// A cold migration's two ends on the nodes (Docs/migration.md). The source hands out a
+/// stopped VPS's config and disk; the target takes them in only under a grant the controller
+/// gave it, from the grant's source node, once. The VPS stays the source's until the controller
+/// commits the move, so either end's failure leaves the other as it was.
+extension VPSManager {
+    /// The controller announces a migration to this node (the target). Refused when this node
+    /// could not hold the VPS under that name.
+    public func expectMigration(_ grant: MigrationGrant) throws {
+        let name = try Name.validate(grant.vps)
+        guard grant.target == nodeName else {
+            throw AgentError.invalid("target", "this node is \(nodeName), the grant names \(grant.target)")
+        }
+        guard grant.isLive(at: Self.nowUnix) else { throw AgentError.invalid("expires", "the grant has expired") }
+        guard records[name] == nil, broken[name] == nil, !creating.contains(name), !FileIO.exists(store.directory(name)) else {
+            throw AgentError(.alreadyExists, "VPS \(name) already exists on \(nodeName)", field: "name")
+        }
+        expectedMigrations = expectedMigrations.filter { $0.value.isLive(at: Self.nowUnix) }
+        expectedMigrations[grant.id] = grant
+    }
+
+    /// The controller gave up on a migration to this node: the grant goes, and a VPS received
+    /// under it (never started, never the VPS's home) is deleted.
+    public func abortMigration(_ grant: MigrationGrant) async throws {
+        expectedMigrations[grant.id] = nil
+        guard receivedMigrations[grant.vps] == grant.id, records[grant.vps] != nil else { return }
+        try await destroy(grant.vps, force: true)
+        receivedMigrations[grant.vps] = nil
+        logger.notice("migration aborted: received copy deleted", metadata: ["vps": "\(grant.vps)", "grant": "\(grant.id)"])
+    }
+
+    /// What the source sends: a stopped VPS's stored config and its disk image. The VPS is held
+    /// (start, set and destroy refused) until `endMigrationOut`.
+    public func beginMigrationOut(_ grant: MigrationGrant) throws -> (config: [UInt8], disk: String) {
+        let name = try Name.validate(grant.vps)
+        guard grant.source == nodeName else {
+            throw AgentError.invalid("source", "this node is \(nodeName), the grant names \(grant.source)")
+        }
+        let record = try record(name)
+        guard record.state == .stopped else {
+            throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); a cold migration moves a stopped VPS", field: "name")
+        }
+        try Self.checkMigratable(record.config)
+        guard !migratingOut.contains(name) else { throw AgentError(.conflict, "VPS \(name) is already being migrated", field: "name") }
+        guard let config = FileManager.default.contents(atPath: store.configPath(name)) else {
+            throw AgentError(.corruptState, "\(store.configPath(name)) cannot be read")
+        }
+        migratingOut.insert(name)
+        return (Array(config), store.diskPath(name))
+    }
+
+    public func endMigrationOut(_ name: String) { migratingOut.remove(name) }
+
+    /// Refuses, with `busy`, what must not happen to a VPS while its disk is being sent.
+    func checkNotMigrating(_ name: String) throws {
+        if migratingOut.contains(name) {
+            throw AgentError(.conflict, "VPS \(name) is busy: it is being migrated to another node", field: "name")
+        }
+    }
+
+    /// The storage a cold migration can move today: a loop image of its own.
+    static func checkMigratable(_ config: VPSConfig) throws {
+        if config.isPooled {
+            throw AgentError.invalid("layout", "VPS \(config.name) is a pool VPS (btrfs subvolume); migration moves loop-layout VPSs only for now")
+        }
+        if config.isLayered {
+            throw AgentError.invalid("storage", "VPS \(config.name) is layered over its template; migration moves image-storage VPSs only for now")
+        }
+    }
+
+    /// Checks that `peer` may send the VPS of grant `grantID` and takes the grant (single use).
+    public func claimMigration(_ grantID: String, from peer: String) throws -> MigrationGrant {
+        guard let grant = expectedMigrations[grantID] else {
+            throw AgentError(.permissionDenied, "no migration grant \(grantID.prefix(12)) is open on \(nodeName) (expired, used, or never given)")
+        }
+        guard grant.source == peer else {
+            throw AgentError(.permissionDenied, "the migration grant \(grantID.prefix(12)) is for node \(grant.source), not \(peer)")
+        }
+        expectedMigrations[grantID] = nil
+        guard grant.isLive(at: Self.nowUnix) else { throw AgentError(.permissionDenied, "the migration grant \(grantID.prefix(12)) has expired") }
+        return grant
+    }
+
+    /// Takes in a VPS sent under `grant`: its config as the source stored it, made this node's
+    /// (its interface, a MAC and an id range of this node, stopped), and its disk image, which
+    /// `receiveDisk` writes to the path it is given and checks. Nothing stays if any step fails.
+    public func receiveMigration(
+        _ grant: MigrationGrant, config data: [UInt8], receiveDisk: (String) async throws -> Void
+    ) async throws -> VPSView {
+        let name = grant.vps
+        var config = try VPSConfig.decode(Data(data), expectedName: name, path: "the migrated config of \(name)")
+        try Self.checkMigratable(config)
+        guard records[name] == nil, broken[name] == nil, !creating.contains(name), !FileIO.exists(store.directory(name)) else {
+            throw AgentError(.alreadyExists, "VPS \(name) already exists on \(nodeName)", field: "name")
+        }
+        guard templates.info(config.template) != nil else {
+            throw AgentError(.notFound, "template \(config.template) of VPS \(name) is not on \(nodeName) (upload it: berth template upload)", field: "template")
+        }
+        let network = try config.network.map { try newNetwork(name: name, net: $0.mode, ips: $0.ips) } ?? nil
+        let idmapBase = config.isPrivileged ? nil : try allocateIdmap()
+        creating.insert(name)
+        pendingNetworks[name] = network
+        if let idmapBase { pendingIdmaps.insert(idmapBase) }
+        defer {
+            creating.remove(name)
+            pendingNetworks[name] = nil
+            if let idmapBase { pendingIdmaps.remove(idmapBase) }
+        }
+        config.network = network
+        config.idmapBase = idmapBase
+        config.desiredState = .stopped
+        let dir = store.directory(name)
+        do {
+            try FileManager.default.createDirectory(atPath: store.rootPath(name), withIntermediateDirectories: true)
+            chmod(dir, 0o700)
+            let incoming = store.diskPath(name) + ".incoming"
+            try await receiveDisk(incoming)
+            guard rename(incoming, store.diskPath(name)) == 0 else {
+                throw AgentError(.kernel, "renaming the received disk of \(name): \(errnoName(errno))", stage: "rename", errno: errno)
+            }
+            try store.save(config)
+        } catch {
+            try? FileManager.default.removeItem(atPath: dir)
+            throw error
+        }
+        let record = VPSRecord(config: config)
+        records[name] = record
+        receivedMigrations[name] = grant.id
+        logger.info("received migrated VPS", metadata: ["vps": "\(name)", "from": "\(grant.source)", "grant": "\(grant.id)"])
+        return view(record)
+    }
+
+    static var nowUnix: Int64 { Int64(Date().timeIntervalSince1970) }
+}
