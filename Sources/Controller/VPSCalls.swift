@@ -38,7 +38,9 @@ final class VPSCalls: Sendable {
 
     /// `busy` (conflict) while a long call holds `name`.
     func checkNotHeld(_ name: String) throws {
-        if let what = held.withLock({ $0[name] }) { throw BerthError(.conflict, "name: \(name) is busy: \(what); try again once that has finished", field: "name") }
+        if let what = held.withLock({ $0[name] }) {
+            throw BerthError(.conflict, "name: \(name) is busy: \(what); try again once that has finished", field: "name")
+        }
     }
 
     /// The VPS, if it exists and the caller may see it (to a tenant, others' VPSs do not exist).

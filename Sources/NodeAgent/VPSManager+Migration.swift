@@ -98,7 +98,8 @@ extension VPSManager {
             throw AgentError(.alreadyExists, "VPS \(name) already exists on \(nodeName)", field: "name")
         }
         guard templates.info(config.template) != nil else {
-            throw AgentError(.notFound, "template \(config.template) of VPS \(name) is not on \(nodeName) (upload it: berth template upload)", field: "template")
+            throw AgentError(
+                .notFound, "template \(config.template) of VPS \(name) is not on \(nodeName) (upload it: berth template upload)", field: "template")
         }
         let network = try config.network.map { try newNetwork(name: name, net: $0.mode, ips: $0.ips) } ?? nil
         let idmapBase = config.isPrivileged ? nil : try allocateIdmap()

@@ -8,7 +8,8 @@ import Wire
 
 /// File transfer on a call's stream (Docs/wire.md, "File transfer"): the request names the
 /// size and SHA-256; the bytes follow as DATA on channel 0 under the stream's credit, then END.
-/// The receiver writes them to a new file and keeps it only when size and digest match.
+/// The receiver writes them to a new file and keeps it only when size and digest match; runs of
+/// zeros it skips, so a sparse file (a VPS's disk image) arrives sparse.
 public enum FileTransfer {
     /// DATA payload per frame when sending a file.
     public static let chunkSize = 256 << 10
@@ -78,7 +79,14 @@ public enum FileTransfer {
                     throw WireError(.invalidArgument, "\(field): more bytes arrived than the \(size) announced", field: field)
                 }
                 bytes.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
-                try writeAll(fd: fd, bytes, what: destination)
+                // Zeros are skipped, not written: a disk image stays as sparse as it was sent.
+                if bytes.readableBytesView.allSatisfy({ $0 == 0 }) {
+                    guard lseek(fd, off_t(bytes.readableBytes), SEEK_CUR) >= 0 else {
+                        throw WireError(.kernel, "seek \(destination): \(String(cString: strerror(errno)))", stage: "lseek", errno: errno)
+                    }
+                } else {
+                    try writeAll(fd: fd, bytes, what: destination)
+                }
             case .end(.stdin):
                 ended = true
             default:
@@ -92,6 +100,9 @@ public enum FileTransfer {
         let digest = hex(hasher.finalize())
         guard digest == sha256 else {
             throw WireError(.invalidArgument, "\(field): sha256 of the received bytes is \(digest), not the \(sha256) announced", field: field)
+        }
+        guard ftruncate(fd, off_t(size)) == 0 else {
+            throw WireError(.kernel, "truncate \(destination): \(String(cString: strerror(errno)))", stage: "ftruncate", errno: errno)
         }
         guard fsync(fd) == 0 else { throw WireError(.kernel, "fsync \(destination): \(String(cString: strerror(errno)))", stage: "fsync", errno: errno) }
         kept = true

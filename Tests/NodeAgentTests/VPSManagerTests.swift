@@ -204,6 +204,92 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
         }
     }
 
+    /// A migration grant is taken once, by the node it names, before it expires; nothing else
+    /// opens the transfer.
+    @Test func aMigrationGrantIsSingleUseAndForItsSourceOnly() async throws {
+        try await withNode { (node: Node) async throws in
+            let later = VPSManager.nowUnix + 600
+            let grant = MigrationGrant(id: "g1", vps: "web2", source: "n2", target: "n1", expiresUnix: later)
+            try await node.manager.expectMigration(grant)
+            let stranger = await #expect(throws: AgentError.self) { try await node.manager.claimMigration("g1", from: "n3") }
+            #expect(stranger?.wireError.code == .permissionDenied && stranger?.wireError.message.contains("for node n2, not n3") == true)
+            #expect(try await node.manager.claimMigration("g1", from: "n2") == grant)
+            let reused = await #expect(throws: AgentError.self) { try await node.manager.claimMigration("g1", from: "n2") }
+            #expect(reused?.wireError.code == .permissionDenied)
+            let unknown = await #expect(throws: AgentError.self) { try await node.manager.claimMigration("nope", from: "n2") }
+            #expect(unknown?.wireError.code == .permissionDenied)
+            // A grant for another node, an expired one, or for a name this node holds is refused.
+            var other = grant
+            other.target = "n5"
+            await #expect(throws: AgentError.self) { try await node.manager.expectMigration(other) }
+            var expired = grant
+            expired.expiresUnix = VPSManager.nowUnix - 1
+            await #expect(throws: AgentError.self) { try await node.manager.expectMigration(expired) }
+            var taken = grant
+            taken.vps = "web1"
+            let exists = await #expect(throws: AgentError.self) { try await node.manager.expectMigration(taken) }
+            #expect(exists?.wireError.code == .alreadyExists)
+        }
+    }
+
+    /// A transfer that fails (a bad digest, a cut connection) keeps nothing of the VPS; one that
+    /// succeeds leaves it stopped, with this node's interface and an id range of its own.
+    @Test func aReceivedVPSIsKeptOnlyWhenWhole() async throws {
+        let network = NodeSettings.Network(uplink: nil, ranges: [try CIDR("198.18.7.0/24")], bridges: [])
+        try await withNode(settings: NodeSettings(network: network)) { (node: Node) async throws in
+            try Self.addTemplate(node, "tiny")
+            var config = VPSConfig(name: "web2", template: "tiny", hostname: "web2", limits: Limits(), stopSignal: SIGTERM)
+            config.network = VPSConfig.Network(bridge: nil, ips: ["198.18.7.9"], mac: "02:b7:00:00:00:01", hostInterface: "bv-elsewhere")
+            config.desiredState = .running
+            let sent = Array(try config.encoded())
+            let grant = MigrationGrant(id: "g2", vps: "web2", source: "n2", target: "n1", expiresUnix: VPSManager.nowUnix + 600)
+            let cut = await #expect(throws: BerthError.self) {
+                _ = try await node.manager.receiveMigration(grant, config: sent) { path in
+                    _ = FileManager.default.createFile(atPath: path, contents: Data(count: 4096))
+                    throw BerthError(.invalidArgument, "disk: the transfer ended after 4096 of 8192 bytes", field: "disk")
+                }
+            }
+            #expect(cut?.field == "disk")
+            #expect(!FileManager.default.fileExists(atPath: node.dir + "/data/vps/web2"))
+            #expect(await node.manager.list(all: true, selector: [:]).vpses.map(\.config.name) == ["web1"])
+            let view = try await node.manager.receiveMigration(grant, config: sent) { path in
+                _ = FileManager.default.createFile(atPath: path, contents: Data(count: 8192))
+            }
+            #expect(view.state == .stopped)
+            let saved = try node.savedConfig("web2")
+            #expect(saved.desiredState == .stopped && saved.network?.ips == ["198.18.7.9"])
+            #expect(saved.network?.hostInterface != "bv-elsewhere" && saved.idmapBase != nil)
+            #expect(FileIO.read(node.dir + "/data/vps/web2/disk.img")?.utf8.count == 8192)
+            // The controller's abort deletes a copy received under that grant, and only that one.
+            try await node.manager.abortMigration(grant)
+            #expect(!FileManager.default.fileExists(atPath: node.dir + "/data/vps/web2"))
+            var other = grant
+            other.vps = "web1"
+            try await node.manager.abortMigration(other)
+            #expect(try await node.manager.status("web1").state == .stopped)
+        }
+    }
+
+    /// The source holds a VPS whose disk it is sending: start, set and destroy are refused.
+    @Test func aVPSBeingSentIsBusy() async throws {
+        try await withNode { (node: Node) async throws in
+            let grant = MigrationGrant(id: "g3", vps: "web1", source: "n1", target: "n2", expiresUnix: VPSManager.nowUnix + 600)
+            let (config, disk) = try await node.manager.beginMigrationOut(grant)
+            #expect(String(decoding: config, as: UTF8.self).contains("\"web1\"") && disk.hasSuffix("/web1/disk.img"))
+            let again = await #expect(throws: AgentError.self) { try await node.manager.beginMigrationOut(grant) }
+            #expect(again?.wireError.code == .conflict)
+            for attempt in [
+                { try await _ = node.manager.start("web1") }, { try await node.manager.destroy("web1", force: true) },
+                { try await _ = node.manager.set(VPSChange(name: "web1")) },
+            ] as [() async throws -> Void] {
+                let busy = await #expect(throws: AgentError.self) { try await attempt() }
+                #expect(busy?.wireError.message == "VPS web1 is busy: it is being migrated to another node")
+            }
+            await node.manager.endMigrationOut("web1")
+            try await node.manager.destroy("web1", force: false)
+        }
+    }
+
     @Test func badSetInputChangesNothingAndGoodInputIsSaved() async throws {
         try await withNode { (node: Node) async throws in
             let before = try node.savedConfig("web1")

@@ -59,6 +59,25 @@ struct UploadService: WireService {
         }
     }
 
+    /// Zeros are not written: a mostly empty image (a VPS's disk) arrives with the same bytes
+    /// and few blocks, its trailing hole included.
+    @Test func zerosArriveAsHoles() async throws {
+        let chunk = FileTransfer.chunkSize
+        var bytes = [UInt8](repeating: 0, count: 16 * chunk + 100)
+        for i in 0..<1000 { bytes[3 * chunk + i] = UInt8(truncatingIfNeeded: i | 1) }
+        try await withUploads(bytes) { client, source, incoming in
+            let (size, sha256) = try FileTransfer.digest(of: source)
+            try await upload(client, name: "sparse", size: size, sha256: sha256) { try await FileTransfer.send(source, on: $0) }
+            #expect(FileManager.default.contents(atPath: incoming + "/sparse") == Data(bytes))
+            var info = stat()
+            #expect(stat(incoming + "/sparse", &info) == 0)
+            #expect(info.st_size == off_t(bytes.count))
+            // One written chunk's worth of 512-byte blocks (the rest are holes), with room for
+            // a filesystem's rounding; the dense file would take 16 times as many.
+            #expect(Int(info.st_blocks) * 512 <= 2 * chunk)
+        }
+    }
+
     @Test func wrongDigestShortAndLongTransfersAreRefusedAndLeaveNothing() async throws {
         let bytes = Array("not much of a tarball\n".utf8)
         try await withUploads(bytes) { client, source, incoming in

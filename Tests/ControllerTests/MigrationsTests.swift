@@ -1,0 +1,221 @@
+import BerthCore
+import Foundation
+import Logging
+import NIOPosix
+import Placement
+import Synchronization
+import Testing
+import Wire
+import WireTLS
+
+@testable import Controller
+
+/// The agents as a migration sees them, in memory: what each node holds and runs, every call in
+/// order, and the failures a test asks for.
+final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
+    struct State {
+        var calls: [String] = []
+        /// node -> VPS -> state ("running" / "stopped")
+        var held: [String: [String: String]] = [:]
+        var failSend = false
+        var failStartOn: Set<String> = []
+    }
+    let state = Mutex(State())
+
+    var calls: [String] { state.withLock { $0.calls } }
+    func held(on node: String) -> [String: String] { state.withLock { $0.held[node] ?? [:] } }
+
+    private func record(_ call: String) { state.withLock { $0.calls.append(call) } }
+
+    func status(_ name: String, on node: NodeRecord) async throws -> VPSStatusRecord {
+        record("status \(node.name)")
+        guard let state = held(on: node.name)[name] else { throw BerthError(.notFound, "VPS \(name) does not exist") }
+        return VPSStatusRecord(name: name, state: state)
+    }
+
+    func expect(_ grant: MigrationGrant, on target: NodeRecord) async throws { record("expect \(target.name)") }
+
+    func send(_ grant: MigrationGrant, to target: NodeRecord, from source: NodeRecord, progress: @escaping @Sendable (String) -> Void) async throws
+        -> VPSStatusRecord
+    {
+        record("send \(source.name)->\(target.name)")
+        try state.withLock { (state: inout State) throws(BerthError) in
+            if state.failSend { throw BerthError(.kernel, "the target's disk is full", stage: "write", errno: ENOSPC) }
+            state.held[target.name, default: [:]][grant.vps] = "stopped"
+        }
+        return VPSStatusRecord(name: grant.vps, state: "stopped")
+    }
+
+    func abort(_ grant: MigrationGrant, on target: NodeRecord) async throws {
+        record("abort \(target.name)")
+        state.withLock { _ = $0.held[target.name]?.removeValue(forKey: grant.vps) }
+    }
+
+    func stop(_ name: String, on node: NodeRecord) async throws -> VPSStatusRecord {
+        record("stop \(node.name)")
+        state.withLock { $0.held[node.name]?[name] = "stopped" }
+        return VPSStatusRecord(name: name, state: "stopped")
+    }
+
+    func start(_ name: String, on node: NodeRecord) async throws -> VPSStatusRecord {
+        record("start \(node.name)")
+        try state.withLock { (state: inout State) throws(BerthError) in
+            if state.failStartOn.contains(node.name) { throw BerthError(.kernel, "starting \(name) failed: no loop device", stage: "loop") }
+            state.held[node.name]?[name] = "running"
+        }
+        return VPSStatusRecord(name: name, state: "running")
+    }
+
+    func destroy(_ name: String, on node: NodeRecord) async throws {
+        record("destroy \(node.name)")
+        state.withLock { _ = $0.held[node.name]?.removeValue(forKey: name) }
+    }
+}
+
+/// `Migrations` over a real SQLite store, the real ledger and scheduler, and fake agents: each
+/// path ends with the VPS on exactly one node, and the record, the ledger and the agents agree.
+@Suite struct MigrationsTests {
+    struct Cluster {
+        let dir: String
+        let store: SQLiteStore
+        let ledger: PlacementLedger
+        let vps: VPSCalls
+        let agents: FakeMigrationAgents
+        let migrations: Migrations
+        let admin = Caller(identity: CertificateIdentity(role: .admin, name: "root", serial: "01"))
+
+        func migrate(_ name: String, to node: String = "") async throws -> VPSStatusRecord {
+            try await migrations.migrate(name, to: node, mode: "", by: admin) { _ in }
+        }
+        func node(of name: String) throws -> String? { try store.vps(name)?.node }
+    }
+
+    /// Three live nodes with the busybox template; `web1` (1 GiB memory) on n1 in state `state`.
+    func withCluster(vpsState: String = "running", _ body: (Cluster) async throws -> Void) async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-migrations-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: dir + "/ca", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try SQLiteStore(directory: dir)
+        let liveness = Liveness(downAfter: .seconds(60))
+        for (i, name) in ["n1", "n2", "n3"].enumerated() {
+            var report = NodeReport(name: name)
+            report.cpus = 4
+            report.memoryBytes = 8 << 30
+            report.diskBytes = 100 << 30
+            report.diskFreeBytes = 100 << 30
+            report.overcommit = Overcommit()
+            try store.saveNode(
+                NodeRecord(name: name, address: "198.18.100.1\(i + 1):7000", labels: [:], info: report, cordoned: false, certificateSerial: "0\(i + 1)"))
+            liveness.heartbeat(node: name, info: report, templates: ["busybox"])
+        }
+        let logger = Logger(label: "test")
+        let ca = try ClusterCA.create(directory: dir + "/ca")
+        let links = AgentLinks(bundle: try ca.issueBundle(role: .controller, name: "controller"), group: MultiThreadedEventLoopGroup.singleton)
+        let ledger = PlacementLedger(policy: SchedulerPolicy(), source: SchedulerView(store: store, liveness: liveness), placed: [])
+        let heartbeats = try Heartbeats(store: store, liveness: liveness, registry: PeerRegistry(), settings: ControllerSettings(), logger: logger)
+        let vps = VPSCalls(store: store, liveness: liveness, links: links, ledger: ledger, heartbeats: heartbeats, logger: logger)
+        let agents = FakeMigrationAgents()
+        var spec = VPSSpec(name: "web1", template: "busybox")
+        spec.limits.memoryBytes = 1 << 30
+        spec.ips = ["198.18.101.7"]
+        let record = VPSRecord(name: "web1", node: "n1", tenant: "", spec: spec, status: VPSStatusRecord(name: "web1", state: vpsState), phase: .ready)
+        _ = try store.reserveVPS(record, autoAddresses: [])
+        ledger.add(record.placed)
+        agents.state.withLock { $0.held["n1"] = ["web1": vpsState] }
+        let cluster = Cluster(
+            dir: dir, store: store, ledger: ledger, vps: vps, agents: agents,
+            migrations: Migrations(store: store, ledger: ledger, vps: vps, transport: agents, logger: logger))
+        try await body(cluster)
+    }
+
+    @Test func aRunningVPSMovesAndTheSourceCopyGoesLast() async throws {
+        try await withCluster { (c: Cluster) async throws in
+            let status = try await c.migrate("web1", to: "n2")
+            #expect(status.state == "running" && status.node == "n2")
+            #expect(try c.node(of: "web1") == "n2")
+            #expect(c.agents.calls == ["expect n2", "status n1", "stop n1", "send n1->n2", "start n2", "destroy n1"])
+            #expect(c.agents.held(on: "n1").isEmpty && c.agents.held(on: "n2") == ["web1": "running"])
+            #expect(c.ledger.vpsCount(on: "n1") == 0 && c.ledger.vpsCount(on: "n2") == 1)
+            #expect(try c.store.vps("web1")?.spec.ips == ["198.18.101.7"])  // its address goes with it
+        }
+    }
+
+    @Test func aFailedCopyLeavesTheVPSRunningOnItsSource() async throws {
+        try await withCluster { (c: Cluster) async throws in
+            c.agents.state.withLock { $0.failSend = true }
+            let error = await #expect(throws: BerthError.self) { try await c.migrate("web1", to: "n2") }
+            #expect(error?.message.hasPrefix("migrating web1 to n2 failed; it stays on n1, running again: the target's disk is full") == true)
+            #expect(error?.errno == ENOSPC)
+            #expect(try c.node(of: "web1") == "n1")
+            #expect(c.agents.calls == ["expect n2", "status n1", "stop n1", "send n1->n2", "abort n2", "start n1"])
+            #expect(c.agents.held(on: "n1") == ["web1": "running"] && c.agents.held(on: "n2").isEmpty)
+            // The target's reservation is released: the ledger counts the VPS once, on n1.
+            #expect(c.ledger.vpsCount(on: "n1") == 1 && c.ledger.vpsCount(on: "n2") == 0)
+            // Nothing holds the VPS any more: a second attempt runs.
+            c.agents.state.withLock { $0.failSend = false }
+            _ = try await c.migrate("web1", to: "n2")
+            #expect(try c.node(of: "web1") == "n2")
+        }
+    }
+
+    @Test func aTargetThatCannotStartItHandsItBack() async throws {
+        try await withCluster { (c: Cluster) async throws in
+            c.agents.state.withLock { $0.failStartOn = ["n2"] }
+            let error = await #expect(throws: BerthError.self) { try await c.migrate("web1", to: "n2") }
+            #expect(error?.message.hasPrefix("web1 did not start on n2 and was handed back to n1, running again") == true)
+            #expect(try c.node(of: "web1") == "n1")
+            #expect(c.agents.calls == ["expect n2", "status n1", "stop n1", "send n1->n2", "start n2", "destroy n2", "start n1"])
+            #expect(c.agents.held(on: "n1") == ["web1": "running"] && c.agents.held(on: "n2").isEmpty)
+            #expect(c.ledger.vpsCount(on: "n1") == 1 && c.ledger.vpsCount(on: "n2") == 0)
+        }
+    }
+
+    @Test func aStoppedVPSMovesStoppedWhereTheSchedulerSays() async throws {
+        try await withCluster(vpsState: "stopped") { (c: Cluster) async throws in
+            let status = try await c.migrate("web1")
+            #expect(status.state == "stopped")
+            let node = try #require(try c.node(of: "web1"))
+            #expect(node != "n1")
+            #expect(c.agents.calls == ["expect \(node)", "status n1", "send n1->\(node)", "destroy n1"])
+        }
+    }
+
+    @Test func refusalsComeBeforeAnyAgentIsAsked() async throws {
+        try await withCluster { (c: Cluster) async throws in
+            for (to, field, code) in [("n1", "to", BerthError.Code.invalidArgument), ("n9", "to", .notFound)] {
+                let error = await #expect(throws: BerthError.self) { try await c.migrate("web1", to: to) }
+                #expect(error?.field == field && error?.code == code)
+            }
+            _ = try c.store.setCordoned("n2", true)
+            let cordoned = await #expect(throws: BerthError.self) { try await c.migrate("web1", to: "n2") }
+            #expect(cordoned?.code == .noCapacity && cordoned?.message.contains("cordoned") == true && cordoned?.field == "to")
+            try c.vps.hold("web1", "being destroyed")
+            let busy = await #expect(throws: BerthError.self) { try await c.migrate("web1", to: "n3") }
+            #expect(busy?.message == "name: web1 is busy: being destroyed")
+            c.vps.release("web1")
+            #expect(c.agents.calls.isEmpty)
+            #expect(c.ledger.vpsCount(on: "n1") == 1 && c.ledger.vpsCount(on: "n3") == 0)
+        }
+    }
+
+    /// While a migration holds a VPS, the calls that would change it are refused as busy.
+    @Test func aMovingVPSRefusesDestroySetAndLifecycleCalls() async throws {
+        try await withCluster { (c: Cluster) async throws in
+            try c.vps.hold("web1", "being migrated from n1")
+            let destroy = await #expect(throws: BerthError.self) {
+                try await c.vps.destroy("web1", by: c.admin, { _ in () }, neverCreated: ())
+            }
+            #expect(destroy?.code == .conflict && destroy?.message.contains("busy: being migrated") == true)
+            let start = await #expect(throws: BerthError.self) {
+                try await c.vps.relay("web1", by: c.admin, exclusive: true) { _ in ((), nil) }
+            }
+            #expect(start?.code == .conflict)
+            let set = await #expect(throws: BerthError.self) {
+                try await c.vps.set("web1", limits: LimitsUpdate(), ipAdd: [], ipDel: [], by: c.admin) { _ in ((), VPSStatusRecord()) }
+            }
+            #expect(set?.code == .conflict)
+            // exec and console (not exclusive) still reach the VPS.
+            try await c.vps.relay("web1", by: c.admin) { _ in ((), nil) }
+        }
+    }
+}
