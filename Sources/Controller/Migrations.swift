@@ -160,7 +160,8 @@ final class Migrations: Sendable {
             try? store.updateStatus(record.name, status)
             restarted = ", running again"
         }
-        try? store.addEvent(kind: "vps.migration-failed", subject: record.name, message: "started on \(target.name) failed, handed back to \(source.name): \(error)")
+        try? store.addEvent(
+            kind: "vps.migration-failed", subject: record.name, message: "the start on \(target.name) failed, handed back to \(source.name): \(error)")
         throw Self.failed(error, "\(record.name) did not start on \(target.name) and was handed back to \(source.name)\(restarted)")
     }
 
