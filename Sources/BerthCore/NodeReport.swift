@@ -23,12 +23,14 @@ public struct NodeReport: Codable, Sendable, Equatable {
     public var committedPoolBytes: UInt64 = 0
     public var vpsTotal = 0
     public var vpsRunning = 0
+    /// The node's `network.ranges`: the only addresses a VPS placed there may have.
+    public var networkRanges: [String] = []
 
     public init(name: String = "") { self.name = name }
 
     enum CodingKeys: String, CodingKey {
         case name, kernel, cgroupMode, cpus, memoryBytes, diskBytes, diskFreeBytes, poolBytes, poolFreeBytes, overcommit
-        case committedCPUPercent, committedMemoryBytes, committedDiskBytes, committedPoolBytes, vpsTotal, vpsRunning
+        case committedCPUPercent, committedMemoryBytes, committedDiskBytes, committedPoolBytes, vpsTotal, vpsRunning, networkRanges
     }
 
     // `Commitment` is stored as three flat keys (it is no Codable type of its own).
@@ -51,6 +53,7 @@ public struct NodeReport: Codable, Sendable, Equatable {
         committedPoolBytes = try c.decode(UInt64.self, forKey: .committedPoolBytes)
         vpsTotal = try c.decode(Int.self, forKey: .vpsTotal)
         vpsRunning = try c.decode(Int.self, forKey: .vpsRunning)
+        networkRanges = try c.decodeIfPresent([String].self, forKey: .networkRanges) ?? []  // reports stored before ranges were reported have none
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -71,5 +74,6 @@ public struct NodeReport: Codable, Sendable, Equatable {
         try c.encode(committedPoolBytes, forKey: .committedPoolBytes)
         try c.encode(vpsTotal, forKey: .vpsTotal)
         try c.encode(vpsRunning, forKey: .vpsRunning)
+        try c.encode(networkRanges, forKey: .networkRanges)
     }
 }

@@ -48,6 +48,8 @@ struct ControllerCall: Sendable {
         case .nodeShow(let r): return ControllerCall("node show", .readCluster(hidden: "nodes")) { try await $0.nodeShow(r.name) }
         case .nodeCordon(let r): return ControllerCall("node cordon", .operate) { try await $0.cordon(r.name, true) }
         case .nodeUncordon(let r): return ControllerCall("node uncordon", .operate) { try await $0.cordon(r.name, false) }
+        case .nodeDrain(let r): return ControllerCall("node drain", .operate, operationOn: r.node) { try await $0.drain(r) }
+        case .nodeRestore(let r): return ControllerCall("node restore", .operate, operationOn: r.node) { try await $0.restore(r) }
         case .ippoolAdd(let r): return ControllerCall("ippool add", .operate) { try await $0.ippoolAdd(r) }
         case .ippoolList: return ControllerCall("ippool list", .readCluster(hidden: "pools")) { try await $0.ippoolList() }
         case .ippoolRemove(let r): return ControllerCall("ippool remove", .operate) { try await $0.ippoolRemove(r.name) }

@@ -63,6 +63,7 @@ public final class ControllerServer: Service, Sendable {
             return (serial, old)
         }
         let watcher = Task { await service.watchLiveness() }
+        service.resumeDrains()
         await withGracefulShutdownHandler {
             try? await server.closeFuture.get()
         } onGracefulShutdown: {

@@ -20,6 +20,7 @@ public final class ControllerService: WireService {
     let templates: TemplateDistribution
     let vps: VPSCalls
     let migrations: Migrations
+    let drains: Drains
 
     public init(
         store: ClusterStore, ca: ClusterCA, links: AgentLinks, settings: ControllerSettings,
@@ -28,7 +29,8 @@ public final class ControllerService: WireService {
         self.store = store
         self.links = links
         liveness = Liveness(downAfter: settings.downAfter)
-        nodes = SchedulerView(store: store, liveness: liveness)
+        let drainStates = DrainStates(try store.drains())
+        nodes = SchedulerView(store: store, liveness: liveness, drains: drainStates)
         let placed = try store.vpses()
         for record in placed {
             if let damage = record.damage { logger.error("stored VPS record is damaged", metadata: ["vps": "\(record.name)", "damage": "\(damage)"]) }
@@ -40,6 +42,7 @@ public final class ControllerService: WireService {
         templates = TemplateDistribution(store: store, liveness: liveness, uploadDirectory: settings.uploadDirectory, logger: logger)
         vps = VPSCalls(store: store, liveness: liveness, links: links, ledger: ledger, heartbeats: heartbeats, logger: logger)
         migrations = Migrations(store: store, ledger: ledger, vps: vps, transport: links, logger: logger)
+        drains = Drains(store: store, migrations: migrations, transport: links, states: drainStates, logger: logger)
     }
 
     /// Set by the server once it listens (see `Enrolment.controllerRotation`).
@@ -48,6 +51,9 @@ public final class ControllerService: WireService {
     }
 
     public func watchLiveness() async { await heartbeats.watchLiveness() }
+
+    /// Drains a stopped controller left running go on (called once the server listens).
+    public func resumeDrains() { drains.resume() }
 
     public func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
         // A connection without a certificate may enrol and nothing else, whatever the call.

@@ -38,9 +38,12 @@ final class Migrations: Sendable {
         }
     }
 
-    func migrate(_ name: String, to wanted: String, mode asked: String, by caller: Caller, progress: @escaping @Sendable (String) -> Void) async throws
-        -> VPSStatusRecord
-    {
+    /// `drainedFrom`: the move is a drain's; the VPS remembers the node it came from (its first
+    /// origin, if a drain moved it before) for `node restore`. Any other move forgets its origin.
+    func migrate(
+        _ name: String, to wanted: String, mode asked: String, by caller: Caller, drainedFrom: String? = nil,
+        progress: @escaping @Sendable (String) -> Void
+    ) async throws -> VPSStatusRecord {
         let mode = try Self.mode(asked)
         let record = try vps.visibleVPS(name, to: caller)
         guard record.phase == .ready else {
@@ -115,6 +118,7 @@ final class Migrations: Sendable {
         moved.node = target.name
         moved.status = received
         moved.status.node = target.name
+        moved.origin = drainedFrom.map { record.origin.isEmpty ? $0 : record.origin } ?? ""
         do {
             try store.updateVPS(moved)
         } catch {

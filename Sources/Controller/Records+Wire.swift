@@ -199,3 +199,19 @@ extension NodeReport {
         NodeReport((try? Berth_V1_NodeInfo(serializedBytes: [UInt8](data))) ?? Berth_V1_NodeInfo())
     }
 }
+
+extension Berth_V1_DrainResult {
+    init(_ drain: DrainRecord) {
+        self.init()
+        node = drain.node
+        state = drain.state.isActive ? "draining" : drain.state.rawValue
+        items = drain.items.map { item in
+            var wire = Berth_V1_DrainItem()
+            wire.vps = item.vps
+            wire.state = item.state.rawValue
+            wire.to = item.to
+            wire.reason = item.reason
+            return wire
+        }
+    }
+}

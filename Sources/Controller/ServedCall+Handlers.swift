@@ -54,6 +54,7 @@ extension ServedCall {
     }
 
     func cordon(_ name: String, _ cordon: Bool) async throws -> Berth_V1_Response {
+        if !cordon { try service.drains.checkUncordon(name) }
         guard try service.store.setCordoned(name, cordon), let node = try service.store.node(name) else {
             throw WireError(.notFound, "name: no node named \(name)", field: "name")
         }
@@ -149,5 +150,30 @@ extension ServedCall {
     func revoke(_ r: Berth_V1_RevokeRequest) async throws -> Berth_V1_Response {
         try service.enrolment.revoke(r.serial, by: caller)
         return response { $0.ok = Berth_V1_Empty() }
+    }
+
+    // MARK: drain and restore
+
+    /// Starts (or re-attaches to) a drain, or cancels one, and follows it to its end.
+    func drain(_ r: Berth_V1_DrainRequest) async throws -> Berth_V1_Response {
+        let stream = stream
+        if r.cancel {
+            _ = try service.drains.cancel(r.node, by: caller)
+        } else {
+            _ = try service.drains.start(
+                r.node, deadlineSeconds: r.deadlineSeconds, force: r.force, mode: r.mode, maxParallel: r.maxParallel, by: caller)
+            stream.progress("draining \(r.node)")
+        }
+        let drain = try await service.drains.follow(r.node) { stream.progress($0) }
+        return response { $0.drain = Berth_V1_DrainResult(drain) }
+    }
+
+    func restore(_ r: Berth_V1_RestoreRequest) async throws -> Berth_V1_Response {
+        let stream = stream
+        let restored = try await service.drains.restore(r.node, skip: r.skip, cancelDrain: r.cancelDrain, by: caller) { stream.progress($0) }
+        return response {
+            $0.drain = Berth_V1_DrainResult(restored)
+            $0.drain.state = "restored"
+        }
     }
 }

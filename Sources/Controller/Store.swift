@@ -47,6 +47,11 @@ public protocol ClusterStore: Sendable {
 
     func addEvent(kind: String, subject: String, message: String) throws
 
+    func saveDrain(_ drain: DrainRecord) throws
+    func drain(_ node: String) throws -> DrainRecord?
+    func drains() throws -> [DrainRecord]
+    func removeDrain(_ node: String) throws
+
     /// Registers a new operation; false when one with that id exists already.
     func beginOperation(id: String, kind: String, subject: String, owner: String) throws -> Bool
     func operationProgress(id: String, _ step: String) throws
@@ -127,6 +132,16 @@ public final class SQLiteStore: ClusterStore {
                 try db.execute(sql: "UPDATE vps SET status = ? WHERE name = ?", arguments: [try recordData(status), row["name"] as String])
             }
         }
+        // Drains, and the node a drain took each VPS from (what `node restore` brings back).
+        migrator.registerMigration("v6 drains and origins") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE vps ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+                    CREATE TABLE drain (
+                      node TEXT PRIMARY KEY NOT NULL, state TEXT NOT NULL, deadline INTEGER NOT NULL, force INTEGER NOT NULL,
+                      mode TEXT NOT NULL, max_parallel INTEGER NOT NULL, started_by TEXT NOT NULL, items BLOB NOT NULL);
+                    """)
+        }
         return migrator
     }
 
@@ -206,6 +221,7 @@ public final class SQLiteStore: ClusterStore {
             damage.append("unknown phase '\(row["phase"] as String)', taken as creating")
         }
         var record = VPSRecord(name: name, node: row["node"], tenant: row["tenant"], spec: spec, status: status, phase: phase)
+        record.origin = row["origin"] ?? ""
         record.damage = damage.isEmpty ? nil : damage.joined(separator: "; ")
         return record
     }
@@ -271,8 +287,8 @@ public final class SQLiteStore: ClusterStore {
         let status = try Self.recordData(record.status)
         try pool.write { db in
             try db.execute(
-                sql: "UPDATE vps SET node = ?, tenant = ?, spec = ?, status = ?, phase = ? WHERE name = ?",
-                arguments: [record.node, record.tenant, spec, status, record.phase.rawValue, record.name])
+                sql: "UPDATE vps SET node = ?, tenant = ?, spec = ?, status = ?, phase = ?, origin = ? WHERE name = ?",
+                arguments: [record.node, record.tenant, spec, status, record.phase.rawValue, record.origin, record.name])
         }
     }
 
@@ -490,5 +506,39 @@ public final class SQLiteStore: ClusterStore {
                 sql: "INSERT INTO event (at, kind, subject, message) VALUES (?, ?, ?, ?)",
                 arguments: [Date().timeIntervalSince1970, kind, subject, message])
         }
+    }
+
+    // MARK: drains
+
+    public func saveDrain(_ drain: DrainRecord) throws {
+        let items = try Self.recordData(drain.items)
+        try pool.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO drain (node, state, deadline, force, mode, max_parallel, started_by, items) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(node) DO UPDATE SET state = excluded.state, deadline = excluded.deadline, force = excluded.force,
+                      mode = excluded.mode, max_parallel = excluded.max_parallel, started_by = excluded.started_by, items = excluded.items
+                    """,
+                arguments: [drain.node, drain.state.rawValue, drain.deadlineUnix, drain.force, drain.mode, drain.maxParallel, drain.startedBy, items])
+        }
+    }
+
+    static func drain(_ row: Row) -> DrainRecord {
+        DrainRecord(
+            node: row["node"], state: DrainRecord.State(rawValue: row["state"]) ?? .incomplete, deadlineUnix: row["deadline"],
+            force: row["force"], mode: row["mode"], maxParallel: row["max_parallel"], startedBy: row["started_by"],
+            items: (try? JSONDecoder().decode([DrainRecord.Item].self, from: row["items"] as Data)) ?? [])
+    }
+
+    public func drain(_ node: String) throws -> DrainRecord? {
+        try pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM drain WHERE node = ?", arguments: [node]).map(Self.drain) }
+    }
+
+    public func drains() throws -> [DrainRecord] {
+        try pool.read { db in try Row.fetchAll(db, sql: "SELECT * FROM drain ORDER BY node").map(Self.drain) }
+    }
+
+    public func removeDrain(_ node: String) throws {
+        try pool.write { db in try db.execute(sql: "DELETE FROM drain WHERE node = ?", arguments: [node]) }
     }
 }

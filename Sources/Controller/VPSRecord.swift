@@ -16,6 +16,9 @@ public struct VPSRecord: Sendable, Equatable {
     public var spec: VPSSpec
     public var status: VPSStatusRecord
     public var phase: Phase
+    /// The node a drain took it from, until `node restore` brings it back or it is moved by
+    /// hand; "" otherwise.
+    public var origin = ""
     /// Why the stored row could not be read as written, if it could not (`SQLiteStore.vps`).
     public var damage: String?
 

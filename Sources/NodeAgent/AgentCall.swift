@@ -109,7 +109,7 @@ struct AgentCall: Sendable {
         case .migrationReceive(let r):
             return answer("migration_receive", access: .peerNode) { s, stream, out in out.status = try await s.migrationReceive(r, stream: stream) }
         case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
-            .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList, .renew, .rotate, .migrate:
+            .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList, .renew, .rotate, .migrate, .nodeDrain, .nodeRestore:
             return AgentCall("cluster") { _, _ in
                 throw AgentError(.invalidArgument, "this is a node agent: cluster calls go to the controller (berth --controller HOST:PORT)")
             }

@@ -73,6 +73,7 @@ extension VPSManager {
         info.kernel = withUnsafePointer(to: &uts.release) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
         info.cgroupMode = cgroups.modeName
         info.cpus = onlineCPUs
+        info.networkRanges = settings.network?.ranges.map(\.description) ?? []
         let meminfo = FileIO.read("/proc/meminfo") ?? ""
         if let line = meminfo.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
             let kib = UInt64(line.split(separator: " ").dropFirst().first ?? "")

@@ -18,6 +18,8 @@ public struct NodeSnapshot: Sendable, Equatable {
     public var vpsCount = 0
     /// Templates the node holds; nil when unknown (then any template is assumed present).
     public var templates: Set<String>? = nil
+    /// The addresses a VPS placed here may have (the node's `network.ranges`).
+    public var networkRanges: [CIDR] = []
 
     public init(
         name: String, state: NodeState = .ready, labels: [String: String] = [:],

@@ -9,6 +9,8 @@ public struct PlacementRequest: Sendable, Equatable {
     public var antiAffinityGroup: String?
     /// The template the VPS is created from: only nodes holding it qualify.
     public var template: String?
+    /// The VPS's addresses known at placement: each must lie in one of the node's ranges.
+    public var addresses: [IPAddress] = []
 
     /// What a VPS committing `commitment` asks of a node (BerthCore's rule, in the scheduler's
     /// units: CPU in thousandths of a CPU).

@@ -11,11 +11,13 @@ public struct Scheduler: Sendable {
         case .down: return .down
         case .cordoned: return .cordoned
         case .draining: return .draining
+        case .drained: return .drained
         case .ready: break
         }
         for (key, value) in request.constraints where node.labels[key] != value { return .constraint }
         if let template = request.template, let templates = node.templates, !templates.contains(template) { return .template }
         if let group = request.antiAffinityGroup, node.groups.contains(group) { return .antiAffinity }
+        if !request.addresses.allSatisfy({ address in node.networkRanges.contains { $0.contains(address) } }) { return .addresses }
         if !fits(node.usedCpuMillis, request.cpuMillis, node.cpuMillis, policy.cpuOvercommit) { return .cpu }
         if !fits(node.usedMemoryBytes, request.memoryBytes, node.memoryBytes, policy.memoryOvercommit) { return .memory }
         if !fits(node.usedDiskBytes, request.diskBytes, node.diskBytes, policy.diskOvercommit) { return .disk }

@@ -17,6 +17,7 @@ extension NodeReport {
         committedPoolBytes = wire.committedPoolBytes
         vpsTotal = Int(wire.vpsTotal)
         vpsRunning = Int(wire.vpsRunning)
+        networkRanges = wire.networkRanges
     }
 }
 
@@ -43,5 +44,6 @@ extension Berth_V1_NodeInfo {
         committedPoolBytes = report.committedPoolBytes
         vpsTotal = UInt32(clamping: report.vpsTotal)
         vpsRunning = UInt32(clamping: report.vpsRunning)
+        networkRanges = report.networkRanges
     }
 }

@@ -874,6 +874,12 @@ public nonisolated struct Berth_V1_NodeInfo: @unchecked Sendable {
     set {_uniqueStorage()._committedPoolBytes = newValue}
   }
 
+  /// the node's network.ranges: the addresses its VPSs may have
+  public var networkRanges: [String] {
+    get {_storage._networkRanges}
+    set {_uniqueStorage()._networkRanges = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1059,7 +1065,7 @@ public nonisolated struct Berth_V1_ClusterNode: Sendable {
 
   public var name: String = String()
 
-  /// ready | cordoned | down
+  /// ready | cordoned | draining | drained | down
   public var state: String = String()
 
   public var address: String = String()
@@ -1634,6 +1640,22 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .migrationAbort(newValue)}
   }
 
+  public var nodeDrain: Berth_V1_DrainRequest {
+    get {
+      if case .nodeDrain(let v)? = call {return v}
+      return Berth_V1_DrainRequest()
+    }
+    set {call = .nodeDrain(newValue)}
+  }
+
+  public var nodeRestore: Berth_V1_RestoreRequest {
+    get {
+      if case .nodeRestore(let v)? = call {return v}
+      return Berth_V1_RestoreRequest()
+    }
+    set {call = .nodeRestore(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -1682,8 +1704,95 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case migrationReceive(Berth_V1_MigrationReceiveRequest)
     /// controller -> target agent
     case migrationAbort(Berth_V1_MigrationGrant)
+    case nodeDrain(Berth_V1_DrainRequest)
+    case nodeRestore(Berth_V1_RestoreRequest)
 
   }
+
+  public init() {}
+}
+
+/// `berth node drain NODE`: cordon, then move every VPS away (Docs/migration.md, "Drain").
+public nonisolated struct Berth_V1_DrainRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var node: String = String()
+
+  /// 0 = 1 hour
+  public var deadlineSeconds: UInt32 = 0
+
+  /// at the deadline, stop the VPSs still there
+  public var force: Bool = false
+
+  /// "" | "cold"
+  public var mode: String = String()
+
+  /// 0 = 2
+  public var maxParallel: UInt32 = 0
+
+  /// stop starting new moves; running ones finish or roll back
+  public var cancel: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// `berth node restore NODE`: uncordon, and move back the VPSs a drain took from it.
+public nonisolated struct Berth_V1_RestoreRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var node: String = String()
+
+  /// only uncordon
+  public var skip: Bool = false
+
+  /// cancel a running drain of the node first
+  public var cancelDrain: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_DrainItem: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var vps: String = String()
+
+  /// pending | moving | done | failed | blocked | stopped
+  public var state: String = String()
+
+  /// the node it went to
+  public var to: String = String()
+
+  /// why it is blocked or failed
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_DrainResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var node: String = String()
+
+  /// draining | drained | incomplete | cancelled | restored
+  public var state: String = String()
+
+  public var items: [Berth_V1_DrainItem] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -1953,6 +2062,14 @@ public nonisolated struct Berth_V1_Response: @unchecked Sendable {
     set {_uniqueStorage()._result = .rotated(newValue)}
   }
 
+  public var drain: Berth_V1_DrainResult {
+    get {
+      if case .drain(let v)? = _storage._result {return v}
+      return Berth_V1_DrainResult()
+    }
+    set {_uniqueStorage()._result = .drain(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -1977,6 +2094,7 @@ public nonisolated struct Berth_V1_Response: @unchecked Sendable {
     case operations(Berth_V1_OperationList)
     case templateUpload(Berth_V1_TemplateUploadResult)
     case rotated(Berth_V1_RotateResult)
+    case drain(Berth_V1_DrainResult)
 
   }
 
@@ -3456,7 +3574,7 @@ nonisolated extension Berth_V1_VpsStats: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kernel\0\u{3}cgroup_mode\0\u{1}cpus\0\u{3}memory_bytes\0\u{3}disk_bytes\0\u{3}cpu_overcommit\0\u{3}memory_overcommit\0\u{3}disk_overcommit\0\u{3}committed_cpu_pct\0\u{3}committed_memory_bytes\0\u{3}committed_disk_bytes\0\u{3}vps_total\0\u{3}vps_running\0\u{3}disk_free_bytes\0\u{3}pool_bytes\0\u{3}pool_free_bytes\0\u{3}committed_pool_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kernel\0\u{3}cgroup_mode\0\u{1}cpus\0\u{3}memory_bytes\0\u{3}disk_bytes\0\u{3}cpu_overcommit\0\u{3}memory_overcommit\0\u{3}disk_overcommit\0\u{3}committed_cpu_pct\0\u{3}committed_memory_bytes\0\u{3}committed_disk_bytes\0\u{3}vps_total\0\u{3}vps_running\0\u{3}disk_free_bytes\0\u{3}pool_bytes\0\u{3}pool_free_bytes\0\u{3}committed_pool_bytes\0\u{3}network_ranges\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -3477,6 +3595,7 @@ nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     var _poolBytes: UInt64 = 0
     var _poolFreeBytes: UInt64 = 0
     var _committedPoolBytes: UInt64 = 0
+    var _networkRanges: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3505,6 +3624,7 @@ nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
       _poolBytes = source._poolBytes
       _poolFreeBytes = source._poolFreeBytes
       _committedPoolBytes = source._committedPoolBytes
+      _networkRanges = source._networkRanges
     }
   }
 
@@ -3541,6 +3661,7 @@ nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
         case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._poolBytes) }()
         case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._poolFreeBytes) }()
         case 18: try { try decoder.decodeSingularUInt64Field(value: &_storage._committedPoolBytes) }()
+        case 19: try { try decoder.decodeRepeatedStringField(value: &_storage._networkRanges) }()
         default: break
         }
       }
@@ -3603,6 +3724,9 @@ nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
       if _storage._committedPoolBytes != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._committedPoolBytes, fieldNumber: 18)
       }
+      if !_storage._networkRanges.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._networkRanges, fieldNumber: 19)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3630,6 +3754,7 @@ nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
         if _storage._poolBytes != rhs_storage._poolBytes {return false}
         if _storage._poolFreeBytes != rhs_storage._poolFreeBytes {return false}
         if _storage._committedPoolBytes != rhs_storage._committedPoolBytes {return false}
+        if _storage._networkRanges != rhs_storage._networkRanges {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -4529,7 +4654,7 @@ nonisolated extension Berth_V1_OperationList: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0\u{3}template_export\0\u{1}migrate\0\u{3}migration_expect\0\u{3}migration_send\0\u{3}migration_receive\0\u{3}migration_abort\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0\u{3}template_export\0\u{1}migrate\0\u{3}migration_expect\0\u{3}migration_send\0\u{3}migration_receive\0\u{3}migration_abort\0\u{3}node_drain\0\u{3}node_restore\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5046,6 +5171,32 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .migrationAbort(v)
         }
       }()
+      case 49: try {
+        var v: Berth_V1_DrainRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .nodeDrain(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .nodeDrain(v)
+        }
+      }()
+      case 50: try {
+        var v: Berth_V1_RestoreRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .nodeRestore(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .nodeRestore(v)
+        }
+      }()
       default: break
       }
     }
@@ -5219,6 +5370,14 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       guard case .migrationAbort(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 48)
     }()
+    case .nodeDrain?: try {
+      guard case .nodeDrain(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 49)
+    }()
+    case .nodeRestore?: try {
+      guard case .nodeRestore(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 50)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -5228,6 +5387,186 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.deadlineMs != rhs.deadlineMs {return false}
     if lhs.operationID != rhs.operationID {return false}
     if lhs.call != rhs.call {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_DrainRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DrainRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}deadline_seconds\0\u{1}force\0\u{1}mode\0\u{3}max_parallel\0\u{1}cancel\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.deadlineSeconds) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.force) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.mode) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.maxParallel) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.cancel) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
+    }
+    if self.deadlineSeconds != 0 {
+      try visitor.visitSingularUInt32Field(value: self.deadlineSeconds, fieldNumber: 2)
+    }
+    if self.force != false {
+      try visitor.visitSingularBoolField(value: self.force, fieldNumber: 3)
+    }
+    if !self.mode.isEmpty {
+      try visitor.visitSingularStringField(value: self.mode, fieldNumber: 4)
+    }
+    if self.maxParallel != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxParallel, fieldNumber: 5)
+    }
+    if self.cancel != false {
+      try visitor.visitSingularBoolField(value: self.cancel, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_DrainRequest, rhs: Berth_V1_DrainRequest) -> Bool {
+    if lhs.node != rhs.node {return false}
+    if lhs.deadlineSeconds != rhs.deadlineSeconds {return false}
+    if lhs.force != rhs.force {return false}
+    if lhs.mode != rhs.mode {return false}
+    if lhs.maxParallel != rhs.maxParallel {return false}
+    if lhs.cancel != rhs.cancel {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_RestoreRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RestoreRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}skip\0\u{3}cancel_drain\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.skip) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.cancelDrain) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
+    }
+    if self.skip != false {
+      try visitor.visitSingularBoolField(value: self.skip, fieldNumber: 2)
+    }
+    if self.cancelDrain != false {
+      try visitor.visitSingularBoolField(value: self.cancelDrain, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_RestoreRequest, rhs: Berth_V1_RestoreRequest) -> Bool {
+    if lhs.node != rhs.node {return false}
+    if lhs.skip != rhs.skip {return false}
+    if lhs.cancelDrain != rhs.cancelDrain {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_DrainItem: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DrainItem"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vps\0\u{1}state\0\u{1}to\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.vps) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.state) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.to) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.vps.isEmpty {
+      try visitor.visitSingularStringField(value: self.vps, fieldNumber: 1)
+    }
+    if !self.state.isEmpty {
+      try visitor.visitSingularStringField(value: self.state, fieldNumber: 2)
+    }
+    if !self.to.isEmpty {
+      try visitor.visitSingularStringField(value: self.to, fieldNumber: 3)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_DrainItem, rhs: Berth_V1_DrainItem) -> Bool {
+    if lhs.vps != rhs.vps {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.to != rhs.to {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_DrainResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DrainResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}state\0\u{1}items\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.state) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.items) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
+    }
+    if !self.state.isEmpty {
+      try visitor.visitSingularStringField(value: self.state, fieldNumber: 2)
+    }
+    if !self.items.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.items, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_DrainResult, rhs: Berth_V1_DrainResult) -> Bool {
+    if lhs.node != rhs.node {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.items != rhs.items {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -5409,7 +5748,7 @@ nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, S
 
 nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0\u{1}operation\0\u{1}operations\0\u{3}template_upload\0\u{1}rotated\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0\u{1}operation\0\u{1}operations\0\u{3}template_upload\0\u{1}rotated\0\u{1}drain\0")
 
   fileprivate class _StorageClass {
     var _result: Berth_V1_Response.OneOf_Result?
@@ -5715,6 +6054,19 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
             _storage._result = .rotated(v)
           }
         }()
+        case 31: try {
+          var v: Berth_V1_DrainResult?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .drain(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .drain(v)
+          }
+        }()
         default: break
         }
       }
@@ -5811,6 +6163,10 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
       case .rotated?: try {
         guard case .rotated(let v)? = _storage._result else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
+      }()
+      case .drain?: try {
+        guard case .drain(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
       }()
       case nil: break
       }

@@ -141,7 +141,7 @@ struct Stats: AsyncParsableCommand {
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node", abstract: "The node: capacity and what its VPSs commit of it.",
-        subcommands: [Show.self, NodeList.self, Cordon.self, Uncordon.self, JoinToken.self])
+        subcommands: [Show.self, NodeList.self, Cordon.self, Uncordon.self, Drain.self, Restore.self, JoinToken.self])
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

@@ -286,6 +286,63 @@ t_migration_refusals_change_nothing() {
     for v in "$V" "$V-aa1" "$V-aa2"; do cl destroy "$v" >/dev/null; done
 }
 
+t_drain_moves_everything_and_restore_brings_it_back() {
+    local P=$RUN_ID-dr out err i
+    for i in 1 2 3; do
+        cl create "$P$i" --template busybox --disk 32M --ip auto --node n1 >/dev/null
+    done
+    cl start "${P}1" >/dev/null; cl start "${P}2" >/dev/null   # $P3 stays stopped
+    cl exec "${P}1" -- sh -c 'echo "drained with care" > /srv.txt'
+    # A blocker: its anti-affinity group has a member on every other node.
+    cl create "$P-g2" --template busybox --disk 32M --node n2 --anti-affinity "$P-g" >/dev/null
+    cl create "$P-g3" --template busybox --disk 32M --node n3 --anti-affinity "$P-g" >/dev/null
+    cl create "$P-blk" --template busybox --disk 32M --node n1 --anti-affinity "$P-g" >/dev/null
+    cl start "$P-blk" >/dev/null
+    # Without --force the drain ends incomplete at its deadline and names the blocker and why.
+    local rc=0; out=$(cl node drain n1 --deadline 4s) || rc=$?
+    expect_eq "$rc" 9 "$out"
+    expect_contains "$out" "n1 incomplete"
+    expect_contains "$out" "$P-blk blocked: no node fits"
+    expect_contains "$out" "anti-affinity"
+    for i in 1 2 3; do [ "$(node_of "$P$i")" != n1 ] || fail "$P$i is still on n1"; done
+    expect_eq "$(cl status "${P}1" --json | field state)" running
+    expect_eq "$(cl status "${P}3" --json | field state)" stopped
+    expect_eq "$(cl exec "${P}1" -- cat /srv.txt)" "drained with care"
+    expect_eq "$(node_state n1)" cordoned
+    cl events --last 40 | grep -q "node.incomplete  n1" || fail "no node.incomplete event"
+    # With --force the VPSs still running there at the deadline are stopped: then it is drained.
+    out=$(cl node drain n1 --deadline 3s --force)
+    expect_contains "$out" "n1 drained"
+    expect_contains "$out" "$P-blk stopped: stopped at the deadline (--force)"
+    expect_eq "$(cl status "$P-blk" --json | field state)" stopped
+    expect_eq "$(node_state n1)" drained
+    local running_here; running_here=$("$BERTH" --agent "$WORK/n1/agent.sock" list --json | /usr/bin/python3 -c 'import json,sys; print(" ".join(v["name"] for v in json.load(sys.stdin) if v["state"] == "running"))')
+    expect_eq "$running_here" "" "VPSs still running on n1"
+    # Nothing new lands on a drained node; uncordon refuses nothing, restore brings them back.
+    err=$(expect_fail 4 cl create "$P-new" --template busybox --node n1); expect_contains "$err" "drained"
+    out=$(cl node restore n1)
+    expect_contains "$out" "n1 restored"
+    for i in 1 2 3; do expect_eq "$(node_of "$P$i")" n1; done
+    expect_eq "$(cl status "${P}1" --json | field state)" running
+    expect_eq "$(cl status "${P}3" --json | field state)" stopped
+    expect_eq "$(cl exec "${P}1" -- cat /srv.txt)" "drained with care"
+    expect_eq "$(node_state n1)" ready
+    # A second restore finds nothing to move back: the origins were cleared.
+    expect_eq "$(cl node restore n1)" "n1 restored"
+    cl events --last 60 | grep -q "node.restored  n1" || fail "no node.restored event"
+    for v in "${P}1" "${P}2" "${P}3" "$P-g2" "$P-g3" "$P-blk"; do cl destroy "$v" --force >/dev/null; done
+}
+
+t_drain_refusals() {
+    local err
+    err=$(expect_fail 3 cl node drain nope); expect_contains "$err" "no node named nope"
+    err=$(expect_fail 2 cl node drain n2 --deadline soon); expect_contains "$err" "not a positive duration"
+    err=$(expect_fail 2 cl node drain n2 --mode warm); expect_contains "$err" "warm migration"
+    err=$(expect_fail 3 cl node drain n2 --cancel); expect_contains "$err" "no drain of n2 is running"
+    err=$(expect_fail 3 cl node restore nope); expect_contains "$err" "no node named nope"
+    expect_eq "$(node_state n2)" ready
+}
+
 # A bundle that trusts the real CA but carries another certificate (T02, T03).
 mixed_bundle() { # DIR CERT KEY
     mkdir -p "$1"; cp "$ADMIN/ca.pem" "$1/ca.pem"; cp "$2" "$1/cert.pem"; cp "$3" "$1/key.pem"
@@ -536,6 +593,8 @@ run_test "a controller restart loses nothing" t_controller_restart_loses_nothing
 run_test "a killed agent's node is down within the window; its VPS is not started elsewhere; restart converges" t_dead_agent_is_down_and_its_vps_stays_put
 run_test "cold migration moves a running VPS with its files and address; nothing stays on the source" t_cold_migration_moves_a_running_vps
 run_test "migration refusals (own node, unknown node, cordoned, anti-affinity, modes) change nothing" t_migration_refusals_change_nothing
+run_test "drain moves every VPS away (blockers named, --force at the deadline), restore brings them back" t_drain_moves_everything_and_restore_brings_it_back
+run_test "drain and restore refuse bad input and change nothing" t_drain_refusals
 run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, hostname mismatch, TLS <= 1.2" t_mtls_battery
 run_test "roles and tenants (T05): viewers read only, tenants see only their own, nodes are not operators" t_roles_and_tenants
 run_test "revocation (T04) closes open sessions and refuses new ones" t_revocation_closes_open_sessions
