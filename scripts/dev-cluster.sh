@@ -4,7 +4,7 @@
 #   scripts/dev-cluster.sh up [N]        CA, a controller and N enrolled agents (default 3)
 #   scripts/dev-cluster.sh berth ARGS…   the CLI as the cluster admin, from the fabric namespace
 #   scripts/dev-cluster.sh down          destroys the VPSs, stops everything, removes it all
-#   scripts/dev-cluster.sh agent-start|agent-stop|agent-kill K, controller-start|controller-stop
+#   scripts/dev-cluster.sh agent-start|agent-stop|agent-kill K, controller-start|controller-stop|controller-kill
 #
 # Layout (every name carries $BERTH_CLUSTER, default "bcl", so leftovers are easy to find):
 #   netns NAME-fab   bridge br0 198.18.100.1/24, fd00:b17:100::1/64; the controller listens on
@@ -48,6 +48,7 @@ stop_pid() { # FILE SIGNAL: stops the process whose pid is in FILE and waits for
 }
 
 controller_stop() { stop_pid "$DIR/controller.pid" TERM; }
+controller_kill() { stop_pid "$DIR/controller.pid" KILL; }
 
 agent_start() { # K [TOKEN]
     local k=$1 token=${2:-} n=n$1
@@ -144,5 +145,6 @@ case "${1:-}" in
         case "$1" in agent-start) agent_start "$2" ;; agent-stop) agent_stop "$2" ;; *) agent_kill "$2" ;; esac ;;
     controller-start) controller_start ;;
     controller-stop) controller_stop ;;
+    controller-kill) controller_kill ;;
     *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

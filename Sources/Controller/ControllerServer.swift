@@ -64,6 +64,7 @@ public final class ControllerServer: Service, Sendable {
         }
         let watcher = Task { await service.watchLiveness() }
         service.resumeDrains()
+        let settler = Task { await service.settleMigrations() }
         await withGracefulShutdownHandler {
             try? await server.closeFuture.get()
         } onGracefulShutdown: {
@@ -71,6 +72,7 @@ public final class ControllerServer: Service, Sendable {
             Task { await server.close() }
         }
         watcher.cancel()
+        settler.cancel()
         await links.closeAll()
     }
 }

@@ -55,6 +55,9 @@ public final class ControllerService: WireService {
     /// Drains a stopped controller left running go on (called once the server listens).
     public func resumeDrains() { drains.resume() }
 
+    /// Settles migrations a stopped controller left half done, until cancelled.
+    public func settleMigrations() async { await migrations.watchInterrupted() }
+
     public func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
         // A connection without a certificate may enrol and nothing else, whatever the call.
         if stream.peer == .anonymous {

@@ -82,8 +82,10 @@ final class Migrations: Sendable {
 
         // Before the commit point: any failure puts everything back as it was.
         var wasRunning = false
+        var pending = PendingMigration(grantID: grant.id, source: source.name, target: target.name, wasRunning: false)
         let received: VPSStatusRecord
         do {
+            try store.setMigration(name, pending)
             try await transport.expect(grant, on: target)
             let current = try await transport.status(name, on: source)
             guard current.state == "running" || current.state == "stopped" else {
@@ -91,8 +93,12 @@ final class Migrations: Sendable {
             }
             if current.state == "running" {
                 progress("stopping \(name) on \(source.name)")
-                var stopped = try await transport.stop(name, on: source)
+                // Recorded before the stop: a controller that dies during it still knows to
+                // start the VPS again.
                 wasRunning = true
+                pending.wasRunning = true
+                try store.setMigration(name, pending)
+                var stopped = try await transport.stop(name, on: source)
                 stopped.node = source.name
                 try? store.updateStatus(name, stopped)
             }
@@ -109,6 +115,7 @@ final class Migrations: Sendable {
                     restarted = ", but it could not be started again there (berth start \(name))"
                 }
             }
+            try? store.setMigration(name, nil)
             try? store.addEvent(kind: "vps.migration-failed", subject: name, message: "to \(target.name): \(error)")
             throw Self.failed(error, "migrating \(name) to \(target.name) failed; it stays on \(source.name)\(restarted)")
         }
@@ -119,12 +126,14 @@ final class Migrations: Sendable {
         moved.status = received
         moved.status.node = target.name
         moved.origin = drainedFrom.map { record.origin.isEmpty ? $0 : record.origin } ?? ""
+        moved.migration = pending
         do {
             try store.updateVPS(moved)
         } catch {
             ledger.remove(reservedOnTarget)
             try? await transport.abort(grant, on: target)
             if wasRunning, let status = try? await transport.start(name, on: source) { try? store.updateStatus(name, status) }
+            try? store.setMigration(name, nil)
             throw error
         }
         ledger.remove(record.placed)
@@ -141,15 +150,83 @@ final class Migrations: Sendable {
                 try await handBack(record, from: target, to: source, reservedOnTarget: reservedOnTarget, because: error)
             }
         }
-        // Only now is the source's copy no longer needed.
+        // Only now is the source's copy no longer needed. If it cannot be deleted now, the
+        // migration stays recorded and `settleInterrupted` deletes it once the source answers.
         do {
             try await transport.destroy(name, on: source)
+            try? store.setMigration(name, nil)
         } catch {
             logger.error("the source's copy of a migrated VPS was not deleted", metadata: ["vps": "\(name)", "node": "\(source.name)", "error": "\(error)"])
-            try? store.addEvent(kind: "vps.migration-leftover", subject: name, message: "the stopped copy on \(source.name) was not deleted: \(error)")
-            progress("warning: the stopped copy on \(source.name) was not deleted: \(error)")
+            try? store.addEvent(
+                kind: "vps.migration-leftover", subject: name, message: "the stopped copy on \(source.name) is deleted once it answers: \(error)")
+            progress("warning: the stopped copy on \(source.name) was not deleted yet: \(error)")
         }
         return final
+    }
+
+    // MARK: - a controller that stopped mid-way
+
+    /// Every 2 s: settles the migrations recorded in VPS rows that no running call holds.
+    func watchInterrupted() async {
+        while !Task.isCancelled {
+            await settleInterrupted()
+            try? await Task.sleep(for: .seconds(2))
+        }
+    }
+
+    /// Settles each recorded migration no call holds (a controller stopped during it, or the
+    /// source was unreachable at its end), once both its nodes are up.
+    func settleInterrupted() async {
+        for record in (try? store.vpses()) ?? [] where record.migration != nil {
+            guard (try? vps.hold(record.name, "settling an interrupted migration")) != nil else { continue }
+            await settle(record)
+            vps.release(record.name)
+        }
+    }
+
+    /// The row's node is where the VPS lives: before the commit the source, after it the
+    /// target. The other node's copy goes (never a running one), and a VPS the migration had
+    /// stopped is started where it lives.
+    func settle(_ record: VPSRecord) async {
+        guard let pending = record.migration, let source = try? store.node(pending.source), let target = try? store.node(pending.target),
+            vps.liveness.isAlive(source.name), vps.liveness.isAlive(target.name)
+        else { return }
+        let name = record.name
+        let committed = record.node == target.name
+        let (home, other) = committed ? (target, source) : (source, target)
+        do {
+            if !committed {
+                let grant = MigrationGrant(id: pending.grantID, vps: name, source: source.name, target: target.name, expiresUnix: 0)
+                try await transport.abort(grant, on: target)
+            }
+            if let copy = try? await transport.status(name, on: other) {
+                guard !["running", "starting", "stopping"].contains(copy.state) else {
+                    logger.critical(
+                        "a VPS runs on two nodes after an interrupted migration", metadata: ["vps": "\(name)", "nodes": "\(home.name) \(other.name)"])
+                    try? store.addEvent(
+                        kind: "vps.migration-conflict", subject: name, message: "\(copy.state) on \(other.name) as well as placed on \(home.name)")
+                    return
+                }
+                try await transport.destroy(name, on: other)
+            }
+            var detail = "on \(home.name); the copy on \(other.name) is gone"
+            if pending.wasRunning {
+                let state = try await transport.status(name, on: home).state
+                // A stop the stopped controller asked for may still be under way: next round.
+                guard state != "stopping" && state != "starting" else { return }
+                if state != "running" {
+                    var started = try await transport.start(name, on: home)
+                    started.node = home.name
+                    try? store.updateStatus(name, started)
+                    detail += "; running again"
+                }
+            }
+            try store.setMigration(name, nil)
+            logger.notice("settled an interrupted migration", metadata: ["vps": "\(name)", "node": "\(home.name)"])
+            try? store.addEvent(kind: "vps.migration-settled", subject: name, message: detail)
+        } catch {
+            logger.warning("settling an interrupted migration failed; trying again", metadata: ["vps": "\(name)", "error": "\(error)"])
+        }
     }
 
     /// After the commit the target could not start the VPS: the record goes back to the source

@@ -47,6 +47,9 @@ public protocol ClusterStore: Sendable {
 
     func addEvent(kind: String, subject: String, message: String) throws
 
+    /// Records (or, with nil, clears) the migration under way of a VPS, nothing else of its row.
+    func setMigration(_ name: String, _ migration: PendingMigration?) throws
+
     func saveDrain(_ drain: DrainRecord) throws
     func drain(_ node: String) throws -> DrainRecord?
     func drains() throws -> [DrainRecord]
@@ -137,6 +140,7 @@ public final class SQLiteStore: ClusterStore {
             try db.execute(
                 sql: """
                     ALTER TABLE vps ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+                    ALTER TABLE vps ADD COLUMN migration BLOB;
                     CREATE TABLE drain (
                       node TEXT PRIMARY KEY NOT NULL, state TEXT NOT NULL, deadline INTEGER NOT NULL, force INTEGER NOT NULL,
                       mode TEXT NOT NULL, max_parallel INTEGER NOT NULL, started_by TEXT NOT NULL, items BLOB NOT NULL);
@@ -222,6 +226,7 @@ public final class SQLiteStore: ClusterStore {
         }
         var record = VPSRecord(name: name, node: row["node"], tenant: row["tenant"], spec: spec, status: status, phase: phase)
         record.origin = row["origin"] ?? ""
+        if let data = row["migration"] as Data? { record.migration = try? JSONDecoder().decode(PendingMigration.self, from: data) }
         record.damage = damage.isEmpty ? nil : damage.joined(separator: "; ")
         return record
     }
@@ -285,10 +290,11 @@ public final class SQLiteStore: ClusterStore {
     public func updateVPS(_ record: VPSRecord) throws {
         let spec = try Self.specData(record.spec)
         let status = try Self.recordData(record.status)
+        let migration = try record.migration.map(Self.recordData)
         try pool.write { db in
             try db.execute(
-                sql: "UPDATE vps SET node = ?, tenant = ?, spec = ?, status = ?, phase = ?, origin = ? WHERE name = ?",
-                arguments: [record.node, record.tenant, spec, status, record.phase.rawValue, record.origin, record.name])
+                sql: "UPDATE vps SET node = ?, tenant = ?, spec = ?, status = ?, phase = ?, origin = ?, migration = ? WHERE name = ?",
+                arguments: [record.node, record.tenant, spec, status, record.phase.rawValue, record.origin, migration, record.name])
         }
     }
 
@@ -540,5 +546,10 @@ public final class SQLiteStore: ClusterStore {
 
     public func removeDrain(_ node: String) throws {
         try pool.write { db in try db.execute(sql: "DELETE FROM drain WHERE node = ?", arguments: [node]) }
+    }
+
+    public func setMigration(_ name: String, _ migration: PendingMigration?) throws {
+        let data = try migration.map(Self.recordData)
+        try pool.write { db in try db.execute(sql: "UPDATE vps SET migration = ? WHERE name = ?", arguments: [data, name]) }
     }
 }

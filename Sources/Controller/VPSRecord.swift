@@ -19,6 +19,9 @@ public struct VPSRecord: Sendable, Equatable {
     /// The node a drain took it from, until `node restore` brings it back or it is moved by
     /// hand; "" otherwise.
     public var origin = ""
+    /// A migration under way (or cut short by a controller that stopped): what `Migrations`
+    /// needs to finish or undo it.
+    public var migration: PendingMigration?
     /// Why the stored row could not be read as written, if it could not (`SQLiteStore.vps`).
     public var damage: String?
 

@@ -27,6 +27,7 @@ extension VPSManager {
     /// under it (never started, never the VPS's home) is deleted.
     public func abortMigration(_ grant: MigrationGrant) async throws {
         expectedMigrations[grant.id] = nil
+        abortedMigrations.insert(grant.id)
         guard receivedMigrations[grant.vps] == grant.id, records[grant.vps] != nil else { return }
         try await destroy(grant.vps, force: true)
         receivedMigrations[grant.vps] = nil
@@ -120,6 +121,11 @@ extension VPSManager {
             chmod(dir, 0o700)
             let incoming = store.diskPath(name) + ".incoming"
             try await receiveDisk(incoming)
+            // The controller may have given up while the bytes were on their way (it stopped, or
+            // settled the migration without this copy): then nothing of it stays.
+            guard !abortedMigrations.contains(grant.id) else {
+                throw AgentError(.conflict, "the migration of \(name) was aborted by the controller during the transfer", field: "name")
+            }
             guard rename(incoming, store.diskPath(name)) == 0 else {
                 throw AgentError(.kernel, "renaming the received disk of \(name): \(errnoName(errno))", stage: "rename", errno: errno)
             }

@@ -31,6 +31,8 @@ public actor VPSManager {
     var expectedMigrations: [String: MigrationGrant] = [:]
     /// VPSs received by migration, with their grant, until the controller settles the move.
     var receivedMigrations: [String: String] = [:]
+    /// Grants the controller aborted: a transfer still under way under one is refused at its end.
+    var abortedMigrations: Set<String> = []
     /// VPSs whose disk is being sent to another node.
     var migratingOut: Set<String> = []
     /// The disk layout of a VPS created without `--layout` (`berth-agent --default-layout`).

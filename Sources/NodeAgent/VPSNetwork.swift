@@ -56,6 +56,25 @@ extension VPSManager {
             ])
     }
 
+    /// A routed VPS's addresses are announced on the uplink as it starts, again after 1 s and
+    /// after 5 s (a lost packet, a switch still learning): the LAN stops sending to the node
+    /// that answered for them before (a migration's source) without waiting for its caches.
+    func announceAddresses(of config: VPSConfig) {
+        guard let uplink = settings.network?.uplink, let network = config.network, network.bridge == nil, !network.ips.isEmpty else { return }
+        let addresses = network.ips.compactMap { try? IPAddress($0) }
+        let (logger, name) = (logger, config.name)
+        Task.detached {
+            for pause in [0, 1, 4] {  // at +0, +1 s and +5 s
+                try? await Task.sleep(for: .seconds(pause))
+                for address in addresses {
+                    do { try NetworkSetup.announce(address, on: uplink) } catch {
+                        logger.warning("address announcement failed", metadata: ["vps": "\(name)", "error": "\(error)"])
+                    }
+                }
+            }
+        }
+    }
+
     /// What berth-spawn needs to wire this VPS and write its /etc files.
     func guestSpec(_ config: VPSConfig) -> GuestSpec {
         var spec = GuestSpec(

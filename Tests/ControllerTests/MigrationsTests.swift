@@ -19,6 +19,8 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
         var held: [String: [String: String]] = [:]
         var failSend = false
         var failStartOn: Set<String> = []
+        /// An agent whose copy is not one it received under the grant (abort keeps it).
+        var keepOnAbort = false
     }
     let state = Mutex(State())
 
@@ -48,7 +50,7 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
 
     func abort(_ grant: MigrationGrant, on target: NodeRecord) async throws {
         record("abort \(target.name)")
-        state.withLock { _ = $0.held[target.name]?.removeValue(forKey: grant.vps) }
+        state.withLock { if !$0.keepOnAbort { _ = $0.held[target.name]?.removeValue(forKey: grant.vps) } }
     }
 
     func stop(_ name: String, on node: NodeRecord) async throws -> VPSStatusRecord {
@@ -139,6 +141,7 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
             #expect(c.agents.held(on: "n1").isEmpty && c.agents.held(on: "n2") == ["web1": "running"])
             #expect(c.ledger.vpsCount(on: "n1") == 0 && c.ledger.vpsCount(on: "n2") == 1)
             #expect(try c.store.vps("web1")?.spec.ips == ["198.18.101.7"])  // its address goes with it
+            #expect(try c.store.vps("web1")?.migration == nil)  // nothing left to settle
         }
     }
 
@@ -220,6 +223,46 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
             #expect(set?.code == .conflict)
             // exec and console (not exclusive) still reach the VPS.
             try await c.vps.relay("web1", by: c.admin) { _ in ((), nil) }
+        }
+    }
+
+    /// A controller that stopped during a migration left the VPS's row with its migration and
+    /// both nodes with a copy: the row's node keeps it (running again if it ran), the other's goes.
+    @Test func anInterruptedMigrationSettlesOnTheRowsNode() async throws {
+        for committed in [false, true] {
+            try await withCluster(vpsState: "stopped") { (c: Cluster) async throws in
+                var record = try #require(try c.store.vps("web1"))
+                record.node = committed ? "n2" : "n1"
+                record.migration = PendingMigration(grantID: "g", source: "n1", target: "n2", wasRunning: true)
+                try c.store.updateVPS(record)
+                c.agents.state.withLock { $0.held = ["n1": ["web1": "stopped"], "n2": ["web1": "stopped"]] }
+                await c.migrations.settleInterrupted()
+                let home = committed ? "n2" : "n1", other = committed ? "n1" : "n2"
+                #expect(c.agents.held(on: home) == ["web1": "running"])
+                #expect(c.agents.held(on: other).isEmpty)
+                #expect(try c.store.vps("web1")?.migration == nil)
+                #expect(c.agents.calls.contains("destroy \(other)") == committed)  // before the commit, the grant's abort removes it
+                // Settled once: the next round does nothing.
+                let calls = c.agents.calls.count
+                await c.migrations.settleInterrupted()
+                #expect(c.agents.calls.count == calls)
+            }
+        }
+    }
+
+    /// A copy that runs on the other node is never destroyed: the conflict is reported and
+    /// the migration stays recorded for an operator.
+    @Test func aRunningCopyElsewhereIsNeverDestroyed() async throws {
+        try await withCluster(vpsState: "running") { (c: Cluster) async throws in
+            var record = try #require(try c.store.vps("web1"))
+            record.migration = PendingMigration(grantID: "g", source: "n1", target: "n2", wasRunning: true)
+            try c.store.updateVPS(record)
+            c.agents.state.withLock { $0.held = ["n1": ["web1": "running"], "n2": ["web1": "running"]] }
+            c.agents.state.withLock { $0.keepOnAbort = true }
+            await c.migrations.settleInterrupted()
+            #expect(c.agents.held(on: "n2") == ["web1": "running"] && c.agents.held(on: "n1") == ["web1": "running"])
+            #expect(!c.agents.calls.contains { $0.hasPrefix("destroy") })
+            #expect(try c.store.vps("web1")?.migration != nil)
         }
     }
 }

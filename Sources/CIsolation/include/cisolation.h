@@ -94,6 +94,10 @@ long berth_fs_magic(const char *path);
 
 /* GNU extensions that Swift's Glibc module does not export (it is built without _GNU_SOURCE). */
 int berth_setns(int fd, int nstype);
+// Announce a VPS address from this node's interface `ifname` (announce.c): a gratuitous ARP
+// (IPv4, network byte order) or an unsolicited neighbour advertisement (IPv6). -1 + errno.
+int berth_announce_ipv4(const char *ifname, const unsigned char address[4]);
+int berth_announce_ipv6(const char *ifname, const unsigned char address[16]);
 int berth_unshare(int flags);
 /// Blocks SIGCHLD and returns a non-blocking, close-on-exec signalfd that reports it.
 int berth_sigchld_fd(void);
