@@ -1,0 +1,114 @@
+#!/bin/bash
+# Migration benchmarks, on the release build, in one sitting:
+#   BUILD=.build/release Benchmarks/migrate.sh [MIGRATIONS] [DATA_MB]
+#   1. service gap: a busybox VPS with a 1 GiB disk holding DATA_MB (default 256) of random data
+#      is moved cold between two nodes of a namespaced test cluster MIGRATIONS times (default 10)
+#      while a prober on the fabric pings it every 10 ms; the longest gap between replies per
+#      move (p50, p95, max) beside the anchor: the same VPS's own stop + start, as many times
+#   2. transfer: the 1 GiB image moved while the VPS is stopped (digest, copy, commit, delete),
+#      beside the anchor: the same bytes through a plain TLS 1.3 pipe on loopback (OpenSSL through
+#      Python's ssl, Benchmarks/tls_pipe.py: one process sends, one reads)
+set -u
+cd "$(dirname "$0")/.." || exit 1
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+MIGRATIONS=${1:-10}
+DATA_MB=${2:-256}
+BUILD=$(cd "${BUILD:-.build/release}" && pwd)
+export BERTH_CLUSTER=bmg$$ BERTH_CLUSTER_DIR=/tmp/berth-bench-bmg$$ BUILD
+DEV=scripts/dev-cluster.sh
+FAB=$BERTH_CLUSTER-fab
+W=$BERTH_CLUSTER_DIR.work
+mkdir -p "$W"
+PROBER=""
+cleanup() {
+    touch "$W/stop"
+    [ -n "$PROBER" ] && wait "$PROBER" 2>/dev/null
+    "$DEV" down >/dev/null 2>&1
+    rm -rf "$W"
+}
+trap cleanup EXIT
+cl() { "$DEV" berth "$@"; }
+field() { /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); v=d[sys.argv[1]]; print(",".join(v) if isinstance(v, list) else v)' "$1"; }
+
+"$DEV" up 2 >"$W/up.log" 2>&1 || { cat "$W/up.log"; exit 1; }
+V=$BERTH_CLUSTER-v
+cl create "$V" --template busybox --disk 1G --ip auto --node n1 >/dev/null || exit 1
+cl start "$V" >/dev/null || exit 1
+cl exec "$V" -- sh -c "dd if=/dev/urandom of=/data.bin bs=1M count=$DATA_MB 2>/dev/null && sync" || exit 1
+IP=$(cl status "$V" --json | field ips)
+
+# Each window's longest gap between echo replies, in ms (the window's edges count as replies:
+# a VPS that answered right before and right after has no gap beyond the probe interval).
+gaps() { # REPLIES WINDOWS
+    /usr/bin/python3 - "$1" "$2" <<'PY'
+import sys
+replies = [float(l) for l in open(sys.argv[1]) if l.strip()]
+for line in open(sys.argv[2]):
+    start, end = map(float, line.split())
+    inside = [start] + [t for t in replies if start <= t <= end] + [end]
+    print("%.0f" % (1000 * max(b - a for a, b in zip(inside, inside[1:]))))
+PY
+}
+summary() { # NAME FILE
+    /usr/bin/python3 - "$1" "$2" <<'PY'
+import sys
+values = sorted(float(l) for l in open(sys.argv[2]) if l.strip())
+pick = lambda q: values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+print("   %-28s n=%d  p50 %6.0f ms  p95 %6.0f ms  max %6.0f ms" % (sys.argv[1], len(values), pick(0.5), pick(0.95), values[-1]))
+PY
+}
+window() { local s e; s=$(date +%s.%N); "$@" >/dev/null || echo "   failed: $*" >&2; e=$(date +%s.%N); echo "$s $e"; }
+
+echo "== 1. service gap of a running busybox VPS (1 GiB disk, $DATA_MB MiB data), probed every 10 ms from the fabric"
+ip netns exec "$FAB" /usr/bin/python3 Benchmarks/icmp_prober.py "$IP" "$W/replies" "$W/stop" &
+PROBER=$!
+sleep 1
+: >"$W/anchor.windows"; : >"$W/migrate.windows"
+for i in $(seq "$MIGRATIONS"); do
+    window bash -c "$DEV berth stop $V && $DEV berth start $V" >>"$W/anchor.windows"; sleep 1
+done
+for i in $(seq "$MIGRATIONS"); do
+    to=n2; [ "$(cl status "$V" --json | field node)" = n2 ] && to=n1
+    window cl migrate "$V" --to $to >>"$W/migrate.windows"; sleep 1
+done
+touch "$W/stop"; wait "$PROBER"; PROBER=""
+gaps "$W/replies" "$W/anchor.windows" >"$W/anchor.gaps"
+gaps "$W/replies" "$W/migrate.windows" >"$W/migrate.gaps"
+summary "stop + start (anchor)" "$W/anchor.gaps"
+summary "cold migration" "$W/migrate.gaps"
+/usr/bin/python3 -c "import sys; a=sorted(map(float,open(sys.argv[1]))); m=sorted(map(float,open(sys.argv[2]))); p=lambda v: v[min(len(v)-1,int(round(.95*(len(v)-1))))]; print('   ratio p95 migration / stop+start: %.2fx' % (p(m)/p(a)))" "$W/anchor.gaps" "$W/migrate.gaps"
+
+echo; echo "== 2. transfer of the 1 GiB image, node to node (VPS stopped), against a plain TLS pipe"
+cl stop "$V" >/dev/null
+: >"$W/transfer.s"
+for i in 1 2 3; do
+    to=n2; [ "$(cl status "$V" --json | field node)" = n2 ] && to=n1
+    s=$(date +%s.%N); cl migrate "$V" --to $to >/dev/null; e=$(date +%s.%N)
+    echo "$s $e" | awk '{print $2 - $1}' >>"$W/transfer.s"
+done
+node=$(cl status "$V" --json | field node)
+IMAGE=$BERTH_CLUSTER_DIR/$node/data/vps/$V/disk.img
+BYTES=$(stat -c %s "$IMAGE")
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/key.pem" -out "$W/cert.pem" -days 1 -subj /CN=bench 2>/dev/null
+: >"$W/tls.s"
+for i in 1 2 3; do
+    /usr/bin/python3 Benchmarks/tls_pipe.py server 47443 "$W/cert.pem" "$W/key.pem" >"$W/tls.received" &
+    server=$!
+    sleep 0.5
+    s=$(date +%s.%N)
+    /usr/bin/python3 Benchmarks/tls_pipe.py client 47443 "$IMAGE"
+    wait $server
+    e=$(date +%s.%N)
+    [ "$(cat "$W/tls.received")" = "$BYTES" ] || echo "   the TLS pipe moved $(cat "$W/tls.received") of $BYTES bytes" >&2
+    echo "$s $e" | awk '{print $2 - $1}' >>"$W/tls.s"
+done
+/usr/bin/python3 - "$BYTES" "$W/transfer.s" "$W/tls.s" <<'PY'
+import sys
+size = int(sys.argv[1])
+berth = sorted(float(l) for l in open(sys.argv[2]))
+tls = sorted(float(l) for l in open(sys.argv[3]))
+b, t = berth[len(berth) // 2], tls[len(tls) // 2]
+print("   berth migrate (stopped VPS)  median %.2f s  %6.0f MiB/s of image" % (b, size / b / 2**20))
+print("   TLS 1.3 pipe (OpenSSL)        median %.2f s  %6.0f MiB/s" % (t, size / t / 2**20))
+print("   ratio berth / TLS pipe: %.2fx" % (t / b))
+PY
