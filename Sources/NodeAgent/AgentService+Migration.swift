@@ -1,5 +1,6 @@
 import BerthCore
 import Foundation
+import Isolation
 import Wire
 import WireTLS
 
@@ -11,9 +12,9 @@ import WireTLS
 ///   |                                         | mTLS, node cert ---->| peer: role node
 ///   |                                         | migration_receive    | grant: open, for this
 ///   |                                         |   {grant id, config, |   peer, unexpired -> taken
-///   |                                         |    size, sha256} --->|
-///   |                                         | DATA disk image ---->| written, size + sha256
-///   |                                         | END ---------------->|   checked, config saved
+///   |                                         |    size} ----------->|
+///   |                                         | DATA extent records >| written in place (sparse)
+///   |                                         | DATA trailer, END -->| SHA-256 checked, config saved
 ///   |                                         |<- status (stopped)   |
 ///   |<- status (the target's) ----------------|                     |
 ///   | commit (one store transaction), start on the target, destroy on the source
@@ -29,7 +30,9 @@ extension AgentService {
         let target = try HostPort(stored: r.targetAddress, field: "target_address")
         let (config, disk) = try await manager.beginMigrationOut(grant)
         defer { Task { await manager.endMigrationOut(grant.vps) } }
-        let (size, sha256) = try FileTransfer.digest(of: disk)
+        var info = stat()
+        guard stat(disk, &info) == 0 else { throw AgentError(.kernel, "the disk of \(grant.vps): \(errnoName(errno))", stage: "stat", errno: errno) }
+        let size = UInt64(info.st_size)
         let client = try await WireClient.connect(host: target.host, port: target.port, bundle: bundle, group: group, timeout: .seconds(5))
         defer { Task { await client.close() } }
         guard let peer = client.peerIdentity, peer.role == .node, peer.name == grant.target else {
@@ -41,19 +44,19 @@ extension AgentService {
         receive.grantID = grant.id
         receive.config = Data(config)
         receive.diskSize = size
-        receive.diskSha256 = sha256
         var request = Berth_V1_Request()
         request.migrationReceive = receive
         let call = try await client.start(request)
         stream.progress("sending \(ByteSize.format(size)) disk of \(grant.vps) to \(grant.target)")
         var reported: UInt64 = 0
-        try await FileTransfer.send(disk, on: call) { sent in
-            // About every 64 MiB, so a long copy shows it moves.
-            if sent - reported >= 64 << 20 || sent == size {
-                reported = sent
-                stream.progress("copying disk", done: sent, total: size)
+        let sent = try await ImageTransfer.send(disk, on: call) { done, size in
+            // About every 64 MiB of the image, so a long copy shows it moves.
+            if done - reported >= 64 << 20 || done == size {
+                reported = done
+                stream.progress("copying disk", done: done, total: size)
             }
         }
+        stream.progress("\(ByteSize.format(sent)) of data sent (holes and zeros are not)")
         let response = try await call.result { stream.progress("\(grant.target): \($0.step)") }
         return response.status
     }
@@ -65,7 +68,7 @@ extension AgentService {
         }
         let grant = try await manager.claimMigration(r.grantID, from: peer.name)
         let view = try await manager.receiveMigration(grant, config: Array(r.config)) { path in
-            try await FileTransfer.receive(into: path, size: r.diskSize, sha256: r.diskSha256, from: stream.input, field: "disk")
+            try await ImageTransfer.receive(into: path, size: r.diskSize, from: stream.input, field: "disk")
         }
         return Berth_V1_VpsStatus(view)
     }

@@ -49,7 +49,7 @@ extension VPSManager {
         // The monitor has mounted the table's directory: its first table, with the booted init,
         // written once this reply is on its way (reading the counters is no part of a start).
         Task { try? self.writeBeancounters(name) }
-        announceAddresses(of: record.config)
+        announceAddresses(of: record)
         logger.info("started VPS", metadata: ["vps": "\(name)", "pid": "\(record.run?.initPid ?? 0)"])
         return view(record)
     }

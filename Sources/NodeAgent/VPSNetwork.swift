@@ -59,13 +59,17 @@ extension VPSManager {
     /// A routed VPS's addresses are announced on the uplink as it starts, again after 1 s and
     /// after 5 s (a lost packet, a switch still learning): the LAN stops sending to the node
     /// that answered for them before (a migration's source) without waiting for its caches.
-    func announceAddresses(of config: VPSConfig) {
+    /// A round is skipped once that run of the VPS has ended here: a late announcement from a
+    /// node the VPS has left would pull its traffic back.
+    func announceAddresses(of record: VPSRecord) {
+        let config = record.config
         guard let uplink = settings.network?.uplink, let network = config.network, network.bridge == nil, !network.ips.isEmpty else { return }
         let addresses = network.ips.compactMap { try? IPAddress($0) }
-        let (logger, name) = (logger, config.name)
+        let (logger, name, generation) = (logger, config.name, record.generation)
         Task.detached {
             for pause in [0, 1, 4] {  // at +0, +1 s and +5 s
                 try? await Task.sleep(for: .seconds(pause))
+                guard await self.isRunning(name, generation: generation) else { return }
                 for address in addresses {
                     do { try NetworkSetup.announce(address, on: uplink) } catch {
                         logger.warning("address announcement failed", metadata: ["vps": "\(name)", "error": "\(error)"])
@@ -73,6 +77,12 @@ extension VPSManager {
                 }
             }
         }
+    }
+
+    /// Whether the run of `name` that `generation` counted is still the one running here.
+    func isRunning(_ name: String, generation: Int) -> Bool {
+        guard let record = records[name] else { return false }
+        return record.generation == generation && record.state == .running
     }
 
     /// What berth-spawn needs to wire this VPS and write its /etc files.

@@ -1863,8 +1863,8 @@ public nonisolated struct Berth_V1_MigrationSendRequest: Sendable {
   fileprivate var _grant: Berth_V1_MigrationGrant? = nil
 }
 
-/// The VPS's stored config and its disk image, announced by size and SHA-256; the image follows
-/// on channel 0 (Docs/wire.md, "File transfer").
+/// The VPS's stored config and its disk image's size; the image follows on channel 0 as extent
+/// records closed by a SHA-256 trailer (Docs/wire.md, "Image transfer").
 public nonisolated struct Berth_V1_MigrationReceiveRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1875,9 +1875,8 @@ public nonisolated struct Berth_V1_MigrationReceiveRequest: Sendable {
   /// the source's config.json
   public var config: Data = Data()
 
+  /// the image's size, holes included
   public var diskSize: UInt64 = 0
-
-  public var diskSha256: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -5703,7 +5702,7 @@ nonisolated extension Berth_V1_MigrationSendRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MigrationReceiveRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}grant_id\0\u{1}config\0\u{3}disk_size\0\u{3}disk_sha256\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}grant_id\0\u{1}config\0\u{3}disk_size\0\u{c}\u{4}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5714,7 +5713,6 @@ nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, S
       case 1: try { try decoder.decodeSingularStringField(value: &self.grantID) }()
       case 2: try { try decoder.decodeSingularBytesField(value: &self.config) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.diskSize) }()
-      case 4: try { try decoder.decodeSingularStringField(value: &self.diskSha256) }()
       default: break
       }
     }
@@ -5730,9 +5728,6 @@ nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, S
     if self.diskSize != 0 {
       try visitor.visitSingularUInt64Field(value: self.diskSize, fieldNumber: 3)
     }
-    if !self.diskSha256.isEmpty {
-      try visitor.visitSingularStringField(value: self.diskSha256, fieldNumber: 4)
-    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -5740,7 +5735,6 @@ nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, S
     if lhs.grantID != rhs.grantID {return false}
     if lhs.config != rhs.config {return false}
     if lhs.diskSize != rhs.diskSize {return false}
-    if lhs.diskSha256 != rhs.diskSha256 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

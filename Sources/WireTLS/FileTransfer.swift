@@ -139,16 +139,18 @@ public enum FileTransfer {
     /// Whether every byte of `bytes` is 0, by memcmp against a block of zeros (a byte loop is
     /// slow in debug builds, and a disk image's holes are most of what a transfer checks).
     static func isAllZero(_ bytes: ByteBuffer) -> Bool {
-        bytes.withUnsafeReadableBytes { raw in
-            guard let base = raw.baseAddress else { return true }
-            var offset = 0
-            while offset < raw.count {
-                let length = min(zeroBlock.count, raw.count - offset)
-                if zeroBlock.withUnsafeBytes({ memcmp(base + offset, $0.baseAddress!, length) }) != 0 { return false }
-                offset += length
-            }
-            return true
+        bytes.withUnsafeReadableBytes { isAllZero($0) }
+    }
+
+    static func isAllZero(_ raw: UnsafeRawBufferPointer) -> Bool {
+        guard let base = raw.baseAddress else { return true }
+        var offset = 0
+        while offset < raw.count {
+            let length = min(zeroBlock.count, raw.count - offset)
+            if zeroBlock.withUnsafeBytes({ memcmp(base + offset, $0.baseAddress!, length) }) != 0 { return false }
+            offset += length
         }
+        return true
     }
 
     static let zeroBlock = [UInt8](repeating: 0, count: 64 << 10)

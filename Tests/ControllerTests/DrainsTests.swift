@@ -11,7 +11,9 @@ import Wire
 /// (MigrationsTests.swift): what ends a drain, what the deadline does, and what restore brings back.
 @Suite(.serialized) struct DrainsTests {
     func drains(_ c: MigrationsTests.Cluster) -> Drains {
-        Drains(store: c.store, migrations: c.migrations, transport: c.agents, states: DrainStates(), logger: Logger(label: "test"), retryInterval: .milliseconds(100))
+        Drains(
+            store: c.store, migrations: c.migrations, transport: c.agents, states: DrainStates(), logger: Logger(label: "test"),
+            retryInterval: .milliseconds(100))
     }
 
     /// A second VPS on n1, stopped.
