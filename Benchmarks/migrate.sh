@@ -89,6 +89,7 @@ done
 node=$(cl status "$V" --json | field node)
 IMAGE=$BERTH_CLUSTER_DIR/$node/data/vps/$V/disk.img
 BYTES=$(stat -c %s "$IMAGE")
+ALLOCATED=$(( $(stat -c '%b * %B' "$IMAGE") ))
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/key.pem" -out "$W/cert.pem" -days 1 -subj /CN=bench 2>/dev/null
 : >"$W/tls.s"
 for i in 1 2 3; do
@@ -102,13 +103,15 @@ for i in 1 2 3; do
     [ "$(cat "$W/tls.received")" = "$BYTES" ] || echo "   the TLS pipe moved $(cat "$W/tls.received") of $BYTES bytes" >&2
     echo "$s $e" | awk '{print $2 - $1}' >>"$W/tls.s"
 done
-/usr/bin/python3 - "$BYTES" "$W/transfer.s" "$W/tls.s" <<'PY'
+/usr/bin/python3 - "$BYTES" "$ALLOCATED" "$W/transfer.s" "$W/tls.s" <<'PY'
 import sys
-size = int(sys.argv[1])
-berth = sorted(float(l) for l in open(sys.argv[2]))
-tls = sorted(float(l) for l in open(sys.argv[3]))
+size, allocated = int(sys.argv[1]), int(sys.argv[2])
+berth = sorted(float(l) for l in open(sys.argv[3]))
+tls = sorted(float(l) for l in open(sys.argv[4]))
 b, t = berth[len(berth) // 2], tls[len(tls) // 2]
-print("   berth migrate (stopped VPS)  median %.2f s  %6.0f MiB/s of image" % (b, size / b / 2**20))
-print("   TLS 1.3 pipe (OpenSSL)        median %.2f s  %6.0f MiB/s" % (t, size / t / 2**20))
-print("   ratio berth / TLS pipe: %.2fx" % (t / b))
+print("   image %d MiB, of which %d MiB allocated (what berth sends at most)" % (size >> 20, allocated >> 20))
+print("   berth migrate (stopped VPS)  median %.2f s  %6.0f MiB/s of image, %6.0f MiB/s of data (whole operation)" % (b, size / b / 2**20, allocated / b / 2**20))
+print("   TLS 1.3 pipe (OpenSSL)        median %.2f s  %6.0f MiB/s (every byte of the image)" % (t, size / t / 2**20))
+print("   ratio, moving the image: berth / TLS pipe %.2fx" % (t / b))
+print("   ratio, bytes on the wire per second: berth / TLS pipe %.2fx" % ((allocated / b) / (size / t)))
 PY
