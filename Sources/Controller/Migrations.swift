@@ -105,17 +105,20 @@ final class Migrations: Sendable {
             received = try await transport.send(grant, to: target, from: source, progress: progress)
         } catch {
             ledger.remove(reservedOnTarget)
-            try? await transport.abort(grant, on: target)
+            // What cannot be undone now (a node down) stays recorded: `settleInterrupted` does
+            // it once the node answers.
+            var undone = (try? await transport.abort(grant, on: target)) != nil
             var restarted = ""
             if wasRunning {
                 if let status = try? await transport.start(name, on: source) {
                     try? store.updateStatus(name, status)
                     restarted = ", running again"
                 } else {
-                    restarted = ", but it could not be started again there (berth start \(name))"
+                    undone = false
+                    restarted = ", stopped until \(source.name) answers again (then it is started)"
                 }
             }
-            try? store.setMigration(name, nil)
+            if undone { try? store.setMigration(name, nil) }
             try? store.addEvent(kind: "vps.migration-failed", subject: name, message: "to \(target.name): \(error)")
             throw Self.failed(error, "migrating \(name) to \(target.name) failed; it stays on \(source.name)\(restarted)")
         }

@@ -9,6 +9,7 @@ extension VPSManager {
     /// Re-adopts running VPSs, notices the ones that exited while no agent ran, cleans their
     /// leftovers, and — on the first agent start after a host boot — starts `onboot` VPSs.
     public func recover() async {
+        removeCutMigrations()
         for name in store.names() {
             let config: VPSConfig
             do {
@@ -55,5 +56,19 @@ extension VPSManager {
         let previous = (FileIO.read(marker) ?? "").trimmed
         try? FileIO.writeAtomically(marker, Array((bootID + "\n").utf8), mode: 0o644)
         return previous != bootID
+    }
+
+    /// A migration's receive cut short by this agent's own end leaves a VPS directory with a
+    /// partial `disk.img.incoming` and no config: it was never this node's VPS, so it goes.
+    func removeCutMigrations() {
+        for name in FileIO.listDirectory(store.vpsRoot) where !FileIO.exists(store.configPath(name)) {
+            guard FileIO.exists(store.diskPath(name) + ".incoming") else { continue }
+            do {
+                try FileManager.default.removeItem(atPath: store.directory(name))
+                logger.notice("removed what a cut migration left", metadata: ["vps": "\(name)"])
+            } catch {
+                logger.error("cannot remove what a cut migration left", metadata: ["vps": "\(name)", "error": "\(error)"])
+            }
+        }
     }
 }

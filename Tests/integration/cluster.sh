@@ -386,6 +386,38 @@ t_controller_killed_mid_migration_settles() {
     cl destroy "$V" --force >/dev/null
 }
 
+t_agent_killed_mid_migration_leaves_one_running_copy() {
+    local V=$RUN_ID-ak before side
+    cl create "$V" --template busybox --disk 768M --ip auto --node n1 >/dev/null
+    cl start "$V" >/dev/null
+    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=160 2>/dev/null && echo kept > /srv/notes.txt && sync'
+    before=$(vps_sums "$V"); expect_contains "$before" "data.bin"
+    # The source (n1), then the target (n2), killed once the stop is done and the copy runs.
+    for side in 1 2; do
+        cl migrate "$V" --to n2 >"$WORK/ak.out" 2>&1 &
+        local client=$!
+        local t0=$SECONDS
+        until [ -e "$WORK/n2/data/vps/$V/disk.img.incoming" ]; do
+            [ $((SECONDS - t0)) -lt 20 ] || break
+            sleep 0.05
+        done
+        "$DEV" agent-kill $side
+        wait "$client" || true
+        "$DEV" agent-start $side || fail "n$side did not restart"
+        t0=$SECONDS
+        until [ "$(holders "$V")" = "$(node_of "$V") " ] && [ "$(cl status "$V" --json | field state)" = running ]; do
+            [ $((SECONDS - t0)) -lt 40 ] || { fail "not settled 40 s after n$side was killed: held by '$(holders "$V")', placed on $(node_of "$V"), $(cl status "$V" --json | field state); migrate said: $(cat "$WORK/ak.out")"; return; }
+            sleep 0.5
+        done
+        echo "n$side killed during the copy: $V on $(node_of "$V") after $((SECONDS - t0)) s; migrate said: $(tail -1 "$WORK/ak.out")" >&2
+        expect_eq "$(node_of "$V")" n1
+        expect_eq "$(vps_sums "$V")" "$before"
+        [ -e "$WORK/n2/data/vps/$V" ] && fail "n2 kept what it had received"
+        ip netns exec "$FAB" busybox ping -c1 -W2 "$(cl status "$V" --json | field ips)" >/dev/null || fail "its address does not answer"
+    done
+    cl destroy "$V" --force >/dev/null
+}
+
 # A bundle that trusts the real CA but carries another certificate (T02, T03).
 mixed_bundle() { # DIR CERT KEY
     mkdir -p "$1"; cp "$ADMIN/ca.pem" "$1/ca.pem"; cp "$2" "$1/cert.pem"; cp "$3" "$1/key.pem"
@@ -639,6 +671,7 @@ run_test "migration refusals (own node, unknown node, cordoned, anti-affinity, m
 run_test "drain moves every VPS away (blockers named, --force at the deadline), restore brings them back" t_drain_moves_everything_and_restore_brings_it_back
 run_test "drain and restore refuse bad input and change nothing" t_drain_refusals
 run_test "a controller killed (-9) before, at and after a migration's commit settles it: one copy, running, files whole" t_controller_killed_mid_migration_settles
+run_test "an agent killed (-9) during a migration's copy, source or target: the VPS runs once, on its source, whole" t_agent_killed_mid_migration_leaves_one_running_copy
 run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, hostname mismatch, TLS <= 1.2" t_mtls_battery
 run_test "roles and tenants (T05): viewers read only, tenants see only their own, nodes are not operators" t_roles_and_tenants
 run_test "revocation (T04) closes open sessions and refuses new ones" t_revocation_closes_open_sessions
