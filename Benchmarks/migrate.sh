@@ -8,6 +8,7 @@
 #   2. transfer: the 1 GiB image moved while the VPS is stopped (digest, copy, commit, delete),
 #      beside the anchor: the same bytes through a plain TLS 1.3 pipe on loopback (OpenSSL through
 #      Python's ssl, Benchmarks/tls_pipe.py: one process sends, one reads)
+#   3. the same move with the nodes' --migration-bandwidth at 64M: the rate it keeps to
 set -u
 cd "$(dirname "$0")/.." || exit 1
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
@@ -115,3 +116,11 @@ print("   TLS 1.3 pipe (OpenSSL)        median %.2f s  %6.0f MiB/s (every byte o
 print("   ratio, moving the image: berth / TLS pipe %.2fx" % (t / b))
 print("   ratio, bytes on the wire per second: berth / TLS pipe %.2fx" % ((allocated / b) / (size / t)))
 PY
+
+echo; echo "== 3. the same move under berth-agent --migration-bandwidth 64M (the nodes restarted with it)"
+for k in 1 2; do "$DEV" agent-stop $k; BERTH_AGENT_ARGS="--migration-bandwidth 64M" "$DEV" agent-start $k || exit 1; done
+for _ in $(seq 50); do cl node list | grep -c ' ready ' | grep -q 2 && break; sleep 0.2; done
+to=n2; [ "$(cl status "$V" --json | field node)" = n2 ] && to=n1
+s=$(date +%s.%N); cl migrate "$V" --to $to >/dev/null; e=$(date +%s.%N)
+/usr/bin/python3 -c "import sys; t=float(sys.argv[2])-float(sys.argv[1]); a=int(sys.argv[3]); print('   %.2f s for %d MiB of data: %.0f MiB/s (limit 64 MiB/s)' % (t, a >> 20, a / t / 2**20))" "$s" "$e" "$ALLOCATED"
+

@@ -52,12 +52,14 @@ controller_kill() { stop_pid "$DIR/controller.pid" KILL; }
 
 agent_start() { # K [TOKEN]
     local k=$1 token=${2:-} n=n$1
-    local join=()
+    local join=() extra=()
     [ -n "$token" ] && join=(--join "$token")
+    # BERTH_AGENT_ARGS: more flags for every agent (e.g. --migration-bandwidth 100M).
+    read -r -a extra <<<"${BERTH_AGENT_ARGS:-}"
     nsenter --net=/run/netns/"$NAME-$n" "$BUILD/berth-agent" --name "$n" --data-dir "$DIR/$n/data" --run-dir "$DIR/$n/run" \
         --socket "$DIR/$n/agent.sock" --cgroup-parent "berth-$NAME-$n" --config "$DIR/$n/node.json" \
         --controller "$CONTROLLER" --listen "$(node_ip "$k"):7000" --label "zone=${ZONES[$(( (k - 1) % 3 ))]}" \
-        "${join[@]}" >>"$DIR/$n/agent.log" 2>&1 &
+        "${join[@]}" "${extra[@]}" >>"$DIR/$n/agent.log" 2>&1 &
     echo $! >"$DIR/$n/agent.pid"
     disown $! 2>/dev/null || true
     for _ in $(seq 200); do [ -S "$DIR/$n/agent.sock" ] && "$BUILD/berth" --agent "$DIR/$n/agent.sock" list >/dev/null 2>&1 && return 0; sleep 0.05; done

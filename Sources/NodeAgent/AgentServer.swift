@@ -36,7 +36,7 @@ public final class AgentServer: Service, @unchecked Sendable {
         // Fail closed: without its anti-spoofing filter a node must not serve VPS networking.
         try await manager.setUpNodeNetwork()
         try FileManager.default.createDirectory(atPath: FileIO.directory(of: socketPath), withIntermediateDirectories: true)
-        let service = AgentService(manager: manager, group: group, logger: logger)
+        let service = AgentService(manager: manager, group: group, logger: logger, migrationSlots: cluster?.migrationSlots ?? MigrationSlots())
         // Enrol before serving anything, so a bad token fails the start with its reason.
         var membership: Task<Void, Never>?
         var listener: TLSWireServer?

@@ -28,6 +28,8 @@ extension AgentService {
             throw AgentError(.unavailable, "this node is not enrolled in a cluster: it has no certificate to reach \(grant.target)")
         }
         let target = try HostPort(stored: r.targetAddress, field: "target_address")
+        try migrationSlots.acquire(node: manager.nodeName)
+        defer { migrationSlots.release() }
         let (config, disk) = try await manager.beginMigrationOut(grant)
         defer { Task { await manager.endMigrationOut(grant.vps) } }
         var info = stat()
@@ -49,13 +51,15 @@ extension AgentService {
         let call = try await client.start(request)
         stream.progress("sending \(ByteSize.format(size)) disk of \(grant.vps) to \(grant.target)")
         var reported: UInt64 = 0
-        let sent = try await ImageTransfer.send(disk, on: call) { done, size in
-            // About every 64 MiB of the image, so a long copy shows it moves.
+        let slots = migrationSlots
+        // About every 64 MiB of the image, so a long copy shows it moves.
+        let progress: (UInt64, UInt64) -> Void = { done, size in
             if done - reported >= 64 << 20 || done == size {
                 reported = done
                 stream.progress("copying disk", done: done, total: size)
             }
         }
+        let sent = try await ImageTransfer.send(disk, on: call, pace: { await slots.pace($0) }, progress: progress)
         stream.progress("\(ByteSize.format(sent)) of data sent (holes and zeros are not)")
         let response = try await call.result { stream.progress("\(grant.target): \($0.step)") }
         return response.status
@@ -66,6 +70,8 @@ extension AgentService {
         guard case .certificate(let peer) = stream.peer, peer.role == .node else {
             throw AgentError(.permissionDenied, "only a cluster node may send a migrated VPS")
         }
+        try migrationSlots.acquire(node: manager.nodeName)
+        defer { migrationSlots.release() }
         let grant = try await manager.claimMigration(r.grantID, from: peer.name)
         let view = try await manager.receiveMigration(grant, config: Array(r.config)) { path in
             try await ImageTransfer.receive(into: path, size: r.diskSize, from: stream.input, field: "disk")

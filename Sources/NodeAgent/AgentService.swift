@@ -17,11 +17,14 @@ public struct AgentService: WireService {
     let logger: Logger
     /// The node's certificate once enrolled, for calls to other agents (migration).
     public let credentials = NodeCredentials()
+    /// How many migrations this node runs at once, and how fast it sends.
+    public let migrationSlots: MigrationSlots
 
-    public init(manager: VPSManager, group: EventLoopGroup, logger: Logger) {
+    public init(manager: VPSManager, group: EventLoopGroup, logger: Logger, migrationSlots: MigrationSlots = MigrationSlots()) {
         self.manager = manager
         self.group = group
         self.logger = logger
+        self.migrationSlots = migrationSlots
     }
 
     public func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {

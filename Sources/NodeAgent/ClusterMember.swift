@@ -12,12 +12,17 @@ public struct ClusterOptions: Sendable {
     public var listen: String
     public var joinToken: String?
     public var labels: [String: String]
+    /// Migrations this node runs at once, and the rate it sends their disks at.
+    public var migrationSlots: MigrationSlots
 
-    public init(controller: String, listen: String, joinToken: String?, labels: [String: String]) {
+    public init(
+        controller: String, listen: String, joinToken: String?, labels: [String: String], migrationSlots: MigrationSlots = MigrationSlots()
+    ) {
         self.controller = controller
         self.listen = listen
         self.joinToken = joinToken
         self.labels = labels
+        self.migrationSlots = migrationSlots
     }
 }
 

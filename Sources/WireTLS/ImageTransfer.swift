@@ -23,12 +23,13 @@ public enum ImageTransfer {
     static let seekData: Int32 = 3
     static let seekHole: Int32 = 4
 
-    /// Sends the image at `path` as extent records, then END; `progress` gets the image bytes
-    /// passed over so far (holes included) and the image's size. Returns the bytes of data sent.
+    /// Sends the image at `path` as extent records, then END; `pace` is awaited before each
+    /// record with its size (a node's bandwidth limit), `progress` gets the image bytes passed
+    /// over so far (holes included) and the image's size. Returns the bytes of data sent.
     @discardableResult
-    public static func send(_ path: String, on call: ClientCall, progress: (_ done: UInt64, _ size: UInt64) -> Void = { _, _ in }) async throws
-        -> UInt64
-    {
+    public static func send(
+        _ path: String, on call: ClientCall, pace: (Int) async -> Void = { _ in }, progress: (_ done: UInt64, _ size: UInt64) -> Void = { _, _ in }
+    ) async throws -> UInt64 {
         let fd = try FileTransfer.open(path)
         defer { close(fd) }
         var info = stat()
@@ -64,6 +65,7 @@ public enum ImageTransfer {
                     record.writeInteger(UInt32(count))
                     record.writeBytes(buffer[0..<count])
                     record.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+                    await pace(record.readableBytes)
                     try await call.send(.stdin, Array(record.readableBytesView)).get()
                     sent += UInt64(count)
                 }

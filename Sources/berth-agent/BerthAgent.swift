@@ -85,6 +85,12 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(name: .customLong("label"), help: "Cluster mode: a node label K=V for placement constraints (repeatable).")
     var labels: [String] = []
 
+    @Option(help: "Cluster mode: at most this many migrations at once on this node, sent or received (1-64).")
+    var maxMigrations = MigrationSlots.defaultLimit
+
+    @Option(help: "Cluster mode: the rate this node sends migrated disks at, all migrations together (e.g. 100M per second; default: unlimited).")
+    var migrationBandwidth: String?
+
     @Flag(
         inversion: .prefixedNo,
         help:
@@ -106,6 +112,12 @@ struct BerthAgent: AsyncParsableCommand {
         for (flag, value) in [("--cpu-overcommit", cpuOvercommit), ("--memory-overcommit", memoryOvercommit), ("--disk-overcommit", diskOvercommit)]
         where !(value >= 0.1 && value <= 100) {
             throw ValidationError("\(flag): \(value) must be between 0.1 and 100")
+        }
+        guard (1...64).contains(maxMigrations) else {
+            throw ValidationError("--max-migrations: \(maxMigrations) must be between 1 and 64")
+        }
+        if let migrationBandwidth, (try? ByteSize.parse(migrationBandwidth, field: "migration-bandwidth")) == nil {
+            throw ValidationError("--migration-bandwidth: '\(migrationBandwidth)' is not a rate such as 100M (bytes per second)")
         }
         guard (0...3600).contains(beancounterInterval) else {
             throw ValidationError("--beancounter-interval: \(beancounterInterval) must be between 0 and 3600 seconds")
@@ -226,7 +238,10 @@ struct BerthAgent: AsyncParsableCommand {
                 let parts = label.split(separator: "=", maxSplits: 1).map(String.init)
                 labelMap[parts[0]] = parts[1]
             }
-            cluster = ClusterOptions(controller: controller, listen: listen, joinToken: join, labels: labelMap)
+            let bandwidth = try migrationBandwidth.map { try ByteSize.parse($0, field: "migration-bandwidth") }
+            cluster = ClusterOptions(
+                controller: controller, listen: listen, joinToken: join, labels: labelMap,
+                migrationSlots: MigrationSlots(limit: maxMigrations, bytesPerSecond: bandwidth))
         }
         let server = AgentServer(manager: manager, socketPath: socket, group: group, logger: logger, metrics: metrics, cluster: cluster)
         let services = ServiceGroup(

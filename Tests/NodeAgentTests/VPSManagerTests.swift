@@ -341,4 +341,16 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
             #expect(capacity.vpsTotal == 1 && capacity.vpsRunning == 0 && capacity.cpus == 4)
         }
     }
+
+    /// A node runs at most its limit of migrations at once; an ended one frees its slot.
+    @Test func migrationSlotsRefuseBeyondTheLimit() throws {
+        let slots = MigrationSlots(limit: 2)
+        try slots.acquire(node: "n1")
+        try slots.acquire(node: "n1")
+        let refused = #expect(throws: BerthError.self) { try slots.acquire(node: "n1") }
+        #expect(refused?.code == .noCapacity && refused?.message.contains("--max-migrations") == true)
+        slots.release()
+        try slots.acquire(node: "n1")
+        #expect(slots.inUse == 2)
+    }
 }

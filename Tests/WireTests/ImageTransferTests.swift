@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import NIOCore
 import NIOPosix
+import Synchronization
 import Testing
 import WireTLS
 
@@ -55,7 +56,10 @@ struct ImageService: WireService {
             put([7], at: Int(size) - 1)
             fsync(fd)
             let transfer = try await call(client, name: "vps", size: size)
-            let sent = try await ImageTransfer.send(path, on: transfer)
+            let paced = Mutex(0)
+            let sent = try await ImageTransfer.send(path, on: transfer, pace: { bytes in paced.withLock { $0 += bytes } })
+            // Every record waited for the pace: its data and its 12-byte header.
+            #expect(paced.withLock { $0 } > Int(sent) && paced.withLock { $0 } < Int(sent) + 12 * 64)
             _ = try await transfer.result()
             #expect(FileManager.default.contents(atPath: incoming + "/vps") == FileManager.default.contents(atPath: path))
             #expect(sent < 1 << 20)  // the data and the last block, not the zeros or the holes
