@@ -45,6 +45,10 @@ final class Migrations: Sendable {
         progress: @escaping @Sendable (String) -> Void
     ) async throws -> VPSStatusRecord {
         let mode = try Self.mode(asked)
+        _ = try vps.visibleVPS(name, to: caller)
+        try vps.hold(name, "being migrated")
+        defer { vps.release(name) }
+        // Read again under the hold: a move that ended meanwhile may have changed its node.
         let record = try vps.visibleVPS(name, to: caller)
         guard record.phase == .ready else {
             throw BerthError(.conflict, "name: \(name) is still being created on \(record.node)", field: "name")
@@ -59,8 +63,6 @@ final class Migrations: Sendable {
                 throw BerthError(.notFound, "to: no node named \(wanted) (see `berth node list`)", field: "to")
             }
         }
-        try vps.hold(name, "being migrated from \(source.name)")
-        defer { vps.release(name) }
 
         // The target's share is reserved as a create's would be, with every filter a create has.
         let cost = record.spec.placementRequest
