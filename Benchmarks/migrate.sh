@@ -9,6 +9,9 @@
 #      beside the anchor: the same bytes through a plain TLS 1.3 pipe on loopback (OpenSSL through
 #      Python's ssl, Benchmarks/tls_pipe.py: one process sends, one reads)
 #   3. the same move with the nodes' --migration-bandwidth at 64M: the rate it keeps to
+#   4. drain: DRAIN_VPSES (default 20) running busybox VPSs on n1 are drained onto n2 and n3
+#      (max-parallel 2): the drain's total time, and each VPS's downtime from its
+#      stop on n1 to its start on the target (the agents' log lines), longest and median
 set -u
 cd "$(dirname "$0")/.." || exit 1
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
@@ -31,7 +34,7 @@ trap cleanup EXIT
 cl() { "$DEV" berth "$@"; }
 field() { /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); v=d[sys.argv[1]]; print(",".join(v) if isinstance(v, list) else v)' "$1"; }
 
-"$DEV" up 2 >"$W/up.log" 2>&1 || { cat "$W/up.log"; exit 1; }
+"$DEV" up 3 >"$W/up.log" 2>&1 || { cat "$W/up.log"; exit 1; }
 V=$BERTH_CLUSTER-v
 cl create "$V" --template busybox --disk 1G --ip auto --node n1 >/dev/null || exit 1
 cl start "$V" >/dev/null || exit 1
@@ -119,8 +122,37 @@ PY
 
 echo; echo "== 3. the same move under berth-agent --migration-bandwidth 64M (the nodes restarted with it)"
 for k in 1 2; do "$DEV" agent-stop $k; BERTH_AGENT_ARGS="--migration-bandwidth 64M" "$DEV" agent-start $k || exit 1; done
-for _ in $(seq 50); do cl node list | grep -c ' ready ' | grep -q 2 && break; sleep 0.2; done
+for _ in $(seq 50); do cl node list | grep -c ' ready ' | grep -q 3 && break; sleep 0.2; done
 to=n2; [ "$(cl status "$V" --json | field node)" = n2 ] && to=n1
 s=$(date +%s.%N); cl migrate "$V" --to $to >/dev/null; e=$(date +%s.%N)
 /usr/bin/python3 -c "import sys; t=float(sys.argv[2])-float(sys.argv[1]); a=int(sys.argv[3]); print('   %.2f s for %d MiB of data: %.0f MiB/s (limit 64 MiB/s)' % (t, a >> 20, a / t / 2**20))" "$s" "$e" "$ALLOCATED"
+
+echo; echo "== 4. drain of ${DRAIN_VPSES:=20} running busybox VPSs (64M disks) from n1 onto two nodes"
+for k in 1 2; do "$DEV" agent-stop $k; "$DEV" agent-start $k || exit 1; done   # without the bandwidth limit
+cl destroy "$V" --force >/dev/null
+for i in $(seq "$DRAIN_VPSES"); do
+    cl create "$BERTH_CLUSTER-d$i" --template busybox --disk 64M --ip auto --node n1 >/dev/null && cl start "$BERTH_CLUSTER-d$i" >/dev/null || exit 1
+done
+s=$(date +%s.%N); cl node drain n1 --max-parallel 2 >"$W/drain.out"; rc=$?; e=$(date +%s.%N)
+/usr/bin/python3 - "$s" "$e" "$rc" "$BERTH_CLUSTER_DIR" "$BERTH_CLUSTER-d" <<'PY'
+import glob, re, sys, datetime
+start, end, rc, root, prefix = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+def stamp(line):
+    return datetime.datetime.strptime(line[:24], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+stopped, started = {}, {}
+for log in glob.glob(root + "/n*/agent.log"):
+    node = log.split("/")[-2]
+    for line in open(log):
+        m = re.search(r"vps=(%s\d+) \[NodeAgent\] (stopped|started) VPS" % re.escape(prefix), line)
+        if not m or stamp(line) < start - 1:
+            continue
+        if m.group(2) == "stopped" and node == "n1":
+            stopped[m.group(1)] = stamp(line)
+        elif m.group(2) == "started" and node != "n1":
+            started[m.group(1)] = stamp(line)
+gaps = sorted(started[v] - stopped[v] for v in stopped if v in started)
+print("   drain: %.1f s for %d VPSs (exit %s)" % (end - start, len(stopped), rc))
+if gaps:
+    print("   downtime per VPS (agent logs, 1 s resolution): median %.0f s, longest %.0f s" % (gaps[len(gaps) // 2], gaps[-1]))
+PY
 
