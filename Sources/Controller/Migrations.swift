@@ -66,14 +66,8 @@ final class Migrations: Sendable {
 
         // The target's share is reserved as a create's would be, with every filter a create has.
         let cost = record.spec.placementRequest
-        let target: NodeRecord
-        do {
-            let (chosen, _) = try ledger.place(name, cost, pinnedTo: wanted.isEmpty ? nil : wanted, excluding: [source.name]) { $0 }
-            guard let node = try store.node(chosen) else { throw BerthError(.corruptState, "node \(chosen) vanished") }
-            target = node
-        } catch let error as BerthError where error.field == "node" {
-            throw BerthError(error.code, error.message.replacingOccurrences(of: "node: ", with: "to: "), field: "to")
-        }
+        let (chosen, _) = try ledger.place(name, cost, pinnedTo: wanted.isEmpty ? nil : wanted, excluding: [source.name], field: "to") { $0 }
+        guard let target = try store.node(chosen) else { throw BerthError(.corruptState, "node \(chosen) vanished") }
         let reservedOnTarget = PlacedVPS(name: name, node: target.name, cost: cost, group: record.spec.antiAffinity)
         let grant = MigrationGrant(
             id: Self.grantID(), vps: name, source: source.name, target: target.name,

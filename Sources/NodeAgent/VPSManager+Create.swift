@@ -41,22 +41,12 @@ extension VPSManager {
             throw AgentError.invalid(
                 "disk", "\(ByteSize.format(limits.diskBytes)) is too small for template \(template.name) (needs at least \(minimum >> 20)M)")
         }
-        guard records[name] == nil, broken[name] == nil, !creating.contains(name),
-            !FileManager.default.fileExists(atPath: store.directory(name))
-        else {
-            throw AgentError(.alreadyExists, "VPS \(name) already exists", field: "name")
-        }
+        try checkNameFree(name)
         let capabilities = try Validation.capabilities(request.capabilities)
         let network = try newNetwork(name: name, net: request.net, ips: request.ips)
         let idmapBase = request.privileged ? nil : try allocateIdmap()
-        creating.insert(name)
-        pendingNetworks[name] = network
-        if let idmapBase { pendingIdmaps.insert(idmapBase) }
-        defer {
-            creating.remove(name)
-            pendingNetworks[name] = nil
-            if let idmapBase { pendingIdmaps.remove(idmapBase) }
-        }
+        holdNew(name, network: network, idmapBase: idmapBase)
+        defer { releaseNew(name, idmapBase: idmapBase) }
 
         var config = VPSConfig(
             name: name, template: template.name, hostname: hostname, limits: limits,
@@ -105,6 +95,28 @@ extension VPSManager {
         records[name] = record
         logger.info("created VPS", metadata: ["vps": "\(name)", "template": "\(template.name)"])
         return view(record)
+    }
+
+    /// `already-exists` when `name` is taken here: a VPS, a directory whose config is broken or
+    /// still being written, a create or a received migration in flight.
+    func checkNameFree(_ name: String) throws {
+        guard records[name] == nil, broken[name] == nil, !creating.contains(name), !FileIO.exists(store.directory(name)) else {
+            throw AgentError(.alreadyExists, "VPS \(name) already exists on \(nodeName)", field: "name")
+        }
+    }
+
+    /// Holds a new VPS's name, interface and addresses, and id range while its directory is made
+    /// (a create, a received migration), so that no other create takes them meanwhile.
+    func holdNew(_ name: String, network: VPSConfig.Network?, idmapBase: UInt32?) {
+        creating.insert(name)
+        pendingNetworks[name] = network
+        if let idmapBase { pendingIdmaps.insert(idmapBase) }
+    }
+
+    func releaseNew(_ name: String, idmapBase: UInt32?) {
+        creating.remove(name)
+        pendingNetworks[name] = nil
+        if let idmapBase { pendingIdmaps.remove(idmapBase) }
     }
 
     public func destroy(_ name: String, force: Bool) async throws {

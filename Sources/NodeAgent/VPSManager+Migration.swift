@@ -16,9 +16,7 @@ extension VPSManager {
             throw AgentError.invalid("target", "this node is \(nodeName), the grant names \(grant.target)")
         }
         guard grant.isLive(at: Self.nowUnix) else { throw AgentError.invalid("expires", "the grant has expired") }
-        guard records[name] == nil, broken[name] == nil, !creating.contains(name), !FileIO.exists(store.directory(name)) else {
-            throw AgentError(.alreadyExists, "VPS \(name) already exists on \(nodeName)", field: "name")
-        }
+        try checkNameFree(name)
         expectedMigrations = expectedMigrations.filter { $0.value.isLive(at: Self.nowUnix) }
         expectedMigrations[grant.id] = grant
     }
@@ -95,23 +93,15 @@ extension VPSManager {
         let name = grant.vps
         var config = try VPSConfig.decode(Data(data), expectedName: name, path: "the migrated config of \(name)")
         try Self.checkMigratable(config)
-        guard records[name] == nil, broken[name] == nil, !creating.contains(name), !FileIO.exists(store.directory(name)) else {
-            throw AgentError(.alreadyExists, "VPS \(name) already exists on \(nodeName)", field: "name")
-        }
+        try checkNameFree(name)
         guard templates.info(config.template) != nil else {
             throw AgentError(
                 .notFound, "template \(config.template) of VPS \(name) is not on \(nodeName) (upload it: berth template upload)", field: "template")
         }
         let network = try config.network.map { try newNetwork(name: name, net: $0.mode, ips: $0.ips) } ?? nil
         let idmapBase = config.isPrivileged ? nil : try allocateIdmap()
-        creating.insert(name)
-        pendingNetworks[name] = network
-        if let idmapBase { pendingIdmaps.insert(idmapBase) }
-        defer {
-            creating.remove(name)
-            pendingNetworks[name] = nil
-            if let idmapBase { pendingIdmaps.remove(idmapBase) }
-        }
+        holdNew(name, network: network, idmapBase: idmapBase)
+        defer { releaseNew(name, idmapBase: idmapBase) }
         config.network = network
         config.idmapBase = idmapBase
         config.desiredState = .stopped

@@ -51,21 +51,21 @@ public final class PlacementLedger: Sendable {
 
     /// Chooses a node for `request` (or checks `pinned`: it skips scoring, not the filters),
     /// never one of `excluded` (a migrating VPS's own node), and, still under the lock, runs
-    /// `reserve` with it. The VPS's commitment is counted only once
+    /// `reserve` with it. `field` names the caller's input that named `pinned` in a refusal. The VPS's commitment is counted only once
     /// `reserve` succeeded, so a failed reservation leaves nothing behind.
     public func place<Reservation: Sendable>(
         _ name: String, _ request: PlacementRequest, pinnedTo pinned: String?, excluding excluded: Set<String> = [],
-        reserve: (String) throws -> Reservation
+        field: String = "node", reserve: (String) throws -> Reservation
     ) throws -> (node: String, reservation: Reservation) {
         try state.withLock { state throws -> (node: String, reservation: Reservation) in
             let snapshots = try source.placementNodes().filter { !excluded.contains($0.name) }.map { Self.adding(state.usage[$0.name], to: $0) }
             let node: String
             if let pinned {
                 guard let snapshot = snapshots.first(where: { $0.name == pinned }) else {
-                    throw WireError(.notFound, "node: no node named \(pinned) (see `berth node list`)", field: "node")
+                    throw WireError(.notFound, "\(field): no node named \(pinned) (see `berth node list`)", field: field)
                 }
                 if let reason = scheduler.rejection(of: snapshot, for: request) {
-                    throw WireError(.noCapacity, "node: \(pinned) cannot take \(name): \(reason.rawValue)", field: "node")
+                    throw WireError(.noCapacity, "\(field): \(pinned) cannot take \(name): \(reason.rawValue)", field: field)
                 }
                 node = pinned
             } else {
