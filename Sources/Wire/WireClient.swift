@@ -232,9 +232,11 @@ public final class WireClient: @unchecked Sendable {
         } catch {
             // The channel may close before the codec is in (a TLS handshake the server refused):
             // the HELLO promise must still be completed.
-            promise.fail(error)
+            // The caller gets the typed error every other refusal gives, not NIO's.
+            let wire = (error as? WireError) ?? WireError(.unavailable, "the server closed the connection during the handshake: \(error)")
+            promise.fail(wire)
             try? await channel.close().get()
-            throw error
+            throw wire
         }
         // A server that accepts but never answers HELLO must not hang the client.
         let helloTimeout = channel.eventLoop.scheduleTask(in: .seconds(10)) {
