@@ -2,9 +2,11 @@
 # Migration benchmarks, on the release build, in one sitting:
 #   BUILD=.build/release Benchmarks/migrate.sh [MIGRATIONS] [DATA_MB]
 #   1. service gap: a busybox VPS with a 1 GiB disk holding DATA_MB (default 256) of random data
-#      is moved cold between two nodes of a namespaced test cluster MIGRATIONS times (default 10)
-#      while a prober on the fabric pings it every 10 ms; the longest gap between replies per
-#      move (p50, p95, max) beside the anchor: the same VPS's own stop + start, as many times
+#      is moved between two nodes of a namespaced test cluster MIGRATIONS times (default 10) cold,
+#      then as many times warm while a writer in the VPS rewrites REWRITE_MB (default 64) of it
+#      during the copy, while a prober on the fabric pings it every 10 ms; the longest gap
+#      between replies per move (p50, p95, max) beside the anchor: the same VPS's own
+#      stop + start, as many times
 #   2. transfer: the 1 GiB image moved while the VPS is stopped (digest, copy, commit, delete),
 #      beside the anchor: the same bytes through a plain TLS 1.3 pipe on loopback (OpenSSL through
 #      Python's ssl, Benchmarks/tls_pipe.py: one process sends, one reads)
@@ -63,24 +65,37 @@ PY
 }
 window() { local s e; s=$(date +%s.%N); "$@" >/dev/null || echo "   failed: $*" >&2; e=$(date +%s.%N); echo "$s $e"; }
 
+REWRITE_MB=${REWRITE_MB:-64}
 echo "== 1. service gap of a running busybox VPS (1 GiB disk, $DATA_MB MiB data), probed every 10 ms from the fabric"
 ip netns exec "$FAB" /usr/bin/python3 Benchmarks/icmp_prober.py "$IP" "$W/replies" "$W/stop" &
 PROBER=$!
 sleep 1
-: >"$W/anchor.windows"; : >"$W/migrate.windows"
+: >"$W/anchor.windows"; : >"$W/cold.windows"; : >"$W/warm.windows"
 for i in $(seq "$MIGRATIONS"); do
     window bash -c "$DEV berth stop $V && $DEV berth start $V" >>"$W/anchor.windows"; sleep 1
 done
 for i in $(seq "$MIGRATIONS"); do
     to=n2; [ "$(cl status "$V" --json | field node)" = n2 ] && to=n1
-    window cl migrate "$V" --to $to >>"$W/migrate.windows"; sleep 1
+    window cl migrate "$V" --to $to --mode cold >>"$W/cold.windows"; sleep 1
+done
+for i in $(seq "$MIGRATIONS"); do
+    to=n2; [ "$(cl status "$V" --json | field node)" = n2 ] && to=n1
+    # The writer rewrites REWRITE_MB of the data file in place while the first pass copies.
+    cl exec "$V" -- sh -c "sleep 0.3; dd if=/dev/urandom of=/data.bin bs=1M count=$REWRITE_MB seek=$((i * 13 % (DATA_MB - REWRITE_MB + 1))) conv=notrunc,fsync 2>/dev/null" >/dev/null 2>&1 &
+    writer=$!
+    window cl migrate "$V" --to $to --mode warm >>"$W/warm.windows"
+    wait $writer; sleep 1
 done
 touch "$W/stop"; wait "$PROBER"; PROBER=""
-gaps "$W/replies" "$W/anchor.windows" >"$W/anchor.gaps"
-gaps "$W/replies" "$W/migrate.windows" >"$W/migrate.gaps"
+for k in anchor cold warm; do gaps "$W/replies" "$W/$k.windows" >"$W/$k.gaps"; done
 summary "stop + start (anchor)" "$W/anchor.gaps"
-summary "cold migration" "$W/migrate.gaps"
-/usr/bin/python3 -c "import sys; a=sorted(map(float,open(sys.argv[1]))); m=sorted(map(float,open(sys.argv[2]))); p=lambda v: v[min(len(v)-1,int(round(.95*(len(v)-1))))]; print('   ratio p95 migration / stop+start: %.2fx' % (p(m)/p(a)))" "$W/anchor.gaps" "$W/migrate.gaps"
+summary "cold migration" "$W/cold.gaps"
+summary "warm migration, $REWRITE_MB MiB rewritten" "$W/warm.gaps"
+for k in cold warm; do
+    /usr/bin/python3 -c "import sys; a=sorted(map(float,open(sys.argv[1]))); m=sorted(map(float,open(sys.argv[2]))); p=lambda v: v[min(len(v)-1,int(round(.95*(len(v)-1))))]; print('   ratio p95 %s migration / stop+start: %.2fx' % (sys.argv[3], p(m)/p(a)))" "$W/anchor.gaps" "$W/$k.gaps" $k
+done
+echo "   passes of the last warm migration (its vps.migrated event):"
+cl events --last 200 | grep "vps.migrated  $V" | tail -1 | sed 's/.*by [^;]*; /      /; s/; /\n      /g'
 
 echo; echo "== 2. transfer of the 1 GiB image, node to node (VPS stopped), against a plain TLS pipe"
 cl stop "$V" >/dev/null

@@ -33,6 +33,16 @@ public enum ByteSize {
         }
         return "\(bytes)"
     }
+
+    /// A size for people to read, not to parse: in the largest binary unit it reaches, with
+    /// one decimal ("11.5 MiB", "512 B").
+    public static func approximate(_ bytes: Double) -> String {
+        for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] where bytes >= Double(UInt64(1) << shift) {
+            let tenths = Int((bytes / Double(UInt64(1) << shift) * 10).rounded())
+            return "\(tenths / 10).\(tenths % 10) \(unit)"
+        }
+        return "\(Int(bytes.rounded())) B"
+    }
 }
 
 extension String {

@@ -19,11 +19,12 @@ extension AgentLinks: MigrationTransport {
     }
 
     nonisolated func send(
-        _ grant: MigrationGrant, to target: NodeRecord, from source: NodeRecord, progress: @escaping @Sendable (String) -> Void
+        _ grant: MigrationGrant, to target: NodeRecord, from source: NodeRecord, warm: Bool, progress: @escaping @Sendable (String) -> Void
     ) async throws -> VPSStatusRecord {
         var send = Berth_V1_MigrationSendRequest()
         send.grant = Berth_V1_MigrationGrant(grant)
         send.targetAddress = target.address
+        send.warm = warm
         return VPSStatusRecord(try await call(source, { $0.migrationSend = send }, progress: progress).status)
     }
 

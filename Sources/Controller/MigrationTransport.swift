@@ -5,9 +5,12 @@ import BerthCore
 protocol MigrationTransport: Sendable {
     /// The target keeps the grant and checks it could hold the VPS.
     func expect(_ grant: MigrationGrant, on target: NodeRecord) async throws
-    /// The source sends the stopped VPS to `target`; the answer is the VPS as the target holds it.
-    func send(_ grant: MigrationGrant, to target: NodeRecord, from source: NodeRecord, progress: @escaping @Sendable (String) -> Void) async throws
-        -> VPSStatusRecord
+    /// The source sends the VPS to `target`: a stopped one, or (`warm`) a running one that it
+    /// copies while it runs and stops for the last pass. The answer is the VPS as the target
+    /// holds it (stopped).
+    func send(
+        _ grant: MigrationGrant, to target: NodeRecord, from source: NodeRecord, warm: Bool, progress: @escaping @Sendable (String) -> Void
+    ) async throws -> VPSStatusRecord
     /// The target drops the grant and deletes what it received under it.
     func abort(_ grant: MigrationGrant, on target: NodeRecord) async throws
     func status(_ name: String, on node: NodeRecord) async throws -> VPSStatusRecord

@@ -2,11 +2,13 @@ import BerthCore
 import Foundation
 import Logging
 import Placement
+import Synchronization
 
-/// `berth migrate NAME [--to NODE] [--mode cold]` (Docs/migration.md). A cold migration stops
-/// the VPS, has the source agent send its config and disk straight to the target agent under a
-/// single-use grant, moves the record in one store write (the commit point), starts the VPS on
-/// the target if it was running, and only then deletes the source's copy. Before the commit
+/// `berth migrate NAME [--to NODE] [--mode warm|cold]` (Docs/migration.md). The source agent
+/// sends the VPS's config and disk straight to the target agent under a single-use grant: a
+/// warm migration copies while the VPS runs and has the source stop it for the last pass, a
+/// cold one stops it first. Then one store write moves the record (the commit point), the VPS
+/// starts on the target if it was running, and only then is the source's copy deleted. Before the commit
 /// every failure leaves the VPS on its source as it was; after it, a target that cannot start
 /// the VPS hands it back.
 final class Migrations: Sendable {
@@ -26,15 +28,13 @@ final class Migrations: Sendable {
         self.logger = logger
     }
 
-    /// The modes a caller may ask for, and the one a migration runs in.
+    /// The mode a caller asked for: warm unless cold is asked (a stopped VPS is copied once,
+    /// whichever it is).
     static func mode(_ asked: String) throws -> String {
         switch asked {
-        case "", "cold": return "cold"
-        case "warm":
-            throw BerthError(
-                .invalidArgument,
-                "mode: warm migration (copying while the VPS runs) is not available yet; --mode cold stops the VPS for the copy", field: "mode")
-        default: throw BerthError(.invalidArgument, "mode: '\(asked)' is not a migration mode (cold, warm)", field: "mode")
+        case "", "warm": return "warm"
+        case "cold": return "cold"
+        default: throw BerthError(.invalidArgument, "mode: '\(asked)' is not a migration mode (warm, cold)", field: "mode")
         }
     }
 
@@ -72,13 +72,11 @@ final class Migrations: Sendable {
         let grant = MigrationGrant(
             id: Self.grantID(), vps: name, source: source.name, target: target.name,
             expiresUnix: Int64(Date().timeIntervalSince1970) + Self.grantLifetimeSeconds)
-        logger.info("migrating VPS", metadata: ["vps": "\(name)", "from": "\(source.name)", "to": "\(target.name)", "by": "\(caller.name)"])
-        try? store.addEvent(kind: "vps.migrating", subject: name, message: "from \(source.name) to \(target.name) (\(mode)) by \(caller.name)")
-        progress("migrating \(name) from \(source.name) to \(target.name) (\(mode))")
 
         // Before the commit point: any failure puts everything back as it was.
         var wasRunning = false
         var pending = PendingMigration(grantID: grant.id, source: source.name, target: target.name, wasRunning: false)
+        let passes = Mutex<[String]>([])
         let received: VPSStatusRecord
         do {
             try store.setMigration(name, pending)
@@ -87,18 +85,31 @@ final class Migrations: Sendable {
             guard current.state == "running" || current.state == "stopped" else {
                 throw BerthError(.conflict, "\(name) is \(current.state) on \(source.name); migrate it once it is running or stopped", field: "name")
             }
+            let warm = mode == "warm" && current.state == "running"
+            let how = warm ? "warm" : current.state == "running" ? "cold" : "stopped"
+            logger.info(
+                "migrating VPS", metadata: ["vps": "\(name)", "from": "\(source.name)", "to": "\(target.name)", "mode": "\(how)", "by": "\(caller.name)"])
+            try? store.addEvent(kind: "vps.migrating", subject: name, message: "from \(source.name) to \(target.name) (\(how)) by \(caller.name)")
+            progress("migrating \(name) from \(source.name) to \(target.name) (\(how))")
             if current.state == "running" {
-                progress("stopping \(name) on \(source.name)")
-                // Recorded before the stop: a controller that dies during it still knows to
+                // Recorded before any stop (the controller's, or the source's before a warm
+                // migration's last pass): a controller that dies during it still knows to
                 // start the VPS again.
                 wasRunning = true
                 pending.wasRunning = true
                 try store.setMigration(name, pending)
+            }
+            if current.state == "running" && !warm {
+                progress("stopping \(name) on \(source.name)")
                 var stopped = try await transport.stop(name, on: source)
                 stopped.node = source.name
                 try? store.updateStatus(name, stopped)
             }
-            received = try await transport.send(grant, to: target, from: source, progress: progress)
+            received = try await transport.send(grant, to: target, from: source, warm: warm) { step in
+                // The passes' summaries go into the event the move ends with.
+                if step.contains(": pass "), !step.contains("copying disk") { passes.withLock { $0.append(String(step.drop { $0 != ":" }.dropFirst(2))) } }
+                progress(step)
+            }
         } catch {
             ledger.remove(reservedOnTarget)
             // What cannot be undone now (a node down) stays recorded: `settleInterrupted` does
@@ -106,7 +117,10 @@ final class Migrations: Sendable {
             var undone = (try? await transport.abort(grant, on: target)) != nil
             var restarted = ""
             if wasRunning {
-                if let status = try? await transport.start(name, on: source) {
+                // A warm migration that failed before its last pass never stopped the VPS.
+                if let status = try? await transport.status(name, on: source), status.state == "running" {
+                    restarted = ", still running"
+                } else if let status = try? await transport.start(name, on: source) {
                     try? store.updateStatus(name, status)
                     restarted = ", running again"
                 } else {
@@ -136,7 +150,9 @@ final class Migrations: Sendable {
             throw error
         }
         ledger.remove(record.placed)
-        try? store.addEvent(kind: "vps.migrated", subject: name, message: "from \(source.name) to \(target.name) by \(caller.name)")
+        try? store.addEvent(
+            kind: "vps.migrated", subject: name,
+            message: "from \(source.name) to \(target.name) by \(caller.name)\(passes.withLock { $0.isEmpty ? "" : "; " + $0.joined(separator: "; ") })")
         progress("moved to \(target.name)")
 
         var final = moved.status

@@ -4,24 +4,27 @@ import Isolation
 import Wire
 import WireTLS
 
-/// The transfer of a cold migration, agent to agent (Docs/migration.md):
+/// The transfer of a migration, agent to agent (Docs/migration.md):
 /// ```
 /// controller              source agent                          target agent
 ///   | migration_expect(grant) ------------------------------------->| grant kept (single use)
-///   | migration_send(grant, target address) ->|                     |
+///   | migration_send(grant, target address, warm) ->|               |
 ///   |                                         | mTLS, node cert ---->| peer: role node
 ///   |                                         | migration_receive    | grant: open, for this
 ///   |                                         |   {grant id, config, |   peer, unexpired -> taken
 ///   |                                         |    size} ----------->|
-///   |                                         | DATA extent records >| written in place (sparse)
-///   |                                         | DATA trailer, END -->| SHA-256 checked, config saved
-///   |                                         |<- status (stopped)   |
+///   |                 warm, while it runs:    | pass 1: every chunk >| written in place (sparse)
+///   |                                         | pass k: changed ---->| chunks replaced
+///   |                                         | stop the VPS         |
+///   |                                         | last pass: changed ->|
+///   |                                         | trailer, END ------->| digest tables compared,
+///   |                                         |<- status (stopped)   |   config saved
 ///   |<- status (the target's) ----------------|                     |
 ///   | commit (one store transaction), start on the target, destroy on the source
 /// ```
 /// Any failure before the commit: migration_abort(grant) to the target deletes what it received.
 extension AgentService {
-    /// The source's side: sends the stopped VPS named in the grant to the target's listener.
+    /// The source's side: sends the VPS named in the grant to the target's listener.
     func migrationSend(_ r: Berth_V1_MigrationSendRequest, stream: ServerStream) async throws -> Berth_V1_VpsStatus {
         let grant = MigrationGrant(r.grant)
         guard let bundle = credentials.current else {
@@ -30,37 +33,71 @@ extension AgentService {
         let target = try HostPort(stored: r.targetAddress, field: "target_address")
         try migrationSlots.acquire(node: manager.nodeName)
         defer { migrationSlots.release() }
-        let (config, disk) = try await manager.beginMigrationOut(grant)
-        defer { Task { await manager.endMigrationOut(grant.vps) } }
-        var info = stat()
-        guard stat(disk, &info) == 0 else { throw AgentError(.kernel, "the disk of \(grant.vps): \(errnoName(errno))", stage: "stat", errno: errno) }
-        let size = UInt64(info.st_size)
+        let (config, disk) = try await manager.beginMigrationOut(grant, warm: r.warm)
+        do {
+            let status = try await sendImage(grant, config: config, disk: disk, to: target, r.targetAddress, warm: r.warm, bundle: bundle, stream: stream)
+            await manager.endMigrationOut(grant.vps)
+            return status
+        } catch {
+            // Ended before the answer goes out: the controller's next call (a start to undo a
+            // warm migration's stop) finds the VPS free.
+            await manager.endMigrationOut(grant.vps)
+            throw error
+        }
+    }
+
+    private func sendImage(
+        _ grant: MigrationGrant, config: [UInt8], disk: String, to target: HostPort, _ address: String, warm: Bool, bundle: CredentialBundle,
+        stream: ServerStream
+    ) async throws -> Berth_V1_VpsStatus {
         let client = try await WireClient.connect(host: target.host, port: target.port, bundle: bundle, group: group, timeout: .seconds(5))
         defer { Task { await client.close() } }
         guard let peer = client.peerIdentity, peer.role == .node, peer.name == grant.target else {
             throw AgentError(
                 .unauthenticated,
-                "\(r.targetAddress) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not node \(grant.target)")
+                "\(address) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not node \(grant.target)")
         }
-        var receive = Berth_V1_MigrationReceiveRequest()
-        receive.grantID = grant.id
-        receive.config = Data(config)
-        receive.diskSize = size
-        var request = Berth_V1_Request()
-        request.migrationReceive = receive
-        let call = try await client.start(request)
-        stream.progress("sending \(ByteSize.format(size)) disk of \(grant.vps) to \(grant.target)")
-        var reported: UInt64 = 0
+        var info = stat()
+        guard stat(disk, &info) == 0 else { throw AgentError(.kernel, "the disk of \(grant.vps): \(errnoName(errno))", stage: "stat", errno: errno) }
         let slots = migrationSlots
-        // About every 64 MiB of the image, so a long copy shows it moves.
-        let progress: (UInt64, UInt64) -> Void = { done, size in
-            if done - reported >= 64 << 20 || done == size {
-                reported = done
-                stream.progress("copying disk", done: done, total: size)
-            }
+        var request = Berth_V1_Request()
+        request.migrationReceive.grantID = grant.id
+        request.migrationReceive.config = Data(config)
+        request.migrationReceive.diskSize = UInt64(info.st_size)
+        let call = try await client.start(request)
+        let sender = try ImageSender(disk, on: call, pace: { await slots.pace($0) })
+        guard sender.size == request.migrationReceive.diskSize else {
+            throw AgentError(.conflict, "the disk of \(grant.vps) changed size as the migration began")
         }
-        let sent = try await ImageTransfer.send(disk, on: call, pace: { await slots.pace($0) }, progress: progress)
-        stream.progress("\(ByteSize.format(sent)) of data sent (holes and zeros are not)")
+        stream.progress("sending the \(ByteSize.approximate(Double(sender.size))) disk of \(grant.vps) to \(grant.target)")
+        var pass = 0
+        func copy(_ when: String) async throws -> ImageSender.Pass {
+            pass += 1
+            var reported: UInt64 = 0
+            // About every 64 MiB of the image, so a long copy shows it moves.
+            let sent = try await sender.pass { done, size in
+                if done - reported >= 64 << 20 || done == size {
+                    reported = done
+                    stream.progress("pass \(pass): copying disk", done: done, total: size)
+                }
+            }
+            stream.progress(
+                "pass \(pass) \(when): \(ByteSize.approximate(Double(sent.bytes))) in \(sent.chunks) changed chunks, \(Int(sent.seconds * 1000)) ms"
+                    + (sent.seconds > 0 ? " (\(ByteSize.approximate(Double(sent.bytes) / sent.seconds))/s)" : ""))
+            return sent
+        }
+        if warm, await manager.isRunning(grant.vps) {
+            var previous: UInt64?
+            while true {
+                let sent = try await copy("while \(grant.vps) runs")
+                guard Precopy.another(after: pass, delta: sent.bytes, previous: previous, bytesPerSecond: sender.wireRate) else { break }
+                previous = sent.bytes
+            }
+            stream.progress("stopping \(grant.vps) for the last pass")
+            try await manager.stopForLastPass(grant.vps)
+        }
+        _ = try await copy(pass == 0 ? "(the VPS is stopped)" : "with \(grant.vps) stopped")
+        try await sender.finish()
         let response = try await call.result { stream.progress("\(grant.target): \($0.step)") }
         return response.status
     }

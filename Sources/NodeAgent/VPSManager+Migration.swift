@@ -3,7 +3,7 @@ import Foundation
 import Isolation
 import Logging
 
-/// A cold migration's two ends on the nodes (Docs/migration.md). The source hands out a
+/// A migration's two ends on the nodes (Docs/migration.md). The source hands out a
 /// stopped VPS's config and disk; the target takes them in only under a grant the controller
 /// gave it, from the grant's source node, once. The VPS stays the source's until the controller
 /// commits the move, so either end's failure leaves the other as it was.
@@ -32,16 +32,21 @@ extension VPSManager {
         logger.notice("migration aborted: received copy deleted", metadata: ["vps": "\(grant.vps)", "grant": "\(grant.id)"])
     }
 
-    /// What the source sends: a stopped VPS's stored config and its disk image. The VPS is held
-    /// (start, set and destroy refused) until `endMigrationOut`.
-    public func beginMigrationOut(_ grant: MigrationGrant) throws -> (config: [UInt8], disk: String) {
+    /// What the source sends: a VPS's stored config and its disk image. A cold migration moves
+    /// a stopped VPS; a warm one (`running` allowed) copies while it runs and stops it for the
+    /// last pass (`stopForLastPass`). The VPS is held (start, set and destroy refused) until
+    /// `endMigrationOut`.
+    public func beginMigrationOut(_ grant: MigrationGrant, warm: Bool) throws -> (config: [UInt8], disk: String) {
         let name = try Name.validate(grant.vps)
         guard grant.source == nodeName else {
             throw AgentError.invalid("source", "this node is \(nodeName), the grant names \(grant.source)")
         }
         let record = try record(name)
-        guard record.state == .stopped else {
-            throw AgentError(.conflict, "VPS \(name) is \(record.state.rawValue); a cold migration moves a stopped VPS", field: "name")
+        guard record.state == .stopped || (warm && record.state == .running) else {
+            throw AgentError(
+                .conflict,
+                "VPS \(name) is \(record.state.rawValue); \(warm ? "a warm migration moves a running or stopped VPS" : "a cold migration moves a stopped VPS")",
+                field: "name")
         }
         try Self.checkMigratable(record.config)
         guard !migratingOut.contains(name) else { throw AgentError(.conflict, "VPS \(name) is already being migrated", field: "name") }
@@ -50,6 +55,20 @@ extension VPSManager {
         }
         migratingOut.insert(name)
         return (Array(config), store.diskPath(name))
+    }
+
+    /// Whether a VPS being migrated out runs (a warm migration copies while it does).
+    public func isRunning(_ name: String) -> Bool { records[name]?.state == .running }
+
+    /// A warm migration's stop before its last pass: the usual clean stop of a running VPS
+    /// (its init's halt, the stop timeout, then SIGKILL); one that stopped by itself meanwhile
+    /// is left as it is.
+    public func stopForLastPass(_ name: String) async throws {
+        guard migratingOut.contains(name), let record = records[name] else {
+            throw AgentError(.conflict, "VPS \(name) is not being migrated from \(nodeName)", field: "name")
+        }
+        guard record.state != .stopped else { return }
+        try await stop(name, timeout: 0, kill: false)
     }
 
     public func endMigrationOut(_ name: String) { migratingOut.remove(name) }

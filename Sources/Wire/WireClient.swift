@@ -36,8 +36,12 @@ public final class ClientCall: @unchecked Sendable {
 
     /// Sends stream bytes; the future completes once the server's credit let them out.
     public func send(_ channelNumber: Frame.Channel, _ bytes: [UInt8]) -> EventLoopFuture<Void> {
+        send(channelNumber, channel.allocator.buffer(bytes: bytes))
+    }
+
+    /// As above, for bytes already in a buffer (no copy on the way out).
+    public func send(_ channelNumber: Frame.Channel, _ buffer: ByteBuffer) -> EventLoopFuture<Void> {
         let promise = channel.eventLoop.makePromise(of: Void.self)
-        let buffer = channel.allocator.buffer(bytes: bytes)
         channel.eventLoop.execute { self.sendWindow.send(channelNumber.rawValue, buffer, promise: promise) }
         return promise.futureResult
     }

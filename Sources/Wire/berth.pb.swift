@@ -1856,6 +1856,9 @@ public nonisolated struct Berth_V1_MigrationSendRequest: Sendable {
   /// the target agent's listener, HOST:PORT
   public var targetAddress: String = String()
 
+  /// Copy while the VPS runs, then stop it for the last pass (a stopped VPS is sent in one).
+  public var warm: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1863,8 +1866,8 @@ public nonisolated struct Berth_V1_MigrationSendRequest: Sendable {
   fileprivate var _grant: Berth_V1_MigrationGrant? = nil
 }
 
-/// The VPS's stored config and its disk image's size; the image follows on channel 0 as extent
-/// records closed by a SHA-256 trailer (Docs/wire.md, "Image transfer").
+/// The VPS's stored config and its disk image's size; the image follows on channel 0 as chunk
+/// records, pass after pass, closed by a digest-table trailer (Docs/wire.md, "Image transfer").
 public nonisolated struct Berth_V1_MigrationReceiveRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -5663,7 +5666,7 @@ nonisolated extension Berth_V1_MigrationGrant: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Berth_V1_MigrationSendRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MigrationSendRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}grant\0\u{3}target_address\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}grant\0\u{3}target_address\0\u{1}warm\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5673,6 +5676,7 @@ nonisolated extension Berth_V1_MigrationSendRequest: SwiftProtobuf.Message, Swif
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._grant) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.targetAddress) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.warm) }()
       default: break
       }
     }
@@ -5689,12 +5693,16 @@ nonisolated extension Berth_V1_MigrationSendRequest: SwiftProtobuf.Message, Swif
     if !self.targetAddress.isEmpty {
       try visitor.visitSingularStringField(value: self.targetAddress, fieldNumber: 2)
     }
+    if self.warm != false {
+      try visitor.visitSingularBoolField(value: self.warm, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Berth_V1_MigrationSendRequest, rhs: Berth_V1_MigrationSendRequest) -> Bool {
     if lhs._grant != rhs._grant {return false}
     if lhs.targetAddress != rhs.targetAddress {return false}
+    if lhs.warm != rhs.warm {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -6,86 +6,51 @@ import Wire
     import Glibc
 #endif
 
-/// A disk image on a call's channel 0 as extent records (Docs/wire.md, "Image transfer"): only
-/// the image's data moves, never its holes or blocks of zeros, and the receiver rebuilds a sparse
-/// file of the announced size.
+/// A disk image on a call's channel 0 as chunk records (Docs/wire.md, "Image transfer"). The
+/// image is cut into chunks of `chunkSize` bytes (the last one shorter); a record replaces one
+/// chunk on the receiver, so a chunk may be sent again in a later pass of a warm migration:
 ///
-///     record   offset u64 | length u32 | length bytes     (big-endian; length 1 … 4 MiB)
-///     trailer  0xFFFFFFFFFFFFFFFF | 32 | SHA-256 of every byte of the stream before the trailer
+///     data     offset u64 | length u32 | length bytes   (a whole chunk at its own offset)
+///     zeros    offset u64 | 0x80000000 + length         (the chunk is zeros again: no bytes follow)
+///     trailer  0xFFFFFFFFFFFFFFFF | 32 | table digest    (then END)
 ///
-/// The trailer proves the stream whole: a record cut short, a stream without its trailer, a
-/// record beyond the image's size or a digest that does not match is refused and the file removed.
+/// (big-endian). Holes and chunks of zeros are never sent. Each end keeps the SHA-256 of every
+/// chunk the receiver holds; the table digest is the SHA-256 of (index u64 | digest) for each
+/// chunk that is not zeros, in index order. The sender's table says what its image is at the
+/// end; the receiver's says what it wrote. They must match: a record cut short, a stream
+/// without its trailer, a record off the chunk grid or beyond the image, or one changed chunk
+/// is refused, and the file is removed.
 public enum ImageTransfer {
+    /// The chunk: the unit of change between passes, of records, and of the digest table.
+    public static let chunkSize = 256 << 10
     static let headerSize = 12
     static let trailerOffset = UInt64.max
-    static let maxRecord = 4 << 20
-    /// lseek's whence values for data and holes (Linux; Glibc exports them only with _GNU_SOURCE).
+    static let zerosFlag: UInt32 = 1 << 31
+    /// lseek's whence for the next data (Linux; Glibc exports it only with _GNU_SOURCE).
     static let seekData: Int32 = 3
-    static let seekHole: Int32 = 4
 
-    /// Sends the image at `path` as extent records, then END; `pace` is awaited before each
-    /// record with its size (a node's bandwidth limit), `progress` gets the image bytes passed
-    /// over so far (holes included) and the image's size. Returns the bytes of data sent.
-    @discardableResult
-    public static func send(
-        _ path: String, on call: ClientCall, pace: (Int) async -> Void = { _ in }, progress: (_ done: UInt64, _ size: UInt64) -> Void = { _, _ in }
-    ) async throws -> UInt64 {
-        let fd = try FileTransfer.open(path)
-        defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw failure("stat \(path)", stage: "fstat") }
-        let size = UInt64(info.st_size)
+    static func chunkCount(_ size: UInt64) -> Int { Int((size + UInt64(chunkSize) - 1) / UInt64(chunkSize)) }
+
+    static func chunkLength(_ index: Int, size: UInt64) -> Int {
+        Int(min(UInt64(chunkSize), size - UInt64(index) * UInt64(chunkSize)))
+    }
+
+    /// The digest both ends compare in the trailer.
+    static func tableDigest(_ table: [SHA256Digest?]) -> [UInt8] {
         var hasher = SHA256()
-        var buffer = [UInt8](repeating: 0, count: FileTransfer.chunkSize)
-        var sent: UInt64 = 0
-        var position: off_t = 0
-        while UInt64(position) < size {
-            // The next run of data, from `start` to the hole after it. A file system without
-            // SEEK_DATA gives the whole rest as data.
-            var start = lseek(fd, position, seekData)
-            if start < 0 {
-                if errno == ENXIO { break }  // only a hole is left
-                guard errno == EINVAL else { throw failure("seek \(path)", stage: "lseek") }
-                start = position
-            }
-            var end = lseek(fd, start, seekHole)
-            if end < 0 { end = off_t(size) }
-            var offset = start
-            while offset < end {
-                let want = min(buffer.count, Int(end - offset))
-                let count = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, want, offset) }
-                guard count > 0 else {
-                    if count < 0 && errno == EINTR { continue }
-                    throw failure("read \(path)", stage: "pread")
-                }
-                if !buffer.withUnsafeBytes({ FileTransfer.isAllZero(UnsafeRawBufferPointer(rebasing: $0.prefix(count))) }) {
-                    var record = ByteBuffer()
-                    record.reserveCapacity(headerSize + count)
-                    record.writeInteger(UInt64(offset))
-                    record.writeInteger(UInt32(count))
-                    record.writeBytes(buffer[0..<count])
-                    record.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
-                    await pace(record.readableBytes)
-                    try await call.send(.stdin, Array(record.readableBytesView)).get()
-                    sent += UInt64(count)
-                }
-                offset += off_t(count)
-                progress(UInt64(offset), size)
-            }
-            position = end
+        for (index, digest) in table.enumerated() {
+            guard let digest else { continue }
+            var entry = ByteBuffer()
+            entry.writeInteger(UInt64(index))
+            entry.writeBytes(Array(digest))
+            entry.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
         }
-        var trailer = ByteBuffer()
-        trailer.writeInteger(trailerOffset)
-        trailer.writeInteger(UInt32(SHA256.byteCount))
-        trailer.writeBytes(Array(hasher.finalize()))
-        try await call.send(.stdin, Array(trailer.readableBytesView)).get()
-        call.sendEnd(.stdin)
-        progress(size, size)
-        return sent
+        return Array(hasher.finalize())
     }
 
     /// Receives an image of `size` bytes from `input` into `destination` (created here, mode
-    /// 0600; it must not exist). Throws, removing the file, when the stream is not whole.
+    /// 0600; it must not exist): every pass the sender makes, until the trailer. Throws,
+    /// removing the file, when the stream is not whole.
     public static func receive(into destination: String, size: UInt64, from input: CreditedStream<StreamInput>, field: String) async throws {
         guard size <= FileTransfer.maxSize else {
             throw WireError(.invalidArgument, "\(field): \(size) bytes is more than the \(FileTransfer.maxSize >> 30) GiB a transfer may carry", field: field)
@@ -99,8 +64,8 @@ public enum ImageTransfer {
         }
         guard ftruncate(fd, off_t(size)) == 0 else { throw failure("size \(destination)", stage: "ftruncate") }
         func refused(_ why: String) -> WireError { WireError(.invalidArgument, "\(field): \(why); nothing was kept", field: field) }
+        var table = [SHA256Digest?](repeating: nil, count: chunkCount(size))
         var pending = ByteBuffer()
-        var hasher = SHA256()
         var whole = false
         var ended = false
         loop: for await item in input {
@@ -110,30 +75,38 @@ public enum ImageTransfer {
                 pending.writeBuffer(&bytes)
                 while pending.readableBytes >= headerSize, !whole {
                     let offset = pending.getInteger(at: pending.readerIndex, as: UInt64.self)!
-                    let length = Int(pending.getInteger(at: pending.readerIndex + 8, as: UInt32.self)!)
+                    let word = pending.getInteger(at: pending.readerIndex + 8, as: UInt32.self)!
                     if offset == trailerOffset {
-                        guard length == SHA256.byteCount else { throw refused("a trailer of \(length) bytes") }
-                        guard pending.readableBytes >= headerSize + length else { break }
-                        let digest = Array(pending.getBytes(at: pending.readerIndex + headerSize, length: length)!)
-                        guard digest == Array(hasher.finalize()) else { throw refused("the SHA-256 of the received image does not match the sender's") }
-                        pending.moveReaderIndex(forwardBy: headerSize + length)
+                        guard word == SHA256.byteCount else { throw refused("a trailer of \(word) bytes") }
+                        guard pending.readableBytes >= headerSize + SHA256.byteCount else { break }
+                        let digest = Array(pending.getBytes(at: pending.readerIndex + headerSize, length: SHA256.byteCount)!)
+                        guard digest == tableDigest(table) else {
+                            throw refused("the chunk digests of the received image do not match the sender's")
+                        }
+                        pending.moveReaderIndex(forwardBy: headerSize + SHA256.byteCount)
                         whole = true
                         break
                     }
-                    guard length > 0, length <= maxRecord else { throw refused("a record of \(length) bytes") }
-                    guard offset.addingReportingOverflow(UInt64(length)).partialValue <= size, offset < size else {
-                        throw refused("a record at \(offset)+\(length) beyond the image's \(size) bytes")
+                    let zeros = word & zerosFlag != 0
+                    let length = Int(word & ~zerosFlag)
+                    guard offset < size, offset % UInt64(chunkSize) == 0 else {
+                        throw refused("a record at \(offset), which is not the start of a chunk of the \(size)-byte image")
+                    }
+                    let index = Int(offset / UInt64(chunkSize))
+                    guard length == chunkLength(index, size: size) else {
+                        throw refused("a record of \(length) bytes for chunk \(index), which holds \(chunkLength(index, size: size))")
+                    }
+                    if zeros {
+                        try clear(fd, offset: offset, length: length, destination)
+                        table[index] = nil
+                        pending.moveReaderIndex(forwardBy: headerSize)
+                        continue
                     }
                     guard pending.readableBytes >= headerSize + length else { break }
-                    pending.withUnsafeReadableBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0.prefix(headerSize + length))) }
                     try pending.withUnsafeReadableBytes { raw throws(WireError) in
-                        var written = 0
-                        while written < length {
-                            let n = pwrite(fd, raw.baseAddress! + headerSize + written, length - written, off_t(offset) + off_t(written))
-                            if n < 0 && errno == EINTR { continue }
-                            guard n > 0 else { throw failure("write \(destination)", stage: "pwrite") }
-                            written += n
-                        }
+                        let chunk = UnsafeRawBufferPointer(rebasing: raw[headerSize..<(headerSize + length)])
+                        table[index] = SHA256.hash(data: chunk)
+                        try write(fd, chunk, at: offset, destination)
                     }
                     pending.moveReaderIndex(forwardBy: headerSize + length)
                 }
@@ -150,6 +123,26 @@ public enum ImageTransfer {
         }
         guard fsync(fd) == 0 else { throw failure("fsync \(destination)", stage: "fsync") }
         kept = true
+    }
+
+    static func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64, _ path: String) throws(WireError) {
+        var written = 0
+        while written < bytes.count {
+            let n = pwrite(fd, bytes.baseAddress! + written, bytes.count - written, off_t(offset) + off_t(written))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw failure("write \(path)", stage: "pwrite") }
+            written += n
+        }
+    }
+
+    /// Makes a chunk zeros again (the VPS trimmed or zeroed it since an earlier pass sent it).
+    /// Written as zeros: Glibc does not export fallocate's hole punching to Swift, and such
+    /// chunks are few.
+    static func clear(_ fd: Int32, offset: UInt64, length: Int, _ path: String) throws(WireError) {
+        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 16)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        try write(fd, UnsafeRawBufferPointer(zeros), at: offset, path)
     }
 
     static func failure(_ what: String, stage: String) -> WireError {

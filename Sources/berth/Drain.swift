@@ -41,7 +41,7 @@ extension NodeCommand {
         @Argument(help: "Node name.") var name: String
         @Option(help: "Give up moving after N[s|m|h|d] (default 1h).") var deadline: String?
         @Flag(help: "At the deadline, stop the VPSs that could not move.") var force = false
-        @Option(help: "Migration mode: cold (default).") var mode: String?
+        @Option(help: "Migration mode of each move: warm (default) or cold (see `berth migrate --help`).") var mode: String?
         @Option(help: "VPSs moved at once (default 2).") var maxParallel: UInt32?
         @Flag(help: "Return at once with the operation's id.") var detach = false
         @Flag(help: "Start no new moves; those under way finish or roll back.") var cancel = false

@@ -7,14 +7,17 @@ struct Migrate: AsyncParsableCommand {
         commandName: "migrate",
         abstract: "Cluster mode: move a VPS to another node (its disk goes node to node; a running VPS runs again on the target).",
         discussion: """
-            cold (the default): a running VPS is stopped, its config and disk are copied straight to \
-            the target node, and it is started there; the copy on the old node is deleted once the \
-            move is committed. Until then any failure leaves the VPS where it was. See Docs/migration.md.
+            warm (the default): the disk is copied while the VPS runs, then again with only what \
+            changed, until little is left; the VPS is then stopped, the last changes are copied and \
+            it starts on the target. cold: the VPS is stopped first and its disk copied once. A \
+            stopped VPS is copied once and stays stopped. The copy on the old node is deleted once \
+            the move is committed; until then any failure leaves the VPS where it was. See \
+            Docs/migration.md.
             """)
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "VPS name.") var name: String
     @Option(help: "The node to move it to (default: the scheduler chooses, as for a create).") var to: String?
-    @Option(help: "cold (default): stop, copy, start. warm (copy while it runs) is not available yet.") var mode: String?
+    @Option(help: "warm (default): copy while it runs, stop for the last pass. cold: stop, copy, start.") var mode: String?
     @Flag(help: "Return at once with the operation's id (follow it with `berth operation show ID`).") var detach = false
 
     func run() async throws {

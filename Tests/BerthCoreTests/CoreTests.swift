@@ -99,6 +99,13 @@ import Testing
         #expect(ByteSize.format(1536) == "1536")
         #expect(ByteSize.format(3 << 20) == "3M")
     }
+
+    @Test func approximatesForPeople() {
+        #expect(ByteSize.approximate(11_776 * 1024) == "11.5 MiB")
+        #expect(ByteSize.approximate(512) == "512 B")
+        #expect(ByteSize.approximate(Double(3 << 30)) == "3.0 GiB")
+        #expect(ByteSize.approximate(1023.6) == "1024 B")
+    }
 }
 
 @Suite struct LimitsTests {

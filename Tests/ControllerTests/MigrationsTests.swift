@@ -18,6 +18,8 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
         /// node -> VPS -> state ("running" / "stopped")
         var held: [String: [String: String]] = [:]
         var failSend = false
+        /// A warm send that fails after the source stopped the VPS for its last pass.
+        var failSendAfterStop = false
         var failStartOn: Set<String> = []
         /// An agent whose copy is not one it received under the grant (abort keeps it).
         var keepOnAbort = false
@@ -37,12 +39,14 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
 
     func expect(_ grant: MigrationGrant, on target: NodeRecord) async throws { record("expect \(target.name)") }
 
-    func send(_ grant: MigrationGrant, to target: NodeRecord, from source: NodeRecord, progress: @escaping @Sendable (String) -> Void) async throws
-        -> VPSStatusRecord
-    {
-        record("send \(source.name)->\(target.name)")
+    func send(
+        _ grant: MigrationGrant, to target: NodeRecord, from source: NodeRecord, warm: Bool, progress: @escaping @Sendable (String) -> Void
+    ) async throws -> VPSStatusRecord {
+        record("send \(source.name)->\(target.name)\(warm ? " warm" : "")")
         try state.withLock { (state: inout State) throws(BerthError) in
             if state.failSend { throw BerthError(.kernel, "the target's disk is full", stage: "write", errno: ENOSPC) }
+            if warm { state.held[source.name]?[grant.vps] = "stopped" }  // for the last pass
+            if state.failSendAfterStop { throw BerthError(.kernel, "the target's disk is full", stage: "write", errno: ENOSPC) }
             state.held[target.name, default: [:]][grant.vps] = "stopped"
         }
         return VPSStatusRecord(name: grant.vps, state: "stopped")
@@ -86,8 +90,8 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
         let migrations: Migrations
         let admin = Caller(identity: CertificateIdentity(role: .admin, name: "root", serial: "01"))
 
-        func migrate(_ name: String, to node: String = "") async throws -> VPSStatusRecord {
-            try await migrations.migrate(name, to: node, mode: "", by: admin) { _ in }
+        func migrate(_ name: String, to node: String = "", mode: String = "") async throws -> VPSStatusRecord {
+            try await migrations.migrate(name, to: node, mode: mode, by: admin) { _ in }
         }
         func node(of name: String) throws -> String? { try store.vps(name)?.node }
     }
@@ -137,7 +141,8 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
             let status = try await c.migrate("web1", to: "n2")
             #expect(status.state == "running" && status.node == "n2")
             #expect(try c.node(of: "web1") == "n2")
-            #expect(c.agents.calls == ["expect n2", "status n1", "stop n1", "send n1->n2", "start n2", "destroy n1"])
+            // Warm by default: the source stops the VPS itself, for the last pass.
+            #expect(c.agents.calls == ["expect n2", "status n1", "send n1->n2 warm", "start n2", "destroy n1"])
             #expect(c.agents.held(on: "n1").isEmpty && c.agents.held(on: "n2") == ["web1": "running"])
             #expect(c.ledger.vpsCount(on: "n1") == 0 && c.ledger.vpsCount(on: "n2") == 1)
             #expect(try c.store.vps("web1")?.spec.ips == ["198.18.101.7"])  // its address goes with it
@@ -145,14 +150,42 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
         }
     }
 
+    @Test func aColdMigrationStopsTheVPSFirst() async throws {
+        try await withCluster { (c: Cluster) async throws in
+            let status = try await c.migrate("web1", to: "n2", mode: "cold")
+            #expect(status.state == "running" && status.node == "n2")
+            #expect(c.agents.calls == ["expect n2", "status n1", "stop n1", "send n1->n2", "start n2", "destroy n1"])
+            let unknown = await #expect(throws: BerthError.self) { try await c.migrate("web1", to: "n1", mode: "live") }
+            #expect(unknown?.field == "mode" && unknown?.message == "mode: 'live' is not a migration mode (warm, cold)")
+        }
+    }
+
+    /// A warm copy that fails while the VPS still runs leaves it running; one that fails after
+    /// the source stopped it for the last pass starts it again.
+    @Test func aFailedWarmCopyLeavesTheVPSRunningOnItsSource() async throws {
+        for afterStop in [false, true] {
+            try await withCluster { (c: Cluster) async throws in
+                c.agents.state.withLock { if afterStop { $0.failSendAfterStop = true } else { $0.failSend = true } }
+                let error = await #expect(throws: BerthError.self) { try await c.migrate("web1", to: "n2") }
+                let how = afterStop ? "running again" : "still running"
+                #expect(error?.message.hasPrefix("migrating web1 to n2 failed; it stays on n1, \(how): the target's disk is full") == true)
+                #expect(
+                    c.agents.calls
+                        == ["expect n2", "status n1", "send n1->n2 warm", "abort n2", "status n1"] + (afterStop ? ["start n1"] : []))
+                #expect(c.agents.held(on: "n1") == ["web1": "running"] && c.agents.held(on: "n2").isEmpty)
+                #expect(try c.store.vps("web1")?.migration == nil)
+            }
+        }
+    }
+
     @Test func aFailedCopyLeavesTheVPSRunningOnItsSource() async throws {
         try await withCluster { (c: Cluster) async throws in
             c.agents.state.withLock { $0.failSend = true }
-            let error = await #expect(throws: BerthError.self) { try await c.migrate("web1", to: "n2") }
+            let error = await #expect(throws: BerthError.self) { try await c.migrate("web1", to: "n2", mode: "cold") }
             #expect(error?.message.hasPrefix("migrating web1 to n2 failed; it stays on n1, running again: the target's disk is full") == true)
             #expect(error?.errno == ENOSPC)
             #expect(try c.node(of: "web1") == "n1")
-            #expect(c.agents.calls == ["expect n2", "status n1", "stop n1", "send n1->n2", "abort n2", "start n1"])
+            #expect(c.agents.calls == ["expect n2", "status n1", "stop n1", "send n1->n2", "abort n2", "status n1", "start n1"])
             #expect(c.agents.held(on: "n1") == ["web1": "running"] && c.agents.held(on: "n2").isEmpty)
             // The target's reservation is released: the ledger counts the VPS once, on n1.
             #expect(c.ledger.vpsCount(on: "n1") == 1 && c.ledger.vpsCount(on: "n2") == 0)
@@ -169,7 +202,7 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
             let error = await #expect(throws: BerthError.self) { try await c.migrate("web1", to: "n2") }
             #expect(error?.message.hasPrefix("web1 did not start on n2 and was handed back to n1, running again") == true)
             #expect(try c.node(of: "web1") == "n1")
-            #expect(c.agents.calls == ["expect n2", "status n1", "stop n1", "send n1->n2", "start n2", "destroy n2", "start n1"])
+            #expect(c.agents.calls == ["expect n2", "status n1", "send n1->n2 warm", "start n2", "destroy n2", "start n1"])
             #expect(c.agents.held(on: "n1") == ["web1": "running"] && c.agents.held(on: "n2").isEmpty)
             #expect(c.ledger.vpsCount(on: "n1") == 1 && c.ledger.vpsCount(on: "n2") == 0)
         }

@@ -274,9 +274,9 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
     @Test func aVPSBeingSentIsBusy() async throws {
         try await withNode { (node: Node) async throws in
             let grant = MigrationGrant(id: "g3", vps: "web1", source: "n1", target: "n2", expiresUnix: VPSManager.nowUnix + 600)
-            let (config, disk) = try await node.manager.beginMigrationOut(grant)
+            let (config, disk) = try await node.manager.beginMigrationOut(grant, warm: false)
             #expect(String(decoding: config, as: UTF8.self).contains("\"web1\"") && disk.hasSuffix("/web1/disk.img"))
-            let again = await #expect(throws: AgentError.self) { try await node.manager.beginMigrationOut(grant) }
+            let again = await #expect(throws: AgentError.self) { try await node.manager.beginMigrationOut(grant, warm: true) }
             #expect(again?.wireError.code == .conflict)
             for attempt in [
                 { try await _ = node.manager.start("web1") }, { try await node.manager.destroy("web1", force: true) },

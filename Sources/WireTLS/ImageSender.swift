@@ -1,0 +1,153 @@
+import Crypto
+import Foundation
+import NIOCore
+import Wire
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The sending end of an image transfer (`ImageTransfer`): one pass sends every chunk whose
+/// content is not what the receiver holds, so a warm migration repeats passes while the VPS
+/// runs and each sends only what changed since the one before. `finish` sends the trailer.
+public final class ImageSender {
+    /// What one pass sent and how long it took.
+    public struct Pass: Sendable {
+        /// Bytes of chunk data sent (zero records carry none).
+        public var bytes: UInt64 = 0
+        /// Chunks sent: changed data, and chunks that became zeros.
+        public var chunks = 0
+        public var seconds: Double = 0
+    }
+
+    let path: String
+    let fd: Int32
+    public let size: UInt64
+    let call: ClientCall
+    let pace: (Int) async -> Void
+    /// Per chunk, the digest of what the receiver holds (nil: zeros).
+    var held: [SHA256Digest?]
+    var buffer: [UInt8]
+    /// Data bytes sent and the time spent waiting for the wire to take them: the rate a
+    /// pass's delta is expected to move at.
+    var sentBytes: UInt64 = 0
+    var sendingSeconds: Double = 0
+
+    /// Opens the image at `path` for transfers on `call`; `pace` is awaited before each record
+    /// with its size (a node's bandwidth limit).
+    public init(_ path: String, on call: ClientCall, pace: @escaping (Int) async -> Void = { _ in }) throws {
+        fd = try FileTransfer.open(path)
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            let error = ImageTransfer.failure("stat \(path)", stage: "fstat")
+            close(fd)
+            throw error
+        }
+        self.path = path
+        self.call = call
+        self.pace = pace
+        size = UInt64(info.st_size)
+        held = Array(repeating: nil, count: ImageTransfer.chunkCount(size))
+        buffer = Array(repeating: 0, count: ImageTransfer.chunkSize)
+    }
+
+    deinit { close(fd) }
+
+    /// Bytes per second the wire has taken data at so far (nil before any was sent).
+    public var wireRate: Double? { sendingSeconds > 0 && sentBytes > 0 ? Double(sentBytes) / sendingSeconds : nil }
+
+    /// Sends every chunk that differs from what the receiver holds; `progress` gets the image
+    /// bytes passed over so far (holes included) and the image's size.
+    public func pass(progress: (_ done: UInt64, _ size: UInt64) -> Void = { _, _ in }) async throws -> Pass {
+        let began = ContinuousClock.now
+        var pass = Pass()
+        let chunk = UInt64(ImageTransfer.chunkSize)
+        var index = 0
+        while index < held.count {
+            // Chunks wholly inside a hole are zeros without being read. A file system without
+            // SEEK_DATA gives every offset as data.
+            let offset = UInt64(index) * chunk
+            var dataAt = lseek(fd, off_t(offset), ImageTransfer.seekData)
+            if dataAt < 0 {
+                if errno == ENXIO {
+                    dataAt = off_t(size)
+                } else {
+                    guard errno == EINVAL else { throw ImageTransfer.failure("seek \(path)", stage: "lseek") }
+                    dataAt = off_t(offset)
+                }
+            }
+            let firstWithData = min(Int(UInt64(dataAt) / chunk), held.count)
+            while index < firstWithData {
+                try await sendZeros(index, &pass)
+                index += 1
+            }
+            guard index < held.count else { break }
+            let length = ImageTransfer.chunkLength(index, size: size)
+            try read(length, at: UInt64(index) * chunk)
+            let zeros = buffer.withUnsafeBytes { FileTransfer.isAllZero(UnsafeRawBufferPointer(rebasing: $0.prefix(length))) }
+            if zeros {
+                try await sendZeros(index, &pass)
+            } else {
+                let digest = buffer.withUnsafeBytes { SHA256.hash(data: UnsafeRawBufferPointer(rebasing: $0.prefix(length))) }
+                if held[index] != digest {
+                    var record = ByteBuffer()
+                    record.reserveCapacity(ImageTransfer.headerSize + length)
+                    record.writeInteger(UInt64(index) * chunk)
+                    record.writeInteger(UInt32(length))
+                    record.writeBytes(buffer[0..<length])
+                    try await transmit(record)
+                    held[index] = digest
+                    pass.bytes += UInt64(length)
+                    sentBytes += UInt64(length)
+                    pass.chunks += 1
+                }
+            }
+            index += 1
+            progress(min(UInt64(index) * chunk, size), size)
+        }
+        pass.seconds = (ContinuousClock.now - began) / .seconds(1)
+        return pass
+    }
+
+    /// The trailer, with the digest table of the image as the passes left it, then END.
+    public func finish() async throws {
+        var trailer = ByteBuffer()
+        trailer.writeInteger(ImageTransfer.trailerOffset)
+        trailer.writeInteger(UInt32(SHA256.byteCount))
+        trailer.writeBytes(ImageTransfer.tableDigest(held))
+        try await call.send(.stdin, trailer).get()
+        call.sendEnd(.stdin)
+    }
+
+    func sendZeros(_ index: Int, _ pass: inout Pass) async throws {
+        guard held[index] != nil else { return }
+        var record = ByteBuffer()
+        record.writeInteger(UInt64(index) * UInt64(ImageTransfer.chunkSize))
+        record.writeInteger(ImageTransfer.zerosFlag | UInt32(ImageTransfer.chunkLength(index, size: size)))
+        try await transmit(record)
+        held[index] = nil
+        pass.chunks += 1
+    }
+
+    func transmit(_ record: ByteBuffer) async throws {
+        let began = ContinuousClock.now
+        await pace(record.readableBytes)
+        try await call.send(.stdin, record).get()
+        sendingSeconds += (ContinuousClock.now - began) / .seconds(1)
+    }
+
+    func read(_ length: Int, at offset: UInt64) throws {
+        var done = 0
+        while done < length {
+            let count = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, length - done, off_t(offset) + off_t(done)) }
+            if count < 0 && errno == EINTR { continue }
+            // A file that shrank under us reads short: the rest is zeros.
+            guard count >= 0 else { throw ImageTransfer.failure("read \(path)", stage: "pread") }
+            if count == 0 {
+                buffer.withUnsafeMutableBytes { _ = memset($0.baseAddress! + done, 0, length - done) }
+                return
+            }
+            done += count
+        }
+    }
+}
