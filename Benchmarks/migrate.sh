@@ -105,6 +105,8 @@ for i in 1 2 3; do
     s=$(date +%s.%N); cl migrate "$V" --to $to >/dev/null; e=$(date +%s.%N)
     echo "$s $e" | awk '{print $2 - $1}' >>"$W/transfer.s"
 done
+# The copy alone (read, hash, send, write at the target), as the source measured its pass.
+cl events --last 50 | grep "vps.migrated  $V" | tail -3 | sed -n 's/.*pass 1 (the VPS is stopped): .* (\([0-9.]*\) MiB\/s).*/\1/p' >"$W/pass.rates"
 node=$(cl status "$V" --json | field node)
 IMAGE=$BERTH_CLUSTER_DIR/$node/data/vps/$V/disk.img
 BYTES=$(stat -c %s "$IMAGE")
@@ -122,17 +124,21 @@ for i in 1 2 3; do
     [ "$(cat "$W/tls.received")" = "$BYTES" ] || echo "   the TLS pipe moved $(cat "$W/tls.received") of $BYTES bytes" >&2
     echo "$s $e" | awk '{print $2 - $1}' >>"$W/tls.s"
 done
-/usr/bin/python3 - "$BYTES" "$ALLOCATED" "$W/transfer.s" "$W/tls.s" <<'PY'
+/usr/bin/python3 - "$BYTES" "$ALLOCATED" "$W/transfer.s" "$W/tls.s" "$W/pass.rates" <<'PY'
 import sys
 size, allocated = int(sys.argv[1]), int(sys.argv[2])
 berth = sorted(float(l) for l in open(sys.argv[3]))
 tls = sorted(float(l) for l in open(sys.argv[4]))
+rates = sorted(float(l) for l in open(sys.argv[5]) if l.strip())
 b, t = berth[len(berth) // 2], tls[len(tls) // 2]
 print("   image %d MiB, of which %d MiB allocated (what berth sends at most)" % (size >> 20, allocated >> 20))
 print("   berth migrate (stopped VPS)  median %.2f s  %6.0f MiB/s of image, %6.0f MiB/s of data (whole operation)" % (b, size / b / 2**20, allocated / b / 2**20))
 print("   TLS 1.3 pipe (OpenSSL)        median %.2f s  %6.0f MiB/s (every byte of the image)" % (t, size / t / 2**20))
 print("   ratio, moving the image: berth / TLS pipe %.2fx" % (t / b))
 print("   ratio, bytes on the wire per second: berth / TLS pipe %.2fx" % ((allocated / b) / (size / t)))
+if rates:
+    r = rates[len(rates) // 2]
+    print("   the copy alone (the source's pass: read, SHA-256, send, target writes) median %.0f MiB/s of data: %.2fx the TLS pipe" % (r, r * 2**20 / (size / t)))
 PY
 
 echo; echo "== 3. the same move under berth-agent --migration-bandwidth 64M (the nodes restarted with it)"

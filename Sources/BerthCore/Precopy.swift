@@ -10,8 +10,8 @@ public enum Precopy {
     public static let smallEnoughSeconds = 0.5
 
     /// Whether to make another pass while the VPS runs, after pass `pass` (1-based) sent
-    /// `delta` bytes, the pass before it `previous` (nil after the first), on a wire that
-    /// takes `bytesPerSecond` (nil: nothing has been sent yet).
+    /// `delta` bytes at `bytesPerSecond` (the pass's own rate; nil or 0: it sent nothing), the
+    /// pass before it `previous` (nil after the first).
     public static func another(after pass: Int, delta: UInt64, previous: UInt64?, bytesPerSecond: Double?) -> Bool {
         guard pass + 1 < maxPasses else { return false }
         guard let rate = bytesPerSecond, rate > 0, Double(delta) / rate >= smallEnoughSeconds else { return false }

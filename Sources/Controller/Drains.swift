@@ -99,10 +99,23 @@ final class Drains: Sendable {
     static func describe(_ item: DrainRecord.Item) -> String {
         switch item.state {
         case .done: return "\(item.vps): moved to \(item.to)"
-        case .moving: return "\(item.vps): moving" + (item.to.isEmpty ? "" : " to \(item.to)")
+        case .moving: return "\(item.vps): moving" + (item.to.isEmpty ? "" : " to \(item.to)") + (item.reason.isEmpty ? "" : ": \(item.reason)")
         case .pending: return "\(item.vps): pending"
         case .blocked, .failed, .stopped: return "\(item.vps): \(item.state.rawValue): \(item.reason)"
         }
+    }
+
+    /// A move's step as its VPS's line shows it: the target once chosen, then each pass (bytes
+    /// and rate) and the stop; nil for the steps the line leaves out.
+    static func shownStep(_ step: String) -> (to: String?, step: String)? {
+        if step.hasPrefix("migrating "), let to = step.range(of: " to ") {
+            return (String(step[to.upperBound...].prefix { $0 != " " }), "")
+        }
+        if step.hasPrefix("stopping ") { return (nil, step) }
+        guard let colon = step.firstIndex(of: ":") else { return nil }
+        let said = step[step.index(after: colon)...].drop { $0 == " " }
+        guard said.hasPrefix("pass ") || said.hasPrefix("stopping ") else { return nil }
+        return (nil, String(said))
     }
 
     private func launch(_ drain: DrainRecord) {
@@ -189,7 +202,16 @@ final class Drains: Sendable {
     private func move(_ record: VPSRecord, from node: String, mode: String, by caller: Caller) async {
         setItem(node, DrainRecord.Item(vps: record.name, state: .moving))
         do {
-            let status = try await migrations.migrate(record.name, to: "", mode: mode, by: caller, drainedFrom: node) { _ in }
+            // The move's steps (the target chosen, each pass with its bytes and rate, the stop)
+            // show on the VPS's line of the drain.
+            let status = try await migrations.migrate(record.name, to: "", mode: mode, by: caller, drainedFrom: node) { step in
+                guard let shown = Self.shownStep(step) else { return }
+                self.update(node) { drain in
+                    guard let index = drain.items.firstIndex(where: { $0.vps == record.name && $0.state == .moving }) else { return }
+                    if let to = shown.to { drain.items[index].to = to }
+                    drain.items[index].reason = shown.step
+                }
+            }
             setItem(node, DrainRecord.Item(vps: record.name, state: .done, to: status.node))
         } catch let error as BerthError {
             let blocked = error.code == .noCapacity

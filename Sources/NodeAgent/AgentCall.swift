@@ -101,6 +101,7 @@ struct AgentCall: Sendable {
             }
         case .migrationAbort(let r):
             return answer("migration_abort") { s, _, out in
+                s.migrationReceives.cancel(r.id)
                 try await s.manager.abortMigration(MigrationGrant(r))
                 out.ok = Berth_V1_Empty()
             }

@@ -1,6 +1,7 @@
 import BerthCore
 import Foundation
 import Isolation
+import NIOCore
 import Wire
 import WireTLS
 
@@ -65,7 +66,8 @@ extension AgentService {
         request.migrationReceive.config = Data(config)
         request.migrationReceive.diskSize = UInt64(info.st_size)
         let call = try await client.start(request)
-        let sender = try ImageSender(disk, on: call, pace: { await slots.pace($0) })
+        let stall = TimeAmount.seconds(Int64(slots.stallSeconds))
+        let sender = try ImageSender(disk, on: call, target: grant.target, stallLimit: stall, pace: { await slots.pace($0) })
         guard sender.size == request.migrationReceive.diskSize else {
             throw AgentError(.conflict, "the disk of \(grant.vps) changed size as the migration began")
         }
@@ -78,7 +80,8 @@ extension AgentService {
             let sent = try await sender.pass { done, size in
                 if done - reported >= 64 << 20 || done == size {
                     reported = done
-                    stream.progress("pass \(pass): copying disk", done: done, total: size)
+                    stream.progress(
+                        "pass \(pass): \(ByteSize.approximate(Double(done))) of \(ByteSize.approximate(Double(size))) looked at", done: done, total: size)
                 }
             }
             stream.progress(
@@ -90,7 +93,10 @@ extension AgentService {
             var previous: UInt64?
             while true {
                 let sent = try await copy("while \(grant.vps) runs")
-                guard Precopy.another(after: pass, delta: sent.bytes, previous: previous, bytesPerSecond: sender.wireRate) else { break }
+                // The rate of the pass as a whole (reading, hashing and sending overlap): what
+                // the last pass, with the VPS stopped, would move its delta at.
+                let rate = sent.seconds > 0 ? Double(sent.bytes) / sent.seconds : nil
+                guard Precopy.another(after: pass, delta: sent.bytes, previous: previous, bytesPerSecond: rate) else { break }
                 previous = sent.bytes
             }
             stream.progress("stopping \(grant.vps) for the last pass")
@@ -98,7 +104,8 @@ extension AgentService {
         }
         _ = try await copy(pass == 0 ? "(the VPS is stopped)" : "with \(grant.vps) stopped")
         try await sender.finish()
-        let response = try await call.result { stream.progress("\(grant.target): \($0.step)") }
+        // The target's fsync of what it wrote is part of its answer: a few stall limits.
+        let response = try await call.result(within: stall * 4, from: grant.target) { stream.progress("\(grant.target): \($0.step)") }
         return response.status
     }
 
@@ -110,8 +117,12 @@ extension AgentService {
         try migrationSlots.acquire(node: manager.nodeName)
         defer { migrationSlots.release() }
         let grant = try await manager.claimMigration(r.grantID, from: peer.name)
-        let view = try await manager.receiveMigration(grant, config: Array(r.config)) { path in
-            try await ImageTransfer.receive(into: path, size: r.diskSize, from: stream.input, field: "disk")
+        // Under the receives' watch: the controller's abort (a source gone silent) ends it.
+        let manager = self.manager
+        let view = try await migrationReceives.run(grant.id) {
+            try await manager.receiveMigration(grant, config: Array(r.config)) { path in
+                try await ImageTransfer.receive(into: path, size: r.diskSize, from: stream.input, field: "disk")
+            }
         }
         return Berth_V1_VpsStatus(view)
     }

@@ -17,8 +17,10 @@ public struct AgentService: WireService {
     let logger: Logger
     /// The node's certificate once enrolled, for calls to other agents (migration).
     public let credentials = NodeCredentials()
-    /// How many migrations this node runs at once, and how fast it sends.
+    /// How many migrations this node runs at once, how fast it sends, how long a peer may stall.
     public let migrationSlots: MigrationSlots
+    /// The receives under way, for `migration_abort` to end.
+    let migrationReceives = MigrationReceives()
 
     public init(manager: VPSManager, group: EventLoopGroup, logger: Logger, migrationSlots: MigrationSlots = MigrationSlots()) {
         self.manager = manager

@@ -1,21 +1,25 @@
 import BerthCore
 import Synchronization
 
-/// What this node allows migrations (`berth-agent --max-migrations`, `--migration-bandwidth`): at
-/// most `limit` transfers at once, sent or received, and the bytes it sends paced to `bytesPerSecond`
-/// across all of them, so that moving VPSs does not starve the VPSs that stay.
+/// What this node allows migrations (`berth-agent --max-migrations`, `--migration-bandwidth`,
+/// `--migration-stall-timeout`): at most `limit` transfers at once, sent or received, the bytes
+/// it sends paced to `bytesPerSecond` across all of them, so that moving VPSs does not starve the
+/// VPSs that stay, and a target that takes no data for `stallSeconds` ends the transfer.
 public final class MigrationSlots: Sendable {
     public let limit: Int
     public let bytesPerSecond: UInt64?
+    public let stallSeconds: Int
     private let active = Mutex(0)
     /// When the next byte may leave, for the node-wide pace.
     private let nextSend = Mutex(ContinuousClock.now)
 
     public static let defaultLimit = 2
+    public static let defaultStallSeconds = 30
 
-    public init(limit: Int = MigrationSlots.defaultLimit, bytesPerSecond: UInt64? = nil) {
+    public init(limit: Int = MigrationSlots.defaultLimit, bytesPerSecond: UInt64? = nil, stallSeconds: Int = MigrationSlots.defaultStallSeconds) {
         self.limit = limit
         self.bytesPerSecond = bytesPerSecond
+        self.stallSeconds = stallSeconds
     }
 
     /// Takes a slot, or refuses with `no-capacity` (a drain tries that VPS again later).

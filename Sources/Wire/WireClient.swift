@@ -46,6 +46,23 @@ public final class ClientCall: @unchecked Sendable {
         return promise.futureResult
     }
 
+    /// As above, failing with `unavailable` when the peer's credit has not let the bytes out
+    /// within `limit`: a peer gone silent (a cut link, a frozen host) would otherwise hold the
+    /// sender until TCP gives up, many minutes later.
+    public func send(_ channelNumber: Frame.Channel, _ buffer: ByteBuffer, within limit: TimeAmount, peer: String) -> EventLoopFuture<Void> {
+        let loop = channel.eventLoop
+        let guarded = loop.makePromise(of: Void.self)
+        let timer = loop.scheduleTask(in: limit) {
+            guarded.fail(WireError(.unavailable, "\(peer) took no data for \(spoken(limit)) (is the link to it down?)"))
+        }
+        // Both completions run on the loop; the later one is ignored.
+        send(channelNumber, buffer).whenComplete { result in
+            timer.cancel()
+            guarded.completeWith(result)
+        }
+        return guarded.futureResult
+    }
+
     /// END on the channel, after the bytes sent before it.
     public func sendEnd(_ channelNumber: Frame.Channel) {
         channel.eventLoop.execute { self.sendWindow.sendEnd(channelNumber.rawValue, promise: nil) }
@@ -53,6 +70,16 @@ public final class ClientCall: @unchecked Sendable {
 
     public func cancel() {
         channel.writeAndFlush(Frame(type: .cancel, stream: id), promise: nil)
+    }
+
+    /// As `result`, failing with `unavailable` when the answer has not come within `limit`.
+    public func result(within limit: TimeAmount, from peer: String, onProgress: (Berth_V1_Progress) -> Void = { _ in }) async throws -> Berth_V1_Response {
+        let continuation = self.continuation
+        let timer = channel.eventLoop.scheduleTask(in: limit) {
+            continuation.yield(.failure(WireError(.unavailable, "\(peer) did not answer within \(spoken(limit)) (is the link to it down?)")))
+        }
+        defer { timer.cancel() }
+        return try await result(onProgress: onProgress)
     }
 
     /// Waits for the final response, passing progress to `onProgress`; stream bytes are dropped.
@@ -200,6 +227,11 @@ final class WireClientHandler: ChannelInboundHandler, @unchecked Sendable {
         failAll(wire)
         context.close(promise: nil)
     }
+}
+
+/// A time limit in an error message: whole seconds, or milliseconds below one.
+func spoken(_ limit: TimeAmount) -> String {
+    limit.nanoseconds % 1_000_000_000 == 0 ? "\(limit.nanoseconds / 1_000_000_000) s" : "\(limit.nanoseconds / 1_000_000) ms"
 }
 
 /// A client connection. Calls are multiplexed: each gets an odd stream id.

@@ -24,18 +24,20 @@ public final class ImageSender {
     let fd: Int32
     public let size: UInt64
     let call: ClientCall
+    /// The receiver's name, and how long it may take no data before the transfer fails.
+    let target: String
+    let stallLimit: TimeAmount
     let pace: (Int) async -> Void
     /// Per chunk, the digest of what the receiver holds (nil: zeros).
     var held: [SHA256Digest?]
     var buffer: [UInt8]
-    /// Data bytes sent and the time spent waiting for the wire to take them: the rate a
-    /// pass's delta is expected to move at.
-    var sentBytes: UInt64 = 0
-    var sendingSeconds: Double = 0
 
-    /// Opens the image at `path` for transfers on `call`; `pace` is awaited before each record
-    /// with its size (a node's bandwidth limit).
-    public init(_ path: String, on call: ClientCall, pace: @escaping (Int) async -> Void = { _ in }) throws {
+    /// Opens the image at `path` for transfers on `call` to `target`, which fail once it takes
+    /// no data for `stallLimit`; `pace` is awaited before each record with its size (a node's
+    /// bandwidth limit).
+    public init(
+        _ path: String, on call: ClientCall, target: String, stallLimit: TimeAmount = .seconds(30), pace: @escaping (Int) async -> Void = { _ in }
+    ) throws {
         fd = try FileTransfer.open(path)
         var info = stat()
         guard fstat(fd, &info) == 0 else {
@@ -45,6 +47,8 @@ public final class ImageSender {
         }
         self.path = path
         self.call = call
+        self.target = target
+        self.stallLimit = stallLimit
         self.pace = pace
         size = UInt64(info.st_size)
         held = Array(repeating: nil, count: ImageTransfer.chunkCount(size))
@@ -52,9 +56,6 @@ public final class ImageSender {
     }
 
     deinit { close(fd) }
-
-    /// Bytes per second the wire has taken data at so far (nil before any was sent).
-    public var wireRate: Double? { sendingSeconds > 0 && sentBytes > 0 ? Double(sentBytes) / sendingSeconds : nil }
 
     /// Sends every chunk that differs from what the receiver holds; `progress` gets the image
     /// bytes passed over so far (holes included) and the image's size.
@@ -98,7 +99,6 @@ public final class ImageSender {
                     try await transmit(record)
                     held[index] = digest
                     pass.bytes += UInt64(length)
-                    sentBytes += UInt64(length)
                     pass.chunks += 1
                 }
             }
@@ -115,7 +115,7 @@ public final class ImageSender {
         trailer.writeInteger(ImageTransfer.trailerOffset)
         trailer.writeInteger(UInt32(SHA256.byteCount))
         trailer.writeBytes(ImageTransfer.tableDigest(held))
-        try await call.send(.stdin, trailer).get()
+        try await call.send(.stdin, trailer, within: stallLimit, peer: target).get()
         call.sendEnd(.stdin)
     }
 
@@ -130,10 +130,14 @@ public final class ImageSender {
     }
 
     func transmit(_ record: ByteBuffer) async throws {
-        let began = ContinuousClock.now
         await pace(record.readableBytes)
-        try await call.send(.stdin, record).get()
-        sendingSeconds += (ContinuousClock.now - began) / .seconds(1)
+        do {
+            try await call.send(.stdin, record, within: stallLimit, peer: target).get()
+        } catch let error as WireError where error.code == .cancelled {
+            // The target ended the call (its disk full, the grant refused): its error says why.
+            _ = try await call.result(within: stallLimit, from: target)
+            throw error
+        }
     }
 
     func read(_ length: Int, at offset: UInt64) throws {

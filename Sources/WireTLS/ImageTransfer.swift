@@ -118,6 +118,9 @@ public enum ImageTransfer {
                 continue
             }
         }
+        if !ended && Task.isCancelled {
+            throw WireError(.cancelled, "\(field): the transfer was aborted (by the controller); nothing was kept", field: field)
+        }
         guard ended, whole, pending.readableBytes == 0 else {
             throw refused(whole ? "bytes arrived after the image's trailer" : "the transfer ended before the image's trailer")
         }

@@ -91,6 +91,9 @@ struct BerthAgent: AsyncParsableCommand {
     @Option(help: "Cluster mode: the rate this node sends migrated disks at, all migrations together (e.g. 100M per second; default: unlimited).")
     var migrationBandwidth: String?
 
+    @Option(help: "Cluster mode: seconds a migration's target may take no data before the transfer fails and is rolled back (a cut link; 5-3600).")
+    var migrationStallTimeout = MigrationSlots.defaultStallSeconds
+
     @Flag(
         inversion: .prefixedNo,
         help:
@@ -118,6 +121,9 @@ struct BerthAgent: AsyncParsableCommand {
         }
         if let migrationBandwidth, (try? ByteSize.parse(migrationBandwidth, field: "migration-bandwidth")) == nil {
             throw ValidationError("--migration-bandwidth: '\(migrationBandwidth)' is not a rate such as 100M (bytes per second)")
+        }
+        guard (5...3600).contains(migrationStallTimeout) else {
+            throw ValidationError("--migration-stall-timeout: \(migrationStallTimeout) must be between 5 and 3600 seconds")
         }
         guard (0...3600).contains(beancounterInterval) else {
             throw ValidationError("--beancounter-interval: \(beancounterInterval) must be between 0 and 3600 seconds")
@@ -241,7 +247,7 @@ struct BerthAgent: AsyncParsableCommand {
             let bandwidth = try migrationBandwidth.map { try ByteSize.parse($0, field: "migration-bandwidth") }
             cluster = ClusterOptions(
                 controller: controller, listen: listen, joinToken: join, labels: labelMap,
-                migrationSlots: MigrationSlots(limit: maxMigrations, bytesPerSecond: bandwidth))
+                migrationSlots: MigrationSlots(limit: maxMigrations, bytesPerSecond: bandwidth, stallSeconds: migrationStallTimeout))
         }
         let server = AgentServer(manager: manager, socketPath: socket, group: group, logger: logger, metrics: metrics, cluster: cluster)
         let services = ServiceGroup(

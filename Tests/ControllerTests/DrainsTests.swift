@@ -92,4 +92,16 @@ import Wire
             #expect(try c.node(of: "web1") == "n1")
         }
     }
+
+    /// A moving VPS's line shows its target, then its passes and its stop.
+    @Test func aMovingVPSsLineShowsItsPasses() {
+        #expect(Drains.shownStep("migrating web1 from n1 to n2 (warm)")! == ("n2", ""))
+        #expect(Drains.shownStep("n1: pass 2 while web1 runs: 11.5 MiB in 46 changed chunks, 75 ms (153.3 MiB/s)")!.step.hasPrefix("pass 2 while web1 runs"))
+        #expect(Drains.shownStep("n1: stopping web1 for the last pass")! == (nil, "stopping web1 for the last pass"))
+        #expect(Drains.shownStep("stopping web1 on n1")! == (nil, "stopping web1 on n1"))
+        #expect(Drains.shownStep("n1: sending the 1.0 GiB disk of web1 to n2") == nil)
+        #expect(Drains.shownStep("moved to n2") == nil)
+        let item = DrainRecord.Item(vps: "web1", state: .moving, to: "n2", reason: "pass 1: 64.0 MiB of 1.0 GiB looked at")
+        #expect(Drains.describe(item) == "web1: moving to n2: pass 1: 64.0 MiB of 1.0 GiB looked at")
+    }
 }

@@ -14,6 +14,10 @@ struct ImageService: WireService {
 
     func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
         guard case .migrationReceive(let r) = request.call else { throw WireError(.invalidArgument, "unsupported") }
+        if r.grantID == "silent" {
+            // A target behind a cut link: it reads nothing, and so gives no credit.
+            try await Task.sleep(for: .seconds(60))
+        }
         try await ImageTransfer.receive(into: directory + "/" + r.grantID, size: r.diskSize, from: stream.input, field: "disk")
         var response = Berth_V1_Response()
         response.ok = Berth_V1_Empty()
@@ -57,7 +61,7 @@ struct ImageService: WireService {
             fsync(fd)
             let transfer = try await call(client, name: "vps", size: size)
             let paced = Mutex(0)
-            let sender = try ImageSender(path, on: transfer, pace: { bytes in paced.withLock { $0 += bytes } })
+            let sender = try ImageSender(path, on: transfer, target: "n2", pace: { bytes in paced.withLock { $0 += bytes } })
             let pass = try await sender.pass()
             try await sender.finish()
             _ = try await transfer.result()
@@ -86,7 +90,7 @@ struct ImageService: WireService {
             }
             put(1, chunks: 0..<8)
             let transfer = try await call(client, name: "warm", size: size)
-            let sender = try ImageSender(path, on: transfer)
+            let sender = try ImageSender(path, on: transfer, target: "n2")
             let first = try await sender.pass()
             #expect(first.chunks == 8 && first.bytes == 8 * UInt64(chunk))
             put(2, chunks: 3..<4)  // rewritten
@@ -96,10 +100,26 @@ struct ImageService: WireService {
             #expect(second.chunks == 4 && second.bytes == 3 * UInt64(chunk))
             let third = try await sender.pass()
             #expect(third.chunks == 0 && third.bytes == 0)
-            #expect(sender.wireRate != nil)
             try await sender.finish()
             _ = try await transfer.result()
             #expect(FileManager.default.contents(atPath: incoming + "/warm") == FileManager.default.contents(atPath: path))
+        }
+    }
+
+    /// A target that takes no data (a cut link) fails the sender at the stall limit, not when
+    /// TCP gives up.
+    @Test func aSilentTargetFailsTheSenderAtTheStallLimit() async throws {
+        try await withReceiver { client, dir, _ in
+            let path = dir + "/image"
+            // More than the stream's credit window, so that the sender must wait for the target.
+            #expect(FileManager.default.createFile(atPath: path, contents: Data(repeating: 7, count: 8 << 20)))
+            let transfer = try await call(client, name: "silent", size: 8 << 20)
+            let sender = try ImageSender(path, on: transfer, target: "n2", stallLimit: .milliseconds(500))
+            let began = ContinuousClock.now
+            let error = await #expect(throws: WireError.self) { _ = try await sender.pass() }
+            #expect(error?.code == .unavailable && error?.message == "n2 took no data for 500 ms (is the link to it down?)")
+            #expect(ContinuousClock.now - began < .seconds(5))
+            transfer.cancel()
         }
     }
 

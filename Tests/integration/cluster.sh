@@ -431,6 +431,92 @@ t_agent_killed_mid_migration_leaves_one_running_copy() {
     cl destroy "$V" --force >/dev/null
 }
 
+t_cut_link_fails_the_migration_and_rolls_it_back() {
+    local V=$RUN_ID-cut before out rc=0
+    # n1 sends slowly (the copy lasts seconds) and gives up on a silent target after 5 s.
+    "$DEV" agent-stop 1; BERTH_AGENT_ARGS="--migration-bandwidth 16M --migration-stall-timeout 5" "$DEV" agent-start 1 || fail "n1 did not restart"
+    cl create "$V" --template busybox --disk 256M --ip auto --node n1 >/dev/null
+    cl start "$V" >/dev/null
+    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=64 2>/dev/null && echo kept > /srv/notes.txt && sync'
+    before=$(vps_sums "$V")
+    cl migrate "$V" --to n2 >"$WORK/cut.out" 2>&1 &
+    local client=$! t0=$SECONDS
+    until [ -e "$WORK/n2/data/vps/$V/disk.img.incoming" ]; do
+        [ $((SECONDS - t0)) -lt 20 ] || { fail "the copy to n2 never began: $(cat "$WORK/cut.out")"; return; }
+        sleep 0.05
+    done
+    sleep 0.5
+    # The link between n1 and n2 goes silent both ways; each still reaches the controller.
+    ip -n "$RUN_ID-n1" route add blackhole 198.18.100.12/32
+    ip -n "$RUN_ID-n2" route add blackhole 198.18.100.11/32
+    t0=$SECONDS
+    wait "$client" || rc=$?
+    local took=$((SECONDS - t0))
+    ip -n "$RUN_ID-n1" route del blackhole 198.18.100.12/32
+    ip -n "$RUN_ID-n2" route del blackhole 198.18.100.11/32
+    out=$(cat "$WORK/cut.out")
+    [ "$rc" != 0 ] || fail "the migration over a cut link succeeded: $out"
+    [ "$took" -le 20 ] || fail "the migration over a cut link took $took s to fail"
+    expect_contains "$out" "stays on n1, still running"
+    expect_contains "$out" "n2 took no data for 5 s"
+    echo "cut link: the migration failed $took s after the cut: $(tail -1 "$WORK/cut.out")" >&2
+    expect_eq "$(node_of "$V")" n1
+    expect_eq "$(cl status "$V" --json | field state)" running
+    expect_eq "$(holders "$V")" "n1 "
+    expect_eq "$(vps_sums "$V")" "$before"
+    [ -e "$WORK/n2/data/vps/$V" ] && fail "n2 kept what it had received"
+    # Nothing stays held: with the link back, the same move succeeds.
+    "$DEV" agent-stop 1; "$DEV" agent-start 1 || fail "n1 did not restart"
+    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
+    out=$(cl migrate "$V" --to n2) || fail "the move after the link came back failed: $out"
+    expect_eq "$(node_of "$V")" n2
+    expect_eq "$(vps_sums "$V")" "$before"
+    cl destroy "$V" --force >/dev/null
+}
+
+t_target_disk_full_fails_the_migration_and_rolls_it_back() {
+    local V=$RUN_ID-full before out rc=0 used
+    # n2's data directory becomes a 512 MiB file system of its own (its contents copied in);
+    # n1 sends slowly, so that a filler can take n2's free space while the copy runs.
+    "$DEV" agent-stop 2
+    mv "$WORK/n2/data" "$WORK/n2/data.real" && mkdir "$WORK/n2/data"
+    mount -t tmpfs -o size=512m "$RUN_ID-full" "$WORK/n2/data"
+    cp -a "$WORK/n2/data.real/." "$WORK/n2/data/"
+    "$DEV" agent-start 2 || fail "n2 did not restart"
+    "$DEV" agent-stop 1; BERTH_AGENT_ARGS="--migration-bandwidth 32M" "$DEV" agent-start 1 || fail "n1 did not restart"
+    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && [ "$(node_state n2)" = ready ] && break; sleep 0.2; done
+    used=$(df --output=used "$WORK/n2/data" | tail -1)
+    cl create "$V" --template busybox --disk 256M --ip auto --node n1 >/dev/null
+    cl start "$V" >/dev/null
+    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=128 2>/dev/null && echo kept > /srv/notes.txt && sync'
+    before=$(vps_sums "$V")
+    cl migrate "$V" --to n2 >"$WORK/full.out" 2>&1 &
+    local client=$! t0=$SECONDS
+    until [ -e "$WORK/n2/data/vps/$V/disk.img.incoming" ]; do
+        [ $((SECONDS - t0)) -lt 20 ] || { fail "the copy to n2 never began: $(cat "$WORK/full.out")"; return; }
+        sleep 0.05
+    done
+    dd if=/dev/zero of="$WORK/n2/data/filler" bs=1M 2>/dev/null || true   # until ENOSPC
+    wait "$client" || rc=$?
+    rm -f "$WORK/n2/data/filler"
+    out=$(cat "$WORK/full.out")
+    [ "$rc" != 0 ] || fail "a migration onto a full disk succeeded: $out"
+    expect_contains "$out" "stays on n1, still running"
+    expect_contains "$out" "No space left on device"
+    echo "disk full: $(tail -1 "$WORK/full.out")" >&2
+    expect_eq "$(node_of "$V")" n1
+    expect_eq "$(cl status "$V" --json | field state)" running
+    expect_eq "$(vps_sums "$V")" "$before"
+    [ -e "$WORK/n2/data/vps/$V" ] && fail "n2 kept what it had received"
+    expect_eq "$(df --output=used "$WORK/n2/data" | tail -1)" "$used" "(KiB used on n2's data file system)"
+    cl destroy "$V" --force >/dev/null
+    "$DEV" agent-stop 1; "$DEV" agent-start 1 || fail "n1 did not restart"
+    "$DEV" agent-stop 2
+    umount "$WORK/n2/data" && rmdir "$WORK/n2/data" && mv "$WORK/n2/data.real" "$WORK/n2/data"
+    "$DEV" agent-start 2 || fail "n2 did not restart"
+    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && [ "$(node_state n2)" = ready ] && break; sleep 0.2; done
+}
+
 # A bundle that trusts the real CA but carries another certificate (T02, T03).
 mixed_bundle() { # DIR CERT KEY
     mkdir -p "$1"; cp "$ADMIN/ca.pem" "$1/ca.pem"; cp "$2" "$1/cert.pem"; cp "$3" "$1/key.pem"
@@ -685,6 +771,8 @@ run_test "drain moves every VPS away (blockers named, --force at the deadline), 
 run_test "drain and restore refuse bad input and change nothing" t_drain_refusals
 run_test "a controller killed (-9) before, at and after a migration's commit settles it: one copy, running, files whole" t_controller_killed_mid_migration_settles
 run_test "an agent killed (-9) during a migration's copy, source or target: the VPS runs once, on its source, whole" t_agent_killed_mid_migration_leaves_one_running_copy
+run_test "the link between source and target cut during the copy: the move fails at the stall limit, the VPS runs on, nothing stays on the target" t_cut_link_fails_the_migration_and_rolls_it_back
+run_test "the target's disk fills during the copy: the move fails with ENOSPC, the VPS runs on, the target's space is given back" t_target_disk_full_fails_the_migration_and_rolls_it_back
 run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, hostname mismatch, TLS <= 1.2" t_mtls_battery
 run_test "roles and tenants (T05): viewers read only, tenants see only their own, nodes are not operators" t_roles_and_tenants
 run_test "revocation (T04) closes open sessions and refuses new ones" t_revocation_closes_open_sessions
