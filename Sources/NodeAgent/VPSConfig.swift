@@ -100,9 +100,12 @@ public struct VPSConfig: Codable, Equatable, Sendable {
 
     /// Decodes a config file, rejecting anything a hand edit could have broken: invalid JSON,
     /// unknown or missing fields, a newer schema, a name that does not match its directory.
-    public static func decode(_ data: Data, expectedName: String, path: String) throws -> VPSConfig {
+    /// `received`: the config came from another node (a migration), not from this node's
+    /// disk: a bad one is the sender's bad input (`invalid-argument`, field `config`).
+    public static func decode(_ data: Data, expectedName: String, path: String, received: Bool = false) throws -> VPSConfig {
         func corrupt(_ why: String) -> AgentError {
-            AgentError(.corruptState, "\(path): \(why); fix or remove the file (the VPS is left untouched)")
+            if received { return AgentError.invalid("config", "\(path): \(why); nothing was kept") }
+            return AgentError(.corruptState, "\(path): \(why); fix or remove the file (the VPS is left untouched)")
         }
         guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw corrupt("not a JSON object")
@@ -134,7 +137,12 @@ public struct VPSConfig: Codable, Equatable, Sendable {
         } catch {
             throw corrupt("\(error)")
         }
-        guard config.name == expectedName else { throw corrupt("name '\(config.name)' does not match its directory '\(expectedName)'") }
+        guard config.name == expectedName else {
+            throw corrupt(
+                received
+                    ? "name '\(config.name)' is not the VPS the grant names ('\(expectedName)')"
+                    : "name '\(config.name)' does not match its directory '\(expectedName)'")
+        }
         do {
             _ = try Name.validate(config.name)
             _ = try Validation.hostname(config.hostname)

@@ -110,7 +110,7 @@ extension VPSManager {
         _ grant: MigrationGrant, config data: [UInt8], receiveDisk: (String) async throws -> Void
     ) async throws -> VPSView {
         let name = grant.vps
-        var config = try VPSConfig.decode(Data(data), expectedName: name, path: "the migrated config of \(name)")
+        var config = try VPSConfig.decode(Data(data), expectedName: name, path: "the migrated config of \(name)", received: true)
         try Self.checkMigratable(config)
         try checkNameFree(name)
         guard templates.info(config.template) != nil else {

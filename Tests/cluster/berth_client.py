@@ -4,7 +4,10 @@ the `protobuf` package (messages generated from Sources/Wire/Protos/berth.proto 
 
     berth_client.py --controller HOST:PORT --config-dir DIR [options] COMMAND [ARGS]
 
-Commands: list | status NAME | nodes | hold SECONDS (one connection, `list` every 0.2 s).
+Commands: list | status NAME | nodes | hold SECONDS (one connection, `list` every 0.2 s);
+against an agent's listener (the tests' own forged controller or a node's certificate):
+grant-expect ID,VPS,SOURCE,TARGET (migration_expect) | grant-receive ID (migration_receive of an
+empty image: the grant's checks answer first).
 Exit codes: 0 ok; 2 usage; 3 the server answered ERROR (prints "error CODE: MESSAGE");
 4 TLS or connection failure (prints "tls: REASON").
 """
@@ -97,6 +100,10 @@ class Connection:
                 raise ServerError(pb.ErrorReply.FromString(payload))
             # PROGRESS, DATA, END: not needed for list/status
 
+    def end_input(self, stream):
+        """END on channel 0 (stdin) of `stream`: no input follows."""
+        self._send(END, stream, b"\x00")
+
 
 def main():
     parser = argparse.ArgumentParser()
@@ -106,7 +113,7 @@ def main():
     parser.add_argument("--no-cert", action="store_true")
     parser.add_argument("--alpn", default="berth/1")
     parser.add_argument("--max-tls", choices=["1.1", "1.2"])
-    parser.add_argument("command", choices=["list", "status", "nodes", "hold"])
+    parser.add_argument("command", choices=["list", "status", "nodes", "hold", "grant-expect", "grant-receive"])
     parser.add_argument("arg", nargs="?")
     args = parser.parse_args()
     host, _, port = args.controller.rpartition(":")
@@ -123,6 +130,25 @@ def main():
             response = conn.call(pb.Request(node_list=pb.Empty()))
             for node in response.nodes.nodes:
                 print(node.name, node.state, node.address)
+        elif args.command == "grant-expect":
+            grant_id, vps, source, target = args.arg.split(",")
+            grant = pb.MigrationGrant(id=grant_id, vps=vps, source=source, target=target, expires_unix=int(time.time()) + 120)
+            conn.call(pb.Request(migration_expect=grant))
+            print("expected")
+        elif args.command == "grant-receive":
+            # The request's stream id is the one call() will use next; its input ends at once.
+            stream = conn.next_stream
+            request = pb.Request(migration_receive=pb.MigrationReceiveRequest(grant_id=args.arg, config=b"{}", disk_size=65536))
+            conn._send(REQUEST, stream, request.SerializeToString())
+            conn.next_stream += 2
+            conn.end_input(stream)
+            while True:
+                ftype, got, payload = conn._read_frame()
+                if ftype == ERROR and got in (0, stream):
+                    raise ServerError(pb.ErrorReply.FromString(payload))
+                if ftype == RESPONSE and got == stream:
+                    print("received")
+                    break
         elif args.command == "hold":
             # One long-lived connection: proves a revocation closes sessions already open.
             deadline = time.monotonic() + float(args.arg or "10")

@@ -204,7 +204,7 @@ t_dead_agent_is_down_and_its_vps_stays_put() {
     [ "$ms" -le 6500 ] || fail "$node went down after $ms ms; configured window 5000 ms (+1 s heartbeat, +0.5 s poll)"
     expect_eq "$(cl status "$V" --json | field state)" unknown
     expect_eq "$(node_of "$V")" "$node"
-    local err; err=$(expect_fail 5 cl stop "$V")
+    local err; err=$(expect_fail 4 cl stop "$V")
     expect_contains "$err" "is down"
     # Not started anywhere else: no other agent knows it.
     for other in 1 2 3; do
@@ -517,6 +517,94 @@ t_target_disk_full_fails_the_migration_and_rolls_it_back() {
     for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && [ "$(node_state n2)" = ready ] && break; sleep 0.2; done
 }
 
+# A controller certificate the tests mint with the cluster CA's key, to hand an agent a grant
+# of their own choosing.
+forge_controller_bundle() { # DIR
+    mkdir -p "$1"; cp "$ADMIN/ca.pem" "$1/ca.pem"
+    /usr/bin/python3 - "$WORK/ca" "$1" <<'PY'
+import datetime, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+ca_dir, out = sys.argv[1], sys.argv[2]
+ca = x509.load_pem_x509_certificate(open(ca_dir + "/ca.pem", "rb").read())
+ca_key = serialization.load_pem_private_key(open(ca_dir + "/ca-key.pem", "rb").read(), None)
+key = ec.generate_private_key(ec.SECP256R1())
+now = datetime.datetime.now(datetime.timezone.utc)
+subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "controller"), x509.NameAttribute(NameOID.COMMON_NAME, "controller")])
+cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256()))
+open(out + "/cert.pem", "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+open(out + "/key.pem", "wb").write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+PY
+}
+agent_py() { # BUNDLE_DIR NODE_NUMBER COMMAND [ARG]: berth_client.py against node K's listener
+    local dir=$1 k=$2; shift 2
+    BERTH_PB2_DIR=$PB nsenter --net=/run/netns/"$FAB" /usr/bin/python3 Tests/cluster/berth_client.py --controller "198.18.100.$((10 + k)):7000" --config-dir "$dir" "$@"
+}
+
+t_migration_grants_are_single_use_and_bound_to_their_source() {
+    local G V=$RUN_ID-gr out
+    G=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+    forge_controller_bundle "$WORK/forged-controller"
+    for k in 1 3; do mixed_bundle "$WORK/n$k-bundle" "$WORK/n$k/data/cluster/cert.pem" "$WORK/n$k/data/cluster/key.pem"; done
+    expect_eq "$(agent_py "$WORK/forged-controller" 2 grant-expect "$G,$V,n1,n2")" expected
+    # A third node presents the grant: refused, and the grant stays for its source.
+    out=$(agent_py "$WORK/n3-bundle" 2 grant-receive "$G") && fail "n3's use of n1's grant was accepted: $out"
+    expect_contains "$out" "error permission-denied: the migration grant ${G:0:12} is for node n1, not n3"
+    # Its source uses it (an empty image: refused after the grant was taken) ...
+    out=$(agent_py "$WORK/n1-bundle" 2 grant-receive "$G") && fail "an empty image was accepted: $out"
+    expect_contains "$out" "error invalid-argument: config: the migrated config of $V: missing field"
+    # ... and cannot use it again.
+    out=$(agent_py "$WORK/n1-bundle" 2 grant-receive "$G") && fail "a used grant was accepted again: $out"
+    expect_contains "$out" "error permission-denied: no migration grant ${G:0:12} is open on n2"
+    # An unknown grant, and a grant sent by a node as if it were the controller.
+    out=$(agent_py "$WORK/n1-bundle" 2 grant-receive "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')") && fail "an unknown grant was accepted"
+    expect_contains "$out" "error permission-denied: no migration grant"
+    out=$(agent_py "$WORK/n1-bundle" 2 grant-expect "$G,$V,n1,n2") && fail "a node handed out a grant: $out"
+    expect_contains "$out" "error permission-denied"
+    [ -e "$WORK/n2/data/vps/$V" ] && fail "n2 kept something of $V"
+    true
+}
+
+t_a_migrating_vps_is_busy() {
+    local V=$RUN_ID-busy W2=$RUN_ID-busy2 err
+    "$DEV" agent-stop 1; BERTH_AGENT_ARGS="--migration-bandwidth 16M" "$DEV" agent-start 1 || fail "n1 did not restart"
+    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
+    cl create "$V" --template busybox --disk 128M --ip auto --node n1 >/dev/null
+    cl start "$V" >/dev/null
+    cl exec "$V" -- sh -c 'dd if=/dev/urandom of=/data.bin bs=1M count=48 2>/dev/null && sync'
+    cl migrate "$V" --to n2 >"$WORK/busy.out" 2>&1 &
+    local client=$! t0=$SECONDS
+    until [ -e "$WORK/n2/data/vps/$V/disk.img.incoming" ]; do
+        [ $((SECONDS - t0)) -lt 20 ] || { fail "the copy to n2 never began: $(cat "$WORK/busy.out")"; return; }
+        sleep 0.05
+    done
+    err=$(expect_fail 4 cl destroy "$V" --force); expect_contains "$err" "busy: being migrated"
+    err=$(expect_fail 4 cl stop "$V"); expect_contains "$err" "busy: being migrated"
+    err=$(expect_fail 4 cl set "$V" --memory 256M); expect_contains "$err" "busy: being migrated"
+    wait "$client" || fail "the migration failed: $(cat "$WORK/busy.out")"
+    expect_eq "$(node_of "$V")" n2
+    expect_eq "$(cl status "$V" --json | field state)" running
+    # The other way round: a VPS that a stop holds is not migrated.
+    cl create "$W2" --template busybox --disk 32M --node n2 >/dev/null
+    cl start "$W2" >/dev/null
+    cl stop "$W2" >/dev/null 2>&1 &
+    local stopper=$!
+    sleep 0.3
+    err=$(expect_fail 4 cl migrate "$W2" --to n3); expect_contains "$err" "busy"
+    wait "$stopper" || true
+    expect_eq "$(node_of "$W2")" n2
+    "$DEV" agent-stop 1; "$DEV" agent-start 1 || fail "n1 did not restart"
+    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
+    cl destroy "$V" --force >/dev/null; cl destroy "$W2" --force >/dev/null
+}
+
 # A bundle that trusts the real CA but carries another certificate (T02, T03).
 mixed_bundle() { # DIR CERT KEY
     mkdir -p "$1"; cp "$ADMIN/ca.pem" "$1/ca.pem"; cp "$2" "$1/cert.pem"; cp "$3" "$1/key.pem"
@@ -773,6 +861,8 @@ run_test "a controller killed (-9) before, at and after a migration's commit set
 run_test "an agent killed (-9) during a migration's copy, source or target: the VPS runs once, on its source, whole" t_agent_killed_mid_migration_leaves_one_running_copy
 run_test "the link between source and target cut during the copy: the move fails at the stall limit, the VPS runs on, nothing stays on the target" t_cut_link_fails_the_migration_and_rolls_it_back
 run_test "the target's disk fills during the copy: the move fails with ENOSPC, the VPS runs on, the target's space is given back" t_target_disk_full_fails_the_migration_and_rolls_it_back
+run_test "a migration grant is single-use and only its source may use it; only the controller hands one out" t_migration_grants_are_single_use_and_bound_to_their_source
+run_test "a migrating VPS refuses destroy, stop and set (busy); a VPS being stopped is not migrated" t_a_migrating_vps_is_busy
 run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, hostname mismatch, TLS <= 1.2" t_mtls_battery
 run_test "roles and tenants (T05): viewers read only, tenants see only their own, nodes are not operators" t_roles_and_tenants
 run_test "revocation (T04) closes open sessions and refuses new ones" t_revocation_closes_open_sessions
