@@ -107,7 +107,7 @@ final class Migrations: Sendable {
             }
             received = try await transport.send(grant, to: target, from: source, warm: warm) { step in
                 // The passes' summaries go into the event the move ends with.
-                if step.contains(": pass "), !step.contains("copying disk") { passes.withLock { $0.append(String(step.drop { $0 != ":" }.dropFirst(2))) } }
+                if let summary = Self.passSummary(step) { passes.withLock { $0.append(summary) } }
                 progress(step)
             }
         } catch {
@@ -259,6 +259,16 @@ final class Migrations: Sendable {
         try? store.addEvent(
             kind: "vps.migration-failed", subject: record.name, message: "the start on \(target.name) failed, handed back to \(source.name): \(error)")
         throw Self.failed(error, "\(record.name) did not start on \(target.name) and was handed back to \(source.name)\(restarted)")
+    }
+
+    /// A source's summary of one pass ("n1: pass 2 while web1 runs: 11.5 MiB …"), without the
+    /// node; nil for other steps, the progress within a pass ("n1: pass 2: 64.0 MiB of …") too.
+    static func passSummary(_ step: String) -> String? {
+        guard let colon = step.firstIndex(of: ":") else { return nil }
+        let said = step[step.index(after: colon)...].drop { $0 == " " }
+        let words = said.split(separator: " ", maxSplits: 2)
+        guard words.count == 3, words[0] == "pass", Int(words[1]) != nil else { return nil }
+        return String(said)
     }
 
     /// The error as it was, with what became of the VPS in front of its message.

@@ -36,19 +36,21 @@ extension AgentService {
         defer { migrationSlots.release() }
         let (config, disk) = try await manager.beginMigrationOut(grant, warm: r.warm)
         do {
-            let status = try await sendImage(grant, config: config, disk: disk, to: target, r.targetAddress, warm: r.warm, bundle: bundle, stream: stream)
+            let status = try await sendDisk(grant, config: config, disk: disk, to: target, r.targetAddress, warm: r.warm, bundle: bundle, stream: stream)
+            await manager.removeMigrationSnapshots(grant)
             await manager.endMigrationOut(grant.vps)
             return status
         } catch {
             // Ended before the answer goes out: the controller's next call (a start to undo a
             // warm migration's stop) finds the VPS free.
+            await manager.removeMigrationSnapshots(grant)
             await manager.endMigrationOut(grant.vps)
             throw error
         }
     }
 
-    private func sendImage(
-        _ grant: MigrationGrant, config: [UInt8], disk: String, to target: HostPort, _ address: String, warm: Bool, bundle: CredentialBundle,
+    private func sendDisk(
+        _ grant: MigrationGrant, config: [UInt8], disk: MigrationDisk, to target: HostPort, _ address: String, warm: Bool, bundle: CredentialBundle,
         stream: ServerStream
     ) async throws -> Berth_V1_VpsStatus {
         let client = try await WireClient.connect(host: target.host, port: target.port, bundle: bundle, group: group, timeout: .seconds(5))
@@ -58,41 +60,42 @@ extension AgentService {
                 .unauthenticated,
                 "\(address) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not node \(grant.target)")
         }
-        var info = stat()
-        guard stat(disk, &info) == 0 else { throw AgentError(.kernel, "the disk of \(grant.vps): \(errnoName(errno))", stage: "stat", errno: errno) }
         let slots = migrationSlots
+        let stall = TimeAmount.seconds(Int64(slots.stallSeconds))
         var request = Berth_V1_Request()
         request.migrationReceive.grantID = grant.id
         request.migrationReceive.config = Data(config)
-        request.migrationReceive.diskSize = UInt64(info.st_size)
-        let call = try await client.start(request)
-        let stall = TimeAmount.seconds(Int64(slots.stallSeconds))
-        let sender = try ImageSender(disk, on: call, target: grant.target, stallLimit: stall, pace: { await slots.pace($0) })
-        guard sender.size == request.migrationReceive.diskSize else {
-            throw AgentError(.conflict, "the disk of \(grant.vps) changed size as the migration began")
-        }
-        stream.progress("sending the \(ByteSize.approximate(Double(sender.size))) disk of \(grant.vps) to \(grant.target)")
-        var pass = 0
-        func copy(_ when: String) async throws -> ImageSender.Pass {
-            pass += 1
-            var reported: UInt64 = 0
-            // About every 64 MiB of the image, so a long copy shows it moves.
-            let sent = try await sender.pass { done, size in
-                if done - reported >= 64 << 20 || done == size {
-                    reported = done
-                    stream.progress(
-                        "pass \(pass): \(ByteSize.approximate(Double(done))) of \(ByteSize.approximate(Double(size))) looked at", done: done, total: size)
-                }
+        let passes: any DiskPasses
+        switch disk {
+        case .image(let path):
+            var info = stat()
+            guard stat(path, &info) == 0 else { throw AgentError(.kernel, "the disk of \(grant.vps): \(errnoName(errno))", stage: "stat", errno: errno) }
+            request.migrationReceive.diskSize = UInt64(info.st_size)
+            let call = try await client.start(request)
+            let sender = try ImageSender(path, on: call, target: grant.target, stallLimit: stall, pace: { await slots.pace($0) })
+            guard sender.size == request.migrationReceive.diskSize else {
+                throw AgentError(.conflict, "the disk of \(grant.vps) changed size as the migration began")
             }
+            stream.progress("sending the \(ByteSize.approximate(Double(sender.size))) disk of \(grant.vps) to \(grant.target)")
+            passes = ImagePasses(sender: sender, call: call, stream: stream)
+        case .volume:
+            let call = try await client.start(request)
+            stream.progress("sending the subvolume of \(grant.vps) to \(grant.target) as btrfs send streams")
+            passes = VolumePasses(manager: manager, grant: grant, call: call, stallLimit: stall, pace: { await slots.pace($0) })
+        }
+        var pass = 0
+        func copy(_ when: String, last: Bool) async throws -> ImageSender.Pass {
+            pass += 1
+            let sent = try await passes.pass(pass, last: last)
             stream.progress(
-                "pass \(pass) \(when): \(ByteSize.approximate(Double(sent.bytes))) in \(sent.chunks) changed chunks, \(Int(sent.seconds * 1000)) ms"
+                "pass \(pass) \(when): \(ByteSize.approximate(Double(sent.bytes))) \(passes.unit(sent)), \(Int(sent.seconds * 1000)) ms"
                     + (sent.seconds > 0 ? " (\(ByteSize.approximate(Double(sent.bytes) / sent.seconds))/s)" : ""))
             return sent
         }
         if warm, await manager.isRunning(grant.vps) {
             var previous: UInt64?
             while true {
-                let sent = try await copy("while \(grant.vps) runs")
+                let sent = try await copy("while \(grant.vps) runs", last: false)
                 // The rate of the pass as a whole (reading, hashing and sending overlap): what
                 // the last pass, with the VPS stopped, would move its delta at.
                 let rate = sent.seconds > 0 ? Double(sent.bytes) / sent.seconds : nil
@@ -102,10 +105,10 @@ extension AgentService {
             stream.progress("stopping \(grant.vps) for the last pass")
             try await manager.stopForLastPass(grant.vps)
         }
-        _ = try await copy(pass == 0 ? "(the VPS is stopped)" : "with \(grant.vps) stopped")
-        try await sender.finish()
+        _ = try await copy(pass == 0 ? "(the VPS is stopped)" : "with \(grant.vps) stopped", last: true)
+        try await passes.finish()
         // The target's fsync of what it wrote is part of its answer: a few stall limits.
-        let response = try await call.result(within: stall * 4, from: grant.target) { stream.progress("\(grant.target): \($0.step)") }
+        let response = try await passes.call.result(within: stall * 4, from: grant.target) { stream.progress("\(grant.target): \($0.step)") }
         return response.status
     }
 
@@ -120,10 +123,85 @@ extension AgentService {
         // Under the receives' watch: the controller's abort (a source gone silent) ends it.
         let manager = self.manager
         let view = try await migrationReceives.run(grant.id) {
-            try await manager.receiveMigration(grant, config: Array(r.config)) { path in
-                try await ImageTransfer.receive(into: path, size: r.diskSize, from: stream.input, field: "disk")
+            try await manager.receiveMigration(grant, config: Array(r.config)) { disk in
+                switch disk {
+                case .image(let path): try await ImageTransfer.receive(into: path, size: r.diskSize, from: stream.input, field: "disk")
+                case .volume(let directory): try await VolumeTransfer.receive(into: directory, from: stream.input, field: "disk")
+                }
             }
         }
         return Berth_V1_VpsStatus(view)
     }
+}
+
+/// A disk's passes, however its layout moves them (Docs/migration.md, "Warm migration's passes").
+protocol DiskPasses: AnyObject {
+    var call: ClientCall { get }
+    /// Sends what changed since the pass before; `last`: the VPS is stopped, this is the final pass.
+    func pass(_ number: Int, last: Bool) async throws -> ImageSender.Pass
+    /// What the bytes of a pass were, for its summary line.
+    func unit(_ pass: ImageSender.Pass) -> String
+    /// Ends the transfer (the target checks it whole).
+    func finish() async throws
+}
+
+/// A loop image: chunks whose digest changed.
+final class ImagePasses: DiskPasses {
+    let sender: ImageSender
+    let call: ClientCall
+    let stream: ServerStream
+
+    init(sender: ImageSender, call: ClientCall, stream: ServerStream) {
+        self.sender = sender
+        self.call = call
+        self.stream = stream
+    }
+
+    func pass(_ number: Int, last: Bool) async throws -> ImageSender.Pass {
+        var reported: UInt64 = 0
+        let stream = self.stream
+        // About every 64 MiB of the image, so a long copy shows it moves.
+        return try await sender.pass { done, size in
+            if done - reported >= 64 << 20 || done == size {
+                reported = done
+                stream.progress(
+                    "pass \(number): \(ByteSize.approximate(Double(done))) of \(ByteSize.approximate(Double(size))) looked at", done: done, total: size)
+            }
+        }
+    }
+
+    func unit(_ pass: ImageSender.Pass) -> String { "in \(pass.chunks) changed chunks" }
+
+    func finish() async throws { try await sender.finish() }
+}
+
+/// A pool VPS's subvolume: a read-only snapshot per pass, each sent as a difference from the one
+/// before; the last is `final`.
+final class VolumePasses: DiskPasses {
+    let manager: VPSManager
+    let grant: MigrationGrant
+    let call: ClientCall
+    let stallLimit: TimeAmount
+    let pace: (Int) async -> Void
+    var previous: String?
+
+    init(manager: VPSManager, grant: MigrationGrant, call: ClientCall, stallLimit: TimeAmount, pace: @escaping (Int) async -> Void) {
+        self.manager = manager
+        self.grant = grant
+        self.call = call
+        self.stallLimit = stallLimit
+        self.pace = pace
+    }
+
+    func pass(_ number: Int, last: Bool) async throws -> ImageSender.Pass {
+        let began = ContinuousClock.now
+        let snapshot = try await manager.migrationSnapshot(grant.vps, grant: grant, label: last ? VolumeTransfer.finalSnapshot : "pass\(number)")
+        let bytes = try await VolumeTransfer.send(snapshot, parent: previous, on: call, target: grant.target, stallLimit: stallLimit, pace: pace)
+        previous = snapshot
+        return ImageSender.Pass(bytes: bytes, chunks: 1, seconds: (ContinuousClock.now - began) / .seconds(1))
+    }
+
+    func unit(_ pass: ImageSender.Pass) -> String { "of btrfs send stream" }
+
+    func finish() async throws { call.sendEnd(.stdin) }
 }

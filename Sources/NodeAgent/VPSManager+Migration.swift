@@ -1,4 +1,5 @@
 import BerthCore
+import CIsolation
 import Foundation
 import Isolation
 import Logging
@@ -36,7 +37,7 @@ extension VPSManager {
     /// a stopped VPS; a warm one (`running` allowed) copies while it runs and stops it for the
     /// last pass (`stopForLastPass`). The VPS is held (start, set and destroy refused) until
     /// `endMigrationOut`.
-    public func beginMigrationOut(_ grant: MigrationGrant, warm: Bool) throws -> (config: [UInt8], disk: String) {
+    public func beginMigrationOut(_ grant: MigrationGrant, warm: Bool) async throws -> (config: [UInt8], disk: MigrationDisk) {
         let name = try Name.validate(grant.vps)
         guard grant.source == nodeName else {
             throw AgentError.invalid("source", "this node is \(nodeName), the grant names \(grant.source)")
@@ -53,8 +54,54 @@ extension VPSManager {
         guard let config = FileManager.default.contents(atPath: store.configPath(name)) else {
             throw AgentError(.corruptState, "\(store.configPath(name)) cannot be read")
         }
+        let disk: MigrationDisk
+        if record.config.isPooled {
+            _ = try VolumeTransfer.tool()
+            disk = .volume(try await storagePool(creating: false).volume(name))
+        } else {
+            disk = .image(store.diskPath(name))
+        }
+        // Checked again after the await: a second migration may have begun meanwhile.
+        guard !migratingOut.contains(name) else { throw AgentError(.conflict, "VPS \(name) is already being migrated", field: "name") }
         migratingOut.insert(name)
-        return (Array(config), store.diskPath(name))
+        return (Array(config), disk)
+    }
+
+    /// A read-only snapshot of a pool VPS's subvolume for one pass of migration `grant`
+    /// (`pool/migrate-GRANT/LABEL`); `removeMigrationSnapshots` deletes them all.
+    public func migrationSnapshot(_ name: String, grant: MigrationGrant, label: String) async throws -> String {
+        let pool = try await storagePool(creating: false)
+        let directory = Self.snapshotDirectory(pool, grant)
+        guard mkdir(directory, 0o700) == 0 || errno == EEXIST else {
+            throw AgentError(.kernel, "making \(directory): \(errnoName(errno))", stage: "mkdir", errno: errno)
+        }
+        let snapshot = directory + "/" + label
+        try await tool([try VolumeTransfer.tool(), "subvolume", "snapshot", "-r", pool.volume(name), snapshot], stage: "btrfs snapshot")
+        return snapshot
+    }
+
+    /// Deletes the source's snapshots of migration `grant` (whatever became of it).
+    public func removeMigrationSnapshots(_ grant: MigrationGrant) {
+        guard let pool = try? mountedPool() else { return }
+        deleteSubvolumes(in: Self.snapshotDirectory(pool, grant))
+    }
+
+    static func snapshotDirectory(_ pool: StoragePool, _ grant: MigrationGrant) -> String {
+        pool.directory + "/migrate-" + grant.id.prefix(16)
+    }
+
+    static func incomingDirectory(_ pool: StoragePool, _ grant: MigrationGrant) -> String {
+        pool.directory + "/incoming-" + grant.id.prefix(16)
+    }
+
+    /// Deletes every subvolume in `directory`, then the directory (a migration's snapshots, or
+    /// what a target received).
+    func deleteSubvolumes(in directory: String) {
+        guard FileIO.exists(directory) else { return }
+        for entry in FileIO.listDirectory(directory) where berth_btrfs_subvolume_delete(directory, entry) != 0 && errno != ENOENT {
+            logger.error("cannot delete a migration's subvolume", metadata: ["path": "\(directory)/\(entry)", "error": "\(errnoName(errno))"])
+        }
+        rmdir(directory)
     }
 
     /// Whether a VPS being migrated out runs (a warm migration copies while it does).
@@ -80,11 +127,8 @@ extension VPSManager {
         }
     }
 
-    /// The storage a cold migration can move today: a loop image of its own.
+    /// The storage a migration can move today: a disk of its own, loop image or pool subvolume.
     static func checkMigratable(_ config: VPSConfig) throws {
-        if config.isPooled {
-            throw AgentError.invalid("layout", "VPS \(config.name) is a pool VPS (btrfs subvolume); migration moves loop-layout VPSs only for now")
-        }
         if config.isLayered {
             throw AgentError.invalid("storage", "VPS \(config.name) is layered over its template; migration moves image-storage VPSs only for now")
         }
@@ -104,10 +148,11 @@ extension VPSManager {
     }
 
     /// Takes in a VPS sent under `grant`: its config as the source stored it, made this node's
-    /// (its interface, a MAC and an id range of this node, stopped), and its disk image, which
-    /// `receiveDisk` writes to the path it is given and checks. Nothing stays if any step fails.
+    /// (its interface, a MAC and an id range of this node, stopped), and its disk, which
+    /// `receiveDisk` writes where it is told (an image file, or a directory of the pool for the
+    /// subvolumes of a pool VPS) and checks. Nothing stays if any step fails.
     public func receiveMigration(
-        _ grant: MigrationGrant, config data: [UInt8], receiveDisk: (String) async throws -> Void
+        _ grant: MigrationGrant, config data: [UInt8], receiveDisk: (MigrationDisk) async throws -> Void
     ) async throws -> VPSView {
         let name = grant.vps
         var config = try VPSConfig.decode(Data(data), expectedName: name, path: "the migrated config of \(name)", received: true)
@@ -125,21 +170,25 @@ extension VPSManager {
         config.idmapBase = idmapBase
         config.desiredState = .stopped
         let dir = store.directory(name)
+        var volumeIn: StoragePool?
         do {
             try FileManager.default.createDirectory(atPath: store.rootPath(name), withIntermediateDirectories: true)
             chmod(dir, 0o700)
-            let incoming = store.diskPath(name) + ".incoming"
-            try await receiveDisk(incoming)
-            // The controller may have given up while the bytes were on their way (it stopped, or
-            // settled the migration without this copy): then nothing of it stays.
-            guard !abortedMigrations.contains(grant.id) else {
-                throw AgentError(.conflict, "the migration of \(name) was aborted by the controller during the transfer", field: "name")
-            }
-            guard rename(incoming, store.diskPath(name)) == 0 else {
-                throw AgentError(.kernel, "renaming the received disk of \(name): \(errnoName(errno))", stage: "rename", errno: errno)
+            if config.isPooled {
+                let pool = try await storagePool(creating: true)
+                try await receiveVolume(name, grant: grant, into: pool, limit: config.limits.diskBytes, receiveDisk)
+                volumeIn = pool
+            } else {
+                let incoming = store.diskPath(name) + ".incoming"
+                try await receiveDisk(.image(incoming))
+                try checkNotAborted(grant)
+                guard rename(incoming, store.diskPath(name)) == 0 else {
+                    throw AgentError(.kernel, "renaming the received disk of \(name): \(errnoName(errno))", stage: "rename", errno: errno)
+                }
             }
             try store.save(config)
         } catch {
+            if let volumeIn { try? deleteVolume(name, in: volumeIn) }
             try? FileManager.default.removeItem(atPath: dir)
             throw error
         }
@@ -148,6 +197,46 @@ extension VPSManager {
         receivedMigrations[name] = grant.id
         logger.info("received migrated VPS", metadata: ["vps": "\(name)", "from": "\(grant.source)", "grant": "\(grant.id)"])
         return view(record)
+    }
+
+    /// A pool VPS's subvolume from the snapshots the source sends: received into
+    /// `pool/incoming-GRANT`, the last one (`final`) snapshotted writable into the VPS's place
+    /// with its quota limit; the received ones are deleted whatever happens.
+    private func receiveVolume(
+        _ name: String, grant: MigrationGrant, into pool: StoragePool, limit: UInt64, _ receiveDisk: (MigrationDisk) async throws -> Void
+    ) async throws {
+        let btrfs = try VolumeTransfer.tool()
+        let incoming = Self.incomingDirectory(pool, grant)
+        guard mkdir(incoming, 0o700) == 0 else {
+            throw AgentError(.kernel, "making \(incoming): \(errnoName(errno))", stage: "mkdir", errno: errno)
+        }
+        defer { deleteSubvolumes(in: incoming) }
+        // The mark `removeCutMigrations` knows a receive cut short by (as a loop image's
+        // partial file): the VPS's directory never became this node's VPS.
+        let mark = store.diskPath(name) + ".incoming"
+        _ = FileManager.default.createFile(atPath: mark, contents: nil)
+        defer { unlink(mark) }
+        try await receiveDisk(.volume(incoming))
+        try checkNotAborted(grant)
+        let last = incoming + "/" + VolumeTransfer.finalSnapshot
+        guard FileIO.exists(last) else {
+            throw AgentError.invalid("disk", "the transfer ended before its last snapshot arrived; nothing was kept")
+        }
+        try await tool([btrfs, "subvolume", "snapshot", last, pool.volume(name)], stage: "btrfs snapshot")
+        do {
+            try limitVolume(name, in: pool, bytes: limit)
+        } catch {
+            try? deleteVolume(name, in: pool)
+            throw error
+        }
+    }
+
+    /// The controller may have given up while the bytes were on their way (it stopped, or
+    /// settled the migration without this copy): then nothing of it stays.
+    private func checkNotAborted(_ grant: MigrationGrant) throws {
+        guard !abortedMigrations.contains(grant.id) else {
+            throw AgentError(.conflict, "the migration of \(grant.vps) was aborted by the controller during the transfer", field: "name")
+        }
     }
 
     static var nowUnix: Int64 { Int64(Date().timeIntervalSince1970) }

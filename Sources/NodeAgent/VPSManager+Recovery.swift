@@ -61,6 +61,13 @@ extension VPSManager {
     /// A migration's receive cut short by this agent's own end leaves a VPS directory with a
     /// partial `disk.img.incoming` and no config: it was never this node's VPS, so it goes.
     func removeCutMigrations() {
+        // A pool migration's snapshots (this node sent) or received subvolumes (it received).
+        if let pool = try? mountedPool() {
+            for entry in FileIO.listDirectory(pool.directory) where entry.hasPrefix("migrate-") || entry.hasPrefix("incoming-") {
+                deleteSubvolumes(in: pool.directory + "/" + entry)
+                logger.notice("removed what a cut pool migration left", metadata: ["path": "\(pool.directory)/\(entry)"])
+            }
+        }
         for name in FileIO.listDirectory(store.vpsRoot) where !FileIO.exists(store.configPath(name)) {
             guard FileIO.exists(store.diskPath(name) + ".incoming") else { continue }
             do {

@@ -18,6 +18,12 @@ public final class ImageSender {
         /// Chunks sent: changed data, and chunks that became zeros.
         public var chunks = 0
         public var seconds: Double = 0
+
+        public init(bytes: UInt64 = 0, chunks: Int = 0, seconds: Double = 0) {
+            self.bytes = bytes
+            self.chunks = chunks
+            self.seconds = seconds
+        }
     }
 
     let path: String

@@ -150,6 +150,10 @@ struct BerthAgent: AsyncParsableCommand {
             FileHandle.standardError.write(Data("berth-agent: must run as root (it creates namespaces, cgroups and mounts)\n".utf8))
             throw ExitCode(5)
         }
+        // A helper that stops reading its stdin (btrfs receive refusing a stream) must give a
+        // write error to report, not a SIGPIPE that ends the daemon. The spawn shim resets every
+        // signal to its default in the children, so VPSs and tools do not inherit this.
+        signal(SIGPIPE, SIG_IGN)
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

@@ -298,4 +298,15 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
             #expect(try c.store.vps("web1")?.migration != nil)
         }
     }
+
+    /// Only the passes' summaries go into the `vps.migrated` event.
+    @Test func passSummariesAreTheSourcesLinesAboutWholePasses() {
+        #expect(
+            Migrations.passSummary("n1: pass 2 while web1 runs: 11.5 MiB in 46 changed chunks, 75 ms")
+                == "pass 2 while web1 runs: 11.5 MiB in 46 changed chunks, 75 ms")
+        #expect(Migrations.passSummary("n1: pass 1 (the VPS is stopped): 3.0 MiB of btrfs send stream, 40 ms") != nil)
+        #expect(Migrations.passSummary("n1: pass 2: 64.0 MiB of 1.0 GiB looked at") == nil)
+        #expect(Migrations.passSummary("n1: stopping web1 for the last pass") == nil)
+        #expect(Migrations.passSummary("migrating web1 from n1 to n2 (warm)") == nil)
+    }
 }

@@ -244,7 +244,8 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
             let sent = Array(try config.encoded())
             let grant = MigrationGrant(id: "g2", vps: "web2", source: "n2", target: "n1", expiresUnix: VPSManager.nowUnix + 600)
             let cut = await #expect(throws: BerthError.self) {
-                _ = try await node.manager.receiveMigration(grant, config: sent) { path in
+                _ = try await node.manager.receiveMigration(grant, config: sent) { disk in
+                    guard case .image(let path) = disk else { throw BerthError(.internalError, "a loop VPS received as \(disk)") }
                     _ = FileManager.default.createFile(atPath: path, contents: Data(count: 4096))
                     throw BerthError(.invalidArgument, "disk: the transfer ended after 4096 of 8192 bytes", field: "disk")
                 }
@@ -252,7 +253,8 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
             #expect(cut?.field == "disk")
             #expect(!FileManager.default.fileExists(atPath: node.dir + "/data/vps/web2"))
             #expect(await node.manager.list(all: true, selector: [:]).vpses.map(\.config.name) == ["web1"])
-            let view = try await node.manager.receiveMigration(grant, config: sent) { path in
+            let view = try await node.manager.receiveMigration(grant, config: sent) { disk in
+                guard case .image(let path) = disk else { throw BerthError(.internalError, "a loop VPS received as \(disk)") }
                 _ = FileManager.default.createFile(atPath: path, contents: Data(count: 8192))
             }
             #expect(view.state == .stopped)
@@ -275,7 +277,7 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
         try await withNode { (node: Node) async throws in
             let grant = MigrationGrant(id: "g3", vps: "web1", source: "n1", target: "n2", expiresUnix: VPSManager.nowUnix + 600)
             let (config, disk) = try await node.manager.beginMigrationOut(grant, warm: false)
-            #expect(String(decoding: config, as: UTF8.self).contains("\"web1\"") && disk.hasSuffix("/web1/disk.img"))
+            #expect(String(decoding: config, as: UTF8.self).contains("\"web1\"") && disk == .image(node.dir + "/data/vps/web1/disk.img"))
             let again = await #expect(throws: AgentError.self) { try await node.manager.beginMigrationOut(grant, warm: true) }
             #expect(again?.wireError.code == .conflict)
             for attempt in [

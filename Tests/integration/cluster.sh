@@ -287,6 +287,64 @@ t_warm_migration_moves_a_running_vps() {
     cl destroy "$V" --force >/dev/null
 }
 
+t_pool_vps_migrates_as_btrfs_snapshots() {
+    local V=$RUN_ID-pool out before checked moved
+    command -v btrfs >/dev/null || skip "skip: btrfs-progs is not installed"
+    cl create "$V" --template busybox --disk 256M --layout pool --ip auto --node n1 >/dev/null
+    cl start "$V" >/dev/null
+    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=32 2>/dev/null && echo "a pool VPS" > /srv/notes.txt && sync'
+    before=$(vps_sums "$V")
+    cl exec "$V" -- sh -c 'i=0; while [ $i -lt 300 ]; do i=$((i+1)); dd if=/dev/urandom of=/srv/w$i bs=64k count=4 2>/dev/null; sha256sum /srv/w$i > /srv/w$i.sum; sync; sleep 0.05; done' >/dev/null 2>&1 &
+    local writer=$!
+    sleep 0.5
+    out=$(cl migrate "$V" --to n2 2>&1) || fail "the pool migration failed: $out"
+    wait $writer || true
+    expect_eq "$(node_of "$V")" n2
+    expect_eq "$(cl status "$V" --json | field state)" running
+    expect_eq "$(vps_sums "$V")" "$before"
+    checked=$(cl exec "$V" -- sh -c 'cd /srv && n=0; for s in w*.sum; do sha256sum -c "$s" >/dev/null 2>&1 || echo "damaged: $s"; n=$((n+1)); done; echo "$n checked"')
+    case "$checked" in *damaged*) fail "a file written during the move arrived damaged: $checked";; esac
+    moved=$(cl events --last 20 | grep "vps.migrated  $V")
+    expect_contains "$moved" "pass 1 while $V runs"
+    expect_contains "$moved" "of btrfs send stream"
+    # The target's subvolume is writable and limited; no snapshot of the move stays on either node.
+    [ "$(btrfs property get -ts "$WORK/n2/data/pool/vps/$V" ro)" = "ro=false" ] || fail "n2's subvolume of $V is not writable"
+    [ -e "$WORK/n1/data/pool/vps/$V" ] && fail "n1 kept the subvolume of $V"
+    ls -d "$WORK"/n1/data/pool/migrate-* "$WORK"/n2/data/pool/incoming-* 2>/dev/null | grep -q . && fail "snapshots of the move stayed: $(ls -d "$WORK"/n*/data/pool/*-* 2>/dev/null)"
+    # Stopped, back again (one pass), and it boots there with its files.
+    cl stop "$V" >/dev/null
+    out=$(cl migrate "$V" --to n1) || fail "the way back failed: $out"
+    expect_contains "$(cl events --last 20 | grep "vps.migrated  $V" | tail -1)" "pass 1 (the VPS is stopped)"
+    cl start "$V" >/dev/null
+    expect_eq "$(vps_sums "$V")" "$before"
+    # The target killed (-9) while it receives: it removes what it received when it is back.
+    "$DEV" agent-stop 1; BERTH_AGENT_ARGS="--migration-bandwidth 8M" "$DEV" agent-start 1 || fail "n1 did not restart"
+    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
+    cl migrate "$V" --to n2 >"$WORK/pool-kill.out" 2>&1 &
+    local client=$! t0=$SECONDS
+    until ls -d "$WORK"/n2/data/pool/incoming-* >/dev/null 2>&1; do
+        [ $((SECONDS - t0)) -lt 20 ] || { fail "the copy to n2 never began: $(cat "$WORK/pool-kill.out")"; return; }
+        sleep 0.05
+    done
+    sleep 0.5
+    "$DEV" agent-kill 2
+    wait "$client" || true
+    "$DEV" agent-start 2 || fail "n2 did not restart"
+    t0=$SECONDS
+    until [ "$(holders "$V")" = "n1 " ] && [ "$(cl status "$V" --json | field state)" = running ]; do
+        [ $((SECONDS - t0)) -lt 40 ] || { fail "not settled 40 s after n2 was killed: held by '$(holders "$V")', $(cl status "$V" --json | field state); migrate said: $(cat "$WORK/pool-kill.out")"; return; }
+        sleep 0.5
+    done
+    expect_eq "$(vps_sums "$V")" "$before"
+    ls -d "$WORK"/n1/data/pool/migrate-* "$WORK"/n2/data/pool/incoming-* 2>/dev/null | grep -q . && fail "snapshots of the cut move stayed: $(ls -d "$WORK"/n*/data/pool/*-* 2>/dev/null)"
+    [ -e "$WORK/n2/data/pool/vps/$V" ] || [ -e "$WORK/n2/data/vps/$V" ] && fail "n2 kept what it had received of $V"
+    "$DEV" agent-stop 1; "$DEV" agent-start 1 || fail "n1 did not restart"
+    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
+    cl destroy "$V" --force >/dev/null
+    [ -e "$WORK/n1/data/pool/vps/$V" ] && fail "destroy left the subvolume"
+    true
+}
+
 t_migration_refusals_change_nothing() {
     local V=$RUN_ID-migr err
     cl create "$V" --template busybox --disk 64M --node n1 >/dev/null
@@ -854,6 +912,7 @@ run_test "operations: the same id re-attaches or replays the result, never repea
 run_test "a controller restart loses nothing" t_controller_restart_loses_nothing
 run_test "a killed agent's node is down within the window; its VPS is not started elsewhere; restart converges" t_dead_agent_is_down_and_its_vps_stays_put
 run_test "warm migration moves a running VPS with its files (also those written during the copy) and address; nothing stays on the source" t_warm_migration_moves_a_running_vps
+run_test "a pool VPS migrates as btrfs snapshots (warm, with a writer; stopped and back; the target killed mid-receive): files whole, no snapshot left" t_pool_vps_migrates_as_btrfs_snapshots
 run_test "migration refusals (own node, unknown node, cordoned, anti-affinity, modes) change nothing" t_migration_refusals_change_nothing
 run_test "drain moves every VPS away (blockers named, --force at the deadline), restore brings them back" t_drain_moves_everything_and_restore_brings_it_back
 run_test "drain and restore refuse bad input and change nothing" t_drain_refusals
