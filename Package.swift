@@ -86,6 +86,7 @@ let package = Package(
             name: "NodeAgent",
             dependencies: [
                 "BerthCore", "Isolation", "Wire", "WireTLS",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),

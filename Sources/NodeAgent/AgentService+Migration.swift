@@ -34,9 +34,11 @@ extension AgentService {
         let target = try HostPort(stored: r.targetAddress, field: "target_address")
         try migrationSlots.acquire(node: manager.nodeName)
         defer { migrationSlots.release() }
-        let (config, disk) = try await manager.beginMigrationOut(grant, warm: r.warm)
+        let (config, disk, templateDigest) = try await manager.beginMigrationOut(grant, warm: r.warm)
         do {
-            let status = try await sendDisk(grant, config: config, disk: disk, to: target, r.targetAddress, warm: r.warm, bundle: bundle, stream: stream)
+            let status = try await sendDisk(
+                grant, config: config, disk: disk, templateDigest: templateDigest, to: target, r.targetAddress, warm: r.warm, bundle: bundle,
+                stream: stream)
             await manager.removeMigrationSnapshots(grant)
             await manager.endMigrationOut(grant.vps)
             return status
@@ -50,8 +52,8 @@ extension AgentService {
     }
 
     private func sendDisk(
-        _ grant: MigrationGrant, config: [UInt8], disk: MigrationDisk, to target: HostPort, _ address: String, warm: Bool, bundle: CredentialBundle,
-        stream: ServerStream
+        _ grant: MigrationGrant, config: [UInt8], disk: MigrationDisk, templateDigest: String, to target: HostPort, _ address: String, warm: Bool,
+        bundle: CredentialBundle, stream: ServerStream
     ) async throws -> Berth_V1_VpsStatus {
         let client = try await WireClient.connect(host: target.host, port: target.port, bundle: bundle, group: group, timeout: .seconds(5))
         defer { Task { await client.close() } }
@@ -65,6 +67,7 @@ extension AgentService {
         var request = Berth_V1_Request()
         request.migrationReceive.grantID = grant.id
         request.migrationReceive.config = Data(config)
+        request.migrationReceive.templateDigest = templateDigest
         let passes: any DiskPasses
         switch disk {
         case .image(let path):
@@ -123,7 +126,7 @@ extension AgentService {
         // Under the receives' watch: the controller's abort (a source gone silent) ends it.
         let manager = self.manager
         let view = try await migrationReceives.run(grant.id) {
-            try await manager.receiveMigration(grant, config: Array(r.config)) { disk in
+            try await manager.receiveMigration(grant, config: Array(r.config), templateDigest: r.templateDigest) { disk in
                 switch disk {
                 case .image(let path): try await ImageTransfer.receive(into: path, size: r.diskSize, from: stream.input, field: "disk")
                 case .volume(let directory): try await VolumeTransfer.receive(into: directory, from: stream.input, field: "disk")

@@ -13,6 +13,9 @@ public struct TemplateInfo: Codable, Equatable, Sendable {
     public var sizeBytes: UInt64
     /// Units the template masks because they cannot work in a VPS, each with the reason.
     public var maskedUnits: [String: String]?
+    /// The tree's digest (`TemplateStore.treeDigest`): the same template on two nodes has the
+    /// same one. Nil in the metadata of a template installed before digests were kept.
+    public var digest: String?
 }
 
 /// Template caches under the data directory: built locally (busybox) or imported tarballs.
@@ -179,6 +182,8 @@ public final class TemplateStore: @unchecked Sendable {
 
     /// Moves a finished staging tree into place; the previous template (if any) goes only then.
     func install(staging: String, info: TemplateInfo) throws {
+        var info = info
+        info.digest = try Self.treeDigest(staging + "/rootfs")
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         encoder.dateEncodingStrategy = .iso8601

@@ -37,7 +37,7 @@ extension VPSManager {
     /// a stopped VPS; a warm one (`running` allowed) copies while it runs and stops it for the
     /// last pass (`stopForLastPass`). The VPS is held (start, set and destroy refused) until
     /// `endMigrationOut`.
-    public func beginMigrationOut(_ grant: MigrationGrant, warm: Bool) async throws -> (config: [UInt8], disk: MigrationDisk) {
+    public func beginMigrationOut(_ grant: MigrationGrant, warm: Bool) async throws -> (config: [UInt8], disk: MigrationDisk, templateDigest: String) {
         let name = try Name.validate(grant.vps)
         guard grant.source == nodeName else {
             throw AgentError.invalid("source", "this node is \(nodeName), the grant names \(grant.source)")
@@ -49,7 +49,6 @@ extension VPSManager {
                 "VPS \(name) is \(record.state.rawValue); \(warm ? "a warm migration moves a running or stopped VPS" : "a cold migration moves a stopped VPS")",
                 field: "name")
         }
-        try Self.checkMigratable(record.config)
         guard !migratingOut.contains(name) else { throw AgentError(.conflict, "VPS \(name) is already being migrated", field: "name") }
         guard let config = FileManager.default.contents(atPath: store.configPath(name)) else {
             throw AgentError(.corruptState, "\(store.configPath(name)) cannot be read")
@@ -61,10 +60,18 @@ extension VPSManager {
         } else {
             disk = .image(store.diskPath(name))
         }
-        // Checked again after the await: a second migration may have begun meanwhile.
+        // Only the upper layer moves: the target checks it holds the same lower one.
+        var templateDigest = ""
+        if record.config.isLayered {
+            guard let digest = try templates.digest(record.config.template) else {
+                throw AgentError(.corruptState, "template \(record.config.template), which VPS \(name) is layered over, is gone from \(nodeName)")
+            }
+            templateDigest = digest
+        }
+        // Checked again after the awaits: a second migration may have begun meanwhile.
         guard !migratingOut.contains(name) else { throw AgentError(.conflict, "VPS \(name) is already being migrated", field: "name") }
         migratingOut.insert(name)
-        return (Array(config), disk)
+        return (Array(config), disk, templateDigest)
     }
 
     /// A read-only snapshot of a pool VPS's subvolume for one pass of migration `grant`
@@ -127,13 +134,6 @@ extension VPSManager {
         }
     }
 
-    /// The storage a migration can move today: a disk of its own, loop image or pool subvolume.
-    static func checkMigratable(_ config: VPSConfig) throws {
-        if config.isLayered {
-            throw AgentError.invalid("storage", "VPS \(config.name) is layered over its template; migration moves image-storage VPSs only for now")
-        }
-    }
-
     /// Checks that `peer` may send the VPS of grant `grantID` and takes the grant (single use).
     public func claimMigration(_ grantID: String, from peer: String) throws -> MigrationGrant {
         guard let grant = expectedMigrations[grantID] else {
@@ -152,15 +152,24 @@ extension VPSManager {
     /// `receiveDisk` writes where it is told (an image file, or a directory of the pool for the
     /// subvolumes of a pool VPS) and checks. Nothing stays if any step fails.
     public func receiveMigration(
-        _ grant: MigrationGrant, config data: [UInt8], receiveDisk: (MigrationDisk) async throws -> Void
+        _ grant: MigrationGrant, config data: [UInt8], templateDigest: String = "", receiveDisk: (MigrationDisk) async throws -> Void
     ) async throws -> VPSView {
         let name = grant.vps
         var config = try VPSConfig.decode(Data(data), expectedName: name, path: "the migrated config of \(name)", received: true)
-        try Self.checkMigratable(config)
         try checkNameFree(name)
         guard templates.info(config.template) != nil else {
             throw AgentError(
                 .notFound, "template \(config.template) of VPS \(name) is not on \(nodeName) (upload it: berth template upload)", field: "template")
+        }
+        // A layered disk holds only the VPS's upper layer: the lower one here must be the same.
+        if config.isLayered {
+            let ours = try templates.digest(config.template) ?? ""
+            guard ours == templateDigest else {
+                throw AgentError(
+                    .conflict,
+                    "template \(config.template) on \(nodeName) is not the one VPS \(name) is layered over on \(grant.source) (digest \(ours.prefix(12)) here, \(templateDigest.prefix(12)) there): upload the same template to both (berth template upload)",
+                    field: "template")
+            }
         }
         let network = try config.network.map { try newNetwork(name: name, net: $0.mode, ips: $0.ips) } ?? nil
         let idmapBase = config.isPrivileged ? nil : try allocateIdmap()
@@ -194,6 +203,7 @@ extension VPSManager {
         }
         let record = VPSRecord(config: config)
         records[name] = record
+        if config.isLayered { templates.share(config.template, with: name) }
         receivedMigrations[name] = grant.id
         logger.info("received migrated VPS", metadata: ["vps": "\(name)", "from": "\(grant.source)", "grant": "\(grant.id)"])
         return view(record)

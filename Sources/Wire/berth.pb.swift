@@ -1881,6 +1881,10 @@ public nonisolated struct Berth_V1_MigrationReceiveRequest: Sendable {
   /// the image's size, holes included
   public var diskSize: UInt64 = 0
 
+  /// A layered VPS: the digest of the template its disk is layered over, on the source; the
+  /// target must hold a template of that name with the same digest.
+  public var templateDigest: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -5710,7 +5714,7 @@ nonisolated extension Berth_V1_MigrationSendRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MigrationReceiveRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}grant_id\0\u{1}config\0\u{3}disk_size\0\u{c}\u{4}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}grant_id\0\u{1}config\0\u{3}disk_size\0\u{4}\u{2}template_digest\0\u{c}\u{4}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5721,6 +5725,7 @@ nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, S
       case 1: try { try decoder.decodeSingularStringField(value: &self.grantID) }()
       case 2: try { try decoder.decodeSingularBytesField(value: &self.config) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.diskSize) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.templateDigest) }()
       default: break
       }
     }
@@ -5736,6 +5741,9 @@ nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, S
     if self.diskSize != 0 {
       try visitor.visitSingularUInt64Field(value: self.diskSize, fieldNumber: 3)
     }
+    if !self.templateDigest.isEmpty {
+      try visitor.visitSingularStringField(value: self.templateDigest, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -5743,6 +5751,7 @@ nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, S
     if lhs.grantID != rhs.grantID {return false}
     if lhs.config != rhs.config {return false}
     if lhs.diskSize != rhs.diskSize {return false}
+    if lhs.templateDigest != rhs.templateDigest {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

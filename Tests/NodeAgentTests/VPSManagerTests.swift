@@ -272,12 +272,40 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
         }
     }
 
+    /// A layered VPS's disk is only its upper layer: it is taken in only over a template with
+    /// the digest the source sent, and then shares that template (which can no longer go).
+    @Test func aLayeredVPSIsReceivedOnlyOverTheSameTemplate() async throws {
+        try await withNode { (node: Node) async throws in
+            try Self.addTemplate(node, "tiny")
+            var config = VPSConfig(name: "web3", template: "tiny", hostname: "web3", limits: Limits(), stopSignal: SIGTERM)
+            config.storage = .layered
+            let sent = Array(try config.encoded())
+            let grant = MigrationGrant(id: "g4", vps: "web3", source: "n2", target: "n1", expiresUnix: VPSManager.nowUnix + 600)
+            let receive: (MigrationDisk) async throws -> Void = { disk in
+                guard case .image(let path) = disk else { throw BerthError(.internalError, "a loop VPS received as \(disk)") }
+                _ = FileManager.default.createFile(atPath: path, contents: Data(count: 8192))
+            }
+            let other = await #expect(throws: AgentError.self) {
+                _ = try await node.manager.receiveMigration(grant, config: sent, templateDigest: String(repeating: "0", count: 64), receiveDisk: receive)
+            }
+            #expect(other?.wireError.code == .conflict && other?.wireError.field == "template")
+            #expect(other?.wireError.message.contains("is not the one VPS web3 is layered over on n2") == true)
+            #expect(!FileManager.default.fileExists(atPath: node.dir + "/data/vps/web3"))
+            let digest = try #require(try TemplateStore(dataDir: node.dir + "/data").digest("tiny"))
+            #expect(try await node.manager.receiveMigration(grant, config: sent, templateDigest: digest, receiveDisk: receive).state == .stopped)
+            let shared = await #expect(throws: AgentError.self) { try await node.manager.templates.remove("tiny") }
+            #expect(shared?.wireError.message.contains("shared layer of layered VPS web3") == true)
+            try await node.manager.destroy("web3", force: true)
+        }
+    }
+
     /// The source holds a VPS whose disk it is sending: start, set and destroy are refused.
     @Test func aVPSBeingSentIsBusy() async throws {
         try await withNode { (node: Node) async throws in
             let grant = MigrationGrant(id: "g3", vps: "web1", source: "n1", target: "n2", expiresUnix: VPSManager.nowUnix + 600)
-            let (config, disk) = try await node.manager.beginMigrationOut(grant, warm: false)
-            #expect(String(decoding: config, as: UTF8.self).contains("\"web1\"") && disk == .image(node.dir + "/data/vps/web1/disk.img"))
+            let (config, disk, templateDigest) = try await node.manager.beginMigrationOut(grant, warm: false)
+            #expect(
+                String(decoding: config, as: UTF8.self).contains("\"web1\"") && disk == .image(node.dir + "/data/vps/web1/disk.img") && templateDigest.isEmpty)
             let again = await #expect(throws: AgentError.self) { try await node.manager.beginMigrationOut(grant, warm: true) }
             #expect(again?.wireError.code == .conflict)
             for attempt in [
@@ -354,5 +382,27 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
         slots.release()
         try slots.acquire(node: "n1")
         #expect(slots.inUse == 2)
+    }
+}
+
+/// A template's digest is the same for the same tree wherever and whenever it was made.
+@Suite struct TemplateDigestTests {
+    @Test func theSameTreeHasTheSameDigestAndAnyChangeAnother() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("berth-digest-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        func tree(_ name: String, init content: String = "#!/bin/sh\n", mode: mode_t = 0o755) throws -> String {
+            let root = base + "/" + name
+            try FileManager.default.createDirectory(atPath: root + "/sbin", withIntermediateDirectories: true)
+            _ = FileManager.default.createFile(atPath: root + "/sbin/init", contents: Data(content.utf8))
+            chmod(root + "/sbin/init", mode)
+            try FileManager.default.createSymbolicLink(atPath: root + "/init", withDestinationPath: "sbin/init")
+            return root
+        }
+        let first = try TemplateStore.treeDigest(try tree("a"))
+        usleep(1_100_000)  // other times: they do not count
+        #expect(try TemplateStore.treeDigest(try tree("b")) == first)
+        #expect(try TemplateStore.treeDigest(try tree("c", init: "#!/bin/sh \n")) != first)
+        #expect(try TemplateStore.treeDigest(try tree("d", mode: 0o700)) != first)
+        #expect(first.count == 64)
     }
 }

@@ -345,6 +345,30 @@ t_pool_vps_migrates_as_btrfs_snapshots() {
     true
 }
 
+t_layered_vps_migrates_over_the_same_template() {
+    local V=$RUN_ID-lay before err
+    cl create "$V" --template busybox --storage layered --disk 64M --ip auto --node n1 >/dev/null
+    cl start "$V" >/dev/null
+    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=8 2>/dev/null && echo "upper layer" > /srv/notes.txt && sync'
+    before=$(vps_sums "$V")
+    cl migrate "$V" --to n2 >/dev/null || fail "the layered migration failed"
+    expect_eq "$(node_of "$V")" n2
+    expect_eq "$(vps_sums "$V")" "$before"
+    expect_contains "$(cl exec "$V" -- busybox echo lower layer)" "lower layer"
+    # n3's busybox template differs by one file: the move there is refused, nothing changes.
+    echo "not the same" >"$WORK/n3/data/templates/busybox/rootfs/etc/motd"
+    /usr/bin/python3 -c 'import json,sys; p=sys.argv[1]; d=json.load(open(p)); d.pop("digest", None); json.dump(d, open(p, "w"))' "$WORK/n3/data/templates/busybox/template.json"
+    err=$(expect_fail 4 cl migrate "$V" --to n3)
+    expect_contains "$err" "template busybox on n3 is not the one VPS $V is layered over on n2"
+    expect_contains "$err" "stays on n2, still running"
+    expect_eq "$(node_of "$V")" n2
+    expect_eq "$(cl status "$V" --json | field state)" running
+    [ -e "$WORK/n3/data/vps/$V" ] && fail "n3 kept something of $V"
+    rm -f "$WORK/n3/data/templates/busybox/rootfs/etc/motd"
+    /usr/bin/python3 -c 'import json,sys; p=sys.argv[1]; d=json.load(open(p)); d.pop("digest", None); json.dump(d, open(p, "w"))' "$WORK/n3/data/templates/busybox/template.json"
+    cl destroy "$V" --force >/dev/null
+}
+
 t_migration_refusals_change_nothing() {
     local V=$RUN_ID-migr err
     cl create "$V" --template busybox --disk 64M --node n1 >/dev/null
@@ -913,6 +937,7 @@ run_test "a controller restart loses nothing" t_controller_restart_loses_nothing
 run_test "a killed agent's node is down within the window; its VPS is not started elsewhere; restart converges" t_dead_agent_is_down_and_its_vps_stays_put
 run_test "warm migration moves a running VPS with its files (also those written during the copy) and address; nothing stays on the source" t_warm_migration_moves_a_running_vps
 run_test "a pool VPS migrates as btrfs snapshots (warm, with a writer; stopped and back; the target killed mid-receive): files whole, no snapshot left" t_pool_vps_migrates_as_btrfs_snapshots
+run_test "a layered VPS moves only its upper layer, and only onto a node whose template has the same digest" t_layered_vps_migrates_over_the_same_template
 run_test "migration refusals (own node, unknown node, cordoned, anti-affinity, modes) change nothing" t_migration_refusals_change_nothing
 run_test "drain moves every VPS away (blockers named, --force at the deadline), restore brings them back" t_drain_moves_everything_and_restore_brings_it_back
 run_test "drain and restore refuse bad input and change nothing" t_drain_refusals
