@@ -261,11 +261,13 @@ final class Migrations: Sendable {
         throw Self.failed(error, "\(record.name) did not start on \(target.name) and was handed back to \(source.name)\(restarted)")
     }
 
-    /// A source's summary of one pass ("n1: pass 2 while web1 runs: 11.5 MiB …"), without the
-    /// node; nil for other steps, the progress within a pass ("n1: pass 2: 64.0 MiB of …") too.
+    /// A source's summary of one pass ("n1: pass 2 while web1 runs: 11.5 MiB …") or of its
+    /// resumes on new connections, without the node; nil for other steps, the progress within a
+    /// pass ("n1: pass 2: 64.0 MiB of …") too.
     static func passSummary(_ step: String) -> String? {
         guard let colon = step.firstIndex(of: ":") else { return nil }
         let said = step[step.index(after: colon)...].drop { $0 == " " }
+        if said.hasPrefix("resumed ") { return String(said) }
         let words = said.split(separator: " ", maxSplits: 2)
         guard words.count == 3, words[0] == "pass", Int(words[1]) != nil else { return nil }
         return String(said)

@@ -55,13 +55,20 @@ extension AgentService {
         _ grant: MigrationGrant, config: [UInt8], disk: MigrationDisk, templateDigest: String, to target: HostPort, _ address: String, warm: Bool,
         bundle: CredentialBundle, stream: ServerStream
     ) async throws -> Berth_V1_VpsStatus {
-        let client = try await WireClient.connect(host: target.host, port: target.port, bundle: bundle, group: group, timeout: .seconds(5))
-        defer { Task { await client.close() } }
-        guard let peer = client.peerIdentity, peer.role == .node, peer.name == grant.target else {
-            throw AgentError(
-                .unauthenticated,
-                "\(address) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not node \(grant.target)")
+        let group = self.group
+        /// A connection to the grant's target, and nothing else: its certificate names it.
+        @Sendable func connect() async throws -> WireClient {
+            let client = try await WireClient.connect(host: target.host, port: target.port, bundle: bundle, group: group, timeout: .seconds(5))
+            guard let peer = client.peerIdentity, peer.role == .node, peer.name == grant.target else {
+                Task { await client.close() }
+                throw AgentError(
+                    .unauthenticated,
+                    "\(address) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not node \(grant.target)")
+            }
+            return client
         }
+        var client = try await connect()
+        defer { Task { [client] in await client.close() } }
         let slots = migrationSlots
         let stall = TimeAmount.seconds(Int64(slots.stallSeconds))
         var request = Berth_V1_Request()
@@ -80,16 +87,39 @@ extension AgentService {
                 throw AgentError(.conflict, "the disk of \(grant.vps) changed size as the migration began")
             }
             stream.progress("sending the \(ByteSize.approximate(Double(sender.size))) disk of \(grant.vps) to \(grant.target)")
-            passes = ImagePasses(sender: sender, call: call, stream: stream)
+            passes = ImagePasses(sender: sender, stream: stream)
         case .volume:
             let call = try await client.start(request)
             stream.progress("sending the subvolume of \(grant.vps) to \(grant.target) as btrfs send streams")
             passes = VolumePasses(manager: manager, grant: grant, call: call, stallLimit: stall, pace: { await slots.pace($0) })
         }
         var pass = 0
+        var resumes = 0
         func copy(_ when: String, last: Bool) async throws -> ImageSender.Pass {
             pass += 1
-            let sent = try await passes.pass(pass, last: last)
+            var sent: ImageSender.Pass
+            while true {
+                do {
+                    sent = try await passes.pass(pass, last: last)
+                    break
+                } catch let lost as WireError where lost.code == .unavailable && passes.resumable && resumes < Self.maxResumes {
+                    // The connection dropped or went silent: a new one goes on from what the
+                    // target holds; if none can be made, the first error is the answer.
+                    resumes += 1
+                    stream.progress("the connection to \(grant.target) failed (\(lost.message)); resuming on a new one")
+                    do {
+                        let old = client
+                        Task { await old.close() }
+                        client = try await connect()
+                        var again = Berth_V1_Request()
+                        again.migrationReceive.grantID = grant.id
+                        again.migrationReceive.resume = true
+                        try await passes.resume(on: try await client.start(again))
+                    } catch {
+                        throw WireError(lost.code, "\(lost.message); resuming failed: \(error)", stage: lost.stage, errno: lost.errno)
+                    }
+                }
+            }
             stream.progress(
                 "pass \(pass) \(when): \(ByteSize.approximate(Double(sent.bytes))) \(passes.unit(sent)), \(Int(sent.seconds * 1000)) ms"
                     + (sent.seconds > 0 ? " (\(ByteSize.approximate(Double(sent.bytes) / sent.seconds))/s)" : ""))
@@ -110,26 +140,53 @@ extension AgentService {
         }
         _ = try await copy(pass == 0 ? "(the VPS is stopped)" : "with \(grant.vps) stopped", last: true)
         try await passes.finish()
+        if resumes > 0 { stream.progress("resumed \(resumes) time\(resumes == 1 ? "" : "s") on a new connection") }
         // The target's fsync of what it wrote is part of its answer: a few stall limits.
         let response = try await passes.call.result(within: stall * 4, from: grant.target) { stream.progress("\(grant.target): \($0.step)") }
         return response.status
     }
+
+    /// How often one migration goes on over a new connection before it fails.
+    static let maxResumes = 3
 
     /// The target's side: the source node, under a grant the controller gave this node.
     func migrationReceive(_ r: Berth_V1_MigrationReceiveRequest, stream: ServerStream) async throws -> Berth_V1_VpsStatus {
         guard case .certificate(let peer) = stream.peer, peer.role == .node else {
             throw AgentError(.permissionDenied, "only a cluster node may send a migrated VPS")
         }
+        if r.resume {
+            // The same migration on a new connection: no second slot, no second claim.
+            return Berth_V1_VpsStatus(try await migrationReceives.resume(r.grantID, from: peer.name, stream: stream))
+        }
         try migrationSlots.acquire(node: manager.nodeName)
         defer { migrationSlots.release() }
         let grant = try await manager.claimMigration(r.grantID, from: peer.name)
-        // Under the receives' watch: the controller's abort (a source gone silent) ends it.
-        let manager = self.manager
-        let view = try await migrationReceives.run(grant.id) {
+        // Apart from this call: the source may resume it on a new connection, and the
+        // controller's abort (a source gone silent) ends it.
+        let (manager, receives) = (self.manager, migrationReceives)
+        let wait = Duration.seconds(migrationSlots.stallSeconds)
+        let view = try await receives.run(grant.id, from: peer.name, stream: stream) {
             try await manager.receiveMigration(grant, config: Array(r.config), templateDigest: r.templateDigest) { disk in
                 switch disk {
-                case .image(let path): try await ImageTransfer.receive(into: path, size: r.diskSize, from: stream.input, field: "disk")
-                case .volume(let directory): try await VolumeTransfer.receive(into: directory, from: stream.input, field: "disk")
+                case .image(let path):
+                    let receiver = try ImageReceiver(into: path, size: r.diskSize, field: "disk")
+                    var input = stream.input
+                    while try await receiver.apply(input) == .cut {
+                        guard let resumed = await receives.awaitResume(grant.id, within: wait) else {
+                            if Task.isCancelled {
+                                throw WireError(.cancelled, "disk: the transfer was aborted (by the controller); nothing was kept", field: "disk")
+                            }
+                            throw WireError(
+                                .unavailable, "disk: the connection from \(grant.source) dropped and it did not resume within \(wait); nothing was kept",
+                                field: "disk")
+                        }
+                        try await resumed.send(.stdout, receiver.tableRecords)
+                        try await resumed.sendEnd(.stdout)
+                        input = resumed.input
+                    }
+                    try receiver.keep()
+                case .volume(let directory):
+                    try await VolumeTransfer.receive(into: directory, from: stream.input, field: "disk")
                 }
             }
         }
@@ -140,6 +197,10 @@ extension AgentService {
 /// A disk's passes, however its layout moves them (Docs/migration.md, "Warm migration's passes").
 protocol DiskPasses: AnyObject {
     var call: ClientCall { get }
+    /// Whether a transfer can go on over a new connection (`resume`).
+    var resumable: Bool { get }
+    /// Goes on over `call`, a resumed transfer: the next pass sends what the target lacks.
+    func resume(on call: ClientCall) async throws
     /// Sends what changed since the pass before; `last`: the VPS is stopped, this is the final pass.
     func pass(_ number: Int, last: Bool) async throws -> ImageSender.Pass
     /// What the bytes of a pass were, for its summary line.
@@ -151,14 +212,16 @@ protocol DiskPasses: AnyObject {
 /// A loop image: chunks whose digest changed.
 final class ImagePasses: DiskPasses {
     let sender: ImageSender
-    let call: ClientCall
     let stream: ServerStream
+    var call: ClientCall { sender.call }
+    let resumable = true
 
-    init(sender: ImageSender, call: ClientCall, stream: ServerStream) {
+    init(sender: ImageSender, stream: ServerStream) {
         self.sender = sender
-        self.call = call
         self.stream = stream
     }
+
+    func resume(on call: ClientCall) async throws { try await sender.resume(on: call) }
 
     func pass(_ number: Int, last: Bool) async throws -> ImageSender.Pass {
         var reported: UInt64 = 0
@@ -187,6 +250,8 @@ final class VolumePasses: DiskPasses {
     let stallLimit: TimeAmount
     let pace: (Int) async -> Void
     var previous: String?
+    /// A `btrfs receive` cut mid-stream keeps nothing to go on from.
+    let resumable = false
 
     init(manager: VPSManager, grant: MigrationGrant, call: ClientCall, stallLimit: TimeAmount, pace: @escaping (Int) async -> Void) {
         self.manager = manager
@@ -205,6 +270,10 @@ final class VolumePasses: DiskPasses {
     }
 
     func unit(_ pass: ImageSender.Pass) -> String { "of btrfs send stream" }
+
+    func resume(on call: ClientCall) async throws {
+        throw AgentError(.unavailable, "a pool VPS's transfer does not resume on a new connection")
+    }
 
     func finish() async throws { call.sendEnd(.stdin) }
 }

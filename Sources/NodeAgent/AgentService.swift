@@ -20,7 +20,7 @@ public struct AgentService: WireService {
     /// How many migrations this node runs at once, how fast it sends, how long a peer may stall.
     public let migrationSlots: MigrationSlots
     /// The receives under way, for `migration_abort` to end.
-    let migrationReceives = MigrationReceives()
+    let migrationReceives = MigrationReceives<ServerStream, VPSView>()
 
     public init(manager: VPSManager, group: EventLoopGroup, logger: Logger, migrationSlots: MigrationSlots = MigrationSlots()) {
         self.manager = manager

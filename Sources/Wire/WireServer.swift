@@ -61,8 +61,9 @@ public final class ServerStream: @unchecked Sendable {
         }
     }
 
-    /// Ends the input stream, if anyone made it.
-    func finishInput() {
+    /// Ends the input stream, if anyone made it: its reader sees it end (as when the connection
+    /// closes; a migration receive whose source resumed on a new connection).
+    public func finishInput() {
         inputLock.withLock { $0?.1.finish() }
     }
 

@@ -1885,6 +1885,10 @@ public nonisolated struct Berth_V1_MigrationReceiveRequest: Sendable {
   /// target must hold a template of that name with the same digest.
   public var templateDigest: String = String()
 
+  /// The same grant again, on a new connection after the first dropped: the target answers with
+  /// the chunks it holds (DATA on channel 1, then END) and the sender goes on from there.
+  public var resume: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -5714,7 +5718,7 @@ nonisolated extension Berth_V1_MigrationSendRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MigrationReceiveRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}grant_id\0\u{1}config\0\u{3}disk_size\0\u{4}\u{2}template_digest\0\u{c}\u{4}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}grant_id\0\u{1}config\0\u{3}disk_size\0\u{4}\u{2}template_digest\0\u{1}resume\0\u{c}\u{4}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5726,6 +5730,7 @@ nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, S
       case 2: try { try decoder.decodeSingularBytesField(value: &self.config) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.diskSize) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.templateDigest) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.resume) }()
       default: break
       }
     }
@@ -5744,6 +5749,9 @@ nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, S
     if !self.templateDigest.isEmpty {
       try visitor.visitSingularStringField(value: self.templateDigest, fieldNumber: 5)
     }
+    if self.resume != false {
+      try visitor.visitSingularBoolField(value: self.resume, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -5752,6 +5760,7 @@ nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, S
     if lhs.config != rhs.config {return false}
     if lhs.diskSize != rhs.diskSize {return false}
     if lhs.templateDigest != rhs.templateDigest {return false}
+    if lhs.resume != rhs.resume {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

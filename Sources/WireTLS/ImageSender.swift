@@ -29,13 +29,13 @@ public final class ImageSender {
     let path: String
     let fd: Int32
     public let size: UInt64
-    let call: ClientCall
+    public private(set) var call: ClientCall
     /// The receiver's name, and how long it may take no data before the transfer fails.
     let target: String
     let stallLimit: TimeAmount
     let pace: (Int) async -> Void
     /// Per chunk, the digest of what the receiver holds (nil: zeros).
-    var held: [SHA256Digest?]
+    var held: [ChunkDigest?]
     var buffer: [UInt8]
 
     /// Opens the image at `path` for transfers on `call` to `target`, which fail once it takes
@@ -95,7 +95,7 @@ public final class ImageSender {
             if zeros {
                 try await sendZeros(index, &pass)
             } else {
-                let digest = buffer.withUnsafeBytes { SHA256.hash(data: UnsafeRawBufferPointer(rebasing: $0.prefix(length))) }
+                let digest = buffer.withUnsafeBytes { ChunkDigest(SHA256.hash(data: UnsafeRawBufferPointer(rebasing: $0.prefix(length)))) }
                 if held[index] != digest {
                     var record = ByteBuffer()
                     record.reserveCapacity(ImageTransfer.headerSize + length)
@@ -113,6 +113,34 @@ public final class ImageSender {
         }
         pass.seconds = (ContinuousClock.now - began) / .seconds(1)
         return pass
+    }
+
+    /// Goes on over `call`, a resumed transfer on a new connection: reads the chunks the
+    /// receiver holds (its table, then END on channel 1) and takes them as what it holds, so
+    /// that the next pass sends what differs. Throws what the receiver answered instead.
+    public func resume(on call: ClientCall) async throws {
+        var records = ByteBuffer()
+        reading: for await event in call.events {
+            switch event {
+            case .data(.stdout, var bytes): records.writeBuffer(&bytes)
+            case .end(.stdout): break reading
+            case .failure(let error): throw error
+            case .response: throw WireError(.protocolViolation, "\(target) answered a resumed transfer before it was sent")
+            default: continue
+            }
+        }
+        guard records.readableBytes % (8 + SHA256.byteCount) == 0 else {
+            throw WireError(.protocolViolation, "\(target) sent a chunk table of \(records.readableBytes) bytes")
+        }
+        var table = [ChunkDigest?](repeating: nil, count: held.count)
+        while let index = records.readInteger(as: UInt64.self).map(Int.init), let digest = ChunkDigest(reading: &records) {
+            guard index < table.count else {
+                throw WireError(.protocolViolation, "\(target) sent a chunk table entry for chunk \(index) of \(table.count)")
+            }
+            table[index] = digest
+        }
+        held = table
+        self.call = call
     }
 
     /// The trailer, with the digest table of the image as the passes left it, then END.

@@ -36,13 +36,13 @@ public enum ImageTransfer {
     }
 
     /// The digest both ends compare in the trailer.
-    static func tableDigest(_ table: [SHA256Digest?]) -> [UInt8] {
+    static func tableDigest(_ table: [ChunkDigest?]) -> [UInt8] {
         var hasher = SHA256()
         for (index, digest) in table.enumerated() {
             guard let digest else { continue }
             var entry = ByteBuffer()
             entry.writeInteger(UInt64(index))
-            entry.writeBytes(Array(digest))
+            digest.write(to: &entry)
             entry.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
         }
         return Array(hasher.finalize())
@@ -52,80 +52,23 @@ public enum ImageTransfer {
     /// 0600; it must not exist): every pass the sender makes, until the trailer. Throws,
     /// removing the file, when the stream is not whole.
     public static func receive(into destination: String, size: UInt64, from input: CreditedStream<StreamInput>, field: String) async throws {
-        guard size <= FileTransfer.maxSize else {
-            throw WireError(.invalidArgument, "\(field): \(size) bytes is more than the \(FileTransfer.maxSize >> 30) GiB a transfer may carry", field: field)
+        let receiver = try ImageReceiver(into: destination, size: size, field: field)
+        guard try await receiver.apply(input) == .whole else {
+            throw WireError(.invalidArgument, "\(field): the transfer ended before the image's trailer; nothing was kept", field: field)
         }
-        let fd = Glibc.open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw failure("create \(destination)", stage: "create") }
-        var kept = false
-        defer {
-            close(fd)
-            if !kept { unlink(destination) }
+        try receiver.keep()
+    }
+
+    /// A table of chunk digests as a resuming sender reads it: (index u64 | digest) per chunk
+    /// that is not zeros.
+    static func tableRecords(_ table: [ChunkDigest?]) -> ByteBuffer {
+        var records = ByteBuffer()
+        for (index, digest) in table.enumerated() {
+            guard let digest else { continue }
+            records.writeInteger(UInt64(index))
+            digest.write(to: &records)
         }
-        guard ftruncate(fd, off_t(size)) == 0 else { throw failure("size \(destination)", stage: "ftruncate") }
-        func refused(_ why: String) -> WireError { WireError(.invalidArgument, "\(field): \(why); nothing was kept", field: field) }
-        var table = [SHA256Digest?](repeating: nil, count: chunkCount(size))
-        var pending = ByteBuffer()
-        var whole = false
-        var ended = false
-        loop: for await item in input {
-            switch item {
-            case .data(.stdin, var bytes):
-                guard !whole else { throw refused("bytes arrived after the image's trailer") }
-                pending.writeBuffer(&bytes)
-                while pending.readableBytes >= headerSize, !whole {
-                    let offset = pending.getInteger(at: pending.readerIndex, as: UInt64.self)!
-                    let word = pending.getInteger(at: pending.readerIndex + 8, as: UInt32.self)!
-                    if offset == trailerOffset {
-                        guard word == SHA256.byteCount else { throw refused("a trailer of \(word) bytes") }
-                        guard pending.readableBytes >= headerSize + SHA256.byteCount else { break }
-                        let digest = Array(pending.getBytes(at: pending.readerIndex + headerSize, length: SHA256.byteCount)!)
-                        guard digest == tableDigest(table) else {
-                            throw refused("the chunk digests of the received image do not match the sender's")
-                        }
-                        pending.moveReaderIndex(forwardBy: headerSize + SHA256.byteCount)
-                        whole = true
-                        break
-                    }
-                    let zeros = word & zerosFlag != 0
-                    let length = Int(word & ~zerosFlag)
-                    guard offset < size, offset % UInt64(chunkSize) == 0 else {
-                        throw refused("a record at \(offset), which is not the start of a chunk of the \(size)-byte image")
-                    }
-                    let index = Int(offset / UInt64(chunkSize))
-                    guard length == chunkLength(index, size: size) else {
-                        throw refused("a record of \(length) bytes for chunk \(index), which holds \(chunkLength(index, size: size))")
-                    }
-                    if zeros {
-                        try clear(fd, offset: offset, length: length, destination)
-                        table[index] = nil
-                        pending.moveReaderIndex(forwardBy: headerSize)
-                        continue
-                    }
-                    guard pending.readableBytes >= headerSize + length else { break }
-                    try pending.withUnsafeReadableBytes { raw throws(WireError) in
-                        let chunk = UnsafeRawBufferPointer(rebasing: raw[headerSize..<(headerSize + length)])
-                        table[index] = SHA256.hash(data: chunk)
-                        try write(fd, chunk, at: offset, destination)
-                    }
-                    pending.moveReaderIndex(forwardBy: headerSize + length)
-                }
-                pending.discardReadBytes()
-            case .end(.stdin):
-                ended = true
-                break loop
-            default:
-                continue
-            }
-        }
-        if !ended && Task.isCancelled {
-            throw WireError(.cancelled, "\(field): the transfer was aborted (by the controller); nothing was kept", field: field)
-        }
-        guard ended, whole, pending.readableBytes == 0 else {
-            throw refused(whole ? "bytes arrived after the image's trailer" : "the transfer ended before the image's trailer")
-        }
-        guard fsync(fd) == 0 else { throw failure("fsync \(destination)", stage: "fsync") }
-        kept = true
+        return records
     }
 
     static func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64, _ path: String) throws(WireError) {

@@ -307,6 +307,7 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
         #expect(Migrations.passSummary("n1: pass 1 (the VPS is stopped): 3.0 MiB of btrfs send stream, 40 ms") != nil)
         #expect(Migrations.passSummary("n1: pass 2: 64.0 MiB of 1.0 GiB looked at") == nil)
         #expect(Migrations.passSummary("n1: stopping web1 for the last pass") == nil)
+        #expect(Migrations.passSummary("n1: resumed 1 time on a new connection") == "resumed 1 time on a new connection")
         #expect(Migrations.passSummary("migrating web1 from n1 to n2 (warm)") == nil)
     }
 }

@@ -556,6 +556,34 @@ t_cut_link_fails_the_migration_and_rolls_it_back() {
     cl destroy "$V" --force >/dev/null
 }
 
+t_dropped_connection_resumes_the_migration() {
+    local V=$RUN_ID-res before out
+    "$DEV" agent-stop 1; BERTH_AGENT_ARGS="--migration-bandwidth 16M" "$DEV" agent-start 1 || fail "n1 did not restart"
+    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
+    cl create "$V" --template busybox --disk 128M --ip auto --node n1 >/dev/null
+    cl start "$V" >/dev/null
+    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=48 2>/dev/null && echo kept > /srv/notes.txt && sync'
+    before=$(vps_sums "$V")
+    cl migrate "$V" --to n2 >"$WORK/res.out" 2>&1 &
+    local client=$! t0=$SECONDS
+    until [ -e "$WORK/n2/data/vps/$V/disk.img.incoming" ]; do
+        [ $((SECONDS - t0)) -lt 20 ] || { fail "the copy to n2 never began: $(cat "$WORK/res.out")"; return; }
+        sleep 0.05
+    done
+    sleep 1
+    # The connection between the agents is reset (both ends see it close), the link stays up.
+    ip netns exec "$RUN_ID-n1" ss -K dst 198.18.100.12 dport = :7000 >/dev/null
+    wait "$client" || fail "the migration did not survive a dropped connection: $(cat "$WORK/res.out")"
+    expect_contains "$(cl events --last 20 | grep "vps.migrated  $V")" "resumed 1 time on a new connection"
+    expect_eq "$(node_of "$V")" n2
+    expect_eq "$(cl status "$V" --json | field state)" running
+    expect_eq "$(vps_sums "$V")" "$before"
+    expect_eq "$(holders "$V")" "n2 "
+    "$DEV" agent-stop 1; "$DEV" agent-start 1 || fail "n1 did not restart"
+    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
+    cl destroy "$V" --force >/dev/null
+}
+
 t_target_disk_full_fails_the_migration_and_rolls_it_back() {
     local V=$RUN_ID-full before out rc=0 used
     # n2's data directory becomes a 512 MiB file system of its own (its contents copied in);
@@ -944,6 +972,7 @@ run_test "drain and restore refuse bad input and change nothing" t_drain_refusal
 run_test "a controller killed (-9) before, at and after a migration's commit settles it: one copy, running, files whole" t_controller_killed_mid_migration_settles
 run_test "an agent killed (-9) during a migration's copy, source or target: the VPS runs once, on its source, whole" t_agent_killed_mid_migration_leaves_one_running_copy
 run_test "the link between source and target cut during the copy: the move fails at the stall limit, the VPS runs on, nothing stays on the target" t_cut_link_fails_the_migration_and_rolls_it_back
+run_test "a dropped connection between source and target: the copy resumes on a new one from what the target holds" t_dropped_connection_resumes_the_migration
 run_test "the target's disk fills during the copy: the move fails with ENOSPC, the VPS runs on, the target's space is given back" t_target_disk_full_fails_the_migration_and_rolls_it_back
 run_test "a migration grant is single-use and only its source may use it; only the controller hands one out" t_migration_grants_are_single_use_and_bound_to_their_source
 run_test "a migrating VPS refuses destroy, stop and set (busy); a VPS being stopped is not migrated" t_a_migrating_vps_is_busy
