@@ -10,10 +10,17 @@
 #   2. transfer: the 1 GiB image moved while the VPS is stopped (digest, copy, commit, delete),
 #      beside the anchor: the same bytes through a plain TLS 1.3 pipe on loopback (OpenSSL through
 #      Python's ssl, Benchmarks/tls_pipe.py: one process sends, one reads)
+#   2b. a stopped pool VPS (btrfs subvolume) holding DATA_MB moved node to node (the pass's rate,
+#      from its event) beside a local `btrfs send | btrfs receive` of the same subvolume
 #   3. the same move with the nodes' --migration-bandwidth at 64M: the rate it keeps to
 #   4. drain: DRAIN_VPSES (default 20) running busybox VPSs on n1 are drained onto n2 and n3
 #      (max-parallel 2): the drain's total time, and each VPS's downtime from its
 #      stop on n1 to its start on the target (the agents' log lines), longest and median
+#   5. a Debian 12 VPS (systemd), DEBIAN_ROUNDS (default 5) times each: its own clean stop, its
+#      boot (start until `systemctl is-system-running --wait` answers), and the ICMP gap of a
+#      stop + start on one node beside that of a warm migration. Its services are down for the
+#      stop, the ICMP gap and the boot; so a migration costs them the difference of the two gaps
+#      more than a restart on one node (target: at most 0.5 s more)
 set -u
 cd "$(dirname "$0")/.." || exit 1
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
@@ -141,6 +148,33 @@ if rates:
     print("   the copy alone (the source's pass: read, SHA-256, send, target writes) median %.0f MiB/s of data: %.2fx the TLS pipe" % (r, r * 2**20 / (size / t)))
 PY
 
+echo; echo "== 2b. a stopped pool VPS (btrfs subvolume, $DATA_MB MiB data) moved node to node, against a local btrfs send | btrfs receive"
+P=$BERTH_CLUSTER-p
+cl create "$P" --template busybox --layout pool --disk 1G --node n1 >/dev/null && cl start "$P" >/dev/null || exit 1
+cl exec "$P" -- sh -c "dd if=/dev/urandom of=/data.bin bs=1M count=$DATA_MB 2>/dev/null && sync" || exit 1
+cl stop "$P" >/dev/null
+: >"$W/pool.rates"
+for i in 1 2 3; do
+    to=n2; [ "$(cl status "$P" --json | field node)" = n2 ] && to=n1
+    cl migrate "$P" --to $to >/dev/null || echo "   pool migration failed" >&2
+    cl events --last 20 | grep "vps.migrated  $P" | tail -1 | sed -n 's/.*pass 1 (the VPS is stopped): .* (\([0-9.]*\) MiB\/s).*/\1/p' >>"$W/pool.rates"
+done
+POOL=$BERTH_CLUSTER_DIR/$(cl status "$P" --json | field node)/data/pool
+btrfs subvolume snapshot -r "$POOL/vps/$P" "$POOL/bench-snap" >/dev/null && mkdir -p "$POOL/bench-recv"
+STREAM=$(btrfs send -q "$POOL/bench-snap" | wc -c)
+s=$(date +%s.%N); btrfs send -q "$POOL/bench-snap" | btrfs receive -q "$POOL/bench-recv"; e=$(date +%s.%N)
+btrfs subvolume delete "$POOL/bench-recv/bench-snap" "$POOL/bench-snap" >/dev/null; rmdir "$POOL/bench-recv"
+/usr/bin/python3 - "$W/pool.rates" "$s" "$e" "$STREAM" <<'PY'
+import sys
+rates = sorted(float(l) for l in open(sys.argv[1]) if l.strip())
+local = int(sys.argv[4]) / (float(sys.argv[3]) - float(sys.argv[2])) / 2**20
+print("   local btrfs send | btrfs receive: %.0f MiB/s of stream (%d MiB)" % (local, int(sys.argv[4]) >> 20))
+if rates:
+    r = rates[len(rates) // 2]
+    print("   berth migrate, node to node over mTLS: median %.0f MiB/s of stream: %.2fx the local pipe" % (r, r / local))
+PY
+cl destroy "$P" --force >/dev/null
+
 echo; echo "== 3. the same move under berth-agent --migration-bandwidth 64M (the nodes restarted with it)"
 for k in 1 2; do "$DEV" agent-stop $k; BERTH_AGENT_ARGS="--migration-bandwidth 64M" "$DEV" agent-start $k || exit 1; done
 for _ in $(seq 50); do cl node list | grep -c ' ready ' | grep -q 3 && break; sleep 0.2; done
@@ -177,3 +211,45 @@ if gaps:
     print("   downtime per VPS (agent logs, 1 s resolution): median %.0f s, longest %.0f s" % (gaps[len(gaps) // 2], gaps[-1]))
 PY
 
+DEBIAN_ROUNDS=${DEBIAN_ROUNDS:-5}
+echo; echo "== 5. a Debian 12 VPS (systemd): stop + boot on one node beside a warm migration, $DEBIAN_ROUNDS times each"
+for k in 1 2; do "$BUILD/berth" --agent "$BERTH_CLUSTER_DIR/n$k/agent.sock" template build debian-12 >/dev/null || { echo "   debian-12 template build failed on n$k" >&2; exit 1; }; done
+for _ in $(seq 100); do [ "$(cl node list --json | grep -c '"debian-12"')" -ge 2 ] && break; sleep 0.2; done
+D=$BERTH_CLUSTER-deb
+cl create "$D" --template debian-12 --disk 2G --ip auto --node n1 >/dev/null && cl start "$D" >/dev/null || exit 1
+booted() { cl exec "$D" -- systemctl is-system-running --wait >/dev/null 2>&1 || true; }
+booted
+DIP=$(cl status "$D" --json | field ips)
+ms() { echo "$1 $2" | awk '{printf "%.0f\n", ($2 - $1) * 1000}'; }
+rm -f "$W/stop"; : >"$W/replies"
+ip netns exec "$FAB" /usr/bin/python3 Benchmarks/icmp_prober.py "$DIP" "$W/replies" "$W/stop" &
+PROBER=$!
+sleep 1
+: >"$W/deb.stop"; : >"$W/deb.boot"; : >"$W/deb-anchor.windows"; : >"$W/deb-warm.windows"
+for i in $(seq "$DEBIAN_ROUNDS"); do
+    s=$(date +%s.%N); cl stop "$D" >/dev/null; m=$(date +%s.%N); cl start "$D" >/dev/null; booted; e=$(date +%s.%N)
+    ms "$s" "$m" >>"$W/deb.stop"; ms "$m" "$e" >>"$W/deb.boot"; echo "$s $e" >>"$W/deb-anchor.windows"; sleep 1
+done
+for i in $(seq "$DEBIAN_ROUNDS"); do
+    to=n2; [ "$(cl status "$D" --json | field node)" = n2 ] && to=n1
+    s=$(date +%s.%N); cl migrate "$D" --to $to >/dev/null || echo "   migration failed" >&2; booted; e=$(date +%s.%N)
+    echo "$s $e" >>"$W/deb-warm.windows"; sleep 1
+done
+touch "$W/stop"; wait "$PROBER"; PROBER=""
+gaps "$W/replies" "$W/deb-anchor.windows" >"$W/deb-anchor.gaps"
+gaps "$W/replies" "$W/deb-warm.windows" >"$W/deb-warm.gaps"
+summary "clean stop" "$W/deb.stop"
+summary "boot (start until running)" "$W/deb.boot"
+summary "ICMP gap, stop + start" "$W/deb-anchor.gaps"
+summary "ICMP gap, warm migration" "$W/deb-warm.gaps"
+/usr/bin/python3 - "$W/deb.stop" "$W/deb.boot" "$W/deb-anchor.gaps" "$W/deb-warm.gaps" <<'PY'
+import sys
+v = [sorted(float(l) for l in open(f) if l.strip()) for f in sys.argv[1:]]
+p95 = lambda x: x[min(len(x) - 1, int(round(.95 * (len(x) - 1))))]
+med = lambda x: x[len(x) // 2]
+stop, boot, anchor, warm = v
+print("   services down, restart on one node: stop %.0f + gap %.0f + boot %.0f = %.0f ms (medians)" % (med(stop), med(anchor), med(boot), med(stop) + med(anchor) + med(boot)))
+print("   services down, warm migration:      stop %.0f + gap %.0f (p95) + boot %.0f = %.0f ms; %.0f ms more than a restart (target <= 500)" % (
+    med(stop), p95(warm), med(boot), med(stop) + p95(warm) + med(boot), p95(warm) - med(anchor)))
+PY
+cl events --last 50 | grep "vps.migrated  $D" | tail -1 | sed 's/.*by [^;]*; /   last migration: /'
