@@ -161,6 +161,15 @@ final class Migrations: Sendable {
                 final = try await transport.start(name, on: target)
                 final.node = target.name
                 try? store.updateStatus(name, final)
+            } catch let lost as BerthError where lost.code == .unavailable {
+                // The target went away during its start: whether the VPS runs there is not known,
+                // so the source's copy must not start. The move stays recorded (committed) and
+                // settles once the target answers: started there if it is not running, the
+                // source's copy deleted.
+                try? store.addEvent(
+                    kind: "vps.migration-pending", subject: name, message: "\(target.name) did not answer its start; settled once it answers: \(lost.message)")
+                throw Self.failed(
+                    lost, "\(name) moved to \(target.name), which did not answer its start; it is started there once \(target.name) answers again")
             } catch {
                 try await handBack(record, from: target, to: source, reservedOnTarget: reservedOnTarget, because: error)
             }

@@ -21,6 +21,8 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
         /// A warm send that fails after the source stopped the VPS for its last pass.
         var failSendAfterStop = false
         var failStartOn: Set<String> = []
+        /// Nodes whose agent is gone during a start (the call fails `unavailable`).
+        var unreachableOn: Set<String> = []
         /// An agent whose copy is not one it received under the grant (abort keeps it).
         var keepOnAbort = false
     }
@@ -67,6 +69,7 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
         record("start \(node.name)")
         try state.withLock { (state: inout State) throws(BerthError) in
             if state.failStartOn.contains(node.name) { throw BerthError(.kernel, "starting \(name) failed: no loop device", stage: "loop") }
+            if state.unreachableOn.contains(node.name) { throw BerthError(.unavailable, "the connection to the server was closed") }
             state.held[node.name]?[name] = "running"
         }
         return VPSStatusRecord(name: name, state: "running")
@@ -205,6 +208,23 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
             #expect(c.agents.calls == ["expect n2", "status n1", "send n1->n2 warm", "start n2", "destroy n2", "start n1"])
             #expect(c.agents.held(on: "n1") == ["web1": "running"] && c.agents.held(on: "n2").isEmpty)
             #expect(c.ledger.vpsCount(on: "n1") == 1 && c.ledger.vpsCount(on: "n2") == 0)
+        }
+    }
+
+    /// The target goes away during its start: the VPS may run there, so the source's copy never
+    /// starts; the committed move settles once the target answers.
+    @Test func aTargetLostDuringItsStartKeepsTheMoveAndSettlesIt() async throws {
+        try await withCluster { (c: Cluster) async throws in
+            c.agents.state.withLock { $0.unreachableOn = ["n2"] }
+            let error = await #expect(throws: BerthError.self) { try await c.migrate("web1", to: "n2") }
+            #expect(error?.code == .unavailable && error?.message.hasPrefix("web1 moved to n2, which did not answer its start") == true)
+            #expect(try c.node(of: "web1") == "n2" && c.store.vps("web1")?.migration != nil)
+            #expect(c.agents.held(on: "n1") == ["web1": "stopped"])  // never started again
+            #expect(!c.agents.calls.contains("start n1"))
+            c.agents.state.withLock { $0.unreachableOn = [] }
+            await c.migrations.settleInterrupted()
+            #expect(c.agents.held(on: "n2") == ["web1": "running"] && c.agents.held(on: "n1").isEmpty)
+            #expect(try c.store.vps("web1")?.migration == nil)
         }
     }
 

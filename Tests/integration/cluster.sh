@@ -513,6 +513,40 @@ t_agent_killed_mid_migration_leaves_one_running_copy() {
     cl destroy "$V" --force >/dev/null
 }
 
+t_target_lost_around_its_start_runs_once() {
+    local V=$RUN_ID-ts before pid
+    cl create "$V" --template busybox --disk 128M --ip auto --node n1 >/dev/null
+    cl start "$V" >/dev/null
+    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=16 2>/dev/null && echo kept > /srv/notes.txt && sync'
+    before=$(vps_sums "$V")
+    cl migrate "$V" --to n2 >"$WORK/ts.out" 2>&1 &
+    local client=$! t0=$SECONDS
+    # n2 has the VPS (its config saved): it freezes, answering nothing (the answer to the copy
+    # or the start is then never sent), and is killed -9 two seconds later.
+    until [ -e "$WORK/n2/data/vps/$V/config.json" ]; do
+        [ $((SECONDS - t0)) -lt 20 ] || { fail "n2 never received $V: $(cat "$WORK/ts.out")"; return; }
+        sleep 0.02
+    done
+    pid=$(cat "$WORK/n2/agent.pid")
+    kill -STOP "$pid"; sleep 2; kill -KILL "$pid"
+    wait "$client" || true
+    "$DEV" agent-start 2 || fail "n2 did not restart"
+    t0=$SECONDS
+    until [ "$(holders "$V")" = "$(node_of "$V") " ] && [ "$(cl status "$V" --json | field state)" = running ]; do
+        [ $((SECONDS - t0)) -lt 40 ] || { fail "not settled 40 s after n2 was lost: held by '$(holders "$V")', placed on $(node_of "$V"), $(cl status "$V" --json | field state); migrate said: $(cat "$WORK/ts.out")"; return; }
+        sleep 0.5
+    done
+    echo "n2 lost around its start: $V runs on $(node_of "$V") after $((SECONDS - t0)) s; migrate said: $(tail -1 "$WORK/ts.out")" >&2
+    expect_eq "$(vps_sums "$V")" "$before"
+    ip netns exec "$FAB" busybox ping -c1 -W2 "$(cl status "$V" --json | field ips)" >/dev/null || fail "its address does not answer"
+    local running=0 k
+    for k in 1 2 3; do
+        "$BERTH" --agent "$WORK/n$k/agent.sock" list --json | /usr/bin/python3 -c 'import json,sys; sys.exit(0 if any(v["name"] == sys.argv[1] and v["state"] == "running" for v in json.load(sys.stdin)) else 1)' "$V" && running=$((running + 1))
+    done
+    expect_eq "$running" 1 "(nodes running $V)"
+    cl destroy "$V" --force >/dev/null
+}
+
 t_cut_link_fails_the_migration_and_rolls_it_back() {
     local V=$RUN_ID-cut before out rc=0
     # n1 sends slowly (the copy lasts seconds) and gives up on a silent target after 5 s.
@@ -971,6 +1005,7 @@ run_test "drain moves every VPS away (blockers named, --force at the deadline), 
 run_test "drain and restore refuse bad input and change nothing" t_drain_refusals
 run_test "a controller killed (-9) before, at and after a migration's commit settles it: one copy, running, files whole" t_controller_killed_mid_migration_settles
 run_test "an agent killed (-9) during a migration's copy, source or target: the VPS runs once, on its source, whole" t_agent_killed_mid_migration_leaves_one_running_copy
+run_test "the target frozen, then killed (-9), as the copy ends or its start runs: the VPS runs once, whole" t_target_lost_around_its_start_runs_once
 run_test "the link between source and target cut during the copy: the move fails at the stall limit, the VPS runs on, nothing stays on the target" t_cut_link_fails_the_migration_and_rolls_it_back
 run_test "a dropped connection between source and target: the copy resumes on a new one from what the target holds" t_dropped_connection_resumes_the_migration
 run_test "the target's disk fills during the copy: the move fails with ENOSPC, the VPS runs on, the target's space is given back" t_target_disk_full_fails_the_migration_and_rolls_it_back
