@@ -35,25 +35,34 @@ extension AgentService {
         try migrationSlots.acquire(node: manager.nodeName)
         defer { migrationSlots.release() }
         let (config, disk, templateDigest) = try await manager.beginMigrationOut(grant, warm: r.warm)
+        var stopped = false
         do {
             let status = try await sendDisk(
                 grant, config: config, disk: disk, templateDigest: templateDigest, to: target, r.targetAddress, warm: r.warm, bundle: bundle,
-                stream: stream)
+                stream: stream, stoppedForLastPass: &stopped)
             await manager.removeMigrationSnapshots(grant)
             await manager.endMigrationOut(grant.vps)
             return status
         } catch {
-            // Ended before the answer goes out: the controller's next call (a start to undo a
-            // warm migration's stop) finds the VPS free.
+            // Ended before the answer goes out: the controller's next call finds the VPS free.
             await manager.removeMigrationSnapshots(grant)
             await manager.endMigrationOut(grant.vps)
+            // Nothing was committed (the controller commits only on this call's success): a VPS
+            // this agent stopped for the last pass runs again here, whether or not the
+            // controller that asked is still there to say so.
+            if stopped {
+                do { _ = try await manager.start(grant.vps) } catch {
+                    logger.error("a VPS stopped for a failed migration did not start again", metadata: ["vps": "\(grant.vps)", "error": "\(error)"])
+                }
+            }
             throw error
         }
     }
 
+    /// `stoppedForLastPass`: set once a warm migration stopped the VPS here.
     private func sendDisk(
         _ grant: MigrationGrant, config: [UInt8], disk: MigrationDisk, templateDigest: String, to target: HostPort, _ address: String, warm: Bool,
-        bundle: CredentialBundle, stream: ServerStream
+        bundle: CredentialBundle, stream: ServerStream, stoppedForLastPass: inout Bool
     ) async throws -> Berth_V1_VpsStatus {
         let group = self.group
         /// A connection to the grant's target, and nothing else: its certificate names it.
@@ -95,16 +104,14 @@ extension AgentService {
         }
         var pass = 0
         var resumes = 0
-        func copy(_ when: String, last: Bool) async throws -> ImageSender.Pass {
-            pass += 1
-            var sent: ImageSender.Pass
+        /// Runs `step`; when the connection drops or goes silent, goes on over a new one from
+        /// what the target holds (the step again); if none can be made, the first error is
+        /// the answer.
+        func resumable<T>(_ step: () async throws -> T) async throws -> T {
             while true {
                 do {
-                    sent = try await passes.pass(pass, last: last)
-                    break
+                    return try await step()
                 } catch let lost as WireError where lost.code == .unavailable && passes.resumable && resumes < Self.maxResumes {
-                    // The connection dropped or went silent: a new one goes on from what the
-                    // target holds; if none can be made, the first error is the answer.
                     resumes += 1
                     stream.progress("the connection to \(grant.target) failed (\(lost.message)); resuming on a new one")
                     do {
@@ -120,6 +127,10 @@ extension AgentService {
                     }
                 }
             }
+        }
+        func copy(_ when: String, last: Bool) async throws -> ImageSender.Pass {
+            pass += 1
+            let sent = try await passes.pass(pass, last: last)
             stream.progress(
                 "pass \(pass) \(when): \(ByteSize.approximate(Double(sent.bytes))) \(passes.unit(sent)), \(Int(sent.seconds * 1000)) ms"
                     + (sent.seconds > 0 ? " (\(ByteSize.approximate(Double(sent.bytes) / sent.seconds))/s)" : ""))
@@ -128,21 +139,29 @@ extension AgentService {
         if warm, await manager.isRunning(grant.vps) {
             var previous: UInt64?
             while true {
-                let sent = try await copy("while \(grant.vps) runs", last: false)
+                let sent = try await resumable { try await copy("while \(grant.vps) runs", last: false) }
                 // The rate of the pass as a whole (reading, hashing and sending overlap): what
                 // the last pass, with the VPS stopped, would move its delta at.
                 let rate = sent.seconds > 0 ? Double(sent.bytes) / sent.seconds : nil
                 guard Precopy.another(after: pass, delta: sent.bytes, previous: previous, bytesPerSecond: rate) else { break }
                 previous = sent.bytes
             }
+            // The controller that asked for the move is gone (its call was cancelled): the
+            // VPS is not stopped for a move nobody will commit.
+            try Task.checkCancellation()
             stream.progress("stopping \(grant.vps) for the last pass")
             try await manager.stopForLastPass(grant.vps)
+            stoppedForLastPass = true
         }
-        _ = try await copy(pass == 0 ? "(the VPS is stopped)" : "with \(grant.vps) stopped", last: true)
-        try await passes.finish()
+        // The last pass, the trailer and the target's answer as one step: a drop noticed only
+        // at the end (sends complete once credited, not once received) resumes too.
+        let response = try await resumable {
+            _ = try await copy(pass == 0 ? "(the VPS is stopped)" : "with \(grant.vps) stopped", last: true)
+            try await passes.finish()
+            // The target's fsync of what it wrote is part of its answer: a few stall limits.
+            return try await passes.call.result(within: stall * 4, from: grant.target) { stream.progress("\(grant.target): \($0.step)") }
+        }
         if resumes > 0 { stream.progress("resumed \(resumes) time\(resumes == 1 ? "" : "s") on a new connection") }
-        // The target's fsync of what it wrote is part of its answer: a few stall limits.
-        let response = try await passes.call.result(within: stall * 4, from: grant.target) { stream.progress("\(grant.target): \($0.step)") }
         return response.status
     }
 
@@ -180,9 +199,10 @@ extension AgentService {
                                 .unavailable, "disk: the connection from \(grant.source) dropped and it did not resume within \(wait); nothing was kept",
                                 field: "disk")
                         }
+                        // Taken before the table goes: a later resume ends this input, not a fresh one.
+                        input = resumed.input
                         try await resumed.send(.stdout, receiver.tableRecords)
                         try await resumed.sendEnd(.stdout)
-                        input = resumed.input
                     }
                     try receiver.keep()
                 case .volume(let directory):

@@ -31,6 +31,8 @@ public final class MigrationReceives<Stream: ResumableInput, Outcome: Sendable>:
         var reading: Stream?
         var resumed: Stream?
         var waiter: CheckedContinuation<Stream?, Never>?
+        /// Which wait `waiter` belongs to: a wait's timer ends only its own.
+        var wait = 0
     }
 
     private let receives = Mutex<[String: Receive]>([:])
@@ -42,11 +44,15 @@ public final class MigrationReceives<Stream: ResumableInput, Outcome: Sendable>:
     public func run(_ id: String, from source: String, stream: Stream, _ body: @escaping @Sendable () async throws -> Outcome) async throws
         -> Outcome
     {
-        let work = Task {
-            defer { self.receives.withLock { _ = $0.removeValue(forKey: id) } }
-            return try await body()
+        // Made under the lock: its removal (a body that fails at once) cannot come before it.
+        let work = receives.withLock { receives in
+            let work = Task {
+                defer { self.receives.withLock { _ = $0.removeValue(forKey: id) } }
+                return try await body()
+            }
+            receives[id] = Receive(source: source, work: work, reading: stream)
+            return work
         }
-        receives.withLock { $0[id] = Receive(source: source, work: work, reading: stream) }
         return try await work.value
     }
 
@@ -63,9 +69,14 @@ public final class MigrationReceives<Stream: ResumableInput, Outcome: Sendable>:
     /// The receive's input ended without END: the call that resumes it (nil when none came
     /// within `limit`, or it was cancelled). It now reads that call's input.
     public func awaitResume(_ id: String, within limit: Duration) async -> Stream? {
+        let wait = receives.withLock { receives -> Int in
+            receives[id]?.wait += 1
+            return receives[id]?.wait ?? 0
+        }
         let timer = Task {
             try await Task.sleep(for: limit)
             let waiter = receives.withLock { receives -> CheckedContinuation<Stream?, Never>? in
+                guard receives[id]?.wait == wait else { return nil }
                 defer { receives[id]?.waiter = nil }
                 return receives[id]?.waiter
             }

@@ -187,6 +187,8 @@ extension VPSManager {
                 let pool = try await storagePool(creating: true)
                 try await receiveVolume(name, grant: grant, into: pool, limit: config.limits.diskBytes, receiveDisk)
                 volumeIn = pool
+                // The controller's abort may have come during the snapshot (the actor was free).
+                try checkNotAborted(grant)
             } else {
                 let incoming = store.diskPath(name) + ".incoming"
                 try await receiveDisk(.image(incoming))

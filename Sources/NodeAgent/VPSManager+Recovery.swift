@@ -10,6 +10,12 @@ extension VPSManager {
     /// leftovers, and — on the first agent start after a host boot — starts `onboot` VPSs.
     public func recover() async {
         removeCutMigrations()
+        // Templates installed before digests were kept get theirs now, off the actor: a
+        // layered VPS's migration would otherwise read a whole tree inside it.
+        let templates = self.templates
+        Task.detached(priority: .background) {
+            for template in templates.list() where template.digest == nil { _ = try? templates.digest(template.name) }
+        }
         for name in store.names() {
             let config: VPSConfig
             do {
@@ -28,6 +34,9 @@ extension VPSManager {
                 let pidfd = berth_pidfd_open(run.monitorPid, 0)
                 if pidfd >= 0 { watchMonitor(name, record: record, pid: run.monitorPid, pidfd: pidfd) }
                 logger.info("re-adopted running VPS", metadata: ["vps": "\(name)", "pid": "\(run.initPid)"])
+                // An agent that stopped right after a start (a migration's target) may not have
+                // announced the addresses yet: the LAN would still send them to the source.
+                announceAddresses(of: record)
             } else {
                 record.lastExit = exitReason(name) ?? ""
                 cleanupAfterExit(name)
@@ -70,6 +79,8 @@ extension VPSManager {
         }
         for name in FileIO.listDirectory(store.vpsRoot) where !FileIO.exists(store.configPath(name)) {
             guard FileIO.exists(store.diskPath(name) + ".incoming") else { continue }
+            // A pool VPS's receive cut between taking its subvolume and saving its config.
+            if let pool = try? mountedPool(), FileIO.exists(pool.volume(name)) { try? deleteVolume(name, in: pool) }
             do {
                 try FileManager.default.removeItem(atPath: store.directory(name))
                 logger.notice("removed what a cut migration left", metadata: ["vps": "\(name)"])

@@ -96,7 +96,7 @@ enum VolumeTransfer {
             if Task.isCancelled {
                 throw WireError(.cancelled, "\(field): the transfer was aborted (by the controller); nothing was kept", field: field)
             }
-            throw WireError(.invalidArgument, "\(field): the transfer ended before its END; nothing was kept", field: field)
+            throw WireError(.unavailable, "\(field): the connection closed before the transfer's END; nothing was kept", field: field)
         }
         guard case .exited(0) = InitExit(status: status) else {
             let why = said.trimmed.isEmpty ? InitExit(status: status).reason : said.trimmed

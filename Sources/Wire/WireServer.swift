@@ -35,7 +35,12 @@ public final class ServerStream: @unchecked Sendable {
     let receiveWindow = ReceiveWindow()
     // Most calls are a request and a response: the input stream and the send window are made
     // when first needed (by the handler or by the client's first stream frame), not per call.
-    private let inputLock = Mutex<(CreditedStream<StreamInput>, AsyncStream<StreamInput>.Continuation)?>(nil)
+    private let inputLock = Mutex<InputState>(InputState())
+    private struct InputState {
+        var made: (CreditedStream<StreamInput>, AsyncStream<StreamInput>.Continuation)?
+        /// Ended before anyone made it: it is made ended.
+        var ended = false
+    }
     /// Event-loop confined, like the handler that feeds it.
     private var madeSendWindow: SendWindow?
 
@@ -50,21 +55,25 @@ public final class ServerStream: @unchecked Sendable {
     var continuation: AsyncStream<StreamInput>.Continuation { inputPair().1 }
 
     private func inputPair() -> (CreditedStream<StreamInput>, AsyncStream<StreamInput>.Continuation) {
-        inputLock.withLock { made in
-            if let made { return made }
+        inputLock.withLock { state in
+            if let made = state.made { return made }
             let pair = CreditedStream.make(stream: id, channel: channel, window: receiveWindow) { (input: StreamInput) -> Int in
                 if case .data(_, let bytes) = input { return bytes.readableBytes + 1 }
                 return 0
             }
-            made = pair
+            if state.ended { pair.1.finish() }
+            state.made = pair
             return pair
         }
     }
 
-    /// Ends the input stream, if anyone made it: its reader sees it end (as when the connection
-    /// closes; a migration receive whose source resumed on a new connection).
+    /// Ends the input stream: its reader sees it end (as when the connection closes; a
+    /// migration receive whose source resumed on a new connection), also one who makes it later.
     public func finishInput() {
-        inputLock.withLock { $0?.1.finish() }
+        inputLock.withLock { state in
+            state.ended = true
+            state.made?.1.finish()
+        }
     }
 
     /// Event-loop confined.

@@ -119,15 +119,31 @@ public final class ImageSender {
     /// receiver holds (its table, then END on channel 1) and takes them as what it holds, so
     /// that the next pass sends what differs. Throws what the receiver answered instead.
     public func resume(on call: ClientCall) async throws {
-        var records = ByteBuffer()
-        reading: for await event in call.events {
-            switch event {
-            case .data(.stdout, var bytes): records.writeBuffer(&bytes)
-            case .end(.stdout): break reading
-            case .failure(let error): throw error
-            case .response: throw WireError(.protocolViolation, "\(target) answered a resumed transfer before it was sent")
-            default: continue
+        let (target, limit) = (self.target, stallLimit)
+        // A new connection that goes silent too must not hold the migration.
+        var records = try await withThrowingTaskGroup(of: ByteBuffer?.self) { group in
+            group.addTask {
+                var records = ByteBuffer()
+                for await event in call.events {
+                    switch event {
+                    case .data(.stdout, var bytes): records.writeBuffer(&bytes)
+                    case .end(.stdout): return records
+                    case .failure(let error): throw error
+                    case .response: throw WireError(.protocolViolation, "\(target) answered a resumed transfer before it was sent")
+                    default: continue
+                    }
+                }
+                return nil
             }
+            group.addTask {
+                try await Task.sleep(for: .nanoseconds(limit.nanoseconds))
+                throw WireError(.unavailable, "\(target) sent no chunk table within \(limit.nanoseconds / 1_000_000_000) s of a resume")
+            }
+            defer { group.cancelAll() }
+            guard let records = try await group.next() ?? nil else {
+                throw WireError(.unavailable, "\(target) closed the resumed transfer before its chunk table")
+            }
+            return records
         }
         guard records.readableBytes % (8 + SHA256.byteCount) == 0 else {
             throw WireError(.protocolViolation, "\(target) sent a chunk table of \(records.readableBytes) bytes")

@@ -204,7 +204,7 @@ t_dead_agent_is_down_and_its_vps_stays_put() {
     [ "$ms" -le 6500 ] || fail "$node went down after $ms ms; configured window 5000 ms (+1 s heartbeat, +0.5 s poll)"
     expect_eq "$(cl status "$V" --json | field state)" unknown
     expect_eq "$(node_of "$V")" "$node"
-    local err; err=$(expect_fail 4 cl stop "$V")
+    local err; err=$(expect_fail 5 cl stop "$V")
     expect_contains "$err" "is down"
     # Not started anywhere else: no other agent knows it.
     for other in 1 2 3; do
@@ -227,9 +227,7 @@ vps_sums() { cl exec "$1" -- sh -c 'cd /srv && sha256sum data.bin notes.txt'; }
 
 t_warm_migration_moves_a_running_vps() {
     local V=$RUN_ID-mig ip out err
-    cl create "$V" --template busybox --disk 64M --ip auto --node n1 >/dev/null
-    cl start "$V" >/dev/null
-    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1024 count=4096 2>/dev/null && echo "written on n1" > /srv/notes.txt && sync'
+    running_vps_with_data "$V" n1 64M 4
     local before; before=$(vps_sums "$V")
     expect_contains "$before" "data.bin"
     expect_contains "$before" "notes.txt"
@@ -290,9 +288,7 @@ t_warm_migration_moves_a_running_vps() {
 t_pool_vps_migrates_as_btrfs_snapshots() {
     local V=$RUN_ID-pool out before checked moved
     command -v btrfs >/dev/null || skip "skip: btrfs-progs is not installed"
-    cl create "$V" --template busybox --disk 256M --layout pool --ip auto --node n1 >/dev/null
-    cl start "$V" >/dev/null
-    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=32 2>/dev/null && echo "a pool VPS" > /srv/notes.txt && sync'
+    running_vps_with_data "$V" n1 256M 32 --layout pool
     before=$(vps_sums "$V")
     cl exec "$V" -- sh -c 'i=0; while [ $i -lt 300 ]; do i=$((i+1)); dd if=/dev/urandom of=/srv/w$i bs=64k count=4 2>/dev/null; sha256sum /srv/w$i > /srv/w$i.sum; sync; sleep 0.05; done' >/dev/null 2>&1 &
     local writer=$!
@@ -318,28 +314,20 @@ t_pool_vps_migrates_as_btrfs_snapshots() {
     cl start "$V" >/dev/null
     expect_eq "$(vps_sums "$V")" "$before"
     # The target killed (-9) while it receives: it removes what it received when it is back.
-    "$DEV" agent-stop 1; BERTH_AGENT_ARGS="--migration-bandwidth 8M" "$DEV" agent-start 1 || fail "n1 did not restart"
-    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
+    restart_agent 1 --migration-bandwidth 8M
     cl migrate "$V" --to n2 >"$WORK/pool-kill.out" 2>&1 &
-    local client=$! t0=$SECONDS
-    until ls -d "$WORK"/n2/data/pool/incoming-* >/dev/null 2>&1; do
-        [ $((SECONDS - t0)) -lt 20 ] || { fail "the copy to n2 never began: $(cat "$WORK/pool-kill.out")"; return; }
-        sleep 0.05
-    done
+    local client=$!
+    await_path "$WORK/n2/data/pool/incoming-*" "$WORK/pool-kill.out"
     sleep 0.5
     "$DEV" agent-kill 2
     wait "$client" || true
     "$DEV" agent-start 2 || fail "n2 did not restart"
-    t0=$SECONDS
-    until [ "$(holders "$V")" = "n1 " ] && [ "$(cl status "$V" --json | field state)" = running ]; do
-        [ $((SECONDS - t0)) -lt 40 ] || { fail "not settled 40 s after n2 was killed: held by '$(holders "$V")', $(cl status "$V" --json | field state); migrate said: $(cat "$WORK/pool-kill.out")"; return; }
-        sleep 0.5
-    done
+    await_settled "$V" "$WORK/pool-kill.out" "n2 was killed"
+    expect_eq "$(node_of "$V")" n1
     expect_eq "$(vps_sums "$V")" "$before"
     ls -d "$WORK"/n1/data/pool/migrate-* "$WORK"/n2/data/pool/incoming-* 2>/dev/null | grep -q . && fail "snapshots of the cut move stayed: $(ls -d "$WORK"/n*/data/pool/*-* 2>/dev/null)"
     [ -e "$WORK/n2/data/pool/vps/$V" ] || [ -e "$WORK/n2/data/vps/$V" ] && fail "n2 kept what it had received of $V"
-    "$DEV" agent-stop 1; "$DEV" agent-start 1 || fail "n1 did not restart"
-    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
+    restart_agent 1
     cl destroy "$V" --force >/dev/null
     [ -e "$WORK/n1/data/pool/vps/$V" ] && fail "destroy left the subvolume"
     true
@@ -347,9 +335,7 @@ t_pool_vps_migrates_as_btrfs_snapshots() {
 
 t_layered_vps_migrates_over_the_same_template() {
     local V=$RUN_ID-lay before err
-    cl create "$V" --template busybox --storage layered --disk 64M --ip auto --node n1 >/dev/null
-    cl start "$V" >/dev/null
-    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=8 2>/dev/null && echo "upper layer" > /srv/notes.txt && sync'
+    running_vps_with_data "$V" n1 64M 8 --storage layered
     before=$(vps_sums "$V")
     cl migrate "$V" --to n2 >/dev/null || fail "the layered migration failed"
     expect_eq "$(node_of "$V")" n2
@@ -448,11 +434,45 @@ t_drain_refusals() {
 # Where NAME lives by its agents' own lists: "n1 n2" would be a VPS held twice.
 holders() { local k; for k in 1 2 3; do "$BERTH" --agent "$WORK/n$k/agent.sock" list --all --json | grep -q "\"name\": \"$1\"" && printf 'n%s ' "$k"; done; echo; }
 
+# NAME made on NODE (DISK; more create flags may follow), running, with MB MiB of random data in
+# /srv/data.bin beside /srv/notes.txt (the files vps_sums reads).
+running_vps_with_data() { # NAME NODE DISK MB [CREATE FLAGS...]
+    local name=$1 node=$2 disk=$3 mb=$4; shift 4
+    cl create "$name" --template busybox --disk "$disk" --ip auto --node "$node" "$@" >/dev/null
+    cl start "$name" >/dev/null
+    cl exec "$name" -- sh -c "mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=$mb 2>/dev/null && echo kept > /srv/notes.txt && sync"
+}
+
+# Node K's agent restarted with FLAGS (none: the defaults), and ready again.
+restart_agent() { # K [FLAGS...]
+    local k=$1; shift
+    "$DEV" agent-stop "$k"; BERTH_AGENT_ARGS="$*" "$DEV" agent-start "$k" || fail "n$k did not restart"
+    for _ in $(seq 50); do [ "$(node_state "n$k")" = ready ] && break; sleep 0.2; done
+}
+
+# Until a path matching PATTERN exists (at most 20 s; else fails with what the file OUT says).
+await_path() { # PATTERN OUT
+    local t0=$SECONDS
+    until compgen -G "$1" >/dev/null; do
+        [ $((SECONDS - t0)) -lt 20 ] || fail "$1 never appeared: $(cat "$2")"
+        sleep 0.02
+    done
+}
+
+# Until exactly one node holds NAME, the one it is placed on, and it runs there (at most 40 s
+# after WHAT; OUT: the migration's output, for the failure message). Sets SETTLED_AFTER.
+await_settled() { # NAME OUT WHAT
+    local t0=$SECONDS
+    until [ "$(holders "$1")" = "$(node_of "$1") " ] && [ "$(cl status "$1" --json | field state)" = running ]; do
+        [ $((SECONDS - t0)) -lt 40 ] || fail "not settled 40 s after $3: held by '$(holders "$1")', placed on $(node_of "$1"), $(cl status "$1" --json | field state); migrate said: $(cat "$2" 2>/dev/null)"
+        sleep 0.5
+    done
+    SETTLED_AFTER=$((SECONDS - t0))
+}
+
 t_controller_killed_mid_migration_settles() {
     local V=$RUN_ID-mk before delay
-    cl create "$V" --template busybox --disk 768M --ip auto --node n1 >/dev/null
-    cl start "$V" >/dev/null
-    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=48 2>/dev/null && echo kept > /srv/notes.txt && sync'
+    running_vps_with_data "$V" n1 768M 48
     before=$(vps_sums "$V"); expect_contains "$before" "data.bin"
     # Three moments of a warm move (about 3 s in the debug build: well under 1 s for the first
     # pass over the image's 50 MiB of data while it runs, the 2 s stop, the last pass, the commit
@@ -467,13 +487,8 @@ t_controller_killed_mid_migration_settles() {
         "$DEV" controller-kill
         kill $(pgrep -P "$client") "$client" 2>/dev/null || true; wait "$client" 2>/dev/null || true
         "$DEV" controller-start || fail "controller did not restart"
-        # Settled: one holder, running, nothing recorded as under way.
-        local t0=$SECONDS
-        until [ "$(holders "$V")" = "$(node_of "$V") " ] && [ "$(cl status "$V" --json | field state)" = running ]; do
-            [ $((SECONDS - t0)) -lt 40 ] || { fail "not settled 40 s after a kill at +$delay s: held by '$(holders "$V")', placed on $(node_of "$V"), $(cl status "$V" --json | field state)"; return; }
-            sleep 0.5
-        done
-        echo "kill at +$delay s: on $(node_of "$V") (from $from), settled after $((SECONDS - t0)) s" >&2
+        await_settled "$V" /dev/null "a kill at +$delay s"
+        echo "kill at +$delay s: on $(node_of "$V") (from $from), settled after $SETTLED_AFTER s" >&2
         expect_eq "$(vps_sums "$V")" "$before"
         ip netns exec "$FAB" busybox ping -c1 -W2 "$(cl status "$V" --json | field ips)" >/dev/null || fail "its address does not answer"
         expect_eq "$(cl list --all --json | grep -c "\"name\": \"$V\"")" 1
@@ -483,28 +498,18 @@ t_controller_killed_mid_migration_settles() {
 
 t_agent_killed_mid_migration_leaves_one_running_copy() {
     local V=$RUN_ID-ak before side
-    cl create "$V" --template busybox --disk 768M --ip auto --node n1 >/dev/null
-    cl start "$V" >/dev/null
-    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=160 2>/dev/null && echo kept > /srv/notes.txt && sync'
+    running_vps_with_data "$V" n1 768M 160
     before=$(vps_sums "$V"); expect_contains "$before" "data.bin"
     # The source (n1), then the target (n2), killed once the stop is done and the copy runs.
     for side in 1 2; do
         cl migrate "$V" --to n2 >"$WORK/ak.out" 2>&1 &
         local client=$!
-        local t0=$SECONDS
-        until [ -e "$WORK/n2/data/vps/$V/disk.img.incoming" ]; do
-            [ $((SECONDS - t0)) -lt 20 ] || break
-            sleep 0.05
-        done
+        await_path "$WORK/n2/data/vps/$V/disk.img.incoming" "$WORK/ak.out"
         "$DEV" agent-kill $side
         wait "$client" || true
         "$DEV" agent-start $side || fail "n$side did not restart"
-        t0=$SECONDS
-        until [ "$(holders "$V")" = "$(node_of "$V") " ] && [ "$(cl status "$V" --json | field state)" = running ]; do
-            [ $((SECONDS - t0)) -lt 40 ] || { fail "not settled 40 s after n$side was killed: held by '$(holders "$V")', placed on $(node_of "$V"), $(cl status "$V" --json | field state); migrate said: $(cat "$WORK/ak.out")"; return; }
-            sleep 0.5
-        done
-        echo "n$side killed during the copy: $V on $(node_of "$V") after $((SECONDS - t0)) s; migrate said: $(tail -1 "$WORK/ak.out")" >&2
+        await_settled "$V" "$WORK/ak.out" "n$side was killed"
+        echo "n$side killed during the copy: $V on $(node_of "$V") after $SETTLED_AFTER s; migrate said: $(tail -1 "$WORK/ak.out")" >&2
         expect_eq "$(node_of "$V")" n1
         expect_eq "$(vps_sums "$V")" "$before"
         [ -e "$WORK/n2/data/vps/$V" ] && fail "n2 kept what it had received"
@@ -515,28 +520,19 @@ t_agent_killed_mid_migration_leaves_one_running_copy() {
 
 t_target_lost_around_its_start_runs_once() {
     local V=$RUN_ID-ts before pid
-    cl create "$V" --template busybox --disk 128M --ip auto --node n1 >/dev/null
-    cl start "$V" >/dev/null
-    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=16 2>/dev/null && echo kept > /srv/notes.txt && sync'
+    running_vps_with_data "$V" n1 128M 16
     before=$(vps_sums "$V")
     cl migrate "$V" --to n2 >"$WORK/ts.out" 2>&1 &
-    local client=$! t0=$SECONDS
+    local client=$!
     # n2 has the VPS (its config saved): it freezes, answering nothing (the answer to the copy
     # or the start is then never sent), and is killed -9 two seconds later.
-    until [ -e "$WORK/n2/data/vps/$V/config.json" ]; do
-        [ $((SECONDS - t0)) -lt 20 ] || { fail "n2 never received $V: $(cat "$WORK/ts.out")"; return; }
-        sleep 0.02
-    done
+    await_path "$WORK/n2/data/vps/$V/config.json" "$WORK/ts.out"
     pid=$(cat "$WORK/n2/agent.pid")
     kill -STOP "$pid"; sleep 2; kill -KILL "$pid"
     wait "$client" || true
     "$DEV" agent-start 2 || fail "n2 did not restart"
-    t0=$SECONDS
-    until [ "$(holders "$V")" = "$(node_of "$V") " ] && [ "$(cl status "$V" --json | field state)" = running ]; do
-        [ $((SECONDS - t0)) -lt 40 ] || { fail "not settled 40 s after n2 was lost: held by '$(holders "$V")', placed on $(node_of "$V"), $(cl status "$V" --json | field state); migrate said: $(cat "$WORK/ts.out")"; return; }
-        sleep 0.5
-    done
-    echo "n2 lost around its start: $V runs on $(node_of "$V") after $((SECONDS - t0)) s; migrate said: $(tail -1 "$WORK/ts.out")" >&2
+    await_settled "$V" "$WORK/ts.out" "n2 was lost"
+    echo "n2 lost around its start: $V runs on $(node_of "$V") after $SETTLED_AFTER s; migrate said: $(tail -1 "$WORK/ts.out")" >&2
     expect_eq "$(vps_sums "$V")" "$before"
     ip netns exec "$FAB" busybox ping -c1 -W2 "$(cl status "$V" --json | field ips)" >/dev/null || fail "its address does not answer"
     local running=0 k
@@ -550,17 +546,12 @@ t_target_lost_around_its_start_runs_once() {
 t_cut_link_fails_the_migration_and_rolls_it_back() {
     local V=$RUN_ID-cut before out rc=0
     # n1 sends slowly (the copy lasts seconds) and gives up on a silent target after 5 s.
-    "$DEV" agent-stop 1; BERTH_AGENT_ARGS="--migration-bandwidth 16M --migration-stall-timeout 5" "$DEV" agent-start 1 || fail "n1 did not restart"
-    cl create "$V" --template busybox --disk 256M --ip auto --node n1 >/dev/null
-    cl start "$V" >/dev/null
-    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=64 2>/dev/null && echo kept > /srv/notes.txt && sync'
+    restart_agent 1 --migration-bandwidth 16M --migration-stall-timeout 5
+    running_vps_with_data "$V" n1 256M 64
     before=$(vps_sums "$V")
     cl migrate "$V" --to n2 >"$WORK/cut.out" 2>&1 &
-    local client=$! t0=$SECONDS
-    until [ -e "$WORK/n2/data/vps/$V/disk.img.incoming" ]; do
-        [ $((SECONDS - t0)) -lt 20 ] || { fail "the copy to n2 never began: $(cat "$WORK/cut.out")"; return; }
-        sleep 0.05
-    done
+    local client=$! t0
+    await_path "$WORK/n2/data/vps/$V/disk.img.incoming" "$WORK/cut.out"
     sleep 0.5
     # The link between n1 and n2 goes silent both ways; each still reaches the controller.
     ip -n "$RUN_ID-n1" route add blackhole 198.18.100.12/32
@@ -582,8 +573,7 @@ t_cut_link_fails_the_migration_and_rolls_it_back() {
     expect_eq "$(vps_sums "$V")" "$before"
     [ -e "$WORK/n2/data/vps/$V" ] && fail "n2 kept what it had received"
     # Nothing stays held: with the link back, the same move succeeds.
-    "$DEV" agent-stop 1; "$DEV" agent-start 1 || fail "n1 did not restart"
-    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
+    restart_agent 1
     out=$(cl migrate "$V" --to n2) || fail "the move after the link came back failed: $out"
     expect_eq "$(node_of "$V")" n2
     expect_eq "$(vps_sums "$V")" "$before"
@@ -592,18 +582,12 @@ t_cut_link_fails_the_migration_and_rolls_it_back() {
 
 t_dropped_connection_resumes_the_migration() {
     local V=$RUN_ID-res before out
-    "$DEV" agent-stop 1; BERTH_AGENT_ARGS="--migration-bandwidth 16M" "$DEV" agent-start 1 || fail "n1 did not restart"
-    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
-    cl create "$V" --template busybox --disk 128M --ip auto --node n1 >/dev/null
-    cl start "$V" >/dev/null
-    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=48 2>/dev/null && echo kept > /srv/notes.txt && sync'
+    restart_agent 1 --migration-bandwidth 16M
+    running_vps_with_data "$V" n1 128M 48
     before=$(vps_sums "$V")
     cl migrate "$V" --to n2 >"$WORK/res.out" 2>&1 &
-    local client=$! t0=$SECONDS
-    until [ -e "$WORK/n2/data/vps/$V/disk.img.incoming" ]; do
-        [ $((SECONDS - t0)) -lt 20 ] || { fail "the copy to n2 never began: $(cat "$WORK/res.out")"; return; }
-        sleep 0.05
-    done
+    local client=$!
+    await_path "$WORK/n2/data/vps/$V/disk.img.incoming" "$WORK/res.out"
     sleep 1
     # The connection between the agents is reset (both ends see it close), the link stays up.
     ip netns exec "$RUN_ID-n1" ss -K dst 198.18.100.12 dport = :7000 >/dev/null
@@ -613,8 +597,7 @@ t_dropped_connection_resumes_the_migration() {
     expect_eq "$(cl status "$V" --json | field state)" running
     expect_eq "$(vps_sums "$V")" "$before"
     expect_eq "$(holders "$V")" "n2 "
-    "$DEV" agent-stop 1; "$DEV" agent-start 1 || fail "n1 did not restart"
-    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
+    restart_agent 1
     cl destroy "$V" --force >/dev/null
 }
 
@@ -627,19 +610,14 @@ t_target_disk_full_fails_the_migration_and_rolls_it_back() {
     mount -t tmpfs -o size=512m "$RUN_ID-full" "$WORK/n2/data"
     cp -a "$WORK/n2/data.real/." "$WORK/n2/data/"
     "$DEV" agent-start 2 || fail "n2 did not restart"
-    "$DEV" agent-stop 1; BERTH_AGENT_ARGS="--migration-bandwidth 32M" "$DEV" agent-start 1 || fail "n1 did not restart"
-    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && [ "$(node_state n2)" = ready ] && break; sleep 0.2; done
+    restart_agent 1 --migration-bandwidth 32M
+    for _ in $(seq 50); do [ "$(node_state n2)" = ready ] && break; sleep 0.2; done
     used=$(df --output=used "$WORK/n2/data" | tail -1)
-    cl create "$V" --template busybox --disk 256M --ip auto --node n1 >/dev/null
-    cl start "$V" >/dev/null
-    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=128 2>/dev/null && echo kept > /srv/notes.txt && sync'
+    running_vps_with_data "$V" n1 256M 128
     before=$(vps_sums "$V")
     cl migrate "$V" --to n2 >"$WORK/full.out" 2>&1 &
-    local client=$! t0=$SECONDS
-    until [ -e "$WORK/n2/data/vps/$V/disk.img.incoming" ]; do
-        [ $((SECONDS - t0)) -lt 20 ] || { fail "the copy to n2 never began: $(cat "$WORK/full.out")"; return; }
-        sleep 0.05
-    done
+    local client=$!
+    await_path "$WORK/n2/data/vps/$V/disk.img.incoming" "$WORK/full.out"
     dd if=/dev/zero of="$WORK/n2/data/filler" bs=1M 2>/dev/null || true   # until ENOSPC
     wait "$client" || rc=$?
     rm -f "$WORK/n2/data/filler"
@@ -654,7 +632,7 @@ t_target_disk_full_fails_the_migration_and_rolls_it_back() {
     [ -e "$WORK/n2/data/vps/$V" ] && fail "n2 kept what it had received"
     expect_eq "$(df --output=used "$WORK/n2/data" | tail -1)" "$used" "(KiB used on n2's data file system)"
     cl destroy "$V" --force >/dev/null
-    "$DEV" agent-stop 1; "$DEV" agent-start 1 || fail "n1 did not restart"
+    restart_agent 1
     "$DEV" agent-stop 2
     umount "$WORK/n2/data" && rmdir "$WORK/n2/data" && mv "$WORK/n2/data.real" "$WORK/n2/data"
     "$DEV" agent-start 2 || fail "n2 did not restart"
@@ -718,17 +696,11 @@ t_migration_grants_are_single_use_and_bound_to_their_source() {
 
 t_a_migrating_vps_is_busy() {
     local V=$RUN_ID-busy W2=$RUN_ID-busy2 err
-    "$DEV" agent-stop 1; BERTH_AGENT_ARGS="--migration-bandwidth 16M" "$DEV" agent-start 1 || fail "n1 did not restart"
-    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
-    cl create "$V" --template busybox --disk 128M --ip auto --node n1 >/dev/null
-    cl start "$V" >/dev/null
-    cl exec "$V" -- sh -c 'dd if=/dev/urandom of=/data.bin bs=1M count=48 2>/dev/null && sync'
+    restart_agent 1 --migration-bandwidth 16M
+    running_vps_with_data "$V" n1 128M 48
     cl migrate "$V" --to n2 >"$WORK/busy.out" 2>&1 &
-    local client=$! t0=$SECONDS
-    until [ -e "$WORK/n2/data/vps/$V/disk.img.incoming" ]; do
-        [ $((SECONDS - t0)) -lt 20 ] || { fail "the copy to n2 never began: $(cat "$WORK/busy.out")"; return; }
-        sleep 0.05
-    done
+    local client=$!
+    await_path "$WORK/n2/data/vps/$V/disk.img.incoming" "$WORK/busy.out"
     err=$(expect_fail 4 cl destroy "$V" --force); expect_contains "$err" "busy: being migrated"
     err=$(expect_fail 4 cl stop "$V"); expect_contains "$err" "busy: being migrated"
     err=$(expect_fail 4 cl set "$V" --memory 256M); expect_contains "$err" "busy: being migrated"
@@ -744,8 +716,7 @@ t_a_migrating_vps_is_busy() {
     err=$(expect_fail 4 cl migrate "$W2" --to n3); expect_contains "$err" "busy"
     wait "$stopper" || true
     expect_eq "$(node_of "$W2")" n2
-    "$DEV" agent-stop 1; "$DEV" agent-start 1 || fail "n1 did not restart"
-    for _ in $(seq 50); do [ "$(node_state n1)" = ready ] && break; sleep 0.2; done
+    restart_agent 1
     cl destroy "$V" --force >/dev/null; cl destroy "$W2" --force >/dev/null
 }
 
