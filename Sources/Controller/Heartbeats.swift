@@ -79,6 +79,7 @@ final class Heartbeats: Sendable {
         cache.withLock {
             $0.serials[node] = serial; $0.lastReport[node] = nil
         }
+        liveness.enrolled(node)
     }
 
     /// A renewed certificate the node will switch to; the first heartbeat with it commits it.

@@ -44,6 +44,16 @@ public final class Liveness: Sendable {
         }
     }
 
+    /// A node that has just enrolled gets one full window for its first heartbeat, as a known
+    /// node does after a controller start: without it, the liveness watch found it "down" (no
+    /// heartbeat yet) in the instant between its enrolment and its first heartbeat.
+    public func enrolled(_ node: String) {
+        let now = clock.now
+        reports.withLock { reports in
+            if reports[node] == nil { reports[node] = Report(lastSeen: now, info: NodeReport(), templates: nil) }
+        }
+    }
+
     public func report(_ node: String) -> Report? { reports.withLock { $0[node] } }
 
     public func isAlive(_ node: String) -> Bool {

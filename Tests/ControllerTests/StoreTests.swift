@@ -119,4 +119,19 @@ import Wire
         #expect(liveness.newlyDown(among: ["n1"]) == ["n1"])
         #expect(liveness.newlyDown(among: ["n1"]).isEmpty)  // reported once
     }
+
+    /// A node just enrolled is not "down" before its first heartbeat could come; it is once a
+    /// whole window passes without one.
+    @Test func aNewlyEnrolledNodeGetsOneWindowForItsFirstHeartbeat() async throws {
+        let liveness = Liveness(downAfter: .milliseconds(200))
+        liveness.enrolled("n2")
+        #expect(liveness.newlyDown(among: ["n2"]).isEmpty)
+        #expect(liveness.report("n2")?.templates == nil)  // nothing is placed there before it reports
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(liveness.newlyDown(among: ["n2"]) == ["n2"])
+        // An enrolment again (a re-join) does not reset a node that has reported.
+        #expect(liveness.heartbeat(node: "n2", info: NodeReport(), templates: ["busybox"]))
+        liveness.enrolled("n2")
+        #expect(liveness.report("n2")?.templates == ["busybox"])
+    }
 }
