@@ -112,9 +112,7 @@ final class Drains: Sendable {
             return (String(step[to.upperBound...].prefix { $0 != " " }), "")
         }
         if step.hasPrefix("stopping ") { return (nil, step) }
-        guard let colon = step.firstIndex(of: ":") else { return nil }
-        let said = step[step.index(after: colon)...].drop { $0 == " " }
-        guard said.hasPrefix("pass ") || said.hasPrefix("stopping ") else { return nil }
+        guard let said = Migrations.sourceSaid(step), said.hasPrefix("pass ") || said.hasPrefix("stopping ") else { return nil }
         return (nil, String(said))
     }
 

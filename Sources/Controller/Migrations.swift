@@ -274,12 +274,18 @@ final class Migrations: Sendable {
     /// resumes on new connections, without the node; nil for other steps, the progress within a
     /// pass ("n1: pass 2: 64.0 MiB of …") too.
     static func passSummary(_ step: String) -> String? {
-        guard let colon = step.firstIndex(of: ":") else { return nil }
-        let said = step[step.index(after: colon)...].drop { $0 == " " }
+        guard let said = sourceSaid(step) else { return nil }
         if said.hasPrefix("resumed ") { return String(said) }
         let words = said.split(separator: " ", maxSplits: 2)
         guard words.count == 3, words[0] == "pass", Int(words[1]) != nil else { return nil }
         return String(said)
+    }
+
+    /// What a node said in a step the agents' calls relay ("n1: pass 2 …" → "pass 2 …"); nil for
+    /// the controller's own steps, which name no node.
+    static func sourceSaid(_ step: String) -> Substring? {
+        guard let colon = step.firstIndex(of: ":") else { return nil }
+        return step[step.index(after: colon)...].drop { $0 == " " }
     }
 
     /// The error as it was, with what became of the VPS in front of its message.

@@ -2,6 +2,7 @@ import BerthCore
 import Crypto
 import Foundation
 import Isolation
+import Wire
 
 /// A template's identity across nodes: a layered VPS's disk holds only its upper layer, so it
 /// may move only to a node whose template tree is the same (Docs/migration.md).
@@ -12,10 +13,7 @@ extension TemplateStore {
         guard var info = info(name) else { return nil }
         if let digest = info.digest { return digest }
         info.digest = try Self.treeDigest(rootfs(name))
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        try FileIO.writeAtomically(metadataPath(name), Array(try encoder.encode(info)), mode: 0o644)
+        try FileIO.writeAtomically(metadataPath(name), Array(try info.metadata()), mode: 0o644)
         return info.digest
     }
 
@@ -55,6 +53,6 @@ extension TemplateStore {
             }
         }
         try visit("")
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hexString(hasher.finalize())
     }
 }

@@ -18,6 +18,16 @@ public struct TemplateInfo: Codable, Equatable, Sendable {
     public var digest: String?
 }
 
+extension TemplateInfo {
+    /// The template's `template.json`, as it is written on install and when a digest is added.
+    func metadata() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        return try encoder.encode(self)
+    }
+}
+
 /// Template caches under the data directory: built locally (busybox) or imported tarballs.
 public final class TemplateStore: @unchecked Sendable {
     public let root: String
@@ -184,10 +194,7 @@ public final class TemplateStore: @unchecked Sendable {
     func install(staging: String, info: TemplateInfo) throws {
         var info = info
         info.digest = try Self.treeDigest(staging + "/rootfs")
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        try encoder.encode(info).write(to: URL(fileURLWithPath: staging + "/template.json"))
+        try info.metadata().write(to: URL(fileURLWithPath: staging + "/template.json"))
         lock.lock()
         defer { lock.unlock() }
         try requireUnshared(info.name)
