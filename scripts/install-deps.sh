@@ -2,7 +2,7 @@
 # Installs the Debian packages Berth needs to build, test and run (idempotent; apt only when
 # something is missing). Swift itself is expected at /opt/swift or on PATH.
 set -eu
-need="libcap-dev libsqlite3-dev busybox-static e2fsprogs btrfs-progs mount util-linux tar gzip xz-utils python3 iproute2 nftables tcpdump lxcfs protobuf-compiler python3-protobuf python3-cryptography debootstrap"
+need="libcap-dev libsqlite3-dev busybox-static e2fsprogs btrfs-progs zstd mount util-linux tar gzip xz-utils python3 iproute2 nftables tcpdump lxcfs protobuf-compiler python3-protobuf python3-cryptography debootstrap"
 [ "${BERTH_BENCH:-0}" = 1 ] && need="$need crun iperf3 systemd-container"
 [ "${BERTH_PROTO:-0}" = 1 ] && need="$need protobuf-compiler"
 missing=""

@@ -38,6 +38,16 @@ struct ControllerCall: Sendable {
         case .console(let r): return ControllerCall("console", .writeVPS) { try await $0.relay(r.name) }
         case .status(let r): return ControllerCall("status", .read) { try await $0.status(r.name) }
         case .stats(let r): return ControllerCall("stats", .read) { try await $0.stats(r.name) }
+        // Snapshots and backups (Docs/backup.md)
+        case .snapshotCreate(let r):
+            return ControllerCall("snapshot create", .writeVPS, operationOn: r.name) { try await $0.relay(r.name, exclusive: true) }
+        case .snapshotRollback(let r):
+            return ControllerCall("snapshot rollback", .writeVPS, operationOn: r.name) { try await $0.relay(r.name, exclusive: true) }
+        case .snapshotDelete(let r):
+            return ControllerCall("snapshot delete", .writeVPS, operationOn: r.name) { try await $0.relay(r.name, exclusive: true) }
+        case .snapshotList(let r): return ControllerCall("snapshot list", .read) { try await $0.stats(r.name) }
+        case .backup(let r): return ControllerCall("backup", .writeVPS) { try await $0.relay(r.name, exclusive: true) }
+        case .restore(let r): return ControllerCall("restore", .writeVPS, operationOn: r.restoredName) { try await $0.restore(r) }
         case .list(let r): return ControllerCall("list", .read) { try await $0.list(r) }
         // Operations and events
         case .operationShow(let r): return ControllerCall("operation show", .read) { try await $0.operationShow(r) }

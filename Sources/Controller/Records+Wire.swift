@@ -46,6 +46,8 @@ extension VPSStatusRecord {
         capabilities = wire.capabilities
         storage = wire.storage
         layout = wire.layout
+        snapshots = wire.snapshots > 0 ? Int(wire.snapshots) : nil
+        snapshotBytes = wire.snapshots > 0 ? wire.snapshotBytes : nil
     }
 }
 
@@ -75,6 +77,8 @@ extension Berth_V1_VpsStatus {
         capabilities = status.capabilities
         storage = status.storage
         layout = status.layout
+        snapshots = UInt32(status.snapshots ?? 0)
+        snapshotBytes = status.snapshotBytes ?? 0
     }
 }
 

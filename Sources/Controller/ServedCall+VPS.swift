@@ -30,6 +30,34 @@ extension ServedCall {
         return response { $0.status = Berth_V1_VpsStatus(status) }
     }
 
+    /// `berth restore FILE`: placed as a create of the VPS the archive's manifest describes
+    /// (renamed, pinned, its addresses replaced as asked); the node reads the archive itself,
+    /// which the client sends on the call's stream.
+    func restore(_ r: Berth_V1_RestoreBackupRequest) async throws -> Berth_V1_Response {
+        let manifest = try BackupManifest.decoded(r.manifest)
+        var spec = manifest.spec
+        spec.name = r.restoredName
+        spec.pinnedNode = r.node
+        spec.ips = []
+        spec.constraints = [:]
+        spec.antiAffinity = ""
+        let ips = r.noIps ? [] : (r.ips.isEmpty ? manifest.spec.ips : r.ips)
+        let (links, stream) = (service.links, stream)
+        let restoreOnNode: (VPSSpec, NodeRecord) async throws -> VPSStatusRecord = { spec, node in
+            var restore = r
+            restore.name = spec.name
+            restore.node = ""
+            restore.ips = spec.ips
+            restore.noIps = spec.ips.isEmpty
+            var agentRequest = Berth_V1_Request()
+            agentRequest.restore = restore
+            return VPSStatusRecord(try await links.forward(agentRequest, to: node, stream: stream).status)
+        }
+        let status = try await service.vps.create(
+            spec, ips: ips, limits: LimitsUpdate(), by: caller, progress: { stream.progress($0) }, createOnNode: restoreOnNode)
+        return response { $0.status = Berth_V1_VpsStatus(status) }
+    }
+
     /// start/stop/restart/exec/console: the answer as the node gave it, its status with the node.
     func relay(_ name: String, exclusive: Bool = false) async throws -> Berth_V1_Response {
         try await service.vps.relay(name, by: caller, exclusive: exclusive) { node in

@@ -34,6 +34,10 @@ public struct VPSStatusRecord: Codable, Sendable, Equatable {
     public var capabilities: [String: String] = [:]
     public var storage = ""
     public var layout = ""
+    /// Its snapshots on its node, how many and what they hold (optional: rows stored before
+    /// snapshots existed still read).
+    public var snapshots: Int?
+    public var snapshotBytes: UInt64?
 
     public init(name: String = "", state: String = "") {
         self.name = name

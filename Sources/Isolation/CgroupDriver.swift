@@ -21,6 +21,10 @@ public protocol CgroupDriver: Sendable {
     func pids(_ name: String) -> [Int32]
     /// SIGKILLs every process in the cgroup and returns when the kill has been issued to all.
     func killAll(_ name: String) throws(IsolationError)
+    /// Freezes every process of the cgroup and returns once all are frozen (a snapshot's
+    /// instant); throws, thawed again, when they are not frozen within `timeoutMs`.
+    func freeze(_ name: String, timeoutMs: Int) throws(IsolationError)
+    func thaw(_ name: String) throws(IsolationError)
     /// Removes the cgroup(s); the caller has made sure no process is left.
     func destroy(_ name: String) throws(IsolationError)
     func exists(_ name: String) -> Bool
@@ -37,6 +41,15 @@ public protocol CgroupDriver: Sendable {
     /// Hands the VPS's writable hierarchy to the root of its user namespace (`uid`/`gid` on the
     /// host), as cgroup delegation prescribes: the directory and the files that create and move.
     func delegate(_ name: String, uid: UInt32, gid: UInt32) throws(IsolationError)
+}
+
+/// Polls `frozen` every millisecond up to `timeoutMs`; false when it never held.
+func awaitFrozen(timeoutMs: Int, _ frozen: () -> Bool) -> Bool {
+    for _ in 0...max(timeoutMs, 0) {
+        if frozen() { return true }
+        usleep(1_000)
+    }
+    return frozen()
 }
 
 /// chown of a delegated cgroup directory and its delegation files (missing ones are skipped).

@@ -124,6 +124,24 @@ public struct CgroupV1Driver: CgroupDriver {
         return readPidList(path(source, name) + "/cgroup.procs")
     }
 
+    public func freeze(_ name: String, timeoutMs: Int) throws(IsolationError) {
+        let state = path("freezer", name) + "/freezer.state"
+        guard present.contains("freezer"), FileIO.exists(state) else {
+            throw IsolationError(.unsupported, "the host has no freezer cgroup controller", stage: "freeze")
+        }
+        try FileIO.write(state, "FROZEN")
+        // FREEZING until every task has stopped.
+        guard awaitFrozen(timeoutMs: timeoutMs, { FileIO.read(state, control: true)?.hasPrefix("FROZEN") == true }) else {
+            try? FileIO.write(state, "THAWED")
+            throw IsolationError(.cgroup, "the VPS's processes did not freeze within \(timeoutMs) ms", stage: "freeze")
+        }
+    }
+
+    public func thaw(_ name: String) throws(IsolationError) {
+        let state = path("freezer", name) + "/freezer.state"
+        if FileIO.exists(state) { try FileIO.write(state, "THAWED") }
+    }
+
     /// v1 has no cgroup.kill: freeze, kill what is frozen (nothing can fork meanwhile), thaw.
     public func killAll(_ name: String) throws(IsolationError) {
         let freezer = path("freezer", name)

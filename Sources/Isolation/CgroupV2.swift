@@ -130,6 +130,24 @@ public struct CgroupV2Driver: CgroupDriver {
         }
     }
 
+    public func freeze(_ name: String, timeoutMs: Int) throws(IsolationError) {
+        let freezeFile = path(name) + "/cgroup.freeze"
+        guard FileIO.exists(freezeFile) else {
+            throw IsolationError(.unsupported, "the kernel has no cgroup.freeze (cgroup v2 freezer, linux 5.2)", stage: "freeze")
+        }
+        try FileIO.write(freezeFile, "1")
+        let events = path(name) + "/cgroup.events"
+        guard awaitFrozen(timeoutMs: timeoutMs, { keyedValue(FileIO.read(events, control: true) ?? "", "frozen") == 1 }) else {
+            try? FileIO.write(freezeFile, "0")
+            throw IsolationError(.cgroup, "the VPS's processes did not freeze within \(timeoutMs) ms", stage: "freeze")
+        }
+    }
+
+    public func thaw(_ name: String) throws(IsolationError) {
+        let freezeFile = path(name) + "/cgroup.freeze"
+        if FileIO.exists(freezeFile) { try FileIO.write(freezeFile, "0") }
+    }
+
     public func destroy(_ name: String) throws(IsolationError) {
         if FileIO.exists(path(name)) { try removeCgroupDirectory(path(name)) }
     }

@@ -109,6 +109,29 @@ struct AgentCall: Sendable {
             return answer("migration_send") { s, stream, out in out.status = try await s.migrationSend(r, stream: stream) }
         case .migrationReceive(let r):
             return answer("migration_receive", access: .peerNode) { s, stream, out in out.status = try await s.migrationReceive(r, stream: stream) }
+        case .snapshotCreate(let r):
+            return answer("snapshot_create") { s, _, out in out.snapshot = Berth_V1_SnapshotInfo(try await s.manager.createSnapshot(r.name, r.snapshot)) }
+        case .snapshotList(let r):
+            return answer("snapshot_list") { s, _, out in
+                var list = Berth_V1_SnapshotList()
+                list.vps = r.name
+                list.node = s.manager.nodeName
+                list.snapshots = try await s.manager.snapshots(r.name).map(Berth_V1_SnapshotInfo.init)
+                out.snapshots = list
+            }
+        case .snapshotRollback(let r):
+            return answer("snapshot_rollback") { s, _, out in
+                out.status = Berth_V1_VpsStatus(try await s.manager.rollback(r.name, to: r.snapshot, restart: r.restart))
+            }
+        case .snapshotDelete(let r):
+            return answer("snapshot_delete") { s, _, out in
+                try await s.manager.deleteSnapshot(r.name, r.snapshot)
+                out.ok = Berth_V1_Empty()
+            }
+        case .backup(let r):
+            return answer("backup") { s, stream, out in out.backup = try await s.backup(r, stream: stream) }
+        case .restore(let r):
+            return answer("restore") { s, stream, out in out.status = try await s.restore(r, stream: stream) }
         case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
             .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList, .renew, .rotate, .migrate, .nodeDrain, .nodeRestore:
             return AgentCall("cluster") { _, _ in

@@ -48,6 +48,8 @@ extension Berth_V1_VpsStatus {
         capabilities = config.capabilities ?? [:]
         pid = view.initPid ?? 0
         startedAtUnix = view.bootedAt ?? 0
+        snapshots = UInt32(view.snapshots)
+        snapshotBytes = view.snapshotBytes
     }
 
     /// A VPS whose config is broken: failed, with the reason where the last exit would be.
@@ -74,5 +76,16 @@ extension Berth_V1_SetResult {
         status = Berth_V1_VpsStatus(outcome.vps)
         appliedLive = outcome.appliedLive
         needsRestart = outcome.needsRestart
+    }
+}
+
+extension Berth_V1_SnapshotInfo {
+    init(_ snapshot: SnapshotRecord) {
+        self.init()
+        name = snapshot.name
+        createdUnix = snapshot.createdUnixMs / 1000
+        bytes = snapshot.bytes
+        method = snapshot.method
+        frozenMs = snapshot.frozenMs
     }
 }

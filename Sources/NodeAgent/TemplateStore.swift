@@ -21,10 +21,7 @@ public struct TemplateInfo: Codable, Equatable, Sendable {
 extension TemplateInfo {
     /// The template's `template.json`, as it is written on install and when a digest is added.
     func metadata() throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        return try encoder.encode(self)
+        try JSONEncoder.berth.encode(self)
     }
 }
 

@@ -92,10 +92,7 @@ public struct VPSConfig: Codable, Equatable, Sendable {
     }
 
     public func encoded() throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        return try encoder.encode(self)
+        try JSONEncoder.berth.encode(self)
     }
 
     /// Decodes a config file, rejecting anything a hand edit could have broken: invalid JSON,

@@ -37,6 +37,8 @@ extension VPSManager {
             counter("io_bytes", usage.ioBytes, 0, limits.ioBytesPerSecond, 0),
             counter("io_ops", usage.ioOperations, 0, limits.ioOperationsPerSecond.map(UInt64.init), 0),
         ]
+        let snapshots = snapshotUsage(record)
+        if snapshots.count > 0 { stats.counters.append(counter("snapshot_bytes", snapshots.bytes, 0, nil, 0)) }
         // A pool VPS's disk is its quota group; the limit stands whether it runs or not.
         if record.config.isPooled {
             if let usage = (try? mountedPool())??.usage(name) {

@@ -122,6 +122,7 @@ extension VPSManager {
     public func destroy(_ name: String, force: Bool) async throws {
         _ = try Name.validate(name)
         try checkNotMigrating(name)
+        try checkDiskFree(name)
         if let message = broken[name] {
             guard force else { throw AgentError(.corruptState, "\(message); use --force to destroy it anyway") }
         } else {
@@ -133,6 +134,7 @@ extension VPSManager {
             throw AgentError(.conflict, "\(mounted) is still mounted; refusing to delete through a mounted VPS disk")
         }
         if records[name]?.config.isPooled ?? false {
+            removePoolSnapshots(name)
             try deleteVolume(name, in: try await storagePool(creating: false))
         } else if let pool = try? mountedPool(), FileIO.exists(pool.volume(name)) {
             // A pool VPS whose config is broken, or what an interrupted destroy left.

@@ -50,6 +50,15 @@ extension VPSManager {
                 field: "name")
         }
         guard !migratingOut.contains(name) else { throw AgentError(.conflict, "VPS \(name) is already being migrated", field: "name") }
+        try checkDiskFree(name)
+        // Snapshots stay with their node: moving the VPS without them would lose them.
+        let snapshots = snapshotList(name)
+        guard snapshots.isEmpty else {
+            throw AgentError(
+                .conflict,
+                "VPS \(name) has \(snapshots.count) snapshot(s) (\(snapshots.map(\.name).joined(separator: ", "))), which migration does not move: back them up (berth backup \(name) FILE --snapshot SNAP) and delete them first",
+                field: "name")
+        }
         guard let config = FileManager.default.contents(atPath: store.configPath(name)) else {
             throw AgentError(.corruptState, "\(store.configPath(name)) cannot be read")
         }
@@ -97,9 +106,8 @@ extension VPSManager {
         pool.directory + "/migrate-" + grant.id.prefix(16)
     }
 
-    static func incomingDirectory(_ pool: StoragePool, _ grant: MigrationGrant) -> String {
-        pool.directory + "/incoming-" + grant.id.prefix(16)
-    }
+    /// Where the snapshots of a VPS coming in are received (a migration's grant, a restore).
+    static func incomingDirectory(_ pool: StoragePool, _ transfer: String) -> String { pool.directory + "/incoming-" + transfer }
 
     /// Deletes every subvolume in `directory`, then the directory (a migration's snapshots, or
     /// what a target received).
@@ -147,15 +155,31 @@ extension VPSManager {
         return grant
     }
 
-    /// Takes in a VPS sent under `grant`: its config as the source stored it, made this node's
-    /// (its interface, a MAC and an id range of this node, stopped), and its disk, which
-    /// `receiveDisk` writes where it is told (an image file, or a directory of the pool for the
-    /// subvolumes of a pool VPS) and checks. Nothing stays if any step fails.
+    /// Takes in a VPS sent under `grant`: its config as the source stored it, made this node's,
+    /// and its disk, which `receiveDisk` writes where it is told (`takeIn`).
     public func receiveMigration(
         _ grant: MigrationGrant, config data: [UInt8], templateDigest: String = "", receiveDisk: (MigrationDisk) async throws -> Void
     ) async throws -> VPSView {
         let name = grant.vps
-        var config = try VPSConfig.decode(Data(data), expectedName: name, path: "the migrated config of \(name)", received: true)
+        let config = try VPSConfig.decode(Data(data), expectedName: name, path: "the migrated config of \(name)", received: true)
+        let view = try await takeIn(
+            name, config: config, templateDigest: templateDigest, from: grant.source, transfer: String(grant.id.prefix(16)),
+            lastSnapshot: VolumeTransfer.finalSnapshot, stillWanted: { try self.checkNotAborted(grant) }, receiveDisk: receiveDisk)
+        receivedMigrations[name] = grant.id
+        logger.info("received migrated VPS", metadata: ["vps": "\(name)", "from": "\(grant.source)", "grant": "\(grant.id)"])
+        return view
+    }
+
+    /// A VPS that comes from elsewhere (a migration's source, a backup) becomes this node's:
+    /// its interface, a MAC and an id range of this node, stopped; its disk as `receiveDisk`
+    /// writes it (an image file, or a directory of the pool for the subvolumes of a pool VPS)
+    /// and checks it. `stillWanted` is asked once the disk is in (a migration aborted meanwhile).
+    /// Nothing stays if any step fails.
+    func takeIn(
+        _ name: String, config received: VPSConfig, templateDigest: String, from origin: String, transfer: String, lastSnapshot: String?,
+        stillWanted: () throws -> Void, receiveDisk: (MigrationDisk) async throws -> Void
+    ) async throws -> VPSView {
+        var config = received
         try checkNameFree(name)
         guard templates.info(config.template) != nil else {
             throw AgentError(
@@ -167,7 +191,7 @@ extension VPSManager {
             guard ours == templateDigest else {
                 throw AgentError(
                     .conflict,
-                    "template \(config.template) on \(nodeName) is not the one VPS \(name) is layered over on \(grant.source) (digest \(ours.prefix(12)) here, \(templateDigest.prefix(12)) there): upload the same template to both (berth template upload)",
+                    "template \(config.template) on \(nodeName) is not the one VPS \(name) is layered over on \(origin) (digest \(ours.prefix(12)) here, \(templateDigest.prefix(12)) there): upload the same template to both (berth template upload)",
                     field: "template")
             }
         }
@@ -185,14 +209,14 @@ extension VPSManager {
             chmod(dir, 0o700)
             if config.isPooled {
                 let pool = try await storagePool(creating: true)
-                try await receiveVolume(name, grant: grant, into: pool, limit: config.limits.diskBytes, receiveDisk)
+                try await receiveVolume(name, transfer: transfer, last: lastSnapshot, into: pool, limit: config.limits.diskBytes, receiveDisk)
                 volumeIn = pool
                 // The controller's abort may have come during the snapshot (the actor was free).
-                try checkNotAborted(grant)
+                try stillWanted()
             } else {
                 let incoming = store.diskPath(name) + ".incoming"
                 try await receiveDisk(.image(incoming))
-                try checkNotAborted(grant)
+                try stillWanted()
                 guard rename(incoming, store.diskPath(name)) == 0 else {
                     throw AgentError(.kernel, "renaming the received disk of \(name): \(errnoName(errno))", stage: "rename", errno: errno)
                 }
@@ -206,19 +230,17 @@ extension VPSManager {
         let record = VPSRecord(config: config)
         records[name] = record
         if config.isLayered { templates.share(config.template, with: name) }
-        receivedMigrations[name] = grant.id
-        logger.info("received migrated VPS", metadata: ["vps": "\(name)", "from": "\(grant.source)", "grant": "\(grant.id)"])
         return view(record)
     }
 
-    /// A pool VPS's subvolume from the snapshots the source sends: received into
-    /// `pool/incoming-GRANT`, the last one (`final`) snapshotted writable into the VPS's place
-    /// with its quota limit; the received ones are deleted whatever happens.
+    /// A pool VPS's subvolume from the snapshots sent: received into `pool/incoming-TRANSFER`,
+    /// the last one (`last`, or the only one when nil) snapshotted writable into the VPS's
+    /// place with its quota limit; the received ones are deleted whatever happens.
     private func receiveVolume(
-        _ name: String, grant: MigrationGrant, into pool: StoragePool, limit: UInt64, _ receiveDisk: (MigrationDisk) async throws -> Void
+        _ name: String, transfer: String, last: String?, into pool: StoragePool, limit: UInt64, _ receiveDisk: (MigrationDisk) async throws -> Void
     ) async throws {
         let btrfs = try VolumeTransfer.tool()
-        let incoming = Self.incomingDirectory(pool, grant)
+        let incoming = Self.incomingDirectory(pool, transfer)
         guard mkdir(incoming, 0o700) == 0 else {
             throw AgentError(.kernel, "making \(incoming): \(errnoName(errno))", stage: "mkdir", errno: errno)
         }
@@ -229,12 +251,11 @@ extension VPSManager {
         _ = FileManager.default.createFile(atPath: mark, contents: nil)
         defer { unlink(mark) }
         try await receiveDisk(.volume(incoming))
-        try checkNotAborted(grant)
-        let last = incoming + "/" + VolumeTransfer.finalSnapshot
-        guard FileIO.exists(last) else {
+        let received = FileIO.listDirectory(incoming)
+        guard let top = last ?? (received.count == 1 ? received.first : nil), received.contains(top) else {
             throw AgentError.invalid("disk", "the transfer ended before its last snapshot arrived; nothing was kept")
         }
-        try await tool([btrfs, "subvolume", "snapshot", last, pool.volume(name)], stage: "btrfs snapshot")
+        try await tool([btrfs, "subvolume", "snapshot", incoming + "/" + top, pool.volume(name)], stage: "btrfs snapshot")
         do {
             try limitVolume(name, in: pool, bytes: limit)
         } catch {

@@ -27,6 +27,7 @@ extension VPSManager {
             }
             let record = VPSRecord(config: config)
             records[name] = record
+            removeUnrecordedSnapshots(name, pooled: config.isPooled)
             if config.isLayered { templates.share(config.template, with: name) }
             if let run = RunState.read(runDir: runDir(name)), run.monitorAlive {
                 record.run = run
@@ -34,6 +35,8 @@ extension VPSManager {
                 let pidfd = berth_pidfd_open(run.monitorPid, 0)
                 if pidfd >= 0 { watchMonitor(name, record: record, pid: run.monitorPid, pidfd: pidfd) }
                 logger.info("re-adopted running VPS", metadata: ["vps": "\(name)", "pid": "\(run.initPid)"])
+                // An agent that died during a snapshot's instant left its VPS frozen.
+                thawAfterSnapshot(record)
                 // An agent that stopped right after a start (a migration's target) may not have
                 // announced the addresses yet: the LAN would still send them to the source.
                 announceAddresses(of: record)

@@ -45,6 +45,7 @@ extension VPSManager {
         defer { pendingNetworks[name] = nil }
 
         let old = record.config.limits
+        if old.diskBytes != config.limits.diskBytes || config.limits.diskInodes != old.diskInodes { try checkDiskFree(name) }
         if config.isPooled {
             if config.limits.diskInodes != nil {
                 throw AgentError.invalid("disk-inodes", "a pool VPS's disk is a btrfs subvolume, which has no inode limit")

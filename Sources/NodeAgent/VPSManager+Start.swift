@@ -10,6 +10,7 @@ extension VPSManager {
         _ = try Name.validate(name)
         let record = try record(name)
         try checkNotMigrating(name)
+        try checkDiskFree(name)
         // Before the disk is looked for: a running VPS answers "already running".
         try record.lifecycle.checkStart(name)
         let pool = record.config.isPooled ? try await storagePool(creating: false) : nil

@@ -35,6 +35,8 @@ public actor VPSManager {
     var abortedMigrations: Set<String> = []
     /// VPSs whose disk is being sent to another node.
     var migratingOut: Set<String> = []
+    /// VPSs whose disk a snapshot, rollback or backup holds, with what it is doing.
+    var diskHolds: [String: String] = [:]
     /// The disk layout of a VPS created without `--layout` (`berth-agent --default-layout`).
     public let defaultLayout: VPSConfig.Layout
     /// The node's btrfs pool once a pool VPS needed it (StoragePool.swift).
@@ -120,6 +122,7 @@ public actor VPSManager {
 
     func view(_ record: VPSRecord) -> VPSView {
         var view = VPSView(config: record.config, state: record.state, node: nodeName, lastExit: record.lastExit)
+        (view.snapshots, view.snapshotBytes) = snapshotUsage(record)
         if record.state.hasMonitor {
             // The init pid changes on an in-VPS reboot: the monitor's state file is current.
             if let run = RunState.read(runDir: runDir(record.config.name)) { record.run = run }

@@ -11,4 +11,7 @@ public struct VPSView: Sendable {
     /// Host pid of init and when it booted, while the VPS runs.
     public var initPid: Int32?
     public var bootedAt: Int64?
+    /// The VPS's snapshots: how many, and the bytes they hold of their own.
+    public var snapshots = 0
+    public var snapshotBytes: UInt64 = 0
 }

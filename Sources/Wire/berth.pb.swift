@@ -545,6 +545,18 @@ public nonisolated struct Berth_V1_VpsStatus: @unchecked Sendable {
     set {_uniqueStorage()._layout = newValue}
   }
 
+  /// how many snapshots the VPS has (node-local: berth snapshot list)
+  public var snapshots: UInt32 {
+    get {_storage._snapshots}
+    set {_uniqueStorage()._snapshots = newValue}
+  }
+
+  /// what they hold of their own
+  public var snapshotBytes: UInt64 {
+    get {_storage._snapshotBytes}
+    set {_uniqueStorage()._snapshotBytes = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1656,6 +1668,55 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .nodeRestore(newValue)}
   }
 
+  /// snapshots and backups (Docs/backup.md)
+  public var snapshotCreate: Berth_V1_SnapshotRequest {
+    get {
+      if case .snapshotCreate(let v)? = call {return v}
+      return Berth_V1_SnapshotRequest()
+    }
+    set {call = .snapshotCreate(newValue)}
+  }
+
+  public var snapshotList: Berth_V1_NameRequest {
+    get {
+      if case .snapshotList(let v)? = call {return v}
+      return Berth_V1_NameRequest()
+    }
+    set {call = .snapshotList(newValue)}
+  }
+
+  public var snapshotRollback: Berth_V1_SnapshotRequest {
+    get {
+      if case .snapshotRollback(let v)? = call {return v}
+      return Berth_V1_SnapshotRequest()
+    }
+    set {call = .snapshotRollback(newValue)}
+  }
+
+  public var snapshotDelete: Berth_V1_SnapshotRequest {
+    get {
+      if case .snapshotDelete(let v)? = call {return v}
+      return Berth_V1_SnapshotRequest()
+    }
+    set {call = .snapshotDelete(newValue)}
+  }
+
+  public var backup: Berth_V1_BackupRequest {
+    get {
+      if case .backup(let v)? = call {return v}
+      return Berth_V1_BackupRequest()
+    }
+    set {call = .backup(newValue)}
+  }
+
+  public var restore: Berth_V1_RestoreBackupRequest {
+    get {
+      if case .restore(let v)? = call {return v}
+      return Berth_V1_RestoreBackupRequest()
+    }
+    set {call = .restore(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -1706,8 +1767,145 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case migrationAbort(Berth_V1_MigrationGrant)
     case nodeDrain(Berth_V1_DrainRequest)
     case nodeRestore(Berth_V1_RestoreRequest)
+    /// snapshots and backups (Docs/backup.md)
+    case snapshotCreate(Berth_V1_SnapshotRequest)
+    case snapshotList(Berth_V1_NameRequest)
+    case snapshotRollback(Berth_V1_SnapshotRequest)
+    case snapshotDelete(Berth_V1_SnapshotRequest)
+    case backup(Berth_V1_BackupRequest)
+    case restore(Berth_V1_RestoreBackupRequest)
 
   }
+
+  public init() {}
+}
+
+/// `berth snapshot create|rollback|delete NAME SNAP` (Docs/backup.md).
+public nonisolated struct Berth_V1_SnapshotRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// the VPS
+  public var name: String = String()
+
+  /// create: "" = named after the time (20261206-113000)
+  public var snapshot: String = String()
+
+  /// rollback: stop a running VPS first and start it again after
+  public var restart: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_SnapshotInfo: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var createdUnix: Int64 = 0
+
+  /// what the snapshot holds of its own (pool: the qgroup's exclusive bytes;
+  public var bytes: UInt64 = 0
+
+  /// loop: the copy's allocated bytes)
+  public var method: String = String()
+
+  /// how long the VPS was frozen for it (0: stopped, or a pool snapshot)
+  public var frozenMs: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_SnapshotList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var vps: String = String()
+
+  public var node: String = String()
+
+  public var snapshots: [Berth_V1_SnapshotInfo] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// `berth backup NAME FILE`: the archive (Docs/backup.md) as DATA on channel 1, END on channel
+/// 1, then RESPONSE `backup`. PROGRESS carries the disk bytes read of the total.
+public nonisolated struct Berth_V1_BackupRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// "" = a temporary snapshot of the VPS as it is now
+  public var snapshot: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_BackupResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var vps: String = String()
+
+  public var node: String = String()
+
+  /// the disk's bytes read
+  public var diskBytes: UInt64 = 0
+
+  /// the archive's size
+  public var archiveBytes: UInt64 = 0
+
+  /// of the whole archive, lower-case hex
+  public var sha256: String = String()
+
+  public var frozenMs: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// `berth restore FILE`: the archive as DATA on channel 0, END on channel 0; RESPONSE `status`.
+public nonisolated struct Berth_V1_RestoreBackupRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// the archive's first member, berth-backup.json, as the file holds it
+  public var manifest: Data = Data()
+
+  /// "" = the name in the archive
+  public var name: String = String()
+
+  /// controller: the node to restore on ("" = the scheduler's choice)
+  public var node: String = String()
+
+  /// replace the archive's addresses (controller: also auto[:POOL])
+  public var ips: [String] = []
+
+  /// restore without addresses
+  public var noIps: Bool = false
+
+  /// the archive's size, for progress (0: unknown)
+  public var size: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -2080,6 +2278,30 @@ public nonisolated struct Berth_V1_Response: @unchecked Sendable {
     set {_uniqueStorage()._result = .drain(newValue)}
   }
 
+  public var snapshot: Berth_V1_SnapshotInfo {
+    get {
+      if case .snapshot(let v)? = _storage._result {return v}
+      return Berth_V1_SnapshotInfo()
+    }
+    set {_uniqueStorage()._result = .snapshot(newValue)}
+  }
+
+  public var snapshots: Berth_V1_SnapshotList {
+    get {
+      if case .snapshots(let v)? = _storage._result {return v}
+      return Berth_V1_SnapshotList()
+    }
+    set {_uniqueStorage()._result = .snapshots(newValue)}
+  }
+
+  public var backup: Berth_V1_BackupResult {
+    get {
+      if case .backup(let v)? = _storage._result {return v}
+      return Berth_V1_BackupResult()
+    }
+    set {_uniqueStorage()._result = .backup(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -2105,6 +2327,9 @@ public nonisolated struct Berth_V1_Response: @unchecked Sendable {
     case templateUpload(Berth_V1_TemplateUploadResult)
     case rotated(Berth_V1_RotateResult)
     case drain(Berth_V1_DrainResult)
+    case snapshot(Berth_V1_SnapshotInfo)
+    case snapshots(Berth_V1_SnapshotList)
+    case backup(Berth_V1_BackupResult)
 
   }
 
@@ -2918,7 +3143,7 @@ nonisolated extension Berth_V1_ConsoleRequest: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".VpsStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}hostname\0\u{1}ips\0\u{1}template\0\u{1}node\0\u{1}pid\0\u{1}labels\0\u{1}onboot\0\u{1}limits\0\u{3}last_exit\0\u{3}started_at_unix\0\u{1}net\0\u{3}host_interface\0\u{1}mac\0\u{1}nameservers\0\u{1}searchdomains\0\u{1}privileged\0\u{1}idmap\0\u{1}capabilities\0\u{1}storage\0\u{1}layout\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}hostname\0\u{1}ips\0\u{1}template\0\u{1}node\0\u{1}pid\0\u{1}labels\0\u{1}onboot\0\u{1}limits\0\u{3}last_exit\0\u{3}started_at_unix\0\u{1}net\0\u{3}host_interface\0\u{1}mac\0\u{1}nameservers\0\u{1}searchdomains\0\u{1}privileged\0\u{1}idmap\0\u{1}capabilities\0\u{1}storage\0\u{1}layout\0\u{1}snapshots\0\u{3}snapshot_bytes\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -2943,6 +3168,8 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
     var _capabilities: Dictionary<String,String> = [:]
     var _storage: String = String()
     var _layout: String = String()
+    var _snapshots: UInt32 = 0
+    var _snapshotBytes: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2975,6 +3202,8 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
       _capabilities = source._capabilities
       _storage = source._storage
       _layout = source._layout
+      _snapshots = source._snapshots
+      _snapshotBytes = source._snapshotBytes
     }
   }
 
@@ -3015,6 +3244,8 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
         case 20: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._capabilities) }()
         case 21: try { try decoder.decodeSingularStringField(value: &_storage._storage) }()
         case 22: try { try decoder.decodeSingularStringField(value: &_storage._layout) }()
+        case 23: try { try decoder.decodeSingularUInt32Field(value: &_storage._snapshots) }()
+        case 24: try { try decoder.decodeSingularUInt64Field(value: &_storage._snapshotBytes) }()
         default: break
         }
       }
@@ -3093,6 +3324,12 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._layout.isEmpty {
         try visitor.visitSingularStringField(value: _storage._layout, fieldNumber: 22)
       }
+      if _storage._snapshots != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._snapshots, fieldNumber: 23)
+      }
+      if _storage._snapshotBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._snapshotBytes, fieldNumber: 24)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3124,6 +3361,8 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._capabilities != rhs_storage._capabilities {return false}
         if _storage._storage != rhs_storage._storage {return false}
         if _storage._layout != rhs_storage._layout {return false}
+        if _storage._snapshots != rhs_storage._snapshots {return false}
+        if _storage._snapshotBytes != rhs_storage._snapshotBytes {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -4664,7 +4903,7 @@ nonisolated extension Berth_V1_OperationList: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0\u{3}template_export\0\u{1}migrate\0\u{3}migration_expect\0\u{3}migration_send\0\u{3}migration_receive\0\u{3}migration_abort\0\u{3}node_drain\0\u{3}node_restore\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0\u{3}template_export\0\u{1}migrate\0\u{3}migration_expect\0\u{3}migration_send\0\u{3}migration_receive\0\u{3}migration_abort\0\u{3}node_drain\0\u{3}node_restore\0\u{3}snapshot_create\0\u{3}snapshot_list\0\u{3}snapshot_rollback\0\u{3}snapshot_delete\0\u{1}backup\0\u{1}restore\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5207,6 +5446,84 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .nodeRestore(v)
         }
       }()
+      case 51: try {
+        var v: Berth_V1_SnapshotRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .snapshotCreate(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .snapshotCreate(v)
+        }
+      }()
+      case 52: try {
+        var v: Berth_V1_NameRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .snapshotList(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .snapshotList(v)
+        }
+      }()
+      case 53: try {
+        var v: Berth_V1_SnapshotRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .snapshotRollback(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .snapshotRollback(v)
+        }
+      }()
+      case 54: try {
+        var v: Berth_V1_SnapshotRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .snapshotDelete(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .snapshotDelete(v)
+        }
+      }()
+      case 55: try {
+        var v: Berth_V1_BackupRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .backup(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .backup(v)
+        }
+      }()
+      case 56: try {
+        var v: Berth_V1_RestoreBackupRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .restore(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .restore(v)
+        }
+      }()
       default: break
       }
     }
@@ -5388,6 +5705,30 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       guard case .nodeRestore(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 50)
     }()
+    case .snapshotCreate?: try {
+      guard case .snapshotCreate(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 51)
+    }()
+    case .snapshotList?: try {
+      guard case .snapshotList(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 52)
+    }()
+    case .snapshotRollback?: try {
+      guard case .snapshotRollback(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 53)
+    }()
+    case .snapshotDelete?: try {
+      guard case .snapshotDelete(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 54)
+    }()
+    case .backup?: try {
+      guard case .backup(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 55)
+    }()
+    case .restore?: try {
+      guard case .restore(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 56)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -5397,6 +5738,281 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.deadlineMs != rhs.deadlineMs {return false}
     if lhs.operationID != rhs.operationID {return false}
     if lhs.call != rhs.call {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_SnapshotRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SnapshotRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}snapshot\0\u{1}restart\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.snapshot) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.restart) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.snapshot.isEmpty {
+      try visitor.visitSingularStringField(value: self.snapshot, fieldNumber: 2)
+    }
+    if self.restart != false {
+      try visitor.visitSingularBoolField(value: self.restart, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_SnapshotRequest, rhs: Berth_V1_SnapshotRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.snapshot != rhs.snapshot {return false}
+    if lhs.restart != rhs.restart {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_SnapshotInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SnapshotInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}created_unix\0\u{1}bytes\0\u{1}method\0\u{3}frozen_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.createdUnix) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.method) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.frozenMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.createdUnix != 0 {
+      try visitor.visitSingularInt64Field(value: self.createdUnix, fieldNumber: 2)
+    }
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 3)
+    }
+    if !self.method.isEmpty {
+      try visitor.visitSingularStringField(value: self.method, fieldNumber: 4)
+    }
+    if self.frozenMs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.frozenMs, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_SnapshotInfo, rhs: Berth_V1_SnapshotInfo) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.createdUnix != rhs.createdUnix {return false}
+    if lhs.bytes != rhs.bytes {return false}
+    if lhs.method != rhs.method {return false}
+    if lhs.frozenMs != rhs.frozenMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_SnapshotList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SnapshotList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vps\0\u{1}node\0\u{1}snapshots\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.vps) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.snapshots) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.vps.isEmpty {
+      try visitor.visitSingularStringField(value: self.vps, fieldNumber: 1)
+    }
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 2)
+    }
+    if !self.snapshots.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.snapshots, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_SnapshotList, rhs: Berth_V1_SnapshotList) -> Bool {
+    if lhs.vps != rhs.vps {return false}
+    if lhs.node != rhs.node {return false}
+    if lhs.snapshots != rhs.snapshots {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_BackupRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BackupRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}snapshot\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.snapshot) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.snapshot.isEmpty {
+      try visitor.visitSingularStringField(value: self.snapshot, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_BackupRequest, rhs: Berth_V1_BackupRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.snapshot != rhs.snapshot {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_BackupResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BackupResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vps\0\u{1}node\0\u{3}disk_bytes\0\u{3}archive_bytes\0\u{1}sha256\0\u{3}frozen_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.vps) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.diskBytes) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.archiveBytes) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.sha256) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.frozenMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.vps.isEmpty {
+      try visitor.visitSingularStringField(value: self.vps, fieldNumber: 1)
+    }
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 2)
+    }
+    if self.diskBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.diskBytes, fieldNumber: 3)
+    }
+    if self.archiveBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.archiveBytes, fieldNumber: 4)
+    }
+    if !self.sha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.sha256, fieldNumber: 5)
+    }
+    if self.frozenMs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.frozenMs, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_BackupResult, rhs: Berth_V1_BackupResult) -> Bool {
+    if lhs.vps != rhs.vps {return false}
+    if lhs.node != rhs.node {return false}
+    if lhs.diskBytes != rhs.diskBytes {return false}
+    if lhs.archiveBytes != rhs.archiveBytes {return false}
+    if lhs.sha256 != rhs.sha256 {return false}
+    if lhs.frozenMs != rhs.frozenMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_RestoreBackupRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RestoreBackupRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}manifest\0\u{1}name\0\u{1}node\0\u{1}ips\0\u{3}no_ips\0\u{1}size\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.manifest) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.ips) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.noIps) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.size) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.manifest.isEmpty {
+      try visitor.visitSingularBytesField(value: self.manifest, fieldNumber: 1)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
+    }
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 3)
+    }
+    if !self.ips.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.ips, fieldNumber: 4)
+    }
+    if self.noIps != false {
+      try visitor.visitSingularBoolField(value: self.noIps, fieldNumber: 5)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularUInt64Field(value: self.size, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_RestoreBackupRequest, rhs: Berth_V1_RestoreBackupRequest) -> Bool {
+    if lhs.manifest != rhs.manifest {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.node != rhs.node {return false}
+    if lhs.ips != rhs.ips {return false}
+    if lhs.noIps != rhs.noIps {return false}
+    if lhs.size != rhs.size {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -5768,7 +6384,7 @@ nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, S
 
 nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0\u{1}operation\0\u{1}operations\0\u{3}template_upload\0\u{1}rotated\0\u{1}drain\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0\u{1}operation\0\u{1}operations\0\u{3}template_upload\0\u{1}rotated\0\u{1}drain\0\u{1}snapshot\0\u{1}snapshots\0\u{1}backup\0")
 
   fileprivate class _StorageClass {
     var _result: Berth_V1_Response.OneOf_Result?
@@ -6087,6 +6703,45 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
             _storage._result = .drain(v)
           }
         }()
+        case 32: try {
+          var v: Berth_V1_SnapshotInfo?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .snapshot(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .snapshot(v)
+          }
+        }()
+        case 33: try {
+          var v: Berth_V1_SnapshotList?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .snapshots(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .snapshots(v)
+          }
+        }()
+        case 34: try {
+          var v: Berth_V1_BackupResult?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .backup(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .backup(v)
+          }
+        }()
         default: break
         }
       }
@@ -6187,6 +6842,18 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
       case .drain?: try {
         guard case .drain(let v)? = _storage._result else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
+      }()
+      case .snapshot?: try {
+        guard case .snapshot(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 32)
+      }()
+      case .snapshots?: try {
+        guard case .snapshots(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
+      }()
+      case .backup?: try {
+        guard case .backup(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 34)
       }()
       case nil: break
       }

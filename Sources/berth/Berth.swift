@@ -43,7 +43,8 @@ struct Berth: AsyncParsableCommand {
         subcommands: [
             TemplateCommand.self, Create.self, Start.self, Stop.self, Restart.self, Destroy.self,
             Status.self, List.self, Stats.self, NodeCommand.self, Exec.self, Enter.self, Console.self, SetCommand.self,
-            CACommand.self, IPPoolCommand.self, Events.self, OperationCommand.self, Migrate.self,
+            CACommand.self, IPPoolCommand.self, Events.self, OperationCommand.self, Migrate.self, SnapshotCommand.self,
+            BackupCommand.self, RestoreCommand.self,
         ])
 
     /// The connection flags may also come before the command (`berth --controller H:P list`, as
@@ -249,6 +250,7 @@ extension Berth_V1_VpsStatus {
         if !labels.isEmpty { parts.append("labels=" + labelText(labels)) }
         if privileged { parts.append("privileged=yes") }
         if !lastExit.isEmpty && state != "running" { parts.append("last_exit=\"\(lastExit)\"") }
+        if snapshots > 0 { parts.append("snapshots=\(snapshots) snapshot_bytes=\(snapshotBytes)") }
         return joinedText(parts, separator: " ")
     }
 
@@ -271,6 +273,7 @@ extension Berth_V1_VpsStatus {
             "nameservers": .array(nameservers.map(JSON.string)), "searchdomains": .array(searchdomains.map(JSON.string)),
             "privileged": .bool(privileged), "idmap": .string(idmap), "capabilities": .object(capabilities.mapValues(JSON.string)),
             "storage": .string(storage.isEmpty ? "image" : storage), "layout": .string(layout.isEmpty ? "loop" : layout),
+            "snapshots": .int(Int64(snapshots)), "snapshot_bytes": .int(Int64(snapshotBytes)),
         ])
     }
 }

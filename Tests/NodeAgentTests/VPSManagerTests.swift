@@ -27,6 +27,8 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
     func procsFiles(_ name: String) -> [String] { [] }
     func pids(_ name: String) -> [Int32] { [] }
     func killAll(_ name: String) throws(IsolationError) {}
+    func freeze(_ name: String, timeoutMs: Int) throws(IsolationError) {}
+    func thaw(_ name: String) throws(IsolationError) {}
     func destroy(_ name: String) throws(IsolationError) { _ = state.withLock { $0.existing.remove(name) } }
     func exists(_ name: String) -> Bool { state.withLock { $0.existing.contains(name) } }
     func usage(_ name: String, scope: UsageScope) -> CgroupUsage { CgroupUsage() }

@@ -641,6 +641,40 @@ t_target_disk_full_fails_the_migration_and_rolls_it_back() {
 
 # A controller certificate the tests mint with the cluster CA's key, to hand an agent a grant
 # of their own choosing.
+# Snapshots and backups through the controller: a backup taken on n1 restores on n2 with the
+# same data; the archive's address (still held) is refused, --ip auto gets a new one; a VPS with
+# snapshots is not migrated (they would be lost); a truncated archive creates nothing anywhere.
+t_snapshots_and_backups_through_the_controller() {
+    local V=$RUN_ID-bak R=$RUN_ID-bak-copy err
+    running_vps_with_data "$V" n1 64M 8
+    local sums ip; sums=$(vps_sums "$V"); ip=$(cl status "$V" --json | field ips)
+    cl snapshot create "$V" s1 >/dev/null
+    expect_contains "$(cl snapshot list "$V")" s1
+    expect_contains "$(cl status "$V")" "snapshots=1"
+    err=$(expect_fail 4 cl migrate "$V" --to n2); expect_contains "$err" "snapshot"
+    expect_eq "$(node_of "$V")" n1
+    cl backup "$V" "$WORK/$V.berth" >/dev/null
+    err=$(expect_fail 4 cl restore "$WORK/$V.berth" --name "$R" --node n2); expect_contains "$err" "$ip"
+    cl status "$R" >/dev/null 2>&1 && fail "a refused restore left $R"
+    head -c $(( $(stat -c %s "$WORK/$V.berth") * 2 / 3 )) "$WORK/$V.berth" >"$WORK/$V-cut.berth"
+    err=$(expect_fail 2 cl restore "$WORK/$V-cut.berth" --name "$R" --node n2 --ip auto); expect_contains "$err" "truncated"
+    cl status "$R" >/dev/null 2>&1 && fail "a truncated restore left $R on the controller"
+    expect_eq "$(holders "$R")" ""
+    cl restore "$WORK/$V.berth" --name "$R" --node n2 --ip auto >/dev/null
+    expect_eq "$(node_of "$R")" n2
+    [ "$(cl status "$R" --json | field ips)" != "$ip" ] || fail "the restored VPS got the original's address"
+    cl start "$R" >/dev/null
+    expect_eq "$(vps_sums "$R")" "$sums"
+    cl exec "$V" -- sh -c 'echo changed > /srv/notes.txt'
+    cl snapshot rollback "$V" s1 --restart >/dev/null
+    expect_eq "$(vps_sums "$V")" "$sums"
+    cl snapshot delete "$V" s1 >/dev/null
+    expect_eq "$(cl status "$V" --json | field snapshots)" 0
+    cl destroy "$R" --force >/dev/null
+    cl destroy "$V" --force >/dev/null
+    rm -f "$WORK/$V.berth" "$WORK/$V-cut.berth"
+}
+
 forge_controller_bundle() { # DIR
     mkdir -p "$1"; cp "$ADMIN/ca.pem" "$1/ca.pem"
     /usr/bin/python3 - "$WORK/ca" "$1" <<'PY'
@@ -982,6 +1016,7 @@ run_test "a dropped connection between source and target: the copy resumes on a 
 run_test "the target's disk fills during the copy: the move fails with ENOSPC, the VPS runs on, the target's space is given back" t_target_disk_full_fails_the_migration_and_rolls_it_back
 run_test "a migration grant is single-use and only its source may use it; only the controller hands one out" t_migration_grants_are_single_use_and_bound_to_their_source
 run_test "a migrating VPS refuses destroy, stop and set (busy); a VPS being stopped is not migrated" t_a_migrating_vps_is_busy
+run_test "snapshots and backups through the controller: restored on another node with its data; refusals create nothing" t_snapshots_and_backups_through_the_controller
 run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, hostname mismatch, TLS <= 1.2" t_mtls_battery
 run_test "roles and tenants (T05): viewers read only, tenants see only their own, nodes are not operators" t_roles_and_tenants
 run_test "revocation (T04) closes open sessions and refuses new ones" t_revocation_closes_open_sessions

@@ -418,6 +418,134 @@ t_pool_layout_limits_resizes_and_leaves_nothing() {
     ! grep -F "$WORK/data/vps/" /proc/self/mountinfo || fail "a VPS mount is left in the host's namespace"
 }
 
+# A checksum of the VPS's data files (the same command everywhere the data is compared).
+data_sum() { "$BERTH" exec "$1" -- sh -c 'cat /data/* | md5sum' | cut -d' ' -f1; }
+write_data() { "$BERTH" exec "$1" -- sh -c "mkdir -p /data && dd if=/dev/urandom of=/data/$2 bs=1M count=${3:-4} 2>/dev/null && sync"; }
+
+# Snapshots of a loop VPS: a consistent copy taken while it runs (frozen for the copy), listed
+# with its space, rolled back to exactly, deleted; refusals change nothing.
+t_snapshots_loop() {
+    local S; S=$(vps_name snap)
+    "$BERTH" create "$S" --template busybox --disk 64M >/dev/null
+    "$BERTH" start "$S" >/dev/null
+    write_data "$S" one 8
+    local before; before=$(data_sum "$S")
+    local out; out=$("$BERTH" snapshot create "$S" first)
+    expect_contains "$out" "snapshot first of $S taken"
+    expect_contains "$out" "VPS frozen for"
+    [ -f "$WORK/data/vps/$S/snapshots/first.img" ] || fail "no snapshot image"
+    "$BERTH" snapshot create "$S" >/dev/null   # a name from the time
+    write_data "$S" two 4
+    "$BERTH" exec "$S" -- sh -c 'echo changed > /data/one'
+    [ "$(data_sum "$S")" != "$before" ] || fail "the data did not change"
+    local listed; listed=$("$BERTH" snapshot list "$S" --json | python3 -c '
+import json, sys
+l = json.load(sys.stdin)["snapshots"]
+print(len(l), l[0]["name"], l[0]["bytes"] > 8 << 20, l[0]["method"] in ("copy", "reflink"))')
+    expect_eq "$listed" "2 first True True"
+    expect_contains "$("$BERTH" status "$S")" "snapshots=2"
+    expect_contains "$("$BERTH" stats "$S")" "snapshot_bytes"
+    # Refusals: nothing changes.
+    expect_contains "$(expect_fail 4 "$BERTH" snapshot rollback "$S" first)" "stop it first or use --restart"
+    expect_contains "$(expect_fail 2 "$BERTH" snapshot create "$S" Bad_Name)" "snapshot:"
+    expect_contains "$(expect_fail 4 "$BERTH" snapshot create "$S" first)" "already has a snapshot first"
+    expect_contains "$(expect_fail 3 "$BERTH" snapshot rollback "$S" nosuch --restart)" "has no snapshot nosuch"
+    expect_contains "$(expect_fail 3 "$BERTH" snapshot delete "$S" nosuch)" "has no snapshot nosuch"
+    [ "$(data_sum "$S")" != "$before" ] || fail "a refused rollback changed the data"
+    # Rolled back: exactly the data of the instant of the snapshot, running again.
+    expect_contains "$("$BERTH" snapshot rollback "$S" first --restart)" "rolled back to first; running"
+    expect_eq "$(data_sum "$S")" "$before"
+    "$BERTH" exec "$S" -- test ! -e /data/two || fail "a file written after the snapshot survived the rollback"
+    # A stopped VPS: no freeze; the rollback needs no restart.
+    "$BERTH" stop "$S" >/dev/null
+    out=$("$BERTH" snapshot create "$S" cold)
+    case "$out" in *frozen*) fail "a stopped VPS was frozen: $out";; esac
+    "$BERTH" snapshot rollback "$S" cold >/dev/null
+    "$BERTH" snapshot delete "$S" first >/dev/null
+    [ ! -e "$WORK/data/vps/$S/snapshots/first.img" ] || fail "delete left the image"
+    expect_eq "$("$BERTH" snapshot list "$S" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["snapshots"]))')" 2
+    "$BERTH" destroy "$S" >/dev/null
+    [ ! -e "$WORK/data/vps/$S" ] || fail "destroy left the VPS's snapshots"
+}
+
+# A backup of a running VPS restored under another name has its data; the archive is a tar an
+# operator can check by hand; truncated, damaged and foreign files are refused, nothing created.
+t_backup_restore_loop() {
+    local S R; S=$(vps_name bk); R=$(vps_name bk-copy)
+    "$BERTH" create "$S" --template busybox --disk 64M --label role=db >/dev/null
+    "$BERTH" start "$S" >/dev/null
+    write_data "$S" one 8
+    local before; before=$(data_sum "$S")
+    local file="$WORK/$S.berth"
+    local out; out=$("$BERTH" backup "$S" "$file")
+    expect_contains "$out" "$S backed up to $file"
+    expect_eq "$(tar -tf "$file" | head -2 | tr '\n' ' ')" "berth-backup.json config.json "
+    expect_eq "$(tar -tf "$file" | tail -1)" SHA256SUMS
+    mkdir -p "$WORK/unpacked" && tar -xf "$file" -C "$WORK/unpacked"
+    (cd "$WORK/unpacked" && sha256sum -c --quiet SHA256SUMS) || fail "sha256sum -c of the unpacked archive failed"
+    expect_eq "$(cat "$WORK/unpacked"/disk.zst.* | zstd -dq | wc -c)" "$(stat -c %s "$WORK/data/vps/$S/disk.img")"
+    expect_contains "$(expect_fail 4 "$BERTH" backup "$S" "$file")" "exists"
+    # Refused archives: nothing is created.
+    head -c $(( $(stat -c %s "$file") / 2 )) "$file" >"$WORK/truncated.berth"
+    expect_contains "$(expect_fail 2 "$BERTH" restore "$WORK/truncated.berth" --name "$R" --no-ip)" "truncated"
+    cp "$file" "$WORK/damaged.berth"
+    printf 'XXXXXXXX' | dd of="$WORK/damaged.berth" bs=1 seek=$(( $(stat -c %s "$file") / 2 )) conv=notrunc 2>/dev/null
+    out=$(expect_fail 2 "$BERTH" restore "$WORK/damaged.berth" --name "$R" --no-ip)
+    expect_contains "$out" "damaged"
+    tar -cf "$WORK/foreign.tar" -C "$WORK/unpacked" config.json
+    expect_contains "$(expect_fail 2 "$BERTH" restore "$WORK/foreign.tar" --name "$R")" "not a Berth backup"
+    expect_contains "$(expect_fail 4 "$BERTH" restore "$file")" "$S"
+    [ ! -e "$WORK/data/vps/$R" ] || fail "a refused restore left $WORK/data/vps/$R"
+    "$BERTH" status "$R" >/dev/null 2>&1 && fail "a refused restore created $R"
+    # The good one.
+    out=$("$BERTH" restore "$file" --name "$R" --no-ip)
+    expect_contains "$out" "$R restored from $file"
+    expect_contains "$("$BERTH" status "$R")" "$R stopped"
+    expect_contains "$("$BERTH" status "$R")" "labels=role=db"
+    "$BERTH" start "$R" >/dev/null
+    expect_eq "$(data_sum "$R")" "$before"
+    # From a named snapshot: the data of the snapshot's instant, not of now.
+    "$BERTH" snapshot create "$S" then >/dev/null
+    write_data "$S" later 2
+    "$BERTH" backup "$S" "$WORK/then.berth" --snapshot then >/dev/null
+    "$BERTH" destroy "$R" --force >/dev/null
+    "$BERTH" restore "$WORK/then.berth" --name "$R" --no-ip >/dev/null
+    "$BERTH" start "$R" >/dev/null
+    expect_eq "$(data_sum "$R")" "$before"
+    "$BERTH" destroy "$R" --force >/dev/null
+    "$BERTH" destroy "$S" --force >/dev/null
+    rm -rf "$WORK/unpacked" "$WORK"/*.berth "$WORK/foreign.tar"
+}
+
+# A pool VPS: btrfs snapshots (no freeze), rollback, and a backup restored as a pool VPS.
+t_snapshots_backup_pool() {
+    grep -qw btrfs /proc/filesystems || skip "this kernel has no btrfs, which --layout pool needs"
+    command -v mkfs.btrfs >/dev/null || skip "no mkfs.btrfs (btrfs-progs) to make the storage pool"
+    local S R; S=$(vps_name psnap); R=$(vps_name psnap-copy)
+    "$BERTH" create "$S" --template busybox --disk 128M --layout pool >/dev/null
+    "$BERTH" start "$S" >/dev/null
+    write_data "$S" one 8
+    local before; before=$(data_sum "$S")
+    local out; out=$("$BERTH" snapshot create "$S" first)
+    expect_contains "$out" "(btrfs)"
+    [ -d "$WORK/data/pool/snapshots/$S/first" ] || fail "no read-only snapshot subvolume"
+    expect_eq "$(btrfs property get -ts "$WORK/data/pool/snapshots/$S/first" ro)" "ro=true"
+    "$BERTH" exec "$S" -- sh -c 'rm /data/one; echo new > /data/two'
+    "$BERTH" backup "$S" "$WORK/$S.berth" --snapshot first >/dev/null
+    expect_contains "$("$BERTH" snapshot rollback "$S" first --restart)" "running"
+    expect_eq "$(data_sum "$S")" "$before"
+    [ "$(stat_field "$S" disk_bytes limit)" = $((128 << 20)) ] || fail "the rolled-back subvolume lost its quota limit"
+    "$BERTH" restore "$WORK/$S.berth" --name "$R" --no-ip >/dev/null
+    expect_eq "$("$BERTH" status "$R" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["layout"])')" pool
+    "$BERTH" start "$R" >/dev/null
+    expect_eq "$(data_sum "$R")" "$before"
+    "$BERTH" destroy "$R" --force >/dev/null
+    "$BERTH" destroy "$S" --force >/dev/null
+    [ ! -e "$WORK/data/pool/snapshots/$S/first" ] || fail "destroy left the snapshot subvolume"
+    [ -z "$(ls "$WORK/data/pool" | grep -E '^incoming-')" ] || fail "a restore left a received subvolume"
+    rm -f "$WORK/$S.berth"
+}
+
 run_test "a memory bomb is OOM-killed inside its VPS only" t_memory_bomb_is_killed_inside
 run_test "a fork bomb stops at the pids limit; exec into another VPS answers within 1 s" t_fork_bomb_stops_at_pids
 run_test "disk and inode fills stop at the VPS limit; the host filesystem is untouched" t_disk_and_inode_fill_stop_at_the_limit
@@ -431,6 +559,9 @@ run_test "--io-bps holds direct writes and reads within 15 %, changed live" t_io
 run_test "set --disk grows a running VPS online; shrinking it is refused" t_disk_grows_online
 run_test "set --disk on a stopped VPS grows, and shrinks only above the data in it" t_disk_resizes_offline
 run_test "--layout pool: a btrfs subvolume with a quota, grown live, no subvolumes inside, nothing left after destroy" t_pool_layout_limits_resizes_and_leaves_nothing
+run_test "snapshots of a loop VPS: taken running (frozen) or stopped, listed, rolled back exactly, deleted" t_snapshots_loop
+run_test "backup of a running VPS restores with its data; truncated, damaged and foreign archives create nothing" t_backup_restore_loop
+run_test "pool VPS: read-only btrfs snapshots, rollback with the quota, backup restored as a pool VPS" t_snapshots_backup_pool
 
 echo
 [ ${#FAILED_NAMES[@]} -eq 0 ] || printf 'failed: %s\n' "${FAILED_NAMES[@]}"

@@ -82,6 +82,18 @@ int berth_btrfs_grow_to_device(const char *path);
 /// The filesystem's UUID as /sys/fs/btrfs names its directory.
 int berth_btrfs_fsid(const char *path, char *uuid, size_t uuid_len);
 
+/* A snapshot's copy of a loop image (diskcopy.c). Each returns -1 with errno on failure. */
+/// FIFREEZE / FITHAW of the filesystem `fd` is a file or directory of.
+int berth_fs_freeze(int fd);
+int berth_fs_thaw(int fd);
+/// FICLONE: `dst` shares all of `src`'s extents (EOPNOTSUPP/EXDEV/EINVAL where it cannot).
+int berth_reflink(int dst, int src);
+/// Copies the first `size` bytes of `src` into `dst` (same size, holes kept), data extent by
+/// data extent; `copied` counts the data bytes.
+int berth_sparse_copy(int src, int dst, uint64_t size, uint64_t *copied);
+/// Swaps the paths `a` and `b` in one step (renameat2 RENAME_EXCHANGE).
+int berth_rename_exchange(const char *a, const char *b);
+
 /// Installs Berth's seccomp denylist (seccomp.c lists it and says why): kexec, open_by_handle_at,
 /// module loading, keyrings, bpf, perf, userfaultfd, acct, swap, syslog, clock setting fail with
 /// EPERM, io_uring with ENOSYS, btrfs subvolume and snapshot creation with ENOTTY, and any non-native syscall ABI (x32, i386) fails with ENOSYS so
