@@ -28,7 +28,9 @@ node_ip() { echo "198.18.100.$((10 + $1))"; }
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
 controller_start() {
-    [ -f "$DIR/controller.json" ] || echo '{"heartbeatIntervalMs": 1000, "downAfterMs": 5000, "strategy": "spread"}' >"$DIR/controller.json"
+    # BERTH_CONTROLLER_JSON: the controller's settings instead of these (Docs/cluster.md).
+    [ -f "$DIR/controller.json" ] ||
+        echo "${BERTH_CONTROLLER_JSON:-{\"heartbeatIntervalMs\": 1000, \"downAfterMs\": 5000, \"strategy\": \"spread\"\}}" >"$DIR/controller.json"
     # nsenter execs the daemon, so $! is the daemon itself (a shell function here would be a
     # subshell in between, and signals would miss it).
     nsenter --net=/run/netns/"$FAB" "$BUILD/berth-controller" --data-dir "$DIR/controller" --listen "$CONTROLLER" --ca-dir "$DIR/ca" \

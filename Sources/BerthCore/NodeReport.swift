@@ -25,12 +25,14 @@ public struct NodeReport: Codable, Sendable, Equatable {
     public var vpsRunning = 0
     /// The node's `network.ranges`: the only addresses a VPS placed there may have.
     public var networkRanges: [String] = []
+    /// What the replicas of HA VPSs this node holds reference (Docs/ha.md).
+    public var replicaBytes: UInt64 = 0
 
     public init(name: String = "") { self.name = name }
 
     enum CodingKeys: String, CodingKey {
         case name, kernel, cgroupMode, cpus, memoryBytes, diskBytes, diskFreeBytes, poolBytes, poolFreeBytes, overcommit
-        case committedCPUPercent, committedMemoryBytes, committedDiskBytes, committedPoolBytes, vpsTotal, vpsRunning, networkRanges
+        case committedCPUPercent, committedMemoryBytes, committedDiskBytes, committedPoolBytes, vpsTotal, vpsRunning, networkRanges, replicaBytes
     }
 
     // `Commitment` is stored as three flat keys (it is no Codable type of its own).
@@ -54,6 +56,7 @@ public struct NodeReport: Codable, Sendable, Equatable {
         vpsTotal = try c.decode(Int.self, forKey: .vpsTotal)
         vpsRunning = try c.decode(Int.self, forKey: .vpsRunning)
         networkRanges = try c.decodeIfPresent([String].self, forKey: .networkRanges) ?? []  // reports stored before ranges were reported have none
+        replicaBytes = try c.decodeIfPresent(UInt64.self, forKey: .replicaBytes) ?? 0
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -75,5 +78,6 @@ public struct NodeReport: Codable, Sendable, Equatable {
         try c.encode(vpsTotal, forKey: .vpsTotal)
         try c.encode(vpsRunning, forKey: .vpsRunning)
         try c.encode(networkRanges, forKey: .networkRanges)
+        try c.encode(replicaBytes, forKey: .replicaBytes)
     }
 }

@@ -28,6 +28,14 @@ public struct VPSSpec: Codable, Sendable, Equatable {
     public var constraints: [String: String] = [:]
     /// "" when the VPS belongs to no anti-affinity group.
     public var antiAffinity = ""
+    /// High availability (Docs/ha.md): replicas on other nodes, and failover to one of them.
+    public var ha = false
+    public var replicas = 1
+    public var replicationIntervalSeconds = 60
+    /// Where its replicas are (the controller's placement of them).
+    public var replicaNodes: [String] = []
+    /// A node that holds a stale copy since the VPS was failed over away from it ("" none).
+    public var staleCopyOn = ""
 
     public init(name: String, template: String) {
         self.name = name
@@ -38,7 +46,7 @@ public struct VPSSpec: Codable, Sendable, Equatable {
 extension VPSSpec {
     private enum CodingKeys: String, CodingKey {
         case name, template, hostname, ips, nameservers, searchDomains, limits, net, onboot, labels, privileged, capabilities, storage, layout,
-            pinnedNode, constraints, antiAffinity
+            pinnedNode, constraints, antiAffinity, ha, replicas, replicationIntervalSeconds, replicaNodes, staleCopyOn
     }
 
     /// A stored spec: only the name and template are required, so a record written before a
@@ -61,5 +69,24 @@ extension VPSSpec {
         pinnedNode = try c.decodeIfPresent(String.self, forKey: .pinnedNode) ?? pinnedNode
         constraints = try c.decodeIfPresent([String: String].self, forKey: .constraints) ?? constraints
         antiAffinity = try c.decodeIfPresent(String.self, forKey: .antiAffinity) ?? antiAffinity
+        ha = try c.decodeIfPresent(Bool.self, forKey: .ha) ?? ha
+        replicas = try c.decodeIfPresent(Int.self, forKey: .replicas) ?? replicas
+        replicationIntervalSeconds = try c.decodeIfPresent(Int.self, forKey: .replicationIntervalSeconds) ?? replicationIntervalSeconds
+        replicaNodes = try c.decodeIfPresent([String].self, forKey: .replicaNodes) ?? replicaNodes
+        staleCopyOn = try c.decodeIfPresent(String.self, forKey: .staleCopyOn) ?? staleCopyOn
+    }
+
+    /// The HA settings asked for, checked (Docs/ha.md): a pool disk (btrfs snapshots are what
+    /// is replicated), one to three replicas, an interval of 10 s to a day.
+    public func checkHA() throws(BerthError) {
+        guard ha else { return }
+        guard layout == "pool" else {
+            throw BerthError(.invalidArgument, "ha: replication needs --layout pool (btrfs snapshots are what is sent, as Proxmox's replication needs ZFS)", field: "ha")
+        }
+        guard (1...3).contains(replicas) else { throw BerthError(.invalidArgument, "replicas: \(replicas) is not from 1 to 3", field: "replicas") }
+        guard (10...86_400).contains(replicationIntervalSeconds) else {
+            throw BerthError(
+                .invalidArgument, "replication-interval: \(replicationIntervalSeconds) s is not from 10 s to a day", field: "replication-interval")
+        }
     }
 }

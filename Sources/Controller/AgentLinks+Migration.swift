@@ -4,18 +4,8 @@ import Wire
 /// The agents' side of a migration, as `Migrations` asks for it: each call a request to one
 /// node's agent over its link.
 extension AgentLinks: MigrationTransport {
-    nonisolated private func call(_ node: NodeRecord, _ fill: (inout Berth_V1_Request) -> Void, progress: (@Sendable (String) -> Void)? = nil)
-        async throws -> Berth_V1_Response
-    {
-        var request = Berth_V1_Request()
-        fill(&request)
-        let client = try await client(for: node)
-        let call = try await client.start(request)
-        return try await call.result { step in progress?("\(node.name): \(step.step)") }
-    }
-
     nonisolated func expect(_ grant: MigrationGrant, on target: NodeRecord) async throws {
-        _ = try await call(target) { $0.migrationExpect = Berth_V1_MigrationGrant(grant) }
+        _ = try await request(target) { $0.migrationExpect = Berth_V1_MigrationGrant(grant) }
     }
 
     nonisolated func send(
@@ -25,26 +15,26 @@ extension AgentLinks: MigrationTransport {
         send.grant = Berth_V1_MigrationGrant(grant)
         send.targetAddress = target.address
         send.warm = warm
-        return VPSStatusRecord(try await call(source, { $0.migrationSend = send }, progress: progress).status)
+        return VPSStatusRecord(try await request(source, { $0.migrationSend = send }, progress: progress).status)
     }
 
     nonisolated func abort(_ grant: MigrationGrant, on target: NodeRecord) async throws {
-        _ = try await call(target) { $0.migrationAbort = Berth_V1_MigrationGrant(grant) }
+        _ = try await request(target) { $0.migrationAbort = Berth_V1_MigrationGrant(grant) }
     }
 
     nonisolated func status(_ name: String, on node: NodeRecord) async throws -> VPSStatusRecord {
-        VPSStatusRecord(try await call(node) { $0.status.name = name }.status)
+        VPSStatusRecord(try await request(node) { $0.status.name = name }.status)
     }
 
     nonisolated func stop(_ name: String, on node: NodeRecord) async throws -> VPSStatusRecord {
-        VPSStatusRecord(try await call(node) { $0.stop.name = name }.status)
+        VPSStatusRecord(try await request(node) { $0.stop.name = name }.status)
     }
 
     nonisolated func start(_ name: String, on node: NodeRecord) async throws -> VPSStatusRecord {
-        VPSStatusRecord(try await call(node) { $0.start.name = name }.status)
+        VPSStatusRecord(try await request(node) { $0.start.name = name }.status)
     }
 
     nonisolated func destroy(_ name: String, on node: NodeRecord) async throws {
-        _ = try await call(node) { $0.destroy.name = name }
+        _ = try await request(node) { $0.destroy.name = name }
     }
 }

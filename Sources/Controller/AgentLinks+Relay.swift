@@ -6,7 +6,9 @@ extension AgentLinks {
     /// Relays one call to a node's agent: the caller's stream input goes to the agent, the
     /// agent's progress, stream bytes and final response come back. Cancelling our call cancels
     /// theirs. Not isolated to the actor: relays run side by side, only the link lookup is shared.
-    nonisolated func forward(_ request: Berth_V1_Request, to node: NodeRecord, stream: ServerStream) async throws -> Berth_V1_Response {
+    nonisolated func forward(_ original: Berth_V1_Request, to node: NodeRecord, stream: ServerStream) async throws -> Berth_V1_Response {
+        var request = original
+        request.leaseEpoch = epochs.epoch(of: node.name)
         let client = try await client(for: node)
         let call = try await client.start(request)
         let input = Task {

@@ -10,10 +10,25 @@ public actor AgentLinks {
     var bundle: CredentialBundle
     let group: EventLoopGroup
     var clients: [String: WireClient] = [:]
+    /// Every call to a node carries its lease epoch (Docs/ha.md).
+    public nonisolated let epochs = LeaseEpochs()
 
     public init(bundle: CredentialBundle, group: EventLoopGroup) {
         self.bundle = bundle
         self.group = group
+    }
+
+    /// One request to `node`'s agent, carrying the node's lease epoch; progress steps prefixed
+    /// with the node's name.
+    nonisolated func request(_ node: NodeRecord, _ fill: (inout Berth_V1_Request) -> Void, progress: (@Sendable (String) -> Void)? = nil)
+        async throws -> Berth_V1_Response
+    {
+        var request = Berth_V1_Request()
+        fill(&request)
+        request.leaseEpoch = epochs.epoch(of: node.name)
+        let client = try await client(for: node)
+        let call = try await client.start(request)
+        return try await call.result { step in progress?("\(node.name): \(step.step)") }
     }
 
     public func client(for node: NodeRecord) async throws -> WireClient {

@@ -72,6 +72,10 @@ struct ControllerCall: Sendable {
             return ControllerCall("agent migration call", .anyone) { _ in
                 throw WireError(.invalidArgument, "this is the controller: a migration's transfer runs between node agents (berth migrate NAME --to NODE)")
             }
+        case .replicateSet, .replicaExpect, .replicaReceive, .replicaPromote:
+            return ControllerCall("agent replication call", .anyone) { _ in
+                throw WireError(.invalidArgument, "this is the controller: replication runs between node agents (berth create|set NAME --ha)")
+            }
         // Certificates and nodes' own calls
         case .nodeJoinToken(let r): return ControllerCall("node join-token", .admin) { try await $0.joinToken(r) }
         case .enroll(let r): return ControllerCall("enroll", .anyone) { try await $0.enroll(r) }

@@ -65,6 +65,8 @@ public final class ControllerServer: Service, Sendable {
         let watcher = Task { await service.watchLiveness() }
         service.resumeDrains()
         let settler = Task { await service.settleMigrations() }
+        let failover = Task { await service.watchFailover() }
+        defer { failover.cancel() }
         await withGracefulShutdownHandler {
             try? await server.closeFuture.get()
         } onGracefulShutdown: {

@@ -21,6 +21,8 @@ public final class ControllerService: WireService {
     let vps: VPSCalls
     let migrations: Migrations
     let drains: Drains
+    let ha: HighAvailability
+    let writes: BackgroundWrites
 
     public init(
         store: ClusterStore, ca: ClusterCA, links: AgentLinks, settings: ControllerSettings,
@@ -37,11 +39,19 @@ public final class ControllerService: WireService {
         }
         ledger = PlacementLedger(policy: settings.policy, source: nodes, placed: placed.map(\.placed))
         journal = try OperationJournal(store: store, codec: .wire)
-        heartbeats = try Heartbeats(store: store, liveness: liveness, registry: registry, settings: settings, logger: logger)
+        writes = BackgroundWrites(logger: logger)
+        let replicas = ReplicaIndex(placed)
+        heartbeats = try Heartbeats(
+            store: store, liveness: liveness, registry: registry, settings: settings, epochs: links.epochs, replicas: replicas, writes: writes,
+            logger: logger)
         enrolment = Enrolment(store: store, ca: ca, heartbeats: heartbeats, logger: logger)
         templates = TemplateDistribution(store: store, liveness: liveness, uploadDirectory: settings.uploadDirectory, logger: logger)
         vps = VPSCalls(store: store, liveness: liveness, links: links, ledger: ledger, heartbeats: heartbeats, logger: logger)
+        ha = HighAvailability(
+            store: store, liveness: liveness, nodes: nodes, ledger: ledger, heartbeats: heartbeats, index: replicas, epochs: links.epochs,
+            settings: settings, transport: links, logger: logger)
         migrations = Migrations(store: store, ledger: ledger, vps: vps, transport: links, logger: logger)
+        migrations.afterMove.withLock { [ha] in $0 = { name in await ha.protect(name) } }
         drains = Drains(store: store, migrations: migrations, transport: links, states: drainStates, logger: logger)
     }
 
@@ -51,6 +61,9 @@ public final class ControllerService: WireService {
     }
 
     public func watchLiveness() async { await heartbeats.watchLiveness() }
+
+    /// Fails HA VPSs over from lost nodes and keeps their replicas placed, until cancelled.
+    public func watchFailover() async { await ha.watch() }
 
     /// Drains a stopped controller left running go on (called once the server listens).
     public func resumeDrains() { drains.resume() }

@@ -13,6 +13,8 @@ struct HeartbeatReport: Sendable, Equatable {
     var info = NodeReport()
     /// The templates it holds.
     var templates: [String] = []
+    /// The VPSs it holds replicas of (Docs/ha.md).
+    var replicas: [String] = []
     /// Its VPSs' statuses.
     var vpses: [VPSStatusRecord] = []
 }
@@ -25,6 +27,12 @@ struct HeartbeatAnswer: Sendable, Equatable {
     var revokedSerials: [String]
     /// An admin asked this node to renew its certificate now.
     var renewCertificate: Bool
+    /// The node's lease (Docs/ha.md): its epoch, how long it runs from the heartbeat's send,
+    /// the VPSs failed over away from it and the replicas it need not keep.
+    var leaseEpoch: UInt64 = 1
+    var fenceAfter: Duration = .zero
+    var superseded: [String] = []
+    var droppedReplicas: [String] = []
 }
 
 /// Nodes checking in: each heartbeat proves the node's current certificate, refreshes its
@@ -52,14 +60,24 @@ final class Heartbeats: Sendable {
     let liveness: Liveness
     let registry: PeerRegistry
     let settings: ControllerSettings
+    let epochs: LeaseEpochs
+    let replicas: ReplicaIndex
+    let writes: BackgroundWrites
     let logger: Logger
 
-    init(store: ClusterStore, liveness: Liveness, registry: PeerRegistry, settings: ControllerSettings, logger: Logger) throws {
+    init(
+        store: ClusterStore, liveness: Liveness, registry: PeerRegistry, settings: ControllerSettings, epochs: LeaseEpochs, replicas: ReplicaIndex,
+        writes: BackgroundWrites, logger: Logger
+    ) throws {
         self.store = store
         self.liveness = liveness
         self.registry = registry
         self.settings = settings
+        self.epochs = epochs
+        self.replicas = replicas
+        self.writes = writes
         self.logger = logger
+        epochs.load(try store.leaseEpochs())
         let nodes = try store.nodes()
         let revoked = try store.revoked()
         liveness.seed(nodes)
@@ -105,8 +123,9 @@ final class Heartbeats: Sendable {
         }
     }
 
-    /// The hot path of a large fleet (every node, every second): SQLite is touched only when
-    /// something the node reports has changed.
+    /// The hot path of a large fleet (every node, every second), decided in memory: SQLite is
+    /// written only when something the node reports has changed, and then in the background
+    /// (`BackgroundWrites`), so a busy disk never delays the answer or the lease.
     func beat(_ request: HeartbeatReport, from identity: CertificateIdentity) throws -> HeartbeatAnswer {
         var meta = request
         meta.vpses = []
@@ -120,44 +139,58 @@ final class Heartbeats: Sendable {
         guard enrolled || renewed else {
             throw WireError(.unauthenticated, "heartbeat: node \(identity.name) is not enrolled with this certificate")
         }
-        if renewed { try commitRenewal(node: identity.name, serial: identity.serial) }
+        if renewed { commitRenewal(node: identity.name, serial: identity.serial) }
         let info = request.info
-        if liveness.heartbeat(node: identity.name, info: info, templates: request.templates) {
-            logger.notice("node up", metadata: ["node": "\(identity.name)"])
-            try? store.addEvent(kind: "node.up", subject: identity.name, message: "heartbeat received")
+        let node = identity.name
+        if liveness.heartbeat(node: node, info: info, templates: request.templates) {
+            logger.notice("node up", metadata: ["node": "\(node)"])
+            writes.enqueue("node.up") { [store] in try store.addEvent(kind: "node.up", subject: node, message: "heartbeat received") }
         }
         if !sameMeta {
-            cache.withLock { $0.lastMeta[identity.name] = meta }
-            if let node = try store.node(identity.name) {
-                let address = request.address.isEmpty ? node.address : request.address
-                if address != node.address || node.labels != request.labels || node.info != info {
-                    try store.updateNodeReport(
-                        name: node.name, serial: identity.serial, address: address,
-                        labels: request.labels, info: info)
+            cache.withLock { $0.lastMeta[node] = meta }
+            writes.enqueue("node report") { [store] in
+                if let stored = try store.node(node) {
+                    let address = request.address.isEmpty ? stored.address : request.address
+                    if address != stored.address || stored.labels != request.labels || stored.info != info {
+                        try store.updateNodeReport(name: node, serial: identity.serial, address: address, labels: request.labels, info: info)
+                    }
                 }
             }
         }
         if !unchanged {
-            _ = try store.recordStatuses(node: identity.name, request.vpses)
-            cache.withLock { $0.lastReport[identity.name] = request.vpses }
+            cache.withLock { $0.lastReport[node] = request.vpses }
+            writes.enqueue("statuses") { [store] in _ = try store.recordStatuses(node: node, request.vpses) }
         }
-        return HeartbeatAnswer(interval: settings.heartbeatInterval, revokedSerials: revoked, renewCertificate: renew && !renewed)
+        var answer = HeartbeatAnswer(interval: settings.heartbeatInterval, revokedSerials: revoked, renewCertificate: renew && !renewed)
+        answer.leaseEpoch = epochs.epoch(of: node)
+        answer.fenceAfter = settings.fenceAfter
+        let reported = Set(request.vpses.map(\.name))
+        answer.superseded = replicas.staleCopies(on: node).filter { reported.contains($0) }.sorted()
+        answer.droppedReplicas = request.replicas.filter { !replicas.holds(node, replicaOf: $0) }.sorted()
+        return answer
+    }
+
+    /// The VPSs `node` reported in its last heartbeat (nil: none since the controller started).
+    func lastReported(by node: String) -> Set<String>? {
+        cache.withLock { $0.lastReport[node].map { Set($0.map(\.name)) } }
     }
 
     /// A heartbeat made with a renewed certificate: it is now the node's, and the old one is
     /// revoked (the node no longer uses it; links re-pin to the new serial).
-    func commitRenewal(node name: String, serial: String) throws {
-        guard var node = try store.node(name) else { return }
-        let old = node.certificateSerial
-        node.certificateSerial = serial
-        try store.saveNode(node)
+    func commitRenewal(node name: String, serial: String) {
         cache.withLock { cache in
             cache.serials[name] = serial
             cache.pendingSerials[name] = nil
             cache.renewRequested.remove(name)
         }
-        if !old.isEmpty && old != serial { try revoke(old) }
-        try? store.addEvent(kind: "node.certificate-renewed", subject: name, message: "serial \(serial) replaces \(old)")
+        writes.enqueue("certificate renewal") { [self] in
+            guard var node = try store.node(name) else { return }
+            let old = node.certificateSerial
+            node.certificateSerial = serial
+            try store.saveNode(node)
+            if !old.isEmpty && old != serial { try revoke(old) }
+            try? store.addEvent(kind: "node.certificate-renewed", subject: name, message: "serial \(serial) replaces \(old)")
+        }
     }
 
     /// Logs each node's transition to `down` once (the state itself is computed on demand).

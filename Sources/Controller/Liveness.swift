@@ -54,6 +54,15 @@ public final class Liveness: Sendable {
         }
     }
 
+    /// Every node in `nodes` gets a full window from now, as after a controller start: the
+    /// controller itself did not run for a while, so silence meanwhile proves nothing.
+    public func restartWindows(_ nodes: [String]) {
+        let now = clock.now
+        reports.withLock { reports in
+            for node in nodes { reports[node, default: Report(lastSeen: now, info: NodeReport(), templates: nil)].lastSeen = now }
+        }
+    }
+
     public func report(_ node: String) -> Report? { reports.withLock { $0[node] } }
 
     public func isAlive(_ node: String) -> Bool {

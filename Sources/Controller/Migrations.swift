@@ -17,6 +17,8 @@ final class Migrations: Sendable {
     let vps: VPSCalls
     let transport: any MigrationTransport
     let logger: Logger
+    /// Runs after a move committed: an HA VPS's replicas follow it (`HighAvailability.protect`).
+    let afterMove = Mutex<(@Sendable (String) async -> Void)?>(nil)
     /// How long a grant holds: a copy that has not begun by then is refused by the target.
     static let grantLifetimeSeconds: Int64 = 600
 
@@ -185,6 +187,7 @@ final class Migrations: Sendable {
                 kind: "vps.migration-leftover", subject: name, message: "the stopped copy on \(source.name) is deleted once it answers: \(error)")
             progress("warning: the stopped copy on \(source.name) was not deleted yet: \(error)")
         }
+        if let follow = afterMove.withLock({ $0 }) { await follow(name) }
         return final
     }
 

@@ -48,6 +48,15 @@ extension VPSStatusRecord {
         layout = wire.layout
         snapshots = wire.snapshots > 0 ? Int(wire.snapshots) : nil
         snapshotBytes = wire.snapshots > 0 ? wire.snapshotBytes : nil
+        if wire.ha {
+            ha = true
+            replicationIntervalSeconds = Int(wire.replicationIntervalS)
+            replicas = wire.replicas.map {
+                ReplicaRecord(
+                    node: $0.node, replicatedUnixMs: $0.replicatedUnixMs, bytesSent: $0.bytesSent, totalBytesSent: $0.totalBytesSent, error: $0.error)
+            }
+            fenceArmed = wire.fenceArmed
+        }
     }
 }
 
@@ -79,6 +88,18 @@ extension Berth_V1_VpsStatus {
         layout = status.layout
         snapshots = UInt32(status.snapshots ?? 0)
         snapshotBytes = status.snapshotBytes ?? 0
+        ha = status.ha ?? false
+        replicationIntervalS = UInt32(status.replicationIntervalSeconds ?? 0)
+        replicas = (status.replicas ?? []).map { record in
+            var replica = Berth_V1_ReplicaStatus()
+            replica.node = record.node
+            replica.replicatedUnixMs = record.replicatedUnixMs
+            replica.bytesSent = record.bytesSent
+            replica.totalBytesSent = record.totalBytesSent
+            replica.error = record.error
+            return replica
+        }
+        fenceArmed = status.fenceArmed ?? false
     }
 }
 
@@ -124,7 +145,7 @@ extension Berth_V1_Event {
 extension HeartbeatReport {
     init(_ wire: Berth_V1_Heartbeat) {
         self.init(
-            address: wire.address, labels: wire.labels, info: NodeReport(wire.info), templates: wire.templates,
+            address: wire.address, labels: wire.labels, info: NodeReport(wire.info), templates: wire.templates, replicas: wire.replicas,
             vpses: wire.vpses.map(VPSStatusRecord.init))
     }
 }
@@ -136,6 +157,10 @@ extension Berth_V1_HeartbeatReply {
         intervalMs = UInt32(interval.seconds * 1000 + interval.attoseconds / 1_000_000_000_000_000)
         revokedSerials = answer.revokedSerials
         renewCertificate = answer.renewCertificate
+        leaseEpoch = answer.leaseEpoch
+        fenceAfterMs = UInt32(answer.fenceAfter / .milliseconds(1))
+        superseded = answer.superseded
+        droppedReplicas = answer.droppedReplicas
     }
 }
 

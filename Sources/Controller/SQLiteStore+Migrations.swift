@@ -72,6 +72,10 @@ extension SQLiteStore {
                       mode TEXT NOT NULL, max_parallel INTEGER NOT NULL, started_by TEXT NOT NULL, items BLOB NOT NULL);
                     """)
         }
+        // Node leases (Docs/ha.md): the epoch rises when HA VPSs are failed over away from a node.
+        migrator.registerMigration("v7 node lease epochs") { db in
+            try db.execute(sql: "ALTER TABLE node ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 1")
+        }
         return migrator
     }
 }

@@ -25,8 +25,14 @@ extension ServedCall {
             agentRequest.create = create
             return VPSStatusRecord(try await links.forward(agentRequest, to: node, stream: stream).status)
         }
-        let status = try await service.vps.create(
-            VPSSpec(r), ips: r.ips, limits: r.limits.update, by: caller, progress: { stream.progress($0) }, createOnNode: createOnNode)
+        let spec = VPSSpec(r)
+        try spec.checkHA()
+        var status = try await service.vps.create(
+            spec, ips: r.ips, limits: r.limits.update, by: caller, progress: { stream.progress($0) }, createOnNode: createOnNode)
+        if spec.ha {
+            for line in await service.ha.protect(spec.name) { stream.progress(line) }
+            status = (try? service.store.vps(spec.name)).flatMap { $0 }.map(service.vps.currentStatus) ?? status
+        }
         return response { $0.status = Berth_V1_VpsStatus(status) }
     }
 
@@ -70,7 +76,13 @@ extension ServedCall {
     }
 
     func set(_ r: Berth_V1_SetRequest) async throws -> Berth_V1_Response {
-        try await service.vps.set(r.name, limits: r.limits.update, ipAdd: r.ipAdd, ipDel: r.ipDel, by: caller) { node in
+        if !r.ha.isEmpty || r.replicas > 0 || r.replicationIntervalS > 0 {
+            let lines = try await service.ha.configure(
+                r.name, ha: r.ha, replicas: r.replicas > 0 ? Int(r.replicas) : nil,
+                interval: r.replicationIntervalS > 0 ? Int(r.replicationIntervalS) : nil, by: caller)
+            for line in lines { stream.progress(line) }
+        }
+        return try await service.vps.set(r.name, limits: r.limits.update, ipAdd: r.ipAdd, ipDel: r.ipDel, by: caller) { node in
             var response = try await forwarded(to: node)
             response.set.status.node = node.name
             return (response, VPSStatusRecord(response.set.status))
@@ -78,7 +90,10 @@ extension ServedCall {
     }
 
     func destroy(_ name: String) async throws -> Berth_V1_Response {
-        try await service.vps.destroy(name, by: caller, forwarded, neverCreated: response { $0.ok = Berth_V1_Empty() })
+        let record = try? service.store.vps(name)
+        let answer = try await service.vps.destroy(name, by: caller, forwarded, neverCreated: response { $0.ok = Berth_V1_Empty() })
+        if let record, record.spec.ha { await service.ha.unprotect(record, destroyed: true) }
+        return answer
     }
 
     func status(_ name: String) async throws -> Berth_V1_Response {

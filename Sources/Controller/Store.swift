@@ -49,6 +49,11 @@ public protocol ClusterStore: Sendable {
 
     /// Records (or, with nil, clears) the migration under way of a VPS, nothing else of its row.
     func setMigration(_ name: String, _ migration: PendingMigration?) throws
+    /// Every node's lease epoch (Docs/ha.md).
+    func leaseEpochs() throws -> [String: UInt64]
+    /// A failover in one transaction: the VPS's record as promoted (`record.node` its new
+    /// node), the lease epoch of `from` raised, the event. Returns `from`'s new epoch.
+    func failOver(_ record: VPSRecord, from: String, event: String) throws -> UInt64
 
     func saveDrain(_ drain: DrainRecord) throws
     func drain(_ node: String) throws -> DrainRecord?

@@ -38,6 +38,21 @@ public struct VPSStatusRecord: Codable, Sendable, Equatable {
     /// snapshots existed still read).
     public var snapshots: Int?
     public var snapshotBytes: UInt64?
+    /// HA (Docs/ha.md), as the primary's agent reports it (optional, as above).
+    public var ha: Bool?
+    public var replicationIntervalSeconds: Int?
+    public var replicas: [ReplicaRecord]?
+    public var fenceArmed: Bool?
+
+    /// One replica as the primary last sent it.
+    public struct ReplicaRecord: Codable, Sendable, Equatable {
+        public var node: String
+        /// When the snapshot it holds was taken: the recovery point (0: none complete yet).
+        public var replicatedUnixMs: Int64
+        public var bytesSent: UInt64
+        public var totalBytesSent: UInt64
+        public var error: String
+    }
 
     public init(name: String = "", state: String = "") {
         self.name = name

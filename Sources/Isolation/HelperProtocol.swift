@@ -206,4 +206,50 @@ public enum HelperProtocol {
             self.init(reason: reason, time: time, networkDetached: detached)
         }
     }
+
+    /// The node's lease as the agent leaves it for the monitors of its HA VPSs (Docs/ha.md):
+    /// `RUN/lease`, rewritten after every heartbeat the controller answered. A monitor whose
+    /// VPS's run directory holds `fence` reads it every 200 ms and, once CLOCK_BOOTTIME has
+    /// passed `expires` (or the file is gone or unreadable), kills the VPS (`fenced` says why;
+    /// `stop-requested` keeps it from booting again) whether the agent runs or not.
+    public struct LeaseRecord: Equatable, Sendable {
+        public var epoch: UInt64
+        /// CLOCK_BOOTTIME nanoseconds after which the lease has lapsed.
+        public var expires: UInt64
+
+        public init(epoch: UInt64, expires: UInt64) {
+            self.epoch = epoch
+            self.expires = expires
+        }
+
+        /// In the agent's run directory (the parent of every VPS's).
+        public static let file = "lease"
+        /// In a VPS's run directory: its monitor enforces the lease.
+        public static let armedFile = "fence"
+        /// Left in a VPS's run directory by the monitor that fenced it.
+        public static let fencedFile = "fenced"
+        public static let epochKey = "epoch="
+        public static let expiresKey = "expires="
+        /// How often a monitor looks.
+        public static let checkMilliseconds = 200
+
+        public var text: String { "\(Self.epochKey)\(epoch)\n\(Self.expiresKey)\(expires)\n" }
+
+        public init?(text: String) {
+            var epoch: UInt64?, expires: UInt64?
+            for line in text.split(separator: "\n") {
+                if line.hasPrefix(Self.epochKey) { epoch = UInt64(line.dropFirst(Self.epochKey.count)) }
+                if line.hasPrefix(Self.expiresKey) { expires = UInt64(line.dropFirst(Self.expiresKey.count)) }
+            }
+            guard let epoch, let expires else { return nil }
+            self.init(epoch: epoch, expires: expires)
+        }
+
+        /// CLOCK_BOOTTIME now, in nanoseconds: it runs on through a suspend, as a lease must.
+        public static func boottimeNow() -> UInt64 {
+            var now = timespec()
+            clock_gettime(CLOCK_BOOTTIME, &now)
+            return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+        }
+    }
 }

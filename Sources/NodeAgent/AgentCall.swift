@@ -9,7 +9,7 @@ struct AgentCall: Sendable {
     enum Access: Sendable {
         /// Root on this node, or the cluster's controller: every call but one.
         case manage
-        /// Another node of the cluster: the transfer of a migration, under a grant.
+        /// Another node of the cluster: the transfer of a migration or a replica, under a grant.
         case peerNode
     }
 
@@ -132,6 +132,20 @@ struct AgentCall: Sendable {
             return answer("backup") { s, stream, out in out.backup = try await s.backup(r, stream: stream) }
         case .restore(let r):
             return answer("restore") { s, stream, out in out.status = try await s.restore(r, stream: stream) }
+        case .replicateSet(let r):
+            return answer("replicate_set") { s, _, out in out.status = try await s.replicateSet(r) }
+        case .replicaExpect(let r):
+            return answer("replica_expect") { s, _, out in
+                try await s.manager.expectReplicas(of: r.vps, from: r.source)
+                out.ok = Berth_V1_Empty()
+            }
+        case .replicaReceive(let r):
+            return answer("replica_receive", access: .peerNode) { s, stream, out in
+                try await s.replicaReceive(r, stream: stream)
+                out.ok = Berth_V1_Empty()
+            }
+        case .replicaPromote(let r):
+            return answer("replica_promote") { s, _, out in out.status = try await s.replicaPromote(r) }
         case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
             .ippoolAdd, .ippoolList, .ippoolRemove, .revoke, .events, .operationShow, .operationList, .renew, .rotate, .migrate, .nodeDrain, .nodeRestore:
             return AgentCall("cluster") { _, _ in

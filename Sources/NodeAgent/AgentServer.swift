@@ -46,7 +46,12 @@ public final class AgentServer: Service, @unchecked Sendable {
             service.credentials.replace(bundle)
             let server = try await member.serve(service: service, bundle: bundle)
             listener = server
-            membership = Task { try? await member.heartbeats(bundle: bundle, server: server, credentials: service.credentials) }
+            membership = Task {
+                // Replication rounds of HA VPSs run beside the heartbeats, and end with them.
+                let replication = Task { await service.replicate() }
+                defer { replication.cancel() }
+                try? await member.heartbeats(bundle: bundle, server: server, credentials: service.credentials)
+            }
         }
         let clusterServer = listener
         defer { membership?.cancel() }

@@ -64,18 +64,8 @@ extension AgentService {
         _ grant: MigrationGrant, config: [UInt8], disk: MigrationDisk, templateDigest: String, to target: HostPort, _ address: String, warm: Bool,
         bundle: CredentialBundle, stream: ServerStream, stoppedForLastPass: inout Bool
     ) async throws -> Berth_V1_VpsStatus {
-        let group = self.group
         /// A connection to the grant's target, and nothing else: its certificate names it.
-        @Sendable func connect() async throws -> WireClient {
-            let client = try await WireClient.connect(host: target.host, port: target.port, bundle: bundle, group: group, timeout: .seconds(5))
-            guard let peer = client.peerIdentity, peer.role == .node, peer.name == grant.target else {
-                Task { await client.close() }
-                throw AgentError(
-                    .unauthenticated,
-                    "\(address) presented \(client.peerIdentity.map { "\($0.role) \($0.name)" } ?? "no identity"), not node \(grant.target)")
-            }
-            return client
-        }
+        @Sendable func connect() async throws -> WireClient { try await self.dialNode(grant.target, at: address) }
         var client = try await connect()
         defer { Task { [client] in await client.close() } }
         let slots = migrationSlots

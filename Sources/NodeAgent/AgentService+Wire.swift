@@ -50,6 +50,20 @@ extension Berth_V1_VpsStatus {
         startedAtUnix = view.bootedAt ?? 0
         snapshots = UInt32(view.snapshots)
         snapshotBytes = view.snapshotBytes
+        if let interval = view.replicationIntervalSeconds {
+            ha = true
+            replicationIntervalS = UInt32(interval)
+            replicas = view.replicas.map { state in
+                var replica = Berth_V1_ReplicaStatus()
+                replica.node = state.node
+                replica.replicatedUnixMs = state.takenUnixMs
+                replica.bytesSent = state.bytesSent
+                replica.totalBytesSent = state.totalBytesSent
+                replica.error = state.error
+                return replica
+            }
+        }
+        fenceArmed = view.fenceArmed
     }
 
     /// A VPS whose config is broken: failed, with the reason where the last exit would be.

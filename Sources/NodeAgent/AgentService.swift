@@ -35,6 +35,7 @@ public struct AgentService: WireService {
         let start = DispatchTime.now()
         do {
             try Self.authorise(stream.peer, for: call.access)
+            try await manager.checkEpoch(request.leaseEpoch)
             let response = try await call.handle(self, stream)
             timer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds))
             return response
@@ -53,7 +54,7 @@ public struct AgentService: WireService {
         // The call itself checks that this node holds a grant for that node (AgentService+Migration).
         case (.certificate(let identity), .peerNode) where identity.role == .node: return
         case (_, .manage): throw AgentError(.permissionDenied, "only root on this node or the cluster controller may manage its VPSs")
-        case (_, .peerNode): throw AgentError(.permissionDenied, "only another node of the cluster may send a migrated VPS")
+        case (_, .peerNode): throw AgentError(.permissionDenied, "only another node of the cluster may send a migrated VPS or a replica")
         }
     }
 

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import Wire
+import Isolation
 import WireTLS
 
 /// How this agent takes part in a cluster: where the controller is, where the agent serves the
@@ -160,11 +161,15 @@ public final class ClusterMember: Sendable {
                 beat.address = options.listen
                 beat.labels = options.labels
                 beat.templates = manager.templates.list().map(\.name)
+                beat.replicas = await manager.heldReplicas()
                 var request = Berth_V1_Request()
                 request.heartbeat = beat
                 request.deadlineMs = 5000
+                // The lease counts from the send: it lapses here no later than at the controller.
+                let sentAt = HelperProtocol.LeaseRecord.boottimeNow()
                 let reply = try await client!.call(request).heartbeat
                 server.registry.revoke(reply.revokedSerials)
+                await lease(reply, sentAt: sentAt)
                 if reply.renewCertificate || bundle.needsRenewal() {
                     do {
                         bundle = try await renew(bundle, over: client!, server: server)
@@ -189,6 +194,23 @@ public final class ClusterMember: Sendable {
             try? await Task.sleep(for: interval)
         }
         await client?.close()
+    }
+
+    /// The lease the reply renews (Docs/ha.md): stale copies of VPSs failed over away from this
+    /// node go first, then the HA VPSs fenced during a lapse that are still this node's start.
+    func lease(_ reply: Berth_V1_HeartbeatReply, sentAt: UInt64) async {
+        guard reply.fenceAfterMs > 0 else { return }
+        if !reply.superseded.isEmpty { _ = await manager.dropSuperseded(reply.superseded) }
+        if !reply.droppedReplicas.isEmpty { await manager.dropReplicas(reply.droppedReplicas) }
+        do {
+            if try await manager.renewLease(epoch: reply.leaseEpoch, sentAt: sentAt, fenceAfterMs: reply.fenceAfterMs) {
+                logger.warning("the node's lease epoch rose: VPSs were failed over away from this node", metadata: ["epoch": "\(reply.leaseEpoch)"])
+            }
+        } catch {
+            logger.error("cannot write the node's lease", metadata: ["error": "\(error)"])
+            return
+        }
+        await manager.restartFenced()
     }
 
     /// Certificate rotation without downtime, over the node's current mTLS session:

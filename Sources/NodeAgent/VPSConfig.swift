@@ -63,6 +63,19 @@ public struct VPSConfig: Codable, Equatable, Sendable {
         case loop, pool
     }
 
+    /// An HA VPS (Docs/ha.md): the controller's plan for its replicas. Its monitor enforces the
+    /// node's lease (the fence) while it runs, and the agent sends its snapshots to the targets.
+    public struct Replication: Codable, Equatable, Sendable {
+        public struct Target: Codable, Equatable, Sendable {
+            public var node: String
+            public var address: String
+        }
+        public var intervalSeconds: Int
+        public var targets: [Target]
+    }
+    public var replication: Replication?
+    public var isHA: Bool { replication != nil }
+
     public var isPrivileged: Bool { privileged ?? false }
     public var isLayered: Bool { storage == .layered }
     public var isPooled: Bool { layout == .pool }
@@ -72,7 +85,7 @@ public struct VPSConfig: Codable, Equatable, Sendable {
 
     static let keys: Set<String> = [
         "schemaVersion", "name", "template", "hostname", "limits", "labels", "onboot", "desiredState", "createdAt", "stopSignal",
-        "network", "nameservers", "searchDomains", "privileged", "idmapBase", "capabilities", "storage", "layout",
+        "network", "nameservers", "searchDomains", "privileged", "idmapBase", "capabilities", "storage", "layout", "replication",
     ]
 
     public init(

@@ -76,6 +76,7 @@ extension VPSManager {
         info.cgroupMode = cgroups.modeName
         info.cpus = onlineCPUs
         info.networkRanges = settings.network?.ranges.map(\.description) ?? []
+        info.replicaBytes = replicaBytes()
         let meminfo = FileIO.read("/proc/meminfo") ?? ""
         if let line = meminfo.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
             let kib = UInt64(line.split(separator: " ").dropFirst().first ?? "")

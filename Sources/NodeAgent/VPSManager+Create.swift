@@ -135,6 +135,7 @@ extension VPSManager {
         }
         if records[name]?.config.isPooled ?? false {
             removePoolSnapshots(name)
+            removeReplicationSnapshots(name)
             try deleteVolume(name, in: try await storagePool(creating: false))
         } else if let pool = try? mountedPool(), FileIO.exists(pool.volume(name)) {
             // A pool VPS whose config is broken, or what an interrupted destroy left.

@@ -41,7 +41,8 @@ extension VPSManager {
                 // announced the addresses yet: the LAN would still send them to the source.
                 announceAddresses(of: record)
             } else {
-                record.lastExit = exitReason(name) ?? ""
+                record.fenced = fenceReason(name) != nil
+                record.lastExit = fenceReason(name) ?? exitReason(name) ?? ""
                 cleanupAfterExit(name)
                 removeRebuildLeftovers(name)
                 if config.desiredState == .running {

@@ -13,6 +13,7 @@ extension VPSManager {
         try checkDiskFree(name)
         // Before the disk is looked for: a running VPS answers "already running".
         try record.lifecycle.checkStart(name)
+        try checkLeaseAllowsStart(record.config)
         let pool = record.config.isPooled ? try await storagePool(creating: false) : nil
         if let pool {
             guard FileIO.isDirectory(pool.volume(name)) else {
@@ -71,7 +72,9 @@ extension VPSManager {
         let run = runDir(name)
         try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
         chmod(run, 0o700)
-        for file in [RunState.exitFile, RunState.stopRequestFile, RunState.stateFile] { unlink(run + "/" + file) }
+        for file in [RunState.exitFile, RunState.stopRequestFile, RunState.stateFile, HelperProtocol.LeaseRecord.fencedFile] { unlink(run + "/" + file) }
+        // Armed before the monitor exists: an HA VPS never runs unfenced.
+        try setFence(of: record.config)
 
         // The monitor starts first and waits for its spec while this side writes it: its exec
         // and runtime start-up (about a millisecond) overlap that work instead of following it.

@@ -18,13 +18,22 @@ extension VPSManager {
     /// created again under its name is a new record, which an old monitor's exit must not touch.
     func monitorExited(_ name: String, record watched: VPSRecord, generation: Int) {
         guard let record = records[name], record === watched, record.generation == generation else { return }
-        let reason = exitReason(name) ?? "monitor exited unexpectedly"
+        let fence = fenceReason(name)
+        let reason = fence ?? exitReason(name) ?? "monitor exited unexpectedly"
         record.lastExit = reason
         record.run = nil
         cleanupAfterExit(name)
         let waiters = record.exitWaiters.values
         record.exitWaiters.removeAll()
         waiters.forEach { $0.resume() }
+        if fence != nil {
+            // Still wanted running: it starts again if the controller renews the lease and the
+            // VPS is still this node's.
+            record.fenced = true
+            _ = record.lifecycle.monitorExited(reason: reason)
+            logger.warning("VPS fenced: the node's lease lapsed", metadata: ["vps": "\(name)"])
+            return
+        }
         // Stopped as asked, or from inside (poweroff/halt), or crashed.
         guard record.lifecycle.monitorExited(reason: reason) != .stoppedAsAsked else { return }
         record.config.desiredState = .stopped

@@ -37,6 +37,12 @@ public actor VPSManager {
     var migratingOut: Set<String> = []
     /// VPSs whose disk a snapshot, rollback or backup holds, with what it is doing.
     var diskHolds: [String: String] = [:]
+    /// Replication (VPSManager+Replication.swift): per HA VPS, how each target's last round went,
+    /// the rounds under way and when each last began; replicas being received here.
+    var replicationStates: [String: [ReplicaState]] = [:]
+    var replicating: Set<String> = []
+    var lastReplication: [String: ContinuousClock.Instant] = [:]
+    var receivingReplicas: Set<String> = []
     /// The disk layout of a VPS created without `--layout` (`berth-agent --default-layout`).
     public let defaultLayout: VPSConfig.Layout
     /// The node's btrfs pool once a pool VPS needed it (StoragePool.swift).
@@ -123,6 +129,11 @@ public actor VPSManager {
     func view(_ record: VPSRecord) -> VPSView {
         var view = VPSView(config: record.config, state: record.state, node: nodeName, lastExit: record.lastExit)
         (view.snapshots, view.snapshotBytes) = snapshotUsage(record)
+        if let plan = record.config.replication {
+            view.replicationIntervalSeconds = plan.intervalSeconds
+            view.replicas = replicaStates(record.config.name)
+        }
+        view.fenceArmed = record.state.hasMonitor && fenceArmed(record.config.name)
         if record.state.hasMonitor {
             // The init pid changes on an in-VPS reboot: the monitor's state file is current.
             if let run = RunState.read(runDir: runDir(record.config.name)) { record.run = run }

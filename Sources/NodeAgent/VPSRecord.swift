@@ -9,6 +9,9 @@ final class VPSRecord {
     var state: VPSState { lifecycle.state }
     var run: RunState?
     var lastExit = ""
+    /// Its monitor fenced it when the node's lease lapsed (it starts again if the lease is
+    /// renewed and the VPS is still this node's).
+    var fenced = false
     /// Bumped on every start so a late exit notice of an earlier run is ignored.
     var generation = 0
     /// Stops waiting for the monitor's exit, by ticket; resumed when it exits or their time is up.

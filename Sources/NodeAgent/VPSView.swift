@@ -14,4 +14,9 @@ public struct VPSView: Sendable {
     /// The VPS's snapshots: how many, and the bytes they hold of their own.
     public var snapshots = 0
     public var snapshotBytes: UInt64 = 0
+    /// HA (Docs/ha.md): the replication interval, how each replica's last round went, and
+    /// whether its monitor enforces the node's lease now.
+    public var replicationIntervalSeconds: Int?
+    public var replicas: [VPSManager.ReplicaState] = []
+    public var fenceArmed = false
 }

@@ -5,6 +5,16 @@ public struct ControllerSettings: Sendable {
     public var heartbeatInterval: Duration = .seconds(1)
     public var downAfter: Duration = .seconds(5)
     public var policy = SchedulerPolicy()
+    /// HA (Docs/ha.md): a node's lease runs `fenceAfter` from each heartbeat it sent (its HA
+    /// VPSs are killed there when it lapses); the controller fails them over once it has heard
+    /// nothing for `failoverAfter`, at least `failoverMargin` later. At most `failoverRatePercent`
+    /// of the HA VPSs (at least one) fail over per `failoverWindow`.
+    public var fenceAfter: Duration = .seconds(10)
+    public var failoverAfter: Duration = .seconds(15)
+    public var failoverRatePercent = 10
+    public var failoverWindow: Duration = .seconds(600)
+    public var failover = true
+    public static let failoverMargin: Duration = .seconds(2)
     /// Where uploads (template tarballs on their way to nodes) are kept while they are relayed.
     public var uploadDirectory = "/tmp"
 
@@ -17,7 +27,10 @@ public struct ControllerSettings: Sendable {
 ///     {"strategy": "spread", "cpuOvercommit": 4, "memoryOvercommit": 1, "diskOvercommit": 1,
 ///      "heartbeatIntervalMs": 1000, "downAfterMs": 5000}
 public enum ClusterConfigFile {
-    static let keys: Set<String> = ["strategy", "cpuOvercommit", "memoryOvercommit", "diskOvercommit", "heartbeatIntervalMs", "downAfterMs"]
+    static let keys: Set<String> = [
+        "strategy", "cpuOvercommit", "memoryOvercommit", "diskOvercommit", "heartbeatIntervalMs", "downAfterMs", "fenceAfterMs", "failoverAfterMs",
+        "failoverRatePercent", "failoverWindowMs", "failover",
+    ]
 
     public static func load(path: String) throws(WireError) -> ControllerSettings {
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -63,6 +76,36 @@ public enum ClusterConfigFile {
             throw WireError(
                 .invalidArgument, "downAfterMs: must be at least twice heartbeatIntervalMs, or one late heartbeat marks a node down", field: "downAfterMs")
         }
+        if let d = try milliseconds("fenceAfterMs", 1000...600_000) { settings.fenceAfter = d }
+        if let d = try milliseconds("failoverAfterMs", 1000...3_600_000) { settings.failoverAfter = d }
+        if let d = try milliseconds("failoverWindowMs", 1000...86_400_000) { settings.failoverWindow = d }
+        if let value = object["failoverRatePercent"] {
+            guard let number = value as? Int, (1...100).contains(number) else {
+                throw WireError(.invalidArgument, "failoverRatePercent: must be an integer from 1 to 100", field: "failoverRatePercent")
+            }
+            settings.failoverRatePercent = number
+        }
+        if let value = object["failover"] {
+            guard let on = value as? Bool else { throw WireError(.invalidArgument, "failover: must be true or false", field: "failover") }
+            settings.failover = on
+        }
+        try settings.checkLeaseTimes()
         return settings
+    }
+}
+
+extension ControllerSettings {
+    /// The fence must come before the failover by a margin (Docs/ha.md), and after more than
+    /// two heartbeats' time, or one late heartbeat would fence a node.
+    public func checkLeaseTimes() throws(WireError) {
+        guard fenceAfter >= heartbeatInterval * 3 else {
+            throw WireError(.invalidArgument, "fenceAfterMs: must be at least three heartbeat intervals, or a late heartbeat fences a node", field: "fenceAfterMs")
+        }
+        guard failoverAfter >= fenceAfter + Self.failoverMargin else {
+            throw WireError(
+                .invalidArgument,
+                "failoverAfterMs: must be at least fenceAfterMs + \(Self.failoverMargin), so a lost node's HA VPSs are fenced before they run elsewhere",
+                field: "failoverAfterMs")
+        }
     }
 }

@@ -18,6 +18,7 @@ extension NodeReport {
         vpsTotal = Int(wire.vpsTotal)
         vpsRunning = Int(wire.vpsRunning)
         networkRanges = wire.networkRanges
+        replicaBytes = wire.replicaBytes
     }
 }
 
@@ -45,5 +46,6 @@ extension Berth_V1_NodeInfo {
         vpsTotal = UInt32(clamping: report.vpsTotal)
         vpsRunning = UInt32(clamping: report.vpsRunning)
         networkRanges = report.networkRanges
+        replicaBytes = report.replicaBytes
     }
 }

@@ -20,5 +20,8 @@ extension VPSSpec {
         pinnedNode = request.node
         constraints = request.constraints
         antiAffinity = request.antiAffinity
+        ha = request.ha
+        if request.replicas > 0 { replicas = Int(request.replicas) }
+        if request.replicationIntervalS > 0 { replicationIntervalSeconds = Int(request.replicationIntervalS) }
     }
 }

@@ -200,6 +200,24 @@ public nonisolated struct Berth_V1_CreateRequest: @unchecked Sendable {
     set {_uniqueStorage()._layout = newValue}
   }
 
+  /// Cluster mode only: high availability (Docs/ha.md). Needs --layout pool.
+  public var ha: Bool {
+    get {_storage._ha}
+    set {_uniqueStorage()._ha = newValue}
+  }
+
+  /// 0 = 1 (with ha)
+  public var replicas: UInt32 {
+    get {_storage._replicas}
+    set {_uniqueStorage()._replicas = newValue}
+  }
+
+  /// 0 = 60; at least 10
+  public var replicationIntervalS: UInt32 {
+    get {_storage._replicationIntervalS}
+    set {_uniqueStorage()._replicationIntervalS = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -330,6 +348,24 @@ public nonisolated struct Berth_V1_SetRequest: @unchecked Sendable {
   public var capabilities: Dictionary<String,String> {
     get {_storage._capabilities}
     set {_uniqueStorage()._capabilities = newValue}
+  }
+
+  /// Cluster mode only (Docs/ha.md): "" leaves it, "on" | "off".
+  public var ha: String {
+    get {_storage._ha}
+    set {_uniqueStorage()._ha = newValue}
+  }
+
+  /// 0 leaves it
+  public var replicas: UInt32 {
+    get {_storage._replicas}
+    set {_uniqueStorage()._replicas = newValue}
+  }
+
+  /// 0 leaves it
+  public var replicationIntervalS: UInt32 {
+    get {_storage._replicationIntervalS}
+    set {_uniqueStorage()._replicationIntervalS = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -557,11 +593,57 @@ public nonisolated struct Berth_V1_VpsStatus: @unchecked Sendable {
     set {_uniqueStorage()._snapshotBytes = newValue}
   }
 
+  /// High availability (Docs/ha.md): whether the VPS is replicated and fenced by the node's lease.
+  public var ha: Bool {
+    get {_storage._ha}
+    set {_uniqueStorage()._ha = newValue}
+  }
+
+  public var replicationIntervalS: UInt32 {
+    get {_storage._replicationIntervalS}
+    set {_uniqueStorage()._replicationIntervalS = newValue}
+  }
+
+  public var replicas: [Berth_V1_ReplicaStatus] {
+    get {_storage._replicas}
+    set {_uniqueStorage()._replicas = newValue}
+  }
+
+  /// its monitor kills it when the node's lease lapses
+  public var fenceArmed: Bool {
+    get {_storage._fenceArmed}
+    set {_uniqueStorage()._fenceArmed = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// One replica of an HA VPS, as its primary's agent last sent it.
+public nonisolated struct Berth_V1_ReplicaStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var node: String = String()
+
+  /// when the snapshot it holds was taken: the recovery point
+  public var replicatedUnixMs: Int64 = 0
+
+  /// by the last replication
+  public var bytesSent: UInt64 = 0
+
+  /// why the last replication failed ("" = it did not)
+  public var error: String = String()
+
+  public var totalBytesSent: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Berth_V1_VpsList: Sendable {
@@ -892,6 +974,12 @@ public nonisolated struct Berth_V1_NodeInfo: @unchecked Sendable {
     set {_uniqueStorage()._networkRanges = newValue}
   }
 
+  /// what the replicas this node holds reference (Docs/ha.md)
+  public var replicaBytes: UInt64 {
+    get {_storage._replicaBytes}
+    set {_uniqueStorage()._replicaBytes = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1045,6 +1133,9 @@ public nonisolated struct Berth_V1_Heartbeat: Sendable {
   /// names of the templates this node holds
   public var templates: [String] = []
 
+  /// the VPSs this node holds replicas of (Docs/ha.md)
+  public var replicas: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1064,6 +1155,17 @@ public nonisolated struct Berth_V1_HeartbeatReply: Sendable {
 
   /// an admin asked this node to renew (RenewRequest) now
   public var renewCertificate: Bool = false
+
+  /// The node's lease (Docs/ha.md): renewed by this reply for fence_after_ms from when the
+  /// heartbeat was sent; its epoch; the VPSs failed over away from the node (it must never
+  /// start them again, and deletes them); replicas it holds that are no longer wanted.
+  public var leaseEpoch: UInt64 = 0
+
+  public var fenceAfterMs: UInt32 = 0
+
+  public var superseded: [String] = []
+
+  public var droppedReplicas: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1331,6 +1433,10 @@ public nonisolated struct Berth_V1_Request: Sendable {
   /// re-attaches to it instead of doing it twice. 1-64 of [A-Za-z0-9_-]; "" = the controller
   /// picks one. Used by create, start, stop, restart and destroy.
   public var operationID: String = String()
+
+  /// Controller -> agent: the node's lease epoch as the controller knows it (Docs/ha.md). An
+  /// agent that has seen a newer one refuses the call (a stale controller or a delayed call).
+  public var leaseEpoch: UInt64 = 0
 
   public var call: Berth_V1_Request.OneOf_Call? = nil
 
@@ -1717,6 +1823,42 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .restore(newValue)}
   }
 
+  /// replication and failover (Docs/ha.md)
+  public var replicateSet: Berth_V1_ReplicationPlan {
+    get {
+      if case .replicateSet(let v)? = call {return v}
+      return Berth_V1_ReplicationPlan()
+    }
+    set {call = .replicateSet(newValue)}
+  }
+
+  /// controller -> replica agent
+  public var replicaExpect: Berth_V1_ReplicaGrant {
+    get {
+      if case .replicaExpect(let v)? = call {return v}
+      return Berth_V1_ReplicaGrant()
+    }
+    set {call = .replicaExpect(newValue)}
+  }
+
+  /// primary agent -> replica agent, under the grant
+  public var replicaReceive: Berth_V1_ReplicaReceiveRequest {
+    get {
+      if case .replicaReceive(let v)? = call {return v}
+      return Berth_V1_ReplicaReceiveRequest()
+    }
+    set {call = .replicaReceive(newValue)}
+  }
+
+  /// controller -> replica agent
+  public var replicaPromote: Berth_V1_ReplicaPromoteRequest {
+    get {
+      if case .replicaPromote(let v)? = call {return v}
+      return Berth_V1_ReplicaPromoteRequest()
+    }
+    set {call = .replicaPromote(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -1774,6 +1916,14 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case snapshotDelete(Berth_V1_SnapshotRequest)
     case backup(Berth_V1_BackupRequest)
     case restore(Berth_V1_RestoreBackupRequest)
+    /// replication and failover (Docs/ha.md)
+    case replicateSet(Berth_V1_ReplicationPlan)
+    /// controller -> replica agent
+    case replicaExpect(Berth_V1_ReplicaGrant)
+    /// primary agent -> replica agent, under the grant
+    case replicaReceive(Berth_V1_ReplicaReceiveRequest)
+    /// controller -> replica agent
+    case replicaPromote(Berth_V1_ReplicaPromoteRequest)
 
   }
 
@@ -1904,6 +2054,98 @@ public nonisolated struct Berth_V1_RestoreBackupRequest: Sendable {
 
   /// the archive's size, for progress (0: unknown)
   public var size: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Controller -> the primary's agent: replicate VPS `vps` to these nodes every interval (no
+/// targets and ha false: stop replicating and disarm its fence).
+public nonisolated struct Berth_V1_ReplicationPlan: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var vps: String = String()
+
+  public var ha: Bool = false
+
+  public var intervalS: UInt32 = 0
+
+  public var targets: [Berth_V1_ReplicaTarget] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_ReplicaTarget: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var node: String = String()
+
+  /// its agent's listen address
+  public var address: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Controller -> a replica's agent: accept replicas of `vps` from `source` (a standing grant,
+/// kept across agent restarts); `source` "" withdraws it and deletes what the node holds.
+public nonisolated struct Berth_V1_ReplicaGrant: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var vps: String = String()
+
+  public var source: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Primary agent -> replica agent: a `btrfs send` stream (DATA on channel 0, END) of the
+/// primary's read-only snapshot `snapshot`, a difference from `parent` ("" = whole). The
+/// replica keeps its last complete snapshot until this one is whole. RESPONSE `ok`.
+public nonisolated struct Berth_V1_ReplicaReceiveRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var vps: String = String()
+
+  public var snapshot: String = String()
+
+  public var parent: String = String()
+
+  /// the VPS's config as the primary stores it
+  public var config: Data = Data()
+
+  public var takenUnixMs: Int64 = 0
+
+  public var templateDigest: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Controller -> replica agent: make the VPS from its newest replica and start it.
+public nonisolated struct Berth_V1_ReplicaPromoteRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var vps: String = String()
+
+  public var start: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2517,7 +2759,7 @@ nonisolated extension Berth_V1_Limits: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}template\0\u{1}hostname\0\u{1}ips\0\u{1}nameservers\0\u{1}limits\0\u{1}net\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0\u{1}node\0\u{1}constraints\0\u{3}anti_affinity\0\u{1}privileged\0\u{1}capabilities\0\u{1}storage\0\u{1}layout\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}template\0\u{1}hostname\0\u{1}ips\0\u{1}nameservers\0\u{1}limits\0\u{1}net\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0\u{1}node\0\u{1}constraints\0\u{3}anti_affinity\0\u{1}privileged\0\u{1}capabilities\0\u{1}storage\0\u{1}layout\0\u{1}ha\0\u{1}replicas\0\u{3}replication_interval_s\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -2537,6 +2779,9 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
     var _capabilities: Dictionary<String,String> = [:]
     var _storage: String = String()
     var _layout: String = String()
+    var _ha: Bool = false
+    var _replicas: UInt32 = 0
+    var _replicationIntervalS: UInt32 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2564,6 +2809,9 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
       _capabilities = source._capabilities
       _storage = source._storage
       _layout = source._layout
+      _ha = source._ha
+      _replicas = source._replicas
+      _replicationIntervalS = source._replicationIntervalS
     }
   }
 
@@ -2599,6 +2847,9 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
         case 15: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._capabilities) }()
         case 16: try { try decoder.decodeSingularStringField(value: &_storage._storage) }()
         case 17: try { try decoder.decodeSingularStringField(value: &_storage._layout) }()
+        case 18: try { try decoder.decodeSingularBoolField(value: &_storage._ha) }()
+        case 19: try { try decoder.decodeSingularUInt32Field(value: &_storage._replicas) }()
+        case 20: try { try decoder.decodeSingularUInt32Field(value: &_storage._replicationIntervalS) }()
         default: break
         }
       }
@@ -2662,6 +2913,15 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
       if !_storage._layout.isEmpty {
         try visitor.visitSingularStringField(value: _storage._layout, fieldNumber: 17)
       }
+      if _storage._ha != false {
+        try visitor.visitSingularBoolField(value: _storage._ha, fieldNumber: 18)
+      }
+      if _storage._replicas != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._replicas, fieldNumber: 19)
+      }
+      if _storage._replicationIntervalS != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._replicationIntervalS, fieldNumber: 20)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2688,6 +2948,9 @@ nonisolated extension Berth_V1_CreateRequest: SwiftProtobuf.Message, SwiftProtob
         if _storage._capabilities != rhs_storage._capabilities {return false}
         if _storage._storage != rhs_storage._storage {return false}
         if _storage._layout != rhs_storage._layout {return false}
+        if _storage._ha != rhs_storage._ha {return false}
+        if _storage._replicas != rhs_storage._replicas {return false}
+        if _storage._replicationIntervalS != rhs_storage._replicationIntervalS {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -2839,7 +3102,7 @@ nonisolated extension Berth_V1_ListRequest: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SetRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}limits\0\u{1}hostname\0\u{3}ip_add\0\u{3}ip_del\0\u{1}nameservers\0\u{3}set_onboot\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0\u{1}capabilities\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}limits\0\u{1}hostname\0\u{3}ip_add\0\u{3}ip_del\0\u{1}nameservers\0\u{3}set_onboot\0\u{1}onboot\0\u{1}labels\0\u{1}searchdomains\0\u{1}capabilities\0\u{1}ha\0\u{1}replicas\0\u{3}replication_interval_s\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -2853,6 +3116,9 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
     var _labels: Dictionary<String,String> = [:]
     var _searchdomains: [String] = []
     var _capabilities: Dictionary<String,String> = [:]
+    var _ha: String = String()
+    var _replicas: UInt32 = 0
+    var _replicationIntervalS: UInt32 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2874,6 +3140,9 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
       _labels = source._labels
       _searchdomains = source._searchdomains
       _capabilities = source._capabilities
+      _ha = source._ha
+      _replicas = source._replicas
+      _replicationIntervalS = source._replicationIntervalS
     }
   }
 
@@ -2903,6 +3172,9 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
         case 9: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
         case 10: try { try decoder.decodeRepeatedStringField(value: &_storage._searchdomains) }()
         case 11: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._capabilities) }()
+        case 12: try { try decoder.decodeSingularStringField(value: &_storage._ha) }()
+        case 13: try { try decoder.decodeSingularUInt32Field(value: &_storage._replicas) }()
+        case 14: try { try decoder.decodeSingularUInt32Field(value: &_storage._replicationIntervalS) }()
         default: break
         }
       }
@@ -2948,6 +3220,15 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
       if !_storage._capabilities.isEmpty {
         try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._capabilities, fieldNumber: 11)
       }
+      if !_storage._ha.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._ha, fieldNumber: 12)
+      }
+      if _storage._replicas != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._replicas, fieldNumber: 13)
+      }
+      if _storage._replicationIntervalS != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._replicationIntervalS, fieldNumber: 14)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2968,6 +3249,9 @@ nonisolated extension Berth_V1_SetRequest: SwiftProtobuf.Message, SwiftProtobuf.
         if _storage._labels != rhs_storage._labels {return false}
         if _storage._searchdomains != rhs_storage._searchdomains {return false}
         if _storage._capabilities != rhs_storage._capabilities {return false}
+        if _storage._ha != rhs_storage._ha {return false}
+        if _storage._replicas != rhs_storage._replicas {return false}
+        if _storage._replicationIntervalS != rhs_storage._replicationIntervalS {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -3143,7 +3427,7 @@ nonisolated extension Berth_V1_ConsoleRequest: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".VpsStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}hostname\0\u{1}ips\0\u{1}template\0\u{1}node\0\u{1}pid\0\u{1}labels\0\u{1}onboot\0\u{1}limits\0\u{3}last_exit\0\u{3}started_at_unix\0\u{1}net\0\u{3}host_interface\0\u{1}mac\0\u{1}nameservers\0\u{1}searchdomains\0\u{1}privileged\0\u{1}idmap\0\u{1}capabilities\0\u{1}storage\0\u{1}layout\0\u{1}snapshots\0\u{3}snapshot_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}hostname\0\u{1}ips\0\u{1}template\0\u{1}node\0\u{1}pid\0\u{1}labels\0\u{1}onboot\0\u{1}limits\0\u{3}last_exit\0\u{3}started_at_unix\0\u{1}net\0\u{3}host_interface\0\u{1}mac\0\u{1}nameservers\0\u{1}searchdomains\0\u{1}privileged\0\u{1}idmap\0\u{1}capabilities\0\u{1}storage\0\u{1}layout\0\u{1}snapshots\0\u{3}snapshot_bytes\0\u{1}ha\0\u{3}replication_interval_s\0\u{1}replicas\0\u{3}fence_armed\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -3170,6 +3454,10 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
     var _layout: String = String()
     var _snapshots: UInt32 = 0
     var _snapshotBytes: UInt64 = 0
+    var _ha: Bool = false
+    var _replicationIntervalS: UInt32 = 0
+    var _replicas: [Berth_V1_ReplicaStatus] = []
+    var _fenceArmed: Bool = false
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3204,6 +3492,10 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
       _layout = source._layout
       _snapshots = source._snapshots
       _snapshotBytes = source._snapshotBytes
+      _ha = source._ha
+      _replicationIntervalS = source._replicationIntervalS
+      _replicas = source._replicas
+      _fenceArmed = source._fenceArmed
     }
   }
 
@@ -3246,6 +3538,10 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
         case 22: try { try decoder.decodeSingularStringField(value: &_storage._layout) }()
         case 23: try { try decoder.decodeSingularUInt32Field(value: &_storage._snapshots) }()
         case 24: try { try decoder.decodeSingularUInt64Field(value: &_storage._snapshotBytes) }()
+        case 25: try { try decoder.decodeSingularBoolField(value: &_storage._ha) }()
+        case 26: try { try decoder.decodeSingularUInt32Field(value: &_storage._replicationIntervalS) }()
+        case 27: try { try decoder.decodeRepeatedMessageField(value: &_storage._replicas) }()
+        case 28: try { try decoder.decodeSingularBoolField(value: &_storage._fenceArmed) }()
         default: break
         }
       }
@@ -3330,6 +3626,18 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
       if _storage._snapshotBytes != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._snapshotBytes, fieldNumber: 24)
       }
+      if _storage._ha != false {
+        try visitor.visitSingularBoolField(value: _storage._ha, fieldNumber: 25)
+      }
+      if _storage._replicationIntervalS != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._replicationIntervalS, fieldNumber: 26)
+      }
+      if !_storage._replicas.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._replicas, fieldNumber: 27)
+      }
+      if _storage._fenceArmed != false {
+        try visitor.visitSingularBoolField(value: _storage._fenceArmed, fieldNumber: 28)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3363,10 +3671,64 @@ nonisolated extension Berth_V1_VpsStatus: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._layout != rhs_storage._layout {return false}
         if _storage._snapshots != rhs_storage._snapshots {return false}
         if _storage._snapshotBytes != rhs_storage._snapshotBytes {return false}
+        if _storage._ha != rhs_storage._ha {return false}
+        if _storage._replicationIntervalS != rhs_storage._replicationIntervalS {return false}
+        if _storage._replicas != rhs_storage._replicas {return false}
+        if _storage._fenceArmed != rhs_storage._fenceArmed {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_ReplicaStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReplicaStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}replicated_unix_ms\0\u{3}bytes_sent\0\u{1}error\0\u{3}total_bytes_sent\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.replicatedUnixMs) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.bytesSent) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.totalBytesSent) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
+    }
+    if self.replicatedUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.replicatedUnixMs, fieldNumber: 2)
+    }
+    if self.bytesSent != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytesSent, fieldNumber: 3)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 4)
+    }
+    if self.totalBytesSent != 0 {
+      try visitor.visitSingularUInt64Field(value: self.totalBytesSent, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_ReplicaStatus, rhs: Berth_V1_ReplicaStatus) -> Bool {
+    if lhs.node != rhs.node {return false}
+    if lhs.replicatedUnixMs != rhs.replicatedUnixMs {return false}
+    if lhs.bytesSent != rhs.bytesSent {return false}
+    if lhs.error != rhs.error {return false}
+    if lhs.totalBytesSent != rhs.totalBytesSent {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3823,7 +4185,7 @@ nonisolated extension Berth_V1_VpsStats: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kernel\0\u{3}cgroup_mode\0\u{1}cpus\0\u{3}memory_bytes\0\u{3}disk_bytes\0\u{3}cpu_overcommit\0\u{3}memory_overcommit\0\u{3}disk_overcommit\0\u{3}committed_cpu_pct\0\u{3}committed_memory_bytes\0\u{3}committed_disk_bytes\0\u{3}vps_total\0\u{3}vps_running\0\u{3}disk_free_bytes\0\u{3}pool_bytes\0\u{3}pool_free_bytes\0\u{3}committed_pool_bytes\0\u{3}network_ranges\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kernel\0\u{3}cgroup_mode\0\u{1}cpus\0\u{3}memory_bytes\0\u{3}disk_bytes\0\u{3}cpu_overcommit\0\u{3}memory_overcommit\0\u{3}disk_overcommit\0\u{3}committed_cpu_pct\0\u{3}committed_memory_bytes\0\u{3}committed_disk_bytes\0\u{3}vps_total\0\u{3}vps_running\0\u{3}disk_free_bytes\0\u{3}pool_bytes\0\u{3}pool_free_bytes\0\u{3}committed_pool_bytes\0\u{3}network_ranges\0\u{3}replica_bytes\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -3845,6 +4207,7 @@ nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     var _poolFreeBytes: UInt64 = 0
     var _committedPoolBytes: UInt64 = 0
     var _networkRanges: [String] = []
+    var _replicaBytes: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3874,6 +4237,7 @@ nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
       _poolFreeBytes = source._poolFreeBytes
       _committedPoolBytes = source._committedPoolBytes
       _networkRanges = source._networkRanges
+      _replicaBytes = source._replicaBytes
     }
   }
 
@@ -3911,6 +4275,7 @@ nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
         case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._poolFreeBytes) }()
         case 18: try { try decoder.decodeSingularUInt64Field(value: &_storage._committedPoolBytes) }()
         case 19: try { try decoder.decodeRepeatedStringField(value: &_storage._networkRanges) }()
+        case 20: try { try decoder.decodeSingularUInt64Field(value: &_storage._replicaBytes) }()
         default: break
         }
       }
@@ -3976,6 +4341,9 @@ nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
       if !_storage._networkRanges.isEmpty {
         try visitor.visitRepeatedStringField(value: _storage._networkRanges, fieldNumber: 19)
       }
+      if _storage._replicaBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._replicaBytes, fieldNumber: 20)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4004,6 +4372,7 @@ nonisolated extension Berth_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
         if _storage._poolFreeBytes != rhs_storage._poolFreeBytes {return false}
         if _storage._committedPoolBytes != rhs_storage._committedPoolBytes {return false}
         if _storage._networkRanges != rhs_storage._networkRanges {return false}
+        if _storage._replicaBytes != rhs_storage._replicaBytes {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -4284,7 +4653,7 @@ nonisolated extension Berth_V1_RotateResult: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Berth_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}info\0\u{1}vpses\0\u{1}address\0\u{1}labels\0\u{1}templates\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}info\0\u{1}vpses\0\u{1}address\0\u{1}labels\0\u{1}templates\0\u{1}replicas\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4297,6 +4666,7 @@ nonisolated extension Berth_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
       case 3: try { try decoder.decodeSingularStringField(value: &self.address) }()
       case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.labels) }()
       case 5: try { try decoder.decodeRepeatedStringField(value: &self.templates) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.replicas) }()
       default: break
       }
     }
@@ -4322,6 +4692,9 @@ nonisolated extension Berth_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.templates.isEmpty {
       try visitor.visitRepeatedStringField(value: self.templates, fieldNumber: 5)
     }
+    if !self.replicas.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.replicas, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4331,6 +4704,7 @@ nonisolated extension Berth_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.address != rhs.address {return false}
     if lhs.labels != rhs.labels {return false}
     if lhs.templates != rhs.templates {return false}
+    if lhs.replicas != rhs.replicas {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4338,7 +4712,7 @@ nonisolated extension Berth_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Berth_V1_HeartbeatReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeartbeatReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}interval_ms\0\u{3}revoked_serials\0\u{3}renew_certificate\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}interval_ms\0\u{3}revoked_serials\0\u{3}renew_certificate\0\u{3}lease_epoch\0\u{3}fence_after_ms\0\u{1}superseded\0\u{3}dropped_replicas\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4349,6 +4723,10 @@ nonisolated extension Berth_V1_HeartbeatReply: SwiftProtobuf.Message, SwiftProto
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.intervalMs) }()
       case 2: try { try decoder.decodeRepeatedStringField(value: &self.revokedSerials) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.renewCertificate) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.leaseEpoch) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.fenceAfterMs) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.superseded) }()
+      case 7: try { try decoder.decodeRepeatedStringField(value: &self.droppedReplicas) }()
       default: break
       }
     }
@@ -4364,6 +4742,18 @@ nonisolated extension Berth_V1_HeartbeatReply: SwiftProtobuf.Message, SwiftProto
     if self.renewCertificate != false {
       try visitor.visitSingularBoolField(value: self.renewCertificate, fieldNumber: 3)
     }
+    if self.leaseEpoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.leaseEpoch, fieldNumber: 4)
+    }
+    if self.fenceAfterMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.fenceAfterMs, fieldNumber: 5)
+    }
+    if !self.superseded.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.superseded, fieldNumber: 6)
+    }
+    if !self.droppedReplicas.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.droppedReplicas, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4371,6 +4761,10 @@ nonisolated extension Berth_V1_HeartbeatReply: SwiftProtobuf.Message, SwiftProto
     if lhs.intervalMs != rhs.intervalMs {return false}
     if lhs.revokedSerials != rhs.revokedSerials {return false}
     if lhs.renewCertificate != rhs.renewCertificate {return false}
+    if lhs.leaseEpoch != rhs.leaseEpoch {return false}
+    if lhs.fenceAfterMs != rhs.fenceAfterMs {return false}
+    if lhs.superseded != rhs.superseded {return false}
+    if lhs.droppedReplicas != rhs.droppedReplicas {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4903,7 +5297,7 @@ nonisolated extension Berth_V1_OperationList: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{2}\u{8}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0\u{3}template_export\0\u{1}migrate\0\u{3}migration_expect\0\u{3}migration_send\0\u{3}migration_receive\0\u{3}migration_abort\0\u{3}node_drain\0\u{3}node_restore\0\u{3}snapshot_create\0\u{3}snapshot_list\0\u{3}snapshot_rollback\0\u{3}snapshot_delete\0\u{1}backup\0\u{1}restore\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{3}lease_epoch\0\u{2}\u{7}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0\u{3}template_export\0\u{1}migrate\0\u{3}migration_expect\0\u{3}migration_send\0\u{3}migration_receive\0\u{3}migration_abort\0\u{3}node_drain\0\u{3}node_restore\0\u{3}snapshot_create\0\u{3}snapshot_list\0\u{3}snapshot_rollback\0\u{3}snapshot_delete\0\u{1}backup\0\u{1}restore\0\u{3}replicate_set\0\u{3}replica_expect\0\u{3}replica_receive\0\u{3}replica_promote\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4913,6 +5307,7 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.deadlineMs) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.operationID) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.leaseEpoch) }()
       case 10: try {
         var v: Berth_V1_CreateRequest?
         var hadOneofValue = false
@@ -5524,6 +5919,58 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .restore(v)
         }
       }()
+      case 57: try {
+        var v: Berth_V1_ReplicationPlan?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .replicateSet(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .replicateSet(v)
+        }
+      }()
+      case 58: try {
+        var v: Berth_V1_ReplicaGrant?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .replicaExpect(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .replicaExpect(v)
+        }
+      }()
+      case 59: try {
+        var v: Berth_V1_ReplicaReceiveRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .replicaReceive(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .replicaReceive(v)
+        }
+      }()
+      case 60: try {
+        var v: Berth_V1_ReplicaPromoteRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .replicaPromote(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .replicaPromote(v)
+        }
+      }()
       default: break
       }
     }
@@ -5539,6 +5986,9 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     }
     if !self.operationID.isEmpty {
       try visitor.visitSingularStringField(value: self.operationID, fieldNumber: 2)
+    }
+    if self.leaseEpoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.leaseEpoch, fieldNumber: 3)
     }
     switch self.call {
     case .create?: try {
@@ -5729,6 +6179,22 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       guard case .restore(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 56)
     }()
+    case .replicateSet?: try {
+      guard case .replicateSet(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 57)
+    }()
+    case .replicaExpect?: try {
+      guard case .replicaExpect(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 58)
+    }()
+    case .replicaReceive?: try {
+      guard case .replicaReceive(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 59)
+    }()
+    case .replicaPromote?: try {
+      guard case .replicaPromote(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 60)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -5737,6 +6203,7 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
   public static func ==(lhs: Berth_V1_Request, rhs: Berth_V1_Request) -> Bool {
     if lhs.deadlineMs != rhs.deadlineMs {return false}
     if lhs.operationID != rhs.operationID {return false}
+    if lhs.leaseEpoch != rhs.leaseEpoch {return false}
     if lhs.call != rhs.call {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
@@ -6013,6 +6480,211 @@ nonisolated extension Berth_V1_RestoreBackupRequest: SwiftProtobuf.Message, Swif
     if lhs.ips != rhs.ips {return false}
     if lhs.noIps != rhs.noIps {return false}
     if lhs.size != rhs.size {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_ReplicationPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReplicationPlan"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vps\0\u{1}ha\0\u{3}interval_s\0\u{1}targets\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.vps) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.ha) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.intervalS) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.targets) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.vps.isEmpty {
+      try visitor.visitSingularStringField(value: self.vps, fieldNumber: 1)
+    }
+    if self.ha != false {
+      try visitor.visitSingularBoolField(value: self.ha, fieldNumber: 2)
+    }
+    if self.intervalS != 0 {
+      try visitor.visitSingularUInt32Field(value: self.intervalS, fieldNumber: 3)
+    }
+    if !self.targets.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.targets, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_ReplicationPlan, rhs: Berth_V1_ReplicationPlan) -> Bool {
+    if lhs.vps != rhs.vps {return false}
+    if lhs.ha != rhs.ha {return false}
+    if lhs.intervalS != rhs.intervalS {return false}
+    if lhs.targets != rhs.targets {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_ReplicaTarget: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReplicaTarget"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}address\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
+    }
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_ReplicaTarget, rhs: Berth_V1_ReplicaTarget) -> Bool {
+    if lhs.node != rhs.node {return false}
+    if lhs.address != rhs.address {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_ReplicaGrant: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReplicaGrant"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vps\0\u{1}source\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.vps) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.source) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.vps.isEmpty {
+      try visitor.visitSingularStringField(value: self.vps, fieldNumber: 1)
+    }
+    if !self.source.isEmpty {
+      try visitor.visitSingularStringField(value: self.source, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_ReplicaGrant, rhs: Berth_V1_ReplicaGrant) -> Bool {
+    if lhs.vps != rhs.vps {return false}
+    if lhs.source != rhs.source {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_ReplicaReceiveRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReplicaReceiveRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vps\0\u{1}snapshot\0\u{1}parent\0\u{1}config\0\u{3}taken_unix_ms\0\u{3}template_digest\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.vps) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.snapshot) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.parent) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.config) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.takenUnixMs) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.templateDigest) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.vps.isEmpty {
+      try visitor.visitSingularStringField(value: self.vps, fieldNumber: 1)
+    }
+    if !self.snapshot.isEmpty {
+      try visitor.visitSingularStringField(value: self.snapshot, fieldNumber: 2)
+    }
+    if !self.parent.isEmpty {
+      try visitor.visitSingularStringField(value: self.parent, fieldNumber: 3)
+    }
+    if !self.config.isEmpty {
+      try visitor.visitSingularBytesField(value: self.config, fieldNumber: 4)
+    }
+    if self.takenUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.takenUnixMs, fieldNumber: 5)
+    }
+    if !self.templateDigest.isEmpty {
+      try visitor.visitSingularStringField(value: self.templateDigest, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_ReplicaReceiveRequest, rhs: Berth_V1_ReplicaReceiveRequest) -> Bool {
+    if lhs.vps != rhs.vps {return false}
+    if lhs.snapshot != rhs.snapshot {return false}
+    if lhs.parent != rhs.parent {return false}
+    if lhs.config != rhs.config {return false}
+    if lhs.takenUnixMs != rhs.takenUnixMs {return false}
+    if lhs.templateDigest != rhs.templateDigest {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_ReplicaPromoteRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReplicaPromoteRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vps\0\u{1}start\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.vps) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.start) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.vps.isEmpty {
+      try visitor.visitSingularStringField(value: self.vps, fieldNumber: 1)
+    }
+    if self.start != false {
+      try visitor.visitSingularBoolField(value: self.start, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_ReplicaPromoteRequest, rhs: Berth_V1_ReplicaPromoteRequest) -> Bool {
+    if lhs.vps != rhs.vps {return false}
+    if lhs.start != rhs.start {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -30,4 +30,13 @@
 #define BERTH_EXIT_TIME_KEY "time="
 #define BERTH_EXIT_MONITOR_FAILED "monitor failed: "
 
+// The node's lease and a VPS's fence (HelperProtocol.LeaseRecord, Docs/ha.md).
+#define BERTH_LEASE_FILE "lease"
+#define BERTH_LEASE_ARMED_FILE "fence"
+#define BERTH_LEASE_FENCED_FILE "fenced"
+#define BERTH_LEASE_EPOCH_KEY "epoch="
+#define BERTH_LEASE_EXPIRES_KEY "expires="
+#define BERTH_LEASE_CHECK_MILLISECONDS 200
+#define BERTH_STOP_REQUEST_FILE "stop-requested"
+
 #endif

@@ -179,6 +179,54 @@ static char *number(long long value) {
     return numbers[numbers_used++];
 }
 
+// The fence of an HA VPS (Docs/ha.md): when the VPS's run directory holds the armed file and
+// the node's lease (written by the agent after each heartbeat the controller answered) has
+// lapsed on CLOCK_BOOTTIME, or cannot be read, the VPS is killed here, whether the agent runs
+// or not. Its init's death ends the PID namespace; berth-spawn resume then tears it down (its
+// network first, so its addresses are withdrawn) and, asked to stop, does not boot it again.
+static int fenced;
+
+static int lease_lapsed(const struct options *o) {
+    char path[4096], text[256];
+    snprintf(path, sizeof path, "%s/../" BERTH_LEASE_FILE, o->run_dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 1;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) return 1;
+    text[n] = 0;
+    char *at = strstr(text, BERTH_LEASE_EXPIRES_KEY);
+    if (!at) return 1;
+    char *end;
+    errno = 0;
+    unsigned long long expires = strtoull(at + strlen(BERTH_LEASE_EXPIRES_KEY), &end, 10);
+    if (errno || end == at + strlen(BERTH_LEASE_EXPIRES_KEY)) return 1;
+    struct timespec now;
+    clock_gettime(CLOCK_BOOTTIME, &now);
+    return (unsigned long long)now.tv_sec * 1000000000ULL + (unsigned long long)now.tv_nsec >= expires;
+}
+
+static void check_fence(const struct options *o) {
+    char path[4096];
+    if (fenced) return;
+    snprintf(path, sizeof path, "%s/" BERTH_LEASE_ARMED_FILE, o->run_dir);
+    if (access(path, F_OK) != 0 || !lease_lapsed(o)) return;
+    fenced = 1;
+    char record[128];
+    int n = snprintf(record, sizeof record, "the node's lease lapsed at %lld\n", (long long)time(NULL));
+    snprintf(path, sizeof path, "%s/" BERTH_LEASE_FENCED_FILE, o->run_dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        write_all(fd, (const unsigned char *)record, (size_t)n);
+        close(fd);
+    }
+    snprintf(path, sizeof path, "%s/" BERTH_STOP_REQUEST_FILE, o->run_dir);
+    fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd >= 0) close(fd);
+    note("berth-monitor: the node's lease lapsed: fencing the VPS\n");
+    kill(o->init, SIGKILL);
+}
+
 // Hands the VPS back to berth-spawn with init's wait status and the console's history.
 static void resume(const struct options *o, int status) {
     int history = memfd_create(BERTH_HISTORY_MEMFD_NAME, 0);
@@ -233,10 +281,13 @@ int main(int argc, char **argv) {
             { .fd = o.signals, .events = POLLIN },
             { .fd = client, .events = POLLIN },
         };
-        if (poll(fds, client >= 0 ? 4 : 3, -1) < 0) {
+        int ready = poll(fds, client >= 0 ? 4 : 3, BERTH_LEASE_CHECK_MILLISECONDS);
+        if (ready < 0) {
             if (errno == EINTR) continue;
             give_up(&o, "poll failed");
         }
+        check_fence(&o);
+        if (ready == 0) continue;
         if (fds[0].revents & POLLIN) {
             ssize_t n = read(o.master, buffer, sizeof buffer);
             if (n > 0) {

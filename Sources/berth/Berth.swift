@@ -201,6 +201,13 @@ struct Connection {
     }
 }
 
+/// The wall clock in milliseconds (without Foundation: this file is on the fast path).
+func nowUnixMilliseconds() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+}
+
 /// `parts.joined(separator:)` by hand: the generic one instantiates its metadata at run time on
 /// first use, a conformance scan of this binary that costs more than the status line it builds.
 func joinedText(_ parts: [String], separator: String) -> String {
@@ -251,6 +258,14 @@ extension Berth_V1_VpsStatus {
         if privileged { parts.append("privileged=yes") }
         if !lastExit.isEmpty && state != "running" { parts.append("last_exit=\"\(lastExit)\"") }
         if snapshots > 0 { parts.append("snapshots=\(snapshots) snapshot_bytes=\(snapshotBytes)") }
+        if ha {
+            parts.append("ha=yes")
+            let now = nowUnixMilliseconds()
+            let shown = replicas.map { replica in
+                replica.replicatedUnixMs > 0 ? "\(replica.node):lag=\((now - replica.replicatedUnixMs) / 1000)s" : "\(replica.node):none-yet"
+            }
+            parts.append("replicas=" + (shown.isEmpty ? "-" : joinedText(shown, separator: ",")))
+        }
         return joinedText(parts, separator: " ")
     }
 
@@ -274,6 +289,15 @@ extension Berth_V1_VpsStatus {
             "privileged": .bool(privileged), "idmap": .string(idmap), "capabilities": .object(capabilities.mapValues(JSON.string)),
             "storage": .string(storage.isEmpty ? "image" : storage), "layout": .string(layout.isEmpty ? "loop" : layout),
             "snapshots": .int(Int64(snapshots)), "snapshot_bytes": .int(Int64(snapshotBytes)),
+            "ha": .bool(ha), "replication_interval_s": .int(Int64(replicationIntervalS)), "fence_armed": .bool(fenceArmed),
+            "replicas": .array(
+                replicas.map {
+                    .object([
+                        "node": .string($0.node), "replicated_unix_ms": .int($0.replicatedUnixMs),
+                        "lag_ms": .int($0.replicatedUnixMs > 0 ? nowUnixMilliseconds() - $0.replicatedUnixMs : -1),
+                        "bytes_sent": .int(Int64($0.bytesSent)), "total_bytes_sent": .int(Int64($0.totalBytesSent)), "error": .string($0.error),
+                    ])
+                }),
         ])
     }
 }

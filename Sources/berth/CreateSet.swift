@@ -109,10 +109,16 @@ struct Create: AsyncParsableCommand {
     )
     var layout: String?
     @OptionGroup var settings: VPSSettings
+    @Flag(
+        help:
+            "Cluster mode: high availability (Docs/ha.md): replicas on other nodes, and failover to one when this VPS's node is lost (fenced: never two copies). Needs --layout pool."
+    )
+    var ha = false
+    @OptionGroup var replication: ReplicationOptions
 
     func run() async throws {
-        if !connection.isCluster && (node != nil || !constraint.isEmpty || antiAffinity != nil) {
-            fail(WireError(.invalidArgument, "node: --node, --constraint and --anti-affinity need cluster mode (--controller)", field: "node"))
+        if !connection.isCluster && (node != nil || !constraint.isEmpty || antiAffinity != nil || ha) {
+            fail(WireError(.invalidArgument, "node: --node, --constraint, --anti-affinity and --ha need cluster mode (--controller)", field: "node"))
         }
         var create = Berth_V1_CreateRequest()
         create.name = name
@@ -132,6 +138,8 @@ struct Create: AsyncParsableCommand {
         create.storage = storage ?? ""
         create.layout = layout ?? ""
         create.capabilities = settings.capabilities()
+        create.ha = ha
+        (create.replicas, create.replicationIntervalS) = replication.values()
         let response = try await connection.call(request { $0.create = create }, onProgress: showProgress)
         print(response.status.line)
     }
@@ -147,9 +155,17 @@ struct SetCommand: AsyncParsableCommand {
     @Option(help: "Remove an IP address; repeatable.") var ipDel: [String] = []
     @Option(help: "Start on node boot: yes or no.") var onboot: String?
     @OptionGroup var settings: VPSSettings
+    @Option(help: "Cluster mode: high availability on or off (Docs/ha.md).") var ha: String?
+    @OptionGroup var replication: ReplicationOptions
 
     func run() async throws {
         var set = Berth_V1_SetRequest()
+        if let ha {
+            guard ha == "on" || ha == "off" else { fail(WireError(.invalidArgument, "ha: '\(ha)' must be on or off", field: "ha")) }
+            requireCluster(connection, "set --ha")
+            set.ha = ha
+        }
+        (set.replicas, set.replicationIntervalS) = replication.values()
         set.name = name
         set.limits = settings.limits()
         set.hostname = settings.hostname ?? ""
@@ -167,7 +183,7 @@ struct SetCommand: AsyncParsableCommand {
             set.setOnboot = true
             set.onboot = value
         }
-        let response = try await connection.call(request { $0.set = set })
+        let response = try await connection.call(request { $0.set = set }, onProgress: showProgress)
         let result = response.set
         print(result.status.line)
         if !result.appliedLive.isEmpty { print("applied live: \(result.appliedLive.joined(separator: ", "))") }
@@ -346,5 +362,22 @@ struct TemplateCommand: AsyncParsableCommand {
             _ = try await connection.call(request { $0.templateRemove.name = name })
             print("template \(name) removed")
         }
+    }
+}
+
+/// `--replicas N --replication-interval D` of create and set (cluster mode).
+struct ReplicationOptions: ParsableArguments {
+    @Option(help: "Cluster mode, HA: replicas on other nodes (1-3, default 1).") var replicas: UInt32?
+    @Option(help: "Cluster mode, HA: how often the replicas are brought up to date (10s to 1d, default 60s).") var replicationInterval: String?
+
+    func values() -> (replicas: UInt32, intervalSeconds: UInt32) {
+        var interval: UInt32 = 0
+        if let text = replicationInterval {
+            guard let seconds = parseDuration(text), seconds >= 10, seconds <= 86_400 else {
+                fail(WireError(.invalidArgument, "replication-interval: '\(text)' is not a duration from 10s to 1d", field: "replication-interval"))
+            }
+            interval = UInt32(seconds)
+        }
+        return (replicas ?? 0, interval)
     }
 }

@@ -123,7 +123,9 @@ final class FakeMigrationAgents: MigrationTransport, @unchecked Sendable {
         let ca = try ClusterCA.create(directory: dir + "/ca")
         let links = AgentLinks(bundle: try ca.issueBundle(role: .controller, name: "controller"), group: MultiThreadedEventLoopGroup.singleton)
         let ledger = PlacementLedger(policy: SchedulerPolicy(), source: SchedulerView(store: store, liveness: liveness, drains: DrainStates()), placed: [])
-        let heartbeats = try Heartbeats(store: store, liveness: liveness, registry: PeerRegistry(), settings: ControllerSettings(), logger: logger)
+        let heartbeats = try Heartbeats(
+            store: store, liveness: liveness, registry: PeerRegistry(), settings: ControllerSettings(), epochs: LeaseEpochs(), replicas: ReplicaIndex(),
+            writes: BackgroundWrites(logger: logger), logger: logger)
         let vps = VPSCalls(store: store, liveness: liveness, links: links, ledger: ledger, heartbeats: heartbeats, logger: logger)
         let agents = FakeMigrationAgents()
         var spec = VPSSpec(name: "web1", template: "busybox")

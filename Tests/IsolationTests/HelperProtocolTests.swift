@@ -41,6 +41,9 @@ import Testing
         let record = HelperProtocol.ExitRecord(reason: "poweroff", time: 1_700_000_000, networkDetached: true)
         #expect(HelperProtocol.ExitRecord(text: record.text) == record)
         #expect(HelperProtocol.ExitRecord(text: "time=5\n") == nil)
+        let lease = HelperProtocol.LeaseRecord(epoch: 3, expires: 123_456_789_000)
+        #expect(HelperProtocol.LeaseRecord(text: lease.text) == lease)
+        #expect(HelperProtocol.LeaseRecord(text: "epoch=3\n") == nil)
         // What berth-monitor's give_up writes (main.c): the reason and the time, no network line.
         let fromC = try #require(HelperProtocol.ExitRecord(text: "reason=monitor failed: poll failed\ntime=12\n"))
         #expect(fromC == HelperProtocol.ExitRecord(reason: "monitor failed: poll failed", time: 12))
@@ -78,6 +81,11 @@ import Testing
             "BERTH_EXIT_REASON_KEY": HelperProtocol.ExitRecord.reasonKey,
             "BERTH_EXIT_TIME_KEY": HelperProtocol.ExitRecord.timeKey,
             "BERTH_EXIT_MONITOR_FAILED": HelperProtocol.ExitRecord.monitorFailed,
+            "BERTH_LEASE_FILE": HelperProtocol.LeaseRecord.file, "BERTH_LEASE_ARMED_FILE": HelperProtocol.LeaseRecord.armedFile,
+            "BERTH_LEASE_FENCED_FILE": HelperProtocol.LeaseRecord.fencedFile, "BERTH_LEASE_EPOCH_KEY": HelperProtocol.LeaseRecord.epochKey,
+            "BERTH_LEASE_EXPIRES_KEY": HelperProtocol.LeaseRecord.expiresKey,
+            "BERTH_LEASE_CHECK_MILLISECONDS": String(HelperProtocol.LeaseRecord.checkMilliseconds),
+            "BERTH_STOP_REQUEST_FILE": RunState.stopRequestFile,
         ]
         #expect(defined == swift)
     }

@@ -1,0 +1,106 @@
+import BerthCore
+import Foundation
+import Isolation
+
+/// The node's lease and the fence of its HA VPSs (Docs/ha.md). The controller renews the lease
+/// with every heartbeat it answers; the agent leaves it in `RUN/lease` for the monitors, which
+/// kill their HA VPS once it lapses, whether this agent still runs or not. The lease's epoch is
+/// the fencing token: it rises when the controller fails VPSs over away from this node, and a
+/// call carrying an older one is refused.
+extension VPSManager {
+    var leasePath: String { paths.runDir + "/" + HelperProtocol.LeaseRecord.file }
+
+    /// The lease as the agent last wrote it (nil: this node has none: no controller answered yet).
+    public func currentLease() -> HelperProtocol.LeaseRecord? {
+        FileIO.read(leasePath).flatMap(HelperProtocol.LeaseRecord.init(text:))
+    }
+
+    /// The controller answered a heartbeat sent at `sentAt` (CLOCK_BOOTTIME ns): the lease runs
+    /// until `sentAt + fenceAfter`, counted from the send so it lapses here no later than the
+    /// controller's own count from the receipt. Returns whether the epoch rose (VPSs were failed
+    /// over away from this node meanwhile).
+    @discardableResult
+    public func renewLease(epoch: UInt64, sentAt: UInt64, fenceAfterMs: UInt32) throws -> Bool {
+        let previous = currentLease()?.epoch ?? 0
+        let lease = HelperProtocol.LeaseRecord(epoch: max(epoch, previous), expires: sentAt + UInt64(fenceAfterMs) * 1_000_000)
+        do {
+            try FileIO.writeAtomically(leasePath, Array(lease.text.utf8), mode: 0o644, durable: false)
+        } catch {
+            throw AgentError.kernel("writing the node's lease", error)
+        }
+        return epoch > previous && previous > 0
+    }
+
+    public func leaseIsCurrent() -> Bool {
+        guard let lease = currentLease() else { return false }
+        return HelperProtocol.LeaseRecord.boottimeNow() < lease.expires
+    }
+
+    /// A call that carries an epoch older than this node's was meant for an ownership that has
+    /// ended (a delayed call, a stale controller).
+    public func checkEpoch(_ epoch: UInt64) throws {
+        guard epoch > 0, let current = currentLease()?.epoch, epoch < current else { return }
+        throw AgentError(
+            .conflict, "the call carries lease epoch \(epoch), older than this node's \(current): it was meant for VPSs failed over since (Docs/ha.md)")
+    }
+
+    /// An HA VPS runs only under a current lease: after a lapse the controller may already have
+    /// started it elsewhere.
+    func checkLeaseAllowsStart(_ config: VPSConfig) throws {
+        guard config.isHA, !leaseIsCurrent() else { return }
+        throw AgentError(
+            .conflict,
+            "VPS \(config.name) is HA and this node's lease has lapsed (no controller answer within the fence time): it may be running on another node; it starts again once the controller renews the lease and confirms it is still this node's")
+    }
+
+    /// Arms (HA) or disarms the monitor's fence of `config`'s VPS.
+    func setFence(of config: VPSConfig) throws {
+        let armed = runDir(config.name) + "/" + HelperProtocol.LeaseRecord.armedFile
+        if config.isHA {
+            try checkLeaseAllowsStart(config)
+            guard FileManager.default.createFile(atPath: armed, contents: nil) else {
+                throw AgentError(.kernel, "cannot arm the fence of \(config.name) (\(armed))", stage: "fence")
+            }
+        } else {
+            unlink(armed)
+        }
+    }
+
+    func fenceArmed(_ name: String) -> Bool { FileIO.exists(runDir(name) + "/" + HelperProtocol.LeaseRecord.armedFile) }
+
+    /// Why the monitor fenced the VPS, read before its run directory goes; nil when it did not.
+    func fenceReason(_ name: String) -> String? {
+        FileIO.read(runDir(name) + "/" + HelperProtocol.LeaseRecord.fencedFile).map { "fenced: " + $0.trimmed }
+    }
+
+    /// The controller failed these VPSs over to other nodes while this one was cut off: their
+    /// copies here are stale and must never run again. Each is killed if it still runs (its
+    /// fence should have done it) and deleted. Returns the names deleted.
+    public func dropSuperseded(_ names: [String]) async -> [String] {
+        var dropped: [String] = []
+        for name in names where records[name] != nil {
+            do {
+                try await destroy(name, force: true)
+                dropped.append(name)
+                logger.notice("stale copy deleted: the VPS was failed over to another node", metadata: ["vps": "\(name)"])
+            } catch {
+                logger.error("cannot delete a stale copy of a failed-over VPS", metadata: ["vps": "\(name)", "error": "\(error)"])
+            }
+        }
+        return dropped
+    }
+
+    /// After a renewed lease: the HA VPSs fenced during the lapse that are still this node's
+    /// (the controller did not fail them over) start again.
+    public func restartFenced() async {
+        for record in records.values where record.fenced && record.config.isHA && record.state != .running {
+            record.fenced = false
+            do {
+                _ = try await start(record.config.name)
+                logger.notice("fenced VPS started again: the lease is renewed and it is still this node's", metadata: ["vps": "\(record.config.name)"])
+            } catch {
+                logger.error("cannot start a fenced VPS again", metadata: ["vps": "\(record.config.name)", "error": "\(error)"])
+            }
+        }
+    }
+}
