@@ -71,6 +71,15 @@ public final class ControllerService: WireService {
     /// Settles migrations a stopped controller left half done, until cancelled.
     public func settleMigrations() async { await migrations.watchInterrupted() }
 
+    /// A heartbeat is answered on the connection's event loop: it is decided in memory and its
+    /// store writes go to `BackgroundWrites`, so neither a busy cooperative pool (two threads
+    /// on a small controller, held by calls waiting for SQLite) nor a slow disk can delay it
+    /// into a false "down", which with HA would be a false failover.
+    public func handlesOnEventLoop(_ request: Berth_V1_Request) -> Bool {
+        if case .heartbeat = request.call { return true }
+        return false
+    }
+
     public func handle(_ request: Berth_V1_Request, stream: ServerStream) async throws -> Berth_V1_Response {
         // A connection without a certificate may enrol and nothing else, whatever the call.
         if stream.peer == .anonymous {

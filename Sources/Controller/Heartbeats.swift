@@ -13,8 +13,8 @@ struct HeartbeatReport: Sendable, Equatable {
     var info = NodeReport()
     /// The templates it holds.
     var templates: [String] = []
-    /// The VPSs it holds replicas of (Docs/ha.md).
-    var replicas: [String] = []
+    /// The replicas it holds (Docs/ha.md): VPS → when the snapshot held was taken (0: none yet).
+    var replicas: [String: Int64] = [:]
     /// Its VPSs' statuses.
     var vpses: [VPSStatusRecord] = []
 }
@@ -166,8 +166,14 @@ final class Heartbeats: Sendable {
         answer.fenceAfter = settings.fenceAfter
         let reported = Set(request.vpses.map(\.name))
         answer.superseded = replicas.staleCopies(on: node).filter { reported.contains($0) }.sorted()
-        answer.droppedReplicas = request.replicas.filter { !replicas.holds(node, replicaOf: $0) }.sorted()
+        answer.droppedReplicas = request.replicas.keys.filter { !replicas.holds(node, replicaOf: $0) }.sorted()
         return answer
+    }
+
+    /// When the replica of `vps` that `node` holds was taken, as its last heartbeat said (0: none
+    /// complete; nil: no report, or none held).
+    func replicaTaken(of vps: String, on node: String) -> Int64? {
+        cache.withLock { $0.lastMeta[node]?.replicas[vps] }
     }
 
     /// The VPSs `node` reported in its last heartbeat (nil: none since the controller started).

@@ -186,13 +186,18 @@ final class HighAvailability: Sendable {
         }
     }
 
-    /// One round of the watch (tests call it directly).
+    /// One round of the watch (tests call it directly). The VPS records are read only when
+    /// there is something to do (a lost node, a promotion to retry, a stale copy, the 10 s
+    /// round of replica placement): a large fleet's rows are not decoded four times a second.
     func tick() async {
-        guard let known = try? store.nodes(), let records = try? store.vpses() else { return }
-        for name in unpromoted.withLock({ Array($0) }) {
+        guard let known = try? store.nodes() else { return }
+        let lostNodes = Set(known.map(\.name).filter(lost))
+        let retry = unpromoted.withLock { Array($0) }
+        let protectDue = lastProtectRound.withLock { last in last.map { ContinuousClock.now - $0 >= .seconds(10) } ?? true }
+        guard !lostNodes.isEmpty || !retry.isEmpty || protectDue || index.hasStaleCopies, let records = try? store.vpses() else { return }
+        for name in retry {
             if let record = records.first(where: { $0.name == name }) { await promote(record) }
         }
-        let lostNodes = Set(known.map(\.name).filter(lost))
         if !lostNodes.isEmpty {
             let alive = known.filter { liveness.isAlive($0.name) }.count
             if alive * 2 <= known.count {
@@ -202,7 +207,14 @@ final class HighAvailability: Sendable {
                     try? store.addEvent(kind: "failover.refused", subject: "controller", message: line)
                 }
             } else {
-                unsay("no-majority")
+                if unsay("no-majority") {
+                    // Nodes come back one by one after a controller lost sight of most: the
+                    // ones not heard yet get a window before they count as lost.
+                    liveness.restartWindows(known.map(\.name))
+                    try? store.addEvent(
+                        kind: "failover.majority", subject: "controller", message: "sees a majority of the nodes again: every node gets a window to check in")
+                    return
+                }
                 for record in records
                 where record.spec.ha && lostNodes.contains(record.node) && record.phase == .ready && record.migration == nil
                     && !unpromoted.withLock({ $0.contains(record.name) })
@@ -212,7 +224,7 @@ final class HighAvailability: Sendable {
             }
         }
         forgetDeletedStaleCopies(records)
-        await reprotect(records, lostNodes: lostNodes)
+        if protectDue { await reprotect(records, lostNodes: lostNodes) }
     }
 
     /// A node silent for longer than `failoverAfter` (its lease has lapsed there with margin).
@@ -239,11 +251,11 @@ final class HighAvailability: Sendable {
             }
             return
         }
-        // The freshest complete replica on a node that is ready now.
-        let replicas = record.status.replicas ?? []
+        // The freshest complete replica on a node that is ready now, as the replica nodes
+        // themselves report it (the lost primary's last word may be older).
         let candidates = record.spec.replicaNodes.compactMap { node -> (String, Int64)? in
             guard let state = try? store.node(node), nodes.state(of: state) == .ready,
-                let taken = replicas.first(where: { $0.node == node })?.replicatedUnixMs, taken > 0
+                let taken = heartbeats.replicaTaken(of: name, on: node), taken > 0
             else { return nil }
             return (node, taken)
         }
@@ -308,13 +320,7 @@ final class HighAvailability: Sendable {
 
     /// A replica on a lost node is no replica: another is placed (every 10 s at most).
     private func reprotect(_ records: [VPSRecord], lostNodes: Set<String>) async {
-        let now = ContinuousClock.now
-        let due = lastProtectRound.withLock { last -> Bool in
-            if let last, now - last < .seconds(10) { return false }
-            last = now
-            return true
-        }
-        guard due else { return }
+        lastProtectRound.withLock { $0 = .now }
         for record in records where record.spec.ha && record.phase == .ready && !lostNodes.contains(record.node) {
             let short = record.spec.replicaNodes.count < record.spec.replicas
             let onLost = record.spec.replicaNodes.contains(where: lostNodes.contains)
@@ -346,7 +352,9 @@ final class HighAvailability: Sendable {
     }
 
     private func sayOnce(_ key: String) -> Bool { said.withLock { $0.insert(key).inserted } }
-    private func unsay(_ key: String) { _ = said.withLock { $0.remove(key) } }
+    /// Forgets a thing said; whether it had been said.
+    @discardableResult
+    private func unsay(_ key: String) -> Bool { said.withLock { $0.remove(key) != nil } }
 
     static func isoTime(_ unixMs: Int64) -> String {
         let formatter = ISO8601DateFormatter()

@@ -145,7 +145,8 @@ extension Berth_V1_Event {
 extension HeartbeatReport {
     init(_ wire: Berth_V1_Heartbeat) {
         self.init(
-            address: wire.address, labels: wire.labels, info: NodeReport(wire.info), templates: wire.templates, replicas: wire.replicas,
+            address: wire.address, labels: wire.labels, info: NodeReport(wire.info), templates: wire.templates,
+            replicas: Dictionary(wire.replicas.map { ($0.vps, $0.takenUnixMs) }, uniquingKeysWith: { max($0, $1) }),
             vpses: wire.vpses.map(VPSStatusRecord.init))
     }
 }

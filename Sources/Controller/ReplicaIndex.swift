@@ -30,6 +30,8 @@ final class ReplicaIndex: Sendable {
     /// Whether `node` is one of the places of `vps`'s replicas.
     func holds(_ node: String, replicaOf vps: String) -> Bool { index.withLock { $0.replicaNodes[vps]?.contains(node) ?? false } }
 
+    var hasStaleCopies: Bool { index.withLock { !$0.staleCopyOn.isEmpty } }
+
     /// The VPSs failed over away from `node` whose copy there has not been deleted yet.
     func staleCopies(on node: String) -> [String] { index.withLock { $0.staleCopyOn.filter { $0.value == node }.map(\.key) } }
 }

@@ -76,6 +76,7 @@ final class VPSCalls: Sendable {
         status.name = record.name
         status.node = record.node
         if status.template.isEmpty { status.template = record.spec.template }
+        if record.spec.ha { status.ha = true }
         if record.phase == .creating { status.state = "creating" } else if !liveness.isAlive(record.node) { status.state = "unknown" }
         return status
     }
@@ -209,7 +210,13 @@ final class VPSCalls: Sendable {
             .filter { caller.sees(vpsOf: $0.tenant) }
             .map(currentStatus)
             .filter { all || $0.state != "stopped" }
-            .filter { status in selector.allSatisfy { status.labels[$0.key] == $0.value } }
+            .filter { status in selector.allSatisfy { Self.selects(status, $0.key, $0.value) } }
+    }
+
+    /// A label K=V of `list --selector`; `ha=true|false` selects by HA where no label is named ha.
+    static func selects(_ status: VPSStatusRecord, _ key: String, _ value: String) -> Bool {
+        if key == "ha" && status.labels["ha"] == nil { return String(status.ha ?? false) == value }
+        return status.labels[key] == value
     }
 
     /// `set`: addresses added live are reserved cluster-wide before the node sees them (the

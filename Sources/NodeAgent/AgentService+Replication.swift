@@ -35,7 +35,8 @@ extension AgentService {
         let (directory, _) = try await manager.beginReplicaReceive(r.vps, from: peer.name, parent: r.parent)
         do {
             try await VolumeTransfer.receive(into: directory, from: stream.input, field: "replica")
-            try await manager.replicaReceived(r.vps, snapshot: r.snapshot, takenUnixMs: r.takenUnixMs, config: Array(r.config), templateDigest: r.templateDigest)
+            try await manager.replicaReceived(
+                r.vps, snapshot: r.snapshot, takenUnixMs: r.takenUnixMs, config: Array(r.config), templateDigest: r.templateDigest, diskBytes: r.diskBytes)
         } catch {
             await manager.replicaReceiveFailed(r.vps, snapshot: r.snapshot)
             throw error
@@ -60,7 +61,7 @@ extension AgentService {
     }
 
     func replicationRound(_ name: String, _ plan: VPSConfig.Replication) async {
-        let round: (snapshot: String, takenUnixMs: Int64, config: [UInt8], templateDigest: String)
+        let round: VPSManager.ReplicationRound
         do {
             round = try await manager.beginReplication(name)
         } catch {
@@ -85,7 +86,7 @@ extension AgentService {
     }
 
     private func sendReplica(
-        _ name: String, _ round: (snapshot: String, takenUnixMs: Int64, config: [UInt8], templateDigest: String), parent: String?,
+        _ name: String, _ round: VPSManager.ReplicationRound, parent: String?,
         to target: VPSConfig.Replication.Target
     ) async throws -> UInt64 {
         let client = try await dialNode(target.node, at: target.address)
@@ -97,6 +98,7 @@ extension AgentService {
         request.replicaReceive.config = Data(round.config)
         request.replicaReceive.takenUnixMs = round.takenUnixMs
         request.replicaReceive.templateDigest = round.templateDigest
+        request.replicaReceive.diskBytes = round.diskBytes
         let call = try await client.start(request)
         let stall = TimeAmount.seconds(Int64(migrationSlots.stallSeconds))
         let slots = migrationSlots
@@ -104,7 +106,8 @@ extension AgentService {
         async let answer = call.result(within: stall * 4, from: target.node)
         let sent: UInt64
         do {
-            sent = try await VolumeTransfer.send(round.snapshot, parent: parent, on: call, target: target.node, stallLimit: stall, pace: { await slots.pace($0) })
+            sent = try await VolumeTransfer.send(
+                round.snapshot, parent: parent, on: call, target: target.node, stallLimit: stall, pace: { await slots.pace($0) })
             call.sendEnd(.stdin)
         } catch {
             _ = try await answer

@@ -1,9 +1,9 @@
 import BerthCore
 import Foundation
+import Isolation
 import Logging
 import NIOCore
 import Wire
-import Isolation
 import WireTLS
 
 /// How this agent takes part in a cluster: where the controller is, where the agent serves the
@@ -161,7 +161,12 @@ public final class ClusterMember: Sendable {
                 beat.address = options.listen
                 beat.labels = options.labels
                 beat.templates = manager.templates.list().map(\.name)
-                beat.replicas = await manager.heldReplicas()
+                beat.replicas = await manager.heldReplicas().map { held in
+                    var replica = Berth_V1_HeldReplica()
+                    replica.vps = held.vps
+                    replica.takenUnixMs = held.takenUnixMs
+                    return replica
+                }
                 var request = Berth_V1_Request()
                 request.heartbeat = beat
                 request.deadlineMs = 5000

@@ -22,6 +22,15 @@ extension VPSManager {
         public var error: String = ""
     }
 
+    /// One round's snapshot and what goes with it.
+    public struct ReplicationRound: Sendable {
+        public var snapshot: String
+        public var takenUnixMs: Int64
+        public var config: [UInt8]
+        public var templateDigest: String
+        public var diskBytes: UInt64
+    }
+
     /// What a replica node holds of one VPS.
     struct ReplicaHolding: Codable, Sendable, Equatable {
         var vps: String
@@ -29,6 +38,9 @@ extension VPSManager {
         var snapshot: String?
         var takenUnixMs: Int64?
         var templateDigest = ""
+        /// What the VPS's disk held when the snapshot was taken (the primary's quota group: a
+        /// received snapshot's own group counts only the blocks it does not share).
+        var diskBytes: UInt64?
     }
 
     var replicaDirectory: String { paths.dataDir + "/replicas" }
@@ -78,7 +90,7 @@ extension VPSManager {
 
     /// A read-only snapshot to send (`pool/replication/NAME/rMILLIS`), the config and the
     /// template digest with it; the VPS is marked as replicating until `endReplication`.
-    public func beginReplication(_ name: String) async throws -> (snapshot: String, takenUnixMs: Int64, config: [UInt8], templateDigest: String) {
+    public func beginReplication(_ name: String) async throws -> ReplicationRound {
         let record = try record(name)
         guard !replicating.contains(name) else { throw AgentError(.conflict, "VPS \(name) is already being replicated", field: "name") }
         replicating.insert(name)
@@ -94,7 +106,8 @@ extension VPSManager {
                 throw AgentError(.corruptState, "\(store.configPath(name)) cannot be read")
             }
             let digest = record.config.isLayered ? (try templates.digest(record.config.template) ?? "") : ""
-            return (snapshot, taken, Array(config), digest)
+            return ReplicationRound(
+                snapshot: snapshot, takenUnixMs: taken, config: Array(config), templateDigest: digest, diskBytes: pool.usage(name)?.used ?? 0)
         } catch {
             replicating.remove(name)
             throw error
@@ -206,7 +219,7 @@ extension VPSManager {
     }
 
     /// The snapshot `snapshot` arrived whole: it becomes the replica, the older ones go.
-    public func replicaReceived(_ vps: String, snapshot: String, takenUnixMs: Int64, config: [UInt8], templateDigest: String) throws {
+    public func replicaReceived(_ vps: String, snapshot: String, takenUnixMs: Int64, config: [UInt8], templateDigest: String, diskBytes: UInt64) throws {
         defer { receivingReplicas.remove(vps) }
         guard var holding = loadHolding(vps), let pool = try? mountedPool() else { return }
         let directory = Self.replicaSnapshots(pool, vps)
@@ -217,6 +230,7 @@ extension VPSManager {
         holding.snapshot = snapshot
         holding.takenUnixMs = takenUnixMs
         holding.templateDigest = templateDigest
+        holding.diskBytes = diskBytes
         try saveHolding(holding)
         for entry in FileIO.listDirectory(directory) where entry != snapshot { _ = berth_btrfs_subvolume_delete(directory, entry) }
     }
@@ -256,19 +270,19 @@ extension VPSManager {
         return view
     }
 
-    /// The VPSs this node holds replicas of (heartbeats report them).
-    public func heldReplicas() -> [String] {
+    /// The VPSs this node holds replicas of, and when each one's snapshot was taken (0: none
+    /// complete yet); heartbeats report them, the controller fails over to the freshest.
+    public func heldReplicas() -> [(vps: String, takenUnixMs: Int64)] {
+        heldReplicaNames().map { ($0, loadHolding($0)?.takenUnixMs ?? 0) }
+    }
+
+    func heldReplicaNames() -> [String] {
         FileIO.listDirectory(replicaDirectory).filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }.sorted()
     }
 
-    /// Bytes the replicas held here reference (their newest snapshots).
+    /// What the replicas held here hold: each one's VPS disk as it was at its snapshot.
     func replicaBytes() -> UInt64 {
-        guard let pool = try? mountedPool() else { return 0 }
-        return heldReplicas().reduce(0) { sum, vps in
-            guard let snapshot = loadHolding(vps)?.snapshot else { return sum }
-            let id = berth_btrfs_subvolume_id(Self.replicaSnapshots(pool, vps) + "/" + snapshot)
-            return sum + (id > 0 ? FileIO.read("\(pool.sysfs)/qgroups/0_\(id)/referenced").flatMap { UInt64($0.trimmed) } ?? 0 : 0)
-        }
+        heldReplicaNames().reduce(0) { $0 + (loadHolding($1)?.diskBytes ?? 0) }
     }
 
     public func dropReplicas(_ names: [String]) { for name in names { dropReplica(name) } }

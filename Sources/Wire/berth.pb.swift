@@ -1133,14 +1133,29 @@ public nonisolated struct Berth_V1_Heartbeat: Sendable {
   /// names of the templates this node holds
   public var templates: [String] = []
 
-  /// the VPSs this node holds replicas of (Docs/ha.md)
-  public var replicas: [String] = []
+  /// the replicas of HA VPSs this node holds (Docs/ha.md)
+  public var replicas: [Berth_V1_HeldReplica] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _info: Berth_V1_NodeInfo? = nil
+}
+
+public nonisolated struct Berth_V1_HeldReplica: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var vps: String = String()
+
+  /// when the snapshot it holds was taken (0: none complete yet)
+  public var takenUnixMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Berth_V1_HeartbeatReply: Sendable {
@@ -2131,6 +2146,9 @@ public nonisolated struct Berth_V1_ReplicaReceiveRequest: Sendable {
   public var takenUnixMs: Int64 = 0
 
   public var templateDigest: String = String()
+
+  /// what the VPS's disk held when the snapshot was taken
+  public var diskBytes: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -4666,7 +4684,7 @@ nonisolated extension Berth_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
       case 3: try { try decoder.decodeSingularStringField(value: &self.address) }()
       case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.labels) }()
       case 5: try { try decoder.decodeRepeatedStringField(value: &self.templates) }()
-      case 6: try { try decoder.decodeRepeatedStringField(value: &self.replicas) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.replicas) }()
       default: break
       }
     }
@@ -4693,7 +4711,7 @@ nonisolated extension Berth_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
       try visitor.visitRepeatedStringField(value: self.templates, fieldNumber: 5)
     }
     if !self.replicas.isEmpty {
-      try visitor.visitRepeatedStringField(value: self.replicas, fieldNumber: 6)
+      try visitor.visitRepeatedMessageField(value: self.replicas, fieldNumber: 6)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4705,6 +4723,41 @@ nonisolated extension Berth_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.labels != rhs.labels {return false}
     if lhs.templates != rhs.templates {return false}
     if lhs.replicas != rhs.replicas {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_HeldReplica: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HeldReplica"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vps\0\u{3}taken_unix_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.vps) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.takenUnixMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.vps.isEmpty {
+      try visitor.visitSingularStringField(value: self.vps, fieldNumber: 1)
+    }
+    if self.takenUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.takenUnixMs, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_HeldReplica, rhs: Berth_V1_HeldReplica) -> Bool {
+    if lhs.vps != rhs.vps {return false}
+    if lhs.takenUnixMs != rhs.takenUnixMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -6602,7 +6655,7 @@ nonisolated extension Berth_V1_ReplicaGrant: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Berth_V1_ReplicaReceiveRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReplicaReceiveRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vps\0\u{1}snapshot\0\u{1}parent\0\u{1}config\0\u{3}taken_unix_ms\0\u{3}template_digest\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vps\0\u{1}snapshot\0\u{1}parent\0\u{1}config\0\u{3}taken_unix_ms\0\u{3}template_digest\0\u{3}disk_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -6616,6 +6669,7 @@ nonisolated extension Berth_V1_ReplicaReceiveRequest: SwiftProtobuf.Message, Swi
       case 4: try { try decoder.decodeSingularBytesField(value: &self.config) }()
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.takenUnixMs) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.templateDigest) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.diskBytes) }()
       default: break
       }
     }
@@ -6640,6 +6694,9 @@ nonisolated extension Berth_V1_ReplicaReceiveRequest: SwiftProtobuf.Message, Swi
     if !self.templateDigest.isEmpty {
       try visitor.visitSingularStringField(value: self.templateDigest, fieldNumber: 6)
     }
+    if self.diskBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.diskBytes, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -6650,6 +6707,7 @@ nonisolated extension Berth_V1_ReplicaReceiveRequest: SwiftProtobuf.Message, Swi
     if lhs.config != rhs.config {return false}
     if lhs.takenUnixMs != rhs.takenUnixMs {return false}
     if lhs.templateDigest != rhs.templateDigest {return false}
+    if lhs.diskBytes != rhs.diskBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -36,6 +36,8 @@ extension Berth_V1_ClusterNode {
             "certificate_serial": .string(certificateSerial),
             "cpus": .int(Int64(info.cpus)), "memory_bytes": .int(Int64(info.memoryBytes)), "disk_bytes": .int(Int64(info.diskBytes)),
             "cgroup": .string(info.cgroupMode), "kernel": .string(info.kernel),
+            "pool_bytes": .int(Int64(info.poolBytes)), "pool_free_bytes": .int(Int64(info.poolFreeBytes)),
+            "replica_bytes": .int(Int64(info.replicaBytes)),
         ])
     }
 }
@@ -46,6 +48,11 @@ func showClusterNode(_ node: Berth_V1_ClusterNode) {
         "  kernel \(node.info.kernel), cgroup \(node.info.cgroupMode), \(node.info.cpus) CPUs, \(humanBytes(node.info.memoryBytes)) memory, \(humanBytes(node.info.diskBytes)) disk"
     )
     print("  VPSs: \(node.vpsCount); templates: \(node.templates.isEmpty ? "-" : node.templates.joined(separator: ","))")
+    if node.info.poolBytes > 0 || node.info.replicaBytes > 0 {
+        print(
+            "  disk pool \(humanBytes(node.info.poolBytes)) (\(humanBytes(node.info.poolFreeBytes)) free); replicas of HA VPSs hold \(humanBytes(node.info.replicaBytes))"
+        )
+    }
     if !node.labels.isEmpty { print("  labels: " + labelText(node.labels)) }
     if !node.certificateSerial.isEmpty { print("  certificate serial: \(node.certificateSerial)") }
 }

@@ -186,6 +186,7 @@ struct NodeCommand: AsyncParsableCommand {
                             "bytes": .int(Int64(node.poolBytes)), "free_bytes": .int(Int64(node.poolFreeBytes)),
                             "committed_bytes": .int(Int64(node.committedPoolBytes)),
                         ]),
+                        "replica_bytes": .int(Int64(node.replicaBytes)),
                     ]))
                 return
             }
@@ -211,7 +212,8 @@ struct NodeCommand: AsyncParsableCommand {
                         : [
                             // The pool shares the disk's filesystem (its image is sparse) and bounds its VPSs too.
                             ["disk pool", humanBytes(node.poolBytes), "-", "\(humanBytes(node.poolFreeBytes)) free", humanBytes(node.committedPoolBytes)]
-                        ]))
+                        ])
+                    + (node.replicaBytes == 0 ? [] : [["replicas", humanBytes(node.replicaBytes), "-", "-", "-"]]))
         }
     }
 }

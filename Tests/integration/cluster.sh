@@ -675,6 +675,235 @@ t_snapshots_and_backups_through_the_controller() {
     rm -f "$WORK/$V.berth" "$WORK/$V-cut.berth"
 }
 
+# ---- HA (Docs/ha.md): replicas, fencing, failover. Short lease times so each case takes seconds.
+HA_JSON='{"heartbeatIntervalMs": 1000, "downAfterMs": 5000, "strategy": "spread", "fenceAfterMs": 5000, "failoverAfterMs": 8000, "failoverRatePercent": 100, "failoverWindowMs": 1000}'
+ha_controller() {
+    grep -q failoverAfterMs "$WORK/controller.json" && return 0
+    echo "$HA_JSON" >"$WORK/controller.json"
+    "$DEV" controller-stop; "$DEV" controller-start || fail "the controller did not restart with the HA settings"
+    local k; for k in 1 2 3; do for _ in $(seq 50); do [ "$(node_state "n$k")" = ready ] && break; sleep 0.2; done; done
+}
+# The nodes where NAME's init runs now, from each node's run state and /proc: not from its
+# agent, which may be dead or cut off.
+running_on() {
+    local k s p
+    for k in 1 2 3; do
+        s=$WORK/n$k/run/$1/state; [ -f "$s" ] || continue
+        p=$(sed -n 's/^init=//p' "$s" 2>/dev/null); [ -n "$p" ] && [ -d "/proc/$p" ] && printf 'n%s ' "$k"
+    done
+    echo
+}
+# From outside, every 100 ms: the nodes NAME runs on (WATCH_LOG); unwatch fails on two at once.
+watch_copies() {
+    ( while :; do echo "$(date +%s%3N) $(running_on "$1")"; sleep 0.1; done ) >"$WORK/copies-$1.log" 2>/dev/null &
+    echo $! >"$WORK/watch-$1.pid"
+}
+unwatch_copies() {
+    kill "$(cat "$WORK/watch-$1.pid")" 2>/dev/null; sleep 0.2
+    local twice; twice=$(awk 'NF > 2' "$WORK/copies-$1.log" | head -3)
+    [ -z "$twice" ] || fail "$1 ran on two nodes at once: $twice"
+}
+# Until NAME runs on exactly node NODE (at most S seconds); prints the seconds it took.
+await_running_on() { # NAME NODE S
+    local t0; t0=$(date +%s%3N)
+    for _ in $(seq $(( $3 * 10 ))); do
+        [ "$(running_on "$1")" = "$2 " ] && { echo $(( ($(date +%s%3N) - t0) )); return 0; }
+        sleep 0.1
+    done
+    fail "$1 did not run on $2 alone within $3 s (runs on: $(running_on "$1"); $(cl status "$1" 2>&1))"
+}
+replicated_ms() { cl status "$1" --json | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin)["replicas"]; print(min([x["replicated_unix_ms"] for x in r] or [0]))'; }
+# Until every replica of NAME holds a snapshot taken after now.
+await_replicated() {
+    local since; since=$(date +%s%3N)
+    for _ in $(seq 200); do [ "$(replicated_ms "$1")" -gt "$since" ] && return 0; sleep 0.2; done
+    fail "$1 was not replicated within 40 s: $(cl status "$1")"
+}
+# A writer inside NAME: /srv/counter counts up every 200 ms, each value synced before the next.
+start_counter() {
+    cl exec "$1" -- sh -c 'pkill -f counter.next; mkdir -p /srv; [ -f /srv/counter ] || echo 0 > /srv/counter
+        nohup sh -c "while :; do n=\$(cat /srv/counter); echo \$((n + 1)) > /srv/counter.next && mv /srv/counter.next /srv/counter && sync; sleep 0.2; done" >/dev/null 2>&1 &'
+}
+counter() { cl exec "$1" -- cat /srv/counter; }
+cut_node() { ip -n "$RUN_ID-$1" link set eth0 down; }
+heal_node() { ip -n "$RUN_ID-$1" link set eth0 up; }
+
+t_ha_replicas_hold_the_primarys_data() {
+    ha_controller
+    local V=$RUN_ID-ha1 out
+    out=$(expect_fail 2 cl create "$V" --template busybox --disk 64M --ip auto --ha); expect_contains "$out" "--layout pool"
+    cl status "$V" >/dev/null 2>&1 && fail "a refused HA create left $V"
+    cl create "$V" --template busybox --layout pool --disk 128M --ip auto --node n1 --ha --replication-interval 10s >"$WORK/ha1.out" 2>&1 ||
+        fail "HA create failed: $(cat "$WORK/ha1.out")"
+    cl start "$V" >/dev/null
+    expect_eq "$(cl status "$V" --json | field fence_armed)" True
+    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=8 2>/dev/null && sync'
+    await_replicated "$V"
+    local replica snap taken lag
+    replica=$(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["node"])')
+    [ "$replica" != n1 ] || fail "the replica is on the primary's node"
+    snap=$(ls "$WORK/$replica/data/pool/replicas/$V/")
+    expect_eq "$(sha256sum <"$WORK/$replica/data/pool/replicas/$V/$snap/srv/data.bin" | cut -d' ' -f1)" \
+        "$(cl exec "$V" -- sha256sum /srv/data.bin | cut -d' ' -f1)"
+    # The lag shown is the age of the snapshot the replica holds.
+    read -r taken lag < <(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin)["replicas"][0]; print(r["replicated_unix_ms"], r["lag_ms"])')
+    expect_eq "r$taken" "$snap"
+    [ "$lag" -ge 0 ] && [ "$lag" -le 25000 ] || fail "lag $lag ms with a 10 s interval"
+    expect_contains "$(cl status "$V")" "ha=yes replicas=$replica:lag="
+    expect_contains "$(cl list --selector ha=true)" "$V"
+    local held=0
+    for _ in $(seq 50); do
+        held=$(cl node show "$replica" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replica_bytes"])')
+        [ "$held" -ge $((8 << 20)) ] && break
+        sleep 0.2
+    done
+    [ "$held" -ge $((8 << 20)) ] || fail "node show $replica accounts $held bytes of replicas, not the 8M replica"
+    out=$(cl set "$V" --ha off 2>&1) || fail "set --ha off: $out"
+    for _ in $(seq 50); do [ -e "$WORK/$replica/data/pool/replicas/$V" ] || break; sleep 0.2; done
+    [ ! -e "$WORK/$replica/data/pool/replicas/$V" ] || fail "HA off left the replica on $replica"
+    expect_eq "$(cl status "$V" --json | field fence_armed)" False
+    cl destroy "$V" --force >/dev/null
+}
+
+# The node of a running HA VPS with a writer is cut off, for a random time each round: under
+# the fence time nothing happens; past it the VPS is fenced there (its processes gone) before it
+# runs anywhere else; past the failover time it runs on its replica's node, with every write
+# acknowledged before the last replication; when the link comes back the old node never starts
+# its copy (it deletes it), or, not failed over, starts it again. Checked from outside every 100 ms.
+t_ha_partitions_never_run_a_vps_twice() {
+    ha_controller
+    local V=$RUN_ID-ha2 rounds=${HA_ROUNDS:-3} round hold node before after took
+    cl create "$V" --template busybox --layout pool --disk 128M --ip auto --node n1 --ha --replication-interval 10s >/dev/null
+    cl start "$V" >/dev/null
+    watch_copies "$V"
+    for round in $(seq "$rounds"); do
+        node=$(node_of "$V")
+        start_counter "$V"
+        sleep 1
+        before=$(counter "$V")
+        await_replicated "$V"
+        # Round 1 always fails over; the others hold the cut for 1 to 14 s.
+        hold=$(( round == 1 ? 14 : 1 + RANDOM % 14 ))
+        cut_node "$node"
+        sleep "$hold"
+        heal_node "$node"
+        for _ in $(seq 300); do
+            [ "$(running_on "$V")" = "$(node_of "$V") " ] && [ "$(holders "$V")" = "$(node_of "$V") " ] && break
+            sleep 0.1
+        done
+        [ "$(holders "$V")" = "$(node_of "$V") " ] || fail "round $round: $V is held by $(holders "$V"), placed on $(node_of "$V")"
+        after=$(counter "$V") || fail "round $round: $V does not answer on $(node_of "$V")"
+        [ "$after" -ge "$before" ] || fail "round $round: acknowledged write $before lost (counter $after after the failover)"
+        echo "round $round: $node cut for $hold s; $V on $(node_of "$V"); counter $before before, $after after" >&2
+    done
+    # The first round's cut: fenced on the old node before it ran on the new one.
+    unwatch_copies "$V"
+    cl destroy "$V" --force >/dev/null
+    expect_eq "$(holders "$V")" ""
+}
+
+# Timings of one failover after a cut (the benchmark runs it many times): fenced first, then
+# running on the replica's node; the old node deletes its copy once back.
+t_ha_fence_then_failover_after_a_cut() {
+    ha_controller
+    local V=$RUN_ID-ha3 node target t0 fenced running
+    cl create "$V" --template busybox --layout pool --disk 128M --ip auto --node n2 --ha --replication-interval 10s >/dev/null
+    cl start "$V" >/dev/null
+    await_replicated "$V"
+    target=$(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["node"])')
+    watch_copies "$V"
+    t0=$(date +%s%3N)
+    cut_node n2
+    await_running_on "$V" "$target" 30 >/dev/null
+    running=$(( $(date +%s%3N) - t0 ))
+    fenced=$(awk -v t0="$t0" '$1 >= t0 && NF == 1 {print $1 - t0; exit}' "$WORK/copies-$V.log")
+    [ -n "$fenced" ] && [ "$fenced" -lt "$running" ] || fail "not fenced on n2 before it ran on $target (fenced at ${fenced:-never} ms, running at $running ms)"
+    expect_contains "$(cl events)" "vps.failed-over"
+    heal_node n2
+    for _ in $(seq 100); do [ "$(holders "$V")" = "$target " ] && break; sleep 0.2; done
+    expect_eq "$(holders "$V")" "$target "
+    unwatch_copies "$V"
+    echo "cut n2: fenced after $fenced ms, running on $target after $running ms (fence 5 s, failover 8 s)" >&2
+    cl destroy "$V" --force >/dev/null
+}
+
+# kill -9 of the agent alone: its monitors fence the HA VPS when the lease lapses; the VPS runs
+# on its replica's node; the agent, back, deletes its stale copy. Then the node "powers off"
+# (agent, monitors and VPSs killed at once): failover again, and nothing runs twice.
+t_ha_dead_agent_and_powered_off_node() {
+    ha_controller
+    local V=$RUN_ID-ha4 node target k pids
+    cl create "$V" --template busybox --layout pool --disk 128M --ip auto --node n3 --ha --replication-interval 10s >/dev/null
+    cl start "$V" >/dev/null
+    await_replicated "$V"
+    watch_copies "$V"
+    target=$(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["node"])')
+    "$DEV" agent-kill 3
+    await_running_on "$V" "$target" 30 >/dev/null
+    "$DEV" agent-start 3 || fail "n3's agent did not restart"
+    for _ in $(seq 100); do [ "$(holders "$V")" = "$target " ] && break; sleep 0.2; done
+    expect_eq "$(holders "$V")" "$target "
+    # Power-off of the node it runs on now.
+    await_replicated "$V"
+    node=$target; k=${node#n}
+    target=$(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["node"])')
+    pids=$(cat /sys/fs/cgroup/pids/berth-$RUN_ID-$node/*/cgroup.procs /sys/fs/cgroup/berth-$RUN_ID-$node/*/cgroup.procs 2>/dev/null || true)
+    pkill -9 -f "$WORK/$node/" || true
+    [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+    await_running_on "$V" "$target" 30 >/dev/null
+    "$DEV" agent-start "$k" || fail "$node's agent did not start after the power-off"
+    for _ in $(seq 100); do [ "$(holders "$V")" = "$target " ] && break; sleep 0.2; done
+    expect_eq "$(holders "$V")" "$target "
+    unwatch_copies "$V"
+    cl destroy "$V" --force >/dev/null
+}
+
+# A controller that sees fewer than half of the nodes fails over nothing: the HA VPS of a cut
+# node is fenced there, waits, and runs there again once the link is back.
+t_ha_no_failover_without_a_majority() {
+    ha_controller
+    local V=$RUN_ID-ha5
+    cl create "$V" --template busybox --layout pool --disk 128M --ip auto --node n2 --ha --replication-interval 10s >/dev/null
+    cl start "$V" >/dev/null
+    await_replicated "$V"
+    watch_copies "$V"
+    cut_node n2; cut_node n3
+    sleep 14
+    expect_eq "$(running_on "$V")" ""
+    expect_eq "$(node_of "$V")" n2
+    expect_contains "$(cl events)" "not a majority"
+    heal_node n2; heal_node n3
+    await_running_on "$V" n2 30 >/dev/null
+    unwatch_copies "$V"
+    cl destroy "$V" --force >/dev/null
+}
+
+# Heavy fsync-bound disk I/O beside the controller's database for HA_IO_SECONDS (60): no node
+# goes down (the heartbeat's answer never waits for SQLite).
+t_ha_no_false_down_under_disk_io() {
+    local seconds=${HA_IO_SECONDS:-60} downs k
+    downs=$(cl events | grep -c node.down)
+    for k in 1 2 3 4; do
+        /usr/bin/python3 -c '
+import os, sys, time
+end = time.time() + float(sys.argv[2]); block = os.urandom(1 << 16)
+with open(sys.argv[1], "wb") as f:
+    while time.time() < end:
+        f.write(block); f.flush(); os.fsync(f.fileno())
+        if f.tell() > 256 << 20: f.seek(0)' "$WORK/controller/io-$k" "$seconds" &
+    done
+    local worst=0 ms
+    for _ in $(seq $((seconds * 2))); do
+        ms=$(cl node list --json | /usr/bin/python3 -c 'import json,sys; print(max(n["last_heartbeat_ms_ago"] for n in json.load(sys.stdin)))') || ms=0
+        [ "$ms" -gt "$worst" ] && worst=$ms
+        sleep 0.5
+    done
+    wait
+    rm -f "$WORK"/controller/io-*
+    echo "under $seconds s of fsync writes: the oldest heartbeat seen was $worst ms old" >&2
+    expect_eq "$(cl events | grep -c node.down)" "$downs"
+}
+
 forge_controller_bundle() { # DIR
     mkdir -p "$1"; cp "$ADMIN/ca.pem" "$1/ca.pem"
     /usr/bin/python3 - "$WORK/ca" "$1" <<'PY'
@@ -1017,6 +1246,12 @@ run_test "the target's disk fills during the copy: the move fails with ENOSPC, t
 run_test "a migration grant is single-use and only its source may use it; only the controller hands one out" t_migration_grants_are_single_use_and_bound_to_their_source
 run_test "a migrating VPS refuses destroy, stop and set (busy); a VPS being stopped is not migrated" t_a_migrating_vps_is_busy
 run_test "snapshots and backups through the controller: restored on another node with its data; refusals create nothing" t_snapshots_and_backups_through_the_controller
+run_test "HA: a replica on another node holds the primary's data, its lag shown; --ha needs a pool disk; HA off drops the replica" t_ha_replicas_hold_the_primarys_data
+run_test "HA: a cut node's VPS is fenced there before it runs on its replica's node; the old copy is deleted when the link is back" t_ha_fence_then_failover_after_a_cut
+run_test "HA: partitions of random length never run a VPS twice and lose no write acknowledged before the recovery point" t_ha_partitions_never_run_a_vps_twice
+run_test "HA: a killed agent's monitors fence its VPS; a powered-off node's VPS fails over; nothing runs twice" t_ha_dead_agent_and_powered_off_node
+run_test "HA: a controller that sees no majority of the nodes fails over nothing; the fenced VPS runs again where it was" t_ha_no_failover_without_a_majority
+run_test "HA: 60 s of fsync-heavy disk I/O beside the controller's database marks no node down" t_ha_no_false_down_under_disk_io
 run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, hostname mismatch, TLS <= 1.2" t_mtls_battery
 run_test "roles and tenants (T05): viewers read only, tenants see only their own, nodes are not operators" t_roles_and_tenants
 run_test "revocation (T04) closes open sessions and refuses new ones" t_revocation_closes_open_sessions
