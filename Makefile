@@ -100,6 +100,7 @@ bench: deps
 	@BUILD=$(RELEASE) ./Benchmarks/network.sh
 	@BUILD=$(RELEASE) ./Benchmarks/cluster.sh
 	@BUILD=$(RELEASE) ./Benchmarks/migrate.sh
+	@BUILD=$(RELEASE) ./Benchmarks/failover.sh
 	@BUILD=$(RELEASE) ./Benchmarks/debian.sh
 	@BUILD=$(RELEASE) ./Benchmarks/security.sh
 

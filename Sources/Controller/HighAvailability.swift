@@ -74,7 +74,7 @@ final class HighAvailability: Sendable {
             let scheduler = Scheduler(policy: settings.policy)
             let candidates = ((try? nodes.placementNodes()) ?? [])
                 .map { ledger.snapshot($0) }
-                .filter { $0.state == .ready && $0.name != record.node && !placed.contains($0.name) }
+                .filter { $0.state == .ready && $0.name != record.node && !placed.contains($0.name) && !lost($0.name) }
                 .filter { scheduler.rejection(of: $0, for: request) == nil }
                 .sorted { ($0.vpsCount, $0.name) < ($1.vpsCount, $1.name) }
             for candidate in candidates where placed.count < wanted {
@@ -199,7 +199,7 @@ final class HighAvailability: Sendable {
             if let record = records.first(where: { $0.name == name }) { await promote(record) }
         }
         if !lostNodes.isEmpty {
-            let alive = known.filter { liveness.isAlive($0.name) }.count
+            let alive = known.filter { liveness.isAlive($0.name) && !lostNodes.contains($0.name) }.count
             if alive * 2 <= known.count {
                 if sayOnce("no-majority") {
                     let line = "no failover: this controller sees \(alive) of \(known.count) nodes, not a majority (is it the one cut off?)"
