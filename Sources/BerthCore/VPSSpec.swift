@@ -81,7 +81,8 @@ extension VPSSpec {
     public func checkHA() throws(BerthError) {
         guard ha else { return }
         guard layout == "pool" else {
-            throw BerthError(.invalidArgument, "ha: replication needs --layout pool (btrfs snapshots are what is sent, as Proxmox's replication needs ZFS)", field: "ha")
+            throw BerthError(
+                .invalidArgument, "ha: replication needs --layout pool (btrfs snapshots are what is sent, as Proxmox's replication needs ZFS)", field: "ha")
         }
         guard (1...3).contains(replicas) else { throw BerthError(.invalidArgument, "replicas: \(replicas) is not from 1 to 3", field: "replicas") }
         guard (10...86_400).contains(replicationIntervalSeconds) else {

@@ -50,7 +50,8 @@ extension VPSManager {
         guard config.isHA, !leaseIsCurrent() else { return }
         throw AgentError(
             .conflict,
-            "VPS \(config.name) is HA and this node's lease has lapsed (no controller answer within the fence time): it may be running on another node; it starts again once the controller renews the lease and confirms it is still this node's")
+            "VPS \(config.name) is HA and this node's lease has lapsed (no controller answer within the fence time): it may be running on another node; it starts again once the controller renews the lease and confirms it is still this node's"
+        )
     }
 
     /// Arms (HA) or disarms the monitor's fence of `config`'s VPS.

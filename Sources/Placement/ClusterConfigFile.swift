@@ -99,7 +99,8 @@ extension ControllerSettings {
     /// two heartbeats' time, or one late heartbeat would fence a node.
     public func checkLeaseTimes() throws(WireError) {
         guard fenceAfter >= heartbeatInterval * 3 else {
-            throw WireError(.invalidArgument, "fenceAfterMs: must be at least three heartbeat intervals, or a late heartbeat fences a node", field: "fenceAfterMs")
+            throw WireError(
+                .invalidArgument, "fenceAfterMs: must be at least three heartbeat intervals, or a late heartbeat fences a node", field: "fenceAfterMs")
         }
         guard failoverAfter >= fenceAfter + Self.failoverMargin else {
             throw WireError(

@@ -120,7 +120,9 @@ final class FakeReplicaAgents: ReplicaTransport, @unchecked Sendable {
             // n1, back, is told its copy is stale, and the new epoch.
             try c.beat(["n1"], vpses: ["n1": ["web1"]])
             let answer = try c.heartbeats.beat(
-                { var r = HeartbeatReport(); r.vpses = [VPSStatusRecord(name: "web1", state: "failed")]; return r }(),
+                {
+                    var r = HeartbeatReport(); r.vpses = [VPSStatusRecord(name: "web1", state: "failed")]; return r
+                }(),
                 from: CertificateIdentity(role: .node, name: "n1", serial: "01"))
             #expect(answer.superseded == ["web1"] && answer.leaseEpoch == 2)
         }
