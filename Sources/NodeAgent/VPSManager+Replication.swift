@@ -257,13 +257,13 @@ extension VPSManager {
         let pool = try await storagePool(creating: false)
         let source = Self.replicaSnapshots(pool, vps) + "/" + snapshot
         let btrfs = try VolumeTransfer.tool()
-        let view = try await takeIn(
-            vps, config: config, templateDigest: holding.templateDigest, from: holding.source, transfer: "promote-" + snapshot, lastSnapshot: nil,
-            stillWanted: {}
-        ) { disk in
+        let copyReplica: (MigrationDisk) async throws -> Void = { disk in
             guard case .volume(let incoming) = disk else { return }
             try await self.tool([btrfs, "subvolume", "snapshot", "-r", source, incoming + "/" + snapshot], stage: "btrfs snapshot")
         }
+        let view = try await takeIn(
+            vps, config: config, templateDigest: holding.templateDigest, from: holding.source, transfer: "promote-" + snapshot, lastSnapshot: nil,
+            stillWanted: {}, receiveDisk: copyReplica)
         dropReplica(vps)
         logger.notice(
             "replica promoted", metadata: ["vps": "\(vps)", "from": "\(holding.source)", "recovery-point-ms": "\(holding.takenUnixMs ?? 0)"])
