@@ -34,8 +34,9 @@ public struct VPSSpec: Codable, Sendable, Equatable {
     public var replicationIntervalSeconds = 60
     /// Where its replicas are (the controller's placement of them).
     public var replicaNodes: [String] = []
-    /// A node that holds a stale copy since the VPS was failed over away from it ("" none).
-    public var staleCopyOn = ""
+    /// Nodes that hold a stale copy since the VPS was failed over away from them (each is told
+    /// by its heartbeats' answers until it no longer reports the copy).
+    public var staleCopiesOn: [String] = []
 
     public init(name: String, template: String) {
         self.name = name
@@ -46,7 +47,7 @@ public struct VPSSpec: Codable, Sendable, Equatable {
 extension VPSSpec {
     private enum CodingKeys: String, CodingKey {
         case name, template, hostname, ips, nameservers, searchDomains, limits, net, onboot, labels, privileged, capabilities, storage, layout,
-            pinnedNode, constraints, antiAffinity, ha, replicas, replicationIntervalSeconds, replicaNodes, staleCopyOn
+            pinnedNode, constraints, antiAffinity, ha, replicas, replicationIntervalSeconds, replicaNodes, staleCopiesOn
     }
 
     /// A stored spec: only the name and template are required, so a record written before a
@@ -73,7 +74,7 @@ extension VPSSpec {
         replicas = try c.decodeIfPresent(Int.self, forKey: .replicas) ?? replicas
         replicationIntervalSeconds = try c.decodeIfPresent(Int.self, forKey: .replicationIntervalSeconds) ?? replicationIntervalSeconds
         replicaNodes = try c.decodeIfPresent([String].self, forKey: .replicaNodes) ?? replicaNodes
-        staleCopyOn = try c.decodeIfPresent(String.self, forKey: .staleCopyOn) ?? staleCopyOn
+        staleCopiesOn = try c.decodeIfPresent([String].self, forKey: .staleCopiesOn) ?? staleCopiesOn
     }
 
     /// The HA settings asked for, checked (Docs/ha.md): a pool disk (btrfs snapshots are what

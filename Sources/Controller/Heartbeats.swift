@@ -56,6 +56,11 @@ final class Heartbeats: Sendable {
     }
 
     let cache = Mutex(Cache())
+    /// Nodes heard from again after a silence longer than `failoverAfter`: they get no lease
+    /// until the failover watch has finished the round that may be failing their VPSs over
+    /// (`releaseQuarantine`), so a node cannot restart a fenced VPS that is being started
+    /// elsewhere.
+    let quarantined = Mutex<Set<String>>([])
     let store: ClusterStore
     let liveness: Liveness
     let registry: PeerRegistry
@@ -142,6 +147,9 @@ final class Heartbeats: Sendable {
         if renewed { commitRenewal(node: identity.name, serial: identity.serial) }
         let info = request.info
         let node = identity.name
+        if settings.failover, let silent = liveness.millisecondsSinceHeartbeat(node), Duration.milliseconds(Int64(silent)) > settings.failoverAfter {
+            quarantined.withLock { _ = $0.insert(node) }
+        }
         if liveness.heartbeat(node: node, info: info, templates: request.templates) {
             logger.notice("node up", metadata: ["node": "\(node)"])
             writes.enqueue("node.up") { [store] in try store.addEvent(kind: "node.up", subject: node, message: "heartbeat received") }
@@ -163,7 +171,7 @@ final class Heartbeats: Sendable {
         }
         var answer = HeartbeatAnswer(interval: settings.heartbeatInterval, revokedSerials: revoked, renewCertificate: renew && !renewed)
         answer.leaseEpoch = epochs.epoch(of: node)
-        answer.fenceAfter = settings.fenceAfter
+        answer.fenceAfter = quarantined.withLock { $0.contains(node) } ? .zero : settings.fenceAfter
         let reported = Set(request.vpses.map(\.name))
         answer.superseded = replicas.staleCopies(on: node).filter { reported.contains($0) }.sorted()
         answer.droppedReplicas = request.replicas.keys.filter { !replicas.holds(node, replicaOf: $0) }.sorted()
@@ -176,6 +184,11 @@ final class Heartbeats: Sendable {
         cache.withLock { $0.lastMeta[node]?.replicas[vps] }
     }
 
+    /// Called by the failover watch between its rounds: nodes no longer lost get leases again.
+    func releaseQuarantine(except lost: Set<String>) {
+        quarantined.withLock { $0.formIntersection(lost) }
+    }
+
     /// The VPSs `node` reported in its last heartbeat (nil: none since the controller started).
     func lastReported(by node: String) -> Set<String>? {
         cache.withLock { $0.lastReport[node].map { Set($0.map(\.name)) } }
@@ -184,18 +197,22 @@ final class Heartbeats: Sendable {
     /// A heartbeat made with a renewed certificate: it is now the node's, and the old one is
     /// revoked (the node no longer uses it; links re-pin to the new serial).
     func commitRenewal(node name: String, serial: String) {
-        cache.withLock { cache in
-            cache.serials[name] = serial
-            cache.pendingSerials[name] = nil
-            cache.renewRequested.remove(name)
-        }
+        cache.withLock { $0.serials[name] = serial }
+        // The pending serial stays until the store has it: a failed write is retried by the
+        // node's next heartbeat with the new certificate.
         writes.enqueue("certificate renewal") { [self] in
             guard var node = try store.node(name) else { return }
             let old = node.certificateSerial
-            node.certificateSerial = serial
-            try store.saveNode(node)
-            if !old.isEmpty && old != serial { try revoke(old) }
-            try? store.addEvent(kind: "node.certificate-renewed", subject: name, message: "serial \(serial) replaces \(old)")
+            if old != serial {
+                node.certificateSerial = serial
+                try store.saveNode(node)
+                if !old.isEmpty { try revoke(old) }
+                try? store.addEvent(kind: "node.certificate-renewed", subject: name, message: "serial \(serial) replaces \(old)")
+            }
+            cache.withLock { cache in
+                if cache.pendingSerials[name] == serial { cache.pendingSerials[name] = nil }
+                cache.renewRequested.remove(name)
+            }
         }
     }
 

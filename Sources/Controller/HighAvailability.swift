@@ -169,18 +169,17 @@ final class HighAvailability: Sendable {
     /// stale copies deleted by their nodes are forgotten.
     func watch() async {
         let clock = ContinuousClock()
-        var lastTick = clock.now
         while !Task.isCancelled {
+            let before = clock.now
             try? await Task.sleep(for: .milliseconds(250))
-            let now = clock.now
             // A controller that did not run for a while (a stalled host, a suspended VM)
-            // heard no heartbeat meanwhile: that is no evidence against its nodes.
-            if now - lastTick > .seconds(2) {
-                let stalled = now - lastTick
+            // heard no heartbeat meanwhile: that is no evidence against its nodes. Only the
+            // sleep's overrun counts, not a round's own calls.
+            let overrun = clock.now - before - .milliseconds(250)
+            if overrun > .seconds(2) {
                 if let known = try? store.nodes() { liveness.restartWindows(known.map(\.name)) }
-                logger.warning("the controller did not run for \(stalled): every node gets a fresh window before any failover")
+                logger.warning("the controller did not run for \(overrun): every node gets a fresh window before any failover")
             }
-            lastTick = now
             guard settings.failover else { continue }
             await tick()
         }
@@ -192,11 +191,26 @@ final class HighAvailability: Sendable {
     func tick() async {
         guard let known = try? store.nodes() else { return }
         let lostNodes = Set(known.map(\.name).filter(lost))
+        // Between rounds: a node heard again is no longer being failed over away from.
+        heartbeats.releaseQuarantine(except: lostNodes)
+        // A promotion whose new node was lost meanwhile fails over again, from that node.
+        unpromoted.withLock { names in
+            names = names.filter { name in (try? store.vps(name)).flatMap { $0 }.map { !lostNodes.contains($0.node) } ?? false }
+        }
         let retry = unpromoted.withLock { Array($0) }
         let protectDue = lastProtectRound.withLock { last in last.map { ContinuousClock.now - $0 >= .seconds(10) } ?? true }
         guard !lostNodes.isEmpty || !retry.isEmpty || protectDue || index.hasStaleCopies, let records = try? store.vpses() else { return }
         for name in retry {
             if let record = records.first(where: { $0.name == name }) { await promote(record) }
+        }
+        // A promotion a controller restart cut short: the VPS is placed on a node that holds
+        // its replica but does not report the VPS.
+        for record in records where record.spec.ha && !record.spec.staleCopiesOn.isEmpty && liveness.isAlive(record.node) {
+            if let reported = heartbeats.lastReported(by: record.node), !reported.contains(record.name),
+                heartbeats.replicaTaken(of: record.name, on: record.node) != nil, !retry.contains(record.name)
+            {
+                await promote(record)
+            }
         }
         if !lostNodes.isEmpty {
             let alive = known.filter { liveness.isAlive($0.name) && !lostNodes.contains($0.name) }.count
@@ -219,6 +233,8 @@ final class HighAvailability: Sendable {
                 where record.spec.ha && lostNodes.contains(record.node) && record.phase == .ready && record.migration == nil
                     && !unpromoted.withLock({ $0.contains(record.name) })
                 {
+                    // Heard from again while this round ran: its VPS is fenced, and runs again there.
+                    guard lost(record.node) else { continue }
                     await failOver(record, knownHA: records.filter(\.spec.ha).count)
                 }
             }
@@ -233,8 +249,20 @@ final class HighAvailability: Sendable {
         return Duration.milliseconds(Int64(silent)) > settings.failoverAfter
     }
 
-    private func failOver(_ record: VPSRecord, knownHA: Int) async {
-        let name = record.name
+    private func failOver(_ stale: VPSRecord, knownHA: Int) async {
+        let name = stale.name
+        // The record as it is now: an earlier failover of this round awaited its promotion.
+        guard let record = try? store.vps(name), record.node == stale.node, record.spec.ha else { return }
+        // A VPS that ran without an armed fence (booted by a monitor older than fencing) may
+        // still run on its node: it waits for that node.
+        if record.status.state == "running" && record.status.fenceArmed != true {
+            if sayOnce("unfenced:\(name)") {
+                let line = "\(name) cannot fail over: its node never reported its fence armed (restart it once to arm it)"
+                logger.error("\(line)")
+                try? store.addEvent(kind: "failover.impossible", subject: name, message: line)
+            }
+            return
+        }
         let allowed = max(1, knownHA * settings.failoverRatePercent / 100)
         let now = ContinuousClock.now
         let admitted = recentFailovers.withLock { recent -> Bool in
@@ -272,7 +300,7 @@ final class HighAvailability: Sendable {
         let age = Double(Int64(Date().timeIntervalSince1970 * 1000) - recoveryPoint) / 1000
         var moved = record
         moved.node = target
-        moved.spec.staleCopyOn = record.node
+        if !moved.spec.staleCopiesOn.contains(record.node) { moved.spec.staleCopiesOn.append(record.node) }
         moved.spec.replicaNodes.removeAll { $0 == target }
         moved.status.node = target
         let line = String(
@@ -325,9 +353,8 @@ final class HighAvailability: Sendable {
             let short = record.spec.replicaNodes.count < record.spec.replicas
             let onLost = record.spec.replicaNodes.contains(where: lostNodes.contains)
             guard short || onLost else { continue }
-            var updated = record
-            updated.spec.replicaNodes.removeAll(where: lostNodes.contains)
-            if onLost {
+            if onLost, var updated = try? store.vps(record.name), updated.node == record.node {
+                updated.spec.replicaNodes.removeAll(where: lostNodes.contains)
                 try? store.updateVPS(updated)
                 index.update(updated)
                 try? store.addEvent(
@@ -340,14 +367,15 @@ final class HighAvailability: Sendable {
 
     /// A stale copy its node no longer reports has been deleted there.
     private func forgetDeletedStaleCopies(_ records: [VPSRecord]) {
-        for record in records where !record.spec.staleCopyOn.isEmpty {
-            let node = record.spec.staleCopyOn
-            guard liveness.isAlive(node), let reported = heartbeats.lastReported(by: node), !reported.contains(record.name) else { continue }
-            guard var current = try? store.vps(record.name), current.spec.staleCopyOn == node else { continue }
-            current.spec.staleCopyOn = ""
-            try? store.updateVPS(current)
-            index.update(current)
-            try? store.addEvent(kind: "vps.stale-copy-deleted", subject: record.name, message: "\(node) deleted its stale copy")
+        for record in records {
+            for node in record.spec.staleCopiesOn {
+                guard liveness.isAlive(node), let reported = heartbeats.lastReported(by: node), !reported.contains(record.name) else { continue }
+                guard var current = try? store.vps(record.name), current.spec.staleCopiesOn.contains(node) else { continue }
+                current.spec.staleCopiesOn.removeAll { $0 == node }
+                try? store.updateVPS(current)
+                index.update(current)
+                try? store.addEvent(kind: "vps.stale-copy-deleted", subject: record.name, message: "\(node) deleted its stale copy")
+            }
         }
     }
 

@@ -7,7 +7,9 @@ import Synchronization
 final class ReplicaIndex: Sendable {
     private struct Index {
         var replicaNodes: [String: Set<String>] = [:]
-        var staleCopyOn: [String: String] = [:]
+        var staleCopiesOn: [String: Set<String>] = [:]
+        /// The node each HA VPS is placed on (a replica there is being promoted, not dropped).
+        var primary: [String: String] = [:]
     }
     private let index = Mutex(Index())
 
@@ -16,22 +18,27 @@ final class ReplicaIndex: Sendable {
     func update(_ record: VPSRecord) {
         index.withLock { index in
             index.replicaNodes[record.name] = record.spec.ha ? Set(record.spec.replicaNodes) : nil
-            index.staleCopyOn[record.name] = record.spec.staleCopyOn.isEmpty ? nil : record.spec.staleCopyOn
+            index.staleCopiesOn[record.name] = record.spec.staleCopiesOn.isEmpty ? nil : Set(record.spec.staleCopiesOn)
+            index.primary[record.name] = record.node
         }
     }
 
     func remove(_ name: String) {
         index.withLock { index in
             index.replicaNodes[name] = nil
-            index.staleCopyOn[name] = nil
+            index.staleCopiesOn[name] = nil
+            index.primary[name] = nil
         }
     }
 
-    /// Whether `node` is one of the places of `vps`'s replicas.
-    func holds(_ node: String, replicaOf vps: String) -> Bool { index.withLock { $0.replicaNodes[vps]?.contains(node) ?? false } }
+    /// Whether `node` should keep what it holds of `vps`: it is one of the places of its
+    /// replicas, or the VPS is now placed there (its replica is being promoted).
+    func holds(_ node: String, replicaOf vps: String) -> Bool {
+        index.withLock { ($0.replicaNodes[vps]?.contains(node) ?? false) || $0.primary[vps] == node }
+    }
 
-    var hasStaleCopies: Bool { index.withLock { !$0.staleCopyOn.isEmpty } }
+    var hasStaleCopies: Bool { index.withLock { !$0.staleCopiesOn.isEmpty } }
 
     /// The VPSs failed over away from `node` whose copy there has not been deleted yet.
-    func staleCopies(on node: String) -> [String] { index.withLock { $0.staleCopyOn.filter { $0.value == node }.map(\.key) } }
+    func staleCopies(on node: String) -> [String] { index.withLock { $0.staleCopiesOn.filter { $0.value.contains(node) }.map(\.key) } }
 }

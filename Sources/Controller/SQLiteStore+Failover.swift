@@ -16,9 +16,11 @@ extension SQLiteStore {
         let spec = try Self.specData(record.spec)
         let status = try Self.recordData(record.status)
         return try pool.write { db -> UInt64 in
+            // Only from the node it was lost on: a move committed meanwhile wins.
             try db.execute(
-                sql: "UPDATE vps SET node = ?, spec = ?, status = ? WHERE name = ?", arguments: [record.node, spec, status, record.name])
-            guard db.changesCount == 1 else { throw DatabaseError(message: "VPS \(record.name) vanished during its failover") }
+                sql: "UPDATE vps SET node = ?, spec = ?, status = ? WHERE name = ? AND node = ?",
+                arguments: [record.node, spec, status, record.name, from])
+            guard db.changesCount == 1 else { throw DatabaseError(message: "VPS \(record.name) left \(from) during its failover") }
             try db.execute(sql: "UPDATE node SET lease_epoch = lease_epoch + 1 WHERE name = ?", arguments: [from])
             try db.execute(
                 sql: "INSERT INTO event (at, kind, subject, message) VALUES (?, ?, ?, ?)",

@@ -52,7 +52,8 @@ public protocol ClusterStore: Sendable {
     /// Every node's lease epoch (Docs/ha.md).
     func leaseEpochs() throws -> [String: UInt64]
     /// A failover in one transaction: the VPS's record as promoted (`record.node` its new
-    /// node), the lease epoch of `from` raised, the event. Returns `from`'s new epoch.
+    /// node), only if it is still on `from`; the lease epoch of `from` raised; the event.
+    /// Returns `from`'s new epoch.
     func failOver(_ record: VPSRecord, from: String, event: String) throws -> UInt64
 
     func saveDrain(_ drain: DrainRecord) throws

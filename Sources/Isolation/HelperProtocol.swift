@@ -228,6 +228,9 @@ public enum HelperProtocol {
         public static let armedFile = "fence"
         /// Left in a VPS's run directory by the monitor that fenced it.
         public static let fencedFile = "fenced"
+        /// Left in a VPS's run directory by a monitor that enforces the fence (a VPS booted by
+        /// an older monitor has none, and cannot be made HA until it restarts).
+        public static let capableFile = "fence-capable"
         public static let epochKey = "epoch="
         public static let expiresKey = "expires="
         /// How often a monitor looks.

@@ -86,10 +86,16 @@ extension AgentService {
             decompressor = try Subprocess.spawn([zstd, "-d", "-q", "--sparse", "-o", path], fds: [feed.read.raw, devnull.raw, errors.write.raw])
         case .volume(let directory):
             let between = try PipeEnds()
+            let btrfs = try VolumeTransfer.tool()
             decompressor = try Subprocess.spawn([zstd, "-d", "-q", "-c"], fds: [feed.read.raw, between.write.raw, errors.write.raw])
             between.write.close()
-            receiver = try Subprocess.spawn(
-                [try VolumeTransfer.tool(), "receive", "-q", directory], fds: [between.read.raw, devnull.raw, receiveErrors.write.raw])
+            do {
+                receiver = try Subprocess.spawn([btrfs, "receive", "-q", directory], fds: [between.read.raw, devnull.raw, receiveErrors.write.raw])
+            } catch {
+                kill(decompressor.pid, SIGKILL)
+                _ = await ProcessWatcher.shared.waitForExit(pid: decompressor.pid, pidfd: decompressor.pidfd)
+                throw error
+            }
         }
         feed.read.close()
         errors.write.close()

@@ -43,18 +43,7 @@ enum BackupStreams {
         try await archive.member(BackupArchive.configMember, Data(config), mtime: now)
 
         // The disk's raw bytes (the image, or btrfs send's stream) go through zstd; what zstd
-        // writes is cut into pieces.
-        let compressorIn = try PipeEnds(), compressorOut = try PipeEnds(), errors = try PipeEnds()
-        let compressor = try Subprocess.spawn(
-            [try zstdTool(), "-q", "-3", "-T0", "-c"], fds: [compressorIn.read.raw, compressorOut.write.raw, errors.write.raw])
-        compressorIn.read.close()
-        compressorOut.write.close()
-        errors.write.close()
-        let feed = BlockingPipe(fd: compressorIn.write.release())
-        let pieces = BlockingPipe(fd: compressorOut.read.release())
-        let zstdErrors = errors.read.release()
-        async let zstdSaid = Subprocess.readToEnd(zstdErrors)
-
+        // writes is cut into pieces. The source first: nothing runs yet if it cannot be read.
         var sender: (pid: Int32, pidfd: Int32)?
         let raw: BlockingPipe
         var senderErrors: Int32 = -1
@@ -72,6 +61,28 @@ enum BackupStreams {
             raw = BlockingPipe(fd: out.read.release())
             senderErrors = sendErrors.read.release()
         }
+        let compressor: (pid: Int32, pidfd: Int32)
+        let feed: BlockingPipe, pieces: BlockingPipe, zstdErrors: Int32
+        do {
+            let compressorIn = try PipeEnds(), compressorOut = try PipeEnds(), errors = try PipeEnds()
+            compressor = try Subprocess.spawn(
+                [try zstdTool(), "-q", "-3", "-T0", "-c"], fds: [compressorIn.read.raw, compressorOut.write.raw, errors.write.raw])
+            compressorIn.read.close()
+            compressorOut.write.close()
+            errors.write.close()
+            feed = BlockingPipe(fd: compressorIn.write.release())
+            pieces = BlockingPipe(fd: compressorOut.read.release())
+            zstdErrors = errors.read.release()
+        } catch {
+            raw.close()
+            if senderErrors >= 0 { close(senderErrors) }
+            if let sender {
+                kill(sender.pid, SIGKILL)
+                _ = await ProcessWatcher.shared.waitForExit(pid: sender.pid, pidfd: sender.pidfd)
+            }
+            throw error
+        }
+        async let zstdSaid = Subprocess.readToEnd(zstdErrors)
         let senderErrorsFD = senderErrors
         async let senderSaid = senderErrorsFD >= 0 ? Subprocess.readToEnd(senderErrorsFD) : ""
 

@@ -3,6 +3,7 @@ import Foundation
 import Isolation
 import Logging
 import NIOCore
+import Synchronization
 import Wire
 import WireTLS
 
@@ -50,6 +51,8 @@ public final class ClusterMember: Sendable {
     let directory: String
     let group: EventLoopGroup
     let logger: Logger
+    /// The round of stale-copy deletion and fenced restarts under way (`lease`).
+    let leaseWork = Mutex<LeaseWork?>(nil)
 
     public init(options: ClusterOptions, manager: VPSManager, group: EventLoopGroup, logger: Logger) {
         self.options = options
@@ -201,12 +204,12 @@ public final class ClusterMember: Sendable {
         await client?.close()
     }
 
-    /// The lease the reply renews (Docs/ha.md): stale copies of VPSs failed over away from this
-    /// node go first, then the HA VPSs fenced during a lapse that are still this node's start.
+    /// The lease the reply renews (Docs/ha.md). The renewal is written at once; deleting the
+    /// stale copies of VPSs failed over away from this node, then starting the HA VPSs fenced
+    /// during a lapse that are still its own, runs beside the heartbeats (a start takes seconds,
+    /// and heartbeats must go on meanwhile), one such round at a time.
     func lease(_ reply: Berth_V1_HeartbeatReply, sentAt: UInt64) async {
         guard reply.fenceAfterMs > 0 else { return }
-        if !reply.superseded.isEmpty { _ = await manager.dropSuperseded(reply.superseded) }
-        if !reply.droppedReplicas.isEmpty { await manager.dropReplicas(reply.droppedReplicas) }
         do {
             if try await manager.renewLease(epoch: reply.leaseEpoch, sentAt: sentAt, fenceAfterMs: reply.fenceAfterMs) {
                 logger.warning("the node's lease epoch rose: VPSs were failed over away from this node", metadata: ["epoch": "\(reply.leaseEpoch)"])
@@ -215,7 +218,16 @@ public final class ClusterMember: Sendable {
             logger.error("cannot write the node's lease", metadata: ["error": "\(error)"])
             return
         }
-        await manager.restartFenced()
+        let superseded = reply.superseded, dropped = reply.droppedReplicas
+        let manager = self.manager
+        leaseWork.withLock { running in
+            if let running, !running.isFinished { return }
+            running = LeaseWork {
+                if !superseded.isEmpty { _ = await manager.dropSuperseded(superseded) }
+                if !dropped.isEmpty { await manager.dropReplicas(dropped) }
+                await manager.restartFenced(except: Set(superseded))
+            }
+        }
     }
 
     /// Certificate rotation without downtime, over the node's current mTLS session:
@@ -243,4 +255,18 @@ public final class ClusterMember: Sendable {
         logger.notice("certificate renewed", metadata: ["node": "\(manager.nodeName)", "serial": "\(serial)"])
         return bundle
     }
+}
+
+/// A task that says when it has finished (a `Task` does not).
+final class LeaseWork: Sendable {
+    private let done = Mutex(false)
+
+    init(_ work: @escaping @Sendable () async -> Void) {
+        Task {
+            await work()
+            self.done.withLock { $0 = true }
+        }
+    }
+
+    var isFinished: Bool { done.withLock { $0 } }
 }

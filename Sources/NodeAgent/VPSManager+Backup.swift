@@ -102,6 +102,9 @@ extension VPSManager {
         let name = try Name.validate(name)
         var config = try VPSConfig.decode(Data(data), expectedName: manifest.vps, path: "the backup's config.json", received: true)
         config.name = name
+        // A restored VPS is a new VPS: not HA until the controller makes it so (its replicas
+        // and lease belong to the original).
+        config.replication = nil
         if let ips {
             if var network = config.network {
                 network.ips = ips

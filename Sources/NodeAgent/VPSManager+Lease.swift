@@ -22,7 +22,13 @@ extension VPSManager {
     @discardableResult
     public func renewLease(epoch: UInt64, sentAt: UInt64, fenceAfterMs: UInt32) throws -> Bool {
         let previous = currentLease()?.epoch ?? 0
-        let lease = HelperProtocol.LeaseRecord(epoch: max(epoch, previous), expires: sentAt + UInt64(fenceAfterMs) * 1_000_000)
+        // An answer with an older epoch comes from a controller that no longer decides for
+        // this node (Docs/ha.md): it renews nothing.
+        guard epoch >= previous else {
+            logger.warning("a heartbeat answer with an older lease epoch was ignored", metadata: ["epoch": "\(epoch)", "node-epoch": "\(previous)"])
+            return false
+        }
+        let lease = HelperProtocol.LeaseRecord(epoch: epoch, expires: sentAt + UInt64(fenceAfterMs) * 1_000_000)
         do {
             try FileIO.writeAtomically(leasePath, Array(lease.text.utf8), mode: 0o644, durable: false)
         } catch {
@@ -54,11 +60,18 @@ extension VPSManager {
         )
     }
 
-    /// Arms (HA) or disarms the monitor's fence of `config`'s VPS.
-    func setFence(of config: VPSConfig) throws {
+    /// Arms (HA) or disarms the monitor's fence of `config`'s VPS. `running`: its monitor runs
+    /// already, and must be one that enforces fences (booted by this version or later).
+    func setFence(of config: VPSConfig, running: Bool = false) throws {
         let armed = runDir(config.name) + "/" + HelperProtocol.LeaseRecord.armedFile
         if config.isHA {
             try checkLeaseAllowsStart(config)
+            if running && !FileIO.exists(runDir(config.name) + "/" + HelperProtocol.LeaseRecord.capableFile) {
+                throw AgentError(
+                    .conflict,
+                    "VPS \(config.name) runs under a monitor older than fencing: restart it once, then make it HA (an unfenced VPS must not fail over)",
+                    field: "ha")
+            }
             guard FileManager.default.createFile(atPath: armed, contents: nil) else {
                 throw AgentError(.kernel, "cannot arm the fence of \(config.name) (\(armed))", stage: "fence")
             }
@@ -67,7 +80,11 @@ extension VPSManager {
         }
     }
 
-    func fenceArmed(_ name: String) -> Bool { FileIO.exists(runDir(name) + "/" + HelperProtocol.LeaseRecord.armedFile) }
+    /// The fence file is there and the monitor is one that reads it.
+    func fenceArmed(_ name: String) -> Bool {
+        FileIO.exists(runDir(name) + "/" + HelperProtocol.LeaseRecord.armedFile)
+            && FileIO.exists(runDir(name) + "/" + HelperProtocol.LeaseRecord.capableFile)
+    }
 
     /// Why the monitor fenced the VPS, read before its run directory goes; nil when it did not.
     func fenceReason(_ name: String) -> String? {
@@ -92,12 +109,16 @@ extension VPSManager {
     }
 
     /// After a renewed lease: the HA VPSs fenced during the lapse that are still this node's
-    /// (the controller did not fail them over) start again.
-    public func restartFenced() async {
-        for record in records.values where record.fenced && record.config.isHA && record.state != .running {
-            record.fenced = false
+    /// (the controller did not fail them over: not among `superseded`) and still wanted running
+    /// start again. One whose start fails stays marked and is tried at the next renewal.
+    public func restartFenced(except superseded: Set<String>) async {
+        for record in records.values
+        where record.fenced && record.config.isHA && record.state != .running && record.config.desiredState == .running
+            && !superseded.contains(record.config.name)
+        {
             do {
                 _ = try await start(record.config.name)
+                record.fenced = false
                 logger.notice("fenced VPS started again: the lease is renewed and it is still this node's", metadata: ["vps": "\(record.config.name)"])
             } catch {
                 logger.error("cannot start a fenced VPS again", metadata: ["vps": "\(record.config.name)", "error": "\(error)"])

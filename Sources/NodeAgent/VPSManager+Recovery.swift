@@ -52,6 +52,12 @@ extension VPSManager {
         }
         if hostBootedSinceLastAgent() {
             for record in records.values where record.config.onboot && record.state == .stopped {
+                // An HA VPS waits for the controller's lease (it may run elsewhere by now);
+                // the renewal starts it if it is still this node's.
+                if record.config.isHA && !leaseIsCurrent() {
+                    record.fenced = true
+                    continue
+                }
                 do {
                     _ = try await start(record.config.name)
                     logger.info("started onboot VPS", metadata: ["vps": "\(record.config.name)"])

@@ -65,7 +65,7 @@ extension VPSManager {
         }
         var config = record.config
         config.replication = ha ? VPSConfig.Replication(intervalSeconds: intervalSeconds, targets: targets) : nil
-        if record.state == .running || record.state == .starting { try setFence(of: config) }
+        if record.state == .running { try setFence(of: config, running: true) }
         try store.save(config)
         record.config = config
         var states = replicationStates[name] ?? loadReplicationStates(name)
@@ -93,6 +93,11 @@ extension VPSManager {
     public func beginReplication(_ name: String) async throws -> ReplicationRound {
         let record = try record(name)
         guard !replicating.contains(name) else { throw AgentError(.conflict, "VPS \(name) is already being replicated", field: "name") }
+        // A node cut off from the controller may no longer be the VPS's: it sends nothing.
+        guard leaseIsCurrent() else {
+            lastReplication[name] = .now
+            throw AgentError(.conflict, "this node's lease has lapsed: no replication until the controller renews it")
+        }
         replicating.insert(name)
         lastReplication[name] = .now
         do {
@@ -193,28 +198,38 @@ extension VPSManager {
         try Name.validate(source, field: "source")
         guard source != nodeName else { throw AgentError.invalid("source", "a node holds no replica of its own VPS") }
         try FileIO.makeDirectories(replicaDirectory, mode: 0o700)
-        var holding = loadHolding(vps) ?? ReplicaHolding(vps: vps, source: source)
-        holding.source = source
-        try saveHolding(holding)
+        if let held = loadHolding(vps), held.source == source { return }
+        // Another primary: what this node holds came from the one before, and is no parent
+        // of the new one's snapshots (nor fresher than them); the new one sends whole.
+        dropReplica(vps)
+        try saveHolding(ReplicaHolding(vps: vps, source: source))
     }
 
     /// Checks that `peer` may send replicas of `vps` here and that the parent it names is held.
     public func beginReplicaReceive(_ vps: String, from peer: String, parent: String) async throws -> (directory: String, holding: String?) {
         let vps = try Name.validate(vps)
+        if !parent.isEmpty { try Name.validate(parent, field: "parent") }
         guard let holding = loadHolding(vps), holding.source == peer else {
             throw AgentError(.permissionDenied, "node \(nodeName) holds no replica grant for \(vps) from \(peer)")
         }
         guard !receivingReplicas.contains(vps) else { throw AgentError(.conflict, "a replica of \(vps) is already being received", field: "vps") }
-        let pool = try await storagePool(creating: true)
+        receivingReplicas.insert(vps)
+        let pool: StoragePool
+        do { pool = try await storagePool(creating: true) } catch {
+            receivingReplicas.remove(vps)
+            throw error
+        }
         let directory = Self.replicaSnapshots(pool, vps)
         if !parent.isEmpty {
-            try Name.validate(parent, field: "parent")
             guard FileIO.exists(directory + "/" + parent) else {
+                receivingReplicas.remove(vps)
                 throw AgentError(.notFound, "the replica of \(vps) on \(nodeName) has no snapshot \(parent) to apply a difference to", field: "parent")
             }
         }
-        try FileIO.makeDirectories(directory, mode: 0o700)
-        receivingReplicas.insert(vps)
+        do { try FileIO.makeDirectories(directory, mode: 0o700) } catch {
+            receivingReplicas.remove(vps)
+            throw error
+        }
         return (directory, holding.snapshot)
     }
 
@@ -246,6 +261,8 @@ extension VPSManager {
     /// caller starts it), HA with no targets until the controller's next plan. The replica goes.
     public func promoteReplica(_ vps: String) async throws -> VPSView {
         let vps = try Name.validate(vps)
+        // Promoted already (a retry after a lost answer or a failed start): the VPS as it is.
+        if let record = records[vps], loadHolding(vps)?.snapshot == nil { return view(record) }
         guard let holding = loadHolding(vps), let snapshot = holding.snapshot else {
             throw AgentError(.notFound, "node \(nodeName) holds no complete replica of \(vps)", field: "vps")
         }

@@ -34,6 +34,7 @@
 #define BERTH_LEASE_FILE "lease"
 #define BERTH_LEASE_ARMED_FILE "fence"
 #define BERTH_LEASE_FENCED_FILE "fenced"
+#define BERTH_LEASE_CAPABLE_FILE "fence-capable"
 #define BERTH_LEASE_EPOCH_KEY "epoch="
 #define BERTH_LEASE_EXPIRES_KEY "expires="
 #define BERTH_LEASE_CHECK_MILLISECONDS 200

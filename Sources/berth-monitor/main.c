@@ -267,6 +267,11 @@ int main(int argc, char **argv) {
     }
     client = o.client;
     load_history(o.history, o.capacity);
+    // This monitor enforces fences: the agent arms one only where it finds this mark.
+    char capable[4096];
+    snprintf(capable, sizeof capable, "%s/" BERTH_LEASE_CAPABLE_FILE, o.run_dir);
+    int mark = open(capable, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (mark >= 0) close(mark);
     // Init may have exited between berth-spawn's last look and this exec: look once first.
     int status;
     if (waitpid(o.init, &status, WNOHANG) == o.init) resume(&o, status);

@@ -28,8 +28,8 @@ final class FakeReplicaAgents: ReplicaTransport, @unchecked Sendable {
 }
 
 /// Failover over the real store, liveness and heartbeats, with fake agents: a node is "lost"
-/// once it has been silent for the test's 150 ms failover time while the others keep beating.
-@Suite struct HighAvailabilityTests {
+/// once it has been silent for the test's 1.5 s failover time while the others keep beating.
+@Suite(.serialized) struct HighAvailabilityTests {
     struct Cluster {
         let store: SQLiteStore
         let liveness: Liveness
@@ -50,19 +50,20 @@ final class FakeReplicaAgents: ReplicaTransport, @unchecked Sendable {
 
         /// The others beat while `lost` stays silent past the failover time.
         func lose(_ lost: [String], replicas: [String: [String: Int64]]) async throws {
-            for _ in 0..<4 {
+            // Generous times: the suite runs beside the others on two busy cores.
+            for _ in 0..<20 {
                 try beat(["n1", "n2", "n3"].filter { !lost.contains($0) }, replicas: replicas)
-                try await Task.sleep(for: .milliseconds(60))
+                try await Task.sleep(for: .milliseconds(100))
             }
         }
     }
 
-    func withCluster(rate: Int = 100, haVPSes: [String] = ["web1"], _ body: (Cluster) async throws -> Void) async throws {
+    func withCluster(rate: Int = 100, haVPSes: [String] = ["web1"], fenced: Bool = true, _ body: (Cluster) async throws -> Void) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("berth-ha-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let store = try SQLiteStore(directory: dir)
-        let liveness = Liveness(downAfter: .milliseconds(100))
+        let liveness = Liveness(downAfter: .seconds(1))
         for (i, name) in ["n1", "n2", "n3"].enumerated() {
             var report = NodeReport(name: name)
             report.cpus = 4
@@ -74,7 +75,7 @@ final class FakeReplicaAgents: ReplicaTransport, @unchecked Sendable {
             liveness.heartbeat(node: name, info: report, templates: ["busybox"])
         }
         var settings = ControllerSettings()
-        settings.failoverAfter = .milliseconds(150)
+        settings.failoverAfter = .milliseconds(1500)
         settings.failoverRatePercent = rate
         let logger = Logger(label: "test")
         let epochs = LeaseEpochs()
@@ -86,7 +87,9 @@ final class FakeReplicaAgents: ReplicaTransport, @unchecked Sendable {
             spec.replicaNodes = ["n2", "n3"]
             spec.replicas = 2
             spec.ips = ["198.18.101.\(10 + i)"]
-            let record = VPSRecord(name: name, node: "n1", tenant: "", spec: spec, status: VPSStatusRecord(name: name, state: "running"), phase: .ready)
+            var status = VPSStatusRecord(name: name, state: "running")
+            status.fenceArmed = fenced
+            let record = VPSRecord(name: name, node: "n1", tenant: "", spec: spec, status: status, phase: .ready)
             _ = try store.reserveVPS(record, autoAddresses: [])
             records.append(record)
         }
@@ -109,7 +112,7 @@ final class FakeReplicaAgents: ReplicaTransport, @unchecked Sendable {
             await c.ha.tick()
             let record = try #require(try c.store.vps("web1"))
             #expect(record.node == "n3")
-            #expect(record.spec.staleCopyOn == "n1")
+            #expect(record.spec.staleCopiesOn == ["n1"])
             #expect(try c.store.leaseEpochs()["n1"] == 2 && c.epochs.epoch(of: "n1") == 2)
             let calls = c.agents.calls.withLock { $0 }
             #expect(calls.first == "promote web1 on n3 start")
@@ -125,6 +128,20 @@ final class FakeReplicaAgents: ReplicaTransport, @unchecked Sendable {
                 }(),
                 from: CertificateIdentity(role: .node, name: "n1", serial: "01"))
             #expect(answer.superseded == ["web1"] && answer.leaseEpoch == 2)
+            // Heard from after a lost silence: no lease until the watch's next round is done.
+            #expect(answer.fenceAfter == .zero)
+            await c.ha.tick()
+            let renewed = try c.heartbeats.beat(HeartbeatReport(), from: CertificateIdentity(role: .node, name: "n1", serial: "01"))
+            #expect(renewed.fenceAfter == ControllerSettings().fenceAfter)
+        }
+    }
+
+    @Test func aRunningVPSWhoseFenceWasNeverArmedDoesNotFailOver() async throws {
+        try await withCluster(fenced: false) { c in
+            try await c.lose(["n1"], replicas: ["n2": ["web1": 2_000]])
+            await c.ha.tick()
+            #expect(try c.store.vps("web1")?.node == "n1")
+            #expect(try c.store.events(after: 0, limit: 50).contains { $0.kind == "failover.impossible" && $0.message.contains("fence") })
         }
     }
 

@@ -426,7 +426,7 @@ write_data() { "$BERTH" exec "$1" -- sh -c "mkdir -p /data && dd if=/dev/urandom
 # with its space, rolled back to exactly, deleted; refusals change nothing.
 t_snapshots_loop() {
     local S; S=$(vps_name snap)
-    "$BERTH" create "$S" --template busybox --disk 64M >/dev/null
+    "$BERTH" create "$S" --template busybox --disk 64M --layout loop >/dev/null
     "$BERTH" start "$S" >/dev/null
     write_data "$S" one 8
     local before; before=$(data_sum "$S")
@@ -472,7 +472,7 @@ print(len(l), l[0]["name"], l[0]["bytes"] > 8 << 20, l[0]["method"] in ("copy", 
 # operator can check by hand; truncated, damaged and foreign files are refused, nothing created.
 t_backup_restore_loop() {
     local S R; S=$(vps_name bk); R=$(vps_name bk-copy)
-    "$BERTH" create "$S" --template busybox --disk 64M --label role=db >/dev/null
+    "$BERTH" create "$S" --template busybox --disk 64M --layout loop --label role=db >/dev/null
     "$BERTH" start "$S" >/dev/null
     write_data "$S" one 8
     local before; before=$(data_sum "$S")
