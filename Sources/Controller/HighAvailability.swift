@@ -69,8 +69,8 @@ final class HighAvailability: Sendable {
         var placed = record.spec.replicaNodes.filter { $0 != record.node && !lost($0) }
         if placed.count > wanted { placed = Array(placed.prefix(wanted)) }
         if placed.count < wanted {
-            var request = PlacementRequest(diskBytes: record.spec.limits.diskBytes, template: record.spec.template)
-            request.addresses = record.spec.ips.compactMap { try? IPAddress($0) }
+            // A replica is where the VPS runs after a failover: it must fit there as a create would.
+            let request = record.spec.placementRequest
             let scheduler = Scheduler(policy: settings.policy)
             let candidates = ((try? nodes.placementNodes()) ?? [])
                 .map { ledger.snapshot($0) }
@@ -193,6 +193,7 @@ final class HighAvailability: Sendable {
         let lostNodes = Set(known.map(\.name).filter(lost))
         // Between rounds: a node heard again is no longer being failed over away from.
         heartbeats.releaseQuarantine(except: lostNodes)
+        announceLapsedLeases(known.map(\.name))
         // A promotion whose new node was lost meanwhile fails over again, from that node.
         unpromoted.withLock { names in
             names = names.filter { name in (try? store.vps(name)).flatMap { $0 }.map { !lostNodes.contains($0.node) } ?? false }
@@ -241,6 +242,27 @@ final class HighAvailability: Sendable {
         }
         forgetDeletedStaleCopies(records)
         if protectDue { await reprotect(records, lostNodes: lostNodes) }
+    }
+
+    /// The events of a lease that lapsed (`fenceAfter` without a renewal): the node's, and one
+    /// per HA VPS placed there, whose monitor kills it now. Said once per lapse.
+    private func announceLapsedLeases(_ nodes: [String]) {
+        for node in nodes {
+            guard let silent = liveness.millisecondsSinceHeartbeat(node) else { continue }
+            guard Duration.milliseconds(Int64(silent)) > settings.fenceAfter else {
+                unsay("lapsed:\(node)")
+                continue
+            }
+            let fenced = index.haVPSs(on: node)
+            guard !fenced.isEmpty, sayOnce("lapsed:\(node)") else { continue }
+            let line =
+                "no renewal for \(settings.fenceAfter): the monitors there fence \(fenced.joined(separator: ", ")); failover after \(settings.failoverAfter)"
+            logger.warning("node lease lapsed", metadata: ["node": "\(node)", "vps": "\(fenced.joined(separator: ","))"])
+            try? store.addEvent(kind: "node.lease-lapsed", subject: node, message: line)
+            for vps in fenced {
+                try? store.addEvent(kind: "vps.fenced", subject: vps, message: "on \(node): the node's lease lapsed, its monitor kills it there")
+            }
+        }
     }
 
     /// A node silent for longer than `failoverAfter` (its lease has lapsed there with margin).

@@ -37,6 +37,11 @@ final class ReplicaIndex: Sendable {
         index.withLock { ($0.replicaNodes[vps]?.contains(node) ?? false) || $0.primary[vps] == node }
     }
 
+    /// The HA VPSs placed on `node`.
+    func haVPSs(on node: String) -> [String] {
+        index.withLock { index in index.replicaNodes.keys.filter { index.primary[$0] == node }.sorted() }
+    }
+
     var hasStaleCopies: Bool { index.withLock { !$0.staleCopiesOn.isEmpty } }
 
     /// The VPSs failed over away from `node` whose copy there has not been deleted yet.

@@ -80,6 +80,19 @@ extension VPSManager {
         }
     }
 
+    /// berth-spawn reports the boot just before it becomes the monitor, whose first act is the
+    /// `fence-capable` mark. A started HA VPS is reported running only once the mark is there:
+    /// the controller fails over only a VPS it knows fenced, and a node cut off a moment after
+    /// the start must not leave it unsure (Docs/ha.md).
+    func awaitFenceCapableMark(_ name: String) async {
+        let mark = runDir(name) + "/" + HelperProtocol.LeaseRecord.capableFile
+        for _ in 0..<200 {
+            if FileIO.exists(mark) { return }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        logger.warning("the monitor left no fence-capable mark within 2 s: the controller will not fail this VPS over", metadata: ["vps": "\(name)"])
+    }
+
     /// The fence file is there and the monitor is one that reads it.
     func fenceArmed(_ name: String) -> Bool {
         FileIO.exists(runDir(name) + "/" + HelperProtocol.LeaseRecord.armedFile)

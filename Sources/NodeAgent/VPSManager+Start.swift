@@ -45,6 +45,7 @@ extension VPSManager {
             }
             throw error
         }
+        if record.config.isHA { await awaitFenceCapableMark(name) }
         record.lifecycle.startSucceeded()
         receivedMigrations[name] = nil  // running here: no longer a copy an abort may delete
         record.lastExit = ""
@@ -72,7 +73,11 @@ extension VPSManager {
         let run = runDir(name)
         try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
         chmod(run, 0o700)
-        for file in [RunState.exitFile, RunState.stopRequestFile, RunState.stateFile, HelperProtocol.LeaseRecord.fencedFile] { unlink(run + "/" + file) }
+        for file in [
+            RunState.exitFile, RunState.stopRequestFile, RunState.stateFile, HelperProtocol.LeaseRecord.fencedFile, HelperProtocol.LeaseRecord.capableFile,
+        ] {
+            unlink(run + "/" + file)
+        }
         // Armed before the monitor exists: an HA VPS never runs unfenced.
         try setFence(of: record.config)
 

@@ -75,6 +75,7 @@ final class FakeReplicaAgents: ReplicaTransport, @unchecked Sendable {
             liveness.heartbeat(node: name, info: report, templates: ["busybox"])
         }
         var settings = ControllerSettings()
+        settings.fenceAfter = .milliseconds(1000)
         settings.failoverAfter = .milliseconds(1500)
         settings.failoverRatePercent = rate
         let logger = Logger(label: "test")
@@ -120,6 +121,11 @@ final class FakeReplicaAgents: ReplicaTransport, @unchecked Sendable {
             #expect(calls.contains("expect web1 on n2 from n3") && calls.contains("plan web1 on n3 -> n2"))
             let events = try c.store.events(after: 0, limit: 50).map { "\($0.kind) \($0.message)" }
             #expect(events.contains { $0.hasPrefix("vps.failed-over from n1 to n3") && $0.contains("recovery point 1970-01-01T00:00:02Z") })
+            // The lapse is on the record before the failover: the node's, and its VPS's fence.
+            let lapsed = try #require(events.firstIndex { $0.hasPrefix("node.lease-lapsed ") && $0.contains("fence web1") })
+            let fenced = try #require(events.firstIndex { $0.hasPrefix("vps.fenced on n1:") })
+            let failedOver = try #require(events.firstIndex { $0.hasPrefix("vps.failed-over") })
+            #expect(lapsed < failedOver && fenced < failedOver)
             // n1, back, is told its copy is stale, and the new epoch.
             try c.beat(["n1"], vpses: ["n1": ["web1"]])
             let answer = try c.heartbeats.beat(
@@ -132,7 +138,7 @@ final class FakeReplicaAgents: ReplicaTransport, @unchecked Sendable {
             #expect(answer.fenceAfter == .zero)
             await c.ha.tick()
             let renewed = try c.heartbeats.beat(HeartbeatReport(), from: CertificateIdentity(role: .node, name: "n1", serial: "01"))
-            #expect(renewed.fenceAfter == ControllerSettings().fenceAfter)
+            #expect(renewed.fenceAfter == .milliseconds(1000))
         }
     }
 
@@ -172,6 +178,22 @@ final class FakeReplicaAgents: ReplicaTransport, @unchecked Sendable {
             let placed = try ["web1", "web2"].map { try c.store.vps($0)?.node }
             #expect(placed.filter { $0 == "n2" }.count == 1 && placed.filter { $0 == "n1" }.count == 1)
             #expect(try c.store.events(after: 0, limit: 50).contains { $0.kind == "failover.deferred" })
+        }
+    }
+
+    @Test func replicasArePlacedWithTheFiltersOfACreate() async throws {
+        try await withCluster { c in
+            var n2 = try #require(try c.store.node("n2"))
+            n2.labels = ["zone": "b"]
+            try c.store.saveNode(n2)
+            var record = try #require(try c.store.vps("web1"))
+            record.spec.constraints = ["zone": "b"]
+            record.spec.replicaNodes = []
+            try c.store.updateVPS(record)
+            let lines = await c.ha.protect("web1")
+            // n3 lacks the label the VPS is constrained to: it could not run there after a failover.
+            #expect(try c.store.vps("web1")?.spec.replicaNodes == ["n2"])
+            #expect(lines.contains { $0.hasPrefix("only 1 of 2 replica(s) of web1 placed") })
         }
     }
 

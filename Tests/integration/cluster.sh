@@ -819,6 +819,8 @@ t_ha_fence_then_failover_after_a_cut() {
     fenced=$(awk -v t0="$t0" '$1 >= t0 && NF == 1 {print $1 - t0; exit}' "$WORK/copies-$V.log")
     [ -n "$fenced" ] && [ "$fenced" -lt "$running" ] || fail "not fenced on n2 before it ran on $target (fenced at ${fenced:-never} ms, running at $running ms)"
     expect_contains "$(cl events)" "vps.failed-over"
+    expect_contains "$(cl events --last 100)" "node.lease-lapsed  n2"
+    expect_contains "$(cl events --last 100)" "vps.fenced  $V"
     heal_node n2
     for _ in $(seq 100); do [ "$(holders "$V")" = "$target " ] && break; sleep 0.2; done
     expect_eq "$(holders "$V")" "$target "
