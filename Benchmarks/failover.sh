@@ -109,7 +109,10 @@ echo "  two copies at once: $twice samples (must be 0)"
 # 2. Replication cost while the VPS rewrites 1 MiB/s.
 node=$(json 'd["node"]')
 agent=$(cat "$DIR/$node/agent.pid")
-cl exec "$V" -- sh -c 'mkdir -p /srv; nohup sh -c "while :; do dd if=/dev/urandom of=/srv/churn bs=1M count=1 conv=notrunc 2>/dev/null; sync; sleep 1; done" >/dev/null 2>&1 &'
+# A plain background job (the template has no nohup): it outlives the exec.
+cl exec "$V" -- sh -c 'mkdir -p /srv; sh -c "while :; do dd if=/dev/urandom of=/srv/churn bs=1M count=1 conv=notrunc 2>/dev/null; sync; sleep 1; done" </dev/null >/dev/null 2>&1 &'
+sleep 2
+cl exec "$V" -- test -s /srv/churn || { echo "the writer in $V does not run" >&2; exit 1; }
 await_replicated
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks=$(getconf CLK_TCK)

@@ -720,9 +720,18 @@ await_replicated() {
     fail "$1 was not replicated within 40 s: $(cl status "$1")"
 }
 # A writer inside NAME: /srv/counter counts up every 200 ms, each value synced before the next.
+# A writer started again replaces the one running (that one stops once /srv/counter.owner is no
+# longer its token). The template has no nohup or pkill: a plain background job outlives exec.
 start_counter() {
-    cl exec "$1" -- sh -c 'pkill -f counter.next; mkdir -p /srv; [ -f /srv/counter ] || echo 0 > /srv/counter
-        nohup sh -c "while :; do n=\$(cat /srv/counter); echo \$((n + 1)) > /srv/counter.next && mv /srv/counter.next /srv/counter && sync; sleep 0.2; done" >/dev/null 2>&1 &'
+    local token=$RANDOM$RANDOM before
+    cl exec "$1" -- sh -c "mkdir -p /srv; [ -f /srv/counter ] || echo 0 > /srv/counter; echo $token > /srv/counter.owner
+        sh -c 'while [ \"\$(cat /srv/counter.owner)\" = $token ]; do n=\$(cat /srv/counter); echo \$((n + 1)) > /srv/counter.next && mv /srv/counter.next /srv/counter && sync; sleep 0.2; done' </dev/null >/dev/null 2>&1 &"
+    before=$(counter "$1")
+    for _ in $(seq 25); do
+        sleep 0.2
+        [ "$(counter "$1")" -gt "$before" ] && return 0
+    done
+    fail "the counter in $1 does not count (still $before)"
 }
 counter() { cl exec "$1" -- cat /srv/counter; }
 cut_node() { ip -n "$RUN_ID-$1" link set eth0 down; }
@@ -765,6 +774,79 @@ t_ha_replicas_hold_the_primarys_data() {
     cl destroy "$V" --force >/dev/null
 }
 
+# The nodes holding NAME's replicas, as status shows them.
+replica_nodes() { cl status "$1" --json | /usr/bin/python3 -c 'import json,sys; print(" ".join(r["node"] for r in json.load(sys.stdin)["replicas"]))'; }
+
+# An HA VPS migrated onto the node that held its replica: that replica goes (the VPS is there
+# now), another node takes one from the new primary with the data written before the move, and
+# the VPS is fenced on its new node; a destroy leaves no replica anywhere.
+t_ha_a_migrated_primary_is_protected_again() {
+    ha_controller
+    local V=$RUN_ID-ha7 out replica fresh snap k
+    cl create "$V" --template busybox --layout pool --disk 128M --ip auto --node n1 --ha --replication-interval 10s >/dev/null
+    cl start "$V" >/dev/null
+    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=4 2>/dev/null && sync'
+    await_replicated "$V"
+    replica=$(replica_nodes "$V")
+    out=$(cl migrate "$V" --to "$replica" 2>&1) || fail "migrate $V to its replica's node $replica: $out"
+    await_running_on "$V" "$replica" 10 >/dev/null
+    for _ in $(seq 100); do
+        fresh=$(replica_nodes "$V")
+        [ -n "$fresh" ] && [ "$fresh" != "$replica" ] && break
+        sleep 0.2
+    done
+    [ -n "$fresh" ] && [ "$fresh" != "$replica" ] || fail "no replica away from the new primary $replica (replicas: '$fresh')"
+    await_replicated "$V"
+    for _ in $(seq 50); do [ -e "$WORK/$replica/data/pool/replicas/$V" ] || break; sleep 0.2; done
+    [ ! -e "$WORK/$replica/data/pool/replicas/$V" ] || fail "the new primary $replica still holds a replica of its own VPS"
+    snap=$(ls "$WORK/$fresh/data/pool/replicas/$V/" | grep '^r' | sort | tail -1)
+    expect_eq "$(sha256sum <"$WORK/$fresh/data/pool/replicas/$V/$snap/srv/data.bin" | cut -d' ' -f1)" \
+        "$(cl exec "$V" -- sha256sum /srv/data.bin | cut -d' ' -f1)"
+    expect_eq "$(holders "$V")" "$replica "
+    expect_eq "$(cl status "$V" --json | field fence_armed)" True
+    cl destroy "$V" --force >/dev/null
+    for k in 1 2 3; do
+        for _ in $(seq 50); do [ -e "$WORK/n$k/data/pool/replicas/$V" ] || break; sleep 0.2; done
+        [ ! -e "$WORK/n$k/data/pool/replicas/$V" ] || fail "destroy left a replica of $V on n$k"
+    done
+}
+
+# The node holding a replica fills up: the round fails with the reason in status, the replica
+# it held stays whole, and the next round after room is made succeeds.
+t_ha_a_full_replica_target_keeps_its_last_replica() {
+    ha_controller
+    local V=$RUN_ID-ha8 replica pool snap sum error
+    cl create "$V" --template busybox --layout pool --disk 256M --ip auto --node n1 --ha --replication-interval 10s >/dev/null
+    cl start "$V" >/dev/null
+    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=4 2>/dev/null && sync'
+    await_replicated "$V"
+    replica=$(replica_nodes "$V")
+    pool=$WORK/$replica/data/pool
+    snap=$(ls "$pool/replicas/$V/" | grep '^r' | sort | tail -1)
+    sum=$(sha256sum <"$pool/replicas/$V/$snap/srv/data.bin" | cut -d' ' -f1)
+    # btrfs keeps some of what df shows for itself: fill in ever smaller pieces until it refuses.
+    local size piece=0
+    for size in 1G 256M 64M 16M 4M 1M; do
+        while fallocate -l "$size" "$pool/$RUN_ID-filler-$piece" 2>/dev/null; do piece=$((piece + 1)); done
+    done
+    [ "$piece" -gt 0 ] || fail "cannot fill $pool"
+    cl exec "$V" -- sh -c 'dd if=/dev/urandom of=/srv/more.bin bs=1M count=32 2>/dev/null && sync'
+    for _ in $(seq 150); do
+        error=$(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["error"])')
+        [ -n "$error" ] && break
+        sleep 0.2
+    done
+    rm -f "$pool/$RUN_ID-filler-"*
+    expect_contains "$error" "No space left on device"
+    expect_contains "$(cl status "$V")" "replicas=$replica:"
+    expect_eq "$(sha256sum <"$pool/replicas/$V/$snap/srv/data.bin" | cut -d' ' -f1)" "$sum"
+    await_replicated "$V"
+    expect_eq "$(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["error"])')" ""
+    snap=$(ls "$pool/replicas/$V/" | grep '^r' | sort | tail -1)
+    expect_eq "$(sha256sum <"$pool/replicas/$V/$snap/srv/more.bin" | cut -d' ' -f1)" "$(cl exec "$V" -- sha256sum /srv/more.bin | cut -d' ' -f1)"
+    cl destroy "$V" --force >/dev/null
+}
+
 # The node of a running HA VPS with a writer is cut off, for a random time each round: under
 # the fence time nothing happens; past it the VPS is fenced there (its processes gone) before it
 # runs anywhere else; past the failover time it runs on its replica's node, with every write
@@ -792,6 +874,8 @@ t_ha_partitions_never_run_a_vps_twice() {
             sleep 0.1
         done
         [ "$(holders "$V")" = "$(node_of "$V") " ] || fail "round $round: $V is held by $(holders "$V"), placed on $(node_of "$V")"
+        # A heartbeat pending through the cut times out first: the node may turn down just after.
+        for _ in $(seq 100); do [ "$(node_state "$node")" = ready ] && [ "$(node_state "$(node_of "$V")")" = ready ] && break; sleep 0.2; done
         after=$(counter "$V") || fail "round $round: $V does not answer on $(node_of "$V")"
         [ "$after" -ge "$before" ] || fail "round $round: acknowledged write $before lost (counter $after after the failover)"
         echo "round $round: $node cut for $hold s; $V on $(node_of "$V"); counter $before before, $after after" >&2
@@ -1250,6 +1334,8 @@ run_test "a migrating VPS refuses destroy, stop and set (busy); a VPS being stop
 run_test "snapshots and backups through the controller: restored on another node with its data; refusals create nothing" t_snapshots_and_backups_through_the_controller
 run_test "HA: a replica on another node holds the primary's data, its lag shown; --ha needs a pool disk; HA off drops the replica" t_ha_replicas_hold_the_primarys_data
 run_test "HA: a cut node's VPS is fenced there before it runs on its replica's node; the old copy is deleted when the link is back" t_ha_fence_then_failover_after_a_cut
+run_test "HA: a migrated primary drops the replica on its new node and is protected again from there; destroy leaves no replica" t_ha_a_migrated_primary_is_protected_again
+run_test "HA: a replica node that fills up fails the round with the reason shown, keeps its last replica whole, and takes the next once there is room" t_ha_a_full_replica_target_keeps_its_last_replica
 run_test "HA: partitions of random length never run a VPS twice and lose no write acknowledged before the recovery point" t_ha_partitions_never_run_a_vps_twice
 run_test "HA: a killed agent's monitors fence its VPS; a powered-off node's VPS fails over; nothing runs twice" t_ha_dead_agent_and_powered_off_node
 run_test "HA: a controller that sees no majority of the nodes fails over nothing; the fenced VPS runs again where it was" t_ha_no_failover_without_a_majority
