@@ -106,7 +106,7 @@ extension ServedCall {
     }
 
     func list(_ r: Berth_V1_ListRequest) async throws -> Berth_V1_Response {
-        let statuses = try service.vps.list(all: r.all, selector: r.selector, by: caller)
+        let statuses = try service.vps.list(all: r.all, selector: try Selector.parse(query: r.query, labels: r.selector), by: caller)
         return response { $0.list.vpses = statuses.map(Berth_V1_VpsStatus.init) }
     }
 

@@ -205,18 +205,21 @@ final class VPSCalls: Sendable {
         return currentStatus(record)
     }
 
-    func list(all: Bool, selector: [String: String], by caller: Caller) throws -> [VPSStatusRecord] {
-        try store.vpses()
-            .filter { caller.sees(vpsOf: $0.tenant) }
-            .map(currentStatus)
-            .filter { all || $0.state != "stopped" }
-            .filter { status in selector.allSatisfy { Self.selects(status, $0.key, $0.value) } }
+    func list(all: Bool, selector: Selector, by caller: Caller) throws -> [VPSStatusRecord] {
+        try selected(selector, by: caller).map(\.status).filter { all || $0.state != "stopped" }
     }
 
-    /// A label K=V of `list --selector`; `ha=true|false` selects by HA where no label is named ha.
-    static func selects(_ status: VPSStatusRecord, _ key: String, _ value: String) -> Bool {
-        if key == "ha" && status.labels["ha"] == nil { return String(status.ha ?? false) == value }
-        return status.labels[key] == value
+    /// The VPSs the caller may see that `selector` selects, with their current status: what
+    /// `list` shows and what a fleet job acts on.
+    func selected(_ selector: Selector, by caller: Caller) throws -> [(record: VPSRecord, status: VPSStatusRecord)] {
+        let nodeLabels = Dictionary(try store.nodes().map { ($0.name, $0.labels) }, uniquingKeysWith: { first, _ in first })
+        return try store.vpses().filter { caller.sees(vpsOf: $0.tenant) }.compactMap { record in
+            let status = currentStatus(record)
+            let facts = SelectorFacts(
+                name: record.name, state: status.state, template: record.spec.template, tenant: record.tenant.isEmpty ? nil : record.tenant,
+                node: record.node, ha: record.spec.ha, labels: status.labels, nodeLabels: nodeLabels[record.node] ?? [:])
+            return selector.matches(facts) ? (record, status) : nil
+        }
     }
 
     /// `set`: addresses added live are reserved cluster-wide before the node sees them (the

@@ -58,7 +58,8 @@ struct AgentCall: Sendable {
             return answer("status") { s, _, out in out.status = Berth_V1_VpsStatus(try await s.manager.status(r.name)) }
         case .list(let r):
             return answer("list") { s, _, out in
-                out.list = Berth_V1_VpsList(await s.manager.list(all: r.all, selector: r.selector), node: s.manager.nodeName)
+                out.list = Berth_V1_VpsList(
+                    await s.manager.list(all: r.all, selector: try Selector.parse(query: r.query, labels: r.selector)), node: s.manager.nodeName)
             }
         case .set(let r):
             return answer("set") { s, _, out in out.set = Berth_V1_SetResult(try await s.manager.set(VPSChange(r))) }

@@ -146,6 +146,7 @@ public final class ClusterMember: Sendable {
         let controller = try HostPort(parsing: options.controller, field: "controller")
         var bundle = initial
         var interval: Duration = .seconds(1)
+        var fenceAfter: Duration?
         var client: WireClient?
         var failing = false
         while !Task.isCancelled {
@@ -160,7 +161,7 @@ public final class ClusterMember: Sendable {
                 }
                 var beat = Berth_V1_Heartbeat()
                 beat.info = Berth_V1_NodeInfo(await manager.nodeInfo())
-                beat.vpses = Berth_V1_VpsList(await manager.list(all: true, selector: [:]), node: manager.nodeName).vpses
+                beat.vpses = Berth_V1_VpsList(await manager.list(all: true), node: manager.nodeName).vpses
                 beat.address = options.listen
                 beat.labels = options.labels
                 beat.templates = manager.templates.list().map(\.name)
@@ -172,7 +173,7 @@ public final class ClusterMember: Sendable {
                 }
                 var request = Berth_V1_Request()
                 request.heartbeat = beat
-                request.deadlineMs = 5000
+                request.deadlineMs = UInt32(Self.heartbeatDeadline(interval: interval, fenceAfter: fenceAfter) / .milliseconds(1))
                 // The lease counts from the send: it lapses here no later than at the controller.
                 let sentAt = HelperProtocol.LeaseRecord.boottimeNow()
                 let reply = try await client!.call(request).heartbeat
@@ -191,6 +192,7 @@ public final class ClusterMember: Sendable {
                     }
                 }
                 if reply.intervalMs > 0 { interval = .milliseconds(Int(reply.intervalMs)) }
+                fenceAfter = reply.fenceAfterMs > 0 ? .milliseconds(Int(reply.fenceAfterMs)) : nil
                 if failing { logger.notice("heartbeats reach the controller again") }
                 failing = false
             } catch {
@@ -202,6 +204,15 @@ public final class ClusterMember: Sendable {
             try? await Task.sleep(for: interval)
         }
         await client?.close()
+    }
+
+    /// How long a heartbeat waits for its answer. One lost to a brief cut is sent again (on a
+    /// new connection) well inside the lease: a third of `fenceAfter`, so that a blip shorter
+    /// than the fence never fences; never under two intervals, and at most 5 s.
+    static func heartbeatDeadline(interval: Duration, fenceAfter: Duration?) -> Duration {
+        let cap = Duration.seconds(5)
+        guard let fenceAfter else { return cap }
+        return min(cap, max(interval * 2, fenceAfter / 3))
     }
 
     /// The lease the reply renews (Docs/ha.md). The renewal is written at once; deleting the

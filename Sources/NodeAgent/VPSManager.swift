@@ -113,14 +113,17 @@ public actor VPSManager {
         return view(try record(name))
     }
 
-    /// The VPSs (running ones only unless `all`) whose labels match `selector`, by name; with
-    /// `all` and no selector also the directories whose config is broken.
-    public func list(all: Bool, selector: [String: String]) -> (vpses: [VPSView], broken: [BrokenVPS]) {
+    /// The VPSs (running ones only unless `all`) that `selector` selects, by name; with `all`
+    /// and no selector also the directories whose config is broken.
+    public func list(all: Bool, selector: Selector = Selector()) -> (vpses: [VPSView], broken: [BrokenVPS]) {
         let vpses = records.keys.sorted().compactMap { name -> VPSView? in
             let record = records[name]!
             if !all && record.state == .stopped { return nil }
-            if !selector.allSatisfy({ record.config.labels[$0.key] == $0.value }) { return nil }
-            return view(record)
+            let view = view(record)
+            let facts = SelectorFacts(
+                name: name, state: view.state.rawValue, template: record.config.template, node: nodeName, ha: record.config.isHA,
+                labels: record.config.labels)
+            return selector.matches(facts) ? view : nil
         }
         let broken = all && selector.isEmpty ? self.broken.sorted { $0.key < $1.key }.map { BrokenVPS(name: $0.key, reason: $0.value) } : []
         return (vpses, broken)

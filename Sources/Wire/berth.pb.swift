@@ -279,6 +279,9 @@ public nonisolated struct Berth_V1_ListRequest: Sendable {
   /// every label must match
   public var selector: Dictionary<String,String> = [:]
 
+  /// a selector (Docs/cli.md "Selectors"); with selector, both must hold
+  public var query: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -3085,7 +3088,7 @@ nonisolated extension Berth_V1_DestroyRequest: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Berth_V1_ListRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}all\0\u{1}selector\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}all\0\u{1}selector\0\u{1}query\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3095,6 +3098,7 @@ nonisolated extension Berth_V1_ListRequest: SwiftProtobuf.Message, SwiftProtobuf
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBoolField(value: &self.all) }()
       case 2: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.selector) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.query) }()
       default: break
       }
     }
@@ -3107,12 +3111,16 @@ nonisolated extension Berth_V1_ListRequest: SwiftProtobuf.Message, SwiftProtobuf
     if !self.selector.isEmpty {
       try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.selector, fieldNumber: 2)
     }
+    if !self.query.isEmpty {
+      try visitor.visitSingularStringField(value: self.query, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Berth_V1_ListRequest, rhs: Berth_V1_ListRequest) -> Bool {
     if lhs.all != rhs.all {return false}
     if lhs.selector != rhs.selector {return false}
+    if lhs.query != rhs.query {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

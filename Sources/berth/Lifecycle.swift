@@ -1,4 +1,5 @@
 import ArgumentParser
+import BerthCore
 import Wire
 
 struct Start: AsyncParsableCommand {
@@ -80,16 +81,24 @@ struct List: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @Flag(help: "Include stopped VPSs.") var all = false
     @Flag(help: "Print a JSON array of status objects.") var json = false
-    @Option(help: "Only VPSs with this label (K=V); repeatable.") var selector: [String] = []
+    @Option(
+        help:
+            "Only the VPSs this selector selects: app=web, tier!=db, zone in (a,b), env notin (dev), backup, !legacy; keys: labels, node.LABEL, state, template, tenant, node, name, ha (Docs/cli.md). Repeatable: all must hold."
+    ) var selector: [String] = []
 
     func run() async throws { try await Self.list(connection.resolved, all: all, json: json, selector: selector) }
 
     static func list(_ connection: Connection, all: Bool = false, json: Bool = false, selector: [String] = []) async throws {
-        let labels = keyValues(selector, field: "selector")
+        let query: Selector
+        do {
+            query = try Selector.parse(selector.joined(separator: ","))
+        } catch {
+            fail(error)
+        }
         let response = try await connection.call(
             request {
                 $0.list.all = all
-                $0.list.selector = labels
+                $0.list.query = query.description
             })
         let vpses = response.list.vpses
         if json { printJSON(.array(vpses.map(\.json))); return }

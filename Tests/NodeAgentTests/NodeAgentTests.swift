@@ -388,3 +388,16 @@ enum TarBuilder {
         #expect(StoragePool.defaultSize(freeBytes: 1 << 40) == 30 << 30)
     }
 }
+
+@Suite struct HeartbeatDeadlineTests {
+    /// A heartbeat lost to a blip is sent again inside the lease: with the cluster tests' 5 s
+    /// fence a 5 s deadline let a 1 s cut fence the VPS.
+    @Test func aLostHeartbeatIsSentAgainWellInsideTheLease() {
+        #expect(ClusterMember.heartbeatDeadline(interval: .seconds(1), fenceAfter: .seconds(5)) == .seconds(2))
+        #expect(ClusterMember.heartbeatDeadline(interval: .seconds(1), fenceAfter: .seconds(10)) == .seconds(10) / 3)
+        #expect(ClusterMember.heartbeatDeadline(interval: .seconds(1), fenceAfter: .seconds(60)) == .seconds(5))
+        #expect(ClusterMember.heartbeatDeadline(interval: .seconds(2), fenceAfter: .seconds(5)) == .seconds(4))
+        // No lease (HA off, or quarantined): the old 5 s.
+        #expect(ClusterMember.heartbeatDeadline(interval: .seconds(1), fenceAfter: nil) == .seconds(5))
+    }
+}

@@ -198,7 +198,7 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
             let error = await #expect(throws: AgentError.self) { try await node.manager.create(spec) }
             #expect(error?.wireError.code == .kernel && error?.wireError.stage == "mke2fs")
             #expect(!FileManager.default.fileExists(atPath: node.dir + "/data/vps/web2"))
-            #expect(await node.manager.list(all: true, selector: [:]).vpses.map(\.config.name) == ["web1"])
+            #expect(await node.manager.list(all: true).vpses.map(\.config.name) == ["web1"])
             spec.template = "tiny"
             let created = try await node.manager.create(spec)
             #expect(created.state == .stopped && created.config.network?.ips.map(\.description) == ["198.18.7.2"])
@@ -254,7 +254,7 @@ final class FakeCgroups: CgroupDriver, @unchecked Sendable {
             }
             #expect(cut?.field == "disk")
             #expect(!FileManager.default.fileExists(atPath: node.dir + "/data/vps/web2"))
-            #expect(await node.manager.list(all: true, selector: [:]).vpses.map(\.config.name) == ["web1"])
+            #expect(await node.manager.list(all: true).vpses.map(\.config.name) == ["web1"])
             let view = try await node.manager.receiveMigration(grant, config: sent) { disk in
                 guard case .image(let path) = disk else { throw BerthError(.internalError, "a loop VPS received as \(disk)") }
                 _ = FileManager.default.createFile(atPath: path, contents: Data(count: 8192))

@@ -35,6 +35,8 @@ cluster_cleanup() {
         for n in "$WORK"/n*/agent.log; do [ -f "$n" ] && cp "$n" "/tmp/berth-logs-$RUN_ID/$(basename "$(dirname "$n")").log"; done
         echo "daemon logs kept in /tmp/berth-logs-$RUN_ID"
     fi
+    # The copy watchers of a test that failed before its unwatch_copies.
+    local watcher; for watcher in "$WORK"/watch-*.pid; do [ -f "$watcher" ] && kill "$(cat "$watcher")" 2>/dev/null; done
     "$DEV" down >/dev/null 2>&1; rm -rf "$WORK"; true
 }
 trap cluster_cleanup EXIT
@@ -62,6 +64,15 @@ t_placement_spreads_and_respects_constraints() {
     expect_eq "$(printf '%s\n' "$a" "$b" "$c" | sort -u | wc -l)" 3 "spread put them on $a $b $c"
     cl create "$RUN_ID-zb" --template busybox --disk 64M --constraint zone=b >/dev/null
     expect_eq "$(node_of "$RUN_ID-zb")" n2
+    # Selectors read the node's labels (node.K) and attributes at the controller: n2 is zone b.
+    local selected wanted="" v
+    for v in s1 s2 s3 zb; do [ "$(node_of "$RUN_ID-$v")" = n2 ] && wanted+="$RUN_ID-$v "; done
+    selected=$(cl list --all --selector "node.zone=b,name in ($RUN_ID-zb,$RUN_ID-s1,$RUN_ID-s2,$RUN_ID-s3)" --json |
+        /usr/bin/python3 -c 'import json,sys; print(" ".join(sorted(v["name"] for v in json.load(sys.stdin))), end=" ")')
+    expect_eq "$selected" "$wanted"
+    cl list --all --selector 'node.zone notin (b)' --selector 'state=stopped' | grep -q "$RUN_ID-zb " && fail "node.zone notin (b) selected $RUN_ID-zb"
+    expect_contains "$(cl list --all --selector 'node.zone notin (a,c)')" "$RUN_ID-zb"
+    expect_contains "$(expect_fail 2 cl list --selector 'node.zone in (a')" "the '(' here is not closed"
     local err; err=$(expect_fail 4 cl create "$RUN_ID-zx" --template busybox --constraint zone=x)
     expect_contains "$err" "no node fits: 3 constraint mismatch"
     err=$(expect_fail 4 cl create "$RUN_ID-big" --template busybox --memory 100T)
@@ -699,7 +710,7 @@ watch_copies() {
     echo $! >"$WORK/watch-$1.pid"
 }
 unwatch_copies() {
-    kill "$(cat "$WORK/watch-$1.pid")" 2>/dev/null; sleep 0.2
+    kill "$(cat "$WORK/watch-$1.pid")" 2>/dev/null; rm -f "$WORK/watch-$1.pid"; sleep 0.2
     local twice; twice=$(awk 'NF > 2' "$WORK/copies-$1.log" | head -3)
     [ -z "$twice" ] || fail "$1 ran on two nodes at once: $twice"
 }
@@ -890,16 +901,23 @@ t_ha_partitions_never_run_a_vps_twice() {
 # running on the replica's node; the old node deletes its copy once back.
 t_ha_fence_then_failover_after_a_cut() {
     ha_controller
-    local V=$RUN_ID-ha3 node target t0 fenced running
+    local V=$RUN_ID-ha3 node target t0 fenced running ip
     cl create "$V" --template busybox --layout pool --disk 128M --ip auto --node n2 --ha --replication-interval 10s >/dev/null
     cl start "$V" >/dev/null
     await_replicated "$V"
     target=$(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["node"])')
+    ip=$(cl status "$V" --json | field ips)
+    # The address as n2 routes and answers for it (proxy ARP on its uplink), before the fence.
+    ip -n "$RUN_ID-n2" route show | grep -qwF "$ip" || fail "n2 has no route to $ip before the cut"
+    ip -n "$RUN_ID-n2" neigh show proxy | grep -qwF "$ip" || fail "n2 answers no ARP for $ip before the cut"
     watch_copies "$V"
     t0=$(date +%s%3N)
     cut_node n2
     await_running_on "$V" "$target" 30 >/dev/null
     running=$(( $(date +%s%3N) - t0 ))
+    # Fenced and still cut off: n2 no longer routes nor answers for the address.
+    ip -n "$RUN_ID-n2" route show | grep -qwF "$ip" && fail "the fenced n2 still routes $ip"
+    ip -n "$RUN_ID-n2" neigh show proxy | grep -qwF "$ip" && fail "the fenced n2 still answers ARP for $ip"
     fenced=$(awk -v t0="$t0" '$1 >= t0 && NF == 1 {print $1 - t0; exit}' "$WORK/copies-$V.log")
     [ -n "$fenced" ] && [ "$fenced" -lt "$running" ] || fail "not fenced on n2 before it ran on $target (fenced at ${fenced:-never} ms, running at $running ms)"
     expect_contains "$(cl events)" "vps.failed-over"
@@ -1333,7 +1351,7 @@ run_test "a migration grant is single-use and only its source may use it; only t
 run_test "a migrating VPS refuses destroy, stop and set (busy); a VPS being stopped is not migrated" t_a_migrating_vps_is_busy
 run_test "snapshots and backups through the controller: restored on another node with its data; refusals create nothing" t_snapshots_and_backups_through_the_controller
 run_test "HA: a replica on another node holds the primary's data, its lag shown; --ha needs a pool disk; HA off drops the replica" t_ha_replicas_hold_the_primarys_data
-run_test "HA: a cut node's VPS is fenced there before it runs on its replica's node; the old copy is deleted when the link is back" t_ha_fence_then_failover_after_a_cut
+run_test "HA: a cut node's VPS is fenced there (its address withdrawn) before it runs on its replica's node; the old copy is deleted when the link is back" t_ha_fence_then_failover_after_a_cut
 run_test "HA: a migrated primary drops the replica on its new node and is protected again from there; destroy leaves no replica" t_ha_a_migrated_primary_is_protected_again
 run_test "HA: a replica node that fills up fails the round with the reason shown, keeps its last replica whole, and takes the next once there is room" t_ha_a_full_replica_target_keeps_its_last_replica
 run_test "HA: partitions of random length never run a VPS twice and lose no write acknowledged before the recovery point" t_ha_partitions_never_run_a_vps_twice

@@ -409,6 +409,10 @@ t_set_live() {
     fi
     expect_eq "$limit" $((300 * 1024 * 1024))
     expect_contains "$("$BERTH" list --selector tier=gold)" "$A"
+    expect_contains "$("$BERTH" list --selector 'tier in (gold,silver),state=running,!legacy')" "$A"
+    "$BERTH" list --all --selector 'tier notin (gold)' | grep -q "^$A " && fail "tier notin (gold) selected $A"
+    "$BERTH" list --all --selector "tier=gold,name!=$A" | grep -q "^$A " && fail "name!=$A selected $A"
+    expect_contains "$(expect_fail 2 "$BERTH" list --selector 'tier~gold')" "unknown operator '~' after key 'tier'"
     grep -q '"memoryBytes" : 314572800' "$WORK/data/vps/$A/config.json"
     "$BERTH" restart "$A" >/dev/null
     expect_eq "$("$BERTH" exec "$A" -- hostname)" renamed
