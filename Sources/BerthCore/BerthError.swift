@@ -16,6 +16,7 @@ public struct BerthError: Error, CustomStringConvertible, Sendable, Equatable {
         public static let permissionDenied = Code("permission-denied")
         public static let unauthenticated = Code("unauthenticated")
         public static let noCapacity = Code("no-capacity")
+        public static let quotaExceeded = Code("quota-exceeded")
         public static let unavailable = Code("unavailable")
         public static let deadlineExceeded = Code("deadline-exceeded")
         public static let cancelled = Code("cancelled")

@@ -18,3 +18,16 @@ public struct Commitment: Equatable, Sendable {
 
     public static func += (a: inout Commitment, b: Commitment) { a = a + b }
 }
+
+extension Commitment {
+    /// A number of CPUs in thousandths written as people write it: "2", "2.5", "0.125".
+    public static func cpusText(millis: UInt64) -> String {
+        var text = String(millis / 1000)
+        if millis % 1000 != 0 {
+            var fraction = String(millis % 1000 + 1000).dropFirst()
+            while fraction.last == "0" { fraction = fraction.dropLast() }
+            text += "." + fraction
+        }
+        return text
+    }
+}

@@ -63,6 +63,9 @@ struct ControllerCall: Sendable {
         case .ippoolAdd(let r): return ControllerCall("ippool add", .operate) { try await $0.ippoolAdd(r) }
         case .ippoolList: return ControllerCall("ippool list", .readCluster(hidden: "pools")) { try await $0.ippoolList() }
         case .ippoolRemove(let r): return ControllerCall("ippool remove", .operate) { try await $0.ippoolRemove(r.name) }
+        case .tenantSet(let r): return ControllerCall("tenant set", .admin) { try await $0.tenantSet(r) }
+        case .tenantShow(let r): return ControllerCall("tenant show", .read) { try await $0.tenantShow(r.name) }
+        case .tenantList: return ControllerCall("tenant list", .read) { try await $0.tenantList() }
         // Templates
         case .templateUpload(let r): return ControllerCall("template import", .operate) { try await $0.templateUpload(r) }
         case .templateExport: return ControllerCall("template export", .operate) { try await $0.templateExport() }

@@ -245,3 +245,29 @@ extension Berth_V1_DrainResult {
         }
     }
 }
+
+extension TenantQuota {
+    init(_ wire: Berth_V1_TenantQuota) {
+        self.init(
+            maxVPS: wire.hasMaxVps ? Int(wire.maxVps) : nil, maxMemoryBytes: wire.hasMaxMemoryBytes ? wire.maxMemoryBytes : nil,
+            maxCPUMillis: wire.hasMaxCpuMillis ? wire.maxCpuMillis : nil, maxDiskBytes: wire.hasMaxDiskBytes ? wire.maxDiskBytes : nil,
+            maxIPs: wire.hasMaxIps ? Int(wire.maxIps) : nil)
+    }
+}
+
+extension Berth_V1_TenantInfo {
+    init(_ info: TenantInfo) {
+        self.init()
+        name = info.name
+        if let value = info.quota.maxVPS { quota.maxVps = UInt32(clamping: value) }
+        if let value = info.quota.maxMemoryBytes { quota.maxMemoryBytes = value }
+        if let value = info.quota.maxCPUMillis { quota.maxCpuMillis = value }
+        if let value = info.quota.maxDiskBytes { quota.maxDiskBytes = value }
+        if let value = info.quota.maxIPs { quota.maxIps = UInt32(clamping: value) }
+        usage.vps = UInt32(clamping: info.usage.vps)
+        usage.memoryBytes = info.usage.memoryBytes
+        usage.cpuMillis = info.usage.cpuMillis
+        usage.diskBytes = info.usage.diskBytes
+        usage.ips = UInt32(clamping: info.usage.ips)
+    }
+}

@@ -76,6 +76,9 @@ extension SQLiteStore {
         migrator.registerMigration("v7 node lease epochs") { db in
             try db.execute(sql: "ALTER TABLE node ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 1")
         }
+        migrator.registerMigration("v8 tenant quotas") { db in
+            try db.execute(sql: "CREATE TABLE tenant (name TEXT PRIMARY KEY NOT NULL, quota BLOB NOT NULL)")
+        }
         return migrator
     }
 }

@@ -79,6 +79,27 @@ extension ServedCall {
         return response { $0.ok = Berth_V1_Empty() }
     }
 
+    // MARK: tenants' quotas
+
+    func tenantSet(_ r: Berth_V1_TenantSetRequest) async throws -> Berth_V1_Response {
+        let info = try service.vps.setQuota(of: r.name, TenantQuota(r.quota), clearing: r.clear)
+        return response { $0.tenant = Berth_V1_TenantInfo(info) }
+    }
+
+    /// A tenant sees only itself: another tenant's name answers not-found, as its VPSs do.
+    func tenantShow(_ name: String) async throws -> Berth_V1_Response {
+        guard caller.tenant.map({ $0 == name }) ?? true else {
+            throw WireError(.notFound, "tenant: no tenant named \(name)", field: "tenant")
+        }
+        let info = try service.vps.tenantInfo(name)
+        return response { $0.tenant = Berth_V1_TenantInfo(info) }
+    }
+
+    func tenantList() async throws -> Berth_V1_Response {
+        let infos = try service.vps.tenantInfos().filter { info in caller.tenant.map { $0 == info.name } ?? true }
+        return response { $0.tenants.tenants = infos.map(Berth_V1_TenantInfo.init) }
+    }
+
     // MARK: templates
 
     /// The tarball goes to each node as this call's upload, without the node list.

@@ -56,6 +56,11 @@ public protocol ClusterStore: Sendable {
     /// Returns `from`'s new epoch.
     func failOver(_ record: VPSRecord, from: String, event: String) throws -> UInt64
 
+    /// Tenants' quotas by tenant (`berth tenant set`); a tenant without one has no limits.
+    func tenantQuotas() throws -> [String: TenantQuota]
+    /// Sets a tenant's quota; an unlimited one removes it.
+    func saveTenantQuota(_ tenant: String, _ quota: TenantQuota) throws
+
     func saveDrain(_ drain: DrainRecord) throws
     func drain(_ node: String) throws -> DrainRecord?
     func drains() throws -> [DrainRecord]

@@ -11,6 +11,7 @@ final class VPSCalls: Sendable {
     let liveness: Liveness
     let links: AgentLinks
     let ledger: PlacementLedger
+    let quotas: TenantQuotas
     let heartbeats: Heartbeats
     let logger: Logger
     /// VPSs a long call is working on (a create on its way to a node, a migration), with what it
@@ -22,6 +23,7 @@ final class VPSCalls: Sendable {
         self.liveness = liveness
         self.links = links
         self.ledger = ledger
+        quotas = TenantQuotas(store: store)
         self.heartbeats = heartbeats
         self.logger = logger
     }
@@ -125,11 +127,14 @@ final class VPSCalls: Sendable {
         spec.ips = explicit
         let owner = caller.tenant ?? ""
 
-        let (node, allocated) = try ledger.place(spec.name, spec.placementRequest, pinnedTo: spec.pinnedNode.isEmpty ? nil : spec.pinnedNode) { node in
-            try store.reserveVPS(
-                VPSRecord(name: spec.name, node: node, tenant: owner, spec: spec, status: Self.creatingStatus(spec, on: node), phase: .creating),
-                autoAddresses: automatic)
-        }
+        let adding = TenantUsage(vpsCommitting: spec.cost, ips: explicit.count + automatic.reduce(0) { $0 + $1.count })
+        let (node, allocated) = try quotas.withinQuota(owner, adding: adding) {
+            try ledger.place(spec.name, spec.placementRequest, pinnedTo: spec.pinnedNode.isEmpty ? nil : spec.pinnedNode) { node in
+                try store.reserveVPS(
+                    VPSRecord(name: spec.name, node: node, tenant: owner, spec: spec, status: Self.creatingStatus(spec, on: node), phase: .creating),
+                    autoAddresses: automatic)
+            }
+        }.result
         spec.ips = explicit + allocated
         let record = VPSRecord(name: spec.name, node: node, tenant: owner, spec: spec, status: Self.creatingStatus(spec, on: node), phase: .creating)
         logger.info("placing VPS", metadata: ["vps": "\(record.name)", "node": "\(record.node)", "by": "\(caller.name)"])
@@ -244,14 +249,20 @@ final class VPSCalls: Sendable {
         // Bad limits are refused here, before anything is reserved; the node checks them again
         // against its own CPUs.
         let wanted = try record.spec.limits.merging(update, onlineCPUs: nil)
-        let resize = try ledger.reserveResize(record.placed, to: PlacementRequest(wanted.commitment))
-        let reserved: [String]
-        do {
-            reserved = try store.reserveAddresses(added, for: name)
-        } catch {
-            if let resize { ledger.release(resize) }
-            throw error
+        let ownAddresses = Set(record.spec.ips.compactMap(IPPoolMath.canonical))
+        let growth = TenantUsage.growth(
+            from: TenantUsage(vpsCommitting: record.spec.cost, ips: record.spec.ips.count),
+            to: TenantUsage(vpsCommitting: PlacementRequest(wanted.commitment), ips: record.spec.ips.count + Set(added).subtracting(ownAddresses).count))
+        let ((resize, reserved), quotaHold) = try quotas.withinQuota(record.tenant, adding: growth, hold: true) {
+            let resize = try ledger.reserveResize(record.placed, to: PlacementRequest(wanted.commitment))
+            do {
+                return (resize, try store.reserveAddresses(added, for: name))
+            } catch {
+                if let resize { ledger.release(resize) }
+                throw error
+            }
         }
+        defer { quotas.release(quotaHold) }
         let answer: Answer
         let status: VPSStatusRecord
         do {

@@ -24,7 +24,7 @@ extension BerthError {
         switch code {
         case .invalidArgument: return 2
         case .notFound: return 3
-        case .alreadyExists, .conflict, .noCapacity: return 4
+        case .alreadyExists, .conflict, .noCapacity, .quotaExceeded: return 4
         case .unavailable, .incompatibleVersion, .permissionDenied, .unauthenticated, .tooManyConnections: return 5
         case .kernel: return 6
         case .deadlineExceeded: return 7

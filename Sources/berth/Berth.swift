@@ -44,7 +44,7 @@ struct Berth: AsyncParsableCommand {
             TemplateCommand.self, Create.self, Start.self, Stop.self, Restart.self, Destroy.self,
             Status.self, List.self, Stats.self, NodeCommand.self, Exec.self, Enter.self, Console.self, SetCommand.self,
             CACommand.self, IPPoolCommand.self, Events.self, OperationCommand.self, Migrate.self, SnapshotCommand.self,
-            BackupCommand.self, RestoreCommand.self,
+            BackupCommand.self, RestoreCommand.self, TenantCommand.self,
         ])
 
     /// The connection flags may also come before the command (`berth --controller H:P list`, as

@@ -26,6 +26,7 @@ import Wire
         (.nodeCordon(name), operators), (.nodeUncordon(name), operators), (.ippoolAdd(.init()), operators),
         (.ippoolRemove(name), operators), (.templateUpload(.init()), operators), (.templateExport(.init()), operators),
         (.nodeJoinToken(.init()), [.admin]), (.rotate(.init()), [.admin]), (.revoke(.init()), [.admin]),
+        (.tenantSet(.init()), [.admin]), (.tenantShow(name), readers), (.tenantList(.init()), readers),
         (.heartbeat(.init()), [.node]), (.renew(.init()), [.node]),
         // Enrolment needs no role; per-node calls are refused as invalid by their handler, for everyone.
         (.enroll(.init()), everyone), (.templateList(.init()), everyone), (.templateBuild(.init()), everyone),

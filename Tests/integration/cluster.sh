@@ -1175,6 +1175,43 @@ t_roles_and_tenants() {
     as "$WORK/acme" destroy "$RUN_ID-acme1" >/dev/null
 }
 
+# Tenant quotas: creates past a quota are refused naming the resource, the quota and the usage,
+# also when 20 arrive at once (exactly max-vps pass); a resize past max-memory is refused with
+# nothing changed; a tenant sees its own quota only and cannot raise it; lifting a limit lets
+# the next create through.
+t_tenant_quotas() {
+    "$BERTH" ca issue --dir "$WORK/ca" --role tenant:initech --name peter --out "$WORK/initech" >/dev/null
+    "$BERTH" ca issue --dir "$WORK/ca" --role tenant:umbrella --name ada --out "$WORK/umbrella" >/dev/null
+    local out err k names first
+    out=$(cl tenant set initech --max-vps 5 --max-memory 2G --max-ips 10) || fail "tenant set: $out"
+    expect_contains "$out" "tenant initech"
+    expect_contains "$(expect_fail 5 as "$WORK/initech" tenant set initech --max-vps 50)" "may not"
+    expect_contains "$(expect_fail 2 cl tenant set initech --max-cpus lots)" "max-cpus"
+    expect_contains "$(expect_fail 2 cl tenant set initech)" "at least one"
+    for k in $(seq 20); do
+        as "$WORK/initech" create "$RUN_ID-q$k" --template busybox --disk 64M --memory 128M >/dev/null 2>"$WORK/q$k.err" &
+    done
+    wait
+    names=$(as "$WORK/initech" list --all --json | /usr/bin/python3 -c 'import json,sys; print(" ".join(sorted(v["name"] for v in json.load(sys.stdin))))')
+    expect_eq "$(wc -w <<<"$names")" 5 "created: $names"
+    expect_eq "$(grep -l "max-vps: tenant initech would exceed its VPS quota of 5: 1 more asked, 5 in use" "$WORK"/q*.err | wc -l)" 15
+    first=${names%% *}
+    err=$(expect_fail 4 as "$WORK/initech" set "$first" --memory 1800M)
+    expect_contains "$err" "max-memory: tenant initech would exceed its memory quota of 2G"
+    expect_eq "$(cl status "$first" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["limits"]["memory_bytes"])')" $((128 << 20))
+    out=$(as "$WORK/initech" tenant show initech)
+    expect_contains "$out" "vps"
+    [[ "$out" == *"5"*"of"*"5"* ]] || fail "tenant show: $out"
+    expect_fail 3 as "$WORK/umbrella" tenant show initech >/dev/null
+    as "$WORK/umbrella" tenant list | grep -q initech && fail "tenant umbrella sees initech"
+    cl tenant list | grep -q "^initech " || fail "the admin's tenant list lacks initech: $(cl tenant list)"
+    expect_eq "$(cl tenant show initech --json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["usage"]["vps"], d["quota"]["max_vps"])')" "5 5"
+    cl tenant set initech --max-vps none >/dev/null
+    as "$WORK/initech" create "$RUN_ID-q21" --template busybox --disk 64M --memory 128M >/dev/null || fail "a create after max-vps none was refused"
+    for k in $names "$RUN_ID-q21"; do as "$WORK/initech" destroy "$k" >/dev/null; done
+    expect_eq "$(cl tenant show initech --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["usage"]["vps"])')" 0
+}
+
 t_revocation_closes_open_sessions() {
     local serial; serial=$("$BERTH" ca issue --dir "$WORK/ca" --role viewer --name revokee --out "$WORK/revokee" | sed -n 's/.* serial \([0-9a-f]*\) .*/\1/p')
     [ -n "$serial" ] || fail "ca issue printed no serial"
@@ -1360,6 +1397,7 @@ run_test "HA: a controller that sees no majority of the nodes fails over nothing
 run_test "HA: 60 s of fsync-heavy disk I/O beside the controller's database marks no node down" t_ha_no_false_down_under_disk_io
 run_test "mTLS battery T01-T03, T06, T07: no cert, foreign CA, expired/future, hostname mismatch, TLS <= 1.2" t_mtls_battery
 run_test "roles and tenants (T05): viewers read only, tenants see only their own, nodes are not operators" t_roles_and_tenants
+run_test "tenant quotas: creates past a quota refused (20 at once: exactly 5 pass), a resize too; tenants see their own only" t_tenant_quotas
 run_test "revocation (T04) closes open sessions and refuses new ones" t_revocation_closes_open_sessions
 run_test "templates: one upload to the controller reaches every node (or the --node ones); bad input refused" t_templates_are_distributed
 run_test "certificate rotation: controller and node get new certificates; a stream across it survives" t_certificates_rotate_without_downtime
