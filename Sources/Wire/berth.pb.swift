@@ -1877,6 +1877,33 @@ public nonisolated struct Berth_V1_Request: Sendable {
     set {call = .replicaPromote(newValue)}
   }
 
+  /// tenants' quotas (Docs/cluster.md "Tenant quotas")
+  public var tenantSet: Berth_V1_TenantSetRequest {
+    get {
+      if case .tenantSet(let v)? = call {return v}
+      return Berth_V1_TenantSetRequest()
+    }
+    set {call = .tenantSet(newValue)}
+  }
+
+  /// a tenant: its own only
+  public var tenantShow: Berth_V1_NameRequest {
+    get {
+      if case .tenantShow(let v)? = call {return v}
+      return Berth_V1_NameRequest()
+    }
+    set {call = .tenantShow(newValue)}
+  }
+
+  /// a tenant: itself only
+  public var tenantList: Berth_V1_Empty {
+    get {
+      if case .tenantList(let v)? = call {return v}
+      return Berth_V1_Empty()
+    }
+    set {call = .tenantList(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Call: Equatable, Sendable {
@@ -1942,8 +1969,170 @@ public nonisolated struct Berth_V1_Request: Sendable {
     case replicaReceive(Berth_V1_ReplicaReceiveRequest)
     /// controller -> replica agent
     case replicaPromote(Berth_V1_ReplicaPromoteRequest)
+    /// tenants' quotas (Docs/cluster.md "Tenant quotas")
+    case tenantSet(Berth_V1_TenantSetRequest)
+    /// a tenant: its own only
+    case tenantShow(Berth_V1_NameRequest)
+    /// a tenant: itself only
+    case tenantList(Berth_V1_Empty)
 
   }
+
+  public init() {}
+}
+
+/// What a tenant's VPSs may commit across the cluster; an absent field is no limit.
+public nonisolated struct Berth_V1_TenantQuota: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var maxVps: UInt32 {
+    get {_maxVps ?? 0}
+    set {_maxVps = newValue}
+  }
+  /// Returns true if `maxVps` has been explicitly set.
+  public var hasMaxVps: Bool {self._maxVps != nil}
+  /// Clears the value of `maxVps`. Subsequent reads from it will return its default value.
+  public mutating func clearMaxVps() {self._maxVps = nil}
+
+  public var maxMemoryBytes: UInt64 {
+    get {_maxMemoryBytes ?? 0}
+    set {_maxMemoryBytes = newValue}
+  }
+  /// Returns true if `maxMemoryBytes` has been explicitly set.
+  public var hasMaxMemoryBytes: Bool {self._maxMemoryBytes != nil}
+  /// Clears the value of `maxMemoryBytes`. Subsequent reads from it will return its default value.
+  public mutating func clearMaxMemoryBytes() {self._maxMemoryBytes = nil}
+
+  /// thousandths of a CPU
+  public var maxCpuMillis: UInt64 {
+    get {_maxCpuMillis ?? 0}
+    set {_maxCpuMillis = newValue}
+  }
+  /// Returns true if `maxCpuMillis` has been explicitly set.
+  public var hasMaxCpuMillis: Bool {self._maxCpuMillis != nil}
+  /// Clears the value of `maxCpuMillis`. Subsequent reads from it will return its default value.
+  public mutating func clearMaxCpuMillis() {self._maxCpuMillis = nil}
+
+  public var maxDiskBytes: UInt64 {
+    get {_maxDiskBytes ?? 0}
+    set {_maxDiskBytes = newValue}
+  }
+  /// Returns true if `maxDiskBytes` has been explicitly set.
+  public var hasMaxDiskBytes: Bool {self._maxDiskBytes != nil}
+  /// Clears the value of `maxDiskBytes`. Subsequent reads from it will return its default value.
+  public mutating func clearMaxDiskBytes() {self._maxDiskBytes = nil}
+
+  public var maxIps: UInt32 {
+    get {_maxIps ?? 0}
+    set {_maxIps = newValue}
+  }
+  /// Returns true if `maxIps` has been explicitly set.
+  public var hasMaxIps: Bool {self._maxIps != nil}
+  /// Clears the value of `maxIps`. Subsequent reads from it will return its default value.
+  public mutating func clearMaxIps() {self._maxIps = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _maxVps: UInt32? = nil
+  fileprivate var _maxMemoryBytes: UInt64? = nil
+  fileprivate var _maxCpuMillis: UInt64? = nil
+  fileprivate var _maxDiskBytes: UInt64? = nil
+  fileprivate var _maxIps: UInt32? = nil
+}
+
+/// `berth tenant set NAME --max-… VALUE|none`: the limits given are set, those in `clear`
+/// removed ("max-vps", "max-memory", "max-cpus", "max-disk", "max-ips"), the others kept.
+public nonisolated struct Berth_V1_TenantSetRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var quota: Berth_V1_TenantQuota {
+    get {_quota ?? Berth_V1_TenantQuota()}
+    set {_quota = newValue}
+  }
+  /// Returns true if `quota` has been explicitly set.
+  public var hasQuota: Bool {self._quota != nil}
+  /// Clears the value of `quota`. Subsequent reads from it will return its default value.
+  public mutating func clearQuota() {self._quota = nil}
+
+  public var clear: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _quota: Berth_V1_TenantQuota? = nil
+}
+
+public nonisolated struct Berth_V1_TenantUsage: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var vps: UInt32 = 0
+
+  public var memoryBytes: UInt64 = 0
+
+  public var cpuMillis: UInt64 = 0
+
+  public var diskBytes: UInt64 = 0
+
+  public var ips: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Berth_V1_TenantInfo: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var quota: Berth_V1_TenantQuota {
+    get {_quota ?? Berth_V1_TenantQuota()}
+    set {_quota = newValue}
+  }
+  /// Returns true if `quota` has been explicitly set.
+  public var hasQuota: Bool {self._quota != nil}
+  /// Clears the value of `quota`. Subsequent reads from it will return its default value.
+  public mutating func clearQuota() {self._quota = nil}
+
+  /// what its VPSs commit now (creating ones and changes under way included)
+  public var usage: Berth_V1_TenantUsage {
+    get {_usage ?? Berth_V1_TenantUsage()}
+    set {_usage = newValue}
+  }
+  /// Returns true if `usage` has been explicitly set.
+  public var hasUsage: Bool {self._usage != nil}
+  /// Clears the value of `usage`. Subsequent reads from it will return its default value.
+  public mutating func clearUsage() {self._usage = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _quota: Berth_V1_TenantQuota? = nil
+  fileprivate var _usage: Berth_V1_TenantUsage? = nil
+}
+
+public nonisolated struct Berth_V1_TenantList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tenants: [Berth_V1_TenantInfo] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -2565,6 +2754,22 @@ public nonisolated struct Berth_V1_Response: @unchecked Sendable {
     set {_uniqueStorage()._result = .backup(newValue)}
   }
 
+  public var tenant: Berth_V1_TenantInfo {
+    get {
+      if case .tenant(let v)? = _storage._result {return v}
+      return Berth_V1_TenantInfo()
+    }
+    set {_uniqueStorage()._result = .tenant(newValue)}
+  }
+
+  public var tenants: Berth_V1_TenantList {
+    get {
+      if case .tenants(let v)? = _storage._result {return v}
+      return Berth_V1_TenantList()
+    }
+    set {_uniqueStorage()._result = .tenants(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -2593,6 +2798,8 @@ public nonisolated struct Berth_V1_Response: @unchecked Sendable {
     case snapshot(Berth_V1_SnapshotInfo)
     case snapshots(Berth_V1_SnapshotList)
     case backup(Berth_V1_BackupResult)
+    case tenant(Berth_V1_TenantInfo)
+    case tenants(Berth_V1_TenantList)
 
   }
 
@@ -5358,7 +5565,7 @@ nonisolated extension Berth_V1_OperationList: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{3}lease_epoch\0\u{2}\u{7}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0\u{3}template_export\0\u{1}migrate\0\u{3}migration_expect\0\u{3}migration_send\0\u{3}migration_receive\0\u{3}migration_abort\0\u{3}node_drain\0\u{3}node_restore\0\u{3}snapshot_create\0\u{3}snapshot_list\0\u{3}snapshot_rollback\0\u{3}snapshot_delete\0\u{1}backup\0\u{1}restore\0\u{3}replicate_set\0\u{3}replica_expect\0\u{3}replica_receive\0\u{3}replica_promote\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}deadline_ms\0\u{3}operation_id\0\u{3}lease_epoch\0\u{2}\u{7}create\0\u{1}start\0\u{1}stop\0\u{1}restart\0\u{1}destroy\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}console\0\u{3}template_build\0\u{3}template_import\0\u{3}template_remove\0\u{3}template_list\0\u{1}stats\0\u{3}node_info\0\u{3}node_join_token\0\u{1}enroll\0\u{1}heartbeat\0\u{3}node_list\0\u{3}node_show\0\u{3}node_cordon\0\u{3}node_uncordon\0\u{3}ippool_add\0\u{3}ippool_list\0\u{3}ippool_remove\0\u{1}revoke\0\u{1}events\0\u{3}operation_show\0\u{3}operation_list\0\u{3}template_upload\0\u{1}renew\0\u{1}rotate\0\u{3}template_export\0\u{1}migrate\0\u{3}migration_expect\0\u{3}migration_send\0\u{3}migration_receive\0\u{3}migration_abort\0\u{3}node_drain\0\u{3}node_restore\0\u{3}snapshot_create\0\u{3}snapshot_list\0\u{3}snapshot_rollback\0\u{3}snapshot_delete\0\u{1}backup\0\u{1}restore\0\u{3}replicate_set\0\u{3}replica_expect\0\u{3}replica_receive\0\u{3}replica_promote\0\u{3}tenant_set\0\u{3}tenant_show\0\u{3}tenant_list\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -6032,6 +6239,45 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.call = .replicaPromote(v)
         }
       }()
+      case 61: try {
+        var v: Berth_V1_TenantSetRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .tenantSet(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .tenantSet(v)
+        }
+      }()
+      case 62: try {
+        var v: Berth_V1_NameRequest?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .tenantShow(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .tenantShow(v)
+        }
+      }()
+      case 63: try {
+        var v: Berth_V1_Empty?
+        var hadOneofValue = false
+        if let current = self.call {
+          hadOneofValue = true
+          if case .tenantList(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.call = .tenantList(v)
+        }
+      }()
       default: break
       }
     }
@@ -6256,6 +6502,18 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
       guard case .replicaPromote(let v)? = self.call else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 60)
     }()
+    case .tenantSet?: try {
+      guard case .tenantSet(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 61)
+    }()
+    case .tenantShow?: try {
+      guard case .tenantShow(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 62)
+    }()
+    case .tenantList?: try {
+      guard case .tenantList(let v)? = self.call else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 63)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -6266,6 +6524,228 @@ nonisolated extension Berth_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.operationID != rhs.operationID {return false}
     if lhs.leaseEpoch != rhs.leaseEpoch {return false}
     if lhs.call != rhs.call {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_TenantQuota: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TenantQuota"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}max_vps\0\u{3}max_memory_bytes\0\u{3}max_cpu_millis\0\u{3}max_disk_bytes\0\u{3}max_ips\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self._maxVps) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self._maxMemoryBytes) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self._maxCpuMillis) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self._maxDiskBytes) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self._maxIps) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._maxVps {
+      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._maxMemoryBytes {
+      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._maxCpuMillis {
+      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 3)
+    } }()
+    try { if let v = self._maxDiskBytes {
+      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 4)
+    } }()
+    try { if let v = self._maxIps {
+      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 5)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_TenantQuota, rhs: Berth_V1_TenantQuota) -> Bool {
+    if lhs._maxVps != rhs._maxVps {return false}
+    if lhs._maxMemoryBytes != rhs._maxMemoryBytes {return false}
+    if lhs._maxCpuMillis != rhs._maxCpuMillis {return false}
+    if lhs._maxDiskBytes != rhs._maxDiskBytes {return false}
+    if lhs._maxIps != rhs._maxIps {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_TenantSetRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TenantSetRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}quota\0\u{1}clear\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._quota) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.clear) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try { if let v = self._quota {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if !self.clear.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.clear, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_TenantSetRequest, rhs: Berth_V1_TenantSetRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs._quota != rhs._quota {return false}
+    if lhs.clear != rhs.clear {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_TenantUsage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TenantUsage"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vps\0\u{3}memory_bytes\0\u{3}cpu_millis\0\u{3}disk_bytes\0\u{1}ips\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.vps) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.memoryBytes) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.cpuMillis) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.diskBytes) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.ips) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.vps != 0 {
+      try visitor.visitSingularUInt32Field(value: self.vps, fieldNumber: 1)
+    }
+    if self.memoryBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.memoryBytes, fieldNumber: 2)
+    }
+    if self.cpuMillis != 0 {
+      try visitor.visitSingularUInt64Field(value: self.cpuMillis, fieldNumber: 3)
+    }
+    if self.diskBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.diskBytes, fieldNumber: 4)
+    }
+    if self.ips != 0 {
+      try visitor.visitSingularUInt32Field(value: self.ips, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_TenantUsage, rhs: Berth_V1_TenantUsage) -> Bool {
+    if lhs.vps != rhs.vps {return false}
+    if lhs.memoryBytes != rhs.memoryBytes {return false}
+    if lhs.cpuMillis != rhs.cpuMillis {return false}
+    if lhs.diskBytes != rhs.diskBytes {return false}
+    if lhs.ips != rhs.ips {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_TenantInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TenantInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}quota\0\u{1}usage\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._quota) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._usage) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try { if let v = self._quota {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._usage {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_TenantInfo, rhs: Berth_V1_TenantInfo) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs._quota != rhs._quota {return false}
+    if lhs._usage != rhs._usage {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Berth_V1_TenantList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TenantList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenants\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.tenants) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.tenants.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.tenants, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Berth_V1_TenantList, rhs: Berth_V1_TenantList) -> Bool {
+    if lhs.tenants != rhs.tenants {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -7122,7 +7602,7 @@ nonisolated extension Berth_V1_MigrationReceiveRequest: SwiftProtobuf.Message, S
 
 nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0\u{1}operation\0\u{1}operations\0\u{3}template_upload\0\u{1}rotated\0\u{1}drain\0\u{1}snapshot\0\u{1}snapshots\0\u{1}backup\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{a}ok\0\u{1}status\0\u{1}list\0\u{1}set\0\u{1}exec\0\u{1}template\0\u{1}templates\0\u{1}stats\0\u{1}node\0\u{3}join_token\0\u{1}enrolled\0\u{1}heartbeat\0\u{1}nodes\0\u{3}cluster_node\0\u{1}ippools\0\u{1}ippool\0\u{1}events\0\u{1}operation\0\u{1}operations\0\u{3}template_upload\0\u{1}rotated\0\u{1}drain\0\u{1}snapshot\0\u{1}snapshots\0\u{1}backup\0\u{1}tenant\0\u{1}tenants\0")
 
   fileprivate class _StorageClass {
     var _result: Berth_V1_Response.OneOf_Result?
@@ -7480,6 +7960,32 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
             _storage._result = .backup(v)
           }
         }()
+        case 35: try {
+          var v: Berth_V1_TenantInfo?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .tenant(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .tenant(v)
+          }
+        }()
+        case 36: try {
+          var v: Berth_V1_TenantList?
+          var hadOneofValue = false
+          if let current = _storage._result {
+            hadOneofValue = true
+            if case .tenants(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._result = .tenants(v)
+          }
+        }()
         default: break
         }
       }
@@ -7592,6 +8098,14 @@ nonisolated extension Berth_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._M
       case .backup?: try {
         guard case .backup(let v)? = _storage._result else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 34)
+      }()
+      case .tenant?: try {
+        guard case .tenant(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
+      }()
+      case .tenants?: try {
+        guard case .tenants(let v)? = _storage._result else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
       }()
       case nil: break
       }

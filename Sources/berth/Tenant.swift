@@ -23,16 +23,17 @@ struct TenantCommand: AsyncParsableCommand {
             requireCluster(connection, "tenant set")
             var quota = Berth_V1_TenantQuota()
             var clear: [String] = []
+            /// A limit's value, or nil when not given or `none` (then cleared).
+            func given(_ value: String?, _ field: String) -> String? {
+                if value == "none" { clear.append(field) }
+                return value == "none" ? nil : value
+            }
             do {
-                func limit(_ value: String?, _ field: String, _ set: (String) throws(BerthError) -> Void) throws(BerthError) {
-                    guard let value else { return }
-                    if value == "none" { clear.append(field) } else { try set(value) }
-                }
-                try limit(maxVPS, "max-vps") { quota.maxVps = try Self.count($0, field: "max-vps") }
-                try limit(maxMemory, "max-memory") { quota.maxMemoryBytes = try ByteSize.parse($0, field: "max-memory", allowZero: true) }
-                try limit(maxCPUs, "max-cpus") { quota.maxCpuMillis = try Self.cpuMillis($0) }
-                try limit(maxDisk, "max-disk") { quota.maxDiskBytes = try ByteSize.parse($0, field: "max-disk", allowZero: true) }
-                try limit(maxIPs, "max-ips") { quota.maxIps = try Self.count($0, field: "max-ips") }
+                if let value = given(maxVPS, "max-vps") { quota.maxVps = try Self.count(value, field: "max-vps") }
+                if let value = given(maxMemory, "max-memory") { quota.maxMemoryBytes = try ByteSize.parse(value, field: "max-memory", allowZero: true) }
+                if let value = given(maxCPUs, "max-cpus") { quota.maxCpuMillis = try Self.cpuMillis(value) }
+                if let value = given(maxDisk, "max-disk") { quota.maxDiskBytes = try ByteSize.parse(value, field: "max-disk", allowZero: true) }
+                if let value = given(maxIPs, "max-ips") { quota.maxIps = try Self.count(value, field: "max-ips") }
             } catch {
                 fail(error)
             }
