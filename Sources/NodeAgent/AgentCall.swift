@@ -148,7 +148,8 @@ struct AgentCall: Sendable {
         case .replicaPromote(let r):
             return answer("replica_promote") { s, _, out in out.status = try await s.replicaPromote(r) }
         case .nodeJoinToken, .enroll, .heartbeat, .nodeList, .nodeShow, .nodeCordon, .nodeUncordon,
-            .ippoolAdd, .ippoolList, .ippoolRemove, .tenantSet, .tenantShow, .tenantList, .revoke, .events, .operationShow, .operationList, .renew, .rotate, .migrate, .nodeDrain, .nodeRestore:
+            .ippoolAdd, .ippoolList, .ippoolRemove, .tenantSet, .tenantShow, .tenantList, .revoke, .events, .operationShow, .operationList, .renew, .rotate,
+            .migrate, .nodeDrain, .nodeRestore:
             return AgentCall("cluster") { _, _ in
                 throw AgentError(.invalidArgument, "this is a node agent: cluster calls go to the controller (berth --controller HOST:PORT)")
             }
