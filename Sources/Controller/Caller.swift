@@ -17,8 +17,11 @@ struct Caller: Sendable {
     /// tenant, others' VPSs do not.
     func sees(vpsOf owner: String) -> Bool { tenant.map { $0 == owner } ?? true }
 
-    /// "ROLE/NAME": who started an operation; only the same certificate holder re-attaches to it.
-    var operationOwner: String { identity.map { $0.role.description + "/" + $0.name } ?? "" }
+    /// "ROLE/NAME": who made a call, in events; "" without a certificate.
+    var actor: String { identity.map { $0.role.description + "/" + $0.name } ?? "" }
+
+    /// Who started an operation; only the same certificate holder re-attaches to it.
+    var operationOwner: String { actor }
 
     /// Tenants read their own operations only.
     func mayRead(operationOf owner: String) -> Bool {

@@ -10,12 +10,22 @@ struct ControllerCall: Sendable {
     let access: Authorisation.Access
     /// The VPS a mutating call acts on: such calls run as operations (`OperationJournal`).
     let operationSubject: String?
+    /// The event a call that succeeded leaves in the log, with its caller as the actor (calls
+    /// whose handlers say more, such as create, destroy and migrate, write their own).
+    let event: Event?
     let handler: Handler
 
-    init(_ name: String, _ access: Authorisation.Access, operationOn subject: String? = nil, _ handler: @escaping Handler) {
+    struct Event: Sendable {
+        let kind: String
+        let subject: String
+        var message = ""
+    }
+
+    init(_ name: String, _ access: Authorisation.Access, operationOn subject: String? = nil, event: Event? = nil, _ handler: @escaping Handler) {
         self.name = name
         self.access = access
         operationSubject = subject
+        self.event = event
         self.handler = handler
     }
 
@@ -28,25 +38,41 @@ struct ControllerCall: Sendable {
         switch call {
         // VPSs
         case .create(let r): return ControllerCall("create", .writeVPS, operationOn: r.name) { try await $0.create(r) }
-        case .start(let r): return ControllerCall("start", .writeVPS, operationOn: r.name) { try await $0.relay(r.name, exclusive: true) }
-        case .restart(let r): return ControllerCall("restart", .writeVPS, operationOn: r.name) { try await $0.relay(r.name, exclusive: true) }
-        case .stop(let r): return ControllerCall("stop", .writeVPS, operationOn: r.name) { try await $0.relay(r.name, exclusive: true) }
+        case .start(let r):
+            return ControllerCall("start", .writeVPS, operationOn: r.name, event: Event(kind: "vps.started", subject: r.name)) {
+                try await $0.relay(r.name, exclusive: true)
+            }
+        case .restart(let r):
+            return ControllerCall("restart", .writeVPS, operationOn: r.name, event: Event(kind: "vps.restarted", subject: r.name)) {
+                try await $0.relay(r.name, exclusive: true)
+            }
+        case .stop(let r):
+            return ControllerCall("stop", .writeVPS, operationOn: r.name, event: Event(kind: "vps.stopped", subject: r.name)) {
+                try await $0.relay(r.name, exclusive: true)
+            }
         case .destroy(let r): return ControllerCall("destroy", .writeVPS, operationOn: r.name) { try await $0.destroy(r.name) }
-        case .set(let r): return ControllerCall("set", .writeVPS) { try await $0.set(r) }
+        case .set(let r): return ControllerCall("set", .writeVPS, event: Event(kind: "vps.set", subject: r.name)) { try await $0.set(r) }
         case .migrate(let r): return ControllerCall("migrate", .operate, operationOn: r.name) { try await $0.migrate(r) }
-        case .exec(let r): return ControllerCall("exec", .writeVPS) { try await $0.relay(r.name) }
-        case .console(let r): return ControllerCall("console", .writeVPS) { try await $0.relay(r.name) }
+        case .exec(let r): return ControllerCall("exec", .writeVPS, event: Event(kind: "vps.exec", subject: r.name)) { try await $0.relay(r.name) }
+        case .console(let r): return ControllerCall("console", .writeVPS, event: Event(kind: "vps.console", subject: r.name)) { try await $0.relay(r.name) }
         case .status(let r): return ControllerCall("status", .read) { try await $0.status(r.name) }
         case .stats(let r): return ControllerCall("stats", .read) { try await $0.stats(r.name) }
         // Snapshots and backups (Docs/backup.md)
         case .snapshotCreate(let r):
-            return ControllerCall("snapshot create", .writeVPS, operationOn: r.name) { try await $0.relay(r.name, exclusive: true) }
+            return ControllerCall(
+                "snapshot create", .writeVPS, operationOn: r.name, event: Event(kind: "vps.snapshot-created", subject: r.name, message: r.snapshot)
+            ) { try await $0.relay(r.name, exclusive: true) }
         case .snapshotRollback(let r):
-            return ControllerCall("snapshot rollback", .writeVPS, operationOn: r.name) { try await $0.relay(r.name, exclusive: true) }
+            return ControllerCall(
+                "snapshot rollback", .writeVPS, operationOn: r.name, event: Event(kind: "vps.rolled-back", subject: r.name, message: r.snapshot)
+            ) { try await $0.relay(r.name, exclusive: true) }
         case .snapshotDelete(let r):
-            return ControllerCall("snapshot delete", .writeVPS, operationOn: r.name) { try await $0.relay(r.name, exclusive: true) }
+            return ControllerCall(
+                "snapshot delete", .writeVPS, operationOn: r.name, event: Event(kind: "vps.snapshot-deleted", subject: r.name, message: r.snapshot)
+            ) { try await $0.relay(r.name, exclusive: true) }
         case .snapshotList(let r): return ControllerCall("snapshot list", .read) { try await $0.stats(r.name) }
-        case .backup(let r): return ControllerCall("backup", .writeVPS) { try await $0.relay(r.name, exclusive: true) }
+        case .backup(let r):
+            return ControllerCall("backup", .writeVPS, event: Event(kind: "vps.backed-up", subject: r.name)) { try await $0.relay(r.name, exclusive: true) }
         case .restore(let r): return ControllerCall("restore", .writeVPS, operationOn: r.restoredName) { try await $0.restore(r) }
         case .list(let r): return ControllerCall("list", .read) { try await $0.list(r) }
         // Operations and events
@@ -60,9 +86,11 @@ struct ControllerCall: Sendable {
         case .nodeUncordon(let r): return ControllerCall("node uncordon", .operate) { try await $0.cordon(r.name, false) }
         case .nodeDrain(let r): return ControllerCall("node drain", .operate, operationOn: r.node) { try await $0.drain(r) }
         case .nodeRestore(let r): return ControllerCall("node restore", .operate, operationOn: r.node) { try await $0.restore(r) }
-        case .ippoolAdd(let r): return ControllerCall("ippool add", .operate) { try await $0.ippoolAdd(r) }
+        case .ippoolAdd(let r):
+            return ControllerCall("ippool add", .operate, event: Event(kind: "ippool.added", subject: r.name, message: r.cidr)) { try await $0.ippoolAdd(r) }
         case .ippoolList: return ControllerCall("ippool list", .readCluster(hidden: "pools")) { try await $0.ippoolList() }
-        case .ippoolRemove(let r): return ControllerCall("ippool remove", .operate) { try await $0.ippoolRemove(r.name) }
+        case .ippoolRemove(let r):
+            return ControllerCall("ippool remove", .operate, event: Event(kind: "ippool.removed", subject: r.name)) { try await $0.ippoolRemove(r.name) }
         case .tenantSet(let r): return ControllerCall("tenant set", .admin) { try await $0.tenantSet(r) }
         case .tenantShow(let r): return ControllerCall("tenant show", .read) { try await $0.tenantShow(r.name) }
         case .tenantList: return ControllerCall("tenant list", .read) { try await $0.tenantList() }

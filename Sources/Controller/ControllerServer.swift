@@ -66,7 +66,11 @@ public final class ControllerServer: Service, Sendable {
         service.resumeDrains()
         let settler = Task { await service.settleMigrations() }
         let failover = Task { await service.watchFailover() }
-        defer { failover.cancel() }
+        let pruner = Task { await service.pruneEvents() }
+        defer {
+            failover.cancel()
+            pruner.cancel()
+        }
         await withGracefulShutdownHandler {
             try? await server.closeFuture.get()
         } onGracefulShutdown: {

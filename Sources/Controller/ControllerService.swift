@@ -23,6 +23,8 @@ public final class ControllerService: WireService {
     let drains: Drains
     let ha: HighAvailability
     let writes: BackgroundWrites
+    let eventRetention: Int
+    let logger: Logger
 
     public init(
         store: ClusterStore, ca: ClusterCA, links: AgentLinks, settings: ControllerSettings,
@@ -30,6 +32,8 @@ public final class ControllerService: WireService {
     ) throws {
         self.store = store
         self.links = links
+        eventRetention = settings.eventRetention
+        self.logger = logger
         liveness = Liveness(downAfter: settings.downAfter)
         let drainStates = DrainStates(try store.drains())
         nodes = SchedulerView(store: store, liveness: liveness, drains: drainStates)
@@ -65,6 +69,16 @@ public final class ControllerService: WireService {
     /// Fails HA VPSs over from lost nodes and keeps their replicas placed, until cancelled.
     public func watchFailover() async { await ha.watch() }
 
+    /// Keeps the event log at `eventRetention` events, pruning once a minute until cancelled.
+    public func pruneEvents() async {
+        while !Task.isCancelled {
+            if let pruned = try? store.pruneEvents(keeping: eventRetention), pruned > 0 {
+                logger.info("events pruned", metadata: ["count": "\(pruned)", "kept": "\(eventRetention)"])
+            }
+            try? await Task.sleep(for: .seconds(60))
+        }
+    }
+
     /// Drains a stopped controller left running go on (called once the server listens).
     public func resumeDrains() { drains.resume() }
 
@@ -93,10 +107,16 @@ public final class ControllerService: WireService {
         let entry = ControllerCall.of(call)
         let caller = try Authorisation.authorise(stream.peer, entry.access, call: entry.name)
         let served = ServedCall(service: self, request: request, caller: caller, stream: stream)
-        guard let subject = entry.operationSubject else { return try await entry.handler(served) }
-        return try await journal.run(id: request.operationID, kind: entry.name, subject: subject, by: caller, stream: stream) {
-            try await entry.handler(served)
+        // The event is written with the work: an operation replayed by its id writes none.
+        let work: @Sendable () async throws -> Berth_V1_Response = {
+            let response = try await entry.handler(served)
+            if let event = entry.event {
+                try? self.store.addEvent(kind: event.kind, subject: event.subject, message: event.message, actor: caller.actor)
+            }
+            return response
         }
+        guard let subject = entry.operationSubject else { return try await work() }
+        return try await journal.run(id: request.operationID, kind: entry.name, subject: subject, by: caller, stream: stream, work: work)
     }
 
     /// A node as `node list` and `node show` answer it.

@@ -54,7 +54,7 @@ final class Drains: Sendable {
             startedBy: caller.name, items: items)
         try store.saveDrain(drain)
         states.set(node, .running)
-        try? store.addEvent(kind: "node.draining", subject: node, message: "\(items.count) VPSs to move, by \(caller.name)")
+        try? store.addEvent(kind: "node.draining", subject: node, message: "\(items.count) VPSs to move", actor: caller.actor)
         logger.notice("draining node", metadata: ["node": "\(node)", "vpses": "\(items.count)", "by": "\(caller.name)"])
         launch(drain)
         return drain
@@ -76,7 +76,7 @@ final class Drains: Sendable {
         drain.state = .cancelling
         update(node) { $0.state = .cancelling }
         try store.saveDrain(running.withLock { $0[node] } ?? drain)
-        try? store.addEvent(kind: "node.drain-cancelling", subject: node, message: "by \(caller.name)")
+        try? store.addEvent(kind: "node.drain-cancelling", subject: node, message: "", actor: caller.actor)
         return drain
     }
 
@@ -287,7 +287,7 @@ final class Drains: Sendable {
         _ = try store.setCordoned(node, false)
         try store.removeDrain(node)
         states.set(node, nil)
-        try? store.addEvent(kind: "node.restored", subject: node, message: "by \(caller.name)" + (skip ? " (uncordoned only)" : ""))
+        try? store.addEvent(kind: "node.restored", subject: node, message: skip ? "uncordoned only" : "", actor: caller.actor)
         var result = DrainRecord(node: node, state: .drained, deadlineUnix: 0, force: false, mode: "cold", maxParallel: 1, startedBy: caller.name)
         guard !skip else { return result }
         let back = try store.vpses().filter { $0.origin == node && $0.node != node }

@@ -115,7 +115,7 @@ final class Enrolment: Sendable {
             throw WireError(.notFound, "node: no node named \(node) (see `berth node list`)", field: "node")
         }
         heartbeats.requestRenewal(of: node)
-        try? store.addEvent(kind: "node.renew-requested", subject: node, message: "by \(caller.name)")
+        try? store.addEvent(kind: "node.renew-requested", subject: node, message: "", actor: caller.actor)
     }
 
     /// The controller takes a new certificate now, for new connections and agent links; returns
@@ -125,7 +125,7 @@ final class Enrolment: Sendable {
             throw WireError(.unavailable, "rotate: the controller is not serving yet")
         }
         let (new, old) = try await rotation()
-        try? store.addEvent(kind: "controller.certificate-rotated", subject: new, message: "replaces \(old), by \(caller.name)")
+        try? store.addEvent(kind: "controller.certificate-rotated", subject: new, message: "replaces \(old)", actor: caller.actor)
         logger.notice("controller certificate rotated", metadata: ["serial": "\(new)", "old": "\(old)", "by": "\(caller.name)"])
         return new
     }
@@ -134,7 +134,7 @@ final class Enrolment: Sendable {
     func revoke(_ serialText: String, by caller: Caller) throws {
         let serial = try CertificateIdentity.canonicalSerial(serialText)
         try heartbeats.revoke(serial)
-        try? store.addEvent(kind: "certificate.revoked", subject: serial, message: "revoked by \(caller.name)")
+        try? store.addEvent(kind: "certificate.revoked", subject: serial, message: "revoked", actor: caller.actor)
         logger.notice("certificate revoked", metadata: ["serial": "\(serial)", "by": "\(caller.name)"])
     }
 }

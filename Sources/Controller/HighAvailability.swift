@@ -142,7 +142,7 @@ final class HighAvailability: Sendable {
         index.update(record)
         guard record.spec.ha else {
             await unprotect(before, destroyed: false)
-            try? store.addEvent(kind: "vps.ha-off", subject: name, message: "by \(caller.name)")
+            try? store.addEvent(kind: "vps.ha-off", subject: name, message: "", actor: caller.actor)
             return ["\(name) is no longer HA; its replicas are dropped"]
         }
         return await protect(name)

@@ -50,12 +50,15 @@ public struct EventRecord: Sendable, Equatable {
     /// The node, VPS or serial it is about.
     public var subject: String
     public var message: String
+    /// "ROLE/NAME" of the certificate whose call it was; "" for what the controller did itself.
+    public var actor: String
 
-    public init(id: Int64, at: Double, kind: String, subject: String, message: String) {
+    public init(id: Int64, at: Double, kind: String, subject: String, message: String, actor: String = "") {
         self.id = id
         self.at = at
         self.kind = kind
         self.subject = subject
         self.message = message
+        self.actor = actor
     }
 }

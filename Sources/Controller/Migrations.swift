@@ -91,7 +91,7 @@ final class Migrations: Sendable {
             let how = warm ? "warm" : current.state == "running" ? "cold" : "stopped"
             logger.info(
                 "migrating VPS", metadata: ["vps": "\(name)", "from": "\(source.name)", "to": "\(target.name)", "mode": "\(how)", "by": "\(caller.name)"])
-            try? store.addEvent(kind: "vps.migrating", subject: name, message: "from \(source.name) to \(target.name) (\(how)) by \(caller.name)")
+            try? store.addEvent(kind: "vps.migrating", subject: name, message: "from \(source.name) to \(target.name) (\(how))", actor: caller.actor)
             progress("migrating \(name) from \(source.name) to \(target.name) (\(how))")
             if current.state == "running" {
                 // Recorded before any stop (the controller's, or the source's before a warm
@@ -154,7 +154,8 @@ final class Migrations: Sendable {
         ledger.remove(record.placed)
         try? store.addEvent(
             kind: "vps.migrated", subject: name,
-            message: "from \(source.name) to \(target.name) by \(caller.name)\(passes.withLock { $0.isEmpty ? "" : "; " + $0.joined(separator: "; ") })")
+            message: "from \(source.name) to \(target.name)\(passes.withLock { $0.isEmpty ? "" : "; " + $0.joined(separator: "; ") })",
+            actor: caller.actor)
         progress("moved to \(target.name)")
 
         var final = moved.status

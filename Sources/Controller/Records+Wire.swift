@@ -139,6 +139,7 @@ extension Berth_V1_Event {
         kind = record.kind
         subject = record.subject
         message = record.message
+        actor = record.actor
     }
 }
 

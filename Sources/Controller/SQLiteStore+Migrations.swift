@@ -79,6 +79,9 @@ extension SQLiteStore {
         migrator.registerMigration("v8 tenant quotas") { db in
             try db.execute(sql: "CREATE TABLE tenant (name TEXT PRIMARY KEY NOT NULL, quota BLOB NOT NULL)")
         }
+        migrator.registerMigration("v9 event actors") { db in
+            try db.execute(sql: "ALTER TABLE event ADD COLUMN actor TEXT NOT NULL DEFAULT ''")
+        }
         return migrator
     }
 }

@@ -38,7 +38,11 @@ extension ServedCall {
             try await Task.sleep(for: .milliseconds(200))
             found = try service.store.events(after: after, limit: limit)
         }
-        return response { $0.events.events = found.map(Berth_V1_Event.init) }
+        let oldest = try service.store.oldestEventID()
+        return response {
+            $0.events.events = found.map(Berth_V1_Event.init)
+            $0.events.oldestID = UInt64(oldest)
+        }
     }
 
     // MARK: nodes and pools
@@ -58,7 +62,7 @@ extension ServedCall {
         guard try service.store.setCordoned(name, cordon), let node = try service.store.node(name) else {
             throw WireError(.notFound, "name: no node named \(name)", field: "name")
         }
-        try? service.store.addEvent(kind: cordon ? "node.cordoned" : "node.uncordoned", subject: name, message: "by \(caller.name)")
+        try? service.store.addEvent(kind: cordon ? "node.cordoned" : "node.uncordoned", subject: name, message: "", actor: caller.actor)
         return response { $0.clusterNode = service.clusterNode(node) }
     }
 
@@ -82,7 +86,7 @@ extension ServedCall {
     // MARK: tenants' quotas
 
     func tenantSet(_ r: Berth_V1_TenantSetRequest) async throws -> Berth_V1_Response {
-        let info = try service.vps.setQuota(of: r.name, TenantQuota(r.quota), clearing: r.clear)
+        let info = try service.vps.setQuota(of: r.name, TenantQuota(r.quota), clearing: r.clear, by: caller)
         return response { $0.tenant = Berth_V1_TenantInfo(info) }
     }
 

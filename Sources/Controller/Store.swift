@@ -45,7 +45,12 @@ public protocol ClusterStore: Sendable {
     func revoked() throws -> Set<String>
     func revoke(_ serial: String) throws
 
-    func addEvent(kind: String, subject: String, message: String) throws
+    /// Appends to the event log; `actor` is "ROLE/NAME" of the caller ("" for the controller).
+    func addEvent(kind: String, subject: String, message: String, actor: String) throws
+    /// The smallest sequence number kept (0 when the log is empty).
+    func oldestEventID() throws -> Int64
+    /// Deletes all but the newest `count` events; returns how many went.
+    @discardableResult func pruneEvents(keeping count: Int) throws -> Int
 
     /// Records (or, with nil, clears) the migration under way of a VPS, nothing else of its row.
     func setMigration(_ name: String, _ migration: PendingMigration?) throws
@@ -442,21 +447,40 @@ public final class SQLiteStore: ClusterStore {
     public func events(after id: Int64, limit: Int) throws -> [EventRecord] {
         try pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM event WHERE id > ? ORDER BY id LIMIT ?", arguments: [id, limit]).map { row in
-                EventRecord(id: row["id"], at: row["at"], kind: row["kind"], subject: row["subject"], message: row["message"])
+                EventRecord(id: row["id"], at: row["at"], kind: row["kind"], subject: row["subject"], message: row["message"], actor: row["actor"])
             }
         }
     }
 
-    public func addEvent(kind: String, subject: String, message: String) throws {
+    public func addEvent(kind: String, subject: String, message: String, actor: String) throws {
         try pool.write { db in
             try db.execute(
-                sql: "INSERT INTO event (at, kind, subject, message) VALUES (?, ?, ?, ?)",
-                arguments: [Date().timeIntervalSince1970, kind, subject, message])
+                sql: "INSERT INTO event (at, kind, subject, message, actor) VALUES (?, ?, ?, ?, ?)",
+                arguments: [Date().timeIntervalSince1970, kind, subject, message, actor])
+        }
+    }
+
+    public func oldestEventID() throws -> Int64 {
+        try pool.read { db in try Int64.fetchOne(db, sql: "SELECT MIN(id) FROM event") ?? 0 }
+    }
+
+    @discardableResult
+    public func pruneEvents(keeping count: Int) throws -> Int {
+        try pool.write { db in
+            try db.execute(sql: "DELETE FROM event WHERE id <= (SELECT MAX(id) FROM event) - ?", arguments: [count])
+            return db.changesCount
         }
     }
 
     public func setMigration(_ name: String, _ migration: PendingMigration?) throws {
         let data = try migration.map(Self.recordData)
         try pool.write { db in try db.execute(sql: "UPDATE vps SET migration = ? WHERE name = ?", arguments: [data, name]) }
+    }
+}
+
+extension ClusterStore {
+    /// An event of the controller's own doing (a node down, a failover): no actor.
+    public func addEvent(kind: String, subject: String, message: String) throws {
+        try addEvent(kind: kind, subject: subject, message: message, actor: "")
     }
 }

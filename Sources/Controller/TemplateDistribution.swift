@@ -75,7 +75,7 @@ final class TemplateDistribution: Sendable {
         let good = placed.filter { $0.template != nil }.map(\.node)
         try? store.addEvent(
             kind: "template.distributed", subject: upload.name,
-            message: "to \(good.isEmpty ? "no node" : good.joined(separator: ",")) by \(caller.name)")
+            message: "to \(good.isEmpty ? "no node" : good.joined(separator: ","))", actor: caller.actor)
         logger.info("template distributed", metadata: ["template": "\(upload.name)", "nodes": "\(good)", "by": "\(caller.name)"])
         return placed
     }

@@ -105,11 +105,11 @@ extension TenantQuota {
 extension VPSCalls {
     /// `tenant set`: the quota as it is now, with what it is given; a quota below what the
     /// tenant uses already is kept (it refuses growth only, as OpenStack's and Proxmox's do).
-    func setQuota(of tenant: String, _ given: TenantQuota, clearing: [String]) throws -> TenantInfo {
+    func setQuota(of tenant: String, _ given: TenantQuota, clearing: [String], by caller: Caller) throws -> TenantInfo {
         _ = try Name.validate(tenant, field: "tenant")
         let quota = try (try store.tenantQuotas()[tenant] ?? TenantQuota()).updated(with: given, clearing: clearing)
         try store.saveTenantQuota(tenant, quota)
-        try? store.addEvent(kind: "tenant.quota", subject: tenant, message: Self.quotaText(quota))
+        try? store.addEvent(kind: "tenant.quota", subject: tenant, message: Self.quotaText(quota), actor: caller.actor)
         return TenantInfo(name: tenant, quota: quota, usage: try quotas.usage(of: tenant))
     }
 

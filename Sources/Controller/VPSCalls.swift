@@ -150,7 +150,7 @@ final class VPSCalls: Sendable {
             updated.status = status
             updated.phase = .ready
             try store.updateVPS(updated)
-            try? store.addEvent(kind: "vps.created", subject: record.name, message: "on \(record.node) by \(caller.name)")
+            try? store.addEvent(kind: "vps.created", subject: record.name, message: "on \(record.node)", actor: caller.actor)
             return status
         } catch let error as BerthError where [.unavailable, .deadlineExceeded, .cancelled].contains(error.code) {
             // The node may have created it before the answer was lost: keep the record (state
@@ -302,7 +302,7 @@ final class VPSCalls: Sendable {
             answer = neverCreated  // an earlier create never reached the node
         }
         try forget(record)
-        try? store.addEvent(kind: "vps.destroyed", subject: record.name, message: "on \(record.node) by \(caller.name)")
+        try? store.addEvent(kind: "vps.destroyed", subject: record.name, message: "on \(record.node)", actor: caller.actor)
         return answer
     }
 }

@@ -15,6 +15,9 @@ public struct ControllerSettings: Sendable {
     public var failoverWindow: Duration = .seconds(600)
     public var failover = true
     public static let failoverMargin: Duration = .seconds(2)
+    /// How many events the log keeps (the oldest go first, once a minute); a client asking for
+    /// events pruned before it read them is told so (Docs/cluster.md "Operations and events").
+    public var eventRetention = 100_000
     /// Where uploads (template tarballs on their way to nodes) are kept while they are relayed.
     public var uploadDirectory = "/tmp"
 
@@ -29,7 +32,7 @@ public struct ControllerSettings: Sendable {
 public enum ClusterConfigFile {
     static let keys: Set<String> = [
         "strategy", "cpuOvercommit", "memoryOvercommit", "diskOvercommit", "heartbeatIntervalMs", "downAfterMs", "fenceAfterMs", "failoverAfterMs",
-        "failoverRatePercent", "failoverWindowMs", "failover",
+        "failoverRatePercent", "failoverWindowMs", "failover", "eventRetention",
     ]
 
     public static func load(path: String) throws(WireError) -> ControllerSettings {
@@ -84,6 +87,12 @@ public enum ClusterConfigFile {
                 throw WireError(.invalidArgument, "failoverRatePercent: must be an integer from 1 to 100", field: "failoverRatePercent")
             }
             settings.failoverRatePercent = number
+        }
+        if let value = object["eventRetention"] {
+            guard let number = value as? Int, (10...100_000_000).contains(number) else {
+                throw WireError(.invalidArgument, "eventRetention: must be an integer from 10 to 100000000", field: "eventRetention")
+            }
+            settings.eventRetention = number
         }
         if let value = object["failover"] {
             guard let on = value as? Bool else { throw WireError(.invalidArgument, "failover: must be true or false", field: "failover") }

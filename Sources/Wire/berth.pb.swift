@@ -1310,6 +1310,7 @@ public nonisolated struct Berth_V1_Event: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// the sequence number: `events --since ID` goes on after it
   public var id: UInt64 = 0
 
   public var atUnixMs: Int64 = 0
@@ -1322,6 +1323,9 @@ public nonisolated struct Berth_V1_Event: Sendable {
 
   public var message: String = String()
 
+  /// "ROLE/NAME" of the certificate whose call it was; "" for the controller's own
+  public var actor: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1333,6 +1337,10 @@ public nonisolated struct Berth_V1_EventList: Sendable {
   // methods supported on all messages.
 
   public var events: [Berth_V1_Event] = []
+
+  /// The oldest event kept (0: none yet). An after_id below oldest_id - 1 asked for events that
+  /// were pruned (controller setting eventRetention): the client says so instead of skipping.
+  public var oldestID: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -5294,7 +5302,7 @@ nonisolated extension Berth_V1_EventsRequest: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Berth_V1_Event: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Event"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}at_unix_ms\0\u{1}kind\0\u{1}subject\0\u{1}message\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}at_unix_ms\0\u{1}kind\0\u{1}subject\0\u{1}message\0\u{1}actor\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5307,6 +5315,7 @@ nonisolated extension Berth_V1_Event: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 3: try { try decoder.decodeSingularStringField(value: &self.kind) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.subject) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.message) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.actor) }()
       default: break
       }
     }
@@ -5328,6 +5337,9 @@ nonisolated extension Berth_V1_Event: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if !self.message.isEmpty {
       try visitor.visitSingularStringField(value: self.message, fieldNumber: 5)
     }
+    if !self.actor.isEmpty {
+      try visitor.visitSingularStringField(value: self.actor, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -5337,6 +5349,7 @@ nonisolated extension Berth_V1_Event: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs.kind != rhs.kind {return false}
     if lhs.subject != rhs.subject {return false}
     if lhs.message != rhs.message {return false}
+    if lhs.actor != rhs.actor {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -5344,7 +5357,7 @@ nonisolated extension Berth_V1_Event: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Berth_V1_EventList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".EventList"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}events\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}events\0\u{3}oldest_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5353,6 +5366,7 @@ nonisolated extension Berth_V1_EventList: SwiftProtobuf.Message, SwiftProtobuf._
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.events) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.oldestID) }()
       default: break
       }
     }
@@ -5362,11 +5376,15 @@ nonisolated extension Berth_V1_EventList: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.events.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.events, fieldNumber: 1)
     }
+    if self.oldestID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.oldestID, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Berth_V1_EventList, rhs: Berth_V1_EventList) -> Bool {
     if lhs.events != rhs.events {return false}
+    if lhs.oldestID != rhs.oldestID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -317,10 +317,14 @@ struct IPPoolCommand: AsyncParsableCommand {
 
 struct Events: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "events", abstract: "Cluster mode: the controller's event log (node up/down, VPS created/destroyed, …).")
+        commandName: "events", abstract: "Cluster mode: the controller's event log (node up/down, VPS lifecycle, who did it, …).")
     @OptionGroup var connection: ConnectionOptions
     @Flag(help: "Keep printing new events as they happen (Ctrl-C ends).") var follow = false
     @Option(help: "Show the last N events first.") var last = 20
+    @Option(
+        help:
+            "Show every event after sequence number SEQ (the first column: the last one you saw) instead of the last N; with --follow, a follow resumed where it left off, with no gap."
+    ) var since: UInt64?
     @Flag(help: "One JSON object per line.") var json = false
 
     func run() async throws {
@@ -329,21 +333,37 @@ struct Events: AsyncParsableCommand {
             fail(WireError(.invalidArgument, "last: \(last) must be from 0 to 1000", field: "last"))
         }
         try await connection.withClient { client in
-            // Find where "the last N" starts: page through to the newest id.
-            var after: UInt64 = 0
-            var backlog: [Berth_V1_Event] = []
-            while true {
-                let page = try await client.call(
-                    request {
-                        $0.events.afterID = after; $0.events.limit = 1000
-                    }
-                ).events.events
-                backlog = Array((backlog + page).suffix(last))
-                guard let newest = page.last else { break }
-                after = newest.id
-                if page.count < 1000 { break }
+            var after = since ?? 0
+            if since != nil {
+                // Everything after SEQ, page by page; a pruned stretch is said, never skipped silently.
+                while true {
+                    let page = try await client.call(
+                        request {
+                            $0.events.afterID = after; $0.events.limit = 1000
+                        }
+                    ).events
+                    reportPruned(after: after, oldest: page.oldestID)
+                    page.events.forEach(show)
+                    guard let newest = page.events.last else { break }
+                    after = newest.id
+                    if page.events.count < 1000 { break }
+                }
+            } else {
+                // Find where "the last N" starts: page through to the newest id.
+                var backlog: [Berth_V1_Event] = []
+                while true {
+                    let page = try await client.call(
+                        request {
+                            $0.events.afterID = after; $0.events.limit = 1000
+                        }
+                    ).events.events
+                    backlog = Array((backlog + page).suffix(last))
+                    guard let newest = page.last else { break }
+                    after = newest.id
+                    if page.count < 1000 { break }
+                }
+                backlog.forEach(show)
             }
-            backlog.forEach(show)
             while follow {
                 let page = try await client.call(
                     request {
@@ -351,11 +371,24 @@ struct Events: AsyncParsableCommand {
                         $0.events.waitMs = 25_000
                         $0.deadlineMs = 35_000
                     }
-                ).events.events
-                page.forEach(show)
-                if let newest = page.last { after = newest.id }
+                ).events
+                reportPruned(after: after, oldest: page.oldestID)
+                page.events.forEach(show)
+                if let newest = page.events.last { after = newest.id }
             }
         }
+    }
+
+    /// Events after `after` were asked for, and the oldest kept is `oldest`: those between went
+    /// (the controller's eventRetention) before this client read them.
+    func reportPruned(after: UInt64, oldest: UInt64) {
+        guard oldest > after + 1 else { return }
+        if json {
+            writeOut(JSON.object(["pruned_from": .int(Int64(after + 1)), "pruned_to": .int(Int64(oldest - 1))]).render().oneLine + "\n")
+        }
+        writeErr(
+            "berth: events \(after + 1)-\(oldest - 1) were pruned before they were read (the controller keeps its newest eventRetention); going on from \(oldest)\n"
+        )
     }
 
     func show(_ event: Berth_V1_Event) {
@@ -363,12 +396,18 @@ struct Events: AsyncParsableCommand {
             writeOut(
                 JSON.object([
                     "id": .int(Int64(event.id)), "at_ms": .int(event.atUnixMs), "kind": .string(event.kind),
-                    "subject": .string(event.subject), "message": .string(event.message),
-                ]).render().split(separator: "\n").map { $0.trimmingPrefixSpaces() }.joined(separator: " ") + "\n")
+                    "subject": .string(event.subject), "message": .string(event.message), "actor": .string(event.actor),
+                ]).render().oneLine + "\n")
         } else {
-            writeOut("\(formatTime(event.atUnixMs))  \(event.kind)  \(event.subject)  \(event.message)\n")
+            let actor = event.actor.isEmpty ? "" : (event.message.isEmpty ? "" : "  ") + "(by \(event.actor))"
+            writeOut("\(event.id)  \(formatTime(event.atUnixMs))  \(event.kind)  \(event.subject)  \(event.message)\(actor)\n")
         }
     }
+}
+
+extension String {
+    /// A rendered JSON value on one line (JSON Lines).
+    var oneLine: String { split(separator: "\n").map { $0.trimmingPrefixSpaces() }.joined(separator: " ") }
 }
 
 extension Substring {

@@ -200,6 +200,8 @@ final class FakeReplicaAgents: ReplicaTransport, @unchecked Sendable {
     @Test func leaseTimesMustFenceBeforeTheFailover() throws {
         #expect(throws: WireError.self) { try ClusterConfigFile.parse(Data(#"{"fenceAfterMs": 10000, "failoverAfterMs": 11000}"#.utf8)) }
         #expect(throws: WireError.self) { try ClusterConfigFile.parse(Data(#"{"fenceAfterMs": 2000}"#.utf8)) }
+        #expect(throws: WireError.self) { try ClusterConfigFile.parse(Data(#"{"eventRetention": 5}"#.utf8)) }
+        #expect(try ClusterConfigFile.parse(Data(#"{"eventRetention": 500}"#.utf8)).eventRetention == 500)
         let settings = try ClusterConfigFile.parse(Data(#"{"fenceAfterMs": 5000, "failoverAfterMs": 8000, "failoverRatePercent": 50}"#.utf8))
         #expect(settings.fenceAfter == .seconds(5) && settings.failoverAfter == .seconds(8) && settings.failoverRatePercent == 50)
         var spec = VPSSpec(name: "a", template: "t")

@@ -53,6 +53,24 @@ import Wire
         #expect(throws: WireError.self) { try store.removePool("p") }
     }
 
+    /// The log keeps its newest events with their actors; what was pruned is told by the oldest
+    /// sequence number kept, and sequence numbers are never reused.
+    @Test func eventsArePrunedFromTheOldestAndSayWhereTheLogBegins() throws {
+        let (store, dir) = try store()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(try store.oldestEventID() == 0)
+        for k in 1...25 { try store.addEvent(kind: "vps.started", subject: "web\(k)", message: "", actor: "admin/root") }
+        #expect(try store.pruneEvents(keeping: 10) == 15)
+        #expect(try store.oldestEventID() == 16)
+        let kept = try store.events(after: 0, limit: 100)
+        #expect(kept.map(\.id) == Array(16...25))
+        #expect(kept.first?.actor == "admin/root" && kept.first?.subject == "web16")
+        try store.addEvent(kind: "node.down", subject: "n1", message: "")
+        #expect(try store.events(after: 25, limit: 10).map(\.id) == [26])
+        #expect(try store.events(after: 25, limit: 10).first?.actor == "")
+        #expect(try store.pruneEvents(keeping: 100) == 0)
+    }
+
     @Test func joinTokensAreSingleUseAndExpire() throws {
         let (store, dir) = try store()
         defer { try? FileManager.default.removeItem(atPath: dir) }

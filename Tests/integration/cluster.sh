@@ -151,6 +151,49 @@ t_vps_runs_and_streams_through_the_controller() {
     expect_eq "$(echo "$status" | field ips)" "$ip"
 }
 
+# The event log as a stream: a follower that stops and resumes with --since misses nothing and
+# sees nothing twice; lifecycle calls appear with their actor; events pruned before they were
+# read are said (the controller restarted keeping 10), then the old settings come back.
+t_events_resume_without_a_gap() {
+    local V=$RUN_ID-ev first last settings k
+    ids() { /usr/bin/python3 -c 'import json,sys; print(" ".join(str(json.loads(l)["id"]) for l in sys.stdin if "\"id\"" in l))'; }
+    cl create "$V" --template busybox --disk 64M >/dev/null
+    first=$(cl events --last 1 --json | ids)
+    BERTH_CONTROLLER=$CONTROLLER BERTH_CONFIG=$ADMIN timeout 6 nsenter --net=/run/netns/"$FAB" "$BERTH" events --since "$first" --follow --json \
+        >"$WORK/ev1.json" 2>&1 &
+    local follower=$!
+    cl start "$V" >/dev/null
+    cl set "$V" --label tier=ev >/dev/null
+    wait "$follower" || true   # timeout ends it (124)
+    [ -s "$WORK/ev1.json" ] || fail "the follower saw nothing"
+    last=$(tail -1 "$WORK/ev1.json" | ids)
+    # While nobody follows.
+    cl exec "$V" -- true
+    cl stop "$V" >/dev/null
+    cl events --since "$last" --json >"$WORK/ev2.json"
+    expect_eq "$(cat "$WORK/ev1.json" "$WORK/ev2.json" | ids)" "$(cl events --since "$first" --json | ids)"
+    local kind
+    for kind in vps.started vps.set vps.exec vps.stopped; do
+        grep "\"kind\": \"$kind\"" "$WORK/ev1.json" "$WORK/ev2.json" | grep "\"subject\": \"$V\"" | grep -q '"actor": "admin/' ||
+            fail "no $kind event of $V with the admin as its actor"
+    done
+    expect_contains "$(cl events --last 5)" "vps.stopped  $V  (by admin/"
+    # Pruned: a controller keeping 10 events prunes at its start; asking from the beginning says so.
+    for k in $(seq 12); do cl set "$V" --label "n=$k" >/dev/null; done
+    settings=$(cat "$WORK/controller.json")
+    /usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["eventRetention"]=10; json.dump(d, open(sys.argv[1], "w"))' "$WORK/controller.json"
+    "$DEV" controller-stop; "$DEV" controller-start || fail "the controller did not restart"
+    local out err
+    for _ in $(seq 50); do out=$(cl events --since 0 --json 2>"$WORK/ev-pruned.err") && [[ "$(head -1 <<<"$out")" == *pruned_from* ]] && break; sleep 0.2; done
+    expect_contains "$(head -1 <<<"$out")" '"pruned_from": 1'
+    err=$(cat "$WORK/ev-pruned.err")
+    expect_contains "$err" "were pruned before they were read"
+    echo "$settings" >"$WORK/controller.json"
+    "$DEV" controller-stop; "$DEV" controller-start || fail "the controller did not restart with its settings"
+    for k in 1 2 3; do for _ in $(seq 50); do [ "$(node_state "n$k")" = ready ] && break; sleep 0.2; done; done
+    cl destroy "$V" --force >/dev/null
+}
+
 t_operations_are_idempotent_and_reattachable() {
     local V=$RUN_ID-op
     cl create "$V" --template busybox --disk 64M --operation-id "$RUN_ID-op-create" >/dev/null
@@ -1371,6 +1414,7 @@ run_test "IPAM: 50 concurrent creates get 50 distinct pool addresses, released o
 run_test "a VPS created through the controller runs, streams exec I/O, and the Python client reads it" t_vps_runs_and_streams_through_the_controller
 run_test "operations: the same id re-attaches or replays the result, never repeats the work" t_operations_are_idempotent_and_reattachable
 run_test "a controller restart loses nothing" t_controller_restart_loses_nothing
+run_test "events: a follower resumed with --since misses nothing, sees nothing twice; lifecycle events name their actor; a pruned stretch is said" t_events_resume_without_a_gap
 run_test "a killed agent's node is down within the window; its VPS is not started elsewhere; restart converges" t_dead_agent_is_down_and_its_vps_stays_put
 run_test "warm migration moves a running VPS with its files (also those written during the copy) and address; nothing stays on the source" t_warm_migration_moves_a_running_vps
 run_test "a pool VPS migrates as btrfs snapshots (warm, with a writer; stopped and back; the target killed mid-receive): files whole, no snapshot left" t_pool_vps_migrates_as_btrfs_snapshots
