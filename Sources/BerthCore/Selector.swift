@@ -166,7 +166,8 @@ private struct SelectorParser {
             if let c = peek(), !Selector.isSeparator(c) { throw fail("'\(c)' cannot be in a key (letters, digits, '.', '_', '-', '/')", at: start) }
             throw fail("an empty key", at: start)
         }
-        guard key.count <= 63 else { throw fail("key '\(key.prefix(20))…' is longer than 63 characters", at: start) }
+        let name = key.hasPrefix("label.") ? key.dropFirst(6) : key.hasPrefix("node.") ? key.dropFirst(5) : Substring(key)
+        guard name.count <= 63 else { throw fail("key '\(key.prefix(20))…' names a label longer than 63 characters", at: start) }
         return key
     }
 
@@ -249,6 +250,11 @@ public struct SelectorFacts: Sendable {
         self.nodeLabels = nodeLabels
     }
 
+    /// Keys that do not name a VPS's label of that name.
+    public static func isAttributeKey(_ key: String) -> Bool {
+        ["name", "state", "template", "tenant", "node", "ha"].contains(key) || key.hasPrefix("label.") || key.hasPrefix("node.")
+    }
+
     public func value(of key: String) -> String? {
         switch key {
         case "name": return name
@@ -275,4 +281,14 @@ extension Selector {
     }
 
     public func matches(_ facts: SelectorFacts) -> Bool { matches(facts.value(of:)) }
+
+    /// The selector as the older label map (`K=V` on labels only), when that is all it says.
+    public var plainLabels: [String: String]? {
+        var labels: [String: String] = [:]
+        for requirement in requirements {
+            guard case .equals(let value) = requirement.op, !SelectorFacts.isAttributeKey(requirement.key), labels[requirement.key] == nil else { return nil }
+            labels[requirement.key] = value
+        }
+        return labels
+    }
 }

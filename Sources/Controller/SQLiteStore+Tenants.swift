@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Placement
+import Wire
 
 // Tenants' quotas as the `tenant` table keeps them (TenantQuota as JSON; no row: no limits).
 extension SQLiteStore {
@@ -8,7 +9,12 @@ extension SQLiteStore {
         try pool.read { db in
             var quotas: [String: TenantQuota] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT name, quota FROM tenant") {
-                quotas[row["name"]] = (try? JSONDecoder().decode(TenantQuota.self, from: row["quota"] as Data)) ?? TenantQuota()
+                let name: String = row["name"]
+                // A quota that cannot be read must not become no quota.
+                guard let quota = try? JSONDecoder().decode(TenantQuota.self, from: row["quota"] as Data) else {
+                    throw WireError(.corruptState, "the stored quota of tenant \(name) cannot be read: set it again (berth tenant set \(name) …)")
+                }
+                quotas[name] = quota
             }
             return quotas
         }

@@ -33,12 +33,12 @@ extension ServedCall {
         guard let after = Int64(exactly: r.afterID) else { throw WireError(.invalidArgument, "events: after_id out of range", field: "after_id") }
         let limit = r.limit == 0 ? 100 : Int(r.limit)
         let deadline = ContinuousClock.now + .milliseconds(Int(r.waitMs))
-        var found = try service.store.events(after: after, limit: limit)
-        while found.isEmpty && ContinuousClock.now < deadline {
+        var page = try service.store.eventPage(after: after, limit: limit)
+        while page.events.isEmpty && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(200))
-            found = try service.store.events(after: after, limit: limit)
+            page = try service.store.eventPage(after: after, limit: limit)
         }
-        let oldest = try service.store.oldestEventID()
+        let (found, oldest) = page
         return response {
             $0.events.events = found.map(Berth_V1_Event.init)
             $0.events.oldestID = UInt64(oldest)
@@ -93,7 +93,7 @@ extension ServedCall {
     /// A tenant sees only itself: another tenant's name answers not-found, as its VPSs do.
     func tenantShow(_ name: String) async throws -> Berth_V1_Response {
         guard caller.tenant.map({ $0 == name }) ?? true else {
-            throw WireError(.notFound, "tenant: no tenant named \(name)", field: "tenant")
+            throw WireError(.notFound, "name: no tenant named \(name) has a quota or a VPS", field: "name")
         }
         let info = try service.vps.tenantInfo(name)
         return response { $0.tenant = Berth_V1_TenantInfo(info) }

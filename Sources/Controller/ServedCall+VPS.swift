@@ -77,6 +77,8 @@ extension ServedCall {
 
     func set(_ r: Berth_V1_SetRequest) async throws -> Berth_V1_Response {
         if !r.ha.isEmpty || r.replicas > 0 || r.replicationIntervalS > 0 {
+            // The quota first: a set it refuses changes nothing, HA included.
+            try service.vps.checkQuota(forSetOf: r.name, limits: r.limits.update, ipAdd: r.ipAdd, ipDel: r.ipDel, by: caller)
             let lines = try await service.ha.configure(
                 r.name, ha: r.ha, replicas: r.replicas > 0 ? Int(r.replicas) : nil,
                 interval: r.replicationIntervalS > 0 ? Int(r.replicationIntervalS) : nil, by: caller)

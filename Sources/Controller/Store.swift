@@ -49,6 +49,9 @@ public protocol ClusterStore: Sendable {
     func addEvent(kind: String, subject: String, message: String, actor: String) throws
     /// The smallest sequence number kept (0 when the log is empty).
     func oldestEventID() throws -> Int64
+    /// Events after `id` and the oldest kept, read together (a prune between the two reads
+    /// would otherwise make kept events look pruned).
+    func eventPage(after id: Int64, limit: Int) throws -> (events: [EventRecord], oldest: Int64)
     /// Deletes all but the newest `count` events; returns how many went.
     @discardableResult func pruneEvents(keeping count: Int) throws -> Int
 
@@ -462,6 +465,15 @@ public final class SQLiteStore: ClusterStore {
 
     public func oldestEventID() throws -> Int64 {
         try pool.read { db in try Int64.fetchOne(db, sql: "SELECT MIN(id) FROM event") ?? 0 }
+    }
+
+    public func eventPage(after id: Int64, limit: Int) throws -> (events: [EventRecord], oldest: Int64) {
+        try pool.read { db in
+            let events = try Row.fetchAll(db, sql: "SELECT * FROM event WHERE id > ? ORDER BY id LIMIT ?", arguments: [id, limit]).map { row in
+                EventRecord(id: row["id"], at: row["at"], kind: row["kind"], subject: row["subject"], message: row["message"], actor: row["actor"])
+            }
+            return (events, try Int64.fetchOne(db, sql: "SELECT MIN(id) FROM event") ?? 0)
+        }
     }
 
     @discardableResult

@@ -39,15 +39,17 @@ final class TenantQuotas: Sendable {
         return usage
     }
 
-    /// Runs `change` only if `adding` keeps `tenant` within its quota (`quota-exceeded`
-    /// naming the resource, the quota and the usage otherwise). With `hold`, the growth stays
+    /// Runs `change` only if `adding` keeps `tenant` within its quota and the VPS, committing
+    /// `cost` from then on, bounds each resource the quota limits (`quota-exceeded` naming the
+    /// resource, the quota and the usage otherwise). With `hold`, the growth stays
     /// counted until `release` (the change is not in the records when `change` returns).
     func withinQuota<Result: Sendable>(
-        _ tenant: String, adding: TenantUsage, hold: Bool = false, _ change: () throws -> Result
+        _ tenant: String, adding: TenantUsage, committing cost: PlacementRequest?, hold: Bool = false, _ change: () throws -> Result
     ) throws -> (result: Result, hold: Hold?) {
         guard !tenant.isEmpty else { return (try change(), nil) }
         return try state.withLock { state throws -> (result: Result, hold: Hold?) in
             if let quota = try store.tenantQuotas()[tenant] {
+                if let cost, let refusal = quota.unboundedRefusal(tenant: tenant, of: cost) { throw refusal }
                 var usage = try recordedUsage(of: tenant)
                 for held in state.pending.values where held.tenant == tenant { usage.add(held.usage) }
                 if let refusal = quota.refusal(tenant: tenant, usage: usage, adding: adding) { throw refusal }
@@ -57,6 +59,15 @@ final class TenantQuotas: Sendable {
             state.next += 1
             state.pending[state.next] = (tenant, adding)
             return (result, Hold(id: state.next))
+        }
+    }
+
+    /// `tenant set`: the quota changed under the lock, so that two sets never lose one.
+    func update(_ tenant: String, _ change: (TenantQuota) throws -> TenantQuota) throws -> TenantQuota {
+        try state.withLock { _ throws -> TenantQuota in
+            let quota = try change(try store.tenantQuotas()[tenant] ?? TenantQuota())
+            try store.saveTenantQuota(tenant, quota)
+            return quota
         }
     }
 
@@ -106,9 +117,8 @@ extension VPSCalls {
     /// `tenant set`: the quota as it is now, with what it is given; a quota below what the
     /// tenant uses already is kept (it refuses growth only, as OpenStack's and Proxmox's do).
     func setQuota(of tenant: String, _ given: TenantQuota, clearing: [String], by caller: Caller) throws -> TenantInfo {
-        _ = try Name.validate(tenant, field: "tenant")
-        let quota = try (try store.tenantQuotas()[tenant] ?? TenantQuota()).updated(with: given, clearing: clearing)
-        try store.saveTenantQuota(tenant, quota)
+        _ = try Name.validate(tenant, field: "name")
+        let quota = try quotas.update(tenant) { try $0.updated(with: given, clearing: clearing) }
         try? store.addEvent(kind: "tenant.quota", subject: tenant, message: Self.quotaText(quota), actor: caller.actor)
         return TenantInfo(name: tenant, quota: quota, usage: try quotas.usage(of: tenant))
     }
@@ -116,7 +126,7 @@ extension VPSCalls {
     func tenantInfo(_ tenant: String) throws -> TenantInfo {
         let quota = try store.tenantQuotas()[tenant]
         let usage = try quotas.usage(of: tenant)
-        guard quota != nil || usage.vps > 0 else { throw WireError(.notFound, "tenant: no tenant named \(tenant) has a quota or a VPS", field: "tenant") }
+        guard quota != nil || usage.vps > 0 else { throw WireError(.notFound, "name: no tenant named \(tenant) has a quota or a VPS", field: "name") }
         return TenantInfo(name: tenant, quota: quota ?? TenantQuota(), usage: usage)
     }
 

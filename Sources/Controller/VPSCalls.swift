@@ -128,7 +128,7 @@ final class VPSCalls: Sendable {
         let owner = caller.tenant ?? ""
 
         let adding = TenantUsage(vpsCommitting: spec.cost, ips: explicit.count + automatic.reduce(0) { $0 + $1.count })
-        let (node, allocated) = try quotas.withinQuota(owner, adding: adding) {
+        let (node, allocated) = try quotas.withinQuota(owner, adding: adding, committing: spec.cost) {
             try ledger.place(spec.name, spec.placementRequest, pinnedTo: spec.pinnedNode.isEmpty ? nil : spec.pinnedNode) { node in
                 try store.reserveVPS(
                     VPSRecord(name: spec.name, node: node, tenant: owner, spec: spec, status: Self.creatingStatus(spec, on: node), phase: .creating),
@@ -246,14 +246,10 @@ final class VPSCalls: Sendable {
             }
             added.append(canonical)
         }
-        // Bad limits are refused here, before anything is reserved; the node checks them again
-        // against its own CPUs.
-        let wanted = try record.spec.limits.merging(update, onlineCPUs: nil)
-        let ownAddresses = Set(record.spec.ips.compactMap(IPPoolMath.canonical))
-        let growth = TenantUsage.growth(
-            from: TenantUsage(vpsCommitting: record.spec.cost, ips: record.spec.ips.count),
-            to: TenantUsage(vpsCommitting: PlacementRequest(wanted.commitment), ips: record.spec.ips.count + Set(added).subtracting(ownAddresses).count))
-        let ((resize, reserved), quotaHold) = try quotas.withinQuota(record.tenant, adding: growth, hold: true) {
+        let (wanted, growth) = try Self.setChange(record, limits: update, adding: added, deleting: ipDel)
+        let ((resize, reserved), quotaHold) = try quotas.withinQuota(
+            record.tenant, adding: growth, committing: wanted == record.spec.limits ? nil : PlacementRequest(wanted.commitment), hold: true
+        ) {
             let resize = try ledger.reserveResize(record.placed, to: PlacementRequest(wanted.commitment))
             do {
                 return (resize, try store.reserveAddresses(added, for: name))
@@ -289,6 +285,32 @@ final class VPSCalls: Sendable {
             ledger.recount(counted, as: current.spec.cost)
         }
         return answer
+    }
+
+    /// What a `set` makes of the VPS's limits, and what it adds to its tenant's usage: limits
+    /// that grow, and addresses it did not hold, less those it deletes (a swap at the limit
+    /// passes). Bad limits are refused here, before anything is reserved; the node checks them
+    /// again against its own CPUs.
+    static func setChange(
+        _ record: VPSRecord, limits update: LimitsUpdate, adding added: [String], deleting deleted: [String]
+    ) throws -> (wanted: Limits, growth: TenantUsage) {
+        let wanted = try record.spec.limits.merging(update, onlineCPUs: nil)
+        let own = Set(record.spec.ips.compactMap(IPPoolMath.canonical))
+        let after = own.subtracting(deleted.compactMap(IPPoolMath.canonical)).union(added)
+        let growth = TenantUsage.growth(
+            from: TenantUsage(vpsCommitting: record.spec.cost, ips: own.count),
+            to: TenantUsage(vpsCommitting: PlacementRequest(wanted.commitment), ips: after.count))
+        return (wanted, growth)
+    }
+
+    /// Before a `set` changes anything elsewhere (its HA settings): whether what it adds fits
+    /// the tenant's quota now (`set` checks again, holding what it adds).
+    func checkQuota(forSetOf name: String, limits update: LimitsUpdate, ipAdd: [String], ipDel: [String], by caller: Caller) throws {
+        let record = try visibleVPS(name, to: caller)
+        let (wanted, growth) = try Self.setChange(record, limits: update, adding: ipAdd.compactMap(IPPoolMath.canonical), deleting: ipDel)
+        _ = try quotas.withinQuota(
+            record.tenant, adding: growth, committing: wanted == record.spec.limits ? nil : PlacementRequest(wanted.commitment)
+        ) { () }
     }
 
     /// `destroy`: `call` destroys it on its node; then its record, addresses and share go.

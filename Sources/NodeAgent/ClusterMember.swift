@@ -196,23 +196,28 @@ public final class ClusterMember: Sendable {
                 if failing { logger.notice("heartbeats reach the controller again") }
                 failing = false
             } catch {
-                if !failing { logger.warning("heartbeat failed", metadata: ["controller": "\(options.controller)", "error": "\(error)"]) }
+                let firstFailure = !failing
+                if firstFailure { logger.warning("heartbeat failed", metadata: ["controller": "\(options.controller)", "error": "\(error)"]) }
                 failing = true
                 await client?.close()
                 client = nil
+                // Once at once, on a new connection: the lease runs on from the last beat answered.
+                if firstFailure { continue }
             }
             try? await Task.sleep(for: interval)
         }
         await client?.close()
     }
 
-    /// How long a heartbeat waits for its answer. One lost to a brief cut is sent again (on a
-    /// new connection) well inside the lease: a third of `fenceAfter`, so that a blip shorter
-    /// than the fence never fences; never under two intervals, and at most 5 s.
+    /// How long a heartbeat waits for its answer. The beat after the last one answered goes an
+    /// interval later; if it is lost, the client gives up this deadline plus its 1 s grace
+    /// (`WireClient`) later and the beat goes again at once, on a new connection. Half of what
+    /// the lease leaves after that interval and grace: the retry comes with half the lease to
+    /// spare, so a cut shorter than half of `fenceAfter` never fences. At least 0.5 s, at most 5 s.
     static func heartbeatDeadline(interval: Duration, fenceAfter: Duration?) -> Duration {
         let cap = Duration.seconds(5)
         guard let fenceAfter else { return cap }
-        return min(cap, max(interval * 2, fenceAfter / 3))
+        return min(cap, max(.milliseconds(500), (fenceAfter - interval - .seconds(1)) / 2))
     }
 
     /// The lease the reply renews (Docs/ha.md). The renewal is written at once; deleting the

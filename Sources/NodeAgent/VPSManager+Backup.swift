@@ -101,6 +101,19 @@ extension VPSManager {
     ) async throws -> VPSView {
         let name = try Name.validate(name)
         var config = try VPSConfig.decode(Data(data), expectedName: manifest.vps, path: "the backup's config.json", received: true)
+        // A controller placed this restore, and checked the tenant's quota, by the manifest's VPS:
+        // the config applied here must describe the same one, or an edited archive passes both.
+        let described = config.spec, declared = manifest.spec
+        guard
+            described.limits == declared.limits, described.privileged == declared.privileged,
+            described.capabilities == declared.capabilities, described.layout == declared.layout,
+            described.storage == declared.storage, described.template == declared.template
+        else {
+            throw AgentError(
+                .invalidArgument,
+                "file: the backup's config.json describes another VPS than its manifest (limits, privileges, layout or template differ): the archive was altered",
+                field: "file")
+        }
         config.name = name
         // A restored VPS is a new VPS: not HA until the controller makes it so (its replicas
         // and lease belong to the original).

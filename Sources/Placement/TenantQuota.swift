@@ -54,6 +54,20 @@ public struct TenantQuota: Sendable, Equatable, Codable {
         return nil
     }
 
+    /// A VPS of a tenant with a memory, CPU or disk quota must bound that resource itself: one
+    /// without `--memory` (or a CPU limit, or a disk) commits nothing a quota could count.
+    public func unboundedRefusal(tenant: String, of cost: PlacementRequest) -> WireError? {
+        func refuse(_ field: String, _ resource: String, _ flag: String) -> WireError {
+            WireError(
+                .quotaExceeded, "\(field): tenant \(tenant) has a \(resource) quota, so each of its VPSs needs a \(resource) limit (\(flag))",
+                field: field)
+        }
+        if maxMemoryBytes != nil && cost.memoryBytes == 0 { return refuse("max-memory", "memory", "--memory") }
+        if maxCPUMillis != nil && cost.cpuMillis == 0 { return refuse("max-cpus", "CPU", "--cpus or --cpu-limit") }
+        if maxDiskBytes != nil && cost.diskBytes == 0 { return refuse("max-disk", "disk", "--disk") }
+        return nil
+    }
+
     /// "2.5 CPUs" from thousandths of a CPU.
     public static func cpuText(_ millis: UInt64) -> String { Commitment.cpusText(millis: millis) + (millis == 1000 ? " CPU" : " CPUs") }
 }

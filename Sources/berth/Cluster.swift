@@ -342,7 +342,7 @@ struct Events: AsyncParsableCommand {
                             $0.events.afterID = after; $0.events.limit = 1000
                         }
                     ).events
-                    reportPruned(after: after, oldest: page.oldestID)
+                    reportPruned(after: after, page)
                     page.events.forEach(show)
                     guard let newest = page.events.last else { break }
                     after = newest.id
@@ -372,16 +372,18 @@ struct Events: AsyncParsableCommand {
                         $0.deadlineMs = 35_000
                     }
                 ).events
-                reportPruned(after: after, oldest: page.oldestID)
+                reportPruned(after: after, page)
                 page.events.forEach(show)
                 if let newest = page.events.last { after = newest.id }
             }
         }
     }
 
-    /// Events after `after` were asked for, and the oldest kept is `oldest`: those between went
-    /// (the controller's eventRetention) before this client read them.
-    func reportPruned(after: UInt64, oldest: UInt64) {
+    /// Events after `after` were asked for, and the oldest kept is the page's `oldest_id` (or its
+    /// first event, whichever comes first): those between went (the controller's
+    /// eventRetention) before this client read them.
+    func reportPruned(after: UInt64, _ page: Berth_V1_EventList) {
+        let oldest = min(page.oldestID, page.events.first?.id ?? page.oldestID)
         guard oldest > after + 1 else { return }
         if json {
             writeOut(JSON.object(["pruned_from": .int(Int64(after + 1)), "pruned_to": .int(Int64(oldest - 1))]).render().oneLine + "\n")

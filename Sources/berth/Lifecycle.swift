@@ -99,6 +99,8 @@ struct List: AsyncParsableCommand {
             request {
                 $0.list.all = all
                 $0.list.query = query.description
+                // A server older than selectors reads only this map (and would list everything).
+                $0.list.selector = query.plainLabels ?? [:]
             })
         let vpses = response.list.vpses
         if json { printJSON(.array(vpses.map(\.json))); return }

@@ -26,6 +26,17 @@ import Wire
                 == TenantUsage(cpuMillis: 2000))
     }
 
+    /// A VPS without a memory (CPU, disk) limit commits 0 of it: under such a quota it is refused.
+    @Test func aQuotaNeedsItsVPSsToBoundWhatItLimits() {
+        let quota = TenantQuota(maxMemoryBytes: 1 << 30, maxCPUMillis: 2000)
+        let unbounded = quota.unboundedRefusal(tenant: "acme", of: PlacementRequest(cpuMillis: 1000, memoryBytes: 0, diskBytes: 1 << 30))
+        #expect(unbounded?.field == "max-memory" && unbounded?.code == .quotaExceeded)
+        #expect(unbounded?.message == "max-memory: tenant acme has a memory quota, so each of its VPSs needs a memory limit (--memory)")
+        #expect(quota.unboundedRefusal(tenant: "acme", of: PlacementRequest(cpuMillis: 0, memoryBytes: 1 << 20))?.field == "max-cpus")
+        #expect(quota.unboundedRefusal(tenant: "acme", of: PlacementRequest(cpuMillis: 500, memoryBytes: 1 << 20)) == nil)
+        #expect(TenantQuota(maxVPS: 3).unboundedRefusal(tenant: "acme", of: PlacementRequest()) == nil)
+    }
+
     @Test func setChangesTheLimitsGivenAndClearsTheNamedOnes() throws {
         let quota = try TenantQuota(maxVPS: 5, maxMemoryBytes: 1 << 30).updated(with: TenantQuota(maxIPs: 4), clearing: ["max-vps"])
         #expect(quota == TenantQuota(maxMemoryBytes: 1 << 30, maxIPs: 4))
@@ -46,7 +57,7 @@ import Wire
                     let spec = VPSSpec(name: "web\(k)", template: "busybox")
                     let record = VPSRecord(name: spec.name, node: "n1", tenant: "acme", spec: spec, status: VPSStatusRecord(name: spec.name), phase: .creating)
                     do {
-                        _ = try quotas.withinQuota("acme", adding: TenantUsage(vpsCommitting: spec.cost, ips: 0)) {
+                        _ = try quotas.withinQuota("acme", adding: TenantUsage(vpsCommitting: spec.cost, ips: 0), committing: spec.cost) {
                             try store.reserveVPS(record, autoAddresses: [])
                         }
                         return true
@@ -61,7 +72,7 @@ import Wire
         #expect(try store.vpses().count == 5)
         #expect(try quotas.usage(of: "acme").vps == 5)
         // Another tenant and the admins' VPSs are not counted against it.
-        _ = try quotas.withinQuota("", adding: TenantUsage(vps: 1)) { () }
+        _ = try quotas.withinQuota("", adding: TenantUsage(vps: 1), committing: nil) { () }
         #expect(try quotas.usage(of: "globex") == TenantUsage())
     }
 }

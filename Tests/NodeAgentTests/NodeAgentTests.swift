@@ -393,10 +393,18 @@ enum TarBuilder {
     /// A heartbeat lost to a blip is sent again inside the lease: with the cluster tests' 5 s
     /// fence a 5 s deadline let a 1 s cut fence the VPS.
     @Test func aLostHeartbeatIsSentAgainWellInsideTheLease() {
-        #expect(ClusterMember.heartbeatDeadline(interval: .seconds(1), fenceAfter: .seconds(5)) == .seconds(2))
-        #expect(ClusterMember.heartbeatDeadline(interval: .seconds(1), fenceAfter: .seconds(10)) == .seconds(10) / 3)
+        // The retry (the lost beat went an interval after the last answered one, and gave up
+        // after the deadline and the client's 1 s grace) comes with half the lease to spare.
+        for (interval, fence) in [(1, 5), (1, 10), (2, 10), (1, 3)] {
+            let beat = Duration.seconds(interval), lease = Duration.seconds(fence)
+            let deadline = ClusterMember.heartbeatDeadline(interval: beat, fenceAfter: lease)
+            let retry: Duration = beat + deadline + .seconds(1)
+            let spare: Duration = (lease - beat - .seconds(1)) / 2
+            #expect(retry <= lease - spare)
+        }
+        #expect(ClusterMember.heartbeatDeadline(interval: .seconds(1), fenceAfter: .seconds(5)) == .milliseconds(1500))
+        #expect(ClusterMember.heartbeatDeadline(interval: .seconds(1), fenceAfter: .seconds(10)) == .seconds(4))
         #expect(ClusterMember.heartbeatDeadline(interval: .seconds(1), fenceAfter: .seconds(60)) == .seconds(5))
-        #expect(ClusterMember.heartbeatDeadline(interval: .seconds(2), fenceAfter: .seconds(5)) == .seconds(4))
         // No lease (HA off, or quarantined): the old 5 s.
         #expect(ClusterMember.heartbeatDeadline(interval: .seconds(1), fenceAfter: nil) == .seconds(5))
     }

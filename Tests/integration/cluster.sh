@@ -1231,6 +1231,9 @@ t_tenant_quotas() {
     expect_contains "$(expect_fail 5 as "$WORK/initech" tenant set initech --max-vps 50)" "may not"
     expect_contains "$(expect_fail 2 cl tenant set initech --max-cpus lots)" "max-cpus"
     expect_contains "$(expect_fail 2 cl tenant set initech)" "at least one"
+    # Under a memory quota a VPS without --memory would commit none of it.
+    expect_contains "$(expect_fail 4 as "$WORK/initech" create "$RUN_ID-q0" --template busybox --disk 64M)" \
+        "max-memory: tenant initech has a memory quota, so each of its VPSs needs a memory limit (--memory)"
     for k in $(seq 20); do
         as "$WORK/initech" create "$RUN_ID-q$k" --template busybox --disk 64M --memory 128M >/dev/null 2>"$WORK/q$k.err" &
     done

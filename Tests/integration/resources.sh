@@ -493,6 +493,15 @@ t_backup_restore_loop() {
     out=$(expect_fail 2 "$BERTH" restore "$WORK/damaged.berth" --name "$R" --no-ip)
     expect_contains "$out" "damaged"
     tar -cf "$WORK/foreign.tar" -C "$WORK/unpacked" config.json
+    # An archive whose config.json was edited (and its checksums recomputed) to ask for more than
+    # its manifest, by which a controller places it and checks a tenant's quota: refused.
+    cp -r "$WORK/unpacked" "$WORK/altered"
+    /usr/bin/python3 -c 'import json,sys; p=sys.argv[1]; d=json.load(open(p)); d.setdefault("limits", {})["memoryBytes"]=64<<30; json.dump(d, open(p, "w"))' \
+        "$WORK/altered/config.json"
+    (cd "$WORK/altered" && sha256sum berth-backup.json config.json disk.zst.* >SHA256SUMS &&
+        tar -cf "$WORK/altered.berth" berth-backup.json config.json disk.zst.* SHA256SUMS)
+    expect_contains "$(expect_fail 2 "$BERTH" restore "$WORK/altered.berth" --name "$R" --no-ip)" "describes another VPS than its manifest"
+    rm -rf "$WORK/altered"
     expect_contains "$(expect_fail 2 "$BERTH" restore "$WORK/foreign.tar" --name "$R")" "not a Berth backup"
     expect_contains "$(expect_fail 4 "$BERTH" restore "$file")" "$S"
     [ ! -e "$WORK/data/vps/$R" ] || fail "a refused restore left $WORK/data/vps/$R"
