@@ -22,21 +22,20 @@ final class TenantQuotas: Sendable {
 
     init(store: ClusterStore) { self.store = store }
 
-    /// What the VPSs of `tenant` commit in the records (those being created included: their
-    /// rows are written when they are placed).
-    func recordedUsage(of tenant: String) throws -> TenantUsage {
+    /// What the VPSs of `tenant` commit: the records (those being created included: their rows
+    /// are written when they are placed) and the growth held for changes under way.
+    private func usage(of tenant: String, _ state: State) throws -> TenantUsage {
         var usage = TenantUsage()
         for record in try store.vpses() where record.tenant == tenant {
             usage.add(TenantUsage(vpsCommitting: record.spec.cost, ips: record.spec.ips.count))
         }
+        for held in state.pending.values where held.tenant == tenant { usage.add(held.usage) }
         return usage
     }
 
-    /// The usage `tenant show` reports: the records and what is held for changes under way.
+    /// The usage `tenant show` reports.
     func usage(of tenant: String) throws -> TenantUsage {
-        var usage = try recordedUsage(of: tenant)
-        state.withLock { state in for held in state.pending.values where held.tenant == tenant { usage.add(held.usage) } }
-        return usage
+        try state.withLock { state throws -> TenantUsage in try usage(of: tenant, state) }
     }
 
     /// Runs `change` only if `adding` keeps `tenant` within its quota and the VPS, committing
@@ -50,9 +49,7 @@ final class TenantQuotas: Sendable {
         return try state.withLock { state throws -> (result: Result, hold: Hold?) in
             if let quota = try store.tenantQuotas()[tenant] {
                 if let cost, let refusal = quota.unboundedRefusal(tenant: tenant, of: cost) { throw refusal }
-                var usage = try recordedUsage(of: tenant)
-                for held in state.pending.values where held.tenant == tenant { usage.add(held.usage) }
-                if let refusal = quota.refusal(tenant: tenant, usage: usage, adding: adding) { throw refusal }
+                if let refusal = quota.refusal(tenant: tenant, usage: try usage(of: tenant, state), adding: adding) { throw refusal }
             }
             let result = try change()
             guard hold else { return (result, nil) }

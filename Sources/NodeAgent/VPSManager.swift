@@ -119,11 +119,14 @@ public actor VPSManager {
         let vpses = records.keys.sorted().compactMap { name -> VPSView? in
             let record = records[name]!
             if !all && record.state == .stopped { return nil }
-            let view = view(record)
-            let facts = SelectorFacts(
-                name: name, state: view.state.rawValue, template: record.config.template, node: nodeName, ha: record.config.isHA,
-                labels: record.config.labels)
-            return selector.matches(facts) ? view : nil
+            guard
+                selector.isEmpty
+                    || selector.matches(
+                        SelectorFacts(
+                            name: name, state: record.state.rawValue, template: record.config.template, node: nodeName, ha: record.config.isHA,
+                            labels: record.config.labels))
+            else { return nil }
+            return view(record)
         }
         let broken = all && selector.isEmpty ? self.broken.sorted { $0.key < $1.key }.map { BrokenVPS(name: $0.key, reason: $0.value) } : []
         return (vpses, broken)

@@ -333,37 +333,27 @@ struct Events: AsyncParsableCommand {
             fail(WireError(.invalidArgument, "last: \(last) must be from 0 to 1000", field: "last"))
         }
         try await connection.withClient { client in
+            // Page through to the newest id: with --since printing every event after SEQ (a
+            // pruned stretch said, never skipped silently), else keeping the last N.
             var after = since ?? 0
-            if since != nil {
-                // Everything after SEQ, page by page; a pruned stretch is said, never skipped silently.
-                while true {
-                    let page = try await client.call(
-                        request {
-                            $0.events.afterID = after; $0.events.limit = 1000
-                        }
-                    ).events
+            var backlog: [Berth_V1_Event] = []
+            while true {
+                let page = try await client.call(
+                    request {
+                        $0.events.afterID = after; $0.events.limit = 1000
+                    }
+                ).events
+                if since != nil {
                     reportPruned(after: after, page)
                     page.events.forEach(show)
-                    guard let newest = page.events.last else { break }
-                    after = newest.id
-                    if page.events.count < 1000 { break }
+                } else {
+                    backlog = Array((backlog + page.events).suffix(last))
                 }
-            } else {
-                // Find where "the last N" starts: page through to the newest id.
-                var backlog: [Berth_V1_Event] = []
-                while true {
-                    let page = try await client.call(
-                        request {
-                            $0.events.afterID = after; $0.events.limit = 1000
-                        }
-                    ).events.events
-                    backlog = Array((backlog + page).suffix(last))
-                    guard let newest = page.last else { break }
-                    after = newest.id
-                    if page.count < 1000 { break }
-                }
-                backlog.forEach(show)
+                guard let newest = page.events.last else { break }
+                after = newest.id
+                if page.events.count < 1000 { break }
             }
+            backlog.forEach(show)
             while follow {
                 let page = try await client.call(
                     request {

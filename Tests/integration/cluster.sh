@@ -788,6 +788,15 @@ start_counter() {
     fail "the counter in $1 does not count (still $before)"
 }
 counter() { cl exec "$1" -- cat /srv/counter; }
+# The nodes holding NAME's replicas, as status shows them.
+replica_nodes() { cl status "$1" --json | /usr/bin/python3 -c 'import json,sys; print(" ".join(r["node"] for r in json.load(sys.stdin)["replicas"]))'; }
+# The newest replica snapshot NODE holds of NAME (a directory name, r<ms>).
+newest_replica() { ls "$WORK/$1/data/pool/replicas/$2/" | grep '^r' | sort | tail -1; }
+# Until NODE holds nothing of NAME's replicas (10 s at most); WHY is the failure's message.
+await_no_replica() { # NODE NAME WHY
+    for _ in $(seq 50); do [ -e "$WORK/$1/data/pool/replicas/$2" ] || return 0; sleep 0.2; done
+    fail "$3"
+}
 cut_node() { ip -n "$RUN_ID-$1" link set eth0 down; }
 heal_node() { ip -n "$RUN_ID-$1" link set eth0 up; }
 
@@ -803,7 +812,7 @@ t_ha_replicas_hold_the_primarys_data() {
     cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=8 2>/dev/null && sync'
     await_replicated "$V"
     local replica snap taken lag
-    replica=$(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["node"])')
+    replica=$(replica_nodes "$V")
     [ "$replica" != n1 ] || fail "the replica is on the primary's node"
     snap=$(ls "$WORK/$replica/data/pool/replicas/$V/")
     expect_eq "$(sha256sum <"$WORK/$replica/data/pool/replicas/$V/$snap/srv/data.bin" | cut -d' ' -f1)" \
@@ -822,14 +831,10 @@ t_ha_replicas_hold_the_primarys_data() {
     done
     [ "$held" -ge $((8 << 20)) ] || fail "node show $replica accounts $held bytes of replicas, not the 8M replica"
     out=$(cl set "$V" --ha off 2>&1) || fail "set --ha off: $out"
-    for _ in $(seq 50); do [ -e "$WORK/$replica/data/pool/replicas/$V" ] || break; sleep 0.2; done
-    [ ! -e "$WORK/$replica/data/pool/replicas/$V" ] || fail "HA off left the replica on $replica"
+    await_no_replica "$replica" "$V" "HA off left the replica on $replica"
     expect_eq "$(cl status "$V" --json | field fence_armed)" False
     cl destroy "$V" --force >/dev/null
 }
-
-# The nodes holding NAME's replicas, as status shows them.
-replica_nodes() { cl status "$1" --json | /usr/bin/python3 -c 'import json,sys; print(" ".join(r["node"] for r in json.load(sys.stdin)["replicas"]))'; }
 
 # An HA VPS migrated onto the node that held its replica: that replica goes (the VPS is there
 # now), another node takes one from the new primary with the data written before the move, and
@@ -837,9 +842,7 @@ replica_nodes() { cl status "$1" --json | /usr/bin/python3 -c 'import json,sys; 
 t_ha_a_migrated_primary_is_protected_again() {
     ha_controller
     local V=$RUN_ID-ha7 out replica fresh snap k
-    cl create "$V" --template busybox --layout pool --disk 128M --ip auto --node n1 --ha --replication-interval 10s >/dev/null
-    cl start "$V" >/dev/null
-    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=4 2>/dev/null && sync'
+    running_vps_with_data "$V" n1 128M 4 --layout pool --ha --replication-interval 10s
     await_replicated "$V"
     replica=$(replica_nodes "$V")
     out=$(cl migrate "$V" --to "$replica" 2>&1) || fail "migrate $V to its replica's node $replica: $out"
@@ -851,17 +854,15 @@ t_ha_a_migrated_primary_is_protected_again() {
     done
     [ -n "$fresh" ] && [ "$fresh" != "$replica" ] || fail "no replica away from the new primary $replica (replicas: '$fresh')"
     await_replicated "$V"
-    for _ in $(seq 50); do [ -e "$WORK/$replica/data/pool/replicas/$V" ] || break; sleep 0.2; done
-    [ ! -e "$WORK/$replica/data/pool/replicas/$V" ] || fail "the new primary $replica still holds a replica of its own VPS"
-    snap=$(ls "$WORK/$fresh/data/pool/replicas/$V/" | grep '^r' | sort | tail -1)
+    await_no_replica "$replica" "$V" "the new primary $replica still holds a replica of its own VPS"
+    snap=$(newest_replica "$fresh" "$V")
     expect_eq "$(sha256sum <"$WORK/$fresh/data/pool/replicas/$V/$snap/srv/data.bin" | cut -d' ' -f1)" \
         "$(cl exec "$V" -- sha256sum /srv/data.bin | cut -d' ' -f1)"
     expect_eq "$(holders "$V")" "$replica "
     expect_eq "$(cl status "$V" --json | field fence_armed)" True
     cl destroy "$V" --force >/dev/null
     for k in 1 2 3; do
-        for _ in $(seq 50); do [ -e "$WORK/n$k/data/pool/replicas/$V" ] || break; sleep 0.2; done
-        [ ! -e "$WORK/n$k/data/pool/replicas/$V" ] || fail "destroy left a replica of $V on n$k"
+        await_no_replica "n$k" "$V" "destroy left a replica of $V on n$k"
     done
 }
 
@@ -870,13 +871,11 @@ t_ha_a_migrated_primary_is_protected_again() {
 t_ha_a_full_replica_target_keeps_its_last_replica() {
     ha_controller
     local V=$RUN_ID-ha8 replica pool snap sum error
-    cl create "$V" --template busybox --layout pool --disk 256M --ip auto --node n1 --ha --replication-interval 10s >/dev/null
-    cl start "$V" >/dev/null
-    cl exec "$V" -- sh -c 'mkdir -p /srv && dd if=/dev/urandom of=/srv/data.bin bs=1M count=4 2>/dev/null && sync'
+    running_vps_with_data "$V" n1 256M 4 --layout pool --ha --replication-interval 10s
     await_replicated "$V"
     replica=$(replica_nodes "$V")
     pool=$WORK/$replica/data/pool
-    snap=$(ls "$pool/replicas/$V/" | grep '^r' | sort | tail -1)
+    snap=$(newest_replica "$replica" "$V")
     sum=$(sha256sum <"$pool/replicas/$V/$snap/srv/data.bin" | cut -d' ' -f1)
     # btrfs keeps some of what df shows for itself: fill in ever smaller pieces until it refuses.
     local size piece=0
@@ -896,7 +895,7 @@ t_ha_a_full_replica_target_keeps_its_last_replica() {
     expect_eq "$(sha256sum <"$pool/replicas/$V/$snap/srv/data.bin" | cut -d' ' -f1)" "$sum"
     await_replicated "$V"
     expect_eq "$(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["error"])')" ""
-    snap=$(ls "$pool/replicas/$V/" | grep '^r' | sort | tail -1)
+    snap=$(newest_replica "$replica" "$V")
     expect_eq "$(sha256sum <"$pool/replicas/$V/$snap/srv/more.bin" | cut -d' ' -f1)" "$(cl exec "$V" -- sha256sum /srv/more.bin | cut -d' ' -f1)"
     cl destroy "$V" --force >/dev/null
 }
@@ -948,7 +947,7 @@ t_ha_fence_then_failover_after_a_cut() {
     cl create "$V" --template busybox --layout pool --disk 128M --ip auto --node n2 --ha --replication-interval 10s >/dev/null
     cl start "$V" >/dev/null
     await_replicated "$V"
-    target=$(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["node"])')
+    target=$(replica_nodes "$V")
     ip=$(cl status "$V" --json | field ips)
     # The address as n2 routes and answers for it (proxy ARP on its uplink), before the fence.
     ip -n "$RUN_ID-n2" route show | grep -qwF "$ip" || fail "n2 has no route to $ip before the cut"
@@ -984,7 +983,7 @@ t_ha_dead_agent_and_powered_off_node() {
     cl start "$V" >/dev/null
     await_replicated "$V"
     watch_copies "$V"
-    target=$(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["node"])')
+    target=$(replica_nodes "$V")
     "$DEV" agent-kill 3
     await_running_on "$V" "$target" 30 >/dev/null
     "$DEV" agent-start 3 || fail "n3's agent did not restart"
@@ -993,7 +992,7 @@ t_ha_dead_agent_and_powered_off_node() {
     # Power-off of the node it runs on now.
     await_replicated "$V"
     node=$target; k=${node#n}
-    target=$(cl status "$V" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["node"])')
+    target=$(replica_nodes "$V")
     pids=$(cat /sys/fs/cgroup/pids/berth-$RUN_ID-$node/*/cgroup.procs /sys/fs/cgroup/berth-$RUN_ID-$node/*/cgroup.procs 2>/dev/null || true)
     pkill -9 -f "$WORK/$node/" || true
     [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
